@@ -1,0 +1,57 @@
+"""T5's SentencePiece vocabulary: the copy shipped in `jaxprompt/assets`, or any local / gs:// model file.
+
+T5 (and every T5 1.1 / LM-adapted checkpoint) uses the `cc_all.32000` SentencePiece model: 32000 pieces with
+pad=0, eos=1, unk=2; seqio appends 100 sentinel ids (`<extra_id_0>` = 32099 ... `<extra_id_99>` = 32000), so
+`vocab_size` is 32100 (models pad their embedding table to 32128).
+"""
+import functools
+import importlib.resources
+from typing import Optional
+
+import seqio
+import tensorflow as tf
+
+from jaxprompt.errors import DataError
+
+DEFAULT_VOCAB_FILENAME = "t5_cc_all_32000_sentencepiece.model"
+DEFAULT_EXTRA_IDS = 100
+
+
+def default_vocabulary_path() -> str:
+  """Filesystem path of the SentencePiece model shipped in the package."""
+  resource = importlib.resources.files("jaxprompt") / "assets" / DEFAULT_VOCAB_FILENAME
+  if not resource.is_file():
+    raise DataError(f"the packaged vocabulary {resource} is missing: reinstall jaxprompt")
+  # pip/setuptools install packages as plain directories, so the resource is a real file that
+  # SentencePiece (via tf.io.gfile) can open by name.
+  return str(resource)
+
+
+def _load(path: str, extra_ids: int) -> seqio.SentencePieceVocabulary:
+  vocabulary = seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+  try:
+    vocabulary.tokenizer  # pylint: disable=pointless-statement  (loads the model now, not mid-training)
+  except Exception as e:  # pylint: disable=broad-except  (sentencepiece / gfile raise assorted types)
+    raise DataError(f"cannot read SentencePiece model {path}: {type(e).__name__}: {e}") from e
+  return vocabulary
+
+
+@functools.lru_cache(maxsize=None)
+def get_default_vocabulary(extra_ids: int = DEFAULT_EXTRA_IDS) -> seqio.SentencePieceVocabulary:
+  """T5's `cc_all.32000` vocabulary plus `extra_ids` sentinels (vocab_size 32100 with the default 100)."""
+  return _load(default_vocabulary_path(), extra_ids)
+
+
+def get_vocabulary(path: Optional[str] = None,
+                   extra_ids: int = DEFAULT_EXTRA_IDS) -> seqio.SentencePieceVocabulary:
+  """A SentencePiece vocabulary from `path` (local file or gs://...), or the default one when None.
+
+  Raises:
+    DataError: the file does not exist or is not a SentencePiece model (the message names the path).
+  """
+  if path is None:
+    return get_default_vocabulary(extra_ids)
+  path = str(path)
+  if not path.startswith("gs://") and not tf.io.gfile.exists(path):
+    raise DataError(f"vocabulary file {path} does not exist")
+  return _load(path, extra_ids)

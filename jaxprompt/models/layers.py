@@ -1,0 +1,316 @@
+"""T5X-compatible building blocks: dense, embedding, RMSNorm, relative position biases, attention, MLP.
+
+Parameter names, shapes and logical axes are those of t5x's minimal T5 (`t5x/examples/t5/layers.py`), so a
+T5X checkpoint maps onto these modules with no renaming: every kernel is stored 2-D (`[in, out]`, heads joined)
+and reshaped at run time.
+"""
+from __future__ import annotations
+
+import functools
+import operator
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Array = jax.Array
+Dtype = Any
+Initializer = Callable[..., Array]
+
+default_kernel_init = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
+MASK_BIAS = -1e10  # t5x's additive bias for masked attention positions.
+
+
+def constrain(x: Array, axes: Sequence[str | None]) -> Array:
+  """Logical sharding constraint (a no-op without an active mesh and logical axis rules)."""
+  return nn.with_logical_constraint(x, tuple(axes))
+
+
+def logical_param(module: nn.Module, name: str, init: Initializer, shape: Sequence[int], dtype: Dtype,
+                  axes: Sequence[str | None]) -> Array:
+  """Declares a parameter annotated with t5x logical axis names (readable with `nn.get_partition_spec`)."""
+  return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape), dtype)
+
+
+class DenseGeneral(nn.Module):
+  """Bias-free dense layer over one or more input axes; the kernel is stored 2-D `[prod(in), prod(out)]`."""
+  features: int | Sequence[int]
+  axis: int | Sequence[int] = -1
+  kernel_axes: Sequence[str] = ()
+  kernel_init: Initializer = default_kernel_init
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs: Array) -> Array:
+    features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+    axis = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
+    axis = tuple(a % inputs.ndim for a in axis)
+    in_shape = tuple(inputs.shape[a] for a in axis)
+    flat_shape = (int(np.prod(in_shape)), int(np.prod(features)))
+    kernel = logical_param(self, 'kernel', _reshaped_init(self.kernel_init, in_shape + features), flat_shape,
+                           self.param_dtype, self.kernel_axes)
+    kernel = jnp.asarray(kernel, self.dtype).reshape(in_shape + features)
+    inputs = jnp.asarray(inputs, self.dtype)
+    contract = (axis, tuple(range(len(axis))))
+    return lax.dot_general(inputs, kernel, (contract, ((), ())))
+
+
+def _reshaped_init(init: Initializer, true_shape: tuple) -> Initializer:
+  """Initialises with fan-in/out of the multi-axis kernel (as t5x does), then flattens to 2-D."""
+
+  def flat_init(key, shape, dtype=jnp.float32):
+    return jnp.reshape(init(key, true_shape, dtype), shape)
+
+  return flat_init
+
+
+class Embed(nn.Module):
+  """Token embedding `[vocab, embed]`; lookup by one-hot matmul (t5x's TPU-friendly default)."""
+  num_embeddings: int
+  features: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  one_hot: bool = True
+  embedding_init: Initializer = nn.initializers.normal(stddev=1.0)
+
+  def setup(self):
+    self.embedding = logical_param(self, 'embedding', self.embedding_init, (self.num_embeddings, self.features),
+                                   self.param_dtype, ('vocab', 'embed'))
+
+  def __call__(self, inputs: Array) -> Array:
+    """[batch, length] int -> [batch, length, embed]."""
+    if self.one_hot:
+      one_hot = jnp.asarray(inputs[..., None] == jnp.arange(self.num_embeddings, dtype=jnp.int32), self.dtype)
+      output = jnp.dot(one_hot, jnp.asarray(self.embedding, self.dtype))
+    else:
+      output = jnp.asarray(self.embedding, self.dtype)[inputs]
+    return constrain(output, ('batch', 'length', 'embed'))
+
+  def attend(self, query: Array) -> Array:
+    """[..., embed] -> [..., vocab] logits against the embedding table (tied output layer)."""
+    return jnp.dot(jnp.asarray(query, self.dtype), jnp.asarray(self.embedding, self.dtype).T)
+
+
+class RMSNorm(nn.Module):
+  """T5 layer norm: scale only, no mean subtraction, computed in float32."""
+  epsilon: float = 1e-6
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    x = jnp.asarray(x, jnp.float32)
+    mean2 = jnp.mean(lax.square(x), axis=-1, keepdims=True)
+    y = jnp.asarray(x * lax.rsqrt(mean2 + self.epsilon), self.dtype)
+    scale = logical_param(self, 'scale', nn.initializers.ones, (x.shape[-1],), self.param_dtype, ('embed',))
+    return y * jnp.asarray(scale, self.dtype)
+
+
+def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> np.ndarray:
+  """Maps key-minus-query offsets to T5's log-spaced buckets (exact for small offsets, log beyond)."""
+  n = -relative_position
+  bucket = np.zeros_like(n)
+  if bidirectional:
+    num_buckets //= 2
+    bucket += (n < 0).astype(np.int32) * num_buckets
+    n = np.abs(n)
+  else:
+    n = np.maximum(n, 0)
+  max_exact = num_buckets // 2
+  eps = np.finfo(np.float32).eps
+  large = max_exact + (np.log(n.astype(np.float32) / max_exact + eps) / np.log(max_distance / max_exact) *
+                       (num_buckets - max_exact)).astype(np.int32)
+  large = np.minimum(large, num_buckets - 1)
+  return bucket + np.where(n < max_exact, n, large)
+
+
+class RelativePositionBiases(nn.Module):
+  """Per-head additive attention biases from bucketed relative positions; one table `[heads, buckets]`."""
+  num_buckets: int
+  max_distance: int
+  num_heads: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  embedding_init: Initializer = nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform')
+
+  @nn.compact
+  def __call__(self, qlen: int, klen: int, bidirectional: bool = True) -> Array:
+    """Returns biases `[1, heads, qlen, klen]`."""
+    context = np.arange(qlen, dtype=np.int32)[:, None]
+    memory = np.arange(klen, dtype=np.int32)[None, :]
+    buckets = relative_position_bucket(memory - context, bidirectional, self.num_buckets, self.max_distance)
+    table = logical_param(self, 'rel_embedding', self.embedding_init, (self.num_heads, self.num_buckets),
+                          self.param_dtype, ('heads', 'relpos_buckets'))
+    table = jnp.asarray(table, self.dtype)
+    one_hot = jnp.asarray(buckets[None] == np.arange(self.num_buckets)[:, None, None], self.dtype)
+    values = lax.dot_general(table, one_hot, (((1,), (0,)), ((), ())))
+    return values[None]
+
+
+def dot_product_attention(query: Array, key: Array, value: Array, bias: Array | None, *,
+                          dropout_rng: Array | None = None, dropout_rate: float = 0.0,
+                          deterministic: bool = True, dtype: Dtype = jnp.float32,
+                          float32_logits: bool = False) -> Array:
+  """Attention weights softmax(q·k + bias) applied to values. q [b, q, h, d], k/v [b, k, h, d] -> [b, q, h, d].
+
+  No 1/sqrt(d) here: T5 folds it into the query kernel's initialisation.
+  """
+  if float32_logits:
+    query, key = jnp.asarray(query, jnp.float32), jnp.asarray(key, jnp.float32)
+  logits = jnp.einsum('bqhd,bkhd->bhqk', query, key)
+  if bias is not None:
+    logits = logits + jnp.asarray(bias, logits.dtype)
+  weights = jax.nn.softmax(logits.astype(jnp.float32)).astype(dtype)
+  if not deterministic and dropout_rate > 0.0:
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+    weights = weights * (keep.astype(dtype) / jnp.asarray(1.0 - dropout_rate, dtype))
+  return jnp.einsum('bhqk,bkhd->bqhd', weights, value)
+
+
+def mask_to_bias(mask: Array | None, dtype: Dtype) -> Array | None:
+  """Boolean/0-1 attention mask `[b, 1, q, k]` -> additive bias (0 or -1e10)."""
+  if mask is None:
+    return None
+  return lax.select(mask > 0, jnp.zeros(mask.shape, dtype), jnp.full(mask.shape, MASK_BIAS, dtype))
+
+
+class MultiHeadDotProductAttention(nn.Module):
+  """Multi-head attention with t5x parameter layout (`query/key/value/out`, 2-D kernels, `joined_kv`).
+
+  With `decode=True` it keeps an autoregressive key/value cache (`cached_key`, `cached_value`, `cache_index`
+  in the `cache` collection) and takes one query position per call.
+  """
+  num_heads: int
+  head_dim: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  dropout_rate: float = 0.0
+  kernel_init: Initializer = default_kernel_init
+  float32_logits: bool = False
+
+  @nn.compact
+  def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None = None, bias: Array | None = None,
+               *, decode: bool = False, deterministic: bool = True) -> Array:
+    """inputs [b, q, embed], [b, k, embed]; mask [b, 1, q, k]; bias [1, h, q, k] -> [b, q, embed]."""
+    projection = functools.partial(DenseGeneral, axis=-1, features=(self.num_heads, self.head_dim),
+                                   kernel_axes=('embed', 'joined_kv'), dtype=self.dtype,
+                                   param_dtype=self.param_dtype)
+    depth_scaling = jnp.sqrt(self.head_dim).astype(jnp.float32)
+
+    def query_init(*args):
+      return self.kernel_init(*args) / depth_scaling
+
+    query = projection(kernel_init=query_init, name='query')(inputs_q)
+    key = projection(kernel_init=self.kernel_init, name='key')(inputs_kv)
+    value = projection(kernel_init=self.kernel_init, name='value')(inputs_kv)
+    query = constrain(query, ('batch', 'length', 'heads', 'kv'))
+    key = constrain(key, ('batch', 'length', 'heads', 'kv'))
+    value = constrain(value, ('batch', 'length', 'heads', 'kv'))
+
+    if decode:
+      key, value, mask, bias = self._update_cache(query, key, value, mask, bias)
+
+    attention_bias = mask_to_bias(mask, self.dtype)
+    if bias is not None:
+      attention_bias = bias if attention_bias is None else attention_bias + bias
+    dropout_rng = None
+    if not deterministic and self.dropout_rate > 0.0:
+      dropout_rng = self.make_rng('dropout')
+    x = dot_product_attention(query, key, value, attention_bias, dropout_rng=dropout_rng,
+                              dropout_rate=self.dropout_rate, deterministic=deterministic, dtype=self.dtype,
+                              float32_logits=self.float32_logits)
+    out = DenseGeneral(features=inputs_q.shape[-1], axis=(-2, -1), kernel_init=self.kernel_init,
+                       kernel_axes=('joined_kv', 'embed'), dtype=self.dtype, param_dtype=self.param_dtype,
+                       name='out')(x)
+    return out
+
+  def _update_cache(self, query, key, value, mask, bias):
+    """Writes this step's key/value at `cache_index`; returns the full cached k/v with a causal mask/bias.
+
+    On the first (initialising) call the cache is created from the full-length inputs, whose length sets the
+    maximum decode length, and the inputs pass through unchanged.
+    """
+    initialized = self.has_variable('cache', 'cached_key')
+    cached_key = self.variable('cache', 'cached_key', jnp.zeros, key.shape, key.dtype)
+    cached_value = self.variable('cache', 'cached_value', jnp.zeros, value.shape, value.dtype)
+    cache_index = self.variable('cache', 'cache_index', lambda: jnp.array(0, dtype=jnp.int32))
+    if not initialized:
+      return key, value, mask, bias
+    batch, length, heads, depth = cached_key.value.shape
+    if query.shape != (batch, 1, heads, depth):
+      raise ValueError(f'autoregressive cache expects queries of shape {(batch, 1, heads, depth)}, '
+                       f'got {query.shape}')
+    index = cache_index.value
+    key = lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype), (0, index, 0, 0))
+    value = lax.dynamic_update_slice(cached_value.value, value.astype(cached_value.value.dtype),
+                                     (0, index, 0, 0))
+    cached_key.value, cached_value.value = key, value
+    cache_index.value = index + 1
+    causal = jnp.broadcast_to(jnp.arange(length) <= index, (batch, 1, 1, length))
+    mask = causal if mask is None else jnp.logical_and(mask, causal)
+    if bias is not None:
+      bias = lax.dynamic_slice_in_dim(bias, index, 1, axis=-2)
+    return key, value, mask, bias
+
+
+_ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    'gelu': functools.partial(nn.gelu, approximate=True),
+    'gelu_exact': functools.partial(nn.gelu, approximate=False),
+    'relu': nn.relu,
+    'silu': nn.silu,
+    'linear': lambda x: x,
+}
+
+
+class MlpBlock(nn.Module):
+  """Feed-forward block: one `wi` per activation (`wi_0`, `wi_1` when gated), multiplied, then `wo`."""
+  intermediate_dim: int
+  activations: Sequence[str] = ('relu',)
+  kernel_init: Initializer = default_kernel_init
+  intermediate_dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs: Array, deterministic: bool = True) -> Array:
+    """[b, l, embed] -> [b, l, embed]."""
+    hidden = []
+    for idx, act in enumerate(self.activations):
+      name = f'wi_{idx}' if len(self.activations) > 1 else 'wi'
+      x = DenseGeneral(self.intermediate_dim, kernel_init=self.kernel_init, kernel_axes=('embed', 'mlp'),
+                       dtype=self.dtype, param_dtype=self.param_dtype, name=name)(inputs)
+      hidden.append(_ACTIVATIONS[act](x))
+    x = functools.reduce(operator.mul, hidden)
+    x = nn.Dropout(rate=self.intermediate_dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
+    x = constrain(x, ('batch', 'length', 'mlp'))
+    return DenseGeneral(inputs.shape[-1], kernel_init=self.kernel_init, kernel_axes=('mlp', 'embed'),
+                        dtype=self.dtype, param_dtype=self.param_dtype, name='wo')(x)
+
+
+def make_attention_mask(query_valid: Array, key_valid: Array, pairwise_fn=jnp.multiply,
+                        dtype: Dtype = jnp.float32) -> Array:
+  """[b, q], [b, k] -> mask [b, 1, q, k]."""
+  mask = pairwise_fn(query_valid[..., :, None], key_valid[..., None, :])
+  return mask[..., None, :, :].astype(dtype)
+
+
+def make_causal_mask(x: Array, dtype: Dtype = jnp.float32) -> Array:
+  """[b, l] -> lower-triangular mask [b, 1, l, l]."""
+  idx = jnp.broadcast_to(jnp.arange(x.shape[-1], dtype=jnp.int32), x.shape)
+  return make_attention_mask(idx, idx, jnp.greater_equal, dtype=dtype)
+
+
+def combine_masks(*masks: Array | None, dtype: Dtype = jnp.float32) -> Array | None:
+  """Logical AND of the given masks (None entries ignored)."""
+  masks = [m for m in masks if m is not None]
+  if not masks:
+    return None
+  out = masks[0]
+  for m in masks[1:]:
+    out = jnp.logical_and(out, m)
+  return out.astype(dtype)
