@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034  # globals set here are read by the scripts that source this file
 # Shared helpers for the Cloud TPU VM scripts. Sourced, never executed.
 #
 # Every script: parses `--flag value` / `--flag=value` arguments with `opt_value` and `common_flag`, checks
@@ -10,11 +10,8 @@ set -euo pipefail
 SCRIPT_NAME=$(basename "$0")
 
 # Settings shared by all scripts; each may be preset in the environment.
-# shellcheck disable=SC2034  # read by the scripts that source this file
 TPU_NAME=${TPU_NAME:-}
-# shellcheck disable=SC2034
 ZONE=${ZONE:-}
-# shellcheck disable=SC2034
 PROJECT=${PROJECT:-}
 DRY_RUN=${DRY_RUN:-0}
 

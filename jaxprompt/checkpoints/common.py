@@ -112,7 +112,8 @@ class TensorStoreSource(ArraySource):
       try:
         self._store = ts.open(self.spec, read=True, open=True, context=self._context).result()
       except Exception as e:  # tensorstore reports missing/garbled metadata as ValueError and others
-        raise CheckpointError(f"parameter '{self.name}': cannot open its array at {self.where}: {e}") from e
+        raise CheckpointError(
+            f"parameter '{self.name}': cannot open its array at {self.where}: {short_error(e)}") from e
       if self.declared_shape is not None and tuple(self._store.shape) != self.declared_shape:
         raise CheckpointError(
             f"parameter '{self.name}': array at {self.where} has shape {tuple(self._store.shape)} but the "
@@ -137,7 +138,13 @@ def read_guarded(source: ArraySource, reader: Reader) -> np.ndarray:
   except CheckpointError:
     raise
   except Exception as e:  # corrupt chunks surface as ValueError / RuntimeError from tensorstore
-    raise CheckpointError(f"parameter '{source.name}': cannot read its data at {source.where}: {e}") from e
+    raise CheckpointError(
+        f"parameter '{source.name}': cannot read its data at {source.where}: {short_error(e)}") from e
+
+
+def short_error(e: Exception) -> str:
+  """A tensorstore error without the full spec dump it appends."""
+  return str(e).split(" [tensorstore_spec=")[0]
 
 
 # ------------------------------------------------------------------------------------------------ trees
@@ -179,8 +186,10 @@ def unflatten_params(flat: Mapping[str, Any], sep: str = "/") -> dict[str, Any]:
 def _expected_shape(path: str, leaf: Any) -> tuple[int, ...]:
   shape = getattr(leaf, "shape", leaf)
   try:
+    if isinstance(shape, (str, bytes)):
+      raise TypeError
     return tuple(int(d) for d in shape)
-  except TypeError:
+  except (TypeError, ValueError):
     raise ConfigError(f"expected_shapes['{path}'] is {leaf!r}, not a shape or ShapeDtypeStruct") from None
 
 
@@ -285,6 +294,9 @@ def materialize(sources: Mapping[str, ArraySource], *, dtype=None, shardings: Sh
   dtype = None if dtype is None else jnp.dtype(dtype)
   lookup = sharding_lookup(shardings)
   placement = {path: lookup(path) for path in sorted(sources)}
+  for path, sharding in placement.items():
+    if sharding is not None and not isinstance(sharding, jax.sharding.Sharding):
+      raise ConfigError(f"shardings for parameter '{path}' is {sharding!r}, not a jax.sharding.Sharding")
   out: dict[str, Any] = {}
   # Host reads are all started first so tensorstore can fetch them concurrently.
   started = {path: sources[path].start_read(_full_index(sources[path].shape))

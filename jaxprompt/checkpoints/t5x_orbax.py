@@ -73,7 +73,7 @@ def _target_keys_from_listing(item: str, use_ocdbt: bool,
   try:
     names = ts.KvStore.open(store_spec, context=context).result().list().result()
   except Exception as e:
-    raise CheckpointError(f"{item}: cannot list the orbax checkpoint ({e})") from e
+    raise CheckpointError(f"{item}: cannot list the orbax checkpoint ({common.short_error(e)})") from e
   keys, markers = set(), set()
   for raw in names:
     key = raw.decode()

@@ -103,7 +103,3 @@ def remove_first_text_token(x: Mapping[str, tf.Tensor], key: str = "inputs"):
   out[key] = tf.strings.regex_replace(x[key], r"^[^ ]* ", "", replace_global=False)
   return out
 
-
-def stsb_label_set() -> list:
-  """The 26 strings STS-B targets can take: "0.0", "0.2", ..., "5.0"."""
-  return [f"{i / 5:.1f}" for i in range(26)]

@@ -13,9 +13,9 @@ Parameter tree (unscanned) = t5x's minimal T5:
 With `scan_layers=True` the `layers_N` subtrees become one `layers` subtree with a leading `layers` axis
 (see `jaxprompt.models.scan.stack_layers`).
 
-Prompt tuning plugs in through `encoder_input_hook`: a module called on the embedded encoder inputs that
-returns new embeddings and a validity mask (e.g. with prompt vectors prepended). Its parameters live at
-`params/<hook attribute name>/...` beside the frozen tree, never inside it.
+Prompt tuning plugs in through the `prompt` attribute, the encoder-input hook: a module called on the embedded
+encoder inputs that returns new embeddings and a validity mask (e.g. with prompt vectors prepended). Its
+parameters live at `params/prompt/...` beside the frozen tree, never inside it.
 """
 from __future__ import annotations
 
@@ -182,13 +182,13 @@ class Decoder(nn.Module):
 
 
 class Transformer(nn.Module):
-  """T5 encoder-decoder with an optional `encoder_input_hook` (the prompt-tuning plug-in point).
+  """T5 encoder-decoder with an optional encoder-input hook `prompt` (the prompt-tuning plug-in point).
 
   The hook is called as `hook(embedded [b, l, e], input_tokens [b, l], segment_ids | None,
   deterministic=bool)` and returns `(embedded [b, l', e], valid [b, l'] bool)`.
   """
   config: T5Config
-  encoder_input_hook: nn.Module | None = None
+  prompt: nn.Module | None = None
 
   def setup(self):
     cfg = self.config
@@ -203,8 +203,8 @@ class Transformer(nn.Module):
     cfg = self.config
     embedded = self.token_embedder(encoder_input_tokens.astype(jnp.int32))
     valid = encoder_input_tokens > 0
-    if self.encoder_input_hook is not None:
-      embedded, valid = self.encoder_input_hook(embedded, encoder_input_tokens, encoder_segment_ids,
+    if self.prompt is not None:
+      embedded, valid = self.prompt(embedded, encoder_input_tokens, encoder_segment_ids,
                                                 deterministic=not enable_dropout)
       encoder_segment_ids = None  # The hook has consumed (or rejected) packing.
     mask = layers.make_attention_mask(valid, valid, dtype=cfg.dtype)

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Show a TPU VM's state and the tail of the training log on each worker.
+# shellcheck source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+usage() {
+  cat <<EOF
+Usage: $SCRIPT_NAME --tpu NAME --zone ZONE [options]
+
+Describe the TPU VM (gcloud compute tpus tpu-vm describe), then on each worker report whether
+'jaxprompt train' is running and print the last lines of its log (~/jaxprompt_logs/<run>.log).
+
+Required (flag or environment variable):
+  --tpu NAME          TPU VM name                                          [TPU_NAME]
+  --zone ZONE         zone of the TPU VM                                   [ZONE]
+Options:
+  --run NAME          which run's log (default: the newest log on each worker)
+  --lines N           how many log lines to show (default: 20)
+  --worker W          'all' (default) or one worker index
+  --follow            stream the log (tail -F) of one worker (default worker 0) instead;
+                      skips the describe step. Stop with Ctrl-C; training keeps running.
+  --project PROJECT   Google Cloud project (default: gcloud config)         [PROJECT]
+  --dry-run           print the gcloud commands instead of running them     [DRY_RUN=1]
+  -h, --help          show this help
+EOF
+}
+
+# Runs on each worker (shipped with `declare -f`).
+jp_remote_status() {
+  local run=$1 lines=$2 follow=$3
+  local host log='' f count
+  host=$(hostname)
+  if [[ -n $run ]]; then
+    log=$HOME/jaxprompt_logs/$run.log
+  else
+    for f in "$HOME"/jaxprompt_logs/*.log; do
+      if [[ -e $f && (-z $log || $f -nt $log) ]]; then log=$f; fi
+    done
+  fi
+  # The bracket keeps this pattern from matching this very status command.
+  count=$(pgrep -fc '[j]axprompt train' || true)
+  if [[ ${count:-0} -gt 0 ]]; then
+    echo "[$host] jaxprompt train: running ($count processes)"
+  else
+    echo "[$host] jaxprompt train: not running"
+  fi
+  if [[ -z $log || ! -f $log ]]; then
+    echo "[$host] no log found${log:+ at $log}"
+    return 0
+  fi
+  if [[ $follow == 1 ]]; then
+    echo "[$host] following $log"
+    exec tail -n "$lines" -F "$log"
+  fi
+  echo "[$host] last $lines lines of $log:"
+  tail -n "$lines" "$log" | sed "s/^/[$host] /"
+}
+
+main() {
+  local run='' lines=20 worker='' follow=0
+  while (($#)); do
+    if common_flag "$@"; then shift "$OPTSHIFT"; continue; fi
+    case $(flag_key "$1") in
+      --run) opt_value "$@"; run=$OPTVAL ;;
+      --lines) opt_value "$@"; lines=$OPTVAL ;;
+      --worker) opt_value "$@"; worker=$OPTVAL ;;
+      --follow) follow=1; OPTSHIFT=1 ;;
+      *) unknown_flag "$1" ;;
+    esac
+    shift "$OPTSHIFT"
+  done
+
+  require_tpu_and_zone
+  if [[ -n $run ]]; then check_run_name "$run"; fi
+  [[ $lines =~ ^[0-9]+$ ]] || die "--lines '$lines' must be a non-negative integer"
+  if ((follow)); then
+    worker=${worker:-0}
+    [[ $worker != all ]] || die "--follow streams one worker's log; pass --worker N (not 'all')"
+  fi
+  worker=${worker:-all}
+  check_worker "$worker"
+
+  scope_args
+  if ((!follow)); then
+    run gcloud compute tpus tpu-vm describe "$TPU_NAME" "${SCOPE_ARGS[@]}"
+  fi
+  tpu_ssh "$worker" "$(remote_call jp_remote_status "$run" "$lines" "$follow")"
+}
+
+main "$@"
