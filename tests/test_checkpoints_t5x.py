@@ -215,7 +215,14 @@ for name in ("classic_checkpoint_0", "orbax_checkpoint_0"):
   }
 tree_shardings = unflatten_params({p: rule(p) for p in flatten_params(load_t5x_checkpoint(single))})
 flat = flatten_params(load_t5x_checkpoint(single, shardings=tree_shardings))
-out["single_file_emb_shards"] = sorted({tuple(s.data.shape) for s in flat["token_embedder/embedding"].addressable_shards})
+emb = flat["token_embedder/embedding"]
+out["single_file_emb_shards"] = sorted({tuple(s.data.shape) for s in emb.addressable_shards})
+bad = NamedSharding(mesh, P(("data", "model"), None))  # 8-way split of a dimension of 4
+try:
+  load_t5x_checkpoint(tiny + "/classic_checkpoint_0", shardings=lambda p: bad if "rel_embedding" in p else None)
+  out["bad_sharding"] = "no error"
+except Exception as e:
+  out["bad_sharding"] = f"{type(e).__name__}: {e}"
 print("RESULT" + json.dumps(out))
 """
 
@@ -237,6 +244,8 @@ def test_sharded_load_on_8_cpu_devices(fixtures_dir, tiny):
     assert got["q_shards"] == [[8, 16]]
     assert sorted(got["emb_reads"]) == [[64, 32], [64, 32]]  # one read per distinct shard, never whole
   assert out["single_file_emb_shards"] == [[16064, 8]]
+  assert out["bad_sharding"].startswith(
+      "CheckpointError: parameter 'decoder/relpos_bias/rel_embedding' of shape [4, 32] cannot take sharding")
 
 
 # ---------------------------------------------------------------------------------- paths
@@ -266,7 +275,8 @@ def test_gcs_paths_map_to_gcs_kvstores(tiny):
   target = t5x_classic.target_tree(t5x_classic.parse_msgpack(data, "ckpt"), "ckpt")
   sources = t5x_classic.target_sources(target, "gs://bkt/run/checkpoint_0", "ckpt")
   spec = sources["token_embedder/embedding"].spec
-  assert spec["kvstore"] == {"driver": "gcs", "bucket": "bkt", "path": "run/checkpoint_0/target.token_embedder.embedding/"}
+  assert spec["kvstore"] == {"driver": "gcs", "bucket": "bkt",
+                             "path": "run/checkpoint_0/target.token_embedder.embedding/"}
   assert sources["token_embedder/embedding"].shape == (128, 32)  # from the index, no I/O
   ts.Spec(spec)  # a valid tensorstore spec
   orbax_kv = t5x_orbax.array_kvstore("gs://bkt/run/checkpoint_0/state", "target.a.b", use_ocdbt=True)
@@ -286,7 +296,8 @@ def test_missing_path(tmp_path):
 def test_directory_that_is_not_a_checkpoint(tmp_path):
   (tmp_path / "logs").mkdir()
   (tmp_path / "checkpoint_5").mkdir()
-  with pytest.raises(CheckpointError, match=re.escape(f"{tmp_path}: not a T5X checkpoint and contains no checkpoint_<step>")):
+  message = f"{tmp_path}: not a T5X checkpoint and contains no checkpoint_<step>"
+  with pytest.raises(CheckpointError, match=re.escape(message)):
     load_t5x_checkpoint(tmp_path)
   with pytest.raises(CheckpointError, match="not a T5X checkpoint"):
     detect_format(tmp_path)

@@ -24,10 +24,6 @@ die() {
   exit 2
 }
 
-warn() {
-  printf '%s: warning: %s\n' "$SCRIPT_NAME" "$*" >&2
-}
-
 # Print the words of a command, each shell-quoted, on one line.
 quote_cmd() {
   local quoted
@@ -35,14 +31,21 @@ quote_cmd() {
   printf '%s\n' "${quoted% }"
 }
 
-# Run a command, or only print it (to stdout) under --dry-run. Real runs echo it to stderr first.
+# Run a command, or only print it (to stdout) under --dry-run. Real runs echo it to stderr first, with
+# long words (the scripts shipped to the workers) shortened; --dry-run shows them in full.
 run() {
   if [[ $DRY_RUN == 1 ]]; then
     quote_cmd "$@"
-  else
-    printf '+ %s\n' "$(quote_cmd "$@")" >&2
-    "$@"
+    return 0
   fi
+  local -a shown=()
+  local word
+  for word in "$@"; do
+    if ((${#word} > 120)); then word="${word:0:40}...<${#word} characters, see --dry-run>"; fi
+    shown+=("$word")
+  done
+  printf '+ %s\n' "$(quote_cmd "${shown[@]}")" >&2
+  "$@"
 }
 
 # Flag name without its `=value`, with `_` spelled `-`, so `--gin_dir` and `--gin-dir=x` both match `--gin-dir`.

@@ -8,7 +8,7 @@ usage() {
 Usage: $SCRIPT_NAME --tpu NAME --zone ZONE [options]
 
 Describe the TPU VM (gcloud compute tpus tpu-vm describe), then on each worker report whether
-'jaxprompt train' is running and print the last lines of its log (~/jaxprompt_logs/<run>.log).
+a 'jaxprompt train' process is running and print the last lines of its log (~/jaxprompt_logs/<run>.log).
 
 Required (flag or environment variable):
   --tpu NAME          TPU VM name                                          [TPU_NAME]
@@ -28,7 +28,7 @@ EOF
 # Runs on each worker (shipped with `declare -f`).
 jp_remote_status() {
   local run=$1 lines=$2 follow=$3
-  local host log='' f count
+  local host log='' f pids
   host=$(hostname)
   if [[ -n $run ]]; then
     log=$HOME/jaxprompt_logs/$run.log
@@ -37,12 +37,13 @@ jp_remote_status() {
       if [[ -e $f && (-z $log || $f -nt $log) ]]; then log=$f; fi
     done
   fi
-  # The bracket keeps this pattern from matching this very status command.
-  count=$(pgrep -fc '[j]axprompt train' || true)
-  if [[ ${count:-0} -gt 0 ]]; then
-    echo "[$host] jaxprompt train: running ($count processes)"
+  # Matches the venv's console script (/.../bin/jaxprompt train ...), not the shells around it; the
+  # bracket keeps the pattern from matching this very command line.
+  pids=$(pgrep -f '/bin/[j]axprompt train' | tr '\n' ' ' || true)
+  if [[ -n $pids ]]; then
+    echo "[$host] training: running (pid ${pids% })"
   else
-    echo "[$host] jaxprompt train: not running"
+    echo "[$host] training: not running"
   fi
   if [[ -z $log || ! -f $log ]]; then
     echo "[$host] no log found${log:+ at $log}"

@@ -16,6 +16,8 @@ Required (flag or environment variable):
   --zone ZONE         zone of the TPU VM                                   [ZONE]
 Options:
   --worker W          'all' (default) or one worker index
+  --devices 'GLOB...' device files to free, as globs expanded on the workers
+                      (default: '/dev/accel* /dev/vfio/*': v2-v4 use accel, v5e/v5p/v6e VFIO)
   --project PROJECT   Google Cloud project (default: gcloud config)         [PROJECT]
   --dry-run           print the gcloud command instead of running it        [DRY_RUN=1]
   -h, --help          show this help
@@ -24,13 +26,15 @@ EOF
 
 # Runs on each worker (shipped with `declare -f`).
 jp_remote_unstick() {
+  local globs=$1
   set -uo pipefail
   local host pids=''
   local -a devices
   host=$(hostname)
+  # Unquoted on purpose: the globs expand here, on the worker; patterns matching nothing vanish.
   shopt -s nullglob
-  # TPU v2-v4 expose /dev/accel*; v5e/v5p/v6e go through VFIO.
-  devices=(/dev/accel* /dev/vfio/*)
+  # shellcheck disable=SC2206
+  devices=($globs)
   shopt -u nullglob
   if ((${#devices[@]})); then
     pids=$(sudo lsof -t "${devices[@]}" 2>/dev/null | sort -u)
@@ -49,11 +53,12 @@ jp_remote_unstick() {
 }
 
 main() {
-  local worker=all
+  local worker=all device_globs='/dev/accel* /dev/vfio/*'
   while (($#)); do
     if common_flag "$@"; then shift "$OPTSHIFT"; continue; fi
     case $(flag_key "$1") in
       --worker) opt_value "$@"; worker=$OPTVAL ;;
+      --devices) opt_value "$@"; device_globs=$OPTVAL ;;
       *) unknown_flag "$1" ;;
     esac
     shift "$OPTSHIFT"
@@ -61,8 +66,9 @@ main() {
 
   require_tpu_and_zone
   check_worker "$worker"
+  require "$device_globs" "--devices 'GLOB...'"
   scope_args
-  tpu_ssh "$worker" "$(remote_call jp_remote_unstick)"
+  tpu_ssh "$worker" "$(remote_call jp_remote_unstick "$device_globs")"
 }
 
 main "$@"

@@ -3,15 +3,15 @@
 File formats (UTF-8; empty lines are skipped; errors name `file:line`):
   * TSV, one example per line, fields split on tabs, no quoting (a field cannot hold a tab or a newline: use
     JSONL for such text). Either
-      - with a header: the first line names the columns and contains `inputs_field` and/or `targets_field`
-        (both must be there; other columns are ignored), every row has as many fields as the header; or
+      - with a header: the first line names the columns, among them `inputs_field` and `targets_field`
+        (other columns are ignored); every row has as many fields as the header; or
       - without a header: exactly two fields per line, input then target.
     `has_header=None` (default) decides from the first line: it is a header iff it contains a field equal to
     `inputs_field` or `targets_field`. Pass `has_header=True/False` to force either.
   * JSONL: one JSON object per line with string (or number) values under `inputs_field` and `targets_field`.
 
-Registration scans every file eagerly, so bad data fails before training starts. Each split is read into
-memory when its dataset is built (fine for prompt-tuning sized data: up to a few hundred MB of text).
+Registration scans every file eagerly, so bad data fails before training starts. Each split is read again,
+into memory, when its dataset is built: a split must fit in host memory (a tf.data constant is limited to 2 GB).
 
 From Python: `register_file_task("my_task", train="train.tsv", validation="dev.tsv", label_set=("no", "yes"))`.
 From gin: `register_file_task` and `file_task_name` are configurables (module `jaxprompt.data`), e.g.
@@ -141,8 +141,8 @@ def _file_format(path: str, format: Optional[str]) -> str:  # pylint: disable=re
   return _EXTENSIONS[extension]
 
 
-def read_examples(paths: Sequence[str], *, format: Optional[str], inputs_field: str,  # pylint: disable=redefined-builtin
-                  targets_field: str, has_header: Optional[bool],
+def read_examples(paths: Sequence[str], *, format: Optional[str],  # pylint: disable=redefined-builtin
+                  inputs_field: str, targets_field: str, has_header: Optional[bool],
                   label_set: Optional[Sequence[str]]) -> Tuple[List[str], List[str]]:
   """(inputs, targets) of one split, validated; several files are concatenated in order."""
   inputs, targets = [], []
@@ -172,7 +172,8 @@ def _as_paths(split: str, value: Optional[Paths]) -> Tuple[str, ...]:
 
 
 def _dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None, *,
-                files: Mapping[str, Tuple[str, ...]], read: Callable[[Sequence[str]], Tuple[List[str], List[str]]]) -> tf.data.Dataset:
+                files: Mapping[str, Tuple[str, ...]],
+                read: Callable[[Sequence[str]], Tuple[List[str], List[str]]]) -> tf.data.Dataset:
   """tf.data of {'inputs': string, 'targets': string}; a full shuffle of the split when `shuffle_files`."""
   inputs, targets = read(files[split])
   ds = tf.data.Dataset.from_tensor_slices({"inputs": tf.constant(inputs, tf.string),
@@ -272,10 +273,8 @@ def register_file_task(name: str, *, train: Optional[Paths] = None, validation: 
   key = (files, format, inputs_field, targets_field, has_header, labels, vocabulary, metrics)
   if name in _FILE_TASKS and _FILE_TASKS[name][0] == key and name in seqio.TaskRegistry.names():
     return _FILE_TASKS[name][1]  # gin evaluates references on every use: registering again is a no-op
-  if name in seqio.TaskRegistry.names():
-    if not overwrite:
-      raise DataError(f"task {name!r} is already registered (with other arguments); pass overwrite=True")
-    seqio.TaskRegistry.remove(name)
+  if name in seqio.TaskRegistry.names() and not overwrite:
+    raise DataError(f"task {name!r} is already registered (differently); pass overwrite=True to replace it")
 
   metric_fns, scores_floats = _metric_fns(metrics, labels)
   read = functools.partial(read_examples, format=format, inputs_field=inputs_field,
@@ -286,6 +285,8 @@ def register_file_task(name: str, *, train: Optional[Paths] = None, validation: 
   else:
     postprocess_fn = _string_to_float if scores_floats else None
   vocab = vocabulary if isinstance(vocabulary, seqio.Vocabulary) else vocab_lib.get_vocabulary(vocabulary)
+  unregister_file_task(name)
+  seqio.TaskRegistry.remove(name)  # only reached with overwrite=True, after the new files validated
   task = seqio.TaskRegistry.add(
       name,
       source=seqio.FunctionDataSource(functools.partial(_dataset_fn, files=files, read=read),
@@ -305,6 +306,14 @@ def register_file_task(name: str, *, train: Optional[Paths] = None, validation: 
 def file_task_name() -> str:
   """Registers the task configured for `register_file_task` (in the current gin scope); returns its name."""
   return register_file_task().name  # pylint: disable=no-value-for-parameter  (gin supplies the arguments)
+
+
+def unregister_file_task(name: str) -> None:
+  """Removes a task made by `register_file_task` from seqio's registry (no-op for unknown names)."""
+  if name in _FILE_TASKS:
+    seqio.TaskRegistry.remove(name)
+    del _FILE_TASKS[name]
+    del _LABEL_SETS[name]
 
 
 def get_file_task_label_set(name: str) -> Optional[Tuple[str, ...]]:

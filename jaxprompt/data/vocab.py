@@ -37,9 +37,13 @@ def _load(path: str, extra_ids: int) -> seqio.SentencePieceVocabulary:
 
 
 @functools.lru_cache(maxsize=None)
+def _cached_default(extra_ids: int) -> seqio.SentencePieceVocabulary:
+  return _load(default_vocabulary_path(), extra_ids)
+
+
 def get_default_vocabulary(extra_ids: int = DEFAULT_EXTRA_IDS) -> seqio.SentencePieceVocabulary:
   """T5's `cc_all.32000` vocabulary plus `extra_ids` sentinels (vocab_size 32100 with the default 100)."""
-  return _load(default_vocabulary_path(), extra_ids)
+  return _cached_default(int(extra_ids))  # one object per extra_ids, however it is passed
 
 
 def get_vocabulary(path: Optional[str] = None,

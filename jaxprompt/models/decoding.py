@@ -185,7 +185,7 @@ def _is_tracer(x) -> bool:
 
 def _sample(logits, temperature, rng, topk, topp, rescale_log_probs):
   """Draws one token per row of logits [n, vocab]; returns (tokens [n] int32, log probs [n])."""
-  def nonzero_temperature(logits, temperature):
+  def nonzero_temperature(logits, temperature, rng=rng):
     scaled = logits / jnp.maximum(temperature, MIN_TEMPERATURE)
     if _is_tracer(topk) or topk:
       scaled = jnp.where(topk > 0, topk_mask(scaled, topk, NEG_INF), scaled)
@@ -204,10 +204,14 @@ def _sample(logits, temperature, rng, topk, topp, rescale_log_probs):
     log_probs = jax.nn.log_softmax(logits)
     return token, jnp.take_along_axis(log_probs, token[:, None], axis=-1)[:, 0]
 
-  if temperature.ndim == 1:  # one temperature per row; t5x shares one rng across the vmapped rows
-    def per_row(row, t):
-      return lax.cond(t > MIN_TEMPERATURE, nonzero_temperature, zero_temperature, row[None], t)
-    token, log_prob = jax.vmap(per_row)(logits, temperature)
+  if temperature.ndim == 1:
+    # One temperature per row. t5x reuses one key for every row here, which makes the num_decodes copies of
+    # an example identical; each row gets its own key instead.
+    def per_row(row, t, key):
+      return lax.cond(t > MIN_TEMPERATURE, functools.partial(nonzero_temperature, rng=key), zero_temperature,
+                      row[None], t)
+    keys = jax.random.split(rng, logits.shape[0])
+    token, log_prob = jax.vmap(per_row)(logits, temperature, keys)
     return token[:, 0], log_prob[:, 0]
   return lax.cond(temperature > MIN_TEMPERATURE, nonzero_temperature, zero_temperature, logits, temperature)
 
