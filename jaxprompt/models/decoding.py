@@ -183,8 +183,11 @@ def _is_tracer(x) -> bool:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _sample(logits, temperature, rng, topk, topp, rescale_log_probs):
-  """Draws one token per row of logits [n, vocab]; returns (tokens [n] int32, log probs [n])."""
+def _sample(logits, temperature, rng, topk, topp, rescale_log_probs, known_positive):
+  """Draws one token per row of logits [n, vocab]; returns (tokens [n] int32, log probs [n]).
+
+  known_positive: whether a scalar temperature known before tracing exceeds MIN_TEMPERATURE (else None).
+  """
   def nonzero_temperature(logits, temperature, rng=rng):
     scaled = logits / jnp.maximum(temperature, MIN_TEMPERATURE)
     if _is_tracer(topk) or topk:
@@ -213,6 +216,8 @@ def _sample(logits, temperature, rng, topk, topp, rescale_log_probs):
     keys = jax.random.split(rng, logits.shape[0])
     token, log_prob = jax.vmap(per_row)(logits, temperature, keys)
     return token[:, 0], log_prob[:, 0]
+  if known_positive is not None:  # a known temperature: compile only the branch lax.cond would take
+    return (nonzero_temperature if known_positive else zero_temperature)(logits, temperature)
   return lax.cond(temperature > MIN_TEMPERATURE, nonzero_temperature, zero_temperature, logits, temperature)
 
 
@@ -235,6 +240,9 @@ def temperature_sample(inputs: jax.Array, cache: PyTree, tokens_to_logits: Calla
   if not (_is_tracer(topk) or _is_tracer(topp)) and topk and topp:
     raise ConfigError(f'at most one of topk ({topk}) and topp ({topp}) may be non-zero')
   batch_size, length = inputs.shape
+  known_positive = None
+  if not _is_tracer(temperature) and np.ndim(temperature) == 0:
+    known_positive = bool(np.asarray(temperature) > MIN_TEMPERATURE)
   temperature = jnp.asarray(temperature)
   if temperature.ndim > 1 or (temperature.ndim == 1 and temperature.shape[0] != batch_size):
     raise ConfigError(f'temperature must be a scalar or [batch={batch_size}], got shape {temperature.shape}')
@@ -254,7 +262,8 @@ def temperature_sample(inputs: jax.Array, cache: PyTree, tokens_to_logits: Calla
     inputs = flat_batch_beam_expand(inputs, num_decodes)
     if initial_index is not None:
       initial_index = flat_batch_beam_expand(initial_index, num_decodes)
-  sample = functools.partial(_sample, topk=topk, topp=topp, rescale_log_probs=rescale_log_probs)
+  sample = functools.partial(_sample, topk=topk, topp=topp, rescale_log_probs=rescale_log_probs,
+                             known_positive=known_positive)
   sequences, log_prob = _sample_loop(
       inputs, cache, tokens_to_logits, eos_id, decode_rng, num_decodes, temperature, sample, initial_index,
       max_decode_steps, state_callback_fn, logit_callback_fn)
