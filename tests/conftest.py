@@ -6,6 +6,8 @@ when `../shared` itself is absent (a user's checkout); in CI it is always presen
 import os
 import pathlib
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # Before any test imports tensorflow.
+
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -88,7 +88,8 @@ SUPER_GLUE_CASES = [
        "start1": _i(14), "end1": _i(18), "start2": _i(15), "end2": _i(19), "idx": _i(0), "label": _label(0)}],
      [("wic sentence1: He sat on the bank. sentence2: She robbed the bank. word: bank", "False")]),
     ("super_glue_axb_v102",
-     [{"sentence1": _s("The cat sat."), "sentence2": _s("The cat did not sit."), "idx": _i(0), "label": _label(1)}],
+     [{"sentence1": _s("The cat sat."), "sentence2": _s("The cat did not sit."), "idx": _i(0),
+       "label": _label(1)}],
      [("rte hypothesis: The cat did not sit. premise: The cat sat.", "not_entailment")]),
     ("super_glue_axg_v102",
      [{"premise": _s("The nurse ate."), "hypothesis": _s("She ate."), "idx": _i(0), "label": _label(0)}],
@@ -119,9 +120,12 @@ SUPER_GLUE_CASES = [
 
 
 def _glue_cases(suffix):
-  pair = lambda a, b, label: {"sentence1": _s(a), "sentence2": _s(b), "idx": _i(0), "label": label}  # pylint: disable=unnecessary-lambda-assignment
-  nli = lambda label: {"premise": _s("A man eats."), "hypothesis": _s("A person eats."), "idx": _i(3),  # pylint: disable=unnecessary-lambda-assignment
-                       "label": _label(label)}
+  def pair(a, b, label):
+    return {"sentence1": _s(a), "sentence2": _s(b), "idx": _i(0), "label": label}
+
+  def nli(label):
+    return {"premise": _s("A man eats."), "hypothesis": _s("A person eats."), "idx": _i(3), "label": _label(label)}
+
   return [
       (f"glue_cola_{suffix}", [{"sentence": _s("The book was read."), "idx": _i(0), "label": _label(1)}],
        [("cola sentence: The book was read.", "acceptable")]),
@@ -139,7 +143,8 @@ def _glue_cases(suffix):
                                pair("C.", "D.", tf.constant(0.45, tf.float32))],
        [("stsb sentence1: A dog runs. sentence2: A dog is running.", "3.2"),
         ("stsb sentence1: A. sentence2: B.", "5.0"), ("stsb sentence1: C. sentence2: D.", "0.4")]),
-      (f"glue_mnli_{suffix}", [nli(2)], [("mnli hypothesis: A person eats. premise: A man eats.", "contradiction")]),
+      (f"glue_mnli_{suffix}", [nli(2)],
+       [("mnli hypothesis: A person eats. premise: A man eats.", "contradiction")]),
       (f"glue_mnli_matched_{suffix}", [nli(0)],
        [("mnli hypothesis: A person eats. premise: A man eats.", "entailment")]),
       (f"glue_mnli_mismatched_{suffix}", [nli(1)],
@@ -290,7 +295,7 @@ def test_tfds_sources_and_splits():
   assert features["targets"].vocabulary.vocab_size == 32100
 
 
-# ------------------------------------------------------------------------------------------------- registry helpers
+# ----------------------------------------------------------------------------------------------- registry helpers
 
 
 def test_register_all_tasks_is_idempotent():
@@ -331,6 +336,18 @@ def test_register_label_set_for_a_custom_task():
                            preprocessors=[], output_features=tasks.default_output_features())
   tasks.register_label_set(name, ["no", "yes"])
   assert tasks.get_label_set(name) == ["no", "yes"]
+
+
+def test_label_set_of_a_file_task(tmp_path):
+  from jaxprompt.data import custom  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "train.tsv"
+  path.write_text("inputs\ttargets\nis it good\tyes\nis it bad\tno\n")
+  custom.register_file_task("jaxprompt_test_file_labels", train=str(path), label_set=("no", "yes"),
+                            overwrite=True)
+  try:
+    assert tasks.get_label_set("jaxprompt_test_file_labels") == ["no", "yes"]
+  finally:
+    custom.unregister_file_task("jaxprompt_test_file_labels")
 
 
 def test_unknown_task_suggests_close_names():
@@ -394,7 +411,8 @@ def test_wsc_simple_postprocessor(prediction, expected):
 def test_task_metrics_score_postprocessed_outputs():
   task = seqio.get_mixture_or_task("super_glue_multirc_v102")
   examples = [{"idx/question": q} for q in (0, 0, 1)]
-  targets = [task.postprocess_fn(t, example=e, is_target=True) for t, e in zip(["True", "False", "True"], examples)]
+  targets = [task.postprocess_fn(t, example=e, is_target=True)
+             for t, e in zip(["True", "False", "True"], examples)]
   predictions = [task.postprocess_fn(p, example=e) for p, e in zip(["True", "True", "True"], examples)]
   scores = {}
   for fn in task.metric_fns:

@@ -16,7 +16,7 @@ import seqio  # pylint: disable=g-import-not-at-top,wrong-import-position
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from jaxprompt.data import tasks  # pylint: disable=g-import-not-at-top,wrong-import-position
-from jaxprompt.data.vocab import get_default_vocabulary  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxprompt.data.vocab import get_default_vocabulary  # pylint: disable=g-import-not-at-top
 from jaxprompt.errors import DataError  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 BOOLQ = {
@@ -107,7 +107,8 @@ def _expected(task_name, split):
   return sorted((i.split(" ", 1)[1] if taskless else i, t) for i, t in pairs)
 
 
-CASES = [("super_glue_boolq_v102", "validation"), ("taskless_super_glue_boolq_v102", "test"), ("super_glue_cb_v102", "test"),
+CASES = [("super_glue_boolq_v102", "validation"), ("taskless_super_glue_boolq_v102", "test"),
+         ("super_glue_cb_v102", "test"),
          ("super_glue_cb_v102", "train"), ("taskless_super_glue_cb_v102", "validation"),
          ("glue_sst2_v200", "validation"), ("taskless_glue_sst2_v200", "train")]
 
@@ -141,9 +142,10 @@ def test_task_reads_prepared_tfds_into_model_features(data_dir, task_name, split
     np.testing.assert_array_equal(f["decoder_loss_weights"], (target_ids > 0).astype(np.int32))
   # Decoding gives the strings back, except that SentencePiece drops the trailing spaces SST-2 sentences carry
   # and that "<" is not in T5's vocabulary: the unlabeled target "<unk>" comes back as " ⁇ unk>" (id 2 = unk).
-  decoded = sorted((vocab.decode(f["encoder_input_tokens"].tolist()), vocab.decode(f["decoder_target_tokens"].tolist()))
-                   for f in features)
-  assert decoded == sorted((i.rstrip(), " \u2047 unk>" if t == "<unk>" else t) for i, t in _expected(task_name, split))
+  decoded = sorted((vocab.decode(f["encoder_input_tokens"].tolist()),
+                    vocab.decode(f["decoder_target_tokens"].tolist())) for f in features)
+  expected = [(i.rstrip(), " \u2047 unk>" if t == "<unk>" else t) for i, t in _expected(task_name, split)]
+  assert decoded == sorted(expected)
 
 
 def test_batched_model_features_and_label_ids(data_dir):

@@ -16,3 +16,9 @@ def test_standard_rules_match_t5x():
   two_d = partitioning.standard_logical_axis_rules(parameter_partitioning_dims=2)
   assert ('embed', 'data') in two_d and ('embed', None) not in two_d
   assert partitioning.prompt_logical_axis_rules()[:2] == [('prompt', None), ('prompt_embed', None)]
+
+
+def test_sharded_train_step_equals_single_device(fixtures_dir):
+  out = run_with_devices(REPO / 'tests' / 'scripts' / 'sharded_train_step.py', 8,
+                         str(fixtures_dir / 't5x_tiny' / 'classic_checkpoint_0'))
+  assert out.strip().endswith('OK')

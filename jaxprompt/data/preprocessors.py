@@ -88,12 +88,6 @@ def stsb(x: Mapping[str, tf.Tensor]):
 
 
 @seqio.map_over_dataset
-def rekey(x: Mapping[str, tf.Tensor], key_map: Mapping[str, str]):
-  """Renames features: output key -> input key (e.g. SuperGLUE AX-b's sentence1 -> premise)."""
-  return {new: x[old] for new, old in key_map.items()}
-
-
-@seqio.map_over_dataset
 def remove_first_text_token(x: Mapping[str, tf.Tensor], key: str = "inputs"):
   """Drops everything up to and including the first space of `x[key]` ("rte premise: a" -> "premise: a").
 

@@ -23,6 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import seqio
 
+from jaxprompt.data import custom
 from jaxprompt.data import metrics
 from jaxprompt.data import postprocessors
 from jaxprompt.data import preprocessors as pp
@@ -62,14 +63,17 @@ _BOOL = ("False", "True")
 _RTE = ("entailment", "not_entailment")
 _MNLI = ("entailment", "neutral", "contradiction")
 # SuperGLUE AX-b names its sentences like GLUE; T5 renames them to read as SuperGLUE RTE.
-_AXB_REKEY = functools.partial(
-    pp.rekey, key_map={"premise": "sentence1", "hypothesis": "sentence2", "label": "label", "idx": "idx"})
+_AXB_REKEY = functools.partial(seqio.preprocessors.rekey, key_map={
+    "premise": "sentence1", "hypothesis": "sentence2", "label": "label", "idx": "idx"})
 
 
 def super_glue_specs() -> List[TaskSpec]:
   """SuperGLUE tasks (T5's formats and metrics), plus DPR which T5 mixes in for WSC."""
   version, suffix = SUPER_GLUE_VERSION
-  sg = lambda config: (f"super_glue_{config}_{suffix}", f"super_glue/{config}:{version}")  # pylint: disable=unnecessary-lambda-assignment
+
+  def sg(config: str) -> Tuple[str, str]:  # (task name, TFDS name)
+    return f"super_glue_{config}_{suffix}", f"super_glue/{config}:{version}"
+
   accuracy = (metrics.accuracy,)
   return [
       _classification(*sg("boolq"), "boolq", _BOOL, ("passage", "question"), accuracy),
@@ -101,7 +105,10 @@ def super_glue_specs() -> List[TaskSpec]:
 
 def glue_specs(tfds_version: str, suffix: str) -> List[TaskSpec]:
   """GLUE tasks (T5's formats and metrics) reading `glue/<config>:<tfds_version>`."""
-  g = lambda config: (f"glue_{config}_{suffix}", f"glue/{config}:{tfds_version}")  # pylint: disable=unnecessary-lambda-assignment
+
+  def g(config: str) -> Tuple[str, str]:  # (task name, TFDS name)
+    return f"glue_{config}_{suffix}", f"glue/{config}:{tfds_version}"
+
   accuracy = (metrics.accuracy,)
   f1_accuracy = (metrics.f1_score_with_invalid, metrics.accuracy)
   pair = ("sentence1", "sentence2")
@@ -111,7 +118,8 @@ def glue_specs(tfds_version: str, suffix: str) -> List[TaskSpec]:
                       (metrics.matthews_corrcoef,)),
       _classification(*g("sst2"), "sst2", ("negative", "positive"), ("sentence",), accuracy),
       _classification(*g("mrpc"), "mrpc", ("not_equivalent", "equivalent"), pair, f1_accuracy),
-      _classification(*g("qqp"), "qqp", ("not_duplicate", "duplicate"), ("question1", "question2"), f1_accuracy),
+      _classification(*g("qqp"), "qqp", ("not_duplicate", "duplicate"), ("question1", "question2"),
+                      f1_accuracy),
       TaskSpec(*g("stsb"), _TRAIN_EVAL_TEST, (pp.stsb,), (metrics.pearson_corrcoef, metrics.spearman_corrcoef),
                postprocessors.string_to_float),
       _classification(*g("mnli"), "mnli", _MNLI, ("hypothesis", "premise"), accuracy,
@@ -219,7 +227,7 @@ def registered_task_names() -> List[str]:
 
 
 def register_label_set(task_name: str, labels: Optional[Sequence[str]]) -> None:
-  """Records the class verbalizers of a task registered elsewhere (e.g. a user TSV task)."""
+  """Records the class verbalizers of a seqio task registered elsewhere (file tasks need not: see custom)."""
   _LABEL_SETS[task_name] = None if labels is None else tuple(labels)
 
 
@@ -251,11 +259,20 @@ def get_label_set(task_name: str) -> Optional[List[str]]:
   """
   provider = get_task(task_name)
   if isinstance(provider, seqio.Mixture):
-    sets = {_LABEL_SETS.get(t.name) for t in provider.tasks}
+    sets = {_task_label_set(t.name) for t in provider.tasks}
     label_set = sets.pop() if len(sets) == 1 else None
   else:
-    label_set = _LABEL_SETS.get(task_name)
+    label_set = _task_label_set(task_name)
   return None if label_set is None else list(label_set)
+
+
+def _task_label_set(task_name: str) -> Optional[Tuple[str, ...]]:
+  if task_name in _LABEL_SETS:
+    return _LABEL_SETS[task_name]
+  try:  # a TSV / JSONL task made by `custom.register_file_task`
+    return custom.get_file_task_label_set(task_name)
+  except DataError:
+    return None  # a seqio task registered elsewhere without `register_label_set`
 
 
 def set_tfds_data_dir(data_dir: Optional[str]) -> None:

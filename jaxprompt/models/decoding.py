@@ -7,6 +7,12 @@ worst first, best last. Tokens after EOS are 0.
 
 Cache leaves named `cache_index` (a scalar, unless decoding starts from a prefilled cache), `cached_bias`
 and `position_embedder_index` have no batch axis and are never expanded, flattened or gathered along beams.
+
+Deliberate differences from t5x (none affects the default paths): per-example temperatures draw each row with
+its own key (t5x reuses one, so the copies of an example come out identical); a traced topp of 0 keeps the
+whole vocabulary (t5x masks it all); beam search from a prefilled cache keeps the per-example cache_index
+flattened and gathered with the beams (t5x hands the model a [batch, beams] index); top-k is one `lax.top_k`
+(t5x's two-stage variant is a TPU speed-up with the same result).
 """
 from __future__ import annotations
 
@@ -249,7 +255,8 @@ def temperature_sample(inputs: jax.Array, cache: PyTree, tokens_to_logits: Calla
   if decode_rng is None:
     decode_rng = jax.random.PRNGKey(0)
   if max_decode_steps is not None and max_decode_steps_hard_limit is not None and max_decode_steps_hard_limit > 0:
-    max_decode_steps = jnp.minimum(max_decode_steps, max_decode_steps_hard_limit)
+    cap = min if not _is_tracer(max_decode_steps) else jnp.minimum  # stay checkable below when known
+    max_decode_steps = cap(max_decode_steps, max_decode_steps_hard_limit)
   if max_decode_steps is not None and not _is_tracer(max_decode_steps) and max_decode_steps > length:
     raise ConfigError(f'max_decode_steps={max_decode_steps} exceeds the decode length {length} '
                       f'(inputs shape {inputs.shape})')

@@ -74,13 +74,20 @@ class PromptCheckpointer:
 
   def save(self, step: int, state: TrainState, *, data_position: int, metrics: dict | None = None,
            force: bool = False) -> bool:
-    """Writes `state` as checkpoint `step` (asynchronously; see `wait_until_finished`). Returns False when
-    the step already exists or orbax's save policy skips it. Eval metrics used for best-checkpoint retention
-    must come with the same call."""
+    """Writes `state` as checkpoint `step` (asynchronously; see `wait_until_finished`).
+
+    Returns False, writing nothing, when the step exists already or is not after the latest checkpoint
+    (unless `force`). Eval metrics used for best-checkpoint retention must come with the same call.
+    """
     step = int(step)
     _check_global(state)
     if step in self._manager.all_steps():
       logging.info('Checkpoint %s already exists; not saving it again', self._step_dir(step))
+      return False
+    latest = self.latest_step()
+    if latest is not None and step < latest and not force:
+      logging.warning('Not saving step %d: %s already holds the later step %d (pass force=True to save anyway)',
+                      step, self._ckpt_dir, latest)
       return False
     json_metrics = _to_json(dict(metrics)) if metrics else None
     ranked = None
@@ -92,7 +99,8 @@ class PromptCheckpointer:
     meta = {'step': step, 'data_position': int(data_position), 'metrics': json_metrics}
     saved = self._manager.save(
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-        metrics=ranked, force=force)
+        # Our checks above replace orbax's, which would also count uncommitted step dirs as the latest step.
+        metrics=ranked, force=True)
     if not saved:
       return False
     if self.save_numpy:
@@ -194,11 +202,13 @@ def _is_committed(step_dir: epath.Path) -> bool:
 
 def _saved_prompt_shape(step_dir: epath.Path) -> tuple[int, ...]:
   try:
-    tree = ocp.PyTreeCheckpointer().metadata(step_dir / 'state').item_metadata.tree
+    tree = ocp.StandardCheckpointHandler().metadata(step_dir / 'state')
+    if tree is None:
+      raise ValueError('no tree metadata')
     return tuple(tree['prompt']['prompt'].shape)
-  except Exception as e:
+  except Exception as e:  # missing or unreadable _METADATA, or a tree without a prompt
     raise CheckpointError(f'checkpoint {step_dir} is damaged: cannot read the prompt metadata of '
-                          f'{step_dir / "state"}: {e}') from e
+                          f'{step_dir / "state"}: {e!r}') from e
 
 
 def _check_prompt_shape(step_dir: epath.Path, saved: tuple[int, ...], wanted: tuple[int, ...]) -> None:
@@ -239,7 +249,7 @@ def _to_json(value: Any) -> Any:
   if isinstance(value, (str, bool, int, float)) or value is None:
     return value
   if isinstance(value, (np.ndarray, np.generic, jax.Array)):
-    array = np.asarray(value)
+    array = _to_host(value)
     return array.item() if array.size == 1 else array.tolist()
   return str(value)
 
@@ -276,7 +286,11 @@ def _shape(x: Any) -> tuple[int, ...]:
 
 
 def _prompt_to_host(state_or_prompt: Any) -> np.ndarray:
-  x = _prompt_leaf(state_or_prompt)
+  return _to_host(_prompt_leaf(state_or_prompt))
+
+
+def _to_host(x: Any) -> np.ndarray:
+  """A numpy copy of a (possibly global, multi-host) array; a gather is collective across processes."""
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
     if x.is_fully_replicated:
       return np.asarray(x.addressable_data(0))
@@ -303,7 +317,10 @@ def export_prompt(state_or_prompt: Any, path: str) -> str:
   array = _prompt_to_host(state_or_prompt)
   if array.ndim != 2:
     raise PromptError(f'cannot export a prompt of shape {array.shape} to {path}: expected [length, embed]')
-  _write_npy(array.astype(np.float32), epath.Path(os.fspath(path)))
+  try:
+    _write_npy(array.astype(np.float32), epath.Path(os.fspath(path)))
+  except Exception as e:  # OSError locally; gcs backends raise their own types
+    raise PromptError(f'cannot write the prompt to {path}: {e}') from e
   return os.fspath(path)
 
 

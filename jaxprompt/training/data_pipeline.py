@@ -1,0 +1,186 @@
+"""seqio tasks -> numpy batches of `EncDecFeatureConverter(pack=False)` features, per host.
+
+Training reads an endless, seeded, shuffled stream sharded over processes (`seqio.ShardInfo`), so the k-th
+batch is the same in every run with the same seed and process count: resuming skips the batches already
+consumed (`data_position`) and sees exactly what an uninterrupted run would have seen.
+
+Evaluation and inference read a split once, in order, on every process (each process then feeds its own rows
+of every global batch to the mesh).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator, Mapping, Sequence
+
+import jax
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from jaxprompt.data import custom
+from jaxprompt.data import tasks as tasks_lib
+from jaxprompt.errors import ConfigError, DataError
+
+Batch = dict[str, np.ndarray]
+FEATURES = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens', 'decoder_loss_weights')
+
+
+# ------------------------------------------------------------------------------------ tasks
+
+
+def get_provider(name: Any) -> seqio.Task | seqio.Mixture:
+  """A registered Task or Mixture (GLUE / SuperGLUE, user file tasks, anything a gin `import` registered)."""
+  if isinstance(name, (seqio.Task, seqio.Mixture)):
+    return name
+  if not isinstance(name, str) or not name:
+    raise ConfigError(f'MIXTURE_OR_TASK_NAME must be a task or mixture name, got {name!r}')
+  return tasks_lib.get_task(name)
+
+
+def label_set(name: str) -> list[str] | None:
+  """Class labels of a task (file tasks and GLUE / SuperGLUE), None for free-text targets."""
+  try:
+    labels = custom.get_file_task_label_set(name)
+  except DataError:  # not a file task
+    labels = tasks_lib.get_label_set(name)
+  return None if labels is None else list(labels)
+
+
+def subtasks(provider: seqio.Task | seqio.Mixture, split: str) -> list[seqio.Task]:
+  """The tasks to evaluate: the task itself, or each task of a mixture that has `split`."""
+  tasks = list(provider.tasks) if isinstance(provider, seqio.Mixture) else [provider]
+  with_split = [t for t in tasks if split in t.splits]
+  if not with_split:
+    available = sorted({s for t in tasks for s in t.splits})
+    raise DataError(f'task {provider.name!r} has no split {split!r}; available splits: {available}')
+  return with_split
+
+
+def targets_vocabulary(provider: seqio.Task | seqio.Mixture) -> seqio.Vocabulary:
+  features = provider.output_features
+  if 'targets' not in features:
+    raise DataError(f'task {provider.name!r} has no `targets` feature (an encoder-decoder task needs '
+                    f'inputs and targets; it has {sorted(features)})')
+  return features['targets'].vocabulary
+
+
+def inputs_vocabulary(provider: seqio.Task | seqio.Mixture) -> seqio.Vocabulary:
+  features = provider.output_features
+  return features['inputs'].vocabulary if 'inputs' in features else targets_vocabulary(provider)
+
+
+def check_split(provider: seqio.Task | seqio.Mixture, split: str) -> None:
+  """DataError naming the task and split if the split is missing or yields no example."""
+  tasks_lib.check_nonempty(provider, split)
+
+
+# ------------------------------------------------------------------------------------ training stream
+
+
+def host_batch_size(global_batch_size: int, data_parallel: int) -> int:
+  """Rows this process feeds per step: BATCH_SIZE / process_count (checked against the mesh)."""
+  processes = jax.process_count()
+  if global_batch_size % processes or global_batch_size % data_parallel:
+    raise ConfigError(f'BATCH_SIZE={global_batch_size} must be divisible by the number of processes '
+                      f'({processes}) and by the data-parallel mesh size ({data_parallel})')
+  return global_batch_size // processes
+
+
+def train_dataset(provider: seqio.Task | seqio.Mixture, feature_lengths: Mapping[str, int], split: str,
+                  host_batch: int, seed: int) -> tf.data.Dataset:
+  """Endless batches [host_batch, length] of this process's shard, shuffled with `seed`, unpacked."""
+  ds = provider.get_dataset(sequence_length=dict(feature_lengths), split=split, use_cached=False, shuffle=True,
+                            seed=seed, num_epochs=None,
+                            shard_info=seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count()))
+  ds = seqio.EncDecFeatureConverter(pack=False)(ds, dict(feature_lengths))
+  return ds.batch(host_batch, drop_remainder=True)
+
+
+def as_float_weights(batch: Mapping[str, np.ndarray]) -> Batch:
+  """Loss weights as float32 (seqio gives int32): one compiled step for real and debug-poisoned batches."""
+  out = {k: np.asarray(batch[k]) for k in FEATURES}
+  out['decoder_loss_weights'] = out['decoder_loss_weights'].astype(np.float32)
+  return out
+
+
+def train_batches(ds: tf.data.Dataset, skip: int = 0) -> Iterator[Batch]:
+  """Numpy batches after skipping the first `skip` (already consumed before a resume)."""
+  if skip:
+    ds = ds.skip(skip)  # skipped inside tf.data (C++), still deterministic
+  for batch in ds.prefetch(2).as_numpy_iterator():
+    yield as_float_weights(batch)
+
+
+# ------------------------------------------------------------------------------------ one pass over a split
+
+
+def read_examples(task: seqio.Task, feature_lengths: Mapping[str, int] | None, split: str,
+                  max_examples: int | None = None) -> list[dict[str, Any]]:
+  """Every preprocessed example of a split, in order (token ids trimmed to the lengths, EOS appended)."""
+  lengths = dict(feature_lengths) if feature_lengths else None
+  try:
+    ds = task.get_dataset(sequence_length=lengths, split=split, use_cached=False, shuffle=False, num_epochs=1)
+    if max_examples:
+      ds = ds.take(max_examples)
+    examples = list(ds.as_numpy_iterator())
+  except (tf.errors.OpError, ValueError) as e:
+    raise DataError(f'task {task.name!r} split {split!r}: cannot read examples ({type(e).__name__}: '
+                    f'{str(e).splitlines()[0] if str(e) else ""})') from e
+  if not examples:
+    raise DataError(f'task {task.name!r} split {split!r} is empty: no example left after preprocessing')
+  return examples
+
+
+def _pad(rows: Sequence[np.ndarray], length: int) -> np.ndarray:
+  out = np.zeros((len(rows), length), np.int32)
+  for i, row in enumerate(rows):
+    row = np.asarray(row, np.int32)[:length]
+    out[i, :len(row)] = row
+  return out
+
+
+def to_features(inputs: Sequence[np.ndarray], targets: Sequence[np.ndarray] | None,
+                feature_lengths: Mapping[str, int]) -> Batch:
+  """Unpacked encoder-decoder features, as `seqio.EncDecFeatureConverter(pack=False)` makes them.
+
+  inputs / targets: token-id rows (EOS included) -> encoder_input_tokens [n, L_in], decoder_target_tokens,
+  decoder_input_tokens (targets shifted right, BOS 0) and decoder_loss_weights (1 on real target tokens) [n, L_t].
+  Without targets (inference) the target features are zeros.
+  """
+  encoder = _pad(inputs, feature_lengths['inputs'])
+  if targets is None:
+    targets_padded = np.zeros((len(inputs), feature_lengths['targets']), np.int32)
+  else:
+    targets_padded = _pad(targets, feature_lengths['targets'])
+  decoder_inputs = np.pad(targets_padded[:, :-1], ((0, 0), (1, 0)))
+  return {'encoder_input_tokens': encoder, 'decoder_input_tokens': decoder_inputs.astype(np.int32),
+          'decoder_target_tokens': targets_padded,
+          'decoder_loss_weights': (targets_padded > 0).astype(np.float32)}
+
+
+def padded_batches(features: Mapping[str, np.ndarray], batch_size: int) -> Iterator[tuple[Batch, int]]:
+  """(global batch padded to `batch_size` rows with zero examples, number of real rows)."""
+  total = next(iter(features.values())).shape[0]
+  for start in range(0, total, batch_size):
+    chunk = {k: v[start:start + batch_size] for k, v in features.items()}
+    real = next(iter(chunk.values())).shape[0]
+    if real < batch_size:
+      chunk = {k: np.concatenate([v, np.zeros((batch_size - real,) + v.shape[1:], v.dtype)]) for k, v in chunk.items()}
+    yield chunk, real
+
+
+def tokenize_texts(texts: Sequence[str], vocabulary: seqio.Vocabulary, length: int) -> list[np.ndarray]:
+  """Texts -> id rows trimmed to `length - 1` plus EOS (seqio's `append_eos_after_trim`)."""
+  rows = []
+  eos = vocabulary.eos_id
+  for text in texts:
+    ids = list(vocabulary.encode(text))[:length - 1]
+    rows.append(np.asarray(ids + [eos], np.int32))
+  return rows
+
+
+def example_text(example: Mapping[str, Any], feature: str, vocabulary: seqio.Vocabulary) -> str:
+  """The text of a feature: its `*_pretokenized` copy when the task kept one, else the decoded ids."""
+  raw = example.get(f'{feature}_pretokenized')
+  if raw is not None:
+    return raw.decode('utf-8') if isinstance(raw, bytes) else str(raw)
+  return vocabulary.decode([int(i) for i in example[feature]])

@@ -1,0 +1,315 @@
+"""Scoring a split with a prompt: validation loss, the task's metric functions on predictions made by rank
+classification (tasks with a label set) or decoding, and the `evaluate` entry point (`jaxprompt eval`)."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+import gin
+import jax
+import numpy as np
+import seqio
+
+from jaxprompt import partitioning
+from jaxprompt.errors import ConfigError
+from jaxprompt.models.config import T5Config
+from jaxprompt.training import components
+from jaxprompt.training import data_pipeline as data
+
+log = logging.getLogger('jaxprompt')
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeOptions:
+  """How predictions are decoded: t5x's beam search (default) or temperature sampling."""
+  method: str = 'beam'
+  num_decodes: int = 1
+  alpha: float = 0.6
+  temperature: float = 0.0
+  topk: int = 1
+  topp: float = 0.0
+  seed: int = 0
+
+
+@gin.configurable(module='jaxprompt')
+def decoding(method: str = 'beam', num_decodes: int = 1, alpha: float = 0.6, temperature: float = 0.0,
+             topk: int = 1, topp: float = 0.0, seed: int = 0) -> DecodeOptions:
+  """Config-level decoding options (bind `evaluate.decode = @jaxprompt.decoding()`)."""
+  if method not in ('beam', 'sample'):
+    raise ConfigError(f"decoding.method must be 'beam' or 'sample', got {method!r}")
+  components.check_positive(**{'decoding.num_decodes': num_decodes})
+  return DecodeOptions(method, num_decodes, alpha, temperature, topk, topp, seed)
+
+
+class ModelFns:
+  """The frozen model's jitted scoring, ranking and decoding on the mesh; results replicated on every host.
+
+  Batches are global numpy batches held by every process; each process feeds its own rows.
+  """
+
+  def __init__(self, runtime: components.Runtime, decode: DecodeOptions | None = None):
+    self.rt = runtime
+    self.decode_options = decode or DecodeOptions()
+    self._cache: dict[str, Callable] = {}
+
+  def _jitted(self, name: str, fn: Callable, replicated_args: int = 0) -> Callable:
+    """`fn(prompt, frozen, batch, *replicated)` jitted on the mesh, compiled once per name."""
+    if name not in self._cache:
+      steps = self.rt.steps
+      rep = partitioning.replicated(self.rt.mesh)
+      jitted = jax.jit(fn, in_shardings=(steps.prompt_shardings, steps.frozen_shardings, steps.batch_sharding)
+                       + (rep,) * replicated_args, out_shardings=rep)
+
+      def run(*args):
+        with partitioning.use_mesh(self.rt.mesh, self.rt.rules):
+          return jitted(*args)
+
+      self._cache[name] = run
+    return self._cache[name]
+
+  def _shard(self, batch: Mapping[str, np.ndarray]) -> dict:
+    return self.rt.steps.shard_batch(components.local_rows(batch))
+
+  def loss_metrics(self, prompt: Any, batch: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Summed loss, weight_sum and token_accuracy of a batch (padding rows weigh nothing)."""
+    metrics = self.rt.steps.eval_step(prompt, self.rt.frozen, self._shard(batch))
+    return {k: float(components.host_value(v)) for k, v in metrics.items()}
+
+  def target_scores(self, prompt: Any, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Log-likelihood of each row's target [b]."""
+    model = self.rt.model
+    fn = self._jitted('score', lambda p, f, b: model.score_batch(f, p, b))
+    return components.host_value(fn(prompt, self.rt.frozen, self._shard(batch)))
+
+  def rank(self, prompt: Any, batch: Mapping[str, np.ndarray], candidates: np.ndarray) -> np.ndarray:
+    """Log-likelihoods [b, c] of the candidate targets [c, length] for each row."""
+    model = self.rt.model
+    fn = self._jitted('rank', lambda p, f, b, c: model.rank_classify(f, p, b['encoder_input_tokens'], c), 1)
+    return components.host_value(fn(prompt, self.rt.frozen, self._shard(batch), candidates))
+
+  def decode(self, prompt: Any, batch: Mapping[str, np.ndarray], index: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(decoded ids [b, L_targets], scores [b]) of the best decode per row."""
+    model, opts = self.rt.model, self.decode_options
+
+    def fn(p, f, b, rng):
+      return model.predict_batch(f, p, {'encoder_input_tokens': b['encoder_input_tokens'],
+                                        'decoder_target_tokens': b['decoder_target_tokens']},
+                                 method=opts.method, num_decodes=opts.num_decodes, alpha=opts.alpha,
+                                 temperature=opts.temperature, topk=opts.topk, topp=opts.topp,
+                                 rng=rng if opts.method == 'sample' else None)
+
+    rng = jax.random.fold_in(jax.random.PRNGKey(opts.seed), index)
+    decodes, scores = self._jitted('decode', fn, 1)(prompt, self.rt.frozen, self._shard(batch), rng)
+    return components.host_value(decodes), components.host_value(scores)
+
+
+# ------------------------------------------------------------------------------------ metrics
+
+
+def _scalar(value: Any) -> Any:
+  """seqio metric values (floats, numpy scalars, seqio.metrics.Scalar) -> JSON-friendly numbers."""
+  value = getattr(value, 'value', value)
+  array = np.asarray(value)
+  if array.dtype.kind in 'fiub' and array.size == 1:
+    return array.item()
+  return value if isinstance(value, (str, int, float)) else str(value)
+
+
+def label_candidates(labels: Sequence[str], vocabulary: seqio.Vocabulary, length: int) -> np.ndarray:
+  """Each label tokenized + EOS, zero-padded: [num_labels, length]."""
+  rows = []
+  for label in labels:
+    ids = list(vocabulary.encode(label)) + [vocabulary.eos_id]
+    if len(ids) > length:
+      raise ConfigError(f"label {label!r} is {len(ids)} tokens with EOS but TASK_FEATURE_LENGTHS['targets'] "
+                        f'is {length}: raise it to rank the labels')
+    rows.append(ids + [0] * (length - len(ids)))
+  return np.asarray(rows, np.int32)
+
+
+def loss_summary(totals: Mapping[str, float]) -> dict[str, float]:
+  weight = max(totals.get('weight_sum', 0.0), 1.0)
+  return {'loss': totals['loss'] / weight, 'token_accuracy': totals['correct'] / weight}
+
+
+def validation_loss(fns: ModelFns, prompt: Any, features: Mapping[str, np.ndarray], batch_size: int) -> dict:
+  """Per-token loss and token accuracy over every example of `features`."""
+  totals = {'loss': 0.0, 'weight_sum': 0.0, 'correct': 0.0}
+  for batch, _ in data.padded_batches(features, batch_size):
+    metrics = fns.loss_metrics(prompt, batch)
+    totals['loss'] += metrics['loss']
+    totals['weight_sum'] += metrics['weight_sum']
+    totals['correct'] += metrics['token_accuracy'] * metrics['weight_sum']
+  return loss_summary(totals)
+
+
+def predict(fns: ModelFns, prompt: Any, features: Mapping[str, np.ndarray], batch_size: int,
+            vocabulary: seqio.Vocabulary, labels: Sequence[str] | None) -> tuple[list[str], list[float]]:
+  """(prediction texts, scores): the best label by rank classification when `labels`, else the decode."""
+  texts: list[str] = []
+  scores: list[float] = []
+  candidates = None
+  if labels:
+    candidates = label_candidates(labels, vocabulary, features['decoder_target_tokens'].shape[1])
+  for index, (batch, real) in enumerate(data.padded_batches(features, batch_size)):
+    if candidates is not None:
+      ll = fns.rank(prompt, batch, candidates)[:real]
+      best = ll.argmax(-1)
+      texts += [labels[i] for i in best]
+      scores += [float(row[i]) for row, i in zip(ll, best)]
+    else:
+      decodes, decode_scores = fns.decode(prompt, batch, index)
+      texts += [vocabulary.decode([int(t) for t in row]) for row in decodes[:real]]
+      scores += [float(s) for s in decode_scores[:real]]
+  return texts, scores
+
+
+@dataclasses.dataclass
+class EvalSet:
+  """One task's split, read and featurized once (reused by every evaluation of a training run)."""
+  task: seqio.Task
+  split: str
+  examples: list[dict[str, Any]]
+  features: dict[str, np.ndarray]
+  labels: list[str] | None  # rank classification over these, else decoding
+
+
+def prepare_eval(provider: seqio.Task | seqio.Mixture, split: str, feature_lengths: Mapping[str, int], *,
+                 max_examples: int | None = None, rank_classification: bool = True) -> list[EvalSet]:
+  """Reads the split of the task (each task of a mixture); checks the labels fit the targets length."""
+  sets = []
+  for task in data.subtasks(provider, split):
+    examples = data.read_examples(task, feature_lengths, split, max_examples)
+    features = data.to_features([ex['inputs'] for ex in examples], [ex['targets'] for ex in examples],
+                                feature_lengths)
+    labels = data.label_set(task.name) if rank_classification else None
+    if labels:
+      label_candidates(labels, data.targets_vocabulary(task), feature_lengths['targets'])
+    sets.append(EvalSet(task, split, examples, features, labels))
+  return sets
+
+
+def evaluate_set(fns: ModelFns, prompt: Any, eval_set: EvalSet, batch_size: int, *, task_metrics: bool = True
+                 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+  """(metrics, per-example records) of one task's split: loss, token accuracy and the task's metric fns."""
+  task, examples, features = eval_set.task, eval_set.examples, eval_set.features
+  metrics: dict[str, Any] = {'num_examples': len(examples)}
+  metrics.update(validation_loss(fns, prompt, features, batch_size))
+  if not task_metrics:
+    return metrics, []
+  vocabulary = data.targets_vocabulary(task)
+  texts, scores = predict(fns, prompt, features, batch_size, vocabulary, eval_set.labels)
+  targets = [task.postprocess_fn(data.example_text(ex, 'targets', vocabulary), example=ex, is_target=True)
+             for ex in examples]
+  predictions = [task.postprocess_fn(text, example=ex, is_target=False) for text, ex in zip(texts, examples)]
+  for metric_fn in task.predict_metric_fns:
+    metrics.update({k: _scalar(v) for k, v in metric_fn(targets, predictions).items()})
+  if task.score_metric_fns:
+    target_scores = np.concatenate([fns.target_scores(prompt, batch)[:real]
+                                    for batch, real in data.padded_batches(features, batch_size)])
+    for metric_fn in task.score_metric_fns:
+      metrics.update({k: _scalar(v) for k, v in metric_fn(targets, list(target_scores)).items()})
+  if task.predict_with_aux_metric_fns:
+    log.warning('task %s: %d predict_with_aux metric fns are not computed', task.name,
+                len(task.predict_with_aux_metric_fns))
+  vocab_in = data.inputs_vocabulary(task)
+  records = [{'input': data.example_text(ex, 'inputs', vocab_in), 'target': data.example_text(ex, 'targets', vocabulary),
+              'prediction': text, 'score': score} for ex, text, score in zip(examples, texts, scores)]
+  return metrics, records
+
+
+def evaluate_sets(fns: ModelFns, prompt: Any, sets: Sequence[EvalSet], batch_size: int, *,
+                  task_metrics: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+  """Metrics of one task, or of several (a mixture: keys prefixed `<task>/`), and their records."""
+  out: dict[str, Any] = {}
+  records: list[dict[str, Any]] = []
+  for eval_set in sets:
+    metrics, set_records = evaluate_set(fns, prompt, eval_set, batch_size, task_metrics=task_metrics)
+    prefix = f'{eval_set.task.name}/' if len(sets) > 1 else ''
+    out.update({prefix + k: v for k, v in metrics.items()})
+    records += [dict(r, task=eval_set.task.name) for r in set_records] if prefix else set_records
+  return out, records
+
+
+def evaluate_provider(fns: ModelFns, prompt: Any, provider: seqio.Task | seqio.Mixture, split: str,
+                      feature_lengths: Mapping[str, int], batch_size: int, *, task_metrics: bool = True,
+                      max_examples: int | None = None, rank_classification: bool = True
+                      ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+  """`prepare_eval` + `evaluate_sets` in one call (reads the split every time)."""
+  sets = prepare_eval(provider, split, feature_lengths, max_examples=max_examples,
+                      rank_classification=rank_classification)
+  return evaluate_sets(fns, prompt, sets, batch_size, task_metrics=task_metrics)
+
+
+def write_json(path: str, value: Any) -> None:
+  """Process 0 writes `value` as JSON (creating parent dirs)."""
+  if jax.process_index() != 0:
+    return
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  parent = os.path.dirname(path)
+  if parent:
+    tf.io.gfile.makedirs(parent)
+  with tf.io.gfile.GFile(path, 'w') as f:
+    f.write(json.dumps(value, indent=2, sort_keys=True) + '\n')
+
+
+def write_jsonl(path: str | None, records: Sequence[Mapping[str, Any]], stream=None) -> None:
+  """Process 0 writes one JSON object per line to `path` (or to `stream` when path is None / '-')."""
+  if jax.process_index() != 0:
+    return
+  lines = ''.join(json.dumps(dict(r), ensure_ascii=False) + '\n' for r in records)
+  if path in (None, '-'):
+    stream.write(lines)
+    stream.flush()
+    return
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  parent = os.path.dirname(path)
+  if parent:
+    tf.io.gfile.makedirs(parent)
+  with tf.io.gfile.GFile(path, 'w') as f:
+    f.write(lines)
+
+
+# ------------------------------------------------------------------------------------ entry point
+
+
+@gin.configurable(module='jaxprompt')
+def evaluate(output_file: str | None = None, *, model_config: T5Config | None = None,
+             initial_checkpoint_path: str | None = None, mixture_or_task_name: str | None = None,
+             task_feature_lengths: Mapping[str, int] | None = None, prompt_length: int | None = None,
+             prompt_file: str | None = None, checkpoint: str | None = None, checkpoint_step: int | None = None,
+             split: str = 'validation', batch_size: int = 32, max_examples: int | None = None,
+             rank_classification: bool = True, decode: DecodeOptions | None = None, prompt_combine: str = 'prefix',
+             model_parallel: int = 1, predictions_file: str | None = None) -> dict[str, Any]:
+  """Scores `split` of the task with a prompt from `prompt_file` (.npy) or `checkpoint` (a training dir).
+
+  Metrics: per-token `loss`, `token_accuracy`, and the task's metric fns on predictions (rank classification
+  over the task's label set when it has one and `rank_classification`, else decoding). Written as JSON to
+  `output_file` (process 0); predictions as JSONL to `predictions_file` when given.
+  """
+  config = components.require(model_config, 'MODEL_CONFIG', "\"@jaxprompt.model_config()\" (a models/*.gin)")
+  ckpt = components.require(initial_checkpoint_path, 'INITIAL_CHECKPOINT_PATH', "\"'/path/to/checkpoint'\"")
+  name = components.require(mixture_or_task_name, 'MIXTURE_OR_TASK_NAME', "\"'my_task'\"")
+  lengths = components.check_feature_lengths(task_feature_lengths)
+  components.check_positive(batch_size=batch_size, max_examples=max_examples, PROMPT_LENGTH=prompt_length)
+  prompt_array = components.load_prompt(prompt_file=prompt_file, checkpoint=checkpoint, step=checkpoint_step,
+                                        prompt_length=prompt_length, embed_dim=config.emb_dim)
+  provider = data.get_provider(name)
+  for task in data.subtasks(provider, split):
+    components.check_vocabulary(data.targets_vocabulary(task), config, task.name)
+  sets = prepare_eval(provider, split, lengths, max_examples=max_examples, rank_classification=rank_classification)
+  runtime = components.build_runtime(config, prompt_array.shape[0], ckpt, lengths, combine=prompt_combine,
+                                     model_parallel=model_parallel)
+  data.host_batch_size(batch_size, runtime.data_parallel)
+  fns = ModelFns(runtime, decode)
+  metrics, records = evaluate_sets(fns, runtime.place_prompt(prompt_array), sets, batch_size)
+  result = {'task': provider.name, 'split': split, 'prompt': prompt_file or checkpoint, 'metrics': metrics}
+  if output_file:
+    write_json(output_file, result)
+  if predictions_file:
+    write_jsonl(predictions_file, records)
+  return result

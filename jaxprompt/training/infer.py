@@ -1,0 +1,117 @@
+"""Decoding with a prompt: inputs from a task split, a text file (one input per line) or stdin, written as
+JSONL records `{"input": ..., "prediction": ..., "score": ...}` (`jaxprompt infer`)."""
+from __future__ import annotations
+
+import sys
+from typing import Any, Mapping, Sequence
+
+import gin
+import seqio
+import tensorflow as tf
+
+from jaxprompt.data import vocab as vocab_lib
+from jaxprompt.errors import DataError
+from jaxprompt.models.config import T5Config
+from jaxprompt.training import components
+from jaxprompt.training import data_pipeline as data
+from jaxprompt.training import evaluate as eval_lib
+
+
+def read_input_lines(input_file: str, stdin=None) -> list[str]:
+  """Non-empty lines of a UTF-8 text file (local / gs://), or of stdin for '-'."""
+  if input_file == '-':
+    text = (stdin or sys.stdin).read()
+    where = 'stdin'
+  else:
+    if not tf.io.gfile.exists(input_file) or tf.io.gfile.isdir(input_file):
+      raise DataError(f'input file {input_file} does not exist (or is a directory)')
+    with tf.io.gfile.GFile(input_file, 'rb') as f:
+      raw = f.read()
+    try:
+      text = raw.decode('utf-8-sig')
+    except UnicodeDecodeError as e:
+      line = raw[:e.start].count(b'\n') + 1
+      raise DataError(f'input file {input_file}:{line}: not UTF-8 text') from e
+    where = input_file
+  lines = [line.rstrip('\r') for line in text.split('\n')]
+  lines = [line for line in lines if line.strip()]
+  if not lines:
+    raise DataError(f'no inputs: {where} has no non-empty line')
+  return lines
+
+
+def _vocabulary(provider: Any, vocabulary: Any) -> seqio.Vocabulary:
+  if isinstance(vocabulary, seqio.Vocabulary):
+    return vocabulary
+  if vocabulary is not None:
+    return vocab_lib.get_vocabulary(str(vocabulary))
+  if provider is not None:
+    return data.inputs_vocabulary(provider)
+  return vocab_lib.get_default_vocabulary()
+
+
+def decode_texts(fns: eval_lib.ModelFns, prompt: Any, texts: Sequence[str], vocabulary: seqio.Vocabulary,
+                 feature_lengths: Mapping[str, int], batch_size: int) -> list[dict[str, Any]]:
+  """Records for raw input texts (tokenized with `vocabulary`, trimmed to the inputs length + EOS)."""
+  features = data.to_features(data.tokenize_texts(texts, vocabulary, feature_lengths['inputs']), None,
+                              feature_lengths)
+  predictions, scores = eval_lib.predict(fns, prompt, features, batch_size, vocabulary, None)
+  return [{'input': t, 'prediction': p, 'score': s} for t, p, s in zip(texts, predictions, scores)]
+
+
+def decode_task(fns: eval_lib.ModelFns, prompt: Any, provider: Any, split: str, feature_lengths: Mapping[str, int],
+                batch_size: int, max_examples: int | None) -> list[dict[str, Any]]:
+  """Records for the inputs of a task split (every task of a mixture that has the split)."""
+  records = []
+  for task in data.subtasks(provider, split):
+    examples = data.read_examples(task, feature_lengths, split, max_examples)
+    features = data.to_features([ex['inputs'] for ex in examples], None, feature_lengths)
+    vocabulary = data.targets_vocabulary(task)
+    predictions, scores = eval_lib.predict(fns, prompt, features, batch_size, vocabulary, None)
+    vocab_in = data.inputs_vocabulary(task)
+    for ex, p, s in zip(examples, predictions, scores):
+      records.append({'input': data.example_text(ex, 'inputs', vocab_in), 'prediction': p, 'score': s})
+  return records
+
+
+@gin.configurable(module='jaxprompt')
+def infer(output_file: str | None = None, *, model_config: T5Config | None = None,
+          initial_checkpoint_path: str | None = None, mixture_or_task_name: str | None = None,
+          task_feature_lengths: Mapping[str, int] | None = None, prompt_length: int | None = None,
+          prompt_file: str | None = None, checkpoint: str | None = None, checkpoint_step: int | None = None,
+          input_file: str | None = None, split: str = 'validation', batch_size: int = 32,
+          max_examples: int | None = None, vocabulary: Any = None, decode: eval_lib.DecodeOptions | None = None,
+          prompt_combine: str = 'prefix', model_parallel: int = 1, stdout=None) -> list[dict[str, Any]]:
+  """Decodes inputs with a prompt and writes JSONL to `output_file` (stdout when None or '-').
+
+  Inputs: `input_file` (one input per line; '-' = stdin) if given, else the task's `split`, else stdin. Text
+  inputs are tokenized with `vocabulary` (a SentencePiece path or seqio vocabulary), else the task's, else
+  T5's default vocabulary.
+  """
+  config = components.require(model_config, 'MODEL_CONFIG', "\"@jaxprompt.model_config()\" (a models/*.gin)")
+  ckpt = components.require(initial_checkpoint_path, 'INITIAL_CHECKPOINT_PATH', "\"'/path/to/checkpoint'\"")
+  lengths = components.check_feature_lengths(task_feature_lengths)
+  components.check_positive(batch_size=batch_size, max_examples=max_examples, PROMPT_LENGTH=prompt_length)
+  prompt_array = components.load_prompt(prompt_file=prompt_file, checkpoint=checkpoint, step=checkpoint_step,
+                                        prompt_length=prompt_length, embed_dim=config.emb_dim)
+  provider = data.get_provider(mixture_or_task_name) if mixture_or_task_name else None
+  texts = None
+  if input_file is not None or provider is None:
+    texts = read_input_lines(input_file or '-')
+    if max_examples:
+      texts = texts[:max_examples]
+  else:
+    data.subtasks(provider, split)
+  vocab = _vocabulary(provider, vocabulary)
+  components.check_vocabulary(vocab, config, provider.name if provider is not None else 'text inputs')
+  runtime = components.build_runtime(config, prompt_array.shape[0], ckpt, lengths, combine=prompt_combine,
+                                     model_parallel=model_parallel, eos_id=vocab.eos_id)
+  data.host_batch_size(batch_size, runtime.data_parallel)
+  fns = eval_lib.ModelFns(runtime, decode)
+  prompt = runtime.place_prompt(prompt_array)
+  if texts is not None:
+    records = decode_texts(fns, prompt, texts, vocab, lengths, batch_size)
+  else:
+    records = decode_task(fns, prompt, provider, split, lengths, batch_size, max_examples)
+  eval_lib.write_jsonl(output_file, records, stream=stdout or sys.stdout)
+  return records

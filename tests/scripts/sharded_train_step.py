@@ -1,0 +1,45 @@
+"""On 8 devices (data, model) = 4x2: a few sharded prompt-tuning steps equal the single-device steps."""
+import sys
+
+import jax
+import numpy as np
+
+from jaxprompt import partitioning
+from jaxprompt.checkpoints import load_t5x_checkpoint
+from jaxprompt.models.config import get_config
+from jaxprompt.models.prompt_model import PromptModel
+from jaxprompt.prompts.module import Prompt
+from jaxprompt.training import optim, step
+from jaxprompt.training.sharded import ShardedSteps
+
+assert jax.device_count() == 8
+cfg = get_config('t5x_tiny', dropout_rate=0.1)  # Dropout on: the RNG must be consumed identically.
+model = PromptModel(cfg, Prompt(length=6, embed_dim=cfg.emb_dim))
+optimizer = optim.make_optimizer()
+frozen = load_t5x_checkpoint(sys.argv[1])
+rs = np.random.RandomState(0)
+enc = rs.randint(2, 128, (8, 10)).astype(np.int32)
+tgt = rs.randint(2, 128, (8, 4)).astype(np.int32)
+tgt[:, -1] = 1
+batch = dict(encoder_input_tokens=enc, decoder_target_tokens=tgt,
+             decoder_input_tokens=np.pad(tgt[:, :-1], ((0, 0), (1, 0))), decoder_loss_weights=np.ones_like(tgt))
+state0 = step.init_train_state(model.init_prompt(jax.random.PRNGKey(0), frozen), optimizer, jax.random.PRNGKey(1))
+
+single = jax.jit(lambda s, b: step.train_step(model, optimizer, s, frozen, b))
+ref = state0
+for _ in range(3):
+  ref, ref_metrics = single(ref, batch)
+
+mesh = partitioning.create_mesh(model_parallel=2)
+steps = ShardedSteps(model, optimizer, mesh, partitioning.prompt_logical_axis_rules())
+sharded_frozen = load_t5x_checkpoint(sys.argv[1], shardings=steps.frozen_shardings)
+emb = sharded_frozen['token_embedder']['embedding']
+assert emb.sharding.spec == jax.sharding.PartitionSpec('model', None), emb.sharding
+state = steps.place_state(state0)
+for _ in range(3):
+  state, metrics = steps.train_step(state, sharded_frozen, steps.shard_batch(batch))
+assert state.prompt['prompt'].sharding.is_fully_replicated
+np.testing.assert_allclose(np.asarray(state.prompt['prompt']), np.asarray(ref.prompt['prompt']), atol=1e-5)
+np.testing.assert_allclose(float(metrics['loss']), float(ref_metrics['loss']), rtol=1e-5)
+assert int(state.step) == 3
+print('OK')

@@ -1,0 +1,87 @@
+"""Memory plan by compilation: T5 1.1 XXL's train step must fit 8 devices of 16 GiB (a v3-8), nothing allocated."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import pytest
+
+from jaxprompt.errors import ConfigError
+from jaxprompt.models.prompt_model import PROMPT_KEY
+from jaxprompt.training import memory_plan
+from tests.helpers import REPO
+
+GiB = 1024 ** 3
+V3_CORE_HBM = 16 * GiB
+
+
+def _frozen_param_count(request: memory_plan.PlanRequest) -> int:
+  boxed = memory_plan.build_model(request).init_abstract(1, 8, 4)['params']
+  frozen = {k: v for k, v in nn.meta.unbox(boxed).items() if k != PROMPT_KEY}
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(frozen))
+
+
+@pytest.mark.slow
+def test_xxl_train_step_fits_v3_8():
+  """(data, model) = (2, 4) with 2-D parameter sharding, compiled for 8 simulated CPU devices."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
+             XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             PYTHONPATH=f'{REPO}{os.pathsep}{os.environ.get("PYTHONPATH", "")}')
+  args = ['--model', 't5_1_1_xxl', '--model_parallel', '4', '--parameter_partitioning_dims', '2']
+  proc = subprocess.run([sys.executable, '-m', 'jaxprompt.training.memory_plan', *args], env=env,
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-5000:]
+  plan = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert (plan['num_devices'], plan['data_parallel'], plan['batch_size'], plan['prompt_length']) == (8, 2, 32, 100)
+  assert (plan['input_length'], plan['target_length'], plan['dtype']) == (512, 16, 'bfloat16')
+
+  # The frozen weights are bf16 and split 8 ways (a few replicated norm scales aside).
+  params = _frozen_param_count(memory_plan.PlanRequest())
+  assert 11.0e9 < params < 11.5e9
+  assert params * 2 / 8 <= plan['frozen_bytes'] < params * 2 / 8 * 1.01
+  # Arguments = frozen weights + prompt-sized state + batch.
+  assert 0 < plan['argument_bytes'] - plan['frozen_bytes'] < 64 * 2 ** 20
+  assert plan['temp_bytes'] > 0
+  total = plan['argument_bytes'] + plan['temp_bytes']
+  assert total == plan['total_bytes']
+  assert total <= V3_CORE_HBM, f'XXL needs {total / GiB:.1f} GiB per device, more than a v3 core (16 GiB)'
+
+
+TINY = dict(model='test_tiny', model_parallel=1, batch_size=4, input_length=16, target_length=4, prompt_length=3)
+
+
+def test_tiny_plan_reads_compiled_memory():
+  request = memory_plan.PlanRequest(**TINY)
+  plan = memory_plan.plan_train_step(request, jax.devices()[:1])
+  assert plan.num_devices == 1 and plan.data_parallel == 1
+  assert plan.frozen_bytes == _frozen_param_count(request) * 2  # bf16, unsharded on one device
+  assert plan.argument_bytes > plan.frozen_bytes
+  assert plan.temp_bytes > 0 and plan.total_bytes == plan.argument_bytes + plan.temp_bytes
+  assert plan.alias_bytes > 0  # the train state is donated: outputs reuse its buffers
+  bigger = memory_plan.plan_train_step(memory_plan.PlanRequest(**dict(TINY, batch_size=64)), jax.devices()[:1])
+  assert bigger.temp_bytes > plan.temp_bytes  # activations scale with the batch
+  assert bigger.frozen_bytes == plan.frozen_bytes
+  row = plan.as_dict()
+  assert row['dtype'] == 'bfloat16' and row['total_bytes'] == plan.total_bytes
+
+
+def test_cli_prints_one_json_plan(capsys):
+  memory_plan.main(['--model', 'test_tiny', '--model_parallel', '1', '--batch_size', '2', '--input_length', '8',
+                    '--target_length', '4', '--prompt_length', '2', '--dtype', 'float32'])
+  plan = json.loads(capsys.readouterr().out)
+  assert plan['dtype'] == 'float32' and plan['batch_size'] == 2 and plan['argument_bytes'] > 0
+
+
+@pytest.mark.parametrize('changes, message', [
+    (dict(model_parallel=3), 'model_parallel=3 must divide the number of devices (1)'),
+    (dict(batch_size=6, num_microbatches=4), 'batch_size=6 with num_microbatches=4'),
+    (dict(parameter_partitioning_dims=3), 'parameter_partitioning_dims=3'),
+    (dict(model='t5_1_1_xxxl'), "unknown model config 't5_1_1_xxxl'"),
+])
+def test_bad_requests_name_the_culprit(changes, message):
+  with pytest.raises(ConfigError) as e:
+    memory_plan.plan_train_step(memory_plan.PlanRequest(**dict(TINY, **changes)), jax.devices()[:1])
+  assert message in str(e.value)
