@@ -332,8 +332,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   from jaxprompt.errors import JaxPromptError, TrainingError  # pylint: disable=g-import-not-at-top
   try:
     files = [resolve_gin_file(f, search_paths(args.gin_search_paths)) for f in args.gin_file]  # before slow imports
-    import_configurables()
-    parse_gin(args, overrides, files)
+    if args.command != 'export' or files or args.gin_bindings or overrides:  # export needs neither TF nor gin
+      import_configurables()
+      parse_gin(args, overrides, files)
     if args.tfds_data_dir:
       from jaxprompt.data import tasks  # pylint: disable=g-import-not-at-top
       tasks.set_tfds_data_dir(args.tfds_data_dir)
@@ -346,6 +347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _fail(_one_line(str(e)), 2)
   except KeyboardInterrupt:
     return _fail('interrupted', 130)
+  except OSError as e:  # a file the user named cannot be read or written
+    where = f'{e.filename}: ' if getattr(e, 'filename', None) else ''
+    return _fail(f'{where}{e.strerror or e}', 2)
   except (TypeError, ValueError, RuntimeError) as e:
     message = _gin_call_error(e)
     if message is None:

@@ -28,7 +28,7 @@ PRETRAIN_MIXTURE = 'demo_pretrain'
 DATA_SEED = 0  # pretraining skills
 HELDOUT_SEED = 1  # the demo's held-out data: a different stream from every pretraining example
 # Examples per split; training splits repeat (num_epochs=None) during training.
-SKILL_SIZES = {'train': 50000, 'validation': 500}
+SKILL_SIZES = {'train': 20000, 'validation': 500}
 HELDOUT_SIZES = {'train': 2000, 'validation': 500}
 
 
