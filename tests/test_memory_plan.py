@@ -68,11 +68,22 @@ def test_tiny_plan_reads_compiled_memory():
   assert row['dtype'] == 'bfloat16' and row['total_bytes'] == plan.total_bytes
 
 
-def test_cli_prints_one_json_plan(capsys):
-  memory_plan.main(['--model', 'test_tiny', '--model_parallel', '1', '--batch_size', '2', '--input_length', '8',
-                    '--target_length', '4', '--prompt_length', '2', '--dtype', 'float32'])
+def test_cli_builds_the_request_and_prints_json(capsys, monkeypatch):
+  seen = []
+
+  def fake_plan(request):  # argument parsing only; compiling is covered above
+    seen.append(request)
+    return memory_plan.MemoryPlan(request, 1, 1, 10, 20, 3, 3, 8, 0.1)
+
+  monkeypatch.setattr(memory_plan, 'plan_train_step', fake_plan)
+  memory_plan.main(['--model', 't5_1_1_xl', '--model_parallel', '4', '--batch_size', '2', '--dtype', 'float32',
+                    '--scan_layers', 'false', '--remat_policy', 'dots'])
+  request = seen[0]
+  assert (request.model, request.model_parallel, request.batch_size) == ('t5_1_1_xl', 4, 2)
+  assert request.dtype == jax.numpy.float32 and request.scan_layers is False and request.remat_policy == 'dots'
+  assert request.input_length == 512 and request.prompt_length == 100  # defaults: the paper's setting
   plan = json.loads(capsys.readouterr().out)
-  assert plan['dtype'] == 'float32' and plan['batch_size'] == 2 and plan['argument_bytes'] > 0
+  assert plan['dtype'] == 'float32' and plan['total_bytes'] == 30 and plan['peak_bytes'] == 30
 
 
 @pytest.mark.parametrize('changes, message', [

@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 
 from jaxprompt.checkpoints import load_t5x_checkpoint
-
 from jaxprompt.models.config import get_config
 from jaxprompt.models.prompt_model import PromptModel
 

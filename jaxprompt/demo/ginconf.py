@@ -1,6 +1,7 @@
 """Parsing the demo's gin files exactly as `jaxprompt train` does (same search paths, same configurables)."""
 from __future__ import annotations
 
+import logging
 import os
 from typing import Sequence
 
@@ -35,3 +36,17 @@ def parse(files: Sequence[str], bindings: Sequence[str] = ()) -> None:
 def quote(value: str) -> str:
   """A Python string as a gin string literal."""
   return repr(os.fspath(value))
+
+
+class _DropInMemorySourceWarning(logging.Filter):
+  """seqio warns on every shuffled read of a FunctionDataSource that restarts may reshuffle poorly; the demo
+  tasks are small in-memory lists, reshuffled by seqio's own buffer, so the warning is noise here."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith('Using an uncached FunctionDataset for training')
+
+
+def quiet_in_memory_source_warning() -> None:
+  logger = logging.getLogger('absl')
+  if not any(isinstance(f, _DropInMemorySourceWarning) for f in logger.filters):
+    logger.addFilter(_DropInMemorySourceWarning())

@@ -58,6 +58,7 @@ def pretrain(output: str, *, seed: int = 0, steps: int | None = None, log_dir: s
   """Runs the whole recipe into `output`; returns the written config.json content."""
   from jaxprompt.demo import ginconf  # pylint: disable=g-import-not-at-top  (imports TF)
   ginconf.import_configurables()
+  ginconf.quiet_in_memory_source_warning()
   from jaxprompt.demo import tasks  # pylint: disable=g-import-not-at-top
   from jaxprompt.training import model_tuning  # pylint: disable=g-import-not-at-top
   from jaxprompt.errors import ConfigError  # pylint: disable=g-import-not-at-top
