@@ -8,6 +8,7 @@ repo root (about 20-40 s per compile on 2 CPU cores):
 
   TF_CPP_MIN_LOG_LEVEL=3 .venv/bin/python bench/memory_plan.py [--models xl,xxl] [--devices 4,8,16,32]
       [--no-f32] [--json OUT.json] [--markdown OUT.md] [--num_microbatches N] [--activation_dims 2]
+      [--dropout_rate 0.1] [--remat_policy full]
 
 Columns (GiB per device): `args` frozen bf16 weights + prompt/optimizer state + batch (exact on TPU);
 `temp` XLA:CPU temp of the bf16 step; `CPU plan` = args + temp (the conservative figure the slice choice
@@ -40,9 +41,9 @@ SLICES = (
 # (model_parallel, parameter_partitioning_dims) per mesh size: t5x's 1-D rules and 2-D variants.
 LAYOUTS = {
     4: ((4, 1), (2, 2)),
-    8: ((8, 1), (4, 1), (4, 2), (2, 2)),
-    16: ((16, 1), (8, 1), (8, 2), (4, 2)),
-    32: ((8, 1), (8, 2), (16, 2), (4, 2)),
+    8: ((8, 1), (4, 1), (4, 2), (2, 2), (1, 2)),
+    16: ((16, 1), (8, 1), (8, 2), (4, 2), (2, 2)),
+    32: ((8, 1), (8, 2), (16, 2), (4, 2), (2, 2)),
 }
 
 
@@ -154,6 +155,7 @@ def main() -> None:
   parser.add_argument('--remat_policy', default='full')
   parser.add_argument('--num_microbatches', type=int, default=1)
   parser.add_argument('--activation_dims', type=int, default=1)
+  parser.add_argument('--dropout_rate', type=float, default=0.1)
   parser.add_argument('--json', help='write all raw plans here')
   parser.add_argument('--markdown', help='write the two tables here')
   parser.add_argument('--worker', type=int, help=argparse.SUPPRESS)
@@ -167,7 +169,7 @@ def main() -> None:
   for devices in (int(d) for d in args.devices.split(',')):
     requests = [dict(model=f't5_1_1_{m}', model_parallel=mp, parameter_partitioning_dims=dims,
                      remat_policy=args.remat_policy, num_microbatches=args.num_microbatches,
-                     activation_partitioning_dims=args.activation_dims)
+                     activation_partitioning_dims=args.activation_dims, dropout_rate=args.dropout_rate)
                 for m in args.models.split(',') for mp, dims in LAYOUTS[devices]]
     print(f'compiling {len(requests)} layouts on {devices} devices ...', file=sys.stderr, flush=True)
     results += run_mesh(devices, requests, args.f32)
@@ -175,7 +177,8 @@ def main() -> None:
   errors = [res['bfloat16']['error'] for res in results if 'error' in res['bfloat16']]
   rows.sort(key=lambda r: (r.model, r.devices, -r.model_parallel, r.dims))
   text = (f'T5 1.1, batch 32, inputs 512 + prompt 100, targets 16, bf16 frozen weights, scan + remat '
-          f'{args.remat_policy!r}, microbatches {args.num_microbatches}, activation dims {args.activation_dims}.\n'
+          f'{args.remat_policy!r}, dropout {args.dropout_rate}, microbatches {args.num_microbatches}, '
+          f'activation dims {args.activation_dims}.\n'
           f'GiB per device.\n\n{table(rows)}\n\n{smallest_slices(rows)}\n')
   print(text)
   for e in errors:

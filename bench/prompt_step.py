@@ -184,3 +184,229 @@ def jax_steps(model: PromptModel, frozen: dict, prompt: dict, batch: dict) -> di
                          ('full_ft_step', full, (all_params, full_state, batch))):
     out[name] = (fn.lower(*args).compile(), args)
   return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Hugging Face PEFT reference (torch CPU).
+# --------------------------------------------------------------------------------------------------------------
+def peft_steps(cfg: T5Config, s: Shape, batch: dict[str, np.ndarray], threads: int) -> dict[str, Callable]:
+  """name -> blocking callable for PEFT prompt tuning on the same-sized T5: forward (no grad) and train step
+  (forward + backward + Adafactor on the prompt with the paper's settings)."""
+  import torch
+  import transformers
+  from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+  from transformers.optimization import Adafactor
+
+  torch.set_num_threads(threads)
+  torch.manual_seed(0)
+  hf_config = transformers.T5Config(
+      vocab_size=cfg.vocab_size, d_model=cfg.emb_dim, d_kv=cfg.head_dim, d_ff=cfg.mlp_dim,
+      num_layers=cfg.num_encoder_layers, num_decoder_layers=cfg.num_decoder_layers, num_heads=cfg.num_heads,
+      relative_attention_num_buckets=cfg.relpos_num_buckets,
+      relative_attention_max_distance=cfg.relpos_max_distance, feed_forward_proj='gated-gelu',
+      dropout_rate=0.0, tie_word_embeddings=False, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+  base = transformers.T5ForConditionalGeneration(hf_config)
+  # transformers 5 ties lm_head at build time whatever the config says (ENV-NOTES): untie as T5 1.1 is.
+  base.lm_head.weight = torch.nn.Parameter(base.lm_head.weight.detach().clone())
+  base.config.tie_word_embeddings = False
+  model = get_peft_model(base, PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=s.prompt,
+                                                  prompt_tuning_init=PromptTuningInit.RANDOM))
+  model.train()
+  trainable = [p for p in model.parameters() if p.requires_grad]
+  opt = Adafactor(trainable, lr=0.3, decay_rate=-0.8, weight_decay=1e-5, clip_threshold=1.0,
+                  scale_parameter=False, relative_step=False, warmup_init=False)
+  inputs = {'input_ids': torch.from_numpy(batch['encoder_input_tokens']).long(),
+            'attention_mask': torch.from_numpy((batch['encoder_input_tokens'] > 0).astype(np.int64)),
+            'decoder_input_ids': torch.from_numpy(batch['decoder_input_tokens']).long(),
+            'labels': torch.from_numpy(batch['decoder_target_tokens']).long()}
+
+  def forward():
+    with torch.no_grad():
+      return model(**inputs).loss.item()
+
+  def train_step():
+    loss = model(**inputs).loss
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.detach().item()
+
+  info = {'trainable_params': sum(p.numel() for p in trainable), 'torch': torch.__version__,
+          'transformers': transformers.__version__}
+  return {'peft_forward': forward, 'peft_train_step': train_step}, info
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Bytes of gradient + optimizer state (exact, from shapes).
+# --------------------------------------------------------------------------------------------------------------
+def tree_bytes(tree) -> int:
+  return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+
+
+def state_bytes(model: PromptModel, frozen: dict, prompt: dict, batch: dict) -> dict[str, int]:
+  """ours: the prompt gradient our step differentiates + its optimizer state.
+  reference: google-research/prompt-tuning on t5x: the gradient of every parameter (t5x's train step
+    differentiates the whole tree), then a MultiOptimizer that keeps Adafactor state for the prompt only.
+  masked_all: full gradient + Adafactor state for every parameter (a plain optimizer with masked updates)."""
+  optimizer = optim.make_optimizer()
+  grads = jax.eval_shape(lambda p: step_lib.compute_gradients(model, p, frozen, batch, None)[2], prompt)
+  opt_state = jax.eval_shape(optimizer.tx.init, prompt)
+  all_params = {'frozen': frozen, 'prompt': prompt}
+  full_state = jax.eval_shape(optim.adafactor().init, all_params)
+  ours_grad, ours_opt = tree_bytes(grads), tree_bytes(opt_state)
+  full_grad = tree_bytes(all_params)
+  return {'ours_grad': ours_grad, 'ours_opt': ours_opt, 'ours': ours_grad + ours_opt,
+          'reference_grad': full_grad, 'reference_opt': ours_opt, 'reference': full_grad + ours_opt,
+          'masked_all_opt': tree_bytes(full_state), 'masked_all': full_grad + tree_bytes(full_state)}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Timing: every candidate once per round, rounds rotated, best of N (shared, noisy CPU).
+# --------------------------------------------------------------------------------------------------------------
+def race(candidates: dict[str, tuple[Callable, int]], reps: int, warmup: int = 1) -> dict[str, dict]:
+  """Times `fn` called `repeat` times in a row per sample (repeats even out the work per sample, so short
+  candidates do not profit more from quiet moments of a shared CPU), one sample of every candidate per round,
+  rounds rotated. Returns per candidate the wall and process-CPU seconds of one call for every round."""
+  names = list(candidates)
+  for name in names:
+    for _ in range(warmup):
+      candidates[name][0]()
+  times = {n: {'wall': [], 'cpu': []} for n in names}
+  for r in range(reps):
+    for name in names[r % len(names):] + names[:r % len(names)]:
+      fn, repeat = candidates[name]
+      wall, cpu = time.perf_counter(), time.process_time()
+      for _ in range(repeat):
+        fn()
+      times[name]['wall'].append((time.perf_counter() - wall) / repeat)
+      times[name]['cpu'].append((time.process_time() - cpu) / repeat)
+  return times
+
+
+def blocking(compiled, args) -> Callable:
+  return lambda: jax.block_until_ready(compiled(*args))
+
+
+def peak_candidate(size: int) -> tuple[Callable, int]:
+  """A jitted [size, size] @ [size, size] float32 matmul (random inputs) and its FLOPs."""
+  a = jax.random.normal(jax.random.PRNGKey(2), (size, size), jnp.float32)
+  b = jax.random.normal(jax.random.PRNGKey(3), (size, size), jnp.float32)
+  return blocking(jax.jit(jnp.dot).lower(a, b).compile(), (a, b)), 2 * size ** 3
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Report.
+# --------------------------------------------------------------------------------------------------------------
+VARIANTS = {'onehot': 'ours, as shipped (one-hot Embed)', 'gather': 'ours, gather Embed (proposed)'}
+TARGETS = {'p1': 2.2, 'p2': 0.80, 'p3': 1.4}
+
+
+def summarise(times: dict[str, dict], flops: dict[str, int], xla: dict[str, float], peak_flops: int, s: Shape,
+              variants: list[str], peft: bool, clock: str) -> dict[str, Any]:
+  """Ratios from the best (minimum) sample of each candidate on one clock ('wall' or process 'cpu')."""
+  best = {k: min(v[clock]) for k, v in times.items()}
+  peak = peak_flops / best['peak']
+  model_flops = flops['forward'] + flops['prompt_backward']
+  out: dict[str, Any] = {'peak_gflops': peak / 1e9, 'best_s': best,
+                         'median_s': {k: float(np.median(v[clock])) for k, v in times.items()}}
+  for v in variants:
+    step, fwd = best[f'{v}_train_step'], best[f'{v}_forward']
+    executed = model_flops + (flops['onehot_forward'] if v == 'onehot' else 0)
+    row = {'p1_step_over_forward': step / fwd, 'full_ft_over_forward': best[f'{v}_full_ft_step'] / fwd,
+           'p2_util_model_flops': model_flops / step / peak, 'util_executed_matmul_flops': executed / step / peak,
+           'util_xla_cost_flops': xla[f'{v}_train_step'] / step / peak, 'tokens_per_s': s.tokens / step}
+    if peft:
+      row['p3_speedup_vs_peft'] = best['peft_train_step'] / step
+    out[v] = row
+  if peft:
+    out['peft'] = {'p1_step_over_forward': best['peft_train_step'] / best['peft_forward'],
+                   'p2_util_model_flops': model_flops / best['peft_train_step'] / peak,
+                   'tokens_per_s': s.tokens / best['peft_train_step'], 'p3_speedup_vs_peft': 1.0}
+  return out
+
+
+def print_table(r: dict[str, Any], clock: str, variants: list[str]) -> None:
+  b = r['best_s']
+  unit = 'wall s' if clock == 'wall' else 'CPU s'
+  print(f"\n[{clock} clock, best of N] float32 matmul peak (jnp.dot): {r['peak_gflops']:.1f} GFLOP/s"
+        + ('' if clock == 'wall' else ' per busy second of all threads'))
+  print(f"{'':34s} {'fwd ' + unit:>10s} {'step ' + unit:>11s} {'P1 step/fwd':>11s} {'full/fwd':>8s} "
+        f"{'P2 util':>7s} {'exec util':>9s} {'XLA util':>8s} {'tok/s':>7s} {'P3 xPEFT':>8s}")
+  rows = [(VARIANTS[v], r[v], f'{v}_') for v in variants]
+  if 'peft' in r:
+    rows.append(('HF PEFT PromptTuning (torch)', r['peft'], 'peft_'))
+  for label, x, key in rows:
+    util = lambda k: f'{x[k]:.1%}' if k in x else ''
+    full = f"{x['full_ft_over_forward']:.2f}" if 'full_ft_over_forward' in x else ''
+    print(f"{label:34s} {b[key + 'forward']:10.3f} {b[key + 'train_step']:11.3f} {x['p1_step_over_forward']:11.2f} "
+          f"{full:>8s} {util('p2_util_model_flops'):>7s} {util('util_executed_matmul_flops'):>9s} "
+          f"{util('util_xla_cost_flops'):>8s} {x['tokens_per_s']:7.0f} {x.get('p3_speedup_vs_peft', float('nan')):8.2f}")
+
+
+def print_memory(mem: dict[str, int]) -> None:
+  print(f"\nP4 gradient + optimizer state bytes: ours {mem['ours']:,} (grad {mem['ours_grad']:,} + Adafactor "
+        f"{mem['ours_opt']:,})\n   reference full-gradient-then-mask (t5x MultiOptimizer, state for the prompt "
+        f"only): {mem['reference']:,} ({mem['reference'] / mem['ours']:.0f}x)\n   full gradient + Adafactor "
+        f"state for every param: {mem['masked_all']:,} ({mem['masked_all'] / mem['ours']:.0f}x)")
+
+
+def main(argv=None) -> dict[str, Any]:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--quick', action='store_true', help='2 timed rounds and a 2048 peak matmul')
+  parser.add_argument('--reps', type=int, default=None, help='timed rounds (default 5, --quick 2)')
+  parser.add_argument('--peak-size', type=int, default=None, help='peak matmul size (default 4096)')
+  parser.add_argument('--variants', default='onehot,gather', help='comma list of: onehot, gather')
+  parser.add_argument('--no-peft', action='store_true', help='skip the torch / PEFT reference')
+  parser.add_argument('--torch-threads', type=int, default=2)
+  args = parser.parse_args(argv)
+  reps = args.reps or (2 if args.quick else 5)
+  peak_size = args.peak_size or (2048 if args.quick else 4096)
+  variants = [v for v in args.variants.split(',') if v]
+  for v in variants:
+    if v not in VARIANTS:
+      parser.error(f'unknown variant {v!r}; expected one of {", ".join(VARIANTS)}')
+
+  cfg, s = get_config('t5_1_1_small'), Shape()
+  np_batch = make_batch(cfg, s)
+  batch = {k: jnp.asarray(v) for k, v in np_batch.items()}
+  flops = matmul_flops(cfg, s)
+  model_flops = flops['forward'] + flops['prompt_backward']
+  candidates, xla, mem = {}, {}, None
+  start = time.perf_counter()
+  for v in variants:
+    model = make_model(cfg, s, gather=v == 'gather')
+    frozen, prompt = init_params(model, s)
+    for name, (compiled, fn_args) in jax_steps(model, frozen, prompt, batch).items():
+      candidates[f'{v}_{name}'] = (blocking(compiled, fn_args), 2 if name == 'forward' else 1)
+      xla[f'{v}_{name}'] = xla_flops(compiled)
+    if mem is None:
+      mem = state_bytes(model, frozen, prompt, batch)
+  peak_fn, peak_flops = peak_candidate(peak_size)
+  candidates['peak'] = (peak_fn, max(1, round(model_flops / peak_flops)))
+  info = {}
+  if not args.no_peft:
+    peft_fns, info = peft_steps(cfg, s, np_batch, args.torch_threads)
+    candidates.update(peft_forward=(peft_fns['peft_forward'], 2), peft_train_step=(peft_fns['peft_train_step'], 1))
+  print(f'compiled / built in {time.perf_counter() - start:.0f} s; timing {reps} rounds of {len(candidates)} '
+        f'candidates (XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}, jax {jax.__version__}, '
+        f'{os.cpu_count()} CPUs)', flush=True)
+  times = race(candidates, reps)
+  result = {clock: summarise(times, flops, xla, peak_flops, s, variants, not args.no_peft, clock)
+            for clock in ('wall', 'cpu')}
+  result.update(flops_g={k: v / 1e9 for k, v in flops.items()}, model_gflops_step=model_flops / 1e9,
+                xla_gflops={k: v / 1e9 for k, v in xla.items()}, state_bytes=mem, reps=reps,
+                peak_size=peak_size, shape=dataclasses.asdict(s), xla_flags=os.environ.get('XLA_FLAGS', ''),
+                **info)
+  print(f"\nmodel FLOPs per train step: {model_flops / 1e9:.1f} G (forward {flops['forward'] / 1e9:.1f} + "
+        f"prompt backward {flops['prompt_backward'] / 1e9:.1f}; one-hot lookups +{flops['onehot_forward'] / 1e9:.1f}"
+        f"); XLA cost analysis: " + ', '.join(f'{k} {v / 1e9:.1f} G' for k, v in xla.items()))
+  for clock in ('wall', 'cpu'):
+    print_table(result[clock], clock, variants)
+  print(f"targets: P1 <= {TARGETS['p1']}x, P2 >= {TARGETS['p2']:.0%}, P3 >= {TARGETS['p3']}x PEFT")
+  print_memory(mem)
+  print('JSON ' + json.dumps(result, sort_keys=True, default=float))
+  return result
+
+
+if __name__ == '__main__':
+  main()

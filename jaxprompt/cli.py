@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ PROG = 'jaxprompt'
 REPO_GIN_CONFIGS = pathlib.Path(__file__).resolve().parent.parent / 'gin_configs'
 
 MACROS = """important gin macros (set with --gin.NAME=VALUE, gin syntax: quote strings):
-  MODEL_DIR                 output folder: checkpoints, metrics, TensorBoard, prompt.npy   "'/tmp/run'"
+  MODEL_DIR                 output folder (checkpoints, metrics, TensorBoard, final_prompt.npy): "'/tmp/run'"
   INITIAL_CHECKPOINT_PATH   frozen T5X checkpoint (or HF safetensors folder)   (models/*.gin set it)
   MODEL_CONFIG              @jaxprompt.model_config() with jaxprompt.model_config.name   (models/*.gin)
   MIXTURE_OR_TASK_NAME      seqio task or mixture, e.g. "'taskless_glue_sst2_v200'"
@@ -223,17 +224,19 @@ def _quiet_native_stderr() -> Iterator[None]:
       os.close(saved)
 
 
+# Modules defining gin configurables: imported before any gin file is parsed.
+CONFIGURABLE_MODULES = ('seqio', 'tensorflow', 'jaxprompt.data.custom', 'jaxprompt.data.tasks', 'jaxprompt.prompts',
+                        'jaxprompt.training.optim', 'jaxprompt.training.components', 'jaxprompt.training.trainer',
+                        'jaxprompt.training.evaluate', 'jaxprompt.training.infer')
+
+
 def import_configurables() -> None:
-  """Imports every module with gin configurables (before parsing gin files)."""
+  """Imports every module with gin configurables (before parsing gin files), hiding native start-up logs."""
   with _quiet_native_stderr():
-    import seqio  # pylint: disable=g-import-not-at-top,unused-import
-    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
-    from jaxprompt.data import custom, tasks  # pylint: disable=g-import-not-at-top,unused-import
-    from jaxprompt.training import (  # pylint: disable=g-import-not-at-top,unused-import
-        components, evaluate, infer, optim, trainer)
-    import jaxprompt.prompts  # pylint: disable=g-import-not-at-top,unused-import
+    for module in CONFIGURABLE_MODULES:
+      importlib.import_module(module)
     import jax  # pylint: disable=g-import-not-at-top
-    jax.devices()  # backend start-up logs, too
+    jax.devices()  # the backend's start-up logs, too
 
 
 def _kwargs(**values) -> dict:
@@ -290,14 +293,33 @@ class _StderrHandler(logging.Handler):
       self.handleError(record)
 
 
-def _configure_logging() -> None:
+class _DropKnownNoise(logging.Filter):
+  """seqio warns that a FunctionDataSource task is uncached on every run; jaxprompt's file tasks reshuffle
+  the whole split each epoch, so the advice does not apply."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith('Using an uncached FunctionDataset for training')
+
+
+@contextlib.contextmanager
+def _console_logging() -> Iterator[None]:
+  """jaxprompt's INFO lines on stderr for the duration of a command (undone after, for in-process callers)."""
   logger = logging.getLogger('jaxprompt')
-  if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
-    handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter('%(asctime)s %(message)s', datefmt='%H:%M:%S'))
-    logger.addHandler(handler)
+  handler = _StderrHandler()
+  handler.setFormatter(logging.Formatter('%(asctime)s %(message)s', datefmt='%H:%M:%S'))
+  saved = logger.level, logger.propagate
+  logger.addHandler(handler)
   logger.setLevel(logging.INFO)
   logger.propagate = False
+  noise = _DropKnownNoise()
+  absl_logger = logging.getLogger('absl')
+  absl_logger.addFilter(noise)
+  try:
+    yield
+  finally:
+    logger.removeHandler(handler)
+    logger.level, logger.propagate = saved
+    absl_logger.removeFilter(noise)
 
 
 def _fail(message: str, code: int) -> int:
@@ -327,8 +349,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     rest, overrides = split_gin_overrides(argv)
   except CliError as e:
     return _fail(str(e), 2)
-  args = parser.parse_args(rest)  # usage errors: argparse prints one line and exits 2
-  _configure_logging()
+  args = parser.parse_args(rest)  # usage errors: one line, exit 2
+  with _console_logging():
+    return _run(args, overrides)
+
+
+def _run(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   from jaxprompt.errors import JaxPromptError, TrainingError  # pylint: disable=g-import-not-at-top
   try:
     files = [resolve_gin_file(f, search_paths(args.gin_search_paths)) for f in args.gin_file]  # before slow imports

@@ -1,9 +1,12 @@
 """Multi-host training on CPU: 2 processes x 4 devices must match 1 process x 8 devices; plus the launch logic."""
+import json
 import os
 import pathlib
+import random
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -14,6 +17,7 @@ from jaxprompt.training import multihost
 from tests.helpers import REPO
 
 SCRIPT = REPO / 'tests' / 'scripts' / 'multihost_train.py'
+FIXTURE_CKPT = ('t5x_tiny', 'classic_checkpoint_0')
 
 
 def _free_port() -> int:
@@ -32,12 +36,21 @@ def _start(num_devices: int, args: list[str], log: pathlib.Path) -> subprocess.P
                           stderr=subprocess.STDOUT)
 
 
+def _start_pair(mode: str, args: dict, tmp_path: pathlib.Path, procs: dict, logs: dict) -> None:
+  """Two processes x 4 devices joined through a localhost coordinator."""
+  coordinator = f'127.0.0.1:{_free_port()}'
+  for i in range(2):
+    logs[f'process{i}'] = tmp_path / f'{mode}_process{i}.log'
+    procs[f'process{i}'] = _start(4, [mode, json.dumps(args), coordinator, '2', str(i)], logs[f'process{i}'])
+
+
 def _wait_all(procs: dict[str, subprocess.Popen], logs: dict[str, pathlib.Path], timeout: float) -> None:
   """Waits for every child; on a failure or timeout kills the rest and fails with all their logs."""
+  deadline = time.monotonic() + timeout
   failed = []
   for name, proc in procs.items():
     try:
-      if proc.wait(timeout=timeout) != 0:
+      if proc.wait(timeout=max(deadline - time.monotonic(), 1)) != 0:
         failed.append(f'{name} exited with {proc.returncode}')
     except subprocess.TimeoutExpired:
       failed.append(f'{name} timed out after {timeout}s')
@@ -55,35 +68,84 @@ def _wait_all(procs: dict[str, subprocess.Popen], logs: dict[str, pathlib.Path],
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_two_processes_train_like_one_with_eight_devices(fixtures_dir, tmp_path):
-  ckpt = str(fixtures_dir / 't5x_tiny' / 'classic_checkpoint_0')
-  coordinator = f'127.0.0.1:{_free_port()}'
-  logs = {n: tmp_path / f'{n}.log' for n in ('single', 'process0', 'process1')}
-  multi_out, single_out = tmp_path / 'multi.npz', tmp_path / 'single.npz'
+  ckpt = str(fixtures_dir.joinpath(*FIXTURE_CKPT))
+  single = dict(checkpoint=ckpt, model_dir=str(tmp_path / 'single_dir'), out=str(tmp_path / 'single'))
+  multi = dict(checkpoint=ckpt, model_dir=str(tmp_path / 'multi_dir'), out=str(tmp_path / 'multi'))
   # All three at once: the 2-process pair and the 8-device reference are independent.
-  procs = {'single': _start(8, [ckpt, str(tmp_path / 'single_dir'), str(single_out)], logs['single'])}
-  for i in range(2):
-    procs[f'process{i}'] = _start(4, [ckpt, str(tmp_path / 'multi_dir'), str(multi_out), coordinator, '2', str(i)],
-                                  logs[f'process{i}'])
+  logs = {'single': tmp_path / 'single.log'}
+  procs = {'single': _start(8, ['steps', json.dumps(single)], logs['single'])}
+  _start_pair('steps', multi, tmp_path, procs, logs)
   _wait_all(procs, logs, timeout=150)
 
-  single = np.load(single_out)
-  p0, p1 = np.load(multi_out), np.load(f'{multi_out}.1.npz')
+  one = np.load(tmp_path / 'single.0.npz')
+  p0, p1 = np.load(tmp_path / 'multi.0.npz'), np.load(tmp_path / 'multi.1.npz')
   assert 'local devices [0, 1, 2, 3]' in logs['process0'].read_text()
   assert list(p0['rows']) == [0, 4] and list(p1['rows']) == [4, 8]  # each host fed only its half
-  assert list(single['rows']) == [0, 8]
-  # Both processes see the same replicated prompt and losses.
+  assert list(one['rows']) == [0, 8]
+  # Both processes see the same replicated prompt and losses ...
   np.testing.assert_array_equal(p0['prompt'], p1['prompt'])
   np.testing.assert_array_equal(p0['losses'], p1['losses'])
   # ... which match one process on 8 devices (reductions run in another order: allclose, not equal).
-  np.testing.assert_allclose(p0['losses'], single['losses'], rtol=1e-5)
-  np.testing.assert_allclose(p0['prompt'], single['prompt'], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(p0['losses'], one['losses'], rtol=1e-5)
+  np.testing.assert_allclose(p0['prompt'], one['prompt'], rtol=1e-5, atol=1e-6)
   assert not np.allclose(p0['prompt'], p0['saved_prompt'])  # training moved the prompt after the save
   # Orbax wrote one checkpoint from both processes; process 0 alone wrote the numpy prompt.
   step_dir = tmp_path / 'multi_dir' / 'checkpoints' / '2'
   assert (step_dir / 'commit_success.txt').exists() or (step_dir / '_CHECKPOINT_METADATA').exists()
+  assert sorted(p.name for p in (step_dir / 'state').glob('ocdbt.process_*')) == ['ocdbt.process_0',
+                                                                                   'ocdbt.process_1']
   numpy_dir = tmp_path / 'multi_dir' / 'numpy_checkpoints' / 'checkpoint_2'
   assert sorted(p.name for p in numpy_dir.iterdir()) == ['prompt.npy']
   np.testing.assert_array_equal(np.load(numpy_dir / 'prompt.npy'), p0['saved_prompt'])
+
+
+_WORDS = 'good great fine nice bad awful poor dull movie film plot story acting music cast'.split()
+
+
+def _tsv_task(root: pathlib.Path) -> dict:
+  """64 distinct training rows, 8 validation rows and a tiny SentencePiece vocabulary (pad 0, eos 1)."""
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  rng = random.Random(0)
+  rows = set()
+  while len(rows) < 72:
+    rows.add(' '.join(rng.sample(_WORDS, 4)))
+  rows = sorted(rows)
+  rng.shuffle(rows)
+  label = lambda r: 'positive' if any(w in r.split() for w in _WORDS[:4]) else 'negative'
+  files = {'train': root / 'train.tsv', 'validation': root / 'validation.tsv'}
+  files['train'].write_text(''.join(f'{r}\t{label(r)}\n' for r in rows[:64]))
+  files['validation'].write_text(''.join(f'{r}\t{label(r)}\n' for r in rows[64:]))
+  (root / 'text.txt').write_text('\n'.join(rows + ['positive negative'] * 20))
+  spm.SentencePieceTrainer.train(input=str(root / 'text.txt'), model_prefix=str(root / 'tiny'), vocab_size=60,
+                                 model_type='unigram', pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2,
+                                 hard_vocab_limit=False)
+  return {k: str(v) for k, v in dict(files, vocab=root / 'tiny.model').items()}
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_trainer_runs_on_two_processes(fixtures_dir, tmp_path):
+  """`trainer.train` on 2 hosts: each reads its own half of the data; orbax checkpoints from both hosts."""
+  args = dict(_tsv_task(tmp_path), checkpoint=str(fixtures_dir.joinpath(*FIXTURE_CKPT)),
+              model_dir=str(tmp_path / 'model_dir'), out=str(tmp_path / 'trainer'))
+  procs, logs = {}, {}
+  _start_pair('trainer', args, tmp_path, procs, logs)
+  _wait_all(procs, logs, timeout=150)
+
+  p0, p1 = np.load(tmp_path / 'trainer.0.npz'), np.load(tmp_path / 'trainer.1.npz')
+  assert int(p0['step']) == int(p1['step']) == 4
+  np.testing.assert_array_equal(p0['prompt'], p1['prompt'])
+  # seqio shards by process: disjoint halves that together are the whole training split.
+  seen0, seen1 = set(p0['seen']), set(p1['seen'])
+  assert len(seen0) == len(seen1) == 32 and not seen0 & seen1
+  model_dir = tmp_path / 'model_dir'
+  np.testing.assert_array_equal(np.load(model_dir / 'prompt.npy'), p0['prompt'])
+  for step in (2, 4):
+    step_dir = model_dir / 'checkpoints' / str(step)
+    assert sorted(p.name for p in (step_dir / 'state').glob('ocdbt.process_*')) == ['ocdbt.process_0',
+                                                                                     'ocdbt.process_1']
+  np.testing.assert_array_equal(np.load(model_dir / 'numpy_checkpoints' / 'checkpoint_4' / 'prompt.npy'),
+                                p0['prompt'])
 
 
 # ------------------------------------------------------------------------------ launch decision (pure)
@@ -124,8 +186,10 @@ def test_detect_clusters_use_jax_auto_detection(env, reason):
 @pytest.mark.parametrize('kwargs, env, message', [
     (dict(coordinator_address='h:1', num_processes=2), {}, 'process_id not set'),
     (dict(num_processes=2, process_id=0), {}, 'coordinator_address not set'),
-    (dict(coordinator_address='h:1', num_processes=2, process_id=2), {}, 'process_id=2 must be in [0, num_processes=2)'),
-    (dict(coordinator_address='h:1', num_processes='two', process_id=0), {}, "num_processes must be an integer, got 'two'"),
+    (dict(coordinator_address='h:1', num_processes=2, process_id=2), {},
+     'process_id=2 must be in [0, num_processes=2)'),
+    (dict(coordinator_address='h:1', num_processes='two', process_id=0), {},
+     "num_processes must be an integer, got 'two'"),
     (dict(coordinator_address='host', num_processes=2, process_id=0), {}, "'host' must be host:port"),
     ({}, {multihost.ENV_NUM_PROCESSES: '2', multihost.ENV_PROCESS_ID: '0'}, 'JAX_COORDINATOR_ADDRESS'),
     ({}, {multihost.ENV_SWITCH: 'maybe'}, "JAXPROMPT_DISTRIBUTED='maybe'"),

@@ -6,9 +6,9 @@ then indexes the fixture's 128-row embedding table. `make_tiny_task` and `write_
 tests/test_cli.py, which drives the same task through gin.
 """
 import json
-import os
 import pathlib
 import random
+import re
 
 import jax
 import jax.numpy as jnp
@@ -122,6 +122,7 @@ def empty_task(tiny_files):
 # ------------------------------------------------------------------------------------ training runs
 
 
+@pytest.mark.slow
 def test_resume_is_bitwise_equal_to_an_uninterrupted_run(train_kwargs, tmp_path):
   whole = trainer.train(str(tmp_path / 'whole'), train_steps=6, **train_kwargs)
   # Stopped at step 3 (a checkpoint), then resumed by a fresh call; evaluation off, so this also shows
@@ -140,7 +141,7 @@ def test_resume_is_bitwise_equal_to_an_uninterrupted_run(train_kwargs, tmp_path)
   assert meta['data_position'] == 6
   ckpt.close()
   # The final prompt and each save's numpy copy are float32 [P, d].
-  np.testing.assert_array_equal(np.load(tmp_path / 'whole' / 'prompt.npy'), whole.prompt)
+  np.testing.assert_array_equal(np.load(tmp_path / 'whole' / trainer.FINAL_PROMPT), whole.prompt)
   np.testing.assert_array_equal(
       np.load(tmp_path / 'whole' / 'numpy_checkpoints' / 'checkpoint_6' / 'prompt.npy'), whole.prompt)
 
@@ -179,7 +180,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_good_checkpoints(train_
   assert ckpt.all_steps() == [2, 4]  # nothing saved at or after the bad step
   ckpt.close()
   assert sorted(p.name for p in (tmp_path / 'numpy_checkpoints').iterdir()) == ['checkpoint_2', 'checkpoint_4']
-  assert not (tmp_path / 'prompt.npy').exists()
+  assert not (tmp_path / trainer.FINAL_PROMPT).exists()
 
 
 def test_empty_train_split_names_task_and_split(train_kwargs, empty_task, tmp_path):
@@ -278,3 +279,19 @@ def test_observer_keeps_histories_consistent_after_a_resume(tmp_path):
   assert [r['step'] for r in rows] == [1, 2]
   assert (tmp_path / observability.EVAL_HISTORY).read_text() == ''
   assert observability.plot_curves(str(tmp_path)).endswith(observability.CURVES)
+
+
+def test_progress_bar_on_a_terminal_shows_rate_loss_and_eta(tmp_path, capsys):
+  obs = observability.TrainObserver(str(tmp_path), total_steps=4, start_step=1, log_period=2, progress_bar=True)
+  for step in (2, 3, 4):
+    obs.step(step, {'loss': 4.0, 'weight_sum': 2.0, 'token_accuracy': 0.5, 'learning_rate': 0.3})
+  obs.close(plot=False)
+  err = capsys.readouterr().err
+  assert re.search(r'4/4 \[[\d:]+<[\d:]+, +[\d.]+ ?(step/s|s/step), loss=2\.0000\]', err), err
+
+
+def test_hf_checkpoints_are_told_from_t5x_ones(tmp_path, fixtures_dir):
+  (tmp_path / 'model.safetensors').write_bytes(b'')
+  assert components.is_hf_checkpoint(str(tmp_path))
+  assert components.is_hf_checkpoint(str(tmp_path / 'model.safetensors'))
+  assert not components.is_hf_checkpoint(str(fixtures_dir / 't5x_tiny' / 'classic_checkpoint_0'))

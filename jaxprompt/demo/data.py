@@ -20,7 +20,7 @@ All functions are pure: the same (seed, count) gives the same examples on every 
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -166,12 +166,18 @@ SKILL_LABELS: dict[str, tuple[str, ...]] = {'sentiment': SENTIMENT_LABELS, 'topi
                                             'parity': ('no', 'yes')}
 
 
-def skill_examples(skill: str, count: int, seed: int, split: str = 'train') -> list[Example]:
+def iter_skill_examples(skill: str, count: int, seed: int, split: str = 'train') -> Iterator[Example]:
   """`count` examples of one pretraining skill, the same for the same (skill, count, seed, split)."""
   if skill not in SKILLS:
     raise ConfigError(f'unknown demo skill {skill!r}; known: {", ".join(SKILLS)}')
   rng = _rng(seed, 'skill', skill, split)
-  return [SKILLS[skill](rng) for _ in range(count)]
+  make = SKILLS[skill]
+  for _ in range(count):
+    yield make(rng)
+
+
+def skill_examples(skill: str, count: int, seed: int, split: str = 'train') -> list[Example]:
+  return list(iter_skill_examples(skill, count, seed, split))
 
 
 # ------------------------------------------------------------------------------------------------ held out

@@ -30,7 +30,13 @@ def parse(files: Sequence[str], bindings: Sequence[str] = ()) -> None:
   gin.clear_config()
   for path in paths:
     gin.add_config_file_search_path(path)
-  gin.parse_config_files_and_bindings(resolved, list(bindings), finalize_config=False)
+  root = logging.getLogger()
+  level = root.level
+  root.setLevel(logging.CRITICAL)  # gin logs every search-path miss of an `include` as an error
+  try:
+    gin.parse_config_files_and_bindings(resolved, list(bindings), finalize_config=False)
+  finally:
+    root.setLevel(level)
 
 
 def quote(value: str) -> str:

@@ -95,14 +95,14 @@ def pretrain(output: str, *, seed: int = 0, steps: int | None = None, log_dir: s
           'data_seed': tasks.DATA_SEED, 'heldout_seed': tasks.HELDOUT_SEED,
           'seconds': round(time.time() - start, 1)},
       'validation': {k: v for k, v in sorted((result.eval_metrics or {}).items())
-                     if k.endswith(('/accuracy', '/sequence_accuracy'))},
+                     if k.endswith(('/accuracy', '/sequence_accuracy', '/token_accuracy'))},
   }
   with open(os.path.join(output, demo_model.CONFIG_FILE), 'w') as f:
     f.write(json.dumps(info, indent=1, sort_keys=True) + '\n')
   print(f'demo model written to {output} ({checkpoint}, {vocab_path}) in {info["pretraining"]["seconds"]} s; '
         f'logs in {log_dir}', flush=True)
   for key, value in info['validation'].items():
-    print(f'  {key}: {value:.1f}', flush=True)
+    print(f'  {key}: {value:.3g}', flush=True)
   return info
 
 

@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument('--baseline_steps', type=int, default=None,
                       help='model-tuning steps (TRAIN_STEPS of runs/demo_model_tuning.gin)')
   parser.add_argument('--eval_period', type=int, default=None, help='steps between held-out evaluations')
+  parser.add_argument('--eval_examples', type=int, default=None,
+                      help='score only the first N validation examples (default: all 500)')
   parser.add_argument('--prompt_length', type=int, default=None, help='PROMPT_LENGTH of runs/demo.gin')
   parser.add_argument('--no_baseline', action='store_true', help='skip the model-tuning baseline')
   parser.add_argument('--model', default=None, help='a demo model dir (default: the one shipped in the package)')
@@ -76,6 +78,8 @@ def _common_bindings(args: argparse.Namespace, task: str) -> list[str]:
     bindings.append(f'RANDOM_SEED = {args.seed}')
   if args.eval_period is not None:
     bindings.append(f'EVAL_PERIOD = {args.eval_period}')
+  if args.eval_examples is not None:
+    bindings.append(f'EVAL_MAX_EXAMPLES = {args.eval_examples}')
   if args.model is not None:
     bindings.append(f'DEMO_MODEL_DIR = {quote(os.path.abspath(args.model))}')
   return bindings
@@ -93,7 +97,7 @@ def _say(text: str) -> None:
   print(text, flush=True)
 
 
-def frozen_accuracy(task: str) -> float:
+def frozen_accuracy(task: str, max_examples: int | None = None) -> float:
   """Held-out accuracy of the frozen model with NO prompt, configured by the parsed demo gin files."""
   import gin  # pylint: disable=g-import-not-at-top
   from jaxprompt.checkpoints import load_t5x_checkpoint  # pylint: disable=g-import-not-at-top
@@ -103,7 +107,8 @@ def frozen_accuracy(task: str) -> float:
   params = load_t5x_checkpoint(demo_model.checkpoint_path())
   lengths = gin.query_parameter('%TASK_FEATURE_LENGTHS')
   batch = gin.query_parameter('%BATCH_SIZE')
-  metrics = model_tuning.evaluate_params(config, params, task, 'validation', lengths, batch)
+  metrics = model_tuning.evaluate_params(config, params, task, 'validation', lengths, batch,
+                                         max_examples=max_examples)
   return float(metrics['accuracy'])
 
 
@@ -149,8 +154,8 @@ def run_demo(args: argparse.Namespace, overrides: Sequence[str] = ()) -> DemoRes
   from jaxprompt.demo import model as demo_model  # pylint: disable=g-import-not-at-top
   from jaxprompt.demo import tasks  # pylint: disable=g-import-not-at-top
   from jaxprompt.training import model_tuning, trainer  # pylint: disable=g-import-not-at-top
-  if args.model is not None:
-    tasks.register_demo_tasks(demo_model.vocabulary(os.path.abspath(args.model)))
+  # (Re-)register the demo tasks with this model's vocabulary (another may have been registered before).
+  tasks.register_demo_tasks(demo_model.vocabulary(None if args.model is None else os.path.abspath(args.model)))
   task = tasks.heldout_task_name(args.skill)
   output = os.path.abspath(args.output)
   os.makedirs(output, exist_ok=True)
@@ -165,7 +170,7 @@ def run_demo(args: argparse.Namespace, overrides: Sequence[str] = ()) -> DemoRes
   ginconf.parse(PROMPT_GIN, prompt_bindings)
 
   _say(f'[1/3] frozen demo model, no prompt, on {task} (raw review, no instruction) ...')
-  frozen = frozen_accuracy(task)
+  frozen = frozen_accuracy(task, args.eval_examples)
   _say(f'      held-out accuracy of the frozen model: {frozen:.1f}%')
 
   _say('[2/3] prompt tuning: the model stays frozen, only the soft prompt trains ...')

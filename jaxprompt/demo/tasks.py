@@ -40,19 +40,21 @@ def heldout_task_name(skill: str) -> str:
   return f'demo_heldout_{skill}'
 
 
-@functools.lru_cache(maxsize=32)
-def _examples(kind: str, skill: str, split: str, count: int, seed: int) -> tuple[tuple[str, str], ...]:
-  make = data.skill_examples if kind == 'skill' else data.heldout_examples
-  return tuple(make(skill, count, seed, split))
-
-
 def _dataset_fn(split: str, shuffle_files: bool = False, seed: int | None = None, *, kind: str, skill: str,
                 sizes: dict[str, int], data_seed: int) -> tf.data.Dataset:
-  """{'inputs', 'targets'} strings of one split (generated once per process, then cached)."""
-  del shuffle_files, seed  # one in-memory "file": seqio's own shuffle buffer does the shuffling
-  examples = _examples(kind, skill, split, sizes[split], data_seed)
-  return tf.data.Dataset.from_tensor_slices({'inputs': [e[0] for e in examples],
-                                             'targets': [e[1] for e in examples]})
+  """{'inputs', 'targets'} strings of one split, generated lazily (the same sequence on every read)."""
+  del shuffle_files, seed  # one generated "file": seqio's own shuffle buffer does the shuffling
+  if kind == 'skill':
+    make = lambda: data.iter_skill_examples(skill, sizes[split], data_seed, split)  # pylint: disable=unnecessary-lambda-assignment
+  else:
+    make = lambda: iter(data.heldout_examples(skill, sizes[split], data_seed, split))  # pylint: disable=unnecessary-lambda-assignment
+
+  def generate():
+    for inputs, targets in make():
+      yield {'inputs': inputs, 'targets': targets}
+
+  spec = tf.TensorSpec((), tf.string)
+  return tf.data.Dataset.from_generator(generate, output_signature={'inputs': spec, 'targets': spec})
 
 
 def _add(name: str, kind: str, skill: str, sizes: dict[str, int], data_seed: int, vocabulary: Any) -> None:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprompt import partitioning
-from jaxprompt.errors import CheckpointError, ConfigError, PromptError
+from jaxprompt.errors import ConfigError, PromptError
 from jaxprompt.models.config import T5Config, get_config
 from jaxprompt.models.prompt_model import PROMPT_KEY, LossConfig, PromptModel
 from jaxprompt.prompts import initializers
@@ -151,6 +151,14 @@ class Runtime:
     """{'prompt': [P, d]} on the mesh with the prompt's sharding."""
     return jax.device_put({'prompt': jnp.asarray(prompt, self.model.prompt.param_dtype)},
                           self.steps.prompt_shardings)
+
+
+def data_parallel_size(model_parallel: int) -> int:
+  """Size of the mesh's 'data' axis for `model_parallel`, known before anything is loaded."""
+  check_positive(model_parallel=model_parallel)
+  if jax.device_count() % model_parallel:
+    raise ConfigError(f'model_parallel={model_parallel} must divide the number of devices ({jax.device_count()})')
+  return jax.device_count() // model_parallel
 
 
 def build_model(config: T5Config, prompt_length: int, combine: str = 'prefix',

@@ -3,7 +3,6 @@ classification (tasks with a label set) or decoding, and the `evaluate` entry po
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -217,8 +216,9 @@ def evaluate_set(fns: ModelFns, prompt: Any, eval_set: EvalSet, batch_size: int,
     log.warning('task %s: %d predict_with_aux metric fns are not computed', task.name,
                 len(task.predict_with_aux_metric_fns))
   vocab_in = data.inputs_vocabulary(task)
-  records = [{'input': data.example_text(ex, 'inputs', vocab_in), 'target': data.example_text(ex, 'targets', vocabulary),
-              'prediction': text, 'score': score} for ex, text, score in zip(examples, texts, scores)]
+  records = [{'input': data.example_text(ex, 'inputs', vocab_in),
+              'target': data.example_text(ex, 'targets', vocabulary), 'prediction': text, 'score': score}
+             for ex, text, score in zip(examples, texts, scores)]
   return metrics, records
 
 
@@ -302,9 +302,9 @@ def evaluate(output_file: str | None = None, *, model_config: T5Config | None = 
   for task in data.subtasks(provider, split):
     components.check_vocabulary(data.targets_vocabulary(task), config, task.name)
   sets = prepare_eval(provider, split, lengths, max_examples=max_examples, rank_classification=rank_classification)
+  data.host_batch_size(batch_size, components.data_parallel_size(model_parallel))
   runtime = components.build_runtime(config, prompt_array.shape[0], ckpt, lengths, combine=prompt_combine,
                                      model_parallel=model_parallel)
-  data.host_batch_size(batch_size, runtime.data_parallel)
   fns = ModelFns(runtime, decode)
   metrics, records = evaluate_sets(fns, runtime.place_prompt(prompt_array), sets, batch_size)
   result = {'task': provider.name, 'split': split, 'prompt': prompt_file or checkpoint, 'metrics': metrics}

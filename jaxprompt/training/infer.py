@@ -104,9 +104,9 @@ def infer(output_file: str | None = None, *, model_config: T5Config | None = Non
     data.subtasks(provider, split)
   vocab = _vocabulary(provider, vocabulary)
   components.check_vocabulary(vocab, config, provider.name if provider is not None else 'text inputs')
+  data.host_batch_size(batch_size, components.data_parallel_size(model_parallel))
   runtime = components.build_runtime(config, prompt_array.shape[0], ckpt, lengths, combine=prompt_combine,
                                      model_parallel=model_parallel, eos_id=vocab.eos_id)
-  data.host_batch_size(batch_size, runtime.data_parallel)
   fns = eval_lib.ModelFns(runtime, decode)
   prompt = runtime.place_prompt(prompt_array)
   if texts is not None:

@@ -132,6 +132,30 @@ def _jit_step(runtime: components.Runtime, optimizer: PromptOptimizer, state: Mo
   return run, state_sh
 
 
+_PACKED_FEATURES = data.FEATURES + ('encoder_segment_ids', 'decoder_segment_ids')
+
+
+def train_stream(provider: Any, feature_lengths: Mapping[str, int], split: str, batch_size: int, seed: int,
+                 pack: bool = False):
+  """The trainer's seeded, endless numpy batches; `pack=True` packs several examples per row (seqio's
+  `EncDecFeatureConverter(pack=True)`, segment ids kept) -- fine without a prompt, and ~2x fewer pad tokens."""
+  if not pack:
+    return data.train_batches(data.train_dataset(provider, feature_lengths, split, batch_size, seed))
+  import seqio  # pylint: disable=g-import-not-at-top
+
+  ds = provider.get_dataset(sequence_length=dict(feature_lengths), split=split, use_cached=False, shuffle=True,
+                            seed=seed, num_epochs=None)
+  ds = seqio.EncDecFeatureConverter(pack=True)(ds, dict(feature_lengths)).batch(batch_size, drop_remainder=True)
+
+  def batches():
+    for batch in ds.prefetch(2).as_numpy_iterator():
+      out = {k: np.asarray(batch[k]) for k in _PACKED_FEATURES}
+      out['decoder_loss_weights'] = out['decoder_loss_weights'].astype(np.float32)
+      yield out
+
+  return batches()
+
+
 def _host_metrics(metrics: Mapping[str, Any], step: int) -> dict[str, float]:
   host = {k: float(components.host_value(v)) for k, v in metrics.items()}
   if not host.get('finite', 1.0):
@@ -148,12 +172,13 @@ def train_model(model_dir: str | None = None, *, model_config: T5Config | None =
                 seed: int = 0, train_split: str = 'train', eval_split: str | None = 'validation',
                 eval_period: int = 1000, eval_max_examples: int | None = None, eval_batch_size: int | None = None,
                 log_period: int = 100, progress_bar: bool | None = None, save_checkpoint: bool = True,
-                checkpoint_dtype: str | None = None) -> ModelTuningResult:
+                checkpoint_dtype: str | None = None, pack: bool = False) -> ModelTuningResult:
   """Trains every parameter of a T5 on a seqio task or mixture; saves a T5X checkpoint at the end.
 
   Args mirror `trainer.train`; in addition `initial_checkpoint_path=None` starts from a random init (seeded
-  by `seed`, pretraining), and `save_checkpoint` / `checkpoint_dtype` control the T5X checkpoint written to
-  `model_dir/checkpoint_<train_steps>`. Single process (the model-tuning baseline and demo pretraining).
+  by `seed`, pretraining), `pack` packs training examples (see `train_stream`), and `save_checkpoint` /
+  `checkpoint_dtype` control the T5X checkpoint written to `model_dir/checkpoint_<train_steps>`. Single
+  process (the model-tuning baseline and demo pretraining).
   """
   model_dir = os.fspath(components.require(model_dir, 'MODEL_DIR', "\"'/path/to/model_dir'\""))
   config = components.require(model_config, 'MODEL_CONFIG', "\"@jaxprompt.model_config()\"")
@@ -184,7 +209,7 @@ def train_model(model_dir: str | None = None, *, model_config: T5Config | None =
   step_fn, state_sh = _jit_step(runtime, optimizer, state)
   state = jax.device_put(state, state_sh)
 
-  batches = data.train_batches(data.train_dataset(provider, lengths, train_split, batch_size, seed))
+  batches = train_stream(provider, lengths, train_split, batch_size, seed, pack)
   observer = observability.TrainObserver(model_dir, total_steps=train_steps, start_step=0, log_period=log_period,
                                          progress_bar=progress_bar)
   fns = eval_lib.ModelFns(runtime) if eval_split else None

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import gin
 import jax
 import numpy as np
+import tensorflow as tf
 from jax.experimental import multihost_utils
 
 from jaxprompt.errors import ConfigError, DataError, TrainingError
@@ -37,7 +38,8 @@ from jaxprompt.training.preemption import PreemptionGuard
 from jaxprompt.training.step import TrainState, init_train_state
 
 log = logging.getLogger('jaxprompt')
-FINAL_PROMPT = 'prompt.npy'
+# Not `prompt.npy`: checkpointing reads a directory holding a prompt.npy as one checkpoint step.
+FINAL_PROMPT = 'final_prompt.npy'
 
 
 @dataclasses.dataclass
@@ -121,7 +123,7 @@ def train(model_dir: str | None = None, *, model_config: T5Config | None = None,
   """Tunes a prompt on a frozen T5, resuming from `model_dir`'s latest checkpoint if there is one.
 
   Args (the gin macros in brackets are what gin_configs/runs/prompt_tuning.gin binds):
-    model_dir: where checkpoints, metrics, TensorBoard events and the final `prompt.npy` go [MODEL_DIR].
+    model_dir: where checkpoints, metrics, TensorBoard events and the final `final_prompt.npy` go [MODEL_DIR].
     model_config: the frozen model's T5Config [@jaxprompt.model_config(), set by models/*.gin].
     initial_checkpoint_path: T5X checkpoint (any format, or a model dir) or HF safetensors folder
       [INITIAL_CHECKPOINT_PATH].
@@ -154,13 +156,14 @@ def train(model_dir: str | None = None, *, model_config: T5Config | None = None,
   vocab = data.targets_vocabulary(provider)
   components.check_vocabulary(vocab, config, task_name)
   eos_id = vocab.eos_id
+  data_parallel = components.data_parallel_size(model_parallel)
+  host_batch = data.host_batch_size(batch_size, data_parallel)
+  eval_batch = eval_batch_size or batch_size
+  data.host_batch_size(eval_batch, data_parallel)
   optimizer = optimizer or make_optimizer()
   runtime = components.build_runtime(config, prompt_length, ckpt_path, lengths, optimizer=optimizer,
                                      combine=prompt_combine, loss=loss, model_parallel=model_parallel,
                                      num_microbatches=num_microbatches, eos_id=eos_id)
-  host_batch = data.host_batch_size(batch_size, runtime.data_parallel)
-  eval_batch = eval_batch_size or batch_size
-  data.host_batch_size(eval_batch, runtime.data_parallel)
 
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
   prompt = runtime.model.init_prompt(init_rng, runtime.frozen, prompt_init)
@@ -173,7 +176,7 @@ def train(model_dir: str | None = None, *, model_config: T5Config | None = None,
   if start >= train_steps:
     log.info('%s is already trained to step %d (TRAIN_STEPS=%d): nothing to do', model_dir, start, train_steps)
     checkpointer.close()
-    return _finish(model_dir, start, state)
+    return _finish(model_dir, start, state, export=False)
 
   batches = data.train_batches(data.train_dataset(provider, lengths, train_split, host_batch, seed), skip=position)
   observer = observability.TrainObserver(model_dir, total_steps=train_steps, start_step=start,
@@ -213,8 +216,8 @@ def train(model_dir: str | None = None, *, model_config: T5Config | None = None,
       checker.flush()
   finally:
     checkpointer.wait_until_finished()
+    checkpointer.close()
     observer.close()
-  checkpointer.close()
   return _finish(model_dir, step, state, preempted=preempted, eval_metrics=eval_result,
                  export=not preempted)
 
@@ -223,7 +226,6 @@ def _save_gin_config(model_dir: str) -> None:
   """The full gin config of the run, for the record (t5x writes the same kind of file)."""
   text = gin.config_str()
   if jax.process_index() == 0 and text.strip():
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
     with tf.io.gfile.GFile(os.path.join(model_dir, 'config.gin'), 'w') as f:
       f.write(text)
 
@@ -235,10 +237,10 @@ def task_name_or(name: Any) -> Any:
 
 def _finish(model_dir: str, step: int, state: TrainState, *, preempted: bool = False,
             eval_metrics: dict | None = None, export: bool = True) -> TrainResult:
+  """The result; on completion process 0 also writes MODEL_DIR/final_prompt.npy."""
   prompt = prompt_to_host(state)
-  path = None
-  if export:
-    path = os.path.join(model_dir, FINAL_PROMPT)
-    if jax.process_index() == 0:
-      export_prompt(prompt, path)
-  return TrainResult(model_dir, step, prompt, preempted, eval_metrics, path)
+  path = os.path.join(model_dir, FINAL_PROMPT)
+  if export and jax.process_index() == 0:
+    export_prompt(prompt, path)
+  exported = export or (not preempted and tf.io.gfile.exists(path))  # an earlier run's, when nothing was left to do
+  return TrainResult(model_dir, step, prompt, preempted, eval_metrics, path if exported else None)

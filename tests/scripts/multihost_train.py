@@ -1,102 +1,123 @@
-"""Trains the prompt of the t5x fixture model for a few steps on an 8-device ('data', 'model') = (4, 2) mesh.
+"""Prompt training on an 8-device mesh, as 1 process x 8 CPU devices or as one of 2 processes x 4 devices.
 
-Run as one process with 8 CPU devices, or as one of 2 processes with 4 devices each (then it joins the
-localhost coordinator through `maybe_initialize_distributed`). Every process builds the same fixed global
-batches and feeds only its own rows; the prompt, optimizer state and step go through an orbax checkpoint
-written by all processes and restored again. Writes the per-step losses and the final prompt as an .npz
-(process 0 of a multi-process run writes `<out>`, other processes `<out>.<process_id>`).
+usage: multihost_train.py MODE JSON_ARGS [COORDINATOR NUM_PROCESSES PROCESS_ID]
 
-usage: multihost_train.py FIXTURE_CKPT MODEL_DIR OUT [COORDINATOR NUM_PROCESSES PROCESS_ID]
+MODE `steps`: drives `ShardedSteps` on the t5x fixture model over fixed global batches; every process
+  computes each batch and feeds only its own rows. A mid-run orbax checkpoint is written by all processes and
+  restored. Writes per-step losses and the final prompt.
+MODE `trainer`: runs `jaxprompt.training.trainer.train` on a TSV task (each host reads its seqio shard), then
+  records which training inputs this host's data stream yields.
+Results go to `<out>.<process_id>.npz`. With 3 extra args the process joins the localhost coordinator.
 """
-import os
+import json
 import sys
 
 from jaxprompt.training import multihost
 
-ckpt_path, model_dir, out = sys.argv[1:4]
-if len(sys.argv) > 4:
-  coordinator, num_processes, process_id = sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
+MODE, ARGS = sys.argv[1], json.loads(sys.argv[2])
+if len(sys.argv) > 3:
   # Small timeouts: a dead peer then ends the survivor in seconds instead of minutes.
-  assert multihost.maybe_initialize_distributed(coordinator, num_processes, process_id, initialization_timeout=60,
-                                                heartbeat_timeout_seconds=15, shutdown_timeout_seconds=15)
+  assert multihost.maybe_initialize_distributed(sys.argv[3], int(sys.argv[4]), int(sys.argv[5]),
+                                                initialization_timeout=60, heartbeat_timeout_seconds=30,
+                                                shutdown_timeout_seconds=30)
 else:
   assert not multihost.maybe_initialize_distributed(env={})
 
-import jax  # pylint: disable=g-import-not-at-top
-import numpy as np  # pylint: disable=g-import-not-at-top
+# pylint: disable=g-import-not-at-top,g-bad-import-order
+import jax
+import numpy as np
 
-from jaxprompt import partitioning  # pylint: disable=g-import-not-at-top
-from jaxprompt.checkpoints import load_t5x_checkpoint  # pylint: disable=g-import-not-at-top
-from jaxprompt.models.config import get_config  # pylint: disable=g-import-not-at-top
-from jaxprompt.models.prompt_model import PromptModel  # pylint: disable=g-import-not-at-top
-from jaxprompt.prompts.module import Prompt  # pylint: disable=g-import-not-at-top
-from jaxprompt.training import checkpointing, optim, sharded, step  # pylint: disable=g-import-not-at-top
+from jaxprompt import partitioning
+from jaxprompt.checkpoints import load_t5x_checkpoint
+from jaxprompt.models.config import get_config
+from jaxprompt.models.prompt_model import PromptModel
+from jaxprompt.prompts.module import Prompt
+from jaxprompt.training import checkpointing, optim, sharded, step
 
-STEPS, SAVE_AT, GLOBAL_BATCH, INPUT_LEN, TARGET_LEN = 4, 2, 8, 8, 6
 assert jax.device_count() == 8, jax.devices()
 print(f'process {jax.process_index()}/{jax.process_count()}: local devices '
       f'{[d.id for d in jax.local_devices()]}', flush=True)
-
-config = get_config('t5x_tiny')
-model = PromptModel(config, Prompt(length=3, embed_dim=config.emb_dim))
-optimizer = optim.make_optimizer(learning_rate=0.3)
-mesh = partitioning.create_mesh(model_parallel=2)
-rules = partitioning.prompt_logical_axis_rules(parameter_partitioning_dims=2)
-steps = sharded.ShardedSteps(model, optimizer, mesh, rules)
-frozen = load_t5x_checkpoint(ckpt_path, shardings=steps.frozen_shardings)
-emb = frozen['token_embedder']['embedding']
-assert not emb.is_fully_addressable or jax.process_count() == 1
-assert len({s.data.shape for s in emb.addressable_shards}) == 1
-
-# The same host values everywhere, then placed as global arrays (multi-host orbax needs global leaves).
-prompt = jax.tree.map(np.asarray, model.init_prompt(jax.random.PRNGKey(0), frozen))
-state = jax.tree.map(np.asarray, step.init_train_state(prompt, optimizer, jax.random.PRNGKey(1)))
-state = steps.place_state(state)
+OUT = f'{ARGS["out"]}.{jax.process_index()}.npz'
 
 
-def global_batch(index: int) -> dict:
-  """Batch `index` of a fixed sequence; every process computes all of it and keeps its own rows."""
+def global_batch(index: int, size: int = 8, input_len: int = 8, target_len: int = 6) -> dict:
+  """Batch `index` of a fixed sequence; every process computes all of it."""
   rng = np.random.default_rng(100 + index)
-  enc = rng.integers(2, 128, (GLOBAL_BATCH, INPUT_LEN)).astype(np.int32)
+  enc = rng.integers(2, 128, (size, input_len)).astype(np.int32)
   enc[:, -2:] = 0  # Padding, so the prompt's valid mask matters.
   enc[:, -3] = 1
-  targets = rng.integers(2, 128, (GLOBAL_BATCH, TARGET_LEN)).astype(np.int32)
+  targets = rng.integers(2, 128, (size, target_len)).astype(np.int32)
   targets[:, -1] = 1
-  dec_in = np.pad(targets[:, :-1], ((0, 0), (1, 0)))
-  return {'encoder_input_tokens': enc, 'decoder_input_tokens': dec_in, 'decoder_target_tokens': targets,
-          'decoder_loss_weights': (targets > 0).astype(np.float32)}
+  return {'encoder_input_tokens': enc, 'decoder_input_tokens': np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+          'decoder_target_tokens': targets, 'decoder_loss_weights': (targets > 0).astype(np.float32)}
 
 
-rows = multihost.process_rows(steps.batch_sharding, GLOBAL_BATCH)
-print(f'process {jax.process_index()} feeds rows {rows.start}:{rows.stop}', flush=True)
-assert rows.stop - rows.start == GLOBAL_BATCH // jax.process_count()
+def run_steps(num_steps: int = 4, save_at: int = 2, batch_size: int = 8) -> None:
+  config = get_config('t5x_tiny')
+  model = PromptModel(config, Prompt(length=3, embed_dim=config.emb_dim))
+  optimizer = optim.make_optimizer(learning_rate=0.3)
+  mesh = partitioning.create_mesh(model_parallel=2)
+  rules = partitioning.prompt_logical_axis_rules(parameter_partitioning_dims=2)
+  steps = sharded.ShardedSteps(model, optimizer, mesh, rules)
+  frozen = load_t5x_checkpoint(ARGS['checkpoint'], shardings=steps.frozen_shardings)
+  emb = frozen['token_embedder']['embedding']
+  assert emb.is_fully_addressable == (jax.process_count() == 1)
+  assert len({s.data.shape for s in emb.addressable_shards}) == 1
 
-ckpt = checkpointing.PromptCheckpointer(model_dir, keep=2)
-losses = []
-for i in range(STEPS):
-  local = multihost.host_local_batch(global_batch(i), steps.batch_sharding)
-  state, metrics = steps.train_step(state, frozen, steps.shard_batch(local))
-  losses.append(float(np.asarray(metrics['loss'].addressable_data(0))))
-  if i + 1 == SAVE_AT:
-    saved_prompt = np.asarray(state.prompt['prompt'].addressable_data(0))
-    assert ckpt.save(SAVE_AT, state, data_position=SAVE_AT * GLOBAL_BATCH)
-ckpt.wait_until_finished()
+  # The same host values everywhere, then placed as global arrays (multi-host orbax needs global leaves).
+  prompt = jax.tree.map(np.asarray, model.init_prompt(jax.random.PRNGKey(0), frozen))
+  state = steps.place_state(jax.tree.map(np.asarray, step.init_train_state(prompt, optimizer,
+                                                                           jax.random.PRNGKey(1))))
+  rows = multihost.process_rows(steps.batch_sharding, batch_size)
+  print(f'process {jax.process_index()} feeds rows {rows.start}:{rows.stop}', flush=True)
 
-# Restore the mid-run checkpoint into the same shardings (collective: every process calls it).
-template = partitioning.abstract_with_shardings(jax.eval_shape(lambda s: s, state), steps.state_shardings(state))
-restored, meta = ckpt.restore(template, step=SAVE_AT)
-ckpt.close()
-restored_prompt = np.asarray(restored.prompt['prompt'].addressable_data(0))
-np.testing.assert_array_equal(restored_prompt, saved_prompt)
-assert int(np.asarray(restored.step.addressable_data(0))) == SAVE_AT
-assert meta['data_position'] == SAVE_AT * GLOBAL_BATCH
+  ckpt = checkpointing.PromptCheckpointer(ARGS['model_dir'], keep=2)
+  losses = []
+  for i in range(num_steps):
+    local = multihost.host_local_batch(global_batch(i, batch_size), steps.batch_sharding)
+    state, metrics = steps.train_step(state, frozen, steps.shard_batch(local))
+    losses.append(float(np.asarray(metrics['loss'].addressable_data(0))))
+    if i + 1 == save_at:
+      saved_prompt = np.asarray(state.prompt['prompt'].addressable_data(0))
+      assert ckpt.save(save_at, state, data_position=save_at)
+  ckpt.wait_until_finished()
 
-multihost.sync('numpy_prompt_written')
-numpy_prompt = checkpointing.load_prompt_from_checkpoint(model_dir, step=SAVE_AT)
-np.testing.assert_array_equal(numpy_prompt, saved_prompt)
+  # Restore the mid-run checkpoint into the same shardings (collective: every process calls it).
+  template = partitioning.abstract_with_shardings(jax.eval_shape(lambda s: s, state),
+                                                  steps.state_shardings(state))
+  restored, meta = ckpt.restore(template, step=save_at)
+  ckpt.close()
+  np.testing.assert_array_equal(np.asarray(restored.prompt['prompt'].addressable_data(0)), saved_prompt)
+  assert int(np.asarray(restored.step.addressable_data(0))) == save_at and meta['data_position'] == save_at
+  multihost.sync('numpy_prompt_written')
+  np.testing.assert_array_equal(checkpointing.load_prompt_from_checkpoint(ARGS['model_dir'], step=save_at),
+                                saved_prompt)
+  np.savez(OUT, losses=np.asarray(losses), prompt=np.asarray(state.prompt['prompt'].addressable_data(0)),
+           saved_prompt=saved_prompt, rows=np.asarray([rows.start, rows.stop]))
+  print(f'process {jax.process_index()} OK losses={losses}', flush=True)
 
-final = np.asarray(state.prompt['prompt'].addressable_data(0))
-target = out if multihost.is_primary() else f'{out}.{jax.process_index()}'
-np.savez(target, losses=np.asarray(losses), prompt=final, saved_prompt=saved_prompt,
-         rows=np.asarray([rows.start, rows.stop]))
-print(f'process {jax.process_index()} OK losses={losses}', flush=True)
+
+def run_trainer() -> None:
+  from jaxprompt.data import custom
+  from jaxprompt.training import components, data_pipeline, trainer
+
+  lengths = {'inputs': 24, 'targets': 8}  # no input is truncated: rows stay distinct
+  task = custom.register_file_task('jp_multihost_tiny', train=ARGS['train'], validation=ARGS['validation'],
+                                   label_set=('negative', 'positive'),
+                                   vocabulary=components.vocabulary(ARGS['vocab'], 0))
+  result = trainer.train(ARGS['model_dir'], model_config=get_config('t5x_tiny'),
+                         initial_checkpoint_path=ARGS['checkpoint'], mixture_or_task_name=task.name,
+                         task_feature_lengths=lengths, train_steps=4, batch_size=8, prompt_length=5,
+                         model_parallel=2, checkpoint_period=2, eval_period=4, log_period=1, progress_bar=False)
+  # What this host's training stream holds: the trainer's own pipeline, host batch = 8 / 2 processes.
+  host_batch = 8 // jax.process_count()
+  stream = data_pipeline.train_dataset(task, lengths, 'train', host_batch, seed=0)
+  seen = set()
+  for batch in stream.take(64).as_numpy_iterator():
+    seen.update(tuple(row[row > 0]) for row in batch['encoder_input_tokens'])
+  np.savez(OUT, prompt=result.prompt, step=result.step, accuracy=result.eval_metrics.get('accuracy', np.nan),
+           seen=np.asarray([' '.join(map(str, r)) for r in sorted(seen)]))
+  print(f'process {jax.process_index()} OK step={result.step} eval={result.eval_metrics}', flush=True)
+
+
+{'steps': run_steps, 'trainer': run_trainer}[MODE]()
