@@ -1,4 +1,4 @@
-"""`jaxprompt {train,eval,infer,export}`: the t5x-style command line.
+"""`jaxprompt {train,eval,infer,export}` (and `demo`, handed to `jaxprompt.demo.run`): the t5x-style command line.
 
 Configuration is gin, as in t5x / prompt-tuning: `--gin_file` (repeatable, later files win),
 `--gin_search_paths` (comma list of folders the gin files and their `include`s are looked up in) and
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -106,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
   fmt = argparse.RawDescriptionHelpFormatter
   parser = _Parser(prog=PROG, formatter_class=fmt, epilog=MACROS,
                                    description='Prompt tuning of frozen T5X-style T5 models (t5x-style gin CLI).')
-  sub = parser.add_subparsers(dest='command', metavar='{train,eval,infer,export}')
+  sub = parser.add_subparsers(dest='command', metavar='{train,eval,infer,export,demo}')
   sub.required = True
   p = sub.add_parser('train', help='tune a prompt (resumes from MODEL_DIR)', formatter_class=fmt, epilog=MACROS)
   _add_gin_flags(p)
@@ -128,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--checkpoint', default=None, help='training MODEL_DIR or step dir (default: MODEL_DIR)')
   p.add_argument('--step', type=int, default=None, help='checkpoint step (default: the latest)')
   p.add_argument('--output', required=True, help='.npy file to write')
+  if importlib.util.find_spec('jaxprompt.demo.run') is not None:
+    sub.add_parser('demo', help='the bundled demo (own flags: jaxprompt demo --help)', add_help=False)
   return parser
 
 
@@ -344,6 +347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   """Runs one command; returns the exit code (the console script exits with it)."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   argv = list(sys.argv[1:] if argv is None else argv)
+  if argv[:1] == ['demo'] and importlib.util.find_spec('jaxprompt.demo.run') is not None:
+    from jaxprompt.demo import run as demo_run  # pylint: disable=g-import-not-at-top  (its own flags)
+    return demo_run.main(argv[1:])
   parser = build_parser()
   try:
     rest, overrides = split_gin_overrides(argv)

@@ -13,6 +13,7 @@ import contextlib
 from typing import Any, Callable, Iterator, Sequence
 
 import flax.linen as nn
+import gin
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -49,9 +50,13 @@ def standard_logical_axis_rules(activation_partitioning_dims: int = 1, parameter
   return rules + list(additional_rules or [])
 
 
+@gin.configurable(module='jaxprompt')
 def prompt_logical_axis_rules(activation_partitioning_dims: int = 1, parameter_partitioning_dims: int = 1,
                               prompt_rules: LogicalRules = PROMPT_RULES) -> list:
-  """Standard rules plus the prompt's (prompt rules first, so they win over any later catch-all)."""
+  """Standard rules plus the prompt's (prompt rules first, so they win over any later catch-all).
+
+  Gin: `jaxprompt.prompt_logical_axis_rules.parameter_partitioning_dims = 2` shards `embed` over 'data' too.
+  """
   return list(prompt_rules) + standard_logical_axis_rules(activation_partitioning_dims,
                                                           parameter_partitioning_dims)
 

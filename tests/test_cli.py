@@ -348,7 +348,10 @@ def test_nan_loss_stops_with_exit_code_1(capsys, tiny_gin, tmp_path):
                                    '--gin.EVAL_PERIOD=100', '--gin.jaxprompt.train.debug_poison_loss_at_step=5'])
   assert code == 1
   assert 'non-finite loss at step 5' in line and f'the last good checkpoint, step 3, is kept in {tmp_path}' in line
+  # Nothing is saved at or after the bad step; what was saved before stays.
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['3']
+  assert sorted(p.name for p in (tmp_path / 'numpy_checkpoints').iterdir()) == ['checkpoint_3']
+  assert not (tmp_path / 'final_prompt.npy').exists()
 
 
 def test_missing_gin_file_in_a_real_process(compile_cache):

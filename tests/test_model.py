@@ -181,3 +181,18 @@ def test_incremental_decoding_cache_matches_teacher_forcing(reference):
     # Teacher forcing masks padded target positions; compare only where targets are real.
     real = dec_tgt[:, i] > 0
     np.testing.assert_allclose(np.asarray(logits[:, 0])[real], np.asarray(full[:, i])[real], atol=1e-5)
+
+
+def test_t5x_checkpoint_loads_straight_into_the_scanned_layout(fixtures_dir, reference):
+  from jaxprompt.checkpoints import load_t5x_checkpoint
+  data, params = reference
+  cfg = get_config('t5x_tiny', scan_layers=True, remat_policy='full')
+  model = Transformer(cfg)
+  abstract = jax.eval_shape(functools.partial(model.init, enable_dropout=False), jax.random.PRNGKey(0),
+                            *_batch(data))
+  stacked = load_t5x_checkpoint(str(fixtures_dir / 't5x_tiny' / 'orbax_checkpoint_0'), scan_layers=True,
+                                expected_shapes=nn.meta.unbox(abstract['params']))
+  for a, b in zip(jax.tree.leaves(stacked), jax.tree.leaves(stack_layers(params))):
+    np.testing.assert_array_equal(a, b)
+  logits = model.apply({'params': stacked}, *_batch(data), enable_dropout=False)
+  np.testing.assert_allclose(logits, data['logits'], atol=1e-5)

@@ -131,6 +131,49 @@ class TensorStoreSource(ArraySource):
     return future.result
 
 
+class StackedSource(ArraySource):
+  """Per-layer sources (`{stack}/layers_i/...`) seen as one array with a leading layer axis (scanned layers).
+
+  A read of `[layers, ...]` reads only the requested layers' requested slices, so a sharded scanned model is
+  still never assembled on one host.
+  """
+
+  def __init__(self, name: str, parts: list[ArraySource]):
+    self.name, self.parts = name, parts
+    self.where = f"{parts[0].where} (+{len(parts) - 1} more layers)"
+    shapes = {tuple(p.shape) for p in parts}
+    if len(shapes) != 1:
+      raise CheckpointError(f"parameter '{name}': layers have different shapes {sorted(shapes)}")
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return (len(self.parts),) + tuple(self.parts[0].shape)
+
+  def start_read(self, index: Index) -> Reader:
+    layers, rest = index[0], tuple(index[1:])
+    readers = [part.start_read(rest) for part in self.parts[layers]]
+    return lambda: np.stack([read_guarded(part, r) for part, r in zip(self.parts[layers], readers)])
+
+
+def stack_layer_sources(sources: Mapping[str, ArraySource]) -> dict[str, ArraySource]:
+  """`{stack}/layers_i/rest` sources -> one `{stack}/layers/rest` StackedSource per `rest` (layer axis first)."""
+  out: dict[str, ArraySource] = {}
+  groups: dict[str, list[tuple[int, ArraySource]]] = {}
+  for path, source in sources.items():
+    stack, layer, *rest = path.split('/') + ['']
+    if layer.startswith('layers_') and layer[len('layers_'):].isdigit():
+      groups.setdefault('/'.join([stack, 'layers', *rest[:-1]]), []).append((int(layer[len('layers_'):]), source))
+    else:
+      out[path] = source
+  for path, members in groups.items():
+    members.sort(key=lambda m: m[0])
+    indices = [i for i, _ in members]
+    if indices != list(range(len(indices))):
+      raise CheckpointError(f"parameter '{path}': layer indices {indices} are not contiguous from 0")
+    out[path] = StackedSource(path, [m[1] for m in members])
+  return out
+
+
 def read_guarded(source: ArraySource, reader: Reader) -> np.ndarray:
   """Waits for a started read, turning storage errors into a CheckpointError naming the parameter."""
   try:

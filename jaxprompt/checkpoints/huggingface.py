@@ -270,30 +270,26 @@ def t5x_plan(config: T5Config, head_key: str | None = None, head_factor: float |
 
 
 class HFSource(common.ArraySource):
-  """A T5X parameter read from one HF tensor, or from one per layer stacked on axis 0 (scanned layers)."""
+  """A T5X parameter read from one HF tensor (transposed / rescaled as its plan entry says)."""
 
-  def __init__(self, name: str, entry: _Entry, parts: list[_Tensor], stacked: bool):
-    self.name, self.entry, self.parts, self.stacked = name, entry, parts, stacked
-    self.where = parts[0].file + (f" ('{parts[0].key}' ...)" if stacked else f" ('{parts[0].key}')")
-    one = parts[0].shape[::-1] if entry.transpose else parts[0].shape
-    self._shape = ((len(parts),) if stacked else ()) + tuple(one)
+  def __init__(self, name: str, entry: _Entry, tensor: _Tensor):
+    self.name, self.entry, self.tensor = name, entry, tensor
+    self.where = f"{tensor.file} ('{tensor.key}')"
+    self._shape = tuple(tensor.shape[::-1] if entry.transpose else tensor.shape)
 
   @property
   def shape(self) -> tuple[int, ...]:
     return self._shape
 
-  def _read(self, tensor: _Tensor, index: common.Index) -> np.ndarray:
-    array = tensor.array()
-    array = np.array((array.T if self.entry.transpose else array)[index])
-    if self.entry.factor is not None:
-      array = (array.astype(np.float32) * self.entry.factor).astype(array.dtype)
-    return array
-
   def start_read(self, index: common.Index) -> common.Reader:
-    if not self.stacked:
-      return lambda: self._read(self.parts[0], tuple(index))
-    layers, rest = index[0], tuple(index[1:])
-    return lambda: np.stack([self._read(t, rest) for t in self.parts[layers]])
+    def read() -> np.ndarray:
+      array = self.tensor.array()
+      array = np.array((array.T if self.entry.transpose else array)[tuple(index)])
+      if self.entry.factor is not None:
+        array = (array.astype(np.float32) * self.entry.factor).astype(array.dtype)
+      return array
+
+    return read
 
 
 def _sources(plan: Mapping[str, _Entry], tensors: Mapping[str, _Tensor], config: T5Config, where: str,
@@ -315,24 +311,8 @@ def _sources(plan: Mapping[str, _Entry], tensors: Mapping[str, _Tensor], config:
     if tuple(got) != entry.shape:
       raise CheckpointError(f"{where}: '{entry.key}' of shape {list(tensor.shape)} gives '{path}' shape "
                             f'{list(got)}, but {origin} implies {list(entry.shape)}')
-    sources[path] = HFSource(path, entry, [tensor], stacked=False)
-  return _stack_sources(sources) if config.scan_layers else sources
-
-
-def _stack_sources(sources: Mapping[str, HFSource]) -> dict[str, HFSource]:
-  """`{stack}/layers_i/rest` sources -> one `{stack}/layers/rest` source per `rest` (layer axis first)."""
-  out: dict[str, HFSource] = {}
-  groups: dict[str, list[tuple[int, HFSource]]] = {}
-  for path, source in sources.items():
-    stack, layer, *rest = path.split('/')
-    if layer.startswith('layers_'):
-      groups.setdefault('/'.join([stack, 'layers', *rest]), []).append((int(layer[len('layers_'):]), source))
-    else:
-      out[path] = source
-  for path, members in groups.items():
-    members.sort(key=lambda m: m[0])
-    out[path] = HFSource(path, members[0][1].entry, [m[1].parts[0] for m in members], stacked=True)
-  return out
+    sources[path] = HFSource(path, entry, tensor)
+  return common.stack_layer_sources(sources) if config.scan_layers else sources
 
 
 # ---------------------------------------------------------------------------------------------- loading

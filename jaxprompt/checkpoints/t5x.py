@@ -93,7 +93,8 @@ def t5x_sources(ckpt: str, context: ts.Context | None = None) -> dict[str, commo
 
 
 def load_t5x_checkpoint(path: str | os.PathLike, *, dtype=None, shardings: common.ShardingsArg = None,
-                        expected_shapes: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                        expected_shapes: Mapping[str, Any] | None = None,
+                        scan_layers: bool = False) -> dict[str, Any]:
   """Loads the `target` parameter tree of a T5X checkpoint (any format) or of a model dir's latest one.
 
   Args:
@@ -104,11 +105,15 @@ def load_t5x_checkpoint(path: str | os.PathLike, *, dtype=None, shardings: commo
       are read shard by shard (only this process's shards) and returned as global jax.Arrays.
     expected_shapes: optional tree of shapes or ShapeDtypeStructs; every parameter must be present with
       that shape, none may be extra (checked before any data is read).
+    scan_layers: return each stack's `layers_N` as one `layers` subtree with a leading layer axis (the
+      layout of `T5Config(scan_layers=True)`); shards are still read slice by slice.
 
   Returns:
     Nested dict with T5X names, e.g. {'token_embedder': {'embedding': [vocab, embed]}, 'encoder': ...}.
   """
   ckpt = latest_checkpoint(path)
   sources = t5x_sources(ckpt)
+  if scan_layers:
+    sources = common.stack_layer_sources(sources)
   return common.materialize(sources, dtype=dtype, shardings=shardings, expected_shapes=expected_shapes,
                             ckpt=ckpt)

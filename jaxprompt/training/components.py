@@ -191,7 +191,8 @@ def load_frozen(path: str, model: PromptModel, shardings: Any, feature_lengths: 
     from jaxprompt.checkpoints.huggingface import load_hf_t5  # pylint: disable=g-import-not-at-top
     params, _ = load_hf_t5(path, config=model.config, dtype=dtype, shardings=shardings, expected_shapes=expected)
     return params
-  return load_t5x_checkpoint(path, dtype=dtype, shardings=shardings, expected_shapes=expected)
+  return load_t5x_checkpoint(path, dtype=dtype, shardings=shardings, expected_shapes=expected,
+                             scan_layers=model.config.scan_layers)
 
 
 def build_runtime(config: T5Config, prompt_length: int, checkpoint_path: str, feature_lengths: Mapping[str, int],
