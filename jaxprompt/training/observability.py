@@ -30,45 +30,9 @@ CURVES = 'training_curves.png'
 _TRAIN_KEYS = ('loss', 'loss_per_token', 'token_accuracy', 'grad_norm', 'prompt_norm', 'learning_rate')
 
 
-class _TFScalarWriter:
-  """TensorBoard scalars through `tf.summary.write` (used when clu's writers cannot be imported because the
-  `tensorboard` package is absent: clu imports it, TensorFlow >= 2.21 no longer installs it)."""
-
-  def __init__(self, logdir: str):
-    from tensorflow.core.framework import summary_pb2  # pylint: disable=g-import-not-at-top
-    self._writer = tf.summary.create_file_writer(logdir)
-    self._metadata = summary_pb2.SummaryMetadata(
-        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name='scalars'))
-
-  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-    with self._writer.as_default():
-      for name, value in scalars.items():
-        tf.summary.write(name, tf.constant(float(value), tf.float32), step=int(step), metadata=self._metadata)
-
-  def flush(self) -> None:
-    self._writer.flush()
-
-  def close(self) -> None:
-    self._writer.close()
-
-
-class _NullWriter:
-  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-    del step, scalars
-
-  def flush(self) -> None:
-    pass
-
-  def close(self) -> None:
-    pass
-
-
 def create_writer(model_dir: str) -> Any:
-  """clu's default writer (TensorBoard on process 0, logging only elsewhere), or the TF fallback."""
-  try:
-    from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return _TFScalarWriter(model_dir) if jax.process_index() == 0 else _NullWriter()
+  """clu's default writer: TensorBoard scalars on process 0, logging only on the other hosts."""
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top  (imports tensorboard)
   return metric_writers.create_default_writer(model_dir, just_logging=jax.process_index() > 0)
 
 
