@@ -14,8 +14,8 @@ Columns (GiB per device): `args` frozen bf16 weights + prompt/optimizer state + 
 `temp` XLA:CPU temp of the bf16 step; `CPU plan` = args + temp (the conservative figure the slice choice
 uses); `f32 temp` temp of the same step compiled in float32; `TPU est.` = args + f32 temp / 2 .. args + f32
 temp. Why: XLA:CPU computes bf16 in f32 and keeps an f32 copy of every stacked bf16 weight
-(CPU bf16 temp ~= f32 temp + 2 x frozen bytes), a TPU does neither, and a TPU's bf16 activations are half
-the f32 ones.
+(CPU bf16 temp - f32 temp = 1.1-3.5 x frozen bytes), a TPU does neither, and a TPU's bf16 activations are
+half the f32 ones.
 """
 from __future__ import annotations
 

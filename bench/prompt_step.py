@@ -7,9 +7,10 @@ Measures, side by side in one process (round-robin, best of N after warm-up, com
   P4  bytes of gradient + optimizer state, ours vs full-gradient-then-mask
 and prints a table plus one JSON line. Run from the repo root:
 
-  TF_CPP_MIN_LOG_LEVEL=3 .venv/bin/python bench/prompt_step.py [--quick] [--no-peft]
+  TF_CPP_MIN_LOG_LEVEL=3 .venv/bin/python bench/prompt_step.py --reps 8    # or --quick; --help for options
 
 FLOPs are counted analytically per matmul (see `matmul_flops`) and cross-checked with XLA's cost analysis.
+Model variants (gather embedding, Eigen dots) are built here, not in the model files; see bench/README.md.
 """
 from __future__ import annotations
 
@@ -161,8 +162,10 @@ def init_params(model: PromptModel, s: Shape) -> tuple[dict, dict]:
   return params, prompt
 
 
-def jax_steps(model: PromptModel, frozen: dict, prompt: dict, batch: dict) -> dict[str, tuple[Callable, Any]]:
-  """name -> (compiled fn, args) for: forward, prompt train step, full fine-tuning step."""
+def jax_steps(model: PromptModel, frozen: dict, prompt: dict, batch: dict, full_ft: bool = True,
+              options: dict | None = None) -> dict[str, tuple[Callable, Any]]:
+  """name -> (compiled fn, args) for: forward, prompt train step, full fine-tuning step; `options` are XLA
+  debug options for this compilation only (e.g. the matmul library), so variants run side by side."""
   optimizer = optim.make_optimizer()  # The paper's Adafactor (decay 0.8, no param scaling, wd 1e-5, lr 0.3).
   state = step_lib.init_train_state(prompt, optimizer, jax.random.PRNGKey(1))
   forward = jax.jit(lambda p, fz, bt: model.loss_fn(p, fz, bt)[0])
@@ -182,16 +185,19 @@ def jax_steps(model: PromptModel, frozen: dict, prompt: dict, batch: dict) -> di
   for name, fn, args in (('forward', forward, (prompt, frozen, batch)),
                          ('train_step', train, (state, frozen, batch)),
                          ('full_ft_step', full, (all_params, full_state, batch))):
-    out[name] = (fn.lower(*args).compile(), args)
+    if name == 'full_ft_step' and not full_ft:
+      continue
+    out[name] = (fn.lower(*args).compile(compiler_options=options), args)
   return out
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Hugging Face PEFT reference (torch CPU).
 # --------------------------------------------------------------------------------------------------------------
-def peft_steps(cfg: T5Config, s: Shape, batch: dict[str, np.ndarray], threads: int) -> dict[str, Callable]:
-  """name -> blocking callable for PEFT prompt tuning on the same-sized T5: forward (no grad) and train step
-  (forward + backward + Adafactor on the prompt with the paper's settings)."""
+def peft_steps(cfg: T5Config, s: Shape, batch: dict[str, np.ndarray],
+               threads: int) -> tuple[dict[str, Callable], dict]:
+  """({name: blocking callable}, version info) for PEFT prompt tuning on the same-sized T5: forward (no grad)
+  and train step (forward + backward + Adafactor on the prompt with the paper's settings)."""
   import torch
   import transformers
   from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
@@ -287,17 +293,23 @@ def blocking(compiled, args) -> Callable:
   return lambda: jax.block_until_ready(compiled(*args))
 
 
-def peak_candidate(size: int) -> tuple[Callable, int]:
+def peak_candidate(size: int, options: dict | None = None) -> tuple[Callable, int]:
   """A jitted [size, size] @ [size, size] float32 matmul (random inputs) and its FLOPs."""
   a = jax.random.normal(jax.random.PRNGKey(2), (size, size), jnp.float32)
   b = jax.random.normal(jax.random.PRNGKey(3), (size, size), jnp.float32)
-  return blocking(jax.jit(jnp.dot).lower(a, b).compile(), (a, b)), 2 * size ** 3
+  return blocking(jax.jit(jnp.dot).lower(a, b).compile(compiler_options=options), (a, b)), 2 * size ** 3
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Report.
 # --------------------------------------------------------------------------------------------------------------
-VARIANTS = {'onehot': 'ours, as shipped (one-hot Embed)', 'gather': 'ours, gather Embed (proposed)'}
+# XLA:CPU in jaxlib 0.10.2 sends dots to YNNPACK by default; an empty fusion-type list sends them to Eigen.
+EIGEN = {'xla_cpu_experimental_ynn_fusion_type': ''}
+# name -> (label, gather embedding?, XLA options)
+VARIANTS = {'onehot': ('ours, as shipped (one-hot Embed)', False, None),
+            'gather': ('ours, gather Embed (proposed)', True, None),
+            'onehot_eigen': ('ours, one-hot, Eigen dots', False, EIGEN),
+            'gather_eigen': ('ours, gather Embed, Eigen dots', True, EIGEN)}
 TARGETS = {'p1': 2.2, 'p2': 0.80, 'p3': 1.4}
 
 
@@ -305,14 +317,18 @@ def summarise(times: dict[str, dict], flops: dict[str, int], xla: dict[str, floa
               variants: list[str], peft: bool, clock: str) -> dict[str, Any]:
   """Ratios from the best (minimum) sample of each candidate on one clock ('wall' or process 'cpu')."""
   best = {k: min(v[clock]) for k, v in times.items()}
+  best['peak'] = min(best['peak_ynn'], best['peak_eigen'])  # The faster matmul library sets the peak.
   peak = peak_flops / best['peak']
   model_flops = flops['forward'] + flops['prompt_backward']
   out: dict[str, Any] = {'peak_gflops': peak / 1e9, 'best_s': best,
+                         'peak_gflops_by_library': {k[5:]: peak_flops / best[k] / 1e9
+                                                    for k in ('peak_ynn', 'peak_eigen')},
                          'median_s': {k: float(np.median(v[clock])) for k, v in times.items()}}
   for v in variants:
     step, fwd = best[f'{v}_train_step'], best[f'{v}_forward']
-    executed = model_flops + (flops['onehot_forward'] if v == 'onehot' else 0)
-    row = {'p1_step_over_forward': step / fwd, 'full_ft_over_forward': best[f'{v}_full_ft_step'] / fwd,
+    executed = model_flops + (0 if VARIANTS[v][1] else flops['onehot_forward'])
+    row = {'p1_step_over_forward': step / fwd,
+           'full_ft_over_forward': best.get(f'{v}_full_ft_step', float('nan')) / fwd,
            'p2_util_model_flops': model_flops / step / peak, 'util_executed_matmul_flops': executed / step / peak,
            'util_xla_cost_flops': xla[f'{v}_train_step'] / step / peak, 'tokens_per_s': s.tokens / step}
     if peft:
@@ -328,11 +344,13 @@ def summarise(times: dict[str, dict], flops: dict[str, int], xla: dict[str, floa
 def print_table(r: dict[str, Any], clock: str, variants: list[str]) -> None:
   b = r['best_s']
   unit = 'wall s' if clock == 'wall' else 'CPU s'
-  print(f"\n[{clock} clock, best of N] float32 matmul peak (jnp.dot): {r['peak_gflops']:.1f} GFLOP/s"
+  libs = ', '.join(f'{k} {v:.1f}' for k, v in r['peak_gflops_by_library'].items())
+  print(f"\n[{clock} clock, best of N] float32 matmul peak (jnp.dot, best library): {r['peak_gflops']:.1f} GFLOP/s"
+        f" ({libs})"
         + ('' if clock == 'wall' else ' per busy second of all threads'))
   print(f"{'':34s} {'fwd ' + unit:>10s} {'step ' + unit:>11s} {'P1 step/fwd':>11s} {'full/fwd':>8s} "
         f"{'P2 util':>7s} {'exec util':>9s} {'XLA util':>8s} {'tok/s':>7s} {'P3 xPEFT':>8s}")
-  rows = [(VARIANTS[v], r[v], f'{v}_') for v in variants]
+  rows = [(VARIANTS[v][0], r[v], f'{v}_') for v in variants]
   if 'peft' in r:
     rows.append(('HF PEFT PromptTuning (torch)', r['peft'], 'peft_'))
   for label, x, key in rows:
@@ -340,7 +358,8 @@ def print_table(r: dict[str, Any], clock: str, variants: list[str]) -> None:
     full = f"{x['full_ft_over_forward']:.2f}" if 'full_ft_over_forward' in x else ''
     print(f"{label:34s} {b[key + 'forward']:10.3f} {b[key + 'train_step']:11.3f} {x['p1_step_over_forward']:11.2f} "
           f"{full:>8s} {util('p2_util_model_flops'):>7s} {util('util_executed_matmul_flops'):>9s} "
-          f"{util('util_xla_cost_flops'):>8s} {x['tokens_per_s']:7.0f} {x.get('p3_speedup_vs_peft', float('nan')):8.2f}")
+          f"{util('util_xla_cost_flops'):>8s} {x['tokens_per_s']:7.0f} "
+          f"{x.get('p3_speedup_vs_peft', float('nan')):8.2f}")
 
 
 def print_memory(mem: dict[str, int]) -> None:
@@ -355,8 +374,10 @@ def main(argv=None) -> dict[str, Any]:
   parser.add_argument('--quick', action='store_true', help='2 timed rounds and a 2048 peak matmul')
   parser.add_argument('--reps', type=int, default=None, help='timed rounds (default 5, --quick 2)')
   parser.add_argument('--peak-size', type=int, default=None, help='peak matmul size (default 4096)')
-  parser.add_argument('--variants', default='onehot,gather', help='comma list of: onehot, gather')
+  parser.add_argument('--variants', default='onehot,gather,gather_eigen',
+                      help='comma list of: ' + ', '.join(VARIANTS))
   parser.add_argument('--no-peft', action='store_true', help='skip the torch / PEFT reference')
+  parser.add_argument('--no-full-ft', action='store_true', help='skip the full fine-tuning comparison step')
   parser.add_argument('--torch-threads', type=int, default=2)
   args = parser.parse_args(argv)
   reps = args.reps or (2 if args.quick else 5)
@@ -371,18 +392,21 @@ def main(argv=None) -> dict[str, Any]:
   batch = {k: jnp.asarray(v) for k, v in np_batch.items()}
   flops = matmul_flops(cfg, s)
   model_flops = flops['forward'] + flops['prompt_backward']
-  candidates, xla, mem = {}, {}, None
+  candidates, xla, losses = {}, {}, {}
   start = time.perf_counter()
+  frozen, prompt = init_params(make_model(cfg, s), s)  # The variants share parameters (same tree).
   for v in variants:
-    model = make_model(cfg, s, gather=v == 'gather')
-    frozen, prompt = init_params(model, s)
-    for name, (compiled, fn_args) in jax_steps(model, frozen, prompt, batch).items():
+    _, gather, options = VARIANTS[v]
+    model = make_model(cfg, s, gather=gather)
+    for name, (compiled, fn_args) in jax_steps(model, frozen, prompt, batch, not args.no_full_ft, options).items():
       candidates[f'{v}_{name}'] = (blocking(compiled, fn_args), 2 if name == 'forward' else 1)
       xla[f'{v}_{name}'] = xla_flops(compiled)
-    if mem is None:
-      mem = state_bytes(model, frozen, prompt, batch)
-  peak_fn, peak_flops = peak_candidate(peak_size)
-  candidates['peak'] = (peak_fn, max(1, round(model_flops / peak_flops)))
+      if name == 'forward':
+        losses[v] = float(compiled(*fn_args))
+  mem = state_bytes(model, frozen, prompt, batch)
+  for name, options in (('peak_ynn', None), ('peak_eigen', EIGEN)):
+    peak_fn, peak_flops = peak_candidate(peak_size, options)
+    candidates[name] = (peak_fn, max(1, round(model_flops / peak_flops)))
   info = {}
   if not args.no_peft:
     peft_fns, info = peft_steps(cfg, s, np_batch, args.torch_threads)
@@ -393,13 +417,16 @@ def main(argv=None) -> dict[str, Any]:
   times = race(candidates, reps)
   result = {clock: summarise(times, flops, xla, peak_flops, s, variants, not args.no_peft, clock)
             for clock in ('wall', 'cpu')}
-  result.update(flops_g={k: v / 1e9 for k, v in flops.items()}, model_gflops_step=model_flops / 1e9,
-                xla_gflops={k: v / 1e9 for k, v in xla.items()}, state_bytes=mem, reps=reps,
+  result.update(samples_s=times, flops_g={k: v / 1e9 for k, v in flops.items()},
+                model_gflops_step=model_flops / 1e9,
+                xla_gflops={k: v / 1e9 for k, v in xla.items()}, state_bytes=mem, reps=reps, losses=losses,
                 peak_size=peak_size, shape=dataclasses.asdict(s), xla_flags=os.environ.get('XLA_FLAGS', ''),
                 **info)
-  print(f"\nmodel FLOPs per train step: {model_flops / 1e9:.1f} G (forward {flops['forward'] / 1e9:.1f} + "
-        f"prompt backward {flops['prompt_backward'] / 1e9:.1f}; one-hot lookups +{flops['onehot_forward'] / 1e9:.1f}"
-        f"); XLA cost analysis: " + ', '.join(f'{k} {v / 1e9:.1f} G' for k, v in xla.items()))
+  print('forward loss per variant (must agree): ' + ', '.join(f'{k} {v:.6f}' for k, v in losses.items()))
+  g = {k: v / 1e9 for k, v in flops.items()}
+  print(f"\nmodel FLOPs per train step: {model_flops / 1e9:.1f} G (forward {g['forward']:.1f} + prompt backward "
+        f"{g['prompt_backward']:.1f}; one-hot lookups +{g['onehot_forward']:.1f}); XLA cost analysis: "
+        + ', '.join(f'{k} {v / 1e9:.1f} G' for k, v in xla.items()))
   for clock in ('wall', 'cpu'):
     print_table(result[clock], clock, variants)
   print(f"targets: P1 <= {TARGETS['p1']}x, P2 >= {TARGETS['p2']:.0%}, P3 >= {TARGETS['p3']}x PEFT")

@@ -139,7 +139,9 @@ def test_trainer_runs_on_two_processes(fixtures_dir, tmp_path):
   seen0, seen1 = set(p0['seen']), set(p1['seen'])
   assert len(seen0) == len(seen1) == 32 and not seen0 & seen1
   model_dir = tmp_path / 'model_dir'
-  np.testing.assert_array_equal(np.load(model_dir / 'prompt.npy'), p0['prompt'])
+  final = pathlib.Path(str(p0['prompt_file']))  # the exported prompt (written by process 0)
+  assert final.parent == model_dir and str(p1['prompt_file']) == str(final)
+  np.testing.assert_array_equal(np.load(final), p0['prompt'])
   for step in (2, 4):
     step_dir = model_dir / 'checkpoints' / str(step)
     assert sorted(p.name for p in (step_dir / 'state').glob('ocdbt.process_*')) == ['ocdbt.process_0',

@@ -4,7 +4,9 @@ Layouts (the two T5X itself produces without Orbax):
   'classic'   MODEL_DIR/checkpoint_<step>/checkpoint (flax msgpack) + one zarr v2 folder per array, named by
               its dotted path (`target.encoder.layers_0.mlp.wi_0.kernel/`), gzip chunks, as t5x's
               `Checkpointer` writes them; the msgpack holds a tensorstore spec in place of each array.
-  'msgpack'   one msgpack file with every array inline (T5X's single-file test checkpoints).
+  'msgpack'   one msgpack file with every array inline (T5X's single-file test checkpoints). Named
+              `MODEL_DIR/checkpoint_<step>/checkpoint`, it is also a classic checkpoint dir whose arrays are all
+              inline, as T5X stores the arrays it does not partition (no zarr folders, no dot-files).
 The msgpack content is `{'version': 3, 'optimizer': {'target': <params>, 'state': {'step': int32 []}}}`: the
 parameters plus a minimal optimizer state (no per-parameter moments: a restore into a T5X optimizer must
 start its moments from scratch, e.g. `RestoreCheckpointConfig(fallback_to_scratch=True)`).

@@ -1,6 +1,7 @@
 """Parsing the demo's gin files exactly as `jaxprompt train` does (same search paths, same configurables)."""
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from typing import Sequence
@@ -12,11 +13,10 @@ from jaxprompt.errors import ConfigError
 
 def import_configurables() -> None:
   """Every module whose configurables the demo gin files bind (the CLI's set plus the demo's own)."""
-  # pylint: disable=g-import-not-at-top,unused-import
-  from jaxprompt import cli
+  from jaxprompt import cli  # pylint: disable=g-import-not-at-top
   cli.import_configurables()
-  from jaxprompt.demo import model, tasks
-  from jaxprompt.training import model_tuning
+  for name in ('jaxprompt.demo.model', 'jaxprompt.demo.tasks', 'jaxprompt.training.model_tuning'):
+    importlib.import_module(name)
 
 
 def parse(files: Sequence[str], bindings: Sequence[str] = ()) -> None:

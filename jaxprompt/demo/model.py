@@ -1,9 +1,9 @@
 """The demo model: its architecture, where the shipped checkpoint and vocabulary live, and gin hooks for them.
 
 The shipped model (`jaxprompt/assets/demo_model/`, written by `python -m jaxprompt.demo.pretrain`):
-  checkpoint_<step>/          T5X classic checkpoint (msgpack + zarr), float32
-  vocab.model                 SentencePiece (BPE, byte fallback; pad 0, eos 1, unk 2; no extra ids)
-  config.json                 the T5Config, the pretraining recipe and its per-skill accuracies
+  checkpoint_<step>/checkpoint  T5X classic checkpoint, every array inline in the msgpack, float32
+  vocab.model                   SentencePiece (BPE, byte fallback; pad 0, eos 1, unk 2; no extra ids)
+  config.json                   the T5Config, the pretraining recipe and its per-skill accuracies
 gin (gin_configs/models/demo.gin): `@jaxprompt.demo.model_config()`, `@jaxprompt.demo.checkpoint_path()`,
 `@jaxprompt.demo.vocabulary()`.
 """

@@ -5,7 +5,7 @@ Steps, all deterministic given the seed:
   2. register the demo seqio tasks with that vocabulary
   3. train every parameter of `DEMO_CONFIG` on the `demo_pretrain` mixture with `jaxprompt.train_model`,
      configured by gin_configs/runs/demo_pretrain.gin (+ any --gin.NAME=VALUE overrides)
-  4. write DIR/checkpoint_<steps>/ (T5X classic) and DIR/config.json (architecture, vocabulary, recipe and
+  4. write DIR/checkpoint_<steps>/checkpoint (T5X, arrays inline) and DIR/config.json (architecture, recipe and
      the per-skill validation accuracies)
 Training logs (metrics, TensorBoard, curves PNG) go to --log_dir, not into DIR.
 """
@@ -39,6 +39,15 @@ def train_vocabulary(seed: int, path: str, vocab_size: int = demo_model.VOCAB_SI
   with open(path, 'wb') as f:
     f.write(buffer.getvalue())
   return path
+
+
+def write_checkpoint(params, output: str, step: int) -> str:
+  """`output/checkpoint_<step>/checkpoint`: a T5X classic checkpoint whose arrays are all inline in the msgpack
+  (T5X's layout for arrays it does not partition). No zarr folders: their `.zarray` dot-files would be left out
+  of the wheel by setuptools, breaking the installed model."""
+  from jaxprompt.checkpoints import t5x_writer  # pylint: disable=g-import-not-at-top
+  path = os.path.join(output, f'checkpoint_{int(step)}', 'checkpoint')
+  return t5x_writer.save_t5x_checkpoint(params, path, step, layout='msgpack', overwrite=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,13 +89,12 @@ def pretrain(output: str, *, seed: int = 0, steps: int | None = None, log_dir: s
   import gin  # pylint: disable=g-import-not-at-top
   gin.bind_parameter('jaxprompt.train_model.eval_max_examples', eval_examples)
   result = model_tuning.train_model()  # pylint: disable=no-value-for-parameter  (gin supplies the arguments)
-  from jaxprompt.checkpoints import t5x_writer  # pylint: disable=g-import-not-at-top
-  checkpoint = t5x_writer.save_t5x_checkpoint(result.params, output, result.step, overwrite=True)
+  checkpoint = write_checkpoint(result.params, output, result.step)
   info = {
       'model_config': demo_model.config_to_json(result.config),
       'vocabulary': {'file': demo_model.VOCAB_FILE, 'type': 'sentencepiece', 'options': _SP_OPTIONS,
                      'vocab_size': vocabulary.vocab_size, 'extra_ids': 0, 'pad_id': 0, 'eos_id': 1, 'unk_id': 2},
-      'checkpoint': os.path.basename(checkpoint),
+      'checkpoint': os.path.basename(os.path.dirname(checkpoint)),
       'pretraining': {
           'command': f'python -m jaxprompt.demo.pretrain --output DIR --seed {seed}' +
                      (f' --steps {steps}' if steps is not None else ''),

@@ -130,8 +130,9 @@ def plot_curves(path: str, frozen: float, prompt_dir: str, model_dir: str | None
   ax = fig.add_subplot(1, 1, 1)
   for label, run_dir, marker in (('prompt tuning (frozen model)', prompt_dir, 'o'),
                                  ('model tuning (all weights)', model_dir, 's')):
-    points = [(0, frozen)] + _read_history(run_dir) if run_dir else []
-    if len(points) > 1:
+    # Step 0 of model tuning IS the frozen model; prompt tuning's step 0 already has the initial prompt.
+    points = (([(0, frozen)] if run_dir == model_dir else []) + _read_history(run_dir)) if run_dir else []
+    if points:
       ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, label=label)
   ax.axhline(frozen, linestyle='--', color='gray', label='frozen model, no prompt')
   ax.set_xlabel('training step')
@@ -171,15 +172,16 @@ def run_demo(args: argparse.Namespace, overrides: Sequence[str] = ()) -> DemoRes
 
   _say(f'[1/3] frozen demo model, no prompt, on {task} (raw review, no instruction) ...')
   frozen = frozen_accuracy(task, args.eval_examples)
-  _say(f'      held-out accuracy of the frozen model: {frozen:.1f}%')
+  _say(f'      held-out accuracy of the frozen model: {frozen:.1f}%  ({time.time() - start:.0f} s)')
 
   _say('[2/3] prompt tuning: the model stays frozen, only the soft prompt trains ...')
   result = trainer.train()  # pylint: disable=no-value-for-parameter  (gin supplies the arguments)
   prompt_accuracy = float(result.eval_metrics['accuracy'])
   prompt_file = os.path.join(output, PROMPT_FILE)
   shutil.copyfile(result.prompt_file, prompt_file)
-  _say(f'      held-out accuracy after prompt tuning: {prompt_accuracy:.1f}% '
-       f'(prompt {result.prompt.shape[0]} x {result.prompt.shape[1]}, {result.step} steps)')
+  shape = result.prompt.shape
+  _say(f'      held-out accuracy after prompt tuning: {prompt_accuracy:.1f}% (prompt {shape[0]} x {shape[1]}, '
+       f'{result.step} steps; {time.time() - start:.0f} s)')
 
   model_accuracy, model_dir = None, None
   if not args.no_baseline:
@@ -191,7 +193,7 @@ def run_demo(args: argparse.Namespace, overrides: Sequence[str] = ()) -> DemoRes
     ginconf.parse(MODEL_TUNING_GIN, model_bindings)
     baseline = model_tuning.train_model()  # pylint: disable=no-value-for-parameter
     model_accuracy = float(baseline.eval_metrics['accuracy'])
-    _say(f'      held-out accuracy after model tuning: {model_accuracy:.1f}%')
+    _say(f'      held-out accuracy after model tuning: {model_accuracy:.1f}%  ({time.time() - start:.0f} s)')
 
   curve = plot_curves(os.path.join(output, CURVE_FILE), frozen, prompt_dir, model_dir, task)
   demo = DemoResult(task, frozen, prompt_accuracy, model_accuracy, prompt_file, curve, time.time() - start)
@@ -205,8 +207,8 @@ def report(demo: DemoResult) -> str:
   lines = [f'held-out task {demo.task} (accuracy, rank classification over the labels):',
            f'  frozen model, no prompt        {demo.frozen_accuracy:6.1f}%',
            f'  prompt tuning (model frozen)   {demo.prompt_accuracy:6.1f}%',
-           f'  model tuning (all weights)     ' + (f'{demo.model_accuracy:6.1f}%' if demo.model_accuracy is not None
-                                                   else '  skipped')]
+           '  model tuning (all weights)     ' + (f'{demo.model_accuracy:6.1f}%' if demo.model_accuracy is not None
+                                                  else '  skipped')]
   if demo.model_accuracy is not None:
     ratio = demo.prompt_accuracy / max(demo.model_accuracy, 1e-9)
     gain = demo.prompt_accuracy - demo.frozen_accuracy

@@ -44,13 +44,13 @@ def _dataset_fn(split: str, shuffle_files: bool = False, seed: int | None = None
                 sizes: dict[str, int], data_seed: int) -> tf.data.Dataset:
   """{'inputs', 'targets'} strings of one split, generated lazily (the same sequence on every read)."""
   del shuffle_files, seed  # one generated "file": seqio's own shuffle buffer does the shuffling
-  if kind == 'skill':
-    make = lambda: data.iter_skill_examples(skill, sizes[split], data_seed, split)  # pylint: disable=unnecessary-lambda-assignment
-  else:
-    make = lambda: iter(data.heldout_examples(skill, sizes[split], data_seed, split))  # pylint: disable=unnecessary-lambda-assignment
 
   def generate():
-    for inputs, targets in make():
+    if kind == 'skill':
+      examples = data.iter_skill_examples(skill, sizes[split], data_seed, split)
+    else:
+      examples = iter(data.heldout_examples(skill, sizes[split], data_seed, split))
+    for inputs, targets in examples:
       yield {'inputs': inputs, 'targets': targets}
 
   spec = tf.TensorSpec((), tf.string)

@@ -10,7 +10,7 @@ Reading the CPU figures for a TPU:
     optimizer state and batch);
   * temp (activations saved for the backward pass, the working set of one rematerialised layer) is
     overstated: XLA:CPU computes bf16 in f32 and hoists an f32 copy of every stacked bf16 weight out of the
-    layer loop (measured: bf16 temp ~= float32-step temp + 2 x frozen bytes). A TPU does neither, and its
+    layer loop (measured: bf16 temp - float32 temp = 1.1-3.5 x frozen bytes). A TPU does neither, and its
     bf16 activations are half the f32 ones, so TPU temp is roughly float32 temp / 2 .. float32 temp
     (compile with `dtype=jnp.float32` to get it).
 Only a scanned stack (`scan_layers=True`) with per-layer remat shows remat to XLA:CPU; unrolled layers let

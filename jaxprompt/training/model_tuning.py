@@ -182,6 +182,8 @@ def train_model(model_dir: str | None = None, *, model_config: T5Config | None =
   """
   model_dir = os.fspath(components.require(model_dir, 'MODEL_DIR', "\"'/path/to/model_dir'\""))
   config = components.require(model_config, 'MODEL_CONFIG', "\"@jaxprompt.model_config()\"")
+  if not isinstance(config, T5Config):
+    raise ConfigError(f'train_model.model_config must be a T5Config (e.g. @jaxprompt.model_config()), got {config!r}')
   task = components.require(mixture_or_task_name, 'MIXTURE_OR_TASK_NAME', "\"'my_task'\"")
   lengths = components.check_feature_lengths(task_feature_lengths)
   components.require(train_steps, 'TRAIN_STEPS', '1000')

@@ -115,7 +115,7 @@ def run_trainer() -> None:
   seen = set()
   for batch in stream.take(64).as_numpy_iterator():
     seen.update(tuple(row[row > 0]) for row in batch['encoder_input_tokens'])
-  np.savez(OUT, prompt=result.prompt, step=result.step, accuracy=result.eval_metrics.get('accuracy', np.nan),
+  np.savez(OUT, prompt=result.prompt, step=result.step, prompt_file=str(result.prompt_file),
            seen=np.asarray([' '.join(map(str, r)) for r in sorted(seen)]))
   print(f'process {jax.process_index()} OK step={result.step} eval={result.eval_metrics}', flush=True)
 

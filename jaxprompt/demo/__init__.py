@@ -1,0 +1,9 @@
+"""The demo: a small T5 pretrained by jaxprompt itself (shipped in jaxprompt/assets/demo_model) and
+`jaxprompt demo`, prompt tuning it on a held-out formulation on a CPU in minutes.
+
+  data       the generated text-to-text skills and held-out formulations
+  tasks      their seqio tasks (import registers them) and the pretraining mixture
+  model      DEMO_CONFIG, the shipped model's paths, gin hooks (`jaxprompt.demo.model_config()` ...)
+  pretrain   `python -m jaxprompt.demo.pretrain --output DIR --seed 0`
+  run        `jaxprompt demo` (`run.main(argv)`)
+"""
