@@ -4,7 +4,8 @@ Configuration is gin, as in t5x / prompt-tuning: `--gin_file` (repeatable, later
 `--gin_search_paths` (comma list of folders the gin files and their `include`s are looked up in) and
 `--gin.NAME=VALUE` overrides (repeatable; VALUE is gin syntax, so strings are quoted:
 `--gin.MODEL_DIR="'/tmp/run'"`). gin files are searched in `--gin_search_paths`, then the current directory,
-then the repository's `gin_configs/` (present in a source checkout or editable install).
+then jaxprompt's own `gin_configs/` (the repository folder; `jaxprompt/gin_configs` links to it in a checkout and
+is a copy inside a wheel).
 
 Every bad input ends the process with one line on stderr, `jaxprompt: error: <message>`, and exit code 2
 (1 when training stops on a non-finite loss); no traceback.
@@ -24,7 +25,7 @@ import tempfile
 from typing import Iterator, Sequence
 
 PROG = 'jaxprompt'
-REPO_GIN_CONFIGS = pathlib.Path(__file__).resolve().parent.parent / 'gin_configs'
+REPO_GIN_CONFIGS = pathlib.Path(__file__).resolve().parent / 'gin_configs'
 
 MACROS = """important gin macros (set with --gin.NAME=VALUE, gin syntax: quote strings):
   MODEL_DIR                 output folder (checkpoints, metrics, TensorBoard, final_prompt.npy): "'/tmp/run'"
@@ -90,10 +91,14 @@ def _add_gin_flags(parser: argparse.ArgumentParser) -> None:
                      help='gin file (repeatable; later files override earlier ones)')
   group.add_argument('--gin_search_paths', default='', metavar='DIRS',
                      help='comma-separated folders to find gin files in (before the current directory and '
-                          'the repository gin_configs/)')
+                          'the gin_configs/ shipped with jaxprompt)')
   group.add_argument('--gin_bindings', action='append', default=[], metavar='BINDING',
                      help="raw gin binding, e.g. \"train.batch_size = 8\" (same as --gin.NAME=VALUE)")
   group.add_argument('--tfds_data_dir', default=None, help='read (and prepare) TFDS datasets here')
+  group.add_argument('--task', action='append', default=[], metavar='SPEC',
+                     help='register a task from your TSV/JSONL files (repeatable), e.g. '
+                          '"name=my_task,train=train.tsv,validation=dev.tsv,labels=no|yes"; then '
+                          "--gin.MIXTURE_OR_TASK_NAME=\"'my_task'\"")
 
 
 def _prompt_flags(parser: argparse.ArgumentParser) -> None:
@@ -138,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def search_paths(flag: str) -> list[str]:
-  """--gin_search_paths entries, then the current directory, then the repository's gin_configs/."""
+  """--gin_search_paths entries, then the current directory, then jaxprompt's gin_configs/."""
   paths = [p.strip() for p in flag.split(',') if p.strip()]
   paths.append(os.getcwd())
   if REPO_GIN_CONFIGS.is_dir():
@@ -239,6 +244,8 @@ def import_configurables() -> None:
     for module in CONFIGURABLE_MODULES:
       importlib.import_module(module)
     import jax  # pylint: disable=g-import-not-at-top
+    from jaxprompt.training import multihost  # pylint: disable=g-import-not-at-top
+    multihost.maybe_initialize_distributed()  # on a pod: before anything touches a device
     jax.devices()  # the backend's start-up logs, too
 
 
@@ -367,6 +374,10 @@ def _run(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     if args.command != 'export' or files or args.gin_bindings or overrides:  # export needs neither TF nor gin
       import_configurables()
       parse_gin(args, overrides, files)
+    if getattr(args, 'task', None):
+      from jaxprompt.data import custom  # pylint: disable=g-import-not-at-top
+      for spec in args.task:  # after gin, so the model's vocabulary binding applies
+        custom.register_task_spec(spec)
     if args.tfds_data_dir:
       from jaxprompt.data import tasks  # pylint: disable=g-import-not-at-top
       tasks.set_tfds_data_dir(args.tfds_data_dir)

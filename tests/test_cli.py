@@ -20,6 +20,7 @@ import threading
 import time
 
 import gin
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -102,9 +103,21 @@ def test_help_lists_the_important_macros(capsys):
 def test_gin_files_resolve_in_search_paths(tmp_path):
   (tmp_path / 'mine.gin').write_text('X = 1\n')
   paths = cli.search_paths(f'{tmp_path},/nonexistent')
-  assert paths[0] == str(tmp_path) and str(REPO / 'gin_configs') in paths
+  assert paths[0] == str(tmp_path) and str(REPO / 'jaxprompt' / 'gin_configs') in paths
   assert cli.resolve_gin_file('mine.gin', paths) == str(tmp_path / 'mine.gin')
-  assert cli.resolve_gin_file('runs/prompt_tuning.gin', paths) == str(REPO / 'gin_configs/runs/prompt_tuning.gin')
+  found = cli.resolve_gin_file('runs/prompt_tuning.gin', paths)
+  assert os.path.samefile(found, REPO / 'gin_configs/runs/prompt_tuning.gin')
+
+
+def test_gin_configs_ship_inside_the_package():
+  """`jaxprompt/gin_configs` is the repository folder (a symlink) and every file in it is package data."""
+  import tomllib  # pylint: disable=g-import-not-at-top
+  assert (REPO / 'jaxprompt' / 'gin_configs').resolve() == (REPO / 'gin_configs').resolve()
+  patterns = tomllib.loads((REPO / 'pyproject.toml').read_text())['tool']['setuptools']['package-data']['jaxprompt']
+  package = REPO / 'jaxprompt'
+  shipped = {f for pattern in patterns for f in package.glob(pattern) if f.is_file()}
+  configs = {f for f in (package / 'gin_configs').rglob('*') if f.is_file()}
+  assert len(configs) > 30 and configs <= shipped
 
 
 def _parse(files, bindings=()):
@@ -126,7 +139,13 @@ def test_every_model_gin_names_a_config_and_a_public_checkpoint():
     name = gin.query_parameter('jaxprompt.model_config.name')
     assert name == stem and name in CONFIGS
     config = components.model_config()  # pylint: disable=no-value-for-parameter
-    assert config == CONFIGS[name].replace(dtype=config.dtype)
+    large = re.search(r'_(xl|xxl|3b|11b)$', name) is not None
+    if large:  # the layout of bench/MEMORY.md: bf16 weights, scan + full remat, 2-D sharding, model axis 2
+      assert (config.param_dtype, config.scan_layers, config.remat_policy) == (jnp.bfloat16, True, 'full')
+      assert gin.query_parameter('jaxprompt.prompt_logical_axis_rules.parameter_partitioning_dims') == 2
+      assert gin.query_parameter('%MODEL_PARALLEL') == 2
+    assert config == CONFIGS[name].replace(dtype=config.dtype, param_dtype=config.param_dtype,
+                                           scan_layers=large, remat_policy='full' if large else 'none')
     path = gin.query_parameter('%INITIAL_CHECKPOINT_PATH')
     if name.startswith('t5_1_1_lm100k_'):
       assert path == f'gs://t5-data/pretrained_models/t5x/{name}/checkpoint_1100000'
@@ -152,7 +171,20 @@ def test_prompt_tuning_gin_has_the_paper_hyperparameters():
     _parse(['models/t5_1_1_lm100k_base.gin', f'runs/{run}.gin'])
 
 
+def tiny_gin_files(tiny_gin) -> dict:
+  """The train / validation paths the tiny gin file registers its task from."""
+  text = pathlib.Path(tiny_gin).read_text()
+  return {k: re.search(rf"^  {k} = '([^']+)'", text, re.M).group(1) for k in ('train', 'validation')}
+
+
 # ------------------------------------------------------------------------------------ bad inputs, in process
+
+
+def test_bad_task_spec(capsys):
+  code, line = main_error(capsys, ['eval', '--gin_file=models/t5x_tiny.gin', '--task', 'name=x,trian=a.tsv'])
+  assert code == 2 and "unknown key 'trian'" in line
+  code, line = main_error(capsys, ['eval', '--gin_file=models/t5_1_1_small.gin', '--task', 'name=x,train=/no/such.tsv'])
+  assert code == 2 and '/no/such.tsv' in line
 
 
 def test_missing_gin_file(capsys):
@@ -270,6 +302,16 @@ def test_export_eval_and_infer_with_the_exported_prompt(trained, tiny_gin, compi
   assert metrics['num_examples'] == 12
   assert metrics['accuracy'] == pytest.approx(summary['eval_metrics']['accuracy'])
   assert metrics['loss'] == pytest.approx(summary['eval_metrics']['loss'], rel=1e-5)
+
+  # The same files registered from the command line (--task) instead of gin: the same numbers.
+  files = tiny_gin_files(tiny_gin)
+  spec = f"name=jp_cli_spec_task,train={files['train']},validation={files['validation']},labels=negative|positive"
+  spec_metrics = tmp_path / 'spec_metrics.json'
+  assert cli.main(['eval', '--gin_file=models/t5x_tiny.gin', '--gin_file=runs/prompt_eval.gin',
+                   f'--gin_file={tiny_gin}', '--task', spec, "--gin.MIXTURE_OR_TASK_NAME='jp_cli_spec_task'",
+                   f'--prompt_file={exported}', f'--output={spec_metrics}']) == 0
+  spec_result = json.loads(spec_metrics.read_text())['metrics']
+  assert spec_result['num_examples'] == 12 and spec_result['accuracy'] == pytest.approx(metrics['accuracy'])
 
   inputs = tmp_path / 'inputs.txt'
   inputs.write_text('good movie plot\n\nawful film acting\n')

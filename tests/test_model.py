@@ -196,3 +196,41 @@ def test_t5x_checkpoint_loads_straight_into_the_scanned_layout(fixtures_dir, ref
     np.testing.assert_array_equal(a, b)
   logits = model.apply({'params': stacked}, *_batch(data), enable_dropout=False)
   np.testing.assert_allclose(logits, data['logits'], atol=1e-5)
+
+
+def test_scanned_model_decodes_like_the_unrolled_one(reference):
+  """Large configs train scanned; `predict_batch` then decodes with an unscanned twin of the same weights."""
+  from jaxprompt.models.prompt_model import PromptModel
+  data, params = reference
+  cfg = get_config('t5x_tiny')
+  batch = {'encoder_input_tokens': jnp.asarray(data['encoder_input_tokens']),
+           'decoder_target_tokens': jnp.zeros((data['encoder_input_tokens'].shape[0], 6), jnp.int32)}
+  plain = PromptModel(cfg, None)
+  scanned = PromptModel(cfg.replace(scan_layers=True, remat_policy='full'), None)
+  for method in ('beam', 'sample'):
+    want = plain.predict_batch(params, None, batch, method=method, num_decodes=2)
+    got = jax.jit(lambda p, b: scanned.predict_batch(p, None, b, method=method, num_decodes=2))(
+        stack_layers(params), batch)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_allclose(got[1], want[1], atol=1e-5)
+
+
+def test_gather_and_one_hot_embedding_agree(reference):
+  """`one_hot_embedding` changes how tokens are looked up, never the result (also for the prompt's gradient)."""
+  from jaxprompt.models.prompt_model import PromptModel
+  from jaxprompt.prompts.module import Prompt
+  data, params = reference
+  cfg = get_config('t5x_tiny')
+  assert cfg.one_hot_embedding is None  # unset: one-hot on TPU, gather elsewhere
+  batch = {k: jnp.asarray(data[k]) for k in ('encoder_input_tokens', 'decoder_input_tokens',
+                                              'decoder_target_tokens')}
+  prompt = {'prompt': jax.random.normal(jax.random.PRNGKey(1), (3, cfg.emb_dim))}
+  results, gathers = [], []
+  for one_hot in (True, False):
+    model = PromptModel(cfg.replace(one_hot_embedding=one_hot), Prompt(3, cfg.emb_dim))
+    gathers.append(str(jax.make_jaxpr(lambda p: model.logits(params, p, batch))(prompt)).count(' gather['))
+    results.append(jax.value_and_grad(lambda p: model.loss_fn(p, params, batch)[0])(prompt))
+  assert gathers[1] == gathers[0] + 2  # the encoder's and the decoder's token lookups
+  (loss_a, grad_a), (loss_b, grad_b) = results
+  np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
+  np.testing.assert_allclose(grad_a['prompt'], grad_b['prompt'], rtol=1e-5, atol=1e-6)

@@ -172,7 +172,7 @@ def run_demo(args: argparse.Namespace, overrides: Sequence[str] = ()) -> DemoRes
 
   _say(f'[1/3] frozen demo model, no prompt, on {task} (raw review, no instruction) ...')
   frozen = frozen_accuracy(task, args.eval_examples)
-  _say(f'      held-out accuracy of the frozen model: {frozen:.1f}%  ({time.time() - start:.0f} s)')
+  _say(f'      held-out accuracy of the frozen model: {frozen:.1f}%  (elapsed {time.time() - start:.0f} s)')
 
   _say('[2/3] prompt tuning: the model stays frozen, only the soft prompt trains ...')
   result = trainer.train()  # pylint: disable=no-value-for-parameter  (gin supplies the arguments)
@@ -181,7 +181,7 @@ def run_demo(args: argparse.Namespace, overrides: Sequence[str] = ()) -> DemoRes
   shutil.copyfile(result.prompt_file, prompt_file)
   shape = result.prompt.shape
   _say(f'      held-out accuracy after prompt tuning: {prompt_accuracy:.1f}% (prompt {shape[0]} x {shape[1]}, '
-       f'{result.step} steps; {time.time() - start:.0f} s)')
+       f'{result.step} steps; elapsed {time.time() - start:.0f} s)')
 
   model_accuracy, model_dir = None, None
   if not args.no_baseline:
@@ -193,7 +193,7 @@ def run_demo(args: argparse.Namespace, overrides: Sequence[str] = ()) -> DemoRes
     ginconf.parse(MODEL_TUNING_GIN, model_bindings)
     baseline = model_tuning.train_model()  # pylint: disable=no-value-for-parameter
     model_accuracy = float(baseline.eval_metrics['accuracy'])
-    _say(f'      held-out accuracy after model tuning: {model_accuracy:.1f}%  ({time.time() - start:.0f} s)')
+    _say(f'      held-out accuracy after model tuning: {model_accuracy:.1f}%  (elapsed {time.time() - start:.0f} s)')
 
   curve = plot_curves(os.path.join(output, CURVE_FILE), frozen, prompt_dir, model_dir, task)
   demo = DemoResult(task, frozen, prompt_accuracy, model_accuracy, prompt_file, curve, time.time() - start)

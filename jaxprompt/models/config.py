@@ -39,6 +39,9 @@ class T5Config:
   # rematerialise each layer's activations in the backward pass.
   scan_layers: bool = False
   remat_policy: str = 'none'  # 'none' | 'full' | 'dots' (save matmul outputs) | 'minimal'
+  # Token lookup by one-hot matmul (t5x's choice, fast on TPU) or by gather. None: one-hot on TPU only. On CPU
+  # the one-hot matmul over a 32k vocabulary is a third of a small model's forward FLOPs (bench/README.md).
+  one_hot_embedding: bool | None = None
 
   def __post_init__(self):
     object.__setattr__(self, 'mlp_activations', tuple(self.mlp_activations))

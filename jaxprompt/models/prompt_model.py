@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxprompt.errors import ConfigError
-from jaxprompt.models import decoding, losses
+from jaxprompt.models import decoding, losses, scan
 from jaxprompt.models.config import T5Config
 from jaxprompt.models.t5 import Transformer
 from jaxprompt.prompts.module import Prompt
@@ -144,6 +144,17 @@ class PromptModel:
     return scores.reshape(batch, num_candidates)
 
   # -- decoding -------------------------------------------------------------------------------------------
+  def _decoding_module(self, frozen: Params) -> tuple[Transformer, Params]:
+    """The module and frozen params for incremental decoding.
+
+    The KV cache is per layer, so a scanned model (`scan_layers=True`, large models) decodes with an unscanned
+    twin: same weights, its `layers` axis split back into `layers_N` inside the traced function.
+    """
+    if not self.config.scan_layers:
+      return self.module, frozen
+    config = dataclasses.replace(self.config, scan_layers=False, remat_policy='none')
+    return Transformer(config, prompt=self.prompt), scan.unstack_layers(dict(frozen))
+
   def predict_batch(self, frozen: Params, prompt: Params | None, batch: Mapping[str, Array], *,
                     method: str = 'beam', num_decodes: int = 1, alpha: float = 0.6, temperature: float = 0.0,
                     topk: int = 1, topp: float = 0.0, rescale_log_probs: bool = True, rng: Array | None = None,
@@ -154,25 +165,25 @@ class PromptModel:
     Returns (decodes [b, len] and scores [b]) for the best decode, or all decodes [b, n, len] / [b, n]
     (best last) when `return_all_decodes`.
     """
+    module, frozen = self._decoding_module(frozen)
     variables = self._variables(frozen, prompt)
     inputs = batch['encoder_input_tokens']
     target_shape = batch['decoder_target_tokens'].shape
     max_len = target_shape[1]
     cache_shapes = jax.eval_shape(
-        lambda: self.module.apply(variables, jnp.ones((target_shape[0], 1, self.config.emb_dim), self.config.dtype),
-                                  jnp.ones((target_shape[0], 1), bool), jnp.ones(target_shape, jnp.int32),
-                                  jnp.ones(target_shape, jnp.int32), enable_dropout=False, decode=True,
-                                  mutable=['cache'], method=Transformer.decode)[1]['cache'])
+        lambda: module.apply(variables, jnp.ones((target_shape[0], 1, self.config.emb_dim), self.config.dtype),
+                             jnp.ones((target_shape[0], 1), bool), jnp.ones(target_shape, jnp.int32),
+                             jnp.ones(target_shape, jnp.int32), enable_dropout=False, decode=True,
+                             mutable=['cache'], method=Transformer.decode)[1]['cache'])
     cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), cache_shapes)
-    encoded, valid = self.encode(frozen, prompt, inputs)
+    encoded, valid = module.apply(variables, inputs, enable_dropout=False, method=Transformer.encode)
     encoded = decoding.flat_batch_beam_expand(encoded, num_decodes)
     valid = decoding.flat_batch_beam_expand(valid, num_decodes)
 
     def tokens_to_logits(state: decoding.DecodingState):
-      logits, new_vars = self.module.apply({**variables, 'cache': state.cache}, encoded, valid, state.cur_token,
-                                           state.cur_token, enable_dropout=False, decode=True,
-                                           max_decode_length=max_len, mutable=['cache'],
-                                           method=Transformer.decode)
+      logits, new_vars = module.apply({**variables, 'cache': state.cache}, encoded, valid, state.cur_token,
+                                      state.cur_token, enable_dropout=False, decode=True,
+                                      max_decode_length=max_len, mutable=['cache'], method=Transformer.decode)
       return logits[:, 0], new_vars['cache']
 
     prompt_inputs = jnp.zeros(target_shape, jnp.int32)

@@ -103,6 +103,13 @@ def _relpos(cfg: T5Config) -> layers.RelativePositionBiases:
                                        name='relpos_bias')
 
 
+def _one_hot_embedding(cfg: T5Config) -> bool:
+  """The config's lookup choice; unset means one-hot on TPU (where gathers are slow), gather elsewhere."""
+  if cfg.one_hot_embedding is None:
+    return jax.default_backend() == 'tpu'
+  return bool(cfg.one_hot_embedding)
+
+
 def _scan_body(layer_cls: type[nn.Module]) -> type[nn.Module]:
   """Adapts a layer `x -> x` to scan's `carry -> (carry, None)` contract."""
 
@@ -193,7 +200,7 @@ class Transformer(nn.Module):
   def setup(self):
     cfg = self.config
     self.token_embedder = layers.Embed(num_embeddings=cfg.vocab_size, features=cfg.emb_dim, dtype=cfg.dtype,
-                                       param_dtype=cfg.param_dtype, one_hot=True)
+                                       param_dtype=cfg.param_dtype, one_hot=_one_hot_embedding(cfg))
     self.encoder = Encoder(cfg)
     self.decoder = Decoder(cfg, shared_embedding=self.token_embedder)
 

@@ -107,7 +107,8 @@ def _check(request: PlanRequest, num_devices: int) -> int:
 def build_model(request: PlanRequest) -> PromptModel:
   """The prompt model of `request` (activations in `request.dtype`, prompt parameter f32)."""
   config = get_config(request.model, dtype=request.dtype, scan_layers=request.scan_layers,
-                      remat_policy=request.remat_policy, dropout_rate=request.dropout_rate)
+                      remat_policy=request.remat_policy, dropout_rate=request.dropout_rate,
+                      one_hot_embedding=True)  # what runs on the TPU this plan is for
   prompt = Prompt(length=request.prompt_length, embed_dim=config.emb_dim, dtype=request.dtype)
   return PromptModel(config, prompt)
 

@@ -31,6 +31,7 @@ from jaxprompt.training import components
 from jaxprompt.training import data_pipeline as data
 from jaxprompt.training import evaluate as eval_lib
 from jaxprompt.training import observability
+from jaxprompt.training import step as step_lib
 from jaxprompt.training.optim import PromptOptimizer, make_optimizer
 from jaxprompt.training.sharded import ShardedSteps
 
@@ -75,12 +76,10 @@ def model_train_step(model: PromptModel, optimizer: PromptOptimizer, state: Mode
   dropout_rng = step_rng if model.config.dropout_rate > 0 else None
   grad_fn = jax.value_and_grad(lambda params: model.loss_fn(None, params, batch, dropout_rng), has_aux=True)
   (loss, metrics), grads = grad_fn(state.params)
-  updates, opt_state = optimizer.tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  grad_norm = optax.global_norm(grads)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  new_state = ModelTrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng)
-  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+  params, opt_state, grad_norm, finite = step_lib.guarded_update(optimizer, grads, state.opt_state, state.params,
+                                                                 loss)
+  new_state = step_lib.keep_if_finite(
+      ModelTrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng), state, finite)
   metrics = dict(metrics, loss=loss, grad_norm=grad_norm, param_norm=optax.global_norm(new_state.params),
                  learning_rate=jnp.asarray(optimizer.learning_rate(state.step), jnp.float32), finite=finite)
   return new_state, metrics

@@ -72,6 +72,23 @@ def compute_gradients(model: PromptModel, prompt: Any, frozen: Any, batch: Batch
   return loss, metrics, grads
 
 
+def guarded_update(optimizer: PromptOptimizer, grads: Any, opt_state: Any, params: Any,
+                   loss: Array) -> tuple[Any, Any, Array, Array]:
+  """One optax update of `params` -> (new params, new optimizer state, gradient global norm, finite).
+
+  `finite` is False when the loss or the gradient is NaN / inf; callers then keep their old state (with
+  `keep_if_finite`), so nothing already learned is lost.
+  """
+  updates, opt_state = optimizer.tx.update(grads, opt_state, params)
+  grad_norm = optax.global_norm(grads)
+  return optax.apply_updates(params, updates), opt_state, grad_norm, jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+
+def keep_if_finite(new_state: Any, old_state: Any, finite: Array) -> Any:
+  """`new_state` where `finite`, else `old_state`, leaf by leaf."""
+  return jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, old_state)
+
+
 def train_step(model: PromptModel, optimizer: PromptOptimizer, state: TrainState, frozen: Any, batch: Batch,
                num_microbatches: int = 1) -> tuple[TrainState, dict]:
   """One optimizer update of the prompt. A non-finite loss or gradient leaves the state unchanged and is
@@ -80,13 +97,9 @@ def train_step(model: PromptModel, optimizer: PromptOptimizer, state: TrainState
   step_rng = jax.random.fold_in(rng, state.step)
   dropout_rng = step_rng if model.config.dropout_rate > 0 else None
   loss, metrics, grads = compute_gradients(model, state.prompt, frozen, batch, dropout_rng, num_microbatches)
-  updates, opt_state = optimizer.tx.update(grads, state.opt_state, state.prompt)
-  prompt = optax.apply_updates(state.prompt, updates)
-  grad_norm = optax.global_norm(grads)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  new_state = TrainState(step=state.step + 1, prompt=prompt, opt_state=opt_state, rng=state.rng)
-  # Keep the last good state on a non-finite step: nothing already learned is lost.
-  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+  prompt, opt_state, grad_norm, finite = guarded_update(optimizer, grads, state.opt_state, state.prompt, loss)
+  new_state = keep_if_finite(TrainState(step=state.step + 1, prompt=prompt, opt_state=opt_state, rng=state.rng),
+                             state, finite)
   metrics = dict(metrics, loss=loss, grad_norm=grad_norm, prompt_norm=optax.global_norm(new_state.prompt),
                  learning_rate=jnp.asarray(optimizer.learning_rate(state.step), jnp.float32), finite=finite)
   return new_state, metrics
