@@ -46,7 +46,7 @@ def run_cell(output: str, task: str, length: int, init: str, seed: int, steps: i
              eval_examples: int | None) -> float:
   """Held-out accuracy (%) of one prompt tuning run."""
   import gin  # pylint: disable=g-import-not-at-top
-  from jaxprompt.demo import data, ginconf  # pylint: disable=g-import-not-at-top
+  from jaxprompt.demo import ginconf  # pylint: disable=g-import-not-at-top
   from jaxprompt.training import trainer  # pylint: disable=g-import-not-at-top
   model_dir = os.path.join(output, f'{init.replace(" ", "_")}_len{length}_seed{seed}')
   if os.path.isdir(model_dir):
@@ -57,11 +57,6 @@ def run_cell(output: str, task: str, length: int, init: str, seed: int, steps: i
               f'RANDOM_SEED = {seed}', *_SAMPLED_VOCAB]
   if eval_examples:
     bindings.append(f'EVAL_MAX_EXAMPLES = {eval_examples}')
-  labels = list(data.SKILL_LABELS[task.rsplit('_', 1)[-1]])
-  if init == 'class label' and length < len(labels):
-    # prompt-tuning's from_embedded_list keeps the first `length` labels when they do not all fit (with a
-    # warning); jaxprompt's class_labels refuses, so pass only those.
-    bindings.append(f'CLASS_LABELS = {labels[:length]!r}')
   ginconf.parse(files, bindings)
   gin.bind_parameter('jaxprompt.train.progress_bar', False)
   result = trainer.train()  # pylint: disable=no-value-for-parameter  (gin supplies the arguments)

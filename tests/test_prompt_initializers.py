@@ -195,9 +195,16 @@ def test_class_labels_in_prompt_module():
   assert row_ids(value[1:]).max() < VOCAB_ROWS
 
 
+def test_class_labels_longer_than_the_prompt_keep_the_first(caplog):
+  """As prompt-tuning's from_embedded_list: the labels that fit are used, the rest skipped with a warning."""
+  vocab = FakeVocab()
+  three = prompts.class_labels(['False', 'True', 'False'], vocabulary=vocab)(KEY, (2, EMBED), id_table())
+  two = prompts.class_labels(['False', 'True'], vocabulary=vocab)(KEY, (2, EMBED), id_table())
+  np.testing.assert_array_equal(three, two)
+  assert 'skipping' in caplog.text and "['False']" in caplog.text
+
+
 def test_class_labels_errors():
-  with pytest.raises(PromptError, match=r'3 labels do not fit in a prompt of length 2'):
-    prompts.class_labels(['False', 'True', 'False'], vocabulary=FakeVocab())(KEY, (2, EMBED), id_table())
   with pytest.raises(PromptError, match="'gap' tokenizes to no pieces"):
     prompts.class_labels(['True', 'gap'], vocabulary=FakeVocab())(KEY, (4, EMBED), id_table())
   with pytest.raises(PromptError, match=r"'huge' tokenizes to ids \[67\] outside the embedding table of 64"):

@@ -17,6 +17,7 @@ initialiser to Flax's `(key, shape, dtype)` signature, e.g. for `Prompt(prompt_i
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
 from typing import Any, Callable, Optional, Protocol, Sequence
@@ -187,7 +188,8 @@ def class_labels(labels: Sequence[str] = gin.REQUIRED,
 
   A label split into several pieces gets the mean of their embeddings. The other rows come from `fallback`,
   called with the same rng on the whole shape (its first rows are then overwritten), as in prompt-tuning's
-  `from_embedded_list`. The default fallback, `sampled_vocab(5000)`, is what prompt-tuning's
+  `from_embedded_list`; labels beyond the prompt length are skipped with a warning, as there. The default
+  fallback, `sampled_vocab(5000)`, is what prompt-tuning's
   `configs/prompts/from_class_labels.gin` uses.
 
   Args:
@@ -206,20 +208,21 @@ def class_labels(labels: Sequence[str] = gin.REQUIRED,
 
   def init(rng: Array, shape: Sequence[int], embedding: Any) -> Array:
     length, embed = _check_shape(shape, 'class_labels')
-    if len(labels) > length:
-      raise PromptError(f'class_labels: {len(labels)} labels do not fit in a prompt of length {length} '
-                        f'(labels {list(labels)})')
+    used = labels[:length]
+    if len(labels) > length:  # as prompt-tuning's from_embedded_list: keep the first `length` labels
+      logging.warning('class_labels: %d labels do not fit in a prompt of length %d; initialising from %s and '
+                      'skipping %s', len(labels), length, list(used), list(labels[length:]))
     table = _table(embedding, embed, 'class_labels')
     vocab = _resolve_vocabulary(vocabulary)
     label_rows = jnp.stack([
         jnp.mean(_rows(table, _encode(vocab, label, table.shape[0], 'class_labels')), axis=0)
-        for label in labels
+        for label in used
     ])
     prompt = jnp.asarray(fallback(rng, (length, embed), embedding), jnp.float32)
     if prompt.shape != (length, embed):
       raise PromptError(f'class_labels: the fallback initialiser returned shape {tuple(prompt.shape)}, '
                         f'expected {(length, embed)}')
-    return prompt.at[:len(labels)].set(label_rows)
+    return prompt.at[:len(used)].set(label_rows)
 
   return init
 
