@@ -25,7 +25,7 @@ import tempfile
 from typing import Iterator, Sequence
 
 PROG = 'jaxprompt'
-REPO_GIN_CONFIGS = pathlib.Path(__file__).resolve().parent / 'gin_configs'
+PACKAGE_GIN_CONFIGS = pathlib.Path(__file__).resolve().parent / 'gin_configs'
 
 MACROS = """important gin macros (set with --gin.NAME=VALUE, gin syntax: quote strings):
   MODEL_DIR                 output folder (checkpoints, metrics, TensorBoard, final_prompt.npy): "'/tmp/run'"
@@ -146,8 +146,8 @@ def search_paths(flag: str) -> list[str]:
   """--gin_search_paths entries, then the current directory, then jaxprompt's gin_configs/."""
   paths = [p.strip() for p in flag.split(',') if p.strip()]
   paths.append(os.getcwd())
-  if REPO_GIN_CONFIGS.is_dir():
-    paths.append(str(REPO_GIN_CONFIGS))
+  if PACKAGE_GIN_CONFIGS.is_dir():
+    paths.append(str(PACKAGE_GIN_CONFIGS))
   return paths
 
 
