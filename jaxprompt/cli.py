@@ -374,7 +374,7 @@ def _run(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     if args.command != 'export' or files or args.gin_bindings or overrides:  # export needs neither TF nor gin
       import_configurables()
       parse_gin(args, overrides, files)
-    if getattr(args, 'task', None):
+    if args.task:
       from jaxprompt.data import custom  # pylint: disable=g-import-not-at-top
       for spec in args.task:  # after gin, so the model's vocabulary binding applies
         custom.register_task_spec(spec)
