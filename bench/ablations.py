@@ -27,8 +27,8 @@ INITS = {  # name -> gin file placed after runs/demo.gin (None: runs/prompt_tuni
     'class label': None,
 }
 # The demo vocabulary's word pieces (ids 259..767); the byte-fallback pieces below them are not "vocab".
-_SAMPLED_VOCAB = ('jaxprompt.prompts.sampled_vocab.start = 259',
-                  'jaxprompt.prompts.sampled_vocab.population_size = 509')
+_SAMPLED_VOCAB = ('jaxprompt.methods.sampled_vocab.start = 259',
+                  'jaxprompt.methods.sampled_vocab.population_size = 509')
 
 
 def parse_args(argv):
@@ -47,7 +47,7 @@ def run_cell(output: str, task: str, length: int, init: str, seed: int, steps: i
   """Held-out accuracy (%) of one prompt tuning run."""
   import gin  # pylint: disable=g-import-not-at-top
   from jaxprompt.demo import ginconf  # pylint: disable=g-import-not-at-top
-  from jaxprompt.training import trainer  # pylint: disable=g-import-not-at-top
+  from jaxprompt.train import loop as trainer  # pylint: disable=g-import-not-at-top
   model_dir = os.path.join(output, f'{init.replace(" ", "_")}_len{length}_seed{seed}')
   if os.path.isdir(model_dir):
     shutil.rmtree(model_dir)

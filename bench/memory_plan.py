@@ -2,7 +2,7 @@
 
 For each mesh size (one subprocess each: the simulated device count is fixed when jax is imported) and each
 (data, model) layout with 1-D (t5x default) or 2-D (`embed` also over 'data') parameter sharding, the step is
-compiled with abstract arguments (nothing allocated; `jaxprompt.training.memory_plan`) and XLA's per-device
+compiled with abstract arguments (nothing allocated; `bench/plan_step.py`) and XLA's per-device
 memory analysis is read. Prints a table and the smallest slice of each TPU generation that fits. Run from the
 repo root (about 20-40 s per compile on 2 CPU cores):
 
@@ -51,7 +51,7 @@ def worker(num_devices: int, requests: list[dict], f32: bool) -> None:
   """Runs inside a process with `num_devices` simulated devices; prints one JSON line per plan."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from jaxprompt.training import memory_plan  # pylint: disable=g-import-not-at-top
+  from bench import plan_step as memory_plan  # pylint: disable=g-import-not-at-top
 
   assert jax.device_count() == num_devices, jax.devices()
   for kwargs in requests:

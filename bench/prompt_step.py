@@ -30,10 +30,10 @@ import numpy as np
 import optax
 
 from jaxprompt.models.config import T5Config, get_config
-from jaxprompt.models.prompt_model import PromptModel
-from jaxprompt.prompts.module import Prompt
-from jaxprompt.training import optim
-from jaxprompt.training import step as step_lib
+from jaxprompt.models.wrapper import PromptModel
+from jaxprompt.methods.prompt_tuning import Prompt
+from jaxprompt.train import optim
+from jaxprompt.train import step as step_lib
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from jaxprompt.errors import CheckpointError, ConfigError, PromptError
-from jaxprompt.training.checkpointing import PromptCheckpointer, export_prompt, load_prompt_from_checkpoint
-from jaxprompt.training.optim import adam, make_optimizer
-from jaxprompt.training.preemption import PreemptionGuard
-from jaxprompt.training.step import TrainState, init_train_state
+from jaxprompt.train.checkpoints import PromptCheckpointer, export_prompt, load_prompt_from_checkpoint
+from jaxprompt.train.optim import adam, make_optimizer
+from jaxprompt.train.preemption import PreemptionGuard
+from jaxprompt.train.step import TrainState, init_train_state
 from tests.helpers import REPO
 
 
@@ -286,7 +286,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxprompt.errors import CheckpointError
-from jaxprompt.training.checkpointing import PromptCheckpointer, load_prompt_from_checkpoint
+from jaxprompt.train.checkpoints import PromptCheckpointer, load_prompt_from_checkpoint
 from tests.test_checkpointing import _state
 
 mesh = Mesh(np.array(jax.devices()).reshape(2, 2), ('data', 'model'))
@@ -316,7 +316,7 @@ assert load_prompt_from_checkpoint(model_dir).tobytes() == np.asarray(host.promp
 
 # Preemption: a SIGTERM on process 1 alone must stop both processes at the same step.
 import os, signal, time
-from jaxprompt.training.preemption import PreemptionGuard
+from jaxprompt.train.preemption import PreemptionGuard
 with PreemptionGuard() as guard:
   assert guard.mode == 'jax', guard.mode
   for step in range(400):

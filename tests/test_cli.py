@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxprompt import cli
+from jaxprompt.cli import main as cli
 from jaxprompt.models.config import CONFIGS
 from tests.test_trainer import EMPTY_TASK, write_tiny_gin
 from tests.test_trainer import empty_task, tiny_files  # noqa: F401  pylint: disable=unused-import  (fixtures)
@@ -129,7 +129,7 @@ def _parse(files, bindings=()):
 
 
 def test_every_model_gin_names_a_config_and_a_public_checkpoint():
-  from jaxprompt.training import components  # pylint: disable=g-import-not-at-top
+  from jaxprompt.train import runtime as components  # pylint: disable=g-import-not-at-top
   sizes = ['small', 'base', 'large', 'xl', 'xxl']
   expected = ({f't5_1_1_{s}' for s in sizes} | {f't5_1_1_lm100k_{s}' for s in sizes} | {f'mt5_{s}' for s in sizes}
               | {f't5_1_0_{s}' for s in ('small', 'base', 'large', '3b', '11b')} | {'t5x_tiny'})
@@ -155,18 +155,18 @@ def test_every_model_gin_names_a_config_and_a_public_checkpoint():
 
 
 def test_prompt_tuning_gin_has_the_paper_hyperparameters():
-  from jaxprompt.training import optim  # pylint: disable=g-import-not-at-top
+  from jaxprompt.train import optim  # pylint: disable=g-import-not-at-top
   _parse(['models/t5_1_1_lm100k_base.gin', 'runs/prompt_tuning.gin'])
   macros = {m: gin.query_parameter(f'%{m}') for m in ('PROMPT_LENGTH', 'LEARNING_RATE', 'BATCH_SIZE', 'TRAIN_STEPS')}
   assert macros == {'PROMPT_LENGTH': 100, 'LEARNING_RATE': 0.3, 'BATCH_SIZE': 32, 'TRAIN_STEPS': 30000}
   assert gin.query_parameter('jaxprompt.adafactor.decay_rate') == 0.8
   assert gin.query_parameter('jaxprompt.adafactor.weight_decay_rate') == 1e-5
-  assert gin.query_parameter('%PROMPT_INIT').selector == 'jaxprompt.prompts.class_labels'
+  assert gin.query_parameter('%PROMPT_INIT').selector == 'jaxprompt.methods.class_labels'
   optimizer = optim.make_optimizer()  # pylint: disable=no-value-for-parameter
   assert float(optimizer.learning_rate(0)) == pytest.approx(0.3) == float(optimizer.learning_rate(29999))
   for prompt_gin in ('random_uniform', 'sampled_vocab', 'class_labels', 'from_text', 'from_file'):
     _parse(['models/t5_1_1_lm100k_base.gin', 'runs/prompt_tuning.gin', f'prompts/{prompt_gin}.gin'])
-    assert gin.query_parameter('%PROMPT_INIT').selector == f'jaxprompt.prompts.{prompt_gin}'
+    assert gin.query_parameter('%PROMPT_INIT').selector == f'jaxprompt.methods.{prompt_gin}'
   for run in ('prompt_eval', 'prompt_infer'):
     _parse(['models/t5_1_1_lm100k_base.gin', f'runs/{run}.gin'])
 
@@ -232,7 +232,7 @@ def test_model_dir_not_writable(capsys, tiny_gin, tmp_path):
 def test_empty_dataset_split(capsys, tiny_gin, empty_task, tmp_path):
   code, line = main_error(capsys, ['train', *BASE_GIN, f'--gin_file={tiny_gin}', f"--gin.MODEL_DIR='{tmp_path}'",
                                    f"--gin.MIXTURE_OR_TASK_NAME='{empty_task}'",
-                                   '--gin.PROMPT_INIT=@jaxprompt.prompts.random_uniform()'])
+                                   '--gin.PROMPT_INIT=@jaxprompt.methods.random_uniform()'])
   assert code == 2 and f"task '{EMPTY_TASK}' split 'train' is empty" in line
   # Its default class-label initialisation already needs labels the task does not have:
   code, line = main_error(capsys, ['train', *BASE_GIN, f'--gin_file={tiny_gin}', f"--gin.MODEL_DIR='{tmp_path}'",

@@ -139,8 +139,8 @@ def test_shipped_model_loads_and_fits_the_budget():
   config = demo_model.model_config()
   assert config == demo_model.DEMO_CONFIG  # pretraining wrote the registry's architecture
   assert config.mlp_activations == ('gelu', 'linear') and not config.logits_via_embedding  # T5 1.1
-  from jaxprompt.models.prompt_model import PromptModel
-  from jaxprompt.training.components import frozen_abstract
+  from jaxprompt.models.wrapper import PromptModel
+  from jaxprompt.train.runtime import frozen_abstract
   expected = frozen_abstract(PromptModel(config, None), {'inputs': 8, 'targets': 4})
   params = load_t5x_checkpoint(demo_model.checkpoint_path(), expected_shapes=expected)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
@@ -172,9 +172,9 @@ def test_demo_model_errors(tmp_path):
 
 def test_model_train_step_trains_every_weight():
   from jaxprompt.models.config import get_config
-  from jaxprompt.models.prompt_model import PromptModel
-  from jaxprompt.training import model_tuning
-  from jaxprompt.training.optim import adam, make_optimizer
+  from jaxprompt.models.wrapper import PromptModel
+  from jaxprompt.train import model_tuning
+  from jaxprompt.train.optim import adam, make_optimizer
   config = get_config('test_tiny')
   model = PromptModel(config, None)
   optimizer = make_optimizer(adam, 1e-2)
@@ -198,13 +198,13 @@ def test_model_train_step_trains_every_weight():
   assert not bool(metrics['finite']) and int(after.step) == 30
   _leaves_equal(jax.device_get(after.params), jax.device_get(state.params))
   with pytest.raises(ConfigError, match='without a prompt'):
-    from jaxprompt.prompts.module import Prompt
+    from jaxprompt.methods.prompt_tuning import Prompt
     model_tuning.model_train_step(PromptModel(config, Prompt(2, config.emb_dim)), optimizer, state, batch)
 
 
 def test_train_model_bad_config(tmp_path):
   from jaxprompt.errors import DataError
-  from jaxprompt.training.model_tuning import train_model
+  from jaxprompt.train.model_tuning import train_model
   lengths = {'inputs': 8, 'targets': 4}
   with pytest.raises(ConfigError, match='MODEL_DIR is not set'):
     train_model(None, model_config=demo_model.DEMO_CONFIG)

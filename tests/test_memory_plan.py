@@ -10,8 +10,8 @@ import jax
 import pytest
 
 from jaxprompt.errors import ConfigError
-from jaxprompt.models.prompt_model import PROMPT_KEY
-from jaxprompt.training import memory_plan
+from jaxprompt.models.wrapper import PROMPT_KEY
+from bench import plan_step as memory_plan
 from tests.helpers import REPO
 
 GiB = 1024 ** 3
@@ -32,7 +32,7 @@ def test_xxl_train_step_fits_v3_8():
              XLA_FLAGS='--xla_force_host_platform_device_count=8',
              PYTHONPATH=f'{REPO}{os.pathsep}{os.environ.get("PYTHONPATH", "")}')
   args = ['--model', 't5_1_1_xxl', '--model_parallel', '2', '--parameter_partitioning_dims', '2']
-  proc = subprocess.run([sys.executable, '-m', 'jaxprompt.training.memory_plan', *args], env=env,
+  proc = subprocess.run([sys.executable, '-m', 'bench.plan_step', *args], env=env,
                         capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr[-5000:]
   plan = json.loads(proc.stdout.strip().splitlines()[-1])

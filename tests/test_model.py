@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from jaxprompt import partitioning
+from jaxprompt.parallel import partitioning
 from jaxprompt.models import losses
 from jaxprompt.models.config import get_config
 from jaxprompt.models.scan import stack_layers, unstack_layers
@@ -200,7 +200,7 @@ def test_t5x_checkpoint_loads_straight_into_the_scanned_layout(fixtures_dir, ref
 
 def test_scanned_model_decodes_like_the_unrolled_one(reference):
   """Large configs train scanned; `predict_batch` then decodes with an unscanned twin of the same weights."""
-  from jaxprompt.models.prompt_model import PromptModel
+  from jaxprompt.models.wrapper import PromptModel
   data, params = reference
   cfg = get_config('t5x_tiny')
   batch = {'encoder_input_tokens': jnp.asarray(data['encoder_input_tokens']),
@@ -217,8 +217,8 @@ def test_scanned_model_decodes_like_the_unrolled_one(reference):
 
 def test_gather_and_one_hot_embedding_agree(reference):
   """`one_hot_embedding` changes how tokens are looked up, never the result (also for the prompt's gradient)."""
-  from jaxprompt.models.prompt_model import PromptModel
-  from jaxprompt.prompts.module import Prompt
+  from jaxprompt.models.wrapper import PromptModel
+  from jaxprompt.methods.prompt_tuning import Prompt
   data, params = reference
   cfg = get_config('t5x_tiny')
   assert cfg.one_hot_embedding is None  # unset: one-hot on TPU, gather elsewhere

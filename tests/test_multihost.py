@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from jaxprompt.errors import ConfigError, DataError
-from jaxprompt.training import multihost
+from jaxprompt.parallel import multihost
 from tests.helpers import REPO
 
 SCRIPT = REPO / 'tests' / 'scripts' / 'multihost_train.py'

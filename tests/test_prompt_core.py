@@ -8,10 +8,11 @@ from flax.traverse_util import flatten_dict
 from jaxprompt.checkpoints import load_t5x_checkpoint
 from jaxprompt.errors import ConfigError, PromptError
 from jaxprompt.models.config import get_config
-from jaxprompt.models.prompt_model import LossConfig, PromptModel
+from jaxprompt.models.wrapper import LossConfig, PromptModel
 from jaxprompt.models.t5 import Transformer
-from jaxprompt.prompts.module import Prompt, insert_prompt, insertion_points
-from jaxprompt.training import optim, step
+from jaxprompt.methods.prompt_tuning import Prompt, insert_prompt, insertion_points
+from jaxprompt.train import optim
+from jaxprompt.train import step
 
 TOKENS = np.array([[5, 6, 7, 1, 0, 0],    # 3 tokens + EOS, padded
                    [9, 1, 0, 0, 0, 0],    # 1 token + EOS

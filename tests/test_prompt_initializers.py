@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import seqio
 
-from jaxprompt import prompts
+from jaxprompt.methods import initializers as prompts
 from jaxprompt.errors import PromptError
 
 VOCAB_ROWS, EMBED = 64, 8
@@ -367,18 +367,18 @@ def clean_gin():
 
 
 GIN_CASES = {
-    'random_uniform': ('@jaxprompt.prompts.random_uniform()\njaxprompt.prompts.random_uniform.scale = 0.01',
+    'random_uniform': ('@jaxprompt.methods.random_uniform()\njaxprompt.methods.random_uniform.scale = 0.01',
                        prompts.random_uniform(0.01)),
     'normal': ('@prompts.normal()\nprompts.normal.stddev = 0.5\nprompts.normal.truncated = True',
                prompts.normal(0.5, truncated=True)),
-    'sampled_vocab': ('@prompt_init/jaxprompt.prompts.sampled_vocab()\n'
-                      'prompt_init/jaxprompt.prompts.sampled_vocab.population_size = 10',
+    'sampled_vocab': ('@prompt_init/jaxprompt.methods.sampled_vocab()\n'
+                      'prompt_init/jaxprompt.methods.sampled_vocab.population_size = 10',
                       prompts.sampled_vocab(10)),
     'from_samples_of_embeddings': ('@prompts.from_samples_of_embeddings()\n'
                                    'prompts.from_samples_of_embeddings.start = 5', prompts.sampled_vocab(start=5)),
     'class_labels': ("@class_labels()\nclass_labels.labels = ['False', 'True']\n"
                      'class_labels.fallback = @random_uniform()', None),
-    'from_text': ("@jaxprompt.prompts.from_text()\njaxprompt.prompts.from_text.text = 'great movie'", None),
+    'from_text': ("@jaxprompt.methods.from_text()\njaxprompt.methods.from_text.text = 'great movie'", None),
     'from_array': ('@from_array()\nfrom_array.array = @make_array()', prompts.from_array(_make_array())),
 }
 

@@ -9,7 +9,7 @@ def test_sharded_forward_equals_single_device_and_params_follow_rules(fixtures_d
 
 
 def test_standard_rules_match_t5x():
-  from jaxprompt import partitioning
+  from jaxprompt.parallel import partitioning
   rules = partitioning.standard_logical_axis_rules()
   assert rules[:8] == [('batch', 'data'), ('vocab', 'model'), ('embed', None), ('mlp', 'model'),
                        ('heads', 'model'), ('kv', None), ('joined_kv', 'model'), ('relpos_buckets', None)]

@@ -4,7 +4,7 @@ import pytest
 
 from jaxprompt.checkpoints import load_t5x_checkpoint
 from jaxprompt.models.config import get_config
-from jaxprompt.models.prompt_model import PromptModel
+from jaxprompt.models.wrapper import PromptModel
 
 
 @pytest.fixture(scope='module', params=['classic_checkpoint_0', 'orbax_checkpoint_0'])

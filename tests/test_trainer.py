@@ -21,10 +21,14 @@ import tensorflow as tf
 from jaxprompt.data import custom
 from jaxprompt.errors import CheckpointError, ConfigError, DataError, PromptError
 from jaxprompt.models.config import get_config
-from jaxprompt.training import components, data_pipeline, evaluate, observability, trainer
-from jaxprompt.training.checkpointing import PromptCheckpointer
-from jaxprompt.training.optim import make_optimizer
-from jaxprompt.training.step import init_train_state
+from jaxprompt.train import runtime as components
+from jaxprompt.data import pipeline as data_pipeline
+from jaxprompt.eval import evaluation as evaluate
+from jaxprompt.train import observability
+from jaxprompt.train import loop as trainer
+from jaxprompt.train.checkpoints import PromptCheckpointer
+from jaxprompt.train.optim import make_optimizer
+from jaxprompt.train.step import init_train_state
 
 LENGTHS = {'inputs': 16, 'targets': 8}
 LABELS = ('negative', 'positive')

@@ -13,15 +13,15 @@ from jaxprompt.errors import ConfigError
 
 def import_configurables() -> None:
   """Every module whose configurables the demo gin files bind (the CLI's set plus the demo's own)."""
-  from jaxprompt import cli  # pylint: disable=g-import-not-at-top
+  from jaxprompt.cli import main as cli  # pylint: disable=g-import-not-at-top
   cli.import_configurables()
-  for name in ('jaxprompt.demo.model', 'jaxprompt.demo.tasks', 'jaxprompt.training.model_tuning'):
+  for name in ('jaxprompt.demo.model', 'jaxprompt.demo.tasks', 'jaxprompt.train.model_tuning'):
     importlib.import_module(name)
 
 
 def parse(files: Sequence[str], bindings: Sequence[str] = ()) -> None:
   """Clears gin, then parses `files` (looked up like `--gin_file`) and `bindings` ('NAME = value')."""
-  from jaxprompt import cli  # pylint: disable=g-import-not-at-top  (cli imports the demo lazily too)
+  from jaxprompt.cli import main as cli  # pylint: disable=g-import-not-at-top  (cli imports the demo lazily too)
   paths = cli.search_paths('')
   try:
     resolved = [cli.resolve_gin_file(f, paths) for f in files]

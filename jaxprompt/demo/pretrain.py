@@ -69,7 +69,7 @@ def pretrain(output: str, *, seed: int = 0, steps: int | None = None, log_dir: s
   ginconf.import_configurables()
   ginconf.quiet_in_memory_source_warning()
   from jaxprompt.demo import tasks  # pylint: disable=g-import-not-at-top
-  from jaxprompt.training import model_tuning  # pylint: disable=g-import-not-at-top
+  from jaxprompt.train import model_tuning  # pylint: disable=g-import-not-at-top
   from jaxprompt.errors import ConfigError  # pylint: disable=g-import-not-at-top
   if os.path.exists(os.path.join(output, demo_model.CONFIG_FILE)) and not overwrite:
     raise ConfigError(f'{output} already holds a demo model (pass --overwrite to replace it)')
@@ -117,7 +117,7 @@ def pretrain(output: str, *, seed: int = 0, steps: int | None = None, log_dir: s
 def main(argv: Sequence[str] | None = None) -> int:
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   argv = list(sys.argv[1:] if argv is None else argv)
-  from jaxprompt import cli  # pylint: disable=g-import-not-at-top
+  from jaxprompt.cli import main as cli  # pylint: disable=g-import-not-at-top
   rest, bindings = cli.split_gin_overrides(argv)
   args = build_parser().parse_args(rest)
   from jaxprompt.errors import JaxPromptError  # pylint: disable=g-import-not-at-top

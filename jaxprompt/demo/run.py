@@ -102,7 +102,7 @@ def frozen_accuracy(task: str, max_examples: int | None = None) -> float:
   import gin  # pylint: disable=g-import-not-at-top
   from jaxprompt.checkpoints import load_t5x_checkpoint  # pylint: disable=g-import-not-at-top
   from jaxprompt.demo import model as demo_model  # pylint: disable=g-import-not-at-top
-  from jaxprompt.training import model_tuning  # pylint: disable=g-import-not-at-top
+  from jaxprompt.train import model_tuning  # pylint: disable=g-import-not-at-top
   config = demo_model.model_config()  # gin binds model_dir (DEMO_MODEL_DIR)
   params = load_t5x_checkpoint(demo_model.checkpoint_path())
   lengths = gin.query_parameter('%TASK_FEATURE_LENGTHS')
@@ -154,7 +154,8 @@ def run_demo(args: argparse.Namespace, overrides: Sequence[str] = ()) -> DemoRes
   ginconf.quiet_in_memory_source_warning()
   from jaxprompt.demo import model as demo_model  # pylint: disable=g-import-not-at-top
   from jaxprompt.demo import tasks  # pylint: disable=g-import-not-at-top
-  from jaxprompt.training import model_tuning, trainer  # pylint: disable=g-import-not-at-top
+  from jaxprompt.train import model_tuning  # pylint: disable=g-import-not-at-top
+  from jaxprompt.train import loop as trainer  # pylint: disable=g-import-not-at-top
   # (Re-)register the demo tasks with this model's vocabulary (another may have been registered before).
   tasks.register_demo_tasks(demo_model.vocabulary(None if args.model is None else os.path.abspath(args.model)))
   task = tasks.heldout_task_name(args.skill)
@@ -225,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   (0, also when the quality bar is not met: the table says so; 2 on a configuration or data error)."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   argv = list(sys.argv[1:] if argv is None else argv)
-  from jaxprompt import cli  # pylint: disable=g-import-not-at-top
+  from jaxprompt.cli import main as cli  # pylint: disable=g-import-not-at-top
   try:
     rest, overrides = cli.split_gin_overrides(argv)
   except cli.CliError as e:

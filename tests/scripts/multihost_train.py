@@ -5,14 +5,14 @@ usage: multihost_train.py MODE JSON_ARGS [COORDINATOR NUM_PROCESSES PROCESS_ID]
 MODE `steps`: drives `ShardedSteps` on the t5x fixture model over fixed global batches; every process
   computes each batch and feeds only its own rows. A mid-run orbax checkpoint is written by all processes and
   restored. Writes per-step losses and the final prompt.
-MODE `trainer`: runs `jaxprompt.training.trainer.train` on a TSV task (each host reads its seqio shard), then
+MODE `trainer`: runs `jaxprompt.train.loop.train` on a TSV task (each host reads its seqio shard), then
   records which training inputs this host's data stream yields.
 Results go to `<out>.<process_id>.npz`. With 3 extra args the process joins the localhost coordinator.
 """
 import json
 import sys
 
-from jaxprompt.training import multihost
+from jaxprompt.parallel import multihost
 
 MODE, ARGS = sys.argv[1], json.loads(sys.argv[2])
 if len(sys.argv) > 3:
@@ -27,12 +27,15 @@ else:
 import jax
 import numpy as np
 
-from jaxprompt import partitioning
+from jaxprompt.parallel import partitioning
 from jaxprompt.checkpoints import load_t5x_checkpoint
 from jaxprompt.models.config import get_config
-from jaxprompt.models.prompt_model import PromptModel
-from jaxprompt.prompts.module import Prompt
-from jaxprompt.training import checkpointing, optim, sharded, step
+from jaxprompt.models.wrapper import PromptModel
+from jaxprompt.methods.prompt_tuning import Prompt
+from jaxprompt.train import checkpoints as checkpointing
+from jaxprompt.train import optim
+from jaxprompt.train import compiled as sharded
+from jaxprompt.train import step
 
 assert jax.device_count() == 8, jax.devices()
 print(f'process {jax.process_index()}/{jax.process_count()}: local devices '
@@ -99,7 +102,9 @@ def run_steps(num_steps: int = 4, save_at: int = 2, batch_size: int = 8) -> None
 
 def run_trainer() -> None:
   from jaxprompt.data import custom
-  from jaxprompt.training import components, data_pipeline, trainer
+  from jaxprompt.train import runtime as components
+  from jaxprompt.data import pipeline as data_pipeline
+  from jaxprompt.train import loop as trainer
 
   lengths = {'inputs': 24, 'targets': 8}  # no input is truncated: rows stay distinct
   task = custom.register_file_task('jp_multihost_tiny', train=ARGS['train'], validation=ARGS['validation'],

@@ -8,7 +8,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.sharding import PartitionSpec as P
 
-from jaxprompt import partitioning
+from jaxprompt.parallel import partitioning
 from jaxprompt.models.config import get_config
 from jaxprompt.models.t5 import Transformer
 

@@ -4,13 +4,14 @@ import sys
 import jax
 import numpy as np
 
-from jaxprompt import partitioning
+from jaxprompt.parallel import partitioning
 from jaxprompt.checkpoints import load_t5x_checkpoint
 from jaxprompt.models.config import get_config
-from jaxprompt.models.prompt_model import PromptModel
-from jaxprompt.prompts.module import Prompt
-from jaxprompt.training import optim, step
-from jaxprompt.training.sharded import ShardedSteps
+from jaxprompt.models.wrapper import PromptModel
+from jaxprompt.methods.prompt_tuning import Prompt
+from jaxprompt.train import optim
+from jaxprompt.train import step
+from jaxprompt.train.compiled import ShardedSteps
 
 assert jax.device_count() == 8
 cfg = get_config('t5x_tiny', dropout_rate=0.1)  # Dropout on: the RNG must be consumed identically.

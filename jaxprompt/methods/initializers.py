@@ -1,6 +1,6 @@
 """Soft-prompt initialisers.
 
-Every public function here is a factory (gin-configurable under module `jaxprompt.prompts`) returning
+Every public function here is a factory (gin-configurable under module `jaxprompt.methods`) returning
 
   init(rng, shape, embedding) -> [length, embed] float32
 
@@ -8,10 +8,10 @@ where `shape` is `(length, embed)` and `embedding` is the frozen model's token t
 (`params['token_embedder']['embedding']`, any float dtype) or None for initialisers that do not need it.
 Gin calls a factory when written with parentheses, so configs bind the *result*:
 
-  Trainer.prompt_init = @jaxprompt.prompts.class_labels()
-  jaxprompt.prompts.class_labels.labels = ['False', 'True']
+  Trainer.prompt_init = @jaxprompt.methods.class_labels()
+  jaxprompt.methods.class_labels.labels = ['False', 'True']
 
-Scoped copies work as usual (`@prompt_init/jaxprompt.prompts.sampled_vocab()`). `bind_embedding` adapts an
+Scoped copies work as usual (`@prompt_init/jaxprompt.methods.sampled_vocab()`). `bind_embedding` adapts an
 initialiser to Flax's `(key, shape, dtype)` signature, e.g. for `Prompt(prompt_init=...)`.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ import numpy as np
 
 from jaxprompt.errors import PromptError
 
-GIN_MODULE = 'jaxprompt.prompts'
+GIN_MODULE = 'jaxprompt.methods'
 Array = jax.Array
 Initializer = Callable[[Array, Sequence[int], Any], Array]
 

@@ -22,14 +22,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprompt import partitioning
+from jaxprompt.parallel import partitioning
 from jaxprompt.errors import ConfigError, PromptError
 from jaxprompt.models.config import T5Config, get_config
-from jaxprompt.models.prompt_model import PROMPT_KEY, LossConfig, PromptModel
-from jaxprompt.prompts import initializers
-from jaxprompt.prompts.module import Prompt
-from jaxprompt.training.optim import PromptOptimizer
-from jaxprompt.training.sharded import ShardedSteps
+from jaxprompt.models.wrapper import PROMPT_KEY, LossConfig, PromptModel
+from jaxprompt.methods import initializers
+from jaxprompt.methods.prompt_tuning import Prompt
+from jaxprompt.train.optim import PromptOptimizer
+from jaxprompt.train.compiled import ShardedSteps
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 _HF_FILES = ('model.safetensors', 'model.safetensors.index.json')
@@ -70,14 +70,14 @@ def loss_config(z_loss: float = 1e-4, label_smoothing: float = 0.0, loss_normali
 @gin.configurable(module='jaxprompt')
 def task_vocabulary(task: str = gin.REQUIRED) -> Any:
   """The vocabulary of the task's `targets` feature (what class labels and texts are tokenized with)."""
-  from jaxprompt.training import data_pipeline  # pylint: disable=g-import-not-at-top  (imports TF)
+  from jaxprompt.data import pipeline as data_pipeline  # pylint: disable=g-import-not-at-top  (imports TF)
   return data_pipeline.targets_vocabulary(data_pipeline.get_provider(task))
 
 
 @gin.configurable(module='jaxprompt')
 def task_label_set(task: str = gin.REQUIRED) -> list[str]:
   """The task's class labels, e.g. for class-label prompt initialisation; an error if it has none."""
-  from jaxprompt.training import data_pipeline  # pylint: disable=g-import-not-at-top
+  from jaxprompt.data import pipeline as data_pipeline  # pylint: disable=g-import-not-at-top
   labels = data_pipeline.label_set(task)
   if not labels:
     raise ConfigError(f'task {task!r} has no label set, so CLASS_LABELS cannot default to it: set '
@@ -247,7 +247,7 @@ def load_prompt(*, prompt_file: str | None, checkpoint: str | None, step: int | 
     if length <= 0:
       raise PromptError(f'prompt file {prompt_file} has shape {shape}; a prompt must be [length, embed]')
     return np.asarray(initializers.from_file(prompt_file)(None, (length, embed_dim)), np.float32)
-  from jaxprompt.training.checkpointing import load_prompt_from_checkpoint  # pylint: disable=g-import-not-at-top
+  from jaxprompt.train.checkpoints import load_prompt_from_checkpoint  # pylint: disable=g-import-not-at-top
   array = load_prompt_from_checkpoint(checkpoint, step=step)
   wanted = (prompt_length if prompt_length is not None else array.shape[0], embed_dim)
   if array.shape != wanted:

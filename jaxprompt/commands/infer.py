@@ -12,9 +12,9 @@ import tensorflow as tf
 from jaxprompt.data import vocab as vocab_lib
 from jaxprompt.errors import DataError
 from jaxprompt.models.config import T5Config
-from jaxprompt.training import components
-from jaxprompt.training import data_pipeline as data
-from jaxprompt.training import evaluate as eval_lib
+from jaxprompt.train import runtime as components
+from jaxprompt.data import pipeline as data
+from jaxprompt.eval import evaluation as eval_lib
 
 
 def read_input_lines(input_file: str, stdin=None) -> list[str]:

@@ -28,14 +28,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxprompt import partitioning
+from jaxprompt.parallel import partitioning
 from jaxprompt.errors import ConfigError
 from jaxprompt.models.config import get_config
-from jaxprompt.models.prompt_model import PROMPT_KEY, PromptModel
-from jaxprompt.prompts.module import Prompt
-from jaxprompt.training import optim
-from jaxprompt.training import sharded
-from jaxprompt.training import step as step_lib
+from jaxprompt.models.wrapper import PROMPT_KEY, PromptModel
+from jaxprompt.methods.prompt_tuning import Prompt
+from jaxprompt.train import optim
+from jaxprompt.train import compiled as sharded
+from jaxprompt.train import step as step_lib
 
 BATCH_KEYS = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens', 'decoder_loss_weights')
 
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
   """Prints one plan as JSON; run under N simulated devices, e.g. for a v3-8:
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu \\
-    python -m jaxprompt.training.memory_plan --model t5_1_1_xxl --model_parallel 4 --parameter_partitioning_dims 2
+    python -m bench.plan_step --model t5_1_1_xxl --model_parallel 4 --parameter_partitioning_dims 2
   """
   import argparse  # pylint: disable=g-import-not-at-top
   import json  # pylint: disable=g-import-not-at-top

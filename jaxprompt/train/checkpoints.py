@@ -29,7 +29,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from jaxprompt.errors import CheckpointError, ConfigError, PromptError
-from jaxprompt.training.step import TrainState
+from jaxprompt.train.step import TrainState
 
 CHECKPOINTS = 'checkpoints'
 NUMPY_CHECKPOINTS = 'numpy_checkpoints'

@@ -13,11 +13,11 @@ import jax
 import numpy as np
 import seqio
 
-from jaxprompt import partitioning
+from jaxprompt.parallel import partitioning
 from jaxprompt.errors import ConfigError
 from jaxprompt.models.config import T5Config
-from jaxprompt.training import components
-from jaxprompt.training import data_pipeline as data
+from jaxprompt.train import runtime as components
+from jaxprompt.data import pipeline as data
 
 log = logging.getLogger('jaxprompt')
 

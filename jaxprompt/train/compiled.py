@@ -12,10 +12,10 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxprompt import partitioning
-from jaxprompt.models.prompt_model import PROMPT_KEY, PromptModel
-from jaxprompt.training import step as step_lib
-from jaxprompt.training.optim import PromptOptimizer
+from jaxprompt.parallel import partitioning
+from jaxprompt.models.wrapper import PROMPT_KEY, PromptModel
+from jaxprompt.train import step as step_lib
+from jaxprompt.train.optim import PromptOptimizer
 
 
 class ShardedSteps:

@@ -18,7 +18,7 @@ from jaxprompt.errors import ConfigError
 from jaxprompt.models import decoding, losses, scan
 from jaxprompt.models.config import T5Config
 from jaxprompt.models.t5 import Transformer
-from jaxprompt.prompts.module import Prompt
+from jaxprompt.methods.prompt_tuning import Prompt
 
 Array = jax.Array
 Params = Mapping[str, Any]
@@ -67,7 +67,7 @@ class PromptModel:
 
   def init_prompt(self, rng: Array, frozen: Params, initializer=None) -> dict:
     """Prompt params `{'prompt': [length, embed]}` from `initializer(rng, shape, embedding)` (see
-    `jaxprompt.prompts.initializers`); default: the module's own `prompt_init`."""
+    `jaxprompt.methods.initializers`); default: the module's own `prompt_init`."""
     if self.prompt is None:
       raise ConfigError('init_prompt called on a model without a prompt')
     shape = (self.prompt.length, self.prompt.embed_dim)

@@ -26,16 +26,16 @@ from jax.experimental import multihost_utils
 
 from jaxprompt.errors import ConfigError, DataError, TrainingError
 from jaxprompt.models.config import T5Config
-from jaxprompt.models.prompt_model import LossConfig
-from jaxprompt.prompts.initializers import Initializer
-from jaxprompt.training import components
-from jaxprompt.training import data_pipeline as data
-from jaxprompt.training import evaluate as eval_lib
-from jaxprompt.training import observability
-from jaxprompt.training.checkpointing import PromptCheckpointer, export_prompt
-from jaxprompt.training.optim import PromptOptimizer, make_optimizer
-from jaxprompt.training.preemption import PreemptionGuard
-from jaxprompt.training.step import TrainState, init_train_state
+from jaxprompt.models.wrapper import LossConfig
+from jaxprompt.methods.initializers import Initializer
+from jaxprompt.train import runtime as components
+from jaxprompt.data import pipeline as data
+from jaxprompt.eval import evaluation as eval_lib
+from jaxprompt.train import observability
+from jaxprompt.train.checkpoints import PromptCheckpointer, export_prompt
+from jaxprompt.train.optim import PromptOptimizer, make_optimizer
+from jaxprompt.train.preemption import PreemptionGuard
+from jaxprompt.train.step import TrainState, init_train_state
 
 log = logging.getLogger('jaxprompt')
 # Not `prompt.npy`: checkpointing reads a directory holding a prompt.npy as one checkpoint step.
@@ -131,7 +131,7 @@ def train(model_dir: str | None = None, *, model_config: T5Config | None = None,
       {'inputs': n, 'targets': m} [TASK_FEATURE_LENGTHS].
     train_steps: total optimizer steps, counting those of a resumed run [TRAIN_STEPS].
     batch_size: global batch, split over processes [BATCH_SIZE]; prompt_length [PROMPT_LENGTH];
-    prompt_init: an initialiser from jaxprompt.prompts [PROMPT_INIT]; None = the module's U(-0.5, 0.5).
+    prompt_init: an initialiser from jaxprompt.methods [PROMPT_INIT]; None = the module's U(-0.5, 0.5).
     optimizer: @jaxprompt.make_optimizer() (Adafactor, lr 0.3 constant by default) [LEARNING_RATE inside].
     model_parallel: devices per model replica (the 'model' mesh axis).
     seed: seeds the prompt initialisation, the rng in the state and the data order [RANDOM_SEED].

@@ -25,7 +25,7 @@ import tempfile
 from typing import Iterator, Sequence
 
 PROG = 'jaxprompt'
-PACKAGE_GIN_CONFIGS = pathlib.Path(__file__).resolve().parent / 'gin_configs'
+PACKAGE_GIN_CONFIGS = pathlib.Path(__file__).resolve().parent.parent / 'gin_configs'
 
 MACROS = """important gin macros (set with --gin.NAME=VALUE, gin syntax: quote strings):
   MODEL_DIR                 output folder (checkpoints, metrics, TensorBoard, final_prompt.npy): "'/tmp/run'"
@@ -233,9 +233,9 @@ def _quiet_native_stderr() -> Iterator[None]:
 
 
 # Modules defining gin configurables: imported before any gin file is parsed.
-CONFIGURABLE_MODULES = ('seqio', 'tensorflow', 'jaxprompt.data.custom', 'jaxprompt.data.tasks', 'jaxprompt.prompts',
-                        'jaxprompt.training.optim', 'jaxprompt.training.components', 'jaxprompt.training.trainer',
-                        'jaxprompt.training.evaluate', 'jaxprompt.training.infer')
+CONFIGURABLE_MODULES = ('seqio', 'tensorflow', 'jaxprompt.data.custom', 'jaxprompt.data.tasks', 'jaxprompt.methods',
+                        'jaxprompt.train.optim', 'jaxprompt.train.runtime', 'jaxprompt.train.loop',
+                        'jaxprompt.eval.evaluation', 'jaxprompt.commands.infer')
 
 
 def import_configurables() -> None:
@@ -244,7 +244,7 @@ def import_configurables() -> None:
     for module in CONFIGURABLE_MODULES:
       importlib.import_module(module)
     import jax  # pylint: disable=g-import-not-at-top
-    from jaxprompt.training import multihost  # pylint: disable=g-import-not-at-top
+    from jaxprompt.parallel import multihost  # pylint: disable=g-import-not-at-top
     multihost.maybe_initialize_distributed()  # on a pod: before anything touches a device
     jax.devices()  # the backend's start-up logs, too
 
@@ -255,7 +255,7 @@ def _kwargs(**values) -> dict:
 
 
 def run_train(args: argparse.Namespace) -> int:
-  from jaxprompt.training import trainer  # pylint: disable=g-import-not-at-top
+  from jaxprompt.train import loop as trainer  # pylint: disable=g-import-not-at-top
   result = trainer.train()  # pylint: disable=no-value-for-parameter  (gin supplies the arguments)
   summary = {'model_dir': result.model_dir, 'step': result.step, 'preempted': result.preempted,
              'prompt_file': result.prompt_file, 'eval_metrics': result.eval_metrics}
@@ -264,7 +264,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-  from jaxprompt.training import evaluate  # pylint: disable=g-import-not-at-top
+  from jaxprompt.eval import evaluation as evaluate  # pylint: disable=g-import-not-at-top
   result = evaluate.evaluate(**_kwargs(output_file=args.output, prompt_file=args.prompt_file,
                                        checkpoint=args.checkpoint, checkpoint_step=args.step, split=args.split,
                                        predictions_file=args.predictions_file))
@@ -273,14 +273,14 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_infer(args: argparse.Namespace) -> int:
-  from jaxprompt.training import infer  # pylint: disable=g-import-not-at-top
+  from jaxprompt.commands import infer  # pylint: disable=g-import-not-at-top
   infer.infer(**_kwargs(output_file=args.output, prompt_file=args.prompt_file, checkpoint=args.checkpoint,
                         checkpoint_step=args.step, split=args.split, input_file=args.input_file))
   return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
-  from jaxprompt.training import checkpointing  # pylint: disable=g-import-not-at-top
+  from jaxprompt.train import checkpoints as checkpointing  # pylint: disable=g-import-not-at-top
   source = args.checkpoint or gin_macro('MODEL_DIR')
   if not source:
     raise CliError('export needs --checkpoint (a training MODEL_DIR or step dir) or --gin.MODEL_DIR')

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import optax
 
 from jaxprompt.errors import ConfigError
-from jaxprompt.models.prompt_model import PromptModel
-from jaxprompt.training.optim import PromptOptimizer
+from jaxprompt.models.wrapper import PromptModel
+from jaxprompt.train.optim import PromptOptimizer
 
 Array = jax.Array
 Batch = Mapping[str, Array]

@@ -22,18 +22,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxprompt import partitioning
+from jaxprompt.parallel import partitioning
 from jaxprompt.checkpoints import t5x_writer
 from jaxprompt.errors import ConfigError, DataError, TrainingError
 from jaxprompt.models.config import T5Config
-from jaxprompt.models.prompt_model import LossConfig, PromptModel
-from jaxprompt.training import components
-from jaxprompt.training import data_pipeline as data
-from jaxprompt.training import evaluate as eval_lib
-from jaxprompt.training import observability
-from jaxprompt.training import step as step_lib
-from jaxprompt.training.optim import PromptOptimizer, make_optimizer
-from jaxprompt.training.sharded import ShardedSteps
+from jaxprompt.models.wrapper import LossConfig, PromptModel
+from jaxprompt.train import runtime as components
+from jaxprompt.data import pipeline as data
+from jaxprompt.eval import evaluation as eval_lib
+from jaxprompt.train import observability
+from jaxprompt.train import step as step_lib
+from jaxprompt.train.optim import PromptOptimizer, make_optimizer
+from jaxprompt.train.compiled import ShardedSteps
 
 log = logging.getLogger('jaxprompt')
 Batch = Mapping[str, jax.Array]
