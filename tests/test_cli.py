@@ -26,6 +26,7 @@ import pytest
 
 from jaxprompt.cli import main as cli
 from jaxprompt.models.config import CONFIGS
+from jaxprompt.commands import configs
 from tests.test_trainer import EMPTY_TASK, write_tiny_gin
 from tests.test_trainer import empty_task, tiny_files  # noqa: F401  pylint: disable=unused-import  (fixtures)
 
@@ -138,7 +139,7 @@ def test_every_model_gin_names_a_config_and_a_public_checkpoint():
     _parse([f'models/{stem}.gin'])
     name = gin.query_parameter('jaxprompt.model_config.name')
     assert name == stem and name in CONFIGS
-    config = components.model_config()  # pylint: disable=no-value-for-parameter
+    config = configs.model_config()  # pylint: disable=no-value-for-parameter
     large = re.search(r'_(xl|xxl|3b|11b)$', name) is not None
     if large:  # the layout of bench/MEMORY.md: bf16 weights, scan + full remat, 2-D sharding, model axis 2
       assert (config.param_dtype, config.scan_layers, config.remat_policy) == (jnp.bfloat16, True, 'full')

@@ -29,6 +29,7 @@ from jaxprompt.train import loop as trainer
 from jaxprompt.train.checkpoints import PromptCheckpointer
 from jaxprompt.train.optim import make_optimizer
 from jaxprompt.train.step import init_train_state
+from jaxprompt.commands import configs
 
 LENGTHS = {'inputs': 16, 'targets': 8}
 LABELS = ('negative', 'positive')
@@ -94,7 +95,7 @@ def tiny_files(tmp_path_factory):
 @pytest.fixture(scope='module')
 def tiny_task(tiny_files):
   return custom.register_file_task(PY_TASK, train=str(tiny_files['train']), validation=str(tiny_files['validation']),
-                                   label_set=LABELS, vocabulary=components.vocabulary(str(tiny_files['vocab']), 0))
+                                   label_set=LABELS, vocabulary=configs.vocabulary(str(tiny_files['vocab']), 0))
 
 
 @pytest.fixture(scope='module')
@@ -115,7 +116,7 @@ def _empty_train_split(split, shuffle_files, seed=None):
 @pytest.fixture(scope='module')
 def empty_task(tiny_files):
   if EMPTY_TASK not in seqio.TaskRegistry.names():
-    vocab = components.vocabulary(str(tiny_files['vocab']), 0)
+    vocab = configs.vocabulary(str(tiny_files['vocab']), 0)
     seqio.TaskRegistry.add(
         EMPTY_TASK, source=seqio.FunctionDataSource(_empty_train_split, splits=['train', 'validation']),
         preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
@@ -231,7 +232,7 @@ def test_label_candidates_must_fit_the_target_length(tiny_task):
 
 def test_vocabulary_must_fit_the_embedding_table(tiny_task):
   with pytest.raises(ConfigError, match=r"uses a vocabulary of 32100 ids but the model embeds only 128"):
-    components.check_vocabulary(components.vocabulary(), get_config('t5x_tiny'), 'glue')
+    configs.check_vocabulary(configs.vocabulary(), get_config('t5x_tiny'), 'glue')
 
 
 def test_prompt_files_are_checked(tmp_path, fixtures_dir):

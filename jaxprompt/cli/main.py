@@ -234,7 +234,7 @@ def _quiet_native_stderr() -> Iterator[None]:
 
 # Modules defining gin configurables: imported before any gin file is parsed.
 CONFIGURABLE_MODULES = ('seqio', 'tensorflow', 'jaxprompt.data.custom', 'jaxprompt.data.tasks', 'jaxprompt.methods',
-                        'jaxprompt.train.optim', 'jaxprompt.train.runtime', 'jaxprompt.train.loop',
+                        'jaxprompt.train.optim', 'jaxprompt.commands.configs', 'jaxprompt.train.loop',
                         'jaxprompt.eval.evaluation', 'jaxprompt.commands.infer')
 
 

@@ -15,6 +15,8 @@ from jaxprompt.models.config import T5Config
 from jaxprompt.train import runtime as components
 from jaxprompt.data import pipeline as data
 from jaxprompt.eval import evaluation as eval_lib
+from jaxprompt.commands import validation
+from jaxprompt.commands import configs
 
 
 def read_input_lines(input_file: str, stdin=None) -> list[str]:
@@ -88,10 +90,10 @@ def infer(output_file: str | None = None, *, model_config: T5Config | None = Non
   inputs are tokenized with `vocabulary` (a SentencePiece path or seqio vocabulary), else the task's, else
   T5's default vocabulary.
   """
-  config = components.require(model_config, 'MODEL_CONFIG', "\"@jaxprompt.model_config()\" (a models/*.gin)")
-  ckpt = components.require(initial_checkpoint_path, 'INITIAL_CHECKPOINT_PATH', "\"'/path/to/checkpoint'\"")
-  lengths = components.check_feature_lengths(task_feature_lengths)
-  components.check_positive(batch_size=batch_size, max_examples=max_examples, PROMPT_LENGTH=prompt_length)
+  config = validation.require(model_config, 'MODEL_CONFIG', "\"@jaxprompt.model_config()\" (a models/*.gin)")
+  ckpt = validation.require(initial_checkpoint_path, 'INITIAL_CHECKPOINT_PATH', "\"'/path/to/checkpoint'\"")
+  lengths = validation.check_feature_lengths(task_feature_lengths)
+  validation.check_positive(batch_size=batch_size, max_examples=max_examples, PROMPT_LENGTH=prompt_length)
   prompt_array = components.load_prompt(prompt_file=prompt_file, checkpoint=checkpoint, step=checkpoint_step,
                                         prompt_length=prompt_length, embed_dim=config.emb_dim)
   provider = data.get_provider(mixture_or_task_name) if mixture_or_task_name else None
@@ -103,7 +105,7 @@ def infer(output_file: str | None = None, *, model_config: T5Config | None = Non
   else:
     data.subtasks(provider, split)
   vocab = _vocabulary(provider, vocabulary)
-  components.check_vocabulary(vocab, config, provider.name if provider is not None else 'text inputs')
+  configs.check_vocabulary(vocab, config, provider.name if provider is not None else 'text inputs')
   data.host_batch_size(batch_size, components.data_parallel_size(model_parallel))
   runtime = components.build_runtime(config, prompt_array.shape[0], ckpt, lengths, combine=prompt_combine,
                                      model_parallel=model_parallel, eos_id=vocab.eos_id)

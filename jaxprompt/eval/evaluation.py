@@ -18,6 +18,9 @@ from jaxprompt.errors import ConfigError
 from jaxprompt.models.config import T5Config
 from jaxprompt.train import runtime as components
 from jaxprompt.data import pipeline as data
+from jaxprompt.commands import validation
+from jaxprompt.parallel import host
+from jaxprompt.commands import configs
 
 log = logging.getLogger('jaxprompt')
 
@@ -40,7 +43,7 @@ def decoding(method: str = 'beam', num_decodes: int = 1, alpha: float = 0.6, tem
   """Config-level decoding options (bind `evaluate.decode = @jaxprompt.decoding()`)."""
   if method not in ('beam', 'sample'):
     raise ConfigError(f"decoding.method must be 'beam' or 'sample', got {method!r}")
-  components.check_positive(**{'decoding.num_decodes': num_decodes})
+  validation.check_positive(**{'decoding.num_decodes': num_decodes})
   return DecodeOptions(method, num_decodes, alpha, temperature, topk, topp, seed)
 
 
@@ -71,24 +74,24 @@ class ModelFns:
     return self._cache[name]
 
   def _shard(self, batch: Mapping[str, np.ndarray]) -> dict:
-    return self.rt.steps.shard_batch(components.local_rows(batch))
+    return self.rt.steps.shard_batch(host.local_rows(batch))
 
   def loss_metrics(self, prompt: Any, batch: Mapping[str, np.ndarray]) -> dict[str, float]:
     """Summed loss, weight_sum and token_accuracy of a batch (padding rows weigh nothing)."""
     metrics = self.rt.steps.eval_step(prompt, self.rt.frozen, self._shard(batch))
-    return {k: float(components.host_value(v)) for k, v in metrics.items()}
+    return {k: float(host.host_value(v)) for k, v in metrics.items()}
 
   def target_scores(self, prompt: Any, batch: Mapping[str, np.ndarray]) -> np.ndarray:
     """Log-likelihood of each row's target [b]."""
     model = self.rt.model
     fn = self._jitted('score', lambda p, f, b: model.score_batch(f, p, b))
-    return components.host_value(fn(prompt, self.rt.frozen, self._shard(batch)))
+    return host.host_value(fn(prompt, self.rt.frozen, self._shard(batch)))
 
   def rank(self, prompt: Any, batch: Mapping[str, np.ndarray], candidates: np.ndarray) -> np.ndarray:
     """Log-likelihoods [b, c] of the candidate targets [c, length] for each row."""
     model = self.rt.model
     fn = self._jitted('rank', lambda p, f, b, c: model.rank_classify(f, p, b['encoder_input_tokens'], c), 1)
-    return components.host_value(fn(prompt, self.rt.frozen, self._shard(batch), candidates))
+    return host.host_value(fn(prompt, self.rt.frozen, self._shard(batch), candidates))
 
   def decode(self, prompt: Any, batch: Mapping[str, np.ndarray], index: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(decoded ids [b, L_targets], scores [b]) of the best decode per row."""
@@ -103,7 +106,7 @@ class ModelFns:
 
     rng = jax.random.fold_in(jax.random.PRNGKey(opts.seed), index)
     decodes, scores = self._jitted('decode', fn, 1)(prompt, self.rt.frozen, self._shard(batch), rng)
-    return components.host_value(decodes), components.host_value(scores)
+    return host.host_value(decodes), host.host_value(scores)
 
 
 # ------------------------------------------------------------------------------------ metrics
@@ -291,16 +294,16 @@ def evaluate(output_file: str | None = None, *, model_config: T5Config | None = 
   over the task's label set when it has one and `rank_classification`, else decoding). Written as JSON to
   `output_file` (process 0); predictions as JSONL to `predictions_file` when given.
   """
-  config = components.require(model_config, 'MODEL_CONFIG', "\"@jaxprompt.model_config()\" (a models/*.gin)")
-  ckpt = components.require(initial_checkpoint_path, 'INITIAL_CHECKPOINT_PATH', "\"'/path/to/checkpoint'\"")
-  name = components.require(mixture_or_task_name, 'MIXTURE_OR_TASK_NAME', "\"'my_task'\"")
-  lengths = components.check_feature_lengths(task_feature_lengths)
-  components.check_positive(batch_size=batch_size, max_examples=max_examples, PROMPT_LENGTH=prompt_length)
+  config = validation.require(model_config, 'MODEL_CONFIG', "\"@jaxprompt.model_config()\" (a models/*.gin)")
+  ckpt = validation.require(initial_checkpoint_path, 'INITIAL_CHECKPOINT_PATH', "\"'/path/to/checkpoint'\"")
+  name = validation.require(mixture_or_task_name, 'MIXTURE_OR_TASK_NAME', "\"'my_task'\"")
+  lengths = validation.check_feature_lengths(task_feature_lengths)
+  validation.check_positive(batch_size=batch_size, max_examples=max_examples, PROMPT_LENGTH=prompt_length)
   prompt_array = components.load_prompt(prompt_file=prompt_file, checkpoint=checkpoint, step=checkpoint_step,
                                         prompt_length=prompt_length, embed_dim=config.emb_dim)
   provider = data.get_provider(name)
   for task in data.subtasks(provider, split):
-    components.check_vocabulary(data.targets_vocabulary(task), config, task.name)
+    configs.check_vocabulary(data.targets_vocabulary(task), config, task.name)
   sets = prepare_eval(provider, split, lengths, max_examples=max_examples, rank_classification=rank_classification)
   data.host_batch_size(batch_size, components.data_parallel_size(model_parallel))
   runtime = components.build_runtime(config, prompt_array.shape[0], ckpt, lengths, combine=prompt_combine,

@@ -36,6 +36,9 @@ from jaxprompt.train.checkpoints import PromptCheckpointer, export_prompt
 from jaxprompt.train.optim import PromptOptimizer, make_optimizer
 from jaxprompt.train.preemption import PreemptionGuard
 from jaxprompt.train.step import TrainState, init_train_state
+from jaxprompt.commands import validation
+from jaxprompt.parallel import host
+from jaxprompt.commands import configs
 
 log = logging.getLogger('jaxprompt')
 # Not `prompt.npy`: checkpointing reads a directory holding a prompt.npy as one checkpoint step.
@@ -58,7 +61,7 @@ def prompt_to_host(state: TrainState) -> np.ndarray:
   x = state.prompt['prompt']
   if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True), np.float32)
-  return np.asarray(components.host_value(x), np.float32)
+  return np.asarray(host.host_value(x), np.float32)
 
 
 def _poison(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -82,7 +85,7 @@ class _StepChecker:
       return
     step, metrics = self._pending
     self._pending = None
-    host = {k: float(components.host_value(v)) for k, v in metrics.items()}
+    host = {k: float(host.host_value(v)) for k, v in metrics.items()}
     if not host.get('finite', 1.0):
       self.checkpointer.wait_until_finished()
       last = self.checkpointer.latest_step()
@@ -96,15 +99,15 @@ class _StepChecker:
 
 def _validate(model_dir, model_config, initial_checkpoint_path, mixture_or_task_name, task_feature_lengths,
               train_steps, **positive) -> tuple[str, T5Config, str, str, dict[str, int]]:
-  model_dir = components.require(model_dir, 'MODEL_DIR', "\"'/path/to/model_dir'\"")
-  config = components.require(model_config, 'MODEL_CONFIG', "\"@jaxprompt.model_config()\" (a models/*.gin)")
+  model_dir = validation.require(model_dir, 'MODEL_DIR', "\"'/path/to/model_dir'\"")
+  config = validation.require(model_config, 'MODEL_CONFIG', "\"@jaxprompt.model_config()\" (a models/*.gin)")
   if not isinstance(config, T5Config):
     raise ConfigError(f'train.model_config must be a T5Config (e.g. @jaxprompt.model_config()), got {config!r}')
-  ckpt = components.require(initial_checkpoint_path, 'INITIAL_CHECKPOINT_PATH', "\"'/path/to/checkpoint'\"")
-  name = components.require(mixture_or_task_name, 'MIXTURE_OR_TASK_NAME', "\"'my_task'\"")
-  lengths = components.check_feature_lengths(task_feature_lengths)
-  components.require(train_steps, 'TRAIN_STEPS', '1000')
-  components.check_positive(TRAIN_STEPS=train_steps, **positive)
+  ckpt = validation.require(initial_checkpoint_path, 'INITIAL_CHECKPOINT_PATH', "\"'/path/to/checkpoint'\"")
+  name = validation.require(mixture_or_task_name, 'MIXTURE_OR_TASK_NAME', "\"'my_task'\"")
+  lengths = validation.check_feature_lengths(task_feature_lengths)
+  validation.require(train_steps, 'TRAIN_STEPS', '1000')
+  validation.check_positive(TRAIN_STEPS=train_steps, **positive)
   return os.fspath(model_dir), config, os.fspath(ckpt), name, lengths
 
 
@@ -154,7 +157,7 @@ def train(model_dir: str | None = None, *, model_config: T5Config | None = None,
   eval_sets = (eval_lib.prepare_eval(provider, eval_split, lengths, max_examples=eval_max_examples,
                                      rank_classification=eval_metrics) if eval_split else [])
   vocab = data.targets_vocabulary(provider)
-  components.check_vocabulary(vocab, config, task_name)
+  configs.check_vocabulary(vocab, config, task_name)
   eos_id = vocab.eos_id
   data_parallel = components.data_parallel_size(model_parallel)
   host_batch = data.host_batch_size(batch_size, data_parallel)

@@ -34,6 +34,9 @@ from jaxprompt.train import observability
 from jaxprompt.train import step as step_lib
 from jaxprompt.train.optim import PromptOptimizer, make_optimizer
 from jaxprompt.train.compiled import ShardedSteps
+from jaxprompt.commands import validation
+from jaxprompt.parallel import host
+from jaxprompt.commands import configs
 
 log = logging.getLogger('jaxprompt')
 Batch = Mapping[str, jax.Array]
@@ -156,7 +159,7 @@ def train_stream(provider: Any, feature_lengths: Mapping[str, int], split: str, 
 
 
 def _host_metrics(metrics: Mapping[str, Any], step: int) -> dict[str, float]:
-  host = {k: float(components.host_value(v)) for k, v in metrics.items()}
+  host = {k: float(host.host_value(v)) for k, v in metrics.items()}
   if not host.get('finite', 1.0):
     raise TrainingError(f'non-finite loss at step {step} (loss={host.get("loss")}, grad_norm='
                         f'{host.get("grad_norm")}): full-parameter training stopped; lower the learning rate')
@@ -179,14 +182,14 @@ def train_model(model_dir: str | None = None, *, model_config: T5Config | None =
   `checkpoint_dtype` control the T5X checkpoint written to `model_dir/checkpoint_<train_steps>`. Single
   process (the model-tuning baseline and demo pretraining).
   """
-  model_dir = os.fspath(components.require(model_dir, 'MODEL_DIR', "\"'/path/to/model_dir'\""))
-  config = components.require(model_config, 'MODEL_CONFIG', "\"@jaxprompt.model_config()\"")
+  model_dir = os.fspath(validation.require(model_dir, 'MODEL_DIR', "\"'/path/to/model_dir'\""))
+  config = validation.require(model_config, 'MODEL_CONFIG', "\"@jaxprompt.model_config()\"")
   if not isinstance(config, T5Config):
     raise ConfigError(f'train_model.model_config must be a T5Config (e.g. @jaxprompt.model_config()), got {config!r}')
-  task = components.require(mixture_or_task_name, 'MIXTURE_OR_TASK_NAME', "\"'my_task'\"")
-  lengths = components.check_feature_lengths(task_feature_lengths)
-  components.require(train_steps, 'TRAIN_STEPS', '1000')
-  components.check_positive(TRAIN_STEPS=train_steps, BATCH_SIZE=batch_size, eval_period=eval_period,
+  task = validation.require(mixture_or_task_name, 'MIXTURE_OR_TASK_NAME', "\"'my_task'\"")
+  lengths = validation.check_feature_lengths(task_feature_lengths)
+  validation.require(train_steps, 'TRAIN_STEPS', '1000')
+  validation.check_positive(TRAIN_STEPS=train_steps, BATCH_SIZE=batch_size, eval_period=eval_period,
                             log_period=log_period, eval_max_examples=eval_max_examples,
                             eval_batch_size=eval_batch_size)
   if jax.process_count() > 1:
@@ -196,7 +199,7 @@ def train_model(model_dir: str | None = None, *, model_config: T5Config | None =
   if eval_split:
     data.check_split(provider, eval_split)
   vocab = data.targets_vocabulary(provider)
-  components.check_vocabulary(vocab, config, provider.name)
+  configs.check_vocabulary(vocab, config, provider.name)
   os.makedirs(model_dir, exist_ok=True)
   optimizer = optimizer or make_optimizer()
 
@@ -235,7 +238,7 @@ def train_model(model_dir: str | None = None, *, model_config: T5Config | None =
       observer.step(pending[0], _host_metrics(pending[1], pending[0]))
   finally:
     observer.close()
-  params = jax.tree.map(lambda x: np.asarray(components.host_value(x)), state.params)
+  params = jax.tree.map(lambda x: np.asarray(host.host_value(x)), state.params)
   checkpoint = None
   if save_checkpoint:
     dtype = None if checkpoint_dtype is None else jnp.dtype(checkpoint_dtype)

@@ -30,104 +30,10 @@ from jaxprompt.methods import initializers
 from jaxprompt.methods.prompt_tuning import Prompt
 from jaxprompt.train.optim import PromptOptimizer
 from jaxprompt.train.compiled import ShardedSteps
+from jaxprompt.commands import validation
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 _HF_FILES = ('model.safetensors', 'model.safetensors.index.json')
-
-
-# ------------------------------------------------------------------------------------ config-level gin
-
-
-def _dtype(value: Any, name: str) -> Any:
-  if value is None or not isinstance(value, str):
-    return value
-  if value not in _DTYPES:
-    raise ConfigError(f'model_config.{name}={value!r} is not one of {sorted(_DTYPES)}')
-  return _DTYPES[value]
-
-
-@gin.configurable(module='jaxprompt')
-def model_config(name: str = gin.REQUIRED, dtype: Any = None, param_dtype: Any = None,
-                 dropout_rate: float | None = None, scan_layers: bool | None = None,
-                 remat_policy: str | None = None) -> T5Config:
-  """A named T5 config (see `jaxprompt.models.config.CONFIGS`) with optional overrides.
-
-  `dtype` is the activation dtype ('bfloat16' on TPU), `param_dtype` the frozen weights' dtype after loading.
-  """
-  overrides = dict(dtype=_dtype(dtype, 'dtype'), param_dtype=_dtype(param_dtype, 'param_dtype'),
-                   dropout_rate=dropout_rate, scan_layers=scan_layers, remat_policy=remat_policy)
-  return get_config(name, **{k: v for k, v in overrides.items() if v is not None})
-
-
-@gin.configurable(module='jaxprompt')
-def loss_config(z_loss: float = 1e-4, label_smoothing: float = 0.0, loss_normalizing_factor: float | None = None,
-                reduction: str = 'sum') -> LossConfig:
-  """t5x's loss options (summed token cross-entropy plus z-loss by default)."""
-  return LossConfig(z_loss=z_loss, label_smoothing=label_smoothing,
-                    loss_normalizing_factor=loss_normalizing_factor, reduction=reduction)
-
-
-@gin.configurable(module='jaxprompt')
-def task_vocabulary(task: str = gin.REQUIRED) -> Any:
-  """The vocabulary of the task's `targets` feature (what class labels and texts are tokenized with)."""
-  from jaxprompt.data import pipeline as data_pipeline  # pylint: disable=g-import-not-at-top  (imports TF)
-  return data_pipeline.targets_vocabulary(data_pipeline.get_provider(task))
-
-
-@gin.configurable(module='jaxprompt')
-def task_label_set(task: str = gin.REQUIRED) -> list[str]:
-  """The task's class labels, e.g. for class-label prompt initialisation; an error if it has none."""
-  from jaxprompt.data import pipeline as data_pipeline  # pylint: disable=g-import-not-at-top
-  labels = data_pipeline.label_set(task)
-  if not labels:
-    raise ConfigError(f'task {task!r} has no label set, so CLASS_LABELS cannot default to it: set '
-                      "--gin.CLASS_LABELS=\"['a', 'b']\" or use another prompt initialiser")
-  return labels
-
-
-@functools.lru_cache(maxsize=None)
-def _vocabulary(path: str | None, extra_ids: int) -> Any:
-  from jaxprompt.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top  (imports TF)
-  return vocab_lib.get_vocabulary(path, extra_ids)
-
-
-@gin.configurable(module='jaxprompt')
-def vocabulary(path: str | None = None, extra_ids: int = 100) -> Any:
-  """A seqio SentencePiece vocabulary: `path` (local or gs://), default T5's; one object per arguments."""
-  return _vocabulary(None if path is None else os.fspath(path), int(extra_ids))
-
-
-def check_vocabulary(vocab: Any, config: T5Config, task_name: str) -> None:
-  """Token ids must index the model's embedding table (an id past it would silently embed as zeros)."""
-  size = getattr(vocab, 'vocab_size', None)
-  if size is not None and size > config.vocab_size:
-    raise ConfigError(f'task {task_name!r} uses a vocabulary of {size} ids but the model embeds only '
-                      f'{config.vocab_size}: use the model\'s vocabulary (VOCABULARY) for this task')
-
-
-# ------------------------------------------------------------------------------------ checks
-
-
-def require(value: Any, macro: str, example: str) -> Any:
-  """`value`, or a ConfigError naming the gin macro to set."""
-  if value is None:
-    raise ConfigError(f'{macro} is not set: pass --gin.{macro}={example} or set it in a gin file')
-  return value
-
-
-def check_positive(**values: int | None) -> None:
-  for name, value in values.items():
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-      raise ConfigError(f'{name} must be a positive integer, got {value!r}')
-
-
-def check_feature_lengths(lengths: Any) -> dict[str, int]:
-  """TASK_FEATURE_LENGTHS as {'inputs': int, 'targets': int}."""
-  lengths = require(lengths, 'TASK_FEATURE_LENGTHS', "\"{'inputs': 512, 'targets': 16}\"")
-  if not isinstance(lengths, Mapping) or set(lengths) != {'inputs', 'targets'}:
-    raise ConfigError(f"TASK_FEATURE_LENGTHS must be {{'inputs': int, 'targets': int}}, got {lengths!r}")
-  check_positive(**{f"TASK_FEATURE_LENGTHS['{k}']": v for k, v in lengths.items()})
-  return {k: int(v) for k, v in lengths.items()}
 
 
 # ------------------------------------------------------------------------------------ runtime
@@ -155,7 +61,7 @@ class Runtime:
 
 def data_parallel_size(model_parallel: int) -> int:
   """Size of the mesh's 'data' axis for `model_parallel`, known before anything is loaded."""
-  check_positive(model_parallel=model_parallel)
+  validation.check_positive(model_parallel=model_parallel)
   if jax.device_count() % model_parallel:
     raise ConfigError(f'model_parallel={model_parallel} must divide the number of devices ({jax.device_count()})')
   return jax.device_count() // model_parallel
@@ -163,7 +69,7 @@ def data_parallel_size(model_parallel: int) -> int:
 
 def build_model(config: T5Config, prompt_length: int, combine: str = 'prefix',
                 loss: LossConfig | None = None, eos_id: int = 1) -> PromptModel:
-  check_positive(PROMPT_LENGTH=prompt_length)
+  validation.check_positive(PROMPT_LENGTH=prompt_length)
   prompt = Prompt(length=prompt_length, embed_dim=config.emb_dim, combine=combine, eos_id=eos_id,
                   dtype=config.dtype)
   return PromptModel(config, prompt, loss=loss or LossConfig(), eos_id=eos_id)
@@ -200,7 +106,7 @@ def build_runtime(config: T5Config, prompt_length: int, checkpoint_path: str, fe
                   loss: LossConfig | None = None, model_parallel: int = 1, num_microbatches: int = 1,
                   eos_id: int = 1) -> Runtime:
   """Model + mesh + partitioned steps + frozen weights loaded straight into their shards."""
-  check_positive(model_parallel=model_parallel, num_microbatches=num_microbatches)
+  validation.check_positive(model_parallel=model_parallel, num_microbatches=num_microbatches)
   model = build_model(config, prompt_length, combine, loss, eos_id)
   mesh = partitioning.create_mesh(model_parallel)
   rules = partitioning.prompt_logical_axis_rules()
@@ -254,28 +160,6 @@ def load_prompt(*, prompt_file: str | None, checkpoint: str | None, step: int | 
     raise PromptError(f'checkpoint {checkpoint} holds a prompt of shape {array.shape} but the model needs '
                       f'{wanted} (PROMPT_LENGTH, embed)')
   return array
-
-
-def host_value(x: Any) -> np.ndarray:
-  """A (replicated) jax.Array as numpy on this host, also when it spans several processes."""
-  if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    return np.asarray(x.addressable_data(0))
-  return np.asarray(x)
-
-
-def host_tree(tree: Any) -> Any:
-  return jax.tree.map(host_value, tree)
-
-
-def split_rows(array: np.ndarray, parts: int, index: int) -> np.ndarray:
-  """Rows [index * n/parts, (index+1) * n/parts) of a global batch: this process's share."""
-  rows = array.shape[0] // parts
-  return array[index * rows:(index + 1) * rows]
-
-
-def local_rows(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """This process's rows of a global batch (every process holds the whole batch, e.g. in eval)."""
-  return {k: split_rows(np.asarray(v), jax.process_count(), jax.process_index()) for k, v in batch.items()}
 
 
 def format_shape(shape: Sequence[int]) -> str:

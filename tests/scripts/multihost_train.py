@@ -36,6 +36,7 @@ from jaxprompt.train import checkpoints as checkpointing
 from jaxprompt.train import optim
 from jaxprompt.train import compiled as sharded
 from jaxprompt.train import step
+from jaxprompt.commands import configs
 
 assert jax.device_count() == 8, jax.devices()
 print(f'process {jax.process_index()}/{jax.process_count()}: local devices '
@@ -109,7 +110,7 @@ def run_trainer() -> None:
   lengths = {'inputs': 24, 'targets': 8}  # no input is truncated: rows stay distinct
   task = custom.register_file_task('jp_multihost_tiny', train=ARGS['train'], validation=ARGS['validation'],
                                    label_set=('negative', 'positive'),
-                                   vocabulary=components.vocabulary(ARGS['vocab'], 0))
+                                   vocabulary=configs.vocabulary(ARGS['vocab'], 0))
   result = trainer.train(ARGS['model_dir'], model_config=get_config('t5x_tiny'),
                          initial_checkpoint_path=ARGS['checkpoint'], mixture_or_task_name=task.name,
                          task_feature_lengths=lengths, train_steps=4, batch_size=8, prompt_length=5,

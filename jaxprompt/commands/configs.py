@@ -1,0 +1,88 @@
+"""Config-level gin functions (module `jaxprompt`): the only things besides the entry points that gin binds.
+
+  jaxprompt.model_config(name, dtype, ...)   -> T5Config        (models/*.gin)
+  jaxprompt.loss_config(z_loss, ...)          -> LossConfig
+  jaxprompt.task_vocabulary(task)             -> the task's targets vocabulary (prompts/*.gin)
+  jaxprompt.task_label_set(task)              -> the task's class labels (prompts/class_labels.gin)
+  jaxprompt.vocabulary(path, extra_ids)       -> a SentencePiece vocabulary (models/*.gin: VOCABULARY)
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import gin
+import jax.numpy as jnp
+
+from jaxprompt.errors import ConfigError
+from jaxprompt.models.config import T5Config, get_config
+from jaxprompt.models.wrapper import LossConfig
+
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+
+def _dtype(value: Any, name: str) -> Any:
+  if value is None or not isinstance(value, str):
+    return value
+  if value not in _DTYPES:
+    raise ConfigError(f'model_config.{name}={value!r} is not one of {sorted(_DTYPES)}')
+  return _DTYPES[value]
+
+
+@gin.configurable(module='jaxprompt')
+def model_config(name: str = gin.REQUIRED, dtype: Any = None, param_dtype: Any = None,
+                 dropout_rate: float | None = None, scan_layers: bool | None = None,
+                 remat_policy: str | None = None) -> T5Config:
+  """A named T5 config (see `jaxprompt.models.config.CONFIGS`) with optional overrides.
+
+  `dtype` is the activation dtype ('bfloat16' on TPU), `param_dtype` the frozen weights' dtype after loading.
+  """
+  overrides = dict(dtype=_dtype(dtype, 'dtype'), param_dtype=_dtype(param_dtype, 'param_dtype'),
+                   dropout_rate=dropout_rate, scan_layers=scan_layers, remat_policy=remat_policy)
+  return get_config(name, **{k: v for k, v in overrides.items() if v is not None})
+
+
+@gin.configurable(module='jaxprompt')
+def loss_config(z_loss: float = 1e-4, label_smoothing: float = 0.0, loss_normalizing_factor: float | None = None,
+                reduction: str = 'sum') -> LossConfig:
+  """t5x's loss options (summed token cross-entropy plus z-loss by default)."""
+  return LossConfig(z_loss=z_loss, label_smoothing=label_smoothing,
+                    loss_normalizing_factor=loss_normalizing_factor, reduction=reduction)
+
+
+@gin.configurable(module='jaxprompt')
+def task_vocabulary(task: str = gin.REQUIRED) -> Any:
+  """The vocabulary of the task's `targets` feature (what class labels and texts are tokenized with)."""
+  from jaxprompt.data import pipeline as data_pipeline  # pylint: disable=g-import-not-at-top  (imports TF)
+  return data_pipeline.targets_vocabulary(data_pipeline.get_provider(task))
+
+
+@gin.configurable(module='jaxprompt')
+def task_label_set(task: str = gin.REQUIRED) -> list[str]:
+  """The task's class labels, e.g. for class-label prompt initialisation; an error if it has none."""
+  from jaxprompt.data import pipeline as data_pipeline  # pylint: disable=g-import-not-at-top
+  labels = data_pipeline.label_set(task)
+  if not labels:
+    raise ConfigError(f'task {task!r} has no label set, so CLASS_LABELS cannot default to it: set '
+                      "--gin.CLASS_LABELS=\"['a', 'b']\" or use another prompt initialiser")
+  return labels
+
+
+@functools.lru_cache(maxsize=None)
+def _vocabulary(path: str | None, extra_ids: int) -> Any:
+  from jaxprompt.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top  (imports TF)
+  return vocab_lib.get_vocabulary(path, extra_ids)
+
+
+@gin.configurable(module='jaxprompt')
+def vocabulary(path: str | None = None, extra_ids: int = 100) -> Any:
+  """A seqio SentencePiece vocabulary: `path` (local or gs://), default T5's; one object per arguments."""
+  return _vocabulary(None if path is None else os.fspath(path), int(extra_ids))
+
+
+def check_vocabulary(vocab: Any, config: T5Config, task_name: str) -> None:
+  """Token ids must index the model's embedding table (an id past it would silently embed as zeros)."""
+  size = getattr(vocab, 'vocab_size', None)
+  if size is not None and size > config.vocab_size:
+    raise ConfigError(f'task {task_name!r} uses a vocabulary of {size} ids but the model embeds only '
+                      f'{config.vocab_size}: use the model\'s vocabulary (VOCABULARY) for this task')

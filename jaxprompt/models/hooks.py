@@ -1,0 +1,94 @@
+"""The typed places where a tuning method may act on a network, and nothing else.
+
+A network (T5 today) calls these hooks when they are given and is bit-identical to the plain network when they
+are not. A method (`jaxprompt.methods`) owns its trainable parameters and turns them into a `Hooks` value for one
+forward pass; the network never knows which method made it.
+
+Hooks are pytrees (`flax.struct` dataclasses): their array leaves are traced like any other argument, so they
+pass through `jit`, `nn.scan` and `nn.remat`. Per-layer hooks carry a leading `layers` axis on every array
+leaf (the same layout as scanned frozen weights); the network hands each layer its own slice, so a layer's hook
+only ever sees `[batch, ...]`-shaped data for that layer.
+
+Shapes: b batch, l length, e embed, p prefix rows, h heads, d head dim (kv).
+"""
+from __future__ import annotations
+
+from typing import Literal, Protocol, runtime_checkable
+
+import jax
+from flax import struct
+
+Array = jax.Array
+
+Stack = Literal['encoder', 'decoder']
+AttentionKind = Literal['encoder_self', 'decoder_self', 'cross']
+ATTENTION_KINDS: tuple[str, ...] = ('encoder_self', 'decoder_self', 'cross')
+
+# How relative-position bias treats prefix keys (T5 self-attention; cross-attention has no relative bias):
+#   'none'       zero bias for every prefix key (P-tuning v2's choice for DeBERTa);
+#   'positions'  the prefix sits at the p positions just before the sequence: a query at position t sees
+#                prefix key j (0 <= j < p) at distance p + t - j, bucketed as the model buckets any distance
+#                (what Hugging Face T5 computes when it is given past keys/values).
+RELPOS_MODES: tuple[str, ...] = ('none', 'positions')
+
+
+class KVPrefix(struct.PyTreeNode):
+  """Extra key/value rows a method prepends to one attention layer's keys and values.
+
+  key, value [b, p, h, d] (already projected: they bypass the layer's key/value kernels); mask [b, p] bool
+  (True = attend). `relpos` is one of RELPOS_MODES.
+  """
+  key: Array
+  value: Array
+  mask: Array
+  relpos: str = struct.field(pytree_node=False, default='positions')
+
+
+@runtime_checkable
+class InputHook(Protocol):
+  """Acts on a stack's embedded inputs before its first layer (Lester et al.'s prompt, P-tuning v1).
+
+  Called as `hook(embedded [b, l, e], tokens [b, l] int, segment_ids [b, l] | None, stack=..., deterministic=...)`
+  and returns `(embedded [b, l', e], valid [b, l'] bool)`: l' = l + p when it inserts p positions. `tokens` are
+  the stack's input ids (0 = padding). A hook that does nothing for `stack` returns `(embedded, tokens > 0)`.
+  For the decoder of an encoder-decoder model l' must equal l (targets are position-aligned).
+  """
+
+  def __call__(self, embedded: Array, tokens: Array, segment_ids: Array | None, *, stack: Stack,
+               deterministic: bool) -> tuple[Array, Array]:
+    ...
+
+
+@runtime_checkable
+class LayerHook(Protocol):
+  """One layer's view of a per-layer method (prefix tuning, P-tuning v2, per-layer prompts).
+
+  The object given to the network holds every layer's data stacked on a leading `layers` axis; the network
+  slices it (`jax.tree.map(lambda a: a[i], hook)`, or as a scanned input) and calls the slice with the layer's
+  index `layer` (a Python int when unrolled, a traced int32 under `scan`).
+  """
+
+  def attention_prefix(self, layer: int | Array, kind: AttentionKind) -> KVPrefix | None:
+    """Extra K/V rows for this layer's attention of `kind`, or None for none."""
+    ...
+
+  def hidden_states(self, x: Array, layer: int | Array, stack: Stack) -> Array:
+    """The layer's input hidden states [b, l, e] -> [b, l, e] (identity when the method does not act here)."""
+    ...
+
+
+class Hooks(struct.PyTreeNode):
+  """Everything a method plugs into one forward pass; a None field is not called at all.
+
+  inputs: called on each stack's embedded inputs. encoder_layers / decoder_layers: per-layer hooks, every
+  array leaf with a leading `layers` axis of the stack's depth.
+  """
+  inputs: InputHook | None = None
+  encoder_layers: LayerHook | None = None
+  decoder_layers: LayerHook | None = None
+
+  def layers(self, stack: Stack) -> LayerHook | None:
+    return self.encoder_layers if stack == 'encoder' else self.decoder_layers
+
+
+NO_HOOKS = Hooks()

@@ -1,0 +1,29 @@
+"""Host copies of device arrays, and each process's rows of a global batch (single- and multi-host alike)."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+
+def host_value(x: Any) -> np.ndarray:
+  """A (replicated) jax.Array as numpy on this host, also when it spans several processes."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(x.addressable_data(0))
+  return np.asarray(x)
+
+
+def host_tree(tree: Any) -> Any:
+  return jax.tree.map(host_value, tree)
+
+
+def split_rows(array: np.ndarray, parts: int, index: int) -> np.ndarray:
+  """Rows [index * n/parts, (index+1) * n/parts) of a global batch: this process's share."""
+  rows = array.shape[0] // parts
+  return array[index * rows:(index + 1) * rows]
+
+
+def local_rows(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """This process's rows of a global batch (every process holds the whole batch, e.g. in eval)."""
+  return {k: split_rows(np.asarray(v), jax.process_count(), jax.process_index()) for k, v in batch.items()}
