@@ -235,7 +235,7 @@ def _quiet_native_stderr() -> Iterator[None]:
 # Modules defining gin configurables: imported before any gin file is parsed.
 CONFIGURABLE_MODULES = ('seqio', 'tensorflow', 'jaxprompt.data.custom', 'jaxprompt.data.tasks', 'jaxprompt.methods',
                         'jaxprompt.train.optim', 'jaxprompt.commands.configs', 'jaxprompt.train.loop',
-                        'jaxprompt.eval.evaluation', 'jaxprompt.commands.infer')
+                        'jaxprompt.eval.evaluation', 'jaxprompt.commands.evaluate', 'jaxprompt.commands.infer')
 
 
 def import_configurables() -> None:
@@ -264,7 +264,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-  from jaxprompt.eval import evaluation as evaluate  # pylint: disable=g-import-not-at-top
+  from jaxprompt.commands import evaluate  # pylint: disable=g-import-not-at-top
   result = evaluate.evaluate(**_kwargs(output_file=args.output, prompt_file=args.prompt_file,
                                        checkpoint=args.checkpoint, checkpoint_step=args.step, split=args.split,
                                        predictions_file=args.predictions_file))

@@ -15,6 +15,7 @@ from jaxprompt.models.config import T5Config
 from jaxprompt.train import runtime as components
 from jaxprompt.data import pipeline as data
 from jaxprompt.eval import evaluation as eval_lib
+from jaxprompt.eval import writers
 from jaxprompt.commands import validation
 from jaxprompt.commands import configs
 
@@ -115,5 +116,5 @@ def infer(output_file: str | None = None, *, model_config: T5Config | None = Non
     records = decode_texts(fns, prompt, texts, vocab, lengths, batch_size)
   else:
     records = decode_task(fns, prompt, provider, split, lengths, batch_size, max_examples)
-  eval_lib.write_jsonl(output_file, records, stream=stdout or sys.stdout)
+  writers.write_jsonl(output_file, records, stream=stdout or sys.stdout)
   return records

@@ -1,0 +1,50 @@
+"""`jaxprompt eval`: the gin entry point `jaxprompt.evaluate`."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import gin
+
+from jaxprompt.commands import configs, validation
+from jaxprompt.data import pipeline as data
+from jaxprompt.eval.evaluation import DecodeOptions, ModelFns, evaluate_sets, prepare_eval
+from jaxprompt.eval.writers import write_json, write_jsonl
+from jaxprompt.models.config import T5Config
+from jaxprompt.train import runtime as components
+
+@gin.configurable(module='jaxprompt')
+def evaluate(output_file: str | None = None, *, model_config: T5Config | None = None,
+             initial_checkpoint_path: str | None = None, mixture_or_task_name: str | None = None,
+             task_feature_lengths: Mapping[str, int] | None = None, prompt_length: int | None = None,
+             prompt_file: str | None = None, checkpoint: str | None = None, checkpoint_step: int | None = None,
+             split: str = 'validation', batch_size: int = 32, max_examples: int | None = None,
+             rank_classification: bool = True, decode: DecodeOptions | None = None, prompt_combine: str = 'prefix',
+             model_parallel: int = 1, predictions_file: str | None = None) -> dict[str, Any]:
+  """Scores `split` of the task with a prompt from `prompt_file` (.npy) or `checkpoint` (a training dir).
+
+  Metrics: per-token `loss`, `token_accuracy`, and the task's metric fns on predictions (rank classification
+  over the task's label set when it has one and `rank_classification`, else decoding). Written as JSON to
+  `output_file` (process 0); predictions as JSONL to `predictions_file` when given.
+  """
+  config = validation.require(model_config, 'MODEL_CONFIG', "\"@jaxprompt.model_config()\" (a models/*.gin)")
+  ckpt = validation.require(initial_checkpoint_path, 'INITIAL_CHECKPOINT_PATH', "\"'/path/to/checkpoint'\"")
+  name = validation.require(mixture_or_task_name, 'MIXTURE_OR_TASK_NAME', "\"'my_task'\"")
+  lengths = validation.check_feature_lengths(task_feature_lengths)
+  validation.check_positive(batch_size=batch_size, max_examples=max_examples, PROMPT_LENGTH=prompt_length)
+  prompt_array = components.load_prompt(prompt_file=prompt_file, checkpoint=checkpoint, step=checkpoint_step,
+                                        prompt_length=prompt_length, embed_dim=config.emb_dim)
+  provider = data.get_provider(name)
+  for task in data.subtasks(provider, split):
+    configs.check_vocabulary(data.targets_vocabulary(task), config, task.name)
+  sets = prepare_eval(provider, split, lengths, max_examples=max_examples, rank_classification=rank_classification)
+  data.host_batch_size(batch_size, components.data_parallel_size(model_parallel))
+  runtime = components.build_runtime(config, prompt_array.shape[0], ckpt, lengths, combine=prompt_combine,
+                                     model_parallel=model_parallel)
+  fns = ModelFns(runtime, decode)
+  metrics, records = evaluate_sets(fns, runtime.place_prompt(prompt_array), sets, batch_size)
+  result = {'task': provider.name, 'split': split, 'prompt': prompt_file or checkpoint, 'metrics': metrics}
+  if output_file:
+    write_json(output_file, result)
+  if predictions_file:
+    write_jsonl(predictions_file, records)
+  return result
