@@ -1,5 +1,6 @@
 """The Hugging Face T5 reader against transformers' own T5 (logits), plus layouts, dtypes and every bad input."""
 import functools
+import inspect
 import json
 import os
 import shutil
@@ -10,12 +11,14 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
+from flax import struct
 from flax.traverse_util import flatten_dict
 from safetensors.numpy import load_file, save_file
 
 from jaxprompt.checkpoints import huggingface as hf_reader
 from jaxprompt.checkpoints.huggingface import load_hf_t5
 from jaxprompt.errors import CheckpointError
+from jaxprompt.models.hooks import Hooks, KVPrefix
 from jaxprompt.models.scan import stack_layers
 from jaxprompt.models.t5 import Transformer
 
@@ -122,6 +125,45 @@ def test_t5_1_0_tied_matches_transformers_including_output_scale(ckpts):
   np.testing.assert_allclose(_our_logits(params, cfg), theirs, atol=1e-4, rtol=0)
   unscaled = _our_logits(params, cfg) * np.sqrt(cfg.emb_dim)
   assert np.abs(unscaled - theirs).max() > 1e-2
+
+
+class _DecoderSelfPrefix(struct.PyTreeNode):
+  """K/V rows [layers, b, p, h, d] for the decoder's self-attention only, at relpos 'positions'."""
+  key: jax.Array
+  value: jax.Array
+
+  def attention_prefix(self, layer, kind):
+    if kind != 'decoder_self':
+      return None
+    return KVPrefix(self.key, self.value, jnp.ones(self.key.shape[:2], bool), relpos='positions')
+
+  def hidden_states(self, x, layer, stack):
+    return x
+
+
+def test_decoder_prefix_positions_match_transformers_past_key_values(ckpts):
+  """relpos 'positions' on decoder self-attention prefixes = transformers' T5 given them as past keys/values
+  (queries at positions p.., prefix keys at 0..p-1, bucketed by the decoder's causal bucketing)."""
+  from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+  params, cfg = load_hf_t5(ckpts['v11'])
+  enc, dec_inputs, targets = _batch()
+  plen = 5
+  rows = np.random.RandomState(3).normal(size=(2, cfg.num_decoder_layers, enc.shape[0], plen, cfg.num_heads,
+                                               cfg.head_dim)).astype(np.float32)
+  hooks = Hooks(decoder_layers=_DecoderSelfPrefix(rows[0], rows[1]))
+  ours = Transformer(cfg).apply({'params': params}, enc, dec_inputs, targets, hooks=hooks, enable_dropout=False)
+  past = DynamicCache()
+  for layer in range(cfg.num_decoder_layers):  # transformers keeps [b, h, p, d]
+    past.update(torch.tensor(rows[0, layer]).transpose(1, 2), torch.tensor(rows[1, layer]).transpose(1, 2), layer)
+  model = ckpts['v11_model']
+  # transformers 5 renames past_key_values to cache (the old name warns, then goes in 5.40).
+  name = 'cache' if 'cache' in inspect.signature(model.forward).parameters else 'past_key_values'
+  with torch.no_grad():
+    theirs = model(input_ids=torch.tensor(enc), attention_mask=torch.tensor(enc > 0),
+                   decoder_input_ids=torch.tensor(dec_inputs),
+                   **{name: EncoderDecoderCache(past, DynamicCache())}).logits.numpy()
+  np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4, rtol=0)
+  assert np.abs(theirs - _hf_logits(ckpts['v11_model'])).max() > 1e-2  # the prefix is in effect
 
 
 def test_sharded_index_and_file_paths_load_identically(ckpts):

@@ -200,13 +200,13 @@ def test_t5x_checkpoint_loads_straight_into_the_scanned_layout(fixtures_dir, ref
 
 def test_scanned_model_decodes_like_the_unrolled_one(reference):
   """Large configs train scanned; `predict_batch` then decodes with an unscanned twin of the same weights."""
-  from jaxprompt.models.wrapper import PromptModel
+  from jaxprompt.models.wrapper import TunedModel
   data, params = reference
   cfg = get_config('t5x_tiny')
   batch = {'encoder_input_tokens': jnp.asarray(data['encoder_input_tokens']),
            'decoder_target_tokens': jnp.zeros((data['encoder_input_tokens'].shape[0], 6), jnp.int32)}
-  plain = PromptModel(cfg, None)
-  scanned = PromptModel(cfg.replace(scan_layers=True, remat_policy='full'), None)
+  plain = TunedModel(cfg, None)
+  scanned = TunedModel(cfg.replace(scan_layers=True, remat_policy='full'), None)
   for method in ('beam', 'sample'):
     want = plain.predict_batch(params, None, batch, method=method, num_decodes=2)
     got = jax.jit(lambda p, b: scanned.predict_batch(p, None, b, method=method, num_decodes=2))(
@@ -217,8 +217,8 @@ def test_scanned_model_decodes_like_the_unrolled_one(reference):
 
 def test_gather_and_one_hot_embedding_agree(reference):
   """`one_hot_embedding` changes how tokens are looked up, never the result (also for the prompt's gradient)."""
-  from jaxprompt.models.wrapper import PromptModel
-  from jaxprompt.methods.prompt_tuning import Prompt
+  from jaxprompt.models.wrapper import TunedModel
+  from jaxprompt.methods.prompt_tuning import PromptTuning
   data, params = reference
   cfg = get_config('t5x_tiny')
   assert cfg.one_hot_embedding is None  # unset: one-hot on TPU, gather elsewhere
@@ -227,7 +227,7 @@ def test_gather_and_one_hot_embedding_agree(reference):
   prompt = {'prompt': jax.random.normal(jax.random.PRNGKey(1), (3, cfg.emb_dim))}
   results, gathers = [], []
   for one_hot in (True, False):
-    model = PromptModel(cfg.replace(one_hot_embedding=one_hot), Prompt(3, cfg.emb_dim))
+    model = TunedModel(cfg.replace(one_hot_embedding=one_hot), PromptTuning(3, cfg.emb_dim))
     gathers.append(str(jax.make_jaxpr(lambda p: model.logits(params, p, batch))(prompt)).count(' gather['))
     results.append(jax.value_and_grad(lambda p: model.loss_fn(p, params, batch)[0])(prompt))
   assert gathers[1] == gathers[0] + 2  # the encoder's and the decoder's token lookups

@@ -36,7 +36,8 @@ class KVPrefix(struct.PyTreeNode):
   """Extra key/value rows a method prepends to one attention layer's keys and values.
 
   key, value [b, p, h, d] (already projected: they bypass the layer's key/value kernels); mask [b, p] bool
-  (True = attend). `relpos` is one of RELPOS_MODES.
+  (True = attend). `relpos` is one of RELPOS_MODES. b may be 1 (the same rows for every example); rows of batch
+  b at an attention batch of b * n (beams, rank-classification candidates) are repeated n times per example.
   """
   key: Array
   value: Array

@@ -1,8 +1,8 @@
-"""T5X-compatible building blocks: dense, embedding, RMSNorm, relative position biases, attention, MLP.
+"""T5X-compatible building blocks: dense, embedding, RMSNorm, relative position biases, MLP, masks.
 
 Parameter names, shapes and logical axes are those of t5x's minimal T5 (`t5x/examples/t5/layers.py`), so a
 T5X checkpoint maps onto these modules with no renaming: every kernel is stored 2-D (`[in, out]`, heads joined)
-and reshaped at run time.
+and reshaped at run time. Attention lives in `jaxprompt.models.attention`.
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ Dtype = Any
 Initializer = Callable[..., Array]
 
 default_kernel_init = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
-MASK_BIAS = -1e10  # t5x's additive bias for masked attention positions.
 
 
 def constrain(x: Array, axes: Sequence[str | None]) -> Array:
@@ -129,8 +128,30 @@ def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool,
   return bucket + np.where(n < max_exact, n, large)
 
 
+def relative_position_buckets(qlen: int, klen: int, bidirectional: bool, num_buckets: int, max_distance: int,
+                              key_offset: int = 0) -> np.ndarray:
+  """Buckets [qlen, klen] of queries at 0..qlen-1 against keys at key_offset..key_offset+klen-1.
+
+  A K/V prefix of p rows sits at key_offset = -p: the positions just before the sequence.
+  """
+  context = np.arange(qlen, dtype=np.int32)[:, None]
+  memory = np.arange(klen, dtype=np.int32)[None, :] + key_offset
+  return relative_position_bucket(memory - context, bidirectional, num_buckets, max_distance)
+
+
+def bucket_biases(table: Array, buckets: np.ndarray, dtype: Dtype) -> Array:
+  """Looks buckets [q, k] up in a bias table [heads, num_buckets] -> [1, heads, q, k] (one-hot matmul)."""
+  table = jnp.asarray(table, dtype)
+  one_hot = jnp.asarray(buckets[None] == np.arange(table.shape[-1])[:, None, None], dtype)
+  values = lax.dot_general(table, one_hot, (((1,), (0,)), ((), ())))
+  return values[None]
+
+
 class RelativePositionBiases(nn.Module):
-  """Per-head additive attention biases from bucketed relative positions; one table `[heads, buckets]`."""
+  """Per-head additive attention biases from bucketed relative positions; one table `[heads, buckets]`.
+
+  `table` is exposed so that layers can bias K/V prefix columns from the same parameter (`bucket_biases`).
+  """
   num_buckets: int
   max_distance: int
   num_heads: int
@@ -138,124 +159,14 @@ class RelativePositionBiases(nn.Module):
   param_dtype: Dtype = jnp.float32
   embedding_init: Initializer = nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform')
 
-  @nn.compact
+  def setup(self):
+    self.table = logical_param(self, 'rel_embedding', self.embedding_init, (self.num_heads, self.num_buckets),
+                               self.param_dtype, ('heads', 'relpos_buckets'))
+
   def __call__(self, qlen: int, klen: int, bidirectional: bool = True) -> Array:
     """Returns biases `[1, heads, qlen, klen]`."""
-    context = np.arange(qlen, dtype=np.int32)[:, None]
-    memory = np.arange(klen, dtype=np.int32)[None, :]
-    buckets = relative_position_bucket(memory - context, bidirectional, self.num_buckets, self.max_distance)
-    table = logical_param(self, 'rel_embedding', self.embedding_init, (self.num_heads, self.num_buckets),
-                          self.param_dtype, ('heads', 'relpos_buckets'))
-    table = jnp.asarray(table, self.dtype)
-    one_hot = jnp.asarray(buckets[None] == np.arange(self.num_buckets)[:, None, None], self.dtype)
-    values = lax.dot_general(table, one_hot, (((1,), (0,)), ((), ())))
-    return values[None]
-
-
-def dot_product_attention(query: Array, key: Array, value: Array, bias: Array | None, *,
-                          dropout_rng: Array | None = None, dropout_rate: float = 0.0,
-                          deterministic: bool = True, dtype: Dtype = jnp.float32,
-                          float32_logits: bool = False) -> Array:
-  """Attention weights softmax(q·k + bias) applied to values. q [b, q, h, d], k/v [b, k, h, d] -> [b, q, h, d].
-
-  No 1/sqrt(d) here: T5 folds it into the query kernel's initialisation.
-  """
-  if float32_logits:
-    query, key = jnp.asarray(query, jnp.float32), jnp.asarray(key, jnp.float32)
-  logits = jnp.einsum('bqhd,bkhd->bhqk', query, key)
-  if bias is not None:
-    logits = logits + jnp.asarray(bias, logits.dtype)
-  weights = jax.nn.softmax(logits.astype(jnp.float32)).astype(dtype)
-  if not deterministic and dropout_rate > 0.0:
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
-    weights = weights * (keep.astype(dtype) / jnp.asarray(1.0 - dropout_rate, dtype))
-  return jnp.einsum('bhqk,bkhd->bqhd', weights, value)
-
-
-def mask_to_bias(mask: Array | None, dtype: Dtype) -> Array | None:
-  """Boolean/0-1 attention mask `[b, 1, q, k]` -> additive bias (0 or -1e10)."""
-  if mask is None:
-    return None
-  return lax.select(mask > 0, jnp.zeros(mask.shape, dtype), jnp.full(mask.shape, MASK_BIAS, dtype))
-
-
-class MultiHeadDotProductAttention(nn.Module):
-  """Multi-head attention with t5x parameter layout (`query/key/value/out`, 2-D kernels, `joined_kv`).
-
-  With `decode=True` it keeps an autoregressive key/value cache (`cached_key`, `cached_value`, `cache_index`
-  in the `cache` collection) and takes one query position per call.
-  """
-  num_heads: int
-  head_dim: int
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-  dropout_rate: float = 0.0
-  kernel_init: Initializer = default_kernel_init
-  float32_logits: bool = False
-
-  @nn.compact
-  def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None = None, bias: Array | None = None,
-               *, decode: bool = False, deterministic: bool = True) -> Array:
-    """inputs [b, q, embed], [b, k, embed]; mask [b, 1, q, k]; bias [1, h, q, k] -> [b, q, embed]."""
-    projection = functools.partial(DenseGeneral, axis=-1, features=(self.num_heads, self.head_dim),
-                                   kernel_axes=('embed', 'joined_kv'), dtype=self.dtype,
-                                   param_dtype=self.param_dtype)
-    depth_scaling = jnp.sqrt(self.head_dim).astype(jnp.float32)
-
-    def query_init(*args):
-      return self.kernel_init(*args) / depth_scaling
-
-    query = projection(kernel_init=query_init, name='query')(inputs_q)
-    key = projection(kernel_init=self.kernel_init, name='key')(inputs_kv)
-    value = projection(kernel_init=self.kernel_init, name='value')(inputs_kv)
-    query = constrain(query, ('batch', 'length', 'heads', 'kv'))
-    key = constrain(key, ('batch', 'length', 'heads', 'kv'))
-    value = constrain(value, ('batch', 'length', 'heads', 'kv'))
-
-    if decode:
-      key, value, mask, bias = self._update_cache(query, key, value, mask, bias)
-
-    attention_bias = mask_to_bias(mask, self.dtype)
-    if bias is not None:
-      attention_bias = bias if attention_bias is None else attention_bias + bias
-    dropout_rng = None
-    if not deterministic and self.dropout_rate > 0.0:
-      dropout_rng = self.make_rng('dropout')
-    x = dot_product_attention(query, key, value, attention_bias, dropout_rng=dropout_rng,
-                              dropout_rate=self.dropout_rate, deterministic=deterministic, dtype=self.dtype,
-                              float32_logits=self.float32_logits)
-    out = DenseGeneral(features=inputs_q.shape[-1], axis=(-2, -1), kernel_init=self.kernel_init,
-                       kernel_axes=('joined_kv', 'embed'), dtype=self.dtype, param_dtype=self.param_dtype,
-                       name='out')(x)
-    return out
-
-  def _update_cache(self, query, key, value, mask, bias):
-    """Writes this step's key/value at `cache_index`; returns the full cached k/v with a causal mask/bias.
-
-    On the first (initialising) call the cache is created from the full-length inputs, whose length sets the
-    maximum decode length, and the inputs pass through unchanged.
-    """
-    initialized = self.has_variable('cache', 'cached_key')
-    cached_key = self.variable('cache', 'cached_key', jnp.zeros, key.shape, key.dtype)
-    cached_value = self.variable('cache', 'cached_value', jnp.zeros, value.shape, value.dtype)
-    cache_index = self.variable('cache', 'cache_index', lambda: jnp.array(0, dtype=jnp.int32))
-    if not initialized:
-      return key, value, mask, bias
-    batch, length, heads, depth = cached_key.value.shape
-    if query.shape != (batch, 1, heads, depth):
-      raise ValueError(f'autoregressive cache expects queries of shape {(batch, 1, heads, depth)}, '
-                       f'got {query.shape}')
-    index = cache_index.value
-    key = lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype), (0, index, 0, 0))
-    value = lax.dynamic_update_slice(cached_value.value, value.astype(cached_value.value.dtype),
-                                     (0, index, 0, 0))
-    cached_key.value, cached_value.value = key, value
-    cache_index.value = index + 1
-    causal = jnp.broadcast_to(jnp.arange(length) <= index, (batch, 1, 1, length))
-    mask = causal if mask is None else jnp.logical_and(mask, causal)
-    if bias is not None:
-      bias = lax.dynamic_slice_in_dim(bias, index, 1, axis=-2)
-    return key, value, mask, bias
+    buckets = relative_position_buckets(qlen, klen, bidirectional, self.num_buckets, self.max_distance)
+    return bucket_biases(self.table, buckets, self.dtype)
 
 
 _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {

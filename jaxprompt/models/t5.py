@@ -13,9 +13,9 @@ Parameter tree (unscanned) = t5x's minimal T5:
 With `scan_layers=True` the `layers_N` subtrees become one `layers` subtree with a leading `layers` axis
 (see `jaxprompt.models.scan.stack_layers`).
 
-Prompt tuning plugs in through the `prompt` attribute, the encoder-input hook: a module called on the embedded
-encoder inputs that returns new embeddings and a validity mask (e.g. with prompt vectors prepended). Its
-parameters live at `params/prompt/...` beside the frozen tree, never inside it.
+Tuning methods plug in only through `hooks=Hooks(...)` (`jaxprompt.models.hooks`): an input hook on each
+stack's embedded inputs (the encoder's may add positions, e.g. a prompt), and per-layer hooks that act on each
+layer's input hidden states and prepend K/V rows to its attentions. The network has no parameters of theirs.
 """
 from __future__ import annotations
 
@@ -26,8 +26,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxprompt.errors import ConfigError
-from jaxprompt.models import layers
+from jaxprompt.models import attention, layers
 from jaxprompt.models.config import T5Config
+from jaxprompt.models.hooks import NO_HOOKS, Hooks, KVPrefix, LayerHook
 
 Array = jax.Array
 
@@ -44,12 +45,23 @@ class EncoderLayer(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, inputs: Array, mask: Array, bias: Array) -> Array:
-    """[b, l, embed], mask [b, 1, l, l], bias [1, h, l, l] -> [b, l, embed]."""
+  def __call__(self, inputs: Array, mask: Array, bias: Array, relpos_table: Array | None = None,
+               hook: LayerHook | None = None, layer: int | Array | None = None) -> Array:
+    """[b, l, embed], mask [b, 1, l, l], bias [1, h, l, l] -> [b, l, embed].
+
+    hook: this layer's slice of the stack's LayerHook, called with index `layer`; relpos_table [h, buckets]
+    biases its prefix keys.
+    """
     cfg = self.config
+    prefix = prefix_bias = None
+    if hook is not None:
+      inputs = hook.hidden_states(inputs, layer, 'encoder')
+      prefix = hook.attention_prefix(layer, 'encoder_self')
+      prefix_bias = _prefix_bias(cfg, prefix, relpos_table, bias.shape[-2], bidirectional=True)
     x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, cfg.param_dtype, name='pre_attention_layer_norm')(inputs)
     x = layers.constrain(x, ('batch', 'length', 'embed'))
-    x = _attention(cfg, 'attention')(x, x, mask, bias, deterministic=self.deterministic)
+    x = _attention(cfg, 'attention')(x, x, mask, bias, prefix=prefix, prefix_bias=prefix_bias,
+                                     deterministic=self.deterministic)
     x = _dropout(cfg, x, self.deterministic) + inputs
     y = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, cfg.param_dtype, name='pre_mlp_layer_norm')(x)
     y = _mlp(cfg)(y, deterministic=self.deterministic)
@@ -64,27 +76,47 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, inputs: Array, encoded: Array, decoder_mask: Array | None, encoder_decoder_mask: Array,
-               bias: Array) -> Array:
-    """[b, l, embed], encoded [b, le, embed] -> [b, l, embed]."""
+               bias: Array, relpos_table: Array | None = None, hook: LayerHook | None = None,
+               layer: int | Array | None = None) -> Array:
+    """[b, l, embed], encoded [b, le, embed] -> [b, l, embed]. Hook arguments as `EncoderLayer`'s."""
     cfg, det = self.config, self.deterministic
+    self_prefix = cross_prefix = self_bias = None
+    if hook is not None:
+      inputs = hook.hidden_states(inputs, layer, 'decoder')
+      self_prefix = hook.attention_prefix(layer, 'decoder_self')
+      cross_prefix = hook.attention_prefix(layer, 'cross')  # T5 cross-attention has no relative bias.
+      self_bias = _prefix_bias(cfg, self_prefix, relpos_table, bias.shape[-2], bidirectional=False)
     x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, cfg.param_dtype,
                        name='pre_self_attention_layer_norm')(inputs)
     x = layers.constrain(x, ('batch', 'length', 'embed'))
-    x = _attention(cfg, 'self_attention')(x, x, decoder_mask, bias, decode=self.decode, deterministic=det)
+    x = _attention(cfg, 'self_attention')(x, x, decoder_mask, bias, prefix=self_prefix, prefix_bias=self_bias,
+                                          decode=self.decode, deterministic=det)
     x = _dropout(cfg, x, det) + inputs
     y = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, cfg.param_dtype,
                        name='pre_cross_attention_layer_norm')(x)
-    y = _attention(cfg, 'encoder_decoder_attention')(y, encoded, encoder_decoder_mask, deterministic=det)
+    y = _attention(cfg, 'encoder_decoder_attention')(y, encoded, encoder_decoder_mask, prefix=cross_prefix,
+                                                     cache_prefix=self.decode, deterministic=det)
     y = _dropout(cfg, y, det) + x
     z = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, cfg.param_dtype, name='pre_mlp_layer_norm')(y)
     z = _mlp(cfg)(z, deterministic=det)
     return layers.constrain(_dropout(cfg, z, det) + y, ('batch', 'length', 'embed'))
 
 
-def _attention(cfg: T5Config, name: str) -> layers.MultiHeadDotProductAttention:
-  return layers.MultiHeadDotProductAttention(num_heads=cfg.num_heads, head_dim=cfg.head_dim, dtype=cfg.dtype,
-                                             param_dtype=cfg.param_dtype, dropout_rate=cfg.dropout_rate,
-                                             float32_logits=cfg.float32_attention_logits, name=name)
+def _prefix_bias(cfg: T5Config, prefix: KVPrefix | None, table: Array | None, qlen: int,
+                 bidirectional: bool) -> Array | None:
+  """Relative-position bias [1, h, qlen, p] of a prefix's keys, or None (zero) for relpos 'none'."""
+  if prefix is None or prefix.relpos == 'none':
+    return None
+  attention.check_prefix(prefix)
+  buckets = layers.relative_position_buckets(qlen, prefix.key.shape[1], bidirectional, cfg.relpos_num_buckets,
+                                             cfg.relpos_max_distance, key_offset=-prefix.key.shape[1])
+  return layers.bucket_biases(table, buckets, cfg.dtype)
+
+
+def _attention(cfg: T5Config, name: str) -> attention.MultiHeadDotProductAttention:
+  return attention.MultiHeadDotProductAttention(num_heads=cfg.num_heads, head_dim=cfg.head_dim, dtype=cfg.dtype,
+                                                param_dtype=cfg.param_dtype, dropout_rate=cfg.dropout_rate,
+                                                float32_logits=cfg.float32_attention_logits, name=name)
 
 
 def _mlp(cfg: T5Config) -> layers.MlpBlock:
@@ -123,20 +155,39 @@ def _scan_body(layer_cls: type[nn.Module]) -> type[nn.Module]:
 
 
 def _run_stack(cfg: T5Config, layer_cls: type[nn.Module], num_layers: int, x: Array, args: tuple,
-               **layer_kwargs: Any) -> Array:
-  """Applies `num_layers` layers named `layers_N` (or one scanned `layers`), with optional per-layer remat."""
+               hook: LayerHook | None = None, relpos_table: Array | None = None, **layer_kwargs: Any) -> Array:
+  """Applies `num_layers` layers named `layers_N` (or one scanned `layers`), with optional per-layer remat.
+
+  A per-layer hook (array leaves [layers, ...]) reaches layer i as its slice plus the index i: a Python int
+  when unrolled, a scanned `arange` element under `nn.scan`. Without a hook the layers see exactly `args`.
+  """
+  if hook is not None:
+    depths = {jnp.shape(a)[0] if jnp.ndim(a) else None for a in jax.tree.leaves(hook)}
+    if depths - {num_layers}:
+      raise ConfigError(f'every array of a per-layer hook needs a leading layers axis of {num_layers}; '
+                        f'{type(hook).__name__} has leading sizes {sorted(depths, key=str)}')
   if cfg.scan_layers:
     layer_cls = _scan_body(layer_cls)
   if cfg.remat_policy != 'none':
-    layer_cls = nn.remat(layer_cls, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+    # Unrolled, the layer index stays a Python int for the hook (self, x, *args, table, hook, layer).
+    static = (len(args) + 4,) if hook is not None and not cfg.scan_layers else ()
+    layer_cls = nn.remat(layer_cls, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers,
+                         static_argnums=static)
   if cfg.scan_layers:
+    in_axes = (nn.broadcast,) * len(args)
+    if hook is not None:
+      args = args + (relpos_table, hook, jnp.arange(num_layers, dtype=jnp.int32))
+      in_axes = in_axes + (nn.broadcast, 0, 0)
     scanned = nn.scan(layer_cls, variable_axes={'params': 0, 'cache': 0},
-                      split_rngs={'params': True, 'dropout': True}, in_axes=(nn.broadcast,) * len(args),
+                      split_rngs={'params': True, 'dropout': True}, in_axes=in_axes,
                       length=num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
     x, _ = scanned(cfg, name='layers', **layer_kwargs)(x, *args)
     return x
   for i in range(num_layers):
-    x = layer_cls(cfg, name=f'layers_{i}', **layer_kwargs)(x, *args)
+    layer_args = args
+    if hook is not None:
+      layer_args = args + (relpos_table, jax.tree.map(lambda a, i=i: a[i], hook), i)
+    x = layer_cls(cfg, name=f'layers_{i}', **layer_kwargs)(x, *layer_args)
   return x
 
 
@@ -145,13 +196,16 @@ class Encoder(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, embedded: Array, encoder_mask: Array, *, deterministic: bool = True) -> Array:
-    """[b, l, embed], mask [b, 1, l, l] -> encoded [b, l, embed]."""
+  def __call__(self, embedded: Array, encoder_mask: Array, *, layer_hook: LayerHook | None = None,
+               deterministic: bool = True) -> Array:
+    """[b, l, embed], mask [b, 1, l, l] -> encoded [b, l, embed]. layer_hook: leaves [layers, ...]."""
     cfg = self.config
     x = _dropout(cfg, embedded, deterministic).astype(cfg.dtype)
     length = x.shape[-2]
-    bias = _relpos(cfg)(length, length, True)
-    x = _run_stack(cfg, EncoderLayer, cfg.num_encoder_layers, x, (encoder_mask, bias),
+    relpos = _relpos(cfg)
+    bias = relpos(length, length, True)
+    table = relpos.table if layer_hook is not None else None
+    x = _run_stack(cfg, EncoderLayer, cfg.num_encoder_layers, x, (encoder_mask, bias), layer_hook, table,
                    deterministic=deterministic)
     x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, cfg.param_dtype, name='encoder_norm')(x)
     return _dropout(cfg, x, deterministic)
@@ -164,20 +218,34 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, encoded: Array, decoder_input_tokens: Array, decoder_mask: Array | None,
-               encoder_decoder_mask: Array, *, deterministic: bool = True, decode: bool = False,
+               encoder_decoder_mask: Array, *, hooks: Hooks | None = None,
+               decoder_segment_ids: Array | None = None, deterministic: bool = True, decode: bool = False,
                max_decode_length: int | None = None) -> Array:
     """encoded [b, le, embed], tokens [b, l] -> logits [b, l, vocab] (float32 unless tied)."""
     cfg = self.config
+    hooks = NO_HOOKS if hooks is None else hooks
     if decode and cfg.scan_layers:
       raise ConfigError('incremental decoding needs scan_layers=False (unstack the params with '
                         'jaxprompt.models.scan.unstack_layers)')
     y = self.shared_embedding(decoder_input_tokens.astype(jnp.int32))
+    if hooks.inputs is not None:
+      # The hook's validity mask is not used: decoder masks come from the targets (position 0 is BOS = 0).
+      hooked, _ = hooks.inputs(y, decoder_input_tokens, decoder_segment_ids, stack='decoder',
+                               deterministic=deterministic)
+      if hooked.shape[:2] != y.shape[:2]:
+        raise ConfigError(f'the decoder input hook changed the decoder inputs from {y.shape[:2]} to '
+                          f'{hooked.shape[:2]} [batch, length]; decoder inputs are position-aligned with the '
+                          f'targets, so a decoder input hook must keep their length')
+      y = hooked
     y = _dropout(cfg, y, deterministic).astype(cfg.dtype)
     length = max_decode_length if decode and max_decode_length else y.shape[-2]
-    bias = _relpos(cfg)(length, length, False)
+    relpos = _relpos(cfg)
+    bias = relpos(length, length, False)
+    layer_hook = hooks.decoder_layers
+    table = relpos.table if layer_hook is not None else None
     y = _run_stack(cfg, DecoderLayer, cfg.num_decoder_layers, y,
-                   (encoded, decoder_mask, encoder_decoder_mask, bias), deterministic=deterministic,
-                   decode=decode)
+                   (encoded, decoder_mask, encoder_decoder_mask, bias), layer_hook, table,
+                   deterministic=deterministic, decode=decode)
     y = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, cfg.param_dtype, name='decoder_norm')(y)
     y = _dropout(cfg, y, deterministic)
     if cfg.logits_via_embedding:
@@ -189,13 +257,9 @@ class Decoder(nn.Module):
 
 
 class Transformer(nn.Module):
-  """T5 encoder-decoder with an optional encoder-input hook `prompt` (the prompt-tuning plug-in point).
-
-  The hook is called as `hook(embedded [b, l, e], input_tokens [b, l], segment_ids | None,
-  deterministic=bool)` and returns `(embedded [b, l', e], valid [b, l'] bool)`.
-  """
+  """T5 encoder-decoder. A tuning method acts on it only through `hooks` (`jaxprompt.models.hooks.Hooks`);
+  with none (or all fields None) it is the plain network, bit for bit."""
   config: T5Config
-  prompt: nn.Module | None = None
 
   def setup(self):
     cfg = self.config
@@ -205,26 +269,32 @@ class Transformer(nn.Module):
     self.decoder = Decoder(cfg, shared_embedding=self.token_embedder)
 
   def encode(self, encoder_input_tokens: Array, encoder_segment_ids: Array | None = None, *,
-             enable_dropout: bool = True) -> tuple[Array, Array]:
-    """tokens [b, l] -> (encoded [b, l', embed], valid [b, l'] bool); l' = l unless the hook adds positions."""
+             hooks: Hooks | None = None, enable_dropout: bool = True) -> tuple[Array, Array]:
+    """tokens [b, l] -> (encoded [b, l', embed], valid [b, l'] bool); l' = l unless an input hook adds
+    positions."""
     cfg = self.config
+    hooks = NO_HOOKS if hooks is None else hooks
     embedded = self.token_embedder(encoder_input_tokens.astype(jnp.int32))
     valid = encoder_input_tokens > 0
-    if self.prompt is not None:
-      embedded, valid = self.prompt(embedded, encoder_input_tokens, encoder_segment_ids,
-                                                deterministic=not enable_dropout)
+    if hooks.inputs is not None:
+      embedded, valid = hooks.inputs(embedded, encoder_input_tokens, encoder_segment_ids, stack='encoder',
+                                     deterministic=not enable_dropout)
       encoder_segment_ids = None  # The hook has consumed (or rejected) packing.
     mask = layers.make_attention_mask(valid, valid, dtype=cfg.dtype)
     if encoder_segment_ids is not None:
       mask = layers.combine_masks(mask, layers.make_attention_mask(encoder_segment_ids, encoder_segment_ids,
                                                                    jnp.equal, dtype=cfg.dtype), dtype=cfg.dtype)
-    return self.encoder(embedded, mask, deterministic=not enable_dropout), valid
+    return self.encoder(embedded, mask, layer_hook=hooks.encoder_layers, deterministic=not enable_dropout), valid
 
   def decode(self, encoded: Array, encoder_valid: Array, decoder_input_tokens: Array,
              decoder_target_tokens: Array, encoder_segment_ids: Array | None = None,
-             decoder_segment_ids: Array | None = None, *, enable_dropout: bool = True, decode: bool = False,
-             max_decode_length: int | None = None) -> Array:
-    """Decoder logits [b, l, vocab] given the encoder output and its validity mask [b, le]."""
+             decoder_segment_ids: Array | None = None, *, hooks: Hooks | None = None,
+             enable_dropout: bool = True, decode: bool = False, max_decode_length: int | None = None) -> Array:
+    """Decoder logits [b, l, vocab] given the encoder output and its validity mask [b, le].
+
+    decode=True: one step of incremental decoding on tokens [b, 1] with the `cache` collection (the first,
+    initialising call takes the full length and creates the cache).
+    """
     cfg = self.config
     if decode:
       decoder_mask = None
@@ -246,15 +316,17 @@ class Transformer(nn.Module):
               encoder_decoder_mask,
               layers.make_attention_mask(decoder_segment_ids, encoder_segment_ids, jnp.equal, dtype=cfg.dtype),
               dtype=cfg.dtype)
-    return self.decoder(encoded, decoder_input_tokens, decoder_mask, encoder_decoder_mask,
+    return self.decoder(encoded, decoder_input_tokens, decoder_mask, encoder_decoder_mask, hooks=hooks,
+                        decoder_segment_ids=None if decode else decoder_segment_ids,
                         deterministic=not enable_dropout, decode=decode, max_decode_length=max_decode_length)
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array, decoder_target_tokens: Array,
                encoder_segment_ids: Array | None = None, decoder_segment_ids: Array | None = None,
                encoder_positions: Array | None = None, decoder_positions: Array | None = None, *,
-               enable_dropout: bool = True, decode: bool = False) -> Array:
+               hooks: Hooks | None = None, enable_dropout: bool = True, decode: bool = False) -> Array:
     """Teacher-forced logits [b, ld, vocab] (t5x's `Transformer.__call__`; positions are unused by T5)."""
     del encoder_positions, decoder_positions
-    encoded, valid = self.encode(encoder_input_tokens, encoder_segment_ids, enable_dropout=enable_dropout)
+    encoded, valid = self.encode(encoder_input_tokens, encoder_segment_ids, hooks=hooks,
+                                 enable_dropout=enable_dropout)
     return self.decode(encoded, valid, decoder_input_tokens, decoder_target_tokens, encoder_segment_ids,
-                       decoder_segment_ids, enable_dropout=enable_dropout, decode=decode)
+                       decoder_segment_ids, hooks=hooks, enable_dropout=enable_dropout, decode=decode)

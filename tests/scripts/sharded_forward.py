@@ -1,4 +1,5 @@
-"""On 8 devices, mesh (data, model) = 4x2: sharded init + forward equals one device; params sharded by rules."""
+"""On 8 devices, mesh (data, model) = 4x2: sharded init + forward equals one device; params sharded by rules;
+with per-layer K/V prefixes (heads split over 'model') too."""
 import functools
 import sys
 
@@ -6,10 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
+from flax import struct
 from jax.sharding import PartitionSpec as P
 
 from jaxprompt.parallel import partitioning
 from jaxprompt.models.config import get_config
+from jaxprompt.models.hooks import Hooks, KVPrefix
 from jaxprompt.models.t5 import Transformer
 
 assert jax.device_count() == 8, jax.devices()
@@ -61,4 +64,28 @@ np.testing.assert_allclose(np.asarray(logits), np.asarray(expected), atol=1e-5)
 np.testing.assert_allclose(np.asarray(logits)[:2], data['logits'], atol=1e-5)
 assert logits.sharding.spec[0] == 'data', logits.sharding
 assert 'all-reduce' in hlo or 'reduce-scatter' in hlo or 'all-gather' in hlo  # Model parallelism is real.
+
+
+class Prefixes(struct.PyTreeNode):
+  """The same K/V rows [layers, 1, p, h, d] for every attention kind of every layer (shared by the batch)."""
+  key: jax.Array
+  value: jax.Array
+
+  def attention_prefix(self, layer, kind):
+    return KVPrefix(self.key, self.value, jnp.ones(self.key.shape[:2], bool))
+
+  def hidden_states(self, x, layer, stack):
+    return x
+
+
+rows = np.random.RandomState(0).normal(size=(2, 2, 1, 3, 4, 8)).astype(np.float32)  # k/v, layers, 1, p, h, d
+prefixes = Prefixes(rows[0], rows[1])
+hooks = Hooks(encoder_layers=prefixes, decoder_layers=prefixes)
+expected = model.apply({'params': params}, *batch, hooks=hooks, enable_dropout=False)
+fwd_hooks = jax.jit(lambda p, h, *b: model.apply({'params': p}, *b, hooks=h, enable_dropout=False),
+                    in_shardings=(param_shardings, None, batch_sharding, batch_sharding, batch_sharding))
+with partitioning.use_mesh(mesh, rules):
+  logits = fwd_hooks(placed, hooks, *sharded_batch)
+np.testing.assert_allclose(np.asarray(logits), np.asarray(expected), atol=1e-5)
+assert np.abs(np.asarray(expected)[:2] - data['logits']).max() > 1e-3  # the prefixes are in effect
 print('OK')
