@@ -46,18 +46,18 @@ def run_cell(output: str, task: str, length: int, init: str, seed: int, steps: i
              eval_examples: int | None) -> float:
   """Held-out accuracy (%) of one prompt tuning run."""
   import gin  # pylint: disable=g-import-not-at-top
-  from jaxprompt.demo import ginconf  # pylint: disable=g-import-not-at-top
-  from jaxprompt.train import loop as trainer  # pylint: disable=g-import-not-at-top
+  from jaxprompt.cli import gin_config  # pylint: disable=g-import-not-at-top
+  from jaxprompt.commands import train as trainer  # pylint: disable=g-import-not-at-top
   model_dir = os.path.join(output, f'{init.replace(" ", "_")}_len{length}_seed{seed}')
   if os.path.isdir(model_dir):
     shutil.rmtree(model_dir)
   files = ['models/demo.gin', 'runs/demo.gin'] + ([INITS[init]] if INITS[init] else [])
-  bindings = [f'MODEL_DIR = {ginconf.quote(model_dir)}', f'MIXTURE_OR_TASK_NAME = {ginconf.quote(task)}',
+  bindings = [f'MODEL_DIR = {gin_config.quote(model_dir)}', f'MIXTURE_OR_TASK_NAME = {gin_config.quote(task)}',
               f'PROMPT_LENGTH = {length}', f'TRAIN_STEPS = {steps}', f'EVAL_PERIOD = {steps}',
               f'RANDOM_SEED = {seed}', *_SAMPLED_VOCAB]
   if eval_examples:
     bindings.append(f'EVAL_MAX_EXAMPLES = {eval_examples}')
-  ginconf.parse(files, bindings)
+  gin_config.parse(files, bindings)
   gin.bind_parameter('jaxprompt.train.progress_bar', False)
   result = trainer.train()  # pylint: disable=no-value-for-parameter  (gin supplies the arguments)
   return float(result.eval_metrics['accuracy'])
@@ -100,15 +100,16 @@ def main(argv=None) -> int:
   steps = args.steps or (25 if args.quick else 60)
   eval_examples = args.eval_examples or (200 if args.quick else None)
   seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
-  from jaxprompt.demo import ginconf  # pylint: disable=g-import-not-at-top
-  ginconf.import_configurables()
-  ginconf.quiet_in_memory_source_warning()
+  from jaxprompt.cli import console, gin_config  # pylint: disable=g-import-not-at-top
+  from jaxprompt.demo import GIN_MODULES  # pylint: disable=g-import-not-at-top
+  gin_config.import_configurables(GIN_MODULES)
+  console.quiet_known_noise()
   from jaxprompt.demo import run as demo_run  # pylint: disable=g-import-not-at-top
   from jaxprompt.demo import tasks  # pylint: disable=g-import-not-at-top
   task = tasks.heldout_task_name(args.skill)
   os.makedirs(args.output, exist_ok=True)
   start = time.time()
-  ginconf.parse(['models/demo.gin', 'runs/demo.gin'], [f'MIXTURE_OR_TASK_NAME = {ginconf.quote(task)}'])
+  gin_config.parse(['models/demo.gin', 'runs/demo.gin'], [f'MIXTURE_OR_TASK_NAME = {gin_config.quote(task)}'])
   frozen = demo_run.frozen_accuracy(task, eval_examples)
   table: dict[str, dict[int, float]] = {}
   for init in INITS:

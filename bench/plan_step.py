@@ -19,7 +19,6 @@ the CPU compiler drop the remat barriers, and the figure then means nothing.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import time
 from typing import Any
@@ -31,13 +30,13 @@ import jax.numpy as jnp
 from jaxprompt.parallel import partitioning
 from jaxprompt.errors import ConfigError
 from jaxprompt.models.config import get_config
-from jaxprompt.models.wrapper import PROMPT_KEY, PromptModel
-from jaxprompt.methods.prompt_tuning import Prompt
+from jaxprompt.data.features import FEATURES
+from jaxprompt.models.wrapper import TunedModel
+from jaxprompt.methods.prompt_tuning import PromptTuning
 from jaxprompt.train import optim
 from jaxprompt.train import compiled as sharded
-from jaxprompt.train import step as step_lib
+from jaxprompt.train.state import init_train_state
 
-BATCH_KEYS = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens', 'decoder_loss_weights')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,28 +103,27 @@ def _check(request: PlanRequest, num_devices: int) -> int:
   return data
 
 
-def build_model(request: PlanRequest) -> PromptModel:
+def build_model(request: PlanRequest) -> TunedModel:
   """The prompt model of `request` (activations in `request.dtype`, prompt parameter f32)."""
   config = get_config(request.model, dtype=request.dtype, scan_layers=request.scan_layers,
                       remat_policy=request.remat_policy, dropout_rate=request.dropout_rate,
                       one_hot_embedding=True)  # what runs on the TPU this plan is for
-  prompt = Prompt(length=request.prompt_length, embed_dim=config.emb_dim, dtype=request.dtype)
-  return PromptModel(config, prompt)
+  prompt = PromptTuning(length=request.prompt_length, embed_dim=config.emb_dim, dtype=request.dtype)
+  return TunedModel(config, prompt)
 
 
-def abstract_args(request: PlanRequest, steps: sharded.ShardedSteps, optimizer: optim.PromptOptimizer) -> tuple:
+def abstract_args(request: PlanRequest, steps: sharded.ShardedSteps, optimizer: optim.Optimizer) -> tuple:
   """(state, frozen, batch) as ShapeDtypeStructs with shardings; frozen weights in `request.dtype`."""
-  unboxed = nn.meta.unbox(steps.model.init_abstract(1, 8, 4))['params']
-  frozen = {k: v for k, v in unboxed.items() if k != PROMPT_KEY}
+  network = steps.model.init_abstract(1, 8, 4)['params']
   frozen = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, request.dtype, sharding=s),
-                        frozen, steps.frozen_shardings)
-  init = functools.partial(step_lib.init_train_state, optimizer=optimizer)
-  state = jax.eval_shape(init, unboxed[PROMPT_KEY], rng=jax.random.PRNGKey(0))
+                        nn.meta.unbox(network), steps.frozen_shardings)
+  trainable = nn.meta.unbox(steps.model.method.abstract(network))
+  state = jax.eval_shape(lambda t, rng: init_train_state(t, optimizer.tx, rng), trainable, jax.random.PRNGKey(0))
   state = partitioning.abstract_with_shardings(state, steps.state_shardings(state))
   lengths = {'encoder_input_tokens': request.input_length}
   batch = {k: jax.ShapeDtypeStruct((request.batch_size, lengths.get(k, request.target_length)),
                                    jnp.float32 if k == 'decoder_loss_weights' else jnp.int32,
-                                   sharding=steps.batch_sharding) for k in BATCH_KEYS}
+                                   sharding=steps.batch_sharding) for k in FEATURES}
   return state, frozen, batch
 
 

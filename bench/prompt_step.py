@@ -30,10 +30,11 @@ import numpy as np
 import optax
 
 from jaxprompt.models.config import T5Config, get_config
-from jaxprompt.models.wrapper import PromptModel
-from jaxprompt.methods.prompt_tuning import Prompt
+from jaxprompt.models.wrapper import TunedModel
+from jaxprompt.methods.prompt_tuning import PromptTuning
 from jaxprompt.train import optim
 from jaxprompt.train import step as step_lib
+from jaxprompt.train.state import init_train_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,10 +118,10 @@ def xla_flops(compiled) -> float:
 # --------------------------------------------------------------------------------------------------------------
 # Our model and its variants.
 # --------------------------------------------------------------------------------------------------------------
-def make_model(cfg: T5Config, s: Shape, gather: bool = False) -> PromptModel:
+def make_model(cfg: T5Config, s: Shape, gather: bool = False) -> TunedModel:
   """The shipped model with the lookup pinned: one-hot matmul (t5x's, the TPU default) or gather (the
   default off TPU, `T5Config.one_hot_embedding=None`). Same parameters and outputs either way."""
-  return PromptModel(cfg.replace(one_hot_embedding=not gather), Prompt(s.prompt, cfg.emb_dim))
+  return TunedModel(cfg.replace(one_hot_embedding=not gather), PromptTuning(s.prompt, cfg.emb_dim))
 
 
 def make_batch(cfg: T5Config, s: Shape, seed: int = 0) -> dict[str, np.ndarray]:
@@ -135,24 +136,19 @@ def make_batch(cfg: T5Config, s: Shape, seed: int = 0) -> dict[str, np.ndarray]:
           'decoder_loss_weights': np.ones_like(targets, np.float32)}
 
 
-def init_params(model: PromptModel, s: Shape) -> tuple[dict, dict]:
+def init_params(model: TunedModel, s: Shape) -> tuple[dict, dict]:
   """Random (frozen, prompt) trees."""
-  enc = jnp.ones((1, s.inputs), jnp.int32)
-  dec = jnp.ones((1, s.targets), jnp.int32)
-  init = jax.jit(functools.partial(model.module.init, enable_dropout=False))
-  params = dict(jax.tree.map(lambda x: x.unbox() if hasattr(x, 'unbox') else x,
-                             init(jax.random.PRNGKey(0), enc, dec, dec),
-                             is_leaf=lambda x: hasattr(x, 'unbox'))['params'])
-  prompt = params.pop('prompt')
-  return params, prompt
+  del s
+  frozen = jax.jit(model.init_params)(jax.random.PRNGKey(0))
+  return frozen, model.method.init(jax.random.PRNGKey(1), frozen)
 
 
-def jax_steps(model: PromptModel, frozen: dict, prompt: dict, batch: dict, full_ft: bool = True,
+def jax_steps(model: TunedModel, frozen: dict, prompt: dict, batch: dict, full_ft: bool = True,
               options: dict | None = None) -> dict[str, tuple[Callable, Any]]:
   """name -> (compiled fn, args) for: forward, prompt train step, full fine-tuning step; `options` are XLA
   debug options for this compilation only (e.g. the matmul library), so variants run side by side."""
   optimizer = optim.make_optimizer()  # The paper's Adafactor (decay 0.8, no param scaling, wd 1e-5, lr 0.3).
-  state = step_lib.init_train_state(prompt, optimizer, jax.random.PRNGKey(1))
+  state = init_train_state(prompt, optimizer.tx, jax.random.PRNGKey(1))
   forward = jax.jit(lambda p, fz, bt: model.loss_fn(p, fz, bt)[0])
   train = jax.jit(functools.partial(step_lib.train_step, model, optimizer))
 
@@ -234,7 +230,7 @@ def tree_bytes(tree) -> int:
   return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
 
 
-def state_bytes(model: PromptModel, frozen: dict, prompt: dict, batch: dict) -> dict[str, int]:
+def state_bytes(model: TunedModel, frozen: dict, prompt: dict, batch: dict) -> dict[str, int]:
   """ours: the prompt gradient our step differentiates + its optimizer state.
   reference: google-research/prompt-tuning on t5x: the gradient of every parameter (t5x's train step
     differentiates the whole tree), then a MultiOptimizer that keeps Adafactor state for the prompt only.

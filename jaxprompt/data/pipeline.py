@@ -18,10 +18,10 @@ import tensorflow as tf
 
 from jaxprompt.data import custom
 from jaxprompt.data import tasks as tasks_lib
+from jaxprompt.data.features import FEATURES, SEGMENT_FEATURES
 from jaxprompt.errors import ConfigError, DataError
 
 Batch = dict[str, np.ndarray]
-FEATURES = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens', 'decoder_loss_weights')
 
 
 # ------------------------------------------------------------------------------------ tasks
@@ -86,18 +86,19 @@ def host_batch_size(global_batch_size: int, data_parallel: int) -> int:
 
 
 def train_dataset(provider: seqio.Task | seqio.Mixture, feature_lengths: Mapping[str, int], split: str,
-                  host_batch: int, seed: int) -> tf.data.Dataset:
-  """Endless batches [host_batch, length] of this process's shard, shuffled with `seed`, unpacked."""
+                  host_batch: int, seed: int, pack: bool = False) -> tf.data.Dataset:
+  """Endless batches [host_batch, length] of this process's shard, shuffled with `seed`; unpacked unless `pack`
+  (several examples per row with segment ids: for model tuning, not for prompts)."""
   ds = provider.get_dataset(sequence_length=dict(feature_lengths), split=split, use_cached=False, shuffle=True,
                             seed=seed, num_epochs=None,
                             shard_info=seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count()))
-  ds = seqio.EncDecFeatureConverter(pack=False)(ds, dict(feature_lengths))
+  ds = seqio.EncDecFeatureConverter(pack=pack)(ds, dict(feature_lengths))
   return ds.batch(host_batch, drop_remainder=True)
 
 
 def as_float_weights(batch: Mapping[str, np.ndarray]) -> Batch:
   """Loss weights as float32 (seqio gives int32): one compiled step for real and debug-poisoned batches."""
-  out = {k: np.asarray(batch[k]) for k in FEATURES}
+  out = {k: np.asarray(batch[k]) for k in FEATURES + SEGMENT_FEATURES if k in batch}
   out['decoder_loss_weights'] = out['decoder_loss_weights'].astype(np.float32)
   return out
 

@@ -1,26 +1,24 @@
-"""Scoring a split with a prompt: validation loss, the task's metric functions on predictions made by rank
-classification (tasks with a label set) or decoding, and the `evaluate` entry point (`jaxprompt eval`)."""
+"""Scoring a split with a tuned model: validation loss, and the task's metric functions on predictions made by
+rank classification (tasks with a label set) or decoding. `trainable` below is the method's tree (None for a
+plain network)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import gin
 import jax
 import numpy as np
 import seqio
 
-from jaxprompt.parallel import partitioning
-from jaxprompt.errors import ConfigError
-from jaxprompt.models.config import T5Config
-from jaxprompt.train import runtime as components
-from jaxprompt.data import pipeline as data
 from jaxprompt.commands import validation
-from jaxprompt.parallel import host
-from jaxprompt.commands import configs
+from jaxprompt.data import pipeline as data
+from jaxprompt.errors import ConfigError
+from jaxprompt.parallel import host, partitioning
+from jaxprompt.models.wrapper import TunedModel
+from jaxprompt.train import runtime as runtime_lib
+from jaxprompt.train.compiled import ShardedSteps
 
 log = logging.getLogger('jaxprompt')
 
@@ -53,25 +51,9 @@ class ModelFns:
   Batches are global numpy batches held by every process; each process feeds its own rows.
   """
 
-  def __init__(self, runtime: components.Runtime, decode: DecodeOptions | None = None):
+  def __init__(self, runtime: runtime_lib.Runtime, decode: DecodeOptions | None = None):
     self.rt = runtime
     self.decode_options = decode or DecodeOptions()
-    self._cache: dict[str, Callable] = {}
-
-  def _jitted(self, name: str, fn: Callable, replicated_args: int = 0) -> Callable:
-    """`fn(prompt, frozen, batch, *replicated)` jitted on the mesh, compiled once per name."""
-    if name not in self._cache:
-      steps = self.rt.steps
-      rep = partitioning.replicated(self.rt.mesh)
-      jitted = jax.jit(fn, in_shardings=(steps.prompt_shardings, steps.frozen_shardings, steps.batch_sharding)
-                       + (rep,) * replicated_args, out_shardings=rep)
-
-      def run(*args):
-        with partitioning.use_mesh(self.rt.mesh, self.rt.rules):
-          return jitted(*args)
-
-      self._cache[name] = run
-    return self._cache[name]
 
   def _shard(self, batch: Mapping[str, np.ndarray]) -> dict:
     return self.rt.steps.shard_batch(host.local_rows(batch))
@@ -84,13 +66,14 @@ class ModelFns:
   def target_scores(self, prompt: Any, batch: Mapping[str, np.ndarray]) -> np.ndarray:
     """Log-likelihood of each row's target [b]."""
     model = self.rt.model
-    fn = self._jitted('score', lambda p, f, b: model.score_batch(f, p, b))
+    fn = self.rt.steps.compiled('score', lambda p, f, b: model.score_batch(f, p, b))
     return host.host_value(fn(prompt, self.rt.frozen, self._shard(batch)))
 
   def rank(self, prompt: Any, batch: Mapping[str, np.ndarray], candidates: np.ndarray) -> np.ndarray:
     """Log-likelihoods [b, c] of the candidate targets [c, length] for each row."""
     model = self.rt.model
-    fn = self._jitted('rank', lambda p, f, b, c: model.rank_classify(f, p, b['encoder_input_tokens'], c), 1)
+    fn = self.rt.steps.compiled('rank', lambda p, f, b, c: model.rank_classify(f, p, b['encoder_input_tokens'], c),
+                                 1)
     return host.host_value(fn(prompt, self.rt.frozen, self._shard(batch), candidates))
 
   def decode(self, prompt: Any, batch: Mapping[str, np.ndarray], index: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -105,7 +88,7 @@ class ModelFns:
                                  rng=rng if opts.method == 'sample' else None)
 
     rng = jax.random.fold_in(jax.random.PRNGKey(opts.seed), index)
-    decodes, scores = self._jitted('decode', fn, 1)(prompt, self.rt.frozen, self._shard(batch), rng)
+    decodes, scores = self.rt.steps.compiled('decode', fn, 1)(prompt, self.rt.frozen, self._shard(batch), rng)
     return host.host_value(decodes), host.host_value(scores)
 
 
@@ -246,3 +229,15 @@ def evaluate_provider(fns: ModelFns, prompt: Any, provider: seqio.Task | seqio.M
   sets = prepare_eval(provider, split, feature_lengths, max_examples=max_examples,
                       rank_classification=rank_classification)
   return evaluate_sets(fns, prompt, sets, batch_size, task_metrics=task_metrics)
+
+
+def evaluate_network(config: Any, params: Any, provider: Any, split: str, feature_lengths: Mapping[str, int],
+                     batch_size: int = 32, *, max_examples: int | None = None, eos_id: int = 1) -> dict[str, Any]:
+  """Metrics of a network with no tuning method (e.g. a frozen model's zero-shot score) on a split."""
+  model = TunedModel(config, None, eos_id=eos_id)
+  steps = ShardedSteps(model, None, partitioning.create_mesh(1), partitioning.prompt_logical_axis_rules(),
+                       1, feature_lengths['inputs'], feature_lengths['targets'])
+  runtime = runtime_lib.Runtime(config, model, steps.mesh, steps.rules, steps, steps.place_frozen(params))
+  metrics, _ = evaluate_provider(ModelFns(runtime), None, data.get_provider(provider), split, feature_lengths,
+                                 batch_size, max_examples=max_examples)
+  return metrics

@@ -1,4 +1,6 @@
-"""Soft prompts: the `Prompt` module and its initialisers (gin-configurable under `jaxprompt.methods`)."""
+"""Tuning methods, each one module owning its parameters and the hooks it plugs into the network, and the prompt
+initialisers (gin-configurable under `jaxprompt.methods`)."""
+from jaxprompt.methods.base import Method
 from jaxprompt.methods.initializers import bind_embedding
 from jaxprompt.methods.initializers import class_labels
 from jaxprompt.methods.initializers import from_array
@@ -10,10 +12,13 @@ from jaxprompt.methods.initializers import Initializer
 from jaxprompt.methods.initializers import normal
 from jaxprompt.methods.initializers import random_uniform
 from jaxprompt.methods.initializers import sampled_vocab
-from jaxprompt.methods.prompt_tuning import Prompt
+from jaxprompt.methods.model_tuning import ModelTuning
+from jaxprompt.methods.model_tuning import model_tuning
+from jaxprompt.methods.prompt_tuning import PromptTuning
+from jaxprompt.methods.prompt_tuning import prompt_tuning
 
 __all__ = [
-    'Initializer', 'Prompt', 'bind_embedding', 'class_labels', 'from_array', 'from_file',
-    'from_sample_of_embeddings', 'from_samples_of_embeddings', 'from_text', 'normal', 'random_uniform',
-    'sampled_vocab',
+    'Initializer', 'Method', 'ModelTuning', 'PromptTuning', 'bind_embedding', 'class_labels', 'from_array',
+    'from_file', 'from_sample_of_embeddings', 'from_samples_of_embeddings', 'from_text', 'model_tuning', 'normal',
+    'prompt_tuning', 'random_uniform', 'sampled_vocab',
 ]

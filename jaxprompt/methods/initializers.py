@@ -16,7 +16,6 @@ initialiser to Flax's `(key, shape, dtype)` signature, e.g. for `Prompt(prompt_i
 """
 from __future__ import annotations
 
-import io
 import logging
 import math
 import os
@@ -28,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprompt.errors import PromptError
+from jaxprompt.train import npy_io
 
 GIN_MODULE = 'jaxprompt.methods'
 Array = jax.Array
@@ -269,25 +269,6 @@ def from_array(array: Any = gin.REQUIRED) -> Initializer:
   return init
 
 
-def _read_npy(path: str) -> np.ndarray:
-  """Reads one `.npy` array (local, gs://, anything tf.io.gfile opens) without ever unpickling."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (slow import, only needed to read files)
-  if not tf.io.gfile.exists(path):
-    raise PromptError(f'prompt file {path} does not exist')
-  try:
-    with tf.io.gfile.GFile(path, 'rb') as f:
-      data = f.read()
-  except tf.errors.OpError as e:
-    raise PromptError(f'cannot read prompt file {path}: {e.message}') from e
-  if not data.startswith(b'\x93NUMPY'):
-    kind = 'an .npz archive' if data.startswith(b'PK') else 'not a .npy file (pickle or another format?)'
-    raise PromptError(f'prompt file {path} is {kind}; expected one array saved with np.save')
-  try:
-    return np.load(io.BytesIO(data), allow_pickle=False)
-  except ValueError as e:  # object (pickled) arrays are refused here, as are damaged headers/data
-    raise PromptError(f'cannot load prompt file {path} without unpickling or it is damaged: {e}') from e
-
-
 @gin.configurable(module=GIN_MODULE)
 def from_file(path: str = gin.REQUIRED) -> Initializer:
   """A prompt saved with `np.save` (a released prompt, or another task's prompt for SPoT-style transfer).
@@ -300,7 +281,8 @@ def from_file(path: str = gin.REQUIRED) -> Initializer:
   def init(rng: Array, shape: Sequence[int], embedding: Any = None) -> Array:
     del rng, embedding
     shape = _check_shape(shape, 'from_file')
-    return _as_prompt(_read_npy(path), shape, f'prompt file {path}')
+    array = npy_io.read_npy(path, what='prompt file', error=PromptError)
+    return _as_prompt(array, shape, f'prompt file {path}')
 
   return init
 

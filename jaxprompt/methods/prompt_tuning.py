@@ -1,7 +1,8 @@
-"""The soft prompt: a learned `[length, embed]` matrix inserted into the encoder's embedded inputs.
+"""Prompt tuning (Lester et al. 2021): a learned `[length, embed]` matrix inserted into the encoder's embedded
+inputs through the network's input hook.
 
-Plugged into `Transformer(config, prompt=Prompt(...))`, its parameter lives at `params/prompt/prompt`
-with logical axes ('prompt', 'prompt_embed') (replicated by the default rules).
+Its trainable tree is `{'prompt': [length, embed]}` with logical axes ('prompt', 'prompt_embed') (replicated by
+the default rules).
 
 Combination modes (where the prompt goes in each example's input sequence of real tokens x_0 .. x_{n-1}):
   prefix             P x_0 .. x_{n-1}                    (Lester et al.; the default)
@@ -12,17 +13,27 @@ Padding stays at the end of every row, so the output length is input length + pr
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import dataclasses
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
+from flax import struct
 
-from jaxprompt.errors import PromptError
+from jaxprompt.errors import ConfigError, PromptError
+from jaxprompt.methods.base import Method, Params
+from jaxprompt.models.config import T5Config
+from jaxprompt.models.hooks import Hooks, Stack
+from jaxprompt.parallel import host
 
 Array = jax.Array
 COMBINATIONS = ('prefix', 'prefix_after_bos', 'suffix_after_eos', 'suffix_before_eos')
 PROMPT_AXES = ('prompt', 'prompt_embed')
+PROMPT_KEY = 'prompt'  # the trainable tree is {PROMPT_KEY: [P, d]}
+PROMPT_FILE = 'prompt.npy'
 
 
 def uniform_init(scale: float = 0.5) -> Callable[..., Array]:
@@ -68,30 +79,90 @@ def insert_prompt(embedded: Array, valid: Array, prompt: Array, start: Array) ->
   return out, out_valid
 
 
-class Prompt(nn.Module):
-  """Encoder-input hook adding a soft prompt. Used as `Transformer(config, prompt=Prompt(length, embed))`."""
+class PromptInput(struct.PyTreeNode):
+  """The input hook: inserts `prompt` [p, e] into the encoder's embedded inputs (the decoder is untouched)."""
+  prompt: Array
+  combine: str = struct.field(pytree_node=False, default='prefix')
+  eos_id: int = struct.field(pytree_node=False, default=1)
+
+  def __call__(self, embedded: Array, tokens: Array, segment_ids: Array | None, *, stack: Stack,
+               deterministic: bool) -> tuple[Array, Array]:
+    """embedded [b, l, e], tokens [b, l] -> (embedded [b, l+p, e], valid [b, l+p]) for the encoder."""
+    del deterministic
+    if stack != 'encoder':
+      return embedded, tokens > 0
+    if segment_ids is not None:
+      raise PromptError('packed encoder inputs (encoder_segment_ids) are not supported with a prompt: the prompt '
+                        'would be shared across packed examples; use an unpacked feature converter (pack=False)')
+    if embedded.shape[-1] != self.prompt.shape[-1]:
+      raise PromptError(f'prompt embed_dim {self.prompt.shape[-1]} does not match the model embedding '
+                        f'{embedded.shape[-1]}')
+    prompt = nn.with_logical_constraint(self.prompt.astype(embedded.dtype), PROMPT_AXES)
+    start = insertion_points(tokens, self.combine, self.eos_id)
+    return insert_prompt(embedded, tokens > 0, prompt, start)
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptTuning(Method):
+  """Lester et al.'s soft prompt of `length` rows in front of (or inside) each encoder input.
+
+  `prompt_init` is the default initialiser `(rng, shape, dtype)`; `init` may be given an embedding-aware
+  initialiser from `jaxprompt.methods.initializers` instead. `dtype` is the activation dtype the prompt is cast
+  to (the model's); `param_dtype` the trainable prompt's.
+  """
   length: int
   embed_dim: int
   combine: str = 'prefix'
   prompt_init: Callable[..., Array] = uniform_init(0.5)
   eos_id: int = 1
-  dtype: Any = jnp.float32  # Activation dtype the prompt is cast to (the model's).
+  dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  initializer: Callable[..., Array] | None = None
 
-  @nn.compact
-  def __call__(self, embedded: Array, input_tokens: Array, segment_ids: Array | None = None, *,
-               deterministic: bool = True) -> tuple[Array, Array]:
-    """embedded [b, l, e], tokens [b, l] -> (embedded [b, l+p, e], valid [b, l+p])."""
-    del deterministic
-    if segment_ids is not None:
-      raise PromptError('packed encoder inputs (encoder_segment_ids) are not supported with a prompt: the prompt '
-                        'would be shared across packed examples; use an unpacked feature converter (pack=False)')
+  def __post_init__(self):
     if self.combine not in COMBINATIONS:
       raise PromptError(f'unknown prompt combination {self.combine!r}; expected one of {", ".join(COMBINATIONS)}')
-    if embedded.shape[-1] != self.embed_dim:
-      raise PromptError(f'prompt embed_dim {self.embed_dim} does not match the model embedding {embedded.shape[-1]}')
-    prompt = self.param('prompt', nn.with_logical_partitioning(self.prompt_init, PROMPT_AXES),
-                        (self.length, self.embed_dim), self.param_dtype)
-    prompt = nn.with_logical_constraint(jnp.asarray(prompt, self.dtype), PROMPT_AXES)
-    start = insertion_points(input_tokens, self.combine, self.eos_id)
-    return insert_prompt(embedded.astype(self.dtype), input_tokens > 0, prompt, start)
+    if not isinstance(self.length, int) or self.length <= 0:
+      raise ConfigError(f'PROMPT_LENGTH must be a positive integer, got {self.length!r}')
+
+  @property
+  def shape(self) -> tuple[int, int]:
+    return (self.length, self.embed_dim)
+
+  def init(self, rng: Array, frozen: Params) -> Params:
+    """{'prompt': [P, d]} from `initializer(rng, shape, embedding)` if set, else `prompt_init(rng, shape)`."""
+    if self.initializer is None:
+      value = self.prompt_init(rng, self.shape, self.param_dtype)
+    else:
+      value = self.initializer(rng, self.shape, frozen['token_embedder']['embedding'])
+    value = jnp.asarray(value, self.param_dtype)
+    if value.shape != self.shape:
+      raise ConfigError(f'prompt initializer returned shape {value.shape}, expected {self.shape}')
+    return {PROMPT_KEY: value}
+
+  def abstract(self, network: Params) -> Params:
+    del network
+    return {PROMPT_KEY: nn.Partitioned(jax.ShapeDtypeStruct(self.shape, jnp.dtype(self.param_dtype)), PROMPT_AXES)}
+
+  def hooks(self, trainable: Params, *, deterministic: bool = True, rng: Array | None = None) -> Hooks:
+    del deterministic, rng
+    prompt = jnp.asarray(trainable[PROMPT_KEY], self.dtype)
+    return Hooks(inputs=PromptInput(prompt, self.combine, self.eos_id))
+
+  def numpy_copy(self, trainable: Params) -> dict[str, np.ndarray]:
+    return {PROMPT_FILE: prompt_array(trainable)}
+
+
+def prompt_array(trainable: Mapping[str, Any]) -> np.ndarray:
+  """The float32 [P, d] prompt of a trainable tree, on the host (gathered when sharded across hosts)."""
+  return np.asarray(host.host_value(trainable[PROMPT_KEY]), np.float32)
+
+
+@gin.configurable(module='jaxprompt.methods')
+def prompt_tuning(config: T5Config, eos_id: int = 1, *, length: int = 100,
+                  initializer: Callable[..., Array] | None = None, combine: str = 'prefix') -> PromptTuning:
+  """The method factory gin binds (`METHOD = @jaxprompt.methods.prompt_tuning`, methods/prompt_tuning.gin):
+  a `length`-row prompt for `config`'s embedding; `initializer` an embedding-aware initialiser [PROMPT_INIT]
+  (None: U(-0.5, 0.5))."""
+  return PromptTuning(length=length, embed_dim=config.emb_dim, combine=combine, eos_id=eos_id, dtype=config.dtype,
+                      initializer=initializer)

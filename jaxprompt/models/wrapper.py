@@ -1,28 +1,46 @@
-"""The prompt-tuning model wrapper: a frozen T5 plus a soft prompt, with params kept in two separate trees.
+"""The model wrapper: a frozen network plus a tuning method, with their parameters kept in two trees.
 
-`frozen` is the T5X parameter tree (never differentiated); `prompt` is `{'prompt': [length, embed]}` (the
-`params/prompt` subtree of the combined model). Every method is a pure function of (frozen, prompt, batch),
-safe to `jax.jit`. Batches are seqio `EncDecFeatureConverter` features: `encoder_input_tokens`,
-`decoder_input_tokens`, `decoder_target_tokens`, `decoder_loss_weights` (all [batch, length]).
+`frozen` is the network's parameter tree (T5X names; never differentiated unless the method trains the
+network); `trainable` is the method's tree (prompt tuning: `{'prompt': [length, embed]}`). The wrapper knows
+neither the method (it calls the `Tuning` interface below) nor, beyond the encoder-decoder feature names of
+`jaxprompt.data.features`, the family: the network comes from `network_for(config)`. Every function is pure in
+(trainable, frozen, batch), safe to `jax.jit`.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxprompt.errors import ConfigError
 from jaxprompt.models import decoding, losses, scan
 from jaxprompt.models.config import T5Config
+from jaxprompt.models.hooks import Hooks
 from jaxprompt.models.t5 import Transformer
-from jaxprompt.methods.prompt_tuning import Prompt
 
 Array = jax.Array
 Params = Mapping[str, Any]
-PROMPT_KEY = 'prompt'
+
+
+class Tuning(Protocol):
+  """What the wrapper needs of a tuning method (`jaxprompt.methods.base.Method` implements it)."""
+
+  def network_params(self, frozen: Params, trainable: Params) -> Params:
+    ...
+
+  def hooks(self, trainable: Params, *, deterministic: bool = True, rng: Array | None = None) -> Hooks:
+    ...
+
+
+def network_for(config: T5Config) -> Transformer:
+  """The network of a config's family (T5 encoder-decoder today; decoder-only / encoder-only join here)."""
+  if isinstance(config, T5Config):
+    return Transformer(config)
+  raise ConfigError(f'no network family for config {type(config).__name__}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,63 +57,63 @@ class LossConfig:
       raise ConfigError(f"loss reduction must be 'sum' or 'mean', got {self.reduction!r}")
 
 
-class PromptModel:
-  """A frozen `Transformer` with a `Prompt` in front of its encoder (or no prompt: `prompt=None`)."""
+class TunedModel:
+  """A frozen network and a tuning method (None: the plain network, e.g. to score a frozen model)."""
 
-  def __init__(self, config: T5Config, prompt: Prompt | None, loss: LossConfig = LossConfig(), eos_id: int = 1):
+  def __init__(self, config: T5Config, method: Tuning | None = None, loss: LossConfig = LossConfig(),
+               eos_id: int = 1):
     self.config = config
-    self.prompt = prompt
+    self.method = method
     self.loss_config = loss
     self.eos_id = eos_id
-    self.module = Transformer(config, prompt=prompt)
+    self.module = network_for(config)
 
   # -- parameters ------------------------------------------------------------------------------------------
-  def _variables(self, frozen: Params, prompt: Params | None) -> dict:
-    params = dict(frozen)
-    if self.prompt is not None:
-      if prompt is None:
-        raise ConfigError('this model has a prompt module but no prompt parameters were given')
-      params[PROMPT_KEY] = prompt
-    return {'params': params}
+  def _variables(self, frozen: Params, trainable: Params | None) -> dict:
+    if self.method is None:
+      return {'params': frozen}
+    if trainable is None:
+      raise ConfigError('this model has a tuning method but no trainable parameters were given')
+    return {'params': self.method.network_params(frozen, trainable)}
+
+  def _hooks(self, trainable: Params | None, rng: Array | None = None) -> Hooks | None:
+    if self.method is None:
+      return None
+    return self.method.hooks(trainable, deterministic=rng is None, rng=rng)
 
   def init_abstract(self, batch_size: int = 1, input_length: int = 8, target_length: int = 4) -> dict:
-    """Boxed abstract variables (ShapeDtypeStructs with logical axes) of the combined model; nothing allocated."""
+    """Boxed abstract variables (ShapeDtypeStructs with logical axes) of the network; nothing allocated."""
     enc = jnp.ones((batch_size, input_length), jnp.int32)
     dec = jnp.ones((batch_size, target_length), jnp.int32)
     init = functools.partial(self.module.init, enable_dropout=False)
     return jax.eval_shape(init, jax.random.PRNGKey(0), enc, dec, dec)
 
-  def init_prompt(self, rng: Array, frozen: Params, initializer=None) -> dict:
-    """Prompt params `{'prompt': [length, embed]}` from `initializer(rng, shape, embedding)` (see
-    `jaxprompt.methods.initializers`); default: the module's own `prompt_init`."""
-    if self.prompt is None:
-      raise ConfigError('init_prompt called on a model without a prompt')
-    shape = (self.prompt.length, self.prompt.embed_dim)
-    if initializer is None:
-      value = self.prompt.prompt_init(rng, shape, self.prompt.param_dtype)
-    else:
-      value = initializer(rng, shape, frozen['token_embedder']['embedding'])
-    value = jnp.asarray(value, self.prompt.param_dtype)
-    if value.shape != shape:
-      raise ConfigError(f'prompt initializer returned shape {value.shape}, expected {shape}')
-    return {'prompt': value}
+  def init_params(self, rng: Array) -> Params:
+    """Freshly initialised network parameters (its own initialisers), unboxed."""
+    ones = jnp.ones((1, 4), jnp.int32)
+    return nn.meta.unbox(self.module.init(rng, ones, ones, ones, enable_dropout=False))['params']
 
   # -- training -------------------------------------------------------------------------------------------
-  def logits(self, frozen: Params, prompt: Params | None, batch: Mapping[str, Array],
+  def logits(self, frozen: Params, trainable: Params | None, batch: Mapping[str, Array],
              dropout_rng: Array | None = None) -> Array:
     """Teacher-forced logits [batch, target_length, vocab]; dropout on iff `dropout_rng` is given."""
-    rngs = {'dropout': dropout_rng} if dropout_rng is not None else None
-    return self.module.apply(self._variables(frozen, prompt), batch['encoder_input_tokens'],
+    if dropout_rng is None:
+      rngs, hook_rng = None, None
+    else:
+      network_rng, hook_rng = jax.random.split(dropout_rng)
+      rngs = {'dropout': network_rng}
+    return self.module.apply(self._variables(frozen, trainable), batch['encoder_input_tokens'],
                              batch['decoder_input_tokens'], batch['decoder_target_tokens'],
                              encoder_segment_ids=batch.get('encoder_segment_ids'),
                              decoder_segment_ids=batch.get('decoder_segment_ids'),
-                             enable_dropout=dropout_rng is not None, rngs=rngs)
+                             hooks=self._hooks(trainable, hook_rng), enable_dropout=dropout_rng is not None,
+                             rngs=rngs)
 
-  def loss_fn(self, prompt: Params | None, frozen: Params, batch: Mapping[str, Array],
+  def loss_fn(self, trainable: Params | None, frozen: Params, batch: Mapping[str, Array],
               dropout_rng: Array | None = None) -> tuple[Array, dict]:
-    """(loss, metrics). The prompt comes first so `jax.value_and_grad(loss_fn)` differentiates only it."""
+    """(loss, metrics). `trainable` comes first so `jax.value_and_grad(loss_fn)` differentiates only it."""
     cfg = self.loss_config
-    logits = self.logits(frozen, prompt, batch, dropout_rng)
+    logits = self.logits(frozen, trainable, batch, dropout_rng)
     weights = batch.get('decoder_loss_weights')
     targets = batch['decoder_target_tokens']
     loss, z_loss, weight_sum = losses.compute_weighted_cross_entropy(
@@ -110,26 +128,26 @@ class PromptModel:
     return loss, metrics
 
   # -- scoring --------------------------------------------------------------------------------------------
-  def score_batch(self, frozen: Params, prompt: Params | None, batch: Mapping[str, Array],
+  def score_batch(self, frozen: Params, trainable: Params | None, batch: Mapping[str, Array],
                   return_intermediates: bool = False) -> Array:
     """Log-likelihood of each example's target: [batch] (or per-token [batch, length] if requested)."""
-    logits = self.logits(frozen, prompt, batch)
+    logits = self.logits(frozen, trainable, batch)
     token_scores = losses.token_scores(logits, batch['decoder_target_tokens'], batch.get('decoder_loss_weights'))
     return token_scores if return_intermediates else jnp.sum(token_scores, -1)
 
-  def encode(self, frozen: Params, prompt: Params | None, encoder_input_tokens: Array) -> tuple[Array, Array]:
-    """(encoded [b, l', embed], valid [b, l']) with the prompt inserted."""
-    return self.module.apply(self._variables(frozen, prompt), encoder_input_tokens, enable_dropout=False,
-                             method=Transformer.encode)
+  def encode(self, frozen: Params, trainable: Params | None, encoder_input_tokens: Array) -> tuple[Array, Array]:
+    """(encoded [b, l', embed], valid [b, l']) with the method's hooks applied."""
+    return self.module.apply(self._variables(frozen, trainable), encoder_input_tokens,
+                             hooks=self._hooks(trainable), enable_dropout=False, method=Transformer.encode)
 
-  def rank_classify(self, frozen: Params, prompt: Params | None, encoder_input_tokens: Array,
+  def rank_classify(self, frozen: Params, trainable: Params | None, encoder_input_tokens: Array,
                     candidate_targets: Array) -> Array:
     """Scores every candidate target for every example, running the encoder once per example.
 
     encoder_input_tokens [b, l]; candidate_targets [c, lt] (shared label set) or [b, c, lt], EOS-terminated,
     0-padded -> log-likelihoods [b, c]. `argmax(-1)` is the rank-classification prediction.
     """
-    encoded, valid = self.encode(frozen, prompt, encoder_input_tokens)
+    encoded, valid = self.encode(frozen, trainable, encoder_input_tokens)
     batch = encoded.shape[0]
     if candidate_targets.ndim == 2:
       candidate_targets = jnp.broadcast_to(candidate_targets[None], (batch,) + candidate_targets.shape)
@@ -138,8 +156,8 @@ class PromptModel:
     inputs = jnp.pad(targets[:, :-1], ((0, 0), (1, 0)))  # Shift right; decoder BOS is 0.
     encoded = jnp.repeat(encoded, num_candidates, axis=0)
     valid = jnp.repeat(valid, num_candidates, axis=0)
-    logits = self.module.apply(self._variables(frozen, prompt), encoded, valid, inputs, targets,
-                               enable_dropout=False, method=Transformer.decode)
+    logits = self.module.apply(self._variables(frozen, trainable), encoded, valid, inputs, targets,
+                               hooks=self._hooks(trainable), enable_dropout=False, method=Transformer.decode)
     scores = losses.sequence_scores(logits, targets, (targets > 0).astype(jnp.float32))
     return scores.reshape(batch, num_candidates)
 
@@ -153,9 +171,9 @@ class PromptModel:
     if not self.config.scan_layers:
       return self.module, frozen
     config = dataclasses.replace(self.config, scan_layers=False, remat_policy='none')
-    return Transformer(config, prompt=self.prompt), scan.unstack_layers(dict(frozen))
+    return network_for(config), scan.unstack_layers(dict(frozen))
 
-  def predict_batch(self, frozen: Params, prompt: Params | None, batch: Mapping[str, Array], *,
+  def predict_batch(self, frozen: Params, trainable: Params | None, batch: Mapping[str, Array], *,
                     method: str = 'beam', num_decodes: int = 1, alpha: float = 0.6, temperature: float = 0.0,
                     topk: int = 1, topp: float = 0.0, rescale_log_probs: bool = True, rng: Array | None = None,
                     return_all_decodes: bool = False) -> tuple[Array, Array]:
@@ -165,33 +183,36 @@ class PromptModel:
     Returns (decodes [b, len] and scores [b]) for the best decode, or all decodes [b, n, len] / [b, n]
     (best last) when `return_all_decodes`.
     """
-    module, frozen = self._decoding_module(frozen)
-    variables = self._variables(frozen, prompt)
+    variables = self._variables(frozen, trainable)
+    module, params = self._decoding_module(variables['params'])
+    variables = {'params': params}
+    hooks = self._hooks(trainable)
     inputs = batch['encoder_input_tokens']
     target_shape = batch['decoder_target_tokens'].shape
     max_len = target_shape[1]
     cache_shapes = jax.eval_shape(
         lambda: module.apply(variables, jnp.ones((target_shape[0], 1, self.config.emb_dim), self.config.dtype),
                              jnp.ones((target_shape[0], 1), bool), jnp.ones(target_shape, jnp.int32),
-                             jnp.ones(target_shape, jnp.int32), enable_dropout=False, decode=True,
+                             jnp.ones(target_shape, jnp.int32), hooks=hooks, enable_dropout=False, decode=True,
                              mutable=['cache'], method=Transformer.decode)[1]['cache'])
     cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), cache_shapes)
-    encoded, valid = module.apply(variables, inputs, enable_dropout=False, method=Transformer.encode)
+    encoded, valid = module.apply(variables, inputs, hooks=hooks, enable_dropout=False, method=Transformer.encode)
     encoded = decoding.flat_batch_beam_expand(encoded, num_decodes)
     valid = decoding.flat_batch_beam_expand(valid, num_decodes)
+    beam_hooks = hooks  # batch-independent hook data ([p, ...] or [layers, p, ...]) serves every beam as is
 
     def tokens_to_logits(state: decoding.DecodingState):
       logits, new_vars = module.apply({**variables, 'cache': state.cache}, encoded, valid, state.cur_token,
-                                      state.cur_token, enable_dropout=False, decode=True,
+                                      state.cur_token, hooks=beam_hooks, enable_dropout=False, decode=True,
                                       max_decode_length=max_len, mutable=['cache'], method=Transformer.decode)
       return logits[:, 0], new_vars['cache']
 
-    prompt_inputs = jnp.zeros(target_shape, jnp.int32)
+    decoder_prompt = jnp.zeros(target_shape, jnp.int32)
     if method == 'beam':
-      decodes, scores = decoding.beam_search(prompt_inputs, cache, tokens_to_logits, eos_id=self.eos_id,
+      decodes, scores = decoding.beam_search(decoder_prompt, cache, tokens_to_logits, eos_id=self.eos_id,
                                              num_decodes=num_decodes, alpha=alpha)
     elif method == 'sample':
-      decodes, scores = decoding.temperature_sample(prompt_inputs, cache, tokens_to_logits, eos_id=self.eos_id,
+      decodes, scores = decoding.temperature_sample(decoder_prompt, cache, tokens_to_logits, eos_id=self.eos_id,
                                                     decode_rng=rng, num_decodes=num_decodes,
                                                     temperature=temperature, topk=topk, topp=topp,
                                                     rescale_log_probs=rescale_log_probs)

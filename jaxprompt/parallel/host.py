@@ -5,13 +5,20 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 
 def host_value(x: Any) -> np.ndarray:
-  """A (replicated) jax.Array as numpy on this host, also when it spans several processes."""
-  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+  """The whole value of `x` as numpy on this host: the one way to copy device arrays to the host.
+
+  A replicated array spanning several processes is read from a local shard; an array sharded across
+  processes is gathered (a collective: every process must call this for it).
+  """
+  if not isinstance(x, jax.Array) or x.is_fully_addressable:
+    return np.asarray(x)
+  if x.is_fully_replicated:
     return np.asarray(x.addressable_data(0))
-  return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def host_tree(tree: Any) -> Any:

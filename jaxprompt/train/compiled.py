@@ -1,49 +1,76 @@
-"""The train / eval steps jitted over a ('data', 'model') mesh with explicit in/out shardings.
+"""The one place steps are compiled under the mesh: jit with explicit shardings, run inside the mesh and the
+logical axis rules.
 
-Frozen params are sharded by t5x's logical rules, the batch over 'data', and the prompt by the prompt rules
-(replicated by default). The optimizer state and step counters are prompt-sized and replicated.
+Frozen params are sharded by t5x's logical rules, the batch over 'data', the trainable tree by its own logical
+axes (a prompt is replicated by the default rules; model tuning shards like the frozen weights), the optimizer
+state like its parameters where shapes match and replicated otherwise, step and rng replicated.
 """
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
+from jaxprompt.models.wrapper import TunedModel
 from jaxprompt.parallel import partitioning
-from jaxprompt.models.wrapper import PROMPT_KEY, PromptModel
 from jaxprompt.train import step as step_lib
-from jaxprompt.train.optim import PromptOptimizer
+from jaxprompt.train.optim import Optimizer
+from jaxprompt.train.state import TrainState
+
+
+def jit_on_mesh(fn: Callable, mesh: Mesh, rules: partitioning.LogicalRules, in_shardings: Any, out_shardings: Any,
+                donate: Sequence[int] = ()) -> Callable:
+  """`fn` jitted with these shardings; calls (and `.lower(...)`) run under the mesh and logical rules."""
+  jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings, donate_argnums=tuple(donate))
+
+  @functools.wraps(fn)
+  def run(*args):
+    with partitioning.use_mesh(mesh, rules):
+      return jitted(*args)
+
+  def lower(*args):
+    with partitioning.use_mesh(mesh, rules):
+      return jitted.lower(*args)
+
+  run.lower = lower
+  return run
 
 
 class ShardedSteps:
-  """Builds and runs the partitioned steps for one model, optimizer and mesh."""
+  """The partitioned train / eval steps (and any other function of the model) for one model and mesh."""
 
-  def __init__(self, model: PromptModel, optimizer: PromptOptimizer, mesh: Mesh, rules: partitioning.LogicalRules,
+  def __init__(self, model: TunedModel, optimizer: Optimizer | None, mesh: Mesh, rules: partitioning.LogicalRules,
                num_microbatches: int = 1, input_length: int = 8, target_length: int = 4):
     self.model, self.optimizer, self.mesh, self.rules = model, optimizer, mesh, rules
     self.num_microbatches = num_microbatches
-    boxed = model.init_abstract(1, input_length, target_length)['params']
-    shardings = partitioning.logical_to_shardings(partitioning.logical_specs(boxed), mesh, rules)
-    self.frozen_shardings = {k: v for k, v in shardings.items() if k != PROMPT_KEY}
-    self.prompt_shardings = shardings.get(PROMPT_KEY)
+    network = model.init_abstract(1, input_length, target_length)['params']
+    to_shardings = lambda boxed: partitioning.logical_to_shardings(partitioning.logical_specs(boxed), mesh, rules)
+    method = model.method
+    trains_network = method is None or getattr(method, 'trains_network', False)
+    self.network_shardings = to_shardings(network)
+    self.frozen_shardings = {} if method is not None and trains_network else self.network_shardings
+    self.trainable_shardings = None if method is None else to_shardings(method.abstract(network))
     self.replicated = partitioning.replicated(mesh)
     self.batch_sharding = partitioning.batch_sharding(mesh)
-    self._train = None
-    self._eval = None
+    self._compiled: dict[str, Callable] = {}
 
-  def state_shardings(self, state: step_lib.TrainState) -> step_lib.TrainState:
-    return step_lib.TrainState(step=self.replicated, prompt=self.prompt_shardings,
-                               opt_state=jax.tree.map(lambda _: self.replicated, state.opt_state),
-                               rng=self.replicated)
+  def state_shardings(self, state: TrainState) -> TrainState:
+    return TrainState(step=self.replicated, trainable=self.trainable_shardings,
+                      opt_state=_like_params(state.opt_state, state.trainable, self.trainable_shardings,
+                                             self.replicated),
+                      rng=self.replicated)
 
   def place_frozen(self, frozen: Any) -> Any:
     """Puts host (numpy) frozen params onto the mesh with their rule shardings."""
     return jax.device_put(frozen, self.frozen_shardings)
 
-  def place_state(self, state: step_lib.TrainState) -> step_lib.TrainState:
+  def place_trainable(self, trainable: Any) -> Any:
+    return jax.device_put(trainable, self.trainable_shardings)
+
+  def place_state(self, state: TrainState) -> TrainState:
     return jax.device_put(state, self.state_shardings(state))
 
   def shard_batch(self, batch: Mapping[str, np.ndarray]) -> dict:
@@ -51,51 +78,45 @@ class ShardedSteps:
     return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v))
             for k, v in batch.items()}
 
-  def _jit(self, fn: Callable, in_shardings, out_shardings, donate=()) -> Callable:
-    jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings, donate_argnums=donate)
+  def compiled(self, name: str, fn: Callable, replicated_args: int = 0) -> Callable:
+    """`fn(trainable, frozen, batch, *replicated)` on the mesh, replicated results; compiled once per name."""
+    if name not in self._compiled:
+      in_shardings = (self.trainable_shardings, self.frozen_shardings, self.batch_sharding)
+      self._compiled[name] = jit_on_mesh(fn, self.mesh, self.rules,
+                                         in_shardings + (self.replicated,) * replicated_args, self.replicated)
+    return self._compiled[name]
 
-    @functools.wraps(fn)
-    def run(*args):
-      with partitioning.use_mesh(self.mesh, self.rules):
-        return jitted(*args)
+  def _train_fn(self, state: TrainState) -> Callable:
+    fn = functools.partial(step_lib.train_step, self.model, self.optimizer, num_microbatches=self.num_microbatches)
+    state_sh = self.state_shardings(state)
+    return jit_on_mesh(fn, self.mesh, self.rules, (state_sh, self.frozen_shardings, self.batch_sharding),
+                       (state_sh, self.replicated), donate=(0,))
 
-    run.lower = lambda *args: _lower_in_mesh(jitted, self.mesh, self.rules, *args)
-    return run
-
-  def train_step(self, state: step_lib.TrainState, frozen: Any, batch: Mapping[str, jax.Array]):
+  def train_step(self, state: TrainState, frozen: Any, batch: Mapping[str, jax.Array]):
     """(new_state, metrics); the old state's buffers are donated."""
-    if self._train is None:
-      fn = functools.partial(step_lib.train_step, self.model, self.optimizer,
-                             num_microbatches=self.num_microbatches)
-      state_sh = self.state_shardings(state)
-      self._train = self._jit(fn, (state_sh, self.frozen_shardings, self.batch_sharding),
-                              (state_sh, self.replicated), donate=(0,))
-    return self._train(state, frozen, batch)
+    if 'train' not in self._compiled:
+      self._compiled['train'] = self._train_fn(state)
+    return self._compiled['train'](state, frozen, batch)
 
-  def eval_step(self, prompt: Any, frozen: Any, batch: Mapping[str, jax.Array]) -> dict:
-    if self._eval is None:
-      fn = functools.partial(step_lib.eval_step, self.model)
-      self._eval = self._jit(fn, (self.prompt_shardings, self.frozen_shardings, self.batch_sharding),
-                             self.replicated)
-    return self._eval(prompt, frozen, batch)
+  def eval_step(self, trainable: Any, frozen: Any, batch: Mapping[str, jax.Array]) -> dict:
+    return self.compiled('eval', functools.partial(step_lib.eval_step, self.model))(trainable, frozen, batch)
 
   def lower_train_step(self, state, frozen, batch):
     """Lowers the train step for abstract (ShapeDtypeStruct) or concrete args: `.compile().memory_analysis()`."""
-    fn = functools.partial(step_lib.train_step, self.model, self.optimizer, num_microbatches=self.num_microbatches)
-    state_sh = self.state_shardings(state)
-    jitted = jax.jit(fn, in_shardings=(state_sh, self.frozen_shardings, self.batch_sharding),
-                     out_shardings=(state_sh, self.replicated), donate_argnums=(0,))
-    return _lower_in_mesh(jitted, self.mesh, self.rules, state, frozen, batch)
+    return self._train_fn(state).lower(state, frozen, batch)
 
 
-def _lower_in_mesh(jitted, mesh, rules, *args):
-  with partitioning.use_mesh(mesh, rules):
-    return jitted.lower(*args)
+def _like_params(opt_state: Any, params: Any, param_shardings: Any, replicated: Any) -> Any:
+  """Optimizer-state shardings: a subtree shaped like the params (Adam moments) is sharded like them; every
+  other leaf (factored Adafactor rows, counts) is replicated."""
+  params_struct = jax.tree.structure(params)
+  param_shapes = [np.shape(x) for x in jax.tree.leaves(params)]
 
+  def is_param_like(x):
+    try:
+      return jax.tree.structure(x) == params_struct and [np.shape(y) for y in jax.tree.leaves(x)] == param_shapes
+    except Exception:  # pylint: disable=broad-except  (not a pytree of the same kind)
+      return False
 
-def batch_partition_spec() -> PartitionSpec:
-  return PartitionSpec('data')
-
-
-def named(mesh: Mesh, spec: PartitionSpec) -> NamedSharding:
-  return NamedSharding(mesh, spec)
+  return jax.tree.map(lambda x: param_shardings if is_param_like(x) else replicated, opt_state,
+                      is_leaf=is_param_like)

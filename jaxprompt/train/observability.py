@@ -27,7 +27,7 @@ TRAIN_HISTORY = 'train_metrics.jsonl'
 EVAL_HISTORY = 'eval_metrics.jsonl'
 EVAL_LATEST = 'eval_metrics.json'
 CURVES = 'training_curves.png'
-_TRAIN_KEYS = ('loss', 'loss_per_token', 'token_accuracy', 'grad_norm', 'prompt_norm', 'learning_rate')
+_TRAIN_KEYS = ('loss', 'loss_per_token', 'token_accuracy', 'grad_norm', 'param_norm', 'learning_rate')
 
 
 def create_writer(model_dir: str) -> Any:
@@ -122,7 +122,7 @@ class TrainObserver:
     steps = len(self._pending)
     means = {k: float(np.mean([r[k] for r in self._pending if k in r])) for k in self._pending[-1]}
     means['learning_rate'] = self._pending[-1].get('learning_rate', float('nan'))
-    means['prompt_norm'] = self._pending[-1].get('prompt_norm', float('nan'))
+    means['param_norm'] = self._pending[-1].get('param_norm', float('nan'))
     means['steps_per_sec'] = steps / max(now - self._period_start, 1e-9)
     self._pending, self._period_start = [], now
     self.writer.write_scalars(step, {f'train/{k}': v for k, v in means.items() if math.isfinite(v)})
@@ -174,7 +174,7 @@ def plot_curves(model_dir: str, filename: str = CURVES) -> str | None:
   evals = _read_jsonl(os.path.join(model_dir, EVAL_HISTORY))
   if not train and not evals:
     return None
-  panels = [k for k in ('loss_per_token', 'token_accuracy', 'learning_rate', 'grad_norm', 'prompt_norm')
+  panels = [k for k in ('loss_per_token', 'token_accuracy', 'learning_rate', 'grad_norm', 'param_norm')
             if any(r.get(k) is not None for r in train)]
   eval_keys = sorted({k for r in evals for k, v in r.items()
                       if k not in ('step', 'num_examples') and isinstance(v, (int, float))})

@@ -1,4 +1,4 @@
-"""Optimizers and learning-rate schedules for the prompt, built from optax pieces and bound from gin.
+"""Optimizers and learning-rate schedules for a method's trainable tree, built from optax pieces, bound from gin.
 
 The paper's setting (Lester et al. 2021, Sec. 3): Adafactor, decay rate 0.8, no parameter scaling, weight
 decay 1e-5, constant learning rate 0.3. These only ever see the prompt's parameters, so their state is
@@ -72,7 +72,7 @@ def adam(learning_rate: Schedule | float = 1e-3, b1: float = 0.9, b2: float = 0.
   return optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
 
 
-class PromptOptimizer(NamedTuple):
+class Optimizer(NamedTuple):
   """An optax transformation and the learning-rate schedule inside it (kept for logging)."""
   tx: optax.GradientTransformation
   learning_rate: Schedule
@@ -81,8 +81,8 @@ class PromptOptimizer(NamedTuple):
 @gin.configurable(module='jaxprompt')
 def make_optimizer(optimizer: Callable[..., optax.GradientTransformation] = adafactor,
                    learning_rate: Schedule | float | None = None,
-                   max_grad_norm: float | None = None) -> PromptOptimizer:
-  """The prompt optimizer: optional global-norm gradient clipping, then `optimizer(learning_rate=...)`.
+                   max_grad_norm: float | None = None) -> Optimizer:
+  """The optimizer of the trainable tree: optional global-norm gradient clipping, then `optimizer(learning_rate=...)`.
 
   `optimizer` is a factory (`adafactor`, `adam`, ...; in gin `@jaxprompt.adafactor`, not a call);
   `learning_rate` defaults to the paper's constant 0.3.
@@ -96,4 +96,4 @@ def make_optimizer(optimizer: Callable[..., optax.GradientTransformation] = adaf
     if max_grad_norm <= 0:
       raise ConfigError(f'max_grad_norm must be positive, got {max_grad_norm}')
     tx = optax.chain(optax.clip_by_global_norm(max_grad_norm), tx)
-  return PromptOptimizer(tx, learning_rate)
+  return Optimizer(tx, learning_rate)

@@ -1,0 +1,7 @@
+"""The model features of a batch (seqio's `EncDecFeatureConverter` output): the one list of their names."""
+from __future__ import annotations
+
+# [batch, length] arrays every encoder-decoder batch has; loss weights are float32, the rest int32.
+FEATURES = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens', 'decoder_loss_weights')
+# With packing (several examples per row): which example each position belongs to.
+SEGMENT_FEATURES = ('encoder_segment_ids', 'decoder_segment_ids')

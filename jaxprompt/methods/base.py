@@ -1,0 +1,49 @@
+"""What every tuning method is: it owns its trainable parameters and turns them into network hooks.
+
+A method never edits the network: it returns `jaxprompt.models.hooks.Hooks` for each forward pass, and says
+which parameters the network runs with (the frozen ones, or its own for model tuning). The train loop, the
+compiled steps, checkpoints and evaluation only ever see this interface.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from jaxprompt.models.hooks import Hooks
+
+Array = jax.Array
+Params = Mapping[str, Any]
+
+
+class Method(abc.ABC):
+  """A tuning method. Subclasses are frozen dataclasses: hashable, so jitted steps can close over them."""
+
+  # True when the method trains the network's own weights (model tuning): then there is no frozen tree.
+  trains_network: bool = False
+
+  @abc.abstractmethod
+  def init(self, rng: Array, frozen: Params) -> Params:
+    """Initial trainable parameters (host or device arrays). `frozen` is the network's (loaded) tree."""
+
+  @abc.abstractmethod
+  def abstract(self, network: Params) -> Params:
+    """The trainable tree as boxed abstract values (`nn.Partitioned` of `ShapeDtypeStruct`: logical axes for
+    sharding). `network` is the network's boxed abstract parameter tree."""
+
+  def network_params(self, frozen: Params, trainable: Params) -> Params:
+    """The parameters the network is applied with."""
+    del trainable
+    return frozen
+
+  def hooks(self, trainable: Params, *, deterministic: bool = True, rng: Array | None = None) -> Hooks:
+    """The hooks of one forward pass; `rng` (when not deterministic) feeds the method's own dropout."""
+    del trainable, deterministic, rng
+    return Hooks()
+
+  def numpy_copy(self, trainable: Params) -> dict[str, np.ndarray] | None:
+    """Small files to keep beside each checkpoint (`{'prompt.npy': [P, d]}`), or None for none."""
+    del trainable
+    return None
