@@ -1,35 +1,37 @@
-"""Prompt-only training checkpoints: the `TrainState` (prompt, optimizer state, step, rng) and the data
-position, never the frozen model.
+"""Training checkpoints for every tuning method: the `TrainState`, the data position and the batch size.
 
-Layout under MODEL_DIR:
-  checkpoints/<step>/{state,meta,metrics}/            orbax, written atomically (tmp dir + rename / commit file)
-  numpy_checkpoints/checkpoint_<step>/prompt.npy      float32 [P, d] copy of the prompt (process 0 only)
+  checkpoints/<step>/{state,meta,metrics}/    orbax, written atomically (tmp dir + rename / commit file)
+  numpy_checkpoints/checkpoint_<step>/<name>  the method's `numpy_copy` files (process 0), e.g. prompt.npy
 
-The reference writes a full multi-GB T5X checkpoint per save; everything here is prompt-sized (kilobytes).
-
-Multi-host: saving and restoring are collective, so every process calls `save`/`restore` with the same
-arguments. Every leaf of the saved state must be a global `jax.Array` (place it with
-`ShardedSteps.place_state`): a host-local scalar such as `jnp.zeros(())` cannot be saved by several
-processes, and `save` rejects it by name.
+Multi-host: every process calls `save`/`restore`/`restore_latest` alike; saved leaves must be global arrays.
+Damaged steps (truncated or deleted files, unreadable metadata, no commit marker) are never modified, moved or
+deleted, and orbax's retention never sees them. `restore_latest` resumes from the newest intact step, warning
+with each newer damaged dir (one CheckpointError when none is readable). Saving a damaged step's number again
+is skipped with a warning naming the dir; the next period's save is written, so nothing is lost (move the dir
+away to save that step). Resuming with another BATCH_SIZE is a ConfigError (the data position counts batches).
+The previous release's checkpoints (no batch size, `prompt/prompt`) still restore.
 """
 from __future__ import annotations
 
-import io
+import logging
 import math
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from jaxprompt.errors import CheckpointError, ConfigError, PromptError
-from jaxprompt.train.step import TrainState
+from jaxprompt.errors import CheckpointError, ConfigError
+from jaxprompt.parallel import host
+from jaxprompt.train import npy_io
+from jaxprompt.train.state import TrainState
+
+log = logging.getLogger('jaxprompt')
 
 CHECKPOINTS = 'checkpoints'
 NUMPY_CHECKPOINTS = 'numpy_checkpoints'
@@ -37,57 +39,79 @@ PROMPT_FILE = 'prompt.npy'
 _NUMPY_PREFIX = 'checkpoint_'
 # orbax writes these only once a step is complete; a step dir with neither is a save that never finished.
 _COMMIT_MARKERS = ('commit_success.txt', '_CHECKPOINT_METADATA')
+_INCOMPLETE = ('checkpoint {} is incomplete (no commit_success.txt or _CHECKPOINT_METADATA): a save was '
+               'interrupted; move it away or restore another step')
 
 
-class PromptCheckpointer:
+class _Damaged(CheckpointError):
+  """A step that exists but cannot be read: `restore_latest` falls back past it."""
+
+
+class _IntactSteps(ocp.path.step.NameFormat):
+  """orbax's step names minus the `hidden` (damaged) steps, which orbax then never lists, keeps or deletes."""
+
+  def __init__(self, hidden: set[int]):
+    self.hidden, self._standard = hidden, ocp.path.step.standard_name_format()
+    self.build_name = self._standard.build_name
+
+  def find_all(self, base_path: epath.PathLike):
+    return (m for m in self._standard.find_all(base_path) if m.step not in self.hidden)
+
+  def find_step(self, base_path: epath.PathLike, step: int):
+    return self._standard.find_step(base_path, step)  # orbax asks only for steps find_all listed
+
+
+class StateCheckpointer:
   """Saves and restores `TrainState`s under `model_dir`, keeping the `keep` newest steps plus the `keep_best`
-  best by `best_metric` (read from the `metrics` passed to `save`; `best_mode` 'max' or 'min')."""
+  best by `best_metric` (`best_mode` 'max' or 'min'). `numpy_copy(state)`, also settable as the attribute, gives
+  files to write beside each step ({'prompt.npy': [P, d]} or None); it runs on every process (it may gather)."""
 
   def __init__(self, model_dir: str, *, keep: int = 3, best_metric: str | None = None, best_mode: str = 'max',
-               keep_best: int = 1, save_numpy: bool = True):
+               keep_best: int = 1, numpy_copy: Callable[[TrainState], Mapping[str, Any] | None] | None = None):
     if keep < 1:
-      raise ConfigError(f'PromptCheckpointer keep must be >= 1, got {keep}')
+      raise ConfigError(f'StateCheckpointer keep must be >= 1, got {keep}')
     if best_mode not in ('max', 'min'):
-      raise ConfigError(f"PromptCheckpointer best_mode must be 'max' or 'min', got {best_mode!r}")
+      raise ConfigError(f"StateCheckpointer best_mode must be 'max' or 'min', got {best_mode!r}")
     if best_metric is not None and keep_best < 1:
-      raise ConfigError(f'PromptCheckpointer keep_best must be >= 1, got {keep_best}')
+      raise ConfigError(f'StateCheckpointer keep_best must be >= 1, got {keep_best}')
     self.model_dir = os.fspath(model_dir)
-    self.best_metric, self.best_mode, self.save_numpy = best_metric, best_mode, save_numpy
+    self.best_metric, self.best_mode, self.numpy_copy = best_metric, best_mode, numpy_copy
     _check_writable(epath.Path(self.model_dir))
     self._ckpt_dir = epath.Path(self.model_dir) / CHECKPOINTS
     self._numpy_dir = epath.Path(self.model_dir) / NUMPY_CHECKPOINTS
+    self._damaged = _scan_unreadable(self._ckpt_dir)  # step -> why it cannot be restored
+    for step, reason in sorted(self._damaged.items()):
+      log.warning('Ignoring checkpoint %s, left untouched: %s', self._step_dir(step), reason)
+    self._names = _IntactSteps(set(self._damaged))
     self._manager = ocp.CheckpointManager(
         self._ckpt_dir,
         options=ocp.CheckpointManagerOptions(
             preservation_policy=_retention_policy(keep, best_metric, best_mode, keep_best),
             # orbax writes the `metrics` item (and ranks steps) only when best_fn is set.
             best_fn=_metric_fn(best_metric, best_mode) if best_metric else None,
-            best_mode=best_mode, create=True, cleanup_tmp_directories=True),
+            best_mode=best_mode, create=True, cleanup_tmp_directories=True, step_name_format=self._names),
         item_handlers={'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()})
-    # Steps found on disk without a commit marker: interrupted copies, never offered for restore.
-    self._uncommitted = {s for s in self._manager.all_steps() if not _is_committed(self._step_dir(s))}
-    for s in sorted(self._uncommitted):
-      logging.warning('Ignoring incomplete checkpoint %s (no commit marker)', self._step_dir(s))
 
   def _step_dir(self, step: int) -> epath.Path:
     return self._ckpt_dir / str(step)
 
-  def save(self, step: int, state: TrainState, *, data_position: int, metrics: dict | None = None,
-           force: bool = False) -> bool:
-    """Writes `state` as checkpoint `step` (asynchronously; see `wait_until_finished`).
-
-    Returns False, writing nothing, when the step exists already or is not after the latest checkpoint
-    (unless `force`). Eval metrics used for best-checkpoint retention must come with the same call.
-    """
+  def save(self, step: int, state: TrainState, *, data_position: int, batch_size: int | None = None,
+           metrics: dict | None = None, force: bool = False) -> bool:
+    """Writes `state` as step `step` asynchronously; False (nothing written) when the step exists (intact or
+    damaged) or is not after the latest (unless `force`). `data_position` counts batches of `batch_size`."""
     step = int(step)
     _check_global(state)
+    if step in self._damaged:
+      log.warning('Not saving step %d: %s holds a damaged checkpoint of that step, left untouched; move it away '
+                  'to have this step saved again', step, self._step_dir(step))
+      return False
     if step in self._manager.all_steps():
-      logging.info('Checkpoint %s already exists; not saving it again', self._step_dir(step))
+      log.info('Checkpoint %s already exists; not saving it again', self._step_dir(step))
       return False
     latest = self.latest_step()
     if latest is not None and step < latest and not force:
-      logging.warning('Not saving step %d: %s already holds the later step %d (pass force=True to save anyway)',
-                      step, self._ckpt_dir, latest)
+      log.warning('Not saving step %d: %s already holds the later step %d (pass force=True to save anyway)',
+                  step, self._ckpt_dir, latest)
       return False
     json_metrics = _to_json(dict(metrics)) if metrics else None
     ranked = None
@@ -96,68 +120,98 @@ class PromptCheckpointer:
       if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f'best_metric {self.best_metric!r} must be a number, got {value!r} at step {step}')
       ranked = json_metrics
-    meta = {'step': step, 'data_position': int(data_position), 'metrics': json_metrics}
-    saved = self._manager.save(
+    meta = {'step': step, 'data_position': int(data_position),
+            'batch_size': None if batch_size is None else int(batch_size), 'metrics': json_metrics}
+    if not self._manager.save(
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
         # Our checks above replace orbax's, which would also count uncommitted step dirs as the latest step.
-        metrics=ranked, force=True)
-    if not saved:
+        metrics=ranked, force=True):
       return False
-    if self.save_numpy:
-      prompt = _prompt_to_host(state)  # collective when the prompt is sharded across hosts
-      if jax.process_index() == 0:
-        _write_npy(prompt, self._numpy_dir / f'{_NUMPY_PREFIX}{step}' / PROMPT_FILE)
+    files = self.numpy_copy(state) if self.numpy_copy is not None else None  # collective when sharded
     if jax.process_index() == 0:
-      self._prune_numpy(set(self._manager.all_steps()))
+      for name, array in (files or {}).items():
+        npy_io.write_npy(array, str(self._numpy_dir / f'{_NUMPY_PREFIX}{step}' / name), what='numpy copy',
+                         error=CheckpointError)
+      # Numpy copies whose step retention dropped go too; a damaged step's copy stays.
+      kept = set(self._manager.all_steps()) | set(self._damaged)
+      for child in self._numpy_dir.iterdir() if self._numpy_dir.exists() else ():
+        if _parse_step(child.name, _NUMPY_PREFIX) not in kept | {None}:
+          child.rmtree()
     return True
 
-  def _prune_numpy(self, kept: set[int]) -> None:
-    """Deletes numpy copies whose orbax step was dropped by retention (or never committed)."""
-    if not self._numpy_dir.exists():
-      return
-    for child in self._numpy_dir.iterdir():
-      step = _parse_step(child.name, _NUMPY_PREFIX)
-      if step is not None and step not in kept:
-        child.rmtree()
-
   def all_steps(self) -> list[int]:
-    return sorted(s for s in self._manager.all_steps() if s not in self._uncommitted)
+    return sorted(self._manager.all_steps())  # committed steps not known to be damaged
 
   def latest_step(self) -> int | None:
-    steps = self.all_steps()
-    return steps[-1] if steps else None
+    return max(self._manager.all_steps(), default=None)
 
   def best_step(self) -> int | None:
-    """The step with the best `best_metric`; None without `best_metric` or before any step has it."""
-    if self.best_metric is None:
-      return None
-    return self._manager.best_step()
+    """The step with the best `best_metric`; None without it or before any step has it."""
+    return None if self.best_metric is None else self._manager.best_step()
 
   def restore(self, template: TrainState, step: int | None = None) -> tuple[TrainState, dict]:
-    """(state, {'step', 'data_position', 'metrics'}) of `step` (default: the latest). `template` gives the
-    tree, shapes, dtypes and shardings: abstract `jax.ShapeDtypeStruct`s (with `sharding=`) or arrays."""
+    """(state, {'step', 'data_position', 'batch_size', 'metrics'}) of `step` (default: the latest), onto
+    `template`'s tree, shapes, dtypes and shardings (arrays or ShapeDtypeStructs); damaged: CheckpointError."""
     self._manager.wait_until_finished()
-    if step is None:
-      step = self.latest_step()
-      if step is None:
-        raise CheckpointError(f'no checkpoint to restore in {self._ckpt_dir}')
-    step = int(step)
+    if step is None and self.latest_step() is None:
+      raise CheckpointError(f'no checkpoint to restore in {self._ckpt_dir}')
+    return self._restore(template, int(self.latest_step() if step is None else step))
+
+  def restore_latest(self, template: TrainState, *, batch_size: int) -> tuple[TrainState, dict] | None:
+    """`restore` of the newest readable step, warning about each newer damaged one; None without any step.
+    CheckpointError when none is readable; ConfigError when it was trained with another `batch_size`."""
+    self._manager.wait_until_finished()
+    skipped = []
+    for step in sorted(set(self._manager.all_steps()) | set(self._damaged), reverse=True):
+      if step not in self._damaged:
+        try:
+          result, reason = self._restore(template, step, batch_size=batch_size), None
+        except _Damaged as e:
+          result, reason = None, str(e)
+        ok = reason is None  # every process must resume from the same step
+        if ok if jax.process_count() == 1 else np.all(multihost_utils.process_allgather(np.int32(ok))):
+          for bad in skipped:
+            log.warning('Resuming from step %d, not from the damaged checkpoint %s (left untouched; move it away '
+                        'to have step %d saved again): %s', step, self._step_dir(bad), bad, self._damaged[bad])
+          return result
+        self._damaged[step] = reason or f'checkpoint {self._step_dir(step)} is damaged: another process failed'
+        self._names.hidden.add(step)  # orbax's listing, retention and deletion now pass it by
+        self._manager.reload()
+      skipped.append(step)
+    if not skipped:
+      return None
+    raise CheckpointError(f'no readable checkpoint in {self._ckpt_dir}, every step is damaged or incomplete '
+                          '(move them away to start afresh): ' + '; '.join(self._damaged[s] for s in skipped))
+
+  def _restore(self, template: TrainState, step: int, batch_size: int | None = None) -> tuple[TrainState, dict]:
     step_dir = self._step_dir(step)
-    if step in self._uncommitted or (step_dir.exists() and not _is_committed(step_dir)):
-      raise CheckpointError(f'checkpoint {step_dir} is incomplete (no {" or ".join(_COMMIT_MARKERS)}): a save '
-                            'was interrupted; delete it or restore another step')
+    if step in self._damaged:
+      raise _Damaged(self._damaged[step])
     if step not in self._manager.all_steps():
       raise CheckpointError(f'no checkpoint for step {step} in {self._ckpt_dir} (have {self.all_steps()})')
-    _check_prompt_shape(step_dir, _saved_prompt_shape(step_dir), _shape(_prompt_leaf(template)))
     try:
-      restored = self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(_abstract(template)), meta=ocp.args.JsonRestore()))
-    except Exception as e:  # orbax/tensorstore raise many types for damaged or mismatched files
-      raise CheckpointError(f'cannot restore checkpoint {step_dir}: it is damaged or does not match the '
-                            f'template (optimizer or prompt configuration changed?): {e}') from e
-    meta = dict(restored['meta'] or {})
-    return restored['state'], {'step': step, 'data_position': int(meta.get('data_position', 0)),
-                               'metrics': meta.get('metrics')}
+      meta = dict(ocp.JsonCheckpointHandler().restore(step_dir / 'meta') or {})
+    except Exception as e:  # missing or unparsable JSON
+      raise _Damaged(f'checkpoint {step_dir} is damaged: cannot read its meta: {_one_line(e)}') from e
+    saved, target = _saved_shapes(step_dir), _abstract(template)
+    roots = {path.split('/')[0] for path in saved}  # the previous release's TrainState(step, prompt, ...)
+    if legacy := 'trainable' not in roots and 'prompt' in roots:
+      target = dict(step=target.step, prompt=target.trainable, opt_state=target.opt_state, rng=target.rng)
+    _check_shapes(step_dir, saved, target)
+    batch = meta.get('batch_size')  # None: an older release's checkpoint
+    if None not in (batch, batch_size) and int(batch) != int(batch_size):
+      raise ConfigError(f'MODEL_DIR {self.model_dir} was trained with BATCH_SIZE={batch} (step {step}) but '
+                        f'this run has BATCH_SIZE={batch_size}: saved data position counts batches of {batch} '
+                        f'examples; resume with --gin.BATCH_SIZE={batch} or start a new MODEL_DIR')
+    try:
+      args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
+      state = self._manager.restore(step, args=args)['state']
+    except Exception as e:  # orbax/tensorstore raise many types for damaged files
+      raise _Damaged(f'checkpoint {step_dir} is damaged: cannot read its state: {_one_line(e)}') from e
+    if legacy:
+      state = TrainState(state['step'], state['prompt'], state['opt_state'], state['rng'])
+    return state, {'step': step, 'data_position': int(meta.get('data_position', 0)),
+                   'batch_size': None if batch is None else int(batch), 'metrics': meta.get('metrics')}
 
   def wait_until_finished(self) -> None:
     self._manager.wait_until_finished()
@@ -165,24 +219,16 @@ class PromptCheckpointer:
   def close(self) -> None:
     self._manager.close()
 
-  def __enter__(self) -> PromptCheckpointer:
+  def __enter__(self) -> StateCheckpointer:
     return self
 
   def __exit__(self, *exc) -> None:
     self.close()
 
 
-# ------------------------------------------------------------------------------------------ orbax pieces
-
-
-def _metric_fn(name: str, mode: str):
-  worst = -math.inf if mode == 'max' else math.inf
-
-  def fn(metrics: dict) -> float:
-    value = float(metrics.get(name, worst))
-    return worst if math.isnan(value) else value  # NaN would break the sort
-
-  return fn
+def _metric_fn(name: str, mode: str) -> Callable[[dict], float]:
+  worst = -math.inf if mode == 'max' else math.inf  # also for NaN, which would break the sort
+  return lambda metrics: worst if math.isnan(value := float(metrics.get(name, worst))) else value
 
 
 def _retention_policy(keep: int, best_metric: str | None, best_mode: str, keep_best: int):
@@ -200,34 +246,52 @@ def _is_committed(step_dir: epath.Path) -> bool:
   return any((step_dir / marker).exists() for marker in _COMMIT_MARKERS)
 
 
-def _saved_prompt_shape(step_dir: epath.Path) -> tuple[int, ...]:
+def _scan_unreadable(ckpt_dir: epath.Path) -> dict[int, str]:
+  """Step dirs orbax must not see: uncommitted, or with metrics that would stop its manager from starting."""
+  found = {}
+  for step in _step_dirs(ckpt_dir):
+    step_dir = ckpt_dir / str(step)
+    try:
+      if not _is_committed(step_dir):
+        found[step] = _INCOMPLETE.format(step_dir)
+      elif (step_dir / 'metrics').exists():
+        ocp.JsonCheckpointHandler(filename='metrics').restore(step_dir / 'metrics')
+    except FileNotFoundError:  # orbax reads a missing file as no metrics
+      pass
+    except Exception as e:  # pylint: disable=broad-except
+      found[step] = f'checkpoint {step_dir} is damaged: cannot read its metrics: {_one_line(e)}'
+  return found
+
+
+def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """{'opt_state/0/count': shape, ...} of every leaf (orbax's metadata and templates name paths alike)."""
+  return {jax.tree_util.keystr(path, simple=True, separator='/'): tuple(int(d) for d in x.shape)
+          for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _saved_shapes(step_dir: epath.Path) -> dict[str, tuple[int, ...]]:
   try:
-    tree = ocp.StandardCheckpointHandler().metadata(step_dir / 'state')
-    if tree is None:
-      raise ValueError('no tree metadata')
-    return tuple(tree['prompt']['prompt'].shape)
-  except Exception as e:  # missing or unreadable _METADATA, or a tree without a prompt
-    raise CheckpointError(f'checkpoint {step_dir} is damaged: cannot read the prompt metadata of '
-                          f'{step_dir / "state"}: {e!r}') from e
+    return _leaf_shapes(ocp.StandardCheckpointHandler().metadata(step_dir / 'state'))
+  except Exception as e:  # missing or unreadable _METADATA, or array metadata tensorstore cannot open
+    raise _Damaged(f'checkpoint {step_dir} is damaged: cannot read the metadata of {step_dir / "state"}: '
+                   f'{_one_line(e)}') from e
 
 
-def _check_prompt_shape(step_dir: epath.Path, saved: tuple[int, ...], wanted: tuple[int, ...]) -> None:
-  if tuple(saved) != tuple(wanted):
-    raise CheckpointError(f'checkpoint {step_dir} holds a prompt of shape {tuple(saved)} but the template '
-                          f'prompt has shape {tuple(wanted)}')
+def _check_shapes(step_dir: epath.Path, saved: Mapping[str, tuple[int, ...]], target: Any) -> None:
+  """Names the first leaf (template order: the trainable tree before the optimizer's) saved differently."""
+  wanted = _leaf_shapes(target)
+  for path in [*wanted, *saved]:
+    if saved.get(path) != wanted.get(path):
+      there, here = ('absent' if s is None else s for s in (saved.get(path), wanted.get(path)))
+      raise CheckpointError(f'cannot restore checkpoint {step_dir}: it does not match the template (optimizer '
+                            f'or method changed?): {path} is {there} there and {here} in the template')
 
 
 def _abstract(template: Any) -> Any:
   """ShapeDtypeStructs for the restore target; arrays keep their sharding."""
-  def leaf(x):
-    if isinstance(x, jax.ShapeDtypeStruct):
-      return x
-    if isinstance(x, jax.Array):
-      return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
-    x = np.asarray(x)
-    return jax.ShapeDtypeStruct(x.shape, x.dtype)
-
-  return jax.tree.map(leaf, template)
+  return jax.tree.map(lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else jax.ShapeDtypeStruct(
+      np.shape(x), np.asarray(x).dtype if not hasattr(x, 'dtype') else x.dtype,
+      sharding=x.sharding if isinstance(x, jax.Array) else None), template)
 
 
 def _check_global(state: TrainState) -> None:
@@ -249,9 +313,14 @@ def _to_json(value: Any) -> Any:
   if isinstance(value, (str, bool, int, float)) or value is None:
     return value
   if isinstance(value, (np.ndarray, np.generic, jax.Array)):
-    array = _to_host(value)
+    array = host.host_value(value)
     return array.item() if array.size == 1 else array.tolist()
   return str(value)
+
+
+def _one_line(error: Exception) -> str:
+  """An orbax/tensorstore error as one short line: the CLI prints errors as one line."""
+  return ' '.join(f'{type(error).__name__}: {error}'.split())[:400]
 
 
 def _parse_step(name: str, prefix: str = '') -> int | None:
@@ -259,7 +328,9 @@ def _parse_step(name: str, prefix: str = '') -> int | None:
   return int(rest) if rest and rest.isdigit() else None
 
 
-# ---------------------------------------------------------------------------------------------- files
+def _step_dirs(ckpt_dir: epath.Path) -> list[int]:
+  steps = [_parse_step(p.name) for p in ckpt_dir.iterdir()] if ckpt_dir.is_dir() else []
+  return sorted(s for s in steps if s is not None)
 
 
 def _check_writable(model_dir: epath.Path) -> None:
@@ -273,109 +344,53 @@ def _check_writable(model_dir: epath.Path) -> None:
     raise CheckpointError(f'MODEL_DIR {model_dir} is not writable: {e}') from e
 
 
-def _prompt_leaf(state_or_prompt: Any) -> Any:
-  """The [P, d] prompt of a TrainState, a {'prompt': ...} tree or the array itself."""
-  x = state_or_prompt.prompt if isinstance(state_or_prompt, TrainState) else state_or_prompt
-  while isinstance(x, Mapping) and 'prompt' in x:
-    x = x['prompt']
-  return x
-
-
-def _shape(x: Any) -> tuple[int, ...]:
-  return tuple(x.shape) if hasattr(x, 'shape') else np.shape(x)
-
-
-def _prompt_to_host(state_or_prompt: Any) -> np.ndarray:
-  return _to_host(_prompt_leaf(state_or_prompt))
-
-
-def _to_host(x: Any) -> np.ndarray:
-  """A numpy copy of a (possibly global, multi-host) array; a gather is collective across processes."""
-  if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    if x.is_fully_replicated:
-      return np.asarray(x.addressable_data(0))
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  return np.asarray(x)
-
-
-def _write_npy(array: np.ndarray, path: epath.Path) -> None:
-  """Writes beside the target, then renames: a reader never sees half a file."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  buffer = io.BytesIO()
-  np.save(buffer, array, allow_pickle=False)
-  tmp = path.parent / f'.{path.name}.tmp-{uuid.uuid4().hex}'
-  tmp.write_bytes(buffer.getvalue())
-  tmp.replace(path)  # os.replace locally; a copy + delete on gs:// whose objects appear whole anyway
-
-
-def export_prompt(state_or_prompt: Any, path: str) -> str:
-  """Writes the prompt as a float32 [P, d] .npy (no pickles) at `path` (local or gs://); returns the path.
-
-  Accepts a TrainState, a {'prompt': [P, d]} tree or an array. A prompt sharded across hosts is gathered
-  collectively, so then every process must call this (each writes the same bytes).
-  """
-  array = _prompt_to_host(state_or_prompt)
-  if array.ndim != 2:
-    raise PromptError(f'cannot export a prompt of shape {array.shape} to {path}: expected [length, embed]')
-  try:
-    _write_npy(array.astype(np.float32), epath.Path(os.fspath(path)))
-  except Exception as e:  # OSError locally; gcs backends raise their own types
-    raise PromptError(f'cannot write the prompt to {path}: {e}') from e
-  return os.fspath(path)
-
-
-def _read_npy(path: epath.Path) -> np.ndarray:
-  try:
-    array = np.load(io.BytesIO(path.read_bytes()), allow_pickle=False)
-  except Exception as e:
-    raise CheckpointError(f'cannot read prompt file {path}: {e}') from e
-  if array.ndim != 2:
-    raise CheckpointError(f'prompt file {path} holds shape {array.shape}, expected [length, embed]')
+def _read_prompt_npy(path: epath.Path) -> np.ndarray:
+  array = npy_io.read_npy(str(path), what='prompt file', error=CheckpointError)
+  if array.ndim != 2 or array.dtype.kind not in 'fiu':
+    raise CheckpointError(f'prompt file {path} holds shape {array.shape} dtype {array.dtype}, expected a float '
+                          '[length, embed]')
   return array.astype(np.float32)
 
 
 def _read_orbax_prompt(step_dir: epath.Path) -> np.ndarray:
-  """Reads only the prompt leaf of an orbax step, onto the host."""
+  """Reads only the prompt leaf of an orbax step, from either release's tree (chosen by the metadata)."""
   if not _is_committed(step_dir):
-    raise CheckpointError(f'checkpoint {step_dir} is incomplete (no {" or ".join(_COMMIT_MARKERS)})')
+    raise _Damaged(_INCOMPLETE.format(step_dir))
+  root = next((r for r in ('trainable', 'prompt') if f'{r}/prompt' in _saved_shapes(step_dir)), None)
+  if root is None:
+    raise CheckpointError(f'checkpoint {step_dir} holds no prompt (no trainable/prompt or prompt/prompt): it '
+                          'was not written by prompt tuning')
   try:
     tree = ocp.PyTreeCheckpointer().restore(step_dir / 'state', args=ocp.args.PyTreeRestore(
-        item={'prompt': {'prompt': 0}}, restore_args={'prompt': {'prompt': ocp.RestoreArgs(restore_type=np.ndarray)}},
+        item={root: {'prompt': 0}}, restore_args={root: {'prompt': ocp.RestoreArgs(restore_type=np.ndarray)}},
         partial_restore=True))
   except Exception as e:
-    raise CheckpointError(f'cannot read the prompt from checkpoint {step_dir}: {e}') from e
-  return np.asarray(tree['prompt']['prompt'], np.float32)
-
-
-def _committed_steps(ckpt_dir: epath.Path) -> list[int]:
-  steps = [_parse_step(p.name) for p in ckpt_dir.iterdir()] if ckpt_dir.is_dir() else []
-  return sorted(s for s in steps if s is not None and _is_committed(ckpt_dir / str(s)))
+    raise _Damaged(f'cannot read the prompt from checkpoint {step_dir}: {_one_line(e)}') from e
+  return np.asarray(tree[root]['prompt'], np.float32)
 
 
 def load_prompt_from_checkpoint(model_dir_or_step_dir: str, step: int | None = None) -> np.ndarray:
-  """The float32 [P, d] prompt of a training checkpoint, without the optimizer state or frozen model.
+  """The float32 [P, d] prompt of a training checkpoint (either release's), without the optimizer state.
 
   Accepts MODEL_DIR (uses `step`, default the latest; prefers the numpy copy), its `checkpoints` dir, an
-  orbax step dir (`.../checkpoints/<step>`), a numpy step dir (`.../checkpoint_<step>`) or a `.npy` file.
+  orbax step dir (`.../checkpoints/<step>`), a numpy step dir (`.../checkpoint_<step>`) or a `.npy`.
   """
   path = epath.Path(os.fspath(model_dir_or_step_dir))
   if not path.exists():
     raise CheckpointError(f'checkpoint path {path} does not exist')
   if path.is_file():
-    return _read_npy(path)
-  single = (path / PROMPT_FILE).exists() or (path / 'state').exists()
-  if single:
+    return _read_prompt_npy(path)
+  if (path / PROMPT_FILE).exists() or (path / 'state').exists():
     named = _parse_step(path.name, _NUMPY_PREFIX if path.name.startswith(_NUMPY_PREFIX) else '')
     if step is not None and named is not None and named != int(step):
       raise CheckpointError(f'{path} is the checkpoint of step {named}, not of the requested step {step}')
-    return _read_npy(path / PROMPT_FILE) if (path / PROMPT_FILE).exists() else _read_orbax_prompt(path)
+    return _read_prompt_npy(path / PROMPT_FILE) if (path / PROMPT_FILE).exists() else _read_orbax_prompt(path)
   model_dir, ckpt_dir = (path.parent, path) if path.name == CHECKPOINTS else (path, path / CHECKPOINTS)
-  steps = _committed_steps(ckpt_dir)
+  steps = [s for s in _step_dirs(ckpt_dir) if _is_committed(ckpt_dir / str(s))]
   if not steps:
     raise CheckpointError(f'no prompt checkpoints in {path} (expected {ckpt_dir}/<step>/ or a prompt .npy)')
-  if step is None:
-    step = steps[-1]
-  elif int(step) not in steps:
+  step = steps[-1] if step is None else int(step)
+  if step not in steps:
     raise CheckpointError(f'no checkpoint for step {step} in {ckpt_dir} (have {steps})')
-  numpy_copy = model_dir / NUMPY_CHECKPOINTS / f'{_NUMPY_PREFIX}{int(step)}' / PROMPT_FILE
-  return _read_npy(numpy_copy) if numpy_copy.exists() else _read_orbax_prompt(ckpt_dir / str(step))
+  copy = model_dir / NUMPY_CHECKPOINTS / f'{_NUMPY_PREFIX}{step}' / PROMPT_FILE
+  return _read_prompt_npy(copy) if copy.exists() else _read_orbax_prompt(ckpt_dir / str(step))

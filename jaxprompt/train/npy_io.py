@@ -1,0 +1,148 @@
+"""Safe `.npy` files: read without ever unpickling, shape from the header alone, atomic writes.
+
+Paths are local or anything `tf.io.gfile` opens (gs://, ram://, ...). Local paths use plain file calls, so
+TensorFlow is imported only for remote ones. Every failure is one error of the caller's type (`error`,
+PromptError by default) naming the file as `<what> <path>`.
+"""
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from typing import IO, Any
+
+import numpy as np
+
+from jaxprompt.errors import PromptError
+
+_MAGIC = b'\x93NUMPY'
+_ZIP_MAGIC = b'PK'
+
+
+def _is_remote(path: str) -> bool:
+  return '://' in path
+
+
+def _gfile():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (slow import, only needed for remote paths)
+  return tf.io.gfile
+
+
+def _exists(path: str) -> bool:
+  try:
+    return _gfile().exists(path) if _is_remote(path) else os.path.exists(path)
+  except Exception:  # pylint: disable=broad-except  (e.g. no access to the bucket: the read says why)
+    return True
+
+
+def _open(path: str, mode: str) -> IO[bytes]:
+  # pylint: disable-next=consider-using-with  (the callers' `with` closes it)
+  return _gfile().GFile(path, mode) if _is_remote(path) else open(path, mode)
+
+
+def _reason(e: Exception) -> str:
+  """The useful part of an OSError / tf OpError, without repeating the path."""
+  return getattr(e, 'message', None) or getattr(e, 'strerror', None) or str(e)
+
+
+def _not_npy(data: bytes, what: str, path: str, error: type[Exception]) -> Exception:
+  """The error for bytes that do not start like a .npy file."""
+  kind = 'an .npz archive' if data.startswith(_ZIP_MAGIC) else 'not a .npy file (pickle or another format?)'
+  return error(f'{what} {path} is {kind}; expected one array saved with np.save')
+
+
+def _read_header(f: IO[bytes]) -> tuple[int, ...]:
+  """The shape of an open .npy file's header (the file's first bytes are the magic)."""
+  f.seek(0)
+  version = np.lib.format.read_magic(f)
+  if version == (1, 0):
+    shape, _, _ = np.lib.format.read_array_header_1_0(f)
+  elif version == (2, 0):
+    shape, _, _ = np.lib.format.read_array_header_2_0(f)
+  else:  # 3.0 differs only in utf-8 field names, which a prompt never has
+    raise ValueError(f'unsupported .npy format version {version}')
+  return shape
+
+
+def read_npy(path: str | os.PathLike, *, what: str = 'prompt file',
+             error: type[Exception] = PromptError) -> np.ndarray:
+  """The array in a `.npy` file; object (pickled) arrays are refused, never loaded."""
+  path = os.fspath(path)
+  if not _exists(path):
+    raise error(f'{what} {path} does not exist')
+  try:
+    with _open(path, 'rb') as f:
+      data = f.read()
+  except Exception as e:  # OSError locally, tf.errors.OpError remotely
+    raise error(f'cannot read {what} {path}: {_reason(e)}') from e
+  if not data.startswith(_MAGIC):
+    raise _not_npy(data, what, path, error)
+  try:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+  except ValueError as e:  # object (pickled) arrays are refused here, as are damaged headers/data
+    raise error(f'cannot load {what} {path} without unpickling or it is damaged: {e}') from e
+
+
+def npy_shape(path: str | os.PathLike, *, what: str = 'prompt file',
+              error: type[Exception] = PromptError) -> tuple[int, ...]:
+  """The shape in a `.npy` header, read without loading (or unpickling) the data."""
+  path = os.fspath(path)
+  if not _exists(path):
+    raise error(f'{what} {path} does not exist')
+  try:
+    with _open(path, 'rb') as f:
+      start = f.read(len(_MAGIC))
+      shape = _read_header(f) if start == _MAGIC else None
+  except Exception as e:  # a damaged header, or OSError / tf OpError while reading it
+    raise error(f'{what} {path} has an unreadable .npy header: {_reason(e)}') from e
+  if shape is None:
+    raise _not_npy(start, what, path, error)
+  return tuple(int(d) for d in shape)
+
+
+def write_npy(array: Any, path: str | os.PathLike, *, what: str = 'prompt file',
+              error: type[Exception] = PromptError) -> str:
+  """Writes `array` (no pickles) to `path`, creating its parents; returns the path.
+
+  Written beside the target and then renamed, so a reader never sees half a file. The temp name is unique,
+  so several processes may write the same file at once: each rename installs a whole copy.
+  """
+  path = os.fspath(path)
+  buffer = io.BytesIO()
+  try:
+    np.save(buffer, np.asarray(array), allow_pickle=False)
+  except ValueError as e:  # object arrays would need a pickle
+    raise error(f'cannot write {what} {path}: {e}') from e
+  parent, name = os.path.split(path)
+  tmp = os.path.join(parent, f'.{name}.tmp-{uuid.uuid4().hex}')
+  try:
+    if _is_remote(path):
+      gfile = _gfile()
+      gfile.makedirs(parent)
+      with gfile.GFile(tmp, 'wb') as f:
+        f.write(buffer.getvalue())
+      gfile.rename(tmp, path, overwrite=True)  # copy + delete on gs://, whose objects appear whole anyway
+    else:
+      if parent:
+        os.makedirs(parent, exist_ok=True)
+      with open(tmp, 'wb') as f:
+        f.write(buffer.getvalue())
+        f.flush()
+        os.fsync(f.fileno())  # the data is on disk before the name points at it
+      os.replace(tmp, path)
+  except Exception as e:  # OSError locally, tf.errors.OpError remotely
+    _remove_quietly(tmp)
+    raise error(f'cannot write {what} {path}: {_reason(e)}') from e
+  return path
+
+
+def _remove_quietly(path: str) -> None:
+  """Best-effort cleanup of a temp file after a failed write (it may never have been created)."""
+  try:
+    if _is_remote(path):
+      if _gfile().exists(path):
+        _gfile().remove(path)
+    elif os.path.exists(path):
+      os.remove(path)
+  except Exception:  # pylint: disable=broad-except  (the write's own error is the one to report)
+    pass
