@@ -23,3 +23,7 @@ class PromptError(JaxPromptError):
 
 class TrainingError(JaxPromptError):
   """Training cannot continue (for example a non-finite loss)."""
+
+
+class UsageError(JaxPromptError):
+  """A command-line mistake: a flag, a gin file that is not there, a gin value gin cannot parse (exit 2)."""

@@ -1,16 +1,32 @@
-"""`jaxprompt eval`: the gin entry point `jaxprompt.evaluate`."""
+"""`jaxprompt eval`: the gin entry point `jaxprompt.evaluate`, and the prompted frozen model `eval` and `infer`
+both run."""
 from __future__ import annotations
 
 from typing import Any, Mapping
 
 import gin
+import numpy as np
 
-from jaxprompt.commands import configs, validation
+from jaxprompt.commands import configs, prompt_files, validation
 from jaxprompt.data import pipeline as data
 from jaxprompt.eval.evaluation import DecodeOptions, ModelFns, evaluate_sets, prepare_eval
 from jaxprompt.eval.writers import write_json, write_jsonl
+from jaxprompt.methods.prompt_tuning import PROMPT_KEY, PromptTuning
 from jaxprompt.models.config import T5Config
-from jaxprompt.train import runtime as components
+from jaxprompt.train import runtime as runtime_lib
+
+
+def prompted_model(config: T5Config, checkpoint_path: str, feature_lengths: Mapping[str, int], prompt: np.ndarray,
+                   *, combine: str = 'prefix', model_parallel: int = 1, eos_id: int = 1,
+                   decode: DecodeOptions | None = None) -> tuple[ModelFns, Any]:
+  """The frozen model with a trained [P, d] `prompt` on the mesh: (its jitted functions, the placed prompt tree
+  they take)."""
+  method = PromptTuning(length=prompt.shape[0], embed_dim=config.emb_dim, combine=combine, eos_id=eos_id,
+                        dtype=config.dtype)
+  runtime = runtime_lib.build_runtime(config, method, checkpoint_path, feature_lengths,
+                                      model_parallel=model_parallel, eos_id=eos_id)
+  return ModelFns(runtime, decode), runtime.place_trainable({PROMPT_KEY: prompt})
+
 
 @gin.configurable(module='jaxprompt')
 def evaluate(output_file: str | None = None, *, model_config: T5Config | None = None,
@@ -26,22 +42,20 @@ def evaluate(output_file: str | None = None, *, model_config: T5Config | None = 
   over the task's label set when it has one and `rank_classification`, else decoding). Written as JSON to
   `output_file` (process 0); predictions as JSONL to `predictions_file` when given.
   """
-  config = validation.require(model_config, 'MODEL_CONFIG', "\"@jaxprompt.model_config()\" (a models/*.gin)")
-  ckpt = validation.require(initial_checkpoint_path, 'INITIAL_CHECKPOINT_PATH', "\"'/path/to/checkpoint'\"")
-  name = validation.require(mixture_or_task_name, 'MIXTURE_OR_TASK_NAME', "\"'my_task'\"")
-  lengths = validation.check_feature_lengths(task_feature_lengths)
+  config, ckpt, name, lengths = validation.check_common(model_config, initial_checkpoint_path,
+                                                        mixture_or_task_name, task_feature_lengths)
   validation.check_positive(batch_size=batch_size, max_examples=max_examples, PROMPT_LENGTH=prompt_length)
-  prompt_array = components.load_prompt(prompt_file=prompt_file, checkpoint=checkpoint, step=checkpoint_step,
-                                        prompt_length=prompt_length, embed_dim=config.emb_dim)
+  prompt_array = prompt_files.load_prompt(prompt_file=prompt_file, checkpoint=checkpoint, step=checkpoint_step,
+                                          prompt_length=prompt_length, embed_dim=config.emb_dim)
   provider = data.get_provider(name)
   for task in data.subtasks(provider, split):
     configs.check_vocabulary(data.targets_vocabulary(task), config, task.name)
   sets = prepare_eval(provider, split, lengths, max_examples=max_examples, rank_classification=rank_classification)
-  data.host_batch_size(batch_size, components.data_parallel_size(model_parallel))
-  runtime = components.build_runtime(config, prompt_array.shape[0], ckpt, lengths, combine=prompt_combine,
-                                     model_parallel=model_parallel)
-  fns = ModelFns(runtime, decode)
-  metrics, records = evaluate_sets(fns, runtime.place_prompt(prompt_array), sets, batch_size)
+  data.host_batch_size(batch_size, runtime_lib.data_parallel_size(model_parallel))
+  fns, prompt = prompted_model(config, ckpt, lengths, prompt_array, combine=prompt_combine,
+                               model_parallel=model_parallel, eos_id=data.targets_vocabulary(provider).eos_id,
+                               decode=decode)
+  metrics, records = evaluate_sets(fns, prompt, sets, batch_size)
   result = {'task': provider.name, 'split': split, 'prompt': prompt_file or checkpoint, 'metrics': metrics}
   if output_file:
     write_json(output_file, result)

@@ -9,15 +9,15 @@ import gin
 import seqio
 import tensorflow as tf
 
+from jaxprompt.commands import configs, prompt_files, validation
+from jaxprompt.commands.evaluate import prompted_model
+from jaxprompt.data import pipeline as data
 from jaxprompt.data import vocab as vocab_lib
 from jaxprompt.errors import DataError
-from jaxprompt.models.config import T5Config
-from jaxprompt.train import runtime as components
-from jaxprompt.data import pipeline as data
 from jaxprompt.eval import evaluation as eval_lib
 from jaxprompt.eval import writers
-from jaxprompt.commands import validation
-from jaxprompt.commands import configs
+from jaxprompt.models.config import T5Config
+from jaxprompt.train import runtime as runtime_lib
 
 
 def read_input_lines(input_file: str, stdin=None) -> list[str]:
@@ -91,13 +91,13 @@ def infer(output_file: str | None = None, *, model_config: T5Config | None = Non
   inputs are tokenized with `vocabulary` (a SentencePiece path or seqio vocabulary), else the task's, else
   T5's default vocabulary.
   """
-  config = validation.require(model_config, 'MODEL_CONFIG', "\"@jaxprompt.model_config()\" (a models/*.gin)")
-  ckpt = validation.require(initial_checkpoint_path, 'INITIAL_CHECKPOINT_PATH', "\"'/path/to/checkpoint'\"")
-  lengths = validation.check_feature_lengths(task_feature_lengths)
+  config, ckpt, name, lengths = validation.check_common(model_config, initial_checkpoint_path,
+                                                        mixture_or_task_name, task_feature_lengths,
+                                                        task_required=False)
   validation.check_positive(batch_size=batch_size, max_examples=max_examples, PROMPT_LENGTH=prompt_length)
-  prompt_array = components.load_prompt(prompt_file=prompt_file, checkpoint=checkpoint, step=checkpoint_step,
-                                        prompt_length=prompt_length, embed_dim=config.emb_dim)
-  provider = data.get_provider(mixture_or_task_name) if mixture_or_task_name else None
+  prompt_array = prompt_files.load_prompt(prompt_file=prompt_file, checkpoint=checkpoint, step=checkpoint_step,
+                                          prompt_length=prompt_length, embed_dim=config.emb_dim)
+  provider = data.get_provider(name) if name else None
   texts = None
   if input_file is not None or provider is None:
     texts = read_input_lines(input_file or '-')
@@ -107,11 +107,9 @@ def infer(output_file: str | None = None, *, model_config: T5Config | None = Non
     data.subtasks(provider, split)
   vocab = _vocabulary(provider, vocabulary)
   configs.check_vocabulary(vocab, config, provider.name if provider is not None else 'text inputs')
-  data.host_batch_size(batch_size, components.data_parallel_size(model_parallel))
-  runtime = components.build_runtime(config, prompt_array.shape[0], ckpt, lengths, combine=prompt_combine,
-                                     model_parallel=model_parallel, eos_id=vocab.eos_id)
-  fns = eval_lib.ModelFns(runtime, decode)
-  prompt = runtime.place_prompt(prompt_array)
+  data.host_batch_size(batch_size, runtime_lib.data_parallel_size(model_parallel))
+  fns, prompt = prompted_model(config, ckpt, lengths, prompt_array, combine=prompt_combine,
+                               model_parallel=model_parallel, eos_id=vocab.eos_id, decode=decode)
   if texts is not None:
     records = decode_texts(fns, prompt, texts, vocab, lengths, batch_size)
   else:

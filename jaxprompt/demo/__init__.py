@@ -7,3 +7,7 @@
   pretrain   `python -m jaxprompt.demo.pretrain --output DIR --seed 0`
   run        `jaxprompt demo` (`run.main(argv)`)
 """
+
+# What the demo's gin files bind beyond jaxprompt's own configurables (`jaxprompt.cli.gin_config`): the demo
+# model's gin hooks and the demo tasks. Names, not imports: importing the package stays free.
+GIN_MODULES = ('jaxprompt.demo.model', 'jaxprompt.demo.tasks')

@@ -21,8 +21,11 @@ import tempfile
 import time
 from typing import Sequence
 
-from jaxprompt.demo import data
+from jaxprompt.cli import console
+from jaxprompt.cli import parser as cli_parser
+from jaxprompt.demo import GIN_MODULES, data
 from jaxprompt.demo import model as demo_model
+from jaxprompt.errors import ConfigError
 
 PRETRAIN_GIN = ('runs/demo_pretrain.gin',)
 _SP_OPTIONS = dict(model_type='bpe', pad_id=0, eos_id=1, unk_id=2, bos_id=-1, byte_fallback=True,
@@ -65,12 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
 def pretrain(output: str, *, seed: int = 0, steps: int | None = None, log_dir: str | None = None,
              eval_examples: int = 200, overwrite: bool = False, bindings: Sequence[str] = ()) -> dict:
   """Runs the whole recipe into `output`; returns the written config.json content."""
-  from jaxprompt.demo import ginconf  # pylint: disable=g-import-not-at-top  (imports TF)
-  ginconf.import_configurables()
-  ginconf.quiet_in_memory_source_warning()
+  from jaxprompt.cli import gin_config  # pylint: disable=g-import-not-at-top  (imports TF)
+  gin_config.import_configurables(GIN_MODULES)
+  console.quiet_known_noise()
+  from jaxprompt.commands import train as trainer  # pylint: disable=g-import-not-at-top
   from jaxprompt.demo import tasks  # pylint: disable=g-import-not-at-top
-  from jaxprompt.train import model_tuning  # pylint: disable=g-import-not-at-top
-  from jaxprompt.errors import ConfigError  # pylint: disable=g-import-not-at-top
   if os.path.exists(os.path.join(output, demo_model.CONFIG_FILE)) and not overwrite:
     raise ConfigError(f'{output} already holds a demo model (pass --overwrite to replace it)')
   os.makedirs(output, exist_ok=True)
@@ -82,16 +84,18 @@ def pretrain(output: str, *, seed: int = 0, steps: int | None = None, log_dir: s
   vocabulary = demo_model.vocabulary(output)
   tasks.register_demo_tasks(vocabulary)
   log_dir = log_dir or tempfile.mkdtemp(prefix='demo_pretrain_')
-  overrides = [f'MODEL_DIR = {ginconf.quote(log_dir)}', f'RANDOM_SEED = {int(seed)}']
+  overrides = [f'MODEL_DIR = {gin_config.quote(log_dir)}', f'RANDOM_SEED = {int(seed)}']
   if steps is not None:  # a short run (tests) also gets a proportionally short warmup
     overrides += [f'TRAIN_STEPS = {int(steps)}', f'WARMUP_STEPS = {min(100, int(steps) // 10)}']
-  ginconf.parse(PRETRAIN_GIN, overrides + list(bindings))
+  gin_config.parse(PRETRAIN_GIN, overrides + list(bindings))
   import gin  # pylint: disable=g-import-not-at-top
+  config = demo_model.architecture()  # bound once, so config.json records exactly what was trained
+  gin.bind_parameter('jaxprompt.train_model.model_config', config)
   gin.bind_parameter('jaxprompt.train_model.eval_max_examples', eval_examples)
-  result = model_tuning.train_model()  # pylint: disable=no-value-for-parameter  (gin supplies the arguments)
-  checkpoint = write_checkpoint(result.params, output, result.step)
+  result = trainer.train_model()  # pylint: disable=no-value-for-parameter  (gin supplies the arguments)
+  checkpoint = write_checkpoint(result.trainable, output, result.step)
   info = {
-      'model_config': demo_model.config_to_json(result.config),
+      'model_config': demo_model.config_to_json(config),
       'vocabulary': {'file': demo_model.VOCAB_FILE, 'type': 'sentencepiece', 'options': _SP_OPTIONS,
                      'vocab_size': vocabulary.vocab_size, 'extra_ids': 0, 'pad_id': 0, 'eos_id': 1, 'unk_id': 2},
       'checkpoint': os.path.basename(os.path.dirname(checkpoint)),
@@ -117,18 +121,15 @@ def pretrain(output: str, *, seed: int = 0, steps: int | None = None, log_dir: s
 def main(argv: Sequence[str] | None = None) -> int:
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   argv = list(sys.argv[1:] if argv is None else argv)
-  from jaxprompt.cli import main as cli  # pylint: disable=g-import-not-at-top
-  rest, bindings = cli.split_gin_overrides(argv)
-  args = build_parser().parse_args(rest)
-  from jaxprompt.errors import JaxPromptError  # pylint: disable=g-import-not-at-top
-  try:
+
+  def pretrain_command() -> int:
+    rest, bindings = cli_parser.split_gin_overrides(argv)
+    args = build_parser().parse_args(rest)
     pretrain(args.output, seed=args.seed, steps=args.steps, log_dir=args.log_dir,
              eval_examples=args.eval_examples, overwrite=args.overwrite, bindings=bindings)
-  except JaxPromptError as e:
-    sys.stderr.write(f'pretrain: error: {e}\n')
-    return 2
-  return 0
+    return 0
 
+  return console.run_reporting_errors(pretrain_command, prog='pretrain')
 
 if __name__ == '__main__':
   sys.exit(main())

@@ -21,8 +21,12 @@ import sys
 import time
 from typing import Sequence
 
-from jaxprompt.demo import data
+from jaxprompt.cli import console
+from jaxprompt.cli import parser as cli_parser
+from jaxprompt.cli.gin_config import quote
+from jaxprompt.demo import GIN_MODULES, data
 
+PROG = 'jaxprompt demo'
 PROMPT_GIN = ('models/demo.gin', 'runs/demo.gin')
 MODEL_TUNING_GIN = ('models/demo.gin', 'runs/demo_model_tuning.gin')
 CURVE_FILE = 'demo_curve.png'
@@ -53,8 +57,7 @@ class DemoResult:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog='jaxprompt demo', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--output', default='jaxprompt_demo', help='folder for prompt.npy, curves and runs')
   parser.add_argument('--skill', default='topic', choices=data.HELDOUT_SKILLS,
                       help='the classification skill presented without its instruction')
@@ -72,7 +75,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _common_bindings(args: argparse.Namespace, task: str) -> list[str]:
-  from jaxprompt.demo.ginconf import quote  # pylint: disable=g-import-not-at-top
   bindings = [f'MIXTURE_OR_TASK_NAME = {quote(task)}']
   if args.seed is not None:
     bindings.append(f'RANDOM_SEED = {args.seed}')
@@ -102,13 +104,12 @@ def frozen_accuracy(task: str, max_examples: int | None = None) -> float:
   import gin  # pylint: disable=g-import-not-at-top
   from jaxprompt.checkpoints import load_t5x_checkpoint  # pylint: disable=g-import-not-at-top
   from jaxprompt.demo import model as demo_model  # pylint: disable=g-import-not-at-top
-  from jaxprompt.train import model_tuning  # pylint: disable=g-import-not-at-top
+  from jaxprompt.eval import evaluation  # pylint: disable=g-import-not-at-top
   config = demo_model.model_config()  # gin binds model_dir (DEMO_MODEL_DIR)
   params = load_t5x_checkpoint(demo_model.checkpoint_path())
   lengths = gin.query_parameter('%TASK_FEATURE_LENGTHS')
   batch = gin.query_parameter('%BATCH_SIZE')
-  metrics = model_tuning.evaluate_params(config, params, task, 'validation', lengths, batch,
-                                         max_examples=max_examples)
+  metrics = evaluation.evaluate_network(config, params, task, 'validation', lengths, batch, max_examples=max_examples)
   return float(metrics['accuracy'])
 
 
@@ -149,13 +150,12 @@ def plot_curves(path: str, frozen: float, prompt_dir: str, model_dir: str | None
 def run_demo(args: argparse.Namespace, overrides: Sequence[str] = ()) -> DemoResult:
   """The whole demo (see the module docstring); `overrides` are extra gin bindings for both runs."""
   start = time.time()
-  from jaxprompt.demo import ginconf  # pylint: disable=g-import-not-at-top  (imports TF, seqio, jax)
-  ginconf.import_configurables()
-  ginconf.quiet_in_memory_source_warning()
+  from jaxprompt.cli import gin_config  # pylint: disable=g-import-not-at-top  (imports TF, seqio, jax)
+  gin_config.import_configurables(GIN_MODULES)
+  console.quiet_known_noise()
+  from jaxprompt.commands import train as trainer  # pylint: disable=g-import-not-at-top
   from jaxprompt.demo import model as demo_model  # pylint: disable=g-import-not-at-top
   from jaxprompt.demo import tasks  # pylint: disable=g-import-not-at-top
-  from jaxprompt.train import model_tuning  # pylint: disable=g-import-not-at-top
-  from jaxprompt.train import loop as trainer  # pylint: disable=g-import-not-at-top
   # (Re-)register the demo tasks with this model's vocabulary (another may have been registered before).
   tasks.register_demo_tasks(demo_model.vocabulary(None if args.model is None else os.path.abspath(args.model)))
   task = tasks.heldout_task_name(args.skill)
@@ -164,12 +164,12 @@ def run_demo(args: argparse.Namespace, overrides: Sequence[str] = ()) -> DemoRes
   common = _common_bindings(args, task) + list(overrides)
 
   prompt_dir = _fresh_dir(os.path.join(output, 'prompt_tuning'))
-  prompt_bindings = [f'MODEL_DIR = {ginconf.quote(prompt_dir)}'] + common
+  prompt_bindings = [f'MODEL_DIR = {quote(prompt_dir)}'] + common
   if args.steps is not None:
     prompt_bindings.append(f'TRAIN_STEPS = {args.steps}')
   if args.prompt_length is not None:
     prompt_bindings.append(f'PROMPT_LENGTH = {args.prompt_length}')
-  ginconf.parse(PROMPT_GIN, prompt_bindings)
+  gin_config.parse(PROMPT_GIN, prompt_bindings)
 
   _say(f'[1/3] frozen demo model, no prompt, on {task} (raw review, no instruction) ...')
   frozen = frozen_accuracy(task, args.eval_examples)
@@ -188,11 +188,11 @@ def run_demo(args: argparse.Namespace, overrides: Sequence[str] = ()) -> DemoRes
   if not args.no_baseline:
     _say('[3/3] model tuning baseline: every weight trains on the same data ...')
     model_dir = _fresh_dir(os.path.join(output, 'model_tuning'))
-    model_bindings = [f'MODEL_DIR = {ginconf.quote(model_dir)}'] + common
+    model_bindings = [f'MODEL_DIR = {quote(model_dir)}'] + common
     if args.baseline_steps is not None:
       model_bindings.append(f'TRAIN_STEPS = {args.baseline_steps}')
-    ginconf.parse(MODEL_TUNING_GIN, model_bindings)
-    baseline = model_tuning.train_model()  # pylint: disable=no-value-for-parameter
+    gin_config.parse(MODEL_TUNING_GIN, model_bindings)
+    baseline = trainer.train_model()  # pylint: disable=no-value-for-parameter
     model_accuracy = float(baseline.eval_metrics['accuracy'])
     _say(f'      held-out accuracy after model tuning: {model_accuracy:.1f}%  (elapsed {time.time() - start:.0f} s)')
 
@@ -226,21 +226,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   (0, also when the quality bar is not met: the table says so; 2 on a configuration or data error)."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   argv = list(sys.argv[1:] if argv is None else argv)
-  from jaxprompt.cli import main as cli  # pylint: disable=g-import-not-at-top
-  try:
-    rest, overrides = cli.split_gin_overrides(argv)
-  except cli.CliError as e:
-    sys.stderr.write(f'jaxprompt demo: error: {e}\n')
-    return 2
-  args = build_parser().parse_args(rest)
-  from jaxprompt.errors import JaxPromptError  # pylint: disable=g-import-not-at-top
-  try:
-    demo = run_demo(args, overrides)
-  except JaxPromptError as e:
-    sys.stderr.write(f'jaxprompt demo: error: {" ".join(str(e).split())}\n')
-    return 2
-  print(report(demo), flush=True)
-  return 0
+
+  def demo_command() -> int:
+    rest, overrides = cli_parser.split_gin_overrides(argv)
+    args = build_parser().parse_args(rest)
+    print(report(run_demo(args, overrides)), flush=True)
+    return 0
+
+  return console.run_reporting_errors(demo_command, prog=PROG)
 
 
 if __name__ == '__main__':

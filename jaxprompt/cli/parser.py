@@ -1,0 +1,118 @@
+"""The command line's flags: one argparse parser per command, and t5x's `--gin.NAME=VALUE` overrides (pulled out
+of argv before argparse sees it, since argparse cannot declare a flag per gin name)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn, Sequence
+
+from jaxprompt.errors import UsageError
+
+PROG = 'jaxprompt'
+GIN_PREFIX = '--gin.'
+
+MACROS = """important gin macros (set with --gin.NAME=VALUE, gin syntax: quote strings):
+  MODEL_DIR                 output folder (checkpoints, metrics, TensorBoard, final_prompt.npy): "'/tmp/run'"
+  INITIAL_CHECKPOINT_PATH   frozen T5X checkpoint (or HF safetensors folder)   (models/*.gin set it)
+  MODEL_CONFIG              @jaxprompt.model_config() with jaxprompt.model_config.name   (models/*.gin)
+  MIXTURE_OR_TASK_NAME      seqio task or mixture, e.g. "'taskless_glue_sst2_v200'"
+  TASK_FEATURE_LENGTHS      "{'inputs': 512, 'targets': 16}"
+  TRAIN_STEPS               total optimizer steps (30000)
+  BATCH_SIZE                global batch size, split over hosts (32)
+  PROMPT_LENGTH             prompt tokens (100)
+  PROMPT_INIT               initialiser, set by prompts/*.gin (class labels in runs/prompt_tuning.gin)
+  LEARNING_RATE             Adafactor learning rate, constant (0.3)
+  CLASS_LABELS              labels for class-label init (default: the task's label set)
+  RANDOM_SEED               prompt init, data order (0)
+  EVAL_PERIOD, CHECKPOINT_PERIOD, MODEL_PARALLEL, DROPOUT_RATE, PROMPT_FILE, EVAL_SPLIT, INFER_SPLIT
+example:
+  jaxprompt train --gin_file=models/t5_1_1_lm100k_base.gin --gin_file=runs/prompt_tuning.gin \\
+    --gin.MODEL_DIR="'/tmp/sst2'" --gin.MIXTURE_OR_TASK_NAME="'taskless_glue_sst2_v200'"
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+  """Usage errors as one `jaxprompt: error: ...` line (argparse would print the whole usage first)."""
+
+  def error(self, message: str) -> NoReturn:
+    sys.stderr.write(f'{PROG}: error: {message} (see {self.prog} --help)\n')
+    sys.exit(2)
+
+
+def split_gin_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+  """Pulls t5x-style `--gin.NAME=VALUE` (or `--gin.NAME VALUE`) out of argv -> (rest, ['NAME = VALUE'])."""
+  rest, bindings = [], []
+  args = list(argv)
+  i = 0
+  while i < len(args):
+    arg = args[i]
+    if arg.startswith(GIN_PREFIX):
+      name, sep, value = arg[len(GIN_PREFIX):].partition('=')
+      if not sep:
+        if i + 1 >= len(args):
+          raise UsageError(f'{arg} needs a value: {arg}=VALUE')
+        i += 1
+        value = args[i]
+      if not name:
+        raise UsageError(f'{arg}: empty gin name (expected --gin.NAME=VALUE)')
+      bindings.append(f'{name} = {value}')
+    else:
+      rest.append(arg)
+    i += 1
+  return rest, bindings
+
+
+def _gin_flags(parser: argparse.ArgumentParser) -> None:
+  group = parser.add_argument_group('gin')
+  group.add_argument('--gin_file', action='append', default=[], metavar='FILE',
+                     help='gin file (repeatable; later files override earlier ones)')
+  group.add_argument('--gin_search_paths', default='', metavar='DIRS',
+                     help='comma-separated folders to find gin files in (before the current directory and '
+                          'the gin_configs/ shipped with jaxprompt)')
+  group.add_argument('--gin_bindings', action='append', default=[], metavar='BINDING',
+                     help='raw gin binding, e.g. "jaxprompt.train.batch_size = 8" (same as --gin.NAME=VALUE)')
+  group.add_argument('--tfds_data_dir', default=None, help='read (and prepare) TFDS datasets here')
+  group.add_argument('--task', action='append', default=[], metavar='SPEC',
+                     help='register a task from your TSV/JSONL files (repeatable), e.g. '
+                          '"name=my_task,train=train.tsv,validation=dev.tsv,labels=no|yes"; then '
+                          '--gin.MIXTURE_OR_TASK_NAME="\'my_task\'"')
+
+
+def _prompt_flags(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument('--prompt_file', default=None, help='prompt as a float [P, d] .npy (e.g. from export)')
+  parser.add_argument('--checkpoint', default=None, help='a training MODEL_DIR or one of its step dirs')
+  parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: the latest)')
+  parser.add_argument('--split', default=None, help='dataset split (default: the gin setting)')
+
+
+def build_parser(commands: Sequence[str]) -> argparse.ArgumentParser:
+  """The parser of `jaxprompt {train,eval,infer,export}`; `commands` also lists those with their own parser
+  (`demo`), shown in the help only: `main` hands their argv over before this parser runs."""
+  fmt = argparse.RawDescriptionHelpFormatter
+  parser = _Parser(prog=PROG, formatter_class=fmt, epilog=MACROS,
+                   description='Prompt tuning of frozen T5X-style T5 models (t5x-style gin CLI).')
+  sub = parser.add_subparsers(dest='command', metavar='{' + ','.join(commands) + '}')
+  sub.required = True
+  p = sub.add_parser('train', help='tune a prompt (resumes from MODEL_DIR)', formatter_class=fmt, epilog=MACROS)
+  _gin_flags(p)
+  p = sub.add_parser('eval', help='score a split with a prompt; writes metrics JSON', formatter_class=fmt,
+                     epilog=MACROS)
+  _gin_flags(p)
+  _prompt_flags(p)
+  p.add_argument('--output', default=None, help='metrics JSON file (also printed to stdout)')
+  p.add_argument('--predictions_file', default=None, help='per-example predictions as JSONL')
+  p = sub.add_parser('infer', help='decode inputs with a prompt; writes JSONL', formatter_class=fmt,
+                     epilog=MACROS)
+  _gin_flags(p)
+  _prompt_flags(p)
+  p.add_argument('--input_file', default=None,
+                 help="one input per line ('-' = stdin); default: the task split, or stdin without a task")
+  p.add_argument('--output', default=None, help='JSONL output file (default: stdout)')
+  p = sub.add_parser('export', help='write a checkpoint prompt as a float32 [P, d] .npy', formatter_class=fmt)
+  _gin_flags(p)
+  p.add_argument('--checkpoint', default=None, help='training MODEL_DIR or step dir (default: MODEL_DIR)')
+  p.add_argument('--step', type=int, default=None, help='checkpoint step (default: the latest)')
+  p.add_argument('--output', required=True, help='.npy file to write')
+  if 'demo' in commands:
+    sub.add_parser('demo', help='the bundled demo (own flags: jaxprompt demo --help)', add_help=False)
+  return parser
