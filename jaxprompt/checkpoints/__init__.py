@@ -9,12 +9,12 @@ from jaxprompt.checkpoints.t5x import (
 )
 
 __all__ = [
-    "detect_format",
-    "flatten_params",
-    "kvstore_spec",
-    "latest_checkpoint",
-    "load_hf_t5",
-    "load_t5x_checkpoint",
-    "t5x_checkpoint_step",
-    "unflatten_params",
+    'detect_format',
+    'flatten_params',
+    'kvstore_spec',
+    'latest_checkpoint',
+    'load_hf_t5',
+    'load_t5x_checkpoint',
+    't5x_checkpoint_step',
+    'unflatten_params',
 ]

@@ -22,7 +22,7 @@ from jaxprompt.errors import CheckpointError, ConfigError
 Index = tuple[slice, ...]
 Reader = Callable[[], np.ndarray]  # a started read: call it to wait for the data
 
-_GS_RE = re.compile(r"gs://([^/]+)/?(.*)", re.DOTALL)
+_GS_RE = re.compile(r'gs://([^/]+)/?(.*)', re.DOTALL)
 
 
 # ----------------------------------------------------------------------------------------------- paths
@@ -38,22 +38,22 @@ def kvstore_spec(path: str | os.PathLike) -> dict[str, Any]:
   path = os.fspath(path)
   m = _GS_RE.fullmatch(path)
   if m:
-    return {"driver": "gcs", "bucket": m.group(1), "path": _as_dir(m.group(2))}
-  if "://" in path:
-    raise CheckpointError(f"{path}: unsupported storage scheme (only local paths and gs:// are supported)")
-  return {"driver": "file", "path": _as_dir(os.path.abspath(path))}
+    return {'driver': 'gcs', 'bucket': m.group(1), 'path': _as_dir(m.group(2))}
+  if '://' in path:
+    raise CheckpointError(f'{path}: unsupported storage scheme (only local paths and gs:// are supported)')
+  return {'driver': 'file', 'path': _as_dir(os.path.abspath(path))}
 
 
 def child_kvstore_spec(base: Mapping[str, Any], relative: str) -> dict[str, Any]:
   """`base` (a kvstore spec for a directory) extended by the relative directory `relative`."""
   spec = dict(base)
-  spec["path"] = _as_dir(spec.get("path", "") + relative.strip("/"))
+  spec['path'] = _as_dir(spec.get('path', '') + relative.strip('/'))
   return spec
 
 
 def _as_dir(path: str) -> str:
   # tensorstore treats the kvstore path as a key prefix: a trailing '/' keeps `foo/` from matching `foo.bar/`.
-  return path if not path or path.endswith("/") else path + "/"
+  return path if not path or path.endswith('/') else path + '/'
 
 
 # --------------------------------------------------------------------------------------------- sources
@@ -117,7 +117,7 @@ class TensorStoreSource(ArraySource):
       if self.declared_shape is not None and tuple(self._store.shape) != self.declared_shape:
         raise CheckpointError(
             f"parameter '{self.name}': array at {self.where} has shape {tuple(self._store.shape)} but the "
-            f"checkpoint index declares {self.declared_shape}")
+            f'checkpoint index declares {self.declared_shape}')
     return self._store
 
   @property
@@ -140,7 +140,7 @@ class StackedSource(ArraySource):
 
   def __init__(self, name: str, parts: list[ArraySource]):
     self.name, self.parts = name, parts
-    self.where = f"{parts[0].where} (+{len(parts) - 1} more layers)"
+    self.where = f'{parts[0].where} (+{len(parts) - 1} more layers)'
     shapes = {tuple(p.shape) for p in parts}
     if len(shapes) != 1:
       raise CheckpointError(f"parameter '{name}': layers have different shapes {sorted(shapes)}")
@@ -187,29 +187,29 @@ def read_guarded(source: ArraySource, reader: Reader) -> np.ndarray:
 
 def short_error(e: Exception) -> str:
   """A tensorstore error without the full spec dump it appends."""
-  return str(e).split(" [tensorstore_spec=")[0]
+  return str(e).split(' [tensorstore_spec=')[0]
 
 
 # ------------------------------------------------------------------------------------------------ trees
 
 
-def flatten_params(tree: Mapping[str, Any], sep: str = "/") -> dict[str, Any]:
+def flatten_params(tree: Mapping[str, Any], sep: str = '/') -> dict[str, Any]:
   """{'a': {'b': x}} -> {'a/b': x}. Leaves are anything that is not a Mapping; empty dicts vanish."""
   flat: dict[str, Any] = {}
 
   def visit(node: Mapping[str, Any], prefix: str) -> None:
     for key, value in node.items():
-      path = f"{prefix}{key}"
+      path = f'{prefix}{key}'
       if isinstance(value, Mapping):
         visit(value, path + sep)
       else:
         flat[path] = value
 
-  visit(tree, "")
+  visit(tree, '')
   return flat
 
 
-def unflatten_params(flat: Mapping[str, Any], sep: str = "/") -> dict[str, Any]:
+def unflatten_params(flat: Mapping[str, Any], sep: str = '/') -> dict[str, Any]:
   """{'a/b': x} -> {'a': {'b': x}}; keys are inserted in sorted order."""
   tree: dict[str, Any] = {}
   for path in sorted(flat):
@@ -227,7 +227,7 @@ def unflatten_params(flat: Mapping[str, Any], sep: str = "/") -> dict[str, Any]:
 
 
 def _expected_shape(path: str, leaf: Any) -> tuple[int, ...]:
-  shape = getattr(leaf, "shape", leaf)
+  shape = getattr(leaf, 'shape', leaf)
   try:
     if isinstance(shape, (str, bytes)):
       raise TypeError
@@ -244,21 +244,21 @@ def check_shapes(sources: Mapping[str, ArraySource], expected: Mapping[str, Any]
   if missing or unexpected:
     parts = []
     if missing:
-      parts.append(f"missing from the checkpoint: {_listing(missing)}")
+      parts.append(f'missing from the checkpoint: {_listing(missing)}')
     if unexpected:
-      parts.append(f"in the checkpoint but not expected: {_listing(unexpected)}")
-    raise CheckpointError(f"{ckpt}: parameters do not match the model; " + "; ".join(parts))
+      parts.append(f'in the checkpoint but not expected: {_listing(unexpected)}')
+    raise CheckpointError(f'{ckpt}: parameters do not match the model; ' + '; '.join(parts))
   for path in sorted(want):
     got = sources[path].shape
     if got != want[path]:
       raise CheckpointError(
           f"{ckpt}: parameter '{path}' has shape {list(got)} in the checkpoint but the model expects "
-          f"{list(want[path])}")
+          f'{list(want[path])}')
 
 
 def _listing(paths: list[str], limit: int = 10) -> str:
-  shown = ", ".join(f"'{p}'" for p in paths[:limit])
-  return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+  shown = ', '.join(f"'{p}'" for p in paths[:limit])
+  return shown + (f' and {len(paths) - limit} more' if len(paths) > limit else '')
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -284,7 +284,7 @@ def sharding_lookup(shardings: ShardingsArg) -> Callable[[str], jax.sharding.Sha
     return from_tree
   if callable(shardings):
     return shardings
-  raise ConfigError(f"shardings must be a Sharding, a tree of Shardings or a callable, got {type(shardings)}")
+  raise ConfigError(f'shardings must be a Sharding, a tree of Shardings or a callable, got {type(shardings)}')
 
 
 def _cast(array: np.ndarray, dtype) -> np.ndarray:
@@ -309,7 +309,7 @@ def _read_sharded(source: ArraySource, sharding: jax.sharding.Sharding, dtype) -
     indices = sharding.addressable_devices_indices_map(shape)
   except Exception as e:  # e.g. a dimension not divisible by its mesh axis
     raise CheckpointError(f"parameter '{source.name}' of shape {list(shape)} cannot take sharding "
-                          f"{sharding}: {e}") from e
+                          f'{sharding}: {e}') from e
   # Start every distinct shard read up front (replicas share one read) so tensorstore overlaps the I/O.
   pending: dict[tuple, Reader] = {}
   for index in indices.values():
@@ -330,7 +330,7 @@ def _read_sharded(source: ArraySource, sharding: jax.sharding.Sharding, dtype) -
 
 
 def materialize(sources: Mapping[str, ArraySource], *, dtype=None, shardings: ShardingsArg = None,
-                expected_shapes: Mapping[str, Any] | None = None, ckpt: str = "") -> dict[str, Any]:
+                expected_shapes: Mapping[str, Any] | None = None, ckpt: str = '') -> dict[str, Any]:
   """Reads every source; returns the nested tree (np.ndarray leaves, jax.Array where a sharding is given)."""
   if expected_shapes is not None:
     check_shapes(sources, expected_shapes, ckpt)

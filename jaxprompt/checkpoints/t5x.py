@@ -18,30 +18,30 @@ import tensorstore as ts
 from jaxprompt.checkpoints import common, t5x_classic, t5x_orbax
 from jaxprompt.errors import CheckpointError
 
-_STEP_RE = re.compile(r"checkpoint_(\d+)")
+_STEP_RE = re.compile(r'checkpoint_(\d+)')
 _MSGPACK_MAP_BYTES = set(range(0x80, 0x90)) | {0xDE, 0xDF}  # fixmap, map16, map32
-_ORBAX_MARKERS = ("_CHECKPOINT_METADATA", "state/_METADATA", "state/manifest.ocdbt", "_METADATA")
+_ORBAX_MARKERS = ('_CHECKPOINT_METADATA', 'state/_METADATA', 'state/manifest.ocdbt', '_METADATA')
 
 
 def _format_or_none(path: str) -> str | None:
   """Format of an existing path, or None if it is a directory that is not itself a checkpoint."""
   p = common.as_path(path)
   if not p.is_dir():
-    with p.open("rb") as f:
+    with p.open('rb') as f:
       head = f.read(1)
     if not head or head[0] not in _MSGPACK_MAP_BYTES:
-      raise CheckpointError(f"{path}: not a T5X checkpoint (a file, but not a msgpack map)")
-    return "msgpack_file"
-  if (p / "checkpoint").exists() and not (p / "checkpoint").is_dir():
-    return "classic"
+      raise CheckpointError(f'{path}: not a T5X checkpoint (a file, but not a msgpack map)')
+    return 'msgpack_file'
+  if (p / 'checkpoint').exists() and not (p / 'checkpoint').is_dir():
+    return 'classic'
   if any((p / marker).exists() for marker in _ORBAX_MARKERS):
-    return "orbax"
+    return 'orbax'
   return None
 
 
 def _require_exists(path: str) -> None:
   if not common.as_path(path).exists():
-    raise CheckpointError(f"{path}: checkpoint path does not exist")
+    raise CheckpointError(f'{path}: checkpoint path does not exist')
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -50,16 +50,16 @@ def detect_format(path: str | os.PathLike) -> str:
   _require_exists(path)
   fmt = _format_or_none(path)
   if fmt is None:
-    raise CheckpointError(f"{path}: not a T5X checkpoint (no msgpack `checkpoint` file, no orbax "
-                          "`_CHECKPOINT_METADATA` or `state/` item; for a model dir use latest_checkpoint)")
+    raise CheckpointError(f'{path}: not a T5X checkpoint (no msgpack `checkpoint` file, no orbax '
+                          '`_CHECKPOINT_METADATA` or `state/` item; for a model dir use latest_checkpoint)')
   return fmt
 
 
 def t5x_checkpoint_step(path: str | os.PathLike) -> int | None:
   """The step in a T5X checkpoint name (`.../checkpoint_1000[/checkpoint]` -> 1000), None if unnamed."""
-  parts = os.fspath(path).rstrip("/").split("/")
-  name = parts[-2] if parts[-1] == "checkpoint" and len(parts) > 1 else parts[-1]
-  m = re.search(r"checkpoint_(\d+)$", name)
+  parts = os.fspath(path).rstrip('/').split('/')
+  name = parts[-2] if parts[-1] == 'checkpoint' and len(parts) > 1 else parts[-1]
+  m = re.search(r'checkpoint_(\d+)$', name)
   return int(m.group(1)) if m else None
 
 
@@ -78,7 +78,7 @@ def latest_checkpoint(path: str | os.PathLike) -> str:
     if m and child.is_dir() and _format_or_none(str(child)) is not None:
       steps[int(m.group(1))] = str(child)
   if not steps:
-    raise CheckpointError(f"{path}: not a T5X checkpoint and contains no checkpoint_<step> checkpoint")
+    raise CheckpointError(f'{path}: not a T5X checkpoint and contains no checkpoint_<step> checkpoint')
   return steps[max(steps)]
 
 
@@ -86,9 +86,9 @@ def t5x_sources(ckpt: str, context: ts.Context | None = None) -> dict[str, commo
   """Unread parameter arrays {'a/b/c': source} of a checkpoint (not a model dir)."""
   context = context or ts.Context()
   fmt = detect_format(ckpt)
-  if fmt == "orbax":
+  if fmt == 'orbax':
     return t5x_orbax.read_sources(ckpt, context)
-  msgpack_file = str(common.as_path(ckpt) / "checkpoint") if fmt == "classic" else ckpt
+  msgpack_file = str(common.as_path(ckpt) / 'checkpoint') if fmt == 'classic' else ckpt
   return t5x_classic.read_sources(msgpack_file, context)
 
 

@@ -20,11 +20,13 @@ From gin: `register_file_task` and `file_task_name` are configurables (module `j
     jaxprompt.data.register_file_task.train = '/data/train.tsv'
 From the command line: `register_task_spec("name=my_task,train=/p/train.tsv,validation=/p/dev.tsv,labels=yes|no")`.
 """
+from __future__ import annotations
+
 import functools
 import json
 import os
 import re
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Mapping, Sequence
 
 import gin
 import seqio
@@ -34,87 +36,87 @@ from jaxprompt.data import metrics as metrics_lib
 from jaxprompt.data import vocab as vocab_lib
 from jaxprompt.errors import ConfigError, DataError
 
-Paths = Union[str, Sequence[str]]
-Example = Tuple[int, str, str]  # (line number, inputs, targets)
+Paths = str | Sequence[str]
+Example = tuple[int, str, str]  # (line number, inputs, targets)
 
-FORMATS = ("tsv", "jsonl")
-SPLITS = ("train", "validation", "test")
-_EXTENSIONS = {".tsv": "tsv", ".jsonl": "jsonl"}
-_TASK_NAME = re.compile(r"^[\w.:#]+$")  # what seqio accepts
+FORMATS = ('tsv', 'jsonl')
+SPLITS = ('train', 'validation', 'test')
+_EXTENSIONS = {'.tsv': 'tsv', '.jsonl': 'jsonl'}
+_TASK_NAME = re.compile(r'^[\w.:#]+$')  # what seqio accepts
 # (metric fn, needs a label set, scores floats) for each metric name accepted by `metrics=`.
-_METRICS: Dict[str, Tuple[Callable[..., Any], bool, bool]] = {
-    "accuracy": (metrics_lib.accuracy, False, False),
-    "sequence_accuracy": (metrics_lib.sequence_accuracy, False, False),
-    "f1": (metrics_lib.f1_score_with_invalid, True, False),
-    "macro_f1": (metrics_lib.mean_multiclass_f1, True, False),
-    "matthews_corrcoef": (metrics_lib.matthews_corrcoef, False, False),
-    "pearson_corrcoef": (metrics_lib.pearson_corrcoef, False, True),
-    "spearman_corrcoef": (metrics_lib.spearman_corrcoef, False, True),
+_METRICS: dict[str, tuple[Callable[..., Any], bool, bool]] = {
+    'accuracy': (metrics_lib.accuracy, False, False),
+    'sequence_accuracy': (metrics_lib.sequence_accuracy, False, False),
+    'f1': (metrics_lib.f1_score_with_invalid, True, False),
+    'macro_f1': (metrics_lib.mean_multiclass_f1, True, False),
+    'matthews_corrcoef': (metrics_lib.matthews_corrcoef, False, False),
+    'pearson_corrcoef': (metrics_lib.pearson_corrcoef, False, True),
+    'spearman_corrcoef': (metrics_lib.spearman_corrcoef, False, True),
 }
 
-_FILE_TASKS: Dict[str, Tuple[tuple, seqio.Task]] = {}  # name -> (registration key, task)
-_LABEL_SETS: Dict[str, Optional[Tuple[str, ...]]] = {}
+_FILE_TASKS: dict[str, tuple[tuple, seqio.Task]] = {}  # name -> (registration key, task)
+_LABEL_SETS: dict[str, tuple[str, ...] | None] = {}
 
 
 # ------------------------------------------------------------------------------------------------- reading files
 
 
-def _read_lines(path: str) -> List[str]:
+def _read_lines(path: str) -> list[str]:
   """The lines of a UTF-8 text file (local or gs://), without line terminators."""
   if not tf.io.gfile.exists(path):
-    raise DataError(f"data file {path} does not exist")
+    raise DataError(f'data file {path} does not exist')
   if tf.io.gfile.isdir(path):
-    raise DataError(f"data file {path} is a directory, expected a .tsv or .jsonl file")
-  with tf.io.gfile.GFile(path, "rb") as f:
+    raise DataError(f'data file {path} is a directory, expected a .tsv or .jsonl file')
+  with tf.io.gfile.GFile(path, 'rb') as f:
     data = f.read()
   try:
-    text = data.decode("utf-8-sig")  # -sig: tolerate the byte-order mark some editors write
+    text = data.decode('utf-8-sig')  # -sig: tolerate the byte-order mark some editors write
   except UnicodeDecodeError as e:
-    line = data[:e.start].count(b"\n") + 1
-    raise DataError(f"{path}:{line}: not UTF-8 text ({e.reason} at byte {e.start})") from e
-  return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+    line = data[:e.start].count(b'\n') + 1
+    raise DataError(f'{path}:{line}: not UTF-8 text ({e.reason} at byte {e.start})') from e
+  return [line[:-1] if line.endswith('\r') else line for line in text.split('\n')]
 
 
-def _read_tsv(path: str, inputs_field: str, targets_field: str, has_header: Optional[bool]) -> List[Example]:
-  rows = [(n, line.split("\t")) for n, line in enumerate(_read_lines(path), start=1) if line]
+def _read_tsv(path: str, inputs_field: str, targets_field: str, has_header: bool | None) -> list[Example]:
+  rows = [(n, line.split('\t')) for n, line in enumerate(_read_lines(path), start=1) if line]
   if not rows:
-    raise DataError(f"data file {path} is empty")
+    raise DataError(f'data file {path} is empty')
   first_line, first = rows[0]
   if has_header is None:
     has_header = inputs_field in first or targets_field in first
   if has_header:
     for field in (inputs_field, targets_field):
       if field not in first:
-        raise DataError(f"{path}:{first_line}: the header {first} has no column {field!r} "
-                        f"(set inputs_field / targets_field, or has_header=False for a 2-column file)")
+        raise DataError(f'{path}:{first_line}: the header {first} has no column {field!r} '
+                        f'(set inputs_field / targets_field, or has_header=False for a 2-column file)')
       if first.count(field) > 1:
-        raise DataError(f"{path}:{first_line}: the header names column {field!r} twice")
+        raise DataError(f'{path}:{first_line}: the header names column {field!r} twice')
     columns, width, rows = (first.index(inputs_field), first.index(targets_field)), len(first), rows[1:]
-    layout = f"the header has {width} columns"
+    layout = f'the header has {width} columns'
   else:
-    columns, width, layout = (0, 1), 2, "input<TAB>target, no header"
+    columns, width, layout = (0, 1), 2, 'input<TAB>target, no header'
   examples = []
   for n, fields in rows:
     if len(fields) != width:
-      raise DataError(f"{path}:{n}: expected {width} tab-separated fields ({layout}), found {len(fields)}")
+      raise DataError(f'{path}:{n}: expected {width} tab-separated fields ({layout}), found {len(fields)}')
     examples.append((n, fields[columns[0]], fields[columns[1]]))
   if not examples:
-    raise DataError(f"data file {path} has a header but no examples")
+    raise DataError(f'data file {path} has a header but no examples')
   return examples
 
 
 def _json_text(path: str, line: int, obj: Mapping[str, Any], field: str) -> str:
   if field not in obj:
-    raise DataError(f"{path}:{line}: no field {field!r} in the object (its fields: {sorted(obj)})")
+    raise DataError(f'{path}:{line}: no field {field!r} in the object (its fields: {sorted(obj)})')
   value = obj[field]
   if isinstance(value, str):
     return value
   if isinstance(value, (int, float)) and not isinstance(value, bool):
     return str(value)
-  raise DataError(f"{path}:{line}: field {field!r} must be a string or a number, got {type(value).__name__}")
+  raise DataError(f'{path}:{line}: field {field!r} must be a string or a number, got {type(value).__name__}')
 
 
-def _read_jsonl(path: str, inputs_field: str, targets_field: str) -> List[Example]:
+def _read_jsonl(path: str, inputs_field: str, targets_field: str) -> list[Example]:
   examples = []
   for n, line in enumerate(_read_lines(path), start=1):
     if not line.strip():
@@ -122,38 +124,38 @@ def _read_jsonl(path: str, inputs_field: str, targets_field: str) -> List[Exampl
     try:
       obj = json.loads(line)
     except json.JSONDecodeError as e:
-      raise DataError(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno})") from e
+      raise DataError(f'{path}:{n}: invalid JSON ({e.msg} at column {e.colno})') from e
     if not isinstance(obj, dict):
-      raise DataError(f"{path}:{n}: expected a JSON object per line, got {type(obj).__name__}")
+      raise DataError(f'{path}:{n}: expected a JSON object per line, got {type(obj).__name__}')
     examples.append((n, _json_text(path, n, obj, inputs_field), _json_text(path, n, obj, targets_field)))
   if not examples:
-    raise DataError(f"data file {path} is empty")
+    raise DataError(f'data file {path} is empty')
   return examples
 
 
-def _file_format(path: str, format: Optional[str]) -> str:  # pylint: disable=redefined-builtin
+def _file_format(path: str, format: str | None) -> str:  # pylint: disable=redefined-builtin
   if format is not None:
     return format
   extension = os.path.splitext(path)[1].lower()
   if extension not in _EXTENSIONS:
-    raise DataError(f"cannot tell the format of {path} from its extension {extension!r}: "
+    raise DataError(f'cannot tell the format of {path} from its extension {extension!r}: '
                     f"name it .tsv or .jsonl, or pass format='tsv' / 'jsonl'")
   return _EXTENSIONS[extension]
 
 
-def read_examples(paths: Sequence[str], *, format: Optional[str],  # pylint: disable=redefined-builtin
-                  inputs_field: str, targets_field: str, has_header: Optional[bool],
-                  label_set: Optional[Sequence[str]]) -> Tuple[List[str], List[str]]:
+def read_examples(paths: Sequence[str], *, format: str | None,  # pylint: disable=redefined-builtin
+                  inputs_field: str, targets_field: str, has_header: bool | None,
+                  label_set: Sequence[str] | None) -> tuple[list[str], list[str]]:
   """(inputs, targets) of one split, validated; several files are concatenated in order."""
   inputs, targets = [], []
   for path in paths:
-    if _file_format(path, format) == "tsv":
+    if _file_format(path, format) == 'tsv':
       examples = _read_tsv(path, inputs_field, targets_field, has_header)
     else:
       examples = _read_jsonl(path, inputs_field, targets_field)
     for line, example_inputs, example_targets in examples:
       if label_set is not None and example_targets not in label_set:
-        raise DataError(f"{path}:{line}: target {example_targets!r} is not in the label set {list(label_set)}")
+        raise DataError(f'{path}:{line}: target {example_targets!r} is not in the label set {list(label_set)}')
       inputs.append(example_inputs)
       targets.append(example_targets)
   return inputs, targets
@@ -162,22 +164,22 @@ def read_examples(paths: Sequence[str], *, format: Optional[str],  # pylint: dis
 # ------------------------------------------------------------------------------------------------- tasks
 
 
-def _as_paths(split: str, value: Optional[Paths]) -> Tuple[str, ...]:
+def _as_paths(split: str, value: Paths | None) -> tuple[str, ...]:
   if value is None:
     return ()
   paths = (value,) if isinstance(value, (str, os.PathLike)) else tuple(value)
   if not paths:
-    raise ConfigError(f"split {split!r}: empty list of files")
-  return tuple(p if str(p).startswith("gs://") else os.path.expanduser(str(p)) for p in map(str, paths))
+    raise ConfigError(f'split {split!r}: empty list of files')
+  return tuple(p if str(p).startswith('gs://') else os.path.expanduser(str(p)) for p in map(str, paths))
 
 
-def _dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None, *,
-                files: Mapping[str, Tuple[str, ...]],
-                read: Callable[[Sequence[str]], Tuple[List[str], List[str]]]) -> tf.data.Dataset:
+def _dataset_fn(split: str, shuffle_files: bool, seed: int | None = None, *,
+                files: Mapping[str, tuple[str, ...]],
+                read: Callable[[Sequence[str]], tuple[list[str], list[str]]]) -> tf.data.Dataset:
   """tf.data of {'inputs': string, 'targets': string}; a full shuffle of the split when `shuffle_files`."""
   inputs, targets = read(files[split])
-  ds = tf.data.Dataset.from_tensor_slices({"inputs": tf.constant(inputs, tf.string),
-                                           "targets": tf.constant(targets, tf.string)})
+  ds = tf.data.Dataset.from_tensor_slices({'inputs': tf.constant(inputs, tf.string),
+                                           'targets': tf.constant(targets, tf.string)})
   if shuffle_files:
     # A fixed default seed keeps the order identical on every host, so seqio's per-host `ds.shard` stays
     # disjoint; seqio's own shuffle buffer (seeded or not) follows.
@@ -185,7 +187,7 @@ def _dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None, *,
   return ds
 
 
-def _label_to_class_id(text: str, *, label_set: Tuple[str, ...], **unused_kwargs) -> int:
+def _label_to_class_id(text: str, *, label_set: tuple[str, ...], **unused_kwargs) -> int:
   """Index of the decoded label in the label set, -1 for anything else (T5's string_label_to_class_id)."""
   text = text.strip()
   return label_set.index(text) if text in label_set else -1
@@ -199,8 +201,8 @@ def _string_to_float(text: str, **unused_kwargs) -> float:
     return -1.0
 
 
-def _metric_fns(metrics: Sequence[Union[str, Callable[..., Any]]],
-                label_set: Optional[Tuple[str, ...]]) -> Tuple[List[Callable[..., Any]], bool]:
+def _metric_fns(metrics: Sequence[str | Callable[..., Any]],
+                label_set: tuple[str, ...] | None) -> tuple[list[Callable[..., Any]], bool]:
   """Metric functions for `metrics`, and whether predictions must be postprocessed to floats."""
   fns, floats = [], False
   for metric in metrics:
@@ -208,40 +210,40 @@ def _metric_fns(metrics: Sequence[Union[str, Callable[..., Any]]],
       fns.append(metric)
       continue
     if metric not in _METRICS:
-      raise ConfigError(f"unknown metric {metric!r}: use one of {sorted(_METRICS)} or a callable")
+      raise ConfigError(f'unknown metric {metric!r}: use one of {sorted(_METRICS)} or a callable')
     fn, needs_labels, scores_floats = _METRICS[metric]
     if needs_labels and label_set is None:
-      raise ConfigError(f"metric {metric!r} needs a label set (label_set=... / labels=a|b)")
-    if metric == "f1" and len(label_set) != 2:
+      raise ConfigError(f'metric {metric!r} needs a label set (label_set=... / labels=a|b)')
+    if metric == 'f1' and len(label_set) != 2:
       raise ConfigError(f"metric 'f1' needs exactly 2 labels (negative|positive), got {list(label_set)}")
     if scores_floats and label_set is not None:
-      raise ConfigError(f"metric {metric!r} scores numbers and cannot be used with a label set")
-    fns.append(fn(len(label_set)) if metric == "macro_f1" else fn)
+      raise ConfigError(f'metric {metric!r} scores numbers and cannot be used with a label set')
+    fns.append(fn(len(label_set)) if metric == 'macro_f1' else fn)
     floats = floats or scores_floats
   return fns, floats
 
 
-def _normalize_label_set(label_set: Optional[Sequence[Any]]) -> Optional[Tuple[str, ...]]:
+def _normalize_label_set(label_set: Sequence[Any] | None) -> tuple[str, ...] | None:
   if label_set is None:
     return None
   if isinstance(label_set, str):
     raise ConfigError(f"label_set must be a list of labels, got the string {label_set!r} (use ('no', 'yes'))")
   labels = tuple(str(label) for label in label_set)
   if not labels:
-    raise ConfigError("label_set is empty")
+    raise ConfigError('label_set is empty')
   duplicates = sorted({label for label in labels if labels.count(label) > 1})
   if duplicates:
-    raise ConfigError(f"label_set {list(labels)} repeats {duplicates}")
+    raise ConfigError(f'label_set {list(labels)} repeats {duplicates}')
   return labels
 
 
-@gin.configurable(module="jaxprompt.data")
-def register_file_task(name: str, *, train: Optional[Paths] = None, validation: Optional[Paths] = None,
-                       test: Optional[Paths] = None, format: Optional[str] = None,  # pylint: disable=redefined-builtin
-                       inputs_field: str = "inputs", targets_field: str = "targets",
-                       has_header: Optional[bool] = None, label_set: Optional[Sequence[str]] = None,
-                       vocabulary: Union[None, str, seqio.Vocabulary] = None,
-                       metrics: Sequence[Union[str, Callable[..., Any]]] = ("accuracy",),
+@gin.configurable(module='jaxprompt.data')
+def register_file_task(name: str, *, train: Paths | None = None, validation: Paths | None = None,
+                       test: Paths | None = None, format: str | None = None,  # pylint: disable=redefined-builtin
+                       inputs_field: str = 'inputs', targets_field: str = 'targets',
+                       has_header: bool | None = None, label_set: Sequence[str] | None = None,
+                       vocabulary: str | seqio.Vocabulary | None = None,
+                       metrics: Sequence[str | Callable[..., Any]] = ('accuracy',),
                        overwrite: bool = False) -> seqio.Task:
   """Registers (and returns) a seqio Task reading the user's TSV / JSONL files; see the module docstring.
 
@@ -261,20 +263,20 @@ def register_file_task(name: str, *, train: Optional[Paths] = None, validation: 
     ConfigError: bad arguments. DataError: missing / empty / malformed files, a target outside the label set.
   """
   if not isinstance(name, str) or not _TASK_NAME.match(name):
-    raise ConfigError(f"task name {name!r} is invalid: use letters, digits and _ . : #")
+    raise ConfigError(f'task name {name!r} is invalid: use letters, digits and _ . : #')
   if format is not None and format not in FORMATS:
-    raise ConfigError(f"task {name}: format={format!r} is not one of {FORMATS} (or None for the extension)")
+    raise ConfigError(f'task {name}: format={format!r} is not one of {FORMATS} (or None for the extension)')
   files = {split: _as_paths(split, value) for split, value in zip(SPLITS, (train, validation, test))}
   files = {split: paths for split, paths in files.items() if paths}
   if not files:
-    raise ConfigError(f"task {name}: give at least one of train=, validation=, test=")
+    raise ConfigError(f'task {name}: give at least one of train=, validation=, test=')
   labels = _normalize_label_set(label_set)
   metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
   key = (files, format, inputs_field, targets_field, has_header, labels, vocabulary, metrics)
   if name in _FILE_TASKS and _FILE_TASKS[name][0] == key and name in seqio.TaskRegistry.names():
     return _FILE_TASKS[name][1]  # gin evaluates references on every use: registering again is a no-op
   if name in seqio.TaskRegistry.names() and not overwrite:
-    raise DataError(f"task {name!r} is already registered (differently); pass overwrite=True to replace it")
+    raise DataError(f'task {name!r} is already registered (differently); pass overwrite=True to replace it')
 
   metric_fns, scores_floats = _metric_fns(metrics, labels)
   read = functools.partial(read_examples, format=format, inputs_field=inputs_field,
@@ -293,8 +295,8 @@ def register_file_task(name: str, *, train: Optional[Paths] = None, validation: 
                                       splits=list(files), num_input_examples=sizes),
       preprocessors=[seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
                      seqio.preprocessors.append_eos_after_trim],
-      output_features={"inputs": seqio.Feature(vocab, add_eos=True, required=False),
-                       "targets": seqio.Feature(vocab, add_eos=True)},
+      output_features={'inputs': seqio.Feature(vocab, add_eos=True, required=False),
+                       'targets': seqio.Feature(vocab, add_eos=True)},
       postprocess_fn=postprocess_fn,
       metric_fns=metric_fns)
   _FILE_TASKS[name] = (key, task)
@@ -302,7 +304,7 @@ def register_file_task(name: str, *, train: Optional[Paths] = None, validation: 
   return task
 
 
-@gin.configurable(module="jaxprompt.data")
+@gin.configurable(module='jaxprompt.data')
 def file_task_name() -> str:
   """Registers the task configured for `register_file_task` (in the current gin scope); returns its name."""
   return register_file_task().name  # pylint: disable=no-value-for-parameter  (gin supplies the arguments)
@@ -316,10 +318,10 @@ def unregister_file_task(name: str) -> None:
     del _LABEL_SETS[name]
 
 
-def get_file_task_label_set(name: str) -> Optional[Tuple[str, ...]]:
+def get_file_task_label_set(name: str) -> tuple[str, ...] | None:
   """The label set of a task made by `register_file_task` (None if it has none)."""
   if name not in _LABEL_SETS:
-    raise DataError(f"task {name!r} was not registered with register_file_task "
+    raise DataError(f'task {name!r} was not registered with register_file_task '
                     f"(file tasks: {sorted(_LABEL_SETS) or 'none'})")
   return _LABEL_SETS[name]
 
@@ -327,54 +329,54 @@ def get_file_task_label_set(name: str) -> Optional[Tuple[str, ...]]:
 # ------------------------------------------------------------------------------------------------- command line
 
 _SPEC_KEYS = {
-    "name": "name", "train": "train", "validation": "validation", "test": "test", "format": "format",
-    "inputs": "inputs_field", "inputs_field": "inputs_field", "targets": "targets_field",
-    "targets_field": "targets_field", "header": "has_header", "has_header": "has_header",
-    "labels": "label_set", "label_set": "label_set", "metrics": "metrics", "vocab": "vocabulary",
-    "vocabulary": "vocabulary",
+    'name': 'name', 'train': 'train', 'validation': 'validation', 'test': 'test', 'format': 'format',
+    'inputs': 'inputs_field', 'inputs_field': 'inputs_field', 'targets': 'targets_field',
+    'targets_field': 'targets_field', 'header': 'has_header', 'has_header': 'has_header',
+    'labels': 'label_set', 'label_set': 'label_set', 'metrics': 'metrics', 'vocab': 'vocabulary',
+    'vocabulary': 'vocabulary',
 }
-_BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False, "auto": None}
+_BOOLEANS = {'true': True, 'yes': True, '1': True, 'false': False, 'no': False, '0': False, 'auto': None}
 
 
-def parse_task_spec(spec: str) -> Dict[str, Any]:
+def parse_task_spec(spec: str) -> dict[str, Any]:
   """Keyword arguments of `register_file_task` from `key=value,key=value` (the --task command-line form).
 
   Keys: name (required), train / validation / test (a path; several joined by `|`), format, inputs,
   targets, header (true / false / auto), labels (`no|yes`), metrics (`accuracy|f1`), vocab (a path).
   Values cannot contain commas.
   """
-  kwargs: Dict[str, Any] = {}
-  for item in (part.strip() for part in spec.split(",")):
+  kwargs: dict[str, Any] = {}
+  for item in (part.strip() for part in spec.split(',')):
     if not item:
       continue
-    key, sep, value = (s.strip() for s in item.partition("="))
+    key, sep, value = (s.strip() for s in item.partition('='))
     if not sep:
-      raise ConfigError(f"task spec {spec!r}: {item!r} is not key=value")
+      raise ConfigError(f'task spec {spec!r}: {item!r} is not key=value')
     if key not in _SPEC_KEYS:
-      raise ConfigError(f"task spec {spec!r}: unknown key {key!r} (known: {sorted(_SPEC_KEYS)})")
+      raise ConfigError(f'task spec {spec!r}: unknown key {key!r} (known: {sorted(_SPEC_KEYS)})')
     if not value:
-      raise ConfigError(f"task spec {spec!r}: key {key!r} has no value")
+      raise ConfigError(f'task spec {spec!r}: key {key!r} has no value')
     arg = _SPEC_KEYS[key]
     if arg in kwargs:
-      raise ConfigError(f"task spec {spec!r}: {arg} is given twice")
-    if arg in ("train", "validation", "test", "label_set", "metrics"):
-      parts = [v.strip() for v in value.split("|")]
+      raise ConfigError(f'task spec {spec!r}: {arg} is given twice')
+    if arg in ('train', 'validation', 'test', 'label_set', 'metrics'):
+      parts = [v.strip() for v in value.split('|')]
       if not all(parts):
-        raise ConfigError(f"task spec {spec!r}: {key}={value!r} has an empty entry")
-      kwargs[arg] = tuple(parts) if arg in ("label_set", "metrics") or len(parts) > 1 else parts[0]
-    elif arg == "has_header":
+        raise ConfigError(f'task spec {spec!r}: {key}={value!r} has an empty entry')
+      kwargs[arg] = tuple(parts) if arg in ('label_set', 'metrics') or len(parts) > 1 else parts[0]
+    elif arg == 'has_header':
       if value.lower() not in _BOOLEANS:
-        raise ConfigError(f"task spec {spec!r}: header={value!r} is not true / false / auto")
+        raise ConfigError(f'task spec {spec!r}: header={value!r} is not true / false / auto')
       kwargs[arg] = _BOOLEANS[value.lower()]
     else:
       kwargs[arg] = value
-  if "name" not in kwargs:
-    raise ConfigError(f"task spec {spec!r}: name=... is required")
+  if 'name' not in kwargs:
+    raise ConfigError(f'task spec {spec!r}: name=... is required')
   return kwargs
 
 
 def register_task_spec(spec: str) -> seqio.Task:
   """`register_file_task(**parse_task_spec(spec))`."""
   kwargs = parse_task_spec(spec)
-  return register_file_task(kwargs.pop("name"), **kwargs)
+  return register_file_task(kwargs.pop('name'), **kwargs)
 

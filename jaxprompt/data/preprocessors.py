@@ -11,12 +11,14 @@ The "taskless" variant of a task (prompt-tuning repo) drops the first word ("rte
 `remove_first_text_token`, leaving the prompt to say which task it is.
 SuperGLUE's special cases (ReCoRD, WSC, DPR) live in `jaxprompt.data.superglue`.
 """
-from typing import Mapping, Optional, Sequence
+from __future__ import annotations
+
+from typing import Mapping, Sequence
 
 import seqio
 import tensorflow as tf
 
-UNKNOWN_LABEL = "<unk>"  # T5's target for unlabeled (test split) examples, label == -1
+UNKNOWN_LABEL = '<unk>'  # T5's target for unlabeled (test split) examples, label == -1
 
 
 def label_text(label: tf.Tensor, label_names: Sequence[str]) -> tf.Tensor:
@@ -27,24 +29,24 @@ def label_text(label: tf.Tensor, label_names: Sequence[str]) -> tf.Tensor:
       lambda: tf.gather(tf.constant(list(label_names)), label))
 
 
-def join_fields(prefix: Optional[str], example: Mapping[str, tf.Tensor],
+def join_fields(prefix: str | None, example: Mapping[str, tf.Tensor],
                 keys: Sequence[str]) -> tf.Tensor:
   """"<prefix> key1: <v1> key2: <v2> ..." joined with single spaces (values are scalar strings)."""
   parts = [prefix] if prefix else []
   for key in keys:
-    parts += [f"{key}:", example[key]]
-  return tf.strings.join(parts, separator=" ")
+    parts += [f'{key}:', example[key]]
+  return tf.strings.join(parts, separator=' ')
 
 
 def _strip_multirc_html(text: tf.Tensor) -> tf.Tensor:
   # MultiRC paragraphs carry <br> line breaks and <b>Sent N: </b> markers; T5 drops the markup.
-  text = tf.strings.regex_replace(text, "<br>", " ")
-  return tf.strings.regex_replace(text, "<(/)?b>", "")
+  text = tf.strings.regex_replace(text, '<br>', ' ')
+  return tf.strings.regex_replace(text, '<(/)?b>', '')
 
 
 @seqio.map_over_dataset
 def glue(x: Mapping[str, tf.Tensor], benchmark_name: str, label_names: Sequence[str],
-         feature_names: Optional[Sequence[str]] = None, id_key: Optional[str] = "idx"):
+         feature_names: Sequence[str] | None = None, id_key: str | None = 'idx'):
   """T5's generic GLUE / SuperGLUE classification format.
 
   Args:
@@ -59,17 +61,17 @@ def glue(x: Mapping[str, tf.Tensor], benchmark_name: str, label_names: Sequence[
   Returns:
     {'inputs', 'targets', 'idx' | 'idx/...'}.
   """
-  keys = list(feature_names or sorted(set(x.keys()) - {"label", "idx"}))
+  keys = list(feature_names or sorted(set(x.keys()) - {'label', 'idx'}))
   inputs = join_fields(benchmark_name, x, keys)
   out = {}
-  if benchmark_name == "multirc":
+  if benchmark_name == 'multirc':
     inputs = _strip_multirc_html(inputs)
-    for part in ("paragraph", "question", "answer"):
-      out[f"idx/{part}"] = x["idx"][part]
+    for part in ('paragraph', 'question', 'answer'):
+      out[f'idx/{part}'] = x['idx'][part]
   elif id_key:
-    out["idx"] = x[id_key]
-  out["inputs"] = inputs
-  out["targets"] = label_text(x["label"], label_names)
+    out['idx'] = x[id_key]
+  out['inputs'] = inputs
+  out['targets'] = label_text(x['label'], label_names)
   return out
 
 
@@ -79,21 +81,21 @@ def stsb(x: Mapping[str, tf.Tensor]):
 
   T5 treats STS-B as a 26-way classification over "0.0", "0.2", ..., "5.0".
   """
-  score = tf.round(tf.cast(x["label"], tf.float32) * 5) / 5
+  score = tf.round(tf.cast(x['label'], tf.float32) * 5) / 5
   return {
-      "inputs": join_fields("stsb", x, ["sentence1", "sentence2"]),
-      "targets": tf.as_string(score, precision=1),
-      "idx": x["idx"],
+      'inputs': join_fields('stsb', x, ['sentence1', 'sentence2']),
+      'targets': tf.as_string(score, precision=1),
+      'idx': x['idx'],
   }
 
 
 @seqio.map_over_dataset
-def remove_first_text_token(x: Mapping[str, tf.Tensor], key: str = "inputs"):
+def remove_first_text_token(x: Mapping[str, tf.Tensor], key: str = 'inputs'):
   """Drops everything up to and including the first space of `x[key]` ("rte premise: a" -> "premise: a").
 
   This turns a T5 task into the prompt-tuning repo's "taskless" task.
   """
   out = dict(x)
-  out[key] = tf.strings.regex_replace(x[key], r"^[^ ]* ", "", replace_global=False)
+  out[key] = tf.strings.regex_replace(x[key], r'^[^ ]* ', '', replace_global=False)
   return out
 

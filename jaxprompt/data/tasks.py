@@ -16,10 +16,12 @@ errors for unknown names), `get_label_set(name)` (class verbalizers for rank cla
 class-label prompt initialisation), `check_nonempty(name, split)` before training or evaluating, and
 `set_tfds_data_dir(path)` to read prepared data from a directory other than TFDS's default.
 """
+from __future__ import annotations
+
 import dataclasses
 import difflib
 import functools
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Sequence
 
 import seqio
 
@@ -31,10 +33,10 @@ from jaxprompt.data import superglue
 from jaxprompt.data.vocab import get_default_vocabulary
 from jaxprompt.errors import DataError
 
-SUPER_GLUE_VERSION = ("1.0.2", "v102")
-GLUE_VERSIONS = (("2.0.0", "v200"), ("1.0.0", "v002"))  # (TFDS version, task-name suffix)
-TASKLESS_PREFIX = "taskless_"
-_TRAIN_EVAL_TEST = ("train", "validation", "test")
+SUPER_GLUE_VERSION = ('1.0.2', 'v102')
+GLUE_VERSIONS = (('2.0.0', 'v200'), ('1.0.0', 'v002'))  # (TFDS version, task-name suffix)
+TASKLESS_PREFIX = 'taskless_'
+_TRAIN_EVAL_TEST = ('train', 'validation', 'test')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,11 +44,11 @@ class TaskSpec:
   """One dataset in T5 format; registered as `name` and as `taskless_<name>`."""
   name: str
   tfds_name: str
-  splits: Tuple[str, ...]
-  text_preprocessors: Tuple[Callable, ...]  # raw TFDS example -> {'inputs', 'targets', ...} strings
-  metric_fns: Tuple[Callable, ...] = ()
-  postprocess_fn: Optional[Callable] = None
-  label_set: Optional[Tuple[str, ...]] = None
+  splits: tuple[str, ...]
+  text_preprocessors: tuple[Callable, ...]  # raw TFDS example -> {'inputs', 'targets', ...} strings
+  metric_fns: tuple[Callable, ...] = ()
+  postprocess_fn: Callable | None = None
+  label_set: tuple[str, ...] | None = None
 
 
 def _classification(name: str, tfds_name: str, benchmark: str, labels: Sequence[str],
@@ -59,83 +61,83 @@ def _classification(name: str, tfds_name: str, benchmark: str, labels: Sequence[
   return TaskSpec(name, tfds_name, tuple(splits), tuple(pre) + (text,), tuple(metric_fns), post, tuple(labels))
 
 
-_BOOL = ("False", "True")
-_RTE = ("entailment", "not_entailment")
-_MNLI = ("entailment", "neutral", "contradiction")
+_BOOL = ('False', 'True')
+_RTE = ('entailment', 'not_entailment')
+_MNLI = ('entailment', 'neutral', 'contradiction')
 # SuperGLUE AX-b names its sentences like GLUE; T5 renames them to read as SuperGLUE RTE.
 _AXB_REKEY = functools.partial(seqio.preprocessors.rekey, key_map={
-    "premise": "sentence1", "hypothesis": "sentence2", "label": "label", "idx": "idx"})
+    'premise': 'sentence1', 'hypothesis': 'sentence2', 'label': 'label', 'idx': 'idx'})
 
 
-def super_glue_specs() -> List[TaskSpec]:
+def super_glue_specs() -> list[TaskSpec]:
   """SuperGLUE tasks (T5's formats and metrics), plus DPR which T5 mixes in for WSC."""
   version, suffix = SUPER_GLUE_VERSION
 
-  def sg(config: str) -> Tuple[str, str]:  # (task name, TFDS name)
-    return f"super_glue_{config}_{suffix}", f"super_glue/{config}:{version}"
+  def sg(config: str) -> tuple[str, str]:  # (task name, TFDS name)
+    return f'super_glue_{config}_{suffix}', f'super_glue/{config}:{version}'
 
   accuracy = (metrics.accuracy,)
   return [
-      _classification(*sg("boolq"), "boolq", _BOOL, ("passage", "question"), accuracy),
-      _classification(*sg("cb"), "cb", ("entailment", "contradiction", "neutral"), ("hypothesis", "premise"),
+      _classification(*sg('boolq'), 'boolq', _BOOL, ('passage', 'question'), accuracy),
+      _classification(*sg('cb'), 'cb', ('entailment', 'contradiction', 'neutral'), ('hypothesis', 'premise'),
                       (metrics.mean_multiclass_f1(num_classes=3), metrics.accuracy)),
-      _classification(*sg("copa"), "copa", ("choice1", "choice2"),
-                      ("choice1", "choice2", "premise", "question"), accuracy),
+      _classification(*sg('copa'), 'copa', ('choice1', 'choice2'),
+                      ('choice1', 'choice2', 'premise', 'question'), accuracy),
       dataclasses.replace(
-          _classification(*sg("multirc"), "multirc", _BOOL, ("question", "answer", "paragraph"),
+          _classification(*sg('multirc'), 'multirc', _BOOL, ('question', 'answer', 'paragraph'),
                           (metrics.multirc_f1_over_all_answers, metrics.mean_group_metric(metrics.all_match))),
           postprocess_fn=postprocessors.multirc),
-      TaskSpec(*sg("record"), _TRAIN_EVAL_TEST, (superglue.record,), (metrics.record,), postprocessors.record),
-      _classification(*sg("rte"), "rte", _RTE, ("hypothesis", "premise"), accuracy),
-      _classification(*sg("wic"), "wic", _BOOL, ("sentence1", "sentence2", "word"), accuracy),
-      _classification(*sg("axb"), "rte", _RTE, ("hypothesis", "premise"), (), splits=("test",),
+      TaskSpec(*sg('record'), _TRAIN_EVAL_TEST, (superglue.record,), (metrics.record,), postprocessors.record),
+      _classification(*sg('rte'), 'rte', _RTE, ('hypothesis', 'premise'), accuracy),
+      _classification(*sg('wic'), 'wic', _BOOL, ('sentence1', 'sentence2', 'word'), accuracy),
+      _classification(*sg('axb'), 'rte', _RTE, ('hypothesis', 'premise'), (), splits=('test',),
                       pre=(_AXB_REKEY,)),
-      _classification(*sg("axg"), "rte", _RTE, ("hypothesis", "premise"), (), splits=("test",)),
-      TaskSpec(*sg("wsc.fixed"), _TRAIN_EVAL_TEST, (superglue.wsc,), accuracy,
+      _classification(*sg('axg'), 'rte', _RTE, ('hypothesis', 'premise'), (), splits=('test',)),
+      TaskSpec(*sg('wsc.fixed'), _TRAIN_EVAL_TEST, (superglue.wsc,), accuracy,
                functools.partial(postprocessors.string_label_to_class_id, label_classes=_BOOL), _BOOL),
-      TaskSpec(f"super_glue_wsc_{suffix}_simple_train", f"super_glue/wsc.fixed:{version}", ("train",),
+      TaskSpec(f'super_glue_wsc_{suffix}_simple_train', f'super_glue/wsc.fixed:{version}', ('train',),
                (functools.partial(superglue.wsc_simple, correct_referent_only=True),)),
-      TaskSpec(f"super_glue_wsc_{suffix}_simple_eval", f"super_glue/wsc.fixed:{version}",
-               ("validation", "test"), (functools.partial(superglue.wsc_simple, correct_referent_only=False),),
+      TaskSpec(f'super_glue_wsc_{suffix}_simple_eval', f'super_glue/wsc.fixed:{version}',
+               ('validation', 'test'), (functools.partial(superglue.wsc_simple, correct_referent_only=False),),
                accuracy, postprocessors.wsc_simple),
-      TaskSpec("dpr_v001_simple", "definite_pronoun_resolution:1.1.0", ("train", "test"),
+      TaskSpec('dpr_v001_simple', 'definite_pronoun_resolution:1.1.0', ('train', 'test'),
                (superglue.dpr_simple,), accuracy),
   ]
 
 
-def glue_specs(tfds_version: str, suffix: str) -> List[TaskSpec]:
+def glue_specs(tfds_version: str, suffix: str) -> list[TaskSpec]:
   """GLUE tasks (T5's formats and metrics) reading `glue/<config>:<tfds_version>`."""
 
-  def g(config: str) -> Tuple[str, str]:  # (task name, TFDS name)
-    return f"glue_{config}_{suffix}", f"glue/{config}:{tfds_version}"
+  def g(config: str) -> tuple[str, str]:  # (task name, TFDS name)
+    return f'glue_{config}_{suffix}', f'glue/{config}:{tfds_version}'
 
   accuracy = (metrics.accuracy,)
   f1_accuracy = (metrics.f1_score_with_invalid, metrics.accuracy)
-  pair = ("sentence1", "sentence2")
-  mnli_eval = ("validation", "test")
+  pair = ('sentence1', 'sentence2')
+  mnli_eval = ('validation', 'test')
   return [
-      _classification(*g("cola"), "cola", ("unacceptable", "acceptable"), ("sentence",),
+      _classification(*g('cola'), 'cola', ('unacceptable', 'acceptable'), ('sentence',),
                       (metrics.matthews_corrcoef,)),
-      _classification(*g("sst2"), "sst2", ("negative", "positive"), ("sentence",), accuracy),
-      _classification(*g("mrpc"), "mrpc", ("not_equivalent", "equivalent"), pair, f1_accuracy),
-      _classification(*g("qqp"), "qqp", ("not_duplicate", "duplicate"), ("question1", "question2"),
+      _classification(*g('sst2'), 'sst2', ('negative', 'positive'), ('sentence',), accuracy),
+      _classification(*g('mrpc'), 'mrpc', ('not_equivalent', 'equivalent'), pair, f1_accuracy),
+      _classification(*g('qqp'), 'qqp', ('not_duplicate', 'duplicate'), ('question1', 'question2'),
                       f1_accuracy),
-      TaskSpec(*g("stsb"), _TRAIN_EVAL_TEST, (pp.stsb,), (metrics.pearson_corrcoef, metrics.spearman_corrcoef),
+      TaskSpec(*g('stsb'), _TRAIN_EVAL_TEST, (pp.stsb,), (metrics.pearson_corrcoef, metrics.spearman_corrcoef),
                postprocessors.string_to_float),
-      _classification(*g("mnli"), "mnli", _MNLI, ("hypothesis", "premise"), accuracy,
-                      splits=("train", "validation_matched", "validation_mismatched", "test_matched",
-                              "test_mismatched")),
-      _classification(*g("mnli_matched"), "mnli", _MNLI, ("hypothesis", "premise"), accuracy, splits=mnli_eval),
-      _classification(*g("mnli_mismatched"), "mnli", _MNLI, ("hypothesis", "premise"), accuracy,
+      _classification(*g('mnli'), 'mnli', _MNLI, ('hypothesis', 'premise'), accuracy,
+                      splits=('train', 'validation_matched', 'validation_mismatched', 'test_matched',
+                              'test_mismatched')),
+      _classification(*g('mnli_matched'), 'mnli', _MNLI, ('hypothesis', 'premise'), accuracy, splits=mnli_eval),
+      _classification(*g('mnli_mismatched'), 'mnli', _MNLI, ('hypothesis', 'premise'), accuracy,
                       splits=mnli_eval),
-      _classification(*g("qnli"), "qnli", _RTE, ("question", "sentence"), accuracy),
-      _classification(*g("rte"), "rte", _RTE, pair, accuracy),
-      _classification(*g("wnli"), "wnli", ("not_entailment", "entailment"), pair, accuracy),
-      _classification(*g("ax"), "mnli", _MNLI, ("hypothesis", "premise"), (), splits=("test",)),
+      _classification(*g('qnli'), 'qnli', _RTE, ('question', 'sentence'), accuracy),
+      _classification(*g('rte'), 'rte', _RTE, pair, accuracy),
+      _classification(*g('wnli'), 'wnli', ('not_entailment', 'entailment'), pair, accuracy),
+      _classification(*g('ax'), 'mnli', _MNLI, ('hypothesis', 'premise'), (), splits=('test',)),
   ]
 
 
-def all_specs() -> List[TaskSpec]:
+def all_specs() -> list[TaskSpec]:
   specs = super_glue_specs()
   for tfds_version, suffix in GLUE_VERSIONS:
     specs += glue_specs(tfds_version, suffix)
@@ -144,45 +146,45 @@ def all_specs() -> List[TaskSpec]:
 
 # T5's rates: the number of training examples (0: evaluation only).
 SUPER_GLUE_RATES = {
-    "dpr_v001_simple": 1_322., "super_glue_wsc_v102_simple_train": 259., "super_glue_wsc_v102_simple_eval": 0.,
-    "super_glue_boolq_v102": 9_427., "super_glue_cb_v102": 250., "super_glue_copa_v102": 400.,
-    "super_glue_multirc_v102": 27_243., "super_glue_record_v102": 138_854., "super_glue_rte_v102": 2_490.,
-    "super_glue_wic_v102": 5_428., "super_glue_axb_v102": 0., "super_glue_axg_v102": 0.,
+    'dpr_v001_simple': 1_322., 'super_glue_wsc_v102_simple_train': 259., 'super_glue_wsc_v102_simple_eval': 0.,
+    'super_glue_boolq_v102': 9_427., 'super_glue_cb_v102': 250., 'super_glue_copa_v102': 400.,
+    'super_glue_multirc_v102': 27_243., 'super_glue_record_v102': 138_854., 'super_glue_rte_v102': 2_490.,
+    'super_glue_wic_v102': 5_428., 'super_glue_axb_v102': 0., 'super_glue_axg_v102': 0.,
 }
 GLUE_RATES = {  # T5 leaves WNLI out (it trains on WSC / DPR instead)
-    "cola": 8_551., "sst2": 67_349., "mrpc": 3_668., "qqp": 363_849., "stsb": 5_749., "mnli": 392_702.,
-    "qnli": 104_743., "rte": 2_490., "mnli_mismatched": 0., "mnli_matched": 0., "ax": 0.,
+    'cola': 8_551., 'sst2': 67_349., 'mrpc': 3_668., 'qqp': 363_849., 'stsb': 5_749., 'mnli': 392_702.,
+    'qnli': 104_743., 'rte': 2_490., 'mnli_mismatched': 0., 'mnli_matched': 0., 'ax': 0.,
 }
 
 
-def mixture_specs() -> Dict[str, List[Tuple[str, float]]]:
+def mixture_specs() -> dict[str, list[tuple[str, float]]]:
   """Mixture name -> [(task name, rate)], for the T5 and the taskless task names."""
   out = {}
-  for prefix in ("", TASKLESS_PREFIX):
+  for prefix in ('', TASKLESS_PREFIX):
     super_glue = [(prefix + name, rate) for name, rate in SUPER_GLUE_RATES.items()]
-    out[f"{prefix}super_glue_v102_proportional"] = out[f"{prefix}super_glue_v102"] = super_glue
-    out[f"{prefix}super_glue_wsc_and_dev_v102_simple"] = [
-        (f"{prefix}super_glue_wsc_v102_simple_train", 1.0), (f"{prefix}super_glue_wsc_v102_simple_eval", 1.0)]
+    out[f'{prefix}super_glue_v102_proportional'] = out[f'{prefix}super_glue_v102'] = super_glue
+    out[f'{prefix}super_glue_wsc_and_dev_v102_simple'] = [
+        (f'{prefix}super_glue_wsc_v102_simple_train', 1.0), (f'{prefix}super_glue_wsc_v102_simple_eval', 1.0)]
     for _, suffix in GLUE_VERSIONS:
-      glue = [(f"{prefix}glue_{config}_{suffix}", rate) for config, rate in GLUE_RATES.items()]
-      out[f"{prefix}glue_{suffix}_proportional"] = out[f"{prefix}glue_{suffix}"] = glue
-      out[f"{prefix}glue_mnli_and_dev_{suffix}"] = [
-          (f"{prefix}glue_{config}_{suffix}", 1.0) for config in ("mnli", "mnli_matched", "mnli_mismatched")]
+      glue = [(f'{prefix}glue_{config}_{suffix}', rate) for config, rate in GLUE_RATES.items()]
+      out[f'{prefix}glue_{suffix}_proportional'] = out[f'{prefix}glue_{suffix}'] = glue
+      out[f'{prefix}glue_mnli_and_dev_{suffix}'] = [
+          (f'{prefix}glue_{config}_{suffix}', 1.0) for config in ('mnli', 'mnli_matched', 'mnli_mismatched')]
   return out
 
 
 # ------------------------------------------------------------------------------------------------- registration
 
-_LABEL_SETS: Dict[str, Optional[Tuple[str, ...]]] = {}
-_OUR_TASKS: List[str] = []
+_LABEL_SETS: dict[str, tuple[str, ...] | None] = {}
+_OUR_TASKS: list[str] = []
 
 
-def default_output_features(vocabulary: Optional[seqio.Vocabulary] = None) -> Dict[str, seqio.Feature]:
+def default_output_features(vocabulary: seqio.Vocabulary | None = None) -> dict[str, seqio.Feature]:
   """T5's features: `inputs` (optional, for decoder-only use) and `targets`, both ending in EOS."""
   vocabulary = vocabulary or get_default_vocabulary()
   return {
-      "inputs": seqio.Feature(vocabulary=vocabulary, add_eos=True, required=False),
-      "targets": seqio.Feature(vocabulary=vocabulary, add_eos=True),
+      'inputs': seqio.Feature(vocabulary=vocabulary, add_eos=True, required=False),
+      'targets': seqio.Feature(vocabulary=vocabulary, add_eos=True),
   }
 
 
@@ -220,18 +222,18 @@ def register_all_tasks() -> None:
       seqio.MixtureRegistry.add(name, rates)
 
 
-def registered_task_names() -> List[str]:
+def registered_task_names() -> list[str]:
   """Names of the GLUE / SuperGLUE tasks this module registers (not the mixtures)."""
   register_all_tasks()
   return list(_OUR_TASKS)
 
 
-def register_label_set(task_name: str, labels: Optional[Sequence[str]]) -> None:
+def register_label_set(task_name: str, labels: Sequence[str] | None) -> None:
   """Records the class verbalizers of a seqio task registered elsewhere (file tasks need not: see custom)."""
   _LABEL_SETS[task_name] = None if labels is None else tuple(labels)
 
 
-def get_task(name: str) -> Union[seqio.Task, seqio.Mixture]:
+def get_task(name: str) -> seqio.Task | seqio.Mixture:
   """The registered Task or Mixture `name`.
 
   Raises:
@@ -245,11 +247,11 @@ def get_task(name: str) -> Union[seqio.Task, seqio.Mixture]:
   known = list(seqio.TaskRegistry.names()) + list(seqio.MixtureRegistry.names())
   close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
   hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else (
-      "; no similar name is registered (see jaxprompt.data.tasks.registered_task_names())")
-  raise DataError(f"unknown task or mixture {name!r}{hint}")
+      '; no similar name is registered (see jaxprompt.data.tasks.registered_task_names())')
+  raise DataError(f'unknown task or mixture {name!r}{hint}')
 
 
-def get_label_set(task_name: str) -> Optional[List[str]]:
+def get_label_set(task_name: str) -> list[str] | None:
   """Class names the task's targets are drawn from (e.g. ['False', 'True']), or None for free text.
 
   A mixture has a label set when all its tasks share the same one.
@@ -266,7 +268,7 @@ def get_label_set(task_name: str) -> Optional[List[str]]:
   return None if label_set is None else list(label_set)
 
 
-def _task_label_set(task_name: str) -> Optional[Tuple[str, ...]]:
+def _task_label_set(task_name: str) -> tuple[str, ...] | None:
   if task_name in _LABEL_SETS:
     return _LABEL_SETS[task_name]
   try:  # a TSV / JSONL task made by `custom.register_file_task`
@@ -275,7 +277,7 @@ def _task_label_set(task_name: str) -> Optional[Tuple[str, ...]]:
     return None  # a seqio task registered elsewhere without `register_label_set`
 
 
-def set_tfds_data_dir(data_dir: Optional[str]) -> None:
+def set_tfds_data_dir(data_dir: str | None) -> None:
   """Reads (and prepares) the TFDS data of every task here from `data_dir`; None: back to TFDS's default."""
   for name in registered_task_names():
     task = seqio.TaskRegistry.get(name)
@@ -283,7 +285,7 @@ def set_tfds_data_dir(data_dir: Optional[str]) -> None:
       task.source.tfds_dataset.override_data_dir(data_dir)
 
 
-def check_nonempty(task: Union[str, seqio.Task, seqio.Mixture], split: str) -> None:
+def check_nonempty(task: str | seqio.Task | seqio.Mixture, split: str) -> None:
   """Checks that `split` of a task (every task of a mixture that has it) yields at least one example.
 
   Raises:
@@ -295,17 +297,17 @@ def check_nonempty(task: Union[str, seqio.Task, seqio.Mixture], split: str) -> N
   with_split = [t for t in subtasks if split in t.splits]
   if not with_split:
     available = sorted({s for t in subtasks for s in t.splits})
-    raise DataError(f"task {provider.name!r} has no split {split!r}; available splits: {available}")
+    raise DataError(f'task {provider.name!r} has no split {split!r}; available splits: {available}')
   for t in with_split:
     try:
       ds = t.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1,
                          try_in_mem_cache=False)
       empty = next(iter(ds.take(1)), None) is None
     except Exception as e:  # pylint: disable=broad-except  (TFDS / tf.data raise many types)
-      raise DataError(f"task {t.name!r} split {split!r}: cannot read examples "
+      raise DataError(f'task {t.name!r} split {split!r}: cannot read examples '
                       f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
     if empty:
-      raise DataError(f"task {t.name!r} split {split!r} is empty: no example left after preprocessing")
+      raise DataError(f'task {t.name!r} split {split!r} is empty: no example left after preprocessing')
 
 
 register_all_tasks()

@@ -4,24 +4,25 @@ T5 (and every T5 1.1 / LM-adapted checkpoint) uses the `cc_all.32000` SentencePi
 pad=0, eos=1, unk=2; seqio appends 100 sentinel ids (`<extra_id_0>` = 32099 ... `<extra_id_99>` = 32000), so
 `vocab_size` is 32100 (models pad their embedding table to 32128).
 """
+from __future__ import annotations
+
 import functools
 import importlib.resources
-from typing import Optional
 
 import seqio
 import tensorflow as tf
 
 from jaxprompt.errors import DataError
 
-DEFAULT_VOCAB_FILENAME = "t5_cc_all_32000_sentencepiece.model"
+DEFAULT_VOCAB_FILENAME = 't5_cc_all_32000_sentencepiece.model'
 DEFAULT_EXTRA_IDS = 100
 
 
 def default_vocabulary_path() -> str:
   """Filesystem path of the SentencePiece model shipped in the package."""
-  resource = importlib.resources.files("jaxprompt") / "assets" / DEFAULT_VOCAB_FILENAME
+  resource = importlib.resources.files('jaxprompt') / 'assets' / DEFAULT_VOCAB_FILENAME
   if not resource.is_file():
-    raise DataError(f"the packaged vocabulary {resource} is missing: reinstall jaxprompt")
+    raise DataError(f'the packaged vocabulary {resource} is missing: reinstall jaxprompt')
   # pip/setuptools install packages as plain directories, so the resource is a real file that
   # SentencePiece (via tf.io.gfile) can open by name.
   return str(resource)
@@ -32,7 +33,7 @@ def _load(path: str, extra_ids: int) -> seqio.SentencePieceVocabulary:
   try:
     vocabulary.tokenizer  # pylint: disable=pointless-statement  (loads the model now, not mid-training)
   except Exception as e:  # pylint: disable=broad-except  (sentencepiece / gfile raise assorted types)
-    raise DataError(f"cannot read SentencePiece model {path}: {type(e).__name__}: {e}") from e
+    raise DataError(f'cannot read SentencePiece model {path}: {type(e).__name__}: {e}') from e
   return vocabulary
 
 
@@ -46,7 +47,7 @@ def get_default_vocabulary(extra_ids: int = DEFAULT_EXTRA_IDS) -> seqio.Sentence
   return _cached_default(int(extra_ids))  # one object per extra_ids, however it is passed
 
 
-def get_vocabulary(path: Optional[str] = None,
+def get_vocabulary(path: str | None = None,
                    extra_ids: int = DEFAULT_EXTRA_IDS) -> seqio.SentencePieceVocabulary:
   """A SentencePiece vocabulary from `path` (local file or gs://...), or the default one when None.
 
@@ -56,6 +57,6 @@ def get_vocabulary(path: Optional[str] = None,
   if path is None:
     return get_default_vocabulary(extra_ids)
   path = str(path)
-  if not path.startswith("gs://") and not tf.io.gfile.exists(path):
-    raise DataError(f"vocabulary file {path} does not exist")
+  if not path.startswith('gs://') and not tf.io.gfile.exists(path):
+    raise DataError(f'vocabulary file {path} does not exist')
   return _load(path, extra_ids)
