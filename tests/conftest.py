@@ -1,23 +1,80 @@
-"""Shared pytest fixtures.
+"""Shared pytest fixtures: the t5x reference files, the tiny training task, the TPU scripts' environment.
 
 `../shared/fixtures` holds reference files written by the real t5x code. A test that needs them skips only
 when `../shared` itself is absent (a user's checkout); in CI it is always present.
 """
+import functools
 import os
 import pathlib
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # Before any test imports tensorflow.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # Before any test imports tensorflow.
 
-import pytest
+import pytest  # pylint: disable=g-import-not-at-top
+import seqio  # pylint: disable=g-import-not-at-top
+
+from jaxprompt.commands import configs  # pylint: disable=g-import-not-at-top
+from jaxprompt.data import custom  # pylint: disable=g-import-not-at-top
+from jaxprompt.methods.prompt_tuning import prompt_tuning  # pylint: disable=g-import-not-at-top
+from jaxprompt.models.config import get_config  # pylint: disable=g-import-not-at-top
+from tests.tiny_task import EMPTY_TASK, LABELS, LENGTHS, PROMPT_LENGTH, PY_TASK, empty_train_split, make_tiny_task
+from tests.tpu_helpers import ENV_SETTINGS, write_exe
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-FIXTURES = SHARED / "fixtures"
+SHARED = REPO.parent / 'shared'
+FIXTURES = SHARED / 'fixtures'
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope='session')
 def fixtures_dir() -> pathlib.Path:
   if not SHARED.exists():
-    pytest.skip(f"{SHARED} is absent (reference fixtures ship beside the repo, not inside it)")
-  assert FIXTURES.exists(), f"{FIXTURES} missing although {SHARED} exists"
+    pytest.skip(f'{SHARED} is absent (reference fixtures ship beside the repo, not inside it)')
+  assert FIXTURES.exists(), f'{FIXTURES} missing although {SHARED} exists'
   return FIXTURES
+
+
+@pytest.fixture
+def env(tmp_path):
+  """Environment with the scripts' settings unset and a loud fake gcloud first on PATH."""
+  fake_bin = tmp_path / 'fake_bin'
+  fake_bin.mkdir()
+  marker = tmp_path / 'REAL_CLOUD_CALLED'
+  for tool in ('gcloud', 'gsutil'):
+    write_exe(fake_bin / tool, f'echo "FAKE {tool} CALLED: $*" >&2\ntouch {marker}\nexit 97\n')
+  result = {k: v for k, v in os.environ.items() if k not in ENV_SETTINGS}
+  result['PATH'] = f'{fake_bin}{os.pathsep}{os.environ["PATH"]}'
+  yield result
+  assert not marker.exists(), 'a script called gcloud/gsutil although it must not'
+
+
+# ------------------------------------------------------------------------------------ the tiny task
+
+
+@pytest.fixture(scope='session')
+def tiny_files(tmp_path_factory):
+  return make_tiny_task(tmp_path_factory.mktemp('tiny_task'))
+
+
+@pytest.fixture(scope='module')
+def tiny_task(tiny_files):
+  return custom.register_file_task(PY_TASK, train=str(tiny_files['train']), validation=str(tiny_files['validation']),
+                                   label_set=LABELS, vocabulary=configs.vocabulary(str(tiny_files['vocab']), 0))
+
+
+@pytest.fixture(scope='module')
+def train_kwargs(tiny_task, fixtures_dir):
+  return dict(model_config=get_config('t5x_tiny'),
+              initial_checkpoint_path=str(fixtures_dir / 't5x_tiny' / 'classic_checkpoint_0'),
+              mixture_or_task_name=tiny_task.name, task_feature_lengths=LENGTHS, batch_size=4,
+              method=functools.partial(prompt_tuning, length=PROMPT_LENGTH),
+              checkpoint_period=3, eval_period=3, log_period=1, progress_bar=False)
+
+
+@pytest.fixture(scope='module')
+def empty_task(tiny_files):
+  if EMPTY_TASK not in seqio.TaskRegistry.names():
+    vocab = configs.vocabulary(str(tiny_files['vocab']), 0)
+    seqio.TaskRegistry.add(
+        EMPTY_TASK, source=seqio.FunctionDataSource(empty_train_split, splits=['train', 'validation']),
+        preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+        output_features={'inputs': seqio.Feature(vocab), 'targets': seqio.Feature(vocab)})
+  return EMPTY_TASK

@@ -1,8 +1,17 @@
-"""Running a script under N simulated CPU devices (the device count is read once, when jax is imported)."""
+"""Test helpers: running a script under N simulated CPU devices (the device count is read once, when jax is
+imported), comparing trees bitwise, and a small prompt-tuning TrainState."""
+import functools
 import os
 import pathlib
 import subprocess
 import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxprompt.train.optim import make_optimizer
+from jaxprompt.train.state import TrainState, init_train_state
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -19,3 +28,28 @@ def run_with_devices(script: pathlib.Path, num_devices: int, *args: str, timeout
   if proc.returncode != 0:
     raise AssertionError(f'{script.name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-6000:]}')
   return proc.stdout
+
+
+def assert_trees_equal(a, b) -> None:
+  """Same tree, and every leaf the same dtype, shape and bytes (bitwise: -0.0 != 0.0, NaN payloads count)."""
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+    x, y = np.asarray(x), np.asarray(y)
+    assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes(), jax.tree_util.keystr(path)
+
+
+def prompt_copy(state: TrainState) -> dict[str, np.ndarray]:
+  """What prompt tuning's `numpy_copy` gives: the float32 [P, d] prompt as prompt.npy."""
+  return {'prompt.npy': np.asarray(state.trainable['prompt'], np.float32)}
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))  # one compile instead of dozens of eager ops
+def prompt_state(length=5, embed=32, seed=0, step=7) -> TrainState:
+  """A TrainState after one Adafactor update, so every optimizer leaf holds non-trivial values."""
+  optimizer = make_optimizer()
+  key = jax.random.key(seed)
+  prompt = {'prompt': jax.random.normal(key, (length, embed), jnp.float32)}
+  state = init_train_state(prompt, optimizer.tx, jax.random.key(seed + 1))
+  grads = {'prompt': jax.random.normal(jax.random.fold_in(key, 1), (length, embed), jnp.float32)}
+  _, opt_state = optimizer.tx.update(grads, state.opt_state, prompt)
+  return state.replace(step=jnp.asarray(step, jnp.int32), opt_state=opt_state)

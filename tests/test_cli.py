@@ -24,11 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxprompt.cli import main as cli
+from jaxprompt import cli
+from jaxprompt.cli import gin_config
 from jaxprompt.models.config import CONFIGS
 from jaxprompt.commands import configs
-from tests.test_trainer import EMPTY_TASK, write_tiny_gin
-from tests.test_trainer import empty_task, tiny_files  # noqa: F401  pylint: disable=unused-import  (fixtures)
+from tests.tiny_task import EMPTY_TASK, write_tiny_gin
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 GIN_TASK = 'jp_test_tiny_gin'
@@ -82,15 +82,6 @@ def main_error(capsys, argv) -> tuple[int, str]:
 # ------------------------------------------------------------------------------------ arguments and gin
 
 
-def test_gin_overrides_are_split_from_other_flags():
-  rest, bindings = cli.split_gin_overrides(
-      ['train', '--gin.MODEL_DIR=\'/tmp/a=b\'', '--gin_file=x.gin', '--gin.TRAIN_STEPS', '10'])
-  assert rest == ['train', '--gin_file=x.gin']
-  assert bindings == ["MODEL_DIR = '/tmp/a=b'", 'TRAIN_STEPS = 10']
-  with pytest.raises(cli.CliError, match='--gin.X needs a value'):
-    cli.split_gin_overrides(['train', '--gin.X'])
-
-
 def test_help_lists_the_important_macros(capsys):
   with pytest.raises(SystemExit) as exit_info:
     cli.main(['train', '--help'])
@@ -101,13 +92,25 @@ def test_help_lists_the_important_macros(capsys):
     assert macro in out
 
 
-def test_gin_files_resolve_in_search_paths(tmp_path):
-  (tmp_path / 'mine.gin').write_text('X = 1\n')
-  paths = cli.search_paths(f'{tmp_path},/nonexistent')
-  assert paths[0] == str(tmp_path) and str(REPO / 'jaxprompt' / 'gin_configs') in paths
-  assert cli.resolve_gin_file('mine.gin', paths) == str(tmp_path / 'mine.gin')
-  found = cli.resolve_gin_file('runs/prompt_tuning.gin', paths)
-  assert os.path.samefile(found, REPO / 'gin_configs/runs/prompt_tuning.gin')
+def test_console_script_and_python_m_run_the_same_main():
+  import importlib  # pylint: disable=g-import-not-at-top
+  import tomllib  # pylint: disable=g-import-not-at-top
+  target = tomllib.loads((REPO / 'pyproject.toml').read_text())['project']['scripts']['jaxprompt']
+  module, _, function = target.partition(':')
+  assert getattr(importlib.import_module(module), function) is cli.main
+  assert 'from jaxprompt.cli' in (REPO / 'jaxprompt' / '__main__.py').read_text()
+
+
+def test_commands_are_loaded_by_name(capsys):
+  """The table names every command's entry point; the demo parses its own flags."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  dispatch = importlib.import_module('jaxprompt.cli.main')  # the module: `jaxprompt.cli.main` is the function
+  assert set(dispatch.COMMANDS) == {'train', 'eval', 'infer', 'export', 'demo'}
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(['demo', '--help'])
+  assert exit_info.value.code == 0 and '--baseline_steps' in capsys.readouterr().out
+  code, line = main_error(capsys, ['export', '--output', 'x.npy'])
+  assert code == 2 and 'export needs --checkpoint' in line
 
 
 def test_gin_configs_ship_inside_the_package():
@@ -122,7 +125,7 @@ def test_gin_configs_ship_inside_the_package():
 
 
 def _parse(files, bindings=()):
-  cli.import_configurables()
+  gin_config.import_configurables()
   gin.clear_config()
   gin.add_config_file_search_path(str(REPO / 'gin_configs'))
   gin.parse_config_files_and_bindings([str(REPO / 'gin_configs' / f) for f in files], list(bindings),
@@ -130,7 +133,6 @@ def _parse(files, bindings=()):
 
 
 def test_every_model_gin_names_a_config_and_a_public_checkpoint():
-  from jaxprompt.train import runtime as components  # pylint: disable=g-import-not-at-top
   sizes = ['small', 'base', 'large', 'xl', 'xxl']
   expected = ({f't5_1_1_{s}' for s in sizes} | {f't5_1_1_lm100k_{s}' for s in sizes} | {f'mt5_{s}' for s in sizes}
               | {f't5_1_0_{s}' for s in ('small', 'base', 'large', '3b', '11b')} | {'t5x_tiny'})

@@ -3,7 +3,6 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
-import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
@@ -12,6 +11,7 @@ import pytest
 import seqio
 
 from jaxprompt.methods import initializers as prompts
+from jaxprompt.methods.prompt_tuning import PromptTuning
 from jaxprompt.errors import PromptError
 
 VOCAB_ROWS, EMBED = 64, 8
@@ -184,12 +184,11 @@ def test_class_labels_real_sentencepiece(spm_vocab):
   np.testing.assert_array_equal(prompt, by_path(KEY, (4, EMBED), table))
 
 
-def test_class_labels_in_prompt_module():
+def test_class_labels_in_the_prompt_tuning_method():
   table = id_table()
   init = prompts.bind_embedding(prompts.class_labels(['True'], vocabulary=FakeVocab()), table)
-  module = prompts.Prompt(length=3, embed_dim=EMBED, prompt_init=init)
-  variables = module.init(KEY, jnp.zeros((2, 4, EMBED)), jnp.ones((2, 4), jnp.int32))
-  value = np.asarray(nn.unbox(variables)['params']['prompt'])
+  method = PromptTuning(length=3, embed_dim=EMBED, prompt_init=init)
+  value = np.asarray(method.init(KEY, {})['prompt'])
   assert value.shape == (3, EMBED)
   np.testing.assert_allclose(value[0], table[[7, 9, 11]].mean(0))
   assert row_ids(value[1:]).max() < VOCAB_ROWS
@@ -369,13 +368,13 @@ def clean_gin():
 GIN_CASES = {
     'random_uniform': ('@jaxprompt.methods.random_uniform()\njaxprompt.methods.random_uniform.scale = 0.01',
                        prompts.random_uniform(0.01)),
-    'normal': ('@prompts.normal()\nprompts.normal.stddev = 0.5\nprompts.normal.truncated = True',
+    'normal': ('@methods.normal()\nmethods.normal.stddev = 0.5\nmethods.normal.truncated = True',
                prompts.normal(0.5, truncated=True)),
     'sampled_vocab': ('@prompt_init/jaxprompt.methods.sampled_vocab()\n'
                       'prompt_init/jaxprompt.methods.sampled_vocab.population_size = 10',
                       prompts.sampled_vocab(10)),
-    'from_samples_of_embeddings': ('@prompts.from_samples_of_embeddings()\n'
-                                   'prompts.from_samples_of_embeddings.start = 5', prompts.sampled_vocab(start=5)),
+    'from_samples_of_embeddings': ('@methods.from_samples_of_embeddings()\n'
+                                   'methods.from_samples_of_embeddings.start = 5', prompts.sampled_vocab(start=5)),
     'class_labels': ("@class_labels()\nclass_labels.labels = ['False', 'True']\n"
                      'class_labels.fallback = @random_uniform()', None),
     'from_text': ("@jaxprompt.methods.from_text()\njaxprompt.methods.from_text.text = 'great movie'", None),

@@ -1,4 +1,4 @@
-"""Prompt module placement and masks, the wrapper's scoring, and the prompt-only train step."""
+"""Prompt tuning: placement and masks, the wrapper's scoring, and the prompt-only train step."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,11 +8,12 @@ from flax.traverse_util import flatten_dict
 from jaxprompt.checkpoints import load_t5x_checkpoint
 from jaxprompt.errors import ConfigError, PromptError
 from jaxprompt.models.config import get_config
-from jaxprompt.models.wrapper import LossConfig, PromptModel
+from jaxprompt.models.wrapper import LossConfig, TunedModel
 from jaxprompt.models.t5 import Transformer
-from jaxprompt.methods.prompt_tuning import Prompt, insert_prompt, insertion_points
+from jaxprompt.methods.prompt_tuning import PromptTuning, insert_prompt, insertion_points
 from jaxprompt.train import optim
 from jaxprompt.train import step
+from jaxprompt.train.state import init_train_state
 
 TOKENS = np.array([[5, 6, 7, 1, 0, 0],    # 3 tokens + EOS, padded
                    [9, 1, 0, 0, 0, 0],    # 1 token + EOS
@@ -42,11 +43,15 @@ def test_combination_places_prompt_and_keeps_padding_at_the_end(combine, expecte
 def test_unknown_combination_and_packing_are_rejected():
   with pytest.raises(PromptError, match='middle'):
     insertion_points(jnp.asarray(TOKENS), 'middle')
-  model = Transformer(get_config('test_tiny'), prompt=Prompt(length=2, embed_dim=16))
+  with pytest.raises(PromptError, match='middle'):
+    PromptTuning(length=2, embed_dim=16, combine='middle')
+  method = PromptTuning(length=2, embed_dim=16)
+  hooks = method.hooks(method.init(jax.random.PRNGKey(0), {}))
   toks = jnp.asarray(TOKENS)
   with pytest.raises(PromptError, match='packed'):
-    model.init(jax.random.PRNGKey(0), toks, toks, toks, encoder_segment_ids=jnp.ones_like(toks),
-               enable_dropout=False)
+    Transformer(get_config('test_tiny')).init(jax.random.PRNGKey(0), toks, toks, toks,
+                                              encoder_segment_ids=jnp.ones_like(toks), hooks=hooks,
+                                              enable_dropout=False)
 
 
 @pytest.fixture(scope='module')
@@ -64,11 +69,11 @@ def _batch(enc, tgt):
 
 def test_prompt_param_path_and_encoder_masks_cover_prompt(fixture_model):
   cfg, frozen = fixture_model
-  model = PromptModel(cfg, Prompt(length=3, embed_dim=cfg.emb_dim, combine='suffix_after_eos'))
-  boxed = model.init_abstract(2, 6, 4)['params']
-  assert flatten_dict(boxed)[('prompt', 'prompt')].value.shape == (3, cfg.emb_dim)
-  assert tuple(flatten_dict(boxed)[('prompt', 'prompt')].names) == ('prompt', 'prompt_embed')
-  prompt = model.init_prompt(jax.random.PRNGKey(0), frozen)
+  model = TunedModel(cfg, PromptTuning(length=3, embed_dim=cfg.emb_dim, combine='suffix_after_eos'))
+  boxed = model.method.abstract(model.init_abstract(2, 6, 4)['params'])
+  assert flatten_dict(boxed)[('prompt',)].value.shape == (3, cfg.emb_dim)
+  assert tuple(flatten_dict(boxed)[('prompt',)].names) == ('prompt', 'prompt_embed')
+  prompt = model.method.init(jax.random.PRNGKey(0), frozen)
   encoded, valid = model.encode(frozen, prompt, jnp.asarray(TOKENS))
   assert encoded.shape == (3, 9, cfg.emb_dim)
   np.testing.assert_array_equal(valid.sum(-1), (TOKENS > 0).sum(-1) + 3)
@@ -80,8 +85,8 @@ def test_prompt_param_path_and_encoder_masks_cover_prompt(fixture_model):
 
 def test_rank_classification_equals_scoring_each_candidate(fixture_model):
   cfg, frozen = fixture_model
-  model = PromptModel(cfg, Prompt(length=4, embed_dim=cfg.emb_dim))
-  prompt = model.init_prompt(jax.random.PRNGKey(1), frozen)
+  model = TunedModel(cfg, PromptTuning(length=4, embed_dim=cfg.emb_dim))
+  prompt = model.method.init(jax.random.PRNGKey(1), frozen)
   enc = np.array([[5, 17, 42, 1, 0], [64, 3, 12, 9, 1]])
   candidates = np.array([[26, 83, 1], [99, 1, 0], [7, 7, 1]])
   ranked = model.rank_classify(frozen, prompt, enc, candidates)
@@ -92,8 +97,8 @@ def test_rank_classification_equals_scoring_each_candidate(fixture_model):
 
 def test_encoder_runs_once_per_example_in_rank_classification(fixture_model):
   cfg, frozen = fixture_model
-  model = PromptModel(cfg, Prompt(length=4, embed_dim=cfg.emb_dim))
-  prompt = model.init_prompt(jax.random.PRNGKey(1), frozen)
+  model = TunedModel(cfg, PromptTuning(length=4, embed_dim=cfg.emb_dim))
+  prompt = model.method.init(jax.random.PRNGKey(1), frozen)
   enc = jnp.ones((2, 5), jnp.int32)
   cands = jnp.ones((3, 3), jnp.int32)
   jaxpr = str(jax.make_jaxpr(model.rank_classify, static_argnums=())(frozen, prompt, enc, cands))
@@ -102,8 +107,8 @@ def test_encoder_runs_once_per_example_in_rank_classification(fixture_model):
 
 
 def _train(cfg, frozen, model, batch, steps, optimizer, num_microbatches=1):
-  prompt = model.init_prompt(jax.random.PRNGKey(0), frozen)
-  state = step.init_train_state(prompt, optimizer, jax.random.PRNGKey(1))
+  prompt = model.method.init(jax.random.PRNGKey(0), frozen)
+  state = init_train_state(prompt, optimizer.tx, jax.random.PRNGKey(1))
   fn = jax.jit(lambda s, b: step.train_step(model, optimizer, s, frozen, b, num_microbatches))
   history = []
   for _ in range(steps):
@@ -115,7 +120,7 @@ def _train(cfg, frozen, model, batch, steps, optimizer, num_microbatches=1):
 def test_frozen_params_bitwise_unchanged_and_optimizer_state_is_prompt_sized(fixture_model):
   cfg, frozen = fixture_model
   before = jax.tree.map(np.array, frozen)
-  model = PromptModel(cfg, Prompt(length=5, embed_dim=cfg.emb_dim))
+  model = TunedModel(cfg, PromptTuning(length=5, embed_dim=cfg.emb_dim))
   opt = optim.make_optimizer()
   batch = _batch([[5, 17, 42, 1]] * 4, [[26, 83, 1]] * 4)
   state, history = _train(cfg, frozen, model, batch, 5, opt)
@@ -124,7 +129,7 @@ def test_frozen_params_bitwise_unchanged_and_optimizer_state_is_prompt_sized(fix
     np.testing.assert_array_equal(np.asarray(a), b)
   prompt_size = 5 * cfg.emb_dim
   assert all(leaf.size <= prompt_size for leaf in jax.tree.leaves(state.opt_state))
-  assert jax.tree.structure(state.prompt) == jax.tree.structure({'prompt': 0})
+  assert jax.tree.structure(state.trainable) == jax.tree.structure({'prompt': 0})
   # The jitted step's gradient is taken w.r.t. the prompt only: no buffer of a frozen kernel's shape is written.
   jaxpr = jax.make_jaxpr(lambda s, f, b: step.train_step(model, opt, s, f, b))(state, frozen, batch)
   out_shapes = {tuple(v.aval.shape) for v in jaxpr.jaxpr.outvars}
@@ -133,28 +138,28 @@ def test_frozen_params_bitwise_unchanged_and_optimizer_state_is_prompt_sized(fix
 
 def test_microbatched_step_equals_full_batch(fixture_model):
   cfg, frozen = fixture_model
-  model = PromptModel(cfg, Prompt(length=5, embed_dim=cfg.emb_dim), LossConfig(reduction='sum'))
+  model = TunedModel(cfg, PromptTuning(length=5, embed_dim=cfg.emb_dim), LossConfig(reduction='sum'))
   opt = optim.make_optimizer(optim.adam, learning_rate=0.01)
   rs = np.random.RandomState(0)
   batch = _batch(rs.randint(2, 128, (8, 6)), rs.randint(2, 128, (8, 3)))
   full, _ = _train(cfg, frozen, model, batch, 2, opt)
   micro, _ = _train(cfg, frozen, model, batch, 2, opt, num_microbatches=4)
-  np.testing.assert_allclose(micro.prompt['prompt'], full.prompt['prompt'], atol=1e-5)
+  np.testing.assert_allclose(micro.trainable['prompt'], full.trainable['prompt'], atol=1e-5)
   with pytest.raises(ConfigError, match='divisible'):
     _train(cfg, frozen, model, batch, 1, opt, num_microbatches=3)
 
 
 def test_non_finite_loss_keeps_last_good_state(fixture_model):
   cfg, frozen = fixture_model
-  model = PromptModel(cfg, Prompt(length=5, embed_dim=cfg.emb_dim))
+  model = TunedModel(cfg, PromptTuning(length=5, embed_dim=cfg.emb_dim))
   opt = optim.make_optimizer()
-  state = step.init_train_state(model.init_prompt(jax.random.PRNGKey(0), frozen), opt, jax.random.PRNGKey(1))
+  state = init_train_state(model.method.init(jax.random.PRNGKey(0), frozen), opt.tx, jax.random.PRNGKey(1))
   poisoned = jax.tree.map(lambda x: x.copy(), frozen)
   poisoned['decoder']['logits_dense']['kernel'] = np.full_like(poisoned['decoder']['logits_dense']['kernel'], np.nan)
   new_state, metrics = step.train_step(model, opt, state, poisoned, _batch([[5, 1]], [[26, 1]]))
   assert not bool(metrics['finite'])
   assert int(new_state.step) == 0
-  np.testing.assert_array_equal(new_state.prompt['prompt'], state.prompt['prompt'])
+  np.testing.assert_array_equal(new_state.trainable['prompt'], state.trainable['prompt'])
 
 
 @pytest.mark.slow
@@ -163,7 +168,7 @@ def test_overfits_eight_examples_on_the_t5x_fixture_model(fixture_model):
   express with confidence (the frozen decoder norm + logits_dense bound every token's best log-prob; EOS's is
   about -0.7), so a 90% fall is reachable through the prompt alone."""
   cfg, frozen = fixture_model
-  model = PromptModel(cfg, Prompt(length=50, embed_dim=cfg.emb_dim), LossConfig(reduction='mean'))
+  model = TunedModel(cfg, PromptTuning(length=50, embed_dim=cfg.emb_dim), LossConfig(reduction='mean'))
   rs = np.random.RandomState(0)
   enc = rs.randint(2, 128, (8, 6))
   enc[:, -1] = 1

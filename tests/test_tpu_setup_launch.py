@@ -1,13 +1,13 @@
 """Tests for tpu_scripts/setup.sh and launch.sh: the commands they send to the workers.
 
-Helpers and the `env` fixture (a loud fake gcloud first on PATH, checked after each test) come from
-test_tpu_scripts.py. The worker-side commands run here under bash with a temporary HOME and fake tools.
+Helpers come from tests/tpu_helpers.py and the `env` fixture (a loud fake gcloud first on PATH, checked after
+each test) from conftest.py. The worker-side commands run here under bash with a temporary HOME and fake tools.
 """
 import pathlib
 import re
 
-from tests.test_tpu_scripts import (GCLOUD_TPU, HOST, REQUIRED, SCOPE, write_exe, bash_words, dry_run,  # noqa: F401
-                                    env, remote_command, run_remote, run_script, wait_for)
+from tests.tpu_helpers import (GCLOUD_TPU, HOST, REQUIRED, SCOPE, bash_words, dry_run, remote_command, run_remote,
+                               run_script, wait_for, write_exe)
 
 # ---------------------------------------------------------------- setup.sh
 

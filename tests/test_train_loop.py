@@ -1,10 +1,6 @@
-"""The prompt trainer, in process, on the t5x fixture model (vocab 128) and a tiny TSV task.
-
-The fixture model has no real vocabulary (t5x used a 128-id PassThroughVocabulary), so the tests train a
-SentencePiece model of ~40 pieces on the task's own text (< 1 s) and use it without extra ids: every token id
-then indexes the fixture's 128-row embedding table. `make_tiny_task` and `write_tiny_gin` are shared with
-tests/test_cli.py, which drives the same task through gin.
-"""
+"""The train loop through `jaxprompt.train`, in process, on the t5x fixture model and the tiny TSV task of
+tests/tiny_task.py (fixtures in conftest.py; tests/test_cli.py drives the same task through gin)."""
+import functools
 import json
 import pathlib
 import random
@@ -25,104 +21,14 @@ from jaxprompt.train import runtime as components
 from jaxprompt.data import pipeline as data_pipeline
 from jaxprompt.eval import evaluation as evaluate
 from jaxprompt.train import observability
-from jaxprompt.train import loop as trainer
-from jaxprompt.train.checkpoints import PromptCheckpointer
+from jaxprompt.commands import train as trainer
+from jaxprompt.commands import prompt_files
+from jaxprompt.methods.prompt_tuning import prompt_tuning
+from jaxprompt.train.checkpoints import StateCheckpointer
 from jaxprompt.train.optim import make_optimizer
-from jaxprompt.train.step import init_train_state
+from jaxprompt.train.state import init_train_state
 from jaxprompt.commands import configs
-
-LENGTHS = {'inputs': 16, 'targets': 8}
-LABELS = ('negative', 'positive')
-PY_TASK = 'jp_test_tiny'  # registered from Python here; test_cli registers its own through gin
-EMPTY_TASK = 'jp_test_empty_train'
-_POS, _NEG, _NEUTRAL = 'good great fine nice superb'.split(), 'bad awful poor dull weak'.split(), \
-    'movie film plot story acting'.split()
-
-
-def _example(rng: random.Random) -> tuple[str, str]:
-  positive = rng.random() < 0.5
-  words = [rng.choice(_POS if positive else _NEG)] + [rng.choice(_NEUTRAL) for _ in range(3)]
-  rng.shuffle(words)
-  return ' '.join(words), LABELS[positive]
-
-
-def make_tiny_task(root: pathlib.Path) -> dict:
-  """train.tsv (64 rows), validation.tsv (12), a SentencePiece model (pad 0, eos 1, unk 2) of its text."""
-  root.mkdir(parents=True, exist_ok=True)
-  rng = random.Random(0)
-  files = {}
-  for split, count in (('train', 64), ('validation', 12)):
-    files[split] = root / f'{split}.tsv'
-    files[split].write_text(''.join('\t'.join(_example(rng)) + '\n' for _ in range(count)))
-  text = root / 'text.txt'
-  text.write_text(''.join(' '.join(_example(rng)) + '\n' for _ in range(300)))
-  spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(root / 'tiny'), vocab_size=60,
-                                 model_type='unigram', pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2,
-                                 hard_vocab_limit=False)
-  files['vocab'] = root / 'tiny.model'
-  return files
-
-
-def write_tiny_gin(path: pathlib.Path, files: dict, checkpoint: pathlib.Path, task_name: str,
-                   train_steps: int = 6) -> pathlib.Path:
-  """A gin file registering the TSV task and sizing the run for the fixture (goes after models/ and runs/)."""
-  path.write_text(f"""
-VOCABULARY_PATH = '{files['vocab']}'
-T5X_TINY_CHECKPOINT = '{checkpoint}'
-MIXTURE_OR_TASK_NAME = @jaxprompt.data.file_task_name()
-jaxprompt.data.register_file_task:
-  name = '{task_name}'
-  train = '{files['train']}'
-  validation = '{files['validation']}'
-  label_set = {list(LABELS)}
-TASK_FEATURE_LENGTHS = {LENGTHS}
-TRAIN_STEPS = {train_steps}
-BATCH_SIZE = 4
-PROMPT_LENGTH = 5
-EVAL_PERIOD = 3
-CHECKPOINT_PERIOD = 3
-DROPOUT_RATE = 0.0
-jaxprompt.train.log_period = 1
-""")
-  return path
-
-
-@pytest.fixture(scope='session')
-def tiny_files(tmp_path_factory):
-  return make_tiny_task(tmp_path_factory.mktemp('tiny_task'))
-
-
-@pytest.fixture(scope='module')
-def tiny_task(tiny_files):
-  return custom.register_file_task(PY_TASK, train=str(tiny_files['train']), validation=str(tiny_files['validation']),
-                                   label_set=LABELS, vocabulary=configs.vocabulary(str(tiny_files['vocab']), 0))
-
-
-@pytest.fixture(scope='module')
-def train_kwargs(tiny_task, fixtures_dir):
-  return dict(model_config=get_config('t5x_tiny'),
-              initial_checkpoint_path=str(fixtures_dir / 't5x_tiny' / 'classic_checkpoint_0'),
-              mixture_or_task_name=tiny_task.name, task_feature_lengths=LENGTHS, batch_size=4, prompt_length=5,
-              checkpoint_period=3, eval_period=3, log_period=1, progress_bar=False)
-
-
-def _empty_train_split(split, shuffle_files, seed=None):
-  del shuffle_files, seed
-  texts = [] if split == 'train' else ['good movie']
-  return tf.data.Dataset.from_tensor_slices({'inputs': tf.constant(texts, tf.string),
-                                             'targets': tf.constant(['positive'] * len(texts), tf.string)})
-
-
-@pytest.fixture(scope='module')
-def empty_task(tiny_files):
-  if EMPTY_TASK not in seqio.TaskRegistry.names():
-    vocab = configs.vocabulary(str(tiny_files['vocab']), 0)
-    seqio.TaskRegistry.add(
-        EMPTY_TASK, source=seqio.FunctionDataSource(_empty_train_split, splits=['train', 'validation']),
-        preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
-        output_features={'inputs': seqio.Feature(vocab), 'targets': seqio.Feature(vocab)})
-  return EMPTY_TASK
-
+from tests.tiny_task import EMPTY_TASK, LABELS, LENGTHS, PROMPT_LENGTH, PY_TASK
 
 # ------------------------------------------------------------------------------------ training runs
 
@@ -140,9 +46,9 @@ def test_resume_is_bitwise_equal_to_an_uninterrupted_run(train_kwargs, tmp_path)
   np.testing.assert_array_equal(whole.prompt, resumed.prompt)
   assert not np.array_equal(whole.prompt, part.prompt)  # it did train between 3 and 6
 
-  ckpt = PromptCheckpointer(str(tmp_path / 'resumed'))
+  ckpt = StateCheckpointer(str(tmp_path / 'resumed'))
   assert ckpt.all_steps() == [3, 6]
-  _, meta = ckpt.restore(_template_state(train_kwargs['prompt_length']))
+  _, meta = ckpt.restore(_template_state(PROMPT_LENGTH))
   assert meta['data_position'] == 6
   ckpt.close()
   # The final prompt and each save's numpy copy are float32 [P, d].
@@ -159,13 +65,13 @@ def test_resume_is_bitwise_equal_to_an_uninterrupted_run(train_kwargs, tmp_path)
   assert evals['step'] == 6 and evals['num_examples'] == 12 and 0 <= evals['accuracy'] <= 100
   assert whole.eval_metrics['loss'] == pytest.approx(evals['loss'])
   assert (run / observability.CURVES).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
-  assert {'train/loss', 'train/grad_norm', 'train/prompt_norm', 'train/learning_rate', 'eval/accuracy'} <= _tb_tags(run)
+  assert {'train/loss', 'train/grad_norm', 'train/param_norm', 'train/learning_rate', 'eval/accuracy'} <= _tb_tags(run)
 
 
 def _template_state(prompt_length):
   """A TrainState of the trainer's structure (default optimizer), as a restore template."""
   prompt = {'prompt': jnp.zeros((prompt_length, 32), jnp.float32)}
-  return init_train_state(prompt, make_optimizer(), jax.random.PRNGKey(0))
+  return init_train_state(prompt, make_optimizer().tx, jax.random.PRNGKey(0))
 
 
 def _tb_tags(run_dir: pathlib.Path) -> set:
@@ -238,21 +144,21 @@ def test_vocabulary_must_fit_the_embedding_table(tiny_task):
 def test_prompt_files_are_checked(tmp_path, fixtures_dir):
   released = fixtures_dir / 'pretrained_prompts_t5_1_1_lm100k_base' / 'sst2.npy'
   base = get_config('t5_1_1_lm100k_base')
-  prompt = components.load_prompt(prompt_file=str(released), checkpoint=None, step=None, prompt_length=None,
+  prompt = prompt_files.load_prompt(prompt_file=str(released), checkpoint=None, step=None, prompt_length=None,
                                   embed_dim=base.emb_dim)
   assert prompt.shape == (100, 768) and prompt.dtype == np.float32
   with pytest.raises(PromptError, match=r'sst2.npy has shape \(100, 768\) but the prompt shape is \(100, 32\)'):
-    components.load_prompt(prompt_file=str(released), checkpoint=None, step=None, prompt_length=None, embed_dim=32)
+    prompt_files.load_prompt(prompt_file=str(released), checkpoint=None, step=None, prompt_length=None, embed_dim=32)
   ints = tmp_path / 'ints.npy'
   np.save(ints, np.zeros((5, 32), np.int32))
   with pytest.raises(PromptError, match=r'ints.npy has dtype int32'):
-    components.load_prompt(prompt_file=str(ints), checkpoint=None, step=None, prompt_length=None, embed_dim=32)
+    prompt_files.load_prompt(prompt_file=str(ints), checkpoint=None, step=None, prompt_length=None, embed_dim=32)
   pickled = tmp_path / 'pickled.npy'
   pickled.write_bytes(__import__('pickle').dumps(np.zeros((5, 32), np.float32)))
   with pytest.raises(PromptError, match=r'pickled.npy is not a .npy file'):
-    components.load_prompt(prompt_file=str(pickled), checkpoint=None, step=None, prompt_length=None, embed_dim=32)
+    prompt_files.load_prompt(prompt_file=str(pickled), checkpoint=None, step=None, prompt_length=None, embed_dim=32)
   with pytest.raises(ConfigError, match='exactly one of --prompt_file'):
-    components.load_prompt(prompt_file=str(ints), checkpoint=str(tmp_path), step=None, prompt_length=None,
+    prompt_files.load_prompt(prompt_file=str(ints), checkpoint=str(tmp_path), step=None, prompt_length=None,
                            embed_dim=32)
 
 
@@ -260,7 +166,7 @@ def test_observer_keeps_histories_consistent_after_a_resume(tmp_path):
   obs = observability.TrainObserver(str(tmp_path), total_steps=4, start_step=0, log_period=1, progress_bar=False)
   for step in range(1, 5):
     obs.step(step, {'loss': 8.0 / step, 'weight_sum': 4.0, 'token_accuracy': 0.1 * step, 'grad_norm': 1.0,
-                    'prompt_norm': 2.0, 'learning_rate': 0.3})
+                    'param_norm': 2.0, 'learning_rate': 0.3})
   obs.eval(4, {'loss': 1.5, 'accuracy': 75.0, 'num_examples': 12})
   obs.close()
   rows = [json.loads(line) for line in (tmp_path / observability.TRAIN_HISTORY).read_text().splitlines()]

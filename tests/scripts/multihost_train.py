@@ -9,6 +9,7 @@ MODE `trainer`: runs `jaxprompt.train.loop.train` on a TSV task (each host reads
   records which training inputs this host's data stream yields.
 Results go to `<out>.<process_id>.npz`. With 3 extra args the process joins the localhost coordinator.
 """
+import functools
 import json
 import sys
 
@@ -30,13 +31,14 @@ import numpy as np
 from jaxprompt.parallel import partitioning
 from jaxprompt.checkpoints import load_t5x_checkpoint
 from jaxprompt.models.config import get_config
-from jaxprompt.models.wrapper import PromptModel
-from jaxprompt.methods.prompt_tuning import Prompt
+from jaxprompt.models.wrapper import TunedModel
+from jaxprompt.methods.prompt_tuning import PromptTuning
 from jaxprompt.train import checkpoints as checkpointing
 from jaxprompt.train import optim
 from jaxprompt.train import compiled as sharded
 from jaxprompt.train import step
 from jaxprompt.commands import configs
+from jaxprompt.train.state import init_train_state
 
 assert jax.device_count() == 8, jax.devices()
 print(f'process {jax.process_index()}/{jax.process_count()}: local devices '
@@ -58,7 +60,7 @@ def global_batch(index: int, size: int = 8, input_len: int = 8, target_len: int 
 
 def run_steps(num_steps: int = 4, save_at: int = 2, batch_size: int = 8) -> None:
   config = get_config('t5x_tiny')
-  model = PromptModel(config, Prompt(length=3, embed_dim=config.emb_dim))
+  model = TunedModel(config, PromptTuning(length=3, embed_dim=config.emb_dim))
   optimizer = optim.make_optimizer(learning_rate=0.3)
   mesh = partitioning.create_mesh(model_parallel=2)
   rules = partitioning.prompt_logical_axis_rules(parameter_partitioning_dims=2)
@@ -69,21 +71,22 @@ def run_steps(num_steps: int = 4, save_at: int = 2, batch_size: int = 8) -> None
   assert len({s.data.shape for s in emb.addressable_shards}) == 1
 
   # The same host values everywhere, then placed as global arrays (multi-host orbax needs global leaves).
-  prompt = jax.tree.map(np.asarray, model.init_prompt(jax.random.PRNGKey(0), frozen))
-  state = steps.place_state(jax.tree.map(np.asarray, step.init_train_state(prompt, optimizer,
+  prompt = jax.tree.map(np.asarray, model.method.init(jax.random.PRNGKey(0), frozen))
+  state = steps.place_state(jax.tree.map(np.asarray, init_train_state(prompt, optimizer.tx,
                                                                            jax.random.PRNGKey(1))))
   rows = multihost.process_rows(steps.batch_sharding, batch_size)
   print(f'process {jax.process_index()} feeds rows {rows.start}:{rows.stop}', flush=True)
 
-  ckpt = checkpointing.PromptCheckpointer(ARGS['model_dir'], keep=2)
+  ckpt = checkpointing.StateCheckpointer(ARGS['model_dir'], keep=2,
+                                        numpy_copy=lambda st: model.method.numpy_copy(st.trainable))
   losses = []
   for i in range(num_steps):
     local = multihost.host_local_batch(global_batch(i, batch_size), steps.batch_sharding)
     state, metrics = steps.train_step(state, frozen, steps.shard_batch(local))
     losses.append(float(np.asarray(metrics['loss'].addressable_data(0))))
     if i + 1 == save_at:
-      saved_prompt = np.asarray(state.prompt['prompt'].addressable_data(0))
-      assert ckpt.save(save_at, state, data_position=save_at)
+      saved_prompt = np.asarray(state.trainable['prompt'].addressable_data(0))
+      assert ckpt.save(save_at, state, data_position=save_at, batch_size=batch_size)
   ckpt.wait_until_finished()
 
   # Restore the mid-run checkpoint into the same shardings (collective: every process calls it).
@@ -91,21 +94,21 @@ def run_steps(num_steps: int = 4, save_at: int = 2, batch_size: int = 8) -> None
                                                   steps.state_shardings(state))
   restored, meta = ckpt.restore(template, step=save_at)
   ckpt.close()
-  np.testing.assert_array_equal(np.asarray(restored.prompt['prompt'].addressable_data(0)), saved_prompt)
+  np.testing.assert_array_equal(np.asarray(restored.trainable['prompt'].addressable_data(0)), saved_prompt)
   assert int(np.asarray(restored.step.addressable_data(0))) == save_at and meta['data_position'] == save_at
   multihost.sync('numpy_prompt_written')
   np.testing.assert_array_equal(checkpointing.load_prompt_from_checkpoint(ARGS['model_dir'], step=save_at),
                                 saved_prompt)
-  np.savez(OUT, losses=np.asarray(losses), prompt=np.asarray(state.prompt['prompt'].addressable_data(0)),
+  np.savez(OUT, losses=np.asarray(losses), prompt=np.asarray(state.trainable['prompt'].addressable_data(0)),
            saved_prompt=saved_prompt, rows=np.asarray([rows.start, rows.stop]))
   print(f'process {jax.process_index()} OK losses={losses}', flush=True)
 
 
 def run_trainer() -> None:
   from jaxprompt.data import custom
-  from jaxprompt.train import runtime as components
+  from jaxprompt.commands import train as trainer
   from jaxprompt.data import pipeline as data_pipeline
-  from jaxprompt.train import loop as trainer
+  from jaxprompt.methods.prompt_tuning import prompt_tuning
 
   lengths = {'inputs': 24, 'targets': 8}  # no input is truncated: rows stay distinct
   task = custom.register_file_task('jp_multihost_tiny', train=ARGS['train'], validation=ARGS['validation'],
@@ -113,7 +116,8 @@ def run_trainer() -> None:
                                    vocabulary=configs.vocabulary(ARGS['vocab'], 0))
   result = trainer.train(ARGS['model_dir'], model_config=get_config('t5x_tiny'),
                          initial_checkpoint_path=ARGS['checkpoint'], mixture_or_task_name=task.name,
-                         task_feature_lengths=lengths, train_steps=4, batch_size=8, prompt_length=5,
+                         task_feature_lengths=lengths, train_steps=4, batch_size=8,
+                         method=functools.partial(prompt_tuning, length=5),
                          model_parallel=2, checkpoint_period=2, eval_period=4, log_period=1, progress_bar=False)
   # What this host's training stream holds: the trainer's own pipeline, host batch = 8 / 2 processes.
   host_batch = 8 // jax.process_count()

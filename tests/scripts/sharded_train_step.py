@@ -7,15 +7,16 @@ import numpy as np
 from jaxprompt.parallel import partitioning
 from jaxprompt.checkpoints import load_t5x_checkpoint
 from jaxprompt.models.config import get_config
-from jaxprompt.models.wrapper import PromptModel
-from jaxprompt.methods.prompt_tuning import Prompt
+from jaxprompt.models.wrapper import TunedModel
+from jaxprompt.methods.prompt_tuning import PromptTuning
 from jaxprompt.train import optim
 from jaxprompt.train import step
 from jaxprompt.train.compiled import ShardedSteps
+from jaxprompt.train.state import init_train_state
 
 assert jax.device_count() == 8
 cfg = get_config('t5x_tiny', dropout_rate=0.1)  # Dropout on: the RNG must be consumed identically.
-model = PromptModel(cfg, Prompt(length=6, embed_dim=cfg.emb_dim))
+model = TunedModel(cfg, PromptTuning(length=6, embed_dim=cfg.emb_dim))
 optimizer = optim.make_optimizer()
 frozen = load_t5x_checkpoint(sys.argv[1])
 rs = np.random.RandomState(0)
@@ -24,7 +25,7 @@ tgt = rs.randint(2, 128, (8, 4)).astype(np.int32)
 tgt[:, -1] = 1
 batch = dict(encoder_input_tokens=enc, decoder_target_tokens=tgt,
              decoder_input_tokens=np.pad(tgt[:, :-1], ((0, 0), (1, 0))), decoder_loss_weights=np.ones_like(tgt))
-state0 = step.init_train_state(model.init_prompt(jax.random.PRNGKey(0), frozen), optimizer, jax.random.PRNGKey(1))
+state0 = init_train_state(model.method.init(jax.random.PRNGKey(0), frozen), optimizer.tx, jax.random.PRNGKey(1))
 
 single = jax.jit(lambda s, b: step.train_step(model, optimizer, s, frozen, b))
 ref = state0
@@ -39,8 +40,8 @@ assert emb.sharding.spec == jax.sharding.PartitionSpec('model', None), emb.shard
 state = steps.place_state(state0)
 for _ in range(3):
   state, metrics = steps.train_step(state, sharded_frozen, steps.shard_batch(batch))
-assert state.prompt['prompt'].sharding.is_fully_replicated
-np.testing.assert_allclose(np.asarray(state.prompt['prompt']), np.asarray(ref.prompt['prompt']), atol=1e-5)
+assert state.trainable['prompt'].sharding.is_fully_replicated
+np.testing.assert_allclose(np.asarray(state.trainable['prompt']), np.asarray(ref.trainable['prompt']), atol=1e-5)
 np.testing.assert_allclose(float(metrics['loss']), float(ref_metrics['loss']), rtol=1e-5)
 assert int(state.step) == 3
 print('OK')
