@@ -9,7 +9,6 @@ import pathlib
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 

@@ -1,9 +1,8 @@
 """The train loop through `jaxprompt.train`, in process, on the t5x fixture model and the tiny TSV task of
 tests/tiny_task.py (fixtures in conftest.py; tests/test_cli.py drives the same task through gin)."""
-import functools
 import json
+import logging
 import pathlib
-import random
 import re
 
 import jax
@@ -11,10 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import seqio
-import sentencepiece as spm
 import tensorflow as tf
 
-from jaxprompt.data import custom
 from jaxprompt.errors import CheckpointError, ConfigError, DataError, PromptError
 from jaxprompt.models.config import get_config
 from jaxprompt.train import runtime as components
@@ -23,12 +20,11 @@ from jaxprompt.eval import evaluation as evaluate
 from jaxprompt.train import observability
 from jaxprompt.commands import train as trainer
 from jaxprompt.commands import prompt_files
-from jaxprompt.methods.prompt_tuning import prompt_tuning
 from jaxprompt.train.checkpoints import StateCheckpointer
 from jaxprompt.train.optim import make_optimizer
 from jaxprompt.train.state import init_train_state
 from jaxprompt.commands import configs
-from tests.tiny_task import EMPTY_TASK, LABELS, LENGTHS, PROMPT_LENGTH, PY_TASK
+from tests.tiny_task import EMPTY_TASK, LABELS, LENGTHS, PROMPT_LENGTH
 
 # ------------------------------------------------------------------------------------ training runs
 
@@ -81,6 +77,28 @@ def _tb_tags(run_dir: pathlib.Path) -> set:
     for record in tf.data.TFRecordDataset(str(path)):
       tags |= {v.tag for v in event_pb2.Event.FromString(record.numpy()).summary.value}
   return tags
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')  # orbax's unread future
+def test_resume_skips_a_damaged_latest_step_and_keeps_it(train_kwargs, tmp_path, caplog):
+  """A run whose newest checkpoint is damaged resumes from the newest intact one, with a warning naming the
+  damaged step, leaves its files as they were, and still ends with the uninterrupted run's prompt."""
+  kwargs = dict(train_kwargs, eval_split=None)
+  whole = trainer.train(str(tmp_path / 'whole'), train_steps=6, **kwargs)
+  run = tmp_path / 'run'
+  trainer.train(str(run), train_steps=6, **kwargs)
+  damaged = run / 'checkpoints' / '6'
+  for path in (damaged / 'state').rglob('*'):
+    if path.is_file() and path.stat().st_size > 0 and 'metadata' not in path.name.lower():
+      path.write_bytes(path.read_bytes()[:8])  # a truncated array file
+  before = {p: p.read_bytes() for p in damaged.rglob('*') if p.is_file()}
+  with caplog.at_level(logging.WARNING):
+    resumed = trainer.train(str(run), train_steps=6, **kwargs)
+  assert resumed.step == 6
+  np.testing.assert_array_equal(resumed.prompt, whole.prompt)  # steps 4..6 replayed exactly from step 3
+  assert str(damaged) in caplog.text
+  assert {p: p.read_bytes() for p in damaged.rglob('*') if p.is_file()} == before  # nothing lost or rewritten
 
 
 def test_empty_train_split_names_task_and_split(train_kwargs, empty_task, tmp_path):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import gin
 import jax
@@ -183,7 +183,7 @@ from_sample_of_embeddings = gin.external_configurable(_sampled_vocab, 'from_samp
 @gin.configurable(module=GIN_MODULE)
 def class_labels(labels: Sequence[str] = gin.REQUIRED,
                  vocabulary: Any = None,
-                 fallback: Optional[Initializer] = None) -> Initializer:
+                 fallback: Initializer | None = None) -> Initializer:
   """Class-label initialisation (Lester et al.): row i is the embedding of `labels[i]`.
 
   A label split into several pieces gets the mean of their embeddings. The other rows come from `fallback`,

@@ -8,7 +8,6 @@ from the caller (`prefix_bias`, or zero).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -17,11 +16,9 @@ from jax import lax
 
 from jaxprompt.errors import ConfigError
 from jaxprompt.models.hooks import RELPOS_MODES, KVPrefix
-from jaxprompt.models.layers import DenseGeneral, constrain, default_kernel_init
+from jaxprompt.models.layers import DenseGeneral, Dtype, ParamInit, constrain, default_kernel_init
 
 Array = jax.Array
-Dtype = Any
-Initializer = Callable[..., Array]
 
 MASK_BIAS = -1e10  # t5x's additive bias for masked attention positions.
 KV_AXES = ('batch', 'length', 'heads', 'kv')
@@ -77,7 +74,7 @@ class MultiHeadDotProductAttention(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   dropout_rate: float = 0.0
-  kernel_init: Initializer = default_kernel_init
+  kernel_init: ParamInit = default_kernel_init
   float32_logits: bool = False
 
   @nn.compact

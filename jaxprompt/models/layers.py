@@ -18,7 +18,7 @@ from jax import lax
 
 Array = jax.Array
 Dtype = Any
-Initializer = Callable[..., Array]
+ParamInit = Callable[..., Array]
 
 default_kernel_init = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
 
@@ -28,7 +28,7 @@ def constrain(x: Array, axes: Sequence[str | None]) -> Array:
   return nn.with_logical_constraint(x, tuple(axes))
 
 
-def logical_param(module: nn.Module, name: str, init: Initializer, shape: Sequence[int], dtype: Dtype,
+def logical_param(module: nn.Module, name: str, init: ParamInit, shape: Sequence[int], dtype: Dtype,
                   axes: Sequence[str | None]) -> Array:
   """Declares a parameter annotated with t5x logical axis names (readable with `nn.get_partition_spec`)."""
   return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape), dtype)
@@ -39,7 +39,7 @@ class DenseGeneral(nn.Module):
   features: int | Sequence[int]
   axis: int | Sequence[int] = -1
   kernel_axes: Sequence[str] = ()
-  kernel_init: Initializer = default_kernel_init
+  kernel_init: ParamInit = default_kernel_init
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -58,7 +58,7 @@ class DenseGeneral(nn.Module):
     return lax.dot_general(inputs, kernel, (contract, ((), ())))
 
 
-def _reshaped_init(init: Initializer, true_shape: tuple) -> Initializer:
+def _reshaped_init(init: ParamInit, true_shape: tuple) -> ParamInit:
   """Initialises with fan-in/out of the multi-axis kernel (as t5x does), then flattens to 2-D."""
 
   def flat_init(key, shape, dtype=jnp.float32):
@@ -74,7 +74,7 @@ class Embed(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   one_hot: bool = True
-  embedding_init: Initializer = nn.initializers.normal(stddev=1.0)
+  embedding_init: ParamInit = nn.initializers.normal(stddev=1.0)
 
   def setup(self):
     self.embedding = logical_param(self, 'embedding', self.embedding_init, (self.num_embeddings, self.features),
@@ -157,7 +157,7 @@ class RelativePositionBiases(nn.Module):
   num_heads: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  embedding_init: Initializer = nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform')
+  embedding_init: ParamInit = nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform')
 
   def setup(self):
     self.table = logical_param(self, 'rel_embedding', self.embedding_init, (self.num_heads, self.num_buckets),
@@ -182,7 +182,7 @@ class MlpBlock(nn.Module):
   """Feed-forward block: one `wi` per activation (`wi_0`, `wi_1` when gated), multiplied, then `wo`."""
   intermediate_dim: int
   activations: Sequence[str] = ('relu',)
-  kernel_init: Initializer = default_kernel_init
+  kernel_init: ParamInit = default_kernel_init
   intermediate_dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32

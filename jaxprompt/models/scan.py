@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -53,7 +52,3 @@ def unstack_layers(params: dict) -> dict:
     else:
       out[name] = unstack_layers(sub)
   return out
-
-
-def count_params(params: Any) -> int:
-  return sum(int(x.size) for x in jax.tree.leaves(params))

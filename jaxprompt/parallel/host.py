@@ -21,10 +21,6 @@ def host_value(x: Any) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def host_tree(tree: Any) -> Any:
-  return jax.tree.map(host_value, tree)
-
-
 def split_rows(array: np.ndarray, parts: int, index: int) -> np.ndarray:
   """Rows [index * n/parts, (index+1) * n/parts) of a global batch: this process's share."""
   rows = array.shape[0] // parts

@@ -27,6 +27,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from jaxprompt.errors import CheckpointError, ConfigError
+from jaxprompt.methods.prompt_tuning import PROMPT_KEY
 from jaxprompt.parallel import host
 from jaxprompt.train import npy_io
 from jaxprompt.train.state import TrainState
@@ -356,17 +357,18 @@ def _read_orbax_prompt(step_dir: epath.Path) -> np.ndarray:
   """Reads only the prompt leaf of an orbax step, from either release's tree (chosen by the metadata)."""
   if not _is_committed(step_dir):
     raise _Damaged(_INCOMPLETE.format(step_dir))
-  root = next((r for r in ('trainable', 'prompt') if f'{r}/prompt' in _saved_shapes(step_dir)), None)
+  # New checkpoints: TrainState.trainable[PROMPT_KEY]; the previous release's: TrainState.prompt[PROMPT_KEY].
+  root = next((r for r in ('trainable', 'prompt') if f'{r}/{PROMPT_KEY}' in _saved_shapes(step_dir)), None)
   if root is None:
     raise CheckpointError(f'checkpoint {step_dir} holds no prompt (no trainable/prompt or prompt/prompt): it '
                           'was not written by prompt tuning')
   try:
     tree = ocp.PyTreeCheckpointer().restore(step_dir / 'state', args=ocp.args.PyTreeRestore(
-        item={root: {'prompt': 0}}, restore_args={root: {'prompt': ocp.RestoreArgs(restore_type=np.ndarray)}},
+        item={root: {PROMPT_KEY: 0}}, restore_args={root: {PROMPT_KEY: ocp.RestoreArgs(restore_type=np.ndarray)}},
         partial_restore=True))
   except Exception as e:
     raise _Damaged(f'cannot read the prompt from checkpoint {step_dir}: {_one_line(e)}') from e
-  return np.asarray(tree[root]['prompt'], np.float32)
+  return np.asarray(tree[root][PROMPT_KEY], np.float32)
 
 
 def load_prompt_from_checkpoint(model_dir_or_step_dir: str, step: int | None = None) -> np.ndarray:

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
-import io
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxprompt.errors import ConfigError
 from jaxprompt.methods.base import Method
@@ -114,7 +110,3 @@ def build_runtime(config: T5Config, method: Method | None, checkpoint_path: str 
   else:
     network = load_network(os.fspath(checkpoint_path), model, steps.network_shardings, feature_lengths)
   return Runtime(config, model, mesh, rules, steps, network)
-
-
-def format_shape(shape: Sequence[int]) -> str:
-  return '[' + ', '.join(str(d) for d in shape) + ']'

@@ -36,7 +36,6 @@ from jaxprompt.methods.prompt_tuning import PromptTuning
 from jaxprompt.train import checkpoints as checkpointing
 from jaxprompt.train import optim
 from jaxprompt.train import compiled as sharded
-from jaxprompt.train import step
 from jaxprompt.commands import configs
 from jaxprompt.train.state import init_train_state
 
