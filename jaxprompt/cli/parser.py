@@ -19,6 +19,7 @@ MACROS = """important gin macros (set with --gin.NAME=VALUE, gin syntax: quote s
   TASK_FEATURE_LENGTHS      "{'inputs': 512, 'targets': 16}"
   TRAIN_STEPS               total optimizer steps (30000)
   BATCH_SIZE                global batch size, split over hosts (32)
+  METHOD                    tuning method, set by methods/*.gin (@jaxprompt.methods.prompt_tuning)
   PROMPT_LENGTH             prompt tokens (100)
   PROMPT_INIT               initialiser, set by prompts/*.gin (class labels in runs/prompt_tuning.gin)
   LEARNING_RATE             Adafactor learning rate, constant (0.3)
