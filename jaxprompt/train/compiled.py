@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Mapping, Sequence
 
+import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh
@@ -52,7 +53,9 @@ class ShardedSteps:
     trains_network = method is None or getattr(method, 'trains_network', False)
     self.network_shardings = to_shardings(network)
     self.frozen_shardings = {} if method is not None and trains_network else self.network_shardings
-    self.trainable_shardings = None if method is None else to_shardings(method.abstract(network))
+    trainable = None if method is None else method.abstract(network)
+    self.trainable_dtypes = None if method is None else jax.tree.map(lambda a: a.dtype, nn.meta.unbox(trainable))
+    self.trainable_shardings = None if method is None else to_shardings(trainable)
     self.replicated = partitioning.replicated(mesh)
     self.batch_sharding = partitioning.batch_sharding(mesh)
     self._compiled: dict[str, Callable] = {}
@@ -68,7 +71,9 @@ class ShardedSteps:
     return jax.device_put(frozen, self.frozen_shardings)
 
   def place_trainable(self, trainable: Any) -> Any:
-    return jax.device_put(trainable, self.trainable_shardings)
+    """A host trainable tree (e.g. {'prompt': [P, d]} read from a file) on the mesh, in the method's dtypes."""
+    cast = jax.tree.map(lambda x, dtype: np.asarray(x, dtype), trainable, self.trainable_dtypes)
+    return jax.device_put(cast, self.trainable_shardings)
 
   def place_state(self, state: TrainState) -> TrainState:
     return jax.device_put(state, self.state_shardings(state))

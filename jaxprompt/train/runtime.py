@@ -8,7 +8,6 @@ from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from jaxprompt.errors import ConfigError
 from jaxprompt.methods.base import Method
@@ -44,10 +43,7 @@ class Runtime:
     return self.model.method
 
   def place_trainable(self, trainable: Any) -> Any:
-    """A trainable tree (e.g. {'prompt': [P, d]} read from a file) on the mesh with its shardings."""
-    abstract = nn.meta.unbox(self.method.abstract({}))
-    cast = jax.tree.map(lambda x, a: jnp.asarray(x, a.dtype), trainable, abstract)
-    return self.steps.place_trainable(cast)
+    return self.steps.place_trainable(trainable)
 
 
 def data_parallel_size(model_parallel: int) -> int:
