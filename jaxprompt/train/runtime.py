@@ -9,6 +9,7 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax
 
+from jaxprompt.commands import validation
 from jaxprompt.errors import ConfigError
 from jaxprompt.methods.base import Method
 from jaxprompt.models.config import T5Config
@@ -48,8 +49,7 @@ class Runtime:
 
 def data_parallel_size(model_parallel: int) -> int:
   """Size of the mesh's 'data' axis for `model_parallel`, known before anything is loaded."""
-  if not isinstance(model_parallel, int) or isinstance(model_parallel, bool) or model_parallel <= 0:
-    raise ConfigError(f'model_parallel must be a positive integer, got {model_parallel!r}')
+  validation.check_positive(model_parallel=model_parallel)
   if jax.device_count() % model_parallel:
     raise ConfigError(f'model_parallel={model_parallel} must divide the number of devices ({jax.device_count()})')
   return jax.device_count() // model_parallel
@@ -89,8 +89,7 @@ def build_runtime(config: T5Config, method: Method | None, checkpoint_path: str 
 
   `checkpoint_path` None initialises the network from `seed` (pretraining from scratch, model tuning only).
   """
-  if not isinstance(num_microbatches, int) or num_microbatches <= 0:
-    raise ConfigError(f'num_microbatches must be a positive integer, got {num_microbatches!r}')
+  validation.check_positive(num_microbatches=num_microbatches)
   data_parallel_size(model_parallel)
   model = TunedModel(config, method, loss=loss or LossConfig(), eos_id=eos_id)
   mesh = partitioning.create_mesh(model_parallel)
