@@ -40,15 +40,17 @@ def test_combination_places_prompt_and_keeps_padding_at_the_end(combine, expecte
   np.testing.assert_array_equal(valid, np.asarray(expected) != 0)
 
 
-def test_unknown_combination_and_packing_are_rejected():
+def test_unknown_combination_and_packing_a_suffix_prompt_are_rejected():
   with pytest.raises(PromptError, match='middle'):
     insertion_points(jnp.asarray(TOKENS), 'middle')
   with pytest.raises(PromptError, match='middle'):
     PromptTuning(length=2, embed_dim=16, combine='middle')
-  method = PromptTuning(length=2, embed_dim=16)
+  method = PromptTuning(length=2, embed_dim=16, combine='suffix_after_eos')
+  with pytest.raises(ConfigError, match="combine='prefix'"):
+    method.packing_slots  # pylint: disable=pointless-statement
   hooks = method.hooks(method.init(jax.random.PRNGKey(0), {}))
   toks = jnp.asarray(TOKENS)
-  with pytest.raises(PromptError, match='packed'):
+  with pytest.raises(PromptError, match='packed inputs'):
     Transformer(get_config('test_tiny')).init(jax.random.PRNGKey(0), toks, toks, toks,
                                               encoder_segment_ids=jnp.ones_like(toks), hooks=hooks,
                                               enable_dropout=False)
@@ -95,15 +97,17 @@ def test_rank_classification_equals_scoring_each_candidate(fixture_model):
     np.testing.assert_allclose(ranked[:, c], scores, atol=1e-5)
 
 
-def test_encoder_runs_once_per_example_in_rank_classification(fixture_model):
+def test_encoder_and_cross_attention_keys_run_once_per_example_in_rank_classification(fixture_model):
   cfg, frozen = fixture_model
   model = TunedModel(cfg, PromptTuning(length=4, embed_dim=cfg.emb_dim))
   prompt = model.method.init(jax.random.PRNGKey(1), frozen)
   enc = jnp.ones((2, 5), jnp.int32)
   cands = jnp.ones((3, 3), jnp.int32)
   jaxpr = str(jax.make_jaxpr(model.rank_classify, static_argnums=())(frozen, prompt, enc, cands))
-  # The encoder's first query projection sees 2 examples x 9 positions, never 6 (= 2 x 3 candidates).
-  assert 'f32[2,9,4,8]' in jaxpr and 'f32[6,9,4,8]' not in jaxpr.split('f32[6,3,')[0]
+  # The encoder's first query projection sees 2 examples x 9 positions, never 6 (= 2 x 3 candidates); so do
+  # the decoder's cross-attention key / value projections of the encoded inputs (one per example, not per
+  # candidate).
+  assert 'f32[2,9,4,8]' in jaxpr and 'f32[6,9,4,8]' not in jaxpr
 
 
 def _train(cfg, frozen, model, batch, steps, optimizer, num_microbatches=1):

@@ -25,6 +25,8 @@ MACROS = """important gin macros (set with --gin.NAME=VALUE, gin syntax: quote s
   LEARNING_RATE             Adafactor learning rate, constant (0.3)
   CLASS_LABELS              labels for class-label init (default: the task's label set)
   RANDOM_SEED               prompt init, data order (0)
+  LENGTH_BUCKETS            batches cut to the smallest multiple holding their longest row (64; None: fixed)
+  PACK                      several examples per row, each with its own prompt copy (False)
   EVAL_PERIOD, CHECKPOINT_PERIOD, MODEL_PARALLEL, DROPOUT_RATE, PROMPT_FILE, EVAL_SPLIT, INFER_SPLIT
 example:
   jaxprompt train --gin_file=models/t5_1_1_lm100k_base.gin --gin_file=runs/prompt_tuning.gin \\

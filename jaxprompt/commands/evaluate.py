@@ -8,6 +8,7 @@ import gin
 import numpy as np
 
 from jaxprompt.commands import configs, prompt_files, validation
+from jaxprompt.data import buckets
 from jaxprompt.data import pipeline as data
 from jaxprompt.eval.evaluation import DecodeOptions, ModelFns, evaluate_sets, prepare_eval
 from jaxprompt.eval.writers import write_json, write_jsonl
@@ -18,14 +19,15 @@ from jaxprompt.train import runtime as runtime_lib
 
 def prompted_model(config: T5Config, checkpoint_path: str, feature_lengths: Mapping[str, int], prompt: np.ndarray,
                    *, combine: str = 'prefix', model_parallel: int = 1, eos_id: int = 1,
-                   decode: DecodeOptions | None = None) -> tuple[ModelFns, Any]:
+                   decode: DecodeOptions | None = None,
+                   length_buckets: Any = buckets.DEFAULT) -> tuple[ModelFns, Any]:
   """The frozen model with a trained [P, d] `prompt` on the mesh: (its jitted functions, the placed prompt tree
   they take)."""
   method = PromptTuning(length=prompt.shape[0], embed_dim=config.emb_dim, combine=combine, eos_id=eos_id,
                         dtype=config.dtype)
   runtime = runtime_lib.build_runtime(config, method, checkpoint_path, feature_lengths,
                                       model_parallel=model_parallel, eos_id=eos_id)
-  return ModelFns(runtime, decode), runtime.place_trainable({PROMPT_KEY: prompt})
+  return ModelFns(runtime, decode, length_buckets), runtime.place_trainable({PROMPT_KEY: prompt})
 
 
 @gin.configurable(module='jaxprompt')
@@ -35,16 +37,19 @@ def evaluate(output_file: str | None = None, *, model_config: T5Config | None = 
              prompt_file: str | None = None, checkpoint: str | None = None, checkpoint_step: int | None = None,
              split: str = 'validation', batch_size: int = 32, max_examples: int | None = None,
              rank_classification: bool = True, decode: DecodeOptions | None = None, prompt_combine: str = 'prefix',
-             model_parallel: int = 1, predictions_file: str | None = None) -> dict[str, Any]:
+             model_parallel: int = 1, predictions_file: str | None = None,
+             length_buckets: Any = buckets.DEFAULT) -> dict[str, Any]:
   """Scores `split` of the task with a prompt from `prompt_file` (.npy) or `checkpoint` (a training dir).
 
   Metrics: per-token `loss`, `token_accuracy`, and the task's metric fns on predictions (rank classification
   over the task's label set when it has one and `rank_classification`, else decoding). Written as JSON to
-  `output_file` (process 0); predictions as JSONL to `predictions_file` when given.
+  `output_file` (process 0); predictions as JSONL to `predictions_file` when given. Batches are cut to
+  `length_buckets` [LENGTH_BUCKETS] (`jaxprompt.data.buckets`; None: fixed length).
   """
   config, ckpt, name, lengths = validation.check_common(model_config, initial_checkpoint_path,
                                                         mixture_or_task_name, task_feature_lengths)
   validation.check_positive(batch_size=batch_size, max_examples=max_examples, PROMPT_LENGTH=prompt_length)
+  length_buckets = buckets.LengthBuckets.from_spec(length_buckets)
   prompt_array = prompt_files.load_prompt(prompt_file=prompt_file, checkpoint=checkpoint, step=checkpoint_step,
                                           prompt_length=prompt_length, embed_dim=config.emb_dim)
   provider = data.get_provider(name)
@@ -54,7 +59,7 @@ def evaluate(output_file: str | None = None, *, model_config: T5Config | None = 
   data.host_batch_size(batch_size, runtime_lib.data_parallel_size(model_parallel))
   fns, prompt = prompted_model(config, ckpt, lengths, prompt_array, combine=prompt_combine,
                                model_parallel=model_parallel, eos_id=data.targets_vocabulary(provider).eos_id,
-                               decode=decode)
+                               decode=decode, length_buckets=length_buckets)
   metrics, records = evaluate_sets(fns, prompt, sets, batch_size)
   result = {'task': provider.name, 'split': split, 'prompt': prompt_file or checkpoint, 'metrics': metrics}
   if output_file:

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from jaxprompt.commands import configs, prompt_files, validation
 from jaxprompt.commands.evaluate import prompted_model
+from jaxprompt.data import buckets
 from jaxprompt.data import pipeline as data
 from jaxprompt.data import vocab as vocab_lib
 from jaxprompt.errors import DataError
@@ -84,17 +85,19 @@ def infer(output_file: str | None = None, *, model_config: T5Config | None = Non
           prompt_file: str | None = None, checkpoint: str | None = None, checkpoint_step: int | None = None,
           input_file: str | None = None, split: str = 'validation', batch_size: int = 32,
           max_examples: int | None = None, vocabulary: Any = None, decode: eval_lib.DecodeOptions | None = None,
-          prompt_combine: str = 'prefix', model_parallel: int = 1, stdout=None) -> list[dict[str, Any]]:
+          prompt_combine: str = 'prefix', model_parallel: int = 1, length_buckets: Any = buckets.DEFAULT,
+          stdout=None) -> list[dict[str, Any]]:
   """Decodes inputs with a prompt and writes JSONL to `output_file` (stdout when None or '-').
 
   Inputs: `input_file` (one input per line; '-' = stdin) if given, else the task's `split`, else stdin. Text
   inputs are tokenized with `vocabulary` (a SentencePiece path or seqio vocabulary), else the task's, else
-  T5's default vocabulary.
+  T5's default vocabulary. Batches are cut to `length_buckets` of their inputs [LENGTH_BUCKETS].
   """
   config, ckpt, name, lengths = validation.check_common(model_config, initial_checkpoint_path,
                                                         mixture_or_task_name, task_feature_lengths,
                                                         task_required=False)
   validation.check_positive(batch_size=batch_size, max_examples=max_examples, PROMPT_LENGTH=prompt_length)
+  length_buckets = buckets.LengthBuckets.from_spec(length_buckets)
   prompt_array = prompt_files.load_prompt(prompt_file=prompt_file, checkpoint=checkpoint, step=checkpoint_step,
                                           prompt_length=prompt_length, embed_dim=config.emb_dim)
   provider = data.get_provider(name) if name else None
@@ -109,7 +112,8 @@ def infer(output_file: str | None = None, *, model_config: T5Config | None = Non
   configs.check_vocabulary(vocab, config, provider.name if provider is not None else 'text inputs')
   data.host_batch_size(batch_size, runtime_lib.data_parallel_size(model_parallel))
   fns, prompt = prompted_model(config, ckpt, lengths, prompt_array, combine=prompt_combine,
-                               model_parallel=model_parallel, eos_id=vocab.eos_id, decode=decode)
+                               model_parallel=model_parallel, eos_id=vocab.eos_id, decode=decode,
+                               length_buckets=length_buckets)
   if texts is not None:
     records = decode_texts(fns, prompt, texts, vocab, lengths, batch_size)
   else:

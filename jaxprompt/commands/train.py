@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from jaxprompt.checkpoints import t5x_writer
 from jaxprompt.commands import configs, validation
+from jaxprompt.data import buckets
 from jaxprompt.data import pipeline as data
 from jaxprompt.eval import evaluation as eval_lib
 from jaxprompt.methods.base import Method
@@ -22,6 +23,7 @@ from jaxprompt.methods.model_tuning import model_tuning
 from jaxprompt.methods.prompt_tuning import PROMPT_KEY, prompt_tuning
 from jaxprompt.models.config import T5Config
 from jaxprompt.models.wrapper import LossConfig
+from jaxprompt.parallel import host
 from jaxprompt.train import loop
 from jaxprompt.train import runtime as runtime_lib
 from jaxprompt.train.checkpoints import StateCheckpointer
@@ -68,8 +70,8 @@ def run_training(*, method: MethodFactory, model_dir: Any, model_config: Any, in
                  seed: int, train_split: str, eval_split: str | None, eval_period: int, eval_metrics: bool,
                  eval_batch_size: int | None, eval_max_examples: int | None, checkpoint_period: int,
                  keep_checkpoints: int, best_metric: str | None, best_mode: str, log_period: int,
-                 progress_bar: bool | None, pack: bool = False, checkpoint_required: bool = True,
-                 **debug: Any) -> tuple[loop.LoopResult, runtime_lib.Runtime]:
+                 progress_bar: bool | None, pack: bool = False, length_buckets: Any = buckets.DEFAULT,
+                 checkpoint_required: bool = True, **debug: Any) -> tuple[loop.LoopResult, runtime_lib.Runtime]:
   """Validates the arguments, builds the runtime and runs the loop (shared by both entry points)."""
   model_dir = os.fspath(validation.require(model_dir, 'MODEL_DIR', "\"'/path/to/model_dir'\""))
   config, checkpoint_path, task_name, lengths = validation.check_common(
@@ -80,6 +82,7 @@ def run_training(*, method: MethodFactory, model_dir: Any, model_config: Any, in
                             checkpoint_period=checkpoint_period, keep_checkpoints=keep_checkpoints,
                             log_period=log_period, eval_batch_size=eval_batch_size,
                             eval_max_examples=eval_max_examples)
+  bucket_set = buckets.LengthBuckets.from_spec(length_buckets)
   checkpointer = StateCheckpointer(model_dir, keep=keep_checkpoints, best_metric=best_metric,
                                    best_mode=best_mode)  # fails now if MODEL_DIR is not writable
   try:
@@ -89,6 +92,7 @@ def run_training(*, method: MethodFactory, model_dir: Any, model_config: Any, in
     configs.check_vocabulary(vocab, config, task_name)
     # The method first: its configuration errors (e.g. class labels the task lacks) come before data errors.
     tuning = method(config, vocab.eos_id)
+    prompt_slots = tuning.packing_slots if pack else 0
     checkpointer.numpy_copy = lambda state: tuning.numpy_copy(state.trainable)
     data.check_split(provider, train_split)
     eval_sets = (eval_lib.prepare_eval(provider, eval_split, lengths, max_examples=eval_max_examples,
@@ -103,12 +107,15 @@ def run_training(*, method: MethodFactory, model_dir: Any, model_config: Any, in
     state = loop.initial_state(runtime, optimizer, seed)
 
     def batches(skip: int):
-      return data.train_batches(data.train_dataset(provider, lengths, train_split, host_batch, seed, pack=pack),
-                                skip=skip)
+      ds = data.train_dataset(provider, lengths, train_split, host_batch, seed, pack=pack,
+                              prompt_slots=prompt_slots)
+      return buckets.bucketed(data.train_batches(ds, skip=skip), bucket_set, name='train step',
+                              agree=host.global_max)
 
     result = loop.run(runtime, state, checkpointer, model_dir=model_dir, batches=batches, batch_size=batch_size,
                       schedule=loop.Schedule(train_steps, eval_period, checkpoint_period, log_period),
-                      eval_fns=eval_lib.ModelFns(runtime) if eval_split else None, eval_sets=eval_sets,
+                      eval_fns=eval_lib.ModelFns(runtime, length_buckets=bucket_set) if eval_split else None,
+                      eval_sets=eval_sets,
                       eval_batch_size=eval_batch_size, eval_metrics=eval_metrics, progress_bar=progress_bar,
                       task_name=task_name, **debug)
   finally:
@@ -126,6 +133,7 @@ def train(model_dir: str | None = None, *, model_config: T5Config | None = None,
           eval_metrics: bool = True, eval_batch_size: int | None = None, eval_max_examples: int | None = None,
           checkpoint_period: int = 1000, keep_checkpoints: int = 3, best_metric: str | None = None,
           best_mode: str = 'max', log_period: int = 100, progress_bar: bool | None = None,
+          pack: bool = False, length_buckets: Any = buckets.DEFAULT,
           debug_poison_loss_at_step: int | None = None, debug_sleep_per_step: float = 0.0) -> TrainResult:
   """Tunes a method (default: a prompt) on a frozen T5, resuming from `model_dir`'s newest intact checkpoint.
 
@@ -147,6 +155,11 @@ def train(model_dir: str | None = None, *, model_config: T5Config | None = None,
       the task's metrics (rank classification / decoding) to the loss; `eval_max_examples` caps the split.
     checkpoint_period, keep_checkpoints, best_metric ('accuracy', 'loss', ...), best_mode: retention.
     log_period: steps between log lines / TensorBoard points; progress_bar: None = when stderr is a tty.
+    pack: several examples per row (seqio packing), each with its own copy of the prompt in front [PACK];
+      the examples per step and the fraction of non-padding encoder positions are logged.
+    length_buckets: cut each batch to the smallest bucket holding its longest row (`jaxprompt.data.buckets`:
+      a step such as 64, a list of lengths, a dict per 'inputs' / 'targets', or None for fixed-length
+      batches) [LENGTH_BUCKETS]; TASK_FEATURE_LENGTHS stays the maximum.
     debug_poison_loss_at_step / debug_sleep_per_step: test hooks (a NaN loss at that step; a pause per step).
   """
   result, _ = run_training(
@@ -157,7 +170,8 @@ def train(model_dir: str | None = None, *, model_config: T5Config | None = None,
       eval_period=eval_period, eval_metrics=eval_metrics, eval_batch_size=eval_batch_size,
       eval_max_examples=eval_max_examples, checkpoint_period=checkpoint_period, keep_checkpoints=keep_checkpoints,
       best_metric=best_metric, best_mode=best_mode, log_period=log_period, progress_bar=progress_bar,
-      debug_poison_loss_at_step=debug_poison_loss_at_step, debug_sleep_per_step=debug_sleep_per_step)
+      pack=pack, length_buckets=length_buckets, debug_poison_loss_at_step=debug_poison_loss_at_step,
+      debug_sleep_per_step=debug_sleep_per_step)
   trainable = loop.host_trainable(result.state)
   model_dir = os.fspath(model_dir)
   path = os.path.join(model_dir, FINAL_PROMPT)
@@ -178,11 +192,13 @@ def train_model(model_dir: str | None = None, *, model_config: T5Config | None =
                 eval_split: str | None = 'validation', eval_period: int = 1000, eval_max_examples: int | None = None,
                 eval_batch_size: int | None = None, checkpoint_period: int = 1000, keep_checkpoints: int = 1,
                 log_period: int = 100, progress_bar: bool | None = None, save_checkpoint: bool = True,
-                checkpoint_dtype: str | None = None, pack: bool = False) -> TrainResult:
+                checkpoint_dtype: str | None = None, pack: bool = False,
+                length_buckets: Any = buckets.DEFAULT) -> TrainResult:
   """Model tuning: trains every weight of a T5 with the same loop as `train` (and resumes the same way).
 
   `initial_checkpoint_path=None` starts from a random init (seeded by `seed`: pretraining); `pack` packs
-  training examples (seqio's `EncDecFeatureConverter(pack=True)`: no prompt, ~2x fewer pad tokens);
+  training examples (seqio's `EncDecFeatureConverter(pack=True)`: ~2x fewer pad tokens); `length_buckets` as
+  `train`'s;
   `save_checkpoint` writes the result as a T5X checkpoint `model_dir/checkpoint_<train_steps>` (readable as
   INITIAL_CHECKPOINT_PATH) in `checkpoint_dtype` (default: the training dtype).
   """
@@ -194,7 +210,7 @@ def train_model(model_dir: str | None = None, *, model_config: T5Config | None =
       train_split=train_split, eval_split=eval_split, eval_period=eval_period, eval_metrics=True,
       eval_batch_size=eval_batch_size, eval_max_examples=eval_max_examples, checkpoint_period=checkpoint_period,
       keep_checkpoints=keep_checkpoints, best_metric=None, best_mode='max', log_period=log_period,
-      progress_bar=progress_bar, pack=pack, checkpoint_required=False)
+      progress_bar=progress_bar, pack=pack, length_buckets=length_buckets, checkpoint_required=False)
   params = loop.host_trainable(result.state)
   checkpoint = None
   if save_checkpoint and not result.preempted:

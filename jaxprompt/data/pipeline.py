@@ -1,4 +1,5 @@
-"""seqio tasks -> numpy batches of `EncDecFeatureConverter(pack=False)` features, per host.
+"""seqio tasks -> numpy batches of `EncDecFeatureConverter` features (unpacked, or packed with prompt slots), per
+host.
 
 Training reads an endless, seeded, shuffled stream sharded over processes (`seqio.ShardInfo`), so the k-th
 batch is the same in every run with the same seed and process count: resuming skips the batches already
@@ -85,15 +86,56 @@ def host_batch_size(global_batch_size: int, data_parallel: int) -> int:
   return global_batch_size // processes
 
 
+# Placeholder id of a reserved prompt position in packed inputs: any non-zero id (seqio packing counts
+# non-zero ids as tokens); the method overwrites its embedding with a prompt row.
+PROMPT_SLOT_ID = 1
+
+
+def reserve_prompt_slots(ds: tf.data.Dataset, slots: int) -> tf.data.Dataset:
+  """Puts `slots` placeholder ids in front of every example's `inputs` (room for its own prompt copy)."""
+  def add(example):
+    inputs = example['inputs']
+    return dict(example, inputs=tf.concat([tf.fill([slots], tf.cast(PROMPT_SLOT_ID, inputs.dtype)), inputs], 0))
+  return ds.map(add, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def convert_features(ds: tf.data.Dataset, feature_lengths: Mapping[str, int], pack: bool = False,
+                     prompt_slots: int = 0) -> tf.data.Dataset:
+  """Tokenized examples {'inputs', 'targets'} -> seqio `EncDecFeatureConverter` features (unbatched).
+
+  Unpacked: rows of the feature lengths; a prompt method inserts its rows itself. Packed (seqio's packing,
+  several examples per row with `encoder_segment_ids` / `decoder_segment_ids`): each example first gets
+  `prompt_slots` placeholder positions in front of its inputs, filled by the method with its own copy of the
+  prompt, so encoder rows are `inputs + prompt_slots` wide (a full-length example still fits, as unpacked).
+  """
+  lengths = dict(feature_lengths)
+  if pack and prompt_slots:
+    ds = reserve_prompt_slots(ds, prompt_slots)
+    lengths['inputs'] = lengths['inputs'] + prompt_slots
+  return seqio.EncDecFeatureConverter(pack=pack)(ds, lengths)
+
+
 def train_dataset(provider: seqio.Task | seqio.Mixture, feature_lengths: Mapping[str, int], split: str,
-                  host_batch: int, seed: int, pack: bool = False) -> tf.data.Dataset:
-  """Endless batches [host_batch, length] of this process's shard, shuffled with `seed`; unpacked unless `pack`
-  (several examples per row with segment ids: for model tuning, not for prompts)."""
+                  host_batch: int, seed: int, pack: bool = False, prompt_slots: int = 0) -> tf.data.Dataset:
+  """Endless batches [host_batch, length] of this process's shard, shuffled with `seed`; packed when `pack`
+  (with `prompt_slots` reserved in front of each example for the method's prompt; see `convert_features`)."""
   ds = provider.get_dataset(sequence_length=dict(feature_lengths), split=split, use_cached=False, shuffle=True,
                             seed=seed, num_epochs=None,
                             shard_info=seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count()))
-  ds = seqio.EncDecFeatureConverter(pack=pack)(ds, dict(feature_lengths))
+  ds = convert_features(ds, feature_lengths, pack, prompt_slots)
   return ds.batch(host_batch, drop_remainder=True)
+
+
+def batch_stats(batch: Mapping[str, np.ndarray]) -> dict[str, float]:
+  """How full a batch is: examples it holds (packed rows hold several) and the fraction of encoder positions
+  that hold a token (or a reserved prompt slot) rather than padding."""
+  tokens = np.asarray(batch['encoder_input_tokens'])
+  segments = batch.get('encoder_segment_ids')
+  if segments is not None:
+    examples = int(np.asarray(segments).max(axis=1).sum())
+  else:
+    examples = int(np.any(tokens != 0, axis=1).sum())
+  return {'examples': float(examples), 'encoder_fill': float(np.mean(tokens != 0)) if tokens.size else 0.0}
 
 
 def as_float_weights(batch: Mapping[str, np.ndarray]) -> Batch:

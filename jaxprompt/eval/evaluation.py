@@ -13,6 +13,7 @@ import numpy as np
 import seqio
 
 from jaxprompt.commands import validation
+from jaxprompt.data import buckets as buckets_lib
 from jaxprompt.data import pipeline as data
 from jaxprompt.errors import ConfigError
 from jaxprompt.parallel import host, partitioning
@@ -48,33 +49,44 @@ def decoding(method: str = 'beam', num_decodes: int = 1, alpha: float = 0.6, tem
 class ModelFns:
   """The frozen model's jitted scoring, ranking and decoding on the mesh; results replicated on every host.
 
-  Batches are global numpy batches held by every process; each process feeds its own rows.
+  Batches are global numpy batches held by every process; each process feeds its own rows. Each batch is cut
+  to its length buckets first (`jaxprompt.data.buckets`; the same cut on every process, which all hold the
+  whole batch); decoding keeps the targets width, its maximum decode length.
   """
 
-  def __init__(self, runtime: runtime_lib.Runtime, decode: DecodeOptions | None = None):
+  def __init__(self, runtime: runtime_lib.Runtime, decode: DecodeOptions | None = None,
+               length_buckets: Any = buckets_lib.DEFAULT):
     self.rt = runtime
     self.decode_options = decode or DecodeOptions()
+    self.buckets = buckets_lib.LengthBuckets.from_spec(length_buckets)
+    self._shapes: dict[str, buckets_lib.ShapeLog] = {}
 
-  def _shard(self, batch: Mapping[str, np.ndarray]) -> dict:
+  def _shard(self, name: str, batch: Mapping[str, np.ndarray], groups: Sequence[str] = buckets_lib.GROUPS) -> dict:
+    if not self.buckets.fixed:
+      widths = {g: np.shape(batch[f])[1] for g, f in buckets_lib.LENGTH_FEATURES.items() if f in batch}
+      batch = self.buckets.trim(batch, groups=groups)
+      self._shapes.setdefault(name, buckets_lib.ShapeLog(name, self.buckets))(batch, widths)
     return self.rt.steps.shard_batch(host.local_rows(batch))
 
   def loss_metrics(self, prompt: Any, batch: Mapping[str, np.ndarray]) -> dict[str, float]:
     """Summed loss, weight_sum and token_accuracy of a batch (padding rows weigh nothing)."""
-    metrics = self.rt.steps.eval_step(prompt, self.rt.frozen, self._shard(batch))
+    metrics = self.rt.steps.eval_step(prompt, self.rt.frozen, self._shard('eval', batch))
     return {k: float(host.host_value(v)) for k, v in metrics.items()}
 
   def target_scores(self, prompt: Any, batch: Mapping[str, np.ndarray]) -> np.ndarray:
     """Log-likelihood of each row's target [b]."""
     model = self.rt.model
     fn = self.rt.steps.compiled('score', lambda p, f, b: model.score_batch(f, p, b))
-    return host.host_value(fn(prompt, self.rt.frozen, self._shard(batch)))
+    return host.host_value(fn(prompt, self.rt.frozen, self._shard('score', batch)))
 
   def rank(self, prompt: Any, batch: Mapping[str, np.ndarray], candidates: np.ndarray) -> np.ndarray:
-    """Log-likelihoods [b, c] of the candidate targets [c, length] for each row."""
+    """Log-likelihoods [b, c] of the candidate targets [c, length] for each row (candidates are cut to the
+    longest one: shorter ones are zero-padded, which scores nothing)."""
     model = self.rt.model
+    candidates = candidates[:, :max(buckets_lib.last_real_column(candidates), 1)]
     fn = self.rt.steps.compiled('rank', lambda p, f, b, c: model.rank_classify(f, p, b['encoder_input_tokens'], c),
                                  1)
-    return host.host_value(fn(prompt, self.rt.frozen, self._shard(batch), candidates))
+    return host.host_value(fn(prompt, self.rt.frozen, self._shard('rank', batch, ('inputs',)), candidates))
 
   def decode(self, prompt: Any, batch: Mapping[str, np.ndarray], index: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(decoded ids [b, L_targets], scores [b]) of the best decode per row."""
@@ -88,7 +100,8 @@ class ModelFns:
                                  rng=rng if opts.method == 'sample' else None)
 
     rng = jax.random.fold_in(jax.random.PRNGKey(opts.seed), index)
-    decodes, scores = self.rt.steps.compiled('decode', fn, 1)(prompt, self.rt.frozen, self._shard(batch), rng)
+    batch = self._shard('decode', batch, ('inputs',))
+    decodes, scores = self.rt.steps.compiled('decode', fn, 1)(prompt, self.rt.frozen, batch, rng)
     return host.host_value(decodes), host.host_value(scores)
 
 

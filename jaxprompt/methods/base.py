@@ -24,6 +24,12 @@ class Method(abc.ABC):
   # True when the method trains the network's own weights (model tuning): then there is no frozen tree.
   trains_network: bool = False
 
+  @property
+  def packing_slots(self) -> int:
+    """Encoder positions the data pipeline reserves in front of each packed example for this method's input
+    rows (a prompt's copy); 0 when the method adds no input positions."""
+    return 0
+
   @abc.abstractmethod
   def init(self, rng: Array, frozen: Params) -> Params:
     """Initial trainable parameters (host or device arrays). `frozen` is the network's (loaded) tree."""

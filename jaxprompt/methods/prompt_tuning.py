@@ -79,25 +79,51 @@ def insert_prompt(embedded: Array, valid: Array, prompt: Array, start: Array) ->
   return out, out_valid
 
 
+def segment_positions(segment_ids: Array) -> Array:
+  """Each position's offset from the start of its segment. segment_ids [b, l] (contiguous runs) -> [b, l]."""
+  index = jnp.arange(segment_ids.shape[-1], dtype=jnp.int32)
+  previous = jnp.pad(segment_ids[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
+  starts = jnp.where(segment_ids != previous, index, 0)
+  return index - jax.lax.cummax(starts, axis=1)
+
+
+def fill_prompt_slots(embedded: Array, segment_ids: Array, prompt: Array) -> tuple[Array, Array]:
+  """Packed rows: the first p positions of every segment (reserved by the data pipeline) become the prompt.
+
+  embedded [b, l, e], segment_ids [b, l] (0 = padding), prompt [p, e] -> ([b, l, e], valid [b, l]).
+  """
+  plen = prompt.shape[0]
+  offset = segment_positions(segment_ids)
+  slot = (offset < plen) & (segment_ids > 0)
+  rows = jnp.take(prompt.astype(embedded.dtype), jnp.minimum(offset, plen - 1), axis=0)
+  return jnp.where(slot[..., None], rows, embedded), segment_ids > 0
+
+
 class PromptInput(struct.PyTreeNode):
-  """The input hook: inserts `prompt` [p, e] into the encoder's embedded inputs (the decoder is untouched)."""
+  """The input hook: inserts `prompt` [p, e] into the encoder's embedded inputs (the decoder is untouched).
+
+  Unpacked rows grow by p positions. Packed rows (segment_ids given) keep their length: the pipeline reserved p
+  positions in front of each example (`jaxprompt.data.pipeline.convert_features`), which get the prompt.
+  """
   prompt: Array
   combine: str = struct.field(pytree_node=False, default='prefix')
   eos_id: int = struct.field(pytree_node=False, default=1)
 
   def __call__(self, embedded: Array, tokens: Array, segment_ids: Array | None, *, stack: Stack,
                deterministic: bool) -> tuple[Array, Array]:
-    """embedded [b, l, e], tokens [b, l] -> (embedded [b, l+p, e], valid [b, l+p]) for the encoder."""
+    """embedded [b, l, e], tokens [b, l] -> (embedded [b, l+p, e] (packed: [b, l, e]), valid) for the encoder."""
     del deterministic
     if stack != 'encoder':
       return embedded, tokens > 0
-    if segment_ids is not None:
-      raise PromptError('packed encoder inputs (encoder_segment_ids) are not supported with a prompt: the prompt '
-                        'would be shared across packed examples; use an unpacked feature converter (pack=False)')
     if embedded.shape[-1] != self.prompt.shape[-1]:
       raise PromptError(f'prompt embed_dim {self.prompt.shape[-1]} does not match the model embedding '
                         f'{embedded.shape[-1]}')
     prompt = nn.with_logical_constraint(self.prompt.astype(embedded.dtype), PROMPT_AXES)
+    if segment_ids is not None:
+      if self.combine != 'prefix':
+        raise PromptError(f'packed inputs take the prompt in front of each example (combine=prefix); '
+                          f'combine={self.combine!r} needs unpacked inputs')
+      return fill_prompt_slots(embedded, segment_ids, prompt)
     start = insertion_points(tokens, self.combine, self.eos_id)
     return insert_prompt(embedded, tokens > 0, prompt, start)
 
@@ -139,6 +165,14 @@ class PromptTuning(Method):
     if value.shape != self.shape:
       raise ConfigError(f'prompt initializer returned shape {value.shape}, expected {self.shape}')
     return {PROMPT_KEY: value}
+
+  @property
+  def packing_slots(self) -> int:
+    """Positions to reserve in front of each packed example: one per prompt row (prefix prompts only)."""
+    if self.combine != 'prefix':
+      raise ConfigError(f'packing puts a copy of the prompt in front of each example, so it needs '
+                        f"combine='prefix' (PROMPT_COMBINE); got {self.combine!r}: set PACK=False")
+    return self.length
 
   def abstract(self, network: Params) -> Params:
     del network

@@ -61,6 +61,25 @@ def check_prefix(prefix: KVPrefix) -> None:
                       f'value {prefix.value.shape}, mask {prefix.mask.shape}')
 
 
+def _group_queries(query: Array, mask: Array | None, bias: Array | None,
+                   groups: int) -> tuple[Array, Array | None, Array | None]:
+  """Folds n query rows per key row into one row of n times the positions.
+
+  Queries [b*n, q, h, d] (example-major, as `jnp.repeat` lays them out) -> [b, n*q, h, d]; mask [b*n, 1, q, k] ->
+  [b, 1, n*q, k]; bias [1, h, q, k] -> [1, h, n*q, k]. Each query still sees exactly its own mask row, so the
+  result, reshaped back, equals attention over keys repeated n times, without projecting or copying them n times.
+  """
+  rows, qlen = query.shape[0] // groups, query.shape[1]
+  query = query.reshape((rows, groups * qlen) + query.shape[2:])
+  if mask is not None:
+    mask = jnp.broadcast_to(mask, (rows * groups,) + mask.shape[1:])
+    mask = mask.reshape((rows, groups) + mask.shape[1:]).swapaxes(1, 2).reshape(rows, mask.shape[1], groups * qlen,
+                                                                              mask.shape[-1])
+  if bias is not None:
+    bias = jnp.tile(bias, (1, 1, groups, 1))
+  return query, mask, bias
+
+
 class MultiHeadDotProductAttention(nn.Module):
   """Multi-head attention with t5x parameter layout (`query/key/value/out`, 2-D kernels, `joined_kv`).
 
@@ -108,6 +127,12 @@ class MultiHeadDotProductAttention(nn.Module):
       key, value, mask, bias = self._prepend_prefix(prefix, prefix_bias, row, query.shape[1], key, value, mask,
                                                     bias, cache=decode or cache_prefix)
 
+    groups = query.shape[0] // key.shape[0]
+    if groups > 1:  # Several query rows per key row (rank-classification candidates): no copy of k / v.
+      if decode or query.shape[0] % key.shape[0]:
+        raise ConfigError(f'attention over {key.shape[0]} key rows needs a multiple of them as query rows and no '
+                          f'cache; got {query.shape[0]} query rows (decode={decode})')
+      query, mask, bias = _group_queries(query, mask, bias, groups)
     attention_bias = mask_to_bias(mask, self.dtype)
     if bias is not None:
       attention_bias = bias if attention_bias is None else attention_bias + bias
@@ -117,6 +142,8 @@ class MultiHeadDotProductAttention(nn.Module):
     x = dot_product_attention(query, key, value, attention_bias, dropout_rng=dropout_rng,
                               dropout_rate=self.dropout_rate, deterministic=deterministic, dtype=self.dtype,
                               float32_logits=self.float32_logits)
+    if groups > 1:
+      x = x.reshape((x.shape[0] * groups, -1) + x.shape[2:])
     out = DenseGeneral(features=inputs_q.shape[-1], axis=(-2, -1), kernel_init=self.kernel_init,
                        kernel_axes=('joined_kv', 'embed'), dtype=self.dtype, param_dtype=self.param_dtype,
                        name='out')(x)

@@ -52,6 +52,8 @@ class InputHook(Protocol):
   Called as `hook(embedded [b, l, e], tokens [b, l] int, segment_ids [b, l] | None, stack=..., deterministic=...)`
   and returns `(embedded [b, l', e], valid [b, l'] bool)`: l' = l + p when it inserts p positions. `tokens` are
   the stack's input ids (0 = padding). A hook that does nothing for `stack` returns `(embedded, tokens > 0)`.
+  With `segment_ids` (packed rows) l' must equal l: the segment masks still apply position by position, so a
+  hook fills positions the data pipeline reserved (`Method.packing_slots`) instead of inserting new ones.
   For the decoder of an encoder-decoder model l' must equal l (targets are position-aligned).
   """
 

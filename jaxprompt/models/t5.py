@@ -277,9 +277,12 @@ class Transformer(nn.Module):
     embedded = self.token_embedder(encoder_input_tokens.astype(jnp.int32))
     valid = encoder_input_tokens > 0
     if hooks.inputs is not None:
+      length = embedded.shape[1]
       embedded, valid = hooks.inputs(embedded, encoder_input_tokens, encoder_segment_ids, stack='encoder',
                                      deterministic=not enable_dropout)
-      encoder_segment_ids = None  # The hook has consumed (or rejected) packing.
+      if encoder_segment_ids is not None and embedded.shape[1] != length:
+        raise ConfigError(f'the encoder input hook changed packed inputs from {length} to {embedded.shape[1]} '
+                          f'positions; with segment ids it must fill reserved positions instead')
     mask = layers.make_attention_mask(valid, valid, dtype=cfg.dtype)
     if encoder_segment_ids is not None:
       mask = layers.combine_masks(mask, layers.make_attention_mask(encoder_segment_ids, encoder_segment_ids,

@@ -142,7 +142,8 @@ class TunedModel:
 
   def rank_classify(self, frozen: Params, trainable: Params | None, encoder_input_tokens: Array,
                     candidate_targets: Array) -> Array:
-    """Scores every candidate target for every example, running the encoder once per example.
+    """Scores every candidate target for every example, running the encoder (and each layer's cross-attention
+    key / value projection) once per example.
 
     encoder_input_tokens [b, l]; candidate_targets [c, lt] (shared label set) or [b, c, lt], EOS-terminated,
     0-padded -> log-likelihoods [b, c]. `argmax(-1)` is the rank-classification prediction.
@@ -154,7 +155,8 @@ class TunedModel:
     num_candidates = candidate_targets.shape[1]
     targets = candidate_targets.reshape(batch * num_candidates, -1).astype(jnp.int32)
     inputs = jnp.pad(targets[:, :-1], ((0, 0), (1, 0)))  # Shift right; decoder BOS is 0.
-    encoded = jnp.repeat(encoded, num_candidates, axis=0)
+    # `encoded` stays [b, ...]: cross-attention projects each example's keys / values once and serves its c
+    # candidates' queries from them (query rows example-major, as the repeated mask below).
     valid = jnp.repeat(valid, num_candidates, axis=0)
     logits = self.module.apply(self._variables(frozen, trainable), encoded, valid, inputs, targets,
                                hooks=self._hooks(trainable), enable_dropout=False, method=Transformer.decode)

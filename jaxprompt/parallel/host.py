@@ -30,3 +30,14 @@ def split_rows(array: np.ndarray, parts: int, index: int) -> np.ndarray:
 def local_rows(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   """This process's rows of a global batch (every process holds the whole batch, e.g. in eval)."""
   return {k: split_rows(np.asarray(v), jax.process_count(), jax.process_index()) for k, v in batch.items()}
+
+
+def global_max(values: Mapping[str, int]) -> dict[str, int]:
+  """Each value's maximum over all processes (a collective when there are several: every process calls it with
+  the same keys); single-process: `values` unchanged."""
+  if jax.process_count() == 1:
+    return dict(values)
+  keys = sorted(values)
+  local = np.asarray([int(values[k]) for k in keys], np.int32)
+  gathered = np.asarray(multihost_utils.process_allgather(local))  # [processes, keys]
+  return {k: int(v) for k, v in zip(keys, gathered.max(axis=0))}

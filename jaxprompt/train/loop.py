@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import jax
 import numpy as np
 
+from jaxprompt.data import pipeline as data_lib
 from jaxprompt.errors import DataError, TrainingError
 from jaxprompt.eval import evaluation as eval_lib
 from jaxprompt.parallel import host
@@ -64,16 +65,17 @@ class _StepChecker:
     self.observer, self.checkpointer, self.model_dir = observer, checkpointer, model_dir
     self._pending: tuple[int, Any] | None = None
 
-  def push(self, step: int, metrics: Any) -> None:
+  def push(self, step: int, metrics: Any, host_metrics: Mapping[str, float] | None = None) -> None:
     self.flush()
-    self._pending = (step, metrics)
+    self._pending = (step, metrics, dict(host_metrics or {}))
 
   def flush(self) -> None:
     if self._pending is None:
       return
-    step, metrics = self._pending
+    step, metrics, host_metrics = self._pending
     self._pending = None
     values = {k: float(host.host_value(v)) for k, v in metrics.items()}
+    values.update(host_metrics)
     if not values.get('finite', 1.0):
       self.checkpointer.wait_until_finished()
       last = self.checkpointer.latest_step()
@@ -126,9 +128,12 @@ def run(runtime: Runtime, state: TrainState, checkpointer: StateCheckpointer, *,
           raise DataError(f'task {task_name!r} ran out of training examples at step {step}')
         if debug_poison_loss_at_step is not None and step + 1 == debug_poison_loss_at_step:
           batch = _poison(batch)
+        fill = data_lib.batch_stats(batch)
         state, metrics = steps.train_step(state, frozen, steps.shard_batch(batch))
         step, position = step + 1, position + 1
-        checker.push(step, metrics)
+        # Examples per step: this host's rows times the hosts (each feeds the same number of rows).
+        checker.push(step, metrics, {'examples': fill['examples'] * jax.process_count(),
+                                     'encoder_fill': fill['encoder_fill']})
         if debug_sleep_per_step:
           time.sleep(debug_sleep_per_step)
         last = step == schedule.train_steps

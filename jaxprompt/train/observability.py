@@ -27,7 +27,8 @@ TRAIN_HISTORY = 'train_metrics.jsonl'
 EVAL_HISTORY = 'eval_metrics.jsonl'
 EVAL_LATEST = 'eval_metrics.json'
 CURVES = 'training_curves.png'
-_TRAIN_KEYS = ('loss', 'loss_per_token', 'token_accuracy', 'grad_norm', 'param_norm', 'learning_rate')
+_TRAIN_KEYS = ('loss', 'loss_per_token', 'token_accuracy', 'grad_norm', 'param_norm', 'learning_rate', 'examples',
+               'encoder_fill')
 
 
 def create_writer(model_dir: str) -> Any:
@@ -132,9 +133,11 @@ class TrainObserver:
                   {'step': step, **{k: _finite(v) for k, v in means.items()}})
     if self._bar is None:
       remaining = (self.total_steps - step) / max(means['steps_per_sec'], 1e-9)
-      log.info('step %d/%d  loss/token %.4f  token_acc %.3f  lr %.3g  grad_norm %.3g  %.2f steps/s  ETA %s',
+      log.info('step %d/%d  loss/token %.4f  token_acc %.3f  lr %.3g  grad_norm %.3g  %.2f steps/s  '
+               '%.1f examples/step  encoder fill %.0f%%  ETA %s',
                step, self.total_steps, means['loss_per_token'], means.get('token_accuracy', float('nan')),
                means['learning_rate'], means.get('grad_norm', float('nan')), means['steps_per_sec'],
+               means.get('examples', float('nan')), 100 * means.get('encoder_fill', float('nan')),
                format_duration(remaining))
 
   def eval(self, step: int, metrics: Mapping[str, Any]) -> None:

@@ -109,6 +109,9 @@ def run_trainer() -> None:
   from jaxprompt.data import pipeline as data_pipeline
   from jaxprompt.methods.prompt_tuning import prompt_tuning
 
+  from jaxprompt.parallel import host
+  # Each host's rows differ, so each alone would pick its own bucket; the global maximum decides for both.
+  assert host.global_max({'a': jax.process_index(), 'b': 7}) == {'a': jax.process_count() - 1, 'b': 7}
   lengths = {'inputs': 24, 'targets': 8}  # no input is truncated: rows stay distinct
   task = custom.register_file_task('jp_multihost_tiny', train=ARGS['train'], validation=ARGS['validation'],
                                    label_set=('negative', 'positive'),
@@ -117,7 +120,8 @@ def run_trainer() -> None:
                          initial_checkpoint_path=ARGS['checkpoint'], mixture_or_task_name=task.name,
                          task_feature_lengths=lengths, train_steps=4, batch_size=8,
                          method=functools.partial(prompt_tuning, length=5),
-                         model_parallel=2, checkpoint_period=2, eval_period=4, log_period=1, progress_bar=False)
+                         model_parallel=2, checkpoint_period=2, eval_period=4, log_period=1, progress_bar=False,
+                         length_buckets=2)
   # What this host's training stream holds: the trainer's own pipeline, host batch = 8 / 2 processes.
   host_batch = 8 // jax.process_count()
   stream = data_pipeline.train_dataset(task, lengths, 'train', host_batch, seed=0)

@@ -1,0 +1,153 @@
+"""Length buckets: each batch is cut to the smallest of a fixed set of lengths that holds its longest row.
+
+A T5 batch's padding is masked, so cutting the all-padding columns off the right changes no result; it only
+removes work. Buckets keep the number of distinct batch shapes (each one compiled once) small and known.
+
+Specs (`LENGTH_BUCKETS`, gin `length_buckets=`), for each feature group (`inputs` = encoder_*, `targets` =
+decoder_*):
+  64                 multiples of 64 below the batch's width, and the width itself (the default)
+  [32, 64, 128]      these lengths below the width, and the width itself
+  {'inputs': 32, 'targets': None}   per group; a missing or None group is never cut
+  None               fixed-length batches: nothing is cut (t5x's behaviour)
+The width of a batch is its feature length (`TASK_FEATURE_LENGTHS`, or that plus the prompt slots of packed
+rows), so the largest bucket is always the t5x maximum and no row is ever truncated.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from jaxprompt.errors import ConfigError
+
+log = logging.getLogger('jaxprompt')
+
+Batch = dict[str, np.ndarray]
+DEFAULT = 64  # every entry point's LENGTH_BUCKETS unless set
+GROUPS = ('inputs', 'targets')
+_PREFIX = {'inputs': 'encoder_', 'targets': 'decoder_'}
+# The feature that tells how long each row really is (the rest of its group is cut to the same width).
+LENGTH_FEATURES = {'inputs': 'encoder_input_tokens', 'targets': 'decoder_target_tokens'}
+
+
+def _parse_group(spec: Any, name: str) -> int | tuple[int, ...] | None:
+  """One group's spec -> a step (int), a sorted tuple of lengths, or None (never cut)."""
+  if spec is None:
+    return None
+  if isinstance(spec, (bool, np.bool_)) or not isinstance(spec, (int, np.integer, list, tuple)):
+    raise ConfigError(f'{name} must be a positive step (e.g. 64), a list of lengths or None, got {spec!r}')
+  if isinstance(spec, (int, np.integer)):
+    if spec <= 0:
+      raise ConfigError(f'{name} step must be positive, got {spec}')
+    return int(spec)
+  if not spec or any(isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x <= 0 for x in spec):
+    raise ConfigError(f'{name} must list positive integer lengths, got {spec!r}')
+  return tuple(sorted({int(x) for x in spec}))
+
+
+def last_real_column(tokens: np.ndarray) -> int:
+  """1 + the index of the last non-zero column of [rows, width] ids (0 for an all-padding batch)."""
+  nonzero = np.flatnonzero(np.any(np.asarray(tokens) != 0, axis=0))
+  return int(nonzero[-1]) + 1 if nonzero.size else 0
+
+
+@dataclasses.dataclass(frozen=True)
+class LengthBuckets:
+  """Per feature group: a step (multiples of it), a tuple of lengths, or None (that group is never cut)."""
+  inputs: int | tuple[int, ...] | None = 64
+  targets: int | tuple[int, ...] | None = 64
+
+  @classmethod
+  def from_spec(cls, spec: Any) -> LengthBuckets:
+    """The buckets of a `LENGTH_BUCKETS` value (see the module docstring); a LengthBuckets passes through."""
+    if isinstance(spec, LengthBuckets):
+      return spec
+    if isinstance(spec, Mapping):
+      unknown = set(spec) - set(GROUPS)
+      if unknown:
+        raise ConfigError(f'LENGTH_BUCKETS keys must be among {GROUPS}, got unknown {sorted(unknown)}')
+      return cls(**{g: _parse_group(spec.get(g), f'LENGTH_BUCKETS[{g!r}]') for g in GROUPS})
+    parsed = _parse_group(spec, 'LENGTH_BUCKETS')
+    return cls(parsed, parsed)
+
+  @property
+  def fixed(self) -> bool:
+    return self.inputs is None and self.targets is None
+
+  def lengths(self, group: str, width: int) -> tuple[int, ...]:
+    """Every length a batch of `width` columns may be cut to, ascending (`width` last)."""
+    spec = getattr(self, group)
+    if spec is None:
+      return (width,)
+    below = range(spec, width, spec) if isinstance(spec, int) else (x for x in spec if x < width)
+    return tuple(below) + (width,)
+
+  def bucket(self, group: str, longest: int, width: int) -> int:
+    """The smallest length of the group's set that holds `longest` columns (at least 1)."""
+    return next(x for x in self.lengths(group, width) if x >= max(longest, 1))
+
+  def longest(self, batch: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """{group: columns up to the last real token of any row} for the groups this batch has."""
+    return {g: last_real_column(batch[f]) for g, f in LENGTH_FEATURES.items() if f in batch}
+
+  def trim(self, batch: Mapping[str, np.ndarray], longest: Mapping[str, int] | None = None,
+           groups: Sequence[str] = GROUPS) -> Batch:
+    """The batch with each group in `groups` cut to its bucket.
+
+    `longest` overrides the batch's own longest rows, e.g. with the maximum over every host's rows (all
+    hosts must cut a global batch to the same shape).
+    """
+    longest = dict(self.longest(batch), **(longest or {}))
+    out = dict(batch)
+    for group in groups:
+      feature = LENGTH_FEATURES[group]
+      if feature not in batch or group not in longest:
+        continue
+      width = np.shape(batch[feature])[1]
+      length = self.bucket(group, longest[group], width)
+      if length < width:
+        for k, v in batch.items():
+          if k.startswith(_PREFIX[group]):
+            out[k] = v[:, :length]
+    return out
+
+
+class ShapeLog:
+  """Logs each new batch shape once (each is a compilation), with the bound the buckets put on their number."""
+
+  def __init__(self, name: str, buckets: LengthBuckets):
+    self.name, self.buckets = name, buckets
+    self.seen: set[tuple] = set()
+
+  def __call__(self, batch: Mapping[str, np.ndarray], widths: Mapping[str, int]) -> None:
+    shape = tuple((g, np.shape(batch[f])[1]) for g, f in LENGTH_FEATURES.items() if f in batch)
+    if shape in self.seen:
+      return
+    self.seen.add(shape)
+    bound = int(np.prod([len(self.buckets.lengths(g, widths[g])) for g, _ in shape]))
+    log.info('%s: new batch shape %s (%d of at most %d with these length buckets)', self.name,
+             ' '.join(f'{g}={n}' for g, n in shape), len(self.seen), bound)
+
+
+def bucketed(batches: Any, buckets: LengthBuckets, *, name: str = 'batches',
+             agree: Callable[[dict[str, int]], dict[str, int]] | None = None,
+             groups: Sequence[str] = GROUPS) -> Any:
+  """Yields each batch of `batches` cut to its buckets (unchanged when the buckets are fixed).
+
+  `agree` maps this host's longest rows to the global ones (multi-host training: each host holds its own rows
+  of the global batch, and all must feed the same shape).
+  """
+  shapes = ShapeLog(name, buckets)
+  for batch in batches:
+    if buckets.fixed:
+      yield batch
+      continue
+    widths = {g: np.shape(batch[f])[1] for g, f in LENGTH_FEATURES.items() if f in batch}
+    longest = buckets.longest(batch)
+    if agree is not None:
+      longest = agree(longest)
+    batch = buckets.trim(batch, longest, groups)
+    shapes(batch, widths)
+    yield batch
