@@ -49,7 +49,14 @@ class Method(abc.ABC):
     del trainable, deterministic, rng
     return Hooks()
 
-  def numpy_copy(self, trainable: Params) -> dict[str, np.ndarray] | None:
-    """Small files to keep beside each checkpoint (`{'prompt.npy': [P, d]}`), or None for none."""
+  def inference(self, trainable: Params) -> tuple[Method, Params]:
+    """The method and parameters to evaluate, decode and export with: a reparameterised method (an MLP or LSTM
+    that produces its prompt or prefix while training) returns the plain method holding the computed values;
+    the others return themselves unchanged."""
+    return self, trainable
+
+  def numpy_copy(self, trainable: Params) -> dict[str, np.ndarray | dict[str, np.ndarray]] | None:
+    """Small files to keep beside each checkpoint (`{'prompt.npy': [P, d]}`; a dict value of named arrays is
+    written as a `.npz`), or None for none."""
     del trainable
     return None

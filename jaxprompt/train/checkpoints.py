@@ -130,9 +130,10 @@ class StateCheckpointer:
       return False
     files = self.numpy_copy(state) if self.numpy_copy is not None else None  # collective when sharded
     if jax.process_index() == 0:
-      for name, array in (files or {}).items():
-        npy_io.write_npy(array, str(self._numpy_dir / f'{_NUMPY_PREFIX}{step}' / name), what='numpy copy',
-                         error=CheckpointError)
+      for name, value in (files or {}).items():
+        write = npy_io.write_npz if isinstance(value, Mapping) else npy_io.write_npy  # named arrays: .npz
+        write(value, str(self._numpy_dir / f'{_NUMPY_PREFIX}{step}' / name), what='numpy copy',
+              error=CheckpointError)
       # Numpy copies whose step retention dropped go too; a damaged step's copy stays.
       kept = set(self._manager.all_steps()) | set(self._damaged)
       for child in self._numpy_dir.iterdir() if self._numpy_dir.exists() else ():

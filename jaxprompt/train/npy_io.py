@@ -1,4 +1,4 @@
-"""Safe `.npy` files: read without ever unpickling, shape from the header alone, atomic writes.
+"""Safe `.npy` and `.npz` files: read without ever unpickling, shape from the header alone, atomic writes.
 
 Paths are local or anything `tf.io.gfile` opens (gs://, ram://, ...). Local paths use plain file calls, so
 TensorFlow is imported only for remote ones. Every failure is one error of the caller's type (`error`,
@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import os
 import uuid
-from typing import IO, Any
+from typing import IO, Any, Mapping
 
 import numpy as np
 
@@ -102,17 +102,50 @@ def npy_shape(path: str | os.PathLike, *, what: str = 'prompt file',
 
 def write_npy(array: Any, path: str | os.PathLike, *, what: str = 'prompt file',
               error: type[Exception] = PromptError) -> str:
-  """Writes `array` (no pickles) to `path`, creating its parents; returns the path.
-
-  Written beside the target and then renamed, so a reader never sees half a file. The temp name is unique,
-  so several processes may write the same file at once: each rename installs a whole copy.
-  """
+  """Writes `array` (no pickles) to `path`, creating its parents; returns the path (atomically: `_write`)."""
   path = os.fspath(path)
   buffer = io.BytesIO()
   try:
     np.save(buffer, np.asarray(array), allow_pickle=False)
   except ValueError as e:  # object arrays would need a pickle
     raise error(f'cannot write {what} {path}: {e}') from e
+  return _write(buffer.getvalue(), path, what, error)
+
+
+def write_npz(arrays: Mapping[str, Any], path: str | os.PathLike, *, what: str = 'prefix file',
+              error: type[Exception] = PromptError) -> str:
+  """Writes named arrays (no pickles) as an uncompressed `.npz` to `path`; returns the path (atomically)."""
+  path = os.fspath(path)
+  buffer = io.BytesIO()
+  try:
+    np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+  except ValueError as e:
+    raise error(f'cannot write {what} {path}: {e}') from e
+  return _write(buffer.getvalue(), path, what, error)
+
+
+def read_npz(path: str | os.PathLike, *, what: str = 'prefix file',
+             error: type[Exception] = PromptError) -> dict[str, np.ndarray]:
+  """The named arrays of a `.npz` file; object (pickled) arrays are refused, never loaded."""
+  path = os.fspath(path)
+  if not _exists(path):
+    raise error(f'{what} {path} does not exist')
+  try:
+    with _open(path, 'rb') as f:
+      data = f.read()
+  except Exception as e:  # OSError locally, tf.errors.OpError remotely
+    raise error(f'cannot read {what} {path}: {_reason(e)}') from e
+  try:
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+      return {k: npz[k] for k in npz.files}
+  except Exception as e:  # not a zip, damaged members, pickled members
+    raise error(f'cannot load {what} {path} as a .npz without unpickling ({_reason(e)})') from e
+
+
+def _write(data: bytes, path: str, what: str, error: type[Exception]) -> str:
+  """Writes `data` beside `path` and renames it into place, creating parents, so a reader never sees half a
+  file. The temp name is unique, so several processes may write the same file at once: each rename installs a
+  whole copy."""
   parent, name = os.path.split(path)
   tmp = os.path.join(parent, f'.{name}.tmp-{uuid.uuid4().hex}')
   try:
@@ -120,13 +153,13 @@ def write_npy(array: Any, path: str | os.PathLike, *, what: str = 'prompt file',
       gfile = _gfile()
       gfile.makedirs(parent)
       with gfile.GFile(tmp, 'wb') as f:
-        f.write(buffer.getvalue())
+        f.write(data)
       gfile.rename(tmp, path, overwrite=True)  # copy + delete on gs://, whose objects appear whole anyway
     else:
       if parent:
         os.makedirs(parent, exist_ok=True)
       with open(tmp, 'wb') as f:
-        f.write(buffer.getvalue())
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())  # the data is on disk before the name points at it
       os.replace(tmp, path)
