@@ -275,7 +275,10 @@ def trained(tiny_gin, compile_cache, tmp_path_factory):
 def test_train_writes_prompt_checkpoints_metrics_and_curves(trained):
   model_dir, summary, stderr = trained
   assert summary['step'] == 6 and not summary['preempted']
-  assert re.search(r'step 6/6 +loss/token [\d.]+ .* steps/s +[\d.]+ examples/step +encoder fill \d+% +ETA', stderr)  # not a tty
+  # Plain log lines (not a tty), and the bytes a checkpoint holds, printed at the start.
+  assert re.search(r'step 6/6 +loss/token [\d.]+ .* steps/s +[\d.]+ examples/step +encoder fill \d+% +ETA', stderr)
+  assert re.search(r'PromptTuning: 160 trainable parameters \(640 bytes\); a checkpoint holds them and the '
+                   r'optimizer state: [\d,]+ bytes', stderr)
   prompt = np.load(summary['prompt_file'])
   assert prompt.shape == (5, 32) and prompt.dtype == np.float32
   assert sorted(p.name for p in (model_dir / 'checkpoints').iterdir()) == ['3', '6']

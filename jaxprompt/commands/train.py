@@ -27,28 +27,33 @@ from jaxprompt.parallel import host
 from jaxprompt.train import loop
 from jaxprompt.train import runtime as runtime_lib
 from jaxprompt.train.checkpoints import StateCheckpointer
-from jaxprompt.train.npy_io import write_npy
+from jaxprompt.train.npy_io import write_npy, write_npz
 from jaxprompt.train.optim import Optimizer, make_optimizer
 
+# The method's inference files (`Method.numpy_copy` names) with this prefix: final_prompt.npy, final_prefix.npz.
 # Not `prompt.npy`: checkpoint readers take a directory holding a prompt.npy for one checkpoint step.
-FINAL_PROMPT = 'final_prompt.npy'
+FINAL_PREFIX = 'final_'
+FINAL_PROMPT = FINAL_PREFIX + 'prompt.npy'
 MethodFactory = Callable[[T5Config, int], Method]
 
 
 @dataclasses.dataclass
 class TrainResult:
-  """How a training run ended. `trainable` is the method's tree on the host at `step`."""
+  """How a training run ended. `trainable` is the method's tree on the host at `step`; `inference` its
+  inference form (`Method.inference`: a reparameterised method's computed prompt or prefix)."""
   model_dir: str
   step: int
   trainable: Mapping[str, Any]
   preempted: bool = False
   eval_metrics: dict | None = None
-  exported: str | None = None  # final_prompt.npy, or the T5X checkpoint of model tuning
+  exported: str | None = None  # final_prompt.npy / final_prefix.npz ..., or the T5X checkpoint of model tuning
+  inference: Mapping[str, Any] | None = None
 
   @property
   def prompt(self) -> np.ndarray | None:
-    """The float32 [P, d] prompt of prompt tuning (None for other methods)."""
-    value = self.trainable.get(PROMPT_KEY) if isinstance(self.trainable, Mapping) else None
+    """The float32 [P, d] input prompt (prompt tuning, P-tuning; None for methods without one)."""
+    tree = self.inference if self.inference is not None else self.trainable
+    value = tree.get(PROMPT_KEY) if isinstance(tree, Mapping) else None
     return None if value is None else np.asarray(value, np.float32)
 
   @property
@@ -162,7 +167,7 @@ def train(model_dir: str | None = None, *, model_config: T5Config | None = None,
       batches) [LENGTH_BUCKETS]; TASK_FEATURE_LENGTHS stays the maximum.
     debug_poison_loss_at_step / debug_sleep_per_step: test hooks (a NaN loss at that step; a pause per step).
   """
-  result, _ = run_training(
+  result, runtime = run_training(
       method=method, model_dir=model_dir, model_config=model_config, initial_checkpoint_path=initial_checkpoint_path,
       mixture_or_task_name=mixture_or_task_name, task_feature_lengths=task_feature_lengths,
       train_steps=train_steps, batch_size=batch_size, optimizer=optimizer, loss=loss, model_parallel=model_parallel,
@@ -173,14 +178,22 @@ def train(model_dir: str | None = None, *, model_config: T5Config | None = None,
       pack=pack, length_buckets=length_buckets, debug_poison_loss_at_step=debug_poison_loss_at_step,
       debug_sleep_per_step=debug_sleep_per_step)
   trainable = loop.host_trainable(result.state)
-  model_dir = os.fspath(model_dir)
-  path = os.path.join(model_dir, FINAL_PROMPT)
-  exported = None
-  if PROMPT_KEY in trainable and not result.preempted:
+  _, inference = runtime.method.inference(trainable)
+  exported = None if result.preempted else export_final(runtime.method, trainable, os.fspath(model_dir))
+  return TrainResult(os.fspath(model_dir), result.step, trainable, result.preempted, result.eval_metrics, exported,
+                     jax.tree.map(np.asarray, inference))
+
+
+def export_final(method: Method, trainable: Mapping[str, Any], model_dir: str) -> str | None:
+  """Writes the method's inference files as `final_<name>` in `model_dir` (process 0); returns the first path
+  (what `--prompt_file` takes), or None for a method without files."""
+  paths = []
+  for name, value in (method.numpy_copy(trainable) or {}).items():
+    path = os.path.join(model_dir, FINAL_PREFIX + name)
     if jax.process_index() == 0:
-      write_npy(np.asarray(trainable[PROMPT_KEY], np.float32), path)
-    exported = path
-  return TrainResult(model_dir, result.step, trainable, result.preempted, result.eval_metrics, exported)
+      (write_npz if isinstance(value, Mapping) else write_npy)(value, path)
+    paths.append(path)
+  return paths[0] if paths else None
 
 
 @gin.configurable(module='jaxprompt')

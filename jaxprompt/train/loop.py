@@ -88,10 +88,21 @@ class _StepChecker:
 
 
 def initial_state(runtime: Runtime, optimizer: Optimizer, seed: int) -> TrainState:
-  """The method's initial trainable tree and optimizer state, placed on the mesh."""
+  """The method's initial trainable tree and optimizer state, placed on the mesh (their sizes logged)."""
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
   trainable = runtime.method.init(init_rng, runtime.network)
-  return runtime.steps.place_state(init_train_state(trainable, optimizer.tx, state_rng))
+  state = runtime.steps.place_state(init_train_state(trainable, optimizer.tx, state_rng))
+  count, size = tree_size(state.trainable)
+  log.info('%s: %s trainable parameters (%s bytes); a checkpoint holds them and the optimizer state: %s bytes',
+           type(runtime.method).__name__, f'{count:,}', f'{size:,}', f'{tree_size(state)[1]:,}')
+  return state
+
+
+def tree_size(tree: Any) -> tuple[int, int]:
+  """(elements, bytes) of every array leaf of a tree."""
+  leaves = [x for x in jax.tree.leaves(tree) if hasattr(x, 'dtype')]
+  return (int(sum(np.size(x) for x in leaves)),
+          int(sum(np.size(x) * np.dtype(x.dtype).itemsize for x in leaves)))
 
 
 def run(runtime: Runtime, state: TrainState, checkpointer: StateCheckpointer, *, model_dir: str,

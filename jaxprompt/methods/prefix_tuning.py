@@ -1,0 +1,321 @@
+"""Prefix tuning (Li & Liang 2021) and P-tuning v2 (Liu et al. 2022): learned key/value rows prepended inside
+the attentions of a frozen T5, through the network's per-layer hooks (`jaxprompt.methods.kv_prefix`).
+
+One class, `PrefixTuning`, serves both; the gin factories `prefix_tuning` and `p_tuning_v2` differ only in
+defaults. For each attention kind it tunes (`encoder_self`, `decoder_self`, `cross`; each kind has its own,
+independent parameters, as in Li & Liang's BART setup) it holds either
+
+  plain rows (projection=False)   {kind: {'key', 'value': [layers, P, heads, head_dim]}}
+  an MLP (projection=True)        {kind: {'embedding': [P, emb],
+                                          'hidden': {'kernel': [emb, hidden], 'bias': [hidden]},
+                                          'key' / 'value': {'kernel': [hidden, layers, heads, head_dim],
+                                                            'bias': [layers, heads, head_dim]}}}
+                                  rows = tanh(embedding @ hidden + b) @ key|value + b: Li & Liang's
+                                  Linear(emb, hidden) -> tanh -> Linear(hidden, layers * 2 * heads * head_dim),
+                                  its output kernel kept with named axes (and split into key / value halves).
+
+`inference()` collapses the MLP to plain rows (for export, evaluation and decoding). T5's attention width is
+heads x head_dim, which may differ from emb_dim (T5 1.0 3B / 11B): the rows use heads and head_dim, never emb_dim.
+
+Sharding: the row tensors and the output kernels carry ('layers', 'prompt'|'prompt_embed', 'heads', 'kv'): the
+standard rules put 'heads' on the 'model' mesh axis (as the frozen attention's own heads), so each device holds
+and computes only its heads' rows, which arrive sharded as the attention expects them ('batch', 'length', 'heads',
+'kv'). The MLP's hidden axis uses 'prompt_embed' (replicated: 512 wide, small), not 'mlp': 'mlp' also maps to
+'model', and one kernel cannot use a mesh axis twice, so ('mlp', ..., 'heads', ...) would leave the big heads axis
+unsharded and need an all-reduce of every row. The input embedding is ('prompt', 'embed').
+
+Initialisation ('sampled_vocab', the default): plain rows are the keys / values the frozen layer itself computes
+for P token embeddings drawn from the 5000 commonest vocabulary ids, RMS-normalised and scaled by the layer's
+pre-attention norm (for cross-attention, by the encoder's final norm, as its keys come from the encoder output):
+rows of the scale the layer is used to. With the MLP, the embedding is those RMS-normalised token embeddings and
+the kernels are N(0, 1/fan_in) with zero biases. 'normal' draws N(0, 1) rows / embedding (torch's
+nn.Embedding default, what the reference implementations start from).
+
+Dropout (`dropout` > 0, only when `hooks(..., deterministic=False, rng=...)`) drops entries of the computed K/V
+rows, like the references' dropout on past_key_values; the mask is drawn once per step and shared by the batch's
+examples, because the rows reach the network as one batch-1 prefix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from typing import Any, Mapping
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxprompt.errors import ConfigError
+from jaxprompt.methods import kv_prefix
+from jaxprompt.methods.base import Method, Params
+from jaxprompt.models.config import T5Config
+from jaxprompt.models.hooks import ATTENTION_KINDS, RELPOS_MODES, Hooks
+from jaxprompt.parallel import host
+
+Array = jax.Array
+PREFIX_FILE = 'prefix.npz'
+INITIALIZERS = ('sampled_vocab', 'normal')
+VOCAB_POPULATION = 5000  # T5's SentencePiece ids are ordered by frequency: draw among the commonest pieces
+P_TUNING_V2_KINDS = ('encoder_self', 'decoder_self')
+_EPS = 1e-6
+
+# Per kind: (stack, attention module, pre-attention norm module or None for the encoder's final norm).
+_FROZEN_NAMES = {'encoder_self': ('encoder', 'attention', 'pre_attention_layer_norm'),
+                 'decoder_self': ('decoder', 'self_attention', 'pre_self_attention_layer_norm'),
+                 'cross': ('decoder', 'encoder_decoder_attention', None)}
+
+
+@dataclasses.dataclass(frozen=True)
+class PrefixTuning(Method):
+  """Learned K/V prefixes of `length` rows for each attention kind in `kinds` (see the module docstring).
+
+  `dtype` is the network's activation dtype (the rows are cast to it); `param_dtype` the parameters'. The MLP runs
+  in float32 (it is small; its rows are then cast), so the collapsed rows match the training form closely.
+  """
+  length: int
+  num_heads: int
+  head_dim: int
+  emb_dim: int
+  encoder_layers: int
+  decoder_layers: int
+  kinds: tuple[str, ...] = ATTENTION_KINDS
+  projection: bool = True
+  hidden: int = 512
+  dropout: float = 0.0
+  relpos: str = 'positions'
+  initializer: str = 'sampled_vocab'
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    kinds = (self.kinds,) if isinstance(self.kinds, str) else tuple(self.kinds)
+    unknown = [k for k in kinds if k not in ATTENTION_KINDS]
+    if unknown or not kinds or len(set(kinds)) != len(kinds):
+      raise ConfigError(f'prefix kinds must be distinct names among {ATTENTION_KINDS}, got {kinds!r}')
+    # Canonical order, so equal configurations are equal (hashable) methods whatever order gin gave.
+    object.__setattr__(self, 'kinds', tuple(k for k in ATTENTION_KINDS if k in kinds))
+    if not isinstance(self.length, int) or self.length < 0:
+      raise ConfigError(f'PREFIX_LENGTH must be an integer >= 0, got {self.length!r}')
+    if self.projection and (not isinstance(self.hidden, int) or self.hidden <= 0):
+      raise ConfigError(f'the prefix MLP hidden size must be a positive integer, got {self.hidden!r}')
+    if not 0.0 <= self.dropout < 1.0:
+      raise ConfigError(f'prefix dropout must be in [0, 1), got {self.dropout!r}')
+    if self.relpos not in RELPOS_MODES:
+      raise ConfigError(f'prefix relpos must be one of {RELPOS_MODES}, got {self.relpos!r}')
+    if self.initializer not in INITIALIZERS:
+      raise ConfigError(f'prefix initializer must be one of {INITIALIZERS}, got {self.initializer!r}')
+
+  @classmethod
+  def for_config(cls, config: T5Config, **kwargs: Any) -> PrefixTuning:
+    """The method for `config`'s sizes and dtypes; `kwargs` are the other fields."""
+    return cls(num_heads=config.num_heads, head_dim=config.head_dim, emb_dim=config.emb_dim,
+               encoder_layers=config.num_encoder_layers, decoder_layers=config.num_decoder_layers,
+               dtype=config.dtype, param_dtype=config.param_dtype, **kwargs)
+
+  def layers(self, kind: str) -> int:
+    return self.encoder_layers if kv_prefix.stack_of(kind) == 'encoder' else self.decoder_layers
+
+  def rows_shape(self, kind: str) -> tuple[int, int, int, int]:
+    """[layers, P, heads, head_dim] of one kind's key (and value) rows."""
+    return (self.layers(kind), self.length, self.num_heads, self.head_dim)
+
+  # -- parameters -----------------------------------------------------------------------------------------
+  def _shapes(self) -> dict[str, Any]:
+    """{kind: tree of (shape, logical axes)} of the trainable parameters."""
+    out = {}
+    for kind in self.kinds:
+      if not self.projection:
+        rows = (self.rows_shape(kind), kv_prefix.ROW_AXES)
+        out[kind] = {'key': rows, 'value': rows}
+        continue
+      layers, heads, depth = self.layers(kind), self.num_heads, self.head_dim
+      half = {'kernel': ((self.hidden, layers, heads, depth), ('prompt_embed', 'layers', 'heads', 'kv')),
+              'bias': ((layers, heads, depth), ('layers', 'heads', 'kv'))}
+      out[kind] = {'embedding': ((self.length, self.emb_dim), ('prompt', 'embed')),
+                   'hidden': {'kernel': ((self.emb_dim, self.hidden), ('embed', 'prompt_embed')),
+                              'bias': ((self.hidden,), ('prompt_embed',))},
+                   'key': half, 'value': dict(half)}
+    return out
+
+  def abstract(self, network: Params) -> Params:
+    del network
+    dtype = jnp.dtype(self.param_dtype)
+    return jax.tree.map(lambda s: nn.Partitioned(jax.ShapeDtypeStruct(s[0], dtype), s[1]), self._shapes(),
+                        is_leaf=lambda x: isinstance(x, tuple) and isinstance(x[1], tuple))
+
+  def init(self, rng: Array, frozen: Params) -> Params:
+    """Initial parameters (see the module docstring). A kind's draw depends only on `rng` and the kind, so
+    switching other kinds on or off leaves it unchanged."""
+    out = {}
+    for kind in self.kinds:
+      key = jax.random.fold_in(rng, ATTENTION_KINDS.index(kind))
+      out[kind] = self._init_projection(key, kind, frozen) if self.projection else self._init_rows(key, kind, frozen)
+    return jax.tree.map(lambda x: jnp.asarray(x, self.param_dtype), out)
+
+  def _init_rows(self, rng: Array, kind: str, frozen: Params) -> dict[str, Array]:
+    shape = self.rows_shape(kind)
+    if self.initializer == 'normal':
+      k, v = jax.random.split(rng)
+      return {'key': jax.random.normal(k, shape), 'value': jax.random.normal(v, shape)}
+    x = self._vocab_embeddings(rng, frozen)  # [P, emb], unit RMS
+    stack, attention, norm = _FROZEN_NAMES[kind]
+    layer = [_layer(frozen, stack, i) for i in range(self.layers(kind))]
+    if norm is None:
+      scales = [jnp.asarray(frozen['encoder']['encoder_norm']['scale'], jnp.float32)] * len(layer)
+    else:
+      scales = [jnp.asarray(p[norm]['scale'], jnp.float32) for p in layer]
+    rows = {}
+    for part in ('key', 'value'):
+      kernels = [jnp.asarray(p[attention][part]['kernel'], jnp.float32) for p in layer]  # [emb, heads * kv]
+      out = jnp.stack([(x * s) @ k for s, k in zip(scales, kernels)])  # [layers, P, heads * kv]
+      rows[part] = out.reshape(shape)
+    return rows
+
+  def _init_projection(self, rng: Array, kind: str, frozen: Params) -> dict[str, Any]:
+    emb, first, k_out, v_out = jax.random.split(rng, 4)
+    if self.initializer == 'normal':
+      embedding = jax.random.normal(emb, (self.length, self.emb_dim))
+    else:
+      embedding = self._vocab_embeddings(emb, frozen)
+
+    def half(key: Array) -> dict[str, Array]:
+      shape = (self.hidden, self.layers(kind), self.num_heads, self.head_dim)
+      return {'kernel': jax.random.normal(key, shape) / math.sqrt(self.hidden), 'bias': jnp.zeros(shape[1:])}
+
+    return {'embedding': embedding,
+            'hidden': {'kernel': jax.random.normal(first, (self.emb_dim, self.hidden)) / math.sqrt(self.emb_dim),
+                       'bias': jnp.zeros((self.hidden,))},
+            'key': half(k_out), 'value': half(v_out)}
+
+  def _vocab_embeddings(self, rng: Array, frozen: Params) -> Array:
+    """P frozen token embeddings of distinct common ids, RMS-normalised (as the pre-attention norm does). [P, emb]"""
+    table = (frozen.get('token_embedder') or {}).get('embedding') if isinstance(frozen, Mapping) else None
+    if table is None:
+      raise ConfigError("prefix initializer 'sampled_vocab' needs the frozen model's token_embedder/embedding; "
+                        "use initializer='normal' without one")
+    population = min(VOCAB_POPULATION, table.shape[0])
+    ids = jax.random.choice(rng, population, (self.length,), replace=self.length > population)
+    x = jnp.take(jnp.asarray(table), ids, axis=0).astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + _EPS)
+
+  # -- the forward pass -----------------------------------------------------------------------------------
+  def computed_rows(self, trainable: Params) -> dict[str, tuple[Array, Array]]:
+    """{kind: (key, value)} float32 [layers, P, heads, head_dim]: the plain rows, or the MLP's output."""
+    out = {}
+    for kind in self.kinds:
+      p = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), trainable[kind])
+      if self.projection:
+        h = jnp.tanh(p['embedding'] @ p['hidden']['kernel'] + p['hidden']['bias'])  # [P, hidden]
+        out[kind] = tuple(jnp.einsum('ph,hlnd->lpnd', h, p[part]['kernel']) + p[part]['bias'][:, None]
+                          for part in ('key', 'value'))
+      else:
+        out[kind] = (p['key'], p['value'])
+    return out
+
+  def hooks(self, trainable: Params, *, deterministic: bool = True, rng: Array | None = None) -> Hooks:
+    """The rows of every tuned kind as per-layer K/V prefixes; dropout on them when training with `rng`."""
+    rows = {}
+    for i, (kind, pair) in enumerate(self.computed_rows(trainable).items()):
+      pair = tuple(nn.with_logical_constraint(x.astype(self.dtype), kv_prefix.ROW_AXES) for x in pair)
+      if not deterministic and self.dropout > 0.0:
+        if rng is None:
+          raise ConfigError('prefix dropout is on (deterministic=False) but no rng was given')
+        pair = tuple(_dropout(jax.random.fold_in(rng, 2 * i + j), x, self.dropout) for j, x in enumerate(pair))
+      rows[kind] = pair
+    return kv_prefix.prefix_hooks(rows, self.relpos)
+
+  @property
+  def packing_slots(self) -> int:
+    """No input positions; but 'positions' self-attention prefixes measure distances from the row start, which
+    packing moves for every example after a row's first, so that combination is refused."""
+    if self.relpos == 'positions' and any(k != 'cross' for k in self.kinds):
+      raise ConfigError("packed rows put several examples after one prefix, so relpos='positions' would give "
+                        "later examples other distances to it: set PACK=False, or use relpos='none' or "
+                        "kinds=('cross',)")
+    return 0
+
+  # -- evaluation and export -------------------------------------------------------------------------------
+  def inference(self, trainable: Params) -> tuple[PrefixTuning, Params]:
+    """The plain method holding the MLP's computed rows (itself when already plain)."""
+    if not self.projection:
+      return self, trainable
+    plain = dataclasses.replace(self, projection=False)
+    rows = {kind: {'key': jnp.asarray(k, self.param_dtype), 'value': jnp.asarray(v, self.param_dtype)}
+            for kind, (k, v) in self.computed_rows(trainable).items()}
+    return plain, rows
+
+  def numpy_copy(self, trainable: Params) -> dict[str, dict[str, np.ndarray]]:
+    """{'prefix.npz': the plain rows in the prefix file format (`kv_prefix`)}; gathers sharded leaves first."""
+    local = jax.tree.map(host.host_value, trainable)
+    return {PREFIX_FILE: kv_prefix.file_arrays(self.computed_rows(local), self.relpos)}
+
+
+def _layer(frozen: Params, stack: str, index: int) -> Params:
+  """Layer `index` of a stack's frozen params, unscanned (`layers_N`) or scanned (`layers`, leading axis)."""
+  tree = frozen[stack]
+  if 'layers' in tree:
+    return jax.tree.map(lambda a: a[index], tree['layers'])
+  return tree[f'layers_{index}']
+
+
+def _dropout(rng: Array, x: Array, rate: float) -> Array:
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros_like(x))
+
+
+# ----------------------------------------------------------------------------------------- prefix files
+
+
+def write_prefix_file(path: str | os.PathLike, method: PrefixTuning, trainable: Params) -> str:
+  """Writes the method's (collapsed) rows as a prefix file: `.safetensors` by extension, else `.npz`."""
+  local = jax.tree.map(host.host_value, trainable)
+  return kv_prefix.save_prefix(path, method.computed_rows(local), method.relpos)
+
+
+def read_prefix_file(path: str | os.PathLike, config: T5Config) -> tuple[PrefixTuning, Params]:
+  """A prefix file as (plain PrefixTuning for `config`, its trainable tree); checked against the config."""
+  rows, relpos = kv_prefix.load_prefix(path, config)
+  length = next(iter(rows.values()))[0].shape[1]
+  method = PrefixTuning.for_config(config, length=length, kinds=tuple(rows), projection=False, relpos=relpos)
+  trainable = {kind: {'key': jnp.asarray(k, method.param_dtype), 'value': jnp.asarray(v, method.param_dtype)}
+               for kind, (k, v) in rows.items()}
+  return method, trainable
+
+
+# ----------------------------------------------------------------------------------------- gin factories
+
+
+def _warn_if_dropout_inert(config: T5Config, dropout: float) -> None:
+  if dropout > 0 and config.dropout_rate == 0:
+    logging.warning('prefix dropout %s is set but the model config has dropout_rate 0: the train step passes '
+                    'no dropout rng then, so the prefix dropout stays off', dropout)
+
+
+@gin.configurable(module='jaxprompt.methods')
+def prefix_tuning(config: T5Config, eos_id: int = 1, *, length: int = 100, kinds: Any = ATTENTION_KINDS,
+                  projection: bool = True, hidden: int = 512, dropout: float = 0.0, relpos: str = 'positions',
+                  initializer: str = 'sampled_vocab') -> PrefixTuning:
+  """Li & Liang's prefix tuning (`METHOD = @jaxprompt.methods.prefix_tuning`, methods/prefix_tuning.gin):
+  `length` K/V rows on each of `kinds`, produced while training by a per-kind MLP of width `hidden`."""
+  del eos_id
+  _warn_if_dropout_inert(config, dropout)
+  return PrefixTuning.for_config(config, length=length, kinds=kinds, projection=projection, hidden=hidden,
+                                 dropout=dropout, relpos=relpos, initializer=initializer)
+
+
+@gin.configurable(module='jaxprompt.methods')
+def p_tuning_v2(config: T5Config, eos_id: int = 1, *, length: int = 8, kinds: Any = P_TUNING_V2_KINDS,
+                projection: bool = False, hidden: int = 512, dropout: float | None = None,
+                relpos: str = 'positions', initializer: str = 'sampled_vocab') -> PrefixTuning:
+  """P-tuning v2's deep prompts (`METHOD = @jaxprompt.methods.p_tuning_v2`, methods/p_tuning_v2.gin): plain K/V
+  rows at every layer's self-attention of both stacks (THUDM prefix every self-attention layer of their
+  encoder-only / decoder-only models; cross-attention has no counterpart there). `dropout` None = the model's
+  dropout_rate, as their prefix dropout is the model's hidden dropout."""
+  del eos_id
+  dropout = config.dropout_rate if dropout is None else dropout
+  return PrefixTuning.for_config(config, length=length, kinds=kinds, projection=projection, hidden=hidden,
+                                 dropout=dropout, relpos=relpos, initializer=initializer)
