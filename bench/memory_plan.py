@@ -8,7 +8,7 @@ repo root (about 20-40 s per compile on 2 CPU cores):
 
   TF_CPP_MIN_LOG_LEVEL=3 .venv/bin/python bench/memory_plan.py [--models xl,xxl] [--devices 4,8,16,32]
       [--no-f32] [--json OUT.json] [--markdown OUT.md] [--num_microbatches N] [--activation_dims 2]
-      [--dropout_rate 0.1] [--remat_policy full]
+      [--dropout_rate 0.1] [--remat_policy full] [--methods prompt_tuning,prefix_tuning,p_tuning_v2]
 
 Columns (GiB per device): `args` frozen bf16 weights + prompt/optimizer state + batch (exact on TPU);
 `temp` XLA:CPU temp of the bf16 step; `CPU plan` = args + temp (the conservative figure the slice choice
@@ -107,7 +107,8 @@ def to_row(result: dict) -> Row | None:
   bf16, f32 = result['bfloat16'], result.get('float32', {})
   if 'error' in bf16:
     return None
-  return Row(model=bf16['model'].replace('t5_1_1_', '').upper(), devices=bf16['num_devices'],
+  method = '' if bf16.get('method', 'prompt_tuning') == 'prompt_tuning' else f" {bf16['method']}"
+  return Row(model=bf16['model'].replace('t5_1_1_', '').upper() + method, devices=bf16['num_devices'],
              data=bf16['data_parallel'], model_parallel=bf16['model_parallel'],
              dims=bf16['parameter_partitioning_dims'], args=bf16['argument_bytes'] / GiB,
              temp=bf16['temp_bytes'] / GiB,
@@ -150,6 +151,8 @@ def smallest_slices(rows: list[Row]) -> str:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--models', default='xl,xxl')
+  parser.add_argument('--methods', default='prompt_tuning',
+                      help='comma list: prompt_tuning, prefix_tuning, p_tuning_v2 (bench/plan_step.METHODS)')
   parser.add_argument('--devices', default='4,8,16,32')
   parser.add_argument('--no-f32', dest='f32', action='store_false', help='skip the float32 compiles (TPU est.)')
   parser.add_argument('--remat_policy', default='full')
@@ -169,8 +172,10 @@ def main() -> None:
   for devices in (int(d) for d in args.devices.split(',')):
     requests = [dict(model=f't5_1_1_{m}', model_parallel=mp, parameter_partitioning_dims=dims,
                      remat_policy=args.remat_policy, num_microbatches=args.num_microbatches,
-                     activation_partitioning_dims=args.activation_dims, dropout_rate=args.dropout_rate)
-                for m in args.models.split(',') for mp, dims in LAYOUTS[devices]]
+                     activation_partitioning_dims=args.activation_dims, dropout_rate=args.dropout_rate,
+                     method=method)
+                for m in args.models.split(',') for method in args.methods.split(',')
+                for mp, dims in LAYOUTS[devices]]
     print(f'compiling {len(requests)} layouts on {devices} devices ...', file=sys.stderr, flush=True)
     results += run_mesh(devices, requests, args.f32)
   rows = [r for r in map(to_row, results) if r is not None]

@@ -19,6 +19,7 @@ the CPU compiler drop the remat barriers, and the figure then means nothing.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import time
 from typing import Any
@@ -32,7 +33,6 @@ from jaxprompt.errors import ConfigError
 from jaxprompt.models.config import get_config
 from jaxprompt.data.features import FEATURES
 from jaxprompt.models.wrapper import TunedModel
-from jaxprompt.methods.prompt_tuning import PromptTuning
 from jaxprompt.train import optim
 from jaxprompt.train import compiled as sharded
 from jaxprompt.train.state import init_train_state
@@ -55,6 +55,7 @@ class PlanRequest:
   num_microbatches: int = 1
   dtype: Any = jnp.bfloat16  # frozen weights and activations
   dropout_rate: float = 0.1  # as runs/prompt_tuning.gin trains (adds ~1 GiB on XXL/8 devices vs 0)
+  method: str = 'prompt_tuning'  # a key of METHODS; `prompt_length` is its length
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,13 +104,22 @@ def _check(request: PlanRequest, num_devices: int) -> int:
   return data
 
 
+# The methods a plan can be made for: their gin factories `(config, eos_id, *, length, ...)`.
+METHODS = {'prompt_tuning': 'jaxprompt.methods.prompt_tuning:prompt_tuning',
+           'prefix_tuning': 'jaxprompt.methods.prefix_tuning:prefix_tuning',
+           'p_tuning_v2': 'jaxprompt.methods.prefix_tuning:p_tuning_v2'}
+
+
 def build_model(request: PlanRequest) -> TunedModel:
-  """The prompt model of `request` (activations in `request.dtype`, prompt parameter f32)."""
+  """The tuned model of `request` (activations in `request.dtype`, the method's parameters f32)."""
   config = get_config(request.model, dtype=request.dtype, scan_layers=request.scan_layers,
                       remat_policy=request.remat_policy, dropout_rate=request.dropout_rate,
                       one_hot_embedding=True)  # what runs on the TPU this plan is for
-  prompt = PromptTuning(length=request.prompt_length, embed_dim=config.emb_dim, dtype=request.dtype)
-  return TunedModel(config, prompt)
+  if request.method not in METHODS:
+    raise ConfigError(f'no memory plan for method {request.method!r}; expected one of {", ".join(METHODS)}')
+  module, name = METHODS[request.method].split(':')
+  factory = getattr(importlib.import_module(module), name)
+  return TunedModel(config, factory(config, 1, length=request.prompt_length))
 
 
 def abstract_args(request: PlanRequest, steps: sharded.ShardedSteps, optimizer: optim.Optimizer) -> tuple:

@@ -15,7 +15,8 @@ import pytest
 
 from jaxprompt.errors import CheckpointError, ConfigError, PromptError
 from jaxprompt.train import npy_io
-from jaxprompt.train.checkpoints import StateCheckpointer, load_prompt_from_checkpoint
+from jaxprompt.train.checkpoint_files import load_prompt_from_checkpoint
+from jaxprompt.train.checkpoints import StateCheckpointer
 from jaxprompt.train.state import TrainState, init_train_state
 from tests.helpers import assert_trees_equal, prompt_copy, prompt_state
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from jaxprompt.errors import CheckpointError, ConfigError
-from jaxprompt.train.checkpoints import StateCheckpointer, load_prompt_from_checkpoint
+from jaxprompt.train.checkpoint_files import load_prompt_from_checkpoint
+from jaxprompt.train.checkpoints import StateCheckpointer
 from jaxprompt.train.optim import adam, make_optimizer
 from jaxprompt.train.state import TrainState, init_train_state
 from tests.helpers import REPO, assert_trees_equal, prompt_copy, prompt_state
@@ -111,7 +112,7 @@ def test_numpy_copy_is_float32_prompt_and_load_prompt_finds_it(tmp_path):
   with pytest.raises(CheckpointError, match='missing_dir'):
     load_prompt_from_checkpoint(str(tmp_path / 'missing_dir'))
   (tmp_path / 'empty').mkdir()
-  with pytest.raises(CheckpointError, match='no prompt checkpoints in .*empty'):
+  with pytest.raises(CheckpointError, match='no checkpoints in .*empty'):
     load_prompt_from_checkpoint(str(tmp_path / 'empty'))
   (tmp_path / 'broken.npy').write_bytes(b'not numpy')
   with pytest.raises(CheckpointError, match=r'prompt file .*broken\.npy is not a \.npy file'):

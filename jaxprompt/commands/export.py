@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from jaxprompt.errors import PromptError, UsageError
-from jaxprompt.train.checkpoints import load_prompt_from_checkpoint
+from jaxprompt.train.checkpoint_files import load_prompt_from_checkpoint
 from jaxprompt.train.npy_io import write_npy
 
 

@@ -27,7 +27,7 @@ def load_prompt(*, prompt_file: str | None, checkpoint: str | None, step: int | 
     if length <= 0:
       raise PromptError(f'prompt file {prompt_file} has shape {shape}; a prompt must be [length, embed]')
     return np.asarray(initializers.from_file(prompt_file)(None, (length, embed_dim)), np.float32)
-  from jaxprompt.train.checkpoints import load_prompt_from_checkpoint  # pylint: disable=g-import-not-at-top
+  from jaxprompt.train.checkpoint_files import load_prompt_from_checkpoint  # pylint: disable=g-import-not-at-top
   array = load_prompt_from_checkpoint(checkpoint, step=step)
   wanted = (prompt_length if prompt_length is not None else array.shape[0], embed_dim)
   if array.shape != wanted:

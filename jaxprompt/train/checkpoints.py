@@ -9,7 +9,8 @@ deleted, and orbax's retention never sees them. `restore_latest` resumes from th
 with each newer damaged dir (one CheckpointError when none is readable). Saving a damaged step's number again
 is skipped with a warning naming the dir; the next period's save is written, so nothing is lost (move the dir
 away to save that step). Resuming with another BATCH_SIZE is a ConfigError (the data position counts batches).
-The previous release's checkpoints (no batch size, `prompt/prompt`) still restore.
+The previous release's checkpoints (no batch size, `prompt/prompt`) still restore. Reading one step's files
+for eval / infer / export, without a checkpointer: `jaxprompt.train.checkpoint_files`.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ log = logging.getLogger('jaxprompt')
 CHECKPOINTS = 'checkpoints'
 NUMPY_CHECKPOINTS = 'numpy_checkpoints'
 PROMPT_FILE = 'prompt.npy'
-_NUMPY_PREFIX = 'checkpoint_'
+NUMPY_PREFIX = 'checkpoint_'
 # orbax writes these only once a step is complete; a step dir with neither is a save that never finished.
 _COMMIT_MARKERS = ('commit_success.txt', '_CHECKPOINT_METADATA')
 _INCOMPLETE = ('checkpoint {} is incomplete (no commit_success.txt or _CHECKPOINT_METADATA): a save was '
@@ -132,12 +133,12 @@ class StateCheckpointer:
     if jax.process_index() == 0:
       for name, value in (files or {}).items():
         write = npy_io.write_npz if isinstance(value, Mapping) else npy_io.write_npy  # named arrays: .npz
-        write(value, str(self._numpy_dir / f'{_NUMPY_PREFIX}{step}' / name), what='numpy copy',
+        write(value, str(self._numpy_dir / f'{NUMPY_PREFIX}{step}' / name), what='numpy copy',
               error=CheckpointError)
       # Numpy copies whose step retention dropped go too; a damaged step's copy stays.
       kept = set(self._manager.all_steps()) | set(self._damaged)
       for child in self._numpy_dir.iterdir() if self._numpy_dir.exists() else ():
-        if _parse_step(child.name, _NUMPY_PREFIX) not in kept | {None}:
+        if parse_step(child.name, NUMPY_PREFIX) not in kept | {None}:
           child.rmtree()
     return True
 
@@ -325,13 +326,13 @@ def _one_line(error: Exception) -> str:
   return ' '.join(f'{type(error).__name__}: {error}'.split())[:400]
 
 
-def _parse_step(name: str, prefix: str = '') -> int | None:
+def parse_step(name: str, prefix: str = '') -> int | None:
   rest = name[len(prefix):] if name.startswith(prefix) else None
   return int(rest) if rest and rest.isdigit() else None
 
 
 def _step_dirs(ckpt_dir: epath.Path) -> list[int]:
-  steps = [_parse_step(p.name) for p in ckpt_dir.iterdir()] if ckpt_dir.is_dir() else []
+  steps = [parse_step(p.name) for p in ckpt_dir.iterdir()] if ckpt_dir.is_dir() else []
   return sorted(s for s in steps if s is not None)
 
 
@@ -346,15 +347,7 @@ def _check_writable(model_dir: epath.Path) -> None:
     raise CheckpointError(f'MODEL_DIR {model_dir} is not writable: {e}') from e
 
 
-def _read_prompt_npy(path: epath.Path) -> np.ndarray:
-  array = npy_io.read_npy(str(path), what='prompt file', error=CheckpointError)
-  if array.ndim != 2 or array.dtype.kind not in 'fiu':
-    raise CheckpointError(f'prompt file {path} holds shape {array.shape} dtype {array.dtype}, expected a float '
-                          '[length, embed]')
-  return array.astype(np.float32)
-
-
-def _read_orbax_prompt(step_dir: epath.Path) -> np.ndarray:
+def read_orbax_prompt(step_dir: epath.Path) -> np.ndarray:
   """Reads only the prompt leaf of an orbax step, from either release's tree (chosen by the metadata)."""
   if not _is_committed(step_dir):
     raise _Damaged(_INCOMPLETE.format(step_dir))
@@ -372,28 +365,6 @@ def _read_orbax_prompt(step_dir: epath.Path) -> np.ndarray:
   return np.asarray(tree[root][PROMPT_KEY], np.float32)
 
 
-def load_prompt_from_checkpoint(model_dir_or_step_dir: str, step: int | None = None) -> np.ndarray:
-  """The float32 [P, d] prompt of a training checkpoint (either release's), without the optimizer state.
-
-  Accepts MODEL_DIR (uses `step`, default the latest; prefers the numpy copy), its `checkpoints` dir, an
-  orbax step dir (`.../checkpoints/<step>`), a numpy step dir (`.../checkpoint_<step>`) or a `.npy`.
-  """
-  path = epath.Path(os.fspath(model_dir_or_step_dir))
-  if not path.exists():
-    raise CheckpointError(f'checkpoint path {path} does not exist')
-  if path.is_file():
-    return _read_prompt_npy(path)
-  if (path / PROMPT_FILE).exists() or (path / 'state').exists():
-    named = _parse_step(path.name, _NUMPY_PREFIX if path.name.startswith(_NUMPY_PREFIX) else '')
-    if step is not None and named is not None and named != int(step):
-      raise CheckpointError(f'{path} is the checkpoint of step {named}, not of the requested step {step}')
-    return _read_prompt_npy(path / PROMPT_FILE) if (path / PROMPT_FILE).exists() else _read_orbax_prompt(path)
-  model_dir, ckpt_dir = (path.parent, path) if path.name == CHECKPOINTS else (path, path / CHECKPOINTS)
-  steps = [s for s in _step_dirs(ckpt_dir) if _is_committed(ckpt_dir / str(s))]
-  if not steps:
-    raise CheckpointError(f'no prompt checkpoints in {path} (expected {ckpt_dir}/<step>/ or a prompt .npy)')
-  step = steps[-1] if step is None else int(step)
-  if step not in steps:
-    raise CheckpointError(f'no checkpoint for step {step} in {ckpt_dir} (have {steps})')
-  copy = model_dir / NUMPY_CHECKPOINTS / f'{_NUMPY_PREFIX}{step}' / PROMPT_FILE
-  return _read_prompt_npy(copy) if copy.exists() else _read_orbax_prompt(ckpt_dir / str(step))
+def committed_steps(ckpt_dir: epath.Path) -> list[int]:
+  """The steps under `ckpt_dir` whose save finished, ascending."""
+  return [s for s in _step_dirs(ckpt_dir) if _is_committed(ckpt_dir / str(s))]

@@ -33,6 +33,7 @@ from jaxprompt.checkpoints import load_t5x_checkpoint
 from jaxprompt.models.config import get_config
 from jaxprompt.models.wrapper import TunedModel
 from jaxprompt.methods.prompt_tuning import PromptTuning
+from jaxprompt.train import checkpoint_files
 from jaxprompt.train import checkpoints as checkpointing
 from jaxprompt.train import optim
 from jaxprompt.train import compiled as sharded
@@ -96,7 +97,7 @@ def run_steps(num_steps: int = 4, save_at: int = 2, batch_size: int = 8) -> None
   np.testing.assert_array_equal(np.asarray(restored.trainable['prompt'].addressable_data(0)), saved_prompt)
   assert int(np.asarray(restored.step.addressable_data(0))) == save_at and meta['data_position'] == save_at
   multihost.sync('numpy_prompt_written')
-  np.testing.assert_array_equal(checkpointing.load_prompt_from_checkpoint(ARGS['model_dir'], step=save_at),
+  np.testing.assert_array_equal(checkpoint_files.load_prompt_from_checkpoint(ARGS['model_dir'], step=save_at),
                                 saved_prompt)
   np.savez(OUT, losses=np.asarray(losses), prompt=np.asarray(state.trainable['prompt'].addressable_data(0)),
            saved_prompt=saved_prompt, rows=np.asarray([rows.start, rows.stop]))

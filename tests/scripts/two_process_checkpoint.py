@@ -11,7 +11,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxprompt.errors import CheckpointError
 from jaxprompt.parallel.host import host_value
-from jaxprompt.train.checkpoints import StateCheckpointer, load_prompt_from_checkpoint
+from jaxprompt.train.checkpoint_files import load_prompt_from_checkpoint
+from jaxprompt.train.checkpoints import StateCheckpointer
 from tests.helpers import prompt_state
 
 mesh = Mesh(np.array(jax.devices()).reshape(2, 2), ('data', 'model'))
