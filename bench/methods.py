@@ -23,26 +23,30 @@ from typing import Any
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
-# name -> (gin file, bindings). Learning rates: the demo's 0.3 (Adafactor, as Lester et al.) for the input
-# prompts; the K/V prefixes act inside every layer and diverge at 0.3, so they take the top of P-tuning v2's
-# published range (5e-3 .. 3e-2) scaled for Adafactor's relative updates.
+# name -> (gin file, bindings): every method at 20 prompt / prefix rows, with its gin file's optimizer and
+# learning rate (a method file overrides the run's Adafactor at 0.3 where that does not train it: Adam 1e-2 for
+# P-tuning's LSTM, Adam 1e-3 for prefix tuning's MLP, Adafactor 0.03 for P-tuning v2; each the best of a one-seed
+# sweep on this task, `--learning_rates`).
 METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
-    'prompt_tuning': ('methods/prompt_tuning.gin', ('PROMPT_LENGTH = 20', 'LEARNING_RATE = 0.3')),
-    'p_tuning': ('methods/p_tuning.gin', ('PROMPT_LENGTH = 20', 'LEARNING_RATE = 0.3')),
-    'per_layer_prompts': ('methods/per_layer_prompts.gin', ('PROMPT_LENGTH = 20', 'LEARNING_RATE = 0.3')),
-    'prefix_tuning': ('methods/prefix_tuning.gin', ('PROMPT_LENGTH = 20', 'LEARNING_RATE = 0.03')),
-    'p_tuning_v2': ('methods/p_tuning_v2.gin', ('PROMPT_LENGTH = 20', 'LEARNING_RATE = 0.03')),
+    'prompt_tuning': ('methods/prompt_tuning.gin', ('PROMPT_LENGTH = 20',)),
+    'p_tuning': ('methods/p_tuning.gin', ('PROMPT_LENGTH = 20',)),
+    'per_layer_prompts': ('methods/per_layer_prompts.gin', ('PROMPT_LENGTH = 20',)),
+    'prefix_tuning': ('methods/prefix_tuning.gin', ('PREFIX_LENGTH = 20',)),
+    'p_tuning_v2': ('methods/p_tuning_v2.gin', ('PREFIX_LENGTH = 20',)),
 }
 DEMO_GIN = ('models/demo.gin', 'runs/demo.gin')
 
 
-def train_one(method: str, seed: int, steps: int, output: str) -> dict[str, Any]:
+def train_one(method: str, seed: int, steps: int, output: str, learning_rate: float | None = None) -> dict[str, Any]:
   """One training run of `method` with `seed`: its held-out accuracy, trainable parameters and time."""
+  import gin  # pylint: disable=g-import-not-at-top
   from jaxprompt.cli import gin_config  # pylint: disable=g-import-not-at-top
   from jaxprompt.cli.gin_config import quote  # pylint: disable=g-import-not-at-top
   from jaxprompt.commands import train as trainer  # pylint: disable=g-import-not-at-top
   from jaxprompt.train.loop import tree_size  # pylint: disable=g-import-not-at-top
   gin_file, bindings = METHODS[method]
+  if learning_rate is not None:
+    bindings = bindings + (f'LEARNING_RATE = {learning_rate}',)
   model_dir = os.path.join(output, f'{method}_seed{seed}')
   if os.path.isdir(model_dir):
     shutil.rmtree(model_dir)  # a fresh run each time: never resume an older one
@@ -50,7 +54,8 @@ def train_one(method: str, seed: int, steps: int, output: str) -> dict[str, Any]
                                             f'TRAIN_STEPS = {steps}', f'EVAL_PERIOD = {steps}', *bindings])
   start = time.perf_counter()
   result = trainer.train()  # pylint: disable=no-value-for-parameter  (gin supplies the arguments)
-  return {'method': method, 'seed': seed, 'accuracy': float(result.eval_metrics['accuracy']),
+  return {'method': method, 'seed': seed, 'learning_rate': gin.query_parameter('%LEARNING_RATE'),
+          'accuracy': float(result.eval_metrics['accuracy']),
           'loss': float(result.eval_metrics['loss']), 'trainable_params': tree_size(result.trainable)[0],
           'inference_params': tree_size(result.inference)[0] if result.inference is not None else None,
           'seconds': time.perf_counter() - start}
@@ -58,11 +63,13 @@ def train_one(method: str, seed: int, steps: int, output: str) -> dict[str, Any]
 
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
   rows = []
-  for method in dict.fromkeys(r['method'] for r in runs):
-    acc = [r['accuracy'] for r in runs if r['method'] == method]
-    first = next(r for r in runs if r['method'] == method)
-    rows.append({'method': method, 'mean': sum(acc) / len(acc), 'min': min(acc), 'max': max(acc), 'seeds': len(acc),
-                 'trainable_params': first['trainable_params'], 'inference_params': first['inference_params']})
+  for method, rate in dict.fromkeys((r['method'], r['learning_rate']) for r in runs):
+    mine = [r for r in runs if (r['method'], r['learning_rate']) == (method, rate)]
+    acc = [r['accuracy'] for r in mine]
+    first = mine[0]
+    rows.append({'method': method, 'learning_rate': rate, 'mean': sum(acc) / len(acc), 'min': min(acc),
+                 'max': max(acc), 'seeds': len(acc), 'trainable_params': first['trainable_params'],
+                 'inference_params': first['inference_params']})
   return rows
 
 
@@ -75,7 +82,7 @@ def plot(rows: list[dict[str, Any]], path: str, steps: int) -> str:
   ax = fig.add_subplot(1, 1, 1)
   for row in rows:
     ax.errorbar([row['trainable_params']], [row['mean']], yerr=[[row['mean'] - row['min']], [row['max'] - row['mean']]],
-                marker='o', capsize=4, label=row['method'])
+                marker='o', capsize=4, label=f"{row['method']} (lr {row['learning_rate']:g})")
   ax.set_xscale('log')
   ax.set_xlabel('trainable parameters')
   ax.set_ylabel('held-out accuracy (%)')
@@ -94,6 +101,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   parser.add_argument('--seeds', default='0,1,2')
   parser.add_argument('--steps', type=int, default=100)
   parser.add_argument('--output', default='/tmp/jaxprompt_methods')
+  parser.add_argument('--learning_rates', default='',
+                      help='overrides, e.g. prefix_tuning=0.3,p_tuning=0.003 (a sweep: one run per value)')
   parser.add_argument('--png', default=os.path.join(os.path.dirname(os.path.abspath(__file__)), 'methods.png'))
   args = parser.parse_args(argv)
   methods = [m for m in args.methods.split(',') if m]
@@ -107,17 +116,22 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   gin_config.import_configurables(GIN_MODULES)
   console.quiet_known_noise()
   tasks.register_demo_tasks(demo_model.vocabulary(None))
+  rates: dict[str, list[float]] = {}
+  for item in filter(None, args.learning_rates.split(',')):
+    name, _, value = item.partition('=')
+    rates.setdefault(name, []).append(float(value))
   runs = []
   for method in methods:
-    for seed in (int(s) for s in args.seeds.split(',')):
-      runs.append(train_one(method, seed, args.steps, args.output))
+    for rate in rates.get(method, [None]):
+      for seed in (int(s) for s in args.seeds.split(',')):
+        runs.append(train_one(method, seed, args.steps, args.output, rate))
       print(f"{method} seed {seed}: {runs[-1]['accuracy']:.1f}% ({runs[-1]['seconds']:.0f} s)", file=sys.stderr,
             flush=True)
   rows = summarise(runs)
   print(f'\nheld-out accuracy after {args.steps} steps (mean [min, max] over seeds {args.seeds}):')
-  print(f"{'method':20s} {'trainable':>10s} {'inference':>10s} {'accuracy %':>22s}")
+  print(f"{'method':20s} {'lr':>6s} {'trainable':>10s} {'inference':>10s} {'accuracy %':>22s}")
   for r in rows:
-    print(f"{r['method']:20s} {r['trainable_params']:10,d} {r['inference_params'] or 0:10,d} "
+    print(f"{r['method']:20s} {r['learning_rate']:6g} {r['trainable_params']:10,d} {r['inference_params'] or 0:10,d} "
           f"{r['mean']:8.1f} [{r['min']:.1f}, {r['max']:.1f}]")
   if args.png:
     print('plot:', plot(rows, args.png, args.steps))

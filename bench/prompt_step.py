@@ -175,10 +175,9 @@ def jax_steps(model: TunedModel, frozen: dict, prompt: dict, batch: dict, full_f
 # --------------------------------------------------------------------------------------------------------------
 # Hugging Face PEFT reference (torch CPU).
 # --------------------------------------------------------------------------------------------------------------
-def peft_steps(cfg: T5Config, s: Shape, batch: dict[str, np.ndarray],
-               threads: int) -> tuple[dict[str, Callable], dict]:
-  """({name: blocking callable}, version info) for PEFT prompt tuning on the same-sized T5: forward (no grad)
-  and train step (forward + backward + Adafactor on the prompt with the paper's settings)."""
+def peft_model(cfg: T5Config, prompt_length: int, threads: int):
+  """(PEFT prompt-tuning model over a same-sized randomly initialised T5 in train mode, transformers Adafactor on
+  its prompt with the paper's settings, version info)."""
   import torch
   import transformers
   from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
@@ -196,12 +195,24 @@ def peft_steps(cfg: T5Config, s: Shape, batch: dict[str, np.ndarray],
   # transformers 5 ties lm_head at build time whatever the config says (ENV-NOTES): untie as T5 1.1 is.
   base.lm_head.weight = torch.nn.Parameter(base.lm_head.weight.detach().clone())
   base.config.tie_word_embeddings = False
-  model = get_peft_model(base, PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=s.prompt,
+  model = get_peft_model(base, PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=prompt_length,
                                                   prompt_tuning_init=PromptTuningInit.RANDOM))
   model.train()
   trainable = [p for p in model.parameters() if p.requires_grad]
   opt = Adafactor(trainable, lr=0.3, decay_rate=-0.8, weight_decay=1e-5, clip_threshold=1.0,
                   scale_parameter=False, relative_step=False, warmup_init=False)
+  info = {'trainable_params': sum(p.numel() for p in trainable), 'torch': torch.__version__,
+          'transformers': transformers.__version__}
+  return model, opt, info
+
+
+def peft_steps(cfg: T5Config, s: Shape, batch: dict[str, np.ndarray],
+               threads: int) -> tuple[dict[str, Callable], dict]:
+  """({name: blocking callable}, version info) for PEFT prompt tuning on the same-sized T5: forward (no grad)
+  and train step (forward + backward + Adafactor on the prompt with the paper's settings)."""
+  import torch
+
+  model, opt, info = peft_model(cfg, s.prompt, threads)
   inputs = {'input_ids': torch.from_numpy(batch['encoder_input_tokens']).long(),
             'attention_mask': torch.from_numpy((batch['encoder_input_tokens'] > 0).astype(np.int64)),
             'decoder_input_ids': torch.from_numpy(batch['decoder_input_tokens']).long(),
@@ -218,8 +229,6 @@ def peft_steps(cfg: T5Config, s: Shape, batch: dict[str, np.ndarray],
     opt.zero_grad(set_to_none=True)
     return loss.detach().item()
 
-  info = {'trainable_params': sum(p.numel() for p in trainable), 'torch': torch.__version__,
-          'transformers': transformers.__version__}
   return {'peft_forward': forward, 'peft_train_step': train_step}, info
 
 

@@ -14,6 +14,7 @@ from jaxprompt.methods.prompt_tuning import PromptTuning, insert_prompt, inserti
 from jaxprompt.train import optim
 from jaxprompt.train import step
 from jaxprompt.train.state import init_train_state
+from tests.method_helpers import make_batch
 
 TOKENS = np.array([[5, 6, 7, 1, 0, 0],    # 3 tokens + EOS, padded
                    [9, 1, 0, 0, 0, 0],    # 1 token + EOS
@@ -62,13 +63,6 @@ def fixture_model(fixtures_dir):
   return get_config('t5x_tiny'), frozen
 
 
-def _batch(enc, tgt):
-  enc, tgt = np.asarray(enc, np.int32), np.asarray(tgt, np.int32)
-  return dict(encoder_input_tokens=enc, decoder_target_tokens=tgt,
-              decoder_input_tokens=np.pad(tgt[:, :-1], ((0, 0), (1, 0))),
-              decoder_loss_weights=(tgt > 0).astype(np.float32))
-
-
 def test_prompt_param_path_and_encoder_masks_cover_prompt(fixture_model):
   cfg, frozen = fixture_model
   model = TunedModel(cfg, PromptTuning(length=3, embed_dim=cfg.emb_dim, combine='suffix_after_eos'))
@@ -93,7 +87,7 @@ def test_rank_classification_equals_scoring_each_candidate(fixture_model):
   candidates = np.array([[26, 83, 1], [99, 1, 0], [7, 7, 1]])
   ranked = model.rank_classify(frozen, prompt, enc, candidates)
   for c in range(len(candidates)):
-    scores = model.score_batch(frozen, prompt, _batch(enc, np.tile(candidates[c], (2, 1))))
+    scores = model.score_batch(frozen, prompt, make_batch(enc, np.tile(candidates[c], (2, 1))))
     np.testing.assert_allclose(ranked[:, c], scores, atol=1e-5)
 
 
@@ -126,7 +120,7 @@ def test_frozen_params_bitwise_unchanged_and_optimizer_state_is_prompt_sized(fix
   before = jax.tree.map(np.array, frozen)
   model = TunedModel(cfg, PromptTuning(length=5, embed_dim=cfg.emb_dim))
   opt = optim.make_optimizer()
-  batch = _batch([[5, 17, 42, 1]] * 4, [[26, 83, 1]] * 4)
+  batch = make_batch([[5, 17, 42, 1]] * 4, [[26, 83, 1]] * 4)
   state, history = _train(cfg, frozen, model, batch, 5, opt)
   assert history[-1] < history[0]
   for a, b in zip(jax.tree.leaves(frozen), jax.tree.leaves(before)):
@@ -145,7 +139,7 @@ def test_microbatched_step_equals_full_batch(fixture_model):
   model = TunedModel(cfg, PromptTuning(length=5, embed_dim=cfg.emb_dim), LossConfig(reduction='sum'))
   opt = optim.make_optimizer(optim.adam, learning_rate=0.01)
   rs = np.random.RandomState(0)
-  batch = _batch(rs.randint(2, 128, (8, 6)), rs.randint(2, 128, (8, 3)))
+  batch = make_batch(rs.randint(2, 128, (8, 6)), rs.randint(2, 128, (8, 3)))
   full, _ = _train(cfg, frozen, model, batch, 2, opt)
   micro, _ = _train(cfg, frozen, model, batch, 2, opt, num_microbatches=4)
   np.testing.assert_allclose(micro.trainable['prompt'], full.trainable['prompt'], atol=1e-5)
@@ -160,7 +154,7 @@ def test_non_finite_loss_keeps_last_good_state(fixture_model):
   state = init_train_state(model.method.init(jax.random.PRNGKey(0), frozen), opt.tx, jax.random.PRNGKey(1))
   poisoned = jax.tree.map(lambda x: x.copy(), frozen)
   poisoned['decoder']['logits_dense']['kernel'] = np.full_like(poisoned['decoder']['logits_dense']['kernel'], np.nan)
-  new_state, metrics = step.train_step(model, opt, state, poisoned, _batch([[5, 1]], [[26, 1]]))
+  new_state, metrics = step.train_step(model, opt, state, poisoned, make_batch([[5, 1]], [[26, 1]]))
   assert not bool(metrics['finite'])
   assert int(new_state.step) == 0
   np.testing.assert_array_equal(new_state.trainable['prompt'], state.trainable['prompt'])
@@ -176,6 +170,6 @@ def test_overfits_eight_examples_on_the_t5x_fixture_model(fixture_model):
   rs = np.random.RandomState(0)
   enc = rs.randint(2, 128, (8, 6))
   enc[:, -1] = 1
-  batch = _batch(enc, np.tile([[26, 83, 1]], (8, 1)))
+  batch = make_batch(enc, np.tile([[26, 83, 1]], (8, 1)))
   _, history = _train(cfg, frozen, model, batch, 1000, optim.make_optimizer())
   assert history[-1] <= 0.1 * history[0], (history[0], history[-1])

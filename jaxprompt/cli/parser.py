@@ -82,7 +82,9 @@ def _gin_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _prompt_flags(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument('--prompt_file', default=None, help='prompt as a float [P, d] .npy (e.g. from export)')
+  parser.add_argument('--prompt_file', default=None,
+                      help="a method's inference file (e.g. from export): prompt .npy [P, d], prefix .npz / "
+                           '.safetensors, per_layer_prompts .npz')
   parser.add_argument('--checkpoint', default=None, help='a training MODEL_DIR or one of its step dirs')
   parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: the latest)')
   parser.add_argument('--split', default=None, help='dataset split (default: the gin setting)')
@@ -111,11 +113,13 @@ def build_parser(commands: Sequence[str]) -> argparse.ArgumentParser:
   p.add_argument('--input_file', default=None,
                  help="one input per line ('-' = stdin); default: the task split, or stdin without a task")
   p.add_argument('--output', default=None, help='JSONL output file (default: stdout)')
-  p = sub.add_parser('export', help='write a checkpoint prompt as a float32 [P, d] .npy', formatter_class=fmt)
+  p = sub.add_parser('export', help="write a checkpoint's inference file (prompt .npy, prefix .npz / "
+                                    ".safetensors, per_layer_prompts .npz)", formatter_class=fmt)
   _gin_flags(p)
   p.add_argument('--checkpoint', default=None, help='training MODEL_DIR or step dir (default: MODEL_DIR)')
   p.add_argument('--step', type=int, default=None, help='checkpoint step (default: the latest)')
-  p.add_argument('--output', required=True, help='.npy file to write')
+  p.add_argument('--output', required=True, help='file to write (.npy for a prompt; .npz or .safetensors for a '
+                                                 'prefix; .npz for per-layer prompts)')
   if 'demo' in commands:
     sub.add_parser('demo', help='the bundled demo (own flags: jaxprompt demo --help)', add_help=False)
   return parser

@@ -1,33 +1,29 @@
-"""`jaxprompt eval`: the gin entry point `jaxprompt.evaluate`, and the prompted frozen model `eval` and `infer`
-both run."""
+"""`jaxprompt eval`: the gin entry point `jaxprompt.evaluate`, and the tuned frozen model `eval` and `infer`
+both run (any method, from its inference file: `jaxprompt.commands.prompt_files`)."""
 from __future__ import annotations
 
 from typing import Any, Mapping
 
 import gin
-import numpy as np
 
 from jaxprompt.commands import configs, prompt_files, validation
 from jaxprompt.data import buckets
 from jaxprompt.data import pipeline as data
 from jaxprompt.eval.evaluation import DecodeOptions, ModelFns, evaluate_sets, prepare_eval
 from jaxprompt.eval.writers import write_json, write_jsonl
-from jaxprompt.methods.prompt_tuning import PROMPT_KEY, PromptTuning
+from jaxprompt.methods.base import Method
 from jaxprompt.models.config import T5Config
 from jaxprompt.train import runtime as runtime_lib
 
 
-def prompted_model(config: T5Config, checkpoint_path: str, feature_lengths: Mapping[str, int], prompt: np.ndarray,
-                   *, combine: str = 'prefix', model_parallel: int = 1, eos_id: int = 1,
-                   decode: DecodeOptions | None = None,
-                   length_buckets: Any = buckets.DEFAULT) -> tuple[ModelFns, Any]:
-  """The frozen model with a trained [P, d] `prompt` on the mesh: (its jitted functions, the placed prompt tree
-  they take)."""
-  method = PromptTuning(length=prompt.shape[0], embed_dim=config.emb_dim, combine=combine, eos_id=eos_id,
-                        dtype=config.dtype)
+def tuned_model(config: T5Config, checkpoint_path: str, feature_lengths: Mapping[str, int], method: Method,
+                trainable: Any, *, model_parallel: int = 1, eos_id: int = 1, decode: DecodeOptions | None = None,
+                length_buckets: Any = buckets.DEFAULT) -> tuple[ModelFns, Any]:
+  """The frozen model with a trained method on the mesh: (its jitted functions, the placed parameters they
+  take)."""
   runtime = runtime_lib.build_runtime(config, method, checkpoint_path, feature_lengths,
                                       model_parallel=model_parallel, eos_id=eos_id)
-  return ModelFns(runtime, decode, length_buckets), runtime.place_trainable({PROMPT_KEY: prompt})
+  return ModelFns(runtime, decode, length_buckets), runtime.place_trainable(trainable)
 
 
 @gin.configurable(module='jaxprompt')
@@ -50,16 +46,17 @@ def evaluate(output_file: str | None = None, *, model_config: T5Config | None = 
                                                         mixture_or_task_name, task_feature_lengths)
   validation.check_positive(batch_size=batch_size, max_examples=max_examples, PROMPT_LENGTH=prompt_length)
   length_buckets = buckets.LengthBuckets.from_spec(length_buckets)
-  prompt_array = prompt_files.load_prompt(prompt_file=prompt_file, checkpoint=checkpoint, step=checkpoint_step,
-                                          prompt_length=prompt_length, embed_dim=config.emb_dim)
   provider = data.get_provider(name)
+  eos_id = data.targets_vocabulary(provider).eos_id
+  method, trainable = prompt_files.load_tuned(prompt_file=prompt_file, checkpoint=checkpoint, step=checkpoint_step,
+                                              prompt_length=prompt_length, config=config, combine=prompt_combine,
+                                              eos_id=eos_id)
   for task in data.subtasks(provider, split):
     configs.check_vocabulary(data.targets_vocabulary(task), config, task.name)
   sets = prepare_eval(provider, split, lengths, max_examples=max_examples, rank_classification=rank_classification)
   data.host_batch_size(batch_size, runtime_lib.data_parallel_size(model_parallel))
-  fns, prompt = prompted_model(config, ckpt, lengths, prompt_array, combine=prompt_combine,
-                               model_parallel=model_parallel, eos_id=data.targets_vocabulary(provider).eos_id,
-                               decode=decode, length_buckets=length_buckets)
+  fns, prompt = tuned_model(config, ckpt, lengths, method, trainable, model_parallel=model_parallel,
+                            eos_id=eos_id, decode=decode, length_buckets=length_buckets)
   metrics, records = evaluate_sets(fns, prompt, sets, batch_size)
   result = {'task': provider.name, 'split': split, 'prompt': prompt_file or checkpoint, 'metrics': metrics}
   if output_file:

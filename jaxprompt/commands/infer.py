@@ -10,7 +10,7 @@ import seqio
 import tensorflow as tf
 
 from jaxprompt.commands import configs, prompt_files, validation
-from jaxprompt.commands.evaluate import prompted_model
+from jaxprompt.commands.evaluate import tuned_model
 from jaxprompt.data import buckets
 from jaxprompt.data import pipeline as data
 from jaxprompt.data import vocab as vocab_lib
@@ -98,8 +98,6 @@ def infer(output_file: str | None = None, *, model_config: T5Config | None = Non
                                                         task_required=False)
   validation.check_positive(batch_size=batch_size, max_examples=max_examples, PROMPT_LENGTH=prompt_length)
   length_buckets = buckets.LengthBuckets.from_spec(length_buckets)
-  prompt_array = prompt_files.load_prompt(prompt_file=prompt_file, checkpoint=checkpoint, step=checkpoint_step,
-                                          prompt_length=prompt_length, embed_dim=config.emb_dim)
   provider = data.get_provider(name) if name else None
   texts = None
   if input_file is not None or provider is None:
@@ -111,9 +109,11 @@ def infer(output_file: str | None = None, *, model_config: T5Config | None = Non
   vocab = _vocabulary(provider, vocabulary)
   configs.check_vocabulary(vocab, config, provider.name if provider is not None else 'text inputs')
   data.host_batch_size(batch_size, runtime_lib.data_parallel_size(model_parallel))
-  fns, prompt = prompted_model(config, ckpt, lengths, prompt_array, combine=prompt_combine,
-                               model_parallel=model_parallel, eos_id=vocab.eos_id, decode=decode,
-                               length_buckets=length_buckets)
+  method, trainable = prompt_files.load_tuned(prompt_file=prompt_file, checkpoint=checkpoint, step=checkpoint_step,
+                                              prompt_length=prompt_length, config=config, combine=prompt_combine,
+                                              eos_id=vocab.eos_id)
+  fns, prompt = tuned_model(config, ckpt, lengths, method, trainable, model_parallel=model_parallel,
+                            eos_id=vocab.eos_id, decode=decode, length_buckets=length_buckets)
   if texts is not None:
     records = decode_texts(fns, prompt, texts, vocab, lengths, batch_size)
   else:

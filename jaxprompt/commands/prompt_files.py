@@ -1,14 +1,65 @@
-"""Reading a trained prompt for `eval` / `infer`: from a .npy file or a training checkpoint, checked against
-the model."""
+"""Reading what a method trained, for `eval` / `infer`: its inference file or a training checkpoint's copy of
+it, checked against the model, as (method, parameters).
+
+  prompt.npy                        float32 [P, d] input prompt: prompt tuning, P-tuning (its computed prompt)
+  prefix.npz / *.safetensors        K/V prefixes: prefix tuning, P-tuning v2 (`jaxprompt.methods.kv_prefix`)
+  per_layer_prompts.npz             per-layer prompts (`jaxprompt.methods.per_layer_prompts`)
+"""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
+from etils import epath
 
 from jaxprompt.errors import ConfigError, PromptError
 from jaxprompt.methods import initializers
-from jaxprompt.train.npy_io import npy_shape
+from jaxprompt.methods import per_layer_prompts as per_layer_lib
+from jaxprompt.methods import prefix_tuning as prefix_lib
+from jaxprompt.methods.base import Method
+from jaxprompt.methods.prompt_tuning import PROMPT_FILE, PROMPT_KEY, PromptTuning
+from jaxprompt.models.config import T5Config
+from jaxprompt.train import checkpoint_files
+from jaxprompt.train.npy_io import npy_shape, read_npz
+
+# The inference files a training step leaves beside its checkpoint (`Method.numpy_copy`), by preference.
+STEP_FILES = (PROMPT_FILE, prefix_lib.PREFIX_FILE, per_layer_lib.NUMPY_FILE)
+
+
+def load_tuned(*, prompt_file: str | None, checkpoint: str | None, step: int | None, prompt_length: int | None,
+               config: T5Config, combine: str = 'prefix', eos_id: int = 1) -> tuple[Method, Any]:
+  """(method, host parameters) of a trained method, from its file or from a training checkpoint (MODEL_DIR or a
+  step dir; its numpy copy of `step`, default the latest). `prompt_length` and `combine` apply to input
+  prompts; the other files carry their own shapes and options."""
+  if (prompt_file is None) == (checkpoint is None):
+    raise ConfigError('give exactly one of --prompt_file (a prompt .npy, prefix .npz / .safetensors or '
+                      'per_layer_prompts.npz) or --checkpoint (a training MODEL_DIR or step dir); got '
+                      f'prompt_file={prompt_file!r}, checkpoint={checkpoint!r}')
+  path = None if prompt_file is None else os.fspath(prompt_file)
+  if checkpoint is not None and not epath.Path(os.fspath(checkpoint)).is_file():
+    numpy_dir, _ = checkpoint_files.checkpoint_step(os.fspath(checkpoint), step)
+    found = [numpy_dir / n for n in STEP_FILES if numpy_dir is not None and (numpy_dir / n).exists()]
+    path = os.fspath(found[0]) if found and found[0].name != PROMPT_FILE else None
+  elif checkpoint is not None:
+    path = os.fspath(checkpoint)
+  if path is None or path.endswith('.npy'):  # a prompt (a checkpoint's orbax state holds one too)
+    prompt = load_prompt(prompt_file=path, checkpoint=None if path else checkpoint, step=step,
+                         prompt_length=prompt_length, embed_dim=config.emb_dim)
+    method = PromptTuning(length=prompt.shape[0], embed_dim=config.emb_dim, combine=combine, eos_id=eos_id,
+                          dtype=config.dtype)
+    return method, {PROMPT_KEY: prompt}
+  if path.endswith('.safetensors') or (path.endswith('.npz') and not _is_per_layer(path)):
+    return prefix_lib.read_prefix_file(path, config)
+  if path.endswith('.npz'):
+    return per_layer_lib.read_per_layer_file(path, config, eos_id=eos_id)
+  raise PromptError(f'prompt file {path}: unknown kind; expected a prompt .npy, a prefix .npz / .safetensors '
+                    'or a per_layer_prompts .npz')
+
+
+def _is_per_layer(path: str) -> bool:
+  """A per-layer prompts .npz holds 'prompt' and 'layers'; a prefix .npz holds '<kind>/key' tensors."""
+  return per_layer_lib.LAYERS_KEY in read_npz(path)
 
 
 def load_prompt(*, prompt_file: str | None, checkpoint: str | None, step: int | None,

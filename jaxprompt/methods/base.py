@@ -25,6 +25,12 @@ class Method(abc.ABC):
   trains_network: bool = False
 
   @property
+  def uses_dropout(self) -> bool:
+    """True when the method has dropout of its own: the train step then gives it an rng even when the network
+    has no dropout."""
+    return float(getattr(self, 'dropout', 0.0) or 0.0) > 0.0
+
+  @property
   def packing_slots(self) -> int:
     """Encoder positions the data pipeline reserves in front of each packed example for this method's input
     rows (a prompt's copy); 0 when the method adds no input positions."""

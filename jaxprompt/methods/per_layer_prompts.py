@@ -52,6 +52,7 @@ MODES = ('replace', 'add')
 LAYERS_KEY = 'layers'
 LAYER_AXES = ('layers', 'prompt', 'prompt_embed')
 NUMPY_FILE = 'per_layer_prompts.npz'
+MODE_KEY = 'mode'  # the file's `mode/<replace|add>` marker, int8 [0] (a string array would need a pickle)
 
 
 class LayerPrompts(struct.PyTreeNode):
@@ -164,8 +165,9 @@ class PerLayerPrompts(Method):
     return Hooks(inputs=inputs, encoder_layers=LayerPrompts(blocks, self.mode))
 
   def numpy_copy(self, trainable: Params) -> dict[str, dict[str, np.ndarray]]:
-    """{'per_layer_prompts.npz': {'prompt': float32 [P, d], 'layers': float32 [L-1, P, d]}}."""
-    return {NUMPY_FILE: {k: np.asarray(host.host_value(trainable[k]), np.float32) for k in (PROMPT_KEY, LAYERS_KEY)}}
+    """{'per_layer_prompts.npz': {'prompt': float32 [P, d], 'layers': float32 [L-1, P, d], 'mode/<mode>'}}."""
+    arrays = {k: np.asarray(host.host_value(trainable[k]), np.float32) for k in (PROMPT_KEY, LAYERS_KEY)}
+    return {NUMPY_FILE: dict(arrays, **{f'{MODE_KEY}/{self.mode}': np.zeros((0,), np.int8)})}
 
 
 def expected_shapes(config: T5Config, length: int) -> dict[str, tuple[int, ...]]:
@@ -191,18 +193,20 @@ def _check(arrays: Mapping[str, Any], config: T5Config, length: int | None, path
   return out
 
 
-def write_per_layer_prompts(arrays: Mapping[str, Any], path: str | os.PathLike, config: T5Config) -> str:
-  """Writes {'prompt': [P, d], 'layers': [L-1, P, d]} (checked against `config`) as a float32 .npz."""
+def read_per_layer_file(path: str | os.PathLike, config: T5Config, *,
+                        eos_id: int = 1) -> tuple[PerLayerPrompts, dict[str, np.ndarray]]:
+  """A per-layer prompts file as (the method it was trained with, for `config`; its trainable tree). The file's
+  `mode/<mode>` marker (written by `numpy_copy`) says 'replace' or 'add'."""
   path = os.fspath(path)
-  return npy_io.write_npz(_check(arrays, config, None, path), path, what='per-layer prompts file')
-
-
-def read_per_layer_prompts(path: str | os.PathLike, config: T5Config,
-                           length: int | None = None) -> dict[str, np.ndarray]:
-  """{'prompt': [P, d], 'layers': [L-1, P, d]} float32 from a .npz, checked against `config` (and `length` when
-  given; None takes the file's): the trainable tree of `PerLayerPrompts`, ready for `hooks()`."""
-  path = os.fspath(path)
-  return _check(npy_io.read_npz(path, what='per-layer prompts file'), config, length, path)
+  raw = npy_io.read_npz(path, what='per-layer prompts file')
+  modes = [k.split('/', 1)[1] for k in raw if k.startswith(MODE_KEY + '/')]
+  if len(modes) != 1 or modes[0] not in MODES:
+    raise PromptError(f'per-layer prompts file {path}: needs exactly one {MODE_KEY}/<mode> marker with mode one of '
+                      f'{MODES}; found {[f"{MODE_KEY}/{m}" for m in modes] or "none"}')
+  arrays = _check({k: v for k, v in raw.items() if not k.startswith(MODE_KEY + '/')}, config, None, path)
+  method = PerLayerPrompts(length=arrays[PROMPT_KEY].shape[0], embed_dim=config.emb_dim,
+                           num_layers=config.num_encoder_layers, mode=modes[0], eos_id=eos_id, dtype=config.dtype)
+  return method, arrays
 
 
 @gin.configurable(module='jaxprompt.methods')

@@ -38,7 +38,6 @@ examples, because the rows reach the network as one batch-1 prefix.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import os
 from typing import Any, Mapping
@@ -289,12 +288,6 @@ def read_prefix_file(path: str | os.PathLike, config: T5Config) -> tuple[PrefixT
 # ----------------------------------------------------------------------------------------- gin factories
 
 
-def _warn_if_dropout_inert(config: T5Config, dropout: float) -> None:
-  if dropout > 0 and config.dropout_rate == 0:
-    logging.warning('prefix dropout %s is set but the model config has dropout_rate 0: the train step passes '
-                    'no dropout rng then, so the prefix dropout stays off', dropout)
-
-
 @gin.configurable(module='jaxprompt.methods')
 def prefix_tuning(config: T5Config, eos_id: int = 1, *, length: int = 100, kinds: Any = ATTENTION_KINDS,
                   projection: bool = True, hidden: int = 512, dropout: float = 0.0, relpos: str = 'positions',
@@ -302,7 +295,6 @@ def prefix_tuning(config: T5Config, eos_id: int = 1, *, length: int = 100, kinds
   """Li & Liang's prefix tuning (`METHOD = @jaxprompt.methods.prefix_tuning`, methods/prefix_tuning.gin):
   `length` K/V rows on each of `kinds`, produced while training by a per-kind MLP of width `hidden`."""
   del eos_id
-  _warn_if_dropout_inert(config, dropout)
   return PrefixTuning.for_config(config, length=length, kinds=kinds, projection=projection, hidden=hidden,
                                  dropout=dropout, relpos=relpos, initializer=initializer)
 

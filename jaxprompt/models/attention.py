@@ -211,6 +211,8 @@ class MultiHeadDotProductAttention(nn.Module):
     value = constrain(jnp.concatenate([pvalue, value], axis=1), KV_AXES)
     if mask is None:  # The prefix mask still applies where the sequence itself is unmasked.
       mask = jnp.ones((batch, 1, qlen, klen), bool)
+    if mask.shape[0] != batch:  # query rows grouped over key rows (rank candidates): each sees its example's
+      pmask = jnp.repeat(pmask, mask.shape[0] // batch, axis=0)
     pmask = jnp.broadcast_to(pmask[:, None, None, :], mask.shape[:-1] + (plen,)).astype(mask.dtype)
     mask = jnp.concatenate([pmask, mask], axis=-1)
     if prefix_bias is not None and row is not None:  # One decoding step: the current query's row.

@@ -83,7 +83,8 @@ def train_step(model: TunedModel, optimizer: Optimizer, state: TrainState, froze
   reported in `metrics['finite']` (the trainer stops and names the step)."""
   rng = jax.random.wrap_key_data(state.rng)
   step_rng = jax.random.fold_in(rng, state.step)
-  dropout_rng = step_rng if model.config.dropout_rate > 0 else None
+  uses_dropout = model.method is not None and model.method.uses_dropout
+  dropout_rng = step_rng if model.config.dropout_rate > 0 or uses_dropout else None
   loss, metrics, grads = compute_gradients(model, state.trainable, frozen, batch, dropout_rng, num_microbatches)
   trainable, opt_state, grad_norm, finite = guarded_update(optimizer, grads, state.opt_state, state.trainable,
                                                            loss)

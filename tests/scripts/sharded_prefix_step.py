@@ -14,44 +14,55 @@ from jaxprompt.parallel import partitioning
 from jaxprompt.train import optim, step
 from jaxprompt.train.compiled import ShardedSteps
 from jaxprompt.train.state import init_train_state
+from tests.method_helpers import sharding_batch
 
 assert jax.device_count() == 8
 cfg = get_config('t5x_tiny', dropout_rate=0.1)  # dropout on: the network's and the prefix's rngs must match
 frozen = load_t5x_checkpoint(sys.argv[1])
-rs = np.random.RandomState(0)
-enc = rs.randint(2, 128, (8, 10)).astype(np.int32)
-tgt = rs.randint(2, 128, (8, 4)).astype(np.int32)
-tgt[:, -1] = 1
-batch = dict(encoder_input_tokens=enc, decoder_target_tokens=tgt,
-             decoder_input_tokens=np.pad(tgt[:, :-1], ((0, 0), (1, 0))), decoder_loss_weights=np.ones_like(tgt))
+batch = sharding_batch()
 optimizer = optim.make_optimizer(optim.adam, learning_rate=1e-2)
 mesh = partitioning.create_mesh(model_parallel=2)
 rules = partitioning.prompt_logical_axis_rules()
 heads_over_model = PartitionSpec(None, None, 'model', None)
 
-for method, sharded_leaves in ((prefix_tuning(cfg, length=5, hidden=16, dropout=0.1),
-                                [('cross', 'key', 'kernel'), ('encoder_self', 'value', 'kernel')]),
-                               (p_tuning_v2(cfg, length=5), [('encoder_self', 'key'), ('decoder_self', 'value')])):
-  model = TunedModel(cfg, method)
-  state0 = init_train_state(method.init(jax.random.PRNGKey(0), frozen), optimizer.tx, jax.random.PRNGKey(1))
-  single = jax.jit(lambda s, b, model=model: step.train_step(model, optimizer, s, frozen, b))
-  ref = state0
-  for _ in range(3):
-    ref, ref_metrics = single(ref, batch)
+def leaf(tree, path):
+  for name in path:
+    tree = tree[name]
+  return tree
 
-  steps = ShardedSteps(model, optimizer, mesh, rules)
-  sharded_frozen = load_t5x_checkpoint(sys.argv[1], shardings=steps.frozen_shardings)
-  state = steps.place_state(state0)
-  for _ in range(3):
-    state, metrics = steps.train_step(state, sharded_frozen, steps.shard_batch(batch))
-  for path in sharded_leaves:
-    leaf = state.trainable
-    for name in path:
-      leaf = leaf[name]
-    assert leaf.sharding.spec == heads_over_model, (path, leaf.sharding.spec)
-    assert leaf.addressable_shards[0].data.shape[2] == cfg.num_heads // 2, path
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5), state.trainable,
-               ref.trainable)
-  np.testing.assert_allclose(float(metrics['loss']), float(ref_metrics['loss']), rtol=1e-5)
-  assert int(state.step) == 3
+
+# The MLP form: three sharded train steps equal the single-device ones; its output kernels keep heads on 'model'.
+method = prefix_tuning(cfg, length=5, hidden=16, dropout=0.1)
+model = TunedModel(cfg, method)
+state0 = init_train_state(method.init(jax.random.PRNGKey(0), frozen), optimizer.tx, jax.random.PRNGKey(1))
+single = jax.jit(lambda s, b: step.train_step(model, optimizer, s, frozen, b))
+ref = state0
+for _ in range(3):
+  ref, ref_metrics = single(ref, batch)
+steps = ShardedSteps(model, optimizer, mesh, rules)
+sharded_frozen = load_t5x_checkpoint(sys.argv[1], shardings=steps.frozen_shardings)
+state = steps.place_state(state0)
+for _ in range(3):
+  state, metrics = steps.train_step(state, sharded_frozen, steps.shard_batch(batch))
+for path in [('cross', 'key', 'kernel'), ('encoder_self', 'value', 'kernel'), ('decoder_self', 'key', 'bias')]:
+  spec = heads_over_model if path[-1] == 'kernel' else PartitionSpec(None, 'model', None)
+  assert leaf(state.trainable, path).sharding.spec == spec, (path, leaf(state.trainable, path).sharding.spec)
+  assert leaf(state.trainable, path).addressable_shards[0].data.shape[-2] == cfg.num_heads // 2, path
+jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5), state.trainable,
+             ref.trainable)
+np.testing.assert_allclose(float(metrics['loss']), float(ref_metrics['loss']), rtol=1e-5)
+assert int(state.step) == 3
+
+# The plain rows (P-tuning v2, and every collapsed prefix): placed with heads on 'model', and the sharded eval
+# step equals the single-device loss.
+method = p_tuning_v2(cfg, length=5)
+model = TunedModel(cfg, method)
+steps = ShardedSteps(model, None, mesh, rules)
+trainable = method.init(jax.random.PRNGKey(0), frozen)
+placed = steps.place_trainable(trainable)
+for path in [('encoder_self', 'key'), ('decoder_self', 'value')]:
+  assert leaf(placed, path).sharding.spec == heads_over_model, (path, leaf(placed, path).sharding.spec)
+got = steps.eval_step(placed, sharded_frozen, steps.shard_batch(batch))
+want = step.eval_step(model, trainable, frozen, batch)
+np.testing.assert_allclose(float(got['loss']), float(want['loss']), rtol=1e-5)
 print('OK')

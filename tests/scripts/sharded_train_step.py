@@ -13,18 +13,14 @@ from jaxprompt.train import optim
 from jaxprompt.train import step
 from jaxprompt.train.compiled import ShardedSteps
 from jaxprompt.train.state import init_train_state
+from tests.method_helpers import sharding_batch
 
 assert jax.device_count() == 8
 cfg = get_config('t5x_tiny', dropout_rate=0.1)  # Dropout on: the RNG must be consumed identically.
 model = TunedModel(cfg, PromptTuning(length=6, embed_dim=cfg.emb_dim))
 optimizer = optim.make_optimizer()
 frozen = load_t5x_checkpoint(sys.argv[1])
-rs = np.random.RandomState(0)
-enc = rs.randint(2, 128, (8, 10)).astype(np.int32)
-tgt = rs.randint(2, 128, (8, 4)).astype(np.int32)
-tgt[:, -1] = 1
-batch = dict(encoder_input_tokens=enc, decoder_target_tokens=tgt,
-             decoder_input_tokens=np.pad(tgt[:, :-1], ((0, 0), (1, 0))), decoder_loss_weights=np.ones_like(tgt))
+batch = sharding_batch()
 state0 = init_train_state(model.method.init(jax.random.PRNGKey(0), frozen), optimizer.tx, jax.random.PRNGKey(1))
 
 single = jax.jit(lambda s, b: step.train_step(model, optimizer, s, frozen, b))

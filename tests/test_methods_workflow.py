@@ -1,0 +1,94 @@
+"""Every method through the same workflow: train (prompt-only checkpoints, exact resume), the final inference
+file, `export`, and `eval` / `infer` from that file with the metrics training reported."""
+import functools
+
+import numpy as np
+import pytest
+
+from jaxprompt.commands import evaluate as evaluate_lib
+from jaxprompt.commands import export as export_lib
+from jaxprompt.commands import infer as infer_lib
+from jaxprompt.commands import train as trainer
+from jaxprompt.errors import UsageError
+from jaxprompt.methods.p_tuning import p_tuning
+from jaxprompt.methods.per_layer_prompts import per_layer_prompts
+from jaxprompt.methods.prefix_tuning import p_tuning_v2, prefix_tuning
+from jaxprompt.train.npy_io import read_npz
+from tests.helpers import assert_trees_equal
+
+METHODS = {
+    'p_tuning': (functools.partial(p_tuning, length=4, encoder='mlp', hidden=16), 'final_prompt.npy'),
+    'per_layer_prompts': (functools.partial(per_layer_prompts, length=4, mode='add'), 'final_per_layer_prompts.npz'),
+    'prefix_tuning': (functools.partial(prefix_tuning, length=3, hidden=16), 'final_prefix.npz'),
+    'p_tuning_v2': (functools.partial(p_tuning_v2, length=3), 'final_prefix.npz'),
+}
+
+
+def _common(train_kwargs):
+  return {k: train_kwargs[k] for k in ('model_config', 'initial_checkpoint_path', 'mixture_or_task_name',
+                                       'task_feature_lengths')}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', sorted(METHODS))
+def test_train_export_and_evaluate_every_method(name, train_kwargs, tmp_path):
+  factory, final = METHODS[name]
+  kwargs = dict(train_kwargs, method=factory, train_steps=2, checkpoint_period=2, eval_period=2,
+                eval_max_examples=8)
+  result = trainer.train(str(tmp_path / 'run'), **kwargs)
+  assert result.exported == str(tmp_path / 'run' / final)
+  trained = result.eval_metrics
+  # eval reads the final inference file, and a checkpoint dir, and scores what training scored.
+  for source in ({'prompt_file': result.exported}, {'checkpoint': str(tmp_path / 'run')}):
+    metrics = evaluate_lib.evaluate(**_common(train_kwargs), **source, max_examples=8, batch_size=4)['metrics']
+    assert metrics['accuracy'] == trained['accuracy']
+    np.testing.assert_allclose(metrics['loss'], trained['loss'], rtol=1e-5)
+  out = tmp_path / ('exported.npy' if final.endswith('.npy') else 'exported.npz')
+  written = export_lib.export(str(out), checkpoint=str(tmp_path / 'run'))
+  assert written['output'] == str(out)
+  if final.endswith('.npz'):
+    assert_trees_equal(read_npz(out), read_npz(result.exported))
+  records = infer_lib.infer(str(tmp_path / 'predictions.jsonl'), **_common(train_kwargs), prompt_file=str(out),
+                            max_examples=2, batch_size=2)
+  assert len(records) == 2 and all(isinstance(r['prediction'], str) for r in records)
+
+
+@pytest.mark.slow
+def test_prefix_resumes_exactly_and_exports_safetensors(train_kwargs, tmp_path):
+  factory = functools.partial(prefix_tuning, length=3, hidden=16, dropout=0.1)
+  kwargs = dict(train_kwargs, method=factory, eval_split=None, checkpoint_period=2,
+                model_config=train_kwargs['model_config'].replace(dropout_rate=0.1))
+  whole = trainer.train(str(tmp_path / 'whole'), train_steps=4, **kwargs)
+  trainer.train(str(tmp_path / 'resumed'), train_steps=2, **kwargs)
+  resumed = trainer.train(str(tmp_path / 'resumed'), train_steps=4, **kwargs)
+  assert_trees_equal(resumed.trainable, whole.trainable)  # bit for bit, dropout rng included
+  path = export_lib.export(str(tmp_path / 'prefix.safetensors'), checkpoint=str(tmp_path / 'whole'))['output']
+  metrics = [evaluate_lib.evaluate(**_common(train_kwargs), prompt_file=p, max_examples=4, batch_size=4)['metrics']
+             for p in (path, whole.exported)]
+  assert metrics[0] == metrics[1]
+  with pytest.raises(UsageError, match=r'exports as \.npz or \.safetensors'):
+    export_lib.export(str(tmp_path / 'prefix.npy'), checkpoint=str(tmp_path / 'whole'))
+
+
+def test_a_methods_own_dropout_trains_even_when_the_network_has_none(fixtures_dir):
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxprompt.checkpoints import load_t5x_checkpoint  # pylint: disable=g-import-not-at-top
+  from jaxprompt.models.config import get_config  # pylint: disable=g-import-not-at-top
+  from jaxprompt.models.wrapper import TunedModel  # pylint: disable=g-import-not-at-top
+  from jaxprompt.train import optim, step  # pylint: disable=g-import-not-at-top
+  from jaxprompt.train.state import init_train_state  # pylint: disable=g-import-not-at-top
+  from tests.method_helpers import random_batch  # pylint: disable=g-import-not-at-top
+  cfg = get_config('t5x_tiny')
+  assert cfg.dropout_rate == 0
+  frozen = load_t5x_checkpoint(str(fixtures_dir / 't5x_tiny' / 'classic_checkpoint_0'))
+  batch = random_batch()
+  losses = []
+  for rate in (0.0, 0.5):
+    model = TunedModel(cfg, prefix_tuning(cfg, length=3, hidden=16, dropout=rate))
+    trainable = model.method.init(jax.random.PRNGKey(0), frozen)
+    optimizer = optim.make_optimizer()
+    state = init_train_state(trainable, optimizer.tx, jax.random.PRNGKey(1))
+    _, metrics = jax.jit(lambda s, b, m=model, o=optimizer: step.train_step(m, o, s, frozen, b))(state, batch)
+    losses.append((float(metrics['loss']), float(model.loss_fn(trainable, frozen, batch)[0])))
+  assert losses[0][0] == pytest.approx(losses[0][1], rel=1e-6)  # no dropout: the training loss is the eval loss
+  assert losses[1][0] != pytest.approx(losses[1][1], rel=1e-3)  # prefix dropout on, with its own rng
