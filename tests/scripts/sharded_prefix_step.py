@@ -31,38 +31,36 @@ def leaf(tree, path):
   return tree
 
 
-# The MLP form: three sharded train steps equal the single-device ones; its output kernels keep heads on 'model'.
-method = prefix_tuning(cfg, length=5, hidden=16, dropout=0.1)
-model = TunedModel(cfg, method)
-state0 = init_train_state(method.init(jax.random.PRNGKey(0), frozen), optimizer.tx, jax.random.PRNGKey(1))
-single = jax.jit(lambda s, b: step.train_step(model, optimizer, s, frozen, b))
-ref = state0
-for _ in range(3):
-  ref, ref_metrics = single(ref, batch)
-steps = ShardedSteps(model, optimizer, mesh, rules)
-sharded_frozen = load_t5x_checkpoint(sys.argv[1], shardings=steps.frozen_shardings)
-state = steps.place_state(state0)
-for _ in range(3):
-  state, metrics = steps.train_step(state, sharded_frozen, steps.shard_batch(batch))
+def three_steps(method):
+  """(sharded state, single-device state, their last metrics) after three train steps of `method`."""
+  model = TunedModel(cfg, method)
+  state0 = init_train_state(method.init(jax.random.PRNGKey(0), frozen), optimizer.tx, jax.random.PRNGKey(1))
+  single = jax.jit(lambda s, b: step.train_step(model, optimizer, s, frozen, b))
+  ref = state0
+  for _ in range(3):
+    ref, ref_metrics = single(ref, batch)
+  steps = ShardedSteps(model, optimizer, mesh, rules)
+  sharded_frozen = load_t5x_checkpoint(sys.argv[1], shardings=steps.frozen_shardings)
+  state = steps.place_state(state0)
+  for _ in range(3):
+    state, metrics = steps.train_step(state, sharded_frozen, steps.shard_batch(batch))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5), state.trainable,
+               ref.trainable)
+  np.testing.assert_allclose(float(metrics['loss']), float(ref_metrics['loss']), rtol=1e-5)
+  assert int(state.step) == 3
+  return state
+
+
+# The MLP form: its output kernels keep heads on 'model'.
+state = three_steps(prefix_tuning(cfg, length=5, hidden=16, dropout=0.1))
 for path in [('cross', 'key', 'kernel'), ('encoder_self', 'value', 'kernel'), ('decoder_self', 'key', 'bias')]:
   spec = heads_over_model if path[-1] == 'kernel' else PartitionSpec(None, 'model', None)
   assert leaf(state.trainable, path).sharding.spec == spec, (path, leaf(state.trainable, path).sharding.spec)
   assert leaf(state.trainable, path).addressable_shards[0].data.shape[-2] == cfg.num_heads // 2, path
-jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5), state.trainable,
-             ref.trainable)
-np.testing.assert_allclose(float(metrics['loss']), float(ref_metrics['loss']), rtol=1e-5)
-assert int(state.step) == 3
 
-# The plain rows (P-tuning v2, and every collapsed prefix): placed with heads on 'model', and the sharded eval
-# step equals the single-device loss.
-method = p_tuning_v2(cfg, length=5)
-model = TunedModel(cfg, method)
-steps = ShardedSteps(model, None, mesh, rules)
-trainable = method.init(jax.random.PRNGKey(0), frozen)
-placed = steps.place_trainable(trainable)
+# The plain rows (P-tuning v2 with its prefix dropout = the model's, and every collapsed prefix): heads on 'model'.
+state = three_steps(p_tuning_v2(cfg, length=5))
 for path in [('encoder_self', 'key'), ('decoder_self', 'value')]:
-  assert leaf(placed, path).sharding.spec == heads_over_model, (path, leaf(placed, path).sharding.spec)
-got = steps.eval_step(placed, sharded_frozen, steps.shard_batch(batch))
-want = step.eval_step(model, trainable, frozen, batch)
-np.testing.assert_allclose(float(got['loss']), float(want['loss']), rtol=1e-5)
+  placed = leaf(state.trainable, path)
+  assert placed.sharding.spec == heads_over_model, (path, placed.sharding.spec)
 print('OK')
