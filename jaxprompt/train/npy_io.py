@@ -64,17 +64,23 @@ def _read_header(f: IO[bytes]) -> tuple[int, ...]:
   return shape
 
 
-def read_npy(path: str | os.PathLike, *, what: str = 'prompt file',
-             error: type[Exception] = PromptError) -> np.ndarray:
-  """The array in a `.npy` file; object (pickled) arrays are refused, never loaded."""
+def read_bytes(path: str | os.PathLike, *, what: str = 'prompt file', error: type[Exception] = PromptError) -> bytes:
+  """The whole content of a local or remote (gs://) file; one `error` naming it when missing or unreadable."""
   path = os.fspath(path)
   if not _exists(path):
     raise error(f'{what} {path} does not exist')
   try:
     with _open(path, 'rb') as f:
-      data = f.read()
+      return f.read()
   except Exception as e:  # OSError locally, tf.errors.OpError remotely
     raise error(f'cannot read {what} {path}: {_reason(e)}') from e
+
+
+def read_npy(path: str | os.PathLike, *, what: str = 'prompt file',
+             error: type[Exception] = PromptError) -> np.ndarray:
+  """The array in a `.npy` file; object (pickled) arrays are refused, never loaded."""
+  path = os.fspath(path)
+  data = read_bytes(path, what=what, error=error)
   if not data.startswith(_MAGIC):
     raise _not_npy(data, what, path, error)
   try:
@@ -128,13 +134,7 @@ def read_npz(path: str | os.PathLike, *, what: str = 'prefix file',
              error: type[Exception] = PromptError) -> dict[str, np.ndarray]:
   """The named arrays of a `.npz` file; object (pickled) arrays are refused, never loaded."""
   path = os.fspath(path)
-  if not _exists(path):
-    raise error(f'{what} {path} does not exist')
-  try:
-    with _open(path, 'rb') as f:
-      data = f.read()
-  except Exception as e:  # OSError locally, tf.errors.OpError remotely
-    raise error(f'cannot read {what} {path}: {_reason(e)}') from e
+  data = read_bytes(path, what=what, error=error)
   try:
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
       return {k: npz[k] for k in npz.files}
