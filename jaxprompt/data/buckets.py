@@ -115,13 +115,22 @@ class LengthBuckets:
 
 
 class ShapeLog:
-  """Logs each new batch shape once (each is a compilation), with the bound the buckets put on their number."""
+  """Cuts batches to `buckets` and logs each new batch shape once (each is a compilation), with the bound the
+  buckets put on their number."""
 
   def __init__(self, name: str, buckets: LengthBuckets):
     self.name, self.buckets = name, buckets
     self.seen: set[tuple] = set()
 
-  def __call__(self, batch: Mapping[str, np.ndarray], widths: Mapping[str, int]) -> None:
+  def cut(self, batch: Mapping[str, np.ndarray], longest: Mapping[str, int] | None = None,
+          groups: Sequence[str] = GROUPS) -> Batch:
+    """`buckets.trim(batch, longest, groups)`, logged when its shape is new."""
+    widths = {g: np.shape(batch[f])[1] for g, f in LENGTH_FEATURES.items() if f in batch}
+    batch = self.buckets.trim(batch, longest, groups)
+    self._note(batch, widths)
+    return batch
+
+  def _note(self, batch: Mapping[str, np.ndarray], widths: Mapping[str, int]) -> None:
     shape = tuple((g, np.shape(batch[f])[1]) for g, f in LENGTH_FEATURES.items() if f in batch)
     if shape in self.seen:
       return
@@ -144,10 +153,5 @@ def bucketed(batches: Any, buckets: LengthBuckets, *, name: str = 'batches',
     if buckets.fixed:
       yield batch
       continue
-    widths = {g: np.shape(batch[f])[1] for g, f in LENGTH_FEATURES.items() if f in batch}
     longest = buckets.longest(batch)
-    if agree is not None:
-      longest = agree(longest)
-    batch = buckets.trim(batch, longest, groups)
-    shapes(batch, widths)
-    yield batch
+    yield shapes.cut(batch, agree(longest) if agree is not None else longest, groups)

@@ -63,9 +63,7 @@ class ModelFns:
 
   def _shard(self, name: str, batch: Mapping[str, np.ndarray], groups: Sequence[str] = buckets_lib.GROUPS) -> dict:
     if not self.buckets.fixed:
-      widths = {g: np.shape(batch[f])[1] for g, f in buckets_lib.LENGTH_FEATURES.items() if f in batch}
-      batch = self.buckets.trim(batch, groups=groups)
-      self._shapes.setdefault(name, buckets_lib.ShapeLog(name, self.buckets))(batch, widths)
+      batch = self._shapes.setdefault(name, buckets_lib.ShapeLog(name, self.buckets)).cut(batch, groups=groups)
     return self.rt.steps.shard_batch(host.local_rows(batch))
 
   def loss_metrics(self, prompt: Any, batch: Mapping[str, np.ndarray]) -> dict[str, float]:
