@@ -16,7 +16,8 @@ from jaxprompt.commands import configs  # pylint: disable=g-import-not-at-top
 from jaxprompt.data import custom  # pylint: disable=g-import-not-at-top
 from jaxprompt.methods.prompt_tuning import prompt_tuning  # pylint: disable=g-import-not-at-top
 from jaxprompt.models.config import get_config  # pylint: disable=g-import-not-at-top
-from tests.tiny_task import EMPTY_TASK, LABELS, LENGTHS, PROMPT_LENGTH, PY_TASK, empty_train_split, make_tiny_task
+from tests.tiny_task import (EMPTY_TASK, GIN_TASK, LABELS, LENGTHS, PROMPT_LENGTH, PY_TASK, empty_train_split,
+                             make_tiny_task, write_tiny_gin)
 from tests.tpu_helpers import ENV_SETTINGS, write_exe
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -52,6 +53,21 @@ def env(tmp_path):
 @pytest.fixture(scope='session')
 def tiny_files(tmp_path_factory):
   return make_tiny_task(tmp_path_factory.mktemp('tiny_task'))
+
+
+@pytest.fixture
+def clean_gin():
+  """Clears gin's bindings after the test (in-process CLI runs leave theirs behind)."""
+  yield
+  import gin  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+
+
+@pytest.fixture(scope='module')
+def tiny_gin(tiny_files, fixtures_dir, tmp_path_factory):
+  """A gin file registering the tiny TSV task on the fixture model, as a user would (after models/ and runs/)."""
+  checkpoint = fixtures_dir / 't5x_tiny' / 'classic_checkpoint_0'
+  return write_tiny_gin(tmp_path_factory.mktemp('gin') / 'tiny_task.gin', tiny_files, checkpoint, GIN_TASK)
 
 
 @pytest.fixture(scope='module')

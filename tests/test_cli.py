@@ -28,23 +28,13 @@ from jaxprompt import cli
 from jaxprompt.cli import gin_config
 from jaxprompt.models.config import CONFIGS
 from jaxprompt.commands import configs
-from tests.tiny_task import EMPTY_TASK, write_tiny_gin
+from tests.tiny_task import EMPTY_TASK, GIN_TASK
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-GIN_TASK = 'jp_test_tiny_gin'
 BASE_GIN = ['--gin_file=models/t5x_tiny.gin', '--gin_file=runs/prompt_tuning.gin']
 
 
-@pytest.fixture(scope='module')
-def tiny_gin(tiny_files, fixtures_dir, tmp_path_factory):
-  checkpoint = fixtures_dir / 't5x_tiny' / 'classic_checkpoint_0'
-  return write_tiny_gin(tmp_path_factory.mktemp('gin') / 'tiny_task.gin', tiny_files, checkpoint, GIN_TASK)
-
-
-@pytest.fixture(autouse=True)
-def _clean_gin():
-  yield
-  gin.clear_config()  # in-process runs leave their bindings behind
+pytestmark = pytest.mark.usefixtures('clean_gin')  # in-process runs leave gin bindings behind
 
 
 @pytest.fixture(scope='module')
@@ -105,7 +95,7 @@ def test_commands_are_loaded_by_name(capsys):
   """The table names every command's entry point; the demo parses its own flags."""
   import importlib  # pylint: disable=g-import-not-at-top
   dispatch = importlib.import_module('jaxprompt.cli.main')  # the module: `jaxprompt.cli.main` is the function
-  assert set(dispatch.COMMANDS) == {'train', 'eval', 'infer', 'export', 'demo'}
+  assert set(dispatch.COMMANDS) == {'train', 'eval', 'infer', 'export', 'inspect', 'demo'}
   with pytest.raises(SystemExit) as exit_info:
     cli.main(['demo', '--help'])
   assert exit_info.value.code == 0 and '--baseline_steps' in capsys.readouterr().out

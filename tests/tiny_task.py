@@ -43,6 +43,9 @@ def make_tiny_task(root: pathlib.Path) -> dict:
   return files
 
 
+GIN_TASK = 'jp_test_tiny_gin'  # the task `tiny_gin` registers through gin
+
+
 def write_tiny_gin(path: pathlib.Path, files: dict, checkpoint: pathlib.Path, task_name: str,
                    train_steps: int = 6) -> pathlib.Path:
   """A gin file registering the TSV task and sizing the run for the fixture (goes after models/ and runs/)."""

@@ -1,4 +1,4 @@
-"""`jaxprompt {train,eval,infer,export,demo}`: the t5x-style command line.
+"""`jaxprompt {train,eval,infer,export,inspect,demo}`: the t5x-style command line.
 
 Configuration is gin, as in t5x / prompt-tuning: `--gin_file` (repeatable, later files win), `--gin_search_paths`
 and `--gin.NAME=VALUE` overrides (see `gin_config`). Each command is a `module:function` string, imported only
@@ -28,6 +28,7 @@ COMMANDS = {
     'eval': 'jaxprompt.commands.evaluate:evaluate',
     'infer': 'jaxprompt.commands.infer:infer',
     'export': 'jaxprompt.commands.export:export',
+    'inspect': 'jaxprompt.commands.inspect:inspect',
     'demo': 'jaxprompt.demo.run:main',
 }
 OWN_PARSERS = ('demo',)  # handed the rest of argv before argparse runs
@@ -53,6 +54,21 @@ def _kwargs(**values: Any) -> dict[str, Any]:
   return {k: v for k, v in values.items() if v is not None}
 
 
+def _named(specs: Sequence[str] | None, flag: str) -> dict[str, str] | None:
+  """['name=value', ...] -> {name: value} (names unique), None when the flag was not given."""
+  if not specs:
+    return None
+  out: dict[str, str] = {}
+  for spec in specs:
+    name, sep, value = spec.partition('=')
+    if not sep or not name.strip() or not value.strip():
+      raise UsageError(f'{flag} {spec!r}: expected NAME=VALUE')
+    if name.strip() in out:
+      raise UsageError(f'{flag}: the name {name.strip()!r} is given twice')
+    out[name.strip()] = value.strip()
+  return out
+
+
 def _print_json(value: Any) -> None:
   print(json.dumps(value, sort_keys=True), flush=True)
 
@@ -71,24 +87,37 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
   _print_json(load('eval')(**_kwargs(output_file=args.output, prompt_file=args.prompt_file,
                                      checkpoint=args.checkpoint, checkpoint_step=args.step, split=args.split,
-                                     predictions_file=args.predictions_file)))
+                                     predictions_file=args.predictions_file,
+                                     prompts=_named(args.prompt, '--prompt'),
+                                     allow_other_model=args.allow_other_model)))
   return 0
 
 
 def run_infer(args: argparse.Namespace) -> int:
+  labels = _named(args.labels, '--labels')
   load('infer')(**_kwargs(output_file=args.output, prompt_file=args.prompt_file, checkpoint=args.checkpoint,
-                          checkpoint_step=args.step, split=args.split, input_file=args.input_file))
+                          checkpoint_step=args.step, split=args.split, input_file=args.input_file,
+                          prompts=_named(args.prompt, '--prompt'), allow_other_model=args.allow_other_model,
+                          labels=None if labels is None else {k: v.split('|') for k, v in labels.items()},
+                          ensemble=args.ensemble))
   return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
   model_dir = None if args.checkpoint else gin_config.gin_macro('MODEL_DIR')
-  _print_json(load('export')(args.output, checkpoint=args.checkpoint, step=args.step, model_dir=model_dir))
+  _print_json(load('export')(args.output, checkpoint=args.checkpoint, step=args.step, model_dir=model_dir,
+                             **_kwargs(format=None if args.format == 'file' else args.format,
+                                       base_model=args.base_model)))
+  return 0
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+  _print_json(load('inspect')(args.prompt, **_kwargs(top_k=args.top_k, output_file=args.output)))
   return 0
 
 
 RUNNERS: dict[str, Callable[[argparse.Namespace], int]] = {
-    'train': run_train, 'eval': run_eval, 'infer': run_infer, 'export': run_export}
+    'train': run_train, 'eval': run_eval, 'infer': run_infer, 'export': run_export, 'inspect': run_inspect}
 
 
 # ------------------------------------------------------------------------------------ dispatch

@@ -88,6 +88,12 @@ def _prompt_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--checkpoint', default=None, help='a training MODEL_DIR or one of its step dirs')
   parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: the latest)')
   parser.add_argument('--split', default=None, help='dataset split (default: the gin setting)')
+  parser.add_argument('--prompt', action='append', default=None, metavar='NAME=FILE',
+                      help='a named prompt (repeatable): any --prompt_file kind or a PEFT adapter folder. eval: '
+                           'several prompts of the task are scored as an ensemble; infer: a prompt bank over one '
+                           'model (JSONL input rows name their task), or an ensemble with --ensemble')
+  parser.add_argument('--allow_other_model', action='store_true', default=None,
+                      help='load prompts recorded for another frozen model (deliberate transfer)')
 
 
 def build_parser(commands: Sequence[str]) -> argparse.ArgumentParser:
@@ -113,13 +119,28 @@ def build_parser(commands: Sequence[str]) -> argparse.ArgumentParser:
   p.add_argument('--input_file', default=None,
                  help="one input per line ('-' = stdin); default: the task split, or stdin without a task")
   p.add_argument('--output', default=None, help='JSONL output file (default: stdout)')
+  p.add_argument('--labels', action='append', default=None, metavar='NAME=A|B|...',
+                 help="rank-classify the rows of task NAME over these labels (repeatable); other tasks decode")
+  p.add_argument('--ensemble', action='store_true', default=None,
+                 help='the --prompt prompts are one task\'s ensemble: every input under each, plus the majority vote')
   p = sub.add_parser('export', help="write a checkpoint's inference file (prompt .npy, prefix .npz / "
                                     ".safetensors, per_layer_prompts .npz)", formatter_class=fmt)
   _gin_flags(p)
   p.add_argument('--checkpoint', default=None, help='training MODEL_DIR or step dir (default: MODEL_DIR)')
   p.add_argument('--step', type=int, default=None, help='checkpoint step (default: the latest)')
   p.add_argument('--output', required=True, help='file to write (.npy for a prompt; .npz or .safetensors for a '
-                                                 'prefix; .npz for per-layer prompts)')
+                                                 'prefix; .npz for per-layer prompts), or a folder for --format peft')
+  p.add_argument('--format', default='file', choices=('file', 'peft'),
+                 help='file: the inference file; peft: a Hugging Face PEFT adapter folder (adapter_config.json + '
+                      'adapter_model.safetensors) for the HF T5 with the same weights')
+  p.add_argument('--base_model', default=None,
+                 help='--format peft: base_model_name_or_path written into adapter_config.json')
+  p = sub.add_parser('inspect', help="a prompt's nearest vocabulary tokens per position, norms and fingerprint",
+                     formatter_class=fmt, epilog=MACROS)
+  _gin_flags(p)
+  p.add_argument('prompt', help='a prompt .npy, a method file, a PEFT adapter folder or a checkpoint dir')
+  p.add_argument('--top_k', type=int, default=None, help='nearest tokens shown per position (default 5)')
+  p.add_argument('--output', default=None, help='also write the report as JSON here')
   if 'demo' in commands:
     sub.add_parser('demo', help='the bundled demo (own flags: jaxprompt demo --help)', add_help=False)
   return parser

@@ -2,13 +2,16 @@
 both run (any method, from its inference file: `jaxprompt.commands.prompt_files`)."""
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping
 
 import gin
 
-from jaxprompt.commands import configs, prompt_files, validation
+from jaxprompt.commands import bank_files, configs, model_check, prompt_files, validation
 from jaxprompt.data import buckets
 from jaxprompt.data import pipeline as data
+from jaxprompt.errors import ConfigError
+from jaxprompt.eval import banks
 from jaxprompt.eval.evaluation import DecodeOptions, ModelFns, evaluate_sets, prepare_eval
 from jaxprompt.eval.writers import write_json, write_jsonl
 from jaxprompt.methods.base import Method
@@ -34,13 +37,18 @@ def evaluate(output_file: str | None = None, *, model_config: T5Config | None = 
              split: str = 'validation', batch_size: int = 32, max_examples: int | None = None,
              rank_classification: bool = True, decode: DecodeOptions | None = None, prompt_combine: str = 'prefix',
              model_parallel: int = 1, predictions_file: str | None = None,
-             length_buckets: Any = buckets.DEFAULT) -> dict[str, Any]:
+             length_buckets: Any = buckets.DEFAULT, prompts: Mapping[str, str] | None = None,
+             allow_other_model: bool = False) -> dict[str, Any]:
   """Scores `split` of the task with a prompt from `prompt_file` (.npy) or `checkpoint` (a training dir).
 
   Metrics: per-token `loss`, `token_accuracy`, and the task's metric fns on predictions (rank classification
   over the task's label set when it has one and `rank_classification`, else decoding). Written as JSON to
   `output_file` (process 0); predictions as JSONL to `predictions_file` when given. Batches are cut to
   `length_buckets` [LENGTH_BUCKETS] (`jaxprompt.data.buckets`; None: fixed length).
+
+  `prompts` ({name: source}, `--prompt NAME=FILE`): an ensemble of the task's prompts. Every example runs
+  under each of them in one batched pass; metrics are each prompt's (`<name>/<metric>`) and the majority
+  vote's (`ensemble/<metric>`). `allow_other_model`: load prompts recorded for another frozen model.
   """
   config, ckpt, name, lengths = validation.check_common(model_config, initial_checkpoint_path,
                                                         mixture_or_task_name, task_feature_lengths)
@@ -48,17 +56,30 @@ def evaluate(output_file: str | None = None, *, model_config: T5Config | None = 
   length_buckets = buckets.LengthBuckets.from_spec(length_buckets)
   provider = data.get_provider(name)
   eos_id = data.targets_vocabulary(provider).eos_id
-  method, trainable = prompt_files.load_tuned(prompt_file=prompt_file, checkpoint=checkpoint, step=checkpoint_step,
-                                              prompt_length=prompt_length, config=config, combine=prompt_combine,
-                                              eos_id=eos_id)
+  if prompts:
+    if prompt_file is not None or checkpoint is not None:
+      raise ConfigError('give either --prompt NAME=FILE (an ensemble) or --prompt_file / --checkpoint, not both')
+    method, trainable = bank_files.load_bank(prompts, config=config, combine=prompt_combine, eos_id=eos_id,
+                                             step=checkpoint_step)
+  else:
+    method, trainable = prompt_files.load_tuned(prompt_file=prompt_file, checkpoint=checkpoint,
+                                                step=checkpoint_step, prompt_length=prompt_length, config=config,
+                                                combine=prompt_combine, eos_id=eos_id)
   for task in data.subtasks(provider, split):
     configs.check_vocabulary(data.targets_vocabulary(task), config, task.name)
-  sets = prepare_eval(provider, split, lengths, max_examples=max_examples, rank_classification=rank_classification)
+  # A multi-task run's prompts.npz is a bank: each task's rows carry its id (an ensemble sets ids itself).
+  sets = prepare_eval(provider, split, lengths, max_examples=max_examples, rank_classification=rank_classification,
+                      task_names=() if prompts else method.task_names)
   data.host_batch_size(batch_size, runtime_lib.data_parallel_size(model_parallel))
   fns, prompt = tuned_model(config, ckpt, lengths, method, trainable, model_parallel=model_parallel,
                             eos_id=eos_id, decode=decode, length_buckets=length_buckets)
-  metrics, records = evaluate_sets(fns, prompt, sets, batch_size)
-  result = {'task': provider.name, 'split': split, 'prompt': prompt_file or checkpoint, 'metrics': metrics}
+  sources = dict(prompts) if prompts else {'': prompt_file or checkpoint}
+  matches = model_check.check_prompt_sources(sources, checkpoint_step, config, data.targets_vocabulary(provider),
+                                             fns.rt.network, allow_other_model=allow_other_model)
+  ensemble = functools.partial(banks.evaluate_ensemble, names=list(prompts)) if prompts else None
+  metrics, records = evaluate_sets(fns, prompt, sets, batch_size, score_set=ensemble)
+  result = {'task': provider.name, 'split': split, 'prompt': dict(prompts) if prompts else prompt_file or checkpoint,
+            'model_match': matches if prompts else matches[''], 'metrics': metrics}
   if output_file:
     write_json(output_file, result)
   if predictions_file:

@@ -9,12 +9,13 @@ import gin
 import seqio
 import tensorflow as tf
 
-from jaxprompt.commands import configs, prompt_files, validation
+from jaxprompt.commands import bank_files, configs, model_check, prompt_files, validation
 from jaxprompt.commands.evaluate import tuned_model
 from jaxprompt.data import buckets
 from jaxprompt.data import pipeline as data
 from jaxprompt.data import vocab as vocab_lib
-from jaxprompt.errors import DataError
+from jaxprompt.errors import ConfigError, DataError
+from jaxprompt.eval import banks
 from jaxprompt.eval import evaluation as eval_lib
 from jaxprompt.eval import writers
 from jaxprompt.models.config import T5Config
@@ -78,6 +79,31 @@ def decode_task(fns: eval_lib.ModelFns, prompt: Any, provider: Any, split: str, 
   return records
 
 
+def ensemble_records(fns: eval_lib.ModelFns, params: Any, names: list[str], provider: Any,
+                     texts: Sequence[str] | None, vocabulary: seqio.Vocabulary, split: str,
+                     feature_lengths: Mapping[str, int], batch_size: int, max_examples: int | None
+                     ) -> list[dict[str, Any]]:
+  """Records of an ensemble: each input's majority vote (`prediction`) and every prompt's (`predictions`);
+  text inputs decode, a task split's rows rank over the task's labels when it has them."""
+  sources = []
+  if texts is not None:
+    rows = data.tokenize_texts(texts, vocabulary, feature_lengths['inputs'])
+    sources.append((list(texts), rows, vocabulary, None))
+  else:
+    for task in data.subtasks(provider, split):
+      examples = data.read_examples(task, feature_lengths, split, max_examples)
+      sources.append(([data.example_text(ex, 'inputs', data.inputs_vocabulary(task)) for ex in examples],
+                      [ex['inputs'] for ex in examples], data.targets_vocabulary(task), data.label_set(task.name)))
+  records = []
+  for inputs, rows, vocab, labels in sources:
+    features = data.to_features(rows, None, feature_lengths)
+    answers, scores = banks.ensemble_predict(fns, params, features, len(names), batch_size, vocab, labels)
+    for text, row, row_scores in zip(inputs, answers, scores):
+      records.append({'input': text, 'prediction': banks.vote(row, row_scores),
+                      'predictions': dict(zip(names, row)), 'scores': dict(zip(names, row_scores))})
+  return records
+
+
 @gin.configurable(module='jaxprompt')
 def infer(output_file: str | None = None, *, model_config: T5Config | None = None,
           initial_checkpoint_path: str | None = None, mixture_or_task_name: str | None = None,
@@ -86,12 +112,20 @@ def infer(output_file: str | None = None, *, model_config: T5Config | None = Non
           input_file: str | None = None, split: str = 'validation', batch_size: int = 32,
           max_examples: int | None = None, vocabulary: Any = None, decode: eval_lib.DecodeOptions | None = None,
           prompt_combine: str = 'prefix', model_parallel: int = 1, length_buckets: Any = buckets.DEFAULT,
-          stdout=None) -> list[dict[str, Any]]:
+          prompts: Mapping[str, str] | None = None, labels: Mapping[str, Sequence[str]] | None = None,
+          ensemble: bool = False, allow_other_model: bool = False, stdout=None) -> list[dict[str, Any]]:
   """Decodes inputs with a prompt and writes JSONL to `output_file` (stdout when None or '-').
 
   Inputs: `input_file` (one input per line; '-' = stdin) if given, else the task's `split`, else stdin. Text
   inputs are tokenized with `vocabulary` (a SentencePiece path or seqio vocabulary), else the task's, else
   T5's default vocabulary. Batches are cut to `length_buckets` of their inputs [LENGTH_BUCKETS].
+
+  Many prompts (`prompts` {name: source}, `--prompt NAME=FILE`): a prompt bank over the one frozen model.
+  The input is then JSONL, one request `{"task": name, "input": text, ...}` per line, answered in input order
+  with the row's fields plus `prediction` and `score`; batches mix tasks freely. Tasks in `labels`
+  ({name: [label, ...]}) are rank-classified over their labels, the others decoded. With `ensemble` the
+  prompts are one task's: plain inputs as above, each run under every prompt in one pass, answered with the
+  majority vote and each prompt's `predictions`. `allow_other_model` loads prompts recorded for another model.
   """
   config, ckpt, name, lengths = validation.check_common(model_config, initial_checkpoint_path,
                                                         mixture_or_task_name, task_feature_lengths,
@@ -99,7 +133,11 @@ def infer(output_file: str | None = None, *, model_config: T5Config | None = Non
   validation.check_positive(batch_size=batch_size, max_examples=max_examples, PROMPT_LENGTH=prompt_length)
   length_buckets = buckets.LengthBuckets.from_spec(length_buckets)
   provider = data.get_provider(name) if name else None
+  if ensemble and not (prompts and len(prompts) > 1):
+    raise ConfigError('--ensemble needs several prompts of the task: --prompt NAME=FILE, repeated')
   texts = None
+  if prompts and not ensemble and input_file is None:
+    input_file = '-'  # a prompt bank reads JSONL requests, never a task split
   if input_file is not None or provider is None:
     texts = read_input_lines(input_file or '-')
     if max_examples:
@@ -109,12 +147,36 @@ def infer(output_file: str | None = None, *, model_config: T5Config | None = Non
   vocab = _vocabulary(provider, vocabulary)
   configs.check_vocabulary(vocab, config, provider.name if provider is not None else 'text inputs')
   data.host_batch_size(batch_size, runtime_lib.data_parallel_size(model_parallel))
-  method, trainable = prompt_files.load_tuned(prompt_file=prompt_file, checkpoint=checkpoint, step=checkpoint_step,
-                                              prompt_length=prompt_length, config=config, combine=prompt_combine,
-                                              eos_id=vocab.eos_id)
+  if prompts:
+    if prompt_file is not None or checkpoint is not None:
+      raise ConfigError('give either --prompt NAME=FILE (a prompt bank) or --prompt_file / --checkpoint, not both')
+    method, trainable = bank_files.load_bank(prompts, config=config, combine=prompt_combine, eos_id=vocab.eos_id,
+                                             step=checkpoint_step)
+  else:
+    method, trainable = prompt_files.load_tuned(prompt_file=prompt_file, checkpoint=checkpoint,
+                                                step=checkpoint_step, prompt_length=prompt_length, config=config,
+                                                combine=prompt_combine, eos_id=vocab.eos_id)
+  requests = None
+  is_bank = bool(method.task_names) and not ensemble  # --prompt NAME=FILE, or a multi-task run's prompts.npz
+  if labels and not is_bank:
+    raise ConfigError('--labels NAME=A|B applies to the tasks of a prompt bank (--prompt NAME=FILE, no --ensemble)')
+  if is_bank:  # read and check the requests before the model loads
+    if texts is None:
+      raise ConfigError(f'the prompt bank of tasks {list(method.task_names)} answers JSONL requests '
+                        '{"task": ..., "input": ...}: give --input_file (a file, or - for stdin)')
+    requests = banks.parse_requests(texts, method.task_names,
+                                    where='stdin' if input_file in (None, '-') else input_file)
+    banks.candidate_tables(labels or {}, method.task_names, vocab, lengths['targets'])  # labels checked now
   fns, prompt = tuned_model(config, ckpt, lengths, method, trainable, model_parallel=model_parallel,
                             eos_id=vocab.eos_id, decode=decode, length_buckets=length_buckets)
-  if texts is not None:
+  model_check.check_prompt_sources(dict(prompts) if prompts else {'': prompt_file or checkpoint}, checkpoint_step,
+                                   config, vocab, fns.rt.network, allow_other_model=allow_other_model)
+  if requests is not None:
+    records = banks.serve(fns, prompt, method.task_names, requests, vocab, lengths, batch_size, labels)
+  elif ensemble:
+    records = ensemble_records(fns, prompt, list(prompts or {}), provider, texts, vocab, split, lengths,
+                               batch_size, max_examples)
+  elif texts is not None:
     records = decode_texts(fns, prompt, texts, vocab, lengths, batch_size)
   else:
     records = decode_task(fns, prompt, provider, split, lengths, batch_size, max_examples)

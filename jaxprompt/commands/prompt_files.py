@@ -1,9 +1,11 @@
 """Reading what a method trained, for `eval` / `infer`: its inference file or a training checkpoint's copy of
-it, checked against the model, as (method, parameters).
+it, checked against the model, as (method, parameters); and the frozen-model fingerprint each source records.
 
   prompt.npy                        float32 [P, d] input prompt: prompt tuning, P-tuning (its computed prompt)
   prefix.npz / *.safetensors        K/V prefixes: prefix tuning, P-tuning v2 (`jaxprompt.methods.kv_prefix`)
   per_layer_prompts.npz             per-layer prompts (`jaxprompt.methods.per_layer_prompts`)
+  a PEFT adapter folder             PROMPT_TUNING / P_TUNING (a prompt), PREFIX_TUNING (a decoder_self prefix)
+                                    (`jaxprompt.checkpoints.peft_adapters`)
 """
 from __future__ import annotations
 
@@ -13,18 +15,20 @@ from typing import Any
 import numpy as np
 from etils import epath
 
+from jaxprompt.checkpoints import peft_adapters
 from jaxprompt.errors import ConfigError, PromptError
-from jaxprompt.methods import initializers
+from jaxprompt.methods import initializers, multitask, prompt_bank
 from jaxprompt.methods import per_layer_prompts as per_layer_lib
 from jaxprompt.methods import prefix_tuning as prefix_lib
 from jaxprompt.methods.base import Method
 from jaxprompt.methods.prompt_tuning import PROMPT_FILE, PROMPT_KEY, PromptTuning
+from jaxprompt.models import fingerprint as fingerprint_lib
 from jaxprompt.models.config import T5Config
-from jaxprompt.train import checkpoint_files
+from jaxprompt.train import checkpoint_files, checkpoints
 from jaxprompt.train.npy_io import npy_shape, read_npz
 
 # The inference files a training step leaves beside its checkpoint (`Method.numpy_copy`), by preference.
-STEP_FILES = (PROMPT_FILE, prefix_lib.PREFIX_FILE, per_layer_lib.NUMPY_FILE)
+STEP_FILES = (PROMPT_FILE, prefix_lib.PREFIX_FILE, per_layer_lib.NUMPY_FILE, multitask.MULTITASK_FILE)
 
 
 def load_tuned(*, prompt_file: str | None, checkpoint: str | None, step: int | None, prompt_length: int | None,
@@ -33,10 +37,12 @@ def load_tuned(*, prompt_file: str | None, checkpoint: str | None, step: int | N
   step dir; its numpy copy of `step`, default the latest). `prompt_length` and `combine` apply to input
   prompts; the other files carry their own shapes and options."""
   if (prompt_file is None) == (checkpoint is None):
-    raise ConfigError('give exactly one of --prompt_file (a prompt .npy, prefix .npz / .safetensors or '
-                      'per_layer_prompts.npz) or --checkpoint (a training MODEL_DIR or step dir); got '
-                      f'prompt_file={prompt_file!r}, checkpoint={checkpoint!r}')
+    raise ConfigError('give exactly one of --prompt_file (a prompt .npy, prefix .npz / .safetensors, '
+                      'per_layer_prompts.npz or a PEFT adapter folder) or --checkpoint (a training MODEL_DIR or step '
+                      f'dir); got prompt_file={prompt_file!r}, checkpoint={checkpoint!r}')
   path = None if prompt_file is None else os.fspath(prompt_file)
+  if path is not None and peft_adapters.is_adapter_dir(path):
+    return load_adapter(path, config, prompt_length=prompt_length, combine=combine, eos_id=eos_id)
   if checkpoint is not None and not epath.Path(os.fspath(checkpoint)).is_file():
     numpy_dir, _ = checkpoint_files.checkpoint_step(os.fspath(checkpoint), step)
     found = [numpy_dir / n for n in STEP_FILES if numpy_dir is not None and (numpy_dir / n).exists()]
@@ -49,12 +55,62 @@ def load_tuned(*, prompt_file: str | None, checkpoint: str | None, step: int | N
     method = PromptTuning(length=prompt.shape[0], embed_dim=config.emb_dim, combine=combine, eos_id=eos_id,
                           dtype=config.dtype)
     return method, {PROMPT_KEY: prompt}
+  if path.endswith('.npz') and multitask.is_multitask_file(path):  # every task's prompt: served as a bank
+    return prompt_bank.build_bank(multitask.read_multitask_file(path, config, eos_id, combine), config, eos_id)
   if path.endswith('.safetensors') or (path.endswith('.npz') and not _is_per_layer(path)):
     return prefix_lib.read_prefix_file(path, config)
   if path.endswith('.npz'):
     return per_layer_lib.read_per_layer_file(path, config, eos_id=eos_id)
-  raise PromptError(f'prompt file {path}: unknown kind; expected a prompt .npy, a prefix .npz / .safetensors '
-                    'or a per_layer_prompts .npz')
+  if os.path.isdir(path):
+    raise PromptError(f'prompt file {path} is a folder without {peft_adapters.CONFIG_FILE}: not a PEFT adapter (for '
+                      'a training MODEL_DIR or step dir use --checkpoint)')
+  raise PromptError(f'prompt file {path}: unknown kind; expected a prompt .npy, a prefix .npz / .safetensors, '
+                    'a per_layer_prompts .npz or a PEFT adapter folder')
+
+
+def load_adapter(folder: str, config: T5Config, *, prompt_length: int | None = None, combine: str = 'prefix',
+                 eos_id: int = 1) -> tuple[Method, Any]:
+  """(method, host parameters) of a PEFT adapter folder: PromptTuning for PROMPT_TUNING / P_TUNING, the plain
+  decoder_self PrefixTuning (relpos 'positions') for PREFIX_TUNING; shapes checked against `config`."""
+  adapter = peft_adapters.read_adapter(folder, config)
+  if adapter.kind == 'prefix':
+    key, value = adapter.arrays['decoder_self/key'], adapter.arrays['decoder_self/value']
+    method = prefix_lib.PrefixTuning.for_config(config, length=key.shape[1], kinds=('decoder_self',),
+                                                projection=False, relpos='positions')
+    return method, {'decoder_self': {'key': key, 'value': value}}
+  prompt = adapter.arrays[PROMPT_KEY]
+  if prompt_length is not None and prompt_length != prompt.shape[0]:
+    raise PromptError(f'PEFT adapter {folder} holds a prompt of {prompt.shape[0]} virtual tokens but '
+                      f'PROMPT_LENGTH is {prompt_length}')
+  method = PromptTuning(length=prompt.shape[0], embed_dim=config.emb_dim, combine=combine, eos_id=eos_id,
+                        dtype=config.dtype)
+  return method, {PROMPT_KEY: prompt}
+
+
+def recorded_fingerprint(source: str | os.PathLike, step: int | None = None) -> dict | None:
+  """The frozen-model fingerprint recorded for a prompt source, None when it records none: a file's
+  `<file>.fingerprint.json` sidecar (else a step dir's `fingerprint.json` beside it, for a file inside a numpy
+  step dir), a PEFT adapter folder's safetensors metadata, or a training checkpoint's (MODEL_DIR at `step`,
+  default the latest, or a step dir) numpy step dir `fingerprint.json`."""
+  source = os.fspath(source)
+  if peft_adapters.is_adapter_dir(source):
+    return peft_adapters.read_fingerprint(source)
+  if epath.Path(source).is_file():
+    recorded = fingerprint_lib.read(fingerprint_lib.sidecar_path(source))
+    beside = os.path.join(os.path.dirname(source), fingerprint_lib.STEP_FILE)
+    return recorded if recorded is not None else fingerprint_lib.read(beside)
+  if '://' not in source and not os.path.exists(source):
+    raise PromptError(f'prompt source {source} does not exist')
+  return fingerprint_lib.read(step_numpy_dir(source, step) / fingerprint_lib.STEP_FILE)
+
+
+def step_numpy_dir(checkpoint: str, step: int | None = None) -> epath.Path:
+  """The numpy step dir (`numpy_checkpoints/checkpoint_<step>`) of a MODEL_DIR or either kind of step dir; it may
+  not exist (only process 0 writes it)."""
+  numpy_dir, orbax_dir = checkpoint_files.checkpoint_step(checkpoint, step)
+  if numpy_dir is not None:
+    return numpy_dir
+  return orbax_dir.parent.parent / checkpoints.NUMPY_CHECKPOINTS / f'{checkpoints.NUMPY_PREFIX}{orbax_dir.name}'
 
 
 def _is_per_layer(path: str) -> bool:

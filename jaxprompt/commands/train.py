@@ -1,6 +1,7 @@
 """`jaxprompt train`: the gin entry points `jaxprompt.train` (a tuning method on a frozen model; prompt tuning
 by default) and `jaxprompt.train_model` (model tuning: every weight, or pretraining from scratch). Both run
-the one loop of `jaxprompt.train.loop`."""
+the one loop of `jaxprompt.train.loop`. A method on a frozen model records that model's fingerprint
+(`jaxprompt.models.fingerprint`) in every checkpoint step and beside every `final_*` file."""
 from __future__ import annotations
 
 import dataclasses
@@ -21,6 +22,7 @@ from jaxprompt.eval import evaluation as eval_lib
 from jaxprompt.methods.base import Method
 from jaxprompt.methods.model_tuning import model_tuning
 from jaxprompt.methods.prompt_tuning import PROMPT_KEY, prompt_tuning
+from jaxprompt.models import fingerprint as fingerprint_lib
 from jaxprompt.models.config import T5Config
 from jaxprompt.models.wrapper import LossConfig
 from jaxprompt.parallel import host
@@ -91,7 +93,6 @@ def run_training(*, method: MethodFactory, model_dir: Any, model_config: Any, in
   checkpointer = StateCheckpointer(model_dir, keep=keep_checkpoints, best_metric=best_metric,
                                    best_mode=best_mode)  # fails now if MODEL_DIR is not writable
   try:
-    _save_gin_config(model_dir)
     provider = data.get_provider(task_name)
     vocab = data.targets_vocabulary(provider)
     configs.check_vocabulary(vocab, config, task_name)
@@ -101,7 +102,8 @@ def run_training(*, method: MethodFactory, model_dir: Any, model_config: Any, in
     checkpointer.numpy_copy = lambda state: tuning.numpy_copy(state.trainable)
     data.check_split(provider, train_split)
     eval_sets = (eval_lib.prepare_eval(provider, eval_split, lengths, max_examples=eval_max_examples,
-                                       rank_classification=eval_metrics) if eval_split else [])
+                                       rank_classification=eval_metrics, task_names=tuning.task_names)
+                 if eval_split else [])
     data_parallel = runtime_lib.data_parallel_size(model_parallel)
     host_batch = data.host_batch_size(batch_size, data_parallel)
     data.host_batch_size(eval_batch_size or batch_size, data_parallel)
@@ -109,11 +111,14 @@ def run_training(*, method: MethodFactory, model_dir: Any, model_config: Any, in
     runtime = runtime_lib.build_runtime(config, tuning, checkpoint_path, lengths, optimizer=optimizer,
                                         loss=loss, model_parallel=model_parallel,
                                         num_microbatches=num_microbatches, eos_id=vocab.eos_id, seed=seed)
+    runtime.fingerprint = model_fingerprint(runtime, vocab)
+    checkpointer.use_model(runtime.fingerprint)  # refuses to resume on another model before anything is written
+    _save_gin_config(model_dir)
     state = loop.initial_state(runtime, optimizer, seed)
 
     def batches(skip: int):
       ds = data.train_dataset(provider, lengths, train_split, host_batch, seed, pack=pack,
-                              prompt_slots=prompt_slots)
+                              prompt_slots=prompt_slots, task_names=tuning.task_names)
       return buckets.bucketed(data.train_batches(ds, skip=skip), bucket_set, name='train step',
                               agree=host.global_max)
 
@@ -126,6 +131,15 @@ def run_training(*, method: MethodFactory, model_dir: Any, model_config: Any, in
   finally:
     checkpointer.close()
   return result, runtime
+
+
+def model_fingerprint(runtime: runtime_lib.Runtime, vocabulary: Any) -> dict[str, Any] | None:
+  """The fingerprint of the frozen model a method trains on (one gather of its embedding rows, a collective on a
+  pod); None for model tuning, which trains the network itself."""
+  if runtime.method is None or runtime.method.trains_network:
+    return None
+  return fingerprint_lib.model_fingerprint(runtime.config, vocabulary,
+                                           runtime.network['token_embedder']['embedding'])
 
 
 @gin.configurable(module='jaxprompt')
@@ -179,18 +193,23 @@ def train(model_dir: str | None = None, *, model_config: T5Config | None = None,
       debug_sleep_per_step=debug_sleep_per_step)
   trainable = loop.host_trainable(result.state)
   _, inference = runtime.method.inference(trainable)
-  exported = None if result.preempted else export_final(runtime.method, trainable, os.fspath(model_dir))
+  exported = None if result.preempted else export_final(runtime.method, trainable, os.fspath(model_dir),
+                                                        fingerprint=runtime.fingerprint)
   return TrainResult(os.fspath(model_dir), result.step, trainable, result.preempted, result.eval_metrics, exported,
                      jax.tree.map(np.asarray, inference))
 
 
-def export_final(method: Method, trainable: Mapping[str, Any], model_dir: str) -> str | None:
-  """Writes the method's inference files as `final_<name>` in `model_dir` (process 0); returns the first path
-  (what `--prompt_file` takes), or None for a method without files."""
+def export_final(method: Method, trainable: Mapping[str, Any], model_dir: str, *,
+                 fingerprint: Mapping[str, Any] | None = None) -> str | None:
+  """Writes the method's inference files as `final_<name>` in `model_dir` (process 0), each with its
+  `<file>.fingerprint.json` when `fingerprint` (the frozen model) is given; returns the first path (what
+  `--prompt_file` takes), or None for a method without files."""
   paths = []
   for name, value in (method.numpy_copy(trainable) or {}).items():
     path = os.path.join(model_dir, FINAL_PREFIX + name)
     if jax.process_index() == 0:
+      if fingerprint is not None:  # first, as in checkpoint steps: a final file always says its model
+        fingerprint_lib.write(fingerprint_lib.sidecar_path(path), fingerprint)
       (write_npz if isinstance(value, Mapping) else write_npy)(value, path)
     paths.append(path)
   return paths[0] if paths else None

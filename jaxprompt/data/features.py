@@ -5,3 +5,5 @@ from __future__ import annotations
 FEATURES = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens', 'decoder_loss_weights')
 # With packing (several examples per row): which example each position belongs to.
 SEGMENT_FEATURES = ('encoder_segment_ids', 'decoder_segment_ids')
+# [batch] int32: which task (prompt) of a multi-task method each row uses (prompt banks, multi-task training).
+TASK_FEATURE = 'task_ids'

@@ -3,7 +3,8 @@ host.
 
 Training reads an endless, seeded, shuffled stream sharded over processes (`seqio.ShardInfo`), so the k-th
 batch is the same in every run with the same seed and process count: resuming skips the batches already
-consumed (`data_position`) and sees exactly what an uninterrupted run would have seen.
+consumed (`data_position`) and sees exactly what an uninterrupted run would have seen. A multi-task method's
+stream mixes the mixture's tasks at its rates and tags every example with its task's id (`mixed_task_stream`).
 
 Evaluation and inference read a split once, in order, on every process (each process then feeds its own rows
 of every global batch to the mesh).
@@ -19,7 +20,7 @@ import tensorflow as tf
 
 from jaxprompt.data import custom
 from jaxprompt.data import tasks as tasks_lib
-from jaxprompt.data.features import FEATURES, SEGMENT_FEATURES
+from jaxprompt.data.features import FEATURES, SEGMENT_FEATURES, TASK_FEATURE
 from jaxprompt.errors import ConfigError, DataError
 
 Batch = dict[str, np.ndarray]
@@ -116,14 +117,70 @@ def convert_features(ds: tf.data.Dataset, feature_lengths: Mapping[str, int], pa
 
 
 def train_dataset(provider: seqio.Task | seqio.Mixture, feature_lengths: Mapping[str, int], split: str,
-                  host_batch: int, seed: int, pack: bool = False, prompt_slots: int = 0) -> tf.data.Dataset:
+                  host_batch: int, seed: int, pack: bool = False, prompt_slots: int = 0,
+                  task_names: Sequence[str] = ()) -> tf.data.Dataset:
   """Endless batches [host_batch, length] of this process's shard, shuffled with `seed`; packed when `pack`
-  (with `prompt_slots` reserved in front of each example for the method's prompt; see `convert_features`)."""
-  ds = provider.get_dataset(sequence_length=dict(feature_lengths), split=split, use_cached=False, shuffle=True,
-                            seed=seed, num_epochs=None,
-                            shard_info=seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count()))
-  ds = convert_features(ds, feature_lengths, pack, prompt_slots)
+  (with `prompt_slots` reserved in front of each example for the method's prompt; see `convert_features`).
+  `task_names` (a multi-task method's): every row carries `task_ids` [host_batch] int32, its task's index
+  there (`mixed_task_stream`); never packed."""
+  shard = seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
+  if task_names:
+    if pack:
+      raise ConfigError(f'multi-task training gives each example its own task\'s prompt, and a packed row holds '
+                        f'examples of several tasks: set PACK=False (tasks {list(task_names)})')
+    ds = mixed_task_stream(provider, feature_lengths, split, seed, task_names, shard)
+    ds = convert_with_task_ids(ds, feature_lengths)
+  else:
+    ds = provider.get_dataset(sequence_length=dict(feature_lengths), split=split, use_cached=False, shuffle=True,
+                              seed=seed, num_epochs=None, shard_info=shard)
+    ds = convert_features(ds, feature_lengths, pack, prompt_slots)
   return ds.batch(host_batch, drop_remainder=True)
+
+
+def mixed_task_stream(provider: seqio.Task | seqio.Mixture, feature_lengths: Mapping[str, int], split: str,
+                      seed: int, task_names: Sequence[str], shard: seqio.ShardInfo | None = None
+                      ) -> tf.data.Dataset:
+  """The endless mixture of `provider`'s tasks, each example with its task's index in `task_names` as
+  `task_ids` [1] int32 (a single Task: its own index).
+
+  seqio's `Mixture.get_dataset` cannot tag an example with its task, so this repeats its mixing with the tag
+  added before it: each task's stream filtered to the mixture's output features, as seqio reads it (same
+  seed, shard and epochs), then `tf.data.Dataset.sample_from_datasets` with the rates `mixture.get_rate(task)`,
+  `seed` and `stop_on_empty_dataset=True`, seqio's default sample_fn. Without `task_ids` the stream is
+  `mixture.get_dataset(..., seed=seed)`'s, so the k-th batch is fixed by the seed (resume skips exactly).
+  Tasks without `split` are left out, as seqio does.
+  """
+  tasks = list(provider.tasks) if isinstance(provider, seqio.Mixture) else [provider]
+  names = list(task_names)
+  unknown = [t.name for t in tasks if t.name not in names]
+  if unknown:
+    raise ConfigError(f'{provider.name!r} has tasks {unknown} that the multi-task method does not know; its '
+                      f'tasks are {names} (set its `tasks` to this mixture, or to a list naming every task)')
+  tasks = [t for t in tasks if split in t.splits]
+  if not tasks:
+    raise DataError(f'no task of {provider.name!r} has a split {split!r}')
+  rates = [float(provider.get_rate(t)) if isinstance(provider, seqio.Mixture) else 1.0 for t in tasks]
+  if not sum(rates) > 0:
+    raise ConfigError(f'mixture {provider.name!r} gives its tasks with split {split!r} the rates '
+                      f'{dict(zip([t.name for t in tasks], rates))}: at least one must be positive')
+  keys = set(provider.output_features)
+  streams = []
+  for task in tasks:
+    ds = task.get_dataset(sequence_length=dict(feature_lengths), split=split, use_cached=False, shuffle=True,
+                          seed=seed, num_epochs=None, shard_info=shard)
+    tag = tf.constant([names.index(task.name)], tf.int32)
+    streams.append(ds.map(lambda ex, tag=tag: {**{k: v for k, v in ex.items() if k in keys}, TASK_FEATURE: tag},
+                          num_parallel_calls=tf.data.AUTOTUNE))
+  return tf.data.Dataset.sample_from_datasets(streams, weights=rates, seed=seed, stop_on_empty_dataset=True)
+
+
+def convert_with_task_ids(ds: tf.data.Dataset, feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+  """Unpacked `EncDecFeatureConverter` features plus `task_ids` (an int32 scalar per example). seqio passes
+  the id through as a length-1 feature (its trim-and-pad step needs rank >= 1); it is a scalar again after."""
+  spec = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32, rank=1)
+  converter = seqio.EncDecFeatureConverter(pack=False, passthrough_features={TASK_FEATURE: spec})
+  ds = converter(ds, {**feature_lengths, TASK_FEATURE: 1})
+  return ds.map(lambda ex: {**ex, TASK_FEATURE: ex[TASK_FEATURE][0]}, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def batch_stats(batch: Mapping[str, np.ndarray]) -> dict[str, float]:
@@ -140,7 +197,7 @@ def batch_stats(batch: Mapping[str, np.ndarray]) -> dict[str, float]:
 
 def as_float_weights(batch: Mapping[str, np.ndarray]) -> Batch:
   """Loss weights as float32 (seqio gives int32): one compiled step for real and debug-poisoned batches."""
-  out = {k: np.asarray(batch[k]) for k in FEATURES + SEGMENT_FEATURES if k in batch}
+  out = {k: np.asarray(batch[k]) for k in FEATURES + SEGMENT_FEATURES + (TASK_FEATURE,) if k in batch}
   out['decoder_loss_weights'] = out['decoder_loss_weights'].astype(np.float32)
   return out
 

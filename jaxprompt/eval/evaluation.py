@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import gin
 import jax
@@ -15,6 +15,7 @@ import seqio
 from jaxprompt.commands import validation
 from jaxprompt.data import buckets as buckets_lib
 from jaxprompt.data import pipeline as data
+from jaxprompt.data.features import TASK_FEATURE
 from jaxprompt.errors import ConfigError
 from jaxprompt.parallel import host, partitioning
 from jaxprompt.models.wrapper import TunedModel
@@ -78,12 +79,13 @@ class ModelFns:
     return host.host_value(fn(prompt, self.rt.frozen, self._shard('score', batch)))
 
   def rank(self, prompt: Any, batch: Mapping[str, np.ndarray], candidates: np.ndarray) -> np.ndarray:
-    """Log-likelihoods [b, c] of the candidate targets [c, length] for each row (candidates are cut to the
-    longest one: shorter ones are zero-padded, which scores nothing)."""
+    """Log-likelihoods [b, c] of the candidate targets, [c, length] shared or [b, c, length] per row (candidates
+    are cut to the longest one: shorter ones are zero-padded, which scores nothing)."""
     model = self.rt.model
-    candidates = candidates[:, :max(buckets_lib.last_real_column(candidates), 1)]
-    fn = self.rt.steps.compiled('rank', lambda p, f, b, c: model.rank_classify(f, p, b['encoder_input_tokens'], c),
-                                 1)
+    width = buckets_lib.last_real_column(candidates.reshape(-1, candidates.shape[-1]))
+    candidates = candidates[..., :max(width, 1)]
+    fn = self.rt.steps.compiled('rank', lambda p, f, b, c: model.rank_classify(f, p, b['encoder_input_tokens'], c,
+                                                                                 b.get(TASK_FEATURE)), 1)
     return host.host_value(fn(prompt, self.rt.frozen, self._shard('rank', batch, ('inputs',)), candidates))
 
   def decode(self, prompt: Any, batch: Mapping[str, np.ndarray], index: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -91,8 +93,8 @@ class ModelFns:
     model, opts = self.rt.model, self.decode_options
 
     def fn(p, f, b, rng):
-      return model.predict_batch(f, p, {'encoder_input_tokens': b['encoder_input_tokens'],
-                                        'decoder_target_tokens': b['decoder_target_tokens']},
+      return model.predict_batch(f, p, {k: b[k] for k in ('encoder_input_tokens', 'decoder_target_tokens',
+                                                         TASK_FEATURE) if k in b},
                                  method=opts.method, num_decodes=opts.num_decodes, alpha=opts.alpha,
                                  temperature=opts.temperature, topk=opts.topk, topp=opts.topp,
                                  rng=rng if opts.method == 'sample' else None)
@@ -106,7 +108,7 @@ class ModelFns:
 # ------------------------------------------------------------------------------------ metrics
 
 
-def _scalar(value: Any) -> Any:
+def scalar(value: Any) -> Any:
   """seqio metric values (floats, numpy scalars, seqio.metrics.Scalar) -> JSON-friendly numbers."""
   value = getattr(value, 'value', value)
   array = np.asarray(value)
@@ -164,6 +166,13 @@ def predict(fns: ModelFns, prompt: Any, features: Mapping[str, np.ndarray], batc
   return texts, scores
 
 
+def task_id(task_names: Sequence[str], name: str) -> int:
+  """The index of task `name` among a multi-task method's tasks (ConfigError naming both when absent)."""
+  if name not in task_names:
+    raise ConfigError(f'task {name!r} is not one of the method\'s tasks {list(task_names)}')
+  return list(task_names).index(name)
+
+
 @dataclasses.dataclass
 class EvalSet:
   """One task's split, read and featurized once (reused by every evaluation of a training run)."""
@@ -175,13 +184,20 @@ class EvalSet:
 
 
 def prepare_eval(provider: seqio.Task | seqio.Mixture, split: str, feature_lengths: Mapping[str, int], *,
-                 max_examples: int | None = None, rank_classification: bool = True) -> list[EvalSet]:
-  """Reads the split of the task (each task of a mixture); checks the labels fit the targets length."""
+                 max_examples: int | None = None, rank_classification: bool = True,
+                 task_names: Sequence[str] = ()) -> list[EvalSet]:
+  """Reads the split of the task (each task of a mixture); checks the labels fit the targets length.
+
+  `task_names` (a multi-task method's `task_names`): each set's rows carry their task's index in it as
+  `task_ids`.
+  """
   sets = []
   for task in data.subtasks(provider, split):
     examples = data.read_examples(task, feature_lengths, split, max_examples)
     features = data.to_features([ex['inputs'] for ex in examples], [ex['targets'] for ex in examples],
                                 feature_lengths)
+    if task_names:
+      features[TASK_FEATURE] = np.full((len(examples),), task_id(task_names, task.name), np.int32)
     labels = data.label_set(task.name) if rank_classification else None
     if labels:
       label_candidates(labels, data.targets_vocabulary(task), feature_lengths['targets'])
@@ -203,12 +219,12 @@ def evaluate_set(fns: ModelFns, prompt: Any, eval_set: EvalSet, batch_size: int,
              for ex in examples]
   predictions = [task.postprocess_fn(text, example=ex, is_target=False) for text, ex in zip(texts, examples)]
   for metric_fn in task.predict_metric_fns:
-    metrics.update({k: _scalar(v) for k, v in metric_fn(targets, predictions).items()})
+    metrics.update({k: scalar(v) for k, v in metric_fn(targets, predictions).items()})
   if task.score_metric_fns:
     target_scores = np.concatenate([fns.target_scores(prompt, batch)[:real]
                                     for batch, real in data.padded_batches(features, batch_size)])
     for metric_fn in task.score_metric_fns:
-      metrics.update({k: _scalar(v) for k, v in metric_fn(targets, list(target_scores)).items()})
+      metrics.update({k: scalar(v) for k, v in metric_fn(targets, list(target_scores)).items()})
   if task.predict_with_aux_metric_fns:
     log.warning('task %s: %d predict_with_aux metric fns are not computed', task.name,
                 len(task.predict_with_aux_metric_fns))
@@ -220,12 +236,19 @@ def evaluate_set(fns: ModelFns, prompt: Any, eval_set: EvalSet, batch_size: int,
 
 
 def evaluate_sets(fns: ModelFns, prompt: Any, sets: Sequence[EvalSet], batch_size: int, *,
-                  task_metrics: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-  """Metrics of one task, or of several (a mixture: keys prefixed `<task>/`), and their records."""
+                  task_metrics: bool = True, score_set: Callable[..., tuple[dict, list]] | None = None
+                  ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+  """Metrics of one task, or of several (a mixture: keys prefixed `<task>/`), and their records.
+
+  `score_set(fns, prompt, eval_set, batch_size)` scores one set (default `evaluate_set`; an ensemble's is
+  `jaxprompt.eval.banks.evaluate_ensemble`)."""
   out: dict[str, Any] = {}
   records: list[dict[str, Any]] = []
   for eval_set in sets:
-    metrics, set_records = evaluate_set(fns, prompt, eval_set, batch_size, task_metrics=task_metrics)
+    if score_set is None:
+      metrics, set_records = evaluate_set(fns, prompt, eval_set, batch_size, task_metrics=task_metrics)
+    else:
+      metrics, set_records = score_set(fns, prompt, eval_set, batch_size)
     prefix = f'{eval_set.task.name}/' if len(sets) > 1 else ''
     out.update({prefix + k: v for k, v in metrics.items()})
     records += [dict(r, task=eval_set.task.name) for r in set_records] if prefix else set_records

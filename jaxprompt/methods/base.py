@@ -36,6 +36,13 @@ class Method(abc.ABC):
     rows (a prompt's copy); 0 when the method adds no input positions."""
     return 0
 
+  @property
+  def task_names(self) -> tuple[str, ...]:
+    """The tasks a multi-task method serves, in task-id order (a prompt bank's prompts, multi-task training's
+    tasks); () for a one-task method. A multi-task method's `hooks` take `task_ids` [b] and every batch it
+    sees carries them (feature `task_ids`)."""
+    return ()
+
   @abc.abstractmethod
   def init(self, rng: Array, frozen: Params) -> Params:
     """Initial trainable parameters (host or device arrays). `frozen` is the network's (loaded) tree."""
@@ -51,7 +58,8 @@ class Method(abc.ABC):
     return frozen
 
   def hooks(self, trainable: Params, *, deterministic: bool = True, rng: Array | None = None) -> Hooks:
-    """The hooks of one forward pass; `rng` (when not deterministic) feeds the method's own dropout."""
+    """The hooks of one forward pass; `rng` (when not deterministic) feeds the method's own dropout. A
+    multi-task method (`task_names`) also takes `task_ids` [b] int32, each row's task."""
     del trainable, deterministic, rng
     return Hooks()
 

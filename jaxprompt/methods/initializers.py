@@ -255,7 +255,7 @@ def from_text(text: str = gin.REQUIRED, vocabulary: Any = None, add_eos: bool = 
   return init
 
 
-# ----- ready-made prompts (SPoT-style transfer, released prompts) -----
+# ----- ready-made prompts (SPoT transfer, released prompts, PEFT adapters) -----
 
 
 @gin.configurable(module=GIN_MODULE)
@@ -270,21 +270,53 @@ def from_array(array: Any = gin.REQUIRED) -> Initializer:
 
 
 @gin.configurable(module=GIN_MODULE)
-def from_file(path: str = gin.REQUIRED) -> Initializer:
-  """A prompt saved with `np.save` (a released prompt, or another task's prompt for SPoT-style transfer).
+def from_file(path: str | os.PathLike | Sequence[str | os.PathLike] = gin.REQUIRED) -> Initializer:
+  """A saved prompt: a `.npy` (np.save) or a PEFT PROMPT_TUNING / P_TUNING adapter folder (a released prompt,
+  or another task's prompt for SPoT transfer).
 
-  The file is read when the initialiser runs (local or gs:// via tf.io.gfile); pickled data is never
-  loaded. Its shape must equal the prompt's; float16/bfloat16/float64 are cast to float32.
+  Several paths (a list or tuple) give their elementwise mean, SPoT-style transfer (Vu et al. 2022) from several
+  source tasks at once: `from_file.path = ['/a/final_prompt.npy', '/b/final_prompt.npy']`. Files are read when
+  the initialiser runs (local or gs:// via tf.io.gfile); pickled data is never loaded. Each file's shape must
+  equal the prompt's (the error names the odd file); float16/bfloat16/float64 are cast to float32 and averaged in
+  float32.
   """
-  path = os.fspath(path)
+  paths = _paths(path)
 
   def init(rng: Array, shape: Sequence[int], embedding: Any = None) -> Array:
     del rng, embedding
     shape = _check_shape(shape, 'from_file')
-    array = npy_io.read_npy(path, what='prompt file', error=PromptError)
-    return _as_prompt(array, shape, f'prompt file {path}')
+    prompts = []
+    for i, one in enumerate(paths):
+      where = f'prompt file {one}' + (f' ({i + 1} of {len(paths)} averaged)' if len(paths) > 1 else '')
+      prompts.append(_as_prompt(_read_saved_prompt(one), shape, where))
+    return prompts[0] if len(prompts) == 1 else jnp.mean(jnp.stack(prompts), axis=0)
 
   return init
+
+
+def _paths(path: Any) -> tuple[str, ...]:
+  """One path, or a non-empty list / tuple of them, as strings."""
+  many = isinstance(path, (list, tuple))
+  paths = tuple(path) if many else (path,)
+  if not paths:
+    raise PromptError('from_file: path is an empty list; give a prompt file or several to average (SPoT)')
+  bad = [p for p in paths if not isinstance(p, (str, os.PathLike))]
+  if bad:
+    raise PromptError(f'from_file: path must be a file path or a list of them; got {bad[0]!r} '
+                      f'({type(bad[0]).__name__})')
+  return tuple(os.fspath(p) for p in paths)
+
+
+def _read_saved_prompt(path: str) -> Any:
+  """The array of a prompt .npy, or the prompt of a PEFT adapter folder (its first num_virtual_tokens rows)."""
+  from jaxprompt.checkpoints import peft_adapters  # pylint: disable=g-import-not-at-top  (keeps this import light)
+  if not peft_adapters.is_adapter_dir(path):
+    return npy_io.read_npy(path, what='prompt file', error=PromptError)
+  adapter = peft_adapters.read_adapter(path)
+  if adapter.kind != 'prompt':
+    raise PromptError(f'prompt file {path} is a PEFT {adapter.config.get("peft_type")} adapter: key/value prefixes, '
+                      f'not an input prompt; from_file takes PROMPT_TUNING or P_TUNING adapters')
+  return adapter.arrays['prompt']
 
 
 def bind_embedding(init: Initializer, embedding: Any) -> Callable[..., Array]:

@@ -60,17 +60,26 @@ def num_layers(config: T5Config, kind: str) -> int:
 
 class PrefixRows(struct.PyTreeNode):
   """A `LayerHook`: each kind's K/V rows, `keys[kind]` / `values[kind]` [layers, P, h, d] (the network hands a
-  layer its slice [P, h, d]). Kinds absent from `keys` get no prefix; hidden states pass through unchanged."""
+  layer its slice [P, h, d]). Kinds absent from `keys` get no prefix; hidden states pass through unchanged.
+
+  Per-example rows (a mixed-task batch): keys / values [layers, b, P, h, d] with `masks[kind]` [layers, b, P]
+  (False = a row's unused slot: rows with shorter prefixes are right-aligned in P, so with relpos 'positions'
+  each one sits at the distances it has alone).
+  """
   keys: dict
   values: dict
   relpos: str = struct.field(pytree_node=False, default='positions')
+  masks: dict | None = None
 
   def attention_prefix(self, layer: int | Array, kind: str) -> KVPrefix | None:
-    """This layer's rows as a batch-1 KVPrefix (`[1, P, h, d]`, shared by every example, beam and candidate)."""
+    """This layer's rows as a KVPrefix: batch 1 (`[1, P, h, d]`, shared by every example, beam and candidate),
+    or the batch's own rows `[b, P, h, d]` with their masks."""
     del layer  # already sliced by the network
     if kind not in self.keys:
       return None
     key, value = self.keys[kind], self.values[kind]
+    if self.masks is not None:
+      return KVPrefix(key, value, self.masks[kind], self.relpos)
     mask = jnp.ones((1, key.shape[0]), bool)  # prefix positions are never masked
     return KVPrefix(key[None], value[None], mask, self.relpos)
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from jaxprompt.errors import ConfigError
 from jaxprompt.models import decoding, losses, scan
 from jaxprompt.models.config import T5Config
+from jaxprompt.data.features import TASK_FEATURE
 from jaxprompt.models.hooks import Hooks
 from jaxprompt.models.t5 import Transformer
 
@@ -76,10 +77,18 @@ class TunedModel:
       raise ConfigError('this model has a tuning method but no trainable parameters were given')
     return {'params': self.method.network_params(frozen, trainable)}
 
-  def _hooks(self, trainable: Params | None, rng: Array | None = None) -> Hooks | None:
+  def _hooks(self, trainable: Params | None, rng: Array | None = None, task_ids: Array | None = None
+             ) -> Hooks | None:
+    """The method's hooks for one pass; a multi-task method (`task_names`) gets each row's task id [b]."""
     if self.method is None:
       return None
-    return self.method.hooks(trainable, deterministic=rng is None, rng=rng)
+    tasks = getattr(self.method, 'task_names', ())
+    if not tasks:
+      return self.method.hooks(trainable, deterministic=rng is None, rng=rng)
+    if task_ids is None:
+      raise ConfigError(f"{type(self.method).__name__} serves tasks {list(tasks)}: every batch needs a "
+                        f"'{TASK_FEATURE}' feature [batch] naming each row's task")
+    return self.method.hooks(trainable, deterministic=rng is None, rng=rng, task_ids=task_ids)
 
   def init_abstract(self, batch_size: int = 1, input_length: int = 8, target_length: int = 4) -> dict:
     """Boxed abstract variables (ShapeDtypeStructs with logical axes) of the network; nothing allocated."""
@@ -106,7 +115,8 @@ class TunedModel:
                              batch['decoder_input_tokens'], batch['decoder_target_tokens'],
                              encoder_segment_ids=batch.get('encoder_segment_ids'),
                              decoder_segment_ids=batch.get('decoder_segment_ids'),
-                             hooks=self._hooks(trainable, hook_rng), enable_dropout=dropout_rng is not None,
+                             hooks=self._hooks(trainable, hook_rng, batch.get(TASK_FEATURE)),
+                             enable_dropout=dropout_rng is not None,
                              rngs=rngs)
 
   def loss_fn(self, trainable: Params | None, frozen: Params, batch: Mapping[str, Array],
@@ -135,20 +145,26 @@ class TunedModel:
     token_scores = losses.token_scores(logits, batch['decoder_target_tokens'], batch.get('decoder_loss_weights'))
     return token_scores if return_intermediates else jnp.sum(token_scores, -1)
 
-  def encode(self, frozen: Params, trainable: Params | None, encoder_input_tokens: Array) -> tuple[Array, Array]:
-    """(encoded [b, l', embed], valid [b, l']) with the method's hooks applied."""
+  def encode(self, frozen: Params, trainable: Params | None, encoder_input_tokens: Array,
+             task_ids: Array | None = None) -> tuple[Array, Array]:
+    """(encoded [b, l', embed], valid [b, l']) with the method's hooks applied (`task_ids` [b]: each row's task,
+    for a multi-task method)."""
     return self.module.apply(self._variables(frozen, trainable), encoder_input_tokens,
-                             hooks=self._hooks(trainable), enable_dropout=False, method=Transformer.encode)
+                             hooks=self._hooks(trainable, task_ids=task_ids), enable_dropout=False,
+                             method=Transformer.encode)
 
   def rank_classify(self, frozen: Params, trainable: Params | None, encoder_input_tokens: Array,
-                    candidate_targets: Array) -> Array:
+                    candidate_targets: Array, task_ids: Array | None = None) -> Array:
     """Scores every candidate target for every example, running the encoder (and each layer's cross-attention
     key / value projection) once per example.
 
     encoder_input_tokens [b, l]; candidate_targets [c, lt] (shared label set) or [b, c, lt], EOS-terminated,
-    0-padded -> log-likelihoods [b, c]. `argmax(-1)` is the rank-classification prediction.
+    0-padded -> log-likelihoods [b, c]. `argmax(-1)` is the rank-classification prediction. An all-zero
+    candidate row (padding a smaller label set up to c) scores 0; callers mask it.
     """
-    encoded, valid = self.encode(frozen, trainable, encoder_input_tokens)
+    hooks = self._hooks(trainable, task_ids=task_ids)
+    encoded, valid = self.module.apply(self._variables(frozen, trainable), encoder_input_tokens, hooks=hooks,
+                                       enable_dropout=False, method=Transformer.encode)
     batch = encoded.shape[0]
     if candidate_targets.ndim == 2:
       candidate_targets = jnp.broadcast_to(candidate_targets[None], (batch,) + candidate_targets.shape)
@@ -159,7 +175,7 @@ class TunedModel:
     # candidates' queries from them (query rows example-major, as the repeated mask below).
     valid = jnp.repeat(valid, num_candidates, axis=0)
     logits = self.module.apply(self._variables(frozen, trainable), encoded, valid, inputs, targets,
-                               hooks=self._hooks(trainable), enable_dropout=False, method=Transformer.decode)
+                               hooks=hooks, enable_dropout=False, method=Transformer.decode)
     scores = losses.sequence_scores(logits, targets, (targets > 0).astype(jnp.float32))
     return scores.reshape(batch, num_candidates)
 
@@ -188,7 +204,7 @@ class TunedModel:
     variables = self._variables(frozen, trainable)
     module, params = self._decoding_module(variables['params'])
     variables = {'params': params}
-    hooks = self._hooks(trainable)
+    hooks = self._hooks(trainable, task_ids=batch.get(TASK_FEATURE))
     inputs = batch['encoder_input_tokens']
     target_shape = batch['decoder_target_tokens'].shape
     max_len = target_shape[1]
@@ -201,7 +217,9 @@ class TunedModel:
     encoded, valid = module.apply(variables, inputs, hooks=hooks, enable_dropout=False, method=Transformer.encode)
     encoded = decoding.flat_batch_beam_expand(encoded, num_decodes)
     valid = decoding.flat_batch_beam_expand(valid, num_decodes)
-    beam_hooks = hooks  # batch-independent hook data ([p, ...] or [layers, p, ...]) serves every beam as is
+    # Hook data is batch-independent ([p, ...], [layers, p, ...]) or per example ([layers, b, p, ...]): the
+    # attention repeats per-example rows for each of an example's beams, as the flat beam layout lays them out.
+    beam_hooks = hooks
 
     def tokens_to_logits(state: decoding.DecodingState):
       logits, new_vars = module.apply({**variables, 'cache': state.cache}, encoded, valid, state.cur_token,

@@ -1,14 +1,15 @@
 """Training checkpoints for every tuning method: the `TrainState`, the data position and the batch size.
 
   checkpoints/<step>/{state,meta,metrics}/    orbax, written atomically (tmp dir + rename / commit file)
-  numpy_checkpoints/checkpoint_<step>/<name>  the method's `numpy_copy` files (process 0), e.g. prompt.npy
+  numpy_checkpoints/checkpoint_<step>/<name>  the method's `numpy_copy` files (process 0) + fingerprint.json
 
 Multi-host: every process calls `save`/`restore`/`restore_latest` alike; saved leaves must be global arrays.
 Damaged steps (truncated or deleted files, unreadable metadata, no commit marker) are never modified, moved or
 deleted, and orbax's retention never sees them. `restore_latest` resumes from the newest intact step, warning
 with each newer damaged dir (one CheckpointError when none is readable). Saving a damaged step's number again
 is skipped with a warning naming the dir; the next period's save is written, so nothing is lost (move the dir
-away to save that step). Resuming with another BATCH_SIZE is a ConfigError (the data position counts batches).
+away to save that step). Resuming with another BATCH_SIZE (the data position counts batches) or frozen model
+(`use_model`) is a ConfigError.
 The previous release's checkpoints (no batch size, `prompt/prompt`) still restore. Reading one step's files
 for eval / infer / export, without a checkpointer: `jaxprompt.train.checkpoint_files`.
 """
@@ -27,8 +28,9 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from jaxprompt.errors import CheckpointError, ConfigError
+from jaxprompt.errors import CheckpointError, ConfigError, PromptError
 from jaxprompt.methods.prompt_tuning import PROMPT_KEY
+from jaxprompt.models import fingerprint as fingerprint_lib
 from jaxprompt.parallel import host
 from jaxprompt.train import npy_io
 from jaxprompt.train.state import TrainState
@@ -66,7 +68,8 @@ class _IntactSteps(ocp.path.step.NameFormat):
 class StateCheckpointer:
   """Saves and restores `TrainState`s under `model_dir`, keeping the `keep` newest steps plus the `keep_best`
   best by `best_metric` (`best_mode` 'max' or 'min'). `numpy_copy(state)`, also settable as the attribute, gives
-  files to write beside each step ({'prompt.npy': [P, d]} or None); it runs on every process (it may gather)."""
+  files to write beside each step ({'prompt.npy': [P, d]} or None); it runs on every process (it may gather);
+  `fingerprint` (the frozen model, set by `use_model`) goes beside them as fingerprint.json."""
 
   def __init__(self, model_dir: str, *, keep: int = 3, best_metric: str | None = None, best_mode: str = 'max',
                keep_best: int = 1, numpy_copy: Callable[[TrainState], Mapping[str, Any] | None] | None = None):
@@ -78,6 +81,7 @@ class StateCheckpointer:
       raise ConfigError(f'StateCheckpointer keep_best must be >= 1, got {keep_best}')
     self.model_dir = os.fspath(model_dir)
     self.best_metric, self.best_mode, self.numpy_copy = best_metric, best_mode, numpy_copy
+    self.fingerprint: Mapping[str, Any] | None = None
     _check_writable(epath.Path(self.model_dir))
     self._ckpt_dir = epath.Path(self.model_dir) / CHECKPOINTS
     self._numpy_dir = epath.Path(self.model_dir) / NUMPY_CHECKPOINTS
@@ -131,16 +135,42 @@ class StateCheckpointer:
       return False
     files = self.numpy_copy(state) if self.numpy_copy is not None else None  # collective when sharded
     if jax.process_index() == 0:
+      if self.fingerprint is not None:  # first: a step dir holding the method's files always says its model
+        fingerprint_lib.write(self._numpy_step_dir(step) / fingerprint_lib.STEP_FILE, self.fingerprint,
+                              error=CheckpointError)
       for name, value in (files or {}).items():
         write = npy_io.write_npz if isinstance(value, Mapping) else npy_io.write_npy  # named arrays: .npz
-        write(value, str(self._numpy_dir / f'{NUMPY_PREFIX}{step}' / name), what='numpy copy',
-              error=CheckpointError)
+        write(value, str(self._numpy_step_dir(step) / name), what='numpy copy', error=CheckpointError)
       # Numpy copies whose step retention dropped go too; a damaged step's copy stays.
       kept = set(self._manager.all_steps()) | set(self._damaged)
       for child in self._numpy_dir.iterdir() if self._numpy_dir.exists() else ():
         if parse_step(child.name, NUMPY_PREFIX) not in kept | {None}:
           child.rmtree()
     return True
+
+  def _numpy_step_dir(self, step: int) -> epath.Path:
+    return self._numpy_dir / f'{NUMPY_PREFIX}{step}'
+
+  def recorded_model(self, step: int) -> Mapping[str, Any] | None:
+    """The frozen model's fingerprint saved with `step`; None without one (an older release's step, model tuning),
+    or when unreadable (warned: a lost record must not block resuming)."""
+    try:
+      return fingerprint_lib.read(self._numpy_step_dir(step) / fingerprint_lib.STEP_FILE)
+    except PromptError as e:
+      log.warning('Ignoring the model record of step %d: %s', step, e)
+      return None
+
+  def use_model(self, fingerprint: Mapping[str, Any] | None) -> None:
+    """Saves `fingerprint` (this run's frozen model; None: nothing to record, model tuning) with every step from
+    now on, after refusing (ConfigError naming both models, nothing changed) a MODEL_DIR whose latest step was
+    trained on another model: resuming there would mix two models."""
+    step = self.latest_step()
+    recorded = None if fingerprint is None or step is None else self.recorded_model(step)
+    if fingerprint_lib.matches(recorded, fingerprint) is False:
+      raise ConfigError(f'MODEL_DIR {self.model_dir} was trained (step {step}, {self._numpy_step_dir(step)}) on '
+                        f'{fingerprint_lib.mismatch(recorded, fingerprint)}: resume with the model it was trained on '
+                        '(MODEL_CONFIG, INITIAL_CHECKPOINT_PATH, VOCABULARY) or in a new MODEL_DIR; nothing changed')
+    self.fingerprint = fingerprint
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())  # committed steps not known to be damaged

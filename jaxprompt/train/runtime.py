@@ -29,6 +29,9 @@ class Runtime:
   rules: Any
   steps: ShardedSteps
   network: Any  # the network's weights as loaded (or initialised), on the mesh
+  # The frozen model's `jaxprompt.models.fingerprint` when training records it (it needs the task's vocabulary,
+  # which the runtime does not know); None otherwise.
+  fingerprint: dict[str, Any] | None = None
 
   @property
   def frozen(self) -> Any:

@@ -1,0 +1,369 @@
+"""Hugging Face PEFT adapter folders for T5 (`PeftModel.from_pretrained(t5, folder)`), written and read.
+
+  adapter_config.json         the PEFT config dataclass as JSON; only fields every PEFT since 0.10 accepts
+  adapter_model.safetensors   one float32 tensor 'prompt_embeddings'; metadata {'format': 'pt'} plus, when the
+                              frozen model is known, 'jaxprompt_fingerprint' (`jaxprompt.models.fingerprint`)
+
+What maps to what (checked against peft 0.21 `peft_model.py` and transformers 5 T5):
+
+  PROMPT_TUNING, P_TUNING   jaxprompt's prompt [P, d] <-> prompt_embeddings [2P, d]. For SEQ_2_SEQ_LM PEFT keeps
+                            num_transformer_submodules (2) copies of P rows and puts only the first P in front of
+                            the encoder's embedded input (no scaling; P ones in front of the attention mask), which
+                            is jaxprompt's combine='prefix'. We write the prompt into both halves. A prompt-learning
+                            adapter always loads with inference_mode (PEFT refuses is_trainable=True for them), so a
+                            P_TUNING adapter loads without its MLP/LSTM and its embedding *is* the prompt: PEFT's own
+                            P-tuning saves the computed prompt there, and so do we.
+  PREFIX_TUNING             jaxprompt's decoder_self prefix [L, P, h, hd] at relpos 'positions' <-> prompt_embeddings
+                            [P, L*2*h*hd]. PEFT views it as [P, 2L, h, hd], concatenates it with itself along 2L (two
+                            submodules) and gives decoder layer i the slots (4i mod 2L, 4i+1 mod 2L) as its
+                            self-attention key and value (the other two slots of each group of four are cross-
+                            attention rows, discarded by transformers' cache handling; T5's encoder ignores past
+                            keys/values). For even L, layers i and i+L/2 share their rows; for odd L every layer
+                            has its own. transformers puts the past keys at positions 0..P-1 before the tokens with
+                            the ordinary relative bias: relpos 'positions'. token_dim is written as h*hd (PEFT
+                            derives head_dim = token_dim // heads, so d_model would break T5 1.0 3B/11B-style
+                            models where h*hd != d_model) and num_layers as the decoder's depth.
+
+Anything else is refused with one PromptError naming the folder and what PEFT cannot represent.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from typing import Any, Mapping, NamedTuple
+
+import numpy as np
+from safetensors.numpy import load as load_safetensors
+from safetensors.numpy import save as save_safetensors
+
+from jaxprompt.errors import PromptError
+from jaxprompt.methods import kv_prefix
+from jaxprompt.models import fingerprint as fingerprint_lib
+from jaxprompt.models.config import T5Config
+from jaxprompt.train import npy_io
+
+CONFIG_FILE = 'adapter_config.json'
+WEIGHTS_FILE = 'adapter_model.safetensors'
+PICKLE_FILE = 'adapter_model.bin'  # older PEFT default (torch.save); read only with weights_only
+TENSOR_KEY = 'prompt_embeddings'
+FINGERPRINT_KEY = 'jaxprompt_fingerprint'
+PROMPT_TYPES = ('PROMPT_TUNING', 'P_TUNING')
+PREFIX_TYPE = 'PREFIX_TUNING'
+SUPPORTED_TYPES = (*PROMPT_TYPES, PREFIX_TYPE)
+TASK_TYPE = 'SEQ_2_SEQ_LM'
+SUBMODULES = 2  # PEFT's num_transformer_submodules for SEQ_2_SEQ_LM
+PREFIX_KIND = 'decoder_self'
+PREFIX_RELPOS = 'positions'
+WHAT = 'PEFT adapter'
+
+
+class Adapter(NamedTuple):
+  """What a PEFT folder holds, in jaxprompt's terms.
+
+  kind         'prompt' (PROMPT_TUNING, P_TUNING) or 'prefix' (PREFIX_TUNING)
+  arrays       prompt: {'prompt': float32 [P, d]}; prefix: a prefix file's arrays (`kv_prefix.file_arrays`):
+               'decoder_self/key' and '/value' float32 [L, P, h, hd] and the 'relpos/positions' marker
+  config       adapter_config.json as a dict
+  fingerprint  the recorded frozen-model fingerprint, or None
+  """
+  kind: str
+  arrays: dict[str, np.ndarray]
+  config: dict[str, Any]
+  fingerprint: dict[str, Any] | None
+
+
+# ------------------------------------------------------------------------------------------- PEFT's layout
+
+
+def prefix_slots(num_layers: int) -> tuple[np.ndarray, np.ndarray]:
+  """For each decoder layer, its (key slot, value slot) along PEFT's 2L axis: PEFT doubles the axis (two
+  submodules) and splits it into groups of 4 per layer (self K, self V, cross K, cross V). [L], [L]"""
+  groups = np.concatenate([np.arange(2 * num_layers)] * SUBMODULES).reshape(num_layers, 2 * SUBMODULES)
+  return groups[:, 0], groups[:, 1]
+
+
+def _folder(path: str | os.PathLike) -> str:
+  return os.fspath(path).rstrip('/') or '/'
+
+
+def _exists(path: str) -> bool:
+  if '://' in path:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top  (remote paths only: a slow import)
+    return tf.io.gfile.exists(path)
+  return os.path.exists(path)
+
+
+def is_adapter_dir(path: str | os.PathLike) -> bool:
+  """True when `path` is a folder holding an adapter_config.json."""
+  return _exists(os.path.join(_folder(path), CONFIG_FILE))
+
+
+# ------------------------------------------------------------------------------------------- writing
+
+
+def _base_config(peft_type: str, length: int, token_dim: int, num_layers: int | None, num_heads: int | None,
+                 base_model: str | None) -> dict[str, Any]:
+  """The fields of PEFT's PromptLearningConfig; None values are filled by PEFT from the base model's config."""
+  return {'peft_type': peft_type, 'task_type': TASK_TYPE, 'base_model_name_or_path': base_model, 'revision': None,
+          'inference_mode': True, 'num_virtual_tokens': int(length), 'token_dim': int(token_dim),
+          'num_transformer_submodules': SUBMODULES, 'num_attention_heads': num_heads, 'num_layers': num_layers}
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+  if '://' in path:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    with tf.io.gfile.GFile(path, 'wb') as f:
+      f.write(data)
+    return
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'wb') as f:
+    f.write(data)
+  os.replace(tmp, path)  # a reader never sees half a file
+
+
+def _write(folder: str, config: Mapping[str, Any], tensor: np.ndarray, fingerprint: Mapping[str, Any] | None) -> str:
+  """Writes the two files of an adapter folder (created if needed); returns the folder."""
+  metadata = {'format': 'pt'}
+  if fingerprint:
+    metadata[FINGERPRINT_KEY] = fingerprint_lib.to_json(fingerprint)
+  try:
+    if '://' in folder:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      tf.io.gfile.makedirs(folder)
+    else:
+      if os.path.isfile(folder):
+        raise OSError('it is a file; a PEFT adapter is a folder')
+      os.makedirs(folder, exist_ok=True)
+    weights = save_safetensors({TENSOR_KEY: np.ascontiguousarray(tensor, np.float32)}, metadata=metadata)
+    _write_bytes(os.path.join(folder, WEIGHTS_FILE), weights)
+    _write_bytes(os.path.join(folder, CONFIG_FILE), json.dumps(dict(config), indent=2, sort_keys=True).encode())
+  except Exception as e:  # OSError locally, tf errors remotely
+    raise PromptError(f'cannot write {WHAT} {folder}: {e}') from e
+  return folder
+
+
+def write_prompt(folder: str | os.PathLike, prompt: Any, *, peft_type: str = 'PROMPT_TUNING',
+                 num_layers: int | None = None, num_heads: int | None = None, base_model: str | None = None,
+                 fingerprint: Mapping[str, Any] | None = None) -> str:
+  """Writes an input prompt [P, d] as a PROMPT_TUNING or P_TUNING adapter (the prompt in both halves of the
+  [2P, d] tensor). `num_layers` / `num_heads` (the encoder's) may be None: PEFT fills them from the model."""
+  folder = _folder(folder)
+  if peft_type not in PROMPT_TYPES:
+    raise PromptError(f'a prompt exports as one of {PROMPT_TYPES}, not {peft_type!r}')
+  prompt = np.asarray(prompt, np.float32)
+  if prompt.ndim != 2 or not prompt.size:
+    raise PromptError(f'cannot export a prompt of shape {prompt.shape} to {WHAT} {folder}: expected [length, embed]')
+  length, dim = prompt.shape
+  config = _base_config(peft_type, length, dim, num_layers, num_heads, base_model)
+  if peft_type == 'PROMPT_TUNING':
+    config.update(prompt_tuning_init='RANDOM', prompt_tuning_init_text=None, tokenizer_name_or_path=None,
+                  tokenizer_kwargs=None)
+  else:  # the encoder fields are required by the dataclass but unused: inference_mode builds no encoder
+    config.update(encoder_reparameterization_type='MLP', encoder_hidden_size=int(dim), encoder_num_layers=2,
+                  encoder_dropout=0.0)
+  return _write(folder, config, np.concatenate([prompt] * SUBMODULES), fingerprint)
+
+
+def prefix_tensor(rows: Mapping[str, tuple[Any, Any]], relpos: str, where: str) -> np.ndarray:
+  """jaxprompt prefix rows ({kind: (key, value)} [L, P, h, hd]) as PEFT's [P, L*2*h*hd] tensor, or one
+  PromptError saying what PEFT cannot represent (`where` names the source)."""
+  refuse = f'cannot export {where} as a PEFT {PREFIX_TYPE} adapter: '
+  others = sorted(set(rows) - {PREFIX_KIND})
+  if others:
+    raise PromptError(refuse + f'it has {others} prefixes, but PEFT gives T5 its prefix as past_key_values, which '
+                      "T5's encoder ignores and whose cross-attention part PEFT discards: only a decoder_self "
+                      'prefix is representable')
+  if PREFIX_KIND not in rows:
+    raise PromptError(refuse + 'it holds no decoder_self prefix')
+  if relpos != PREFIX_RELPOS:
+    raise PromptError(refuse + f"its relpos is {relpos!r}, but transformers' T5 gives past keys the relative-"
+                      "position bias of positions 0..P-1 before the tokens: only relpos 'positions' is representable")
+  key, value = (np.asarray(x, np.float32) for x in rows[PREFIX_KIND])
+  if key.ndim != 4 or key.shape != value.shape:
+    raise PromptError(refuse + f'key {key.shape} and value {value.shape} must both be [layers, P, heads, head_dim]')
+  layers, length, heads, head_dim = key.shape
+  slots = np.zeros((2 * layers, length, heads, head_dim), np.float32)  # unused (cross) slots stay zero
+  owner: dict[int, int] = {}
+  for layer, (k_slot, v_slot) in enumerate(zip(*prefix_slots(layers))):
+    for slot, part, array in ((k_slot, 'key', key), (v_slot, 'value', value)):
+      first = owner.setdefault(int(slot), layer)
+      if first != layer and not np.array_equal(slots[slot], array[layer]):
+        raise PromptError(refuse + f'PEFT\'s seq2seq layout gives decoder layers {first} and {layer} of {layers} one '
+                          f'shared prefix (layers i and i+L/2 for an even L), but their {part} rows differ; only a '
+                          'prefix whose layers agree there (or a model with an odd number of decoder layers) is '
+                          'representable')
+      slots[slot] = array[layer]
+  return slots.transpose(1, 0, 2, 3).reshape(length, 2 * layers * heads * head_dim)
+
+
+def write_prefix(folder: str | os.PathLike, rows: Mapping[str, tuple[Any, Any]], relpos: str, *,
+                 base_model: str | None = None, fingerprint: Mapping[str, Any] | None = None,
+                 source: str | None = None) -> str:
+  """Writes a decoder_self prefix as a PREFIX_TUNING adapter (see `prefix_tensor` for what is refused)."""
+  folder = _folder(folder)
+  tensor = prefix_tensor(rows, relpos, source or 'this prefix')
+  layers, length, heads, head_dim = np.shape(rows[PREFIX_KIND][0])
+  config = _base_config(PREFIX_TYPE, length, heads * head_dim, layers, heads, base_model)
+  config.update(encoder_hidden_size=int(heads * head_dim), prefix_projection=False)
+  return _write(folder, config, tensor, fingerprint)
+
+
+# ------------------------------------------------------------------------------------------- reading
+
+
+def _metadata(data: bytes, path: str) -> dict[str, str]:
+  """The metadata of a .safetensors file's bytes: its header is 8 bytes of length, then JSON."""
+  try:
+    return json.loads(data[8:8 + int.from_bytes(data[:8], 'little')]).get('__metadata__') or {}
+  except Exception as e:  # truncated, or not safetensors
+    raise PromptError(f'cannot read {path} as .safetensors ({e})') from e
+
+
+def _parse_safetensors(data: bytes, path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+  """(tensors, metadata) of a .safetensors file's bytes."""
+  metadata = _metadata(data, path)
+  try:
+    return dict(load_safetensors(data)), metadata
+  except Exception as e:  # damaged, or a dtype numpy lacks
+    raise PromptError(f'cannot read {path} as .safetensors ({e})') from e
+
+
+def _read_pickle(path: str) -> dict[str, np.ndarray]:
+  """An adapter_model.bin through torch's weights-only unpickler (tensors and plain containers only)."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise PromptError(f'{path} is a PyTorch pickle; reading it safely needs torch (torch.load with weights_only=True), '
+                      'which is not installed: install torch, or re-save the adapter with save_pretrained('
+                      'safe_serialization=True)') from e
+  data = npy_io.read_bytes(path, what=WHAT + ' file')
+  try:
+    state = torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
+  except Exception as e:  # UnpicklingError for anything but tensors, or a damaged file
+    raise PromptError(f'refusing {path}: it cannot be loaded with weights_only=True (it holds more than tensors, or is '
+                      f'damaged): {str(e).splitlines()[0]}') from e
+  if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    raise PromptError(f'{path}: expected a dict of tensors, got {type(state).__name__}')
+  return {k: v.detach().float().numpy() for k, v in state.items()}
+
+
+def _load(folder: str) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any] | None]:
+  """(config, tensors, fingerprint) of an adapter folder, each file checked to exist and parse."""
+  config_path = os.path.join(folder, CONFIG_FILE)
+  if not _exists(config_path):
+    raise PromptError(f'{folder} is not a {WHAT} folder: it has no {CONFIG_FILE}'
+                      if _exists(folder) else f'{WHAT} {folder} does not exist')
+  try:
+    config = json.loads(npy_io.read_bytes(config_path, what=WHAT + ' config'))
+  except ValueError as e:
+    raise PromptError(f'{WHAT} {folder}: {CONFIG_FILE} is not JSON ({e})') from e
+  if not isinstance(config, dict):
+    raise PromptError(f'{WHAT} {folder}: {CONFIG_FILE} holds a {type(config).__name__}, expected an object')
+  check_type(config, folder)
+  weights = os.path.join(folder, WEIGHTS_FILE)
+  if _exists(weights):
+    tensors, metadata = _parse_safetensors(npy_io.read_bytes(weights, what=WHAT + ' file'), weights)
+  elif _exists(os.path.join(folder, PICKLE_FILE)):
+    tensors, metadata = _read_pickle(os.path.join(folder, PICKLE_FILE)), {}
+  else:
+    raise PromptError(f'{WHAT} {folder}: no {WEIGHTS_FILE} (nor {PICKLE_FILE}) beside its {CONFIG_FILE}')
+  recorded = metadata.get(FINGERPRINT_KEY)
+  return config, tensors, (None if recorded is None else fingerprint_lib.from_json(recorded, f'{weights} metadata'))
+
+
+def check_type(config: Mapping[str, Any], folder: str) -> str:
+  """The adapter's peft_type, or one PromptError naming it and the supported ones."""
+  peft_type = config.get('peft_type')
+  if peft_type not in SUPPORTED_TYPES:
+    raise PromptError(f'{WHAT} {folder}: peft_type {peft_type!r} is not supported; jaxprompt reads the prompt-'
+                      f'learning types {", ".join(SUPPORTED_TYPES)} (weight adapters such as LORA change the frozen '
+                      'model itself)')
+  return peft_type
+
+
+def _field(config: Mapping[str, Any], name: str, folder: str, *, optional: bool = False) -> int | None:
+  value = config.get(name)
+  if value is None and optional:
+    return None
+  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    raise PromptError(f'{WHAT} {folder}: {CONFIG_FILE} field {name!r} is {value!r}; expected a positive integer')
+  return value
+
+
+def _mismatch(folder: str, key: str, found: Any, expected: Any) -> PromptError:
+  """The one shape error: the folder, the key, what was found and what the model (or the config) needs."""
+  return PromptError(f'{WHAT} {folder}: {key} is {found} but {expected}')
+
+
+def _tensor(tensors: Mapping[str, np.ndarray], folder: str) -> np.ndarray:
+  if TENSOR_KEY not in tensors:
+    raise PromptError(f'{WHAT} {folder}: its weights have no {TENSOR_KEY!r} tensor (found {sorted(tensors)})')
+  tensor = tensors[TENSOR_KEY]
+  if tensor.ndim != 2 or not np.issubdtype(tensor.dtype, np.floating):
+    raise PromptError(f'{WHAT} {folder}: {TENSOR_KEY!r} has shape {tensor.shape} dtype {tensor.dtype}; expected a '
+                      'float [rows, columns] tensor')
+  if not np.isfinite(tensor).all():
+    raise PromptError(f'{WHAT} {folder}: {TENSOR_KEY!r} holds {int((~np.isfinite(tensor)).sum())} non-finite values')
+  return np.asarray(tensor, np.float32)
+
+
+def _read_prompt(config: Mapping[str, Any], tensor: np.ndarray, folder: str, model: T5Config | None) -> np.ndarray:
+  length = _field(config, 'num_virtual_tokens', folder)
+  token_dim = _field(config, 'token_dim', folder, optional=True) or tensor.shape[1]
+  if tensor.shape[0] < length or tensor.shape[1] != token_dim:
+    raise _mismatch(folder, f'the shape of {TENSOR_KEY!r}', tensor.shape,
+                    f'its config needs [>= num_virtual_tokens {length}, token_dim {token_dim}]')
+  if model is not None and token_dim != model.emb_dim:
+    raise _mismatch(folder, f'the width (token_dim) of {TENSOR_KEY!r} {tensor.shape}', token_dim,
+                    f'the model\'s emb_dim is {model.emb_dim} (an adapter for another model size?)')
+  return tensor[:length]  # PEFT uses the first num_virtual_tokens rows in front of the encoder input
+
+
+def _read_prefix(config: Mapping[str, Any], tensor: np.ndarray, folder: str,
+                 model: T5Config | None) -> dict[str, np.ndarray]:
+  submodules = config.get('num_transformer_submodules') or SUBMODULES
+  if submodules != SUBMODULES:
+    raise PromptError(f'{WHAT} {folder}: num_transformer_submodules is {submodules}; a T5 (SEQ_2_SEQ_LM) prefix has '
+                      f'{SUBMODULES}, the only layout whose layer mapping jaxprompt reads')
+  length, token_dim = _field(config, 'num_virtual_tokens', folder), _field(config, 'token_dim', folder)
+  layers, heads = _field(config, 'num_layers', folder), _field(config, 'num_attention_heads', folder)
+  if token_dim % heads:
+    raise PromptError(f'{WHAT} {folder}: token_dim {token_dim} is not a multiple of num_attention_heads {heads}')
+  head_dim = token_dim // heads
+  if model is not None:
+    for name, found, want, ours in (('num_layers', layers, model.num_decoder_layers, 'num_decoder_layers'),
+                                    ('num_attention_heads', heads, model.num_heads, 'num_heads'),
+                                    ('token_dim // num_attention_heads', head_dim, model.head_dim, 'head_dim')):
+      if found != want:
+        raise _mismatch(folder, f'{CONFIG_FILE} {name}', found,
+                        f'the model\'s {ours} is {want} (an adapter for another model size?)')
+  wanted = (length, layers * 2 * token_dim)
+  if tensor.shape != wanted:
+    raise _mismatch(folder, f'the shape of {TENSOR_KEY!r}', tensor.shape,
+                    f'its config needs {wanted} [num_virtual_tokens, num_layers * 2 * token_dim]')
+  view = tensor.reshape(length, 2 * layers, heads, head_dim).transpose(1, 0, 2, 3)  # [2L, P, h, hd]
+  key_slots, value_slots = prefix_slots(layers)
+  return kv_prefix.file_arrays({PREFIX_KIND: (view[key_slots], view[value_slots])}, PREFIX_RELPOS)
+
+
+def read_adapter(folder: str | os.PathLike, model: T5Config | None = None) -> Adapter:
+  """Reads a PEFT adapter folder, checked against `model` (the frozen T5's config) when given."""
+  folder = _folder(folder)
+  config, tensors, recorded = _load(folder)
+  tensor = _tensor(tensors, folder)
+  if config['peft_type'] == PREFIX_TYPE:
+    return Adapter('prefix', _read_prefix(config, tensor, folder, model), config, recorded)
+  return Adapter('prompt', {'prompt': _read_prompt(config, tensor, folder, model)}, config, recorded)
+
+
+def read_fingerprint(folder: str | os.PathLike) -> dict[str, Any] | None:
+  """The frozen-model fingerprint recorded in an adapter's safetensors metadata (None: none recorded)."""
+  folder = _folder(folder)
+  weights = os.path.join(folder, WEIGHTS_FILE)
+  if not _exists(weights):
+    if not is_adapter_dir(folder):
+      raise PromptError(f'{folder} is not a {WHAT} folder: it has no {CONFIG_FILE}')
+    return None  # a .bin adapter records nothing
+  recorded = _metadata(npy_io.read_bytes(weights, what=WHAT + ' file'), weights).get(FINGERPRINT_KEY)
+  return None if recorded is None else fingerprint_lib.from_json(recorded, f'{weights} metadata')

@@ -1,0 +1,215 @@
+"""A prompt bank: many trained prompts over one frozen model, each example of a batch using its own.
+
+Entries are what the trained methods leave for inference: input prompts (prompt tuning, P-tuning's computed
+prompt) with their combination mode, and per-layer K/V prefixes (prefix tuning, P-tuning v2). Every batch
+carries `task_ids` [b] (the entry of each row); `hooks` gathers each row's prompt and prefix rows, so one
+forward pass, one rank classification and one decode serve a batch that mixes tasks, prompt lengths and
+combination modes.
+
+Stored tree (not trained; `trainable` only by the Method interface):
+  'prompts'            [T, P, d]                   input prompts, zero-padded to the longest P
+  'kv'/<kind>/'key'    [layers, T, Q, heads, dim]  prefix rows right-aligned in the longest Q (value alike)
+Rows shorter than the widest are padding that no position attends: a row's input prompt keeps its own
+positions (padding goes to the end of the row), and a right-aligned prefix sits at the distances it has alone
+under relpos 'positions'. So each row's result equals its task run alone, up to float summation order.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxprompt.errors import ConfigError, PromptError
+from jaxprompt.methods import kv_prefix
+from jaxprompt.methods.base import Method, Params
+from jaxprompt.methods.prefix_tuning import PrefixTuning
+from jaxprompt.methods.prompt_tuning import PROMPT_KEY, PromptTuning, prompt_array
+from jaxprompt.methods.row_prompts import RowPrompts, combine_code
+from jaxprompt.models.config import T5Config
+from jaxprompt.models.hooks import ATTENTION_KINDS, Hooks
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """One task's prompt in a bank: its input prompt length and combination mode (0: none) and its prefix length
+  per attention kind (absent: none)."""
+  name: str
+  input_length: int = 0
+  combine: str = 'prefix'
+  prefix_lengths: tuple[tuple[str, int], ...] = ()
+
+  def prefix_length(self, kind: str) -> int:
+    return dict(self.prefix_lengths).get(kind, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptBank(Method):
+  """Several tasks' trained prompts (`entries`, in task-id order) served together over one frozen model."""
+  entries: tuple[Entry, ...]
+  embed_dim: int
+  num_heads: int
+  head_dim: int
+  encoder_layers: int
+  decoder_layers: int
+  relpos: str = 'positions'
+  eos_id: int = 1
+  dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    names = [e.name for e in self.entries]
+    if not names:
+      raise ConfigError('a prompt bank needs at least one prompt')
+    if len(set(names)) != len(names):
+      raise ConfigError(f'prompt bank names must be unique, got {names}')
+
+  @property
+  def task_names(self) -> tuple[str, ...]:
+    return tuple(e.name for e in self.entries)
+
+  @property
+  def input_length(self) -> int:
+    """The widest input prompt (0: no entry has one)."""
+    return max(e.input_length for e in self.entries)
+
+  @property
+  def kinds(self) -> tuple[str, ...]:
+    """The attention kinds any entry puts a prefix on."""
+    return tuple(k for k in ATTENTION_KINDS if any(e.prefix_length(k) for e in self.entries))
+
+  def prefix_length(self, kind: str) -> int:
+    return max(e.prefix_length(kind) for e in self.entries)
+
+  def _layers(self, kind: str) -> int:
+    return self.encoder_layers if kv_prefix.stack_of(kind) == 'encoder' else self.decoder_layers
+
+  # -- the Method interface --------------------------------------------------------------------------------
+  def init(self, rng: Array, frozen: Params) -> Params:
+    raise ConfigError('a prompt bank holds trained prompts (`build_bank`); it is served, not trained')
+
+  def abstract(self, network: Params) -> Params:
+    del network
+    out: dict[str, Any] = {}
+    if self.input_length:
+      shape = (len(self.entries), self.input_length, self.embed_dim)
+      out['prompts'] = nn.Partitioned(jax.ShapeDtypeStruct(shape, jnp.float32), (None, 'prompt', 'prompt_embed'))
+    if self.kinds:
+      axes = ('layers', None, 'prompt', 'heads', 'kv')
+      out['kv'] = {}
+      for kind in self.kinds:
+        shape = (self._layers(kind), len(self.entries), self.prefix_length(kind), self.num_heads, self.head_dim)
+        leaf = nn.Partitioned(jax.ShapeDtypeStruct(shape, jnp.float32), axes)
+        out['kv'][kind] = {'key': leaf, 'value': leaf}
+    return out
+
+  def hooks(self, trainable: Params, *, deterministic: bool = True, rng: Array | None = None,
+            task_ids: Array | None = None) -> Hooks:
+    """Each row's prompt and prefix rows, gathered by its task id [b]."""
+    del deterministic, rng
+    if task_ids is None:
+      raise ConfigError(f'a prompt bank needs each row\'s task id (tasks {list(self.task_names)})')
+    ids = jnp.asarray(task_ids, jnp.int32)
+    inputs = None
+    if self.input_length:
+      lengths = jnp.asarray([e.input_length for e in self.entries], jnp.int32)[ids]
+      codes = jnp.asarray([combine_code(e.combine) for e in self.entries], jnp.int32)[ids]
+      prompts = jnp.take(jnp.asarray(trainable['prompts'], self.dtype), ids, axis=0)
+      inputs = RowPrompts(prompts, lengths, codes, self.eos_id)
+    layer_hooks = {}
+    for stack, kinds in (('encoder', kv_prefix.ENCODER_KINDS), ('decoder', kv_prefix.DECODER_KINDS)):
+      kinds = [k for k in kinds if k in self.kinds]
+      if not kinds:
+        continue
+      keys, values, masks = {}, {}, {}
+      for kind in kinds:
+        width = self.prefix_length(kind)
+        used = np.asarray([[j >= width - e.prefix_length(kind) for j in range(width)] for e in self.entries])
+        rows = trainable['kv'][kind]
+        keys[kind] = jnp.take(jnp.asarray(rows['key'], self.dtype), ids, axis=1)  # [layers, b, Q, h, d]
+        values[kind] = jnp.take(jnp.asarray(rows['value'], self.dtype), ids, axis=1)
+        masks[kind] = jnp.broadcast_to(jnp.asarray(used)[ids], (self._layers(kind),) + ids.shape + (width,))
+      layer_hooks[stack] = kv_prefix.PrefixRows(keys, values, self.relpos, masks)
+    return Hooks(inputs=inputs, encoder_layers=layer_hooks.get('encoder'),
+                 decoder_layers=layer_hooks.get('decoder'))
+
+
+# ------------------------------------------------------------------------------------ building a bank
+
+
+def _entry_arrays(name: str, method: Method, params: Params) -> tuple[np.ndarray | None, str, dict, str | None]:
+  """(input prompt [P, d] or None, combine, {kind: (key, value) [layers, Q, h, d]}, relpos or None) of one
+  trained method, after its `inference` collapse (P-tuning's encoder, prefix tuning's MLP)."""
+  method, params = method.inference(params)
+  if isinstance(method, PromptTuning):
+    return prompt_array(params), method.combine, {}, None
+  if isinstance(method, PrefixTuning):
+    rows = {k: (np.asarray(v[0], np.float32), np.asarray(v[1], np.float32))
+            for k, v in method.computed_rows(params).items()}
+    return None, 'prefix', rows, method.relpos
+  raise PromptError(f'prompt {name!r}: a prompt bank holds input prompts (prompt tuning, P-tuning) and K/V '
+                    f'prefixes (prefix tuning, P-tuning v2); {type(method).__name__} is neither')
+
+
+def build_bank(methods: Mapping[str, tuple[Method, Params]], config: T5Config,
+               eos_id: int = 1) -> tuple[PromptBank, dict[str, Any]]:
+  """(bank, its stored tree) from named trained methods `{name: (method, params)}` (task ids in this order)."""
+  entries, prompts, rows, relpos = [], {}, {}, {}
+  for name, (method, params) in methods.items():
+    prompt, combine, kv, mode = _entry_arrays(name, method, params)
+    if prompt is not None:
+      if prompt.shape[-1] != config.emb_dim:
+        raise PromptError(f'prompt {name!r} has embed dim {prompt.shape[-1]}; the model has {config.emb_dim}')
+      prompts[name] = prompt
+    if mode is not None:
+      relpos[name] = mode
+    rows[name] = kv
+    entries.append(Entry(name, 0 if prompt is None else prompt.shape[0], combine,
+                         tuple((k, v[0].shape[1]) for k, v in kv.items())))
+  if len(set(relpos.values())) > 1:
+    raise PromptError(f'a prompt bank serves its prefixes with one relative-position mode; these differ: '
+                      f'{dict(sorted(relpos.items()))}')
+  bank = PromptBank(tuple(entries), config.emb_dim, config.num_heads, config.head_dim, config.num_encoder_layers,
+                    config.num_decoder_layers, next(iter(relpos.values()), 'positions'), eos_id, config.dtype)
+  tree: dict[str, Any] = {}
+  if bank.input_length:
+    table = np.zeros((len(entries), bank.input_length, config.emb_dim), np.float32)
+    for i, e in enumerate(entries):
+      if e.name in prompts:
+        table[i, :e.input_length] = prompts[e.name]
+    tree['prompts'] = table
+  if bank.kinds:
+    tree['kv'] = {}
+    for kind in bank.kinds:
+      width = bank.prefix_length(kind)
+      shape = (bank._layers(kind), len(entries), width, config.num_heads, config.head_dim)  # pylint: disable=protected-access
+      pair = {'key': np.zeros(shape, np.float32), 'value': np.zeros(shape, np.float32)}
+      for i, e in enumerate(entries):
+        if kind in rows[e.name]:
+          q = e.prefix_length(kind)
+          for part, array in zip(('key', 'value'), rows[e.name][kind]):
+            pair[part][:, i, width - q:] = array  # right-aligned: the distances it has alone
+      tree['kv'][kind] = pair
+  return bank, tree
+
+
+def single(bank: PromptBank, tree: Mapping[str, Any], name: str) -> tuple[Method, Params]:
+  """The one-task method of entry `name` (an input prompt's PromptTuning or a prefix's PrefixTuning), to run
+  a task alone; entries with both are not made by `build_bank`."""
+  index = bank.task_names.index(name)
+  entry = bank.entries[index]
+  if entry.input_length:
+    method = PromptTuning(length=entry.input_length, embed_dim=bank.embed_dim, combine=entry.combine,
+                          eos_id=bank.eos_id, dtype=bank.dtype)
+    return method, {PROMPT_KEY: np.asarray(tree['prompts'][index, :entry.input_length])}
+  kinds = tuple(k for k, _ in entry.prefix_lengths)
+  length = entry.prefix_lengths[0][1]
+  method = PrefixTuning(length=length, num_heads=bank.num_heads, head_dim=bank.head_dim, emb_dim=bank.embed_dim,
+                        encoder_layers=bank.encoder_layers, decoder_layers=bank.decoder_layers, kinds=kinds,
+                        projection=False, relpos=bank.relpos, dtype=bank.dtype)
+  params = {k: {p: np.asarray(tree['kv'][k][p][:, index, -length:]) for p in ('key', 'value')} for k in kinds}
+  return method, params

@@ -1,0 +1,205 @@
+"""Which frozen model a prompt was trained on: a small JSON-able record kept with every exported prompt.
+
+A prompt is only meaningful over the embedding table it was tuned against, so every file a run leaves
+(checkpoint step dirs, `final_*` files, `export`, PEFT adapters) records the frozen model's fingerprint:
+
+  {'id':         first 16 hex digits of the sha256 of the three parts below (their canonical JSON),
+   'config':     the network's structural fields (sizes, activations, relative-position buckets),
+   'vocabulary': {'size', 'sha256' of the SentencePiece model bytes and extra ids (or the class name)},
+   'embedding':  {'shape', 'sha256' of the first EMBEDDING_ROWS rows rounded to bfloat16}}
+
+Hashing the first rows, not the whole table, keeps it cheap for an 11B model on a pod (the rows are gathered
+to the host once): two checkpoints that agree on 1024 rows of their embedding are the same model for any
+practical purpose. The rows are rounded to bfloat16 first, so one checkpoint loaded as float32 (CPU) or
+bfloat16 (`param_dtype` on TPU) has one fingerprint; a change smaller than bfloat16's precision (~0.4%) in
+every hashed value goes unseen. Loading a prompt whose recorded fingerprint differs is refused (`check`)
+unless the caller allows a deliberate transfer; a prompt with no record (older files, hand-made arrays) loads
+with a warning.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import uuid
+from typing import Any, Mapping
+
+import ml_dtypes
+import numpy as np
+
+from jaxprompt.errors import PromptError
+
+log = logging.getLogger('jaxprompt')
+
+EMBEDDING_ROWS = 1024
+SIDECAR_SUFFIX = '.fingerprint.json'
+STEP_FILE = 'fingerprint.json'  # in a checkpoint's numpy step dir, beside the method's files
+# The structural fields of T5Config: what decides whether a prompt's numbers mean the same thing.
+CONFIG_FIELDS = ('vocab_size', 'emb_dim', 'num_heads', 'num_encoder_layers', 'num_decoder_layers', 'head_dim',
+                 'mlp_dim', 'mlp_activations', 'logits_via_embedding', 'relpos_num_buckets',
+                 'relpos_max_distance')
+
+Fingerprint = dict[str, Any]
+
+
+def _sha256(data: bytes) -> str:
+  return hashlib.sha256(data).hexdigest()
+
+
+def _vocabulary_record(vocabulary: Any) -> dict[str, Any]:
+  if vocabulary is None:
+    return {'size': None, 'sha256': None}
+  size = int(getattr(vocabulary, 'vocab_size', 0) or 0) or None
+  model = getattr(vocabulary, 'sp_model', None)  # seqio.SentencePieceVocabulary: the serialized model
+  if isinstance(model, bytes):
+    digest = _sha256(model + f'|extra_ids={getattr(vocabulary, "extra_ids", 0)}'.encode())
+  else:
+    digest = _sha256(type(vocabulary).__name__.encode())
+  return {'size': size, 'sha256': digest}
+
+
+def model_fingerprint(config: Any, vocabulary: Any, embedding: Any) -> Fingerprint:
+  """The fingerprint of a frozen model: `config` (a T5Config), its `vocabulary` (seqio; None when unknown) and
+  its token embedding table `embedding` [vocab, embed] (numpy or a jax array, gathered across hosts here)."""
+  from jaxprompt.parallel import host  # pylint: disable=g-import-not-at-top  (keeps this module jax-free)
+  if len(np.shape(embedding)) != 2:
+    raise PromptError(f'a model fingerprint needs the token embedding table [vocab, embed], got shape '
+                      f'{tuple(np.shape(embedding))}')
+  # float32 first: bfloat16 -> float32 -> bfloat16 is exact, so a float32 and a bfloat16 copy hash alike.
+  rows = np.asarray(host.host_value(embedding[:EMBEDDING_ROWS]), np.float32).astype(ml_dtypes.bfloat16)
+  record = {
+      'config': {f: _jsonable(getattr(config, f)) for f in CONFIG_FIELDS if hasattr(config, f)},
+      'vocabulary': _vocabulary_record(vocabulary),
+      'embedding': {'shape': [int(n) for n in np.shape(embedding)], 'sha256': _sha256(rows.tobytes())},
+  }
+  record['id'] = _sha256(json.dumps(record, sort_keys=True).encode())[:16]
+  return record
+
+
+def _jsonable(value: Any) -> Any:
+  return list(value) if isinstance(value, (tuple, list)) else value
+
+
+def describe(fingerprint: Mapping[str, Any] | None) -> str:
+  """One line naming a fingerprint: its id and the model's sizes."""
+  if not fingerprint:
+    return 'no recorded model'
+  c = fingerprint.get('config', {})
+  sizes = ', '.join(f'{k}={c[k]}' for k in ('emb_dim', 'num_encoder_layers', 'num_heads', 'vocab_size') if k in c)
+  return f"model {fingerprint.get('id', '?')} ({sizes})"
+
+
+def differences(recorded: Mapping[str, Any], actual: Mapping[str, Any]) -> list[str]:
+  """What differs between two fingerprints, as short phrases ('emb_dim 512 vs 768', 'embedding table')."""
+  out = []
+  rc, ac = recorded.get('config', {}), actual.get('config', {})
+  out += [f'{k} {rc[k]} vs {ac.get(k)}' for k in sorted(rc) if rc[k] != ac.get(k)]
+  if recorded.get('vocabulary') != actual.get('vocabulary'):
+    out.append('vocabulary')
+  if recorded.get('embedding') != actual.get('embedding'):
+    out.append('embedding table')
+  return out
+
+
+def matches(recorded: Mapping[str, Any] | None, actual: Mapping[str, Any]) -> bool | None:
+  """True / False: `recorded` is / is not the fingerprint `actual`; None when nothing was recorded."""
+  return None if not recorded else recorded.get('id') == actual.get('id')
+
+
+def mismatch(recorded: Mapping[str, Any], actual: Mapping[str, Any]) -> str:
+  """'model <id> (sizes), not on this model <id> (sizes) (differs in: ...)': the two models, for messages."""
+  return (f'{describe(recorded)}, not on this {describe(actual)} '
+          f'(differs in: {", ".join(differences(recorded, actual)) or "id"})')
+
+
+def check(recorded: Mapping[str, Any] | None, actual: Mapping[str, Any], *, what: str,
+          allow_other_model: bool = False) -> bool | None:
+  """Refuses (PromptError naming both models) a prompt `what` recorded for another frozen model, unless
+  `allow_other_model` (then a warning). No record: a warning, and the prompt loads. Returns `matches`."""
+  same = matches(recorded, actual)
+  if same is None:
+    log.warning('%s records no frozen-model fingerprint; loading it onto %s unchecked', what, describe(actual))
+  elif not same:
+    message = f'{what} was trained on {mismatch(recorded, actual)}'
+    if not allow_other_model:
+      raise PromptError(f'{message}; pass --allow_other_model (allow_other_model=True) to transfer it '
+                        'deliberately')
+    log.warning('%s; loading it anyway (allow_other_model)', message)
+  return same
+
+
+# ------------------------------------------------------------------------------------ where it is kept
+
+
+def sidecar_path(path: str | os.PathLike) -> str:
+  """The fingerprint file kept beside a single prompt file: `<path>.fingerprint.json`."""
+  return os.fspath(path) + SIDECAR_SUFFIX
+
+
+def to_json(fingerprint: Mapping[str, Any]) -> str:
+  return json.dumps(dict(fingerprint), sort_keys=True)
+
+
+def from_json(text: str | bytes, where: str) -> Fingerprint:
+  try:
+    value = json.loads(text)
+  except ValueError as e:
+    raise PromptError(f'{where}: not a fingerprint JSON ({e})') from e
+  if not isinstance(value, dict) or 'id' not in value:
+    raise PromptError(f"{where}: a fingerprint needs an 'id' field; got {str(value)[:80]}")
+  return value
+
+
+def _is_remote(path: str) -> bool:
+  return '://' in path
+
+
+def write(path: str | os.PathLike, fingerprint: Mapping[str, Any], *,
+          error: type[Exception] = PromptError) -> str:
+  """Writes a fingerprint JSON file (local or gs://, parents created); returns its path. Local files are
+  written beside and renamed into place, so a reader never sees half a record. Failures: one `error`."""
+  path = os.fspath(path)
+  data = to_json(fingerprint).encode()
+  parent, name = os.path.split(path)
+  try:
+    if _is_remote(path):
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top  (slow import, only for remote paths)
+      tf.io.gfile.makedirs(parent)
+      with tf.io.gfile.GFile(path, 'wb') as f:  # gs:// objects appear whole anyway
+        f.write(data)
+      return path
+    if parent:
+      os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f'.{name}.tmp-{uuid.uuid4().hex}')  # unique: several writers may race
+    try:
+      with open(tmp, 'wb') as f:
+        f.write(data)
+      os.replace(tmp, path)
+    finally:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+  except Exception as e:  # OSError locally, tf.errors.OpError remotely
+    raise error(f'cannot write fingerprint file {path}: {getattr(e, "strerror", None) or e}') from e
+  return path
+
+
+def read(path: str | os.PathLike) -> Fingerprint | None:
+  """The fingerprint in a JSON file (local or gs://), None when there is no such file; an unreadable or
+  malformed one is a PromptError naming it."""
+  path = os.fspath(path)
+  try:
+    if _is_remote(path):
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      if not tf.io.gfile.exists(path):
+        return None
+      with tf.io.gfile.GFile(path, 'rb') as f:
+        data = f.read()
+    else:
+      if not os.path.exists(path):
+        return None
+      with open(path, 'rb') as f:
+        data = f.read()
+  except Exception as e:  # a directory of that name, no permission, no access to the bucket
+    raise PromptError(f'cannot read fingerprint file {path}: {getattr(e, "strerror", None) or e}') from e
+  return from_json(data, path)

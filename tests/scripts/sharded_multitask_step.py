@@ -1,0 +1,45 @@
+"""On 8 devices (data, model) = 4x2: three sharded train steps of multi-task prompts and of PEFT's MPT on a
+batch mixing two tasks equal the single-device steps. Prints '<method> OK' for each, then 'OK'."""
+import sys
+
+import jax
+import numpy as np
+
+from jaxprompt.checkpoints import load_t5x_checkpoint
+from jaxprompt.methods import multitask
+from jaxprompt.models.config import get_config
+from jaxprompt.models.wrapper import TunedModel
+from jaxprompt.parallel import partitioning
+from jaxprompt.train import optim, step
+from jaxprompt.train.compiled import ShardedSteps
+from jaxprompt.train.state import init_train_state
+from tests.method_helpers import sharding_batch
+
+assert jax.device_count() == 8
+cfg = get_config('t5x_tiny')
+frozen = load_t5x_checkpoint(sys.argv[1])
+batch = dict(sharding_batch(), task_ids=np.asarray([0, 1, 1, 0, 1, 0, 0, 1], np.int32))
+mesh = partitioning.create_mesh(model_parallel=2)
+sharded_frozen = None
+
+for name, method in (('multitask_prompts', multitask.multitask_prompts(cfg, tasks=['a', 'b'], length=3, task_length=2)),
+                     ('multitask_prompt_tuning', multitask.multitask_prompt_tuning(cfg, tasks=['a', 'b'], length=4,
+                                                                                   rank=2))):
+  model = TunedModel(cfg, method)
+  optimizer = optim.make_optimizer(optim.adam, learning_rate=0.01)
+  state0 = init_train_state(method.init(jax.random.PRNGKey(0), frozen), optimizer.tx, jax.random.PRNGKey(1))
+  single = jax.jit(lambda s, b, model=model, optimizer=optimizer: step.train_step(model, optimizer, s, frozen, b))
+  ref = state0
+  for _ in range(3):
+    ref, ref_metrics = single(ref, batch)
+  steps = ShardedSteps(model, optimizer, mesh, partitioning.prompt_logical_axis_rules())
+  if sharded_frozen is None:
+    sharded_frozen = load_t5x_checkpoint(sys.argv[1], shardings=steps.frozen_shardings)
+  state = steps.place_state(state0)
+  for _ in range(3):
+    state, metrics = steps.train_step(state, sharded_frozen, steps.shard_batch(batch))
+  for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(state.trainable), jax.tree.leaves(ref.trainable)):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, err_msg=jax.tree_util.keystr(path))
+  np.testing.assert_allclose(float(metrics['loss']), float(ref_metrics['loss']), rtol=1e-5)
+  print(name, 'OK', flush=True)
+print('OK')
