@@ -226,6 +226,7 @@ def test_training_on_a_mixture_evaluates_per_task_and_writes_every_prompt(factor
 
 @pytest.mark.slow
 def test_sharded_steps_equal_single_device(fixtures_dir):
-  out = run_with_devices(REPO / 'tests' / 'scripts' / 'sharded_multitask_step.py', 8,
-                         str(fixtures_dir / 't5x_tiny' / 'classic_checkpoint_0'))
+  out = run_with_devices(REPO / 'tests' / 'scripts' / 'sharded_method_step.py', 8,
+                         str(fixtures_dir / 't5x_tiny' / 'classic_checkpoint_0'), 'multitask_prompts',
+                         'multitask_prompt_tuning')
   assert out.strip().splitlines()[-3:] == ['multitask_prompts OK', 'multitask_prompt_tuning OK', 'OK']

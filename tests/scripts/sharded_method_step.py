@@ -1,11 +1,13 @@
-"""On 8 devices (data, model) = 4x2: a few sharded steps of P-tuning (LSTM, with its dropout) and of per-layer
-prompts equal the single-device steps. Prints '<method> OK' for each, then 'OK'."""
+"""On 8 devices (data, model) = 4x2: a few sharded steps of each method named in argv[2:] (default: P-tuning with
+its LSTM dropout, and per-layer prompts; also the multi-task methods, on a batch mixing two tasks) equal the
+single-device steps. Prints '<method> OK' for each, then 'OK'."""
 import sys
 
 import jax
 import numpy as np
 
 from jaxprompt.checkpoints import load_t5x_checkpoint
+from jaxprompt.methods import multitask
 from jaxprompt.methods.p_tuning import p_tuning
 from jaxprompt.methods.per_layer_prompts import per_layer_prompts
 from jaxprompt.models.config import get_config
@@ -23,8 +25,17 @@ batch = sharding_batch()
 mesh = partitioning.create_mesh(model_parallel=2)
 sharded_frozen = None
 
-for name, method in (('p_tuning', p_tuning(cfg, length=6, dropout=0.1)),
-                     ('per_layer_prompts', per_layer_prompts(cfg, length=6, mode='replace'))):
+METHODS = {
+    'p_tuning': lambda: p_tuning(cfg, length=6, dropout=0.1),
+    'per_layer_prompts': lambda: per_layer_prompts(cfg, length=6, mode='replace'),
+    'multitask_prompts': lambda: multitask.multitask_prompts(cfg, tasks=['a', 'b'], length=3, task_length=2),
+    'multitask_prompt_tuning': lambda: multitask.multitask_prompt_tuning(cfg, tasks=['a', 'b'], length=4, rank=2),
+}
+
+for name in sys.argv[2:] or ['p_tuning', 'per_layer_prompts']:
+  method = METHODS[name]()
+  if method.task_names:  # rows of both tasks
+    batch['task_ids'] = np.asarray([0, 1, 1, 0, 1, 0, 0, 1], np.int32)
   model = TunedModel(cfg, method)
   optimizer = optim.make_optimizer(optim.adam, learning_rate=0.01)
   state0 = init_train_state(method.init(jax.random.PRNGKey(0), frozen), optimizer.tx, jax.random.PRNGKey(1))
