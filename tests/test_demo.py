@@ -131,6 +131,8 @@ def test_demo_meets_the_quality_bar_on_a_small_budget(tmp_path, capsys):
   assert 'quality bar MET' in out and 'frozen model, no prompt' in out
   prompt = np.load(tmp_path / 'prompt.npy')
   assert prompt.shape == (20, demo_model.DEMO_CONFIG.emb_dim) and prompt.dtype == np.float32
+  recorded = json.loads((tmp_path / 'prompt.npy.fingerprint.json').read_text())  # the model it belongs to
+  assert recorded['config']['emb_dim'] == demo_model.DEMO_CONFIG.emb_dim and len(recorded['id']) == 16
   assert (tmp_path / run.CURVE_FILE).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   assert (tmp_path / 'prompt_tuning' / 'training_curves.png').exists()
 

@@ -25,6 +25,7 @@ from jaxprompt.cli import console
 from jaxprompt.cli import parser as cli_parser
 from jaxprompt.cli.gin_config import quote
 from jaxprompt.demo import GIN_MODULES, data
+from jaxprompt.models import fingerprint
 
 PROG = 'jaxprompt demo'
 PROMPT_GIN = ('models/demo.gin', 'runs/demo.gin')
@@ -180,6 +181,8 @@ def run_demo(args: argparse.Namespace, overrides: Sequence[str] = ()) -> DemoRes
   prompt_accuracy = float(result.eval_metrics['accuracy'])
   prompt_file = os.path.join(output, PROMPT_FILE)
   shutil.copyfile(result.prompt_file, prompt_file)
+  if os.path.exists(fingerprint.sidecar_path(result.prompt_file)):  # the frozen model it belongs to
+    shutil.copyfile(fingerprint.sidecar_path(result.prompt_file), fingerprint.sidecar_path(prompt_file))
   shape = result.prompt.shape
   _say(f'      held-out accuracy after prompt tuning: {prompt_accuracy:.1f}% (prompt {shape[0]} x {shape[1]}, '
        f'{result.step} steps; elapsed {time.time() - start:.0f} s)')
