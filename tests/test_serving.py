@@ -46,7 +46,7 @@ def _records(capsys):
 
 def test_mixed_requests_are_answered_in_order_as_each_task_alone(tiny_gin, prompt_files, tmp_path, capsys):
   texts = ['good movie plot', 'awful film', 'a fine cast', 'bad acting here', 'great', 'dull and slow', 'nice']
-  tasks = ['a', 'c', 'b', 'a', 'b', 'c', 'b']
+  tasks = ['a', 'c', 'a', 'c', 'b', 'b', 'a']  # batches of 4: the first holds no 5-row prompt (cut to 3 rows)
   requests = tmp_path / 'requests.jsonl'
   requests.write_text(''.join(json.dumps({'task': t, 'input': x, 'id': i}) + '\n'
                               for i, (t, x) in enumerate(zip(tasks, texts))))

@@ -21,6 +21,7 @@ from jaxprompt.data import pipeline as data
 from jaxprompt.data.features import TASK_FEATURE
 from jaxprompt.errors import DataError
 from jaxprompt.eval.evaluation import EvalSet, ModelFns, label_candidates, scalar
+from jaxprompt.methods.prompt_bank import PromptBank
 
 Batch = dict[str, np.ndarray]
 
@@ -76,6 +77,23 @@ def _pad_rows(batch: Mapping[str, np.ndarray], size: int) -> Batch:
   return {k: np.concatenate([v, np.zeros((size - real,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
 
 
+def batch_view(fns: ModelFns, params: Any, task_ids: np.ndarray) -> Any:
+  """The bank's tree with its input prompts cut to the widest prompt among these rows' tasks.
+
+  A bank's table is as wide as its longest prompt, and every row of a batch would carry that width; cut to the
+  batch's own widest (rows are padded at their end, so nothing else changes), a batch of short-prompt tasks
+  does not pay for a long-prompt task it does not hold. One compile per distinct width, at most one per prompt
+  length in the bank.
+  """
+  bank = fns.rt.model.method
+  if not isinstance(bank, PromptBank) or not bank.input_length or 'prompts' not in params:
+    return params
+  width = max(bank.entries[t].input_length for t in np.unique(task_ids))
+  if width >= bank.input_length:
+    return params
+  return dict(params, prompts=params['prompts'][:, :max(width, 1)])
+
+
 def rank_rows(fns: ModelFns, params: Any, batch: Mapping[str, np.ndarray], ids: np.ndarray, real: np.ndarray,
               batch_size: int) -> tuple[np.ndarray, np.ndarray]:
   """(best candidate index [n], its log-likelihood [n]) of each row over its task's candidates.
@@ -85,7 +103,7 @@ def rank_rows(fns: ModelFns, params: Any, batch: Mapping[str, np.ndarray], ids: 
   n = len(batch[TASK_FEATURE])
   tasks = batch[TASK_FEATURE]
   candidates = _pad_rows({'c': ids[tasks]}, batch_size)['c']
-  scores = fns.rank(params, _pad_rows(batch, batch_size), candidates)[:n]
+  scores = fns.rank(batch_view(fns, params, tasks), _pad_rows(batch, batch_size), candidates)[:n]
   scores = np.where(real[tasks][:, :scores.shape[1]], scores, -np.inf)  # a padded candidate is no answer
   best = scores.argmax(-1)
   return best, scores[np.arange(n), best]
@@ -95,7 +113,7 @@ def decode_rows(fns: ModelFns, params: Any, batch: Mapping[str, np.ndarray], bat
                 index: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """(decoded ids [n, L], scores [n]) of n <= batch_size mixed-task rows, in one decode."""
   n = len(batch[TASK_FEATURE])
-  decodes, scores = fns.decode(params, _pad_rows(batch, batch_size), index)
+  decodes, scores = fns.decode(batch_view(fns, params, batch[TASK_FEATURE]), _pad_rows(batch, batch_size), index)
   return decodes[:n], scores[:n]
 
 

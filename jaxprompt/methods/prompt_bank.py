@@ -119,6 +119,8 @@ class PromptBank(Method):
       lengths = jnp.asarray([e.input_length for e in self.entries], jnp.int32)[ids]
       codes = jnp.asarray([combine_code(e.combine) for e in self.entries], jnp.int32)[ids]
       prompts = jnp.take(jnp.asarray(trainable['prompts'], self.dtype), ids, axis=0)
+      # The table may be cut to a batch's widest prompt (`jaxprompt.eval.banks.batch_view`).
+      lengths = jnp.minimum(lengths, prompts.shape[1])
       inputs = RowPrompts(prompts, lengths, codes, self.eos_id)
     layer_hooks = {}
     for stack, kinds in (('encoder', kv_prefix.ENCODER_KINDS), ('decoder', kv_prefix.DECODER_KINDS)):
