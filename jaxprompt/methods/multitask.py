@@ -38,7 +38,7 @@ from jaxprompt.methods import initializers
 from jaxprompt.methods.base import Method, Params
 from jaxprompt.methods.prompt_bank import build_bank
 from jaxprompt.methods.prompt_tuning import COMBINATIONS, PROMPT_KEY, PromptTuning, uniform_init
-from jaxprompt.methods.row_prompts import RowPrompts, combine_code
+from jaxprompt.methods.row_prompts import gather_rows, task_ids_or_error
 from jaxprompt.models.config import T5Config
 from jaxprompt.models.hooks import Hooks
 from jaxprompt.parallel import host
@@ -97,13 +97,10 @@ class _MultiTask(Method):
             task_ids: Array | None = None) -> Hooks:
     """Row i gets task `task_ids[i]`'s prompt [P, d], inserted by `combine`."""
     del deterministic, rng
-    if task_ids is None:
-      raise ConfigError(f'{type(self).__name__} needs each row\'s task id (tasks {list(self.tasks)})')
-    ids = jnp.asarray(task_ids, jnp.int32)
-    prompts = jnp.take(self.task_prompts(trainable), ids, axis=0).astype(self.config.dtype)  # [b, P, d]
-    lengths = jnp.full(ids.shape, prompts.shape[1], jnp.int32)
-    codes = jnp.full(ids.shape, combine_code(self.combine), jnp.int32)
-    return Hooks(inputs=RowPrompts(prompts, lengths, codes, self.eos_id))
+    ids = task_ids_or_error(task_ids, self)
+    table = self.task_prompts(trainable)  # [T, P, d]
+    return Hooks(inputs=gather_rows(table, ids, [table.shape[1]] * len(self.tasks), [self.combine] * len(self.tasks),
+                                    eos_id=self.eos_id, dtype=self.config.dtype))
 
   def computed(self, trainable: Params) -> dict[str, np.ndarray]:
     """{task name: float32 [P, d]} on the host (sharded leaves are gathered: every process calls this)."""

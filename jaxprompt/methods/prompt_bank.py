@@ -28,7 +28,7 @@ from jaxprompt.methods import kv_prefix
 from jaxprompt.methods.base import Method, Params
 from jaxprompt.methods.prefix_tuning import PrefixTuning
 from jaxprompt.methods.prompt_tuning import PROMPT_KEY, PromptTuning, prompt_array
-from jaxprompt.methods.row_prompts import RowPrompts, combine_code
+from jaxprompt.methods.row_prompts import gather_rows, task_ids_or_error
 from jaxprompt.models.config import T5Config
 from jaxprompt.models.hooks import ATTENTION_KINDS, Hooks
 
@@ -111,17 +111,11 @@ class PromptBank(Method):
             task_ids: Array | None = None) -> Hooks:
     """Each row's prompt and prefix rows, gathered by its task id [b]."""
     del deterministic, rng
-    if task_ids is None:
-      raise ConfigError(f'a prompt bank needs each row\'s task id (tasks {list(self.task_names)})')
-    ids = jnp.asarray(task_ids, jnp.int32)
+    ids = task_ids_or_error(task_ids, self)
     inputs = None
-    if self.input_length:
-      lengths = jnp.asarray([e.input_length for e in self.entries], jnp.int32)[ids]
-      codes = jnp.asarray([combine_code(e.combine) for e in self.entries], jnp.int32)[ids]
-      prompts = jnp.take(jnp.asarray(trainable['prompts'], self.dtype), ids, axis=0)
-      # The table may be cut to a batch's widest prompt (`jaxprompt.eval.banks.batch_view`).
-      lengths = jnp.minimum(lengths, prompts.shape[1])
-      inputs = RowPrompts(prompts, lengths, codes, self.eos_id)
+    if self.input_length:  # the table may be cut to a batch's widest prompt (`eval.banks.batch_view`)
+      inputs = gather_rows(trainable['prompts'], ids, [e.input_length for e in self.entries],
+                           [e.combine for e in self.entries], eos_id=self.eos_id, dtype=self.dtype)
     layer_hooks = {}
     for stack, kinds in (('encoder', kv_prefix.ENCODER_KINDS), ('decoder', kv_prefix.DECODER_KINDS)):
       kinds = [k for k in kinds if k in self.kinds]

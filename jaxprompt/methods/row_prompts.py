@@ -8,11 +8,13 @@ it sees when its task runs alone.
 """
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-from jaxprompt.errors import PromptError
+from jaxprompt.errors import ConfigError, PromptError
 from jaxprompt.methods.prompt_tuning import COMBINATIONS, insertion_points
 from jaxprompt.models.hooks import Stack
 
@@ -76,3 +78,23 @@ class RowPrompts(struct.PyTreeNode):
                         '([batch, length, embed])')
     start = row_insertion_points(tokens, self.codes, self.eos_id)
     return insert_row_prompts(embedded, tokens > 0, self.prompts, self.lengths, start)
+
+
+def task_ids_or_error(task_ids: Array | None, method: Any) -> Array:
+  """The rows' task ids [b] as int32, or one ConfigError naming the multi-task method's tasks."""
+  if task_ids is None:
+    raise ConfigError(f"{type(method).__name__} needs each row's task id (tasks {list(method.task_names)})")
+  return jnp.asarray(task_ids, jnp.int32)
+
+
+def gather_rows(table: Array, task_ids: Array, lengths: Sequence[int], combines: Sequence[str], *, eos_id: int = 1,
+                dtype: Any = jnp.float32) -> RowPrompts:
+  """The input hook of rows choosing among tasks: row i gets `table[task_ids[i]]`'s first `lengths[t]` rows
+  (capped at the table's width, which may be cut to a batch's widest prompt), inserted by `combines[t]`.
+
+  table [T, P, e] (task t's prompt, zero-padded), task_ids [b] int, lengths / combines: one per task.
+  """
+  prompts = jnp.take(jnp.asarray(table, dtype), task_ids, axis=0)  # [b, P, e]
+  rows = jnp.minimum(jnp.asarray(lengths, jnp.int32)[task_ids], prompts.shape[1])
+  codes = jnp.asarray([combine_code(c) for c in combines], jnp.int32)[task_ids]
+  return RowPrompts(prompts, rows, codes, eos_id)
