@@ -51,3 +51,19 @@ def load_bank(prompts: Mapping[str, str], *, config: T5Config, combine: str = 'p
   """(bank, its tree) of the named sources, task ids in the order given."""
   return prompt_bank.build_bank(load_sources(prompts, config=config, combine=combine, eos_id=eos_id, step=step),
                                 config, eos_id)
+
+
+def load_method(*, prompts: Mapping[str, str] | None, prompt_file: str | None, checkpoint: str | None,
+                step: int | None, prompt_length: int | None, config: T5Config, combine: str = 'prefix',
+                eos_id: int = 1, what: str = 'a prompt bank') -> tuple[Any, Any, dict[str, str]]:
+  """`eval` / `infer`'s prompt: (method, parameters, {name: source} for the fingerprint check) of the named
+  `prompts` (a bank: `what` names its use in the error) or of the one `prompt_file` / `checkpoint`."""
+  if prompts:
+    if prompt_file is not None or checkpoint is not None:
+      raise ConfigError(f'give either --prompt NAME=FILE ({what}) or --prompt_file / --checkpoint, not both')
+    method, trainable = load_bank(prompts, config=config, combine=combine, eos_id=eos_id, step=step)
+    return method, trainable, dict(prompts)
+  method, trainable = prompt_files.load_tuned(prompt_file=prompt_file, checkpoint=checkpoint, step=step,
+                                              prompt_length=prompt_length, config=config, combine=combine,
+                                              eos_id=eos_id)
+  return method, trainable, {'': prompt_file or checkpoint}

@@ -7,10 +7,9 @@ from typing import Any, Mapping
 
 import gin
 
-from jaxprompt.commands import bank_files, configs, model_check, prompt_files, validation
+from jaxprompt.commands import bank_files, configs, model_check, validation
 from jaxprompt.data import buckets
 from jaxprompt.data import pipeline as data
-from jaxprompt.errors import ConfigError
 from jaxprompt.eval import banks
 from jaxprompt.eval.evaluation import DecodeOptions, ModelFns, evaluate_sets, prepare_eval
 from jaxprompt.eval.writers import write_json, write_jsonl
@@ -56,15 +55,9 @@ def evaluate(output_file: str | None = None, *, model_config: T5Config | None = 
   length_buckets = buckets.LengthBuckets.from_spec(length_buckets)
   provider = data.get_provider(name)
   eos_id = data.targets_vocabulary(provider).eos_id
-  if prompts:
-    if prompt_file is not None or checkpoint is not None:
-      raise ConfigError('give either --prompt NAME=FILE (an ensemble) or --prompt_file / --checkpoint, not both')
-    method, trainable = bank_files.load_bank(prompts, config=config, combine=prompt_combine, eos_id=eos_id,
-                                             step=checkpoint_step)
-  else:
-    method, trainable = prompt_files.load_tuned(prompt_file=prompt_file, checkpoint=checkpoint,
-                                                step=checkpoint_step, prompt_length=prompt_length, config=config,
-                                                combine=prompt_combine, eos_id=eos_id)
+  method, trainable, sources = bank_files.load_method(
+      prompts=prompts, prompt_file=prompt_file, checkpoint=checkpoint, step=checkpoint_step,
+      prompt_length=prompt_length, config=config, combine=prompt_combine, eos_id=eos_id, what='an ensemble')
   for task in data.subtasks(provider, split):
     configs.check_vocabulary(data.targets_vocabulary(task), config, task.name)
   # A multi-task run's prompts.npz is a bank: each task's rows carry its id (an ensemble sets ids itself).
@@ -73,7 +66,6 @@ def evaluate(output_file: str | None = None, *, model_config: T5Config | None = 
   data.host_batch_size(batch_size, runtime_lib.data_parallel_size(model_parallel))
   fns, prompt = tuned_model(config, ckpt, lengths, method, trainable, model_parallel=model_parallel,
                             eos_id=eos_id, decode=decode, length_buckets=length_buckets)
-  sources = dict(prompts) if prompts else {'': prompt_file or checkpoint}
   matches = model_check.check_prompt_sources(sources, checkpoint_step, config, data.targets_vocabulary(provider),
                                              fns.rt.network, allow_other_model=allow_other_model)
   ensemble = functools.partial(banks.evaluate_ensemble, names=list(prompts)) if prompts else None

@@ -9,7 +9,7 @@ import gin
 import seqio
 import tensorflow as tf
 
-from jaxprompt.commands import bank_files, configs, model_check, prompt_files, validation
+from jaxprompt.commands import bank_files, configs, model_check, validation
 from jaxprompt.commands.evaluate import tuned_model
 from jaxprompt.data import buckets
 from jaxprompt.data import pipeline as data
@@ -147,15 +147,9 @@ def infer(output_file: str | None = None, *, model_config: T5Config | None = Non
   vocab = _vocabulary(provider, vocabulary)
   configs.check_vocabulary(vocab, config, provider.name if provider is not None else 'text inputs')
   data.host_batch_size(batch_size, runtime_lib.data_parallel_size(model_parallel))
-  if prompts:
-    if prompt_file is not None or checkpoint is not None:
-      raise ConfigError('give either --prompt NAME=FILE (a prompt bank) or --prompt_file / --checkpoint, not both')
-    method, trainable = bank_files.load_bank(prompts, config=config, combine=prompt_combine, eos_id=vocab.eos_id,
-                                             step=checkpoint_step)
-  else:
-    method, trainable = prompt_files.load_tuned(prompt_file=prompt_file, checkpoint=checkpoint,
-                                                step=checkpoint_step, prompt_length=prompt_length, config=config,
-                                                combine=prompt_combine, eos_id=vocab.eos_id)
+  method, trainable, sources = bank_files.load_method(
+      prompts=prompts, prompt_file=prompt_file, checkpoint=checkpoint, step=checkpoint_step,
+      prompt_length=prompt_length, config=config, combine=prompt_combine, eos_id=vocab.eos_id, what='a prompt bank')
   requests = None
   is_bank = bool(method.task_names) and not ensemble  # --prompt NAME=FILE, or a multi-task run's prompts.npz
   if labels and not is_bank:
@@ -169,8 +163,8 @@ def infer(output_file: str | None = None, *, model_config: T5Config | None = Non
     banks.candidate_tables(labels or {}, method.task_names, vocab, lengths['targets'])  # labels checked now
   fns, prompt = tuned_model(config, ckpt, lengths, method, trainable, model_parallel=model_parallel,
                             eos_id=vocab.eos_id, decode=decode, length_buckets=length_buckets)
-  model_check.check_prompt_sources(dict(prompts) if prompts else {'': prompt_file or checkpoint}, checkpoint_step,
-                                   config, vocab, fns.rt.network, allow_other_model=allow_other_model)
+  model_check.check_prompt_sources(sources, checkpoint_step, config, vocab, fns.rt.network,
+                                   allow_other_model=allow_other_model)
   if requests is not None:
     records = banks.serve(fns, prompt, method.task_names, requests, vocab, lengths, batch_size, labels)
   elif ensemble:
