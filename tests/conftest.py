@@ -3,11 +3,45 @@
 `../shared/fixtures` holds reference files written by the real t5x code. A test that needs them skips only
 when `../shared` itself is absent (a user's checkout); in CI it is always present.
 """
+import atexit
 import functools
 import os
 import pathlib
+import shutil
+import tempfile
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # Before any test imports tensorflow.
+
+
+def _session_compilation_cache() -> str:
+  """One fresh XLA compilation cache directory per test run, set before jax is imported.
+
+  Tests that build the same tiny model again (a new jit of the same computation) and the CLI / multi-device
+  subprocesses read each other's executables instead of compiling them again. The first process of a run (the
+  only one, or pytest-xdist's controller) makes the directory and removes it at exit; its workers and every
+  subprocess inherit it through the environment, so nothing outlives the run and CI stays clean-room.
+  """
+  path = os.environ.get('JAXPROMPT_TEST_COMPILATION_CACHE')
+  if not path:
+    path = tempfile.mkdtemp(prefix='jaxprompt-tests-xla-')
+    os.environ['JAXPROMPT_TEST_COMPILATION_CACHE'] = path
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = path
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'  # the tiny models compile in well under 1 s
+  return path
+
+
+def _fast_compiles() -> None:
+  """LLVM at -O0 for the test run (unless XLA_FLAGS already sets a level): XLA:CPU's compile time, not the run time
+  of the tiny models, is most of a test's cost, and the level changes the machine code, not the HLO program (the
+  t5x parity tests are bit-exact either way). Subprocesses that extend XLA_FLAGS keep it."""
+  flags = os.environ.get('XLA_FLAGS', '')
+  if 'xla_backend_optimization_level' not in flags:
+    os.environ['XLA_FLAGS'] = f'{flags} --xla_backend_optimization_level=0'.strip()
+
+
+COMPILATION_CACHE = _session_compilation_cache()
+_fast_compiles()
 
 import pytest  # pylint: disable=g-import-not-at-top
 import seqio  # pylint: disable=g-import-not-at-top

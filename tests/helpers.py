@@ -1,5 +1,6 @@
 """Test helpers: running a script under N simulated CPU devices (the device count is read once, when jax is
-imported), comparing trees bitwise, and a small prompt-tuning TrainState."""
+imported), comparing trees bitwise or to the tolerance their computation allows, and a small prompt-tuning
+TrainState."""
 import functools
 import os
 import pathlib
@@ -36,6 +37,35 @@ def assert_trees_equal(a, b) -> None:
   for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
     x, y = np.asarray(x), np.asarray(y)
     assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes(), jax.tree_util.keystr(path)
+
+
+def assert_close_to_scale(got, want, rtol: float = 1e-5, err_msg: str = '') -> None:
+  """`got` equals `want` up to `rtol` of the largest |want| (plus `rtol` of each value).
+
+  For sums and gradients computed in another float32 order (another shape, sharding or processor): their rounding
+  error follows the magnitude of the whole sum, so a fixed atol is too tight for large values and meaningless
+  for small ones.
+  """
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  scale = float(np.max(np.abs(want), initial=0.0))
+  np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale, err_msg=err_msg)
+
+
+def assert_trained_close(got, want, start, steps: int, rtol_per_step: float = 2e-3) -> None:
+  """Two trees trained `steps` steps from `start` by the same computation in another float32 order agree to within
+  `rtol_per_step * steps` of how far training moved each leaf (and training did move every leaf).
+
+  Rounding differences in the gradients (sharded reductions, microbatch sums, XLA:CPU kernels that round
+  differently on another processor) pass through Adam/Adafactor's normalisation, which can amplify them in
+  components whose gradient is near zero: the gap is a fraction of the update, and it grows with each step.
+  """
+  leaves = zip(jax.tree_util.tree_leaves_with_path(want), jax.tree.leaves(got), jax.tree.leaves(start))
+  assert jax.tree.structure(got) == jax.tree.structure(want) == jax.tree.structure(start)
+  for (path, w), g, s in leaves:
+    w, g, s = (np.asarray(x, np.float64) for x in (w, g, s))
+    moved = float(np.max(np.abs(w - s), initial=0.0))
+    assert moved > 0, f'{jax.tree_util.keystr(path)}: training did not move this leaf'
+    np.testing.assert_allclose(g, w, rtol=0, atol=rtol_per_step * steps * moved, err_msg=jax.tree_util.keystr(path))
 
 
 def prompt_copy(state: TrainState) -> dict[str, np.ndarray]:

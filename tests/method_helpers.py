@@ -48,7 +48,8 @@ def assert_decoding_matches_recomputation(model: TunedModel, frozen, trainable, 
   variables = {'params': model.method.network_params(frozen, trainable)}
   module = model.module
   enc = jnp.asarray(batch['encoder_input_tokens'])
-  encoded, valid = module.apply(variables, enc, hooks=hooks, enable_dropout=False, method=Transformer.encode)
+  encoded, valid = jax.jit(lambda v, e: module.apply(v, e, hooks=hooks, enable_dropout=False, method=Transformer.encode))(
+      variables, enc)
   target = {**batch, 'decoder_target_tokens': np.zeros((enc.shape[0], length), np.int32)}
   zeros = jnp.zeros((enc.shape[0], length), jnp.int32)
 

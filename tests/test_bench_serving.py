@@ -13,6 +13,7 @@ from bench import serving  # pylint: disable=g-import-not-at-top
 from bench import serving_modes  # pylint: disable=g-import-not-at-top
 
 
+@pytest.mark.slow
 def test_mixed_split_and_peft_give_the_same_answers(tmp_path):
   # Few shapes keep the compiles (seconds each on CPU) down: inputs within one 64-token bucket, batches of 4.
   stream = serving_modes.make_stream(lengths_lib.calibrate(), requests=8, tasks=2, batch=4, inputs=64)

@@ -37,21 +37,16 @@ BASE_GIN = ['--gin_file=models/t5x_tiny.gin', '--gin_file=runs/prompt_tuning.gin
 pytestmark = pytest.mark.usefixtures('clean_gin')  # in-process runs leave gin bindings behind
 
 
-@pytest.fixture(scope='module')
-def compile_cache(tmp_path_factory):
-  return tmp_path_factory.mktemp('jax_cache')
-
-
-def _env(compile_cache) -> dict:
+def _env() -> dict:
+  """This process's environment (with the run's compilation cache, see conftest.py) on one CPU device."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', JAX_PLATFORMS='cpu',
-             JAX_COMPILATION_CACHE_DIR=str(compile_cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
              PYTHONPATH=f'{REPO}{os.pathsep}{os.environ.get("PYTHONPATH", "")}')
   env.pop('XLA_FLAGS', None)
   return env
 
 
-def run_cli(args, compile_cache, stdin=None, timeout=300) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, '-m', 'jaxprompt', *map(str, args)], cwd=REPO, env=_env(compile_cache),
+def run_cli(args, stdin=None, timeout=300) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, '-m', 'jaxprompt', *map(str, args)], cwd=REPO, env=_env(),
                         input=stdin, capture_output=True, text=True, timeout=timeout)
 
 
@@ -253,10 +248,10 @@ def test_bad_prompt_files(capsys, tiny_gin, tmp_path, kind):
 
 
 @pytest.fixture(scope='module')
-def trained(tiny_gin, compile_cache, tmp_path_factory):
+def trained(tiny_gin, tmp_path_factory):
   """`jaxprompt train` on the fixture model: 6 steps, eval and checkpoint every 3."""
   model_dir = tmp_path_factory.mktemp('cli_run') / 'model'
-  proc = run_cli(['train', *BASE_GIN, f'--gin_file={tiny_gin}', f"--gin.MODEL_DIR='{model_dir}'"], compile_cache)
+  proc = run_cli(['train', *BASE_GIN, f'--gin_file={tiny_gin}', f"--gin.MODEL_DIR='{model_dir}'"])
   assert proc.returncode == 0, proc.stderr
   return model_dir, json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
 
@@ -280,18 +275,18 @@ def test_train_writes_prompt_checkpoints_metrics_and_curves(trained):
 
 
 @pytest.mark.slow
-def test_export_eval_and_infer_with_the_exported_prompt(trained, tiny_gin, compile_cache, tmp_path):
+def test_export_eval_and_infer_with_the_exported_prompt(trained, tiny_gin, tmp_path):
   model_dir, summary, _ = trained
   exported = tmp_path / 'exported.npy'
-  proc = run_cli(['export', '--checkpoint', model_dir, '--step', 3, '--output', exported], compile_cache)
+  proc = run_cli(['export', '--checkpoint', model_dir, '--step', 3, '--output', exported])
   assert proc.returncode == 0, proc.stderr
   np.testing.assert_array_equal(np.load(exported), np.load(model_dir / 'numpy_checkpoints/checkpoint_3/prompt.npy'))
-  proc = run_cli(['export', '--checkpoint', model_dir, '--output', exported], compile_cache)
+  proc = run_cli(['export', '--checkpoint', model_dir, '--output', exported])
   np.testing.assert_array_equal(np.load(exported), np.load(summary['prompt_file']))
 
   metrics_file = tmp_path / 'metrics.json'
   proc = run_cli(['eval', '--gin_file=models/t5x_tiny.gin', '--gin_file=runs/prompt_eval.gin', f'--gin_file={tiny_gin}',
-                  f'--prompt_file={exported}', f'--output={metrics_file}'], compile_cache)
+                  f'--prompt_file={exported}', f'--output={metrics_file}'])
   assert proc.returncode == 0, proc.stderr
   metrics = json.loads(metrics_file.read_text())['metrics']
   # The same prompt on the same split: the numbers the trainer logged for its final evaluation.
@@ -313,8 +308,7 @@ def test_export_eval_and_infer_with_the_exported_prompt(trained, tiny_gin, compi
   inputs.write_text('good movie plot\n\nawful film acting\n')
   out = tmp_path / 'predictions.jsonl'
   proc = run_cli(['infer', '--gin_file=models/t5x_tiny.gin', '--gin_file=runs/prompt_infer.gin',
-                  f'--gin_file={tiny_gin}', f'--prompt_file={exported}', f'--input_file={inputs}', f'--output={out}'],
-                 compile_cache)
+                  f'--gin_file={tiny_gin}', f'--prompt_file={exported}', f'--input_file={inputs}', f'--output={out}'])
   assert proc.returncode == 0, proc.stderr
   records = [json.loads(line) for line in out.read_text().splitlines()]
   assert [r['input'] for r in records] == ['good movie plot', 'awful film acting']
@@ -349,12 +343,12 @@ def _read_lines(stream, lines: queue.Queue) -> None:
 
 
 @pytest.mark.slow
-def test_sigterm_saves_exits_zero_and_resume_matches(trained, tiny_gin, compile_cache, tmp_path):
+def test_sigterm_saves_exits_zero_and_resume_matches(trained, tiny_gin, tmp_path):
   model_dir, summary, _ = trained
   run_dir = tmp_path / 'preempted'
   args = ['train', *BASE_GIN, f'--gin_file={tiny_gin}', f"--gin.MODEL_DIR='{run_dir}'"]
   proc = subprocess.Popen([sys.executable, '-m', 'jaxprompt', *args, '--gin.jaxprompt.train.debug_sleep_per_step=1.0'],
-                          cwd=REPO, env=_env(compile_cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   lines: queue.Queue = queue.Queue()
   threading.Thread(target=_read_lines, args=(proc.stderr, lines), daemon=True).start()
   seen = []
@@ -374,7 +368,7 @@ def test_sigterm_saves_exits_zero_and_resume_matches(trained, tiny_gin, compile_
   assert (run_dir / 'checkpoints' / str(stopped['step'])).is_dir()
   assert not (run_dir / 'final_prompt.npy').exists()
 
-  proc = run_cli(args, compile_cache)  # the same command resumes and finishes
+  proc = run_cli(args)  # the same command resumes and finishes
   assert proc.returncode == 0, proc.stderr
   assert json.loads(proc.stdout.strip().splitlines()[-1])['step'] == 6
   np.testing.assert_array_equal(np.load(run_dir / 'final_prompt.npy'), np.load(summary['prompt_file']))
@@ -392,8 +386,8 @@ def test_nan_loss_stops_with_exit_code_1(capsys, tiny_gin, tmp_path):
   assert not (tmp_path / 'final_prompt.npy').exists()
 
 
-def test_missing_gin_file_in_a_real_process(compile_cache):
-  proc = run_cli(['train', '--gin_file=runs/no_such_run.gin'], compile_cache, timeout=60)
+def test_missing_gin_file_in_a_real_process():
+  proc = run_cli(['train', '--gin_file=runs/no_such_run.gin'], timeout=60)
   assert proc.returncode == 2
   assert "gin file 'runs/no_such_run.gin' not found" in error_line(proc.stderr)
   assert proc.stderr.count('\n') == 1  # nothing else: it fails before TensorFlow is even imported

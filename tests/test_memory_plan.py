@@ -56,6 +56,7 @@ def test_xxl_train_step_fits_v3_8():
 TINY = dict(model='test_tiny', model_parallel=1, batch_size=4, input_length=16, target_length=4, prompt_length=3)
 
 
+@pytest.mark.slow
 def test_tiny_plan_reads_compiled_memory():
   request = memory_plan.PlanRequest(**TINY)
   plan = memory_plan.plan_train_step(request, jax.devices()[:1])

@@ -13,6 +13,7 @@ from jaxprompt.models import losses
 from jaxprompt.models.config import get_config
 from jaxprompt.models.scan import stack_layers, unstack_layers
 from jaxprompt.models.t5 import Transformer
+from tests.helpers import assert_close_to_scale
 
 
 @pytest.fixture(scope='module')
@@ -81,24 +82,27 @@ def test_label_smoothing_constant_makes_perfect_prediction_zero():
   assert weight_sum == 2
 
 
-@pytest.mark.parametrize('remat', ['none', 'full', 'dots'])
+# The inner loop checks full remat (what the large configs use); the full suite all three policies.
+@pytest.mark.parametrize('remat', [pytest.param('none', marks=pytest.mark.slow), 'full',
+                                   pytest.param('dots', marks=pytest.mark.slow)])
 def test_scan_and_remat_match_unrolled(reference, remat):
   data, params = reference
   cfg = get_config('t5x_tiny')
   scanned = Transformer(cfg.replace(scan_layers=True, remat_policy=remat))
   stacked = stack_layers(params)
   assert stacked['encoder']['layers']['attention']['query']['kernel'].shape == (2, 32, 32)
-  logits = scanned.apply({'params': stacked}, *_batch(data), enable_dropout=False)
+  logits = jax.jit(lambda p: scanned.apply({'params': p}, *_batch(data), enable_dropout=False))(stacked)
   np.testing.assert_allclose(logits, data['logits'], atol=1e-5)
 
   def loss_fn(p, model):
     out = model.apply({'params': p}, *_batch(data), enable_dropout=False)
     return losses.compute_weighted_cross_entropy(out, data['decoder_target_tokens'])[0]
 
-  g_scan = jax.grad(loss_fn)(stacked, scanned)
-  g_ref = jax.grad(loss_fn)(params, Transformer(cfg))
+  # Jitted: op-by-op, the scanned backward pass dispatches (and compiles) every primitive on its own.
+  g_scan = jax.jit(jax.grad(lambda p: loss_fn(p, scanned)))(stacked)
+  g_ref = jax.jit(jax.grad(lambda p: loss_fn(p, Transformer(cfg))))(params)
   for a, b in zip(jax.tree.leaves(unstack_layers(g_scan)), jax.tree.leaves(g_ref)):
-    np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
+    assert_close_to_scale(a, b, rtol=1e-4)
   assert jax.tree.structure(unstack_layers(stacked)) == jax.tree.structure(params)
 
 
@@ -144,10 +148,12 @@ def test_t5_1_0_tied_relu_tree_and_logit_scaling():
 
 def test_bfloat16_activations_close_to_float32(reference):
   data, params = reference
-  logits32 = Transformer(get_config('t5x_tiny')).apply({'params': params}, *_batch(data), enable_dropout=False)
-  bf16 = Transformer(get_config('t5x_tiny', dtype=jnp.bfloat16))
-  params16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
-  logits16 = bf16.apply({'params': params16}, *_batch(data), enable_dropout=False)
+  def forward(config, p):
+    return jax.jit(lambda p: Transformer(config).apply({'params': p}, *_batch(data), enable_dropout=False))(p)
+
+  logits32 = forward(get_config('t5x_tiny'), params)
+  logits16 = forward(get_config('t5x_tiny', dtype=jnp.bfloat16), jax.tree.map(lambda x: x.astype(jnp.bfloat16),
+                                                                              params))
   assert logits16.dtype == jnp.float32  # logits_dense computes in float32, as t5x.
   assert np.all(np.isfinite(logits16))
   assert np.mean(np.argmax(logits16, -1) == np.argmax(logits32, -1)) > 0.8
@@ -171,12 +177,17 @@ def test_incremental_decoding_cache_matches_teacher_forcing(reference):
   full = model.apply({'params': params}, enc_tokens, dec_in, dec_tgt, enable_dropout=False)
   encoded, valid = model.apply({'params': params}, enc_tokens, enable_dropout=False, method=Transformer.encode)
   length = dec_in.shape[1]
-  cache = model.init(jax.random.PRNGKey(0), enc_tokens, dec_in, dec_in, decode=True, enable_dropout=False)['cache']
+  cache = jax.eval_shape(functools.partial(model.init, decode=True, enable_dropout=False), jax.random.PRNGKey(0),
+                         enc_tokens, dec_in, dec_in)['cache']
+  cache = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), cache)
+
+  @jax.jit  # one compile for every step (op by op, each step dispatches hundreds of primitives)
+  def decode_step(cache, step):
+    return model.apply({'params': params, 'cache': cache}, encoded, valid, step, step, enable_dropout=False,
+                       decode=True, max_decode_length=length, mutable=['cache'], method=Transformer.decode)
+
   for i in range(length):
-    step = dec_in[:, i:i + 1]
-    logits, mutated = model.apply({'params': params, 'cache': cache}, encoded, valid, step, step,
-                                  enable_dropout=False, decode=True, max_decode_length=length,
-                                  mutable=['cache'], method=Transformer.decode)
+    logits, mutated = decode_step(cache, dec_in[:, i:i + 1])
     cache = mutated['cache']
     # Teacher forcing masks padded target positions; compare only where targets are real.
     real = dec_tgt[:, i] > 0
@@ -229,8 +240,8 @@ def test_gather_and_one_hot_embedding_agree(reference):
   for one_hot in (True, False):
     model = TunedModel(cfg.replace(one_hot_embedding=one_hot), PromptTuning(3, cfg.emb_dim))
     gathers.append(str(jax.make_jaxpr(lambda p: model.logits(params, p, batch))(prompt)).count(' gather['))
-    results.append(jax.value_and_grad(lambda p: model.loss_fn(p, params, batch)[0])(prompt))
+    results.append(jax.jit(jax.value_and_grad(lambda p, m=model: m.loss_fn(p, params, batch)[0]))(prompt))
   assert gathers[1] == gathers[0] + 2  # the encoder's and the decoder's token lookups
   (loss_a, grad_a), (loss_b, grad_b) = results
   np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
-  np.testing.assert_allclose(grad_a['prompt'], grad_b['prompt'], rtol=1e-5, atol=1e-6)
+  assert_close_to_scale(grad_a['prompt'], grad_b['prompt'], rtol=1e-5)

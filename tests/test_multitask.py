@@ -194,8 +194,9 @@ def test_method_errors(frozen, tmp_path):
 
 @pytest.mark.parametrize('factory, rows', [
     (functools.partial(multitask.multitask_prompts, length=3, task_length=2), 5),
-    pytest.param(functools.partial(multitask.multitask_prompt_tuning, length=4, rank=2), 4, marks=pytest.mark.slow),
+    (functools.partial(multitask.multitask_prompt_tuning, length=4, rank=2), 4),
 ], ids=['multitask_prompts', 'mpt'])
+@pytest.mark.slow
 def test_training_on_a_mixture_evaluates_per_task_and_writes_every_prompt(factory, rows, mixture, train_kwargs,
                                                                           tmp_path):
   assert multitask.resolve_tasks(MIXTURE) == NAMES

@@ -14,6 +14,7 @@ from jaxprompt.methods.prompt_tuning import PromptTuning, insert_prompt, inserti
 from jaxprompt.train import optim
 from jaxprompt.train import step
 from jaxprompt.train.state import init_train_state
+from tests.helpers import assert_trained_close
 from tests.method_helpers import make_batch
 
 TOKENS = np.array([[5, 6, 7, 1, 0, 0],    # 3 tokens + EOS, padded
@@ -85,9 +86,10 @@ def test_rank_classification_equals_scoring_each_candidate(fixture_model):
   prompt = model.method.init(jax.random.PRNGKey(1), frozen)
   enc = np.array([[5, 17, 42, 1, 0], [64, 3, 12, 9, 1]])
   candidates = np.array([[26, 83, 1], [99, 1, 0], [7, 7, 1]])
-  ranked = model.rank_classify(frozen, prompt, enc, candidates)
+  ranked = jax.jit(model.rank_classify)(frozen, prompt, enc, candidates)
+  score = jax.jit(model.score_batch)  # one compile for the three candidates
   for c in range(len(candidates)):
-    scores = model.score_batch(frozen, prompt, make_batch(enc, np.tile(candidates[c], (2, 1))))
+    scores = score(frozen, prompt, make_batch(enc, np.tile(candidates[c], (2, 1))))
     np.testing.assert_allclose(ranked[:, c], scores, atol=1e-5)
 
 
@@ -142,7 +144,8 @@ def test_microbatched_step_equals_full_batch(fixture_model):
   batch = make_batch(rs.randint(2, 128, (8, 6)), rs.randint(2, 128, (8, 3)))
   full, _ = _train(cfg, frozen, model, batch, 2, opt)
   micro, _ = _train(cfg, frozen, model, batch, 2, opt, num_microbatches=4)
-  np.testing.assert_allclose(micro.trainable['prompt'], full.trainable['prompt'], atol=1e-5)
+  start = model.method.init(jax.random.PRNGKey(0), frozen)  # what _train starts from
+  assert_trained_close(micro.trainable, full.trainable, start, steps=2)
   with pytest.raises(ConfigError, match='divisible'):
     _train(cfg, frozen, model, batch, 1, opt, num_microbatches=3)
 
@@ -154,7 +157,8 @@ def test_non_finite_loss_keeps_last_good_state(fixture_model):
   state = init_train_state(model.method.init(jax.random.PRNGKey(0), frozen), opt.tx, jax.random.PRNGKey(1))
   poisoned = jax.tree.map(lambda x: x.copy(), frozen)
   poisoned['decoder']['logits_dense']['kernel'] = np.full_like(poisoned['decoder']['logits_dense']['kernel'], np.nan)
-  new_state, metrics = step.train_step(model, opt, state, poisoned, make_batch([[5, 1]], [[26, 1]]))
+  new_state, metrics = jax.jit(lambda s, f, b: step.train_step(model, opt, s, f, b))(
+      state, poisoned, make_batch([[5, 1]], [[26, 1]]))
   assert not bool(metrics['finite'])
   assert int(new_state.step) == 0
   np.testing.assert_array_equal(new_state.trainable['prompt'], state.trainable['prompt'])

@@ -4,10 +4,12 @@ import re
 
 import jax
 import numpy as np
+import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_readme_model_example_runs(fixtures_dir):
   readme = (REPO / 'README.md').read_text()
   code = re.search(r'## The model\n\n```python\n(.*?)```', readme, re.S).group(1)

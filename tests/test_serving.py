@@ -44,6 +44,7 @@ def _records(capsys):
   return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{')]
 
 
+@pytest.mark.slow
 def test_mixed_requests_are_answered_in_order_as_each_task_alone(tiny_gin, prompt_files, tmp_path, capsys):
   texts = ['good movie plot', 'awful film', 'a fine cast', 'bad acting here', 'great', 'dull and slow', 'nice']
   tasks = ['a', 'c', 'a', 'c', 'b', 'b', 'a']  # batches of 4: the first holds no 5-row prompt (cut to 3 rows)

@@ -177,13 +177,16 @@ def test_status_remote_tails_newest_or_named_log(tmp_path, env):
 def test_status_remote_sees_running_training(tmp_path, env):
   (tmp_path / "venv" / "bin").mkdir(parents=True)
   fake = write_exe(tmp_path / "venv" / "bin" / "jaxprompt", "sleep 30\n")
-  job = subprocess.Popen([str(fake), "train", "--gin.X=1"])
+  # Started outside the home directory (another user's or checkout's training): not listed.
+  other = subprocess.Popen([str(fake), "train", "--gin.X=2"], cwd=tmp_path.parent)
+  job = subprocess.Popen([str(fake), "train", "--gin.X=1"], cwd=tmp_path)
   try:
     _, tail = dry_run("status", SCOPE, env)
     wait_for(lambda: f"running (pid {job.pid})" in run_remote(remote_command(tail), tmp_path).stdout)
   finally:
-    job.kill()
-    job.wait()
+    for proc in (job, other):
+      proc.kill()
+      proc.wait()
 
 
 def test_ssh_commands(env):

@@ -200,6 +200,8 @@ def test_damaged_and_unfinished_checkpoints(tmp_path):
       ckpt.restore(_abstract(state), step=3)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_processes_save_and_restore_shardedprompt_state(tmp_path):
   script = REPO / 'tests' / 'scripts' / 'two_process_checkpoint.py'
   with socket.socket() as s:

@@ -28,7 +28,7 @@ EOF
 # Runs on each worker (shipped with `declare -f`).
 jp_remote_status() {
   local run=$1 lines=$2 follow=$3
-  local host log='' f pids
+  local host log='' f pids pid cwd
   host=$(hostname)
   if [[ -n $run ]]; then
     log=$HOME/jaxprompt_logs/$run.log
@@ -37,9 +37,14 @@ jp_remote_status() {
       if [[ -e $f && (-z $log || $f -nt $log) ]]; then log=$f; fi
     done
   fi
-  # Matches the venv's console script (/.../bin/jaxprompt train ...), not the shells around it; the
-  # bracket keeps the pattern from matching this very command line.
-  pids=$(pgrep -f '/bin/[j]axprompt train' | tr '\n' ' ' || true)
+  # A venv's console script (/.../bin/jaxprompt train ...), not the shells around it (the bracket keeps the
+  # pattern from matching this very command line), and only one started under this home directory (launch.sh
+  # runs it in ~/jaxprompt_runs/<run>): another user's or another checkout's training is not this one.
+  pids=''
+  for pid in $(pgrep -f '/bin/[j]axprompt train' || true); do
+    cwd=$(readlink "/proc/$pid/cwd" 2>/dev/null || true)
+    if [[ $cwd == "$HOME" || $cwd == "$HOME"/* ]]; then pids+="$pid "; fi
+  done
   if [[ -n $pids ]]; then
     echo "[$host] training: running (pid ${pids% })"
   else

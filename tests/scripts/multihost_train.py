@@ -100,7 +100,7 @@ def run_steps(num_steps: int = 4, save_at: int = 2, batch_size: int = 8) -> None
   np.testing.assert_array_equal(checkpoint_files.load_prompt_from_checkpoint(ARGS['model_dir'], step=save_at),
                                 saved_prompt)
   np.savez(OUT, losses=np.asarray(losses), prompt=np.asarray(state.trainable['prompt'].addressable_data(0)),
-           saved_prompt=saved_prompt, rows=np.asarray([rows.start, rows.stop]))
+           saved_prompt=saved_prompt, start=prompt['prompt'], rows=np.asarray([rows.start, rows.stop]))
   print(f'process {jax.process_index()} OK losses={losses}', flush=True)
 
 
