@@ -28,14 +28,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxprompt.parallel import partitioning
 from jaxprompt.errors import ConfigError
 from jaxprompt.models.config import get_config
-from jaxprompt.data.features import FEATURES
+from jaxprompt.models.features import FEATURES
 from jaxprompt.models.wrapper import TunedModel
-from jaxprompt.train import optim
-from jaxprompt.train import compiled as sharded
-from jaxprompt.train.state import init_train_state
+from jaxprompt.parallel import partitioning
+from jaxprompt.runtime import compiled as sharded
+from jaxprompt.runtime import optim
+from jaxprompt.runtime.state import init_train_state
 
 
 

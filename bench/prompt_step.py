@@ -29,12 +29,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxprompt.methods.prompt_tuning import PromptTuning
 from jaxprompt.models.config import T5Config, get_config
 from jaxprompt.models.wrapper import TunedModel
-from jaxprompt.methods.prompt_tuning import PromptTuning
-from jaxprompt.train import optim
-from jaxprompt.train import step as step_lib
-from jaxprompt.train.state import init_train_state
+from jaxprompt.runtime import optim
+from jaxprompt.runtime import step as step_lib
+from jaxprompt.runtime.state import init_train_state
 
 
 @dataclasses.dataclass(frozen=True)

@@ -50,9 +50,9 @@ from jaxprompt.data import pipeline
 from jaxprompt.methods.prompt_tuning import PromptTuning
 from jaxprompt.models.config import T5Config, get_config
 from jaxprompt.models.wrapper import TunedModel
-from jaxprompt.train import optim
-from jaxprompt.train import step as step_lib
-from jaxprompt.train.state import init_train_state
+from jaxprompt.runtime import optim
+from jaxprompt.runtime import step as step_lib
+from jaxprompt.runtime.state import init_train_state
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ from jaxprompt.eval.evaluation import ModelFns
 from jaxprompt.methods import prompt_bank
 from jaxprompt.methods.base import Method
 from jaxprompt.models.config import T5Config, get_config
-from jaxprompt.train import runtime as runtime_lib
+from jaxprompt.runtime import runtime as runtime_lib
 
 REQUESTS, TASKS, BATCH = 512, 8, 32
 # --------------------------------------------------------------------------------------------------------------

@@ -19,16 +19,16 @@ import numpy as np
 from bench import lengths as lengths_lib
 from bench.length_batches import forward_parts
 from jaxprompt.data.buckets import last_real_column
-from jaxprompt.data.features import TASK_FEATURE
 from jaxprompt.eval import banks
 from jaxprompt.eval.evaluation import ModelFns
 from jaxprompt.methods.base import Method
 from jaxprompt.methods.prefix_tuning import PrefixTuning
 from jaxprompt.methods.prompt_tuning import PromptTuning
 from jaxprompt.models.config import T5Config
+from jaxprompt.models.features import TASK_FEATURE
 from jaxprompt.models.wrapper import TunedModel
-from jaxprompt.train import runtime as runtime_lib
-from jaxprompt.train.compiled import ShardedSteps
+from jaxprompt.runtime import runtime as runtime_lib
+from jaxprompt.runtime.compiled import ShardedSteps
 
 REQUESTS, TASKS, BATCH = 512, 8, 32
 PROMPT = 20

@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprompt.train.optim import make_optimizer
-from jaxprompt.train.state import TrainState, init_train_state
+from jaxprompt.runtime.optim import make_optimizer
+from jaxprompt.runtime.state import TrainState, init_train_state
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

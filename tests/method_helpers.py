@@ -9,8 +9,8 @@ import numpy as np
 from jaxprompt.models import decoding
 from jaxprompt.models.t5 import Transformer
 from jaxprompt.models.wrapper import TunedModel
-from jaxprompt.train import step
-from jaxprompt.train.state import init_train_state
+from jaxprompt.runtime import step
+from jaxprompt.runtime.state import init_train_state
 
 
 def make_batch(enc, tgt) -> dict:

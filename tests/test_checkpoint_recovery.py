@@ -14,10 +14,10 @@ import orbax.checkpoint as ocp
 import pytest
 
 from jaxprompt.errors import CheckpointError, ConfigError, PromptError
-from jaxprompt.train import npy_io
+from jaxprompt.formats import npy_io
+from jaxprompt.runtime.state import TrainState, init_train_state
 from jaxprompt.train.checkpoint_files import load_prompt_from_checkpoint
 from jaxprompt.train.checkpoints import StateCheckpointer
-from jaxprompt.train.state import TrainState, init_train_state
 from tests.helpers import assert_trees_equal, prompt_copy, prompt_state
 
 _TX = optax.adafactor(1e-2)
@@ -160,7 +160,7 @@ def test_batch_size_change_is_refused(tmp_path):
 
 @flax.struct.dataclass
 class _PreviousReleaseState:
-  """The previous release's jaxprompt.train.step.TrainState."""
+  """The previous release's jaxprompt.runtime.step.TrainState."""
   step: jax.Array
   prompt: dict
   opt_state: object

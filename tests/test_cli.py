@@ -26,8 +26,8 @@ import pytest
 
 from jaxprompt import cli
 from jaxprompt.cli import gin_config
-from jaxprompt.models.config import CONFIGS
 from jaxprompt.commands import configs
+from jaxprompt.models.config import CONFIGS
 from tests.tiny_task import EMPTY_TASK, GIN_TASK
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -143,7 +143,7 @@ def test_every_model_gin_names_a_config_and_a_public_checkpoint():
 
 
 def test_prompt_tuning_gin_has_the_paper_hyperparameters():
-  from jaxprompt.train import optim  # pylint: disable=g-import-not-at-top
+  from jaxprompt.runtime import optim  # pylint: disable=g-import-not-at-top
   _parse(['models/t5_1_1_lm100k_base.gin', 'runs/prompt_tuning.gin'])
   macros = {m: gin.query_parameter(f'%{m}') for m in ('PROMPT_LENGTH', 'LEARNING_RATE', 'BATCH_SIZE', 'TRAIN_STEPS')}
   assert macros == {'PROMPT_LENGTH': 100, 'LEARNING_RATE': 0.3, 'BATCH_SIZE': 32, 'TRAIN_STEPS': 30000}

@@ -15,6 +15,7 @@ from jaxprompt.commands import configs, model_check
 from jaxprompt.commands import train as trainer
 from jaxprompt.commands.inspect import inspect
 from jaxprompt.errors import CheckpointError, ConfigError, PromptError
+from jaxprompt.formats import fingerprint_files
 from jaxprompt.methods.model_tuning import model_tuning
 from jaxprompt.models import fingerprint
 from jaxprompt.models.config import get_config
@@ -60,7 +61,7 @@ def test_fingerprint_is_stable_and_changes_with_config_embedding_and_vocabulary(
   base = fingerprint.model_fingerprint(CONFIG, vocab, embedding)
   assert fingerprint.model_fingerprint(CONFIG, vocab, embedding.copy()) == base
   assert re.fullmatch(r'[0-9a-f]{16}', base['id'])
-  assert fingerprint.from_json(fingerprint.to_json(base), 'here') == base
+  assert fingerprint_files.from_json(fingerprint_files.to_json(base), 'here') == base
   # One checkpoint loaded as float32 (CPU), bfloat16 (param_dtype on TPU) or onto a device: one model.
   for same in (embedding.astype(ml_dtypes.bfloat16), jnp.asarray(embedding)):
     assert fingerprint.model_fingerprint(CONFIG, vocab, same) == base
@@ -82,18 +83,18 @@ def test_fingerprint_is_stable_and_changes_with_config_embedding_and_vocabulary(
 
 def test_fingerprint_files_are_atomic_and_bad_ones_are_named(tmp_path):
   record = {'id': '0123456789abcdef', 'config': {'emb_dim': 32}}
-  path = fingerprint.write(tmp_path / 'new' / 'fingerprint.json', record)
-  assert fingerprint.read(path) == record and [p.name for p in (tmp_path / 'new').iterdir()] == ['fingerprint.json']
-  assert fingerprint.read(tmp_path / 'absent.json') is None
+  path = fingerprint_files.write(tmp_path / 'new' / 'fingerprint.json', record)
+  assert fingerprint_files.read(path) == record and [p.name for p in (tmp_path / 'new').iterdir()] == ['fingerprint.json']
+  assert fingerprint_files.read(tmp_path / 'absent.json') is None
   (tmp_path / 'bad.json').write_text('{"id": ')
   with pytest.raises(PromptError, match=r'bad\.json: not a fingerprint JSON'):
-    fingerprint.read(tmp_path / 'bad.json')
+    fingerprint_files.read(tmp_path / 'bad.json')
   (tmp_path / 'no_id.json').write_text('{"config": {}}')
   with pytest.raises(PromptError, match=r"no_id\.json: a fingerprint needs an 'id' field"):
-    fingerprint.read(tmp_path / 'no_id.json')
+    fingerprint_files.read(tmp_path / 'no_id.json')
   (tmp_path / 'file').write_text('x')
   with pytest.raises(CheckpointError, match=r'cannot write fingerprint file .*file/fingerprint\.json'):
-    fingerprint.write(tmp_path / 'file' / 'fingerprint.json', record, error=CheckpointError)
+    fingerprint_files.write(tmp_path / 'file' / 'fingerprint.json', record, error=CheckpointError)
 
 
 # ------------------------------------------------------------------------------------ checking at load
@@ -103,7 +104,7 @@ def test_loading_onto_another_model_is_refused_unless_allowed(frozen, vocab, tmp
   prompt = tmp_path / 'prompt.npy'
   np.save(prompt, np.ones((5, 32), np.float32))
   recorded = fingerprint.model_fingerprint(CONFIG, vocab, _embedding(frozen))
-  fingerprint.write(fingerprint.sidecar_path(prompt), recorded)
+  fingerprint_files.write(fingerprint_files.sidecar_path(prompt), recorded)
   assert model_check.check_prompt_source(prompt, None, CONFIG, vocab, frozen, allow_other_model=False) is True
 
   other = fingerprint.model_fingerprint(CONFIG, vocab, _embedding(_perturbed(frozen)))
@@ -144,7 +145,7 @@ def test_checkpointer_records_the_model_per_step_and_refuses_another(tmp_path, c
   steps = sorted(p.name for p in (tmp_path / 'numpy_checkpoints').iterdir())
   assert steps == ['checkpoint_2', 'checkpoint_3']  # the record goes with its step's retention
   for name in steps:
-    assert fingerprint.read(tmp_path / 'numpy_checkpoints' / name / fingerprint.STEP_FILE) == model_a
+    assert fingerprint_files.read(tmp_path / 'numpy_checkpoints' / name / fingerprint_files.STEP_FILE) == model_a
   before = _files(tmp_path)
   with StateCheckpointer(str(tmp_path), numpy_copy=prompt_copy) as ckpt:
     with pytest.raises(ConfigError) as refused:
@@ -156,7 +157,7 @@ def test_checkpointer_records_the_model_per_step_and_refuses_another(tmp_path, c
   assert f'model {"a" * 16} (emb_dim=16)' in message and f'model {"b" * 16} (emb_dim=8)' in message
   assert _files(tmp_path) == before
   # An unreadable record must not block resuming: warned, and treated as none.
-  (tmp_path / 'numpy_checkpoints' / 'checkpoint_3' / fingerprint.STEP_FILE).write_text('{"id"')
+  (tmp_path / 'numpy_checkpoints' / 'checkpoint_3' / fingerprint_files.STEP_FILE).write_text('{"id"')
   with caplog.at_level(logging.WARNING, logger='jaxprompt'), StateCheckpointer(str(tmp_path)) as ckpt:
     ckpt.use_model(model_b)
   assert 'Ignoring the model record of step 3' in caplog.text
@@ -184,9 +185,9 @@ def test_a_run_records_its_model_in_every_step_and_final_file(trained, frozen, v
   for step in (2, 4):
     step_dir = model_dir / 'numpy_checkpoints' / f'checkpoint_{step}'
     assert sorted(p.name for p in step_dir.iterdir()) == ['fingerprint.json', 'prompt.npy']
-    assert fingerprint.read(step_dir / fingerprint.STEP_FILE) == expected
+    assert fingerprint_files.read(step_dir / fingerprint_files.STEP_FILE) == expected
   assert result.exported == str(model_dir / trainer.FINAL_PROMPT)
-  assert fingerprint.read(fingerprint.sidecar_path(result.exported)) == expected
+  assert fingerprint_files.read(fingerprint_files.sidecar_path(result.exported)) == expected
   # Every way of naming the trained prompt checks out against the model it was trained on.
   for source, step in ((result.exported, None), (model_dir, None), (model_dir, 2),
                        (model_dir / 'numpy_checkpoints' / 'checkpoint_2', None)):
@@ -209,6 +210,6 @@ def test_resuming_on_another_model_is_refused_and_changes_nothing(trained, train
                                          eval_split=None))
   message = str(refused.value)
   assert f'MODEL_DIR {model_dir} was trained (step 4' in message and 'relpos_max_distance 128 vs 64' in message
-  recorded = fingerprint.read(model_dir / 'numpy_checkpoints' / 'checkpoint_4' / fingerprint.STEP_FILE)
+  recorded = fingerprint_files.read(model_dir / 'numpy_checkpoints' / 'checkpoint_4' / fingerprint_files.STEP_FILE)
   assert recorded['id'] in message and re.search(r'not on this model [0-9a-f]{16}', message)
   assert _files(model_dir) == before

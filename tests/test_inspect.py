@@ -11,6 +11,7 @@ from jaxprompt import cli
 from jaxprompt.commands import configs
 from jaxprompt.commands import inspect as inspect_lib
 from jaxprompt.errors import CheckpointError, ConfigError
+from jaxprompt.formats import fingerprint_files
 from jaxprompt.methods import kv_prefix
 from jaxprompt.models import fingerprint
 from jaxprompt.models.config import get_config
@@ -80,11 +81,11 @@ def test_the_recorded_model_flag(embedding, checkpoint, vocab, tmp_path):
   np.save(path, embedding[:3])
   assert _inspect(path, checkpoint, vocab)['model']['matches'] is None  # no record: reported, not refused
   loaded = fingerprint.model_fingerprint(CONFIG, vocab, embedding)
-  fingerprint.write(fingerprint.sidecar_path(path), loaded)
+  fingerprint_files.write(fingerprint_files.sidecar_path(path), loaded)
   model = _inspect(path, checkpoint, vocab)['model']
   assert model['matches'] is True and model['recorded'] == loaded == model['loaded'] and model['differences'] == []
   other = fingerprint.model_fingerprint(CONFIG.replace(relpos_max_distance=64), vocab, embedding)
-  fingerprint.write(fingerprint.sidecar_path(path), other)
+  fingerprint_files.write(fingerprint_files.sidecar_path(path), other)
   model = _inspect(path, checkpoint, vocab)['model']
   assert model['matches'] is False and model['differences'] == ['relpos_max_distance 64 vs 128']
 

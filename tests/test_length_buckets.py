@@ -14,8 +14,8 @@ from jaxprompt.errors import ConfigError
 from jaxprompt.methods.prompt_tuning import PromptTuning
 from jaxprompt.models.config import get_config
 from jaxprompt.models.wrapper import TunedModel
+from jaxprompt.runtime import step as step_lib
 from jaxprompt.train import observability
-from jaxprompt.train import step as step_lib
 from tests.helpers import assert_close_to_scale, assert_trained_close
 
 

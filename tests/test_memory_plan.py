@@ -10,7 +10,7 @@ import jax
 import pytest
 
 from jaxprompt.errors import ConfigError
-from jaxprompt.methods.prompt_tuning import PROMPT_KEY
+from jaxprompt.formats.keys import PROMPT_KEY
 from bench import plan_step as memory_plan
 from tests.helpers import REPO
 

@@ -10,10 +10,10 @@ from jaxprompt.commands import export as export_lib
 from jaxprompt.commands import infer as infer_lib
 from jaxprompt.commands import train as trainer
 from jaxprompt.errors import UsageError
+from jaxprompt.formats.npy_io import read_npz
 from jaxprompt.methods.p_tuning import p_tuning
 from jaxprompt.methods.per_layer_prompts import per_layer_prompts
 from jaxprompt.methods.prefix_tuning import p_tuning_v2, prefix_tuning
-from jaxprompt.train.npy_io import read_npz
 from tests.helpers import assert_trees_equal
 
 METHODS = {
@@ -76,8 +76,8 @@ def test_a_methods_own_dropout_trains_even_when_the_network_has_none(fixtures_di
   from jaxprompt.checkpoints import load_t5x_checkpoint  # pylint: disable=g-import-not-at-top
   from jaxprompt.models.config import get_config  # pylint: disable=g-import-not-at-top
   from jaxprompt.models.wrapper import TunedModel  # pylint: disable=g-import-not-at-top
-  from jaxprompt.train import optim, step  # pylint: disable=g-import-not-at-top
-  from jaxprompt.train.state import init_train_state  # pylint: disable=g-import-not-at-top
+  from jaxprompt.runtime import optim, step  # pylint: disable=g-import-not-at-top
+  from jaxprompt.runtime.state import init_train_state  # pylint: disable=g-import-not-at-top
   from tests.method_helpers import random_batch  # pylint: disable=g-import-not-at-top
   cfg = get_config('t5x_tiny')
   assert cfg.dropout_rate == 0

@@ -10,10 +10,10 @@ from jaxprompt.errors import ConfigError, DataError
 from jaxprompt.methods.model_tuning import ModelTuning
 from jaxprompt.models.config import get_config
 from jaxprompt.models.wrapper import TunedModel
-from jaxprompt.train import step as step_lib
+from jaxprompt.runtime import step as step_lib
+from jaxprompt.runtime.optim import adam, make_optimizer
+from jaxprompt.runtime.state import init_train_state
 from jaxprompt.train.checkpoints import StateCheckpointer
-from jaxprompt.train.optim import adam, make_optimizer
-from jaxprompt.train.state import init_train_state
 from tests.helpers import assert_trees_equal
 
 

@@ -10,11 +10,12 @@ import pytest
 from jaxprompt.checkpoints import load_t5x_checkpoint
 from jaxprompt.commands.prompt_files import load_prompt
 from jaxprompt.errors import ConfigError
+from jaxprompt.formats import npy_io
 from jaxprompt.methods import p_tuning as pt
 from jaxprompt.methods.prompt_tuning import PromptTuning
 from jaxprompt.models.config import get_config
 from jaxprompt.models.wrapper import LossConfig, TunedModel
-from jaxprompt.train import npy_io, optim
+from jaxprompt.runtime import optim
 from tests.helpers import REPO, assert_trees_equal, run_with_devices
 from tests.method_helpers import assert_decoding_matches_recomputation, make_batch, random_batch, train
 

@@ -11,19 +11,20 @@ import numpy as np
 import pytest
 
 from jaxprompt import cli
-from jaxprompt.checkpoints import peft_adapters
 from jaxprompt.checkpoints.huggingface import load_hf_t5
 from jaxprompt.commands import export as export_lib
 from jaxprompt.commands import prompt_files
 from jaxprompt.errors import PromptError
+from jaxprompt.formats import fingerprint_files
+from jaxprompt.methods import peft_adapters
 from jaxprompt.methods.p_tuning import PTuning
 from jaxprompt.methods.prefix_tuning import PrefixTuning
 from jaxprompt.methods.prompt_tuning import PromptTuning
 from jaxprompt.models import fingerprint
 from jaxprompt.models.wrapper import TunedModel
-from jaxprompt.train import optim
+from jaxprompt.runtime import optim
+from jaxprompt.runtime.state import init_train_state
 from jaxprompt.train.checkpoints import StateCheckpointer
-from jaxprompt.train.state import init_train_state
 from tests.method_helpers import make_batch, train
 
 torch = pytest.importorskip('torch')
@@ -96,7 +97,7 @@ def _save_run(model_dir, method, state, recorded=None):
     checkpointer.save(3, state, data_position=3, batch_size=2)
     checkpointer.wait_until_finished()
   if recorded is not None:
-    (model_dir / 'numpy_checkpoints' / 'checkpoint_3' / fingerprint.STEP_FILE).write_text(fingerprint.to_json(recorded))
+    (model_dir / 'numpy_checkpoints' / 'checkpoint_3' / fingerprint_files.STEP_FILE).write_text(fingerprint_files.to_json(recorded))
   return model_dir
 
 

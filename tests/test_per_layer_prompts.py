@@ -16,6 +16,7 @@ from flax import struct
 
 from jaxprompt.checkpoints import load_t5x_checkpoint
 from jaxprompt.errors import ConfigError, PromptError
+from jaxprompt.formats import npy_io
 from jaxprompt.methods import per_layer_prompts as plp
 from jaxprompt.methods.prompt_tuning import PromptTuning
 from jaxprompt.models.config import get_config
@@ -23,7 +24,7 @@ from jaxprompt.models.hooks import Hooks, LayerHook
 from jaxprompt.models.scan import stack_layers
 from jaxprompt.models.t5 import Transformer
 from jaxprompt.models.wrapper import LossConfig, TunedModel
-from jaxprompt.train import npy_io, optim
+from jaxprompt.runtime import optim
 
 from tests.helpers import REPO, assert_close_to_scale, assert_trees_equal
 from tests.method_helpers import assert_decoding_matches_recomputation, make_batch, random_batch, train

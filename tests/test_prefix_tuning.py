@@ -14,10 +14,11 @@ from jaxprompt.errors import ConfigError, PromptError
 from jaxprompt.methods import kv_prefix
 from jaxprompt.methods.prefix_tuning import (PrefixTuning, p_tuning_v2, prefix_tuning, read_prefix_file,
                                              write_prefix_file)
+from jaxprompt.formats import npy_io
 from jaxprompt.models.config import get_config
 from jaxprompt.models.scan import stack_layers
 from jaxprompt.models.wrapper import LossConfig, TunedModel
-from jaxprompt.train import npy_io, optim
+from jaxprompt.runtime import optim
 from tests.helpers import REPO, assert_trees_equal, run_with_devices
 from tests.method_helpers import make_batch, train
 

@@ -7,13 +7,13 @@ from flax.traverse_util import flatten_dict
 
 from jaxprompt.checkpoints import load_t5x_checkpoint
 from jaxprompt.errors import ConfigError, PromptError
-from jaxprompt.models.config import get_config
-from jaxprompt.models.wrapper import LossConfig, TunedModel
-from jaxprompt.models.t5 import Transformer
 from jaxprompt.methods.prompt_tuning import PromptTuning, insert_prompt, insertion_points
-from jaxprompt.train import optim
-from jaxprompt.train import step
-from jaxprompt.train.state import init_train_state
+from jaxprompt.models.config import get_config
+from jaxprompt.models.t5 import Transformer
+from jaxprompt.models.wrapper import LossConfig, TunedModel
+from jaxprompt.runtime import optim
+from jaxprompt.runtime import step
+from jaxprompt.runtime.state import init_train_state
 from tests.helpers import assert_trained_close
 from tests.method_helpers import make_batch
 

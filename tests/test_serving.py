@@ -124,7 +124,7 @@ def test_ensemble_eval_reports_each_prompt_and_the_vote(tiny_gin, prompt_files, 
 def test_bank_sources_take_a_task_from_a_multitask_file(tmp_path):
   from jaxprompt.commands import bank_files  # pylint: disable=g-import-not-at-top
   from jaxprompt.errors import PromptError  # pylint: disable=g-import-not-at-top
-  from jaxprompt.train import npy_io  # pylint: disable=g-import-not-at-top
+  from jaxprompt.formats import npy_io  # pylint: disable=g-import-not-at-top
   rs = np.random.RandomState(3)
   prompts = {'rte': rs.normal(size=(4, CFG.emb_dim)).astype(np.float32),
              'sst2': rs.normal(size=(6, CFG.emb_dim)).astype(np.float32)}
@@ -140,12 +140,12 @@ def test_bank_sources_take_a_task_from_a_multitask_file(tmp_path):
 def test_eval_and_infer_refuse_a_prompt_of_another_model(tiny_gin, tmp_path, capsys):
   """A prompt whose sidecar records another frozen model is refused by name; --allow_other_model lets it in,
   and a bank checks each of its prompts."""
-  from jaxprompt.models import fingerprint  # pylint: disable=g-import-not-at-top
+  from jaxprompt.formats import fingerprint_files  # pylint: disable=g-import-not-at-top
   path = tmp_path / 'other.npy'
   np.save(path, np.random.RandomState(2).uniform(-0.5, 0.5, (5, CFG.emb_dim)).astype(np.float32))
   other = {'id': '0123456789abcdef', 'config': {'emb_dim': 4096, 'num_encoder_layers': 24}, 'vocabulary': {},
            'embedding': {}}
-  fingerprint.write(fingerprint.sidecar_path(path), other)
+  fingerprint_files.write(fingerprint_files.sidecar_path(path), other)
   code = cli.main(_base(tiny_gin, 'eval') + [f'--prompt_file={path}'])
   line = error_line(capsys.readouterr().err)
   assert code == 2 and 'model 0123456789abcdef (emb_dim=4096' in line and 'emb_dim=32' in line

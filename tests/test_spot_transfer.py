@@ -7,14 +7,15 @@ import jax
 import numpy as np
 import pytest
 
-from jaxprompt.checkpoints import load_t5x_checkpoint, peft_adapters
+from jaxprompt.checkpoints import load_t5x_checkpoint
 from jaxprompt.errors import PromptError
 from jaxprompt.methods import initializers
+from jaxprompt.methods import peft_adapters
 from jaxprompt.methods.prompt_tuning import PromptTuning, prompt_tuning
 from jaxprompt.models.config import get_config
 from jaxprompt.models.wrapper import TunedModel
-from jaxprompt.train import optim, step
-from jaxprompt.train.state import init_train_state
+from jaxprompt.runtime import optim, step
+from jaxprompt.runtime.state import init_train_state
 from tests.method_helpers import random_batch
 
 KEY = jax.random.PRNGKey(0)

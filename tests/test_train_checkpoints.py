@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from jaxprompt.errors import CheckpointError, ConfigError
+from jaxprompt.runtime.optim import adam, make_optimizer
+from jaxprompt.runtime.state import TrainState, init_train_state
 from jaxprompt.train.checkpoint_files import load_prompt_from_checkpoint
 from jaxprompt.train.checkpoints import StateCheckpointer
-from jaxprompt.train.optim import adam, make_optimizer
-from jaxprompt.train.state import TrainState, init_train_state
 from tests.helpers import REPO, assert_trees_equal, prompt_copy, prompt_state
 
 

@@ -12,18 +12,18 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from jaxprompt.errors import CheckpointError, ConfigError, DataError, PromptError
-from jaxprompt.models.config import get_config
-from jaxprompt.train import runtime as components
-from jaxprompt.data import pipeline as data_pipeline
-from jaxprompt.eval import evaluation as evaluate
-from jaxprompt.train import observability
-from jaxprompt.commands import train as trainer
-from jaxprompt.commands import prompt_files
-from jaxprompt.train.checkpoints import StateCheckpointer
-from jaxprompt.train.optim import make_optimizer
-from jaxprompt.train.state import init_train_state
 from jaxprompt.commands import configs
+from jaxprompt.commands import prompt_files
+from jaxprompt.commands import train as trainer
+from jaxprompt.data import pipeline as data_pipeline
+from jaxprompt.errors import CheckpointError, ConfigError, DataError, PromptError
+from jaxprompt.eval import evaluation as evaluate
+from jaxprompt.models.config import get_config
+from jaxprompt.runtime import runtime as components
+from jaxprompt.runtime.optim import make_optimizer
+from jaxprompt.runtime.state import init_train_state
+from jaxprompt.train import observability
+from jaxprompt.train.checkpoints import StateCheckpointer
 from tests.tiny_task import EMPTY_TASK, LABELS, LENGTHS, PROMPT_LENGTH
 
 # ------------------------------------------------------------------------------------ training runs

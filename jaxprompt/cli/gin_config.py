@@ -23,7 +23,7 @@ PACKAGE_GIN_CONFIGS = pathlib.Path(__file__).resolve().parent.parent / 'gin_conf
 
 # Modules defining the configurables jaxprompt's gin files bind: imported before any gin file is parsed.
 CONFIGURABLE_MODULES = ('seqio', 'tensorflow', 'jaxprompt.data.custom', 'jaxprompt.data.tasks', 'jaxprompt.methods',
-                        'jaxprompt.train.optim', 'jaxprompt.commands.configs', 'jaxprompt.eval.evaluation',
+                        'jaxprompt.runtime.optim', 'jaxprompt.commands.configs', 'jaxprompt.eval.evaluation',
                         'jaxprompt.commands.train', 'jaxprompt.commands.evaluate', 'jaxprompt.commands.infer',
                         'jaxprompt.commands.inspect')
 

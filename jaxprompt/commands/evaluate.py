@@ -7,15 +7,16 @@ from typing import Any, Mapping
 
 import gin
 
-from jaxprompt.commands import bank_files, configs, model_check, validation
+from jaxprompt.commands import bank_files, configs, model_check
 from jaxprompt.data import buckets
 from jaxprompt.data import pipeline as data
 from jaxprompt.eval import banks
 from jaxprompt.eval.evaluation import DecodeOptions, ModelFns, evaluate_sets, prepare_eval
 from jaxprompt.eval.writers import write_json, write_jsonl
+from jaxprompt.formats import validation
 from jaxprompt.methods.base import Method
 from jaxprompt.models.config import T5Config
-from jaxprompt.train import runtime as runtime_lib
+from jaxprompt.runtime import runtime as runtime_lib
 
 
 def tuned_model(config: T5Config, checkpoint_path: str, feature_lengths: Mapping[str, int], method: Method,
@@ -49,7 +50,7 @@ def evaluate(output_file: str | None = None, *, model_config: T5Config | None = 
   under each of them in one batched pass; metrics are each prompt's (`<name>/<metric>`) and the majority
   vote's (`ensemble/<metric>`). `allow_other_model`: load prompts recorded for another frozen model.
   """
-  config, ckpt, name, lengths = validation.check_common(model_config, initial_checkpoint_path,
+  config, ckpt, name, lengths = configs.check_common(model_config, initial_checkpoint_path,
                                                         mixture_or_task_name, task_feature_lengths)
   validation.check_positive(batch_size=batch_size, max_examples=max_examples, PROMPT_LENGTH=prompt_length)
   length_buckets = buckets.LengthBuckets.from_spec(length_buckets)

@@ -5,7 +5,7 @@ format 'file' (the default):
   prefix methods (prefix tuning, P-tuning v2) prefix .npz, or .safetensors by the output's extension
   per-layer prompts                          per_layer_prompts .npz
   plus `<output>.fingerprint.json`, the frozen model's fingerprint the step recorded (when it recorded one).
-format 'peft': a Hugging Face PEFT adapter folder (`jaxprompt.checkpoints.peft_adapters`): PROMPT_TUNING for a
+format 'peft': a Hugging Face PEFT adapter folder (`jaxprompt.methods.peft_adapters`): PROMPT_TUNING for a
   prompt-tuning prompt, P_TUNING for a P-tuning run's computed prompt, PREFIX_TUNING for a decoder_self prefix at
   relpos 'positions' (anything else PEFT cannot represent is refused). Its config's model sizes come from gin's
   MODEL_CONFIG when bound, else from the step's fingerprint, else from the shapes (PEFT fills the rest).
@@ -21,18 +21,18 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from jaxprompt.checkpoints import peft_adapters
 from jaxprompt.commands import prompt_files
 from jaxprompt.commands.prompt_files import STEP_FILES
 from jaxprompt.errors import PromptError, UsageError
+from jaxprompt.formats import fingerprint_files
+from jaxprompt.formats.keys import PROMPT_FILE
+from jaxprompt.formats.npy_io import read_npz, write_npy, write_npz
 from jaxprompt.methods import kv_prefix
+from jaxprompt.methods import peft_adapters
 from jaxprompt.methods.multitask import MULTITASK_FILE
 from jaxprompt.methods.per_layer_prompts import NUMPY_FILE as PER_LAYER_FILE
-from jaxprompt.methods.prompt_tuning import PROMPT_FILE
-from jaxprompt.models import fingerprint as fingerprint_lib
 from jaxprompt.train import checkpoints
 from jaxprompt.train.checkpoint_files import checkpoint_step, load_prompt_from_checkpoint
-from jaxprompt.train.npy_io import read_npz, write_npy, write_npz
 
 FORMATS = ('file', 'peft')
 _PREFIX_SUFFIXES = ('.npz', '.safetensors')
@@ -96,10 +96,10 @@ def _prefix_rows(arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, tuple[np.n
 def _with_fingerprint(written: dict[str, Any], recorded: Mapping[str, Any] | None) -> dict[str, Any]:
   """Writes `recorded` beside the exported file (`<output>.fingerprint.json`), removing a stale local one when
   the step recorded none."""
-  sidecar = fingerprint_lib.sidecar_path(written['output'])
+  sidecar = fingerprint_files.sidecar_path(written['output'])
   written['fingerprint_id'] = (recorded or {}).get('id')
   if recorded:
-    written['fingerprint'] = fingerprint_lib.write(sidecar, recorded)
+    written['fingerprint'] = fingerprint_files.write(sidecar, recorded)
   elif '://' not in sidecar and os.path.exists(sidecar):
     os.remove(sidecar)
   return written

@@ -9,7 +9,7 @@ import gin
 import seqio
 import tensorflow as tf
 
-from jaxprompt.commands import bank_files, configs, model_check, validation
+from jaxprompt.commands import bank_files, configs, model_check
 from jaxprompt.commands.evaluate import tuned_model
 from jaxprompt.data import buckets
 from jaxprompt.data import pipeline as data
@@ -18,8 +18,9 @@ from jaxprompt.errors import ConfigError, DataError
 from jaxprompt.eval import banks
 from jaxprompt.eval import evaluation as eval_lib
 from jaxprompt.eval import writers
+from jaxprompt.formats import validation
 from jaxprompt.models.config import T5Config
-from jaxprompt.train import runtime as runtime_lib
+from jaxprompt.runtime import runtime as runtime_lib
 
 
 def read_input_lines(input_file: str, stdin=None) -> list[str]:
@@ -127,7 +128,7 @@ def infer(output_file: str | None = None, *, model_config: T5Config | None = Non
   prompts are one task's: plain inputs as above, each run under every prompt in one pass, answered with the
   majority vote and each prompt's `predictions`. `allow_other_model` loads prompts recorded for another model.
   """
-  config, ckpt, name, lengths = validation.check_common(model_config, initial_checkpoint_path,
+  config, ckpt, name, lengths = configs.check_common(model_config, initial_checkpoint_path,
                                                         mixture_or_task_name, task_feature_lengths,
                                                         task_required=False)
   validation.check_positive(batch_size=batch_size, max_examples=max_examples, PROMPT_LENGTH=prompt_length)

@@ -21,16 +21,17 @@ import seqio
 from etils import epath
 
 from jaxprompt.checkpoints.common import flatten_params
-from jaxprompt.checkpoints import peft_adapters
-from jaxprompt.commands import prompt_files, validation
+from jaxprompt.commands import prompt_files
 from jaxprompt.data import vocab as vocab_lib
 from jaxprompt.errors import CheckpointError, ConfigError
 from jaxprompt.eval import writers
+from jaxprompt.formats import validation
+from jaxprompt.formats.keys import PROMPT_KEY
+from jaxprompt.methods import peft_adapters
 from jaxprompt.methods.per_layer_prompts import LAYERS_KEY
-from jaxprompt.methods.prompt_tuning import PROMPT_KEY
 from jaxprompt.models import fingerprint as fingerprint_lib
 from jaxprompt.models.config import T5Config
-from jaxprompt.train import runtime as runtime_lib
+from jaxprompt.runtime import runtime as runtime_lib
 
 log = logging.getLogger('jaxprompt')
 EMBEDDING = 'token_embedder/embedding'

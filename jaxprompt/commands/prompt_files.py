@@ -5,7 +5,7 @@ it, checked against the model, as (method, parameters); and the frozen-model fin
   prefix.npz / *.safetensors        K/V prefixes: prefix tuning, P-tuning v2 (`jaxprompt.methods.kv_prefix`)
   per_layer_prompts.npz             per-layer prompts (`jaxprompt.methods.per_layer_prompts`)
   a PEFT adapter folder             PROMPT_TUNING / P_TUNING (a prompt), PREFIX_TUNING (a decoder_self prefix)
-                                    (`jaxprompt.checkpoints.peft_adapters`)
+                                    (`jaxprompt.methods.peft_adapters`)
 """
 from __future__ import annotations
 
@@ -15,17 +15,18 @@ from typing import Any
 import numpy as np
 from etils import epath
 
-from jaxprompt.checkpoints import peft_adapters
 from jaxprompt.errors import ConfigError, PromptError
+from jaxprompt.formats import fingerprint_files
+from jaxprompt.formats.keys import PROMPT_FILE, PROMPT_KEY
+from jaxprompt.formats.npy_io import npy_shape, read_npz
 from jaxprompt.methods import initializers, multitask, prompt_bank
+from jaxprompt.methods import peft_adapters
 from jaxprompt.methods import per_layer_prompts as per_layer_lib
 from jaxprompt.methods import prefix_tuning as prefix_lib
 from jaxprompt.methods.base import Method
-from jaxprompt.methods.prompt_tuning import PROMPT_FILE, PROMPT_KEY, PromptTuning
-from jaxprompt.models import fingerprint as fingerprint_lib
+from jaxprompt.methods.prompt_tuning import PromptTuning
 from jaxprompt.models.config import T5Config
 from jaxprompt.train import checkpoint_files, checkpoints
-from jaxprompt.train.npy_io import npy_shape, read_npz
 
 # The inference files a training step leaves beside its checkpoint (`Method.numpy_copy`), by preference.
 STEP_FILES = (PROMPT_FILE, prefix_lib.PREFIX_FILE, per_layer_lib.NUMPY_FILE, multitask.MULTITASK_FILE)
@@ -96,12 +97,12 @@ def recorded_fingerprint(source: str | os.PathLike, step: int | None = None) -> 
   if peft_adapters.is_adapter_dir(source):
     return peft_adapters.read_fingerprint(source)
   if epath.Path(source).is_file():
-    recorded = fingerprint_lib.read(fingerprint_lib.sidecar_path(source))
-    beside = os.path.join(os.path.dirname(source), fingerprint_lib.STEP_FILE)
-    return recorded if recorded is not None else fingerprint_lib.read(beside)
+    recorded = fingerprint_files.read(fingerprint_files.sidecar_path(source))
+    beside = os.path.join(os.path.dirname(source), fingerprint_files.STEP_FILE)
+    return recorded if recorded is not None else fingerprint_files.read(beside)
   if '://' not in source and not os.path.exists(source):
     raise PromptError(f'prompt source {source} does not exist')
-  return fingerprint_lib.read(step_numpy_dir(source, step) / fingerprint_lib.STEP_FILE)
+  return fingerprint_files.read(step_numpy_dir(source, step) / fingerprint_files.STEP_FILE)
 
 
 def step_numpy_dir(checkpoint: str, step: int | None = None) -> epath.Path:

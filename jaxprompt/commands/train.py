@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import gin
 import jax
@@ -15,27 +15,30 @@ import numpy as np
 import tensorflow as tf
 
 from jaxprompt.checkpoints import t5x_writer
-from jaxprompt.commands import configs, validation
+from jaxprompt.commands import configs
 from jaxprompt.data import buckets
 from jaxprompt.data import pipeline as data
 from jaxprompt.eval import evaluation as eval_lib
+from jaxprompt.formats import fingerprint_files
+from jaxprompt.formats import validation
+from jaxprompt.formats.keys import PROMPT_FILE, PROMPT_KEY
+from jaxprompt.formats.npy_io import write_npy, write_npz
 from jaxprompt.methods.base import Method
 from jaxprompt.methods.model_tuning import model_tuning
-from jaxprompt.methods.prompt_tuning import PROMPT_KEY, prompt_tuning
+from jaxprompt.methods.prompt_tuning import prompt_tuning
 from jaxprompt.models import fingerprint as fingerprint_lib
 from jaxprompt.models.config import T5Config
 from jaxprompt.models.wrapper import LossConfig
 from jaxprompt.parallel import host
+from jaxprompt.runtime import runtime as runtime_lib
+from jaxprompt.runtime.optim import Optimizer, make_optimizer
 from jaxprompt.train import loop
-from jaxprompt.train import runtime as runtime_lib
 from jaxprompt.train.checkpoints import StateCheckpointer
-from jaxprompt.train.npy_io import write_npy, write_npz
-from jaxprompt.train.optim import Optimizer, make_optimizer
 
 # The method's inference files (`Method.numpy_copy` names) with this prefix: final_prompt.npy, final_prefix.npz.
 # Not `prompt.npy`: checkpoint readers take a directory holding a prompt.npy for one checkpoint step.
 FINAL_PREFIX = 'final_'
-FINAL_PROMPT = FINAL_PREFIX + 'prompt.npy'
+FINAL_PROMPT = FINAL_PREFIX + PROMPT_FILE
 MethodFactory = Callable[[T5Config, int], Method]
 
 
@@ -81,7 +84,7 @@ def run_training(*, method: MethodFactory, model_dir: Any, model_config: Any, in
                  checkpoint_required: bool = True, **debug: Any) -> tuple[loop.LoopResult, runtime_lib.Runtime]:
   """Validates the arguments, builds the runtime and runs the loop (shared by both entry points)."""
   model_dir = os.fspath(validation.require(model_dir, 'MODEL_DIR', "\"'/path/to/model_dir'\""))
-  config, checkpoint_path, task_name, lengths = validation.check_common(
+  config, checkpoint_path, task_name, lengths = configs.check_common(
       model_config, initial_checkpoint_path, mixture_or_task_name, task_feature_lengths,
       checkpoint_required=checkpoint_required)
   validation.require(train_steps, 'TRAIN_STEPS', '1000')
@@ -122,15 +125,27 @@ def run_training(*, method: MethodFactory, model_dir: Any, model_config: Any, in
       return buckets.bucketed(data.train_batches(ds, skip=skip), bucket_set, name='train step',
                               agree=host.global_max)
 
+    evaluate = (loop_evaluation(runtime, bucket_set, eval_sets, eval_batch_size or batch_size, eval_metrics)
+                if eval_split else None)
     result = loop.run(runtime, state, checkpointer, model_dir=model_dir, batches=batches, batch_size=batch_size,
                       schedule=loop.Schedule(train_steps, eval_period, checkpoint_period, log_period),
-                      eval_fns=eval_lib.ModelFns(runtime, length_buckets=bucket_set) if eval_split else None,
-                      eval_sets=eval_sets,
-                      eval_batch_size=eval_batch_size, eval_metrics=eval_metrics, progress_bar=progress_bar,
+                      evaluate=evaluate, progress_bar=progress_bar,
                       task_name=task_name, **debug)
   finally:
     checkpointer.close()
   return result, runtime
+
+
+def loop_evaluation(runtime: runtime_lib.Runtime, bucket_set: buckets.LengthBuckets,
+                    eval_sets: Sequence[eval_lib.EvalSet], batch_size: int, task_metrics: bool) -> loop.Evaluate:
+  """The loop's `evaluate(trainable)`: the validation sets' loss and metrics (the loop itself knows no eval)."""
+  fns = eval_lib.ModelFns(runtime, length_buckets=bucket_set)
+
+  def evaluate(trainable: Any) -> dict[str, Any]:
+    metrics, _ = eval_lib.evaluate_sets(fns, trainable, eval_sets, batch_size, task_metrics=task_metrics)
+    return metrics
+
+  return evaluate
 
 
 def model_fingerprint(runtime: runtime_lib.Runtime, vocabulary: Any) -> dict[str, Any] | None:
@@ -209,7 +224,7 @@ def export_final(method: Method, trainable: Mapping[str, Any], model_dir: str, *
     path = os.path.join(model_dir, FINAL_PREFIX + name)
     if jax.process_index() == 0:
       if fingerprint is not None:  # first, as in checkpoint steps: a final file always says its model
-        fingerprint_lib.write(fingerprint_lib.sidecar_path(path), fingerprint)
+        fingerprint_files.write(fingerprint_files.sidecar_path(path), fingerprint)
       (write_npz if isinstance(value, Mapping) else write_npy)(value, path)
     paths.append(path)
   return paths[0] if paths else None

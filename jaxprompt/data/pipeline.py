@@ -20,8 +20,8 @@ import tensorflow as tf
 
 from jaxprompt.data import custom
 from jaxprompt.data import tasks as tasks_lib
-from jaxprompt.data.features import FEATURES, SEGMENT_FEATURES, TASK_FEATURE
 from jaxprompt.errors import ConfigError, DataError
+from jaxprompt.models.features import FEATURES, SEGMENT_FEATURES, TASK_FEATURE
 
 Batch = dict[str, np.ndarray]
 

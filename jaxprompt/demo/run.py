@@ -25,14 +25,14 @@ from jaxprompt.cli import console
 from jaxprompt.cli import parser as cli_parser
 from jaxprompt.cli.gin_config import quote
 from jaxprompt.demo import GIN_MODULES, data
-from jaxprompt.models import fingerprint
+from jaxprompt.formats import fingerprint_files
+from jaxprompt.formats.keys import PROMPT_FILE
 
 PROG = 'jaxprompt demo'
 PROMPT_GIN = ('models/demo.gin', 'runs/demo.gin')
 MODEL_TUNING_GIN = ('models/demo.gin', 'runs/demo_model_tuning.gin')
 CURVE_FILE = 'demo_curve.png'
 SUMMARY_FILE = 'demo_results.json'
-PROMPT_FILE = 'prompt.npy'
 # The quality bar of the demo (issue: prompt tuning vs model tuning vs the untuned frozen model).
 MIN_FRACTION_OF_MODEL_TUNING = 0.9
 MIN_POINTS_ABOVE_FROZEN = 40.0
@@ -181,8 +181,8 @@ def run_demo(args: argparse.Namespace, overrides: Sequence[str] = ()) -> DemoRes
   prompt_accuracy = float(result.eval_metrics['accuracy'])
   prompt_file = os.path.join(output, PROMPT_FILE)
   shutil.copyfile(result.prompt_file, prompt_file)
-  if os.path.exists(fingerprint.sidecar_path(result.prompt_file)):  # the frozen model it belongs to
-    shutil.copyfile(fingerprint.sidecar_path(result.prompt_file), fingerprint.sidecar_path(prompt_file))
+  if os.path.exists(fingerprint_files.sidecar_path(result.prompt_file)):  # the frozen model it belongs to
+    shutil.copyfile(fingerprint_files.sidecar_path(result.prompt_file), fingerprint_files.sidecar_path(prompt_file))
   shape = result.prompt.shape
   _say(f'      held-out accuracy after prompt tuning: {prompt_accuracy:.1f}% (prompt {shape[0]} x {shape[1]}, '
        f'{result.step} steps; elapsed {time.time() - start:.0f} s)')

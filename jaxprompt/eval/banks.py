@@ -18,10 +18,10 @@ import numpy as np
 import seqio
 
 from jaxprompt.data import pipeline as data
-from jaxprompt.data.features import TASK_FEATURE
 from jaxprompt.errors import DataError
 from jaxprompt.eval.evaluation import EvalSet, ModelFns, label_candidates, scalar
 from jaxprompt.methods.prompt_bank import PromptBank
+from jaxprompt.models.features import TASK_FEATURE
 
 Batch = dict[str, np.ndarray]
 

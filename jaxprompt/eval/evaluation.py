@@ -12,15 +12,15 @@ import jax
 import numpy as np
 import seqio
 
-from jaxprompt.commands import validation
 from jaxprompt.data import buckets as buckets_lib
 from jaxprompt.data import pipeline as data
-from jaxprompt.data.features import TASK_FEATURE
 from jaxprompt.errors import ConfigError
-from jaxprompt.parallel import host, partitioning
+from jaxprompt.formats import validation
+from jaxprompt.models.features import TASK_FEATURE
 from jaxprompt.models.wrapper import TunedModel
-from jaxprompt.train import runtime as runtime_lib
-from jaxprompt.train.compiled import ShardedSteps
+from jaxprompt.parallel import host, partitioning
+from jaxprompt.runtime import runtime as runtime_lib
+from jaxprompt.runtime.compiled import ShardedSteps
 
 log = logging.getLogger('jaxprompt')
 

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprompt.errors import PromptError
-from jaxprompt.train import npy_io
+from jaxprompt.formats import npy_io
 
 GIN_MODULE = 'jaxprompt.methods'
 Array = jax.Array
@@ -309,7 +309,7 @@ def _paths(path: Any) -> tuple[str, ...]:
 
 def _read_saved_prompt(path: str) -> Any:
   """The array of a prompt .npy, or the prompt of a PEFT adapter folder (its first num_virtual_tokens rows)."""
-  from jaxprompt.checkpoints import peft_adapters  # pylint: disable=g-import-not-at-top  (keeps this import light)
+  from jaxprompt.methods import peft_adapters  # pylint: disable=g-import-not-at-top  (keeps this import light)
   if not peft_adapters.is_adapter_dir(path):
     return npy_io.read_npy(path, what='prompt file', error=PromptError)
   adapter = peft_adapters.read_adapter(path)

@@ -33,9 +33,9 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from jaxprompt.errors import PromptError
+from jaxprompt.formats import npy_io
 from jaxprompt.models.config import T5Config
 from jaxprompt.models.hooks import ATTENTION_KINDS, RELPOS_MODES, Hooks, KVPrefix, Stack
-from jaxprompt.train import npy_io
 
 Array = jax.Array
 Rows = Mapping[str, tuple[Array, Array]]  # kind -> (key, value), each [layers, P, heads, head_dim]

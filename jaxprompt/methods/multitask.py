@@ -34,15 +34,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprompt.errors import ConfigError, PromptError
+from jaxprompt.formats.keys import PROMPT_KEY
+from jaxprompt.formats.npy_io import read_npz
 from jaxprompt.methods import initializers
 from jaxprompt.methods.base import Method, Params
 from jaxprompt.methods.prompt_bank import build_bank
-from jaxprompt.methods.prompt_tuning import COMBINATIONS, PROMPT_KEY, PromptTuning, uniform_init
+from jaxprompt.methods.prompt_tuning import COMBINATIONS, PromptTuning, uniform_init
 from jaxprompt.methods.row_prompts import gather_rows, task_ids_or_error
 from jaxprompt.models.config import T5Config
 from jaxprompt.models.hooks import Hooks
 from jaxprompt.parallel import host
-from jaxprompt.train.npy_io import read_npz
 
 Array = jax.Array
 MODES = ('concat', 'add', 'concat_features', 'project')

@@ -39,9 +39,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprompt.errors import ConfigError
+from jaxprompt.formats.keys import PROMPT_FILE, PROMPT_KEY
 from jaxprompt.methods import initializers
 from jaxprompt.methods.base import Method, Params
-from jaxprompt.methods.prompt_tuning import COMBINATIONS, PROMPT_FILE, PROMPT_KEY, PromptInput, PromptTuning
+from jaxprompt.methods.prompt_tuning import COMBINATIONS, PromptInput, PromptTuning
 from jaxprompt.models.config import T5Config
 from jaxprompt.models.hooks import Hooks
 from jaxprompt.parallel import host

@@ -40,12 +40,13 @@ import numpy as np
 from flax import struct
 
 from jaxprompt.errors import ConfigError, PromptError
+from jaxprompt.formats import npy_io
+from jaxprompt.formats.keys import PROMPT_KEY
 from jaxprompt.methods.base import Method, Params
-from jaxprompt.methods.prompt_tuning import PROMPT_KEY, PromptTuning, uniform_init
+from jaxprompt.methods.prompt_tuning import PromptTuning, uniform_init
 from jaxprompt.models.config import T5Config
 from jaxprompt.models.hooks import Hooks, KVPrefix, Stack
 from jaxprompt.parallel import host
-from jaxprompt.train import npy_io
 
 Array = jax.Array
 MODES = ('replace', 'add')

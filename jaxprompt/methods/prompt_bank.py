@@ -24,10 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprompt.errors import ConfigError, PromptError
+from jaxprompt.formats.keys import PROMPT_KEY
 from jaxprompt.methods import kv_prefix
 from jaxprompt.methods.base import Method, Params
 from jaxprompt.methods.prefix_tuning import PrefixTuning
-from jaxprompt.methods.prompt_tuning import PROMPT_KEY, PromptTuning, prompt_array
+from jaxprompt.methods.prompt_tuning import PromptTuning, prompt_array
 from jaxprompt.methods.row_prompts import gather_rows, task_ids_or_error
 from jaxprompt.models.config import T5Config
 from jaxprompt.models.hooks import ATTENTION_KINDS, Hooks

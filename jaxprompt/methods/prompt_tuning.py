@@ -24,6 +24,7 @@ import numpy as np
 from flax import struct
 
 from jaxprompt.errors import ConfigError, PromptError
+from jaxprompt.formats.keys import PROMPT_FILE, PROMPT_KEY
 from jaxprompt.methods.base import Method, Params
 from jaxprompt.models.config import T5Config
 from jaxprompt.models.hooks import Hooks, Stack
@@ -32,8 +33,6 @@ from jaxprompt.parallel import host
 Array = jax.Array
 COMBINATIONS = ('prefix', 'prefix_after_bos', 'suffix_after_eos', 'suffix_before_eos')
 PROMPT_AXES = ('prompt', 'prompt_embed')
-PROMPT_KEY = 'prompt'  # the trainable tree is {PROMPT_KEY: [P, d]}
-PROMPT_FILE = 'prompt.npy'
 
 
 def uniform_init(scale: float = 0.5) -> Callable[..., Array]:

@@ -14,33 +14,28 @@ practical purpose. The rows are rounded to bfloat16 first, so one checkpoint loa
 bfloat16 (`param_dtype` on TPU) has one fingerprint; a change smaller than bfloat16's precision (~0.4%) in
 every hashed value goes unseen. Loading a prompt whose recorded fingerprint differs is refused (`check`)
 unless the caller allows a deliberate transfer; a prompt with no record (older files, hand-made arrays) loads
-with a warning.
+with a warning. Where a record is kept (sidecar JSON files) is `jaxprompt.formats.fingerprint_files`.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import os
-import uuid
 from typing import Any, Mapping
 
 import ml_dtypes
 import numpy as np
 
 from jaxprompt.errors import PromptError
+from jaxprompt.formats.fingerprint_files import Fingerprint
 
 log = logging.getLogger('jaxprompt')
 
 EMBEDDING_ROWS = 1024
-SIDECAR_SUFFIX = '.fingerprint.json'
-STEP_FILE = 'fingerprint.json'  # in a checkpoint's numpy step dir, beside the method's files
 # The structural fields of T5Config: what decides whether a prompt's numbers mean the same thing.
 CONFIG_FIELDS = ('vocab_size', 'emb_dim', 'num_heads', 'num_encoder_layers', 'num_decoder_layers', 'head_dim',
                  'mlp_dim', 'mlp_activations', 'logits_via_embedding', 'relpos_num_buckets',
                  'relpos_max_distance')
-
-Fingerprint = dict[str, Any]
 
 
 def _sha256(data: bytes) -> str:
@@ -127,79 +122,3 @@ def check(recorded: Mapping[str, Any] | None, actual: Mapping[str, Any], *, what
                         'deliberately')
     log.warning('%s; loading it anyway (allow_other_model)', message)
   return same
-
-
-# ------------------------------------------------------------------------------------ where it is kept
-
-
-def sidecar_path(path: str | os.PathLike) -> str:
-  """The fingerprint file kept beside a single prompt file: `<path>.fingerprint.json`."""
-  return os.fspath(path) + SIDECAR_SUFFIX
-
-
-def to_json(fingerprint: Mapping[str, Any]) -> str:
-  return json.dumps(dict(fingerprint), sort_keys=True)
-
-
-def from_json(text: str | bytes, where: str) -> Fingerprint:
-  try:
-    value = json.loads(text)
-  except ValueError as e:
-    raise PromptError(f'{where}: not a fingerprint JSON ({e})') from e
-  if not isinstance(value, dict) or 'id' not in value:
-    raise PromptError(f"{where}: a fingerprint needs an 'id' field; got {str(value)[:80]}")
-  return value
-
-
-def _is_remote(path: str) -> bool:
-  return '://' in path
-
-
-def write(path: str | os.PathLike, fingerprint: Mapping[str, Any], *,
-          error: type[Exception] = PromptError) -> str:
-  """Writes a fingerprint JSON file (local or gs://, parents created); returns its path. Local files are
-  written beside and renamed into place, so a reader never sees half a record. Failures: one `error`."""
-  path = os.fspath(path)
-  data = to_json(fingerprint).encode()
-  parent, name = os.path.split(path)
-  try:
-    if _is_remote(path):
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top  (slow import, only for remote paths)
-      tf.io.gfile.makedirs(parent)
-      with tf.io.gfile.GFile(path, 'wb') as f:  # gs:// objects appear whole anyway
-        f.write(data)
-      return path
-    if parent:
-      os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f'.{name}.tmp-{uuid.uuid4().hex}')  # unique: several writers may race
-    try:
-      with open(tmp, 'wb') as f:
-        f.write(data)
-      os.replace(tmp, path)
-    finally:
-      if os.path.exists(tmp):
-        os.remove(tmp)
-  except Exception as e:  # OSError locally, tf.errors.OpError remotely
-    raise error(f'cannot write fingerprint file {path}: {getattr(e, "strerror", None) or e}') from e
-  return path
-
-
-def read(path: str | os.PathLike) -> Fingerprint | None:
-  """The fingerprint in a JSON file (local or gs://), None when there is no such file; an unreadable or
-  malformed one is a PromptError naming it."""
-  path = os.fspath(path)
-  try:
-    if _is_remote(path):
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      if not tf.io.gfile.exists(path):
-        return None
-      with tf.io.gfile.GFile(path, 'rb') as f:
-        data = f.read()
-    else:
-      if not os.path.exists(path):
-        return None
-      with open(path, 'rb') as f:
-        data = f.read()
-  except Exception as e:  # a directory of that name, no permission, no access to the bucket
-    raise PromptError(f'cannot read fingerprint file {path}: {getattr(e, "strerror", None) or e}') from e
-  return from_json(data, path)

@@ -3,7 +3,7 @@
 `frozen` is the network's parameter tree (T5X names; never differentiated unless the method trains the
 network); `trainable` is the method's tree (prompt tuning: `{'prompt': [length, embed]}`). The wrapper knows
 neither the method (it calls the `Tuning` interface below) nor, beyond the encoder-decoder feature names of
-`jaxprompt.data.features`, the family: the network comes from `network_for(config)`. Every function is pure in
+`jaxprompt.models.features`, the family: the network comes from `network_for(config)`. Every function is pure in
 (trainable, frozen, batch), safe to `jax.jit`.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jaxprompt.errors import ConfigError
 from jaxprompt.models import decoding, losses, scan
 from jaxprompt.models.config import T5Config
-from jaxprompt.data.features import TASK_FEATURE
+from jaxprompt.models.features import TASK_FEATURE
 from jaxprompt.models.hooks import Hooks
 from jaxprompt.models.t5 import Transformer
 

@@ -8,8 +8,9 @@ import numpy as np
 from etils import epath
 
 from jaxprompt.errors import CheckpointError
+from jaxprompt.formats import npy_io
+from jaxprompt.formats.keys import PROMPT_FILE
 from jaxprompt.train import checkpoints
-from jaxprompt.train import npy_io
 
 
 def _read_prompt_npy(path: epath.Path) -> np.ndarray:
@@ -57,6 +58,6 @@ def load_prompt_from_checkpoint(model_dir_or_step_dir: str, step: int | None = N
   if path.is_file():
     return _read_prompt_npy(path)
   numpy_dir, orbax_dir = checkpoint_step(path, step)
-  if numpy_dir is not None and ((numpy_dir / checkpoints.PROMPT_FILE).exists() or orbax_dir is None):
-    return _read_prompt_npy(numpy_dir / checkpoints.PROMPT_FILE)
+  if numpy_dir is not None and ((numpy_dir / PROMPT_FILE).exists() or orbax_dir is None):
+    return _read_prompt_npy(numpy_dir / PROMPT_FILE)
   return checkpoints.read_orbax_prompt(orbax_dir)

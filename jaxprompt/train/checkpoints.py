@@ -29,17 +29,17 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from jaxprompt.errors import CheckpointError, ConfigError, PromptError
-from jaxprompt.methods.prompt_tuning import PROMPT_KEY
+from jaxprompt.formats import fingerprint_files
+from jaxprompt.formats import npy_io
+from jaxprompt.formats.keys import PROMPT_KEY
 from jaxprompt.models import fingerprint as fingerprint_lib
 from jaxprompt.parallel import host
-from jaxprompt.train import npy_io
-from jaxprompt.train.state import TrainState
+from jaxprompt.runtime.state import TrainState
 
 log = logging.getLogger('jaxprompt')
 
 CHECKPOINTS = 'checkpoints'
 NUMPY_CHECKPOINTS = 'numpy_checkpoints'
-PROMPT_FILE = 'prompt.npy'
 NUMPY_PREFIX = 'checkpoint_'
 # orbax writes these only once a step is complete; a step dir with neither is a save that never finished.
 _COMMIT_MARKERS = ('commit_success.txt', '_CHECKPOINT_METADATA')
@@ -136,7 +136,7 @@ class StateCheckpointer:
     files = self.numpy_copy(state) if self.numpy_copy is not None else None  # collective when sharded
     if jax.process_index() == 0:
       if self.fingerprint is not None:  # first: a step dir holding the method's files always says its model
-        fingerprint_lib.write(self._numpy_step_dir(step) / fingerprint_lib.STEP_FILE, self.fingerprint,
+        fingerprint_files.write(self._numpy_step_dir(step) / fingerprint_files.STEP_FILE, self.fingerprint,
                               error=CheckpointError)
       for name, value in (files or {}).items():
         write = npy_io.write_npz if isinstance(value, Mapping) else npy_io.write_npy  # named arrays: .npz
@@ -155,7 +155,7 @@ class StateCheckpointer:
     """The frozen model's fingerprint saved with `step`; None without one (an older release's step, model tuning),
     or when unreadable (warned: a lost record must not block resuming)."""
     try:
-      return fingerprint_lib.read(self._numpy_step_dir(step) / fingerprint_lib.STEP_FILE)
+      return fingerprint_files.read(self._numpy_step_dir(step) / fingerprint_files.STEP_FILE)
     except PromptError as e:
       log.warning('Ignoring the model record of step %d: %s', step, e)
       return None

@@ -9,30 +9,34 @@ consumed; a restarted run restores them and skips that many batches of the (seed
 it ends with the same parameters, bit for bit, as a run that was never interrupted. SIGTERM (preemption) saves
 the current step and returns normally. A non-finite loss stops training with a TrainingError naming the step;
 the checkpoints already written are kept and nothing is saved after the bad step.
+
+Evaluation is a callable the command passes in (`commands/train.py` builds it from `jaxprompt.eval`): train and
+eval sit side by side above the runtime, and neither imports the other.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import time
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping
 
 import jax
 import numpy as np
 
 from jaxprompt.data import pipeline as data_lib
 from jaxprompt.errors import DataError, TrainingError
-from jaxprompt.eval import evaluation as eval_lib
 from jaxprompt.parallel import host
+from jaxprompt.runtime.optim import Optimizer
+from jaxprompt.runtime.runtime import Runtime
+from jaxprompt.runtime.state import TrainState, init_train_state
 from jaxprompt.train import observability
 from jaxprompt.train.checkpoints import StateCheckpointer
-from jaxprompt.train.optim import Optimizer
 from jaxprompt.train.preemption import PreemptionGuard
-from jaxprompt.train.runtime import Runtime
-from jaxprompt.train.state import TrainState, init_train_state
 
 log = logging.getLogger('jaxprompt')
 Batch = dict[str, np.ndarray]
+# The trainable tree (on the mesh) -> the evaluation's metrics (logged, and kept with the checkpoint).
+Evaluate = Callable[[Any], dict[str, Any]]
 
 
 @dataclasses.dataclass
@@ -107,13 +111,13 @@ def tree_size(tree: Any) -> tuple[int, int]:
 
 def run(runtime: Runtime, state: TrainState, checkpointer: StateCheckpointer, *, model_dir: str,
         batches: Callable[[int], Iterator[Batch]], batch_size: int, schedule: Schedule,
-        eval_fns: eval_lib.ModelFns | None = None, eval_sets: Sequence[eval_lib.EvalSet] = (),
-        eval_batch_size: int | None = None, eval_metrics: bool = True, progress_bar: bool | None = None,
+        evaluate: Evaluate | None = None, progress_bar: bool | None = None,
         task_name: str = '', debug_poison_loss_at_step: int | None = None,
         debug_sleep_per_step: float = 0.0) -> LoopResult:
   """Trains from the newest intact checkpoint in `checkpointer` (or from `state`) to `schedule.train_steps`.
 
-  `batches(skip)` is the seeded stream of this process's numpy batches with the first `skip` dropped.
+  `batches(skip)` is the seeded stream of this process's numpy batches with the first `skip` dropped;
+  `evaluate(trainable)` (None: never) runs every `schedule.eval_period` steps and after the last one.
   """
   start, position = 0, 0
   restored = checkpointer.restore_latest(state, batch_size=batch_size)
@@ -148,7 +152,7 @@ def run(runtime: Runtime, state: TrainState, checkpointer: StateCheckpointer, *,
         if debug_sleep_per_step:
           time.sleep(debug_sleep_per_step)
         last = step == schedule.train_steps
-        do_eval = eval_fns is not None and (step % schedule.eval_period == 0 or last)
+        do_eval = evaluate is not None and (step % schedule.eval_period == 0 or last)
         do_save = step % schedule.checkpoint_period == 0 or last
         preempted = guard.should_stop(step)
         if not (do_eval or do_save or preempted):
@@ -156,8 +160,7 @@ def run(runtime: Runtime, state: TrainState, checkpointer: StateCheckpointer, *,
         checker.flush()  # never evaluate or save a state that followed a non-finite step
         eval_result = None
         if do_eval:
-          eval_result, _ = eval_lib.evaluate_sets(eval_fns, state.trainable, eval_sets,
-                                                  eval_batch_size or batch_size, task_metrics=eval_metrics)
+          eval_result = evaluate(state.trainable)
           observer.eval(step, eval_result)
         checkpointer.save(step, state, data_position=position, batch_size=batch_size, metrics=eval_result,
                           force=preempted)

@@ -28,17 +28,17 @@ else:
 import jax
 import numpy as np
 
-from jaxprompt.parallel import partitioning
 from jaxprompt.checkpoints import load_t5x_checkpoint
+from jaxprompt.commands import configs
+from jaxprompt.methods.prompt_tuning import PromptTuning
 from jaxprompt.models.config import get_config
 from jaxprompt.models.wrapper import TunedModel
-from jaxprompt.methods.prompt_tuning import PromptTuning
+from jaxprompt.parallel import partitioning
+from jaxprompt.runtime import compiled as sharded
+from jaxprompt.runtime import optim
+from jaxprompt.runtime.state import init_train_state
 from jaxprompt.train import checkpoint_files
 from jaxprompt.train import checkpoints as checkpointing
-from jaxprompt.train import optim
-from jaxprompt.train import compiled as sharded
-from jaxprompt.commands import configs
-from jaxprompt.train.state import init_train_state
 
 assert jax.device_count() == 8, jax.devices()
 print(f'process {jax.process_index()}/{jax.process_count()}: local devices '

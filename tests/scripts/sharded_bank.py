@@ -14,7 +14,7 @@ from jaxprompt.methods.prompt_tuning import PromptTuning
 from jaxprompt.models.config import get_config
 from jaxprompt.models.wrapper import TunedModel
 from jaxprompt.parallel import partitioning
-from jaxprompt.train.compiled import ShardedSteps
+from jaxprompt.runtime.compiled import ShardedSteps
 from tests.method_helpers import sharding_batch
 
 assert jax.device_count() == 8

@@ -13,9 +13,9 @@ from jaxprompt.methods.per_layer_prompts import per_layer_prompts
 from jaxprompt.models.config import get_config
 from jaxprompt.models.wrapper import TunedModel
 from jaxprompt.parallel import partitioning
-from jaxprompt.train import optim, step
-from jaxprompt.train.compiled import ShardedSteps
-from jaxprompt.train.state import init_train_state
+from jaxprompt.runtime import optim, step
+from jaxprompt.runtime.compiled import ShardedSteps
+from jaxprompt.runtime.state import init_train_state
 from tests.helpers import assert_trained_close
 from tests.method_helpers import sharding_batch
 

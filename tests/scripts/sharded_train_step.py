@@ -4,15 +4,15 @@ import sys
 import jax
 import numpy as np
 
-from jaxprompt.parallel import partitioning
 from jaxprompt.checkpoints import load_t5x_checkpoint
+from jaxprompt.methods.prompt_tuning import PromptTuning
 from jaxprompt.models.config import get_config
 from jaxprompt.models.wrapper import TunedModel
-from jaxprompt.methods.prompt_tuning import PromptTuning
-from jaxprompt.train import optim
-from jaxprompt.train import step
-from jaxprompt.train.compiled import ShardedSteps
-from jaxprompt.train.state import init_train_state
+from jaxprompt.parallel import partitioning
+from jaxprompt.runtime import optim
+from jaxprompt.runtime import step
+from jaxprompt.runtime.compiled import ShardedSteps
+from jaxprompt.runtime.state import init_train_state
 from tests.helpers import assert_trained_close
 from tests.method_helpers import sharding_batch
 

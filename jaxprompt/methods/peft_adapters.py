@@ -38,10 +38,10 @@ from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
 from jaxprompt.errors import PromptError
+from jaxprompt.formats import fingerprint_files
+from jaxprompt.formats import npy_io
 from jaxprompt.methods import kv_prefix
-from jaxprompt.models import fingerprint as fingerprint_lib
 from jaxprompt.models.config import T5Config
-from jaxprompt.train import npy_io
 
 CONFIG_FILE = 'adapter_config.json'
 WEIGHTS_FILE = 'adapter_model.safetensors'
@@ -126,7 +126,7 @@ def _write(folder: str, config: Mapping[str, Any], tensor: np.ndarray, fingerpri
   """Writes the two files of an adapter folder (created if needed); returns the folder."""
   metadata = {'format': 'pt'}
   if fingerprint:
-    metadata[FINGERPRINT_KEY] = fingerprint_lib.to_json(fingerprint)
+    metadata[FINGERPRINT_KEY] = fingerprint_files.to_json(fingerprint)
   try:
     if '://' in folder:
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -269,7 +269,7 @@ def _load(folder: str) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str,
   else:
     raise PromptError(f'{WHAT} {folder}: no {WEIGHTS_FILE} (nor {PICKLE_FILE}) beside its {CONFIG_FILE}')
   recorded = metadata.get(FINGERPRINT_KEY)
-  return config, tensors, (None if recorded is None else fingerprint_lib.from_json(recorded, f'{weights} metadata'))
+  return config, tensors, (None if recorded is None else fingerprint_files.from_json(recorded, f'{weights} metadata'))
 
 
 def check_type(config: Mapping[str, Any], folder: str) -> str:
@@ -366,4 +366,4 @@ def read_fingerprint(folder: str | os.PathLike) -> dict[str, Any] | None:
       raise PromptError(f'{folder} is not a {WHAT} folder: it has no {CONFIG_FILE}')
     return None  # a .bin adapter records nothing
   recorded = _metadata(npy_io.read_bytes(weights, what=WHAT + ' file'), weights).get(FINGERPRINT_KEY)
-  return None if recorded is None else fingerprint_lib.from_json(recorded, f'{weights} metadata')
+  return None if recorded is None else fingerprint_files.from_json(recorded, f'{weights} metadata')

@@ -16,8 +16,8 @@ import optax
 
 from jaxprompt.errors import ConfigError
 from jaxprompt.models.wrapper import TunedModel
-from jaxprompt.train.optim import Optimizer
-from jaxprompt.train.state import TrainState
+from jaxprompt.runtime.optim import Optimizer
+from jaxprompt.runtime.state import TrainState
 
 Array = jax.Array
 Batch = Mapping[str, Array]

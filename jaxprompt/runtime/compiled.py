@@ -17,9 +17,9 @@ from jax.sharding import Mesh
 
 from jaxprompt.models.wrapper import TunedModel
 from jaxprompt.parallel import partitioning
-from jaxprompt.train import step as step_lib
-from jaxprompt.train.optim import Optimizer
-from jaxprompt.train.state import TrainState
+from jaxprompt.runtime import step as step_lib
+from jaxprompt.runtime.optim import Optimizer
+from jaxprompt.runtime.state import TrainState
 
 
 def jit_on_mesh(fn: Callable, mesh: Mesh, rules: partitioning.LogicalRules, in_shardings: Any, out_shardings: Any,

@@ -1,4 +1,5 @@
-"""The model features of a batch (seqio's `EncDecFeatureConverter` output): the one list of their names."""
+"""The model features of a batch (seqio's `EncDecFeatureConverter` output): the one list of their names. The model
+consumes them and `jaxprompt.data` produces them, so they live with the model (data imports models, not back)."""
 from __future__ import annotations
 
 # [batch, length] arrays every encoder-decoder batch has; loss weights are float32, the rest int32.

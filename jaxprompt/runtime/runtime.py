@@ -9,14 +9,14 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax
 
-from jaxprompt.commands import validation
 from jaxprompt.errors import ConfigError
+from jaxprompt.formats import validation
 from jaxprompt.methods.base import Method
 from jaxprompt.models.config import T5Config
 from jaxprompt.models.wrapper import LossConfig, TunedModel
 from jaxprompt.parallel import partitioning
-from jaxprompt.train.compiled import ShardedSteps
-from jaxprompt.train.optim import Optimizer
+from jaxprompt.runtime.compiled import ShardedSteps
+from jaxprompt.runtime.optim import Optimizer
 _HF_FILES = ('model.safetensors', 'model.safetensors.index.json')
 
 
