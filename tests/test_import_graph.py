@@ -1,5 +1,6 @@
-"""The package's shape, read statically with `ast` (nothing is imported): no import cycles, the command line
-never depends on the demo (the demo depends on it), and no module grows past 400 lines.
+"""The package's shape, read statically with `ast` (nothing is imported): no import cycles, packages import only
+packages in lower layers (`LAYERS`, the same list as docs/LAYERS.md), the command line never depends on the demo
+(the demo depends on it), and no module grows past 400 lines.
 
 Every import counts, also one inside a function: a lazy import still makes one module depend on the other.
 Importing `a.b` runs `a/__init__.py` first, but that implicit parent import is not an edge: `a.b` and `a` form
@@ -10,11 +11,29 @@ from __future__ import annotations
 import ast
 import os
 import pathlib
+import re
 from typing import Iterator
 
 PACKAGE = 'jaxprompt'
 ROOT = pathlib.Path(__file__).resolve().parents[1] / PACKAGE
 MAX_LINES = 400
+LAYERS_DOC = ROOT.parent / 'docs' / 'LAYERS.md'
+
+# Bottom to top. A module may import its own package and packages of lower layers only; packages of one layer
+# never import each other. A top-level module (`errors.py`, `__main__.py`) counts as a package of its own.
+LAYERS = [
+    ['errors'],
+    ['formats'],
+    ['parallel'],
+    ['models'],
+    ['checkpoints', 'data'],
+    ['methods'],
+    ['runtime'],
+    ['train', 'eval'],
+    ['commands'],
+    ['cli'],
+    ['demo', '__main__'],
+]
 
 
 def module_files() -> dict[str, pathlib.Path]:
@@ -166,6 +185,41 @@ def _path(parents: dict[str, str], end: str) -> list[str]:
   return path[::-1]
 
 
+def package_of(module: str) -> str:
+  """`jaxprompt.models.t5` -> 'models'; the root package `jaxprompt` is its own ('jaxprompt')."""
+  parts = module.split('.')
+  return parts[1] if len(parts) > 1 else parts[0]
+
+
+def layer_violations(graph: dict[str, set[str]], layers: list[list[str]]) -> list[str]:
+  """Every import of a package in a higher layer, or of another package of the same layer, as one line naming
+  the importing module, the imported module and both layers. The root package sits below every layer."""
+  level = {package: i for i, layer in enumerate(layers) for package in layer}
+  level[PACKAGE] = -1
+
+  def where(package: str) -> str:
+    i = level[package]
+    return 'below every layer' if i < 0 else f'layer {i} {layers[i]}'
+
+  bad = [f'{m}: package {package_of(m)!r} is in no layer' for m in graph if package_of(m) not in level]
+  for module, imported in sorted(graph.items()):
+    mine = package_of(module)
+    for other in sorted(imported):
+      theirs = package_of(other)
+      if mine not in level or theirs not in level or theirs == mine:
+        continue
+      if level[theirs] >= level[mine]:
+        bad.append(f'{module} ({where(mine)}) imports {other} ({where(theirs)})')
+  return bad
+
+
+def documented_layers(text: str) -> list[list[str]]:
+  """The ```layers block of docs/LAYERS.md: one layer a line, bottom first, its packages separated by spaces."""
+  found = re.findall(r'^```layers\n(.*?)^```', text, re.M | re.S)
+  assert len(found) == 1, f'{LAYERS_DOC} needs exactly one ```layers block, found {len(found)}'
+  return [line.split() for line in found[0].splitlines() if line.strip()]
+
+
 # ------------------------------------------------------------------------------------ the checker itself
 
 
@@ -181,12 +235,38 @@ def test_the_checker_resolves_imports_and_finds_cycles():
   assert {'jaxprompt.cli.console', 'jaxprompt.cli.parser'} <= imports_of('jaxprompt.cli.main', modules)
 
 
+def test_the_layer_checker_names_both_modules_and_layers():
+  layers = [['low'], ['left', 'right'], ['top']]
+  graph = {'jaxprompt.low.a': set(), 'jaxprompt.left.b': {'jaxprompt.low.a', 'jaxprompt.left.c'},
+           'jaxprompt.left.c': set(), 'jaxprompt.right.d': {'jaxprompt.left.b'},
+           'jaxprompt.top': {'jaxprompt.right.d'}, 'jaxprompt': set()}
+  assert layer_violations(graph, layers) == [
+      "jaxprompt.right.d (layer 1 ['left', 'right']) imports jaxprompt.left.b (layer 1 ['left', 'right'])"]
+  graph['jaxprompt.low.a'] = {'jaxprompt.top'}
+  graph['jaxprompt.odd'] = set()
+  assert layer_violations(graph, layers) == [
+      "jaxprompt.odd: package 'odd' is in no layer",
+      "jaxprompt.low.a (layer 0 ['low']) imports jaxprompt.top (layer 2 ['top'])",
+      "jaxprompt.right.d (layer 1 ['left', 'right']) imports jaxprompt.left.b (layer 1 ['left', 'right'])"]
+  assert documented_layers('x\n```layers\nlow\nleft right\n\ntop\n```\n') == layers
+
+
 # ------------------------------------------------------------------------------------ the package
 
 
 def test_no_import_cycles():
   cycles = find_cycles(import_graph())
   assert not cycles, 'import cycles:\n' + '\n'.join(' -> '.join(c) for c in cycles)
+
+
+def test_the_layer_list_is_the_documented_one():
+  assert documented_layers(LAYERS_DOC.read_text(encoding='utf-8')) == LAYERS, (
+      f'the ```layers block of {LAYERS_DOC} and LAYERS in {__file__} differ: change both')
+
+
+def test_packages_import_only_lower_layers():
+  bad = layer_violations(import_graph(), LAYERS)
+  assert not bad, 'imports against the layer order (docs/LAYERS.md):\n' + '\n'.join(bad)
 
 
 def test_the_cli_does_not_depend_on_the_demo():
