@@ -1,4 +1,4 @@
-"""The README's Python example runs as written (on a fixture checkpoint instead of the gs:// one)."""
+"""docs/model.md's Python example runs as written (on a fixture checkpoint instead of the gs:// one)."""
 import pathlib
 import re
 
@@ -11,8 +11,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_readme_model_example_runs(fixtures_dir):
-  readme = (REPO / 'README.md').read_text()
-  code = re.search(r'## The model\n\n```python\n(.*?)```', readme, re.S).group(1)
+  readme = (REPO / 'docs' / 'model.md').read_text()
+  code = re.search(r'# The model\n\n```python\n(.*?)```', readme, re.S).group(1)
   assert "get_config('t5_1_1_base')" in code and 'gs://t5-data/pretrained_models/t5x/' in code
   code = code.replace("get_config('t5_1_1_base')", "get_config('t5x_test_tiny')")
   code = re.sub(r"'gs://[^']+'", repr(str(fixtures_dir / 't5x_test_t5_tiny.checkpoint_0')), code)
@@ -22,6 +22,6 @@ def test_readme_model_example_runs(fixtures_dir):
            'decoder_input_tokens': np.pad(targets[:, :-1], ((0, 0), (1, 0))),
            'decoder_loss_weights': (targets > 0).astype(np.float32)}
   namespace = {'rng': jax.random.PRNGKey(0), 'batch': batch, 'candidate_targets': targets}
-  exec(compile(code, 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
+  exec(compile(code, 'docs/model.md', 'exec'), namespace)  # pylint: disable=exec-used
   assert namespace['prompt']['prompt'].shape == (100, namespace['config'].emb_dim)
   assert np.isfinite(float(namespace['loss'])) and namespace['decodes'].shape == targets.shape
