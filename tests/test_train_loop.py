@@ -29,6 +29,18 @@ from tests.tiny_task import EMPTY_TASK, LABELS, LENGTHS, PROMPT_LENGTH
 # ------------------------------------------------------------------------------------ training runs
 
 
+def test_the_loop_turns_over_evaluates_checkpoints_and_exports(train_kwargs, tmp_path):
+  """The inner loop's one run through the loop (the slow tests below resume, damage and compare runs)."""
+  result = trainer.train(str(tmp_path), **dict(train_kwargs, train_steps=2, checkpoint_period=2, eval_period=2,
+                                              eval_max_examples=4))
+  assert result.step == 2 and not result.preempted
+  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['2']
+  assert np.isfinite(result.eval_metrics['loss']) and 'accuracy' in result.eval_metrics
+  np.testing.assert_array_equal(np.load(result.exported), result.prompt)
+  rows = [json.loads(line) for line in (tmp_path / observability.TRAIN_HISTORY).read_text().splitlines()]
+  assert [r['step'] for r in rows] == [1, 2]
+
+
 @pytest.mark.slow
 def test_resume_is_bitwise_equal_to_an_uninterrupted_run(train_kwargs, tmp_path):
   # Inputs of 14-22 tokens in rows of 32, cut by length buckets of 4: batches of several shapes.
