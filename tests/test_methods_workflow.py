@@ -71,6 +71,7 @@ def test_prefix_resumes_exactly_and_exports_safetensors(train_kwargs, tmp_path):
     export_lib.export(str(tmp_path / 'prefix.npy'), checkpoint=str(tmp_path / 'whole'))
 
 
+@pytest.mark.slow
 def test_a_methods_own_dropout_trains_even_when_the_network_has_none(fixtures_dir):
   import jax  # pylint: disable=g-import-not-at-top
   from jaxprompt.checkpoints import load_t5x_checkpoint  # pylint: disable=g-import-not-at-top

@@ -24,6 +24,7 @@ def _batch(config, rng):
           'decoder_loss_weights': np.ones((4, 5), np.float32)}
 
 
+@pytest.mark.slow
 def test_the_one_train_step_trains_every_weight():
   config = get_config('test_tiny')
   model = TunedModel(config, ModelTuning())

@@ -115,6 +115,7 @@ def test_inference_form_gives_the_training_logits_and_prompt_npy_loads_back(fixt
     np.testing.assert_array_equal(loaded, files['prompt.npy'])
 
 
+@pytest.mark.slow
 def test_cached_decoding_equals_recomputation(fixture_model):
   cfg, frozen = fixture_model
   method = pt.p_tuning(cfg, length=P)

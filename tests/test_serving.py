@@ -95,6 +95,7 @@ def test_bad_requests_fail_with_one_line(tiny_gin, prompt_files, tmp_path, capsy
   assert code == 2 and '/no/such.npy' in error_line(capsys.readouterr().err)
 
 
+@pytest.mark.slow
 def test_ensemble_eval_reports_each_prompt_and_the_vote(tiny_gin, prompt_files, tmp_path, capsys):
   rs = np.random.RandomState(1)
   names = []
