@@ -217,13 +217,13 @@ class TunedModel:
     encoded, valid = module.apply(variables, inputs, hooks=hooks, enable_dropout=False, method=Transformer.encode)
     encoded = decoding.flat_batch_beam_expand(encoded, num_decodes)
     valid = decoding.flat_batch_beam_expand(valid, num_decodes)
-    # Hook data is batch-independent ([p, ...], [layers, p, ...]) or per example ([layers, b, p, ...]): the
-    # attention repeats per-example rows for each of an example's beams, as the flat beam layout lays them out.
-    beam_hooks = hooks
+    # `hooks` stay as they are, not beam-expanded: hook data is batch-independent ([p, ...], [layers, p, ...]) or
+    # per example ([layers, b, p, ...]), and the attention repeats per-example rows for each of an example's
+    # beams, as the flat beam layout lays them out.
 
     def tokens_to_logits(state: decoding.DecodingState):
       logits, new_vars = module.apply({**variables, 'cache': state.cache}, encoded, valid, state.cur_token,
-                                      state.cur_token, hooks=beam_hooks, enable_dropout=False, decode=True,
+                                      state.cur_token, hooks=hooks, enable_dropout=False, decode=True,
                                       max_decode_length=max_len, mutable=['cache'], method=Transformer.decode)
       return logits[:, 0], new_vars['cache']
 
