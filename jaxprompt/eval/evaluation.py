@@ -17,10 +17,8 @@ from jaxprompt.data import pipeline as data
 from jaxprompt.errors import ConfigError
 from jaxprompt.formats import validation
 from jaxprompt.models.features import TASK_FEATURE
-from jaxprompt.models.wrapper import TunedModel
-from jaxprompt.parallel import host, partitioning
+from jaxprompt.parallel import host
 from jaxprompt.runtime import runtime as runtime_lib
-from jaxprompt.runtime.compiled import ShardedSteps
 
 log = logging.getLogger('jaxprompt')
 
@@ -268,10 +266,7 @@ def evaluate_provider(fns: ModelFns, prompt: Any, provider: seqio.Task | seqio.M
 def evaluate_network(config: Any, params: Any, provider: Any, split: str, feature_lengths: Mapping[str, int],
                      batch_size: int = 32, *, max_examples: int | None = None, eos_id: int = 1) -> dict[str, Any]:
   """Metrics of a network with no tuning method (e.g. a frozen model's zero-shot score) on a split."""
-  model = TunedModel(config, None, eos_id=eos_id)
-  steps = ShardedSteps(model, None, partitioning.create_mesh(1), partitioning.prompt_logical_axis_rules(),
-                       1, feature_lengths['inputs'], feature_lengths['targets'])
-  runtime = runtime_lib.Runtime(config, model, steps.mesh, steps.rules, steps, steps.place_frozen(params))
+  runtime = runtime_lib.build_runtime(config, None, None, feature_lengths, eos_id=eos_id, network=params)
   metrics, _ = evaluate_provider(ModelFns(runtime), None, data.get_provider(provider), split, feature_lengths,
                                  batch_size, max_examples=max_examples)
   return metrics
