@@ -17,6 +17,7 @@ from jaxprompt.data import pipeline as data
 from jaxprompt.errors import ConfigError
 from jaxprompt.formats import validation
 from jaxprompt.models.features import TASK_FEATURE
+from jaxprompt.models.wrapper import TunedModel
 from jaxprompt.parallel import host
 from jaxprompt.runtime import runtime as runtime_lib
 
@@ -45,6 +46,40 @@ def decoding(method: str = 'beam', num_decodes: int = 1, alpha: float = 0.6, tem
   return DecodeOptions(method, num_decodes, alpha, temperature, topk, topp, seed)
 
 
+# What ModelFns compiles, as values: `ShardedSteps.compiled` keys its cache by the function, so two ModelFns of
+# one model share a compile exactly when these fields (the model, the static options) are equal.
+@dataclasses.dataclass(frozen=True)
+class _TargetScores:
+  model: TunedModel
+
+  def __call__(self, trainable: Any, frozen: Any, batch: Mapping[str, jax.Array]) -> jax.Array:
+    return self.model.score_batch(frozen, trainable, batch)
+
+
+@dataclasses.dataclass(frozen=True)
+class _RankScores:
+  model: TunedModel
+
+  def __call__(self, trainable: Any, frozen: Any, batch: Mapping[str, jax.Array], candidates: jax.Array
+               ) -> jax.Array:
+    return self.model.rank_classify(frozen, trainable, batch['encoder_input_tokens'], candidates,
+                                    batch.get(TASK_FEATURE))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Decodes:
+  model: TunedModel
+  options: DecodeOptions  # seed 0: the seed reaches the function as its `rng` argument, it is not compiled in
+
+  def __call__(self, trainable: Any, frozen: Any, batch: Mapping[str, jax.Array], rng: jax.Array
+               ) -> tuple[jax.Array, jax.Array]:
+    opts = self.options
+    features = {k: batch[k] for k in ('encoder_input_tokens', 'decoder_target_tokens', TASK_FEATURE) if k in batch}
+    return self.model.predict_batch(frozen, trainable, features, method=opts.method, num_decodes=opts.num_decodes,
+                                    alpha=opts.alpha, temperature=opts.temperature, topk=opts.topk, topp=opts.topp,
+                                    rng=rng if opts.method == 'sample' else None)
+
+
 class ModelFns:
   """The frozen model's jitted scoring, ranking and decoding on the mesh; results replicated on every host.
 
@@ -59,6 +94,9 @@ class ModelFns:
     self.decode_options = decode or DecodeOptions()
     self.buckets = buckets_lib.LengthBuckets.from_spec(length_buckets)
     self._shapes: dict[str, buckets_lib.ShapeLog] = {}
+    self._scores = _TargetScores(runtime.model)
+    self._ranks = _RankScores(runtime.model)
+    self._decodes = _Decodes(runtime.model, dataclasses.replace(self.decode_options, seed=0))
 
   def _shard(self, name: str, batch: Mapping[str, np.ndarray], groups: Sequence[str] = buckets_lib.GROUPS) -> dict:
     if not self.buckets.fixed:
@@ -72,34 +110,22 @@ class ModelFns:
 
   def target_scores(self, prompt: Any, batch: Mapping[str, np.ndarray]) -> np.ndarray:
     """Log-likelihood of each row's target [b]."""
-    model = self.rt.model
-    fn = self.rt.steps.compiled('score', lambda p, f, b: model.score_batch(f, p, b))
+    fn = self.rt.steps.compiled(self._scores)
     return host.host_value(fn(prompt, self.rt.frozen, self._shard('score', batch)))
 
   def rank(self, prompt: Any, batch: Mapping[str, np.ndarray], candidates: np.ndarray) -> np.ndarray:
     """Log-likelihoods [b, c] of the candidate targets, [c, length] shared or [b, c, length] per row (candidates
     are cut to the longest one: shorter ones are zero-padded, which scores nothing)."""
-    model = self.rt.model
     width = buckets_lib.last_real_column(candidates.reshape(-1, candidates.shape[-1]))
     candidates = candidates[..., :max(width, 1)]
-    fn = self.rt.steps.compiled('rank', lambda p, f, b, c: model.rank_classify(f, p, b['encoder_input_tokens'], c,
-                                                                                 b.get(TASK_FEATURE)), 1)
+    fn = self.rt.steps.compiled(self._ranks, 1)
     return host.host_value(fn(prompt, self.rt.frozen, self._shard('rank', batch, ('inputs',)), candidates))
 
   def decode(self, prompt: Any, batch: Mapping[str, np.ndarray], index: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(decoded ids [b, L_targets], scores [b]) of the best decode per row."""
-    model, opts = self.rt.model, self.decode_options
-
-    def fn(p, f, b, rng):
-      return model.predict_batch(f, p, {k: b[k] for k in ('encoder_input_tokens', 'decoder_target_tokens',
-                                                         TASK_FEATURE) if k in b},
-                                 method=opts.method, num_decodes=opts.num_decodes, alpha=opts.alpha,
-                                 temperature=opts.temperature, topk=opts.topk, topp=opts.topp,
-                                 rng=rng if opts.method == 'sample' else None)
-
-    rng = jax.random.fold_in(jax.random.PRNGKey(opts.seed), index)
+    rng = jax.random.fold_in(jax.random.PRNGKey(self.decode_options.seed), index)
     batch = self._shard('decode', batch, ('inputs',))
-    decodes, scores = self.rt.steps.compiled('decode', fn, 1)(prompt, self.rt.frozen, batch, rng)
+    decodes, scores = self.rt.steps.compiled(self._decodes, 1)(prompt, self.rt.frozen, batch, rng)
     return host.host_value(decodes), host.host_value(scores)
 
 
