@@ -1,13 +1,16 @@
 """What `ShardedSteps.compiled` compiles and under which key, through `ModelFns` on a runtime from `build_runtime`
 (network weights given in memory): each decode configuration gets its own compiled function, equal ones share
-one, and a runtime built over another's weights serves them without a copy."""
+one, and a runtime built over another's weights serves them without a copy. And what ModelFns takes is any
+method's trainable tree, named so."""
 import dataclasses
+import inspect
 
 import jax
 import numpy as np
 import pytest
 
 from jaxprompt.errors import ConfigError
+from jaxprompt.eval import banks, evaluation
 from jaxprompt.eval.evaluation import DecodeOptions, ModelFns
 from jaxprompt.methods.prompt_tuning import PromptTuning
 from jaxprompt.models.config import get_config
@@ -73,3 +76,17 @@ def test_a_runtime_over_another_ones_weights_shares_them(runtime):
     assert mine.unsafe_buffer_pointer() == theirs.unsafe_buffer_pointer()
   with pytest.raises(ConfigError, match='not both'):
     build_runtime(CFG, None, '/some/checkpoint', LENGTHS, network=runtime.network)
+
+
+def test_model_fns_and_their_callers_take_the_trainable_tree_as_trainable():
+  """The tree is the method's, whatever it holds (a prompt only for prompt tuning): ModelFns' methods and every
+  function taking `fns` name it `trainable`."""
+  names = {f'ModelFns.{name}': list(inspect.signature(fn).parameters)[1:]
+           for name, fn in vars(ModelFns).items() if inspect.isfunction(fn) and not name.startswith('_')}
+  for module in (evaluation, banks):
+    names.update({f'{module.__name__}.{name}': list(inspect.signature(fn).parameters)[1:]
+                  for name, fn in vars(module).items() if inspect.isfunction(fn)
+                  and fn.__module__ == module.__name__ and list(inspect.signature(fn).parameters)[:1] == ['fns']})
+  assert len(names) > 10
+  wrong = {name: params[0] for name, params in names.items() if params[:1] != ['trainable']}
+  assert not wrong, f'the trainable tree goes by another name in {wrong}'
