@@ -3,8 +3,8 @@
 `frozen` is the network's parameter tree (T5X names; never differentiated unless the method trains the
 network); `trainable` is the method's tree (prompt tuning: `{'prompt': [length, embed]}`). The wrapper knows
 neither the method (it calls the `Tuning` interface below) nor, beyond the encoder-decoder feature names of
-`jaxprompt.models.features`, the family: the network comes from `network_for(config)`. Every function is pure in
-(trainable, frozen, batch), safe to `jax.jit`.
+`jaxprompt.models.features`, the family: the network comes from `network_for(config)`. Every function takes
+(frozen, trainable, batch, ...) in that order, is pure in them and safe to `jax.jit`.
 """
 from __future__ import annotations
 
@@ -119,9 +119,9 @@ class TunedModel:
                              enable_dropout=dropout_rng is not None,
                              rngs=rngs)
 
-  def loss_fn(self, trainable: Params | None, frozen: Params, batch: Mapping[str, Array],
+  def loss_fn(self, frozen: Params, trainable: Params | None, batch: Mapping[str, Array],
               dropout_rng: Array | None = None) -> tuple[Array, dict]:
-    """(loss, metrics). `trainable` comes first so `jax.value_and_grad(loss_fn)` differentiates only it."""
+    """(loss, metrics). Differentiate w.r.t. `trainable` alone: `jax.value_and_grad(loss_fn, argnums=1)`."""
     cfg = self.loss_config
     logits = self.logits(frozen, trainable, batch, dropout_rng)
     weights = batch.get('decoder_loss_weights')
