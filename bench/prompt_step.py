@@ -149,7 +149,7 @@ def jax_steps(model: TunedModel, frozen: dict, prompt: dict, batch: dict, full_f
   debug options for this compilation only (e.g. the matmul library), so variants run side by side."""
   optimizer = optim.make_optimizer()  # The paper's Adafactor (decay 0.8, no param scaling, wd 1e-5, lr 0.3).
   state = init_train_state(prompt, optimizer.tx, jax.random.PRNGKey(1))
-  forward = jax.jit(lambda p, fz, bt: model.loss_fn(p, fz, bt)[0])
+  forward = jax.jit(lambda p, fz, bt: model.loss_fn(fz, p, bt)[0])
   train = jax.jit(functools.partial(step_lib.train_step, model, optimizer))
 
   full_tx = optim.adafactor()
@@ -157,7 +157,7 @@ def jax_steps(model: TunedModel, frozen: dict, prompt: dict, batch: dict, full_f
   full_state = full_tx.init(all_params)
 
   def full_step(params, opt_state, bt):
-    loss, grads = jax.value_and_grad(lambda pr: model.loss_fn(pr['prompt'], pr['frozen'], bt)[0])(params)
+    loss, grads = jax.value_and_grad(lambda pr: model.loss_fn(pr['frozen'], pr['prompt'], bt)[0])(params)
     updates, opt_state = full_tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 

@@ -26,9 +26,7 @@ from jaxprompt.methods.prefix_tuning import PrefixTuning
 from jaxprompt.methods.prompt_tuning import PromptTuning
 from jaxprompt.models.config import T5Config
 from jaxprompt.models.features import TASK_FEATURE
-from jaxprompt.models.wrapper import TunedModel
 from jaxprompt.runtime import runtime as runtime_lib
-from jaxprompt.runtime.compiled import ShardedSteps
 
 REQUESTS, TASKS, BATCH = 512, 8, 32
 PROMPT = 20
@@ -140,10 +138,10 @@ def prompt_width(method: Method) -> int:
 def fns_for(rt: runtime_lib.Runtime, method: Method, inputs: int) -> ModelFns:
   """`ModelFns` of `method` over `rt`'s loaded network: a server of that method, without a second copy of the
   frozen weights."""
-  model = TunedModel(rt.config, method, eos_id=rt.model.eos_id)
-  steps = ShardedSteps(model, None, rt.mesh, rt.rules, 1, inputs, TARGETS)
-  return ModelFns(runtime_lib.Runtime(rt.config, model, rt.mesh, rt.rules, steps, rt.network),
-                  length_buckets=BUCKETS)
+  served = runtime_lib.build_runtime(rt.config, method, None, {'inputs': inputs, 'targets': TARGETS},
+                                     model_parallel=rt.mesh.shape['model'], eos_id=rt.model.eos_id,
+                                     network=rt.network)
+  return ModelFns(served, length_buckets=BUCKETS)
 
 
 def write_adapter(folder: str, prompt: np.ndarray, cfg: T5Config) -> str:

@@ -1,6 +1,7 @@
 """The package's shape, read statically with `ast` (nothing is imported): no import cycles, packages import only
 packages in lower layers (`LAYERS`, the same list as docs/LAYERS.md), the command line never depends on the demo
-(the demo depends on it), and no module grows past 400 lines.
+(the demo depends on it), no module grows past 400 lines, no package name hides one of its modules, and one
+function builds every `Runtime`.
 
 Every import counts, also one inside a function: a lazy import still makes one module depend on the other.
 Importing `a.b` runs `a/__init__.py` first, but that implicit parent import is not an edge: `a.b` and `a` form
@@ -283,3 +284,69 @@ def test_no_module_is_longer_than_400_lines():
   long = {str(path.relative_to(ROOT.parent)): n for path in module_files().values()
           if (n := len(path.read_text(encoding='utf-8').splitlines())) > MAX_LINES}
   assert not long, f'modules over {MAX_LINES} lines: {long}'
+
+
+def hidden_submodules(modules: dict[str, pathlib.Path]) -> list[str]:
+  """Every top-level name of a package's __init__.py that is also one of its submodules' names but is bound to
+  something else: `jaxprompt.methods.x` would then mean the module or that thing depending on how it is reached."""
+  bad = []
+  for package, path in sorted(modules.items()):
+    if path.name != '__init__.py':
+      continue
+    submodules = {m.rpartition('.')[2] for m in modules if m.rpartition('.')[0] == package}
+    for node in ast.parse(path.read_text(encoding='utf-8'), filename=str(path)).body:
+      if isinstance(node, ast.ImportFrom):
+        base = node.module or ''
+        if node.level:
+          base = '.'.join(package.split('.')[:len(package.split('.')) - (node.level - 1)] + ([base] if base else []))
+        bound = {alias.asname or alias.name: f'{base}.{alias.name}' for alias in node.names}
+      elif isinstance(node, ast.Import):
+        bound = {alias.asname: alias.name for alias in node.names if alias.asname}
+      elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        bound = {node.name: None}
+      elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        bound = {t.id: None for t in targets if isinstance(t, ast.Name)}
+      else:
+        continue
+      bad += [f'{package}: line {node.lineno} binds {name!r}, hiding module {package}.{name}'
+              for name, source in bound.items() if name in submodules and source != f'{package}.{name}']
+  return bad
+
+
+# The one name left that hides its module, on purpose until the module is renamed (docs/architecture.md names it):
+# the console script's function, documented in jaxprompt/cli/__init__.py.
+HIDDEN_ON_PURPOSE = ('jaxprompt.cli.main',)
+
+
+def test_a_package_name_never_hides_its_submodule():
+  bad = [line for line in hidden_submodules(module_files())
+         if line.rpartition(' hiding module ')[2] not in HIDDEN_ON_PURPOSE]
+  assert not bad, 'names that make an import path mean two things:\n' + '\n'.join(bad)
+
+
+def calls_of(name: str, folders: tuple[str, ...] = (PACKAGE, 'tests', 'bench')) -> list[str]:
+  """'path:line in function' of every call `name(...)` or `x.name(...)` in the .py files under `folders` (the
+  innermost enclosing function; '<module>' outside any)."""
+  found = []
+  for folder in folders:
+    for path in sorted((ROOT.parent / folder).rglob('*.py')):
+      stack = [(ast.parse(path.read_text(encoding='utf-8'), filename=str(path)), '<module>')]
+      while stack:
+        node, where = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+          where = node.name
+        callee = node.func if isinstance(node, ast.Call) else None
+        if (isinstance(callee, ast.Name) and callee.id == name) or (
+            isinstance(callee, ast.Attribute) and callee.attr == name):
+          found.append(f'{path.relative_to(ROOT.parent)}:{node.lineno} in {where}')
+        stack.extend((child, where) for child in ast.iter_child_nodes(node))
+  return sorted(found)
+
+
+def test_runtime_is_built_in_one_place():
+  """`build_runtime` is the one constructor of a `Runtime`: the model, mesh, rules, steps and placed weights it
+  holds must belong together, which a hand-assembled one (another mesh, the steps of another model) need not."""
+  calls = calls_of('Runtime')
+  assert [re.sub(r':\d+ in ', ' in ', c) for c in calls] == ['jaxprompt/runtime/runtime.py in build_runtime'], (
+      f'Runtime(...) is called outside build_runtime: {calls}')

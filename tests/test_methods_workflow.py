@@ -91,7 +91,7 @@ def test_a_methods_own_dropout_trains_even_when_the_network_has_none(fixtures_di
     optimizer = optim.make_optimizer()
     state = init_train_state(trainable, optimizer.tx, jax.random.PRNGKey(1))
     _, metrics = jax.jit(lambda s, b, m=model, o=optimizer: step.train_step(m, o, s, frozen, b))(state, batch)
-    eval_loss = jax.jit(lambda t, m=model: m.loss_fn(t, frozen, batch)[0])(trainable)
+    eval_loss = jax.jit(lambda t, m=model: m.loss_fn(frozen, t, batch)[0])(trainable)
     losses.append((float(metrics['loss']), float(eval_loss)))
   assert losses[0][0] == pytest.approx(losses[0][1], rel=1e-6)  # no dropout: the training loss is the eval loss
   assert losses[1][0] != pytest.approx(losses[1][1], rel=1e-3)  # prefix dropout on, with its own rng

@@ -1,5 +1,6 @@
 """The T5 model against t5x's reference outputs, plus scan/remat, T5 1.0, dtypes and the KV cache."""
 import functools
+import inspect
 
 import flax.linen as nn
 import jax
@@ -240,8 +241,18 @@ def test_gather_and_one_hot_embedding_agree(reference):
   for one_hot in (True, False):
     model = TunedModel(cfg.replace(one_hot_embedding=one_hot), PromptTuning(3, cfg.emb_dim))
     gathers.append(str(jax.make_jaxpr(lambda p: model.logits(params, p, batch))(prompt)).count(' gather['))
-    results.append(jax.jit(jax.value_and_grad(lambda p, m=model: m.loss_fn(p, params, batch)[0]))(prompt))
+    results.append(jax.jit(jax.value_and_grad(lambda p, m=model: m.loss_fn(params, p, batch)[0]))(prompt))
   assert gathers[1] == gathers[0] + 2  # the encoder's and the decoder's token lookups
   (loss_a, grad_a), (loss_b, grad_b) = results
   np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
   assert_close_to_scale(grad_a['prompt'], grad_b['prompt'], rtol=1e-5)
+
+
+def test_every_wrapper_function_takes_frozen_then_trainable():
+  """One argument order for TunedModel: (self, frozen, trainable, ...). Both are trees, so a call in the other
+  order runs; `loss_fn` once took (trainable, frozen) for `jax.grad`, which now takes `argnums=1`."""
+  from jaxprompt.models.wrapper import TunedModel  # pylint: disable=g-import-not-at-top
+  orders = {name: list(inspect.signature(fn).parameters)[1:3] for name, fn in vars(TunedModel).items()
+            if inspect.isfunction(fn) and {'frozen', 'trainable'} <= set(inspect.signature(fn).parameters)}
+  assert set(orders) >= {'logits', 'loss_fn', 'score_batch', 'encode', 'rank_classify', 'predict_batch', '_variables'}
+  assert all(order == ['frozen', 'trainable'] for order in orders.values()), orders

@@ -4,7 +4,10 @@ Small hook classes here implement the protocols; the tests check that the networ
 them, that scanned and unrolled stacks agree, that the decode cache keeps prefixes in effect and that prefix
 columns get the documented relative-position bias.
 """
+import ast
 import functools
+import inspect
+import textwrap
 
 import flax.linen as nn
 import jax
@@ -22,6 +25,7 @@ from jaxprompt.models.config import get_config
 from jaxprompt.models.hooks import ATTENTION_KINDS, Hooks, InputHook, KVPrefix, LayerHook
 from jaxprompt.models.scan import stack_layers
 from jaxprompt.models.t5 import Transformer
+from jaxprompt.models.wrapper import TunedModel
 
 CFG = get_config('test_tiny')
 B, LE, LD = 2, 7, 5
@@ -330,3 +334,12 @@ def test_beam_search_through_the_cache_equals_recomputation(setup):
   (got, got_scores), (want, want_scores) = search(cached), search(recomputed)
   np.testing.assert_array_equal(got, want)
   np.testing.assert_allclose(got_scores, want_scores, atol=1e-5)
+
+
+def test_predict_batch_decodes_with_the_hooks_it_encodes_with():
+  """No alias stands between the hooks `predict_batch` encodes with and those its decoder steps get: a bare
+  `beam_hooks = hooks` read as if beams needed other hooks (they do not: see the comment there)."""
+  tree = ast.parse(textwrap.dedent(inspect.getsource(TunedModel.predict_batch)))
+  aliases = [ast.unparse(node) for node in ast.walk(tree) if isinstance(node, ast.Assign)
+             and isinstance(node.value, ast.Name) and all(isinstance(t, ast.Name) for t in node.targets)]
+  assert not aliases, f'TunedModel.predict_batch renames a variable: {aliases}'

@@ -149,7 +149,7 @@ def test_gradient_reaches_only_shared_and_the_batchs_tasks(kind, frozen):
   method, _ = _methods()[kind]
   params = _params(method)
   batch = dict(random_batch(2), task_ids=np.asarray([0, 2, 2, 0], np.int32))  # task 1 ('b') absent
-  grads = jax.jit(jax.grad(lambda p: TunedModel(CFG, method).loss_fn(p, frozen, batch)[0]))(params)
+  grads = jax.jit(jax.grad(lambda p: TunedModel(CFG, method).loss_fn(frozen, p, batch)[0]))(params)
   for key, grad in grads.items():
     grad = np.asarray(grad)
     if grad.shape[0] == 3 and key not in ('shared_prompt', 'prompt_embeddings'):  # per-task: [T, ...]

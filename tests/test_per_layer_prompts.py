@@ -163,7 +163,7 @@ def test_scanned_equals_unrolled_forward_and_gradients():
 
   def loss_and_grad(config, frozen):
     model = TunedModel(config, method, LossConfig(reduction='mean'))
-    return jax.jit(jax.value_and_grad(lambda t: model.loss_fn(t, frozen, batch)[0]))(trainable)
+    return jax.jit(jax.value_and_grad(lambda t: model.loss_fn(frozen, t, batch)[0]))(trainable)
 
   want_loss, want_grad = loss_and_grad(cfg, params)
   got_loss, got_grad = loss_and_grad(cfg.replace(scan_layers=True, remat_policy='full'), stack_layers(params))

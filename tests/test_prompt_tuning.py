@@ -1,10 +1,17 @@
-"""Prompt tuning: placement and masks, the wrapper's scoring, and the prompt-only train step."""
+"""Prompt tuning: placement and masks, the wrapper's scoring, the prompt-only train step, and its names."""
+import importlib
+import pkgutil
+
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
 
+import jaxprompt.methods
+import jaxprompt.methods.model_tuning as model_tuning_by_import
+import jaxprompt.methods.prompt_tuning as prompt_tuning_by_import
 from jaxprompt.checkpoints import load_t5x_checkpoint
 from jaxprompt.errors import ConfigError, PromptError
 from jaxprompt.methods.prompt_tuning import PromptTuning, insert_prompt, insertion_points
@@ -177,3 +184,16 @@ def test_overfits_eight_examples_on_the_t5x_fixture_model(fixture_model):
   batch = make_batch(enc, np.tile([[26, 83, 1]], (8, 1)))
   _, history = _train(cfg, frozen, model, batch, 1000, optim.make_optimizer())
   assert history[-1] <= 0.1 * history[0], (history[0], history[-1])
+
+
+def test_a_method_module_path_means_the_module_and_gin_names_the_factory():
+  """`jaxprompt.methods.prompt_tuning` is the module however it is reached (the package once re-exported the
+  factory under that name, so `import ... as` gave the function); gin's `@jaxprompt.methods.prompt_tuning` is
+  the factory in it."""
+  for name in ('prompt_tuning', 'model_tuning'):
+    module = importlib.import_module(f'jaxprompt.methods.{name}')
+    assert {'prompt_tuning': prompt_tuning_by_import, 'model_tuning': model_tuning_by_import}[name] is module
+    assert gin.get_configurable(f'jaxprompt.methods.{name}') is getattr(module, name)
+  for info in pkgutil.iter_modules(jaxprompt.methods.__path__):
+    assert getattr(jaxprompt.methods, info.name, None) in (None, importlib.import_module(
+        f'jaxprompt.methods.{info.name}')), f'jaxprompt.methods.{info.name} is not the module'

@@ -39,7 +39,7 @@ def test_forward_loss_and_scores_match_t5x(setup):
   np.testing.assert_allclose(logits, data['logits'], atol=1e-5, rtol=0)
   encoded, _ = model.encode(params, None, batch['encoder_input_tokens'])
   np.testing.assert_allclose(encoded, data['encoder_output'], atol=1e-5, rtol=0)
-  loss, metrics = model.loss_fn(None, params, dict(batch, decoder_loss_weights=data['decoder_loss_weights']))
+  loss, metrics = model.loss_fn(params, None, dict(batch, decoder_loss_weights=data['decoder_loss_weights']))
   np.testing.assert_allclose(loss, data['loss'], atol=1e-5, rtol=1e-6)
   np.testing.assert_allclose(metrics['z_loss'], data['z_loss'], atol=1e-6)
   scores = model.score_batch(params, None, dict(batch, decoder_loss_weights=data['decoder_loss_weights']),

@@ -65,12 +65,12 @@ def evaluate(output_file: str | None = None, *, model_config: T5Config | None = 
   sets = prepare_eval(provider, split, lengths, max_examples=max_examples, rank_classification=rank_classification,
                       task_names=() if prompts else method.task_names)
   data.host_batch_size(batch_size, runtime_lib.data_parallel_size(model_parallel))
-  fns, prompt = tuned_model(config, ckpt, lengths, method, trainable, model_parallel=model_parallel,
+  fns, placed = tuned_model(config, ckpt, lengths, method, trainable, model_parallel=model_parallel,
                             eos_id=eos_id, decode=decode, length_buckets=length_buckets)
   matches = model_check.check_prompt_sources(sources, checkpoint_step, config, data.targets_vocabulary(provider),
                                              fns.rt.network, allow_other_model=allow_other_model)
   ensemble = functools.partial(banks.evaluate_ensemble, names=list(prompts)) if prompts else None
-  metrics, records = evaluate_sets(fns, prompt, sets, batch_size, score_set=ensemble)
+  metrics, records = evaluate_sets(fns, placed, sets, batch_size, score_set=ensemble)
   result = {'task': provider.name, 'split': split, 'prompt': dict(prompts) if prompts else prompt_file or checkpoint,
             'model_match': matches if prompts else matches[''], 'metrics': metrics}
   if output_file:

@@ -56,16 +56,16 @@ def _vocabulary(provider: Any, vocabulary: Any) -> seqio.Vocabulary:
   return vocab_lib.get_default_vocabulary()
 
 
-def decode_texts(fns: eval_lib.ModelFns, prompt: Any, texts: Sequence[str], vocabulary: seqio.Vocabulary,
+def decode_texts(fns: eval_lib.ModelFns, trainable: Any, texts: Sequence[str], vocabulary: seqio.Vocabulary,
                  feature_lengths: Mapping[str, int], batch_size: int) -> list[dict[str, Any]]:
   """Records for raw input texts (tokenized with `vocabulary`, trimmed to the inputs length + EOS)."""
   features = data.to_features(data.tokenize_texts(texts, vocabulary, feature_lengths['inputs']), None,
                               feature_lengths)
-  predictions, scores = eval_lib.predict(fns, prompt, features, batch_size, vocabulary, None)
+  predictions, scores = eval_lib.predict(fns, trainable, features, batch_size, vocabulary, None)
   return [{'input': t, 'prediction': p, 'score': s} for t, p, s in zip(texts, predictions, scores)]
 
 
-def decode_task(fns: eval_lib.ModelFns, prompt: Any, provider: Any, split: str, feature_lengths: Mapping[str, int],
+def decode_task(fns: eval_lib.ModelFns, trainable: Any, provider: Any, split: str, feature_lengths: Mapping[str, int],
                 batch_size: int, max_examples: int | None) -> list[dict[str, Any]]:
   """Records for the inputs of a task split (every task of a mixture that has the split)."""
   records = []
@@ -73,14 +73,14 @@ def decode_task(fns: eval_lib.ModelFns, prompt: Any, provider: Any, split: str, 
     examples = data.read_examples(task, feature_lengths, split, max_examples)
     features = data.to_features([ex['inputs'] for ex in examples], None, feature_lengths)
     vocabulary = data.targets_vocabulary(task)
-    predictions, scores = eval_lib.predict(fns, prompt, features, batch_size, vocabulary, None)
+    predictions, scores = eval_lib.predict(fns, trainable, features, batch_size, vocabulary, None)
     vocab_in = data.inputs_vocabulary(task)
     for ex, p, s in zip(examples, predictions, scores):
       records.append({'input': data.example_text(ex, 'inputs', vocab_in), 'prediction': p, 'score': s})
   return records
 
 
-def ensemble_records(fns: eval_lib.ModelFns, params: Any, names: list[str], provider: Any,
+def ensemble_records(fns: eval_lib.ModelFns, trainable: Any, names: list[str], provider: Any,
                      texts: Sequence[str] | None, vocabulary: seqio.Vocabulary, split: str,
                      feature_lengths: Mapping[str, int], batch_size: int, max_examples: int | None
                      ) -> list[dict[str, Any]]:
@@ -98,7 +98,7 @@ def ensemble_records(fns: eval_lib.ModelFns, params: Any, names: list[str], prov
   records = []
   for inputs, rows, vocab, labels in sources:
     features = data.to_features(rows, None, feature_lengths)
-    answers, scores = banks.ensemble_predict(fns, params, features, len(names), batch_size, vocab, labels)
+    answers, scores = banks.ensemble_predict(fns, trainable, features, len(names), batch_size, vocab, labels)
     for text, row, row_scores in zip(inputs, answers, scores):
       records.append({'input': text, 'prediction': banks.vote(row, row_scores),
                       'predictions': dict(zip(names, row)), 'scores': dict(zip(names, row_scores))})
@@ -162,18 +162,18 @@ def infer(output_file: str | None = None, *, model_config: T5Config | None = Non
     requests = banks.parse_requests(texts, method.task_names,
                                     where='stdin' if input_file in (None, '-') else input_file)
     banks.candidate_tables(labels or {}, method.task_names, vocab, lengths['targets'])  # labels checked now
-  fns, prompt = tuned_model(config, ckpt, lengths, method, trainable, model_parallel=model_parallel,
+  fns, placed = tuned_model(config, ckpt, lengths, method, trainable, model_parallel=model_parallel,
                             eos_id=vocab.eos_id, decode=decode, length_buckets=length_buckets)
   model_check.check_prompt_sources(sources, checkpoint_step, config, vocab, fns.rt.network,
                                    allow_other_model=allow_other_model)
   if requests is not None:
-    records = banks.serve(fns, prompt, method.task_names, requests, vocab, lengths, batch_size, labels)
+    records = banks.serve(fns, placed, method.task_names, requests, vocab, lengths, batch_size, labels)
   elif ensemble:
-    records = ensemble_records(fns, prompt, list(prompts or {}), provider, texts, vocab, split, lengths,
+    records = ensemble_records(fns, placed, list(prompts or {}), provider, texts, vocab, split, lengths,
                                batch_size, max_examples)
   elif texts is not None:
-    records = decode_texts(fns, prompt, texts, vocab, lengths, batch_size)
+    records = decode_texts(fns, placed, texts, vocab, lengths, batch_size)
   else:
-    records = decode_task(fns, prompt, provider, split, lengths, batch_size, max_examples)
+    records = decode_task(fns, placed, provider, split, lengths, batch_size, max_examples)
   writers.write_jsonl(output_file, records, stream=stdout or sys.stdout)
   return records

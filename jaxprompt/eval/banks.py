@@ -77,7 +77,7 @@ def _pad_rows(batch: Mapping[str, np.ndarray], size: int) -> Batch:
   return {k: np.concatenate([v, np.zeros((size - real,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
 
 
-def batch_view(fns: ModelFns, params: Any, task_ids: np.ndarray) -> Any:
+def batch_view(fns: ModelFns, trainable: Any, task_ids: np.ndarray) -> Any:
   """The bank's tree with its input prompts cut to the widest prompt among these rows' tasks.
 
   A bank's table is as wide as its longest prompt, and every row of a batch would carry that width; cut to the
@@ -86,15 +86,15 @@ def batch_view(fns: ModelFns, params: Any, task_ids: np.ndarray) -> Any:
   length in the bank.
   """
   bank = fns.rt.model.method
-  if not isinstance(bank, PromptBank) or not bank.input_length or 'prompts' not in params:
-    return params
+  if not isinstance(bank, PromptBank) or not bank.input_length or 'prompts' not in trainable:
+    return trainable
   width = max(bank.entries[t].input_length for t in np.unique(task_ids))
   if width >= bank.input_length:
-    return params
-  return dict(params, prompts=params['prompts'][:, :max(width, 1)])
+    return trainable
+  return dict(trainable, prompts=trainable['prompts'][:, :max(width, 1)])
 
 
-def rank_rows(fns: ModelFns, params: Any, batch: Mapping[str, np.ndarray], ids: np.ndarray, real: np.ndarray,
+def rank_rows(fns: ModelFns, trainable: Any, batch: Mapping[str, np.ndarray], ids: np.ndarray, real: np.ndarray,
               batch_size: int) -> tuple[np.ndarray, np.ndarray]:
   """(best candidate index [n], its log-likelihood [n]) of each row over its task's candidates.
 
@@ -103,27 +103,27 @@ def rank_rows(fns: ModelFns, params: Any, batch: Mapping[str, np.ndarray], ids: 
   n = len(batch[TASK_FEATURE])
   tasks = batch[TASK_FEATURE]
   candidates = _pad_rows({'c': ids[tasks]}, batch_size)['c']
-  scores = fns.rank(batch_view(fns, params, tasks), _pad_rows(batch, batch_size), candidates)[:n]
+  scores = fns.rank(batch_view(fns, trainable, tasks), _pad_rows(batch, batch_size), candidates)[:n]
   scores = np.where(real[tasks][:, :scores.shape[1]], scores, -np.inf)  # a padded candidate is no answer
   best = scores.argmax(-1)
   return best, scores[np.arange(n), best]
 
 
-def decode_rows(fns: ModelFns, params: Any, batch: Mapping[str, np.ndarray], batch_size: int,
+def decode_rows(fns: ModelFns, trainable: Any, batch: Mapping[str, np.ndarray], batch_size: int,
                 index: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """(decoded ids [n, L], scores [n]) of n <= batch_size mixed-task rows, in one decode."""
   n = len(batch[TASK_FEATURE])
-  decodes, scores = fns.decode(batch_view(fns, params, batch[TASK_FEATURE]), _pad_rows(batch, batch_size), index)
+  decodes, scores = fns.decode(batch_view(fns, trainable, batch[TASK_FEATURE]), _pad_rows(batch, batch_size), index)
   return decodes[:n], scores[:n]
 
 
-def serve(fns: ModelFns, params: Any, tasks: Sequence[str], rows: Sequence[Mapping[str, Any]],
+def serve(fns: ModelFns, trainable: Any, tasks: Sequence[str], rows: Sequence[Mapping[str, Any]],
           vocabulary: seqio.Vocabulary, feature_lengths: Mapping[str, int], batch_size: int,
           labels: Mapping[str, Sequence[str]] | None = None) -> list[dict[str, Any]]:
   """One output record per request row, in input order: the row's fields plus `prediction` and `score` (the
   best label and its log-likelihood for tasks with `labels`, else the decode and its score).
 
-  `fns` / `params`: a `ModelFns` of a `PromptBank` whose `task_names` are `tasks`, and its placed tree.
+  `fns` / `trainable`: a `ModelFns` of a `PromptBank` whose `task_names` are `tasks`, and its placed tree.
   """
   labels = dict(labels or {})
   ids, real = candidate_tables(labels, tasks, vocabulary, feature_lengths['targets'])
@@ -135,11 +135,11 @@ def serve(fns: ModelFns, params: Any, tasks: Sequence[str], rows: Sequence[Mappi
     chunk = {k: v[start:start + batch_size] for k, v in features.items()}
     ranked = np.asarray([bool(labels.get(tasks[t])) for t in chunk[TASK_FEATURE]])
     if ranked.any():
-      best, scores = rank_rows(fns, params, {k: v[ranked] for k, v in chunk.items()}, ids, real, batch_size)
+      best, scores = rank_rows(fns, trainable, {k: v[ranked] for k, v in chunk.items()}, ids, real, batch_size)
       for i, b, s in zip(np.flatnonzero(ranked), best, scores):
         out[start + i].update(prediction=labels[rows[start + i]['task']][b], score=float(s))
     if (~ranked).any():
-      decodes, scores = decode_rows(fns, params, {k: v[~ranked] for k, v in chunk.items()}, batch_size, index)
+      decodes, scores = decode_rows(fns, trainable, {k: v[~ranked] for k, v in chunk.items()}, batch_size, index)
       for i, d, s in zip(np.flatnonzero(~ranked), decodes, scores):
         out[start + i].update(prediction=vocabulary.decode([int(t) for t in d]), score=float(s))
   return out
@@ -168,7 +168,7 @@ def vote(predictions: Sequence[str], scores: Sequence[float]) -> str:
   return max(tied, key=lambda p: total[p])
 
 
-def ensemble_predict(fns: ModelFns, params: Any, features: Mapping[str, np.ndarray], size: int, batch_size: int,
+def ensemble_predict(fns: ModelFns, trainable: Any, features: Mapping[str, np.ndarray], size: int, batch_size: int,
                      vocabulary: seqio.Vocabulary, labels: Sequence[str] | None
                      ) -> tuple[list[list[str]], list[list[float]]]:
   """Every example under each of the bank's `size` prompts, `batch_size` examples (x size rows) per pass:
@@ -181,12 +181,12 @@ def ensemble_predict(fns: ModelFns, params: Any, features: Mapping[str, np.ndarr
   for index, (batch, real) in enumerate(data.padded_batches(features, batch_size)):
     batch = repeat_for_ensemble({k: v for k, v in batch.items() if k != TASK_FEATURE}, size)
     if candidates is not None:
-      ll = fns.rank(params, batch, candidates).reshape(batch_size, size, -1)[:real]
+      ll = fns.rank(trainable, batch, candidates).reshape(batch_size, size, -1)[:real]
       best = ll.argmax(-1)
       texts += [[labels[j] for j in row] for row in best]
       scores += [[float(ll[i, k, j]) for k, j in enumerate(row)] for i, row in enumerate(best)]
     else:
-      decodes, decode_scores = fns.decode(params, batch, index)
+      decodes, decode_scores = fns.decode(trainable, batch, index)
       decodes = decodes.reshape(batch_size, size, -1)[:real]
       decode_scores = decode_scores.reshape(batch_size, size)[:real]
       texts += [[vocabulary.decode([int(t) for t in d]) for d in row] for row in decodes]
@@ -194,13 +194,13 @@ def ensemble_predict(fns: ModelFns, params: Any, features: Mapping[str, np.ndarr
   return texts, scores
 
 
-def evaluate_ensemble(fns: ModelFns, params: Any, eval_set: EvalSet, batch_size: int, *, names: Sequence[str]
+def evaluate_ensemble(fns: ModelFns, trainable: Any, eval_set: EvalSet, batch_size: int, *, names: Sequence[str]
                       ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
   """(metrics, records) of one task's split under an ensemble of the bank's prompts `names`: the task's metric
   fns on each prompt's predictions (`<name>/<metric>`) and on the majority vote (`ensemble/<metric>`)."""
   task, examples = eval_set.task, eval_set.examples
   vocabulary = data.targets_vocabulary(task)
-  texts, scores = ensemble_predict(fns, params, eval_set.features, len(names), batch_size, vocabulary,
+  texts, scores = ensemble_predict(fns, trainable, eval_set.features, len(names), batch_size, vocabulary,
                                    eval_set.labels)
   targets = [task.postprocess_fn(data.example_text(ex, 'targets', vocabulary), example=ex, is_target=True)
              for ex in examples]

@@ -18,9 +18,8 @@ from jaxprompt.errors import ConfigError
 from jaxprompt.formats import validation
 from jaxprompt.models.features import TASK_FEATURE
 from jaxprompt.models.wrapper import TunedModel
-from jaxprompt.parallel import host, partitioning
+from jaxprompt.parallel import host
 from jaxprompt.runtime import runtime as runtime_lib
-from jaxprompt.runtime.compiled import ShardedSteps
 
 log = logging.getLogger('jaxprompt')
 
@@ -47,6 +46,40 @@ def decoding(method: str = 'beam', num_decodes: int = 1, alpha: float = 0.6, tem
   return DecodeOptions(method, num_decodes, alpha, temperature, topk, topp, seed)
 
 
+# What ModelFns compiles, as values: `ShardedSteps.compiled` keys its cache by the function, so two ModelFns of
+# one model share a compile exactly when these fields (the model, the static options) are equal.
+@dataclasses.dataclass(frozen=True)
+class _TargetScores:
+  model: TunedModel
+
+  def __call__(self, trainable: Any, frozen: Any, batch: Mapping[str, jax.Array]) -> jax.Array:
+    return self.model.score_batch(frozen, trainable, batch)
+
+
+@dataclasses.dataclass(frozen=True)
+class _RankScores:
+  model: TunedModel
+
+  def __call__(self, trainable: Any, frozen: Any, batch: Mapping[str, jax.Array], candidates: jax.Array
+               ) -> jax.Array:
+    return self.model.rank_classify(frozen, trainable, batch['encoder_input_tokens'], candidates,
+                                    batch.get(TASK_FEATURE))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Decodes:
+  model: TunedModel
+  options: DecodeOptions  # seed 0: the seed reaches the function as its `rng` argument, it is not compiled in
+
+  def __call__(self, trainable: Any, frozen: Any, batch: Mapping[str, jax.Array], rng: jax.Array
+               ) -> tuple[jax.Array, jax.Array]:
+    opts = self.options
+    features = {k: batch[k] for k in ('encoder_input_tokens', 'decoder_target_tokens', TASK_FEATURE) if k in batch}
+    return self.model.predict_batch(frozen, trainable, features, method=opts.method, num_decodes=opts.num_decodes,
+                                    alpha=opts.alpha, temperature=opts.temperature, topk=opts.topk, topp=opts.topp,
+                                    rng=rng if opts.method == 'sample' else None)
+
+
 class ModelFns:
   """The frozen model's jitted scoring, ranking and decoding on the mesh; results replicated on every host.
 
@@ -61,47 +94,38 @@ class ModelFns:
     self.decode_options = decode or DecodeOptions()
     self.buckets = buckets_lib.LengthBuckets.from_spec(length_buckets)
     self._shapes: dict[str, buckets_lib.ShapeLog] = {}
+    self._scores = _TargetScores(runtime.model)
+    self._ranks = _RankScores(runtime.model)
+    self._decodes = _Decodes(runtime.model, dataclasses.replace(self.decode_options, seed=0))
 
   def _shard(self, name: str, batch: Mapping[str, np.ndarray], groups: Sequence[str] = buckets_lib.GROUPS) -> dict:
     if not self.buckets.fixed:
       batch = self._shapes.setdefault(name, buckets_lib.ShapeLog(name, self.buckets)).cut(batch, groups=groups)
     return self.rt.steps.shard_batch(host.local_rows(batch))
 
-  def loss_metrics(self, prompt: Any, batch: Mapping[str, np.ndarray]) -> dict[str, float]:
+  def loss_metrics(self, trainable: Any, batch: Mapping[str, np.ndarray]) -> dict[str, float]:
     """Summed loss, weight_sum and token_accuracy of a batch (padding rows weigh nothing)."""
-    metrics = self.rt.steps.eval_step(prompt, self.rt.frozen, self._shard('eval', batch))
+    metrics = self.rt.steps.eval_step(trainable, self.rt.frozen, self._shard('eval', batch))
     return {k: float(host.host_value(v)) for k, v in metrics.items()}
 
-  def target_scores(self, prompt: Any, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+  def target_scores(self, trainable: Any, batch: Mapping[str, np.ndarray]) -> np.ndarray:
     """Log-likelihood of each row's target [b]."""
-    model = self.rt.model
-    fn = self.rt.steps.compiled('score', lambda p, f, b: model.score_batch(f, p, b))
-    return host.host_value(fn(prompt, self.rt.frozen, self._shard('score', batch)))
+    fn = self.rt.steps.compiled(self._scores)
+    return host.host_value(fn(trainable, self.rt.frozen, self._shard('score', batch)))
 
-  def rank(self, prompt: Any, batch: Mapping[str, np.ndarray], candidates: np.ndarray) -> np.ndarray:
+  def rank(self, trainable: Any, batch: Mapping[str, np.ndarray], candidates: np.ndarray) -> np.ndarray:
     """Log-likelihoods [b, c] of the candidate targets, [c, length] shared or [b, c, length] per row (candidates
     are cut to the longest one: shorter ones are zero-padded, which scores nothing)."""
-    model = self.rt.model
     width = buckets_lib.last_real_column(candidates.reshape(-1, candidates.shape[-1]))
     candidates = candidates[..., :max(width, 1)]
-    fn = self.rt.steps.compiled('rank', lambda p, f, b, c: model.rank_classify(f, p, b['encoder_input_tokens'], c,
-                                                                                 b.get(TASK_FEATURE)), 1)
-    return host.host_value(fn(prompt, self.rt.frozen, self._shard('rank', batch, ('inputs',)), candidates))
+    fn = self.rt.steps.compiled(self._ranks, 1)
+    return host.host_value(fn(trainable, self.rt.frozen, self._shard('rank', batch, ('inputs',)), candidates))
 
-  def decode(self, prompt: Any, batch: Mapping[str, np.ndarray], index: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  def decode(self, trainable: Any, batch: Mapping[str, np.ndarray], index: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(decoded ids [b, L_targets], scores [b]) of the best decode per row."""
-    model, opts = self.rt.model, self.decode_options
-
-    def fn(p, f, b, rng):
-      return model.predict_batch(f, p, {k: b[k] for k in ('encoder_input_tokens', 'decoder_target_tokens',
-                                                         TASK_FEATURE) if k in b},
-                                 method=opts.method, num_decodes=opts.num_decodes, alpha=opts.alpha,
-                                 temperature=opts.temperature, topk=opts.topk, topp=opts.topp,
-                                 rng=rng if opts.method == 'sample' else None)
-
-    rng = jax.random.fold_in(jax.random.PRNGKey(opts.seed), index)
+    rng = jax.random.fold_in(jax.random.PRNGKey(self.decode_options.seed), index)
     batch = self._shard('decode', batch, ('inputs',))
-    decodes, scores = self.rt.steps.compiled('decode', fn, 1)(prompt, self.rt.frozen, batch, rng)
+    decodes, scores = self.rt.steps.compiled(self._decodes, 1)(trainable, self.rt.frozen, batch, rng)
     return host.host_value(decodes), host.host_value(scores)
 
 
@@ -134,18 +158,18 @@ def loss_summary(totals: Mapping[str, float]) -> dict[str, float]:
   return {'loss': totals['loss'] / weight, 'token_accuracy': totals['correct'] / weight}
 
 
-def validation_loss(fns: ModelFns, prompt: Any, features: Mapping[str, np.ndarray], batch_size: int) -> dict:
+def validation_loss(fns: ModelFns, trainable: Any, features: Mapping[str, np.ndarray], batch_size: int) -> dict:
   """Per-token loss and token accuracy over every example of `features`."""
   totals = {'loss': 0.0, 'weight_sum': 0.0, 'correct': 0.0}
   for batch, _ in data.padded_batches(features, batch_size):
-    metrics = fns.loss_metrics(prompt, batch)
+    metrics = fns.loss_metrics(trainable, batch)
     totals['loss'] += metrics['loss']
     totals['weight_sum'] += metrics['weight_sum']
     totals['correct'] += metrics['token_accuracy'] * metrics['weight_sum']
   return loss_summary(totals)
 
 
-def predict(fns: ModelFns, prompt: Any, features: Mapping[str, np.ndarray], batch_size: int,
+def predict(fns: ModelFns, trainable: Any, features: Mapping[str, np.ndarray], batch_size: int,
             vocabulary: seqio.Vocabulary, labels: Sequence[str] | None) -> tuple[list[str], list[float]]:
   """(prediction texts, scores): the best label by rank classification when `labels`, else the decode."""
   texts: list[str] = []
@@ -155,12 +179,12 @@ def predict(fns: ModelFns, prompt: Any, features: Mapping[str, np.ndarray], batc
     candidates = label_candidates(labels, vocabulary, features['decoder_target_tokens'].shape[1])
   for index, (batch, real) in enumerate(data.padded_batches(features, batch_size)):
     if candidates is not None:
-      ll = fns.rank(prompt, batch, candidates)[:real]
+      ll = fns.rank(trainable, batch, candidates)[:real]
       best = ll.argmax(-1)
       texts += [labels[i] for i in best]
       scores += [float(row[i]) for row, i in zip(ll, best)]
     else:
-      decodes, decode_scores = fns.decode(prompt, batch, index)
+      decodes, decode_scores = fns.decode(trainable, batch, index)
       texts += [vocabulary.decode([int(t) for t in row]) for row in decodes[:real]]
       scores += [float(s) for s in decode_scores[:real]]
   return texts, scores
@@ -205,23 +229,23 @@ def prepare_eval(provider: seqio.Task | seqio.Mixture, split: str, feature_lengt
   return sets
 
 
-def evaluate_set(fns: ModelFns, prompt: Any, eval_set: EvalSet, batch_size: int, *, task_metrics: bool = True
+def evaluate_set(fns: ModelFns, trainable: Any, eval_set: EvalSet, batch_size: int, *, task_metrics: bool = True
                  ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
   """(metrics, per-example records) of one task's split: loss, token accuracy and the task's metric fns."""
   task, examples, features = eval_set.task, eval_set.examples, eval_set.features
   metrics: dict[str, Any] = {'num_examples': len(examples)}
-  metrics.update(validation_loss(fns, prompt, features, batch_size))
+  metrics.update(validation_loss(fns, trainable, features, batch_size))
   if not task_metrics:
     return metrics, []
   vocabulary = data.targets_vocabulary(task)
-  texts, scores = predict(fns, prompt, features, batch_size, vocabulary, eval_set.labels)
+  texts, scores = predict(fns, trainable, features, batch_size, vocabulary, eval_set.labels)
   targets = [task.postprocess_fn(data.example_text(ex, 'targets', vocabulary), example=ex, is_target=True)
              for ex in examples]
   predictions = [task.postprocess_fn(text, example=ex, is_target=False) for text, ex in zip(texts, examples)]
   for metric_fn in task.predict_metric_fns:
     metrics.update({k: scalar(v) for k, v in metric_fn(targets, predictions).items()})
   if task.score_metric_fns:
-    target_scores = np.concatenate([fns.target_scores(prompt, batch)[:real]
+    target_scores = np.concatenate([fns.target_scores(trainable, batch)[:real]
                                     for batch, real in data.padded_batches(features, batch_size)])
     for metric_fn in task.score_metric_fns:
       metrics.update({k: scalar(v) for k, v in metric_fn(targets, list(target_scores)).items()})
@@ -235,43 +259,40 @@ def evaluate_set(fns: ModelFns, prompt: Any, eval_set: EvalSet, batch_size: int,
   return metrics, records
 
 
-def evaluate_sets(fns: ModelFns, prompt: Any, sets: Sequence[EvalSet], batch_size: int, *,
+def evaluate_sets(fns: ModelFns, trainable: Any, sets: Sequence[EvalSet], batch_size: int, *,
                   task_metrics: bool = True, score_set: Callable[..., tuple[dict, list]] | None = None
                   ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
   """Metrics of one task, or of several (a mixture: keys prefixed `<task>/`), and their records.
 
-  `score_set(fns, prompt, eval_set, batch_size)` scores one set (default `evaluate_set`; an ensemble's is
+  `score_set(fns, trainable, eval_set, batch_size)` scores one set (default `evaluate_set`; an ensemble's is
   `jaxprompt.eval.banks.evaluate_ensemble`)."""
   out: dict[str, Any] = {}
   records: list[dict[str, Any]] = []
   for eval_set in sets:
     if score_set is None:
-      metrics, set_records = evaluate_set(fns, prompt, eval_set, batch_size, task_metrics=task_metrics)
+      metrics, set_records = evaluate_set(fns, trainable, eval_set, batch_size, task_metrics=task_metrics)
     else:
-      metrics, set_records = score_set(fns, prompt, eval_set, batch_size)
+      metrics, set_records = score_set(fns, trainable, eval_set, batch_size)
     prefix = f'{eval_set.task.name}/' if len(sets) > 1 else ''
     out.update({prefix + k: v for k, v in metrics.items()})
     records += [dict(r, task=eval_set.task.name) for r in set_records] if prefix else set_records
   return out, records
 
 
-def evaluate_provider(fns: ModelFns, prompt: Any, provider: seqio.Task | seqio.Mixture, split: str,
+def evaluate_provider(fns: ModelFns, trainable: Any, provider: seqio.Task | seqio.Mixture, split: str,
                       feature_lengths: Mapping[str, int], batch_size: int, *, task_metrics: bool = True,
                       max_examples: int | None = None, rank_classification: bool = True
                       ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
   """`prepare_eval` + `evaluate_sets` in one call (reads the split every time)."""
   sets = prepare_eval(provider, split, feature_lengths, max_examples=max_examples,
                       rank_classification=rank_classification)
-  return evaluate_sets(fns, prompt, sets, batch_size, task_metrics=task_metrics)
+  return evaluate_sets(fns, trainable, sets, batch_size, task_metrics=task_metrics)
 
 
 def evaluate_network(config: Any, params: Any, provider: Any, split: str, feature_lengths: Mapping[str, int],
                      batch_size: int = 32, *, max_examples: int | None = None, eos_id: int = 1) -> dict[str, Any]:
   """Metrics of a network with no tuning method (e.g. a frozen model's zero-shot score) on a split."""
-  model = TunedModel(config, None, eos_id=eos_id)
-  steps = ShardedSteps(model, None, partitioning.create_mesh(1), partitioning.prompt_logical_axis_rules(),
-                       1, feature_lengths['inputs'], feature_lengths['targets'])
-  runtime = runtime_lib.Runtime(config, model, steps.mesh, steps.rules, steps, steps.place_frozen(params))
+  runtime = runtime_lib.build_runtime(config, None, None, feature_lengths, eos_id=eos_id, network=params)
   metrics, _ = evaluate_provider(ModelFns(runtime), None, data.get_provider(provider), split, feature_lengths,
                                  batch_size, max_examples=max_examples)
   return metrics

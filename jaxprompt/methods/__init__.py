@@ -12,20 +12,19 @@ from jaxprompt.methods.initializers import Initializer
 from jaxprompt.methods.initializers import normal
 from jaxprompt.methods.initializers import random_uniform
 from jaxprompt.methods.initializers import sampled_vocab
+# A method's gin factory shares its module's name, so only the classes come up here: a name in this package never
+# hides a module (`jaxprompt.methods.prompt_tuning` is the module however it is imported; the factory is
+# `jaxprompt.methods.prompt_tuning.prompt_tuning`). Importing a module registers its factories with gin under
+# module `jaxprompt.methods` (`METHOD = @jaxprompt.methods.prompt_tuning`), which these imports see to.
 from jaxprompt.methods.model_tuning import ModelTuning
-from jaxprompt.methods.model_tuning import model_tuning
-# The factories of these three share their modules' names: the modules stay reachable as attributes
-# (`from jaxprompt.methods import prefix_tuning` is the module); importing them registers the gin factories.
 from jaxprompt.methods.p_tuning import PTuning
 from jaxprompt.methods.per_layer_prompts import PerLayerPrompts
 from jaxprompt.methods.prefix_tuning import PrefixTuning
 from jaxprompt.methods.prefix_tuning import p_tuning_v2
 from jaxprompt.methods.prompt_tuning import PromptTuning
-from jaxprompt.methods.prompt_tuning import prompt_tuning
 
 __all__ = [
     'Initializer', 'Method', 'ModelTuning', 'PTuning', 'PerLayerPrompts', 'PrefixTuning', 'PromptTuning',
     'bind_embedding', 'class_labels', 'from_array', 'from_file', 'from_sample_of_embeddings',
-    'from_samples_of_embeddings', 'from_text', 'model_tuning', 'normal', 'p_tuning_v2', 'prompt_tuning',
-    'random_uniform', 'sampled_vocab',
+    'from_samples_of_embeddings', 'from_text', 'normal', 'p_tuning_v2', 'random_uniform', 'sampled_vocab',
 ]

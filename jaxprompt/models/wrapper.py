@@ -3,8 +3,8 @@
 `frozen` is the network's parameter tree (T5X names; never differentiated unless the method trains the
 network); `trainable` is the method's tree (prompt tuning: `{'prompt': [length, embed]}`). The wrapper knows
 neither the method (it calls the `Tuning` interface below) nor, beyond the encoder-decoder feature names of
-`jaxprompt.models.features`, the family: the network comes from `network_for(config)`. Every function is pure in
-(trainable, frozen, batch), safe to `jax.jit`.
+`jaxprompt.models.features`, the family: the network comes from `network_for(config)`. Every function takes
+(frozen, trainable, batch, ...) in that order, is pure in them and safe to `jax.jit`.
 """
 from __future__ import annotations
 
@@ -119,9 +119,9 @@ class TunedModel:
                              enable_dropout=dropout_rng is not None,
                              rngs=rngs)
 
-  def loss_fn(self, trainable: Params | None, frozen: Params, batch: Mapping[str, Array],
+  def loss_fn(self, frozen: Params, trainable: Params | None, batch: Mapping[str, Array],
               dropout_rng: Array | None = None) -> tuple[Array, dict]:
-    """(loss, metrics). `trainable` comes first so `jax.value_and_grad(loss_fn)` differentiates only it."""
+    """(loss, metrics). Differentiate w.r.t. `trainable` alone: `jax.value_and_grad(loss_fn, argnums=1)`."""
     cfg = self.loss_config
     logits = self.logits(frozen, trainable, batch, dropout_rng)
     weights = batch.get('decoder_loss_weights')
@@ -217,13 +217,13 @@ class TunedModel:
     encoded, valid = module.apply(variables, inputs, hooks=hooks, enable_dropout=False, method=Transformer.encode)
     encoded = decoding.flat_batch_beam_expand(encoded, num_decodes)
     valid = decoding.flat_batch_beam_expand(valid, num_decodes)
-    # Hook data is batch-independent ([p, ...], [layers, p, ...]) or per example ([layers, b, p, ...]): the
-    # attention repeats per-example rows for each of an example's beams, as the flat beam layout lays them out.
-    beam_hooks = hooks
+    # `hooks` stay as they are, not beam-expanded: hook data is batch-independent ([p, ...], [layers, p, ...]) or
+    # per example ([layers, b, p, ...]), and the attention repeats per-example rows for each of an example's
+    # beams, as the flat beam layout lays them out.
 
     def tokens_to_logits(state: decoding.DecodingState):
       logits, new_vars = module.apply({**variables, 'cache': state.cache}, encoded, valid, state.cur_token,
-                                      state.cur_token, hooks=beam_hooks, enable_dropout=False, decode=True,
+                                      state.cur_token, hooks=hooks, enable_dropout=False, decode=True,
                                       max_decode_length=max_len, mutable=['cache'], method=Transformer.decode)
       return logits[:, 0], new_vars['cache']
 

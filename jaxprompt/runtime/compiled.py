@@ -58,7 +58,10 @@ class ShardedSteps:
     self.trainable_shardings = None if method is None else to_shardings(trainable)
     self.replicated = partitioning.replicated(mesh)
     self.batch_sharding = partitioning.batch_sharding(mesh)
-    self._compiled: dict[str, Callable] = {}
+    self._compiled: dict[tuple[Callable, int], Callable] = {}
+    self._train: Callable | None = None
+    # One object for the life of these steps, so every eval batch finds the same compiled function.
+    self._eval_fn = functools.partial(step_lib.eval_step, model)
 
   def state_shardings(self, state: TrainState) -> TrainState:
     return TrainState(step=self.replicated, trainable=self.trainable_shardings,
@@ -83,13 +86,19 @@ class ShardedSteps:
     return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v))
             for k, v in batch.items()}
 
-  def compiled(self, name: str, fn: Callable, replicated_args: int = 0) -> Callable:
-    """`fn(trainable, frozen, batch, *replicated)` on the mesh, replicated results; compiled once per name."""
-    if name not in self._compiled:
+  def compiled(self, fn: Callable, replicated_args: int = 0) -> Callable:
+    """`fn(trainable, frozen, batch, *replicated)` on the mesh, replicated results; compiled once per `fn`.
+
+    The cache is keyed by `fn` itself, so `fn` must be hashable and equal only to a function that computes the
+    same thing: a module-level function, a `functools.partial` kept by its caller, or a frozen dataclass holding
+    its static options (`jaxprompt.eval.evaluation`'s). A fresh lambda per call compiles per call.
+    """
+    key = (fn, replicated_args)
+    if key not in self._compiled:
       in_shardings = (self.trainable_shardings, self.frozen_shardings, self.batch_sharding)
-      self._compiled[name] = jit_on_mesh(fn, self.mesh, self.rules,
-                                         in_shardings + (self.replicated,) * replicated_args, self.replicated)
-    return self._compiled[name]
+      self._compiled[key] = jit_on_mesh(fn, self.mesh, self.rules,
+                                        in_shardings + (self.replicated,) * replicated_args, self.replicated)
+    return self._compiled[key]
 
   def _train_fn(self, state: TrainState) -> Callable:
     fn = functools.partial(step_lib.train_step, self.model, self.optimizer, num_microbatches=self.num_microbatches)
@@ -99,12 +108,12 @@ class ShardedSteps:
 
   def train_step(self, state: TrainState, frozen: Any, batch: Mapping[str, jax.Array]):
     """(new_state, metrics); the old state's buffers are donated."""
-    if 'train' not in self._compiled:
-      self._compiled['train'] = self._train_fn(state)
-    return self._compiled['train'](state, frozen, batch)
+    if self._train is None:
+      self._train = self._train_fn(state)
+    return self._train(state, frozen, batch)
 
   def eval_step(self, trainable: Any, frozen: Any, batch: Mapping[str, jax.Array]) -> dict:
-    return self.compiled('eval', functools.partial(step_lib.eval_step, self.model))(trainable, frozen, batch)
+    return self.compiled(self._eval_fn)(trainable, frozen, batch)
 
   def lower_train_step(self, state, frozen, batch):
     """Lowers the train step for abstract (ShapeDtypeStruct) or concrete args: `.compile().memory_analysis()`."""

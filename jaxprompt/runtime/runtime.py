@@ -22,7 +22,8 @@ _HF_FILES = ('model.safetensors', 'model.safetensors.index.json')
 
 @dataclasses.dataclass
 class Runtime:
-  """The frozen model placed on its mesh, and the partitioned steps to run it."""
+  """The frozen model placed on its mesh, and the partitioned steps to run it. Made by `build_runtime` only:
+  its fields must agree with each other (the steps' model, mesh and rules are these), which it sees to."""
   config: T5Config
   model: TunedModel
   mesh: jax.sharding.Mesh
@@ -87,11 +88,15 @@ def load_network(path: str, model: TunedModel, shardings: Any, feature_lengths: 
 def build_runtime(config: T5Config, method: Method | None, checkpoint_path: str | None,
                   feature_lengths: Mapping[str, int], *, optimizer: Optimizer | None = None,
                   loss: LossConfig | None = None, model_parallel: int = 1, num_microbatches: int = 1,
-                  eos_id: int = 1, seed: int = 0) -> Runtime:
+                  eos_id: int = 1, seed: int = 0, network: Any = None) -> Runtime:
   """Model + mesh + partitioned steps + network weights loaded straight into their shards.
 
-  `checkpoint_path` None initialises the network from `seed` (pretraining from scratch, model tuning only).
+  `network`: weights already in memory (host arrays, or another runtime's on an equal mesh, which stay where
+  they are) instead of `checkpoint_path`'s. Neither initialises the network from `seed` (pretraining from
+  scratch, model tuning only).
   """
+  if network is not None and checkpoint_path is not None:
+    raise ConfigError(f'give the network weights or a checkpoint to read them from ({checkpoint_path}), not both')
   validation.check_positive(num_microbatches=num_microbatches)
   data_parallel_size(model_parallel)
   model = TunedModel(config, method, loss=loss or LossConfig(), eos_id=eos_id)
@@ -99,7 +104,9 @@ def build_runtime(config: T5Config, method: Method | None, checkpoint_path: str 
   rules = partitioning.prompt_logical_axis_rules()
   steps = ShardedSteps(model, optimizer, mesh, rules, num_microbatches, feature_lengths['inputs'],
                        feature_lengths['targets'])
-  if checkpoint_path is None:
+  if network is not None:
+    network = jax.device_put(network, steps.network_shardings)
+  elif checkpoint_path is None:
     if method is not None and not method.trains_network:
       raise ConfigError('INITIAL_CHECKPOINT_PATH is not set: a frozen model needs its weights')
     init = jax.jit(model.init_params, out_shardings=steps.network_shardings)

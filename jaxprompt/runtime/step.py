@@ -38,9 +38,9 @@ def compute_gradients(model: TunedModel, trainable: Any, frozen: Any, batch: Bat
   Per-microbatch losses are summed (t5x's accumulation), so with `reduction='sum'` the result equals the
   full-batch gradient; with 'mean' it is the sum of per-microbatch means.
   """
-  grad_fn = jax.value_and_grad(model.loss_fn, has_aux=True)
+  grad_fn = jax.value_and_grad(model.loss_fn, argnums=1, has_aux=True)  # the trainable tree only
   if num_microbatches <= 1:
-    (loss, metrics), grads = grad_fn(trainable, frozen, batch, dropout_rng)
+    (loss, metrics), grads = grad_fn(frozen, trainable, batch, dropout_rng)
     return loss, metrics, grads
 
   micro = _split_microbatches(batch, num_microbatches)
@@ -48,11 +48,11 @@ def compute_gradients(model: TunedModel, trainable: Any, frozen: Any, batch: Bat
   def body(carry, xs):
     index, mb = xs
     rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, index)
-    (loss, metrics), grads = grad_fn(trainable, frozen, mb, rng)
+    (loss, metrics), grads = grad_fn(frozen, trainable, mb, rng)
     acc = jax.tree.map(jnp.add, carry, (loss, metrics, grads))
     return acc, None
 
-  (loss0, metrics0), grads0 = jax.eval_shape(grad_fn, trainable, frozen, jax.tree.map(lambda x: x[0], micro),
+  (loss0, metrics0), grads0 = jax.eval_shape(grad_fn, frozen, trainable, jax.tree.map(lambda x: x[0], micro),
                                              dropout_rng)
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (loss0, metrics0, grads0))
   (loss, metrics, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(num_microbatches), micro))
@@ -97,5 +97,5 @@ def train_step(model: TunedModel, optimizer: Optimizer, state: TrainState, froze
 
 def eval_step(model: TunedModel, trainable: Any, frozen: Any, batch: Batch) -> dict:
   """Summed loss and token accuracy on a batch, no dropout."""
-  _, metrics = model.loss_fn(trainable, frozen, batch, None)
+  _, metrics = model.loss_fn(frozen, trainable, batch, None)
   return metrics

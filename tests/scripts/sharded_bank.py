@@ -41,9 +41,9 @@ single = {'logits': jax.jit(functools.partial(fns['logits']))(tree, frozen, batc
           'rank': jax.jit(fns['rank'])(tree, frozen, batch, candidates),
           'beam': jax.jit(fns['beam'])(tree, frozen, batch)}
 sharded_batch = steps.shard_batch(batch)
-got = {'logits': steps.compiled('logits', fns['logits'])(placed, sharded_frozen, sharded_batch),
-       'rank': steps.compiled('rank', fns['rank'], 1)(placed, sharded_frozen, sharded_batch, candidates),
-       'beam': steps.compiled('beam', fns['beam'])(placed, sharded_frozen, sharded_batch)}
+got = {'logits': steps.compiled(fns['logits'])(placed, sharded_frozen, sharded_batch),
+       'rank': steps.compiled(fns['rank'], 1)(placed, sharded_frozen, sharded_batch, candidates),
+       'beam': steps.compiled(fns['beam'])(placed, sharded_frozen, sharded_batch)}
 np.testing.assert_allclose(np.asarray(got['logits']), np.asarray(single['logits']), atol=1e-4)
 np.testing.assert_allclose(np.asarray(got['rank']), np.asarray(single['rank']), atol=1e-4)
 np.testing.assert_array_equal(np.asarray(got['beam'][0]), np.asarray(single['beam'][0]))
