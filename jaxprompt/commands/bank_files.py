@@ -9,7 +9,8 @@ from etils import epath
 
 from jaxprompt.commands import prompt_files
 from jaxprompt.errors import ConfigError, PromptError
-from jaxprompt.methods import multitask, prompt_bank
+from jaxprompt.methods import prompt_bank
+from jaxprompt.methods.base import Method
 from jaxprompt.models.config import T5Config
 
 PEFT_CONFIG = 'adapter_config.json'
@@ -23,31 +24,30 @@ def is_checkpoint_dir(path: str) -> bool:
 
 def load_sources(prompts: Mapping[str, str], *, config: T5Config, combine: str = 'prefix', eos_id: int = 1,
                  step: int | None = None) -> dict[str, tuple[Any, Any]]:
-  """{name: (method, params)} of each named source: any `--prompt_file` kind, a PEFT adapter folder, a
-  training checkpoint dir (at `step`, default its latest), or a multi-task run's `prompts.npz` (the prompt of
-  task `name`)."""
+  """{name: (method, params)} of each named source: any `--prompt_file` kind, a PEFT adapter folder, or a
+  training checkpoint dir (at `step`, default its latest); a source serving several tasks (a multi-task run's
+  `prompts.npz`) gives the prompt of task `name`."""
   if not prompts:
     raise ConfigError('a prompt bank needs at least one NAME=FILE prompt')
   out = {}
   for name, path in prompts.items():
     path = os.fspath(path)
-    if path.endswith('.npz') and multitask.is_multitask_file(path):  # a multi-task run's prompts.npz
-      by_task = multitask.read_multitask_file(path, config, eos_id, combine)
-      if name not in by_task:
-        raise PromptError(f'{path} holds the prompts of tasks {sorted(by_task)}; --prompt {name}=... names none '
-                          'of them')
-      out[name] = by_task[name]
-    elif is_checkpoint_dir(path):
-      out[name] = prompt_files.load_tuned(prompt_file=None, checkpoint=path, step=step, prompt_length=None,
-                                          config=config, combine=combine, eos_id=eos_id)
-    else:
-      out[name] = prompt_files.load_tuned(prompt_file=path, checkpoint=None, step=None, prompt_length=None,
-                                          config=config, combine=combine, eos_id=eos_id)
+    is_dir = is_checkpoint_dir(path)
+    method, params = prompt_files.load_tuned(prompt_file=None if is_dir else path, checkpoint=path if is_dir else None,
+                                             step=step if is_dir else None, prompt_length=None, config=config,
+                                             combine=combine, eos_id=eos_id)
+    method, params = method.inference(params)  # a multi-task method's inference form is its prompt bank
+    if method.task_names:
+      if name not in method.task_names:
+        raise PromptError(f'{path} holds the prompts of tasks {sorted(method.task_names)}; --prompt {name}=... '
+                          'names none of them')
+      method, params = prompt_bank.single(method, params, name)
+    out[name] = (method, params)
   return out
 
 
 def load_bank(prompts: Mapping[str, str], *, config: T5Config, combine: str = 'prefix', eos_id: int = 1,
-              step: int | None = None) -> tuple[prompt_bank.PromptBank, dict[str, Any]]:
+              step: int | None = None) -> tuple[Method, dict[str, Any]]:
   """(bank, its tree) of the named sources, task ids in the order given."""
   return prompt_bank.build_bank(load_sources(prompts, config=config, combine=combine, eos_id=eos_id, step=step),
                                 config, eos_id)

@@ -22,7 +22,6 @@ from typing import Any, Mapping
 import numpy as np
 
 from jaxprompt.commands import prompt_files
-from jaxprompt.commands.prompt_files import STEP_FILES
 from jaxprompt.errors import PromptError, UsageError
 from jaxprompt.formats import fingerprint_files
 from jaxprompt.formats.keys import PROMPT_FILE
@@ -56,9 +55,8 @@ def export(output_file: str, *, checkpoint: str | None = None, step: int | None 
   source = os.fspath(source)
   method_file = None
   if not os.path.isfile(source):
-    numpy_dir, _ = checkpoint_step(source, step)
-    found = [numpy_dir / n for n in STEP_FILES if numpy_dir is not None and (numpy_dir / n).exists()]
-    method_file = os.fspath(found[0]) if found and found[0].name != PROMPT_FILE else None
+    found = prompt_files.step_file(source, step)
+    method_file = None if found is None or os.path.basename(found) == PROMPT_FILE else found
   recorded = prompt_files.recorded_fingerprint(source, step)
   if format == 'peft':
     return _export_peft(output_file, source, step, method_file, recorded, base_model)
@@ -128,7 +126,11 @@ def _export_peft(output: str, source: str, step: int | None, method_file: str | 
   if os.path.basename(method_file) == PER_LAYER_FILE:
     raise PromptError(f'cannot export {method_file} as a PEFT adapter: PEFT has no per-layer prompt type (its '
                       'prompt-learning adapters are an input prompt or past keys/values); use --format file')
-  rows, relpos = _prefix_rows(read_npz(method_file))
+  arrays = read_npz(method_file)
+  if not kv_prefix.holds_prefix(arrays):
+    raise PromptError(f'cannot export {method_file} as a PEFT adapter: PEFT\'s prompt-learning adapters hold an input '
+                      'prompt or a K/V prefix, and this file is neither; use --format file')
+  rows, relpos = _prefix_rows(arrays)
   if 'decoder_self' in rows:  # anything else is refused by write_prefix, naming what PEFT cannot represent
     _check_prefix_sizes(rows['decoder_self'][0].shape, sizes, method_file)
   peft_adapters.write_prefix(output, rows, relpos, base_model=base_model, fingerprint=recorded, source=method_file)

@@ -1,5 +1,8 @@
 """Tuning methods, each one module owning its parameters and the hooks it plugs into the network, and the prompt
 initialisers (gin-configurable under `jaxprompt.methods`)."""
+import importlib
+import pkgutil
+
 from jaxprompt.methods.base import Method
 from jaxprompt.methods.initializers import bind_embedding
 from jaxprompt.methods.initializers import class_labels
@@ -22,6 +25,12 @@ from jaxprompt.methods.per_layer_prompts import PerLayerPrompts
 from jaxprompt.methods.prefix_tuning import PrefixTuning
 from jaxprompt.methods.prefix_tuning import p_tuning_v2
 from jaxprompt.methods.prompt_tuning import PromptTuning
+
+# A method module registers its gin factory and its inference file (`jaxprompt.methods.registry`) on import:
+# importing the package imports every module in it, so a new method is one module here and one gin file.
+for _module in pkgutil.iter_modules(__path__):
+  importlib.import_module(f'{__name__}.{_module.name}')
+del _module
 
 __all__ = [
     'Initializer', 'Method', 'ModelTuning', 'PTuning', 'PerLayerPrompts', 'PrefixTuning', 'PromptTuning',

@@ -7,6 +7,7 @@ compiled steps, checkpoints and evaluation only ever see this interface.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from typing import Any, Mapping
 
 import jax
@@ -16,6 +17,17 @@ from jaxprompt.models.hooks import Hooks
 
 Array = jax.Array
 Params = Mapping[str, Any]
+KVRows = Mapping[str, tuple[np.ndarray, np.ndarray]]  # kind -> (key, value), each [layers, Q, heads, head_dim]
+
+
+@dataclasses.dataclass(frozen=True)
+class BankRows:
+  """What a prompt bank (`jaxprompt.methods.prompt_bank`) holds of one trained method: an input prompt
+  `prompt` [P, d] with its combination mode, and / or K/V prefix rows `kv` with their relative-position mode."""
+  prompt: np.ndarray | None = None
+  combine: str = 'prefix'
+  kv: KVRows = dataclasses.field(default_factory=dict)
+  relpos: str | None = None
 
 
 class Method(abc.ABC):
@@ -39,7 +51,7 @@ class Method(abc.ABC):
   @property
   def task_names(self) -> tuple[str, ...]:
     """The tasks a multi-task method serves, in task-id order (a prompt bank's prompts, multi-task training's
-    tasks); () for a one-task method. A multi-task method's `hooks` take `task_ids` [b] and every batch it
+    tasks); () for a one-task method. A multi-task method's `hooks` read `task_ids` [b], and every batch it
     sees carries them (feature `task_ids`)."""
     return ()
 
@@ -57,10 +69,12 @@ class Method(abc.ABC):
     del trainable
     return frozen
 
-  def hooks(self, trainable: Params, *, deterministic: bool = True, rng: Array | None = None) -> Hooks:
-    """The hooks of one forward pass; `rng` (when not deterministic) feeds the method's own dropout. A
-    multi-task method (`task_names`) also takes `task_ids` [b] int32, each row's task."""
-    del trainable, deterministic, rng
+  def hooks(self, trainable: Params, *, deterministic: bool = True, rng: Array | None = None,
+            task_ids: Array | None = None) -> Hooks:
+    """The hooks of one forward pass; `rng` (when not deterministic) feeds the method's own dropout;
+    `task_ids` [b] int32 is each row's task (the batch's `task_ids` feature, None when it has none): a
+    multi-task method (`task_names`) reads it, the others ignore it."""
+    del trainable, deterministic, rng, task_ids
     return Hooks()
 
   def inference(self, trainable: Params) -> tuple[Method, Params]:
@@ -71,6 +85,15 @@ class Method(abc.ABC):
 
   def numpy_copy(self, trainable: Params) -> dict[str, np.ndarray | dict[str, np.ndarray]] | None:
     """Small files to keep beside each checkpoint (`{'prompt.npy': [P, d]}`; a dict value of named arrays is
-    written as a `.npz`), or None for none."""
+    written as a `.npz`), or None for none; `jaxprompt.methods.registry` reads them back."""
     del trainable
     return None
+
+  def bank_rows(self, trainable: Params) -> BankRows | None:
+    """This (inference-form) method's rows in a prompt bank, or None when a bank cannot serve it."""
+    del trainable
+    return None
+
+  def from_bank_rows(self, rows: BankRows) -> Params:
+    """The inverse of `bank_rows`: this method's parameters holding `rows` (a bank entry run alone)."""
+    raise NotImplementedError(f'{type(self).__name__} has no prompt bank rows')

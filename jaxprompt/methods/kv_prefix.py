@@ -45,6 +45,8 @@ DECODER_KINDS = ('decoder_self', 'cross')
 ROW_AXES = ('layers', 'prompt', 'heads', 'kv')  # logical axes of a [layers, P, heads, head_dim] row tensor
 LAYOUT = 'layers,prefix,heads,head_dim'
 RELPOS_KEY = 'relpos'
+LAYOUT_KEY = 'layout'
+_TENSOR_NAMES = {(kind, part) for kind in ATTENTION_KINDS for part in ('key', 'value')}
 WHAT = 'prefix file'
 
 
@@ -126,7 +128,7 @@ def save_prefix(path: str | os.PathLike, rows: Rows, relpos: str) -> str:
   try:
     if os.path.dirname(path):
       os.makedirs(os.path.dirname(path), exist_ok=True)
-    save_file(tensors, path, metadata={RELPOS_KEY: relpos, 'layout': LAYOUT})
+    save_file(tensors, path, metadata={RELPOS_KEY: relpos, LAYOUT_KEY: LAYOUT})
   except Exception as e:  # OSError, or safetensors refusing a tensor
     raise PromptError(f'cannot write {WHAT} {path}: {e}') from e
   return path
@@ -156,6 +158,19 @@ def load_prefix(path: str | os.PathLike, config: T5Config) -> tuple[dict[str, tu
   """
   path = os.fspath(path)
   arrays = _read_safetensors(path) if path.endswith('.safetensors') else npy_io.read_npz(path, what=WHAT)
+  return check_prefix(arrays, config, path)
+
+
+def holds_prefix(arrays: Mapping[str, np.ndarray]) -> bool:
+  """True for a prefix file's arrays: a relpos marker or a '<kind>/key' / '<kind>/value' tensor."""
+  return any(k.startswith(RELPOS_KEY + '/') or k.partition('/')[::2] in _TENSOR_NAMES for k in arrays)
+
+
+def check_prefix(arrays: Mapping[str, np.ndarray], config: T5Config,
+                 path: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str]:
+  """A prefix file's named arrays checked against `config` (`load_prefix`); `path` names the file in errors."""
+  # The safetensors form's 'layout' metadata entry arrives as a 'layout/<axes>' marker: informational only.
+  arrays = {k: v for k, v in arrays.items() if not k.startswith(LAYOUT_KEY + '/')}
   modes = [k.split('/', 1)[1] for k in arrays if k.startswith(RELPOS_KEY + '/')]
   expected_keys = (f'<kind>/key and <kind>/value for kinds {", ".join(ATTENTION_KINDS)}, and one '
                    f'{RELPOS_KEY}/<mode> for modes {", ".join(RELPOS_MODES)}')

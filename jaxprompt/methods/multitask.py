@@ -36,7 +36,7 @@ import numpy as np
 from jaxprompt.errors import ConfigError, PromptError
 from jaxprompt.formats.keys import PROMPT_KEY
 from jaxprompt.formats.npy_io import read_npz
-from jaxprompt.methods import initializers
+from jaxprompt.methods import initializers, registry
 from jaxprompt.methods.base import Method, Params
 from jaxprompt.methods.prompt_bank import build_bank
 from jaxprompt.methods.prompt_tuning import COMBINATIONS, PromptTuning, uniform_init
@@ -323,6 +323,13 @@ def read_multitask_file(path: str, config: T5Config, eos_id: int = 1,
   the file's order; `combine` is the training run's (the file holds arrays only)."""
   path = str(path)
   arrays = read_npz(path, what='multi-task prompts file')
+  return prompts_by_task(arrays, registry.ReadContext(config, eos_id=eos_id, combine=combine, source=path))
+
+
+def prompts_by_task(arrays: registry.Arrays,
+                 context: registry.ReadContext) -> dict[str, tuple[PromptTuning, dict[str, np.ndarray]]]:
+  """{task name: (PromptTuning, {'prompt': float32 [P, d]})} of a multi-task prompts file's arrays."""
+  path, config = context.source, context.config
   if not arrays:
     raise PromptError(f'multi-task prompts file {path} holds no prompt')
   out = {}
@@ -333,13 +340,26 @@ def read_multitask_file(path: str, config: T5Config, eos_id: int = 1,
     if not np.isfinite(array).all():
       raise PromptError(f'multi-task prompts file {path}: task {name!r} has non-finite values (NaN/inf)')
     prompt = np.asarray(array, np.float32)
-    out[name] = (PromptTuning(length=prompt.shape[0], embed_dim=config.emb_dim, combine=combine, eos_id=eos_id,
-                              dtype=config.dtype), {PROMPT_KEY: prompt})
+    out[name] = (PromptTuning(length=prompt.shape[0], embed_dim=config.emb_dim, combine=context.combine,
+                              eos_id=context.eos_id, dtype=config.dtype), {PROMPT_KEY: prompt})
   return out
 
 
+def bank_from_arrays(arrays: registry.Arrays, context: registry.ReadContext) -> tuple[Method, Params]:
+  """A multi-task prompts file as what serves it: the prompt bank of its tasks (task ids in the file's order)."""
+  return build_bank(prompts_by_task(arrays, context), context.config, context.eos_id)
+
+
+def holds_task_prompts(arrays: registry.Arrays) -> bool:
+  """True for a multi-task `prompts.npz`'s arrays: every one a 2-D [P, d] prompt, and not one prompt file's lone
+  'prompt' (a prefix .npz holds 4-D '<kind>/key' tensors; a per-layer prompts .npz a 3-D 'layers')."""
+  return bool(arrays) and set(arrays) != {PROMPT_KEY} and all(np.ndim(a) == 2 for a in arrays.values())
+
+
 def is_multitask_file(path: str) -> bool:
-  """True for a multi-task `prompts.npz`: every array a 2-D [P, d] prompt (a prefix .npz holds 4-D
-  '<kind>/key' tensors; a per-layer prompts .npz a 3-D 'layers')."""
-  arrays = read_npz(str(path), what='multi-task prompts file')
-  return bool(arrays) and all(np.ndim(a) == 2 for a in arrays.values())
+  """True for a multi-task `prompts.npz` (`holds_task_prompts`)."""
+  return holds_task_prompts(read_npz(str(path), what='multi-task prompts file'))
+
+
+registry.register(registry.FileKind('multitask', MULTITASK_FILE, bank_from_arrays, 'a multi-task prompts .npz',
+                                    holds=holds_task_prompts))

@@ -189,7 +189,9 @@ class PTuning(Method):
       x = _linear(mlp['dense_2'], jax.nn.relu(_linear(mlp['dense_1'], x)))
     return x
 
-  def hooks(self, trainable: Params, *, deterministic: bool = True, rng: Array | None = None) -> Hooks:
+  def hooks(self, trainable: Params, *, deterministic: bool = True, rng: Array | None = None,
+            task_ids: Array | None = None) -> Hooks:
+    del task_ids
     prompt = self.prompt(trainable, deterministic=deterministic, rng=rng).astype(self.dtype)
     return Hooks(inputs=PromptInput(prompt, self.combine, self.eos_id))
 

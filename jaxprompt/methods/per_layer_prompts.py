@@ -42,6 +42,7 @@ from flax import struct
 from jaxprompt.errors import ConfigError, PromptError
 from jaxprompt.formats import npy_io
 from jaxprompt.formats.keys import PROMPT_KEY
+from jaxprompt.methods import registry
 from jaxprompt.methods.base import Method, Params
 from jaxprompt.methods.prompt_tuning import PromptTuning, uniform_init
 from jaxprompt.models.config import T5Config
@@ -156,8 +157,9 @@ class PerLayerPrompts(Method):
     raise ConfigError('per-layer prompts act on the first PROMPT_LENGTH positions of each row; packed rows put '
                       "a prompt in front of every example, which the layer hook cannot locate: set PACK=False")
 
-  def hooks(self, trainable: Params, *, deterministic: bool = True, rng: Array | None = None) -> Hooks:
-    del deterministic, rng
+  def hooks(self, trainable: Params, *, deterministic: bool = True, rng: Array | None = None,
+            task_ids: Array | None = None) -> Hooks:
+    del deterministic, rng, task_ids
     inputs = self.input_prompt().hooks({PROMPT_KEY: trainable[PROMPT_KEY]}).inputs
     deeper = jnp.asarray(trainable[LAYERS_KEY], self.dtype)
     # Layer 0's slot: a placeholder the hook never reads (its prompt is the input prompt), so that every hook
@@ -169,6 +171,21 @@ class PerLayerPrompts(Method):
     """{'per_layer_prompts.npz': {'prompt': float32 [P, d], 'layers': float32 [L-1, P, d], 'mode/<mode>'}}."""
     arrays = {k: np.asarray(host.host_value(trainable[k]), np.float32) for k in (PROMPT_KEY, LAYERS_KEY)}
     return {NUMPY_FILE: dict(arrays, **{f'{MODE_KEY}/{self.mode}': np.zeros((0,), np.int8)})}
+
+  @classmethod
+  def from_arrays(cls, arrays: registry.Arrays,
+                  context: registry.ReadContext) -> tuple[PerLayerPrompts, dict[str, np.ndarray]]:
+    """A per-layer prompts file's arrays as (the method it was trained with, for `context.config`; its trainable
+    tree). The file's `mode/<mode>` marker (written by `numpy_copy`) says 'replace' or 'add'."""
+    path, config = context.source, context.config
+    modes = [k.split('/', 1)[1] for k in arrays if k.startswith(MODE_KEY + '/')]
+    if len(modes) != 1 or modes[0] not in MODES:
+      raise PromptError(f'per-layer prompts file {path}: needs exactly one {MODE_KEY}/<mode> marker with mode one '
+                        f'of {MODES}; found {[f"{MODE_KEY}/{m}" for m in modes] or "none"}')
+    arrays = _check({k: v for k, v in arrays.items() if not k.startswith(MODE_KEY + '/')}, config, None, path)
+    method = cls(length=arrays[PROMPT_KEY].shape[0], embed_dim=config.emb_dim,
+                 num_layers=config.num_encoder_layers, mode=modes[0], eos_id=context.eos_id, dtype=config.dtype)
+    return method, arrays
 
 
 def expected_shapes(config: T5Config, length: int) -> dict[str, tuple[int, ...]]:
@@ -196,18 +213,15 @@ def _check(arrays: Mapping[str, Any], config: T5Config, length: int | None, path
 
 def read_per_layer_file(path: str | os.PathLike, config: T5Config, *,
                         eos_id: int = 1) -> tuple[PerLayerPrompts, dict[str, np.ndarray]]:
-  """A per-layer prompts file as (the method it was trained with, for `config`; its trainable tree). The file's
-  `mode/<mode>` marker (written by `numpy_copy`) says 'replace' or 'add'."""
+  """A per-layer prompts file as (the method it was trained with, for `config`; its trainable tree)."""
   path = os.fspath(path)
-  raw = npy_io.read_npz(path, what='per-layer prompts file')
-  modes = [k.split('/', 1)[1] for k in raw if k.startswith(MODE_KEY + '/')]
-  if len(modes) != 1 or modes[0] not in MODES:
-    raise PromptError(f'per-layer prompts file {path}: needs exactly one {MODE_KEY}/<mode> marker with mode one of '
-                      f'{MODES}; found {[f"{MODE_KEY}/{m}" for m in modes] or "none"}')
-  arrays = _check({k: v for k, v in raw.items() if not k.startswith(MODE_KEY + '/')}, config, None, path)
-  method = PerLayerPrompts(length=arrays[PROMPT_KEY].shape[0], embed_dim=config.emb_dim,
-                           num_layers=config.num_encoder_layers, mode=modes[0], eos_id=eos_id, dtype=config.dtype)
-  return method, arrays
+  arrays = npy_io.read_npz(path, what='per-layer prompts file')
+  return PerLayerPrompts.from_arrays(arrays, registry.ReadContext(config, eos_id=eos_id, source=path))
+
+
+registry.register(registry.FileKind(
+    'per_layer_prompts', NUMPY_FILE, PerLayerPrompts.from_arrays, 'a per_layer_prompts .npz',
+    holds=lambda arrays: np.ndim(arrays.get(LAYERS_KEY)) == 3 or any(k.startswith(MODE_KEY + '/') for k in arrays)))
 
 
 @gin.configurable(module='jaxprompt.methods')

@@ -49,8 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprompt.errors import ConfigError
-from jaxprompt.methods import kv_prefix
-from jaxprompt.methods.base import Method, Params
+from jaxprompt.methods import kv_prefix, registry
+from jaxprompt.methods.base import BankRows, Method, Params
 from jaxprompt.models.config import T5Config
 from jaxprompt.models.hooks import ATTENTION_KINDS, RELPOS_MODES, Hooks
 from jaxprompt.parallel import host
@@ -215,8 +215,10 @@ class PrefixTuning(Method):
         out[kind] = (p['key'], p['value'])
     return out
 
-  def hooks(self, trainable: Params, *, deterministic: bool = True, rng: Array | None = None) -> Hooks:
+  def hooks(self, trainable: Params, *, deterministic: bool = True, rng: Array | None = None,
+            task_ids: Array | None = None) -> Hooks:
     """The rows of every tuned kind as per-layer K/V prefixes; dropout on them when training with `rng`."""
+    del task_ids
     rows = {}
     for i, (kind, pair) in enumerate(self.computed_rows(trainable).items()):
       pair = tuple(nn.with_logical_constraint(x.astype(self.dtype), kv_prefix.ROW_AXES) for x in pair)
@@ -252,6 +254,25 @@ class PrefixTuning(Method):
     local = jax.tree.map(host.host_value, trainable)
     return {PREFIX_FILE: kv_prefix.file_arrays(self.computed_rows(local), self.relpos)}
 
+  def bank_rows(self, trainable: Params) -> BankRows:
+    rows = {k: (np.asarray(v[0], np.float32), np.asarray(v[1], np.float32))
+            for k, v in self.computed_rows(trainable).items()}
+    return BankRows(kv=rows, relpos=self.relpos)
+
+  def from_bank_rows(self, rows: BankRows) -> Params:
+    return {kind: {'key': key, 'value': value} for kind, (key, value) in rows.kv.items()}
+
+  @classmethod
+  def from_arrays(cls, arrays: registry.Arrays, context: registry.ReadContext) -> tuple[PrefixTuning, Params]:
+    """A prefix file's arrays (`kv_prefix` format: .npz, .safetensors, a PEFT PREFIX_TUNING adapter) as (plain
+    PrefixTuning for `context.config`, its trainable tree), checked against the config."""
+    rows, relpos = kv_prefix.check_prefix(arrays, context.config, context.source)
+    length = next(iter(rows.values()))[0].shape[1]
+    method = cls.for_config(context.config, length=length, kinds=tuple(rows), projection=False, relpos=relpos)
+    trainable = {kind: {'key': jnp.asarray(k, method.param_dtype), 'value': jnp.asarray(v, method.param_dtype)}
+                 for kind, (k, v) in rows.items()}
+    return method, trainable
+
 
 def _layer(frozen: Params, stack: str, index: int) -> Params:
   """Layer `index` of a stack's frozen params, unscanned (`layers_N`) or scanned (`layers`, leading axis)."""
@@ -278,11 +299,12 @@ def write_prefix_file(path: str | os.PathLike, method: PrefixTuning, trainable: 
 def read_prefix_file(path: str | os.PathLike, config: T5Config) -> tuple[PrefixTuning, Params]:
   """A prefix file as (plain PrefixTuning for `config`, its trainable tree); checked against the config."""
   rows, relpos = kv_prefix.load_prefix(path, config)
-  length = next(iter(rows.values()))[0].shape[1]
-  method = PrefixTuning.for_config(config, length=length, kinds=tuple(rows), projection=False, relpos=relpos)
-  trainable = {kind: {'key': jnp.asarray(k, method.param_dtype), 'value': jnp.asarray(v, method.param_dtype)}
-               for kind, (k, v) in rows.items()}
-  return method, trainable
+  arrays = kv_prefix.file_arrays(rows, relpos)
+  return PrefixTuning.from_arrays(arrays, registry.ReadContext(config, source=os.fspath(path)))
+
+
+registry.register(registry.FileKind('prefix', PREFIX_FILE, PrefixTuning.from_arrays, 'a prefix .npz / .safetensors',
+                                    holds=kv_prefix.holds_prefix))
 
 
 # ----------------------------------------------------------------------------------------- gin factories

@@ -24,11 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprompt.errors import ConfigError, PromptError
-from jaxprompt.formats.keys import PROMPT_KEY
 from jaxprompt.methods import kv_prefix
-from jaxprompt.methods.base import Method, Params
-from jaxprompt.methods.prefix_tuning import PrefixTuning
-from jaxprompt.methods.prompt_tuning import PromptTuning, prompt_array
+from jaxprompt.methods.base import BankRows, Method, Params
 from jaxprompt.methods.row_prompts import gather_rows, task_ids_or_error
 from jaxprompt.models.config import T5Config
 from jaxprompt.models.hooks import ATTENTION_KINDS, Hooks
@@ -38,12 +35,13 @@ Array = jax.Array
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-  """One task's prompt in a bank: its input prompt length and combination mode (0: none) and its prefix length
-  per attention kind (absent: none)."""
+  """One task's prompt in a bank: its input prompt length and combination mode (0: none), its prefix length
+  per attention kind (absent: none), and the (inference-form) method it came from, which runs it alone."""
   name: str
   input_length: int = 0
   combine: str = 'prefix'
   prefix_lengths: tuple[tuple[str, int], ...] = ()
+  method: Method | None = None
 
   def prefix_length(self, kind: str) -> int:
     return dict(self.prefix_lengths).get(kind, 0)
@@ -138,18 +136,15 @@ class PromptBank(Method):
 # ------------------------------------------------------------------------------------ building a bank
 
 
-def _entry_arrays(name: str, method: Method, params: Params) -> tuple[np.ndarray | None, str, dict, str | None]:
-  """(input prompt [P, d] or None, combine, {kind: (key, value) [layers, Q, h, d]}, relpos or None) of one
-  trained method, after its `inference` collapse (P-tuning's encoder, prefix tuning's MLP)."""
+def _entry_rows(name: str, method: Method, params: Params) -> tuple[Method, BankRows]:
+  """(inference-form method, its bank rows) of one trained method, after its `inference` collapse (P-tuning's
+  encoder, prefix tuning's MLP)."""
   method, params = method.inference(params)
-  if isinstance(method, PromptTuning):
-    return prompt_array(params), method.combine, {}, None
-  if isinstance(method, PrefixTuning):
-    rows = {k: (np.asarray(v[0], np.float32), np.asarray(v[1], np.float32))
-            for k, v in method.computed_rows(params).items()}
-    return None, 'prefix', rows, method.relpos
-  raise PromptError(f'prompt {name!r}: a prompt bank holds input prompts (prompt tuning, P-tuning) and K/V '
-                    f'prefixes (prefix tuning, P-tuning v2); {type(method).__name__} is neither')
+  rows = method.bank_rows(params)
+  if rows is None:
+    raise PromptError(f'prompt {name!r}: a prompt bank holds input prompts (prompt tuning, P-tuning) and K/V '
+                      f'prefixes (prefix tuning, P-tuning v2); {type(method).__name__} is neither')
+  return method, rows
 
 
 def build_bank(methods: Mapping[str, tuple[Method, Params]], config: T5Config,
@@ -157,7 +152,8 @@ def build_bank(methods: Mapping[str, tuple[Method, Params]], config: T5Config,
   """(bank, its stored tree) from named trained methods `{name: (method, params)}` (task ids in this order)."""
   entries, prompts, rows, relpos = [], {}, {}, {}
   for name, (method, params) in methods.items():
-    prompt, combine, kv, mode = _entry_arrays(name, method, params)
+    method, found = _entry_rows(name, method, params)
+    prompt, combine, kv, mode = found.prompt, found.combine, dict(found.kv), found.relpos
     if prompt is not None:
       if prompt.shape[-1] != config.emb_dim:
         raise PromptError(f'prompt {name!r} has embed dim {prompt.shape[-1]}; the model has {config.emb_dim}')
@@ -166,7 +162,7 @@ def build_bank(methods: Mapping[str, tuple[Method, Params]], config: T5Config,
       relpos[name] = mode
     rows[name] = kv
     entries.append(Entry(name, 0 if prompt is None else prompt.shape[0], combine,
-                         tuple((k, v[0].shape[1]) for k, v in kv.items())))
+                         tuple((k, v[0].shape[1]) for k, v in kv.items()), method))
   if len(set(relpos.values())) > 1:
     raise PromptError(f'a prompt bank serves its prefixes with one relative-position mode; these differ: '
                       f'{dict(sorted(relpos.items()))}')
@@ -195,18 +191,13 @@ def build_bank(methods: Mapping[str, tuple[Method, Params]], config: T5Config,
 
 
 def single(bank: PromptBank, tree: Mapping[str, Any], name: str) -> tuple[Method, Params]:
-  """The one-task method of entry `name` (an input prompt's PromptTuning or a prefix's PrefixTuning), to run
-  a task alone; entries with both are not made by `build_bank`."""
+  """The one-task method of entry `name` and its parameters (the method it came from), to run a task alone."""
   index = bank.task_names.index(name)
   entry = bank.entries[index]
-  if entry.input_length:
-    method = PromptTuning(length=entry.input_length, embed_dim=bank.embed_dim, combine=entry.combine,
-                          eos_id=bank.eos_id, dtype=bank.dtype)
-    return method, {PROMPT_KEY: np.asarray(tree['prompts'][index, :entry.input_length])}
-  kinds = tuple(k for k, _ in entry.prefix_lengths)
-  length = entry.prefix_lengths[0][1]
-  method = PrefixTuning(length=length, num_heads=bank.num_heads, head_dim=bank.head_dim, emb_dim=bank.embed_dim,
-                        encoder_layers=bank.encoder_layers, decoder_layers=bank.decoder_layers, kinds=kinds,
-                        projection=False, relpos=bank.relpos, dtype=bank.dtype)
-  params = {k: {p: np.asarray(tree['kv'][k][p][:, index, -length:]) for p in ('key', 'value')} for k in kinds}
-  return method, params
+  if entry.method is None:
+    raise PromptError(f'prompt bank entry {name!r} records no method to run it alone (not made by `build_bank`)')
+  prompt = np.asarray(tree['prompts'][index, :entry.input_length]) if entry.input_length else None
+  kv = {k: tuple(np.asarray(tree['kv'][k][p][:, index, -q:]) for p in ('key', 'value'))
+        for k, q in entry.prefix_lengths}
+  rows = BankRows(prompt=prompt, combine=entry.combine, kv=kv, relpos=bank.relpos if kv else None)
+  return entry.method, entry.method.from_bank_rows(rows)

@@ -25,7 +25,8 @@ from flax import struct
 
 from jaxprompt.errors import ConfigError, PromptError
 from jaxprompt.formats.keys import PROMPT_FILE, PROMPT_KEY
-from jaxprompt.methods.base import Method, Params
+from jaxprompt.methods import registry
+from jaxprompt.methods.base import BankRows, Method, Params
 from jaxprompt.models.config import T5Config
 from jaxprompt.models.hooks import Hooks, Stack
 from jaxprompt.parallel import host
@@ -177,18 +178,46 @@ class PromptTuning(Method):
     del network
     return {PROMPT_KEY: nn.Partitioned(jax.ShapeDtypeStruct(self.shape, jnp.dtype(self.param_dtype)), PROMPT_AXES)}
 
-  def hooks(self, trainable: Params, *, deterministic: bool = True, rng: Array | None = None) -> Hooks:
-    del deterministic, rng
+  def hooks(self, trainable: Params, *, deterministic: bool = True, rng: Array | None = None,
+            task_ids: Array | None = None) -> Hooks:
+    del deterministic, rng, task_ids
     prompt = jnp.asarray(trainable[PROMPT_KEY], self.dtype)
     return Hooks(inputs=PromptInput(prompt, self.combine, self.eos_id))
 
   def numpy_copy(self, trainable: Params) -> dict[str, np.ndarray]:
     return {PROMPT_FILE: prompt_array(trainable)}
 
+  def bank_rows(self, trainable: Params) -> BankRows:
+    return BankRows(prompt=prompt_array(trainable), combine=self.combine)
+
+  def from_bank_rows(self, rows: BankRows) -> Params:
+    return {PROMPT_KEY: rows.prompt}
+
+  @classmethod
+  def from_arrays(cls, arrays: registry.Arrays, context: registry.ReadContext) -> tuple[PromptTuning, Params]:
+    """A prompt file's {'prompt': [P, d]} (a .npy, a checkpoint's prompt, a PEFT prompt adapter) as (the plain
+    method for `context.config`, with the context's combine, {'prompt': float32 [P, d]})."""
+    prompt = np.asarray(arrays[PROMPT_KEY])
+    dim = context.config.emb_dim
+    if prompt.ndim != 2 or prompt.shape[1] != dim or not np.issubdtype(prompt.dtype, np.floating):
+      raise PromptError(f'{context.source} holds a {prompt.dtype} prompt of shape {prompt.shape}; the model needs '
+                        f'float [length, {dim}]')
+    if context.prompt_length is not None and context.prompt_length != prompt.shape[0]:
+      raise PromptError(f'{context.source} holds a prompt of {prompt.shape[0]} virtual tokens but PROMPT_LENGTH is '
+                        f'{context.prompt_length}')
+    method = cls(length=prompt.shape[0], embed_dim=dim, combine=context.combine, eos_id=context.eos_id,
+                 dtype=context.config.dtype)
+    return method, {PROMPT_KEY: np.asarray(prompt, np.float32)}
+
 
 def prompt_array(trainable: Mapping[str, Any]) -> np.ndarray:
   """The float32 [P, d] prompt of a trainable tree, on the host (gathered when sharded across hosts)."""
   return np.asarray(host.host_value(trainable[PROMPT_KEY]), np.float32)
+
+
+registry.register(registry.FileKind(
+    'prompt', PROMPT_FILE, PromptTuning.from_arrays, 'a prompt .npy',
+    holds=lambda arrays: set(arrays) == {PROMPT_KEY} and np.ndim(arrays[PROMPT_KEY]) == 2))
 
 
 @gin.configurable(module='jaxprompt.methods')

@@ -28,12 +28,31 @@ Params = Mapping[str, Any]
 
 
 class Tuning(Protocol):
-  """What the wrapper needs of a tuning method (`jaxprompt.methods.base.Method` implements it)."""
+  """What the wrapper, the runtime, the train loop and the commands read of a tuning method
+  (`jaxprompt.methods.base.Method` implements it)."""
+
+  trains_network: bool  # the method trains the network's own weights: no frozen tree
+  uses_dropout: bool  # the method has dropout of its own: a train step gives it an rng
+  packing_slots: int  # encoder positions packing reserves in front of each example for the method's rows
+  task_names: tuple[str, ...]  # a multi-task method's tasks in task-id order; () for one task
+
+  def init(self, rng: Array, frozen: Params) -> Params:
+    ...
+
+  def abstract(self, network: Params) -> Params:
+    ...
 
   def network_params(self, frozen: Params, trainable: Params) -> Params:
     ...
 
-  def hooks(self, trainable: Params, *, deterministic: bool = True, rng: Array | None = None) -> Hooks:
+  def hooks(self, trainable: Params, *, deterministic: bool = True, rng: Array | None = None,
+            task_ids: Array | None = None) -> Hooks:
+    ...
+
+  def inference(self, trainable: Params) -> tuple[Tuning, Params]:
+    ...
+
+  def numpy_copy(self, trainable: Params) -> Mapping[str, Any] | None:
     ...
 
 
@@ -79,13 +98,12 @@ class TunedModel:
 
   def _hooks(self, trainable: Params | None, rng: Array | None = None, task_ids: Array | None = None
              ) -> Hooks | None:
-    """The method's hooks for one pass; a multi-task method (`task_names`) gets each row's task id [b]."""
+    """The method's hooks for one pass, given each row's task id [b] (None: the batch has none); a multi-task
+    method (`task_names`) needs them."""
     if self.method is None:
       return None
-    tasks = getattr(self.method, 'task_names', ())
-    if not tasks:
-      return self.method.hooks(trainable, deterministic=rng is None, rng=rng)
-    if task_ids is None:
+    tasks = self.method.task_names
+    if tasks and task_ids is None:
       raise ConfigError(f"{type(self.method).__name__} serves tasks {list(tasks)}: every batch needs a "
                         f"'{TASK_FEATURE}' feature [batch] naming each row's task")
     return self.method.hooks(trainable, deterministic=rng is None, rng=rng, task_ids=task_ids)

@@ -50,7 +50,7 @@ class ShardedSteps:
     network = model.init_abstract(1, input_length, target_length)['params']
     to_shardings = lambda boxed: partitioning.logical_to_shardings(partitioning.logical_specs(boxed), mesh, rules)
     method = model.method
-    trains_network = method is None or getattr(method, 'trains_network', False)
+    trains_network = method is None or method.trains_network
     self.network_shardings = to_shardings(network)
     self.frozen_shardings = {} if method is not None and trains_network else self.network_shardings
     trainable = None if method is None else method.abstract(network)

@@ -1,0 +1,134 @@
+"""The inference files of the tuning methods, read back by what they hold, never by their suffix.
+
+A method module whose `Method.numpy_copy` writes a file registers one `FileKind` beside it: the name of the file
+it leaves in a checkpoint step dir, how its arrays are recognised, and `read(arrays, context) -> (method,
+params)`. Reading a file is two steps:
+
+  read_arrays   the container -> named arrays: a .npz's arrays; a .safetensors file's tensors, each metadata
+                entry `<entry>: <value>` becoming the marker key `<entry>/<value>` (the .npz form of the same
+                fact: a string array would need a pickle). The suffix chooses only the container.
+  from_arrays   named arrays -> (method, params), by the kind that claims them:
+                  1. a marker key `method/<kind name>` (int8 [0], `marker(name)`), which a method writes into its
+                     file; a file may hold one at most;
+                  2. else the kind whose `holds(arrays)` recognises the keys: how the files written before
+                     markers existed are told apart (an input prompt {'prompt' [P, d]}; a prefix's
+                     '<kind>/key' and 'relpos/<mode>'; per-layer prompts' 'layers' and 'mode/<mode>'; a
+                     multi-task run's {task: [P, d]}). These predicates exclude each other.
+
+`eval`, `infer`, `inspect`, `export` and prompt banks ask only this module, so a new method is one module (its
+`register` call included) and one gin file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Mapping
+
+import numpy as np
+from safetensors import safe_open
+
+from jaxprompt.errors import PromptError
+from jaxprompt.formats import npy_io
+from jaxprompt.methods.base import Method, Params
+from jaxprompt.models.config import T5Config
+
+Arrays = Mapping[str, np.ndarray]
+MARKER_KEY = 'method'  # reserved: `method/<kind name>` names the kind that wrote a file
+_SKIPPED_METADATA = ('format',)  # safetensors' own bookkeeping (PEFT writes {'format': 'pt'}), not a marker
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadContext:
+  """What a file leaves to its reader: the frozen model's `config` (shapes are checked against it), the EOS id,
+  an input prompt's combination mode and expected length (None: the file's), and the `source` errors name."""
+  config: T5Config
+  eos_id: int = 1
+  combine: str = 'prefix'
+  prompt_length: int | None = None
+  source: str = 'prompt file'
+
+
+Reader = Callable[[Arrays, ReadContext], tuple[Method, Params]]
+
+
+@dataclasses.dataclass(frozen=True)
+class FileKind:
+  """One method's inference file: `name` (its marker), `step_file` (its `numpy_copy` name in a checkpoint step
+  dir), `read` (arrays without markers of this module -> (method, params) checked against the context),
+  `describe` (for the error naming what a file could be), and `holds` (recognises files without a marker)."""
+  name: str
+  step_file: str
+  read: Reader
+  describe: str
+  holds: Callable[[Arrays], bool] | None = None
+
+
+_KINDS: dict[str, FileKind] = {}
+
+
+def register(kind: FileKind) -> FileKind:
+  """Adds `kind` (replacing one of the same name: a module imported again); returns it."""
+  if not kind.name or '/' in kind.name:
+    raise PromptError(f'a method file kind needs a name without "/", got {kind.name!r}')
+  _KINDS[kind.name] = kind
+  return kind
+
+
+def kinds() -> tuple[FileKind, ...]:
+  """Every registered kind, in registration order."""
+  return tuple(_KINDS.values())
+
+
+def step_files() -> tuple[str, ...]:
+  """The file names a training step may leave beside its checkpoint (`Method.numpy_copy`)."""
+  return tuple(dict.fromkeys(k.step_file for k in _KINDS.values()))
+
+
+def marker(name: str) -> dict[str, np.ndarray]:
+  """The marker array a method of kind `name` writes into its file: {'method/<name>': int8 [0]}."""
+  return {f'{MARKER_KEY}/{name}': np.zeros((0,), np.int8)}
+
+
+def kind_of(arrays: Arrays, source: str) -> FileKind:
+  """The kind that claims `arrays` (module docstring), or one PromptError naming `source` and the kinds known."""
+  named = [k.split('/', 1)[1] for k in arrays if k.startswith(MARKER_KEY + '/')]
+  if len(named) > 1:
+    raise PromptError(f'{source}: holds {len(named)} method markers {sorted(named)}; a file holds one at most')
+  if named:
+    if named[0] not in _KINDS:
+      raise PromptError(f'{source}: written by method file kind {named[0]!r}, which is not registered (known: '
+                        f'{", ".join(_KINDS)}); import the module that defines it')
+    return _KINDS[named[0]]
+  for kind in _KINDS.values():
+    if kind.holds is not None and kind.holds(arrays):
+      return kind
+  expected = ', '.join(k.describe for k in _KINDS.values())
+  raise PromptError(f'{source}: unknown kind of prompt file (keys {sorted(arrays)}); expected {expected}')
+
+
+def from_arrays(arrays: Arrays, context: ReadContext) -> tuple[Method, Params]:
+  """(method, params) of a file's named arrays, read by the kind that claims them (its marker removed)."""
+  kind = kind_of(arrays, context.source)
+  return kind.read({k: v for k, v in arrays.items() if not k.startswith(MARKER_KEY + '/')}, context)
+
+
+def read_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """The named arrays of a .npz or .safetensors file (module docstring); never unpickles."""
+  path = os.fspath(path)
+  if path.endswith('.npz'):
+    return npy_io.read_npz(path, what='prompt file')
+  if not path.endswith('.safetensors'):
+    raise PromptError(f'prompt file {path}: unknown kind; expected a .npy, .npz or .safetensors file (or a PEFT '
+                      'adapter folder)')
+  if '://' not in path and not os.path.exists(path):
+    raise PromptError(f'prompt file {path} does not exist')
+  try:
+    with safe_open(path, framework='np') as f:
+      metadata: dict[str, Any] = f.metadata() or {}
+      arrays = {k: f.get_tensor(k) for k in f.keys()}
+  except Exception as e:  # not a safetensors file, or damaged
+    raise PromptError(f'cannot load prompt file {path} as .safetensors ({e})') from e
+  for entry, value in metadata.items():
+    if entry not in _SKIPPED_METADATA:
+      arrays[f'{entry}/{value}'] = np.zeros((0,), np.int8)
+  return arrays
