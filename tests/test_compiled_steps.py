@@ -47,6 +47,7 @@ def _reference(runtime, trainable, batch, opts: DecodeOptions):
   return jax.tree.map(np.asarray, decode(runtime.frozen, trainable, batch, rng))
 
 
+@pytest.mark.slow
 def test_two_decode_configurations_on_one_runtime_decode_their_own_way(runtime, inputs):
   trainable, batch = inputs
   want = {name: _reference(runtime, trainable, batch, opts) for name, opts in (('beam', BEAM), ('sample', SAMPLE))}

@@ -115,6 +115,7 @@ def test_scanned_init_has_layers_axis():
   assert tuple(spec[('encoder', 'layers', 'attention', 'query', 'kernel')]) == ('layers', 'embed', 'joined_kv')
 
 
+@pytest.mark.slow
 def test_t5_1_0_tied_relu_tree_and_logit_scaling():
   cfg = get_config('test_tiny', mlp_activations=('relu',), logits_via_embedding=True)
   model = Transformer(cfg)
@@ -210,6 +211,7 @@ def test_t5x_checkpoint_loads_straight_into_the_scanned_layout(fixtures_dir, ref
   np.testing.assert_allclose(logits, data['logits'], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_scanned_model_decodes_like_the_unrolled_one(reference):
   """Large configs train scanned; `predict_batch` then decodes with an unscanned twin of the same weights."""
   from jaxprompt.models.wrapper import TunedModel

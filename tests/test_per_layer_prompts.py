@@ -173,6 +173,7 @@ def test_scanned_equals_unrolled_forward_and_gradients():
   assert all(np.abs(g).max() > 0 for g in want_grad['layers'])  # both deeper blocks reach the loss
 
 
+@pytest.mark.slow
 def test_cached_decoding_equals_recomputation(fixture_model):
   """The method acts in the encoder only, which decoding runs once; the mode does not matter here."""
   cfg, frozen = fixture_model
