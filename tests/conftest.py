@@ -13,7 +13,7 @@ import tempfile
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # Before any test imports tensorflow.
 
 
-def _session_compilation_cache() -> str:
+def _session_compilation_cache() -> None:
   """One fresh XLA compilation cache directory per test run, set before jax is imported.
 
   Tests that build the same tiny model again (a new jit of the same computation) and the CLI / multi-device
@@ -28,7 +28,6 @@ def _session_compilation_cache() -> str:
     atexit.register(shutil.rmtree, path, ignore_errors=True)
   os.environ['JAX_COMPILATION_CACHE_DIR'] = path
   os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'  # the tiny models compile in well under 1 s
-  return path
 
 
 def _fast_compiles() -> None:
@@ -40,7 +39,7 @@ def _fast_compiles() -> None:
     os.environ['XLA_FLAGS'] = f'{flags} --xla_backend_optimization_level=0'.strip()
 
 
-COMPILATION_CACHE = _session_compilation_cache()
+_session_compilation_cache()
 _fast_compiles()
 
 import pytest  # pylint: disable=g-import-not-at-top
