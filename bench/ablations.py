@@ -42,19 +42,21 @@ def parse_args(argv):
   return parser.parse_args(argv)
 
 
-def run_cell(output: str, task: str, length: int, init: str, seed: int, steps: int,
-             eval_examples: int | None) -> float:
+def run_cell(output: str, task: str, length: int, init: str, seed: int, steps: int, eval_examples: int | None) -> float:
   """Held-out accuracy (%) of one prompt tuning run."""
   import gin  # pylint: disable=g-import-not-at-top
+
   from jaxprompt.cli import gin_config  # pylint: disable=g-import-not-at-top
   from jaxprompt.commands import train as trainer  # pylint: disable=g-import-not-at-top
   model_dir = os.path.join(output, f'{init.replace(" ", "_")}_len{length}_seed{seed}')
   if os.path.isdir(model_dir):
     shutil.rmtree(model_dir)
   files = ['models/demo.gin', 'runs/demo.gin'] + ([INITS[init]] if INITS[init] else [])
-  bindings = [f'MODEL_DIR = {gin_config.quote(model_dir)}', f'MIXTURE_OR_TASK_NAME = {gin_config.quote(task)}',
-              f'PROMPT_LENGTH = {length}', f'TRAIN_STEPS = {steps}', f'EVAL_PERIOD = {steps}',
-              f'RANDOM_SEED = {seed}', *_SAMPLED_VOCAB]
+  bindings = [
+      f'MODEL_DIR = {gin_config.quote(model_dir)}', f'MIXTURE_OR_TASK_NAME = {gin_config.quote(task)}',
+      f'PROMPT_LENGTH = {length}', f'TRAIN_STEPS = {steps}', f'EVAL_PERIOD = {steps}', f'RANDOM_SEED = {seed}',
+      *_SAMPLED_VOCAB
+  ]
   if eval_examples:
     bindings.append(f'EVAL_MAX_EXAMPLES = {eval_examples}')
   gin_config.parse(files, bindings)
@@ -117,13 +119,15 @@ def main(argv=None) -> int:
     for length in LENGTHS:
       accuracies = [run_cell(args.output, task, length, init, seed, steps, eval_examples) for seed in seeds]
       table[init][length] = sum(accuracies) / len(accuracies)
-      print(f'{init:>15s}  length {length:3d}: {table[init][length]:5.1f}%  ({time.time() - start:.0f} s)',
-            flush=True)
+      print(f'{init:>15s}  length {length:3d}: {table[init][length]:5.1f}%  ({time.time() - start:.0f} s)', flush=True)
   title = f'{task}, {steps} steps, seeds {",".join(map(str, seeds))}'
   path = plot(os.path.join(args.output, 'ablations.png'), table, frozen, title)
   with open(os.path.join(args.output, 'ablations.json'), 'w') as f:
-    json.dump({'task': task, 'steps': steps, 'seeds': seeds, 'eval_examples': eval_examples, 'frozen': frozen,
-               'accuracy': {init: {str(n): v for n, v in row.items()} for init, row in table.items()}}, f, indent=1)
+    json.dump(
+        {
+            'task': task, 'steps': steps, 'seeds': seeds, 'eval_examples': eval_examples, 'frozen': frozen,
+            'accuracy': {init: {str(n): v for n, v in row.items()} for init, row in table.items()}
+        }, f, indent=1)
   print(format_table(table, frozen))
   print(f'plot: {path}   ({time.time() - start:.0f} s)')
   return 0

@@ -29,11 +29,12 @@ DEFAULT_VARIANTS = ('fixed512', 'buckets64', 'buckets16', 'packed64', 'peft', 'r
 BATCHES = {'sst2': (4, 1), 'boolq': (2, 1)}
 RANK_BATCHES = {'sst2': (4, 1), 'boolq': (2, 1)}
 TARGETS_TO_MEET = {'sst2_vs_fixed': 4.0, 'sst2_vs_peft': 1.2, 'boolq_vs_peft': 1.5, 'rank_vs_peft': 1.5}
-LABELS = {'fixed512': 'fixed 512 (+100 prompt), targets 8', 'buckets64': 'buckets, step 64',
-          'buckets16': 'buckets, step 16', 'packed64': 'packed (prompt per example) + buckets 64',
-          'peft': 'HF PEFT, DataCollatorForSeq2Seq',
-          'rank_buckets64': 'ours rank_classify, buckets 64', 'rank_fixed512': 'ours rank_classify, fixed 512',
-          'rank_peft': 'HF PEFT, one forward per label'}
+LABELS = {
+    'fixed512': 'fixed 512 (+100 prompt), targets 8', 'buckets64': 'buckets, step 64', 'buckets16': 'buckets, step 16',
+    'packed64': 'packed (prompt per example) + buckets 64', 'peft': 'HF PEFT, DataCollatorForSeq2Seq',
+    'rank_buckets64': 'ours rank_classify, buckets 64', 'rank_fixed512': 'ours rank_classify, fixed 512',
+    'rank_peft': 'HF PEFT, one forward per label'
+}
 
 
 def buckets_module():
@@ -56,12 +57,12 @@ def unpacked_batches(examples: list[dict[str, np.ndarray]]) -> list[dict[str, np
   return [pipeline.as_float_weights(b) for b in ds.batch(BATCH, drop_remainder=True).as_numpy_iterator()]
 
 
-def packed_batches(examples: list[dict[str, np.ndarray]], targets: int,
-                   min_examples: int, max_batches: int = 1000) -> list[dict[str, np.ndarray]]:
+def packed_batches(examples: list[dict[str, np.ndarray]], targets: int, min_examples: int,
+                   max_batches: int = 1000) -> list[dict[str, np.ndarray]]:
   """Packed batches of 32 rows (inputs 512 + 100 prompt slots) over the examples, repeated, until they hold at
   least `min_examples` examples: the same examples as the unpacked variants, about once."""
-  ds = pipeline.convert_features(examples_dataset(examples).repeat(), {'inputs': INPUTS, 'targets': targets},
-                                 pack=True, prompt_slots=PROMPT)
+  ds = pipeline.convert_features(
+      examples_dataset(examples).repeat(), {'inputs': INPUTS, 'targets': targets}, pack=True, prompt_slots=PROMPT)
   out, held = [], 0
   for batch in ds.batch(BATCH, drop_remainder=True).as_numpy_iterator():
     out.append(pipeline.as_float_weights(batch))
@@ -113,11 +114,11 @@ def forward_parts(cfg: T5Config, rows: int, enc: int, dec_rows: int, dec: int) -
   e, inner, f, v = cfg.emb_dim, cfg.num_heads * cfg.head_dim, cfg.mlp_dim, cfg.vocab_size
   h, hd, na = cfg.num_heads, cfg.head_dim, len(cfg.mlp_activations)
   te, td = rows * enc, dec_rows * dec
-  encoder = cfg.num_encoder_layers * (4 * mm(te, e, inner) + 2 * mm(rows * h * enc, hd, enc)
-                                      + na * mm(te, e, f) + mm(te, f, e))
+  encoder = cfg.num_encoder_layers * (4 * mm(te, e, inner) + 2 * mm(rows * h * enc, hd, enc) + na * mm(te, e, f) +
+                                      mm(te, f, e))
   cross_kv = cfg.num_decoder_layers * 2 * mm(rows * enc, e, inner)
-  decoder = cfg.num_decoder_layers * (6 * mm(td, e, inner) + 2 * mm(dec_rows * h * dec, hd, dec)
-                                      + 2 * mm(dec_rows * h * dec, hd, enc) + na * mm(td, e, f) + mm(td, f, e))
+  decoder = cfg.num_decoder_layers * (6 * mm(td, e, inner) + 2 * mm(dec_rows * h * dec, hd, dec) +
+                                      2 * mm(dec_rows * h * dec, hd, enc) + na * mm(td, e, f) + mm(td, f, e))
   return {'encoder': encoder, 'cross_kv': cross_kv, 'decoder': decoder + mm(td, e, v)}
 
 

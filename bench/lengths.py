@@ -37,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -45,7 +45,6 @@ VOCAB_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
                           't5_cc_all_32000_sentencepiece.model')
 EOS = 1
 FIRST_ID, LAST_ID = 2, 32000  # random ids in [2, 32000): no pad (0), no EOS (1), no sentinel
-
 
 # Calibration text written for this file (not taken from any dataset), one style per kind of field.
 CALIBRATION = {
@@ -135,30 +134,35 @@ class DatasetShape:
 
 SHAPES = {
     'sst2_train': DatasetShape(
-        'sst2_train', (('sentence', WordLengths(9.6, 7.5, 1, 52, 'review',
-                                                'GLUE SST-2 train: 53.6 characters per phrase (dataset_info) / '
-                                                '5.58 characters per word; std and bounds assumed')),),
-        'sst2', ('negative', 'positive'), 'GLUE SST-2 train split (sentences and phrases)'),
-    'sst2_validation': DatasetShape(
-        'sst2_validation', (('sentence', WordLengths(19.0, 9.0, 2, 52, 'review',
-                                                     'SST-2 sentences, mean 19 words (Kim 2014); 106.0 characters '
-                                                     'per sentence (dataset_info); std and bounds assumed')),),
-        'sst2', ('negative', 'positive'), 'GLUE SST-2 validation split (full sentences)'),
+        'sst2_train', (('sentence',
+                        WordLengths(
+                            9.6, 7.5, 1, 52, 'review', 'GLUE SST-2 train: 53.6 characters per phrase (dataset_info) / '
+                            '5.58 characters per word; std and bounds assumed')),), 'sst2', ('negative', 'positive'),
+        'GLUE SST-2 train split (sentences and phrases)'),
+    'sst2_validation':
+        DatasetShape('sst2_validation',
+                     (('sentence',
+                       WordLengths(
+                           19.0, 9.0, 2, 52, 'review', 'SST-2 sentences, mean 19 words (Kim 2014); 106.0 characters '
+                           'per sentence (dataset_info); std and bounds assumed')),), 'sst2', ('negative', 'positive'),
+                     'GLUE SST-2 validation split (full sentences)'),
     'boolq': DatasetShape(
-        'boolq', (('passage', WordLengths(108.0, 50.0, 15, 700, 'encyclopedia',
-                                          'BoolQ passages, mean 108 tokens (Clark et al. 2019); std and bounds '
-                                          'assumed')),
-                  ('question', WordLengths(8.9, 2.5, 3, 25, 'question',
-                                           'BoolQ questions, mean 8.9 tokens (Clark et al. 2019); std and bounds '
-                                           'assumed'))),
-        'boolq', ('False', 'True'), 'SuperGLUE BoolQ (train and validation have the same shape)'),
+        'boolq', (('passage',
+                   WordLengths(108.0, 50.0, 15, 700, 'encyclopedia',
+                               'BoolQ passages, mean 108 tokens (Clark et al. 2019); std and bounds '
+                               'assumed')),
+                  ('question',
+                   WordLengths(8.9, 2.5, 3, 25, 'question',
+                               'BoolQ questions, mean 8.9 tokens (Clark et al. 2019); std and bounds '
+                               'assumed'))), 'boolq', ('False', 'True'),
+        'SuperGLUE BoolQ (train and validation have the same shape)'),
 }
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Measuring the vocabulary.
 # --------------------------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def processor(path: str = VOCAB_FILE):
   """The shipped SentencePiece model (the one seqio.SentencePieceVocabulary wraps: same ids)."""
   import sentencepiece  # pylint: disable=import-outside-toplevel
@@ -199,7 +203,7 @@ def calibrate(path: str = VOCAB_FILE) -> Calibration:
 # --------------------------------------------------------------------------------------------------------------
 def lognormal_params(mean: float, std: float) -> tuple[float, float]:
   """(mu, sigma) of the normal whose exp has this mean and std."""
-  sigma2 = np.log1p((std / mean) ** 2)
+  sigma2 = np.log1p((std / mean)**2)
   return float(np.log(mean) - sigma2 / 2), float(np.sqrt(sigma2))
 
 
@@ -235,5 +239,7 @@ def synthesize(shape: DatasetShape, n: int, seed: int, cal: Calibration,
 
 def describe(lengths: Sequence[int]) -> dict[str, float]:
   x = np.asarray(lengths, np.float64)
-  return {'mean': float(x.mean()), 'std': float(x.std()), 'p50': float(np.median(x)),
-          'p90': float(np.percentile(x, 90)), 'max': float(x.max()), 'min': float(x.min())}
+  return {
+      'mean': float(x.mean()), 'std': float(x.std()), 'p50': float(np.median(x)), 'p90': float(np.percentile(x, 90)),
+      'max': float(x.max()), 'min': float(x.min())
+  }

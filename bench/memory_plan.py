@@ -29,7 +29,7 @@ import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-GiB = 1024 ** 3
+GiB = 1024**3
 
 # (generation, GiB of HBM per JAX device, {slice name: JAX devices}); v3 devices are cores, v4/v5e chips.
 SLICES = (
@@ -51,6 +51,7 @@ def worker(num_devices: int, requests: list[dict], f32: bool) -> None:
   """Runs inside a process with `num_devices` simulated devices; prints one JSON line per plan."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   from bench import plan_step as memory_plan  # pylint: disable=g-import-not-at-top
 
   assert jax.device_count() == num_devices, jax.devices()
@@ -110,15 +111,15 @@ def to_row(result: dict) -> Row | None:
   method = '' if bf16.get('method', 'prompt_tuning') == 'prompt_tuning' else f" {bf16['method']}"
   return Row(model=bf16['model'].replace('t5_1_1_', '').upper() + method, devices=bf16['num_devices'],
              data=bf16['data_parallel'], model_parallel=bf16['model_parallel'],
-             dims=bf16['parameter_partitioning_dims'], args=bf16['argument_bytes'] / GiB,
-             temp=bf16['temp_bytes'] / GiB,
-             f32_temp=f32['temp_bytes'] / GiB if 'temp_bytes' in f32 else None,
-             compile_s=bf16['compile_seconds'])
+             dims=bf16['parameter_partitioning_dims'], args=bf16['argument_bytes'] / GiB, temp=bf16['temp_bytes'] / GiB,
+             f32_temp=f32['temp_bytes'] / GiB if 'temp_bytes' in f32 else None, compile_s=bf16['compile_seconds'])
 
 
 def table(rows: list[Row]) -> str:
-  lines = ['| model | devices | (data, model) | params | args | temp | **CPU plan** | f32 temp | TPU est. |',
-           '|---|---|---|---|---|---|---|---|---|']
+  lines = [
+      '| model | devices | (data, model) | params | args | temp | **CPU plan** | f32 temp | TPU est. |',
+      '|---|---|---|---|---|---|---|---|---|'
+  ]
   for r in rows:
     est = '-' if r.tpu_range is None else f'{r.tpu_range[0]:.1f}-{r.tpu_range[1]:.1f}'
     f32 = '-' if r.f32_temp is None else f'{r.f32_temp:.1f}'
@@ -129,8 +130,10 @@ def table(rows: list[Row]) -> str:
 
 def smallest_slices(rows: list[Row]) -> str:
   """Per model and TPU generation: the smallest planned slice whose best layout fits (CPU plan; TPU est.)."""
-  lines = ['| model | generation (GiB/device) | smallest slice, CPU plan | best layout there | by TPU est. (upper) |',
-           '|---|---|---|---|---|']
+  lines = [
+      '| model | generation (GiB/device) | smallest slice, CPU plan | best layout there | by TPU est. (upper) |',
+      '|---|---|---|---|---|'
+  ]
   for model in dict.fromkeys(r.model for r in rows):
     for gen, hbm, slices in SLICES:
       by_cpu, by_tpu = None, None
@@ -170,12 +173,14 @@ def main() -> None:
 
   start, results = time.time(), []
   for devices in (int(d) for d in args.devices.split(',')):
-    requests = [dict(model=f't5_1_1_{m}', model_parallel=mp, parameter_partitioning_dims=dims,
-                     remat_policy=args.remat_policy, num_microbatches=args.num_microbatches,
-                     activation_partitioning_dims=args.activation_dims, dropout_rate=args.dropout_rate,
-                     method=method)
-                for m in args.models.split(',') for method in args.methods.split(',')
-                for mp, dims in LAYOUTS[devices]]
+    requests = [
+        dict(model=f't5_1_1_{m}', model_parallel=mp, parameter_partitioning_dims=dims, remat_policy=args.remat_policy,
+             num_microbatches=args.num_microbatches, activation_partitioning_dims=args.activation_dims,
+             dropout_rate=args.dropout_rate, method=method)
+        for m in args.models.split(',')
+        for method in args.methods.split(',')
+        for mp, dims in LAYOUTS[devices]
+    ]
     print(f'compiling {len(requests)} layouts on {devices} devices ...', file=sys.stderr, flush=True)
     results += run_mesh(devices, requests, args.f32)
   rows = [r for r in map(to_row, results) if r is not None]

@@ -40,6 +40,7 @@ DEMO_GIN = ('models/demo.gin', 'runs/demo.gin')
 def train_one(method: str, seed: int, steps: int, output: str, learning_rate: float | None = None) -> dict[str, Any]:
   """One training run of `method` with `seed`: its held-out accuracy, trainable parameters and time."""
   import gin  # pylint: disable=g-import-not-at-top
+
   from jaxprompt.cli import gin_config  # pylint: disable=g-import-not-at-top
   from jaxprompt.cli.gin_config import quote  # pylint: disable=g-import-not-at-top
   from jaxprompt.commands import train as trainer  # pylint: disable=g-import-not-at-top
@@ -50,15 +51,19 @@ def train_one(method: str, seed: int, steps: int, output: str, learning_rate: fl
   model_dir = os.path.join(output, f'{method}_seed{seed}')
   if os.path.isdir(model_dir):
     shutil.rmtree(model_dir)  # a fresh run each time: never resume an older one
-  gin_config.parse(DEMO_GIN + (gin_file,), [f'MODEL_DIR = {quote(model_dir)}', f'RANDOM_SEED = {seed}',
-                                            f'TRAIN_STEPS = {steps}', f'EVAL_PERIOD = {steps}', *bindings])
+  gin_config.parse(DEMO_GIN + (gin_file,), [
+      f'MODEL_DIR = {quote(model_dir)}', f'RANDOM_SEED = {seed}', f'TRAIN_STEPS = {steps}', f'EVAL_PERIOD = {steps}',
+      *bindings
+  ])
   start = time.perf_counter()
   result = trainer.train()  # pylint: disable=no-value-for-parameter  (gin supplies the arguments)
-  return {'method': method, 'seed': seed, 'learning_rate': gin.query_parameter('%LEARNING_RATE'),
-          'accuracy': float(result.eval_metrics['accuracy']),
-          'loss': float(result.eval_metrics['loss']), 'trainable_params': tree_size(result.trainable)[0],
-          'inference_params': tree_size(result.inference)[0] if result.inference is not None else None,
-          'seconds': time.perf_counter() - start}
+  return {
+      'method': method, 'seed': seed, 'learning_rate': gin.query_parameter('%LEARNING_RATE'), 'accuracy': float(
+          result.eval_metrics['accuracy']), 'loss': float(result.eval_metrics['loss']
+                                                         ), 'trainable_params': tree_size(result.trainable)[0],
+      'inference_params': tree_size(result.inference)[0] if result.inference is not None else None,
+      'seconds': time.perf_counter() - start
+  }
 
 
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -67,9 +72,10 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     mine = [r for r in runs if (r['method'], r['learning_rate']) == (method, rate)]
     acc = [r['accuracy'] for r in mine]
     first = mine[0]
-    rows.append({'method': method, 'learning_rate': rate, 'mean': sum(acc) / len(acc), 'min': min(acc),
-                 'max': max(acc), 'seeds': len(acc), 'trainable_params': first['trainable_params'],
-                 'inference_params': first['inference_params']})
+    rows.append({
+        'method': method, 'learning_rate': rate, 'mean': sum(acc) / len(acc), 'min': min(acc), 'max': max(acc),
+        'seeds': len(acc), 'trainable_params': first['trainable_params'], 'inference_params': first['inference_params']
+    })
   return rows
 
 
@@ -110,9 +116,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   if unknown:
     parser.error(f'unknown methods {unknown}; expected some of {", ".join(METHODS)}')
   from jaxprompt.cli import console, gin_config  # pylint: disable=g-import-not-at-top
-  from jaxprompt.demo import GIN_MODULES  # pylint: disable=g-import-not-at-top
+  from jaxprompt.demo import (
+      GIN_MODULES,  # pylint: disable=g-import-not-at-top
+      tasks,  # pylint: disable=g-import-not-at-top
+  )
   from jaxprompt.demo import model as demo_model  # pylint: disable=g-import-not-at-top
-  from jaxprompt.demo import tasks  # pylint: disable=g-import-not-at-top
   gin_config.import_configurables(GIN_MODULES)
   console.quiet_known_noise()
   tasks.register_demo_tasks(demo_model.vocabulary(None))

@@ -38,7 +38,6 @@ from jaxprompt.runtime import optim
 from jaxprompt.runtime.state import init_train_state
 
 
-
 @dataclasses.dataclass(frozen=True)
 class PlanRequest:
   """One train-step configuration to plan (defaults: the paper's XXL run)."""
@@ -83,10 +82,10 @@ class MemoryPlan:
   def as_dict(self) -> dict[str, Any]:
     out = dataclasses.asdict(self.request)
     out['dtype'] = jnp.dtype(self.request.dtype).name
-    out.update(num_devices=self.num_devices, data_parallel=self.data_parallel,
-               argument_bytes=self.argument_bytes, temp_bytes=self.temp_bytes, output_bytes=self.output_bytes,
-               alias_bytes=self.alias_bytes, frozen_bytes=self.frozen_bytes, total_bytes=self.total_bytes,
-               peak_bytes=self.peak_bytes, compile_seconds=round(self.compile_seconds, 2))
+    out.update(num_devices=self.num_devices, data_parallel=self.data_parallel, argument_bytes=self.argument_bytes,
+               temp_bytes=self.temp_bytes, output_bytes=self.output_bytes, alias_bytes=self.alias_bytes,
+               frozen_bytes=self.frozen_bytes, total_bytes=self.total_bytes, peak_bytes=self.peak_bytes,
+               compile_seconds=round(self.compile_seconds, 2))
     return out
 
 
@@ -105,9 +104,11 @@ def _check(request: PlanRequest, num_devices: int) -> int:
 
 
 # The methods a plan can be made for: their gin factories `(config, eos_id, *, length, ...)`.
-METHODS = {'prompt_tuning': 'jaxprompt.methods.prompt_tuning:prompt_tuning',
-           'prefix_tuning': 'jaxprompt.methods.prefix_tuning:prefix_tuning',
-           'p_tuning_v2': 'jaxprompt.methods.prefix_tuning:p_tuning_v2'}
+METHODS = {
+    'prompt_tuning': 'jaxprompt.methods.prompt_tuning:prompt_tuning',
+    'prefix_tuning': 'jaxprompt.methods.prefix_tuning:prefix_tuning',
+    'p_tuning_v2': 'jaxprompt.methods.prefix_tuning:p_tuning_v2'
+}
 
 
 def build_model(request: PlanRequest) -> TunedModel:
@@ -125,15 +126,17 @@ def build_model(request: PlanRequest) -> TunedModel:
 def abstract_args(request: PlanRequest, steps: sharded.ShardedSteps, optimizer: optim.Optimizer) -> tuple:
   """(state, frozen, batch) as ShapeDtypeStructs with shardings; frozen weights in `request.dtype`."""
   network = steps.model.init_abstract(1, 8, 4)['params']
-  frozen = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, request.dtype, sharding=s),
-                        nn.meta.unbox(network), steps.frozen_shardings)
+  frozen = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, request.dtype, sharding=s), nn.meta.unbox(network),
+                        steps.frozen_shardings)
   trainable = nn.meta.unbox(steps.model.method.abstract(network))
   state = jax.eval_shape(lambda t, rng: init_train_state(t, optimizer.tx, rng), trainable, jax.random.PRNGKey(0))
   state = partitioning.abstract_with_shardings(state, steps.state_shardings(state))
   lengths = {'encoder_input_tokens': request.input_length}
-  batch = {k: jax.ShapeDtypeStruct((request.batch_size, lengths.get(k, request.target_length)),
-                                   jnp.float32 if k == 'decoder_loss_weights' else jnp.int32,
-                                   sharding=steps.batch_sharding) for k in FEATURES}
+  batch = {
+      k: jax.ShapeDtypeStruct((request.batch_size, lengths.get(k, request.target_length)),
+                              jnp.float32 if k == 'decoder_loss_weights' else jnp.int32,
+                              sharding=steps.batch_sharding) for k in FEATURES
+  }
   return state, frozen, batch
 
 

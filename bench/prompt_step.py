@@ -20,7 +20,8 @@ import functools
 import json
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
@@ -104,8 +105,10 @@ def matmul_flops(cfg: T5Config, s: Shape) -> dict[str, int]:
   add(_mm(td, e, v), 1.0)  # logits
   onehot = _mm(b * s.inputs, v, e) + _mm(td, v, e)
   relpos = _mm(h, cfg.relpos_num_buckets, le * le) + _mm(h, cfg.relpos_num_buckets, lt * lt)
-  return {'forward': fwd, 'onehot_forward': onehot + relpos, 'prompt_backward': pbwd,
-          'full_backward': fbwd + onehot + relpos}
+  return {
+      'forward': fwd, 'onehot_forward': onehot + relpos, 'prompt_backward': pbwd,
+      'full_backward': fbwd + onehot + relpos
+  }
 
 
 def xla_flops(compiled) -> float:
@@ -132,8 +135,10 @@ def make_batch(cfg: T5Config, s: Shape, seed: int = 0) -> dict[str, np.ndarray]:
   targets = rng.integers(2, cfg.vocab_size, (s.batch, s.targets), dtype=np.int32)
   targets[:, -1] = 1
   dec_in = np.pad(targets[:, :-1], ((0, 0), (1, 0)))
-  return {'encoder_input_tokens': enc, 'decoder_input_tokens': dec_in, 'decoder_target_tokens': targets,
-          'decoder_loss_weights': np.ones_like(targets, np.float32)}
+  return {
+      'encoder_input_tokens': enc, 'decoder_input_tokens': dec_in, 'decoder_target_tokens': targets,
+      'decoder_loss_weights': np.ones_like(targets, np.float32)
+  }
 
 
 def init_params(model: TunedModel, s: Shape) -> tuple[dict, dict]:
@@ -163,8 +168,7 @@ def jax_steps(model: TunedModel, frozen: dict, prompt: dict, batch: dict, full_f
 
   full = jax.jit(full_step)
   out = {}
-  for name, fn, args in (('forward', forward, (prompt, frozen, batch)),
-                         ('train_step', train, (state, frozen, batch)),
+  for name, fn, args in (('forward', forward, (prompt, frozen, batch)), ('train_step', train, (state, frozen, batch)),
                          ('full_ft_step', full, (all_params, full_state, batch))):
     if name == 'full_ft_step' and not full_ft:
       continue
@@ -185,38 +189,43 @@ def peft_model(cfg: T5Config, prompt_length: int, threads: int):
 
   torch.set_num_threads(threads)
   torch.manual_seed(0)
-  hf_config = transformers.T5Config(
-      vocab_size=cfg.vocab_size, d_model=cfg.emb_dim, d_kv=cfg.head_dim, d_ff=cfg.mlp_dim,
-      num_layers=cfg.num_encoder_layers, num_decoder_layers=cfg.num_decoder_layers, num_heads=cfg.num_heads,
-      relative_attention_num_buckets=cfg.relpos_num_buckets,
-      relative_attention_max_distance=cfg.relpos_max_distance, feed_forward_proj='gated-gelu',
-      dropout_rate=0.0, tie_word_embeddings=False, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+  hf_config = transformers.T5Config(vocab_size=cfg.vocab_size, d_model=cfg.emb_dim, d_kv=cfg.head_dim, d_ff=cfg.mlp_dim,
+                                    num_layers=cfg.num_encoder_layers, num_decoder_layers=cfg.num_decoder_layers,
+                                    num_heads=cfg.num_heads, relative_attention_num_buckets=cfg.relpos_num_buckets,
+                                    relative_attention_max_distance=cfg.relpos_max_distance,
+                                    feed_forward_proj='gated-gelu', dropout_rate=0.0, tie_word_embeddings=False,
+                                    decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
   base = transformers.T5ForConditionalGeneration(hf_config)
   # transformers 5 ties lm_head at build time whatever the config says (ENV-NOTES): untie as T5 1.1 is.
   base.lm_head.weight = torch.nn.Parameter(base.lm_head.weight.detach().clone())
   base.config.tie_word_embeddings = False
-  model = get_peft_model(base, PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=prompt_length,
-                                                  prompt_tuning_init=PromptTuningInit.RANDOM))
+  model = get_peft_model(
+      base,
+      PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=prompt_length,
+                         prompt_tuning_init=PromptTuningInit.RANDOM))
   model.train()
   trainable = [p for p in model.parameters() if p.requires_grad]
-  opt = Adafactor(trainable, lr=0.3, decay_rate=-0.8, weight_decay=1e-5, clip_threshold=1.0,
-                  scale_parameter=False, relative_step=False, warmup_init=False)
-  info = {'trainable_params': sum(p.numel() for p in trainable), 'torch': torch.__version__,
-          'transformers': transformers.__version__}
+  opt = Adafactor(trainable, lr=0.3, decay_rate=-0.8, weight_decay=1e-5, clip_threshold=1.0, scale_parameter=False,
+                  relative_step=False, warmup_init=False)
+  info = {
+      'trainable_params': sum(p.numel() for p in trainable), 'torch': torch.__version__,
+      'transformers': transformers.__version__
+  }
   return model, opt, info
 
 
-def peft_steps(cfg: T5Config, s: Shape, batch: dict[str, np.ndarray],
-               threads: int) -> tuple[dict[str, Callable], dict]:
+def peft_steps(cfg: T5Config, s: Shape, batch: dict[str, np.ndarray], threads: int) -> tuple[dict[str, Callable], dict]:
   """({name: blocking callable}, version info) for PEFT prompt tuning on the same-sized T5: forward (no grad)
   and train step (forward + backward + Adafactor on the prompt with the paper's settings)."""
   import torch
 
   model, opt, info = peft_model(cfg, s.prompt, threads)
-  inputs = {'input_ids': torch.from_numpy(batch['encoder_input_tokens']).long(),
-            'attention_mask': torch.from_numpy((batch['encoder_input_tokens'] > 0).astype(np.int64)),
-            'decoder_input_ids': torch.from_numpy(batch['decoder_input_tokens']).long(),
-            'labels': torch.from_numpy(batch['decoder_target_tokens']).long()}
+  inputs = {
+      'input_ids': torch.from_numpy(batch['encoder_input_tokens']).long(), 'attention_mask': torch.from_numpy(
+          (batch['encoder_input_tokens']
+           > 0).astype(np.int64)), 'decoder_input_ids': torch.from_numpy(batch['decoder_input_tokens']).long(),
+      'labels': torch.from_numpy(batch['decoder_target_tokens']).long()
+  }
 
   def forward():
     with torch.no_grad():
@@ -251,9 +260,11 @@ def state_bytes(model: TunedModel, frozen: dict, prompt: dict, batch: dict) -> d
   full_state = jax.eval_shape(optim.adafactor().init, all_params)
   ours_grad, ours_opt = tree_bytes(grads), tree_bytes(opt_state)
   full_grad = tree_bytes(all_params)
-  return {'ours_grad': ours_grad, 'ours_opt': ours_opt, 'ours': ours_grad + ours_opt,
-          'reference_grad': full_grad, 'reference_opt': ours_opt, 'reference': full_grad + ours_opt,
-          'masked_all_opt': tree_bytes(full_state), 'masked_all': full_grad + tree_bytes(full_state)}
+  return {
+      'ours_grad': ours_grad, 'ours_opt': ours_opt, 'ours': ours_grad + ours_opt, 'reference_grad': full_grad,
+      'reference_opt': ours_opt, 'reference': full_grad + ours_opt, 'masked_all_opt': tree_bytes(full_state),
+      'masked_all': full_grad + tree_bytes(full_state)
+  }
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -287,7 +298,7 @@ def peak_candidate(size: int, options: dict | None = None) -> tuple[Callable, in
   """A jitted [size, size] @ [size, size] float32 matmul (random inputs) and its FLOPs."""
   a = jax.random.normal(jax.random.PRNGKey(2), (size, size), jnp.float32)
   b = jax.random.normal(jax.random.PRNGKey(3), (size, size), jnp.float32)
-  return blocking(jax.jit(jnp.dot).lower(a, b).compile(compiler_options=options), (a, b)), 2 * size ** 3
+  return blocking(jax.jit(jnp.dot).lower(a, b).compile(compiler_options=options), (a, b)), 2 * size**3
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -296,10 +307,11 @@ def peak_candidate(size: int, options: dict | None = None) -> tuple[Callable, in
 # XLA:CPU in jaxlib 0.10.2 sends dots to YNNPACK by default; an empty fusion-type list sends them to Eigen.
 EIGEN = {'xla_cpu_experimental_ynn_fusion_type': ''}
 # name -> (label, gather embedding?, XLA options)
-VARIANTS = {'onehot': ('ours, one-hot Embed (TPU default)', False, None),
-            'gather': ('ours, gather Embed (CPU/GPU default)', True, None),
-            'onehot_eigen': ('ours, one-hot, Eigen dots', False, EIGEN),
-            'gather_eigen': ('ours, gather Embed, Eigen dots', True, EIGEN)}
+VARIANTS = {
+    'onehot': ('ours, one-hot Embed (TPU default)', False, None),
+    'gather': ('ours, gather Embed (CPU/GPU default)', True, None), 'onehot_eigen':
+        ('ours, one-hot, Eigen dots', False, EIGEN), 'gather_eigen': ('ours, gather Embed, Eigen dots', True, EIGEN)
+}
 TARGETS = {'p1': 2.2, 'p2': 0.80, 'p3': 1.4}
 
 
@@ -310,24 +322,28 @@ def summarise(times: dict[str, dict], flops: dict[str, int], xla: dict[str, floa
   best['peak'] = min(best['peak_ynn'], best['peak_eigen'])  # The faster matmul library sets the peak.
   peak = peak_flops / best['peak']
   model_flops = flops['forward'] + flops['prompt_backward']
-  out: dict[str, Any] = {'peak_gflops': peak / 1e9, 'best_s': best,
-                         'peak_gflops_by_library': {k[5:]: peak_flops / best[k] / 1e9
-                                                    for k in ('peak_ynn', 'peak_eigen')},
-                         'median_s': {k: float(np.median(v[clock])) for k, v in times.items()}}
+  out: dict[str, Any] = {
+      'peak_gflops': peak / 1e9, 'best_s': best,
+      'peak_gflops_by_library': {k[5:]: peak_flops / best[k] / 1e9 for k in ('peak_ynn', 'peak_eigen')},
+      'median_s': {k: float(np.median(v[clock])) for k, v in times.items()}
+  }
   for v in variants:
     step, fwd = best[f'{v}_train_step'], best[f'{v}_forward']
     executed = model_flops + (0 if VARIANTS[v][1] else flops['onehot_forward'])
-    row = {'p1_step_over_forward': step / fwd,
-           'full_ft_over_forward': best.get(f'{v}_full_ft_step', float('nan')) / fwd,
-           'p2_util_model_flops': model_flops / step / peak, 'util_executed_matmul_flops': executed / step / peak,
-           'util_xla_cost_flops': xla[f'{v}_train_step'] / step / peak, 'tokens_per_s': s.tokens / step}
+    row = {
+        'p1_step_over_forward': step / fwd, 'full_ft_over_forward': best.get(f'{v}_full_ft_step', float('nan')) / fwd,
+        'p2_util_model_flops': model_flops / step / peak, 'util_executed_matmul_flops': executed / step / peak,
+        'util_xla_cost_flops': xla[f'{v}_train_step'] / step / peak, 'tokens_per_s': s.tokens / step
+    }
     if peft:
       row['p3_speedup_vs_peft'] = best['peft_train_step'] / step
     out[v] = row
   if peft:
-    out['peft'] = {'p1_step_over_forward': best['peft_train_step'] / best['peft_forward'],
-                   'p2_util_model_flops': model_flops / best['peft_train_step'] / peak,
-                   'tokens_per_s': s.tokens / best['peft_train_step'], 'p3_speedup_vs_peft': 1.0}
+    out['peft'] = {
+        'p1_step_over_forward': best['peft_train_step'] / best['peft_forward'],
+        'p2_util_model_flops': model_flops / best['peft_train_step'] / peak,
+        'tokens_per_s': s.tokens / best['peft_train_step'], 'p3_speedup_vs_peft': 1.0
+    }
   return out
 
 
@@ -336,8 +352,7 @@ def print_table(r: dict[str, Any], clock: str, variants: list[str]) -> None:
   unit = 'wall s' if clock == 'wall' else 'CPU s'
   libs = ', '.join(f'{k} {v:.1f}' for k, v in r['peak_gflops_by_library'].items())
   print(f"\n[{clock} clock, best of N] float32 matmul peak (jnp.dot, best library): {r['peak_gflops']:.1f} GFLOP/s"
-        f" ({libs})"
-        + ('' if clock == 'wall' else ' per busy second of all threads'))
+        f" ({libs})" + ('' if clock == 'wall' else ' per busy second of all threads'))
   print(f"{'':34s} {'fwd ' + unit:>10s} {'step ' + unit:>11s} {'P1 step/fwd':>11s} {'full/fwd':>8s} "
         f"{'P2 util':>7s} {'exec util':>9s} {'XLA util':>8s} {'tok/s':>7s} {'P3 xPEFT':>8s}")
   rows = [(VARIANTS[v][0], r[v], f'{v}_') for v in variants]
@@ -364,8 +379,7 @@ def main(argv=None) -> dict[str, Any]:
   parser.add_argument('--quick', action='store_true', help='2 timed rounds and a 2048 peak matmul')
   parser.add_argument('--reps', type=int, default=None, help='timed rounds (default 5, --quick 2)')
   parser.add_argument('--peak-size', type=int, default=None, help='peak matmul size (default 4096)')
-  parser.add_argument('--variants', default='onehot,gather,gather_eigen',
-                      help='comma list of: ' + ', '.join(VARIANTS))
+  parser.add_argument('--variants', default='onehot,gather,gather_eigen', help='comma list of: ' + ', '.join(VARIANTS))
   parser.add_argument('--no-peft', action='store_true', help='skip the torch / PEFT reference')
   parser.add_argument('--no-full-ft', action='store_true', help='skip the full fine-tuning comparison step')
   parser.add_argument('--torch-threads', type=int, default=2)
@@ -401,22 +415,22 @@ def main(argv=None) -> dict[str, Any]:
   if not args.no_peft:
     peft_fns, info = peft_steps(cfg, s, np_batch, args.torch_threads)
     candidates.update(peft_forward=(peft_fns['peft_forward'], 2), peft_train_step=(peft_fns['peft_train_step'], 1))
-  print(f'compiled / built in {time.perf_counter() - start:.0f} s; timing {reps} rounds of {len(candidates)} '
-        f'candidates (XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}, jax {jax.__version__}, '
-        f'{os.cpu_count()} CPUs)', flush=True)
+  print(
+      f'compiled / built in {time.perf_counter() - start:.0f} s; timing {reps} rounds of {len(candidates)} '
+      f'candidates (XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}, jax {jax.__version__}, '
+      f'{os.cpu_count()} CPUs)', flush=True)
   times = race(candidates, reps)
-  result = {clock: summarise(times, flops, xla, peak_flops, s, variants, not args.no_peft, clock)
-            for clock in ('wall', 'cpu')}
-  result.update(samples_s=times, flops_g={k: v / 1e9 for k, v in flops.items()},
-                model_gflops_step=model_flops / 1e9,
+  result = {
+      clock: summarise(times, flops, xla, peak_flops, s, variants, not args.no_peft, clock) for clock in ('wall', 'cpu')
+  }
+  result.update(samples_s=times, flops_g={k: v / 1e9 for k, v in flops.items()}, model_gflops_step=model_flops / 1e9,
                 xla_gflops={k: v / 1e9 for k, v in xla.items()}, state_bytes=mem, reps=reps, losses=losses,
-                peak_size=peak_size, shape=dataclasses.asdict(s), xla_flags=os.environ.get('XLA_FLAGS', ''),
-                **info)
+                peak_size=peak_size, shape=dataclasses.asdict(s), xla_flags=os.environ.get('XLA_FLAGS', ''), **info)
   print('forward loss per variant (must agree): ' + ', '.join(f'{k} {v:.6f}' for k, v in losses.items()))
   g = {k: v / 1e9 for k, v in flops.items()}
   print(f"\nmodel FLOPs per train step: {model_flops / 1e9:.1f} G (forward {g['forward']:.1f} + prompt backward "
-        f"{g['prompt_backward']:.1f}; one-hot lookups +{g['onehot_forward']:.1f}); XLA cost analysis: "
-        + ', '.join(f'{k} {v / 1e9:.1f} G' for k, v in xla.items()))
+        f"{g['prompt_backward']:.1f}; one-hot lookups +{g['onehot_forward']:.1f}); XLA cost analysis: " +
+        ', '.join(f'{k} {v / 1e9:.1f} G' for k, v in xla.items()))
   for clock in ('wall', 'cpu'):
     print_table(result[clock], clock, variants)
   print(f"targets: P1 <= {TARGETS['p1']}x, P2 >= {TARGETS['p2']:.0%}, P3 >= {TARGETS['p3']}x PEFT")

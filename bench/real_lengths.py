@@ -31,7 +31,8 @@ import os
 import resource
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `bench` as a package
@@ -41,10 +42,31 @@ import numpy as np
 
 from bench import lengths as lengths_lib
 from bench import prompt_step
-from bench.length_batches import (BATCH, BATCHES, DATASETS, DEFAULT_VARIANTS, INPUTS, PACK_TARGETS, PROMPT,
-                                   RANK_BATCHES, RANK_VARIANTS, TARGETS, TRAIN_VARIANTS, buckets_module, collate,
-                                   encoder_width, examples_in, forward_parts, hf_padder, packed_batches,
-                                   peft_features, shape_key, train_flops, unpacked_batches, useful_tokens)
+from bench.length_batches import (
+    BATCH,
+    BATCHES,
+    DATASETS,
+    DEFAULT_VARIANTS,
+    INPUTS,
+    PACK_TARGETS,
+    PROMPT,
+    RANK_BATCHES,
+    RANK_VARIANTS,
+    TARGETS,
+    TRAIN_VARIANTS,
+    buckets_module,
+    collate,
+    encoder_width,
+    examples_in,
+    forward_parts,
+    hf_padder,
+    packed_batches,
+    peft_features,
+    shape_key,
+    train_flops,
+    unpacked_batches,
+    useful_tokens,
+)
 from bench.real_lengths_report import density, mark, print_dataset, summarise, verdicts
 from jaxprompt.data import pipeline
 from jaxprompt.methods.prompt_tuning import PromptTuning
@@ -78,13 +100,15 @@ class Candidate:
 
   def timed(self) -> Callable[[], Any]:
     """`run`, recording the process's user / system CPU seconds and page faults of each call."""
+
     def call():
       before = resource.getrusage(resource.RUSAGE_SELF)
       out = self.run()
       after = resource.getrusage(resource.RUSAGE_SELF)
-      self.usage.append((after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime,
-                         after.ru_minflt - before.ru_minflt))
+      self.usage.append(
+          (after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime, after.ru_minflt - before.ru_minflt))
       return out
+
     return call
 
 
@@ -123,7 +147,8 @@ def ours_train_candidate(name: str, batches: list[dict[str, np.ndarray]], compil
   flops = sum(train_flops(cfg, BATCH, encoder_width(b), b['decoder_target_tokens'].shape[1]) for b in batches)
   counts = [useful_tokens(b) for b in batches]
   xla = sum(compiler.xla_flops[shape_key(b)] for b in batches) / 1e9
-  return Candidate(name, run, len(batches) / len(timed), len(batches), sum(examples_in(b) for b in batches),
+  return Candidate(name, run,
+                   len(batches) / len(timed), len(batches), sum(examples_in(b) for b in batches),
                    sum(i + t for i, t in counts), sum(i for i, _ in counts), flops / 1e9, enc, dec, len(keys),
                    sum(compiler.seconds[k] for k in keys), warm=functools.partial(run, timed[:1]),
                    extra={'xla_gflop': xla})
@@ -145,13 +170,13 @@ def peft_train_candidate(model, opt, collator, examples, cfg: T5Config) -> Candi
   enc = sum(BATCH * (b['input_ids'].shape[1] + PROMPT) for b in batches)
   dec = sum(BATCH * b['labels'].shape[1] for b in batches)
   flops = sum(train_flops(cfg, BATCH, b['input_ids'].shape[1] + PROMPT, b['labels'].shape[1]) for b in batches)
-  return Candidate('peft', run, 1.0, len(batches), BATCH * len(batches), useful, useful_inputs, flops / 1e9,
-                   enc, dec, warm=functools.partial(run, batches[:1]),
+  return Candidate('peft', run, 1.0, len(batches), BATCH * len(batches), useful, useful_inputs, flops / 1e9, enc, dec,
+                   warm=functools.partial(run, batches[:1]),
                    extra={'widths': sorted({int(b['input_ids'].shape[1]) for b in batches})})
 
 
-def rank_candidates(model: TunedModel, frozen: dict, prompt: dict, examples, label_ids, buckets, cfg: T5Config,
-                    peft, collator, variants: list[str], fixed_steps: int) -> dict[str, Candidate]:
+def rank_candidates(model: TunedModel, frozen: dict, prompt: dict, examples, label_ids, buckets, cfg: T5Config, peft,
+                    collator, variants: list[str], fixed_steps: int) -> dict[str, Candidate]:
   """Scoring every example against each label: ours (encoder once, bucketed or fixed 512) and PEFT."""
   import torch  # pylint: disable=import-outside-toplevel
   lt = max(len(x) for x in label_ids)
@@ -160,8 +185,7 @@ def rank_candidates(model: TunedModel, frozen: dict, prompt: dict, examples, lab
     candidates[i, :len(ids)] = ids
   c = len(label_ids)
   rows = [examples[i:i + BATCH] for i in range(0, len(examples) - BATCH + 1, BATCH)]
-  padded = [pipeline.to_features([e['inputs'] for e in r], None, {'inputs': INPUTS, 'targets': TARGETS})
-            for r in rows]
+  padded = [pipeline.to_features([e['inputs'] for e in r], None, {'inputs': INPUTS, 'targets': TARGETS}) for r in rows]
   useful = sum(int(np.count_nonzero(p['encoder_input_tokens'])) for p in padded)
   out = {}
   compiler = Compiler(model.rank_classify)
@@ -171,8 +195,7 @@ def rank_candidates(model: TunedModel, frozen: dict, prompt: dict, examples, lab
     cut = buckets.LengthBuckets.from_spec(spec)
     enc = [cut.trim({'encoder_input_tokens': p['encoder_input_tokens']})['encoder_input_tokens'] for p in padded]
     cand = jax.device_put(candidates)
-    calls = [(compiler(('rank', e.shape), frozen, prompt, jax.device_put(e), cand), jax.device_put(e))
-             for e in enc]
+    calls = [(compiler(('rank', e.shape), frozen, prompt, jax.device_put(e), cand), jax.device_put(e)) for e in enc]
     timed = calls[:fixed_steps] if spec is None else calls  # fixed 512: every batch is the same work
 
     def run(calls=timed, cand=cand):
@@ -183,9 +206,10 @@ def rank_candidates(model: TunedModel, frozen: dict, prompt: dict, examples, lab
     for e in enc:
       parts = forward_parts(cfg, BATCH, e.shape[1] + PROMPT, BATCH * c, lt)
       flops += sum(parts.values())
-    out[name] = Candidate(name, run, len(calls) / len(timed), len(enc), BATCH * len(enc), useful, useful,
-                          flops / 1e9, sum(BATCH * (e.shape[1] + PROMPT) for e in enc),
-                          sum(BATCH * c * lt for _ in enc), len(keys), sum(compiler.seconds[k] for k in keys),
+    out[name] = Candidate(name, run,
+                          len(calls) / len(timed), len(enc), BATCH * len(enc), useful, useful, flops / 1e9,
+                          sum(BATCH * (e.shape[1] + PROMPT) for e in enc), sum(BATCH * c * lt for _ in enc), len(keys),
+                          sum(compiler.seconds[k] for k in keys),
                           warm=None if spec is None else functools.partial(run, calls[:1]),
                           extra={'xla_gflop': sum(compiler.xla_flops[('rank', e.shape)] for e in enc) / 1e9})
   if 'rank_peft' in variants:
@@ -220,8 +244,8 @@ def rank_candidates(model: TunedModel, frozen: dict, prompt: dict, examples, lab
 # --------------------------------------------------------------------------------------------------------------
 # One dataset shape.
 # --------------------------------------------------------------------------------------------------------------
-def bench_dataset(name: str, args, cfg: T5Config, cal, model: TunedModel, frozen: dict, prompt: dict,
-                  peft_parts, collator) -> dict[str, Any]:
+def bench_dataset(name: str, args, cfg: T5Config, cal, model: TunedModel, frozen: dict, prompt: dict, peft_parts,
+                  collator) -> dict[str, Any]:
   train_shape, rank_shape = (lengths_lib.SHAPES[s] for s in DATASETS[name])
   seed = args.seed + (0 if name == 'sst2' else 1000)
   examples = lengths_lib.synthesize(train_shape, args.batches[name] * BATCH, seed, cal, INPUTS)
@@ -231,8 +255,9 @@ def bench_dataset(name: str, args, cfg: T5Config, cal, model: TunedModel, frozen
     variants = [v for v in variants if v not in ('fixed512', 'rank_fixed512')]
   info: dict[str, Any] = {
       'train_lengths': lengths_lib.describe([len(e['inputs']) for e in examples]),
-      'rank_lengths': lengths_lib.describe([len(e['inputs']) for e in rank_examples]),
-      'train_shape': train_shape.name, 'rank_shape': rank_shape.name}
+      'rank_lengths': lengths_lib.describe([len(e['inputs']) for e in rank_examples]), 'train_shape': train_shape.name,
+      'rank_shape': rank_shape.name
+  }
   candidates: dict[str, Candidate] = {}
   start = time.perf_counter()
   fixed = unpacked_batches(examples)
@@ -240,7 +265,8 @@ def bench_dataset(name: str, args, cfg: T5Config, cal, model: TunedModel, frozen
   info['fixed512_analytic'] = {  # FLOPs of the padded batches, whether or not they are timed
       'gflop': sum(train_flops(cfg, BATCH, INPUTS + PROMPT, TARGETS) for _ in fixed) / 1e9,
       'useful_tokens': sum(i + t for i, t in counts), 'useful_inputs': sum(i for i, _ in counts),
-      'enc_positions': len(fixed) * BATCH * (INPUTS + PROMPT)}
+      'enc_positions': len(fixed) * BATCH * (INPUTS + PROMPT)
+  }
   if any(v in variants for v in ('fixed512', 'buckets64', 'buckets16', 'packed64')):
     buckets = buckets_module()
     optimizer = optim.make_optimizer()
@@ -252,8 +278,7 @@ def bench_dataset(name: str, args, cfg: T5Config, cal, model: TunedModel, frozen
         batches = [cut.trim(b) for b in fixed]
         candidates[v] = ours_train_candidate(v, batches, compiler, holder, frozen, cfg,
                                              args.fixed_steps if v == 'fixed512' else None)
-        print(f'  {name} {v}: {candidates[v].shapes} shapes, compiled in {candidates[v].compile_s:.0f} s',
-              flush=True)
+        print(f'  {name} {v}: {candidates[v].shapes} shapes, compiled in {candidates[v].compile_s:.0f} s', flush=True)
     if 'fixed512' in candidates:
       candidates['fixed512'].warm = None  # one shape, one long step: its first run is no slower
     if 'packed64' in variants:
@@ -264,16 +289,17 @@ def bench_dataset(name: str, args, cfg: T5Config, cal, model: TunedModel, frozen
       c.warm = None
       c.extra.update(density(packed), trimmed_density=density(batches)['density'],
                      targets8=density(packed_batches(examples, TARGETS, min(len(examples), 8 * BATCH))))
-      print(f'  {name} packed64: {c.shapes} shapes, compiled in {c.compile_s:.0f} s; {c.extra["density"]:.1%} '
-            f'dense, {c.extra["examples_per_row"]:.2f} examples/row', flush=True)
+      print(
+          f'  {name} packed64: {c.shapes} shapes, compiled in {c.compile_s:.0f} s; {c.extra["density"]:.1%} '
+          f'dense, {c.extra["examples_per_row"]:.2f} examples/row', flush=True)
   if 'peft' in variants:
     peft, opt = peft_parts
     candidates['peft'] = peft_train_candidate(peft, opt, collator, examples, cfg)
   rank_variants = [v for v in variants if v.startswith('rank_')]
   if rank_variants:
-    candidates.update(rank_candidates(model, frozen, prompt, rank_examples,
-                                      cal.label_ids[rank_shape.name], buckets_module(), cfg,
-                                      peft_parts[0], collator, rank_variants, args.fixed_steps))
+    candidates.update(
+        rank_candidates(model, frozen, prompt, rank_examples, cal.label_ids[rank_shape.name], buckets_module(), cfg,
+                        peft_parts[0], collator, rank_variants, args.fixed_steps))
   info['setup_s'] = time.perf_counter() - start
   for c in candidates.values():
     if c.steps == 0:
@@ -281,8 +307,9 @@ def bench_dataset(name: str, args, cfg: T5Config, cal, model: TunedModel, frozen
   for c in candidates.values():  # an untimed first step (after compiling), torch's always
     if c.warm is not None and (not args.quick or c.name.endswith('peft')):
       c.warm()
-  print(f'{name}: built and warmed up in {time.perf_counter() - start:.0f} s; timing {args.reps} rounds of '
-        f'{len(candidates)} candidates', flush=True)
+  print(
+      f'{name}: built and warmed up in {time.perf_counter() - start:.0f} s; timing {args.reps} rounds of '
+      f'{len(candidates)} candidates', flush=True)
   times = prompt_step.race({k: (c.timed(), 1) for k, c in candidates.items()}, args.reps, warmup=0)
   info['samples_s'] = times
   info['rows'] = summarise(candidates, times)
@@ -298,12 +325,14 @@ def main(argv=None) -> dict[str, Any]:
   parser.add_argument('--rank-batches', type=int, default=None,
                       help='rank-classification batches per pass (default: SST-2 4, BoolQ 2; --quick 1)')
   parser.add_argument('--reps', type=int, default=None, help='timed rounds (default 2, --quick 1)')
-  parser.add_argument('--fixed-on', default='sst2',
-                      help='datasets on which fixed512 (and rank_fixed512) are timed; elsewhere only their FLOPs '
-                           'are counted (a 32 x 612 train step takes over a minute here)')
-  parser.add_argument('--fixed-steps', type=int, default=1,
-                      help='fixed512 steps timed per pass (all its steps have one shape and the same work; the pass '
-                           'time is scaled to --batches)')
+  parser.add_argument(
+      '--fixed-on', default='sst2',
+      help='datasets on which fixed512 (and rank_fixed512) are timed; elsewhere only their FLOPs '
+      'are counted (a 32 x 612 train step takes over a minute here)')
+  parser.add_argument(
+      '--fixed-steps', type=int, default=1,
+      help='fixed512 steps timed per pass (all its steps have one shape and the same work; the pass '
+      'time is scaled to --batches)')
   parser.add_argument('--datasets', default='sst2,boolq', help='comma list of: ' + ', '.join(DATASETS))
   parser.add_argument('--variants', default=','.join(DEFAULT_VARIANTS),
                       help='comma list of: ' + ', '.join(TRAIN_VARIANTS + RANK_VARIANTS))
@@ -325,8 +354,9 @@ def main(argv=None) -> dict[str, Any]:
 
   cfg = get_config('t5_1_1_small')
   cal = lengths_lib.calibrate()
-  print(f'T5 pieces per word (shipped vocabulary, bench/lengths.py CALIBRATION): {cal.factors}; format tokens: '
-        f'{cal.prefix_tokens}; label ids: {cal.label_ids}', flush=True)
+  print(
+      f'T5 pieces per word (shipped vocabulary, bench/lengths.py CALIBRATION): {cal.factors}; format tokens: '
+      f'{cal.prefix_tokens}; label ids: {cal.label_ids}', flush=True)
   model = TunedModel(cfg, PromptTuning(length=PROMPT, embed_dim=cfg.emb_dim))
   frozen = jax.jit(model.init_params)(jax.random.PRNGKey(0))
   prompt = model.method.init(jax.random.PRNGKey(1), frozen)
@@ -345,9 +375,11 @@ def main(argv=None) -> dict[str, Any]:
   print('\ntargets (wall clock, best of our bucketed / packed variants):')
   for key, v in verdict.items():
     print(f"  {key}: {mark(v['value'], v['target'])} [{v['variant']}]")
-  out = {'results': results, 'verdicts': verdict, 'calibration': dataclasses.asdict(cal),
-         'args': {k: v for k, v in vars(args).items()}, 'jax': jax.__version__, 'cpus': os.cpu_count(),
-         'xla_flags': os.environ.get('XLA_FLAGS', ''), **info}
+  out = {
+      'results': results, 'verdicts': verdict, 'calibration': dataclasses.asdict(cal),
+      'args': {k: v for k, v in vars(args).items()}, 'jax': jax.__version__, 'cpus': os.cpu_count(),
+      'xla_flags': os.environ.get('XLA_FLAGS', ''), **info
+  }
   print('JSON ' + json.dumps(out, sort_keys=True, default=float))
   return out
 

@@ -6,24 +6,36 @@ from typing import Any
 
 import numpy as np
 
-from bench.length_batches import (INPUTS, LABELS, PACK_TARGETS, PROMPT, RANK_VARIANTS, TARGETS, TARGETS_TO_MEET,
-                                   TRAIN_VARIANTS, examples_in)
+from bench.length_batches import (
+    INPUTS,
+    LABELS,
+    PACK_TARGETS,
+    PROMPT,
+    RANK_VARIANTS,
+    TARGETS,
+    TARGETS_TO_MEET,
+    TRAIN_VARIANTS,
+    examples_in,
+)
+
 
 def density(batches: list[dict[str, np.ndarray]]) -> dict[str, float]:
   """Non-padding encoder positions / row positions (prompt slots count as non-padding), examples per row."""
   tokens = np.concatenate([b['encoder_input_tokens'] for b in batches])
-  return {'density': float(np.mean(tokens != 0)),
-          'examples_per_row': sum(examples_in(b) for b in batches) / tokens.shape[0],
-          'width': float(tokens.shape[1])}
+  return {
+      'density': float(np.mean(tokens != 0)),
+      'examples_per_row': sum(examples_in(b) for b in batches) / tokens.shape[0], 'width': float(tokens.shape[1])
+  }
 
 
 def summarise(candidates: dict[str, Any], times: dict[str, dict]) -> dict[str, dict]:
   rows = {}
   for name, c in candidates.items():
-    row = {'steps': c.steps, 'examples': c.examples, 'useful_tokens': c.useful, 'gflop': c.gflops,
-           'useful_inputs': c.useful_inputs, 'enc_useful_fraction': c.useful_inputs / c.enc_positions,
-           'enc_positions': c.enc_positions, 'dec_positions': c.dec_positions, 'shapes': c.shapes,
-           'compile_s': c.compile_s, **c.extra}
+    row = {
+        'steps': c.steps, 'examples': c.examples, 'useful_tokens': c.useful, 'gflop': c.gflops, 'useful_inputs':
+            c.useful_inputs, 'enc_useful_fraction': c.useful_inputs / c.enc_positions, 'enc_positions': c.enc_positions,
+        'dec_positions': c.dec_positions, 'shapes': c.shapes, 'compile_s': c.compile_s, **c.extra
+    }
     for clock in ('wall', 'cpu'):
       best = min(times[name][clock]) * c.scale
       row[f'{clock}_s'] = best
@@ -120,8 +132,10 @@ def verdicts(results: dict[str, dict]) -> dict[str, Any]:
   for name, info in results.items():
     rows = info['rows']
     if 'rank_buckets64' in rows and 'wall_x_peft' in rows['rank_buckets64']:
-      out[f'{name}_rank_vs_peft'] = {'value': rows['rank_buckets64']['wall_x_peft'], 'variant': 'rank_buckets64',
-                                     'target': TARGETS_TO_MEET['rank_vs_peft']}
+      out[f'{name}_rank_vs_peft'] = {
+          'value': rows['rank_buckets64']['wall_x_peft'], 'variant': 'rank_buckets64',
+          'target': TARGETS_TO_MEET['rank_vs_peft']
+      }
   for v in out.values():
     v['met'] = v['value'] >= v['target']
   return out

@@ -48,7 +48,8 @@ import os
 import sys
 import tempfile
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `bench` as a package
@@ -57,10 +58,33 @@ import jax
 import numpy as np
 
 from bench import lengths as lengths_lib
-from bench.serving_modes import (BUCKETS, INPUTS, LABELS, LAYERS, PROMPT, QUICK, QUICK_CONFIG, TARGETS, VARIED_PREFIX,
-                                 Call, CompileCounter, Mode, Stream, fns_for, hf_t5, make_prompts, make_stream,
-                                 mixed_plan, peft_model, peft_plan, prompt_width, serve, split_plan, warm_up,
-                                 write_adapter)
+from bench.serving_modes import (
+    BUCKETS,
+    INPUTS,
+    LABELS,
+    LAYERS,
+    PROMPT,
+    QUICK,
+    QUICK_CONFIG,
+    TARGETS,
+    VARIED_PREFIX,
+    Call,
+    CompileCounter,
+    Mode,
+    Stream,
+    fns_for,
+    hf_t5,
+    make_prompts,
+    make_stream,
+    mixed_plan,
+    peft_model,
+    peft_plan,
+    prompt_width,
+    serve,
+    split_plan,
+    warm_up,
+    write_adapter,
+)
 from jaxprompt.data.buckets import last_real_column
 from jaxprompt.eval.evaluation import ModelFns
 from jaxprompt.methods import prompt_bank
@@ -69,6 +93,8 @@ from jaxprompt.models.config import T5Config, get_config
 from jaxprompt.runtime import runtime as runtime_lib
 
 REQUESTS, TASKS, BATCH = 512, 8, 32
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Building everything.
 # --------------------------------------------------------------------------------------------------------------
@@ -94,10 +120,11 @@ def jax_modes(rt: runtime_lib.Runtime, prompts: Mapping[str, tuple[Method, Any]]
       shared[method] = fns_for(rt, method, stream.tokens.shape[1])
     servers.append((shared[method], shared[method].rt.place_trainable(trainable), prompt_width(method)))
   width = prompt_width(bank)
-  return {'mixed': Mode('mixed', LABELS['mixed'], functools.partial(mixed_plan, fns, params, stream, width)),
-          'split32': Mode('split32', LABELS['split32'], functools.partial(split_plan, servers, stream, 'batch')),
-          'split_pow2': Mode('split_pow2', LABELS['split_pow2'],
-                             functools.partial(split_plan, servers, stream, 'pow2'))}
+  return {
+      'mixed': Mode('mixed', LABELS['mixed'], functools.partial(mixed_plan, fns, params, stream, width)),
+      'split32': Mode('split32', LABELS['split32'], functools.partial(split_plan, servers, stream, 'batch')),
+      'split_pow2': Mode('split_pow2', LABELS['split_pow2'], functools.partial(split_plan, servers, stream, 'pow2'))
+  }
 
 
 def build(cfg: T5Config, stream: Stream, folder: str, *, peft: bool = True, varied: bool = True,
@@ -114,22 +141,29 @@ def build(cfg: T5Config, stream: Stream, folder: str, *, peft: bool = True, vari
   rt = runtime_lib.build_runtime(cfg, bank, checkpoint, {'inputs': stream.tokens.shape[1], 'targets': TARGETS})
   shared: dict[Method, ModelFns] = {}
   modes = jax_modes(rt, prompts, stream, shared, ModelFns(rt, length_buckets=BUCKETS))
-  info: dict[str, Any] = {'params': int(sum(p.numel() for p in base.parameters())),
-                          'prompt_lengths': [prompt_width(m) for m, _ in prompts.values()]}
+  info: dict[str, Any] = {
+      'params': int(sum(p.numel() for p in base.parameters())),
+      'prompt_lengths': [prompt_width(m) for m, _ in prompts.values()]
+  }
   if peft:
-    folders = {name: write_adapter(os.path.join(folder, 'adapters', name), np.asarray(p['prompt']), cfg)
-               for name, (_, p) in prompts.items()}
+    folders = {
+        name: write_adapter(os.path.join(folder, 'adapters', name), np.asarray(p['prompt']), cfg)
+        for name, (_, p) in prompts.items()
+    }
     model = peft_model(base, folders)
     lengths = [prompts[n][0].length for n in stream.names]
     modes['peft'] = Mode('peft', LABELS['peft'], functools.partial(peft_plan, model, cfg, stream, lengths, threads))
     if threads > 1:  # torch's per-op thread barriers stall when a co-tenant takes a core: shown beside
-      modes['peft_1t'] = Mode('peft_1t', LABELS['peft_1t'],
-                              functools.partial(peft_plan, model, cfg, stream, lengths, 1))
+      modes['peft_1t'] = Mode('peft_1t', LABELS['peft_1t'], functools.partial(peft_plan, model, cfg, stream, lengths,
+                                                                              1))
   other = {}
   if varied:
     varied_prompts = make_prompts(cfg, len(stream.names), seed, varied=True)
-    other = {f'varied_{k}': dataclasses.replace(m, name=f'varied_{k}')
-             for k, m in jax_modes(rt, varied_prompts, stream, shared).items() if k != 'split32' or varied_split32}
+    other = {
+        f'varied_{k}': dataclasses.replace(m, name=f'varied_{k}')
+        for k, m in jax_modes(rt, varied_prompts, stream, shared).items()
+        if k != 'split32' or varied_split32
+    }
     info['varied'] = {n: (type(m).__name__, m.length) for n, (m, _) in varied_prompts.items()}
   return Setup(stream, modes, other, info)
 
@@ -144,9 +178,11 @@ def agreement(results: Mapping[str, tuple[np.ndarray, np.ndarray]], reference: s
   for name, (best, score) in results.items():
     same = best == ref_best
     diff = np.abs(score - ref_score)[same]
-    out[name] = {'same_predictions': int(same.sum()), 'requests': len(best),
-                 'max_abs_score_diff': float(np.max(diff, initial=0.0)),
-                 'max_rel_score_diff': float(np.max(diff / np.maximum(np.abs(ref_score[same]), 1.0), initial=0.0))}
+    out[name] = {
+        'same_predictions': int(same.sum()), 'requests': len(best),
+        'max_abs_score_diff': float(np.max(diff, initial=0.0)),
+        'max_rel_score_diff': float(np.max(diff / np.maximum(np.abs(ref_score[same]), 1.0), initial=0.0))
+    }
   return out
 
 
@@ -156,8 +192,10 @@ def per_call(log: Sequence[tuple[int, int, float, float]], widths: int = BUCKETS
   out = {}
   for rows in sorted({r for r, w, _, _ in log if w <= widths}):
     picked = [(wall, cpu) for r, w, wall, cpu in log if r == rows and w <= widths]
-    out[rows] = {'wall': float(np.median([x[0] for x in picked])), 'cpu': float(np.median([x[1] for x in picked])),
-                 'calls': len(picked)}
+    out[rows] = {
+        'wall': float(np.median([x[0] for x in picked])), 'cpu': float(np.median([x[1] for x in picked])),
+        'calls': len(picked)
+    }
   return out
 
 
@@ -167,12 +205,13 @@ def summarise(modes: Mapping[str, Mode], plans: Mapping[str, list[Call]], times:
   for name in modes:
     calls = plans[name]
     wall, cpu = min(times[name]['wall']), min(times[name]['cpu'])
-    rows[name] = {'calls': len(calls), 'rows': sum(c.rows for c in calls),
-                  'enc_positions_per_request': sum(c.positions for c in calls) / n,
-                  'gflop_per_request': sum(c.gflop for c in calls) / n,
-                  'gflop_per_s': sum(c.gflop for c in calls) / wall,
-                  'shapes': warm[name][0], 'warm_s': warm[name][1], 'wall_s': wall, 'cpu_s': cpu,
-                  'requests_per_s': n / wall, 'requests_per_cpu_s': n / cpu}
+    rows[name] = {
+        'calls': len(calls), 'rows': sum(c.rows for c in calls
+                                        ), 'enc_positions_per_request': sum(c.positions for c in calls) / n,
+        'gflop_per_request': sum(c.gflop for c in calls) / n, 'gflop_per_s': sum(c.gflop for c in calls) / wall,
+        'shapes': warm[name][0], 'warm_s': warm[name][1], 'wall_s': wall, 'cpu_s': cpu, 'requests_per_s': n / wall,
+        'requests_per_cpu_s': n / cpu
+    }
   return rows
 
 
@@ -182,18 +221,18 @@ def print_table(title: str, rows: Mapping[str, dict], labels: Mapping[str, str],
   short = {b: b.replace('varied_', '') for b in bases}
   pad = max(len(labels[name]) for name in rows) + 1
   print(f'{"":{pad}s}{"calls":>6s}{"rows":>6s}{"enc pos/req":>12s}{"GFLOP/req":>10s}{"shapes":>7s}{"warm s":>8s}'
-        f'{"wall s":>8s}{"CPU s":>8s}{"GFLOP/s":>8s}{"req/s":>8s}' + ''.join(f'{"x " + short[b]:>13s}' for b in bases)
-        + '   CPU: ' + ' '.join(f'{"x " + short[b]:>12s}' for b in bases))
+        f'{"wall s":>8s}{"CPU s":>8s}{"GFLOP/s":>8s}{"req/s":>8s}' + ''.join(f'{"x " + short[b]:>13s}' for b in bases) +
+        '   CPU: ' + ' '.join(f'{"x " + short[b]:>12s}' for b in bases))
   for name, r in rows.items():
     print(f'{labels[name]:{pad}s}{r["calls"]:6d}{r["rows"]:6d}{r["enc_positions_per_request"]:12.1f}'
           f'{r["gflop_per_request"]:10.2f}{r["shapes"]:7d}{r["warm_s"]:8.1f}{r["wall_s"]:8.2f}{r["cpu_s"]:8.2f}'
-          f'{r["gflop_per_s"]:8.1f}{r["requests_per_s"]:8.1f}'
-          + ''.join(f'{r["requests_per_s"] / rows[b]["requests_per_s"]:13.2f}' for b in bases)
-          + '        ' + ' '.join(f'{r["requests_per_cpu_s"] / rows[b]["requests_per_cpu_s"]:12.2f}' for b in bases))
+          f'{r["gflop_per_s"]:8.1f}{r["requests_per_s"]:8.1f}' +
+          ''.join(f'{r["requests_per_s"] / rows[b]["requests_per_s"]:13.2f}' for b in bases) + '        ' +
+          ' '.join(f'{r["requests_per_cpu_s"] / rows[b]["requests_per_cpu_s"]:12.2f}' for b in bases))
 
 
-def interleaved(modes: Mapping[str, Mode], stream: Stream, reps: int
-                ) -> tuple[dict[str, dict], dict[str, tuple[np.ndarray, np.ndarray]], dict[str, list]]:
+def interleaved(modes: Mapping[str, Mode], stream: Stream,
+                reps: int) -> tuple[dict[str, dict], dict[str, tuple[np.ndarray, np.ndarray]], dict[str, list]]:
   """Times every mode over the whole stream, batch by batch: each batch is served by every mode in turn (the
   order rotating per batch and per round), so all modes meet the same moments of a shared machine's load.
 
@@ -246,15 +285,18 @@ def run(setup: Setup, reps: int) -> dict[str, Any]:
   before = counter.count
   load = os.getloadavg()
   times, results, logs = interleaved(modes, setup.stream, reps)
-  out: dict[str, Any] = {'load_before': load, 'load_after': os.getloadavg(),
-                         'compiles_while_timing': counter.count - before, 'samples_s': times}
+  out: dict[str, Any] = {
+      'load_before': load, 'load_after': os.getloadavg(), 'compiles_while_timing': counter.count - before,
+      'samples_s': times
+  }
   out['rows'] = summarise(setup.modes, plans, times, n, warm)
   out['agree'] = agreement({k: results[k] for k in setup.modes}, 'mixed')
   if setup.varied:
     out['varied_rows'] = summarise(setup.varied, plans, times, n, warm)
     out['varied_agree'] = agreement({k: results[k] for k in setup.varied}, 'varied_mixed')
-  out['per_call'] = {name: per_call(logs[name]) for name in ('mixed', 'split32', 'split_pow2', 'peft', 'peft_1t')
-                     if name in logs}
+  out['per_call'] = {
+      name: per_call(logs[name]) for name in ('mixed', 'split32', 'split_pow2', 'peft', 'peft_1t') if name in logs
+  }
   return out
 
 
@@ -273,12 +315,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser.add_argument('--torch-threads', type=int, default=os.cpu_count(), help='default: the machine\'s cores')
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args(argv)
-  quick = QUICK if args.quick else {'requests': REQUESTS, 'tasks': TASKS, 'batch': BATCH, 'inputs': INPUTS,
-                                    'reps': 1}
+  quick = QUICK if args.quick else {'requests': REQUESTS, 'tasks': TASKS, 'batch': BATCH, 'inputs': INPUTS, 'reps': 1}
   requests, tasks = args.requests or quick['requests'], args.tasks or quick['tasks']
   batch, reps = args.batch or quick['batch'], args.reps or quick['reps']
   cfg = QUICK_CONFIG if args.quick else get_config(args.model, num_encoder_layers=args.layers,
-                                                    num_decoder_layers=args.layers)
+                                                   num_decoder_layers=args.layers)
   start = time.perf_counter()
   print(f'load average {os.getloadavg()}; {os.cpu_count()} cores; jax {jax.__version__}', flush=True)
   stream = make_stream(lengths_lib.calibrate(), requests, tasks, batch, quick['inputs'], args.seed)
@@ -290,26 +331,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import transformers  # pylint: disable=import-outside-toplevel
     lengths = lengths_lib.describe([last_real_column(r[None]) for r in stream.tokens])
     shape = 'QUICK_CONFIG' if args.quick else args.model + ' widths'
-    print(f'model: {shape} (emb {cfg.emb_dim}, heads {cfg.num_heads}x{cfg.head_dim}, mlp {cfg.mlp_dim}, layers '
-          f'{cfg.num_encoder_layers}+{cfg.num_decoder_layers}, vocab {cfg.vocab_size}; '
-          f'{setup.info["params"] / 1e6:.1f} M params, float32); {requests} requests of {tasks} '
-          f'tasks in batches of {batch}; input tokens mean {lengths["mean"]:.1f}, p90 {lengths["p90"]:.0f}, max '
-          f'{lengths["max"]:.0f}; built in {time.perf_counter() - start:.0f} s', flush=True)
+    print(
+        f'model: {shape} (emb {cfg.emb_dim}, heads {cfg.num_heads}x{cfg.head_dim}, mlp {cfg.mlp_dim}, layers '
+        f'{cfg.num_encoder_layers}+{cfg.num_decoder_layers}, vocab {cfg.vocab_size}; '
+        f'{setup.info["params"] / 1e6:.1f} M params, float32); {requests} requests of {tasks} '
+        f'tasks in batches of {batch}; input tokens mean {lengths["mean"]:.1f}, p90 {lengths["p90"]:.0f}, max '
+        f'{lengths["max"]:.0f}; built in {time.perf_counter() - start:.0f} s', flush=True)
     out = run(setup, reps)
     out['varied_prompts'] = [v[1] for v in setup.info.get('varied', {}).values()][:-1]
   bases = [b for b in ('split32', 'split_pow2', 'peft', 'peft_1t') if b in out['rows']]
-  print_table(f'== {tasks} prompt-tuning prompts of {PROMPT} rows; whole stream, interleaved by batch, best of '
-              f'{reps} (wall and CPU s)',
-              out['rows'], LABELS, bases)
+  print_table(
+      f'== {tasks} prompt-tuning prompts of {PROMPT} rows; whole stream, interleaved by batch, best of '
+      f'{reps} (wall and CPU s)', out['rows'], LABELS, bases)
   for name, a in out['agree'].items():
     if name != 'mixed':
       print(f'  {name} vs mixed: predictions {a["same_predictions"]}/{a["requests"]} equal, chosen scores max '
             f'|diff| {a["max_abs_score_diff"]:.2e} (relative {a["max_rel_score_diff"]:.1e})')
   if 'varied_rows' in out:
     labels = {f'varied_{k}': v for k, v in LABELS.items()}
-    print_table(f'== varied bank: prompts {out["varied_prompts"]} rows + one {VARIED_PREFIX}-row prefix '
-                f'(all attention kinds); mixed rows carry the widest prompt', out['varied_rows'], labels,
-                [b for b in ('varied_split32', 'varied_split_pow2') if b in out['varied_rows']])
+    print_table(
+        f'== varied bank: prompts {out["varied_prompts"]} rows + one {VARIED_PREFIX}-row prefix '
+        f'(all attention kinds); mixed rows carry the widest prompt', out['varied_rows'], labels,
+        [b for b in ('varied_split32', 'varied_split_pow2') if b in out['varied_rows']])
     for name, a in out['varied_agree'].items():
       if name != 'varied_mixed':
         print(f'  {name} vs varied_mixed: predictions {a["same_predictions"]}/{a["requests"]} equal, chosen '
@@ -320,12 +363,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   print(f'\ncompiles while timing: {out["compiles_while_timing"]}; load average before timing '
         f'{tuple(round(x, 2) for x in out["load_before"])}, after {tuple(round(x, 2) for x in out["load_after"])}; '
         f'total {time.perf_counter() - start:.0f} s')
-  out.update(args=vars(args), info=setup.info, jax=jax.__version__, torch=torch.__version__,
-             transformers=transformers.__version__, peft=peft.__version__, cpus=os.cpu_count(),
-             model={'emb_dim': cfg.emb_dim, 'num_heads': cfg.num_heads, 'head_dim': cfg.head_dim,
-                    'mlp_dim': cfg.mlp_dim, 'layers': [cfg.num_encoder_layers, cfg.num_decoder_layers],
-                    'vocab_size': cfg.vocab_size},
-             input_lengths=lengths, total_s=time.perf_counter() - start)
+  out.update(
+      args=vars(args), info=setup.info, jax=jax.__version__, torch=torch.__version__,
+      transformers=transformers.__version__, peft=peft.__version__, cpus=os.cpu_count(), model={
+          'emb_dim': cfg.emb_dim, 'num_heads': cfg.num_heads, 'head_dim': cfg.head_dim, 'mlp_dim': cfg.mlp_dim,
+          'layers': [cfg.num_encoder_layers, cfg.num_decoder_layers], 'vocab_size': cfg.vocab_size
+      }, input_lengths=lengths, total_s=time.perf_counter() - start)
   print('JSON ' + json.dumps(out, sort_keys=True, default=float))
   return out
 

@@ -8,7 +8,8 @@ import functools
 import os
 import sys
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `bench` as a package
@@ -45,9 +46,11 @@ QUICK = {'requests': 64, 'tasks': 4, 'batch': 16, 'inputs': 64, 'reps': 1}
 # The full run: t5_1_1_small's widths with LAYERS + LAYERS layers, so that every mode, PEFT's many small
 # groups and the ~60 compiles fit in ~10 minutes on 2 shared cores (`--layers 8` is t5_1_1_small itself).
 LAYERS = 4
-LABELS = {'mixed': 'mixed: one PromptBank pass per batch', 'split32': 'split by task, groups padded to batch',
-          'split_pow2': 'split by task, groups padded to 2^k', 'peft': 'PEFT, grouped by adapter',
-          'peft_1t': 'PEFT, grouped by adapter, 1 torch thread'}
+LABELS = {
+    'mixed': 'mixed: one PromptBank pass per batch', 'split32': 'split by task, groups padded to batch',
+    'split_pow2': 'split by task, groups padded to 2^k', 'peft': 'PEFT, grouped by adapter',
+    'peft_1t': 'PEFT, grouped by adapter, 1 torch thread'
+}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -99,12 +102,12 @@ def hf_t5(cfg: T5Config, folder: str, seed: int = 0):
   import torch  # pylint: disable=import-outside-toplevel
   import transformers  # pylint: disable=import-outside-toplevel
   torch.manual_seed(seed)
-  hf_config = transformers.T5Config(
-      vocab_size=cfg.vocab_size, d_model=cfg.emb_dim, d_kv=cfg.head_dim, d_ff=cfg.mlp_dim,
-      num_layers=cfg.num_encoder_layers, num_decoder_layers=cfg.num_decoder_layers, num_heads=cfg.num_heads,
-      relative_attention_num_buckets=cfg.relpos_num_buckets, relative_attention_max_distance=cfg.relpos_max_distance,
-      feed_forward_proj='gated-gelu', dropout_rate=0.0, tie_word_embeddings=False, decoder_start_token_id=0,
-      pad_token_id=0, eos_token_id=1)
+  hf_config = transformers.T5Config(vocab_size=cfg.vocab_size, d_model=cfg.emb_dim, d_kv=cfg.head_dim, d_ff=cfg.mlp_dim,
+                                    num_layers=cfg.num_encoder_layers, num_decoder_layers=cfg.num_decoder_layers,
+                                    num_heads=cfg.num_heads, relative_attention_num_buckets=cfg.relpos_num_buckets,
+                                    relative_attention_max_distance=cfg.relpos_max_distance,
+                                    feed_forward_proj='gated-gelu', dropout_rate=0.0, tie_word_embeddings=False,
+                                    decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
   model = transformers.T5ForConditionalGeneration(hf_config)
   # transformers 5 ties lm_head when it builds a T5, whatever the config says (ENV-NOTES): untie as T5 1.1 is.
   model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
@@ -124,8 +127,7 @@ def make_prompts(cfg: T5Config, tasks: int, seed: int = 0, varied: bool = False)
       prefix = PrefixTuning.for_config(cfg, length=VARIED_PREFIX, projection=False, initializer='normal')
       out[f'task{t}'] = (prefix, jax.tree.map(np.asarray, prefix.init(jax.random.PRNGKey(seed + t), None)))
       continue
-    method = PromptTuning(length=VARIED_PROMPTS[t % len(VARIED_PROMPTS)] if varied else PROMPT,
-                          embed_dim=cfg.emb_dim)
+    method = PromptTuning(length=VARIED_PROMPTS[t % len(VARIED_PROMPTS)] if varied else PROMPT, embed_dim=cfg.emb_dim)
     out[f'task{t}'] = (method, {'prompt': rs.uniform(-0.5, 0.5, method.shape).astype(np.float32)})
   return out
 
@@ -139,8 +141,7 @@ def fns_for(rt: runtime_lib.Runtime, method: Method, inputs: int) -> ModelFns:
   """`ModelFns` of `method` over `rt`'s loaded network: a server of that method, without a second copy of the
   frozen weights."""
   served = runtime_lib.build_runtime(rt.config, method, None, {'inputs': inputs, 'targets': TARGETS},
-                                     model_parallel=rt.mesh.shape['model'], eos_id=rt.model.eos_id,
-                                     network=rt.network)
+                                     model_parallel=rt.mesh.shape['model'], eos_id=rt.model.eos_id, network=rt.network)
   return ModelFns(served, length_buckets=BUCKETS)
 
 
@@ -155,8 +156,7 @@ def write_adapter(folder: str, prompt: np.ndarray, cfg: T5Config) -> str:
   config.save_pretrained(folder)
   # [2P, d]: seq2seq prompt tuning reads rows :P; zeros in the rest make the parity check prove it.
   table = np.concatenate([prompt, np.zeros_like(prompt)]).astype(np.float32)
-  save_file({'prompt_embeddings': table}, os.path.join(folder, 'adapter_model.safetensors'),
-            metadata={'format': 'pt'})
+  save_file({'prompt_embeddings': table}, os.path.join(folder, 'adapter_model.safetensors'), metadata={'format': 'pt'})
   return folder
 
 
@@ -224,8 +224,9 @@ def mixed_plan(fns: ModelFns, params: Any, stream: Stream, width: int) -> list[C
     length = fns.buckets.bucket('inputs', last_real_column(batch['encoder_input_tokens']), inputs)
     labels = last_real_column(stream.candidates[stream.tasks[rows]].reshape(-1, TARGETS))
     run = functools.partial(banks.rank_rows, fns, params, batch, stream.candidates, real, stream.batch)
-    calls.append(Call(('mixed', id(fns), length, labels), run, rows, stream.batch, length,
-                      stream.batch * (length + width), rank_gflop(fns.rt.config, stream.batch, length + width, labels)))
+    calls.append(
+        Call(('mixed', id(fns), length, labels), run, rows, stream.batch, length, stream.batch * (length + width),
+             rank_gflop(fns.rt.config, stream.batch, length + width, labels)))
   return calls
 
 
@@ -250,8 +251,9 @@ def split_plan(servers: Sequence[tuple[ModelFns, Any, int]], stream: Stream, pad
       length = fns.buckets.bucket('inputs', last_real_column(tokens), inputs)
       labels = last_real_column(stream.candidates[t])
       run = functools.partial(_rank_group, fns, params, tokens, stream.candidates[t], len(requests))
-      calls.append(Call(('split', id(fns), size, length, labels), run, requests, size, length,
-                        size * (length + width), rank_gflop(fns.rt.config, size, length + width, labels)))
+      calls.append(
+          Call(('split', id(fns), size, length, labels), run, requests, size, length, size * (length + width),
+               rank_gflop(fns.rt.config, size, length + width, labels)))
   return calls
 
 
@@ -274,8 +276,8 @@ def _peft_group(model, name: str, input_ids, labels: Sequence[Any], threads: int
 def peft_plan(model, cfg: T5Config, stream: Stream, prompt_lengths: Sequence[int], threads: int) -> list[Call]:
   """Each batch grouped by adapter; a group padded to its longest row (as `DataCollatorWithPadding`)."""
   import torch  # pylint: disable=import-outside-toplevel
-  labels = [[torch.from_numpy(ids.astype(np.int64))[None] for ids in stream.labels(t)]
-            for t in range(len(stream.names))]
+  labels = [[torch.from_numpy(ids.astype(np.int64))[None] for ids in stream.labels(t)] for t in range(len(stream.names))
+           ]
   calls = []
   for rows in stream.batches():
     tasks = stream.tasks[rows]
@@ -287,8 +289,9 @@ def peft_plan(model, cfg: T5Config, stream: Stream, prompt_lengths: Sequence[int
       run = functools.partial(_peft_group, model, stream.names[t], ids, labels[t], threads)
       encoder = length + prompt_lengths[t]
       flops = sum(forward_gflop(cfg, len(requests), encoder, label.shape[1]) for label in labels[t])
-      calls.append(Call(('peft', stream.names[t]), run, requests, len(requests), length,
-                        len(labels[t]) * len(requests) * encoder, flops))  # the encoder runs once per label
+      calls.append(
+          Call(('peft', stream.names[t]), run, requests, len(requests), length,
+               len(labels[t]) * len(requests) * encoder, flops))  # the encoder runs once per label
   return calls
 
 
@@ -328,5 +331,3 @@ class CompileCounter:
     del duration, kwargs
     if event == self.EVENT:
       self.count += 1
-
-

@@ -49,8 +49,17 @@ from jaxprompt.commands import configs  # pylint: disable=g-import-not-at-top
 from jaxprompt.data import custom  # pylint: disable=g-import-not-at-top
 from jaxprompt.methods.prompt_tuning import prompt_tuning  # pylint: disable=g-import-not-at-top
 from jaxprompt.models.config import get_config  # pylint: disable=g-import-not-at-top
-from tests.tiny_task import (EMPTY_TASK, GIN_TASK, LABELS, LENGTHS, PROMPT_LENGTH, PY_TASK, empty_train_split,
-                             make_tiny_task, write_tiny_gin)
+from tests.tiny_task import (
+    EMPTY_TASK,
+    GIN_TASK,
+    LABELS,
+    LENGTHS,
+    PROMPT_LENGTH,
+    PY_TASK,
+    empty_train_split,
+    make_tiny_task,
+    write_tiny_gin,
+)
 from tests.tpu_helpers import ENV_SETTINGS, write_exe
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -111,10 +120,9 @@ def tiny_task(tiny_files):
 
 @pytest.fixture(scope='module')
 def train_kwargs(tiny_task, fixtures_dir):
-  return dict(model_config=get_config('t5x_tiny'),
-              initial_checkpoint_path=str(fixtures_dir / 't5x_tiny' / 'classic_checkpoint_0'),
-              mixture_or_task_name=tiny_task.name, task_feature_lengths=LENGTHS, batch_size=4,
-              method=functools.partial(prompt_tuning, length=PROMPT_LENGTH),
+  return dict(model_config=get_config('t5x_tiny'), initial_checkpoint_path=str(
+      fixtures_dir / 't5x_tiny' / 'classic_checkpoint_0'), mixture_or_task_name=tiny_task.name,
+              task_feature_lengths=LENGTHS, batch_size=4, method=functools.partial(prompt_tuning, length=PROMPT_LENGTH),
               checkpoint_period=3, eval_period=3, log_period=1, progress_bar=False)
 
 
@@ -122,8 +130,8 @@ def train_kwargs(tiny_task, fixtures_dir):
 def empty_task(tiny_files):
   if EMPTY_TASK not in seqio.TaskRegistry.names():
     vocab = configs.vocabulary(str(tiny_files['vocab']), 0)
-    seqio.TaskRegistry.add(
-        EMPTY_TASK, source=seqio.FunctionDataSource(empty_train_split, splits=['train', 'validation']),
-        preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
-        output_features={'inputs': seqio.Feature(vocab), 'targets': seqio.Feature(vocab)})
+    seqio.TaskRegistry.add(EMPTY_TASK, source=seqio.FunctionDataSource(empty_train_split,
+                                                                       splits=['train', 'validation']),
+                           preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+                           output_features={'inputs': seqio.Feature(vocab), 'targets': seqio.Feature(vocab)})
   return EMPTY_TASK

@@ -24,8 +24,7 @@ def run_with_devices(script: pathlib.Path, num_devices: int, *args: str, timeout
   env['JAX_PLATFORMS'] = 'cpu'
   env['TF_CPP_MIN_LOG_LEVEL'] = '3'
   env['PYTHONPATH'] = f'{REPO}{os.pathsep}{env.get("PYTHONPATH", "")}'
-  proc = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True,
-                        timeout=timeout)
+  proc = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True, timeout=timeout)
   if proc.returncode != 0:
     raise AssertionError(f'{script.name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-6000:]}')
   return proc.stdout

@@ -16,8 +16,8 @@ from jaxprompt.runtime.state import init_train_state
 def make_batch(enc, tgt) -> dict:
   enc, tgt = np.asarray(enc, np.int32), np.asarray(tgt, np.int32)
   return dict(encoder_input_tokens=enc, decoder_target_tokens=tgt,
-              decoder_input_tokens=np.pad(tgt[:, :-1], ((0, 0), (1, 0))),
-              decoder_loss_weights=(tgt > 0).astype(np.float32))
+              decoder_input_tokens=np.pad(tgt[:, :-1], ((0, 0), (1, 0))), decoder_loss_weights=(tgt
+                                                                                                > 0).astype(np.float32))
 
 
 def random_batch(seed=0, batch=4, enc_len=9, tgt_len=4, vocab=128) -> dict:
@@ -48,8 +48,8 @@ def assert_decoding_matches_recomputation(model: TunedModel, frozen, trainable, 
   variables = {'params': model.method.network_params(frozen, trainable)}
   module = model.module
   enc = jnp.asarray(batch['encoder_input_tokens'])
-  encoded, valid = jax.jit(lambda v, e: module.apply(v, e, hooks=hooks, enable_dropout=False, method=Transformer.encode))(
-      variables, enc)
+  encoded, valid = jax.jit(
+      lambda v, e: module.apply(v, e, hooks=hooks, enable_dropout=False, method=Transformer.encode))(variables, enc)
   target = {**batch, 'decoder_target_tokens': np.zeros((enc.shape[0], length), np.int32)}
   zeros = jnp.zeros((enc.shape[0], length), jnp.int32)
 
@@ -59,22 +59,22 @@ def assert_decoding_matches_recomputation(model: TunedModel, frozen, trainable, 
 
     def fn(state):
       tokens = state.sequences[:, :length]  # BOS then the tokens so far (zeros after the current index)
-      logits = module.apply(variables, enc_b, valid_b, tokens, jnp.ones_like(tokens), hooks=hooks,
-                            enable_dropout=False, method=Transformer.decode)
+      logits = module.apply(variables, enc_b, valid_b, tokens, jnp.ones_like(tokens), hooks=hooks, enable_dropout=False,
+                            method=Transformer.decode)
       index = jnp.broadcast_to(state.cur_index, (tokens.shape[0],))
       return jnp.take_along_axis(logits, index[:, None, None], axis=1)[:, 0], state.cache
 
     return fn
 
-  greedy, _ = jax.jit(functools.partial(model.predict_batch, method='sample', temperature=0.0))(
-      frozen, trainable, target)
-  want, _ = jax.jit(lambda: decoding.temperature_sample(zeros, {}, recomputed(1), eos_id=model.eos_id,
-                                                         decode_rng=jax.random.PRNGKey(0), temperature=0.0))()
+  greedy, _ = jax.jit(functools.partial(model.predict_batch, method='sample', temperature=0.0))(frozen, trainable,
+                                                                                                target)
+  want, _ = jax.jit(lambda: decoding.temperature_sample(zeros, {}, recomputed(1), eos_id=model.eos_id, decode_rng=jax.
+                                                        random.PRNGKey(0), temperature=0.0))()
   np.testing.assert_array_equal(greedy, want[:, -1])
-  beam, beam_scores = jax.jit(functools.partial(model.predict_batch, method='beam', num_decodes=2))(
-      frozen, trainable, target)
-  want, want_scores = jax.jit(lambda: decoding.beam_search(zeros, {}, recomputed(2), eos_id=model.eos_id,
-                                                            num_decodes=2))()
+  beam, beam_scores = jax.jit(functools.partial(model.predict_batch, method='beam', num_decodes=2))(frozen, trainable,
+                                                                                                    target)
+  want, want_scores = jax.jit(
+      lambda: decoding.beam_search(zeros, {}, recomputed(2), eos_id=model.eos_id, num_decodes=2))()
   np.testing.assert_array_equal(beam, want[:, -1])
   np.testing.assert_allclose(beam_scores, want_scores[:, -1], atol=1e-5)
 

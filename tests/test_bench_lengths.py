@@ -32,8 +32,8 @@ def test_examples_are_deterministic_eos_terminated_and_truncated(cal):
   shape = lengths.SHAPES['boolq']
   a = lengths.synthesize(shape, 300, 7, cal, max_inputs=128)
   b = lengths.synthesize(shape, 300, 7, cal, max_inputs=128)
-  assert all(np.array_equal(x['inputs'], y['inputs']) and np.array_equal(x['targets'], y['targets'])
-             for x, y in zip(a, b))
+  assert all(
+      np.array_equal(x['inputs'], y['inputs']) and np.array_equal(x['targets'], y['targets']) for x, y in zip(a, b))
   for ex in a:
     ids = ex['inputs']
     assert ids[-1] == lengths.EOS and len(ids) <= 128

@@ -9,8 +9,10 @@ pytest.importorskip('transformers')
 pytest.importorskip('peft')
 
 from bench import lengths as lengths_lib  # pylint: disable=g-import-not-at-top
-from bench import serving  # pylint: disable=g-import-not-at-top
-from bench import serving_modes  # pylint: disable=g-import-not-at-top
+from bench import (
+    serving,  # pylint: disable=g-import-not-at-top
+    serving_modes,  # pylint: disable=g-import-not-at-top
+)
 
 
 @pytest.mark.slow

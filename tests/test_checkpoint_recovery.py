@@ -86,8 +86,9 @@ def test_damaged_latest_step_falls_back_and_is_left_untouched(tmp_path, caplog, 
       assert_trees_equal(state, _state(10))
       assert meta == {'step': 10, 'data_position': 30, 'batch_size': 8, 'metrics': {'accuracy': 0.1}}
       assert ckpt.all_steps() == [10]
-      resumed = [r.message for r in caplog.records
-                 if r.levelno == logging.WARNING and 'Resuming from step 10' in r.message]
+      resumed = [
+          r.message for r in caplog.records if r.levelno == logging.WARNING and 'Resuming from step 10' in r.message
+      ]
       assert len(resumed) == 1 and str(damaged_dir) in resumed[0]
       # Training goes on: step 20 cannot be written over the damaged dir, later steps are, and retention
       # (keep=1) deletes intact steps but never the damaged one or its numpy copy.
@@ -101,7 +102,8 @@ def test_damaged_latest_step_falls_back_and_is_left_untouched(tmp_path, caplog, 
   assert _files(damaged_dir) == before
   assert _files(tmp_path / 'numpy_checkpoints' / 'checkpoint_20') == numpy_before
   assert sorted(p.name for p in (tmp_path / 'numpy_checkpoints').iterdir()) == [
-      'checkpoint_10', 'checkpoint_20', 'checkpoint_40']
+      'checkpoint_10', 'checkpoint_20', 'checkpoint_40'
+  ]
   # A restarted job resumes from 40 (newer than the damaged step: nothing to warn about).
   caplog.clear()
   with caplog.at_level(logging.WARNING, logger='jaxprompt'), StateCheckpointer(str(tmp_path), keep=1) as ckpt:
@@ -132,12 +134,14 @@ def test_template_mismatch_is_not_taken_for_damage(tmp_path):
   _save(tmp_path, [10, 20])
   with StateCheckpointer(str(tmp_path)) as ckpt:
     # A changed prompt length must be reported, not skipped over to an older (equally mismatched) step.
-    with pytest.raises(CheckpointError, match=r'checkpoints/20: it does not match the template .*: '
-                                              r'trainable/prompt is \(4, 8\) there and \(5, 8\) in the template'):
+    with pytest.raises(
+        CheckpointError, match=r'checkpoints/20: it does not match the template .*: '
+        r'trainable/prompt is \(4, 8\) there and \(5, 8\) in the template'):
       ckpt.restore_latest(_template(5), batch_size=8)
     sgd = init_train_state({'prompt': jnp.zeros((4, 8))}, optax.sgd(0.1), jax.random.key(0))
-    with pytest.raises(CheckpointError, match=r'checkpoints/20: it does not match the template .*: '
-                                              r'opt_state/0/count is \(\) there and absent in the template'):
+    with pytest.raises(
+        CheckpointError, match=r'checkpoints/20: it does not match the template .*: '
+        r'opt_state/0/count is \(\) there and absent in the template'):
       ckpt.restore_latest(sgd, batch_size=8)
     assert ckpt.all_steps() == [10, 20]
 
@@ -155,7 +159,8 @@ def test_batch_size_change_is_refused(tmp_path):
     assert ckpt.save(20, _state(20), data_position=60)
     ckpt.wait_until_finished()
     assert ckpt.restore_latest(_template(), batch_size=16)[1] == {
-        'step': 20, 'data_position': 60, 'batch_size': None, 'metrics': None}
+        'step': 20, 'data_position': 60, 'batch_size': None, 'metrics': None
+    }
 
 
 @flax.struct.dataclass
@@ -170,11 +175,12 @@ class _PreviousReleaseState:
 def test_previous_release_layout_is_read(tmp_path):
   new = _state(5)
   old = _PreviousReleaseState(step=new.step, prompt=new.trainable, opt_state=new.opt_state, rng=new.rng)
-  with ocp.CheckpointManager(tmp_path / 'checkpoints', options=ocp.CheckpointManagerOptions(create=True),
-                             item_handlers={'state': ocp.StandardCheckpointHandler(),
-                                            'meta': ocp.JsonCheckpointHandler()}) as manager:
-    manager.save(5, args=ocp.args.Composite(state=ocp.args.StandardSave(old), meta=ocp.args.JsonSave(
-        {'step': 5, 'data_position': 15, 'metrics': None})))  # no batch size then
+  with ocp.CheckpointManager(
+      tmp_path / 'checkpoints', options=ocp.CheckpointManagerOptions(create=True),
+      item_handlers={'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()}) as manager:
+    manager.save(5, args=ocp.args.Composite(state=ocp.args.StandardSave(old),
+                                            meta=ocp.args.JsonSave({'step': 5, 'data_position': 15,
+                                                                    'metrics': None})))  # no batch size then
   prompt = np.asarray(new.trainable['prompt'])
   for where in (tmp_path, tmp_path / 'checkpoints', tmp_path / 'checkpoints' / '5'):
     np.testing.assert_array_equal(load_prompt_from_checkpoint(str(where)), prompt)
@@ -234,6 +240,7 @@ def test_npy_io_never_unpickles(tmp_path):
   marker = tmp_path / 'unpickled'
 
   class Bomb:
+
     def __reduce__(self):
       return (open, (str(marker), 'w'))
 

@@ -48,8 +48,10 @@ def ckpts(tmp_path_factory):
   v11.save_pretrained(root / 'v11', safe_serialization=True)
   v11.save_pretrained(root / 'v11_sharded', safe_serialization=True, max_shard_size='20KB')
   v10.save_pretrained(root / 'v10', safe_serialization=True)
-  return {'root': root, 'v11': root / 'v11', 'v11_sharded': root / 'v11_sharded', 'v10': root / 'v10',
-          'v11_model': v11, 'v10_model': v10}
+  return {
+      'root': root, 'v11': root / 'v11', 'v11_sharded': root / 'v11_sharded', 'v10': root / 'v10', 'v11_model': v11,
+      'v10_model': v10
+  }
 
 
 def _batch():
@@ -91,8 +93,7 @@ def _copy(src, dst, *, config=None, drop=(), add=None, convert=None):
   tensors = load_file(os.path.join(src, 'model.safetensors'))
   tensors = {k: v for k, v in tensors.items() if k not in drop}
   tensors.update(add or {})
-  save_file(convert(tensors) if convert else tensors, os.path.join(dst, 'model.safetensors'),
-            metadata={'format': 'pt'})
+  save_file(convert(tensors) if convert else tensors, os.path.join(dst, 'model.safetensors'), metadata={'format': 'pt'})
   with open(os.path.join(src, 'config.json')) as f:
     hf = json.load(f)
   for key, value in (config or {}).items():
@@ -160,8 +161,8 @@ def test_decoder_prefix_positions_match_transformers_past_key_values(ckpts):
   name = 'cache' if 'cache' in inspect.signature(model.forward).parameters else 'past_key_values'
   with torch.no_grad():
     theirs = model(input_ids=torch.tensor(enc), attention_mask=torch.tensor(enc > 0),
-                   decoder_input_ids=torch.tensor(dec_inputs),
-                   **{name: EncoderDecoderCache(past, DynamicCache())}).logits.numpy()
+                   decoder_input_ids=torch.tensor(dec_inputs), **{name: EncoderDecoderCache(past, DynamicCache())
+                                                                 }).logits.numpy()
   np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4, rtol=0)
   assert np.abs(theirs - _hf_logits(ckpts['v11_model'])).max() > 1e-2  # the prefix is in effect
 
@@ -278,8 +279,10 @@ def test_directory_without_safetensors(tmp_path):
 
 
 def test_non_t5_safetensors_names_its_keys(tmp_path):
-  bert = {'bert.embeddings.word_embeddings.weight': np.zeros((8, 4), np.float32),
-          'bert.encoder.layer.0.attention.self.query.weight': np.zeros((4, 4), np.float32)}
+  bert = {
+      'bert.embeddings.word_embeddings.weight': np.zeros((8, 4), np.float32),
+      'bert.encoder.layer.0.attention.self.query.weight': np.zeros((4, 4), np.float32)
+  }
   save_file(bert, tmp_path / 'model.safetensors')
   with pytest.raises(CheckpointError, match=r"no 'shared.weight'.*bert.embeddings.word_embeddings.weight"):
     load_hf_t5(tmp_path)
@@ -287,9 +290,10 @@ def test_non_t5_safetensors_names_its_keys(tmp_path):
 
 def test_config_json_shapes_that_do_not_match_the_weights(ckpts, tmp_path):
   path = _copy(ckpts['v11'], tmp_path / 'dff', config={'d_ff': 48})
-  with pytest.raises(CheckpointError, match=r"'encoder.block.0.layer.1.DenseReluDense.wi_0.weight' of shape "
-                     r"\[64, 32\] gives 'encoder/layers_0/mlp/wi_0/kernel' shape \[32, 64\], but "
-                     r".*dff/config.json implies \[32, 48\]"):
+  with pytest.raises(
+      CheckpointError, match=r"'encoder.block.0.layer.1.DenseReluDense.wi_0.weight' of shape "
+      r"\[64, 32\] gives 'encoder/layers_0/mlp/wi_0/kernel' shape \[32, 64\], but "
+      r".*dff/config.json implies \[32, 48\]"):
     load_hf_t5(path)
 
 

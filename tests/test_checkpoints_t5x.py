@@ -14,9 +14,17 @@ import numpy as np
 import pytest
 import tensorstore as ts
 
-from jaxprompt.checkpoints import (detect_format, flatten_params, kvstore_spec, latest_checkpoint,
-                                   load_t5x_checkpoint, t5x_checkpoint_step, unflatten_params)
-from jaxprompt.checkpoints import t5x_classic, t5x_orbax
+from jaxprompt.checkpoints import (
+    detect_format,
+    flatten_params,
+    kvstore_spec,
+    latest_checkpoint,
+    load_t5x_checkpoint,
+    t5x_checkpoint_step,
+    t5x_classic,
+    t5x_orbax,
+    unflatten_params,
+)
 from jaxprompt.errors import CheckpointError, ConfigError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -83,9 +91,13 @@ def test_t5_1_1_tiny_classic_mixes_inline_and_zarr(fixtures_dir):
   ckpt = fixtures_dir / "t5x_t5_1_1_tiny_checkpoint_3"
   flat = _flat_load(ckpt)
   shapes = {
-      "token_embedder/embedding": (32128, 4), "decoder/logits_dense/kernel": (4, 32128),
-      QUERY: (4, 4), "encoder/layers_0/mlp/wi_0/kernel": (4, 8), "encoder/layers_0/mlp/wo/kernel": (8, 4),
-      "encoder/relpos_bias/rel_embedding": (2, 4), "decoder/decoder_norm/scale": (4,),
+      "token_embedder/embedding": (32128, 4),
+      "decoder/logits_dense/kernel": (4, 32128),
+      QUERY: (4, 4),
+      "encoder/layers_0/mlp/wi_0/kernel": (4, 8),
+      "encoder/layers_0/mlp/wo/kernel": (8, 4),
+      "encoder/relpos_bias/rel_embedding": (2, 4),
+      "decoder/decoder_norm/scale": (4,),
   }
   for path, shape in shapes.items():
     assert flat[path].shape == shape, path
@@ -96,8 +108,9 @@ def test_t5_1_1_tiny_classic_mixes_inline_and_zarr(fixtures_dir):
   assert "encoder/relpos_bias/rel_embedding" in inline and len(inline) + len(zarr_folders) == len(flat) == 52
   for path, stored in inline.items():
     np.testing.assert_array_equal(flat[path], stored, err_msg=path)
-  emb = ts.open({"driver": "zarr", "kvstore": {"driver": "file",
-                                               "path": str(ckpt / "target.token_embedder.embedding")}}).result()
+  emb = ts.open({
+      "driver": "zarr", "kvstore": {"driver": "file", "path": str(ckpt / "target.token_embedder.embedding")}
+  }).result()
   np.testing.assert_array_equal(flat["token_embedder/embedding"], emb.read().result())
   assert np.isfinite(flat["token_embedder/embedding"]).all() and flat["token_embedder/embedding"].std() > 0
 
@@ -161,8 +174,9 @@ def test_expected_shapes_missing_and_unexpected(tiny, reference):
   shapes = unflatten_params({k: v.shape for k, v in reference.items()})
   del shapes["decoder"]["logits_dense"]
   shapes["prompt"] = {"prompt": (5, 32)}
-  with pytest.raises(CheckpointError, match=r"missing from the checkpoint: 'prompt/prompt'.*"
-                                            r"not expected: 'decoder/logits_dense/kernel'"):
+  with pytest.raises(
+      CheckpointError, match=r"missing from the checkpoint: 'prompt/prompt'.*"
+      r"not expected: 'decoder/logits_dense/kernel'"):
     load_t5x_checkpoint(tiny / "classic_checkpoint_0", expected_shapes=shapes)
 
 
@@ -230,9 +244,10 @@ print("RESULT" + json.dumps(out))
 def test_sharded_load_on_8_cpu_devices(fixtures_dir, tiny):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
              TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
-  proc = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT, str(tiny),
-                         str(fixtures_dir / "t5x_test_t5_tiny.checkpoint_0")],
-                        env=env, capture_output=True, text=True, timeout=180)
+  proc = subprocess.run(
+      [sys.executable, "-c", _SHARDED_SCRIPT,
+       str(tiny), str(fixtures_dir / "t5x_test_t5_tiny.checkpoint_0")], env=env, capture_output=True, text=True,
+      timeout=180)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.split("RESULT", 1)[1])
   assert out["devices"] == 8
@@ -275,13 +290,16 @@ def test_gcs_paths_map_to_gcs_kvstores(tiny):
   target = t5x_classic.target_tree(t5x_classic.parse_msgpack(data, "ckpt"), "ckpt")
   sources = t5x_classic.target_sources(target, "gs://bkt/run/checkpoint_0", "ckpt")
   spec = sources["token_embedder/embedding"].spec
-  assert spec["kvstore"] == {"driver": "gcs", "bucket": "bkt",
-                             "path": "run/checkpoint_0/target.token_embedder.embedding/"}
+  assert spec["kvstore"] == {
+      "driver": "gcs", "bucket": "bkt", "path": "run/checkpoint_0/target.token_embedder.embedding/"
+  }
   assert sources["token_embedder/embedding"].shape == (128, 32)  # from the index, no I/O
   ts.Spec(spec)  # a valid tensorstore spec
   orbax_kv = t5x_orbax.array_kvstore("gs://bkt/run/checkpoint_0/state", "target.a.b", use_ocdbt=True)
-  assert orbax_kv == {"driver": "ocdbt", "path": "target.a.b/",
-                      "base": {"driver": "gcs", "bucket": "bkt", "path": "run/checkpoint_0/state/"}}
+  assert orbax_kv == {
+      "driver": "ocdbt", "path": "target.a.b/",
+      "base": {"driver": "gcs", "bucket": "bkt", "path": "run/checkpoint_0/state/"}
+  }
   ts.Spec({"driver": "zarr", "kvstore": orbax_kv})
 
 

@@ -53,8 +53,8 @@ def test_writer_errors(tmp_path):
   t5x_writer.save_t5x_checkpoint(params, tmp_path, step=1)
   with pytest.raises(CheckpointError, match='checkpoint_1 already exists'):
     t5x_writer.save_t5x_checkpoint(params, tmp_path, step=1)
-  t5x_writer.save_t5x_checkpoint({'token_embedder': {'embedding': np.zeros((4, 2), np.float32)}}, tmp_path,
-                                 step=1, overwrite=True)
+  t5x_writer.save_t5x_checkpoint({'token_embedder': {'embedding': np.zeros((4, 2), np.float32)}}, tmp_path, step=1,
+                                 overwrite=True)
   assert np.all(load_t5x_checkpoint(tmp_path / 'checkpoint_1')['token_embedder']['embedding'] == 0)
   with pytest.raises(CheckpointError, match="layout 'zip'"):
     t5x_writer.save_t5x_checkpoint(params, tmp_path, layout='zip')

@@ -33,7 +33,6 @@ from tests.tiny_task import EMPTY_TASK, GIN_TASK
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BASE_GIN = ['--gin_file=models/t5x_tiny.gin', '--gin_file=runs/prompt_tuning.gin']
 
-
 pytestmark = pytest.mark.usefixtures('clean_gin')  # in-process runs leave gin bindings behind
 
 
@@ -46,8 +45,8 @@ def _env() -> dict:
 
 
 def run_cli(args, stdin=None, timeout=300) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, '-m', 'jaxprompt', *map(str, args)], cwd=REPO, env=_env(),
-                        input=stdin, capture_output=True, text=True, timeout=timeout)
+  return subprocess.run([sys.executable, '-m', 'jaxprompt', *map(str, args)], cwd=REPO, env=_env(), input=stdin,
+                        capture_output=True, text=True, timeout=timeout)
 
 
 def error_line(stderr: str) -> str:
@@ -72,8 +71,8 @@ def test_help_lists_the_important_macros(capsys):
     cli.main(['train', '--help'])
   assert exit_info.value.code == 0
   out = capsys.readouterr().out
-  for macro in ('MODEL_DIR', 'INITIAL_CHECKPOINT_PATH', 'MIXTURE_OR_TASK_NAME', 'TASK_FEATURE_LENGTHS',
-                'TRAIN_STEPS', 'BATCH_SIZE', 'PROMPT_LENGTH', 'LEARNING_RATE', '--gin_file', '--gin_search_paths'):
+  for macro in ('MODEL_DIR', 'INITIAL_CHECKPOINT_PATH', 'MIXTURE_OR_TASK_NAME', 'TASK_FEATURE_LENGTHS', 'TRAIN_STEPS',
+                'BATCH_SIZE', 'PROMPT_LENGTH', 'LEARNING_RATE', '--gin_file', '--gin_search_paths'):
     assert macro in out
 
 
@@ -119,8 +118,8 @@ def _parse(files, bindings=()):
 
 def test_every_model_gin_names_a_config_and_a_public_checkpoint():
   sizes = ['small', 'base', 'large', 'xl', 'xxl']
-  expected = ({f't5_1_1_{s}' for s in sizes} | {f't5_1_1_lm100k_{s}' for s in sizes} | {f'mt5_{s}' for s in sizes}
-              | {f't5_1_0_{s}' for s in ('small', 'base', 'large', '3b', '11b')} | {'t5x_tiny'})
+  expected = ({f't5_1_1_{s}' for s in sizes} | {f't5_1_1_lm100k_{s}' for s in sizes} | {f'mt5_{s}' for s in sizes} |
+              {f't5_1_0_{s}' for s in ('small', 'base', 'large', '3b', '11b')} | {'t5x_tiny'})
   assert expected <= {m.stem for m in (REPO / 'gin_configs' / 'models').glob('*.gin')}
   for stem in sorted(expected):
     _parse([f'models/{stem}.gin'])
@@ -132,14 +131,15 @@ def test_every_model_gin_names_a_config_and_a_public_checkpoint():
       assert (config.param_dtype, config.scan_layers, config.remat_policy) == (jnp.bfloat16, True, 'full')
       assert gin.query_parameter('jaxprompt.prompt_logical_axis_rules.parameter_partitioning_dims') == 2
       assert gin.query_parameter('%MODEL_PARALLEL') == 2
-    assert config == CONFIGS[name].replace(dtype=config.dtype, param_dtype=config.param_dtype,
-                                           scan_layers=large, remat_policy='full' if large else 'none')
+    assert config == CONFIGS[name].replace(dtype=config.dtype, param_dtype=config.param_dtype, scan_layers=large,
+                                           remat_policy='full' if large else 'none')
     path = gin.query_parameter('%INITIAL_CHECKPOINT_PATH')
     if name.startswith('t5_1_1_lm100k_'):
       assert path == f'gs://t5-data/pretrained_models/t5x/{name}/checkpoint_1100000'
     elif name != 't5x_tiny':
-      assert re.fullmatch(r'gs://t5-data/pretrained_models/t5x/(t5_1_1_\w+|mt5_\w+|t5_(small|base|large|3B|11B))'
-                          r'/checkpoint_\d+', path), path
+      assert re.fullmatch(
+          r'gs://t5-data/pretrained_models/t5x/(t5_1_1_\w+|mt5_\w+|t5_(small|base|large|3B|11B))'
+          r'/checkpoint_\d+', path), path
 
 
 def test_prompt_tuning_gin_has_the_paper_hyperparameters():
@@ -203,8 +203,10 @@ def test_missing_and_wrong_checkpoint_paths(capsys, tiny_gin, tmp_path):
 
 
 def test_model_config_not_matching_the_checkpoint(capsys, tiny_gin, tmp_path):
-  code, line = main_error(capsys, ['train', *BASE_GIN, f'--gin_file={tiny_gin}', f"--gin.MODEL_DIR='{tmp_path}'",
-                                   "--gin.jaxprompt.model_config.name='test_tiny'"])
+  code, line = main_error(capsys, [
+      'train', *BASE_GIN, f'--gin_file={tiny_gin}', f"--gin.MODEL_DIR='{tmp_path}'",
+      "--gin.jaxprompt.model_config.name='test_tiny'"
+  ])
   assert code == 2 and 'classic_checkpoint_0' in line
   shape = r'\[[\d, ]+\]'
   assert re.search(rf"parameter '[\w/]+' has shape {shape} in the checkpoint but the model expects {shape}", line)
@@ -212,19 +214,22 @@ def test_model_config_not_matching_the_checkpoint(capsys, tiny_gin, tmp_path):
 
 def test_model_dir_not_writable(capsys, tiny_gin, tmp_path):
   (tmp_path / 'file').write_text('x')
-  code, line = main_error(capsys, ['train', *BASE_GIN, f'--gin_file={tiny_gin}',
-                                   f"--gin.MODEL_DIR='{tmp_path / 'file' / 'run'}'"])
+  code, line = main_error(
+      capsys, ['train', *BASE_GIN, f'--gin_file={tiny_gin}', f"--gin.MODEL_DIR='{tmp_path / 'file' / 'run'}'"])
   assert code == 2 and f'MODEL_DIR {tmp_path / "file" / "run"} is not writable' in line
 
 
 def test_empty_dataset_split(capsys, tiny_gin, empty_task, tmp_path):
-  code, line = main_error(capsys, ['train', *BASE_GIN, f'--gin_file={tiny_gin}', f"--gin.MODEL_DIR='{tmp_path}'",
-                                   f"--gin.MIXTURE_OR_TASK_NAME='{empty_task}'",
-                                   '--gin.PROMPT_INIT=@jaxprompt.methods.random_uniform()'])
+  code, line = main_error(capsys, [
+      'train', *BASE_GIN, f'--gin_file={tiny_gin}', f"--gin.MODEL_DIR='{tmp_path}'",
+      f"--gin.MIXTURE_OR_TASK_NAME='{empty_task}'", '--gin.PROMPT_INIT=@jaxprompt.methods.random_uniform()'
+  ])
   assert code == 2 and f"task '{EMPTY_TASK}' split 'train' is empty" in line
   # Its default class-label initialisation already needs labels the task does not have:
-  code, line = main_error(capsys, ['train', *BASE_GIN, f'--gin_file={tiny_gin}', f"--gin.MODEL_DIR='{tmp_path}'",
-                                   f"--gin.MIXTURE_OR_TASK_NAME='{empty_task}'"])
+  code, line = main_error(capsys, [
+      'train', *BASE_GIN, f'--gin_file={tiny_gin}', f"--gin.MODEL_DIR='{tmp_path}'",
+      f"--gin.MIXTURE_OR_TASK_NAME='{empty_task}'"
+  ])
   assert code == 2 and f"task '{EMPTY_TASK}' has no label set, so CLASS_LABELS cannot default to it" in line
 
 
@@ -237,11 +242,15 @@ def test_bad_prompt_files(capsys, tiny_gin, tmp_path, kind):
     np.save(path, np.zeros((5, 32), np.int64))
   elif kind == 'pickle':
     path.write_bytes(pickle.dumps({'prompt': np.zeros((5, 32), np.float32)}))
-  code, line = main_error(capsys, ['eval', '--gin_file=models/t5x_tiny.gin', '--gin_file=runs/prompt_eval.gin',
-                                   f'--gin_file={tiny_gin}', f'--prompt_file={path}'])
+  code, line = main_error(capsys, [
+      'eval', '--gin_file=models/t5x_tiny.gin', '--gin_file=runs/prompt_eval.gin', f'--gin_file={tiny_gin}',
+      f'--prompt_file={path}'
+  ])
   assert code == 2 and str(path) in line
-  assert {'shape': 'has shape (5, 16) but the prompt shape is (5, 32)', 'dtype': 'has dtype int64',
-          'pickle': 'not a .npy file', 'missing': 'does not exist'}[kind] in line
+  assert {
+      'shape': 'has shape (5, 16) but the prompt shape is (5, 32)', 'dtype': 'has dtype int64',
+      'pickle': 'not a .npy file', 'missing': 'does not exist'
+  }[kind] in line
 
 
 # ------------------------------------------------------------------------------------ the workflow, as processes
@@ -262,8 +271,9 @@ def test_train_writes_prompt_checkpoints_metrics_and_curves(trained):
   assert summary['step'] == 6 and not summary['preempted']
   # Plain log lines (not a tty), and the bytes a checkpoint holds, printed at the start.
   assert re.search(r'step 6/6 +loss/token [\d.]+ .* steps/s +[\d.]+ examples/step +encoder fill \d+% +ETA', stderr)
-  assert re.search(r'PromptTuning: 160 trainable parameters \(640 bytes\); a checkpoint holds them and the '
-                   r'optimizer state: [\d,]+ bytes', stderr)
+  assert re.search(
+      r'PromptTuning: 160 trainable parameters \(640 bytes\); a checkpoint holds them and the '
+      r'optimizer state: [\d,]+ bytes', stderr)
   prompt = np.load(summary['prompt_file'])
   assert prompt.shape == (5, 32) and prompt.dtype == np.float32
   assert sorted(p.name for p in (model_dir / 'checkpoints').iterdir()) == ['3', '6']
@@ -286,8 +296,10 @@ def test_export_eval_and_infer_with_the_exported_prompt(trained, tiny_gin, tmp_p
   np.testing.assert_array_equal(np.load(exported), np.load(summary['prompt_file']))
 
   metrics_file = tmp_path / 'metrics.json'
-  proc = run_cli(['eval', '--gin_file=models/t5x_tiny.gin', '--gin_file=runs/prompt_eval.gin', f'--gin_file={tiny_gin}',
-                  f'--prompt_file={exported}', f'--output={metrics_file}'])
+  proc = run_cli([
+      'eval', '--gin_file=models/t5x_tiny.gin', '--gin_file=runs/prompt_eval.gin', f'--gin_file={tiny_gin}',
+      f'--prompt_file={exported}', f'--output={metrics_file}'
+  ])
   assert proc.returncode == 0, proc.stderr
   metrics = json.loads(metrics_file.read_text())['metrics']
   # The same prompt on the same split: the numbers the trainer logged for its final evaluation.
@@ -299,17 +311,20 @@ def test_export_eval_and_infer_with_the_exported_prompt(trained, tiny_gin, tmp_p
   files = tiny_gin_files(tiny_gin)
   spec = f"name=jp_cli_spec_task,train={files['train']},validation={files['validation']},labels=negative|positive"
   spec_metrics = tmp_path / 'spec_metrics.json'
-  assert cli.main(['eval', '--gin_file=models/t5x_tiny.gin', '--gin_file=runs/prompt_eval.gin',
-                   f'--gin_file={tiny_gin}', '--task', spec, "--gin.MIXTURE_OR_TASK_NAME='jp_cli_spec_task'",
-                   f'--prompt_file={exported}', f'--output={spec_metrics}']) == 0
+  assert cli.main([
+      'eval', '--gin_file=models/t5x_tiny.gin', '--gin_file=runs/prompt_eval.gin', f'--gin_file={tiny_gin}', '--task',
+      spec, "--gin.MIXTURE_OR_TASK_NAME='jp_cli_spec_task'", f'--prompt_file={exported}', f'--output={spec_metrics}'
+  ]) == 0
   spec_result = json.loads(spec_metrics.read_text())['metrics']
   assert spec_result['num_examples'] == 12 and spec_result['accuracy'] == pytest.approx(metrics['accuracy'])
 
   inputs = tmp_path / 'inputs.txt'
   inputs.write_text('good movie plot\n\nawful film acting\n')
   out = tmp_path / 'predictions.jsonl'
-  proc = run_cli(['infer', '--gin_file=models/t5x_tiny.gin', '--gin_file=runs/prompt_infer.gin',
-                  f'--gin_file={tiny_gin}', f'--prompt_file={exported}', f'--input_file={inputs}', f'--output={out}'])
+  proc = run_cli([
+      'infer', '--gin_file=models/t5x_tiny.gin', '--gin_file=runs/prompt_infer.gin', f'--gin_file={tiny_gin}',
+      f'--prompt_file={exported}', f'--input_file={inputs}', f'--output={out}'
+  ])
   assert proc.returncode == 0, proc.stderr
   records = [json.loads(line) for line in out.read_text().splitlines()]
   assert [r['input'] for r in records] == ['good movie plot', 'awful film acting']
@@ -320,8 +335,10 @@ def test_export_eval_and_infer_with_the_exported_prompt(trained, tiny_gin, tmp_p
 def test_infer_reads_stdin_or_a_task_split(trained, tiny_gin, capsys, monkeypatch):
   """In process (the same `main`), to spare two more TensorFlow imports."""
   model_dir, _, _ = trained
-  base = ['infer', '--gin_file=models/t5x_tiny.gin', '--gin_file=runs/prompt_infer.gin', f'--gin_file={tiny_gin}',
-          f'--checkpoint={model_dir}']
+  base = [
+      'infer', '--gin_file=models/t5x_tiny.gin', '--gin_file=runs/prompt_infer.gin', f'--gin_file={tiny_gin}',
+      f'--checkpoint={model_dir}'
+  ]
   monkeypatch.setattr(sys, 'stdin', io.StringIO('good movie plot\nawful film acting\n'))
   assert cli.main(base + ['--gin.MIXTURE_OR_TASK_NAME=None']) == 0  # no task, no --input_file: stdin
   from_stdin = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -377,8 +394,10 @@ def test_sigterm_saves_exits_zero_and_resume_matches(trained, tiny_gin, tmp_path
 
 @pytest.mark.slow
 def test_nan_loss_stops_with_exit_code_1(capsys, tiny_gin, tmp_path):
-  code, line = main_error(capsys, ['train', *BASE_GIN, f'--gin_file={tiny_gin}', f"--gin.MODEL_DIR='{tmp_path}'",
-                                   '--gin.EVAL_PERIOD=100', '--gin.jaxprompt.train.debug_poison_loss_at_step=5'])
+  code, line = main_error(capsys, [
+      'train', *BASE_GIN, f'--gin_file={tiny_gin}', f"--gin.MODEL_DIR='{tmp_path}'", '--gin.EVAL_PERIOD=100',
+      '--gin.jaxprompt.train.debug_poison_loss_at_step=5'
+  ])
   assert code == 1
   assert 'non-finite loss at step 5' in line and f'the last good checkpoint, step 3, is kept in {tmp_path}' in line
   # Nothing is saved at or after the bad step; what was saved before stays.

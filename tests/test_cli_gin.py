@@ -33,8 +33,9 @@ def error_of(capsys, argv: list[str]) -> tuple[int, str]:
 
 
 def test_gin_overrides_are_split_from_other_flags():
-  rest, bindings = parser.split_gin_overrides(
-      ['train', '--gin.MODEL_DIR=\'/tmp/a=b\'', '--gin_file=x.gin', '--gin.TRAIN_STEPS', '10'])
+  rest, bindings = parser.split_gin_overrides([
+      'train', '--gin.MODEL_DIR=\'/tmp/a=b\'', '--gin_file=x.gin', '--gin.TRAIN_STEPS', '10'
+  ])
   assert rest == ['train', '--gin_file=x.gin']
   assert bindings == ["MODEL_DIR = '/tmp/a=b'", 'TRAIN_STEPS = 10']
   with pytest.raises(UsageError, match='--gin.X needs a value'):

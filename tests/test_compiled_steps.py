@@ -33,8 +33,10 @@ def runtime():
 def inputs(runtime):
   rs = np.random.RandomState(0)
   trainable = runtime.place_trainable({'prompt': rs.uniform(-0.5, 0.5, (3, CFG.emb_dim))})
-  batch = {'encoder_input_tokens': rs.randint(2, CFG.vocab_size, (4, LENGTHS['inputs'])).astype(np.int32),
-           'decoder_target_tokens': np.zeros((4, LENGTHS['targets']), np.int32)}
+  batch = {
+      'encoder_input_tokens': rs.randint(2, CFG.vocab_size, (4, LENGTHS['inputs'])).astype(np.int32),
+      'decoder_target_tokens': np.zeros((4, LENGTHS['targets']), np.int32)
+  }
   return trainable, batch
 
 
@@ -42,8 +44,8 @@ def _reference(runtime, trainable, batch, opts: DecodeOptions):
   """The model's own decode under `opts`, jitted apart from any ShardedSteps (ModelFns' rng for batch 0)."""
   rng = jax.random.fold_in(jax.random.PRNGKey(opts.seed), 0)
   decode = jax.jit(lambda f, t, b, r: runtime.model.predict_batch(
-      f, t, b, method=opts.method, num_decodes=opts.num_decodes, alpha=opts.alpha, temperature=opts.temperature,
-      topk=opts.topk, topp=opts.topp, rng=r if opts.method == 'sample' else None))
+      f, t, b, method=opts.method, num_decodes=opts.num_decodes, alpha=opts.alpha, temperature=opts.temperature, topk=
+      opts.topk, topp=opts.topp, rng=r if opts.method == 'sample' else None))
   return jax.tree.map(np.asarray, decode(runtime.frozen, trainable, batch, rng))
 
 
@@ -71,8 +73,7 @@ def test_equal_configurations_share_one_compile(runtime, inputs):
 
 
 def test_a_runtime_over_another_ones_weights_shares_them(runtime):
-  served = build_runtime(CFG, PromptTuning(length=2, embed_dim=CFG.emb_dim), None, LENGTHS,
-                         network=runtime.network)
+  served = build_runtime(CFG, PromptTuning(length=2, embed_dim=CFG.emb_dim), None, LENGTHS, network=runtime.network)
   for mine, theirs in zip(jax.tree.leaves(served.network), jax.tree.leaves(runtime.network)):
     assert mine.unsafe_buffer_pointer() == theirs.unsafe_buffer_pointer()
   with pytest.raises(ConfigError, match='not both'):
@@ -82,12 +83,18 @@ def test_a_runtime_over_another_ones_weights_shares_them(runtime):
 def test_model_fns_and_their_callers_take_the_trainable_tree_as_trainable():
   """The tree is the method's, whatever it holds (a prompt only for prompt tuning): ModelFns' methods and every
   function taking `fns` name it `trainable`."""
-  names = {f'ModelFns.{name}': list(inspect.signature(fn).parameters)[1:]
-           for name, fn in vars(ModelFns).items() if inspect.isfunction(fn) and not name.startswith('_')}
+  names = {
+      f'ModelFns.{name}': list(inspect.signature(fn).parameters)[1:]
+      for name, fn in vars(ModelFns).items()
+      if inspect.isfunction(fn) and not name.startswith('_')
+  }
   for module in (evaluation, banks):
-    names.update({f'{module.__name__}.{name}': list(inspect.signature(fn).parameters)[1:]
-                  for name, fn in vars(module).items() if inspect.isfunction(fn)
-                  and fn.__module__ == module.__name__ and list(inspect.signature(fn).parameters)[:1] == ['fns']})
+    names.update({
+        f'{module.__name__}.{name}': list(inspect.signature(fn).parameters)[1:]
+        for name, fn in vars(module).items()
+        if inspect.isfunction(fn) and fn.__module__ == module.__name__ and
+        list(inspect.signature(fn).parameters)[:1] == ['fns']
+    })
   assert len(names) > 10
   wrong = {name: params[0] for name, params in names.items() if params[:1] != ['trainable']}
   assert not wrong, f'the trainable tree goes by another name in {wrong}'

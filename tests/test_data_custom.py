@@ -9,8 +9,7 @@ import gin  # pylint: disable=g-import-not-at-top
 import pytest
 import seqio
 
-from jaxprompt.data import custom
-from jaxprompt.data import vocab
+from jaxprompt.data import custom, vocab
 from jaxprompt.errors import ConfigError, DataError
 
 LENGTHS = {"inputs": 32, "targets": 8}
@@ -119,9 +118,14 @@ def test_jsonl_and_several_files_per_split(tmp_path):
 def test_shards_are_disjoint_even_when_shuffled(tmp_path):
   path = _write(tmp_path, "t.tsv", "".join(f"sentence {i}\tlabel{i % 2}\n" for i in range(10)))
   task = custom.register_file_task("sharded", train=path)
-  shards = [set(_texts(list(task.get_dataset(LENGTHS, split="train", shuffle=True,
-                                             shard_info=seqio.ShardInfo(index=i, num_shards=2))
-                            .as_numpy_iterator()), "inputs_pretokenized")) for i in range(2)]
+  shards = [
+      set(
+          _texts(
+              list(
+                  task.get_dataset(LENGTHS, split="train", shuffle=True,
+                                   shard_info=seqio.ShardInfo(index=i, num_shards=2)).as_numpy_iterator()),
+              "inputs_pretokenized")) for i in range(2)
+  ]
   assert not shards[0] & shards[1]
   assert shards[0] | shards[1] == {f"sentence {i}" for i in range(10)}
 
@@ -157,7 +161,7 @@ def test_missing_file_and_non_utf8(tmp_path):
   with pytest.raises(DataError, match=f"data file {missing} does not exist"):
     custom.register_file_task("missing", train=missing)
   latin = tmp_path / "latin.tsv"
-  latin.write_bytes("ok\tyes\n".encode() + "caf\xe9\tno\n".encode("latin-1"))
+  latin.write_bytes(b"ok\tyes\n" + "caf\xe9\tno\n".encode("latin-1"))
   with pytest.raises(DataError, match=r"latin.tsv:2: not UTF-8 text"):
     custom.register_file_task("latin", train=str(latin))
 
@@ -175,8 +179,8 @@ def test_label_set_is_enforced_with_file_and_line(tmp_path):
 
 
 def test_label_set_postprocess_and_metrics(tmp_path):
-  path = _write(tmp_path, "dev.jsonl", "".join(f'{{"inputs": "s{i}", "targets": "{t}"}}\n'
-                                               for i, t in enumerate(["no", "yes", "yes", "no"])))
+  path = _write(tmp_path, "dev.jsonl",
+                "".join(f'{{"inputs": "s{i}", "targets": "{t}"}}\n' for i, t in enumerate(["no", "yes", "yes", "no"])))
   task = custom.register_file_task("nli", validation=path, label_set=("no", "yes"), metrics=("accuracy", "f1"))
   assert custom.get_file_task_label_set("nli") == ("no", "yes")
   post = lambda text, is_target: task.postprocess_fn(text, example={}, is_target=is_target)
@@ -266,11 +270,13 @@ def test_gin_registers_the_task(tmp_path):
 def test_parse_task_spec():
   spec = "name=my_task, train=/p/train.tsv|/p/more.tsv,validation=gs://b/x=1/dev.tsv,labels=yes|no,header=false,"
   assert custom.parse_task_spec(spec + "metrics=accuracy|f1,inputs=q,targets=a,format=tsv,vocab=/v.model") == {
-      "name": "my_task", "train": ("/p/train.tsv", "/p/more.tsv"), "validation": "gs://b/x=1/dev.tsv",
-      "label_set": ("yes", "no"), "has_header": False, "metrics": ("accuracy", "f1"), "inputs_field": "q",
-      "targets_field": "a", "format": "tsv", "vocabulary": "/v.model"}
-  assert custom.parse_task_spec("name=t,test=/t.jsonl,header=auto") == {"name": "t", "test": "/t.jsonl",
-                                                                        "has_header": None}
+      "name": "my_task", "train": ("/p/train.tsv", "/p/more.tsv"), "validation": "gs://b/x=1/dev.tsv", "label_set":
+          ("yes", "no"), "has_header": False, "metrics": ("accuracy", "f1"), "inputs_field": "q", "targets_field": "a",
+      "format": "tsv", "vocabulary": "/v.model"
+  }
+  assert custom.parse_task_spec("name=t,test=/t.jsonl,header=auto") == {
+      "name": "t", "test": "/t.jsonl", "has_header": None
+  }
 
 
 @pytest.mark.parametrize("spec, message", [

@@ -134,8 +134,8 @@ def test_record_deduplicates_queries():
   predictions = [{"value": "paris."}, {"value": "London"}, {"value": "Milan"}]
   # q1 counted once (first copy, correct), q2 wrong: EM = 1/2 (not 1/3).
   assert metrics.record(targets, predictions)["em"] == pytest.approx(50.0)
-  assert metrics.deduplicate_metric(metrics.accuracy)(
-      [{"group": 1, "value": 1}, {"group": 1, "value": 0}], [{"value": 1}, {"value": 1}]) == {"accuracy": 100.0}
+  assert metrics.deduplicate_metric(metrics.accuracy)([{"group": 1, "value": 1}, {"group": 1, "value": 0}],
+                                                      [{"value": 1}, {"value": 1}]) == {"accuracy": 100.0}
 
 
 def test_mean_group_metric_all_match_multirc_em():
@@ -143,8 +143,7 @@ def test_mean_group_metric_all_match_multirc_em():
   targets = [{"group": g, "value": t} for g, t, _ in groups]
   predictions = [{"group": g, "value": p} for g, _, p in groups]
   # g1 all right (100), g2 one wrong (0), g3 right (100)
-  assert metrics.mean_group_metric(metrics.all_match)(targets, predictions) == {
-      "exact_match": pytest.approx(200 / 3)}
+  assert metrics.mean_group_metric(metrics.all_match)(targets, predictions) == {"exact_match": pytest.approx(200 / 3)}
   with_groups = metrics.mean_group_metric(metrics.all_match, return_subgroup_scores=True)(targets, predictions)
   assert with_groups["g2-exact_match"] == 0.0 and with_groups["g3-exact_match"] == 100.0
 
@@ -196,8 +195,8 @@ def test_rank_classification_multiclass_and_multiple_answers():
 
 def test_rank_classification_variable_candidates_and_length_normalisation():
   # example 0: 2 candidates (weight 1), example 1: 3 candidates (weight 3).
-  targets = [((0, 0), True, 1.0, 1), ((0, 1), False, 1.0, 4),
-             ((1, 0), False, 3.0, 1), ((1, 1), False, 3.0, 1), ((1, 2), True, 3.0, 2)]
+  targets = [((0, 0), True, 1.0, 1), ((0, 1), False, 1.0, 4), ((1, 0), False, 3.0, 1), ((1, 1), False, 3.0, 1),
+             ((1, 2), True, 3.0, 2)]
   scores = [-2.0, -4.0, -5.0, -3.0, -2.0]
   # raw: ex0 picks 0 (right), ex1 picks 2 (right) -> 100
   assert metrics.rank_classification(targets, scores) == {"accuracy": pytest.approx(100.0)}

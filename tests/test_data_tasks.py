@@ -13,8 +13,10 @@ import seqio  # pylint: disable=g-import-not-at-top,wrong-import-position
 import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from jaxprompt.data import postprocessors  # pylint: disable=g-import-not-at-top,wrong-import-position
-from jaxprompt.data import tasks  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxprompt.data import (
+    postprocessors,  # pylint: disable=g-import-not-at-top,wrong-import-position
+    tasks,  # pylint: disable=g-import-not-at-top,wrong-import-position
+)
 from jaxprompt.errors import DataError  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -49,77 +51,85 @@ SPECIAL_WSC_TEXT = ("The boy continued to whip the pony , and eventually the pon
 
 
 def _wsc_raw(span1_text, span1_index, span2_text, span2_index, label, text=WSC_TEXT, idx=0):
-  return {"text": _s(text), "span1_text": _s(span1_text), "span1_index": _i(span1_index),
-          "span2_text": _s(span2_text), "span2_index": _i(span2_index), "label": _label(label), "idx": _i(idx)}
+  return {
+      "text": _s(text), "span1_text": _s(span1_text), "span1_index": _i(span1_index), "span2_text": _s(span2_text),
+      "span2_index": _i(span2_index), "label": _label(label), "idx": _i(idx)
+  }
 
 
 # (task name without version, raw examples, expected [(inputs, targets)] in the T5 format).
 SUPER_GLUE_CASES = [
     ("super_glue_boolq_v102",
-     [{"question": _s("is the sky blue"), "passage": _s("The sky is blue."), "idx": _i(7), "label": _label(1)}],
-     [("boolq passage: The sky is blue. question: is the sky blue", "True")]),
+     [{"question": _s("is the sky blue"), "passage": _s("The sky is blue."), "idx": _i(7),
+       "label": _label(1)}], [("boolq passage: The sky is blue. question: is the sky blue", "True")]),
     ("super_glue_cb_v102",
-     [{"premise": _s("It rained."), "hypothesis": _s("The ground is wet."), "idx": _i(0), "label": _label(2)}],
-     [("cb hypothesis: The ground is wet. premise: It rained.", "neutral")]),
-    ("super_glue_copa_v102",
-     [{"premise": _s("The man broke his toe."), "choice1": _s("He dropped a hammer on his foot."),
-       "choice2": _s("He got a hole in his sock."), "question": _s("cause"), "idx": _i(1), "label": _label(0)}],
-     [("copa choice1: He dropped a hammer on his foot. choice2: He got a hole in his sock. "
-       "premise: The man broke his toe. question: cause", "choice1")]),
-    ("super_glue_multirc_v102",
-     [{"paragraph": _s("<b>Sent 1: </b>Tom has a dog.<br><b>Sent 2: </b>It is brown.<br>"),
-       "question": _s("What color is Tom's dog?"), "answer": _s("Brown"), "label": _label(1),
-       "idx": {"paragraph": _i(3), "question": _i(4), "answer": _i(5)}}],
-     [("multirc question: What color is Tom's dog? answer: Brown paragraph: Sent 1: Tom has a dog. "
-       "Sent 2: It is brown. ", "True")]),
-    ("super_glue_record_v102",
-     [{"passage": _s("Tom visited Paris.\n@highlight\nHe liked it\n@highlight\nParis is big"),
-       "query": _s("@placeholder loved the trip."), "entities": _s(["He", "Paris", "Tom"]),
-       "answers": _s(["He", "Tom"]), "idx": {"passage": _i(2), "query": _i(9)}}],
-     [("record query: @placeholder loved the trip. entities: He, Paris, Tom passage: Tom visited Paris. "
-       "He liked it. Paris is big", "He"),
-      ("record query: @placeholder loved the trip. entities: He, Paris, Tom passage: Tom visited Paris. "
-       "He liked it. Paris is big", "Tom")]),
+     [{"premise": _s("It rained."), "hypothesis": _s("The ground is wet."), "idx": _i(0),
+       "label": _label(2)}], [("cb hypothesis: The ground is wet. premise: It rained.", "neutral")]),
+    ("super_glue_copa_v102", [{
+        "premise": _s("The man broke his toe."), "choice1": _s("He dropped a hammer on his foot."),
+        "choice2": _s("He got a hole in his sock."), "question": _s("cause"), "idx": _i(1), "label": _label(0)
+    }], [("copa choice1: He dropped a hammer on his foot. choice2: He got a hole in his sock. "
+          "premise: The man broke his toe. question: cause", "choice1")]),
+    ("super_glue_multirc_v102", [{
+        "paragraph": _s("<b>Sent 1: </b>Tom has a dog.<br><b>Sent 2: </b>It is brown.<br>"),
+        "question": _s("What color is Tom's dog?"), "answer": _s("Brown"), "label": _label(1),
+        "idx": {"paragraph": _i(3), "question": _i(4), "answer": _i(5)}
+    }], [("multirc question: What color is Tom's dog? answer: Brown paragraph: Sent 1: Tom has a dog. "
+          "Sent 2: It is brown. ", "True")]),
+    ("super_glue_record_v102", [{
+        "passage": _s("Tom visited Paris.\n@highlight\nHe liked it\n@highlight\nParis is big"),
+        "query": _s("@placeholder loved the trip."), "entities": _s(["He", "Paris", "Tom"]),
+        "answers": _s(["He", "Tom"]), "idx": {"passage": _i(2), "query": _i(9)}
+    }], [("record query: @placeholder loved the trip. entities: He, Paris, Tom passage: Tom visited Paris. "
+          "He liked it. Paris is big", "He"),
+         ("record query: @placeholder loved the trip. entities: He, Paris, Tom passage: Tom visited Paris. "
+          "He liked it. Paris is big", "Tom")]),
     ("super_glue_rte_v102",
-     [{"premise": _s("A cat sat."), "hypothesis": _s("An animal sat."), "idx": _i(0), "label": _label(0)}],
-     [("rte hypothesis: An animal sat. premise: A cat sat.", "entailment")]),
-    ("super_glue_wic_v102",
-     [{"word": _s("bank"), "sentence1": _s("He sat on the bank."), "sentence2": _s("She robbed the bank."),
-       "start1": _i(14), "end1": _i(18), "start2": _i(15), "end2": _i(19), "idx": _i(0), "label": _label(0)}],
-     [("wic sentence1: He sat on the bank. sentence2: She robbed the bank. word: bank", "False")]),
+     [{"premise": _s("A cat sat."), "hypothesis": _s("An animal sat."), "idx": _i(0),
+       "label": _label(0)}], [("rte hypothesis: An animal sat. premise: A cat sat.", "entailment")]),
+    ("super_glue_wic_v102", [{
+        "word": _s("bank"), "sentence1": _s("He sat on the bank."), "sentence2": _s("She robbed the bank."),
+        "start1": _i(14), "end1": _i(18), "start2": _i(15), "end2": _i(19), "idx": _i(0), "label": _label(0)
+    }], [("wic sentence1: He sat on the bank. sentence2: She robbed the bank. word: bank", "False")]),
     ("super_glue_axb_v102",
      [{"sentence1": _s("The cat sat."), "sentence2": _s("The cat did not sit."), "idx": _i(0),
-       "label": _label(1)}],
-     [("rte hypothesis: The cat did not sit. premise: The cat sat.", "not_entailment")]),
+       "label": _label(1)}], [("rte hypothesis: The cat did not sit. premise: The cat sat.", "not_entailment")]),
     ("super_glue_axg_v102",
-     [{"premise": _s("The nurse ate."), "hypothesis": _s("She ate."), "idx": _i(0), "label": _label(0)}],
-     [("rte hypothesis: She ate. premise: The nurse ate.", "entailment")]),
-    ("super_glue_wsc.fixed_v102",
-     [_wsc_raw("test", 3, "This", 0, 0, text="This is a test sentence ."),
-      _wsc_raw("Pete", 2, "himself", 6, 1, text="Mark told Pete many lies about himself ."),
-      _wsc_raw("the brown suitcase", 6, "it", 10, 0)],
-     [("wsc text: # This # is a * test * sentence .", "False"),
-      ("wsc text: Mark told * Pete * many lies about # himself # .", "True"),
-      ("wsc text: The trophy does not fit into * the brown suitcase * because # it # is too large .", "False")]),
-    ("super_glue_wsc_v102_simple_train",  # only the example whose candidate is the referent
-     [_wsc_raw("The trophy", 0, "it", 10, 1), _wsc_raw("the brown suitcase", 6, "it", 10, 0)],
-     [("wsc: The trophy does not fit into the brown suitcase because *it* is too large .", "The trophy")]),
-    ("super_glue_wsc_v102_simple_eval",
-     [_wsc_raw("The trophy", 0, "it", 10, 1), _wsc_raw("the brown suitcase", 6, "it", 10, 0),
-      # T5 hard-codes this text: its span2_index does not point at the pronoun.
-      _wsc_raw("John", 14, "him", 5, 0, text=SPECIAL_WSC_TEXT)],
-     [("wsc: The trophy does not fit into the brown suitcase because *it* is too large .", "The trophy"),
-      ("wsc: The trophy does not fit into the brown suitcase because *it* is too large .", "the brown suitcase"),
-      ("wsc: The boy continued to whip the pony , and eventually the pony threw him over. John laughed out quite "
-       "loud. \"Good for *him* ,\" he said.", "John")]),
-    ("dpr_v001_simple",
-     [{"sentence": _s("Bob asked Tom if he can lend some money."), "pronoun": _s("he"),
-       "candidates": _s(["Bob", "Tom"]), "label": _label(1)}],
-     [("wsc: Bob asked Tom if *he* can lend some money.", "Tom")]),
+     [{"premise": _s("The nurse ate."), "hypothesis": _s("She ate."), "idx": _i(0),
+       "label": _label(0)}], [("rte hypothesis: She ate. premise: The nurse ate.", "entailment")]),
+    ("super_glue_wsc.fixed_v102", [
+        _wsc_raw("test", 3, "This", 0, 0, text="This is a test sentence ."),
+        _wsc_raw("Pete", 2, "himself", 6, 1, text="Mark told Pete many lies about himself ."),
+        _wsc_raw("the brown suitcase", 6, "it", 10, 0)
+    ], [("wsc text: # This # is a * test * sentence .", "False"),
+        ("wsc text: Mark told * Pete * many lies about # himself # .", "True"),
+        ("wsc text: The trophy does not fit into * the brown suitcase * because # it # is too large .", "False")]),
+    (
+        "super_glue_wsc_v102_simple_train",  # only the example whose candidate is the referent
+        [_wsc_raw("The trophy", 0, "it", 10, 1),
+         _wsc_raw("the brown suitcase", 6, "it", 10, 0)],
+        [("wsc: The trophy does not fit into the brown suitcase because *it* is too large .", "The trophy")]),
+    (
+        "super_glue_wsc_v102_simple_eval",
+        [
+            _wsc_raw("The trophy", 0, "it", 10, 1),
+            _wsc_raw("the brown suitcase", 6, "it", 10, 0),
+            # T5 hard-codes this text: its span2_index does not point at the pronoun.
+            _wsc_raw("John", 14, "him", 5, 0, text=SPECIAL_WSC_TEXT)
+        ],
+        [("wsc: The trophy does not fit into the brown suitcase because *it* is too large .", "The trophy"),
+         ("wsc: The trophy does not fit into the brown suitcase because *it* is too large .", "the brown suitcase"),
+         ("wsc: The boy continued to whip the pony , and eventually the pony threw him over. John laughed out quite "
+          "loud. \"Good for *him* ,\" he said.", "John")]),
+    ("dpr_v001_simple", [{
+        "sentence": _s("Bob asked Tom if he can lend some money."), "pronoun": _s("he"),
+        "candidates": _s(["Bob", "Tom"]), "label": _label(1)
+    }], [("wsc: Bob asked Tom if *he* can lend some money.", "Tom")]),
 ]
 
 
 def _glue_cases(suffix):
+
   def pair(a, b, label):
     return {"sentence1": _s(a), "sentence2": _s(b), "idx": _i(0), "label": label}
 
@@ -127,33 +137,32 @@ def _glue_cases(suffix):
     return {"premise": _s("A man eats."), "hypothesis": _s("A person eats."), "idx": _i(3), "label": _label(label)}
 
   return [
-      (f"glue_cola_{suffix}", [{"sentence": _s("The book was read."), "idx": _i(0), "label": _label(1)}],
-       [("cola sentence: The book was read.", "acceptable")]),
+      (f"glue_cola_{suffix}", [{"sentence": _s("The book was read."), "idx": _i(0),
+                                "label": _label(1)}], [("cola sentence: The book was read.", "acceptable")]),
       (f"glue_sst2_{suffix}", [{"sentence": _s("a gripping film "), "idx": _i(0), "label": _label(1)},
-                               {"sentence": _s("dull"), "idx": _i(1), "label": _label(-1)}],
-       [("sst2 sentence: a gripping film ", "positive"), ("sst2 sentence: dull", "<unk>")]),
+                               {"sentence": _s("dull"), "idx": _i(1),
+                                "label": _label(-1)}], [("sst2 sentence: a gripping film ", "positive"),
+                                                        ("sst2 sentence: dull", "<unk>")]),
       (f"glue_mrpc_{suffix}", [pair("He left.", "He went away.", _label(0))],
        [("mrpc sentence1: He left. sentence2: He went away.", "not_equivalent")]),
       (f"glue_qqp_{suffix}",
        [{"question1": _s("How old are you?"), "question2": _s("What is your age?"), "idx": _i(0),
-         "label": _label(1)}],
-       [("qqp question1: How old are you? question2: What is your age?", "duplicate")]),
-      (f"glue_stsb_{suffix}", [pair("A dog runs.", "A dog is running.", tf.constant(3.27, tf.float32)),
-                               pair("A.", "B.", tf.constant(5.0, tf.float32)),
-                               pair("C.", "D.", tf.constant(0.45, tf.float32))],
-       [("stsb sentence1: A dog runs. sentence2: A dog is running.", "3.2"),
-        ("stsb sentence1: A. sentence2: B.", "5.0"), ("stsb sentence1: C. sentence2: D.", "0.4")]),
-      (f"glue_mnli_{suffix}", [nli(2)],
-       [("mnli hypothesis: A person eats. premise: A man eats.", "contradiction")]),
-      (f"glue_mnli_matched_{suffix}", [nli(0)],
-       [("mnli hypothesis: A person eats. premise: A man eats.", "entailment")]),
-      (f"glue_mnli_mismatched_{suffix}", [nli(1)],
-       [("mnli hypothesis: A person eats. premise: A man eats.", "neutral")]),
+         "label": _label(1)}], [("qqp question1: How old are you? question2: What is your age?", "duplicate")]),
+      (f"glue_stsb_{suffix}", [
+          pair("A dog runs.", "A dog is running.", tf.constant(3.27, tf.float32)),
+          pair("A.", "B.", tf.constant(5.0, tf.float32)),
+          pair("C.", "D.", tf.constant(0.45, tf.float32))
+      ], [("stsb sentence1: A dog runs. sentence2: A dog is running.", "3.2"),
+          ("stsb sentence1: A. sentence2: B.", "5.0"), ("stsb sentence1: C. sentence2: D.", "0.4")]),
+      (f"glue_mnli_{suffix}", [nli(2)], [("mnli hypothesis: A person eats. premise: A man eats.", "contradiction")]),
+      (f"glue_mnli_matched_{suffix}", [nli(0)], [("mnli hypothesis: A person eats. premise: A man eats.", "entailment")
+                                                ]),
+      (f"glue_mnli_mismatched_{suffix}", [nli(1)], [("mnli hypothesis: A person eats. premise: A man eats.", "neutral")
+                                                   ]),
       (f"glue_ax_{suffix}", [nli(-1)], [("mnli hypothesis: A person eats. premise: A man eats.", "<unk>")]),
       (f"glue_qnli_{suffix}",
        [{"question": _s("Where is Paris?"), "sentence": _s("Paris is in France."), "idx": _i(0),
-         "label": _label(1)}],
-       [("qnli question: Where is Paris? sentence: Paris is in France.", "not_entailment")]),
+         "label": _label(1)}], [("qnli question: Where is Paris? sentence: Paris is in France.", "not_entailment")]),
       (f"glue_rte_{suffix}", [pair("A cat sat.", "An animal sat.", _label(0))],
        [("rte sentence1: A cat sat. sentence2: An animal sat.", "entailment")]),
       (f"glue_wnli_{suffix}", [pair("The fish ate the worm. It was tasty.", "The worm was tasty.", _label(1))],
@@ -192,16 +201,17 @@ def test_metadata_kept_for_metrics():
 
 
 def test_record_without_answers_gives_one_unknown_target():
-  raw = {"passage": _s("P."), "query": _s("@placeholder q"), "entities": _s(["A"]),
-         "answers": tf.constant([], tf.string), "idx": {"passage": _i(0), "query": _i(1)}}
+  raw = {
+      "passage": _s("P."), "query": _s("@placeholder q"), "entities": _s(["A"]), "answers": tf.constant([], tf.string),
+      "idx": {"passage": _i(0), "query": _i(1)}
+  }
   got = _text_stage("super_glue_record_v102", [raw])
   assert [(ex["inputs"], ex["targets"]) for ex in got] == [("record query: @placeholder q entities: A passage: P.",
-                                                           "<unk>")]
+                                                            "<unk>")]
 
 
 def test_wsc_span_with_regex_characters_is_matched_literally():
-  got = _text_stage("super_glue_wsc.fixed_v102",
-                    [_wsc_raw("(Tom)", 0, "he", 2, 1, text="(Tom) said he would come .")])
+  got = _text_stage("super_glue_wsc.fixed_v102", [_wsc_raw("(Tom)", 0, "he", 2, 1, text="(Tom) said he would come .")])
   assert got[0]["inputs"] == "wsc text: * (Tom) * said # he # would come ."
 
 
@@ -222,8 +232,10 @@ def _first_examples(name, n=2):
 
 # One task per TFDS source and preprocessing chain: the taskless and `_v002` variants add nothing here that
 # `test_exact_taskless_strings` (which covers every registered name) does not (tf.data tracing is ~1 s/task).
-MOCKED_TASKS = [n for n in tasks.registered_task_names()
-                if not n.startswith("taskless_") and "_v002" not in n and "wsc_v102_simple" not in n]
+MOCKED_TASKS = [
+    n for n in tasks.registered_task_names()
+    if not n.startswith("taskless_") and "_v002" not in n and "wsc_v102_simple" not in n
+]
 MOCKED_TASKS += ["taskless_super_glue_record_v102", "taskless_glue_stsb_v200"]
 
 
@@ -258,8 +270,8 @@ def test_wsc_simple_tasks_on_mocked_tfds():
       evaluation = _first_examples(f"{prefix}super_glue_wsc_v102_simple_eval", 5)
       assert [ex["targets_pretokenized"] for ex in train] == [b"The trophy"]
       assert [ex["targets_pretokenized"] for ex in evaluation] == [b"The trophy", b"the brown suitcase"]
-      vocab = seqio.get_mixture_or_task(f"{prefix}super_glue_wsc_v102_simple_eval").output_features[
-          "targets"].vocabulary
+      vocab = seqio.get_mixture_or_task(
+          f"{prefix}super_glue_wsc_v102_simple_eval").output_features["targets"].vocabulary
       assert vocab.decode(evaluation[1]["targets"].tolist()) == "the brown suitcase"
 
 
@@ -274,8 +286,10 @@ def test_mixtures_read_their_tasks():
 
 def test_mixture_members():
   names = {t.name for t in tasks.get_task("super_glue_v102_proportional").tasks}
-  assert {"super_glue_boolq_v102", "super_glue_record_v102", "super_glue_wsc_v102_simple_train",
-          "dpr_v001_simple", "super_glue_axb_v102"} <= names
+  assert {
+      "super_glue_boolq_v102", "super_glue_record_v102", "super_glue_wsc_v102_simple_train", "dpr_v001_simple",
+      "super_glue_axb_v102"
+  } <= names
   mixture = tasks.get_task("taskless_super_glue_v102")
   assert mixture.get_rate(seqio.get_mixture_or_task("taskless_super_glue_boolq_v102")) == 9427.0
   assert all(t.name.startswith("taskless_") for t in mixture.tasks)
@@ -288,7 +302,8 @@ def test_tfds_sources_and_splits():
   assert seqio.get_mixture_or_task("taskless_glue_sst2_v200").source.tfds_dataset.name == "glue/sst2:2.0.0"
   assert seqio.get_mixture_or_task("glue_sst2_v002").source.tfds_dataset.name == "glue/sst2:1.0.0"
   assert list(seqio.get_mixture_or_task("glue_mnli_v200").splits) == [
-      "train", "validation_matched", "validation_mismatched", "test_matched", "test_mismatched"]
+      "train", "validation_matched", "validation_mismatched", "test_matched", "test_mismatched"
+  ]
   assert list(seqio.get_mixture_or_task("super_glue_axg_v102").splits) == ["test"]
   features = seqio.get_mixture_or_task("super_glue_rte_v102").output_features
   assert features["inputs"].add_eos and features["targets"].add_eos
@@ -305,25 +320,29 @@ def test_register_all_tasks_is_idempotent():
   assert (len(seqio.TaskRegistry.names()), len(seqio.MixtureRegistry.names())) == before
 
 
-@pytest.mark.parametrize("name,labels", [
-    ("super_glue_boolq_v102", ["False", "True"]),
-    ("taskless_super_glue_cb_v102", ["entailment", "contradiction", "neutral"]),
-    ("super_glue_copa_v102", ["choice1", "choice2"]),
-    ("super_glue_axb_v102", ["entailment", "not_entailment"]),
-    ("super_glue_wsc.fixed_v102", ["False", "True"]),
-    ("glue_cola_v200", ["unacceptable", "acceptable"]),
-    ("taskless_glue_qqp_v002", ["not_duplicate", "duplicate"]),
-    ("glue_wnli_v200", ["not_entailment", "entailment"]),
-    ("glue_mnli_and_dev_v200", ["entailment", "neutral", "contradiction"]),  # a mixture of one label set
-    ("super_glue_record_v102", None), ("glue_stsb_v200", None), ("super_glue_wsc_v102_simple_eval", None),
-    ("super_glue_v102", None),
-])
+@pytest.mark.parametrize(
+    "name,labels",
+    [
+        ("super_glue_boolq_v102", ["False", "True"]),
+        ("taskless_super_glue_cb_v102", ["entailment", "contradiction", "neutral"]),
+        ("super_glue_copa_v102", ["choice1", "choice2"]),
+        ("super_glue_axb_v102", ["entailment", "not_entailment"]),
+        ("super_glue_wsc.fixed_v102", ["False", "True"]),
+        ("glue_cola_v200", ["unacceptable", "acceptable"]),
+        ("taskless_glue_qqp_v002", ["not_duplicate", "duplicate"]),
+        ("glue_wnli_v200", ["not_entailment", "entailment"]),
+        ("glue_mnli_and_dev_v200", ["entailment", "neutral", "contradiction"]),  # a mixture of one label set
+        ("super_glue_record_v102", None),
+        ("glue_stsb_v200", None),
+        ("super_glue_wsc_v102_simple_eval", None),
+        ("super_glue_v102", None),
+    ])
 def test_label_sets(name, labels):
   assert tasks.get_label_set(name) == labels
 
 
 def test_label_set_matches_the_targets_the_task_produces():
-  for name, raw, expected in ALL_CASES:
+  for name, _, expected in ALL_CASES:
     labels = tasks.get_label_set(name)
     if labels is not None:
       assert {t for _, t in expected} - {"<unk>"} <= set(labels), name
@@ -342,8 +361,7 @@ def test_label_set_of_a_file_task(tmp_path):
   from jaxprompt.data import custom  # pylint: disable=g-import-not-at-top
   path = tmp_path / "train.tsv"
   path.write_text("inputs\ttargets\nis it good\tyes\nis it bad\tno\n")
-  custom.register_file_task("jaxprompt_test_file_labels", train=str(path), label_set=("no", "yes"),
-                            overwrite=True)
+  custom.register_file_task("jaxprompt_test_file_labels", train=str(path), label_set=("no", "yes"), overwrite=True)
   try:
     assert tasks.get_label_set("jaxprompt_test_file_labels") == ["no", "yes"]
   finally:
@@ -399,7 +417,12 @@ def test_multirc_and_record_postprocessors():
 
 
 @pytest.mark.parametrize("prediction,expected", [
-    ("the trophy", 1), ("Trophy", 1), ("the big trophy", 1), ("suitcase", 0), ("", -1), ("the", -1),
+    ("the trophy", 1),
+    ("Trophy", 1),
+    ("the big trophy", 1),
+    ("suitcase", 0),
+    ("", -1),
+    ("the", -1),
     ("trophy's", 0),
 ])
 def test_wsc_simple_postprocessor(prediction, expected):
@@ -411,8 +434,7 @@ def test_wsc_simple_postprocessor(prediction, expected):
 def test_task_metrics_score_postprocessed_outputs():
   task = seqio.get_mixture_or_task("super_glue_multirc_v102")
   examples = [{"idx/question": q} for q in (0, 0, 1)]
-  targets = [task.postprocess_fn(t, example=e, is_target=True)
-             for t, e in zip(["True", "False", "True"], examples)]
+  targets = [task.postprocess_fn(t, example=e, is_target=True) for t, e in zip(["True", "False", "True"], examples)]
   predictions = [task.postprocess_fn(p, example=e) for p, e in zip(["True", "True", "True"], examples)]
   scores = {}
   for fn in task.metric_fns:

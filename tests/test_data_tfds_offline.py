@@ -28,8 +28,7 @@ BOOLQ = {
     "test": [("is the moon made of cheese", "The Moon is rock.", None)],
 }
 CB = {
-    "train": [("It is raining.", "The ground is wet.", "entailment"),
-              ("She said no.", "She agreed.", "contradiction")],
+    "train": [("It is raining.", "The ground is wet.", "entailment"), ("She said no.", "She agreed.", "contradiction")],
     "val": [("He may come.", "He will come.", "neutral"), ("It is sunny.", "It is not raining.", "entailment")],
     "test": [("They left early.", "They stayed.", None)],  # TFDS refuses to prepare an empty split
 }
@@ -48,8 +47,8 @@ def _write_raw(folder):
     for split, rows in rows_by_split.items():
       with open(folder / name / f"{split}.jsonl", "w") as f:
         for i, (a, b, label) in enumerate(rows):
-          row = ({"question": a, "title": "t", "passage": b, "idx": i} if name == "BoolQ"
-                 else {"premise": a, "hypothesis": b, "idx": i})
+          row = ({"question": a, "title": "t", "passage": b, "idx": i}
+                 if name == "BoolQ" else {"premise": a, "hypothesis": b, "idx": i})
           if label is not None:
             row["label"] = label
           f.write(json.dumps(row) + "\n")
@@ -83,8 +82,8 @@ def data_dir(tmp_path_factory):
 
 
 def test_real_builders_read_back(data_dir):
-  boolq = list(tfds.load("super_glue/boolq:1.0.2", split="train", data_dir=data_dir, download=False)
-               .as_numpy_iterator())
+  boolq = list(
+      tfds.load("super_glue/boolq:1.0.2", split="train", data_dir=data_dir, download=False).as_numpy_iterator())
   assert sorted((ex["question"].decode(), ex["label"]) for ex in boolq) == sorted(
       (q, int(label)) for q, _, label in BOOLQ["train"])
   sst2 = tfds.load("glue/sst2:2.0.0", split="test", data_dir=data_dir, download=False)
@@ -108,8 +107,7 @@ def _expected(task_name, split):
 
 
 CASES = [("super_glue_boolq_v102", "validation"), ("taskless_super_glue_boolq_v102", "test"),
-         ("super_glue_cb_v102", "test"),
-         ("super_glue_cb_v102", "train"), ("taskless_super_glue_cb_v102", "validation"),
+         ("super_glue_cb_v102", "test"), ("super_glue_cb_v102", "train"), ("taskless_super_glue_cb_v102", "validation"),
          ("glue_sst2_v200", "validation"), ("taskless_glue_sst2_v200", "train")]
 
 
@@ -130,10 +128,10 @@ def test_task_reads_prepared_tfds_into_model_features(data_dir, task_name, split
     ids = vocab.encode(text) + [1]
     return tuple(ids + [0] * (length - len(ids)))
 
-  expected_rows = sorted((padded_ids(i, LENGTHS["inputs"]), padded_ids(t, LENGTHS["targets"]))
-                         for i, t in _expected(task_name, split))
-  got_rows = sorted((tuple(f["encoder_input_tokens"].tolist()), tuple(f["decoder_target_tokens"].tolist()))
-                    for f in features)
+  expected_rows = sorted(
+      (padded_ids(i, LENGTHS["inputs"]), padded_ids(t, LENGTHS["targets"])) for i, t in _expected(task_name, split))
+  got_rows = sorted(
+      (tuple(f["encoder_input_tokens"].tolist()), tuple(f["decoder_target_tokens"].tolist())) for f in features)
   assert got_rows == expected_rows
   for f in features:
     assert f["encoder_input_tokens"].dtype == np.int32
@@ -142,8 +140,8 @@ def test_task_reads_prepared_tfds_into_model_features(data_dir, task_name, split
     np.testing.assert_array_equal(f["decoder_loss_weights"], (target_ids > 0).astype(np.int32))
   # Decoding gives the strings back, except that SentencePiece drops the trailing spaces SST-2 sentences carry
   # and that "<" is not in T5's vocabulary: the unlabeled target "<unk>" comes back as " ⁇ unk>" (id 2 = unk).
-  decoded = sorted((vocab.decode(f["encoder_input_tokens"].tolist()),
-                    vocab.decode(f["decoder_target_tokens"].tolist())) for f in features)
+  decoded = sorted((vocab.decode(f["encoder_input_tokens"].tolist()), vocab.decode(f["decoder_target_tokens"].tolist()))
+                   for f in features)
   expected = [(i.rstrip(), " \u2047 unk>" if t == "<unk>" else t) for i, t in _expected(task_name, split)]
   assert decoded == sorted(expected)
 
@@ -151,8 +149,7 @@ def test_task_reads_prepared_tfds_into_model_features(data_dir, task_name, split
 def test_batched_model_features_and_label_ids(data_dir):
   del data_dir
   task = seqio.get_mixture_or_task("super_glue_boolq_v102")
-  features = seqio.EncDecFeatureConverter(pack=False)(
-      task.get_dataset(LENGTHS, split="train", shuffle=False), LENGTHS)
+  features = seqio.EncDecFeatureConverter(pack=False)(task.get_dataset(LENGTHS, split="train", shuffle=False), LENGTHS)
   batch = next(features.batch(3).as_numpy_iterator())
   assert batch["encoder_input_tokens"].shape == (3, 40) and batch["decoder_target_tokens"].shape == (3, 6)
   vocab = get_default_vocabulary()
@@ -171,7 +168,7 @@ def test_check_nonempty_on_prepared_data(data_dir):
 
 def test_unprepared_dataset_is_a_data_error_not_a_download(data_dir, monkeypatch):
   del data_dir
-  monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract",
-                      lambda self, url: (_ for _ in ()).throw(OSError(f"network disabled: {url}")))
+  monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract", lambda self, url:
+                      (_ for _ in ()).throw(OSError(f"network disabled: {url}")))
   with pytest.raises(DataError, match=r"task 'super_glue_rte_v102' split 'train': cannot read examples"):
     tasks.check_nonempty("super_glue_rte_v102", "train")

@@ -49,9 +49,12 @@ class Toy:
     keys, enc = jnp.asarray(keys), jnp.asarray(self.enc)
     if self.offset:
       keys, enc = keys[None], enc[None]
-    cache = {'decoder': {'layers_0': {'self_attention': {'cached_key': keys, 'cache_index': jnp.asarray(index)},
-                                      'encoded': enc},
-                         'relpos_bias': {'cached_bias': jnp.asarray(self.bias)}}}
+    cache = {
+        'decoder': {
+            'layers_0': {'self_attention': {'cached_key': keys, 'cache_index': jnp.asarray(index)}, 'encoded': enc},
+            'relpos_bias': {'cached_bias': jnp.asarray(self.bias)}
+        }
+    }
     return flax.core.freeze(cache) if frozen else cache
 
   def tokens_to_logits(self, state):
@@ -85,14 +88,16 @@ def toy_step(tables, state):
   # The loop index the decoder reports must be the cache position (NaN logits otherwise).
   logits = jnp.where(jnp.all(state.cur_index == idx) | ~tables['check'], logits, jnp.nan)
   new_attn = {'cached_key': keys[None] if scanned else keys, 'cache_index': attn['cache_index'] + 1}
-  return logits, {'decoder': {'layers_0': {'self_attention': new_attn, 'encoded': c['layers_0']['encoded']},
-                              'relpos_bias': c['relpos_bias']}}
+  return logits, {
+      'decoder': {
+          'layers_0': {'self_attention': new_attn, 'encoded': c['layers_0']['encoded']}, 'relpos_bias': c['relpos_bias']
+      }
+  }
 
 
 @functools.partial(jax.jit, static_argnames=('decoder', 'options'))
 def _run(decoder, options, tables, inputs, cache, arrays):
-  return getattr(decoding, decoder)(inputs, cache, functools.partial(toy_step, tables), EOS, **dict(options),
-                                    **arrays)
+  return getattr(decoding, decoder)(inputs, cache, functools.partial(toy_step, tables), EOS, **dict(options), **arrays)
 
 
 def decode(decoder, toy, inputs, cache=None, **kwargs):
@@ -137,7 +142,7 @@ def ref_beam(toy, inputs, beams, alpha):
     live = [(f32(0.0) if k == 0 else neg, [0] * max_len) for k in range(beams)]  # only slot 0 starts live
     fin = [(neg, [0] * max_len, False)] * beams
     for t in range(length):
-      best_live = f32(live[-1][0] / f32(((5.0 + max_len) / 6.0) ** alpha))
+      best_live = f32(live[-1][0] / f32(((5.0 + max_len) / 6.0)**alpha))
       worst = min(s for s, _, _ in fin)
       if all((worst if flag else neg) > best_live for _, _, flag in fin):
         break
@@ -152,10 +157,10 @@ def ref_beam(toy, inputs, beams, alpha):
         if forced:
           lp, v = (f32(0.0) if j == 0 else neg), forced
         new.append((lp, seq[:t + 1] + [v] + [0] * (max_len - t - 2), v == EOS))
-      alive = sorted([(f32(lp + (neg if done else 0)), j, s) for j, (lp, s, done) in enumerate(new)],
-                     key=lambda c: (-c[0], c[1]))[:beams]
+      alive = sorted([(f32(lp + (neg if done else 0)), j, s) for j, (lp, s, done) in enumerate(new)], key=lambda c:
+                     (-c[0], c[1]))[:beams]
       live = [(lp, s) for lp, _, s in reversed(alive)]
-      bp = f32(((5.0 + t + 1) / 6.0) ** alpha)
+      bp = f32(((5.0 + t + 1) / 6.0)**alpha)
       pool = fin + [(f32(f32(lp / bp) + (0 if done else neg)), s, done) for lp, s, done in new]
       fin = [pool[j] for j in reversed(sorted(range(len(pool)), key=lambda j: (-pool[j][0], j))[:beams])]
     if any(flag for _, _, flag in fin):
@@ -182,7 +187,7 @@ GREEDY = dict(temperature=0.0, rescale_log_probs=False)
 
 
 @pytest.mark.parametrize('seed,eos_bias,rows', [(0, 1.0, [[], []]), (1, 0.0, [[], []]), (2, 1.0, [[5, 3], []]),
-                                                 (2, 3.0, [[1, 4], [6]])])  # the last forces an EOS
+                                                (2, 3.0, [[1, 4], [6]])])  # the last forces an EOS
 def test_greedy_matches_argmax_loop(seed, eos_bias, rows):
   toy = Toy(seed, eos_bias=eos_bias)
   inputs = prompts(2, 7, rows)
@@ -226,8 +231,7 @@ def test_max_decode_steps_counts_after_prompt():
   np.testing.assert_array_equal(seqs[1, 0, 3:], 0)
   unlimited, _ = ref_greedy(toy, np.asarray(inputs))
   assert np.any(unlimited[:, 3:] != 0)  # so the limit is what zeroed those positions
-  limited, _ = decode('temperature_sample', toy, inputs, max_decode_steps=6, max_decode_steps_hard_limit=3,
-                      **GREEDY)
+  limited, _ = decode('temperature_sample', toy, inputs, max_decode_steps=6, max_decode_steps_hard_limit=3, **GREEDY)
   np.testing.assert_array_equal(limited, seqs)
 
 
@@ -249,22 +253,23 @@ def _fixed_distribution(probs):
 
   def tokens_to_logits(state):
     return jnp.broadcast_to(logits, (state.cur_token.shape[0], len(probs))), state.cache
+
   return tokens_to_logits
 
 
 PROBS = np.array([0.02, 0.03, 0.45, 0.25, 0.15, 0.10])
 
 
-@pytest.mark.parametrize('kwargs,support', [
-    (dict(topk=2), [2, 3]), (dict(topk=0, topp=0.6), [2, 3]), (dict(topk=0, topp=0.8), [2, 3, 4]),
-    (dict(topk=0, temperature=0.5), [0, 1, 2, 3, 4, 5])])
+@pytest.mark.parametrize('kwargs,support', [(dict(topk=2), [2, 3]), (dict(topk=0, topp=0.6), [2, 3]),
+                                            (dict(topk=0, topp=0.8), [2, 3, 4]),
+                                            (dict(topk=0, temperature=0.5), [0, 1, 2, 3, 4, 5])])
 def test_sampling_support_frequencies_and_scores(kwargs, support):
   n = 2000
   inputs = jnp.zeros((2, 1), jnp.int32)
   seqs, log_probs = decoding.temperature_sample(inputs, {}, _fixed_distribution(PROBS), EOS, num_decodes=n,
                                                 decode_rng=jax.random.PRNGKey(0), **kwargs)
   tokens = np.asarray(seqs[:, :, 0]).ravel()
-  want = PROBS ** (1 / kwargs.get('temperature', 1.0))
+  want = PROBS**(1 / kwargs.get('temperature', 1.0))
   want = np.where(np.isin(np.arange(len(PROBS)), support), want, 0.0)
   want /= want.sum()
   assert set(tokens.tolist()) <= set(support)
@@ -277,8 +282,7 @@ def test_sampling_support_frequencies_and_scores(kwargs, support):
 def test_sampling_is_deterministic_given_rng_and_rescaling_off():
   toy = Toy(8, eos_bias=1.0)
   inputs = prompts(2, 7, [[], [3]])
-  run = functools.partial(decode, 'temperature_sample', toy, inputs, num_decodes=4, topk=0,
-                          rescale_log_probs=False)
+  run = functools.partial(decode, 'temperature_sample', toy, inputs, num_decodes=4, topk=0, rescale_log_probs=False)
   a, sa = run(decode_rng=jax.random.PRNGKey(1))
   b, sb = run(decode_rng=jax.random.PRNGKey(1))
   c, _ = run(decode_rng=jax.random.PRNGKey(2))
@@ -301,16 +305,15 @@ def test_per_example_temperature_and_callbacks():
   toy = Toy(9, eos_bias=1.0)
   inputs = prompts(2, 7, [[], []])
   greedy, _ = ref_greedy(toy, np.asarray(inputs))
-  seqs, _ = decode('temperature_sample', toy, inputs, num_decodes=8, topk=0,
-                   temperature=np.array([0.0, 3.0], np.float32))
+  seqs, _ = decode('temperature_sample', toy, inputs, num_decodes=8, topk=0, temperature=np.array([0.0, 3.0],
+                                                                                                  np.float32))
   for k in range(8):
     np.testing.assert_array_equal(seqs[0, k], greedy[0])
   assert len({tuple(r) for r in np.asarray(seqs[1]).tolist()}) > 1  # the copies of an example differ
   banned = int(greedy[0, 0])
-  seqs, log_probs = decode(
-      'temperature_sample', toy, inputs, num_decodes=8, topk=0, temperature=3.0,
-      logit_callback_fn=lambda logits, state: logits.at[:, banned].set(-1e9),
-      state_callback_fn=lambda state: state.replace(log_prob=jnp.zeros_like(state.log_prob)))
+  seqs, log_probs = decode('temperature_sample', toy, inputs, num_decodes=8, topk=0, temperature=3.0,
+                           logit_callback_fn=lambda logits, state: logits.at[:, banned].set(-1e9),
+                           state_callback_fn=lambda state: state.replace(log_prob=jnp.zeros_like(state.log_prob)))
   assert banned not in np.asarray(seqs).ravel().tolist()
   np.testing.assert_array_equal(log_probs, 0.0)  # the state callback also sees the final state
 
@@ -321,8 +324,8 @@ def test_traced_temperature_topk_topp():
   inputs = prompts(2, 7, [[], [2]])
   rng = jax.random.PRNGKey(3)
   static = decode('temperature_sample', toy, inputs, num_decodes=3, topk=3, temperature=0.7, decode_rng=rng)
-  traced = decode('temperature_sample', toy, inputs, num_decodes=3, topk=np.int32(3),
-                  temperature=np.float32(0.7), decode_rng=rng)
+  traced = decode('temperature_sample', toy, inputs, num_decodes=3, topk=np.int32(3), temperature=np.float32(0.7),
+                  decode_rng=rng)
   np.testing.assert_array_equal(traced[0], static[0])
   np.testing.assert_allclose(traced[1], static[1], atol=1e-6)
   greedy, _ = ref_greedy(toy, np.asarray(inputs))
@@ -336,9 +339,9 @@ def test_traced_temperature_topk_topp():
 # ---------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('beams,seed,eos_bias,rows,alpha', [
-    (1, 11, 1.0, [[], []], 0.6), (2, 12, 2.0, [[], [5]], 0.6), (4, 13, 1.5, [[], []], 0.6),
-    (4, 14, 0.0, [[3, 1], []], 0.0), (4, 15, -20.0, [[], [6]], 0.6), (3, 16, 4.0, [[], []], 1.2)])
+@pytest.mark.parametrize('beams,seed,eos_bias,rows,alpha',
+                         [(1, 11, 1.0, [[], []], 0.6), (2, 12, 2.0, [[], [5]], 0.6), (4, 13, 1.5, [[], []], 0.6),
+                          (4, 14, 0.0, [[3, 1], []], 0.0), (4, 15, -20.0, [[], [6]], 0.6), (3, 16, 4.0, [[], []], 1.2)])
 def test_beam_search_matches_reference(beams, seed, eos_bias, rows, alpha):
   toy = Toy(seed, eos_bias=eos_bias)
   inputs = prompts(2, 7, rows)
@@ -364,7 +367,7 @@ def test_beam_search_equals_brute_force_without_pruning():
           logp += log_softmax(toy.ref_logits(b, fed))[tok]
           fed.append(tok)
         # the brevity penalty counts the output tokens including EOS
-        brute.append((logp / ((5.0 + len(seq)) / 6.0) ** 0.6, seq + [0] * (3 - len(seq))))
+        brute.append((logp / ((5.0 + len(seq)) / 6.0)**0.6, seq + [0] * (3 - len(seq))))
     brute.sort(key=lambda c: c[0])
     np.testing.assert_array_equal(got[b, 1:], [s for _, s in brute])
     np.testing.assert_allclose(scores[b, 1:], [s for s, _ in brute], rtol=1e-5, atol=1e-5)
@@ -414,7 +417,7 @@ def test_beam_search_max_decode_len_and_utilities():
   np.testing.assert_array_equal(got, short)
   np.testing.assert_allclose(scores, short_scores, rtol=1e-5, atol=1e-5)
   assert not np.array_equal(full[:, :, :3], short)
-  np.testing.assert_allclose(decoding.brevity_penalty(0.6, 4), (9 / 6) ** 0.6, rtol=1e-6)
+  np.testing.assert_allclose(decoding.brevity_penalty(0.6, 4), (9 / 6)**0.6, rtol=1e-6)
   x = jnp.arange(6).reshape(2, 3)
   np.testing.assert_array_equal(decoding.flat_batch_beam_expand(x, 2), [[0, 1, 2]] * 2 + [[3, 4, 5]] * 2)
 
@@ -441,7 +444,7 @@ def test_errors_name_the_culprit():
   with pytest.raises(ConfigError, match=r'logits \[batch\*beams=8, vocab\], got \(2, 6\)'):
     decoding.beam_search(inputs, toy.cache(), lambda s: (jnp.zeros((2, 6)), s.cache), EOS)
   with pytest.raises(ConfigError, match=r"\['decoder'\]\['layers_0'\]\['self_attention'\]\['cache_index'\] is a "
-                                        'scalar'):
+                     'scalar'):
     sample(initial_index=jnp.array([1, 1]), num_decodes=2)
   with pytest.raises(ConfigError, match=r'initial_index must be \[batch=2\], got shape \(3,\)'):
     decoding.beam_search(inputs, toy.cache(prefix_rows=[[0], [0]]), toy.tokens_to_logits, EOS,

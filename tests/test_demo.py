@@ -130,8 +130,10 @@ def test_pretrain_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_demo_meets_the_quality_bar_on_a_small_budget(tmp_path, capsys):
   from jaxprompt.demo import run
-  code = run.main(['--output', str(tmp_path), '--steps', '70', '--baseline_steps', '30', '--eval_period', '35',
-                   '--eval_examples', '200'])
+  code = run.main([
+      '--output',
+      str(tmp_path), '--steps', '70', '--baseline_steps', '30', '--eval_period', '35', '--eval_examples', '200'
+  ])
   out = capsys.readouterr().out
   assert code == 0, out
   summary = json.loads((tmp_path / run.SUMMARY_FILE).read_text())

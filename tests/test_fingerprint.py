@@ -84,7 +84,8 @@ def test_fingerprint_is_stable_and_changes_with_config_embedding_and_vocabulary(
 def test_fingerprint_files_are_atomic_and_bad_ones_are_named(tmp_path):
   record = {'id': '0123456789abcdef', 'config': {'emb_dim': 32}}
   path = fingerprint_files.write(tmp_path / 'new' / 'fingerprint.json', record)
-  assert fingerprint_files.read(path) == record and [p.name for p in (tmp_path / 'new').iterdir()] == ['fingerprint.json']
+  assert fingerprint_files.read(path) == record and [p.name for p in (tmp_path / 'new').iterdir()
+                                                    ] == ['fingerprint.json']
   assert fingerprint_files.read(tmp_path / 'absent.json') is None
   (tmp_path / 'bad.json').write_text('{"id": ')
   with pytest.raises(PromptError, match=r'bad\.json: not a fingerprint JSON'):
@@ -206,8 +207,8 @@ def test_resuming_on_another_model_is_refused_and_changes_nothing(trained, train
   before = _files(model_dir)
   other = CONFIG.replace(relpos_max_distance=64)  # the same weights load; the network differs
   with pytest.raises(ConfigError) as refused:
-    trainer.train(str(model_dir), **dict(train_kwargs, model_config=other, train_steps=6, checkpoint_period=2,
-                                         eval_split=None))
+    trainer.train(str(model_dir),
+                  **dict(train_kwargs, model_config=other, train_steps=6, checkpoint_period=2, eval_split=None))
   message = str(refused.value)
   assert f'MODEL_DIR {model_dir} was trained (step 4' in message and 'relpos_max_distance 128 vs 64' in message
   recorded = fingerprint_files.read(model_dir / 'numpy_checkpoints' / 'checkpoint_4' / fingerprint_files.STEP_FILE)

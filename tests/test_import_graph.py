@@ -13,7 +13,7 @@ import ast
 import os
 import pathlib
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 PACKAGE = 'jaxprompt'
 ROOT = pathlib.Path(__file__).resolve().parents[1] / PACKAGE
@@ -53,8 +53,8 @@ def module_files() -> dict[str, pathlib.Path]:
 
 def _is_type_checking(node: ast.If) -> bool:
   test = node.test
-  return (isinstance(test, ast.Name) and test.id == 'TYPE_CHECKING') or (
-      isinstance(test, ast.Attribute) and test.attr == 'TYPE_CHECKING')
+  return (isinstance(test, ast.Name) and test.id == 'TYPE_CHECKING') or (isinstance(test, ast.Attribute) and
+                                                                         test.attr == 'TYPE_CHECKING')
 
 
 def _import_nodes(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
@@ -238,17 +238,20 @@ def test_the_checker_resolves_imports_and_finds_cycles():
 
 def test_the_layer_checker_names_both_modules_and_layers():
   layers = [['low'], ['left', 'right'], ['top']]
-  graph = {'jaxprompt.low.a': set(), 'jaxprompt.left.b': {'jaxprompt.low.a', 'jaxprompt.left.c'},
-           'jaxprompt.left.c': set(), 'jaxprompt.right.d': {'jaxprompt.left.b'},
-           'jaxprompt.top': {'jaxprompt.right.d'}, 'jaxprompt': set()}
+  graph = {
+      'jaxprompt.low.a': set(), 'jaxprompt.left.b': {'jaxprompt.low.a', 'jaxprompt.left.c'}, 'jaxprompt.left.c': set(),
+      'jaxprompt.right.d': {'jaxprompt.left.b'}, 'jaxprompt.top': {'jaxprompt.right.d'}, 'jaxprompt': set()
+  }
   assert layer_violations(graph, layers) == [
-      "jaxprompt.right.d (layer 1 ['left', 'right']) imports jaxprompt.left.b (layer 1 ['left', 'right'])"]
+      "jaxprompt.right.d (layer 1 ['left', 'right']) imports jaxprompt.left.b (layer 1 ['left', 'right'])"
+  ]
   graph['jaxprompt.low.a'] = {'jaxprompt.top'}
   graph['jaxprompt.odd'] = set()
   assert layer_violations(graph, layers) == [
       "jaxprompt.odd: package 'odd' is in no layer",
       "jaxprompt.low.a (layer 0 ['low']) imports jaxprompt.top (layer 2 ['top'])",
-      "jaxprompt.right.d (layer 1 ['left', 'right']) imports jaxprompt.left.b (layer 1 ['left', 'right'])"]
+      "jaxprompt.right.d (layer 1 ['left', 'right']) imports jaxprompt.left.b (layer 1 ['left', 'right'])"
+  ]
   assert documented_layers('x\n```layers\nlow\nleft right\n\ntop\n```\n') == layers
 
 
@@ -281,8 +284,11 @@ def test_the_cli_does_not_depend_on_the_demo():
 
 
 def test_no_module_is_longer_than_400_lines():
-  long = {str(path.relative_to(ROOT.parent)): n for path in module_files().values()
-          if (n := len(path.read_text(encoding='utf-8').splitlines())) > MAX_LINES}
+  long = {
+      str(path.relative_to(ROOT.parent)): n
+      for path in module_files().values()
+      if (n := len(path.read_text(encoding='utf-8').splitlines())) > MAX_LINES
+  }
   assert not long, f'modules over {MAX_LINES} lines: {long}'
 
 
@@ -309,8 +315,11 @@ def hidden_submodules(modules: dict[str, pathlib.Path]) -> list[str]:
         bound = {t.id: None for t in targets if isinstance(t, ast.Name)}
       else:
         continue
-      bad += [f'{package}: line {node.lineno} binds {name!r}, hiding module {package}.{name}'
-              for name, source in bound.items() if name in submodules and source != f'{package}.{name}']
+      bad += [
+          f'{package}: line {node.lineno} binds {name!r}, hiding module {package}.{name}'
+          for name, source in bound.items()
+          if name in submodules and source != f'{package}.{name}'
+      ]
   return bad
 
 
@@ -320,8 +329,10 @@ HIDDEN_ON_PURPOSE = ('jaxprompt.cli.main',)
 
 
 def test_a_package_name_never_hides_its_submodule():
-  bad = [line for line in hidden_submodules(module_files())
-         if line.rpartition(' hiding module ')[2] not in HIDDEN_ON_PURPOSE]
+  bad = [
+      line for line in hidden_submodules(module_files())
+      if line.rpartition(' hiding module ')[2] not in HIDDEN_ON_PURPOSE
+  ]
   assert not bad, 'names that make an import path mean two things:\n' + '\n'.join(bad)
 
 
@@ -337,8 +348,8 @@ def calls_of(name: str, folders: tuple[str, ...] = (PACKAGE, 'tests', 'bench')) 
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
           where = node.name
         callee = node.func if isinstance(node, ast.Call) else None
-        if (isinstance(callee, ast.Name) and callee.id == name) or (
-            isinstance(callee, ast.Attribute) and callee.attr == name):
+        if (isinstance(callee, ast.Name) and callee.id == name) or (isinstance(callee, ast.Attribute) and
+                                                                    callee.attr == name):
           found.append(f'{path.relative_to(ROOT.parent)}:{node.lineno} in {where}')
         stack.extend((child, where) for child in ast.iter_child_nodes(node))
   return sorted(found)
@@ -348,5 +359,6 @@ def test_runtime_is_built_in_one_place():
   """`build_runtime` is the one constructor of a `Runtime`: the model, mesh, rules, steps and placed weights it
   holds must belong together, which a hand-assembled one (another mesh, the steps of another model) need not."""
   calls = calls_of('Runtime')
-  assert [re.sub(r':\d+ in ', ' in ', c) for c in calls] == ['jaxprompt/runtime/runtime.py in build_runtime'], (
-      f'Runtime(...) is called outside build_runtime: {calls}')
+  assert [re.sub(r':\d+ in ', ' in ', c) for c in calls
+         ] == ['jaxprompt/runtime/runtime.py in build_runtime'
+              ], (f'Runtime(...) is called outside build_runtime: {calls}')

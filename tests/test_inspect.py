@@ -92,8 +92,10 @@ def test_the_recorded_model_flag(embedding, checkpoint, vocab, tmp_path):
 
 def test_a_prefix_file_reports_key_and_value_norms_per_kind_and_layer(checkpoint, vocab, tmp_path):
   rng = np.random.default_rng(0)
-  rows = {kind: (rng.normal(size=(2, 3, 4, 8)).astype(np.float32), rng.normal(size=(2, 3, 4, 8)).astype(np.float32))
-          for kind in ('encoder_self', 'decoder_self')}
+  rows = {
+      kind: (rng.normal(size=(2, 3, 4, 8)).astype(np.float32), rng.normal(size=(2, 3, 4, 8)).astype(np.float32))
+      for kind in ('encoder_self', 'decoder_self')
+  }
   path = kv_prefix.save_prefix(tmp_path / 'prefix.npz', rows, 'positions')
   report = _inspect(path, checkpoint, vocab)
   assert 'positions' not in report and sorted(report['prefix']) == ['decoder_self', 'encoder_self']
@@ -112,15 +114,17 @@ def test_a_per_layer_prompts_file_reports_its_input_prompt_and_deeper_blocks(emb
   np.savez(path, prompt=embedding[[7, 9]], layers=layers, **{'mode/add': np.zeros((0,), np.int8)})
   report = _inspect(path, checkpoint, vocab, top_k=1)
   assert [p['nearest'][0]['id'] for p in report['positions']] == [7, 9]
-  assert report['layers'] == [{'layer': 1, 'mean': pytest.approx(np.sqrt(32)), 'min': pytest.approx(np.sqrt(32)),
-                               'max': pytest.approx(np.sqrt(32))}]
+  assert report['layers'] == [{
+      'layer': 1, 'mean': pytest.approx(np.sqrt(32)), 'min': pytest.approx(np.sqrt(32)),
+      'max': pytest.approx(np.sqrt(32))
+  }]
 
 
 def test_only_the_embedding_of_an_hf_checkpoint_is_read(embedding, tmp_path):
   save_file({'shared.weight': np.ascontiguousarray(embedding)}, str(tmp_path / 'model.safetensors'))
   np.testing.assert_array_equal(inspect_lib.read_token_embedding(str(tmp_path), CONFIG), embedding)
   with pytest.raises(CheckpointError, match=r'model\.safetensors.*has shape \(128, 32\) but MODEL_CONFIG needs '
-                                            r'\(128, 64\)'):
+                     r'\(128, 64\)'):
     inspect_lib.read_token_embedding(str(tmp_path), CONFIG.replace(emb_dim=64))
 
 
@@ -139,8 +143,11 @@ def test_bad_inputs_are_named(embedding, checkpoint, vocab, tmp_path):
 def test_cli_inspect_prints_and_writes_the_report(embedding, checkpoint, tiny_files, tmp_path, capsys):
   path, out = tmp_path / 'prompt.npy', tmp_path / 'report' / 'inspect.json'
   np.save(path, embedding[[11, 12]])
-  code = cli.main(['inspect', str(path), '--gin_file=models/t5x_tiny.gin', '--top_k', '2', '--output', str(out),
-                   f"--gin.VOCABULARY_PATH='{tiny_files['vocab']}'", f"--gin.T5X_TINY_CHECKPOINT='{checkpoint}'"])
+  code = cli.main([
+      'inspect',
+      str(path), '--gin_file=models/t5x_tiny.gin', '--top_k', '2', '--output',
+      str(out), f"--gin.VOCABULARY_PATH='{tiny_files['vocab']}'", f"--gin.T5X_TINY_CHECKPOINT='{checkpoint}'"
+  ])
   captured = capsys.readouterr()
   assert code == 0, captured.err
   printed = json.loads(captured.out.strip().splitlines()[-1])

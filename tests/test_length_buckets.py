@@ -38,8 +38,13 @@ def test_specs(spec, inputs, targets):
 
 
 @pytest.mark.parametrize('spec, message', [
-    (0, 'step must be positive'), (True, 'positive step'), ('64', 'positive step'), ([], 'positive integer'),
-    ([16, -8], 'positive integer'), ([16, 2.5], 'positive integer'), ({'input': 16}, "unknown \\['input'\\]"),
+    (0, 'step must be positive'),
+    (True, 'positive step'),
+    ('64', 'positive step'),
+    ([], 'positive integer'),
+    ([16, -8], 'positive integer'),
+    ([16, 2.5], 'positive integer'),
+    ({'input': 16}, "unknown \\['input'\\]"),
     ({'targets': 'x'}, "LENGTH_BUCKETS\\['targets'\\]"),
 ])
 def test_bad_specs_are_named(spec, message):
@@ -60,8 +65,10 @@ def test_trim_cuts_each_group_to_its_bucket_and_agrees_across_hosts():
   batch = _features([[5, 6, 7, 1], [9, 1]], [[3, 1], [4, 4, 1]], lengths)
   b = buckets.LengthBuckets.from_spec(4)
   out = b.trim(batch)
-  assert {k: v.shape for k, v in out.items()} == {'encoder_input_tokens': (2, 4), 'decoder_input_tokens': (2, 4),
-                                                   'decoder_target_tokens': (2, 4), 'decoder_loss_weights': (2, 4)}
+  assert {k: v.shape for k, v in out.items()} == {
+      'encoder_input_tokens': (2, 4), 'decoder_input_tokens': (2, 4), 'decoder_target_tokens': (2, 4),
+      'decoder_loss_weights': (2, 4)
+  }
   for k, v in out.items():
     np.testing.assert_array_equal(v, batch[k][:, :4])
     assert not np.any(batch[k][:, 4:])  # only padding was cut
@@ -84,8 +91,10 @@ def test_each_new_shape_is_logged_once_with_the_bound(caplog):
   assert seen == [{'inputs': 3, 'targets': 2}, {'inputs': 4, 'targets': 2}, {'inputs': 10, 'targets': 2},
                   {'inputs': 3, 'targets': 2}]
   lines = [r.getMessage() for r in caplog.records if 'new batch shape' in r.getMessage()]
-  assert lines == ['train step: new batch shape inputs=4 targets=4 (1 of at most 8 with these length buckets)',
-                   'train step: new batch shape inputs=12 targets=4 (2 of at most 8 with these length buckets)']
+  assert lines == [
+      'train step: new batch shape inputs=4 targets=4 (1 of at most 8 with these length buckets)',
+      'train step: new batch shape inputs=12 targets=4 (2 of at most 8 with these length buckets)'
+  ]
 
 
 @pytest.fixture(scope='module')
@@ -129,6 +138,7 @@ def test_training_with_buckets_matches_fixed_length_batches(train_kwargs, fixtur
   rows = [json.loads(line) for line in (tmp_path / 'cut' / observability.TRAIN_HISTORY).read_text().splitlines()]
   # 4 unpacked examples per step; cut rows are mostly tokens, fixed 16-wide rows mostly padding.
   assert [r['examples'] for r in rows] == [4.0, 4.0, 4.0]
-  fixed_rows = [json.loads(line) for line in (tmp_path / 'fixed' / observability.TRAIN_HISTORY).read_text()
-                .splitlines()]
+  fixed_rows = [
+      json.loads(line) for line in (tmp_path / 'fixed' / observability.TRAIN_HISTORY).read_text().splitlines()
+  ]
   assert all(c['encoder_fill'] > f['encoder_fill'] for c, f in zip(rows, fixed_rows))

@@ -9,12 +9,12 @@ import flax.linen as nn
 import jax
 import pytest
 
+from bench import plan_step as memory_plan
 from jaxprompt.errors import ConfigError
 from jaxprompt.formats.keys import PROMPT_KEY
-from bench import plan_step as memory_plan
 from tests.helpers import REPO
 
-GiB = 1024 ** 3
+GiB = 1024**3
 V3_CORE_HBM = 16 * GiB
 
 
@@ -32,8 +32,8 @@ def test_xxl_train_step_fits_v3_8():
              XLA_FLAGS='--xla_force_host_platform_device_count=8',
              PYTHONPATH=f'{REPO}{os.pathsep}{os.environ.get("PYTHONPATH", "")}')
   args = ['--model', 't5_1_1_xxl', '--model_parallel', '2', '--parameter_partitioning_dims', '2']
-  proc = subprocess.run([sys.executable, '-m', 'bench.plan_step', *args], env=env,
-                        capture_output=True, text=True, timeout=300, check=False)
+  proc = subprocess.run([sys.executable, '-m', 'bench.plan_step', *args], env=env, capture_output=True, text=True,
+                        timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr[-5000:]
   plan = json.loads(proc.stdout.strip().splitlines()[-1])
   assert (plan['num_devices'], plan['data_parallel'], plan['batch_size'], plan['prompt_length']) == (8, 4, 32, 100)
@@ -46,7 +46,7 @@ def test_xxl_train_step_fits_v3_8():
   assert 11.0e9 < params < 11.5e9
   assert params * 2 / 8 <= plan['frozen_bytes'] < params * 2 / 8 * 1.01
   # Arguments = frozen weights + prompt-sized state + batch.
-  assert 0 < plan['argument_bytes'] - plan['frozen_bytes'] < 64 * 2 ** 20
+  assert 0 < plan['argument_bytes'] - plan['frozen_bytes'] < 64 * 2**20
   assert plan['temp_bytes'] > 0
   total = plan['argument_bytes'] + plan['temp_bytes']
   assert total == plan['total_bytes']
@@ -80,8 +80,10 @@ def test_cli_builds_the_request_and_prints_json(capsys, monkeypatch):
     return memory_plan.MemoryPlan(request, 1, 1, 10, 20, 3, 3, 8, 0.1)
 
   monkeypatch.setattr(memory_plan, 'plan_train_step', fake_plan)
-  memory_plan.main(['--model', 't5_1_1_xl', '--model_parallel', '4', '--batch_size', '2', '--dtype', 'float32',
-                    '--scan_layers', 'false', '--remat_policy', 'dots'])
+  memory_plan.main([
+      '--model', 't5_1_1_xl', '--model_parallel', '4', '--batch_size', '2', '--dtype', 'float32', '--scan_layers',
+      'false', '--remat_policy', 'dots'
+  ])
   request = seen[0]
   assert (request.model, request.model_parallel, request.batch_size) == ('t5_1_1_xl', 4, 2)
   assert request.dtype == jax.numpy.float32 and request.scan_layers is False and request.remat_policy == 'dots'

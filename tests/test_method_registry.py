@@ -43,8 +43,10 @@ class ScaledPrompt(Method):
 
   def init(self, rng: Array, frozen: Params) -> Params:
     del frozen
-    return {'base': jax.random.uniform(rng, (self.length, self.embed_dim), jnp.float32, -0.5, 0.5),
-            'scale': jnp.asarray(2.0, jnp.float32)}
+    return {
+        'base': jax.random.uniform(rng, (self.length, self.embed_dim), jnp.float32, -0.5, 0.5),
+        'scale': jnp.asarray(2.0, jnp.float32)
+    }
 
   def abstract(self, network: Params) -> Params:
     raise NotImplementedError  # not trained here
@@ -152,8 +154,9 @@ def test_markers_and_unknown_files_give_one_clear_error(tmp_path):
   with pytest.raises(PromptError, match=r"odd.npz: written by method file kind 'nobody', which is not registered"):
     registry.from_arrays(unknown, registry.ReadContext(CFG, source='odd.npz'))
   path = write_npz({'x': np.zeros((2, 3, 4), np.float32)}, tmp_path / 'x.npz')
-  with pytest.raises(PromptError, match=r"x.npz: unknown kind of prompt file \(keys \['x'\]\); expected .*a prompt "
-                                        r'.npy.*, a scaled prompt .npz'):
+  with pytest.raises(
+      PromptError, match=r"x.npz: unknown kind of prompt file \(keys \['x'\]\); expected .*a prompt "
+      r'.npy.*, a scaled prompt .npz'):
     _load(prompt_file=path)
   assert STEP_FILE in registry.step_files()
   # A damaged file is named for what it is known to be, a prompt file (not, say, a multi-task prompts file).
@@ -168,11 +171,13 @@ def test_markers_and_unknown_files_give_one_clear_error(tmp_path):
 def test_the_builtin_file_kinds_exclude_each_other():
   """A file without a marker is claimed by at most one kind (so registration order never decides)."""
   d = CFG.emb_dim
-  files = {'prompt': {'prompt': np.zeros((3, d))},
-           'prefix': {'decoder_self/key': np.zeros((2, 3, 4, 8)), 'relpos/positions': np.zeros((0,), np.int8)},
-           'per_layer_prompts': {'prompt': np.zeros((3, d)), 'layers': np.zeros((1, 3, d)),
-                                 'mode/add': np.zeros((0,), np.int8)},
-           'multitask': {'rte': np.zeros((3, d)), 'sst2': np.zeros((4, d))}}
+  files = {
+      'prompt': {'prompt': np.zeros(
+          (3, d))}, 'prefix': {'decoder_self/key': np.zeros((2, 3, 4, 8)), 'relpos/positions': np.zeros((0,), np.int8)},
+      'per_layer_prompts': {
+          'prompt': np.zeros((3, d)), 'layers': np.zeros((1, 3, d)), 'mode/add': np.zeros((0,), np.int8)
+      }, 'multitask': {'rte': np.zeros((3, d)), 'sst2': np.zeros((4, d))}
+  }
   for name, arrays in files.items():
     claims = [k.name for k in registry.kinds() if k.holds is not None and k.holds(arrays)]
     assert claims == [name], (name, claims)
@@ -204,7 +209,6 @@ def test_the_tuning_protocol_lists_what_the_trainer_reads():
 
 
 def _subclasses(cls: type) -> set[type]:
-  import jaxprompt.methods  # pylint: disable=g-import-not-at-top,unused-import  (every built-in method)
   out = set()
   for sub in cls.__subclasses__():
     out |= {sub} | _subclasses(sub)

@@ -25,16 +25,17 @@ METHODS = {
 
 
 def _common(train_kwargs):
-  return {k: train_kwargs[k] for k in ('model_config', 'initial_checkpoint_path', 'mixture_or_task_name',
-                                       'task_feature_lengths')}
+  return {
+      k: train_kwargs[k]
+      for k in ('model_config', 'initial_checkpoint_path', 'mixture_or_task_name', 'task_feature_lengths')
+  }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(METHODS))
 def test_train_export_and_evaluate_every_method(name, train_kwargs, tmp_path):
   factory, final = METHODS[name]
-  kwargs = dict(train_kwargs, method=factory, train_steps=2, checkpoint_period=2, eval_period=2,
-                eval_max_examples=8)
+  kwargs = dict(train_kwargs, method=factory, train_steps=2, checkpoint_period=2, eval_period=2, eval_max_examples=8)
   result = trainer.train(str(tmp_path / 'run'), **kwargs)
   assert result.exported == str(tmp_path / 'run' / final)
   trained = result.eval_metrics
@@ -64,8 +65,10 @@ def test_prefix_resumes_exactly_and_exports_safetensors(train_kwargs, tmp_path):
   assert_trees_equal(resumed.trainable, whole.trainable)  # bit for bit, dropout rng included
   path = export_lib.export(str(tmp_path / 'prefix.safetensors'), checkpoint=str(tmp_path / 'whole'))['output']
   # The .safetensors export and the training dir's own numpy copy score the same.
-  metrics = [evaluate_lib.evaluate(**_common(train_kwargs), **source, max_examples=4, batch_size=4)['metrics']
-             for source in ({'prompt_file': path}, {'checkpoint': str(tmp_path / 'whole')})]
+  metrics = [
+      evaluate_lib.evaluate(**_common(train_kwargs), **source, max_examples=4, batch_size=4)['metrics']
+      for source in ({'prompt_file': path}, {'checkpoint': str(tmp_path / 'whole')})
+  ]
   assert metrics[0] == metrics[1]
   with pytest.raises(UsageError, match=r'exports as \.npz or \.safetensors'):
     export_lib.export(str(tmp_path / 'prefix.npy'), checkpoint=str(tmp_path / 'whole'))
@@ -74,6 +77,7 @@ def test_prefix_resumes_exactly_and_exports_safetensors(train_kwargs, tmp_path):
 @pytest.mark.slow
 def test_a_methods_own_dropout_trains_even_when_the_network_has_none(fixtures_dir):
   import jax  # pylint: disable=g-import-not-at-top
+
   from jaxprompt.checkpoints import load_t5x_checkpoint  # pylint: disable=g-import-not-at-top
   from jaxprompt.models.config import get_config  # pylint: disable=g-import-not-at-top
   from jaxprompt.models.wrapper import TunedModel  # pylint: disable=g-import-not-at-top

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from jaxprompt.parallel import partitioning
 from jaxprompt.models import losses
 from jaxprompt.models.config import get_config
 from jaxprompt.models.scan import stack_layers, unstack_layers
 from jaxprompt.models.t5 import Transformer
+from jaxprompt.parallel import partitioning
 from tests.helpers import assert_close_to_scale
 
 
@@ -31,8 +31,7 @@ def _batch(ref):
 def test_param_tree_matches_t5x_names_and_shapes(reference):
   data, params = reference
   model = Transformer(get_config('t5x_tiny'))
-  variables = jax.eval_shape(functools.partial(model.init, enable_dropout=False), jax.random.PRNGKey(0),
-                             *_batch(data))
+  variables = jax.eval_shape(functools.partial(model.init, enable_dropout=False), jax.random.PRNGKey(0), *_batch(data))
   ours = {k: v.shape for k, v in flatten_dict(nn.meta.unbox(variables['params'])).items()}
   theirs = {k: v.shape for k, v in flatten_dict(params).items()}
   assert ours == theirs
@@ -41,8 +40,7 @@ def test_param_tree_matches_t5x_names_and_shapes(reference):
 def test_logical_axes_are_t5x_names():
   model = Transformer(get_config('t5x_tiny'))
   z = jnp.zeros((1, 4), jnp.int32)
-  specs = flatten_dict(partitioning.logical_specs(jax.eval_shape(model.init, jax.random.PRNGKey(0), z, z, z)
-                                                  ['params']))
+  specs = flatten_dict(partitioning.logical_specs(jax.eval_shape(model.init, jax.random.PRNGKey(0), z, z, z)['params']))
   specs = {k: tuple(v) for k, v in specs.items()}
   assert specs[('token_embedder', 'embedding')] == ('vocab', 'embed')
   assert specs[('encoder', 'layers_0', 'attention', 'query', 'kernel')] == ('embed', 'joined_kv')
@@ -84,8 +82,9 @@ def test_label_smoothing_constant_makes_perfect_prediction_zero():
 
 
 # The inner loop checks full remat (what the large configs use); the full suite all three policies.
-@pytest.mark.parametrize('remat', [pytest.param('none', marks=pytest.mark.slow), 'full',
-                                   pytest.param('dots', marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    'remat', [pytest.param('none', marks=pytest.mark.slow), 'full',
+              pytest.param('dots', marks=pytest.mark.slow)])
 def test_scan_and_remat_match_unrolled(reference, remat):
   data, params = reference
   cfg = get_config('t5x_tiny')
@@ -150,12 +149,12 @@ def test_t5_1_0_tied_relu_tree_and_logit_scaling():
 
 def test_bfloat16_activations_close_to_float32(reference):
   data, params = reference
+
   def forward(config, p):
     return jax.jit(lambda p: Transformer(config).apply({'params': p}, *_batch(data), enable_dropout=False))(p)
 
   logits32 = forward(get_config('t5x_tiny'), params)
-  logits16 = forward(get_config('t5x_tiny', dtype=jnp.bfloat16), jax.tree.map(lambda x: x.astype(jnp.bfloat16),
-                                                                              params))
+  logits16 = forward(get_config('t5x_tiny', dtype=jnp.bfloat16), jax.tree.map(lambda x: x.astype(jnp.bfloat16), params))
   assert logits16.dtype == jnp.float32  # logits_dense computes in float32, as t5x.
   assert np.all(np.isfinite(logits16))
   assert np.mean(np.argmax(logits16, -1) == np.argmax(logits32, -1)) > 0.8
@@ -201,8 +200,7 @@ def test_t5x_checkpoint_loads_straight_into_the_scanned_layout(fixtures_dir, ref
   data, params = reference
   cfg = get_config('t5x_tiny', scan_layers=True, remat_policy='full')
   model = Transformer(cfg)
-  abstract = jax.eval_shape(functools.partial(model.init, enable_dropout=False), jax.random.PRNGKey(0),
-                            *_batch(data))
+  abstract = jax.eval_shape(functools.partial(model.init, enable_dropout=False), jax.random.PRNGKey(0), *_batch(data))
   stacked = load_t5x_checkpoint(str(fixtures_dir / 't5x_tiny' / 'orbax_checkpoint_0'), scan_layers=True,
                                 expected_shapes=nn.meta.unbox(abstract['params']))
   for a, b in zip(jax.tree.leaves(stacked), jax.tree.leaves(stack_layers(params))):
@@ -217,27 +215,28 @@ def test_scanned_model_decodes_like_the_unrolled_one(reference):
   from jaxprompt.models.wrapper import TunedModel
   data, params = reference
   cfg = get_config('t5x_tiny')
-  batch = {'encoder_input_tokens': jnp.asarray(data['encoder_input_tokens']),
-           'decoder_target_tokens': jnp.zeros((data['encoder_input_tokens'].shape[0], 6), jnp.int32)}
+  batch = {
+      'encoder_input_tokens': jnp.asarray(data['encoder_input_tokens']), 'decoder_target_tokens': jnp.zeros(
+          (data['encoder_input_tokens'].shape[0], 6), jnp.int32)
+  }
   plain = TunedModel(cfg, None)
   scanned = TunedModel(cfg.replace(scan_layers=True, remat_policy='full'), None)
   for method in ('beam', 'sample'):
     want = plain.predict_batch(params, None, batch, method=method, num_decodes=2)
-    got = jax.jit(lambda p, b: scanned.predict_batch(p, None, b, method=method, num_decodes=2))(
-        stack_layers(params), batch)
+    got = jax.jit(lambda p, b: scanned.predict_batch(p, None, b, method=method, num_decodes=2))(stack_layers(params),
+                                                                                                batch)
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_allclose(got[1], want[1], atol=1e-5)
 
 
 def test_gather_and_one_hot_embedding_agree(reference):
   """`one_hot_embedding` changes how tokens are looked up, never the result (also for the prompt's gradient)."""
-  from jaxprompt.models.wrapper import TunedModel
   from jaxprompt.methods.prompt_tuning import PromptTuning
+  from jaxprompt.models.wrapper import TunedModel
   data, params = reference
   cfg = get_config('t5x_tiny')
   assert cfg.one_hot_embedding is None  # unset: one-hot on TPU, gather elsewhere
-  batch = {k: jnp.asarray(data[k]) for k in ('encoder_input_tokens', 'decoder_input_tokens',
-                                              'decoder_target_tokens')}
+  batch = {k: jnp.asarray(data[k]) for k in ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens')}
   prompt = {'prompt': jax.random.normal(jax.random.PRNGKey(1), (3, cfg.emb_dim))}
   results, gathers = [], []
   for one_hot in (True, False):
@@ -254,7 +253,10 @@ def test_every_wrapper_function_takes_frozen_then_trainable():
   """One argument order for TunedModel: (self, frozen, trainable, ...). Both are trees, so a call in the other
   order runs; `loss_fn` once took (trainable, frozen) for `jax.grad`, which now takes `argnums=1`."""
   from jaxprompt.models.wrapper import TunedModel  # pylint: disable=g-import-not-at-top
-  orders = {name: list(inspect.signature(fn).parameters)[1:3] for name, fn in vars(TunedModel).items()
-            if inspect.isfunction(fn) and {'frozen', 'trainable'} <= set(inspect.signature(fn).parameters)}
+  orders = {
+      name: list(inspect.signature(fn).parameters)[1:3]
+      for name, fn in vars(TunedModel).items()
+      if inspect.isfunction(fn) and {'frozen', 'trainable'} <= set(inspect.signature(fn).parameters)
+  }
   assert set(orders) >= {'logits', 'loss_fn', 'score_batch', 'encode', 'rank_classify', 'predict_batch', '_variables'}
   assert all(order == ['frozen', 'trainable'] for order in orders.values()), orders

@@ -18,10 +18,9 @@ from flax import struct
 from jax import lax
 
 from jaxprompt.errors import ConfigError
-from jaxprompt.models import attention, layers
-from jaxprompt.models import decoding
-from jaxprompt.models.decoding import flat_batch_beam_expand
+from jaxprompt.models import attention, decoding, layers
 from jaxprompt.models.config import get_config
+from jaxprompt.models.decoding import flat_batch_beam_expand
 from jaxprompt.models.hooks import ATTENTION_KINDS, Hooks, InputHook, KVPrefix, LayerHook
 from jaxprompt.models.scan import stack_layers
 from jaxprompt.models.t5 import Transformer
@@ -89,13 +88,13 @@ def setup():
   batch = tuple(jnp.asarray(x, jnp.int32) for x in (enc, dec_in, targets))
   model = Transformer(CFG)
   # Random weights of the network's shapes; its own initialisers take long to compile and are not under test.
-  shapes = nn.meta.unbox(jax.eval_shape(functools.partial(model.init, enable_dropout=False), jax.random.PRNGKey(0),
-                                        *batch)['params'])
+  shapes = nn.meta.unbox(
+      jax.eval_shape(functools.partial(model.init, enable_dropout=False), jax.random.PRNGKey(0), *batch)['params'])
   leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
   params = []
   for path, leaf in leaves:
     name = jax.tree_util.keystr(path)
-    scale = 1.0 if 'embedding' in name else 0.1 if 'scale' in name else leaf.shape[0] ** -0.5
+    scale = 1.0 if 'embedding' in name else 0.1 if 'scale' in name else leaf.shape[0]**-0.5
     params.append(jnp.asarray(rng.normal(size=leaf.shape) * scale + (1.0 if 'scale' in name else 0.0), jnp.float32))
   return model, jax.tree.unflatten(treedef, params), batch
 
@@ -316,7 +315,8 @@ def test_beam_search_through_the_cache_equals_recomputation(setup):
   hooks = _hooks(seed=6, plen=2, batch=B)
   beams = 2
   encoded, valid = _encode(model, params, enc, hooks)
-  cache = jax.tree.map(jnp.zeros_like, jax.eval_shape(functools.partial(_new_cache, model), params, encoded, valid, hooks))
+  cache = jax.tree.map(jnp.zeros_like,
+                       jax.eval_shape(functools.partial(_new_cache, model), params, encoded, valid, hooks))
   encoded, valid = flat_batch_beam_expand(encoded, beams), flat_batch_beam_expand(valid, beams)
   step = _decoder_step(model, params, encoded, valid, hooks)
 
@@ -340,6 +340,10 @@ def test_predict_batch_decodes_with_the_hooks_it_encodes_with():
   """No alias stands between the hooks `predict_batch` encodes with and those its decoder steps get: a bare
   `beam_hooks = hooks` read as if beams needed other hooks (they do not: see the comment there)."""
   tree = ast.parse(textwrap.dedent(inspect.getsource(TunedModel.predict_batch)))
-  aliases = [ast.unparse(node) for node in ast.walk(tree) if isinstance(node, ast.Assign)
-             and isinstance(node.value, ast.Name) and all(isinstance(t, ast.Name) for t in node.targets)]
+  aliases = [
+      ast.unparse(node)
+      for node in ast.walk(tree)
+      if isinstance(node, ast.Assign) and isinstance(node.value, ast.Name) and all(
+          isinstance(t, ast.Name) for t in node.targets)
+  ]
   assert not aliases, f'TunedModel.predict_batch renames a variable: {aliases}'

@@ -19,9 +19,11 @@ from tests.helpers import assert_trees_equal
 
 def _batch(config, rng):
   targets = rng.integers(2, config.vocab_size, (4, 5)).astype(np.int32)
-  return {'encoder_input_tokens': rng.integers(2, config.vocab_size, (4, 7)).astype(np.int32),
-          'decoder_target_tokens': targets, 'decoder_input_tokens': np.pad(targets[:, :-1], ((0, 0), (1, 0))),
-          'decoder_loss_weights': np.ones((4, 5), np.float32)}
+  return {
+      'encoder_input_tokens': rng.integers(2, config.vocab_size, (4, 7)).astype(np.int32),
+      'decoder_target_tokens': targets, 'decoder_input_tokens': np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+      'decoder_loss_weights': np.ones((4, 5), np.float32)
+  }
 
 
 @pytest.mark.slow

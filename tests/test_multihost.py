@@ -32,8 +32,7 @@ def _start(num_devices: int, args: list[str], log: pathlib.Path) -> subprocess.P
              PYTHONPATH=f'{REPO}{os.pathsep}{os.environ.get("PYTHONPATH", "")}')
   for name in (multihost.ENV_SWITCH, multihost.ENV_NUM_PROCESSES, multihost.ENV_PROCESS_ID):
     env.pop(name, None)
-  return subprocess.Popen([sys.executable, str(SCRIPT), *args], env=env, stdout=log.open('w'),
-                          stderr=subprocess.STDOUT)
+  return subprocess.Popen([sys.executable, str(SCRIPT), *args], env=env, stdout=log.open('w'), stderr=subprocess.STDOUT)
 
 
 def _start_pair(mode: str, args: dict, tmp_path: pathlib.Path, procs: dict, logs: dict) -> None:
@@ -92,8 +91,7 @@ def test_two_processes_train_like_one_with_eight_devices(fixtures_dir, tmp_path)
   # Orbax wrote one checkpoint from both processes; process 0 alone wrote the numpy prompt.
   step_dir = tmp_path / 'multi_dir' / 'checkpoints' / '2'
   assert (step_dir / 'commit_success.txt').exists() or (step_dir / '_CHECKPOINT_METADATA').exists()
-  assert sorted(p.name for p in (step_dir / 'state').glob('ocdbt.process_*')) == ['ocdbt.process_0',
-                                                                                   'ocdbt.process_1']
+  assert sorted(p.name for p in (step_dir / 'state').glob('ocdbt.process_*')) == ['ocdbt.process_0', 'ocdbt.process_1']
   numpy_dir = tmp_path / 'multi_dir' / 'numpy_checkpoints' / 'checkpoint_2'
   assert sorted(p.name for p in numpy_dir.iterdir()) == ['prompt.npy']
   np.testing.assert_array_equal(np.load(numpy_dir / 'prompt.npy'), p0['saved_prompt'])
@@ -144,10 +142,10 @@ def test_trainer_runs_on_two_processes(fixtures_dir, tmp_path):
   np.testing.assert_array_equal(np.load(final), p0['prompt'])
   for step in (2, 4):
     step_dir = model_dir / 'checkpoints' / str(step)
-    assert sorted(p.name for p in (step_dir / 'state').glob('ocdbt.process_*')) == ['ocdbt.process_0',
-                                                                                     'ocdbt.process_1']
-  np.testing.assert_array_equal(np.load(model_dir / 'numpy_checkpoints' / 'checkpoint_4' / 'prompt.npy'),
-                                p0['prompt'])
+    assert sorted(p.name for p in (step_dir / 'state').glob('ocdbt.process_*')) == [
+        'ocdbt.process_0', 'ocdbt.process_1'
+    ]
+  np.testing.assert_array_equal(np.load(model_dir / 'numpy_checkpoints' / 'checkpoint_4' / 'prompt.npy'), p0['prompt'])
 
 
 # ------------------------------------------------------------------------------ launch decision (pure)
@@ -163,8 +161,7 @@ def test_detect_single_process_by_default():
 def test_detect_explicit_arguments_and_environment():
   plan = multihost.detect({}, coordinator_address='10.0.0.1:1234', num_processes=4, process_id=3, tpu_vm=False)
   assert (plan.coordinator_address, plan.num_processes, plan.process_id) == ('10.0.0.1:1234', 4, 3)
-  env = {multihost.ENV_COORDINATOR: '10.0.0.1:99', multihost.ENV_NUM_PROCESSES: '2',
-         multihost.ENV_PROCESS_ID: '1'}
+  env = {multihost.ENV_COORDINATOR: '10.0.0.1:99', multihost.ENV_NUM_PROCESSES: '2', multihost.ENV_PROCESS_ID: '1'}
   plan = multihost.detect(env, tpu_vm=False)
   assert (plan.coordinator_address, plan.num_processes, plan.process_id) == ('10.0.0.1:99', 2, 1)
   # One process is no cluster.
@@ -188,10 +185,10 @@ def test_detect_clusters_use_jax_auto_detection(env, reason):
 @pytest.mark.parametrize('kwargs, env, message', [
     (dict(coordinator_address='h:1', num_processes=2), {}, 'process_id not set'),
     (dict(num_processes=2, process_id=0), {}, 'coordinator_address not set'),
-    (dict(coordinator_address='h:1', num_processes=2, process_id=2), {},
-     'process_id=2 must be in [0, num_processes=2)'),
-    (dict(coordinator_address='h:1', num_processes='two', process_id=0), {},
-     "num_processes must be an integer, got 'two'"),
+    (dict(coordinator_address='h:1', num_processes=2,
+          process_id=2), {}, 'process_id=2 must be in [0, num_processes=2)'),
+    (dict(coordinator_address='h:1', num_processes='two',
+          process_id=0), {}, "num_processes must be an integer, got 'two'"),
     (dict(coordinator_address='host', num_processes=2, process_id=0), {}, "'host' must be host:port"),
     ({}, {multihost.ENV_NUM_PROCESSES: '2', multihost.ENV_PROCESS_ID: '0'}, 'JAX_COORDINATOR_ADDRESS'),
     ({}, {multihost.ENV_SWITCH: 'maybe'}, "JAXPROMPT_DISTRIBUTED='maybe'"),

@@ -13,8 +13,7 @@ from jaxprompt.checkpoints import load_t5x_checkpoint
 from jaxprompt.commands import configs
 from jaxprompt.commands import evaluate as evaluate_command
 from jaxprompt.commands import train as trainer
-from jaxprompt.data import custom
-from jaxprompt.data import pipeline
+from jaxprompt.data import custom, pipeline
 from jaxprompt.errors import ConfigError, PromptError
 from jaxprompt.methods import multitask
 from jaxprompt.methods.prompt_bank import PromptBank
@@ -61,20 +60,22 @@ def test_mixed_stream_tags_tasks_at_the_rates_and_is_deterministic(mixture):
   assert ids.dtype == np.int32 and set(ids) == {0, 1}
   assert abs(ids.mean() - RATES[1] / sum(RATES)) < 0.08  # 320 draws: sd ~0.024
   # Each id names the task the example came from: task A's target for an input, or (flipped) the other label.
-  truth = {tuple(ex['inputs']): tuple(ex['targets'])
-           for ex in pipeline.read_examples(seqio.get_mixture_or_task(TASK_A), LENGTHS, 'train')}
+  truth = {
+      tuple(ex['inputs']): tuple(ex['targets'])
+      for ex in pipeline.read_examples(seqio.get_mixture_or_task(TASK_A), LENGTHS, 'train')
+  }
   for b in batches:
     for tokens, target, task in zip(b['encoder_input_tokens'], b['decoder_target_tokens'], b['task_ids']):
       same = tuple(target[target > 0]) == truth[tuple(tokens[tokens > 0])]
       assert same == (task == 0)
   # Same seed: the same batches; skipping k gives batches k.. (resume); another seed: another order.
-  again = list(pipeline.train_batches(pipeline.train_dataset(mixture, LENGTHS, 'train', 8, seed=3,
-                                                             task_names=NAMES).take(40), skip=5))
+  again = list(
+      pipeline.train_batches(
+          pipeline.train_dataset(mixture, LENGTHS, 'train', 8, seed=3, task_names=NAMES).take(40), skip=5))
   for want, got in zip(batches[5:], again):
     for key in want:
       np.testing.assert_array_equal(want[key], got[key])
-  other = next(pipeline.train_batches(pipeline.train_dataset(mixture, LENGTHS, 'train', 8, seed=4,
-                                                             task_names=NAMES)))
+  other = next(pipeline.train_batches(pipeline.train_dataset(mixture, LENGTHS, 'train', 8, seed=4, task_names=NAMES)))
   assert not np.array_equal(other['encoder_input_tokens'], batches[0]['encoder_input_tokens'])
 
 
@@ -102,16 +103,17 @@ def test_stream_errors(mixture):
 
 def _methods(tasks=('a', 'b', 'c')):
   """Every mode of MultiTaskPrompts and MPT, small, with the numpy formula of task t's prompt."""
+
   def mtp(mode, **kw):
     return multitask.MultiTaskPrompts(tasks=tasks, config=CFG, length=3, mode=mode, **kw)
+
   return {
-      'concat': (mtp('concat', task_length=2),
-                 lambda p, t: np.concatenate([p['shared_prompt'], p['task_prompts'][t]])),
+      'concat': (mtp('concat', task_length=2), lambda p, t: np.concatenate([p['shared_prompt'], p['task_prompts'][t]])),
       'add': (mtp('add'), lambda p, t: p['shared_prompt'] + p['task_prompts'][t]),
       'concat_features': (mtp('concat_features', shared_features=20),
                           lambda p, t: np.concatenate([p['shared_prompt'], p['task_prompts'][t]], axis=1)),
-      'project': (mtp('project', shared_features=8),
-                  lambda p, t: p['shared_prompt'] @ p['task_kernel'][t] + p['task_bias'][t]),
+      'project': (mtp('project',
+                      shared_features=8), lambda p, t: p['shared_prompt'] @ p['task_kernel'][t] + p['task_bias'][t]),
       'mpt': (multitask.MultitaskPromptTuning(tasks=tasks, config=CFG, length=4, rank=2),
               lambda p, t: p['prompt_embeddings'] * (p['prefix_task_cols'][t] @ p['prefix_task_rows'][t])),
   }
@@ -160,8 +162,8 @@ def test_gradient_reaches_only_shared_and_the_batchs_tasks(kind, frozen):
   # The inference form is a prompt bank of the computed prompts: the same logits on a mixed batch.
   bank, tree = method.inference(params)
   assert isinstance(bank, PromptBank) and bank.task_names == method.task_names
-  np.testing.assert_allclose(_logits(bank, frozen, tree, batch), _logits(method, frozen, params, batch),
-                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(_logits(bank, frozen, tree, batch), _logits(method, frozen, params, batch), rtol=1e-4,
+                             atol=1e-4)
 
 
 def test_method_errors(frozen, tmp_path):
@@ -217,9 +219,10 @@ def test_training_on_a_mixture_evaluates_per_task_and_writes_every_prompt(factor
   # `eval --prompt_file final_prompts.npz` on the mixture: a prompt bank, each task's rows under its own prompt,
   # the numbers of the run's own final evaluation.
   evaluated = evaluate_command.evaluate(
-      prompt_file=str(final), **{k: kwargs[k] for k in ('model_config', 'initial_checkpoint_path',
-                                                        'mixture_or_task_name', 'task_feature_lengths')},
-      batch_size=kwargs.get('batch_size', 32))
+      prompt_file=str(final), **{
+          k: kwargs[k]
+          for k in ('model_config', 'initial_checkpoint_path', 'mixture_or_task_name', 'task_feature_lengths')
+      }, batch_size=kwargs.get('batch_size', 32))
   for name in NAMES:
     assert evaluated['metrics'][f'{name}/accuracy'] == pytest.approx(result.eval_metrics[f'{name}/accuracy'])
     assert evaluated['metrics'][f'{name}/loss'] == pytest.approx(result.eval_metrics[f'{name}/loss'], rel=1e-5)

@@ -80,11 +80,11 @@ def test_layout_init_and_errors(fixture_model):
   assert trainable['mlp']['dense_1']['kernel'].shape == (d, d)
   # PyTorch's initial distributions: N(0, 1) embeddings, U(+-1/sqrt(h)) LSTM, U(+-1/sqrt(fan_in)) Linear.
   assert 0.7 < float(jnp.std(trainable['embedding'])) < 1.3
-  assert float(jnp.abs(trainable['lstm']['layer_0']['forward']['kernel_in']).max()) <= h ** -0.5
-  assert float(jnp.abs(trainable['mlp']['dense_0']['kernel']).max()) <= d ** -0.5
+  assert float(jnp.abs(trainable['lstm']['layer_0']['forward']['kernel_in']).max()) <= h**-0.5
+  assert float(jnp.abs(trainable['mlp']['dense_0']['kernel']).max()) <= d**-0.5
   boxed = lstm.abstract(None)
   assert jax.tree.map(lambda a: a.shape, trainable) == jax.tree.map(lambda b: b.value.shape, boxed,
-                                                                     is_leaf=lambda x: hasattr(x, 'names'))
+                                                                    is_leaf=lambda x: hasattr(x, 'names'))
   assert boxed['embedding'].names == ('prompt', 'prompt_embed')
   assert boxed['mlp']['dense_1']['kernel'].names == (None, 'prompt_embed')
   assert lstm.packing_slots == P
@@ -157,8 +157,8 @@ def test_dropout_needs_and_uses_the_hook_rng(fixture_model):
     method.prompt(trainable, deterministic=False)
   a, b = (method.prompt(trainable, deterministic=False, rng=jax.random.PRNGKey(s)) for s in (0, 1))
   assert np.abs(a - b).max() > 1e-4
-  np.testing.assert_array_equal(method.prompt(trainable), method.prompt(trainable, deterministic=True,
-                                                                         rng=jax.random.PRNGKey(0)))
+  np.testing.assert_array_equal(method.prompt(trainable),
+                                method.prompt(trainable, deterministic=True, rng=jax.random.PRNGKey(0)))
 
 
 def test_gin_file_binds_the_method(fixture_model):

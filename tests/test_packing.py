@@ -39,9 +39,9 @@ def _examples(count=9, seed=0):
 
 
 def _packed(examples):
-  ds = tf.data.Dataset.from_generator(lambda: ({'inputs': i, 'targets': t} for i, t in examples),
-                                      output_signature={'inputs': tf.TensorSpec([None], tf.int32),
-                                                        'targets': tf.TensorSpec([None], tf.int32)})
+  ds = tf.data.Dataset.from_generator(
+      lambda: ({'inputs': i, 'targets': t} for i, t in examples),
+      output_signature={'inputs': tf.TensorSpec([None], tf.int32), 'targets': tf.TensorSpec([None], tf.int32)})
   rows = list(data.convert_features(ds, LENGTHS, pack=True, prompt_slots=PROMPT).as_numpy_iterator())
   return data.as_float_weights({k: np.stack([r[k] for r in rows]) for k in rows[0]})
 

@@ -70,7 +70,7 @@ def _batch():
   return make_batch(enc, targets)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted_logits(config, method):
   return jax.jit(TunedModel(config, method).logits)
 
@@ -97,7 +97,8 @@ def _save_run(model_dir, method, state, recorded=None):
     checkpointer.save(3, state, data_position=3, batch_size=2)
     checkpointer.wait_until_finished()
   if recorded is not None:
-    (model_dir / 'numpy_checkpoints' / 'checkpoint_3' / fingerprint_files.STEP_FILE).write_text(fingerprint_files.to_json(recorded))
+    (model_dir / 'numpy_checkpoints' / 'checkpoint_3' / fingerprint_files.STEP_FILE).write_text(
+        fingerprint_files.to_json(recorded))
   return model_dir
 
 
@@ -191,8 +192,8 @@ def _peft_trained(folder, peft_config, batch, steps=2):
 
 PEFT_CONFIGS = {
     'PROMPT_TUNING': lambda: peft.PromptTuningConfig(task_type='SEQ_2_SEQ_LM', num_virtual_tokens=PLEN),
-    'P_TUNING': lambda: peft.PromptEncoderConfig(task_type='SEQ_2_SEQ_LM', num_virtual_tokens=PLEN,
-                                                 encoder_hidden_size=16),
+    'P_TUNING': lambda: peft.PromptEncoderConfig(task_type='SEQ_2_SEQ_LM', num_virtual_tokens=PLEN, encoder_hidden_size=
+                                                 16),
     'PREFIX_TUNING': lambda: peft.PrefixTuningConfig(task_type='SEQ_2_SEQ_LM', num_virtual_tokens=3),
 }
 
@@ -228,6 +229,7 @@ def test_peft_prefix_for_narrow_heads_is_refused(hf_odd, tmp_path):
 
 
 class _Bomb:
+
   def __init__(self, path):
     self.path = path
 
@@ -238,8 +240,9 @@ class _Bomb:
 def test_bad_adapters_are_one_clear_error(hf, tmp_path):
   folder, _, config = hf
   peft_adapters.write_prompt(tmp_path / 'ok', np.ones((PLEN, 32), np.float32))
-  with pytest.raises(PromptError, match=r"width \(token_dim\) of 'prompt_embeddings' \(10, 32\) is 32 but the "
-                                        r"model's emb_dim is 16"):
+  with pytest.raises(
+      PromptError, match=r"width \(token_dim\) of 'prompt_embeddings' \(10, 32\) is 32 but the "
+      r"model's emb_dim is 16"):
     peft_adapters.read_adapter(tmp_path / 'ok', config.replace(emb_dim=16))
   with pytest.raises(PromptError, match=r'holds a prompt of 5 virtual tokens but PROMPT_LENGTH is 4'):
     prompt_files.load_tuned(prompt_file=str(tmp_path / 'ok'), checkpoint=None, step=None, prompt_length=4,
@@ -247,8 +250,9 @@ def test_bad_adapters_are_one_clear_error(hf, tmp_path):
   lora = tmp_path / 'lora'
   lora.mkdir()
   (lora / peft_adapters.CONFIG_FILE).write_text(json.dumps({'peft_type': 'LORA', 'r': 8}))
-  with pytest.raises(PromptError, match=r"peft_type 'LORA' is not supported; jaxprompt reads the prompt-learning "
-                                        r'types PROMPT_TUNING, P_TUNING, PREFIX_TUNING'):
+  with pytest.raises(
+      PromptError, match=r"peft_type 'LORA' is not supported; jaxprompt reads the prompt-learning "
+      r'types PROMPT_TUNING, P_TUNING, PREFIX_TUNING'):
     peft_adapters.read_adapter(lora)
   with pytest.raises(PromptError, match=r'no adapter_config.json'):
     peft_adapters.read_adapter(tmp_path)
@@ -258,8 +262,8 @@ def test_bad_adapters_are_one_clear_error(hf, tmp_path):
   with pytest.raises(PromptError, match=r'no adapter_model.safetensors \(nor adapter_model.bin\)'):
     peft_adapters.read_adapter(tmp_path / 'ok')
   # adapter_model.bin: tensors load through torch's weights-only unpickler, anything else is refused unexecuted.
-  peft.get_peft_model(_base(folder), PEFT_CONFIGS['PROMPT_TUNING']()).save_pretrained(
-      tmp_path / 'bin', safe_serialization=False)
+  peft.get_peft_model(_base(folder),
+                      PEFT_CONFIGS['PROMPT_TUNING']()).save_pretrained(tmp_path / 'bin', safe_serialization=False)
   assert peft_adapters.read_adapter(tmp_path / 'bin', config).arrays['prompt'].shape == (PLEN, 32)
   marker = tmp_path / 'executed'
   bomb = pickle.dumps({'prompt_embeddings': _Bomb(str(marker))}, protocol=2)

@@ -25,7 +25,6 @@ from jaxprompt.models.scan import stack_layers
 from jaxprompt.models.t5 import Transformer
 from jaxprompt.models.wrapper import LossConfig, TunedModel
 from jaxprompt.runtime import optim
-
 from tests.helpers import REPO, assert_close_to_scale, assert_trees_equal
 from tests.method_helpers import assert_decoding_matches_recomputation, make_batch, random_batch, train
 
@@ -138,15 +137,16 @@ def test_replace_with_the_plain_states_is_prompt_tuning(fixture_model):
 
 def _random_params(cfg, batch):
   """Random weights of `cfg`'s shapes (its own initialisers take long to compile and are not under test)."""
-  shapes = nn.meta.unbox(jax.eval_shape(functools.partial(Transformer(cfg).init, enable_dropout=False),
-                                        jax.random.PRNGKey(0), batch['encoder_input_tokens'],
-                                        batch['decoder_input_tokens'], batch['decoder_target_tokens'])['params'])
+  shapes = nn.meta.unbox(
+      jax.eval_shape(functools.partial(Transformer(cfg).init,
+                                       enable_dropout=False), jax.random.PRNGKey(0), batch['encoder_input_tokens'],
+                     batch['decoder_input_tokens'], batch['decoder_target_tokens'])['params'])
   rs = np.random.RandomState(0)
   leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
   values = []
   for path, leaf in leaves:
     name = jax.tree_util.keystr(path)
-    scale = 1.0 if 'embedding' in name else 0.1 if 'scale' in name else leaf.shape[0] ** -0.5
+    scale = 1.0 if 'embedding' in name else 0.1 if 'scale' in name else leaf.shape[0]**-0.5
     values.append(jnp.asarray(rs.normal(size=leaf.shape) * scale + (1.0 if 'scale' in name else 0.0), jnp.float32))
   return jax.tree.unflatten(treedef, values)
 
@@ -213,16 +213,16 @@ def test_numpy_copy_round_trips_and_mismatches_are_one_error(fixture_model, tmp_
   method = _method(cfg, 'add')
   trainable = method.init(jax.random.PRNGKey(11), frozen)
   arrays = method.numpy_copy(trainable)[plp.NUMPY_FILE]
-  assert {k: (v.dtype, v.shape) for k, v in arrays.items()} == {'prompt': (np.float32, (P, 32)),
-                                                                 'layers': (np.float32, (1, P, 32)),
-                                                                 'mode/add': (np.int8, (0,))}
+  assert {k: (v.dtype, v.shape) for k, v in arrays.items()
+         } == {'prompt': (np.float32, (P, 32)), 'layers': (np.float32, (1, P, 32)), 'mode/add': (np.int8, (0,))}
   path = npy_io.write_npz(arrays, tmp_path / plp.NUMPY_FILE)
   back_method, back = plp.read_per_layer_file(path, cfg)
   assert (back_method.mode, back_method.length, back_method.num_layers) == ('add', P, cfg.num_encoder_layers)
   assert_trees_equal(back, {k: arrays[k] for k in ('prompt', 'layers')})
   batch = random_batch()
-  np.testing.assert_array_equal(TunedModel(cfg, back_method).logits(frozen, back, batch),
-                                TunedModel(cfg, method).logits(frozen, trainable, batch))
+  np.testing.assert_array_equal(
+      TunedModel(cfg, back_method).logits(frozen, back, batch),
+      TunedModel(cfg, method).logits(frozen, trainable, batch))
   deeper = get_config('t5x_tiny', num_encoder_layers=3)
   with pytest.raises(PromptError, match=r"3-layer encoder .* needs \{'prompt': \(4, 32\), 'layers': \(2, 4, 32\)\}"):
     plp.read_per_layer_file(path, deeper)

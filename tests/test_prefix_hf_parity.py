@@ -50,8 +50,8 @@ def _hf_logits(model, batch, rows=None):
     past = cache_utils.DynamicCache()
     batch_size = len(batch['encoder_input_tokens'])
     for layer in range(rows[0].shape[0]):  # transformers keeps [b, h, P, d]
-      key, value = (torch.tensor(np.asarray(r[layer])).transpose(0, 1)[None].expand(batch_size, -1, -1, -1)
-                    for r in rows)
+      key, value = (
+          torch.tensor(np.asarray(r[layer])).transpose(0, 1)[None].expand(batch_size, -1, -1, -1) for r in rows)
       past.update(key.contiguous(), value.contiguous(), layer)
     # T5's encoder ignores past keys/values, so the cross-attention half stays empty.
     name = 'cache' if 'cache' in inspect.signature(model.forward).parameters else 'past_key_values'
@@ -66,8 +66,8 @@ def _hf_logits(model, batch, rows=None):
 @pytest.mark.parametrize('projection', [True, False])
 def test_decoder_prefix_at_positions_matches_transformers_past_key_values(hf, projection):
   model, params, config = hf
-  method = PrefixTuning.for_config(config, length=PLEN, kinds=('decoder_self',), projection=projection,
-                                   hidden=16, relpos='positions')
+  method = PrefixTuning.for_config(config, length=PLEN, kinds=('decoder_self',), projection=projection, hidden=16,
+                                   relpos='positions')
   trainable = method.init(jax.random.PRNGKey(0), params)
   plain, rows = method.inference(trainable)  # the MLP's computed rows are what transformers is given
   batch = _batch()

@@ -11,10 +11,15 @@ from flax.traverse_util import flatten_dict
 
 from jaxprompt.checkpoints import load_t5x_checkpoint
 from jaxprompt.errors import ConfigError, PromptError
-from jaxprompt.methods import kv_prefix
-from jaxprompt.methods.prefix_tuning import (PrefixTuning, p_tuning_v2, prefix_tuning, read_prefix_file,
-                                             write_prefix_file)
 from jaxprompt.formats import npy_io
+from jaxprompt.methods import kv_prefix
+from jaxprompt.methods.prefix_tuning import (
+    PrefixTuning,
+    p_tuning_v2,
+    prefix_tuning,
+    read_prefix_file,
+    write_prefix_file,
+)
 from jaxprompt.models.config import get_config
 from jaxprompt.models.scan import stack_layers
 from jaxprompt.models.wrapper import LossConfig, TunedModel
@@ -125,8 +130,8 @@ def test_dropout_acts_only_when_training_with_an_rng(frozen):
   assert p_tuning_v2(CFG.replace(dropout_rate=0.1)).dropout == 0.1
   trainable = method.init(jax.random.PRNGKey(0), frozen)
   plain = method.hooks(trainable).encoder_layers.keys['encoder_self']
-  np.testing.assert_array_equal(method.hooks(trainable, rng=jax.random.PRNGKey(1)).encoder_layers.keys['encoder_self'],
-                                plain)
+  np.testing.assert_array_equal(
+      method.hooks(trainable, rng=jax.random.PRNGKey(1)).encoder_layers.keys['encoder_self'], plain)
   dropped = method.hooks(trainable, deterministic=False, rng=jax.random.PRNGKey(1)).encoder_layers.keys['encoder_self']
   again = method.hooks(trainable, deterministic=False, rng=jax.random.PRNGKey(1)).encoder_layers.keys['encoder_self']
   np.testing.assert_array_equal(dropped, again)
@@ -143,7 +148,9 @@ def test_dropout_acts_only_when_training_with_an_rng(frozen):
 # Two of the four run in the inner loop (each method once, each relpos mode once); the full suite runs all four.
 @pytest.mark.parametrize('name,relpos', [
     pytest.param(n, r, marks=[pytest.mark.slow] if (n == 'prefix_tuning') == (r == 'none') else [])
-    for n in sorted(FACTORIES) for r in ('positions', 'none')])
+    for n in sorted(FACTORIES)
+    for r in ('positions', 'none')
+])
 def test_cached_decoding_equals_recomputation(frozen, name, relpos):
   """Through the decoding cache, with prefixes on all three kinds: greedy decodes are the step-by-step argmax of
   the teacher-forced logits of the decoded sequence, and beam search's scores (alpha 0: summed log-probs) are
@@ -152,8 +159,8 @@ def test_cached_decoding_equals_recomputation(frozen, name, relpos):
   model = TunedModel(CFG, method)
   trainable = method.init(jax.random.PRNGKey(4), frozen)
   batch = _random_batch(3, rows=2, tgt_len=6)
-  decode = jax.jit(functools.partial(model.predict_batch, return_all_decodes=True), static_argnames=('method',
-                                                                                                      'num_decodes'))
+  decode = jax.jit(functools.partial(model.predict_batch, return_all_decodes=True),
+                   static_argnames=('method', 'num_decodes'))
   greedy, _ = decode(frozen, trainable, batch, method='sample', temperature=0.0, num_decodes=1)
   beams, scores = decode(frozen, trainable, batch, method='beam', num_decodes=3, alpha=0.0)
   # One teacher-forced pass over every decoded sequence: [greedy; beam 0; beam 1; beam 2] rows.
@@ -197,7 +204,6 @@ def test_rank_classification_with_a_cross_attention_prefix(frozen):
 
 # --------------------------------------------------------------------------------- training
 
-
 OVERFIT = {'prefix_tuning': (dict(length=10, hidden=64), 1e-2), 'p_tuning_v2': (dict(length=10), 5e-2)}
 
 
@@ -214,7 +220,7 @@ def test_overfits_eight_examples_with_frozen_weights_untouched(frozen, name):
   frozen_device = jax.tree.map(jnp.asarray, frozen)
   before = jax.tree.map(np.array, frozen)
   state, history = train(model, frozen_device, make_batch(enc, np.tile([[26, 83, 1]], (8, 1))), 40,
-                          optim.make_optimizer(optim.adam, learning_rate=learning_rate))
+                         optim.make_optimizer(optim.adam, learning_rate=learning_rate))
   assert history[-1] <= 0.2 * history[0], (history[0], history[-1])
   assert_trees_equal(frozen_device, before)
   trainable_struct = jax.tree.structure(state.trainable)
@@ -249,8 +255,9 @@ def test_numpy_copy_is_a_prefix_file(frozen, tmp_path):
   trainable = method.init(jax.random.PRNGKey(0), frozen)
   copy = method.numpy_copy(trainable)
   assert set(copy) == {'prefix.npz'}
-  assert set(copy['prefix.npz']) == {'encoder_self/key', 'encoder_self/value', 'decoder_self/key',
-                                     'decoder_self/value', 'relpos/positions'}
+  assert set(copy['prefix.npz']) == {
+      'encoder_self/key', 'encoder_self/value', 'decoder_self/key', 'decoder_self/value', 'relpos/positions'
+  }
   path = npy_io.write_npz(copy['prefix.npz'], tmp_path / 'prefix.npz')  # as the checkpointer writes it
   read, rows = read_prefix_file(path, CFG)
   assert read == method
@@ -287,7 +294,7 @@ def test_bad_prefix_files_give_one_clear_error(frozen, tmp_path, edit, message):
 def test_prefix_file_for_another_model_and_unreadable_files(frozen, tmp_path):
   path = _bad_file(tmp_path, frozen, lambda a: None)
   with pytest.raises(PromptError, match=r"key 'encoder_self/key' has shape \(2, 3, 4, 8\) but the model needs "
-                                        r'\(3, P, 4, 8\)'):
+                     r'\(3, P, 4, 8\)'):
     read_prefix_file(path, CFG.replace(num_encoder_layers=3))
   with pytest.raises(PromptError, match='does not exist'):
     read_prefix_file(tmp_path / 'missing.npz', CFG)

@@ -40,9 +40,10 @@ def _prefix(length, kinds, seed):
 def tasks():
   """Four tasks: two input prompts (lengths 3 and 5, two combination modes), two prefixes (all kinds, P=2;
   decoder self-attention only, P=4)."""
-  return {'sst2': _prompt(3, 'prefix', 0), 'rte': _prompt(5, 'suffix_before_eos', 1),
-          'boolq': _prefix(2, ('encoder_self', 'decoder_self', 'cross'), 2),
-          'copa': _prefix(4, ('decoder_self',), 3)}
+  return {
+      'sst2': _prompt(3, 'prefix', 0), 'rte': _prompt(5, 'suffix_before_eos', 1),
+      'boolq': _prefix(2, ('encoder_self', 'decoder_self', 'cross'), 2), 'copa': _prefix(4, ('decoder_self',), 3)
+  }
 
 
 def _batch(task_ids, seed=0, enc_len=8, tgt_len=4):
@@ -105,7 +106,7 @@ def test_rank_classification_with_each_tasks_labels(frozen, tasks):
     method, params = tasks[bank.task_names[t]]
     n = len(labels[t])
     alone = jax.jit(TunedModel(CFG, method).rank_classify)(frozen, params, batch['encoder_input_tokens'][rows],
-                                                            table(t)[:n])
+                                                           table(t)[:n])
     np.testing.assert_allclose(scores[rows, :n], np.asarray(alone), atol=1e-4, rtol=1e-5)
 
 
@@ -114,8 +115,10 @@ def test_rank_classification_with_each_tasks_labels(frozen, tasks):
 def test_decoding_equals_each_task_alone(frozen, tasks, search):
   bank, tree = prompt_bank.build_bank(tasks, CFG)
   batch = _batch(IDS, seed=2, tgt_len=5)
-  target = {'encoder_input_tokens': batch['encoder_input_tokens'], 'task_ids': batch['task_ids'],
-            'decoder_target_tokens': np.zeros_like(batch['decoder_target_tokens'])}
+  target = {
+      'encoder_input_tokens': batch['encoder_input_tokens'], 'task_ids': batch['task_ids'],
+      'decoder_target_tokens': np.zeros_like(batch['decoder_target_tokens'])
+  }
   options = dict(method='sample', temperature=0.0) if search == 'greedy' else dict(method='beam', num_decodes=2)
   model = TunedModel(CFG, bank)
   decodes, scores = jax.jit(functools.partial(model.predict_batch, **options))(frozen, tree, target)
@@ -131,8 +134,8 @@ def test_bad_banks_and_batches(frozen, tasks):
   with pytest.raises(ConfigError, match='unique'):
     prompt_bank.PromptBank((prompt_bank.Entry('a', 3), prompt_bank.Entry('a', 3)), 32, 4, 8, 2, 2)
   mixed = dict(tasks, other=_prefix(2, ('cross',), 4))
-  mixed['other'] = (PrefixTuning.for_config(CFG, length=2, kinds=('cross',), projection=False, relpos='none'),
-                    mixed['other'][1])
+  mixed['other'] = (PrefixTuning.for_config(CFG, length=2, kinds=('cross',), projection=False,
+                                            relpos='none'), mixed['other'][1])
   with pytest.raises(PromptError, match='relative-position mode'):
     prompt_bank.build_bank(mixed, CFG)
   per_layer = per_layer_prompts(CFG, length=2)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import seqio
 
+from jaxprompt.errors import PromptError
 from jaxprompt.methods import initializers as prompts
 from jaxprompt.methods.prompt_tuning import PromptTuning
-from jaxprompt.errors import PromptError
 
 VOCAB_ROWS, EMBED = 64, 8
 SPM = 't5_cc_all_32000_sentencepiece.model'
@@ -46,7 +46,6 @@ def spm_vocab(fixtures_dir):
 
 KEY = jax.random.key(0)
 OTHER_KEY = jax.random.key(1)
-
 
 # ----- random -----
 
@@ -224,8 +223,7 @@ def test_class_labels_errors():
 # ----- text -----
 
 
-@pytest.mark.parametrize('length,expected', [(7, [20, 21, 22, 20, 21, 22, 20]), (2, [20, 21]),
-                                             (3, [20, 21, 22])])
+@pytest.mark.parametrize('length,expected', [(7, [20, 21, 22, 20, 21, 22, 20]), (2, [20, 21]), (3, [20, 21, 22])])
 def test_from_text_repeats_or_truncates(length, expected):
   prompt = prompts.from_text('a b c', vocabulary=FakeVocab())(KEY, (length, EMBED), id_table())
   assert prompt.dtype == jnp.float32
@@ -371,8 +369,7 @@ GIN_CASES = {
     'normal': ('@methods.normal()\nmethods.normal.stddev = 0.5\nmethods.normal.truncated = True',
                prompts.normal(0.5, truncated=True)),
     'sampled_vocab': ('@prompt_init/jaxprompt.methods.sampled_vocab()\n'
-                      'prompt_init/jaxprompt.methods.sampled_vocab.population_size = 10',
-                      prompts.sampled_vocab(10)),
+                      'prompt_init/jaxprompt.methods.sampled_vocab.population_size = 10', prompts.sampled_vocab(10)),
     'from_samples_of_embeddings': ('@methods.from_samples_of_embeddings()\n'
                                    'methods.from_samples_of_embeddings.start = 5', prompts.sampled_vocab(start=5)),
     'class_labels': ("@class_labels()\nclass_labels.labels = ['False', 'True']\n"
@@ -389,8 +386,10 @@ def test_gin_selects_each_factory(clean_gin, name):
   init = _receive()
   table = id_table(32128)
   if expected is None:  # text initialisers with gin default vocabulary (T5's packaged one)
-    expected = {'class_labels': prompts.class_labels(['False', 'True'], fallback=prompts.random_uniform()),
-                'from_text': prompts.from_text('great movie')}[name]
+    expected = {
+        'class_labels': prompts.class_labels(['False', 'True'], fallback=prompts.random_uniform()),
+        'from_text': prompts.from_text('great movie')
+    }[name]
   got = init(KEY, (2, EMBED), table)
   assert got.shape == (2, EMBED) and got.dtype == jnp.float32
   np.testing.assert_array_equal(got, expected(KEY, (2, EMBED), table))

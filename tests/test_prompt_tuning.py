@@ -18,15 +18,16 @@ from jaxprompt.methods.prompt_tuning import PromptTuning, insert_prompt, inserti
 from jaxprompt.models.config import get_config
 from jaxprompt.models.t5 import Transformer
 from jaxprompt.models.wrapper import LossConfig, TunedModel
-from jaxprompt.runtime import optim
-from jaxprompt.runtime import step
+from jaxprompt.runtime import optim, step
 from jaxprompt.runtime.state import init_train_state
 from tests.helpers import assert_trained_close
 from tests.method_helpers import make_batch
 
-TOKENS = np.array([[5, 6, 7, 1, 0, 0],    # 3 tokens + EOS, padded
-                   [9, 1, 0, 0, 0, 0],    # 1 token + EOS
-                   [4, 4, 4, 4, 4, 8]])   # full row, no EOS
+TOKENS = np.array([
+    [5, 6, 7, 1, 0, 0],  # 3 tokens + EOS, padded
+    [9, 1, 0, 0, 0, 0],  # 1 token + EOS
+    [4, 4, 4, 4, 4, 8]
+])  # full row, no EOS
 
 
 def _placed(combine):
@@ -164,8 +165,8 @@ def test_non_finite_loss_keeps_last_good_state(fixture_model):
   state = init_train_state(model.method.init(jax.random.PRNGKey(0), frozen), opt.tx, jax.random.PRNGKey(1))
   poisoned = jax.tree.map(lambda x: x.copy(), frozen)
   poisoned['decoder']['logits_dense']['kernel'] = np.full_like(poisoned['decoder']['logits_dense']['kernel'], np.nan)
-  new_state, metrics = jax.jit(lambda s, f, b: step.train_step(model, opt, s, f, b))(
-      state, poisoned, make_batch([[5, 1]], [[26, 1]]))
+  new_state, metrics = jax.jit(lambda s, f, b: step.train_step(model, opt, s, f, b))(state, poisoned,
+                                                                                     make_batch([[5, 1]], [[26, 1]]))
   assert not bool(metrics['finite'])
   assert int(new_state.step) == 0
   np.testing.assert_array_equal(new_state.trainable['prompt'], state.trainable['prompt'])
@@ -195,5 +196,6 @@ def test_a_method_module_path_means_the_module_and_gin_names_the_factory():
     assert {'prompt_tuning': prompt_tuning_by_import, 'model_tuning': model_tuning_by_import}[name] is module
     assert gin.get_configurable(f'jaxprompt.methods.{name}') is getattr(module, name)
   for info in pkgutil.iter_modules(jaxprompt.methods.__path__):
-    assert getattr(jaxprompt.methods, info.name, None) in (None, importlib.import_module(
-        f'jaxprompt.methods.{info.name}')), f'jaxprompt.methods.{info.name} is not the module'
+    assert getattr(jaxprompt.methods, info.name, None) in (
+        None,
+        importlib.import_module(f'jaxprompt.methods.{info.name}')), f'jaxprompt.methods.{info.name} is not the module'

@@ -15,7 +15,6 @@ from tests.tiny_task import LABELS
 
 CFG = get_config('t5x_tiny')
 
-
 pytestmark = pytest.mark.usefixtures('clean_gin')  # in-process runs leave gin bindings behind
 
 
@@ -29,15 +28,19 @@ def prompt_files(tmp_path_factory):
     files[name] = folder / f'{name}.npy'
     np.save(files[name], rs.uniform(-0.5, 0.5, (length, CFG.emb_dim)).astype(np.float32))
   shape = (CFG.num_decoder_layers, 2, CFG.num_heads, CFG.head_dim)
-  rows = {k: (rs.normal(size=shape).astype(np.float32), rs.normal(size=shape).astype(np.float32))
-          for k in ('decoder_self', 'cross')}
+  rows = {
+      k: (rs.normal(size=shape).astype(np.float32), rs.normal(size=shape).astype(np.float32))
+      for k in ('decoder_self', 'cross')
+  }
   files['c'] = kv_prefix.save_prefix(folder / 'c_prefix.npz', rows, 'positions')
   return {k: str(v) for k, v in files.items()}
 
 
 def _base(tiny_gin, command='infer'):
-  return [command, '--gin_file=models/t5x_tiny.gin', f'--gin_file=runs/prompt_{"infer" if command == "infer" else "eval"}.gin',
-          f'--gin_file={tiny_gin}']
+  return [
+      command, '--gin_file=models/t5x_tiny.gin',
+      f'--gin_file=runs/prompt_{"infer" if command == "infer" else "eval"}.gin', f'--gin_file={tiny_gin}'
+  ]
 
 
 def _records(capsys):
@@ -49,8 +52,8 @@ def test_mixed_requests_are_answered_in_order_as_each_task_alone(tiny_gin, promp
   texts = ['good movie plot', 'awful film', 'a fine cast', 'bad acting here', 'great', 'dull and slow', 'nice']
   tasks = ['a', 'c', 'a', 'c', 'b', 'b', 'a']  # batches of 4: the first holds no 5-row prompt (cut to 3 rows)
   requests = tmp_path / 'requests.jsonl'
-  requests.write_text(''.join(json.dumps({'task': t, 'input': x, 'id': i}) + '\n'
-                              for i, (t, x) in enumerate(zip(tasks, texts))))
+  requests.write_text(''.join(
+      json.dumps({'task': t, 'input': x, 'id': i}) + '\n' for i, (t, x) in enumerate(zip(tasks, texts))))
   prompts = [f'--prompt={n}={f}' for n, f in prompt_files.items()]
   labels = '|'.join(LABELS)
   assert cli.main(_base(tiny_gin) + prompts + [f'--labels=a={labels}', f'--input_file={requests}']) == 0
@@ -68,8 +71,8 @@ def test_mixed_requests_are_answered_in_order_as_each_task_alone(tiny_gin, promp
     np.testing.assert_allclose([r['score'] for r in got], [r['score'] for r in want], atol=1e-4)
   only_a = tmp_path / 'a.jsonl'
   only_a.write_text(''.join(json.dumps({'task': 'a', 'input': x}) + '\n' for t, x in zip(tasks, texts) if t == 'a'))
-  assert cli.main(_base(tiny_gin) + [f'--prompt=a={prompt_files["a"]}', f'--labels=a={labels}',
-                                     f'--input_file={only_a}']) == 0
+  assert cli.main(
+      _base(tiny_gin) + [f'--prompt=a={prompt_files["a"]}', f'--labels=a={labels}', f'--input_file={only_a}']) == 0
   want = _records(capsys)
   got = [r for r in mixed if r['task'] == 'a']
   assert [r['prediction'] for r in got] == [r['prediction'] for r in want]
@@ -78,10 +81,10 @@ def test_mixed_requests_are_answered_in_order_as_each_task_alone(tiny_gin, promp
 
 def test_bad_requests_fail_with_one_line(tiny_gin, prompt_files, tmp_path, capsys, monkeypatch):
   prompts = [f'--prompt={n}={f}' for n, f in prompt_files.items()]
-  cases = {'{"task": "zzz", "input": "x"}\n': "task 'zzz' is not in the prompt bank",
-           '{"input": "x"}\n': 'names no "task"',
-           '{"task": "a"}\n': 'needs a string "input"',
-           'plain text\n': 'not a JSON object'}
+  cases = {
+      '{"task": "zzz", "input": "x"}\n': "task 'zzz' is not in the prompt bank", '{"input": "x"}\n': 'names no "task"',
+      '{"task": "a"}\n': 'needs a string "input"', 'plain text\n': 'not a JSON object'
+  }
   for text, message in cases.items():
     monkeypatch.setattr(sys, 'stdin', io.StringIO(text))
     code = cli.main(_base(tiny_gin) + prompts + ['--input_file=-'])
@@ -112,14 +115,13 @@ def test_ensemble_eval_reports_each_prompt_and_the_vote(tiny_gin, prompt_files, 
   # infer --ensemble: each input's vote and every prompt's answer.
   inputs = tmp_path / 'inputs.txt'
   inputs.write_text('good movie plot\nawful film acting\n')
-  assert cli.main(_base(tiny_gin) + [f'--prompt={n}={p}' for n, p in names] + ['--ensemble',
-                                                                             f'--input_file={inputs}']) == 0
+  assert cli.main(_base(tiny_gin) + [f'--prompt={n}={p}' for n, p in names] +
+                  ['--ensemble', f'--input_file={inputs}']) == 0
   records = _records(capsys)
   assert len(records) == 2 and all(set(r['predictions']) == {'p0', 'p1', 'p2'} for r in records)
   for r in records:
     votes = list(r['predictions'].values())
-    assert r['prediction'] in votes and votes.count(r['prediction']) >= max(votes.count(v) for v in votes) 
-
+    assert r['prediction'] in votes and votes.count(r['prediction']) >= max(votes.count(v) for v in votes)
 
 
 def test_bank_sources_take_a_task_from_a_multitask_file(tmp_path):
@@ -127,8 +129,10 @@ def test_bank_sources_take_a_task_from_a_multitask_file(tmp_path):
   from jaxprompt.errors import PromptError  # pylint: disable=g-import-not-at-top
   from jaxprompt.formats import npy_io  # pylint: disable=g-import-not-at-top
   rs = np.random.RandomState(3)
-  prompts = {'rte': rs.normal(size=(4, CFG.emb_dim)).astype(np.float32),
-             'sst2': rs.normal(size=(6, CFG.emb_dim)).astype(np.float32)}
+  prompts = {
+      'rte': rs.normal(size=(4, CFG.emb_dim)).astype(np.float32),
+      'sst2': rs.normal(size=(6, CFG.emb_dim)).astype(np.float32)
+  }
   path = npy_io.write_npz(prompts, str(tmp_path / 'final_prompts.npz'), what='test')
   loaded = bank_files.load_sources({'sst2': path, 'rte': path}, config=CFG)
   for name, (method, params) in loaded.items():
@@ -144,8 +148,10 @@ def test_eval_and_infer_refuse_a_prompt_of_another_model(tiny_gin, tmp_path, cap
   from jaxprompt.formats import fingerprint_files  # pylint: disable=g-import-not-at-top
   path = tmp_path / 'other.npy'
   np.save(path, np.random.RandomState(2).uniform(-0.5, 0.5, (5, CFG.emb_dim)).astype(np.float32))
-  other = {'id': '0123456789abcdef', 'config': {'emb_dim': 4096, 'num_encoder_layers': 24}, 'vocabulary': {},
-           'embedding': {}}
+  other = {
+      'id': '0123456789abcdef', 'config': {'emb_dim': 4096, 'num_encoder_layers': 24}, 'vocabulary': {},
+      'embedding': {}
+  }
   fingerprint_files.write(fingerprint_files.sidecar_path(path), other)
   code = cli.main(_base(tiny_gin, 'eval') + [f'--prompt_file={path}'])
   line = error_line(capsys.readouterr().err)

@@ -14,8 +14,8 @@ def test_sharded_forward_equals_single_device_and_params_follow_rules(fixtures_d
 def test_standard_rules_match_t5x():
   from jaxprompt.parallel import partitioning
   rules = partitioning.standard_logical_axis_rules()
-  assert rules[:8] == [('batch', 'data'), ('vocab', 'model'), ('embed', None), ('mlp', 'model'),
-                       ('heads', 'model'), ('kv', None), ('joined_kv', 'model'), ('relpos_buckets', None)]
+  assert rules[:8] == [('batch', 'data'), ('vocab', 'model'), ('embed', None), ('mlp', 'model'), ('heads', 'model'),
+                       ('kv', None), ('joined_kv', 'model'), ('relpos_buckets', None)]
   two_d = partitioning.standard_logical_axis_rules(parameter_partitioning_dims=2)
   assert ('embed', 'data') in two_d and ('embed', None) not in two_d
   assert partitioning.prompt_logical_axis_rules()[:2] == [('prompt', None), ('prompt_embed', None)]

@@ -9,8 +9,7 @@ import pytest
 
 from jaxprompt.checkpoints import load_t5x_checkpoint
 from jaxprompt.errors import PromptError
-from jaxprompt.methods import initializers
-from jaxprompt.methods import peft_adapters
+from jaxprompt.methods import initializers, peft_adapters
 from jaxprompt.methods.prompt_tuning import PromptTuning, prompt_tuning
 from jaxprompt.models.config import get_config
 from jaxprompt.models.wrapper import TunedModel
@@ -43,7 +42,7 @@ def test_from_file_one_file_a_peft_folder_or_the_mean_of_several(saved, tmp_path
   np.testing.assert_allclose(initializers.from_file((adapter, paths[1]))(KEY, SHAPE), mean, rtol=1e-6)
   np.save(tmp_path / 'odd.npy', np.zeros((5, 16), np.float32))
   with pytest.raises(PromptError, match=r'odd\.npy \(3 of 3 averaged\) has shape \(5, 16\) but the prompt shape is '
-                                        r'\(4, 16\)'):
+                     r'\(4, 16\)'):
     initializers.from_file([*paths, str(tmp_path / 'odd.npy')])(KEY, SHAPE)
   with pytest.raises(PromptError, match=r'missing\.npy does not exist'):
     initializers.from_file([paths[0], str(tmp_path / 'missing.npy')])(KEY, SHAPE)

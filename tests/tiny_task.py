@@ -36,9 +36,8 @@ def make_tiny_task(root: pathlib.Path) -> dict:
     files[split].write_text(''.join('\t'.join(_example(rng)) + '\n' for _ in range(count)))
   text = root / 'text.txt'
   text.write_text(''.join(' '.join(_example(rng)) + '\n' for _ in range(300)))
-  spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(root / 'tiny'), vocab_size=60,
-                                 model_type='unigram', pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2,
-                                 hard_vocab_limit=False)
+  spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(root / 'tiny'), vocab_size=60, model_type='unigram',
+                                 pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2, hard_vocab_limit=False)
   files['vocab'] = root / 'tiny.model'
   return files
 
@@ -73,5 +72,6 @@ jaxprompt.train.log_period = 1
 def empty_train_split(split, shuffle_files, seed=None):
   del shuffle_files, seed
   texts = [] if split == 'train' else ['good movie']
-  return tf.data.Dataset.from_tensor_slices({'inputs': tf.constant(texts, tf.string),
-                                             'targets': tf.constant(['positive'] * len(texts), tf.string)})
+  return tf.data.Dataset.from_tensor_slices({
+      'inputs': tf.constant(texts, tf.string), 'targets': tf.constant(['positive'] * len(texts), tf.string)
+  })

@@ -13,8 +13,10 @@ SCOPE = ['--tpu', 't1', '--zone', 'z1']
 REQUIRED = {name: SCOPE for name in NAMES}
 REQUIRED['create'] = SCOPE + ['--accelerator-type', 'v3-8']
 REQUIRED['launch'] = SCOPE + ['--model_dir', 'gs://b/r', '--run', 'r1']
-ENV_SETTINGS = ['TPU_NAME', 'ZONE', 'PROJECT', 'MODEL_DIR', 'ACCELERATOR_TYPE', 'RUNTIME_VERSION',
-                'JAXPROMPT_PACKAGE', 'JAXPROMPT_VENV', 'DRY_RUN']
+ENV_SETTINGS = [
+    'TPU_NAME', 'ZONE', 'PROJECT', 'MODEL_DIR', 'ACCELERATOR_TYPE', 'RUNTIME_VERSION', 'JAXPROMPT_PACKAGE',
+    'JAXPROMPT_VENV', 'DRY_RUN'
+]
 GCLOUD_TPU = ['gcloud', 'compute', 'tpus', 'tpu-vm']
 HOST = socket.gethostname()
 
@@ -26,8 +28,8 @@ def write_exe(path: pathlib.Path, text: str) -> pathlib.Path:
 
 
 def run_script(name: str, args, env, **kwargs) -> subprocess.CompletedProcess:
-  return subprocess.run(['bash', str(SCRIPTS / f'{name}.sh'), *args], env=env, capture_output=True,
-                        text=True, timeout=30, **kwargs)
+  return subprocess.run(['bash', str(SCRIPTS / f'{name}.sh'), *args], env=env, capture_output=True, text=True,
+                        timeout=30, **kwargs)
 
 
 def bash_words(line: str) -> list[str]:

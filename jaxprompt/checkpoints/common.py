@@ -24,7 +24,6 @@ Reader = Callable[[], np.ndarray]  # a started read: call it to wait for the dat
 
 _GS_RE = re.compile(r'gs://([^/]+)/?(.*)', re.DOTALL)
 
-
 # ----------------------------------------------------------------------------------------------- paths
 
 
@@ -181,8 +180,7 @@ def read_guarded(source: ArraySource, reader: Reader) -> np.ndarray:
   except CheckpointError:
     raise
   except Exception as e:  # corrupt chunks surface as ValueError / RuntimeError from tensorstore
-    raise CheckpointError(
-        f"parameter '{source.name}': cannot read its data at {source.where}: {short_error(e)}") from e
+    raise CheckpointError(f"parameter '{source.name}': cannot read its data at {source.where}: {short_error(e)}") from e
 
 
 def short_error(e: Exception) -> str:
@@ -251,9 +249,8 @@ def check_shapes(sources: Mapping[str, ArraySource], expected: Mapping[str, Any]
   for path in sorted(want):
     got = sources[path].shape
     if got != want[path]:
-      raise CheckpointError(
-          f"{ckpt}: parameter '{path}' has shape {list(got)} in the checkpoint but the model expects "
-          f'{list(want[path])}')
+      raise CheckpointError(f"{ckpt}: parameter '{path}' has shape {list(got)} in the checkpoint but the model expects "
+                            f'{list(want[path])}')
 
 
 def _listing(paths: list[str], limit: int = 10) -> str:
@@ -262,7 +259,6 @@ def _listing(paths: list[str], limit: int = 10) -> str:
 
 
 # ------------------------------------------------------------------------------------------ reading
-
 
 ShardingsArg = jax.sharding.Sharding | Mapping[str, Any] | Callable[[str], Any] | None
 
@@ -342,8 +338,11 @@ def materialize(sources: Mapping[str, ArraySource], *, dtype=None, shardings: Sh
       raise ConfigError(f"shardings for parameter '{path}' is {sharding!r}, not a jax.sharding.Sharding")
   out: dict[str, Any] = {}
   # Host reads are all started first so tensorstore can fetch them concurrently.
-  started = {path: sources[path].start_read(_full_index(sources[path].shape))
-             for path, sharding in placement.items() if sharding is None}
+  started = {
+      path: sources[path].start_read(_full_index(sources[path].shape))
+      for path, sharding in placement.items()
+      if sharding is None
+  }
   for path, sharding in placement.items():
     source = sources[path]
     if sharding is None:

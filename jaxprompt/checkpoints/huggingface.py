@@ -26,7 +26,8 @@ import json
 import math
 import os
 import struct
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -41,23 +42,31 @@ INDEX_FILE = 'model.safetensors.index.json'
 CONFIG_FILE = 'config.json'
 
 # Copies of `shared.weight` (tied in HF) and a cross-attention bias table old HF versions saved but never used.
-_IGNORED = frozenset({'encoder.embed_tokens.weight', 'decoder.embed_tokens.weight',
-                      'decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight'})
-_DTYPES = {'F64': np.float64, 'F32': np.float32, 'F16': np.float16, 'BF16': ml_dtypes.bfloat16,
-           'I64': np.int64, 'I32': np.int32, 'I16': np.int16, 'I8': np.int8, 'U8': np.uint8, 'BOOL': np.bool_}
+_IGNORED = frozenset({
+    'encoder.embed_tokens.weight', 'decoder.embed_tokens.weight',
+    'decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight'
+})
+_DTYPES = {
+    'F64': np.float64, 'F32': np.float32, 'F16': np.float16, 'BF16': ml_dtypes.bfloat16, 'I64': np.int64,
+    'I32': np.int32, 'I16': np.int16, 'I8': np.int8, 'U8': np.uint8, 'BOOL': np.bool_
+}
 # HF activation names (transformers ACT2FN) -> jaxprompt's; HF 'gelu' is the exact erf GELU.
-_ACTIVATIONS = {'relu': 'relu', 'gelu': 'gelu_exact', 'gelu_new': 'gelu', 'gelu_pytorch_tanh': 'gelu',
-                'gelu_fast': 'gelu', 'silu': 'silu', 'swish': 'silu'}
+_ACTIVATIONS = {
+    'relu': 'relu', 'gelu': 'gelu_exact', 'gelu_new': 'gelu', 'gelu_pytorch_tanh': 'gelu', 'gelu_fast': 'gelu',
+    'silu': 'silu', 'swish': 'silu'
+}
 # jaxprompt field -> (config.json key, HF default when the key is absent).
-_HF_FIELDS = {'vocab_size': ('vocab_size', 32128), 'emb_dim': ('d_model', 512), 'num_heads': ('num_heads', 8),
-              'head_dim': ('d_kv', 64), 'mlp_dim': ('d_ff', 2048), 'num_encoder_layers': ('num_layers', 6),
-              'relpos_num_buckets': ('relative_attention_num_buckets', 32),
-              'relpos_max_distance': ('relative_attention_max_distance', 128),
-              'layer_norm_epsilon': ('layer_norm_epsilon', 1e-6)}
-_HF_SOURCES = {'num_decoder_layers': 'num_decoder_layers', 'mlp_activations': 'feed_forward_proj',
-               'logits_via_embedding': 'tie_word_embeddings / scale_decoder_outputs and lm_head.weight'}
+_HF_FIELDS = {
+    'vocab_size': ('vocab_size', 32128), 'emb_dim': ('d_model', 512), 'num_heads': ('num_heads', 8), 'head_dim':
+        ('d_kv', 64), 'mlp_dim': ('d_ff', 2048), 'num_encoder_layers': ('num_layers', 6), 'relpos_num_buckets':
+            ('relative_attention_num_buckets', 32), 'relpos_max_distance': ('relative_attention_max_distance', 128),
+    'layer_norm_epsilon': ('layer_norm_epsilon', 1e-6)
+}
+_HF_SOURCES = {
+    'num_decoder_layers': 'num_decoder_layers', 'mlp_activations': 'feed_forward_proj',
+    'logits_via_embedding': 'tie_word_embeddings / scale_decoder_outputs and lm_head.weight'
+}
 _ARCH_FIELDS = tuple(_HF_FIELDS) + tuple(_HF_SOURCES)
-
 
 # ------------------------------------------------------------------------------------------ safetensors
 
@@ -228,21 +237,20 @@ class _Entry:
   factor: float | None = None
 
 
-_ENCODER_SUBLAYERS = (('pre_attention_layer_norm', 'attention', 'SelfAttention'),
-                      ('pre_mlp_layer_norm', 'mlp', 'DenseReluDense'))
+_ENCODER_SUBLAYERS = (('pre_attention_layer_norm', 'attention', 'SelfAttention'), ('pre_mlp_layer_norm', 'mlp',
+                                                                                   'DenseReluDense'))
 _DECODER_SUBLAYERS = (('pre_self_attention_layer_norm', 'self_attention', 'SelfAttention'),
-                      ('pre_cross_attention_layer_norm', 'encoder_decoder_attention', 'EncDecAttention'),
-                      ('pre_mlp_layer_norm', 'mlp', 'DenseReluDense'))
+                      ('pre_cross_attention_layer_norm', 'encoder_decoder_attention',
+                       'EncDecAttention'), ('pre_mlp_layer_norm', 'mlp', 'DenseReluDense'))
 
 
-def t5x_plan(config: T5Config, head_key: str | None = None, head_factor: float | None = None
-             ) -> dict[str, _Entry]:
+def t5x_plan(config: T5Config, head_key: str | None = None, head_factor: float | None = None) -> dict[str, _Entry]:
   """{T5X param path (unscanned): _Entry} for `config`; `head_key` names the logits_dense source if any."""
   emb, joined, mlp = config.emb_dim, config.num_heads * config.head_dim, config.mlp_dim
   wis = ('wi',) if len(config.mlp_activations) == 1 else tuple(f'wi_{i}' for i in range(len(config.mlp_activations)))
   plan = {'token_embedder/embedding': _Entry('shared.weight', (config.vocab_size, emb))}
-  stacks = (('encoder', config.num_encoder_layers, _ENCODER_SUBLAYERS),
-            ('decoder', config.num_decoder_layers, _DECODER_SUBLAYERS))
+  stacks = (('encoder', config.num_encoder_layers, _ENCODER_SUBLAYERS), ('decoder', config.num_decoder_layers,
+                                                                         _DECODER_SUBLAYERS))
   for stack, num_layers, sublayers in stacks:
     plan[f'{stack}/relpos_bias/rel_embedding'] = _Entry(
         f'{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight',
@@ -257,8 +265,8 @@ def t5x_plan(config: T5Config, head_key: str | None = None, head_factor: float |
           plan[f'{ours}/mlp/wo/kernel'] = _Entry(f'{theirs}.{hf_module}.wo.weight', (mlp, emb), True)
         else:
           for name, hf_name in (('query', 'q'), ('key', 'k'), ('value', 'v')):
-            plan[f'{ours}/{module}/{name}/kernel'] = _Entry(f'{theirs}.{hf_module}.{hf_name}.weight',
-                                                            (emb, joined), True)
+            plan[f'{ours}/{module}/{name}/kernel'] = _Entry(f'{theirs}.{hf_module}.{hf_name}.weight', (emb, joined),
+                                                            True)
           plan[f'{ours}/{module}/out/kernel'] = _Entry(f'{theirs}.{hf_module}.o.weight', (joined, emb), True)
     plan[f'{stack}/{stack}_norm/scale'] = _Entry(f'{stack}.final_layer_norm.weight', (emb,))
   if head_key is not None:
@@ -282,6 +290,7 @@ class HFSource(common.ArraySource):
     return self._shape
 
   def start_read(self, index: common.Index) -> common.Reader:
+
     def read() -> np.ndarray:
       array = self.tensor.array()
       array = np.array((array.T if self.entry.transpose else array)[tuple(index)])
@@ -319,8 +328,8 @@ def _sources(plan: Mapping[str, _Entry], tensors: Mapping[str, _Tensor], config:
 
 
 def load_hf_t5(path: str | os.PathLike, *, config: T5Config | None = None, dtype: Any = None,
-               shardings: common.ShardingsArg = None, expected_shapes: Mapping[str, Any] | None = None
-               ) -> tuple[dict[str, Any], T5Config]:
+               shardings: common.ShardingsArg = None,
+               expected_shapes: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], T5Config]:
   """Reads a Hugging Face T5 / mT5 safetensors checkpoint as jaxprompt `Transformer` params.
 
   Args:
@@ -360,13 +369,12 @@ def load_hf_t5(path: str | os.PathLike, *, config: T5Config | None = None, dtype
   plan = t5x_plan(config, head_key, factor)
   origin = config_file if hf is not None and config is inferred else 'the given config'
   sources = _sources(plan, tensors, config, path, origin)
-  params = common.materialize(sources, dtype=dtype, shardings=shardings, expected_shapes=expected_shapes,
-                              ckpt=path)
+  params = common.materialize(sources, dtype=dtype, shardings=shardings, expected_shapes=expected_shapes, ckpt=path)
   return params, config
 
 
-def _head_from_config(tensors: Mapping[str, _Tensor], config: T5Config, where: str
-                      ) -> tuple[bool, str | None, float | None]:
+def _head_from_config(tensors: Mapping[str, _Tensor], config: T5Config,
+                      where: str) -> tuple[bool, str | None, float | None]:
   """Without config.json: the given config's `logits_via_embedding` decides, and the file must agree."""
   lm_head = tensors.get('lm_head.weight')
   distinct = lm_head is not None and not _same_tensor(lm_head, tensors['shared.weight'])

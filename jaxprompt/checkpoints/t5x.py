@@ -93,8 +93,7 @@ def t5x_sources(ckpt: str, context: ts.Context | None = None) -> dict[str, commo
 
 
 def load_t5x_checkpoint(path: str | os.PathLike, *, dtype=None, shardings: common.ShardingsArg = None,
-                        expected_shapes: Mapping[str, Any] | None = None,
-                        scan_layers: bool = False) -> dict[str, Any]:
+                        expected_shapes: Mapping[str, Any] | None = None, scan_layers: bool = False) -> dict[str, Any]:
   """Loads the `target` parameter tree of a T5X checkpoint (any format) or of a model dir's latest one.
 
   Args:
@@ -115,5 +114,4 @@ def load_t5x_checkpoint(path: str | os.PathLike, *, dtype=None, shardings: commo
   sources = t5x_sources(ckpt)
   if scan_layers:
     sources = common.stack_layer_sources(sources)
-  return common.materialize(sources, dtype=dtype, shardings=shardings, expected_shapes=expected_shapes,
-                            ckpt=ckpt)
+  return common.materialize(sources, dtype=dtype, shardings=shardings, expected_shapes=expected_shapes, ckpt=ckpt)

@@ -65,8 +65,7 @@ def array_kvstore(item: str, param: str, use_ocdbt: bool) -> dict[str, Any]:
   return common.child_kvstore_spec(base, param)
 
 
-def _target_keys_from_listing(item: str, use_ocdbt: bool,
-                              context: ts.Context) -> tuple[list[tuple[str, ...]], bool]:
+def _target_keys_from_listing(item: str, use_ocdbt: bool, context: ts.Context) -> tuple[list[tuple[str, ...]], bool]:
   # Checkpoints from orbax versions without `_METADATA`: every zarr array announces itself by its metadata key.
   base = common.kvstore_spec(item)
   store_spec = {'driver': 'ocdbt', 'base': base} if use_ocdbt else base
@@ -79,7 +78,7 @@ def _target_keys_from_listing(item: str, use_ocdbt: bool,
     key = raw.decode()
     for marker in ('/.zarray', '/zarr.json'):
       if key.endswith(marker) and key.startswith(_TARGET + '.'):
-        keys.add(tuple(key[: -len(marker)].split('.')))
+        keys.add(tuple(key[:-len(marker)].split('.')))
         markers.add(marker)
   return sorted(keys), markers == {'/zarr.json'}
 

@@ -72,18 +72,23 @@ def _host_arrays(params: Mapping[str, Any], dtype: Any) -> dict[str, np.ndarray]
 
 def _write_zarr(array: np.ndarray, ckpt_dir: str, relative: str) -> dict[str, Any]:
   """Writes one array as a zarr folder under `ckpt_dir`; returns the relative spec the msgpack stores."""
-  metadata = {'chunks': chunk_shape(array.shape, array.dtype.itemsize), 'compressor': dict(_GZIP),
-              'shape': list(array.shape)}
-  spec = {'driver': 'zarr', 'dtype': _dtype_name(array),
-          'kvstore': common.child_kvstore_spec(common.kvstore_spec(ckpt_dir), relative),
-          'metadata': dict(metadata, dimension_separator='.')}
+  metadata = {
+      'chunks': chunk_shape(array.shape, array.dtype.itemsize), 'compressor': dict(_GZIP), 'shape': list(array.shape)
+  }
+  spec = {
+      'driver': 'zarr', 'dtype': _dtype_name(array),
+      'kvstore': common.child_kvstore_spec(common.kvstore_spec(ckpt_dir),
+                                           relative), 'metadata': dict(metadata, dimension_separator='.')
+  }
   try:
     store = ts.open(spec, create=True, delete_existing=True).result()
     store.write(array).result()
   except Exception as e:  # tensorstore raises ValueError / RuntimeError for unwritable paths
     raise CheckpointError(f'cannot write {ckpt_dir}/{relative}: {common.short_error(e)}') from e
-  return {'driver': 'zarr', 'dtype': _dtype_name(array), 'kvstore': {'driver': 'file', 'path': relative + '/'},
-          'metadata': metadata}
+  return {
+      'driver': 'zarr', 'dtype': _dtype_name(array), 'kvstore': {'driver': 'file', 'path': relative + '/'},
+      'metadata': metadata
+  }
 
 
 def _tree(flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -100,8 +105,8 @@ def _contents(target: dict[str, Any], step: int) -> dict[str, Any]:
   return {'version': VERSION, 'optimizer': {'target': target, 'state': {'step': np.asarray(step, np.int32)}}}
 
 
-def save_t5x_checkpoint(params: Mapping[str, Any], path: str | os.PathLike, step: int = 0, *,
-                        layout: str = 'classic', dtype: Any = None, overwrite: bool = False) -> str:
+def save_t5x_checkpoint(params: Mapping[str, Any], path: str | os.PathLike, step: int = 0, *, layout: str = 'classic',
+                        dtype: Any = None, overwrite: bool = False) -> str:
   """Writes `params` (a nested dict of arrays with T5X names) as a T5X checkpoint; returns its path.
 
   Args:

@@ -7,7 +7,6 @@
 
 `jaxprompt.cli.main` below is the function (re-exported); the module is `sys.modules['jaxprompt.cli.main']`.
 """
-from jaxprompt.cli.main import entry_point
-from jaxprompt.cli.main import main
+from jaxprompt.cli.main import entry_point, main
 
 __all__ = ['entry_point', 'main']

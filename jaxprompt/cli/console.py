@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 import tempfile
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from jaxprompt.errors import JaxPromptError, TrainingError
 

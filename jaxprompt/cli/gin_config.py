@@ -14,7 +14,8 @@ import logging
 import os
 import pathlib
 import tokenize
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from jaxprompt.cli import console
 from jaxprompt.errors import UsageError
@@ -198,8 +199,7 @@ def parse(files: Sequence[str], bindings: Sequence[Binding | str] = (), search_p
 def _parse_one(parse_fn: Any, source: str, binding: Binding | None) -> None:
   try:
     parse_fn(source)
-  except (ValueError, KeyError, TypeError, SyntaxError, OSError, ImportError, AttributeError,
-          tokenize.TokenError) as e:
+  except (ValueError, KeyError, TypeError, SyntaxError, OSError, ImportError, AttributeError, tokenize.TokenError) as e:
     raise _gin_error(e, binding) from e
 
 
@@ -219,6 +219,7 @@ def import_configurables(extra_modules: Sequence[str] = ()) -> None:
     for module in (*CONFIGURABLE_MODULES, *extra_modules):
       importlib.import_module(module)
     import jax  # pylint: disable=g-import-not-at-top
+
     from jaxprompt.parallel import multihost  # pylint: disable=g-import-not-at-top
     multihost.maybe_initialize_distributed()  # on a pod: before anything touches a device
     jax.devices()  # the backend's start-up logs, too

@@ -16,7 +16,8 @@ import importlib.util
 import json
 import os
 import sys
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from jaxprompt.cli import console, gin_config, parser
 from jaxprompt.errors import UsageError
@@ -79,35 +80,36 @@ def _print_json(value: Any) -> None:
 def run_train(args: argparse.Namespace) -> int:
   del args  # everything comes from gin
   result = load('train')()
-  _print_json({'model_dir': result.model_dir, 'step': result.step, 'preempted': result.preempted,
-               'prompt_file': result.prompt_file, 'eval_metrics': result.eval_metrics})
+  _print_json({
+      'model_dir': result.model_dir, 'step': result.step, 'preempted': result.preempted,
+      'prompt_file': result.prompt_file, 'eval_metrics': result.eval_metrics
+  })
   return 0
 
 
 def run_eval(args: argparse.Namespace) -> int:
-  _print_json(load('eval')(**_kwargs(output_file=args.output, prompt_file=args.prompt_file,
-                                     checkpoint=args.checkpoint, checkpoint_step=args.step, split=args.split,
-                                     predictions_file=args.predictions_file,
-                                     prompts=_named(args.prompt, '--prompt'),
-                                     allow_other_model=args.allow_other_model)))
+  _print_json(
+      load('eval')(**_kwargs(output_file=args.output, prompt_file=args.prompt_file, checkpoint=args.checkpoint,
+                             checkpoint_step=args.step, split=args.split, predictions_file=args.predictions_file,
+                             prompts=_named(args.prompt, '--prompt'), allow_other_model=args.allow_other_model)))
   return 0
 
 
 def run_infer(args: argparse.Namespace) -> int:
   labels = _named(args.labels, '--labels')
-  load('infer')(**_kwargs(output_file=args.output, prompt_file=args.prompt_file, checkpoint=args.checkpoint,
-                          checkpoint_step=args.step, split=args.split, input_file=args.input_file,
-                          prompts=_named(args.prompt, '--prompt'), allow_other_model=args.allow_other_model,
-                          labels=None if labels is None else {k: v.split('|') for k, v in labels.items()},
-                          ensemble=args.ensemble))
+  load('infer')(
+      **_kwargs(output_file=args.output, prompt_file=args.prompt_file, checkpoint=args.checkpoint,
+                checkpoint_step=args.step, split=args.split, input_file=args.input_file, prompts=_named(
+                    args.prompt, '--prompt'), allow_other_model=args.allow_other_model, labels=None if labels is
+                None else {k: v.split('|') for k, v in labels.items()}, ensemble=args.ensemble))
   return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
   model_dir = None if args.checkpoint else gin_config.gin_macro('MODEL_DIR')
-  _print_json(load('export')(args.output, checkpoint=args.checkpoint, step=args.step, model_dir=model_dir,
-                             **_kwargs(format=None if args.format == 'file' else args.format,
-                                       base_model=args.base_model)))
+  _print_json(
+      load('export')(args.output, checkpoint=args.checkpoint, step=args.step, model_dir=model_dir,
+                     **_kwargs(format=None if args.format == 'file' else args.format, base_model=args.base_model)))
   return 0
 
 
@@ -117,8 +119,8 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 RUNNERS: dict[str, Callable[[argparse.Namespace], int]] = {
-    'train': run_train, 'eval': run_eval, 'infer': run_infer, 'export': run_export, 'inspect': run_inspect}
-
+    'train': run_train, 'eval': run_eval, 'infer': run_infer, 'export': run_export, 'inspect': run_inspect
+}
 
 # ------------------------------------------------------------------------------------ dispatch
 

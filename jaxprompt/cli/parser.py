@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn, Sequence
+from collections.abc import Sequence
+from typing import NoReturn
 
 from jaxprompt.errors import UsageError
 
@@ -69,29 +70,33 @@ def _gin_flags(parser: argparse.ArgumentParser) -> None:
   group = parser.add_argument_group('gin')
   group.add_argument('--gin_file', action='append', default=[], metavar='FILE',
                      help='gin file (repeatable; later files override earlier ones)')
-  group.add_argument('--gin_search_paths', default='', metavar='DIRS',
-                     help='comma-separated folders to find gin files in (before the current directory and '
-                          'the gin_configs/ shipped with jaxprompt)')
+  group.add_argument(
+      '--gin_search_paths', default='', metavar='DIRS',
+      help='comma-separated folders to find gin files in (before the current directory and '
+      'the gin_configs/ shipped with jaxprompt)')
   group.add_argument('--gin_bindings', action='append', default=[], metavar='BINDING',
                      help='raw gin binding, e.g. "jaxprompt.train.batch_size = 8" (same as --gin.NAME=VALUE)')
   group.add_argument('--tfds_data_dir', default=None, help='read (and prepare) TFDS datasets here')
-  group.add_argument('--task', action='append', default=[], metavar='SPEC',
-                     help='register a task from your TSV/JSONL files (repeatable), e.g. '
-                          '"name=my_task,train=train.tsv,validation=dev.tsv,labels=no|yes"; then '
-                          '--gin.MIXTURE_OR_TASK_NAME="\'my_task\'"')
+  group.add_argument(
+      '--task', action='append', default=[], metavar='SPEC',
+      help='register a task from your TSV/JSONL files (repeatable), e.g. '
+      '"name=my_task,train=train.tsv,validation=dev.tsv,labels=no|yes"; then '
+      '--gin.MIXTURE_OR_TASK_NAME="\'my_task\'"')
 
 
 def _prompt_flags(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument('--prompt_file', default=None,
-                      help="a method's inference file (e.g. from export): prompt .npy [P, d], prefix .npz / "
-                           '.safetensors, per_layer_prompts .npz')
+  parser.add_argument(
+      '--prompt_file', default=None,
+      help="a method's inference file (e.g. from export): prompt .npy [P, d], prefix .npz / "
+      '.safetensors, per_layer_prompts .npz')
   parser.add_argument('--checkpoint', default=None, help='a training MODEL_DIR or one of its step dirs')
   parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: the latest)')
   parser.add_argument('--split', default=None, help='dataset split (default: the gin setting)')
-  parser.add_argument('--prompt', action='append', default=None, metavar='NAME=FILE',
-                      help='a named prompt (repeatable): any --prompt_file kind or a PEFT adapter folder. eval: '
-                           'several prompts of the task are scored as an ensemble; infer: a prompt bank over one '
-                           'model (JSONL input rows name their task), or an ensemble with --ensemble')
+  parser.add_argument(
+      '--prompt', action='append', default=None, metavar='NAME=FILE',
+      help='a named prompt (repeatable): any --prompt_file kind or a PEFT adapter folder. eval: '
+      'several prompts of the task are scored as an ensemble; infer: a prompt bank over one '
+      'model (JSONL input rows name their task), or an ensemble with --ensemble')
   parser.add_argument('--allow_other_model', action='store_true', default=None,
                       help='load prompts recorded for another frozen model (deliberate transfer)')
 
@@ -112,8 +117,7 @@ def build_parser(commands: Sequence[str]) -> argparse.ArgumentParser:
   _prompt_flags(p)
   p.add_argument('--output', default=None, help='metrics JSON file (also printed to stdout)')
   p.add_argument('--predictions_file', default=None, help='per-example predictions as JSONL')
-  p = sub.add_parser('infer', help='decode inputs with a prompt; writes JSONL', formatter_class=fmt,
-                     epilog=MACROS)
+  p = sub.add_parser('infer', help='decode inputs with a prompt; writes JSONL', formatter_class=fmt, epilog=MACROS)
   _gin_flags(p)
   _prompt_flags(p)
   p.add_argument('--input_file', default=None,
@@ -123,16 +127,19 @@ def build_parser(commands: Sequence[str]) -> argparse.ArgumentParser:
                  help="rank-classify the rows of task NAME over these labels (repeatable); other tasks decode")
   p.add_argument('--ensemble', action='store_true', default=None,
                  help='the --prompt prompts are one task\'s ensemble: every input under each, plus the majority vote')
-  p = sub.add_parser('export', help="write a checkpoint's inference file (prompt .npy, prefix .npz / "
-                                    ".safetensors, per_layer_prompts .npz)", formatter_class=fmt)
+  p = sub.add_parser(
+      'export', help="write a checkpoint's inference file (prompt .npy, prefix .npz / "
+      ".safetensors, per_layer_prompts .npz)", formatter_class=fmt)
   _gin_flags(p)
   p.add_argument('--checkpoint', default=None, help='training MODEL_DIR or step dir (default: MODEL_DIR)')
   p.add_argument('--step', type=int, default=None, help='checkpoint step (default: the latest)')
-  p.add_argument('--output', required=True, help='file to write (.npy for a prompt; .npz or .safetensors for a '
-                                                 'prefix; .npz for per-layer prompts), or a folder for --format peft')
-  p.add_argument('--format', default='file', choices=('file', 'peft'),
-                 help='file: the inference file; peft: a Hugging Face PEFT adapter folder (adapter_config.json + '
-                      'adapter_model.safetensors) for the HF T5 with the same weights')
+  p.add_argument(
+      '--output', required=True, help='file to write (.npy for a prompt; .npz or .safetensors for a '
+      'prefix; .npz for per-layer prompts), or a folder for --format peft')
+  p.add_argument(
+      '--format', default='file', choices=('file', 'peft'),
+      help='file: the inference file; peft: a Hugging Face PEFT adapter folder (adapter_config.json + '
+      'adapter_model.safetensors) for the HF T5 with the same weights')
   p.add_argument('--base_model', default=None,
                  help='--format peft: base_model_name_or_path written into adapter_config.json')
   p = sub.add_parser('inspect', help="a prompt's nearest vocabulary tokens per position, norms and fingerprint",

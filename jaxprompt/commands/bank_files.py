@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from etils import epath
 
@@ -49,13 +50,13 @@ def load_sources(prompts: Mapping[str, str], *, config: T5Config, combine: str =
 def load_bank(prompts: Mapping[str, str], *, config: T5Config, combine: str = 'prefix', eos_id: int = 1,
               step: int | None = None) -> tuple[Method, dict[str, Any]]:
   """(bank, its tree) of the named sources, task ids in the order given."""
-  return prompt_bank.build_bank(load_sources(prompts, config=config, combine=combine, eos_id=eos_id, step=step),
-                                config, eos_id)
+  return prompt_bank.build_bank(load_sources(prompts, config=config, combine=combine, eos_id=eos_id, step=step), config,
+                                eos_id)
 
 
-def load_method(*, prompts: Mapping[str, str] | None, prompt_file: str | None, checkpoint: str | None,
-                step: int | None, prompt_length: int | None, config: T5Config, combine: str = 'prefix',
-                eos_id: int = 1, what: str = 'a prompt bank') -> tuple[Any, Any, dict[str, str]]:
+def load_method(*, prompts: Mapping[str, str] | None, prompt_file: str | None, checkpoint: str | None, step: int | None,
+                prompt_length: int | None, config: T5Config, combine: str = 'prefix', eos_id: int = 1,
+                what: str = 'a prompt bank') -> tuple[Any, Any, dict[str, str]]:
   """`eval` / `infer`'s prompt: (method, parameters, {name: source} for the fingerprint check) of the named
   `prompts` (a bank: `what` names its use in the error) or of the one `prompt_file` / `checkpoint`."""
   if prompts:

@@ -23,6 +23,7 @@ from jaxprompt.models.wrapper import LossConfig
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
+
 def _dtype(value: Any, name: str) -> Any:
   if value is None or not isinstance(value, str):
     return value
@@ -48,8 +49,8 @@ def model_config(name: str = gin.REQUIRED, dtype: Any = None, param_dtype: Any =
 def loss_config(z_loss: float = 1e-4, label_smoothing: float = 0.0, loss_normalizing_factor: float | None = None,
                 reduction: str = 'sum') -> LossConfig:
   """t5x's loss options (summed token cross-entropy plus z-loss by default)."""
-  return LossConfig(z_loss=z_loss, label_smoothing=label_smoothing,
-                    loss_normalizing_factor=loss_normalizing_factor, reduction=reduction)
+  return LossConfig(z_loss=z_loss, label_smoothing=label_smoothing, loss_normalizing_factor=loss_normalizing_factor,
+                    reduction=reduction)
 
 
 @gin.configurable(module='jaxprompt')
@@ -70,7 +71,7 @@ def task_label_set(task: str = gin.REQUIRED) -> list[str]:
   return labels
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _vocabulary(path: str | None, extra_ids: int) -> Any:
   from jaxprompt.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top  (imports TF)
   return vocab_lib.get_vocabulary(path, extra_ids)
@@ -90,8 +91,8 @@ def check_vocabulary(vocab: Any, config: T5Config, task_name: str) -> None:
                       f'{config.vocab_size}: use the model\'s vocabulary (VOCABULARY) for this task')
 
 
-def check_common(model_config: Any, initial_checkpoint_path: Any, mixture_or_task_name: Any,
-                 task_feature_lengths: Any, *, checkpoint_required: bool = True,
+def check_common(model_config: Any, initial_checkpoint_path: Any, mixture_or_task_name: Any, task_feature_lengths: Any,
+                 *, checkpoint_required: bool = True,
                  task_required: bool = True) -> tuple[T5Config, str | None, Any, dict[str, int]]:
   """The arguments every entry point (train, train_model, evaluate, infer) shares, checked in one place.
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 import re
 import sys
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -26,8 +27,7 @@ from jaxprompt.errors import PromptError, UsageError
 from jaxprompt.formats import fingerprint_files
 from jaxprompt.formats.keys import PROMPT_FILE
 from jaxprompt.formats.npy_io import read_npz, write_npy, write_npz
-from jaxprompt.methods import kv_prefix
-from jaxprompt.methods import peft_adapters
+from jaxprompt.methods import kv_prefix, peft_adapters
 from jaxprompt.methods.multitask import MULTITASK_FILE
 from jaxprompt.methods.per_layer_prompts import NUMPY_FILE as PER_LAYER_FILE
 from jaxprompt.train import checkpoints
@@ -39,9 +39,14 @@ _PREFIX_SUFFIXES = ('.npz', '.safetensors')
 _P_TUNING_GIN = re.compile(r'^\s*(METHOD|(jaxprompt\.)?train\.method)\s*=\s*@(jaxprompt\.methods\.)?p_tuning\b', re.M)
 
 
-def export(output_file: str, *, checkpoint: str | None = None, step: int | None = None,
-           model_dir: str | None = None, format: str = 'file',  # pylint: disable=redefined-builtin
-           base_model: str | None = None) -> dict[str, Any]:
+def export(
+    output_file: str,
+    *,
+    checkpoint: str | None = None,
+    step: int | None = None,
+    model_dir: str | None = None,
+    format: str = 'file',  # pylint: disable=redefined-builtin
+    base_model: str | None = None) -> dict[str, Any]:
   """Writes the inference file of `checkpoint` (a training MODEL_DIR or one of its step dirs; default
   `model_dir`) at `step` (default: the latest) to `output_file` (local or gs://), or with format='peft' a PEFT
   adapter folder there (`base_model` its base_model_name_or_path); returns what was written."""
@@ -109,8 +114,7 @@ def _with_fingerprint(written: dict[str, Any], recorded: Mapping[str, Any] | Non
 def _export_peft(output: str, source: str, step: int | None, method_file: str | None,
                  recorded: Mapping[str, Any] | None, base_model: str | None) -> dict[str, Any]:
   sizes = _model_sizes(recorded)
-  written = {'checkpoint': source, 'output': output, 'format': 'peft',
-             'fingerprint_id': (recorded or {}).get('id')}
+  written = {'checkpoint': source, 'output': output, 'format': 'peft', 'fingerprint_id': (recorded or {}).get('id')}
   if method_file is None:
     prompt = _prompt(source, step, output)
     if sizes.get('emb_dim') not in (None, prompt.shape[1]):
@@ -149,8 +153,9 @@ def _model_sizes(recorded: Mapping[str, Any] | None) -> dict[str, Any]:
   """The frozen model's sizes: gin's MODEL_CONFIG when bound (gin flags given), else the fingerprint's record."""
   config = _gin_model_config()
   if config is not None:
-    return {k: getattr(config, k) for k in ('emb_dim', 'num_heads', 'head_dim', 'num_encoder_layers',
-                                            'num_decoder_layers')}
+    return {
+        k: getattr(config, k) for k in ('emb_dim', 'num_heads', 'head_dim', 'num_encoder_layers', 'num_decoder_layers')
+    }
   return dict((recorded or {}).get('config') or {})
 
 
@@ -159,6 +164,7 @@ def _gin_model_config() -> Any:
   if 'gin' not in sys.modules:  # no gin flags were parsed: nothing is bound
     return None
   import copy  # pylint: disable=g-import-not-at-top
+
   import gin  # pylint: disable=g-import-not-at-top
   try:
     value = gin.query_parameter('%MODEL_CONFIG')

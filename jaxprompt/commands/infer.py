@@ -3,7 +3,8 @@ JSONL records `{"input": ..., "prediction": ..., "score": ...}` (`jaxprompt infe
 from __future__ import annotations
 
 import sys
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import gin
 import seqio
@@ -15,9 +16,8 @@ from jaxprompt.data import buckets
 from jaxprompt.data import pipeline as data
 from jaxprompt.data import vocab as vocab_lib
 from jaxprompt.errors import ConfigError, DataError
-from jaxprompt.eval import banks
+from jaxprompt.eval import banks, writers
 from jaxprompt.eval import evaluation as eval_lib
-from jaxprompt.eval import writers
 from jaxprompt.formats import validation
 from jaxprompt.models.config import T5Config
 from jaxprompt.runtime import runtime as runtime_lib
@@ -59,8 +59,7 @@ def _vocabulary(provider: Any, vocabulary: Any) -> seqio.Vocabulary:
 def decode_texts(fns: eval_lib.ModelFns, trainable: Any, texts: Sequence[str], vocabulary: seqio.Vocabulary,
                  feature_lengths: Mapping[str, int], batch_size: int) -> list[dict[str, Any]]:
   """Records for raw input texts (tokenized with `vocabulary`, trimmed to the inputs length + EOS)."""
-  features = data.to_features(data.tokenize_texts(texts, vocabulary, feature_lengths['inputs']), None,
-                              feature_lengths)
+  features = data.to_features(data.tokenize_texts(texts, vocabulary, feature_lengths['inputs']), None, feature_lengths)
   predictions, scores = eval_lib.predict(fns, trainable, features, batch_size, vocabulary, None)
   return [{'input': t, 'prediction': p, 'score': s} for t, p, s in zip(texts, predictions, scores)]
 
@@ -82,8 +81,8 @@ def decode_task(fns: eval_lib.ModelFns, trainable: Any, provider: Any, split: st
 
 def ensemble_records(fns: eval_lib.ModelFns, trainable: Any, names: list[str], provider: Any,
                      texts: Sequence[str] | None, vocabulary: seqio.Vocabulary, split: str,
-                     feature_lengths: Mapping[str, int], batch_size: int, max_examples: int | None
-                     ) -> list[dict[str, Any]]:
+                     feature_lengths: Mapping[str,
+                                              int], batch_size: int, max_examples: int | None) -> list[dict[str, Any]]:
   """Records of an ensemble: each input's majority vote (`prediction`) and every prompt's (`predictions`);
   text inputs decode, a task split's rows rank over the task's labels when it has them."""
   sources = []
@@ -100,8 +99,10 @@ def ensemble_records(fns: eval_lib.ModelFns, trainable: Any, names: list[str], p
     features = data.to_features(rows, None, feature_lengths)
     answers, scores = banks.ensemble_predict(fns, trainable, features, len(names), batch_size, vocab, labels)
     for text, row, row_scores in zip(inputs, answers, scores):
-      records.append({'input': text, 'prediction': banks.vote(row, row_scores),
-                      'predictions': dict(zip(names, row)), 'scores': dict(zip(names, row_scores))})
+      records.append({
+          'input': text, 'prediction': banks.vote(row, row_scores), 'predictions': dict(zip(names, row)),
+          'scores': dict(zip(names, row_scores))
+      })
   return records
 
 
@@ -128,9 +129,8 @@ def infer(output_file: str | None = None, *, model_config: T5Config | None = Non
   prompts are one task's: plain inputs as above, each run under every prompt in one pass, answered with the
   majority vote and each prompt's `predictions`. `allow_other_model` loads prompts recorded for another model.
   """
-  config, ckpt, name, lengths = configs.check_common(model_config, initial_checkpoint_path,
-                                                        mixture_or_task_name, task_feature_lengths,
-                                                        task_required=False)
+  config, ckpt, name, lengths = configs.check_common(model_config, initial_checkpoint_path, mixture_or_task_name,
+                                                     task_feature_lengths, task_required=False)
   validation.check_positive(batch_size=batch_size, max_examples=max_examples, PROMPT_LENGTH=prompt_length)
   length_buckets = buckets.LengthBuckets.from_spec(length_buckets)
   provider = data.get_provider(name) if name else None
@@ -148,9 +148,9 @@ def infer(output_file: str | None = None, *, model_config: T5Config | None = Non
   vocab = _vocabulary(provider, vocabulary)
   configs.check_vocabulary(vocab, config, provider.name if provider is not None else 'text inputs')
   data.host_batch_size(batch_size, runtime_lib.data_parallel_size(model_parallel))
-  method, trainable, sources = bank_files.load_method(
-      prompts=prompts, prompt_file=prompt_file, checkpoint=checkpoint, step=checkpoint_step,
-      prompt_length=prompt_length, config=config, combine=prompt_combine, eos_id=vocab.eos_id, what='a prompt bank')
+  method, trainable, sources = bank_files.load_method(prompts=prompts, prompt_file=prompt_file, checkpoint=checkpoint,
+                                                      step=checkpoint_step, prompt_length=prompt_length, config=config,
+                                                      combine=prompt_combine, eos_id=vocab.eos_id, what='a prompt bank')
   requests = None
   is_bank = bool(method.task_names) and not ensemble  # --prompt NAME=FILE, or a multi-task run's prompts.npz
   if labels and not is_bank:
@@ -169,8 +169,8 @@ def infer(output_file: str | None = None, *, model_config: T5Config | None = Non
   if requests is not None:
     records = banks.serve(fns, placed, method.task_names, requests, vocab, lengths, batch_size, labels)
   elif ensemble:
-    records = ensemble_records(fns, placed, list(prompts or {}), provider, texts, vocab, split, lengths,
-                               batch_size, max_examples)
+    records = ensemble_records(fns, placed, list(prompts or {}), provider, texts, vocab, split, lengths, batch_size,
+                               max_examples)
   elif texts is not None:
     records = decode_texts(fns, placed, texts, vocab, lengths, batch_size)
   else:

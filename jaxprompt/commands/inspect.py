@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import gin
 import numpy as np
@@ -129,9 +130,12 @@ def _positions(prompt: np.ndarray, embedding: np.ndarray, vocabulary: seqio.Voca
   num_tokens = min(embedding.shape[0], vocabulary.vocab_size)
   ids, cosines = nearest_tokens(prompt, embedding, top_k, num_tokens)
   norms = np.linalg.norm(np.asarray(prompt, np.float32), axis=-1)
-  positions = [{'position': p, 'norm': _num(norms[p]),
-                'nearest': [{'id': int(i), 'token': token_piece(vocabulary, int(i)), 'cosine': _num(c)}
-                            for i, c in zip(ids[p], cosines[p])]} for p in range(len(prompt))]
+  positions = [{
+      'position': p, 'norm': _num(norms[p]),
+      'nearest': [{'id': int(i), 'token': token_piece(vocabulary, int(i)), 'cosine': _num(c)}
+                  for i, c in zip(ids[p], cosines[p])]
+  }
+               for p in range(len(prompt))]
   token_norms = np.linalg.norm(np.asarray(embedding[:num_tokens], np.float32), axis=-1)
   return positions, dict(_norm_summary(norms), vocabulary_mean=_num(token_norms.mean()))
 
@@ -148,10 +152,10 @@ def _prefix_norms(trainable: Mapping[str, Any]) -> dict[str, list[dict[str, Any]
   out = {}
   for kind, parts in trainable.items():
     key, value = (np.asarray(parts[p], np.float32) for p in ('key', 'value'))
-    key_norms, value_norms = (np.linalg.norm(x.reshape(*x.shape[:2], -1), axis=-1).mean(axis=1)
-                              for x in (key, value))
-    out[kind] = [{'layer': i, 'key_norm': _num(k), 'value_norm': _num(v)}
-                 for i, (k, v) in enumerate(zip(key_norms, value_norms))]
+    key_norms, value_norms = (np.linalg.norm(x.reshape(*x.shape[:2], -1), axis=-1).mean(axis=1) for x in (key, value))
+    out[kind] = [
+        {'layer': i, 'key_norm': _num(k), 'value_norm': _num(v)} for i, (k, v) in enumerate(zip(key_norms, value_norms))
+    ]
   return out
 
 
@@ -164,17 +168,23 @@ def _model_report(source: str, step: int | None, actual: Mapping[str, Any]) -> d
   same = fingerprint_lib.matches(recorded, actual)
   if same is False:
     log.warning('%s was trained on %s', source, fingerprint_lib.mismatch(recorded, actual))
-  return {'matches': same, 'loaded': dict(actual), 'recorded': None if recorded is None else dict(recorded),
-          'differences': [] if not recorded else fingerprint_lib.differences(recorded, actual)}
+  return {
+      'matches': same, 'loaded': dict(actual), 'recorded': None if recorded is None else dict(recorded),
+      'differences': [] if not recorded else fingerprint_lib.differences(recorded, actual)
+  }
 
 
 def _log_table(report: Mapping[str, Any]) -> None:
   """The report as readable lines (the JSON is what the CLI prints)."""
   model = report['model']
-  state = {True: 'the recorded model', False: f'NOT the recorded {fingerprint_lib.describe(model["recorded"])}',
-           None: 'no model recorded'}[model['matches']]
-  lines = [f"{report['prompt']}: {report['method']} {report['shapes']}",
-           f"loaded {fingerprint_lib.describe(model['loaded'])}: {state}"]
+  state = {
+      True: 'the recorded model', False: f'NOT the recorded {fingerprint_lib.describe(model["recorded"])}',
+      None: 'no model recorded'
+  }[model['matches']]
+  lines = [
+      f"{report['prompt']}: {report['method']} {report['shapes']}",
+      f"loaded {fingerprint_lib.describe(model['loaded'])}: {state}"
+  ]
   if 'positions' in report:
     lines.append(f"{'pos':>4} {'norm':>9}  nearest tokens (cosine)")
     for row in report['positions']:
@@ -211,25 +221,26 @@ def inspect(prompt: str, *, top_k: int = 5, output_file: str | None = None, mode
     record), 'loaded', 'recorded': fingerprints, 'differences'}), and 'positions' + 'norms' (an input prompt),
     'layers' (per-layer prompts), 'prefix' (prefix rows) as they apply.
   """
-  config = validation.require(model_config if model_config is not None else _gin_macro('MODEL_CONFIG'),
-                              'MODEL_CONFIG', '"@jaxprompt.model_config()" (a models/*.gin)')
+  config = validation.require(model_config if model_config is not None else _gin_macro('MODEL_CONFIG'), 'MODEL_CONFIG',
+                              '"@jaxprompt.model_config()" (a models/*.gin)')
   if not isinstance(config, T5Config):
     raise ConfigError(f'model_config must be a T5Config (e.g. @jaxprompt.model_config()), got {config!r}')
-  checkpoint = validation.require(initial_checkpoint_path if initial_checkpoint_path is not None
-                                  else _gin_macro('INITIAL_CHECKPOINT_PATH'), 'INITIAL_CHECKPOINT_PATH',
-                                  "\"'/path/to/checkpoint'\" (a models/*.gin)")
+  checkpoint = validation.require(
+      initial_checkpoint_path if initial_checkpoint_path is not None else _gin_macro('INITIAL_CHECKPOINT_PATH'),
+      'INITIAL_CHECKPOINT_PATH', "\"'/path/to/checkpoint'\" (a models/*.gin)")
   validation.check_positive(top_k=top_k, checkpoint_step=checkpoint_step)
   vocab = _vocabulary(vocabulary if vocabulary is not None else _gin_macro('VOCABULARY'))
   source = os.fspath(prompt)
   is_dir = epath.Path(source).is_dir() and not peft_adapters.is_adapter_dir(source)  # a PEFT folder is a file kind
   embedding = read_token_embedding(os.fspath(checkpoint), config)  # the model first: the prompt must fit it
-  method, trainable = prompt_files.load_tuned(
-      prompt_file=None if is_dir else source, checkpoint=source if is_dir else None, step=checkpoint_step,
-      prompt_length=None, config=config, eos_id=vocab.eos_id)
+  method, trainable = prompt_files.load_tuned(prompt_file=None if is_dir else source,
+                                              checkpoint=source if is_dir else None, step=checkpoint_step,
+                                              prompt_length=None, config=config, eos_id=vocab.eos_id)
   report: dict[str, Any] = {
       'prompt': source, 'step': checkpoint_step, 'method': type(method).__name__,
       'shapes': {path: list(np.shape(x)) for path, x in sorted(flatten_params(trainable).items())},
-      'model': _model_report(source, checkpoint_step, fingerprint_lib.model_fingerprint(config, vocab, embedding))}
+      'model': _model_report(source, checkpoint_step, fingerprint_lib.model_fingerprint(config, vocab, embedding))
+  }
   if PROMPT_KEY in trainable and np.ndim(trainable[PROMPT_KEY]) == 2:
     report['positions'], report['norms'] = _positions(trainable[PROMPT_KEY], embedding, vocab, top_k)
   if LAYERS_KEY in trainable:

@@ -9,7 +9,8 @@ loads with a warning.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from jaxprompt.commands.prompt_files import recorded_fingerprint
 from jaxprompt.errors import ConfigError
@@ -40,16 +41,16 @@ def check_prompt_source(source: str | os.PathLike, step: int | None, config: T5C
                               allow_other_model=allow_other_model)['']
 
 
-def check_prompt_sources(sources: Mapping[str, str | os.PathLike], step: int | None, config: T5Config,
-                         vocabulary: Any, frozen_params: Mapping[str, Any], *, allow_other_model: bool = False
-                         ) -> dict[str, bool | None]:
+def check_prompt_sources(sources: Mapping[str, str | os.PathLike], step: int | None, config: T5Config, vocabulary: Any,
+                         frozen_params: Mapping[str,
+                                                Any], *, allow_other_model: bool = False) -> dict[str, bool | None]:
   """`check_prompt_source` for named sources (a prompt bank's, an ensemble's), the model's fingerprint
   computed once: {name: True / False / None}."""
   actual = fingerprint_lib.model_fingerprint(config, vocabulary, token_embedding(frozen_params))
   out = {}
   for name, source in sources.items():
-    where = (f'prompt {name}={os.fspath(source)}' if name else f'prompt {os.fspath(source)}') + (
-        f' (step {step})' if step is not None else '')
+    where = (f'prompt {name}={os.fspath(source)}'
+             if name else f'prompt {os.fspath(source)}') + (f' (step {step})' if step is not None else '')
     out[name] = fingerprint_lib.check(recorded_fingerprint(source, step), actual, what=where,
                                       allow_other_model=allow_other_model)
   return out

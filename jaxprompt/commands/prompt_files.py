@@ -95,8 +95,8 @@ def step_numpy_dir(checkpoint: str, step: int | None = None) -> epath.Path:
   return orbax_dir.parent.parent / checkpoints.NUMPY_CHECKPOINTS / f'{checkpoints.NUMPY_PREFIX}{orbax_dir.name}'
 
 
-def load_prompt(*, prompt_file: str | None, checkpoint: str | None, step: int | None,
-                prompt_length: int | None, embed_dim: int) -> np.ndarray:
+def load_prompt(*, prompt_file: str | None, checkpoint: str | None, step: int | None, prompt_length: int | None,
+                embed_dim: int) -> np.ndarray:
   """The float32 [P, d] prompt from a .npy file or a training checkpoint, checked against the model.
 
   `prompt_length` None takes the file's length; the embedding size must always match the model's.

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import gin
 import jax
@@ -19,8 +20,7 @@ from jaxprompt.commands import configs
 from jaxprompt.data import buckets
 from jaxprompt.data import pipeline as data
 from jaxprompt.eval import evaluation as eval_lib
-from jaxprompt.formats import fingerprint_files
-from jaxprompt.formats import validation
+from jaxprompt.formats import fingerprint_files, validation
 from jaxprompt.formats.keys import PROMPT_FILE, PROMPT_KEY
 from jaxprompt.formats.npy_io import write_npy, write_npz
 from jaxprompt.methods.base import Method
@@ -84,14 +84,13 @@ def run_training(*, method: MethodFactory, model_dir: Any, model_config: Any, in
                  checkpoint_required: bool = True, **debug: Any) -> tuple[loop.LoopResult, runtime_lib.Runtime]:
   """Validates the arguments, builds the runtime and runs the loop (shared by both entry points)."""
   model_dir = os.fspath(validation.require(model_dir, 'MODEL_DIR', "\"'/path/to/model_dir'\""))
-  config, checkpoint_path, task_name, lengths = configs.check_common(
-      model_config, initial_checkpoint_path, mixture_or_task_name, task_feature_lengths,
-      checkpoint_required=checkpoint_required)
+  config, checkpoint_path, task_name, lengths = configs.check_common(model_config, initial_checkpoint_path,
+                                                                     mixture_or_task_name, task_feature_lengths,
+                                                                     checkpoint_required=checkpoint_required)
   validation.require(train_steps, 'TRAIN_STEPS', '1000')
   validation.check_positive(TRAIN_STEPS=train_steps, BATCH_SIZE=batch_size, eval_period=eval_period,
                             checkpoint_period=checkpoint_period, keep_checkpoints=keep_checkpoints,
-                            log_period=log_period, eval_batch_size=eval_batch_size,
-                            eval_max_examples=eval_max_examples)
+                            log_period=log_period, eval_batch_size=eval_batch_size, eval_max_examples=eval_max_examples)
   bucket_set = buckets.LengthBuckets.from_spec(length_buckets)
   checkpointer = StateCheckpointer(model_dir, keep=keep_checkpoints, best_metric=best_metric,
                                    best_mode=best_mode)  # fails now if MODEL_DIR is not writable
@@ -111,26 +110,24 @@ def run_training(*, method: MethodFactory, model_dir: Any, model_config: Any, in
     host_batch = data.host_batch_size(batch_size, data_parallel)
     data.host_batch_size(eval_batch_size or batch_size, data_parallel)
     optimizer = optimizer or make_optimizer()
-    runtime = runtime_lib.build_runtime(config, tuning, checkpoint_path, lengths, optimizer=optimizer,
-                                        loss=loss, model_parallel=model_parallel,
-                                        num_microbatches=num_microbatches, eos_id=vocab.eos_id, seed=seed)
+    runtime = runtime_lib.build_runtime(config, tuning, checkpoint_path, lengths, optimizer=optimizer, loss=loss,
+                                        model_parallel=model_parallel, num_microbatches=num_microbatches,
+                                        eos_id=vocab.eos_id, seed=seed)
     runtime.fingerprint = model_fingerprint(runtime, vocab)
     checkpointer.use_model(runtime.fingerprint)  # refuses to resume on another model before anything is written
     _save_gin_config(model_dir)
     state = loop.initial_state(runtime, optimizer, seed)
 
     def batches(skip: int):
-      ds = data.train_dataset(provider, lengths, train_split, host_batch, seed, pack=pack,
-                              prompt_slots=prompt_slots, task_names=tuning.task_names)
-      return buckets.bucketed(data.train_batches(ds, skip=skip), bucket_set, name='train step',
-                              agree=host.global_max)
+      ds = data.train_dataset(provider, lengths, train_split, host_batch, seed, pack=pack, prompt_slots=prompt_slots,
+                              task_names=tuning.task_names)
+      return buckets.bucketed(data.train_batches(ds, skip=skip), bucket_set, name='train step', agree=host.global_max)
 
     evaluate = (loop_evaluation(runtime, bucket_set, eval_sets, eval_batch_size or batch_size, eval_metrics)
                 if eval_split else None)
     result = loop.run(runtime, state, checkpointer, model_dir=model_dir, batches=batches, batch_size=batch_size,
                       schedule=loop.Schedule(train_steps, eval_period, checkpoint_period, log_period),
-                      evaluate=evaluate, progress_bar=progress_bar,
-                      task_name=task_name, **debug)
+                      evaluate=evaluate, progress_bar=progress_bar, task_name=task_name, **debug)
   finally:
     checkpointer.close()
   return result, runtime
@@ -153,21 +150,19 @@ def model_fingerprint(runtime: runtime_lib.Runtime, vocabulary: Any) -> dict[str
   pod); None for model tuning, which trains the network itself."""
   if runtime.method is None or runtime.method.trains_network:
     return None
-  return fingerprint_lib.model_fingerprint(runtime.config, vocabulary,
-                                           runtime.network['token_embedder']['embedding'])
+  return fingerprint_lib.model_fingerprint(runtime.config, vocabulary, runtime.network['token_embedder']['embedding'])
 
 
 @gin.configurable(module='jaxprompt')
 def train(model_dir: str | None = None, *, model_config: T5Config | None = None,
           initial_checkpoint_path: str | None = None, mixture_or_task_name: str | None = None,
-          task_feature_lengths: Mapping[str, int] | None = None, train_steps: int | None = None,
-          batch_size: int = 32, method: MethodFactory = prompt_tuning, optimizer: Optimizer | None = None,
-          loss: LossConfig | None = None, model_parallel: int = 1, num_microbatches: int = 1, seed: int = 0,
-          train_split: str = 'train', eval_split: str | None = 'validation', eval_period: int = 1000,
-          eval_metrics: bool = True, eval_batch_size: int | None = None, eval_max_examples: int | None = None,
-          checkpoint_period: int = 1000, keep_checkpoints: int = 3, best_metric: str | None = None,
-          best_mode: str = 'max', log_period: int = 100, progress_bar: bool | None = None,
-          pack: bool = False, length_buckets: Any = buckets.DEFAULT,
+          task_feature_lengths: Mapping[str, int] | None = None, train_steps: int | None = None, batch_size: int = 32,
+          method: MethodFactory = prompt_tuning, optimizer: Optimizer | None = None, loss: LossConfig | None = None,
+          model_parallel: int = 1, num_microbatches: int = 1, seed: int = 0, train_split: str = 'train',
+          eval_split: str | None = 'validation', eval_period: int = 1000, eval_metrics: bool = True,
+          eval_batch_size: int | None = None, eval_max_examples: int | None = None, checkpoint_period: int = 1000,
+          keep_checkpoints: int = 3, best_metric: str | None = None, best_mode: str = 'max', log_period: int = 100,
+          progress_bar: bool | None = None, pack: bool = False, length_buckets: Any = buckets.DEFAULT,
           debug_poison_loss_at_step: int | None = None, debug_sleep_per_step: float = 0.0) -> TrainResult:
   """Tunes a method (default: a prompt) on a frozen T5, resuming from `model_dir`'s newest intact checkpoint.
 
@@ -198,13 +193,13 @@ def train(model_dir: str | None = None, *, model_config: T5Config | None = None,
   """
   result, runtime = run_training(
       method=method, model_dir=model_dir, model_config=model_config, initial_checkpoint_path=initial_checkpoint_path,
-      mixture_or_task_name=mixture_or_task_name, task_feature_lengths=task_feature_lengths,
-      train_steps=train_steps, batch_size=batch_size, optimizer=optimizer, loss=loss, model_parallel=model_parallel,
+      mixture_or_task_name=mixture_or_task_name, task_feature_lengths=task_feature_lengths, train_steps=train_steps,
+      batch_size=batch_size, optimizer=optimizer, loss=loss, model_parallel=model_parallel,
       num_microbatches=num_microbatches, seed=seed, train_split=train_split, eval_split=eval_split,
       eval_period=eval_period, eval_metrics=eval_metrics, eval_batch_size=eval_batch_size,
       eval_max_examples=eval_max_examples, checkpoint_period=checkpoint_period, keep_checkpoints=keep_checkpoints,
-      best_metric=best_metric, best_mode=best_mode, log_period=log_period, progress_bar=progress_bar,
-      pack=pack, length_buckets=length_buckets, debug_poison_loss_at_step=debug_poison_loss_at_step,
+      best_metric=best_metric, best_mode=best_mode, log_period=log_period, progress_bar=progress_bar, pack=pack,
+      length_buckets=length_buckets, debug_poison_loss_at_step=debug_poison_loss_at_step,
       debug_sleep_per_step=debug_sleep_per_step)
   trainable = loop.host_trainable(result.state)
   _, inference = runtime.method.inference(trainable)
@@ -231,11 +226,10 @@ def export_final(method: Method, trainable: Mapping[str, Any], model_dir: str, *
 
 
 @gin.configurable(module='jaxprompt')
-def train_model(model_dir: str | None = None, *, model_config: T5Config | None = None,
-                initial_checkpoint_path: str | None = None, mixture_or_task_name: Any = None,
-                task_feature_lengths: Mapping[str, int] | None = None, train_steps: int | None = None,
-                batch_size: int = 32, optimizer: Optimizer | None = None, loss: LossConfig | None = None,
-                model_parallel: int = 1, seed: int = 0, train_split: str = 'train',
+def train_model(model_dir: str | None = None, *, model_config: T5Config | None = None, initial_checkpoint_path: str |
+                None = None, mixture_or_task_name: Any = None, task_feature_lengths: Mapping[str, int] | None = None,
+                train_steps: int | None = None, batch_size: int = 32, optimizer: Optimizer | None = None,
+                loss: LossConfig | None = None, model_parallel: int = 1, seed: int = 0, train_split: str = 'train',
                 eval_split: str | None = 'validation', eval_period: int = 1000, eval_max_examples: int | None = None,
                 eval_batch_size: int | None = None, checkpoint_period: int = 1000, keep_checkpoints: int = 1,
                 log_period: int = 100, progress_bar: bool | None = None, save_checkpoint: bool = True,
@@ -249,19 +243,18 @@ def train_model(model_dir: str | None = None, *, model_config: T5Config | None =
   `save_checkpoint` writes the result as a T5X checkpoint `model_dir/checkpoint_<train_steps>` (readable as
   INITIAL_CHECKPOINT_PATH) in `checkpoint_dtype` (default: the training dtype).
   """
-  result, _ = run_training(
-      method=model_tuning, model_dir=model_dir, model_config=model_config,
-      initial_checkpoint_path=initial_checkpoint_path, mixture_or_task_name=mixture_or_task_name,
-      task_feature_lengths=task_feature_lengths, train_steps=train_steps, batch_size=batch_size,
-      optimizer=optimizer, loss=loss, model_parallel=model_parallel, num_microbatches=1, seed=seed,
-      train_split=train_split, eval_split=eval_split, eval_period=eval_period, eval_metrics=True,
-      eval_batch_size=eval_batch_size, eval_max_examples=eval_max_examples, checkpoint_period=checkpoint_period,
-      keep_checkpoints=keep_checkpoints, best_metric=None, best_mode='max', log_period=log_period,
-      progress_bar=progress_bar, pack=pack, length_buckets=length_buckets, checkpoint_required=False)
+  result, _ = run_training(method=model_tuning, model_dir=model_dir, model_config=model_config,
+                           initial_checkpoint_path=initial_checkpoint_path, mixture_or_task_name=mixture_or_task_name,
+                           task_feature_lengths=task_feature_lengths, train_steps=train_steps, batch_size=batch_size,
+                           optimizer=optimizer, loss=loss, model_parallel=model_parallel, num_microbatches=1, seed=seed,
+                           train_split=train_split, eval_split=eval_split, eval_period=eval_period, eval_metrics=True,
+                           eval_batch_size=eval_batch_size, eval_max_examples=eval_max_examples,
+                           checkpoint_period=checkpoint_period, keep_checkpoints=keep_checkpoints, best_metric=None,
+                           best_mode='max', log_period=log_period, progress_bar=progress_bar, pack=pack,
+                           length_buckets=length_buckets, checkpoint_required=False)
   params = loop.host_trainable(result.state)
   checkpoint = None
   if save_checkpoint and not result.preempted:
     dtype = None if checkpoint_dtype is None else jnp.dtype(checkpoint_dtype)
-    checkpoint = t5x_writer.save_t5x_checkpoint(params, os.fspath(model_dir), result.step, dtype=dtype,
-                                                overwrite=True)
+    checkpoint = t5x_writer.save_t5x_checkpoint(params, os.fspath(model_dir), result.step, dtype=dtype, overwrite=True)
   return TrainResult(os.fspath(model_dir), result.step, params, result.preempted, result.eval_metrics, checkpoint)

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -141,8 +142,7 @@ class ShapeLog:
 
 
 def bucketed(batches: Any, buckets: LengthBuckets, *, name: str = 'batches',
-             agree: Callable[[dict[str, int]], dict[str, int]] | None = None,
-             groups: Sequence[str] = GROUPS) -> Any:
+             agree: Callable[[dict[str, int]], dict[str, int]] | None = None, groups: Sequence[str] = GROUPS) -> Any:
   """Yields each batch of `batches` cut to its buckets (unchanged when the buckets are fixed).
 
   `agree` maps this host's longest rows to the global ones (multi-host training: each host holds its own rows

@@ -26,7 +26,8 @@ import functools
 import json
 import os
 import re
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import gin
 import seqio
@@ -56,7 +57,6 @@ _METRICS: dict[str, tuple[Callable[..., Any], bool, bool]] = {
 
 _FILE_TASKS: dict[str, tuple[tuple, seqio.Task]] = {}  # name -> (registration key, task)
 _LABEL_SETS: dict[str, tuple[str, ...] | None] = {}
-
 
 # ------------------------------------------------------------------------------------------------- reading files
 
@@ -143,9 +143,14 @@ def _file_format(path: str, format: str | None) -> str:  # pylint: disable=redef
   return _EXTENSIONS[extension]
 
 
-def read_examples(paths: Sequence[str], *, format: str | None,  # pylint: disable=redefined-builtin
-                  inputs_field: str, targets_field: str, has_header: bool | None,
-                  label_set: Sequence[str] | None) -> tuple[list[str], list[str]]:
+def read_examples(
+    paths: Sequence[str],
+    *,
+    format: str | None,  # pylint: disable=redefined-builtin
+    inputs_field: str,
+    targets_field: str,
+    has_header: bool | None,
+    label_set: Sequence[str] | None) -> tuple[list[str], list[str]]:
   """(inputs, targets) of one split, validated; several files are concatenated in order."""
   inputs, targets = [], []
   for path in paths:
@@ -173,13 +178,13 @@ def _as_paths(split: str, value: Paths | None) -> tuple[str, ...]:
   return tuple(p if str(p).startswith('gs://') else os.path.expanduser(str(p)) for p in map(str, paths))
 
 
-def _dataset_fn(split: str, shuffle_files: bool, seed: int | None = None, *,
-                files: Mapping[str, tuple[str, ...]],
+def _dataset_fn(split: str, shuffle_files: bool, seed: int | None = None, *, files: Mapping[str, tuple[str, ...]],
                 read: Callable[[Sequence[str]], tuple[list[str], list[str]]]) -> tf.data.Dataset:
   """tf.data of {'inputs': string, 'targets': string}; a full shuffle of the split when `shuffle_files`."""
   inputs, targets = read(files[split])
-  ds = tf.data.Dataset.from_tensor_slices({'inputs': tf.constant(inputs, tf.string),
-                                           'targets': tf.constant(targets, tf.string)})
+  ds = tf.data.Dataset.from_tensor_slices({
+      'inputs': tf.constant(inputs, tf.string), 'targets': tf.constant(targets, tf.string)
+  })
   if shuffle_files:
     # A fixed default seed keeps the order identical on every host, so seqio's per-host `ds.shard` stays
     # disjoint; seqio's own shuffle buffer (seeded or not) follows.
@@ -238,13 +243,20 @@ def _normalize_label_set(label_set: Sequence[Any] | None) -> tuple[str, ...] | N
 
 
 @gin.configurable(module='jaxprompt.data')
-def register_file_task(name: str, *, train: Paths | None = None, validation: Paths | None = None,
-                       test: Paths | None = None, format: str | None = None,  # pylint: disable=redefined-builtin
-                       inputs_field: str = 'inputs', targets_field: str = 'targets',
-                       has_header: bool | None = None, label_set: Sequence[str] | None = None,
-                       vocabulary: str | seqio.Vocabulary | None = None,
-                       metrics: Sequence[str | Callable[..., Any]] = ('accuracy',),
-                       overwrite: bool = False) -> seqio.Task:
+def register_file_task(
+    name: str,
+    *,
+    train: Paths | None = None,
+    validation: Paths | None = None,
+    test: Paths | None = None,
+    format: str | None = None,  # pylint: disable=redefined-builtin
+    inputs_field: str = 'inputs',
+    targets_field: str = 'targets',
+    has_header: bool | None = None,
+    label_set: Sequence[str] | None = None,
+    vocabulary: str | seqio.Vocabulary | None = None,
+    metrics: Sequence[str | Callable[..., Any]] = ('accuracy',),
+    overwrite: bool = False) -> seqio.Task:
   """Registers (and returns) a seqio Task reading the user's TSV / JSONL files; see the module docstring.
 
   Args:
@@ -279,8 +291,8 @@ def register_file_task(name: str, *, train: Paths | None = None, validation: Pat
     raise DataError(f'task {name!r} is already registered (differently); pass overwrite=True to replace it')
 
   metric_fns, scores_floats = _metric_fns(metrics, labels)
-  read = functools.partial(read_examples, format=format, inputs_field=inputs_field,
-                           targets_field=targets_field, has_header=has_header, label_set=labels)
+  read = functools.partial(read_examples, format=format, inputs_field=inputs_field, targets_field=targets_field,
+                           has_header=has_header, label_set=labels)
   sizes = {split: len(read(paths)[1]) for split, paths in files.items()}  # eager validation
   if labels is not None:
     postprocess_fn = functools.partial(_label_to_class_id, label_set=labels)
@@ -290,15 +302,14 @@ def register_file_task(name: str, *, train: Paths | None = None, validation: Pat
   unregister_file_task(name)
   seqio.TaskRegistry.remove(name)  # only reached with overwrite=True, after the new files validated
   task = seqio.TaskRegistry.add(
-      name,
-      source=seqio.FunctionDataSource(functools.partial(_dataset_fn, files=files, read=read),
-                                      splits=list(files), num_input_examples=sizes),
-      preprocessors=[seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
-                     seqio.preprocessors.append_eos_after_trim],
-      output_features={'inputs': seqio.Feature(vocab, add_eos=True, required=False),
-                       'targets': seqio.Feature(vocab, add_eos=True)},
-      postprocess_fn=postprocess_fn,
-      metric_fns=metric_fns)
+      name, source=seqio.FunctionDataSource(functools.partial(_dataset_fn, files=files, read=read), splits=list(files),
+                                            num_input_examples=sizes),
+      preprocessors=[
+          seqio.preprocessors.tokenize,
+          seqio.CacheDatasetPlaceholder(), seqio.preprocessors.append_eos_after_trim
+      ], output_features={
+          'inputs': seqio.Feature(vocab, add_eos=True, required=False), 'targets': seqio.Feature(vocab, add_eos=True)
+      }, postprocess_fn=postprocess_fn, metric_fns=metric_fns)
   _FILE_TASKS[name] = (key, task)
   _LABEL_SETS[name] = labels
   return task
@@ -329,10 +340,21 @@ def get_file_task_label_set(name: str) -> tuple[str, ...] | None:
 # ------------------------------------------------------------------------------------------------- command line
 
 _SPEC_KEYS = {
-    'name': 'name', 'train': 'train', 'validation': 'validation', 'test': 'test', 'format': 'format',
-    'inputs': 'inputs_field', 'inputs_field': 'inputs_field', 'targets': 'targets_field',
-    'targets_field': 'targets_field', 'header': 'has_header', 'has_header': 'has_header',
-    'labels': 'label_set', 'label_set': 'label_set', 'metrics': 'metrics', 'vocab': 'vocabulary',
+    'name': 'name',
+    'train': 'train',
+    'validation': 'validation',
+    'test': 'test',
+    'format': 'format',
+    'inputs': 'inputs_field',
+    'inputs_field': 'inputs_field',
+    'targets': 'targets_field',
+    'targets_field': 'targets_field',
+    'header': 'has_header',
+    'has_header': 'has_header',
+    'labels': 'label_set',
+    'label_set': 'label_set',
+    'metrics': 'metrics',
+    'vocab': 'vocabulary',
     'vocabulary': 'vocabulary',
 }
 _BOOLEANS = {'true': True, 'yes': True, '1': True, 'false': False, 'no': False, '0': False, 'auto': None}
@@ -379,4 +401,3 @@ def register_task_spec(spec: str) -> seqio.Task:
   """`register_file_task(**parse_task_spec(spec))`."""
   kwargs = parse_task_spec(spec)
   return register_file_task(kwargs.pop('name'), **kwargs)
-

@@ -11,7 +11,8 @@ import collections
 import itertools
 import re
 import string
-from typing import Any, Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -169,7 +170,6 @@ def all_match(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, f
 
 exact_match = all_match  # T5 names the function all_match and the key exact_match
 
-
 # ------------------------------------------------------------------------------------------------- SQuAD / ReCoRD
 
 
@@ -305,9 +305,9 @@ def _average_precision(labels: np.ndarray, scores: np.ndarray, weights: np.ndarr
   return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
-def rank_classification(targets: Sequence[tuple[Sequence[int], bool, float, int]], scores: Sequence[float],
-                        num_classes: int | None = None, normalize_by_target_length: bool = False,
-                        idx_len: int = 2) -> dict[str, float]:
+def rank_classification(targets: Sequence[tuple[Sequence[int], bool, float,
+                                                int]], scores: Sequence[float], num_classes: int | None = None,
+                        normalize_by_target_length: bool = False, idx_len: int = 2) -> dict[str, float]:
   """Classification by ranking the log-likelihood of every candidate answer (T5's `rank_classification`).
 
   Args:

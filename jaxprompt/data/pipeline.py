@@ -11,7 +11,8 @@ of every global batch to the mesh).
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -24,7 +25,6 @@ from jaxprompt.errors import ConfigError, DataError
 from jaxprompt.models.features import FEATURES, SEGMENT_FEATURES, TASK_FEATURE
 
 Batch = dict[str, np.ndarray]
-
 
 # ------------------------------------------------------------------------------------ tasks
 
@@ -94,9 +94,11 @@ PROMPT_SLOT_ID = 1
 
 def reserve_prompt_slots(ds: tf.data.Dataset, slots: int) -> tf.data.Dataset:
   """Puts `slots` placeholder ids in front of every example's `inputs` (room for its own prompt copy)."""
+
   def add(example):
     inputs = example['inputs']
     return dict(example, inputs=tf.concat([tf.fill([slots], tf.cast(PROMPT_SLOT_ID, inputs.dtype)), inputs], 0))
+
   return ds.map(add, num_parallel_calls=tf.data.AUTOTUNE)
 
 
@@ -116,8 +118,8 @@ def convert_features(ds: tf.data.Dataset, feature_lengths: Mapping[str, int], pa
   return seqio.EncDecFeatureConverter(pack=pack)(ds, lengths)
 
 
-def train_dataset(provider: seqio.Task | seqio.Mixture, feature_lengths: Mapping[str, int], split: str,
-                  host_batch: int, seed: int, pack: bool = False, prompt_slots: int = 0,
+def train_dataset(provider: seqio.Task | seqio.Mixture, feature_lengths: Mapping[str, int], split: str, host_batch: int,
+                  seed: int, pack: bool = False, prompt_slots: int = 0,
                   task_names: Sequence[str] = ()) -> tf.data.Dataset:
   """Endless batches [host_batch, length] of this process's shard, shuffled with `seed`; packed when `pack`
   (with `prompt_slots` reserved in front of each example for the method's prompt; see `convert_features`).
@@ -137,9 +139,8 @@ def train_dataset(provider: seqio.Task | seqio.Mixture, feature_lengths: Mapping
   return ds.batch(host_batch, drop_remainder=True)
 
 
-def mixed_task_stream(provider: seqio.Task | seqio.Mixture, feature_lengths: Mapping[str, int], split: str,
-                      seed: int, task_names: Sequence[str], shard: seqio.ShardInfo | None = None
-                      ) -> tf.data.Dataset:
+def mixed_task_stream(provider: seqio.Task | seqio.Mixture, feature_lengths: Mapping[str, int], split: str, seed: int,
+                      task_names: Sequence[str], shard: seqio.ShardInfo | None = None) -> tf.data.Dataset:
   """The endless mixture of `provider`'s tasks, each example with its task's index in `task_names` as
   `task_ids` [1] int32 (a single Task: its own index).
 
@@ -166,11 +167,12 @@ def mixed_task_stream(provider: seqio.Task | seqio.Mixture, feature_lengths: Map
   keys = set(provider.output_features)
   streams = []
   for task in tasks:
-    ds = task.get_dataset(sequence_length=dict(feature_lengths), split=split, use_cached=False, shuffle=True,
-                          seed=seed, num_epochs=None, shard_info=shard)
+    ds = task.get_dataset(sequence_length=dict(feature_lengths), split=split, use_cached=False, shuffle=True, seed=seed,
+                          num_epochs=None, shard_info=shard)
     tag = tf.constant([names.index(task.name)], tf.int32)
-    streams.append(ds.map(lambda ex, tag=tag: {**{k: v for k, v in ex.items() if k in keys}, TASK_FEATURE: tag},
-                          num_parallel_calls=tf.data.AUTOTUNE))
+    streams.append(
+        ds.map(lambda ex, tag=tag: {**{k: v for k, v in ex.items() if k in keys}, TASK_FEATURE: tag},
+               num_parallel_calls=tf.data.AUTOTUNE))
   return tf.data.Dataset.sample_from_datasets(streams, weights=rates, seed=seed, stop_on_empty_dataset=True)
 
 
@@ -252,9 +254,10 @@ def to_features(inputs: Sequence[np.ndarray], targets: Sequence[np.ndarray] | No
   else:
     targets_padded = _pad(targets, feature_lengths['targets'])
   decoder_inputs = np.pad(targets_padded[:, :-1], ((0, 0), (1, 0)))
-  return {'encoder_input_tokens': encoder, 'decoder_input_tokens': decoder_inputs.astype(np.int32),
-          'decoder_target_tokens': targets_padded,
-          'decoder_loss_weights': (targets_padded > 0).astype(np.float32)}
+  return {
+      'encoder_input_tokens': encoder, 'decoder_input_tokens': decoder_inputs.astype(np.int32),
+      'decoder_target_tokens': targets_padded, 'decoder_loss_weights': (targets_padded > 0).astype(np.float32)
+  }
 
 
 def padded_batches(features: Mapping[str, np.ndarray], batch_size: int) -> Iterator[tuple[Batch, int]]:

@@ -6,14 +6,15 @@ the preprocessed example (its string features still bytes). Every function here 
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 Text = str | bytes
 
 # Words ignored when comparing a generated WSC referent with the candidate ("the trophy" == "trophy").
 _WSC_DETERMINERS = frozenset({
-    'a', 'an', 'few', 'her', 'his', 'each', 'every', 'many', 'much', 'my', 'our', 'some', 'that', 'the',
-    'their', 'these', 'this', 'those', 'which', 'whose', 'your'
+    'a', 'an', 'few', 'her', 'his', 'each', 'every', 'many', 'much', 'my', 'our', 'some', 'that', 'the', 'their',
+    'these', 'this', 'those', 'which', 'whose', 'your'
 })
 
 
@@ -37,8 +38,7 @@ def string_label_to_class_id(string_label: Text, label_classes: Sequence[str], d
   return list(label_classes).index(text) if text in label_classes else default
 
 
-def multirc(string_label: Text, example: Mapping[str, Any] | None = None,
-            is_target: bool = False) -> dict:
+def multirc(string_label: Text, example: Mapping[str, Any] | None = None, is_target: bool = False) -> dict:
   """{'value': 0/1/-1}; targets also carry 'group' = the question index (for exact match per question)."""
   result = {'value': string_label_to_class_id(string_label, label_classes=('False', 'True'))}
   if is_target:
@@ -64,8 +64,7 @@ def _clean_referent(text: Text) -> str:
   return ' '.join(w for w in words if w not in _WSC_DETERMINERS)
 
 
-def wsc_simple(prediction: Text, example: Mapping[str, Any] | None = None,
-               is_target: bool = False) -> int:
+def wsc_simple(prediction: Text, example: Mapping[str, Any] | None = None, is_target: bool = False) -> int:
   """WSC simple: target -> the 0/1 label; prediction -> 1 if it names the candidate referent, else 0.
 
   The generated text and the candidate (`targets_pretokenized`) match when, ignoring case and determiners,

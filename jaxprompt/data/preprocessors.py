@@ -13,7 +13,7 @@ SuperGLUE's special cases (ReCoRD, WSC, DPR) live in `jaxprompt.data.superglue`.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import seqio
 import tensorflow as tf
@@ -23,14 +23,11 @@ UNKNOWN_LABEL = '<unk>'  # T5's target for unlabeled (test split) examples, labe
 
 def label_text(label: tf.Tensor, label_names: Sequence[str]) -> tf.Tensor:
   """Class name of an int label (scalar), or "<unk>" for -1."""
-  return tf.cond(
-      tf.equal(label, -1),
-      lambda: tf.constant(UNKNOWN_LABEL),
-      lambda: tf.gather(tf.constant(list(label_names)), label))
+  return tf.cond(tf.equal(label, -1), lambda: tf.constant(UNKNOWN_LABEL),
+                 lambda: tf.gather(tf.constant(list(label_names)), label))
 
 
-def join_fields(prefix: str | None, example: Mapping[str, tf.Tensor],
-                keys: Sequence[str]) -> tf.Tensor:
+def join_fields(prefix: str | None, example: Mapping[str, tf.Tensor], keys: Sequence[str]) -> tf.Tensor:
   """"<prefix> key1: <v1> key2: <v2> ..." joined with single spaces (values are scalar strings)."""
   parts = [prefix] if prefix else []
   for key in keys:
@@ -98,4 +95,3 @@ def remove_first_text_token(x: Mapping[str, tf.Tensor], key: str = 'inputs'):
   out = dict(x)
   out[key] = tf.strings.regex_replace(x[key], r'^[^ ]* ', '', replace_global=False)
   return out
-

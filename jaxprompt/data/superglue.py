@@ -11,7 +11,7 @@ definite_pronoun_resolution_simple`):
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import seqio
 import tensorflow as tf
@@ -37,7 +37,8 @@ def record(dataset: tf.data.Dataset) -> tf.data.Dataset:
   def expand(x: Mapping[str, tf.Tensor]) -> tf.data.Dataset:
     inputs = tf.strings.join([
         'record query:', x['query'], 'entities:',
-        tf.strings.reduce_join(x['entities'], separator=', '), 'passage:', _record_passage(x['passage'])
+        tf.strings.reduce_join(x['entities'], separator=', '), 'passage:',
+        _record_passage(x['passage'])
     ], separator=' ')
     answers = x['answers']
     targets = tf.cond(tf.size(answers) > 0, lambda: answers, lambda: tf.constant([UNKNOWN_LABEL]))
@@ -62,8 +63,7 @@ def _escape_regex(text: tf.Tensor) -> tf.Tensor:
 
 def _mark_span(text: tf.Tensor, span_text: tf.Tensor, word_index: tf.Tensor, mark: str) -> tf.Tensor:
   """Surrounds `span_text` starting at space-separated word `word_index` with `mark` ("a * b * c")."""
-  pattern = tf.strings.join(
-      [r'^((?:\S+\s){', tf.strings.as_string(word_index), '})(', _escape_regex(span_text), ')'])
+  pattern = tf.strings.join([r'^((?:\S+\s){', tf.strings.as_string(word_index), '})(', _escape_regex(span_text), ')'])
   return tf.strings.regex_replace(text, pattern, r'\1' + mark + r' \2 ' + mark)
 
 
@@ -89,8 +89,7 @@ _WSC_SPECIAL_CASES = (
      'loud. "Good for X ," he said.'),
     ('When they had eventually calmed down a bit , and had gotten home, Mr. Farley put the magic pebble in '
      'an iron safe . Some day they might want to use it , but really for now, what more could they wish '
-     'for?',
-     'When they had eventually calmed down a bit , and had gotten home, Mr. Farley put the magic pebble in '
+     'for?', 'When they had eventually calmed down a bit , and had gotten home, Mr. Farley put the magic pebble in '
      'an iron safe . Some day they might want to use X , but really for now, what more could they wish '
      'for?'),
 )
@@ -122,8 +121,7 @@ def _wsc_blank_pronoun(x: Mapping[str, tf.Tensor]) -> tf.Tensor:
   return tf.case(cases, default=blank, exclusive=True)
 
 
-def wsc_simple(dataset: tf.data.Dataset, label: str = 'wsc:',
-               correct_referent_only: bool = False) -> tf.data.Dataset:
+def wsc_simple(dataset: tf.data.Dataset, label: str = 'wsc:', correct_referent_only: bool = False) -> tf.data.Dataset:
   """WSC as referent generation: "wsc: ... *he* ..." -> span1_text (the candidate referent).
 
   Args:
@@ -154,8 +152,8 @@ def wsc_simple(dataset: tf.data.Dataset, label: str = 'wsc:',
 @seqio.map_over_dataset
 def dpr_simple(x: Mapping[str, tf.Tensor], label: str = 'wsc:'):
   """Definite Pronoun Resolution in the WSC-simple format: first pronoun starred, target = right candidate."""
-  starred = tf.strings.regex_replace(
-      x['sentence'], tf.strings.join([r' (', x['pronoun'], r')( |\.|,)']), r' *\1*\2', replace_global=False)
+  starred = tf.strings.regex_replace(x['sentence'], tf.strings.join([r' (', x['pronoun'], r')( |\.|,)']), r' *\1*\2',
+                                     replace_global=False)
   return {
       'inputs': tf.strings.join([label, starred], separator=' '),
       'targets': tf.gather(x['candidates'], x['label']),

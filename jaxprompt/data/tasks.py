@@ -21,15 +21,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import seqio
 
-from jaxprompt.data import custom
-from jaxprompt.data import metrics
-from jaxprompt.data import postprocessors
+from jaxprompt.data import custom, metrics, postprocessors, superglue
 from jaxprompt.data import preprocessors as pp
-from jaxprompt.data import superglue
 from jaxprompt.data.vocab import get_default_vocabulary
 from jaxprompt.errors import DataError
 
@@ -51,12 +48,11 @@ class TaskSpec:
   label_set: tuple[str, ...] | None = None
 
 
-def _classification(name: str, tfds_name: str, benchmark: str, labels: Sequence[str],
-                    features: Sequence[str], metric_fns: Sequence[Callable],
-                    splits: Sequence[str] = _TRAIN_EVAL_TEST, pre: Sequence[Callable] = ()) -> TaskSpec:
+def _classification(name: str, tfds_name: str, benchmark: str, labels: Sequence[str], features: Sequence[str],
+                    metric_fns: Sequence[Callable], splits: Sequence[str] = _TRAIN_EVAL_TEST,
+                    pre: Sequence[Callable] = ()) -> TaskSpec:
   """A task whose target is a class name, scored on the class index."""
-  text = functools.partial(pp.glue, benchmark_name=benchmark, label_names=tuple(labels),
-                           feature_names=tuple(features))
+  text = functools.partial(pp.glue, benchmark_name=benchmark, label_names=tuple(labels), feature_names=tuple(features))
   post = functools.partial(postprocessors.string_label_to_class_id, label_classes=tuple(labels))
   return TaskSpec(name, tfds_name, tuple(splits), tuple(pre) + (text,), tuple(metric_fns), post, tuple(labels))
 
@@ -65,8 +61,9 @@ _BOOL = ('False', 'True')
 _RTE = ('entailment', 'not_entailment')
 _MNLI = ('entailment', 'neutral', 'contradiction')
 # SuperGLUE AX-b names its sentences like GLUE; T5 renames them to read as SuperGLUE RTE.
-_AXB_REKEY = functools.partial(seqio.preprocessors.rekey, key_map={
-    'premise': 'sentence1', 'hypothesis': 'sentence2', 'label': 'label', 'idx': 'idx'})
+_AXB_REKEY = functools.partial(
+    seqio.preprocessors.rekey,
+    key_map={'premise': 'sentence1', 'hypothesis': 'sentence2', 'label': 'label', 'idx': 'idx'})
 
 
 def super_glue_specs() -> list[TaskSpec]:
@@ -81,8 +78,8 @@ def super_glue_specs() -> list[TaskSpec]:
       _classification(*sg('boolq'), 'boolq', _BOOL, ('passage', 'question'), accuracy),
       _classification(*sg('cb'), 'cb', ('entailment', 'contradiction', 'neutral'), ('hypothesis', 'premise'),
                       (metrics.mean_multiclass_f1(num_classes=3), metrics.accuracy)),
-      _classification(*sg('copa'), 'copa', ('choice1', 'choice2'),
-                      ('choice1', 'choice2', 'premise', 'question'), accuracy),
+      _classification(*sg('copa'), 'copa', ('choice1', 'choice2'), ('choice1', 'choice2', 'premise', 'question'),
+                      accuracy),
       dataclasses.replace(
           _classification(*sg('multirc'), 'multirc', _BOOL, ('question', 'answer', 'paragraph'),
                           (metrics.multirc_f1_over_all_answers, metrics.mean_group_metric(metrics.all_match))),
@@ -90,18 +87,17 @@ def super_glue_specs() -> list[TaskSpec]:
       TaskSpec(*sg('record'), _TRAIN_EVAL_TEST, (superglue.record,), (metrics.record,), postprocessors.record),
       _classification(*sg('rte'), 'rte', _RTE, ('hypothesis', 'premise'), accuracy),
       _classification(*sg('wic'), 'wic', _BOOL, ('sentence1', 'sentence2', 'word'), accuracy),
-      _classification(*sg('axb'), 'rte', _RTE, ('hypothesis', 'premise'), (), splits=('test',),
-                      pre=(_AXB_REKEY,)),
+      _classification(*sg('axb'), 'rte', _RTE, ('hypothesis', 'premise'), (), splits=('test',), pre=(_AXB_REKEY,)),
       _classification(*sg('axg'), 'rte', _RTE, ('hypothesis', 'premise'), (), splits=('test',)),
       TaskSpec(*sg('wsc.fixed'), _TRAIN_EVAL_TEST, (superglue.wsc,), accuracy,
                functools.partial(postprocessors.string_label_to_class_id, label_classes=_BOOL), _BOOL),
       TaskSpec(f'super_glue_wsc_{suffix}_simple_train', f'super_glue/wsc.fixed:{version}', ('train',),
                (functools.partial(superglue.wsc_simple, correct_referent_only=True),)),
-      TaskSpec(f'super_glue_wsc_{suffix}_simple_eval', f'super_glue/wsc.fixed:{version}',
-               ('validation', 'test'), (functools.partial(superglue.wsc_simple, correct_referent_only=False),),
-               accuracy, postprocessors.wsc_simple),
-      TaskSpec('dpr_v001_simple', 'definite_pronoun_resolution:1.1.0', ('train', 'test'),
-               (superglue.dpr_simple,), accuracy),
+      TaskSpec(f'super_glue_wsc_{suffix}_simple_eval', f'super_glue/wsc.fixed:{version}', ('validation', 'test'),
+               (functools.partial(superglue.wsc_simple, correct_referent_only=False),), accuracy,
+               postprocessors.wsc_simple),
+      TaskSpec('dpr_v001_simple', 'definite_pronoun_resolution:1.1.0', ('train', 'test'), (superglue.dpr_simple,),
+               accuracy),
   ]
 
 
@@ -116,20 +112,17 @@ def glue_specs(tfds_version: str, suffix: str) -> list[TaskSpec]:
   pair = ('sentence1', 'sentence2')
   mnli_eval = ('validation', 'test')
   return [
-      _classification(*g('cola'), 'cola', ('unacceptable', 'acceptable'), ('sentence',),
-                      (metrics.matthews_corrcoef,)),
+      _classification(*g('cola'), 'cola', ('unacceptable', 'acceptable'), ('sentence',), (metrics.matthews_corrcoef,)),
       _classification(*g('sst2'), 'sst2', ('negative', 'positive'), ('sentence',), accuracy),
       _classification(*g('mrpc'), 'mrpc', ('not_equivalent', 'equivalent'), pair, f1_accuracy),
-      _classification(*g('qqp'), 'qqp', ('not_duplicate', 'duplicate'), ('question1', 'question2'),
-                      f1_accuracy),
+      _classification(*g('qqp'), 'qqp', ('not_duplicate', 'duplicate'), ('question1', 'question2'), f1_accuracy),
       TaskSpec(*g('stsb'), _TRAIN_EVAL_TEST, (pp.stsb,), (metrics.pearson_corrcoef, metrics.spearman_corrcoef),
                postprocessors.string_to_float),
-      _classification(*g('mnli'), 'mnli', _MNLI, ('hypothesis', 'premise'), accuracy,
-                      splits=('train', 'validation_matched', 'validation_mismatched', 'test_matched',
-                              'test_mismatched')),
+      _classification(
+          *g('mnli'), 'mnli', _MNLI, ('hypothesis', 'premise'), accuracy,
+          splits=('train', 'validation_matched', 'validation_mismatched', 'test_matched', 'test_mismatched')),
       _classification(*g('mnli_matched'), 'mnli', _MNLI, ('hypothesis', 'premise'), accuracy, splits=mnli_eval),
-      _classification(*g('mnli_mismatched'), 'mnli', _MNLI, ('hypothesis', 'premise'), accuracy,
-                      splits=mnli_eval),
+      _classification(*g('mnli_mismatched'), 'mnli', _MNLI, ('hypothesis', 'premise'), accuracy, splits=mnli_eval),
       _classification(*g('qnli'), 'qnli', _RTE, ('question', 'sentence'), accuracy),
       _classification(*g('rte'), 'rte', _RTE, pair, accuracy),
       _classification(*g('wnli'), 'wnli', ('not_entailment', 'entailment'), pair, accuracy),
@@ -146,10 +139,18 @@ def all_specs() -> list[TaskSpec]:
 
 # T5's rates: the number of training examples (0: evaluation only).
 SUPER_GLUE_RATES = {
-    'dpr_v001_simple': 1_322., 'super_glue_wsc_v102_simple_train': 259., 'super_glue_wsc_v102_simple_eval': 0.,
-    'super_glue_boolq_v102': 9_427., 'super_glue_cb_v102': 250., 'super_glue_copa_v102': 400.,
-    'super_glue_multirc_v102': 27_243., 'super_glue_record_v102': 138_854., 'super_glue_rte_v102': 2_490.,
-    'super_glue_wic_v102': 5_428., 'super_glue_axb_v102': 0., 'super_glue_axg_v102': 0.,
+    'dpr_v001_simple': 1_322.,
+    'super_glue_wsc_v102_simple_train': 259.,
+    'super_glue_wsc_v102_simple_eval': 0.,
+    'super_glue_boolq_v102': 9_427.,
+    'super_glue_cb_v102': 250.,
+    'super_glue_copa_v102': 400.,
+    'super_glue_multirc_v102': 27_243.,
+    'super_glue_record_v102': 138_854.,
+    'super_glue_rte_v102': 2_490.,
+    'super_glue_wic_v102': 5_428.,
+    'super_glue_axb_v102': 0.,
+    'super_glue_axg_v102': 0.,
 }
 GLUE_RATES = {  # T5 leaves WNLI out (it trains on WSC / DPR instead)
     'cola': 8_551., 'sst2': 67_349., 'mrpc': 3_668., 'qqp': 363_849., 'stsb': 5_749., 'mnli': 392_702.,
@@ -163,13 +164,14 @@ def mixture_specs() -> dict[str, list[tuple[str, float]]]:
   for prefix in ('', TASKLESS_PREFIX):
     super_glue = [(prefix + name, rate) for name, rate in SUPER_GLUE_RATES.items()]
     out[f'{prefix}super_glue_v102_proportional'] = out[f'{prefix}super_glue_v102'] = super_glue
-    out[f'{prefix}super_glue_wsc_and_dev_v102_simple'] = [
-        (f'{prefix}super_glue_wsc_v102_simple_train', 1.0), (f'{prefix}super_glue_wsc_v102_simple_eval', 1.0)]
+    out[f'{prefix}super_glue_wsc_and_dev_v102_simple'] = [(f'{prefix}super_glue_wsc_v102_simple_train', 1.0),
+                                                          (f'{prefix}super_glue_wsc_v102_simple_eval', 1.0)]
     for _, suffix in GLUE_VERSIONS:
       glue = [(f'{prefix}glue_{config}_{suffix}', rate) for config, rate in GLUE_RATES.items()]
       out[f'{prefix}glue_{suffix}_proportional'] = out[f'{prefix}glue_{suffix}'] = glue
       out[f'{prefix}glue_mnli_and_dev_{suffix}'] = [
-          (f'{prefix}glue_{config}_{suffix}', 1.0) for config in ('mnli', 'mnli_matched', 'mnli_mismatched')]
+          (f'{prefix}glue_{config}_{suffix}', 1.0) for config in ('mnli', 'mnli_matched', 'mnli_mismatched')
+      ]
   return out
 
 
@@ -189,19 +191,14 @@ def default_output_features(vocabulary: seqio.Vocabulary | None = None) -> dict[
 
 
 def _token_preprocessors() -> list:
-  return [seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
-          seqio.preprocessors.append_eos_after_trim]
+  return [seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(), seqio.preprocessors.append_eos_after_trim]
 
 
 def _add_task(name: str, spec: TaskSpec, taskless: bool, output_features) -> None:
   text = list(spec.text_preprocessors) + ([pp.remove_first_text_token] if taskless else [])
-  seqio.TaskRegistry.add(
-      name,
-      source=seqio.TfdsDataSource(tfds_name=spec.tfds_name, splits=list(spec.splits)),
-      preprocessors=text + _token_preprocessors(),
-      output_features=output_features,
-      postprocess_fn=spec.postprocess_fn,
-      metric_fns=list(spec.metric_fns))
+  seqio.TaskRegistry.add(name, source=seqio.TfdsDataSource(tfds_name=spec.tfds_name, splits=list(spec.splits)),
+                         preprocessors=text + _token_preprocessors(), output_features=output_features,
+                         postprocess_fn=spec.postprocess_fn, metric_fns=list(spec.metric_fns))
 
 
 def register_all_tasks() -> None:
@@ -300,8 +297,7 @@ def check_nonempty(task: str | seqio.Task | seqio.Mixture, split: str) -> None:
     raise DataError(f'task {provider.name!r} has no split {split!r}; available splits: {available}')
   for t in with_split:
     try:
-      ds = t.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1,
-                         try_in_mem_cache=False)
+      ds = t.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1, try_in_mem_cache=False)
       empty = next(iter(ds.take(1)), None) is None
     except Exception as e:  # pylint: disable=broad-except  (TFDS / tf.data raise many types)
       raise DataError(f'task {t.name!r} split {split!r}: cannot read examples '

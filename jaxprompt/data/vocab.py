@@ -31,13 +31,13 @@ def default_vocabulary_path() -> str:
 def _load(path: str, extra_ids: int) -> seqio.SentencePieceVocabulary:
   vocabulary = seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
   try:
-    vocabulary.tokenizer  # pylint: disable=pointless-statement  (loads the model now, not mid-training)
+    vocabulary.tokenizer  # noqa: B018  (loads the model now, not mid-training)
   except Exception as e:  # pylint: disable=broad-except  (sentencepiece / gfile raise assorted types)
     raise DataError(f'cannot read SentencePiece model {path}: {type(e).__name__}: {e}') from e
   return vocabulary
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached_default(extra_ids: int) -> seqio.SentencePieceVocabulary:
   return _load(default_vocabulary_path(), extra_ids)
 
@@ -47,8 +47,7 @@ def get_default_vocabulary(extra_ids: int = DEFAULT_EXTRA_IDS) -> seqio.Sentence
   return _cached_default(int(extra_ids))  # one object per extra_ids, however it is passed
 
 
-def get_vocabulary(path: str | None = None,
-                   extra_ids: int = DEFAULT_EXTRA_IDS) -> seqio.SentencePieceVocabulary:
+def get_vocabulary(path: str | None = None, extra_ids: int = DEFAULT_EXTRA_IDS) -> seqio.SentencePieceVocabulary:
   """A SentencePiece vocabulary from `path` (local file or gs://...), or the default one when None.
 
   Raises:

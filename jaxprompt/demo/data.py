@@ -20,7 +20,7 @@ All functions are pure: the same (seed, count) gives the same examples on every 
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -29,16 +29,16 @@ from jaxprompt.errors import ConfigError
 Example = tuple[str, str]
 
 TOPICS: dict[str, tuple[str, ...]] = {
-    'sports': ('match', 'team', 'coach', 'striker', 'goal', 'stadium', 'referee', 'season', 'race', 'player',
-               'league', 'trophy'),
-    'food': ('soup', 'pizza', 'chef', 'dessert', 'menu', 'bread', 'salad', 'curry', 'noodles', 'waiter', 'cake',
-             'sauce'),
-    'music': ('album', 'band', 'singer', 'concert', 'song', 'guitar', 'drummer', 'chorus', 'melody', 'piano',
-              'lyrics', 'orchestra'),
+    'sports': ('match', 'team', 'coach', 'striker', 'goal', 'stadium', 'referee', 'season', 'race', 'player', 'league',
+               'trophy'),
+    'food':
+        ('soup', 'pizza', 'chef', 'dessert', 'menu', 'bread', 'salad', 'curry', 'noodles', 'waiter', 'cake', 'sauce'),
+    'music': ('album', 'band', 'singer', 'concert', 'song', 'guitar', 'drummer', 'chorus', 'melody', 'piano', 'lyrics',
+              'orchestra'),
     'travel': ('hotel', 'flight', 'beach', 'train', 'luggage', 'airport', 'museum', 'island', 'guide', 'cruise',
                'resort', 'ferry'),
-    'movies': ('film', 'actor', 'plot', 'director', 'scene', 'script', 'cinema', 'sequel', 'trailer', 'villain',
-               'cast', 'ending'),
+    'movies': ('film', 'actor', 'plot', 'director', 'scene', 'script', 'cinema', 'sequel', 'trailer', 'villain', 'cast',
+               'ending'),
 }
 SENTIMENTS: dict[str, tuple[str, ...]] = {
     'positive': ('great', 'wonderful', 'excellent', 'lovely', 'fantastic', 'superb', 'brilliant', 'amazing',
@@ -160,11 +160,12 @@ SKILLS: dict[str, Callable[[np.random.Generator], Example]] = {
 }
 # Mixing rates of the pretraining mixture (relative).
 # (The word-list skills are learned within a few hundred steps; the number skills need the most examples.)
-SKILL_RATES: dict[str, float] = {'sentiment': 1.0, 'topic': 1.0, 'continue': 2.0, 'parity': 1.5, 'bigger': 2.0,
-                                 'first_word': 1.0, 'last_word': 1.0}
+SKILL_RATES: dict[str, float] = {
+    'sentiment': 1.0, 'topic': 1.0, 'continue': 2.0, 'parity': 1.5, 'bigger': 2.0, 'first_word': 1.0, 'last_word': 1.0
+}
 # Label sets of the classification skills (rank classification, class-label prompt init).
-SKILL_LABELS: dict[str, tuple[str, ...]] = {'sentiment': SENTIMENT_LABELS, 'topic': TOPIC_LABELS,
-                                            'parity': ('no', 'yes')}
+SKILL_LABELS: dict[str, tuple[str,
+                              ...]] = {'sentiment': SENTIMENT_LABELS, 'topic': TOPIC_LABELS, 'parity': ('no', 'yes')}
 
 
 def iter_skill_examples(skill: str, count: int, seed: int, split: str = 'train') -> Iterator[Example]:

@@ -28,10 +28,9 @@ CONFIG_FILE = 'config.json'
 VOCAB_SIZE = 768  # SentencePiece pieces; a multiple of 128, so also the embedding size
 
 # T5 1.1 architecture (gated GELU, untied logits, relative position buckets), sized to pretrain on a CPU.
-DEMO_CONFIG = T5Config(vocab_size=VOCAB_SIZE, emb_dim=128, num_heads=4, head_dim=32, mlp_dim=512,
-                       num_encoder_layers=3, num_decoder_layers=3, mlp_activations=('gelu', 'linear'),
-                       logits_via_embedding=False, relpos_num_buckets=32, relpos_max_distance=128,
-                       dropout_rate=0.0)
+DEMO_CONFIG = T5Config(vocab_size=VOCAB_SIZE, emb_dim=128, num_heads=4, head_dim=32, mlp_dim=512, num_encoder_layers=3,
+                       num_decoder_layers=3, mlp_activations=('gelu', 'linear'), logits_via_embedding=False,
+                       relpos_num_buckets=32, relpos_max_distance=128, dropout_rate=0.0)
 # Ids below this are <pad>, </s>, <unk> and the 256 byte-fallback pieces; word pieces follow in BPE merge
 # order (frequent first): the population for sampled-vocab prompt initialisation.
 FIRST_WORD_PIECE = 259
@@ -101,11 +100,11 @@ def vocabulary_path(model_dir: str | None = None) -> str:
   return path
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_vocabulary(path: str) -> Any:
   import seqio  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
   vocab = seqio.SentencePieceVocabulary(path, extra_ids=0)
-  vocab.tokenizer  # pylint: disable=pointless-statement  (fail now on a bad file)
+  vocab.tokenizer  # noqa: B018  (fail now on a bad file)
   return vocab
 
 

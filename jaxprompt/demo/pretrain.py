@@ -19,7 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from jaxprompt.cli import console
 from jaxprompt.cli import parser as cli_parser
@@ -37,8 +37,8 @@ def train_vocabulary(seed: int, path: str, vocab_size: int = demo_model.VOCAB_SI
   """SentencePiece BPE over the generated skills' text (byte fallback: any text still encodes)."""
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
   buffer = io.BytesIO()
-  spm.SentencePieceTrainer.train(sentence_iterator=iter(data.corpus(seed)), model_writer=buffer,
-                                 vocab_size=vocab_size, **_SP_OPTIONS)
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(data.corpus(seed)), model_writer=buffer, vocab_size=vocab_size,
+                                 **_SP_OPTIONS)
   with open(path, 'wb') as f:
     f.write(buffer.getvalue())
   return path
@@ -96,23 +96,29 @@ def pretrain(output: str, *, seed: int = 0, steps: int | None = None, log_dir: s
   checkpoint = write_checkpoint(result.trainable, output, result.step)
   info = {
       'model_config': demo_model.config_to_json(config),
-      'vocabulary': {'file': demo_model.VOCAB_FILE, 'type': 'sentencepiece', 'options': _SP_OPTIONS,
-                     'vocab_size': vocabulary.vocab_size, 'extra_ids': 0, 'pad_id': 0, 'eos_id': 1, 'unk_id': 2},
+      'vocabulary': {
+          'file': demo_model.VOCAB_FILE, 'type': 'sentencepiece', 'options': _SP_OPTIONS,
+          'vocab_size': vocabulary.vocab_size, 'extra_ids': 0, 'pad_id': 0, 'eos_id': 1, 'unk_id': 2
+      },
       'checkpoint': os.path.basename(os.path.dirname(checkpoint)),
       'pretraining': {
           'command': f'python -m jaxprompt.demo.pretrain --output DIR --seed {seed}' +
-                     (f' --steps {steps}' if steps is not None else ''),
-          'seed': seed, 'steps': result.step, 'gin_files': list(PRETRAIN_GIN), 'gin_overrides': list(bindings),
-          'mixture': tasks.PRETRAIN_MIXTURE, 'skill_rates': data.SKILL_RATES,
-          'data_seed': tasks.DATA_SEED, 'heldout_seed': tasks.HELDOUT_SEED,
-          'seconds': round(time.time() - start, 1)},
-      'validation': {k: v for k, v in sorted((result.eval_metrics or {}).items())
-                     if k.endswith(('/accuracy', '/sequence_accuracy', '/token_accuracy'))},
+                     (f' --steps {steps}' if steps is not None else ''), 'seed': seed, 'steps': result.step,
+          'gin_files': list(PRETRAIN_GIN), 'gin_overrides': list(bindings), 'mixture': tasks.PRETRAIN_MIXTURE,
+          'skill_rates': data.SKILL_RATES, 'data_seed': tasks.DATA_SEED, 'heldout_seed': tasks.HELDOUT_SEED,
+          'seconds': round(time.time() - start, 1)
+      },
+      'validation': {
+          k: v
+          for k, v in sorted((result.eval_metrics or {}).items())
+          if k.endswith(('/accuracy', '/sequence_accuracy', '/token_accuracy'))
+      },
   }
   with open(os.path.join(output, demo_model.CONFIG_FILE), 'w') as f:
     f.write(json.dumps(info, indent=1, sort_keys=True) + '\n')
-  print(f'demo model written to {output} ({checkpoint}, {vocab_path}) in {info["pretraining"]["seconds"]} s; '
-        f'logs in {log_dir}', flush=True)
+  print(
+      f'demo model written to {output} ({checkpoint}, {vocab_path}) in {info["pretraining"]["seconds"]} s; '
+      f'logs in {log_dir}', flush=True)
   for key, value in info['validation'].items():
     print(f'  {key}: {value:.3g}', flush=True)
   return info
@@ -125,11 +131,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   def pretrain_command() -> int:
     rest, bindings = cli_parser.split_gin_overrides(argv)
     args = build_parser().parse_args(rest)
-    pretrain(args.output, seed=args.seed, steps=args.steps, log_dir=args.log_dir,
-             eval_examples=args.eval_examples, overwrite=args.overwrite, bindings=bindings)
+    pretrain(args.output, seed=args.seed, steps=args.steps, log_dir=args.log_dir, eval_examples=args.eval_examples,
+             overwrite=args.overwrite, bindings=bindings)
     return 0
 
   return console.run_reporting_errors(pretrain_command, prog='pretrain')
+
 
 if __name__ == '__main__':
   sys.exit(main())

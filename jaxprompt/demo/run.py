@@ -19,7 +19,7 @@ import os
 import shutil
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from jaxprompt.cli import console
 from jaxprompt.cli import parser as cli_parser
@@ -53,8 +53,8 @@ class DemoResult:
   def meets_quality_bar(self) -> bool | None:
     if self.model_accuracy is None:
       return None
-    return (self.prompt_accuracy >= MIN_FRACTION_OF_MODEL_TUNING * self.model_accuracy
-            and self.prompt_accuracy >= self.frozen_accuracy + MIN_POINTS_ABOVE_FROZEN)
+    return (self.prompt_accuracy >= MIN_FRACTION_OF_MODEL_TUNING * self.model_accuracy and
+            self.prompt_accuracy >= self.frozen_accuracy + MIN_POINTS_ABOVE_FROZEN)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +103,7 @@ def _say(text: str) -> None:
 def frozen_accuracy(task: str, max_examples: int | None = None) -> float:
   """Held-out accuracy of the frozen model with NO prompt, configured by the parsed demo gin files."""
   import gin  # pylint: disable=g-import-not-at-top
+
   from jaxprompt.checkpoints import load_t5x_checkpoint  # pylint: disable=g-import-not-at-top
   from jaxprompt.demo import model as demo_model  # pylint: disable=g-import-not-at-top
   from jaxprompt.eval import evaluation  # pylint: disable=g-import-not-at-top
@@ -130,8 +131,8 @@ def plot_curves(path: str, frozen: float, prompt_dir: str, model_dir: str | None
   fig = Figure(figsize=(6.4, 4.0))
   FigureCanvasAgg(fig)
   ax = fig.add_subplot(1, 1, 1)
-  for label, run_dir, marker in (('prompt tuning (frozen model)', prompt_dir, 'o'),
-                                 ('model tuning (all weights)', model_dir, 's')):
+  for label, run_dir, marker in (('prompt tuning (frozen model)', prompt_dir, 'o'), ('model tuning (all weights)',
+                                                                                     model_dir, 's')):
     # Step 0 of model tuning IS the frozen model; prompt tuning's step 0 already has the initial prompt.
     points = (([(0, frozen)] if run_dir == model_dir else []) + _read_history(run_dir)) if run_dir else []
     if points:
@@ -208,11 +209,12 @@ def run_demo(args: argparse.Namespace, overrides: Sequence[str] = ()) -> DemoRes
 
 def report(demo: DemoResult) -> str:
   """The summary table and the quality bar, as printed at the end of the demo."""
-  lines = [f'held-out task {demo.task} (accuracy, rank classification over the labels):',
-           f'  frozen model, no prompt        {demo.frozen_accuracy:6.1f}%',
-           f'  prompt tuning (model frozen)   {demo.prompt_accuracy:6.1f}%',
-           '  model tuning (all weights)     ' + (f'{demo.model_accuracy:6.1f}%' if demo.model_accuracy is not None
-                                                  else '  skipped')]
+  lines = [
+      f'held-out task {demo.task} (accuracy, rank classification over the labels):',
+      f'  frozen model, no prompt        {demo.frozen_accuracy:6.1f}%',
+      f'  prompt tuning (model frozen)   {demo.prompt_accuracy:6.1f}%', '  model tuning (all weights)     ' +
+      (f'{demo.model_accuracy:6.1f}%' if demo.model_accuracy is not None else '  skipped')
+  ]
   if demo.model_accuracy is not None:
     ratio = demo.prompt_accuracy / max(demo.model_accuracy, 1e-9)
     gain = demo.prompt_accuracy - demo.frozen_accuracy

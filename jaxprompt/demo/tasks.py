@@ -65,15 +65,16 @@ def _add(name: str, kind: str, skill: str, sizes: dict[str, int], data_seed: int
   else:
     postprocess, metric_fns = None, [metrics_lib.sequence_accuracy]
   source = seqio.FunctionDataSource(
-      functools.partial(_dataset_fn, kind=kind, skill=skill, sizes=sizes, data_seed=data_seed),
-      splits=list(sizes), num_input_examples=dict(sizes))
+      functools.partial(_dataset_fn, kind=kind, skill=skill, sizes=sizes, data_seed=data_seed), splits=list(sizes),
+      num_input_examples=dict(sizes))
   seqio.TaskRegistry.add(
-      name, source=source,
-      preprocessors=[seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
-                     seqio.preprocessors.append_eos_after_trim],
-      output_features={'inputs': seqio.Feature(vocabulary, add_eos=True, required=False),
-                       'targets': seqio.Feature(vocabulary, add_eos=True)},
-      postprocess_fn=postprocess, metric_fns=metric_fns)
+      name, source=source, preprocessors=[
+          seqio.preprocessors.tokenize,
+          seqio.CacheDatasetPlaceholder(), seqio.preprocessors.append_eos_after_trim
+      ], output_features={
+          'inputs': seqio.Feature(vocabulary, add_eos=True, required=False),
+          'targets': seqio.Feature(vocabulary, add_eos=True)
+      }, postprocess_fn=postprocess, metric_fns=metric_fns)
   tasks_lib.register_label_set(name, labels)
 
 
@@ -92,8 +93,7 @@ def register_demo_tasks(vocabulary: Any = None) -> list[str]:
     _add(skill_task_name(skill), 'skill', skill, SKILL_SIZES, DATA_SEED, vocabulary)
   for skill in data.HELDOUT_SKILLS:
     _add(heldout_task_name(skill), 'heldout', skill, HELDOUT_SIZES, HELDOUT_SEED, vocabulary)
-  seqio.MixtureRegistry.add(PRETRAIN_MIXTURE,
-                            [(skill_task_name(s), rate) for s, rate in data.SKILL_RATES.items()])
+  seqio.MixtureRegistry.add(PRETRAIN_MIXTURE, [(skill_task_name(s), rate) for s, rate in data.SKILL_RATES.items()])
   return task_names()
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import collections
 import json
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import seqio
@@ -24,7 +25,6 @@ from jaxprompt.methods.prompt_bank import PromptBank
 from jaxprompt.models.features import TASK_FEATURE
 
 Batch = dict[str, np.ndarray]
-
 
 # ------------------------------------------------------------------------------------ requests
 
@@ -127,8 +127,8 @@ def serve(fns: ModelFns, trainable: Any, tasks: Sequence[str], rows: Sequence[Ma
   """
   labels = dict(labels or {})
   ids, real = candidate_tables(labels, tasks, vocabulary, feature_lengths['targets'])
-  features = data.to_features(data.tokenize_texts([r['input'] for r in rows], vocabulary,
-                                                  feature_lengths['inputs']), None, feature_lengths)
+  features = data.to_features(data.tokenize_texts([r['input'] for r in rows], vocabulary, feature_lengths['inputs']),
+                              None, feature_lengths)
   features[TASK_FEATURE] = np.asarray([list(tasks).index(r['task']) for r in rows], np.int32)
   out: list[dict[str, Any]] = [dict(r) for r in rows]
   for index, start in enumerate(range(0, len(rows), batch_size)):
@@ -169,8 +169,8 @@ def vote(predictions: Sequence[str], scores: Sequence[float]) -> str:
 
 
 def ensemble_predict(fns: ModelFns, trainable: Any, features: Mapping[str, np.ndarray], size: int, batch_size: int,
-                     vocabulary: seqio.Vocabulary, labels: Sequence[str] | None
-                     ) -> tuple[list[list[str]], list[list[float]]]:
+                     vocabulary: seqio.Vocabulary,
+                     labels: Sequence[str] | None) -> tuple[list[list[str]], list[list[float]]]:
   """Every example under each of the bank's `size` prompts, `batch_size` examples (x size rows) per pass:
   (predictions [n][size], scores [n][size]) by rank classification over `labels`, else decoding."""
   texts: list[list[str]] = []
@@ -194,26 +194,26 @@ def ensemble_predict(fns: ModelFns, trainable: Any, features: Mapping[str, np.nd
   return texts, scores
 
 
-def evaluate_ensemble(fns: ModelFns, trainable: Any, eval_set: EvalSet, batch_size: int, *, names: Sequence[str]
-                      ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def evaluate_ensemble(fns: ModelFns, trainable: Any, eval_set: EvalSet, batch_size: int, *,
+                      names: Sequence[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
   """(metrics, records) of one task's split under an ensemble of the bank's prompts `names`: the task's metric
   fns on each prompt's predictions (`<name>/<metric>`) and on the majority vote (`ensemble/<metric>`)."""
   task, examples = eval_set.task, eval_set.examples
   vocabulary = data.targets_vocabulary(task)
   texts, scores = ensemble_predict(fns, trainable, eval_set.features, len(names), batch_size, vocabulary,
                                    eval_set.labels)
-  targets = [task.postprocess_fn(data.example_text(ex, 'targets', vocabulary), example=ex, is_target=True)
-             for ex in examples]
+  targets = [
+      task.postprocess_fn(data.example_text(ex, 'targets', vocabulary), example=ex, is_target=True) for ex in examples
+  ]
   votes = [vote(t, s) for t, s in zip(texts, scores)]
   metrics: dict[str, Any] = {'num_examples': len(examples)}
-  for prefix, answers in [(name, [row[k] for row in texts]) for k, name in enumerate(names)] + [('ensemble',
-                                                                                                  votes)]:
+  for prefix, answers in [(name, [row[k] for row in texts]) for k, name in enumerate(names)] + [('ensemble', votes)]:
     predictions = [task.postprocess_fn(a, example=ex, is_target=False) for a, ex in zip(answers, examples)]
     for metric_fn in task.predict_metric_fns:
       metrics.update({f'{prefix}/{k}': scalar(v) for k, v in metric_fn(targets, predictions).items()})
   vocab_in = data.inputs_vocabulary(task)
-  records = [{'input': data.example_text(ex, 'inputs', vocab_in), 'target': data.example_text(ex, 'targets',
-                                                                                             vocabulary),
-              'prediction': v, 'predictions': dict(zip(names, row))}
-             for ex, v, row in zip(examples, votes, texts)]
+  records = [{
+      'input': data.example_text(ex, 'inputs', vocab_in), 'target': data.example_text(ex, 'targets', vocabulary),
+      'prediction': v, 'predictions': dict(zip(names, row))
+  } for ex, v, row in zip(examples, votes, texts)]
   return metrics, records

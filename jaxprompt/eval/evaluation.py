@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import gin
 import jax
@@ -37,8 +38,8 @@ class DecodeOptions:
 
 
 @gin.configurable(module='jaxprompt')
-def decoding(method: str = 'beam', num_decodes: int = 1, alpha: float = 0.6, temperature: float = 0.0,
-             topk: int = 1, topp: float = 0.0, seed: int = 0) -> DecodeOptions:
+def decoding(method: str = 'beam', num_decodes: int = 1, alpha: float = 0.6, temperature: float = 0.0, topk: int = 1,
+             topp: float = 0.0, seed: int = 0) -> DecodeOptions:
   """Config-level decoding options (bind `evaluate.decode = @jaxprompt.decoding()`)."""
   if method not in ('beam', 'sample'):
     raise ConfigError(f"decoding.method must be 'beam' or 'sample', got {method!r}")
@@ -60,8 +61,7 @@ class _TargetScores:
 class _RankScores:
   model: TunedModel
 
-  def __call__(self, trainable: Any, frozen: Any, batch: Mapping[str, jax.Array], candidates: jax.Array
-               ) -> jax.Array:
+  def __call__(self, trainable: Any, frozen: Any, batch: Mapping[str, jax.Array], candidates: jax.Array) -> jax.Array:
     return self.model.rank_classify(frozen, trainable, batch['encoder_input_tokens'], candidates,
                                     batch.get(TASK_FEATURE))
 
@@ -71,8 +71,8 @@ class _Decodes:
   model: TunedModel
   options: DecodeOptions  # seed 0: the seed reaches the function as its `rng` argument, it is not compiled in
 
-  def __call__(self, trainable: Any, frozen: Any, batch: Mapping[str, jax.Array], rng: jax.Array
-               ) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, trainable: Any, frozen: Any, batch: Mapping[str, jax.Array],
+               rng: jax.Array) -> tuple[jax.Array, jax.Array]:
     opts = self.options
     features = {k: batch[k] for k in ('encoder_input_tokens', 'decoder_target_tokens', TASK_FEATURE) if k in batch}
     return self.model.predict_batch(frozen, trainable, features, method=opts.method, num_decodes=opts.num_decodes,
@@ -218,8 +218,7 @@ def prepare_eval(provider: seqio.Task | seqio.Mixture, split: str, feature_lengt
   sets = []
   for task in data.subtasks(provider, split):
     examples = data.read_examples(task, feature_lengths, split, max_examples)
-    features = data.to_features([ex['inputs'] for ex in examples], [ex['targets'] for ex in examples],
-                                feature_lengths)
+    features = data.to_features([ex['inputs'] for ex in examples], [ex['targets'] for ex in examples], feature_lengths)
     if task_names:
       features[TASK_FEATURE] = np.full((len(examples),), task_id(task_names, task.name), np.int32)
     labels = data.label_set(task.name) if rank_classification else None
@@ -229,8 +228,8 @@ def prepare_eval(provider: seqio.Task | seqio.Mixture, split: str, feature_lengt
   return sets
 
 
-def evaluate_set(fns: ModelFns, trainable: Any, eval_set: EvalSet, batch_size: int, *, task_metrics: bool = True
-                 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def evaluate_set(fns: ModelFns, trainable: Any, eval_set: EvalSet, batch_size: int, *,
+                 task_metrics: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
   """(metrics, per-example records) of one task's split: loss, token accuracy and the task's metric fns."""
   task, examples, features = eval_set.task, eval_set.examples, eval_set.features
   metrics: dict[str, Any] = {'num_examples': len(examples)}
@@ -239,29 +238,32 @@ def evaluate_set(fns: ModelFns, trainable: Any, eval_set: EvalSet, batch_size: i
     return metrics, []
   vocabulary = data.targets_vocabulary(task)
   texts, scores = predict(fns, trainable, features, batch_size, vocabulary, eval_set.labels)
-  targets = [task.postprocess_fn(data.example_text(ex, 'targets', vocabulary), example=ex, is_target=True)
-             for ex in examples]
+  targets = [
+      task.postprocess_fn(data.example_text(ex, 'targets', vocabulary), example=ex, is_target=True) for ex in examples
+  ]
   predictions = [task.postprocess_fn(text, example=ex, is_target=False) for text, ex in zip(texts, examples)]
   for metric_fn in task.predict_metric_fns:
     metrics.update({k: scalar(v) for k, v in metric_fn(targets, predictions).items()})
   if task.score_metric_fns:
-    target_scores = np.concatenate([fns.target_scores(trainable, batch)[:real]
-                                    for batch, real in data.padded_batches(features, batch_size)])
+    target_scores = np.concatenate([
+        fns.target_scores(trainable, batch)[:real] for batch, real in data.padded_batches(features, batch_size)
+    ])
     for metric_fn in task.score_metric_fns:
       metrics.update({k: scalar(v) for k, v in metric_fn(targets, list(target_scores)).items()})
   if task.predict_with_aux_metric_fns:
     log.warning('task %s: %d predict_with_aux metric fns are not computed', task.name,
                 len(task.predict_with_aux_metric_fns))
   vocab_in = data.inputs_vocabulary(task)
-  records = [{'input': data.example_text(ex, 'inputs', vocab_in),
-              'target': data.example_text(ex, 'targets', vocabulary), 'prediction': text, 'score': score}
-             for ex, text, score in zip(examples, texts, scores)]
+  records = [{
+      'input': data.example_text(ex, 'inputs', vocab_in), 'target': data.example_text(ex, 'targets', vocabulary),
+      'prediction': text, 'score': score
+  } for ex, text, score in zip(examples, texts, scores)]
   return metrics, records
 
 
-def evaluate_sets(fns: ModelFns, trainable: Any, sets: Sequence[EvalSet], batch_size: int, *,
-                  task_metrics: bool = True, score_set: Callable[..., tuple[dict, list]] | None = None
-                  ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def evaluate_sets(
+    fns: ModelFns, trainable: Any, sets: Sequence[EvalSet], batch_size: int, *, task_metrics: bool = True,
+    score_set: Callable[..., tuple[dict, list]] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
   """Metrics of one task, or of several (a mixture: keys prefixed `<task>/`), and their records.
 
   `score_set(fns, trainable, eval_set, batch_size)` scores one set (default `evaluate_set`; an ensemble's is
@@ -281,8 +283,8 @@ def evaluate_sets(fns: ModelFns, trainable: Any, sets: Sequence[EvalSet], batch_
 
 def evaluate_provider(fns: ModelFns, trainable: Any, provider: seqio.Task | seqio.Mixture, split: str,
                       feature_lengths: Mapping[str, int], batch_size: int, *, task_metrics: bool = True,
-                      max_examples: int | None = None, rank_classification: bool = True
-                      ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                      max_examples: int | None = None,
+                      rank_classification: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
   """`prepare_eval` + `evaluate_sets` in one call (reads the split every time)."""
   sets = prepare_eval(provider, split, feature_lengths, max_examples=max_examples,
                       rank_classification=rank_classification)

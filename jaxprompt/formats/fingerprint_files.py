@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from jaxprompt.errors import PromptError
 
@@ -40,8 +41,7 @@ def _is_remote(path: str) -> bool:
   return '://' in path
 
 
-def write(path: str | os.PathLike, fingerprint: Mapping[str, Any], *,
-          error: type[Exception] = PromptError) -> str:
+def write(path: str | os.PathLike, fingerprint: Mapping[str, Any], *, error: type[Exception] = PromptError) -> str:
   """Writes a fingerprint JSON file (local or gs://, parents created); returns its path. Local files are
   written beside and renamed into place, so a reader never sees half a record. Failures: one `error`."""
   path = os.fspath(path)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import io
 import os
 import uuid
-from typing import IO, Any, Mapping
+from collections.abc import Mapping
+from typing import IO, Any
 
 import numpy as np
 
@@ -76,8 +77,7 @@ def read_bytes(path: str | os.PathLike, *, what: str = 'prompt file', error: typ
     raise error(f'cannot read {what} {path}: {_reason(e)}') from e
 
 
-def read_npy(path: str | os.PathLike, *, what: str = 'prompt file',
-             error: type[Exception] = PromptError) -> np.ndarray:
+def read_npy(path: str | os.PathLike, *, what: str = 'prompt file', error: type[Exception] = PromptError) -> np.ndarray:
   """The array in a `.npy` file; object (pickled) arrays are refused, never loaded."""
   path = os.fspath(path)
   data = read_bytes(path, what=what, error=error)

@@ -3,7 +3,8 @@
 Model-free on purpose (every layer may use them); the check of the model config is `commands.configs.check_common`."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from jaxprompt.errors import ConfigError
 

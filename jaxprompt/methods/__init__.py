@@ -4,17 +4,20 @@ import importlib
 import pkgutil
 
 from jaxprompt.methods.base import Method
-from jaxprompt.methods.initializers import bind_embedding
-from jaxprompt.methods.initializers import class_labels
-from jaxprompt.methods.initializers import from_array
-from jaxprompt.methods.initializers import from_file
-from jaxprompt.methods.initializers import from_sample_of_embeddings
-from jaxprompt.methods.initializers import from_samples_of_embeddings
-from jaxprompt.methods.initializers import from_text
-from jaxprompt.methods.initializers import Initializer
-from jaxprompt.methods.initializers import normal
-from jaxprompt.methods.initializers import random_uniform
-from jaxprompt.methods.initializers import sampled_vocab
+from jaxprompt.methods.initializers import (
+    Initializer,
+    bind_embedding,
+    class_labels,
+    from_array,
+    from_file,
+    from_sample_of_embeddings,
+    from_samples_of_embeddings,
+    from_text,
+    normal,
+    random_uniform,
+    sampled_vocab,
+)
+
 # A method's gin factory shares its module's name, so only the classes come up here: a name in this package never
 # hides a module (`jaxprompt.methods.prompt_tuning` is the module however it is imported; the factory is
 # `jaxprompt.methods.prompt_tuning.prompt_tuning`). Importing a module registers its factories with gin under
@@ -22,8 +25,7 @@ from jaxprompt.methods.initializers import sampled_vocab
 from jaxprompt.methods.model_tuning import ModelTuning
 from jaxprompt.methods.p_tuning import PTuning
 from jaxprompt.methods.per_layer_prompts import PerLayerPrompts
-from jaxprompt.methods.prefix_tuning import PrefixTuning
-from jaxprompt.methods.prefix_tuning import p_tuning_v2
+from jaxprompt.methods.prefix_tuning import PrefixTuning, p_tuning_v2
 from jaxprompt.methods.prompt_tuning import PromptTuning
 
 # A method module registers its gin factory and its inference file (`jaxprompt.methods.registry`) on import:
@@ -33,7 +35,22 @@ for _module in pkgutil.iter_modules(__path__):
 del _module
 
 __all__ = [
-    'Initializer', 'Method', 'ModelTuning', 'PTuning', 'PerLayerPrompts', 'PrefixTuning', 'PromptTuning',
-    'bind_embedding', 'class_labels', 'from_array', 'from_file', 'from_sample_of_embeddings',
-    'from_samples_of_embeddings', 'from_text', 'normal', 'p_tuning_v2', 'random_uniform', 'sampled_vocab',
+    'Initializer',
+    'Method',
+    'ModelTuning',
+    'PTuning',
+    'PerLayerPrompts',
+    'PrefixTuning',
+    'PromptTuning',
+    'bind_embedding',
+    'class_labels',
+    'from_array',
+    'from_file',
+    'from_sample_of_embeddings',
+    'from_samples_of_embeddings',
+    'from_text',
+    'normal',
+    'p_tuning_v2',
+    'random_uniform',
+    'sampled_vocab',
 ]

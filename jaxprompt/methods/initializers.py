@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any, Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import gin
 import jax
@@ -174,15 +175,12 @@ def _sampled_vocab(population_size: int = 5000, start: int = 0) -> Initializer:
 
 sampled_vocab = gin.external_configurable(_sampled_vocab, 'sampled_vocab', module=GIN_MODULE)
 # Aliases: the brief's name and google-research/prompt-tuning's spelling.
-from_samples_of_embeddings = gin.external_configurable(_sampled_vocab, 'from_samples_of_embeddings',
-                                                       module=GIN_MODULE)
-from_sample_of_embeddings = gin.external_configurable(_sampled_vocab, 'from_sample_of_embeddings',
-                                                      module=GIN_MODULE)
+from_samples_of_embeddings = gin.external_configurable(_sampled_vocab, 'from_samples_of_embeddings', module=GIN_MODULE)
+from_sample_of_embeddings = gin.external_configurable(_sampled_vocab, 'from_sample_of_embeddings', module=GIN_MODULE)
 
 
 @gin.configurable(module=GIN_MODULE)
-def class_labels(labels: Sequence[str] = gin.REQUIRED,
-                 vocabulary: Any = None,
+def class_labels(labels: Sequence[str] = gin.REQUIRED, vocabulary: Any = None,
                  fallback: Initializer | None = None) -> Initializer:
   """Class-label initialisation (Lester et al.): row i is the embedding of `labels[i]`.
 
@@ -210,13 +208,13 @@ def class_labels(labels: Sequence[str] = gin.REQUIRED,
     length, embed = _check_shape(shape, 'class_labels')
     used = labels[:length]
     if len(labels) > length:  # as prompt-tuning's from_embedded_list: keep the first `length` labels
-      logging.warning('class_labels: %d labels do not fit in a prompt of length %d; initialising from %s and '
-                      'skipping %s', len(labels), length, list(used), list(labels[length:]))
+      logging.warning(
+          'class_labels: %d labels do not fit in a prompt of length %d; initialising from %s and '
+          'skipping %s', len(labels), length, list(used), list(labels[length:]))
     table = _table(embedding, embed, 'class_labels')
     vocab = _resolve_vocabulary(vocabulary)
     label_rows = jnp.stack([
-        jnp.mean(_rows(table, _encode(vocab, label, table.shape[0], 'class_labels')), axis=0)
-        for label in used
+        jnp.mean(_rows(table, _encode(vocab, label, table.shape[0], 'class_labels')), axis=0) for label in used
     ])
     prompt = jnp.asarray(fallback(rng, (length, embed), embedding), jnp.float32)
     if prompt.shape != (length, embed):

@@ -23,7 +23,7 @@ expected. Reading never unpickles (`npy_io.read_npz` refuses object arrays; safe
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp

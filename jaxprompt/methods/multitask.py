@@ -25,7 +25,8 @@ Packing is refused: a packed row would hold several tasks' examples.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import gin
@@ -100,8 +101,8 @@ class _MultiTask(Method):
     del deterministic, rng
     ids = task_ids_or_error(task_ids, self)
     table = self.task_prompts(trainable)  # [T, P, d]
-    return Hooks(inputs=gather_rows(table, ids, [table.shape[1]] * len(self.tasks), [self.combine] * len(self.tasks),
-                                    eos_id=self.eos_id, dtype=self.config.dtype))
+    return Hooks(inputs=gather_rows(table, ids, [table.shape[1]] * len(self.tasks), [self.combine] *
+                                    len(self.tasks), eos_id=self.eos_id, dtype=self.config.dtype))
 
   def computed(self, trainable: Params) -> dict[str, np.ndarray]:
     """{task name: float32 [P, d]} on the host (sharded leaves are gathered: every process calls this)."""
@@ -114,8 +115,9 @@ class _MultiTask(Method):
 
   def inference(self, trainable: Params) -> tuple[Method, Params]:
     """(PromptBank, its tree): each task's computed prompt as a plain prompt, task ids unchanged."""
-    methods = {name: (self.plain(prompt.shape[0]), {PROMPT_KEY: prompt})
-               for name, prompt in self.computed(trainable).items()}
+    methods = {
+        name: (self.plain(prompt.shape[0]), {PROMPT_KEY: prompt}) for name, prompt in self.computed(trainable).items()
+    }
     return build_bank(methods, self.config, self.eos_id)
 
   def plain(self, length: int) -> PromptTuning:
@@ -123,8 +125,7 @@ class _MultiTask(Method):
                         dtype=self.config.dtype)
 
 
-def _draw(init: Callable[..., Array], rng: Array, shape: tuple[int, ...], frozen: Params | None,
-          what: str) -> Array:
+def _draw(init: Callable[..., Array], rng: Array, shape: tuple[int, ...], frozen: Params | None, what: str) -> Array:
   """One initialiser call `init(rng, shape, embedding)`, its shape checked."""
   embedding = None if frozen is None else frozen['token_embedder']['embedding']
   value = jnp.asarray(init(rng, shape, embedding), jnp.float32)
@@ -207,8 +208,10 @@ class MultiTaskPrompts(_MultiTask):
   def init(self, rng: Array, frozen: Params) -> Params:
     shapes = {k: tuple(v.value.shape) for k, v in self.layout().items()}
     shared_key, task_key = jax.random.split(rng)
-    out = {'shared_prompt': _draw(self.initializer or uniform_init(0.5), shared_key, shapes['shared_prompt'],
-                                  frozen if self.initializer else None, 'shared prompt')}
+    out = {
+        'shared_prompt': _draw(self.initializer or uniform_init(0.5), shared_key, shapes['shared_prompt'],
+                               frozen if self.initializer else None, 'shared prompt')
+    }
     if self.mode == 'project':
       kernel_key, bias_key = jax.random.split(task_key)
       out['task_kernel'] = reference_task_init(kernel_key, shapes['task_kernel'])
@@ -253,18 +256,21 @@ class MultitaskPromptTuning(_MultiTask):
   def abstract(self, network: Params) -> Params:
     del network
     t, p, r, d = len(self.tasks), self.length, self.rank, self.config.emb_dim
-    return {'prompt_embeddings': _leaf((p, d), SHARED_AXES),
-            'prefix_task_cols': _leaf((t, p, r), (None, 'prompt', None)),
-            'prefix_task_rows': _leaf((t, r, d), (None, None, 'prompt_embed'))}
+    return {
+        'prompt_embeddings': _leaf((p, d), SHARED_AXES), 'prefix_task_cols': _leaf((t, p, r), (None, 'prompt', None)),
+        'prefix_task_rows': _leaf((t, r, d), (None, None, 'prompt_embed'))
+    }
 
   def init(self, rng: Array, frozen: Params) -> Params:
     shapes = {k: tuple(v.value.shape) for k, v in self.abstract(None).items()}
     shared_key, cols_key, rows_key = jax.random.split(rng, 3)
     init = self.initializer or initializers.normal(1.0)
-    return {'prompt_embeddings': _draw(init, shared_key, shapes['prompt_embeddings'],
-                                       frozen if self.initializer else None, 'MPT shared prompt'),
-            'prefix_task_cols': self.task_init_std * jax.random.normal(cols_key, shapes['prefix_task_cols']),
-            'prefix_task_rows': self.task_init_std * jax.random.normal(rows_key, shapes['prefix_task_rows'])}
+    return {
+        'prompt_embeddings': _draw(init, shared_key, shapes['prompt_embeddings'], frozen if self.initializer else None,
+                                   'MPT shared prompt'),
+        'prefix_task_cols': self.task_init_std * jax.random.normal(cols_key, shapes['prefix_task_cols']),
+        'prefix_task_rows': self.task_init_std * jax.random.normal(rows_key, shapes['prefix_task_rows'])
+    }
 
   def task_prompts(self, trainable: Params) -> Array:
     shared = jnp.asarray(trainable['prompt_embeddings'], jnp.float32)
@@ -283,6 +289,7 @@ def resolve_tasks(tasks: Any) -> tuple[str, ...]:
                       'of task names')
   if isinstance(tasks, str) or hasattr(tasks, 'get_dataset'):
     import seqio  # pylint: disable=g-import-not-at-top  (slow: TF; only when a name must be looked up)
+
     from jaxprompt.data import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
     provider = tasks_lib.get_task(tasks) if isinstance(tasks, str) else tasks
     if isinstance(provider, seqio.Mixture):
@@ -296,25 +303,23 @@ def resolve_tasks(tasks: Any) -> tuple[str, ...]:
 @gin.configurable(module='jaxprompt.methods')
 def multitask_prompts(config: T5Config, eos_id: int = 1, *, tasks: Any = None, length: int = 50,
                       task_length: int | None = None, mode: str = 'concat', shared_features: int | None = None,
-                      initializer: Callable[..., Array] | None = None,
-                      task_initializer: Callable[..., Array] | None = None,
-                      combine: str = 'prefix') -> MultiTaskPrompts:
+                      initializer: Callable[..., Array] | None = None, task_initializer: Callable[..., Array] |
+                      None = None, combine: str = 'prefix') -> MultiTaskPrompts:
   """The factory of `METHOD = @jaxprompt.methods.multitask_prompts` (methods/multitask_prompts.gin): a shared
   `length`-row prompt and per-task parameters for each of `tasks` (`resolve_tasks`), combined by `mode`."""
-  return MultiTaskPrompts(tasks=resolve_tasks(tasks), config=config, length=length, combine=combine,
-                          eos_id=eos_id, mode=mode, task_length=task_length, shared_features=shared_features,
-                          initializer=initializer, task_initializer=task_initializer)
+  return MultiTaskPrompts(tasks=resolve_tasks(tasks), config=config, length=length, combine=combine, eos_id=eos_id,
+                          mode=mode, task_length=task_length, shared_features=shared_features, initializer=initializer,
+                          task_initializer=task_initializer)
 
 
 @gin.configurable(module='jaxprompt.methods')
-def multitask_prompt_tuning(config: T5Config, eos_id: int = 1, *, tasks: Any = None, length: int = 100,
-                            rank: int = 1, task_init_std: float = 0.02,
-                            initializer: Callable[..., Array] | None = None,
+def multitask_prompt_tuning(config: T5Config, eos_id: int = 1, *, tasks: Any = None, length: int = 100, rank: int = 1,
+                            task_init_std: float = 0.02, initializer: Callable[..., Array] | None = None,
                             combine: str = 'prefix') -> MultitaskPromptTuning:
   """The factory of `METHOD = @jaxprompt.methods.multitask_prompt_tuning` (methods/multitask_prompt_tuning.gin):
   PEFT's MPT over `tasks` (`resolve_tasks`), `length` rows, rank `rank` (PEFT's num_ranks)."""
-  return MultitaskPromptTuning(tasks=resolve_tasks(tasks), config=config, length=length, combine=combine,
-                               eos_id=eos_id, rank=rank, task_init_std=task_init_std, initializer=initializer)
+  return MultitaskPromptTuning(tasks=resolve_tasks(tasks), config=config, length=length, combine=combine, eos_id=eos_id,
+                               rank=rank, task_init_std=task_init_std, initializer=initializer)
 
 
 def read_multitask_file(path: str, config: T5Config, eos_id: int = 1,
@@ -327,7 +332,7 @@ def read_multitask_file(path: str, config: T5Config, eos_id: int = 1,
 
 
 def prompts_by_task(arrays: registry.Arrays,
-                 context: registry.ReadContext) -> dict[str, tuple[PromptTuning, dict[str, np.ndarray]]]:
+                    context: registry.ReadContext) -> dict[str, tuple[PromptTuning, dict[str, np.ndarray]]]:
   """{task name: (PromptTuning, {'prompt': float32 [P, d]})} of a multi-task prompts file's arrays."""
   path, config = context.source, context.config
   if not arrays:
@@ -361,5 +366,6 @@ def is_multitask_file(path: str) -> bool:
   return holds_task_prompts(read_npz(str(path), what='multi-task prompts file'))
 
 
-registry.register(registry.FileKind('multitask', MULTITASK_FILE, bank_from_arrays, 'a multi-task prompts .npz',
-                                    holds=holds_task_prompts))
+registry.register(
+    registry.FileKind('multitask', MULTITASK_FILE, bank_from_arrays, 'a multi-task prompts .npz',
+                      holds=holds_task_prompts))

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax.linen as nn
 import gin
@@ -124,15 +125,18 @@ class PTuning(Method):
       lstm = {}
       for i in range(self.lstm_layers):
         fan_in, in_axis = (d, emb) if i == 0 else (w, None)
-        direction = {'kernel_in': _Leaf((fan_in, 4 * h), (in_axis, HIDDEN_AXIS), bound),
-                     'kernel_hidden': _Leaf((h, 4 * h), (None, HIDDEN_AXIS), bound),
-                     'bias': _Leaf((4 * h,), (HIDDEN_AXIS,), bound, summed=True)}
+        direction = {
+            'kernel_in': _Leaf((fan_in, 4 * h), (in_axis, HIDDEN_AXIS), bound), 'kernel_hidden': _Leaf(
+                (h, 4 * h), (None, HIDDEN_AXIS), bound), 'bias': _Leaf((4 * h,), (HIDDEN_AXIS,), bound, summed=True)
+        }
         lstm[f'layer_{i}'] = {'forward': direction, 'backward': dict(direction)}
       tree['lstm'] = lstm
       tree['mlp'] = {'dense_0': _dense(w, w, None, HIDDEN_AXIS), 'dense_1': _dense(w, d, None, emb)}
     else:
-      tree['mlp'] = {'dense_0': _dense(d, w, emb, HIDDEN_AXIS), 'dense_1': _dense(w, w, None, HIDDEN_AXIS),
-                     'dense_2': _dense(w, d, None, emb)}
+      tree['mlp'] = {
+          'dense_0': _dense(d, w, emb, HIDDEN_AXIS), 'dense_1': _dense(w, w, None, HIDDEN_AXIS),
+          'dense_2': _dense(w, d, None, emb)
+      }
     return tree
 
   def init(self, rng: Array, frozen: Params) -> Params:
@@ -159,8 +163,8 @@ class PTuning(Method):
   def abstract(self, network: Params) -> Params:
     del network
     dtype = jnp.dtype(self.param_dtype)
-    return jax.tree.map(lambda leaf: nn.Partitioned(jax.ShapeDtypeStruct(leaf.shape, dtype), leaf.axes),
-                        self.layout(), is_leaf=lambda x: isinstance(x, _Leaf))
+    return jax.tree.map(lambda leaf: nn.Partitioned(jax.ShapeDtypeStruct(leaf.shape, dtype), leaf.axes), self.layout(),
+                        is_leaf=lambda x: isinstance(x, _Leaf))
 
   @property
   def packing_slots(self) -> int:
@@ -247,5 +251,5 @@ def p_tuning(config: T5Config, eos_id: int = 1, *, length: int = 9, encoder: str
   embeddings, any `jaxprompt.methods` initialiser (None: N(0, 1)).
   """
   return PTuning(length=length, embed_dim=config.emb_dim, encoder=encoder, hidden=hidden, lstm_layers=lstm_layers,
-                 dropout=dropout, combine=combine, eos_id=eos_id, dtype=config.dtype,
-                 param_dtype=config.param_dtype, initializer=initializer)
+                 dropout=dropout, combine=combine, eos_id=eos_id, dtype=config.dtype, param_dtype=config.param_dtype,
+                 initializer=initializer)

@@ -31,15 +31,15 @@ from __future__ import annotations
 import io
 import json
 import os
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
 from jaxprompt.errors import PromptError
-from jaxprompt.formats import fingerprint_files
-from jaxprompt.formats import npy_io
+from jaxprompt.formats import fingerprint_files, npy_io
 from jaxprompt.methods import kv_prefix
 from jaxprompt.models.config import T5Config
 
@@ -105,9 +105,11 @@ def is_adapter_dir(path: str | os.PathLike) -> bool:
 def _base_config(peft_type: str, length: int, token_dim: int, num_layers: int | None, num_heads: int | None,
                  base_model: str | None) -> dict[str, Any]:
   """The fields of PEFT's PromptLearningConfig; None values are filled by PEFT from the base model's config."""
-  return {'peft_type': peft_type, 'task_type': TASK_TYPE, 'base_model_name_or_path': base_model, 'revision': None,
-          'inference_mode': True, 'num_virtual_tokens': int(length), 'token_dim': int(token_dim),
-          'num_transformer_submodules': SUBMODULES, 'num_attention_heads': num_heads, 'num_layers': num_layers}
+  return {
+      'peft_type': peft_type, 'task_type': TASK_TYPE, 'base_model_name_or_path': base_model, 'revision': None,
+      'inference_mode': True, 'num_virtual_tokens': int(length), 'token_dim': int(token_dim),
+      'num_transformer_submodules': SUBMODULES, 'num_attention_heads': num_heads, 'num_layers': num_layers
+  }
 
 
 def _write_bytes(path: str, data: bytes) -> None:

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax.linen as nn
 import gin
@@ -137,8 +138,10 @@ class PerLayerPrompts(Method):
       value = uniform_init(0.5)(layers_rng, self.layers_shape, self.param_dtype)
     else:
       embedding = frozen['token_embedder']['embedding']
-      blocks = [jnp.asarray(init(key, shape, embedding), self.param_dtype)
-                for key in jax.random.split(layers_rng, self.num_layers - 1)]
+      blocks = [
+          jnp.asarray(init(key, shape, embedding), self.param_dtype)
+          for key in jax.random.split(layers_rng, self.num_layers - 1)
+      ]
       value = jnp.stack(blocks) if blocks else jnp.zeros(self.layers_shape, self.param_dtype)
     value = jnp.asarray(value, self.param_dtype)
     if value.shape != self.layers_shape:
@@ -148,8 +151,7 @@ class PerLayerPrompts(Method):
 
   def abstract(self, network: Params) -> Params:
     tree = dict(self.input_prompt().abstract(network))
-    tree[LAYERS_KEY] = nn.Partitioned(jax.ShapeDtypeStruct(self.layers_shape, jnp.dtype(self.param_dtype)),
-                                      LAYER_AXES)
+    tree[LAYERS_KEY] = nn.Partitioned(jax.ShapeDtypeStruct(self.layers_shape, jnp.dtype(self.param_dtype)), LAYER_AXES)
     return tree
 
   @property
@@ -183,8 +185,8 @@ class PerLayerPrompts(Method):
       raise PromptError(f'per-layer prompts file {path}: needs exactly one {MODE_KEY}/<mode> marker with mode one '
                         f'of {MODES}; found {[f"{MODE_KEY}/{m}" for m in modes] or "none"}')
     arrays = _check({k: v for k, v in arrays.items() if not k.startswith(MODE_KEY + '/')}, config, None, path)
-    method = cls(length=arrays[PROMPT_KEY].shape[0], embed_dim=config.emb_dim,
-                 num_layers=config.num_encoder_layers, mode=modes[0], eos_id=context.eos_id, dtype=config.dtype)
+    method = cls(length=arrays[PROMPT_KEY].shape[0], embed_dim=config.emb_dim, num_layers=config.num_encoder_layers,
+                 mode=modes[0], eos_id=context.eos_id, dtype=config.dtype)
     return method, arrays
 
 
@@ -219,16 +221,16 @@ def read_per_layer_file(path: str | os.PathLike, config: T5Config, *,
   return PerLayerPrompts.from_arrays(arrays, registry.ReadContext(config, eos_id=eos_id, source=path))
 
 
-registry.register(registry.FileKind(
-    'per_layer_prompts', NUMPY_FILE, PerLayerPrompts.from_arrays, 'a per_layer_prompts .npz',
-    holds=lambda arrays: np.ndim(arrays.get(LAYERS_KEY)) == 3 or any(k.startswith(MODE_KEY + '/') for k in arrays)))
+registry.register(
+    registry.FileKind(
+        'per_layer_prompts', NUMPY_FILE, PerLayerPrompts.from_arrays, 'a per_layer_prompts .npz',
+        holds=lambda arrays: np.ndim(arrays.get(LAYERS_KEY)) == 3 or any(k.startswith(MODE_KEY + '/') for k in arrays)))
 
 
 @gin.configurable(module='jaxprompt.methods')
 def per_layer_prompts(config: T5Config, eos_id: int = 1, *, length: int = 100, mode: str = 'replace',
                       initializer: Callable[..., Array] | None = None,
-                      layer_initializer: Callable[..., Array] | None = None,
-                      decoder: bool = False) -> PerLayerPrompts:
+                      layer_initializer: Callable[..., Array] | None = None, decoder: bool = False) -> PerLayerPrompts:
   """The method factory gin binds (`METHOD = @jaxprompt.methods.per_layer_prompts`, methods/per_layer_prompts.gin).
 
   length: prompt rows P (every encoder layer's block). mode: 'replace' or 'add'. initializer: the input

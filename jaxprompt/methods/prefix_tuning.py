@@ -40,7 +40,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import gin
@@ -63,9 +64,11 @@ P_TUNING_V2_KINDS = ('encoder_self', 'decoder_self')
 _EPS = 1e-6
 
 # Per kind: (stack, attention module, pre-attention norm module or None for the encoder's final norm).
-_FROZEN_NAMES = {'encoder_self': ('encoder', 'attention', 'pre_attention_layer_norm'),
-                 'decoder_self': ('decoder', 'self_attention', 'pre_self_attention_layer_norm'),
-                 'cross': ('decoder', 'encoder_decoder_attention', None)}
+_FROZEN_NAMES = {
+    'encoder_self': ('encoder', 'attention', 'pre_attention_layer_norm'),
+    'decoder_self': ('decoder', 'self_attention', 'pre_self_attention_layer_norm'), 'cross':
+        ('decoder', 'encoder_decoder_attention', None)
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,8 +115,8 @@ class PrefixTuning(Method):
   def for_config(cls, config: T5Config, **kwargs: Any) -> PrefixTuning:
     """The method for `config`'s sizes and dtypes; `kwargs` are the other fields."""
     return cls(num_heads=config.num_heads, head_dim=config.head_dim, emb_dim=config.emb_dim,
-               encoder_layers=config.num_encoder_layers, decoder_layers=config.num_decoder_layers,
-               dtype=config.dtype, param_dtype=config.param_dtype, **kwargs)
+               encoder_layers=config.num_encoder_layers, decoder_layers=config.num_decoder_layers, dtype=config.dtype,
+               param_dtype=config.param_dtype, **kwargs)
 
   def layers(self, kind: str) -> int:
     return self.encoder_layers if kv_prefix.stack_of(kind) == 'encoder' else self.decoder_layers
@@ -132,12 +135,16 @@ class PrefixTuning(Method):
         out[kind] = {'key': rows, 'value': rows}
         continue
       layers, heads, depth = self.layers(kind), self.num_heads, self.head_dim
-      half = {'kernel': ((self.hidden, layers, heads, depth), ('prompt_embed', 'layers', 'heads', 'kv')),
-              'bias': ((layers, heads, depth), ('layers', 'heads', 'kv'))}
-      out[kind] = {'embedding': ((self.length, self.emb_dim), ('prompt', 'embed')),
-                   'hidden': {'kernel': ((self.emb_dim, self.hidden), ('embed', 'prompt_embed')),
-                              'bias': ((self.hidden,), ('prompt_embed',))},
-                   'key': half, 'value': dict(half)}
+      half = {
+          'kernel': ((self.hidden, layers, heads, depth), ('prompt_embed', 'layers', 'heads', 'kv')),
+          'bias': ((layers, heads, depth), ('layers', 'heads', 'kv'))
+      }
+      out[kind] = {
+          'embedding': ((self.length, self.emb_dim), ('prompt', 'embed')), 'hidden': {
+              'kernel': ((self.emb_dim, self.hidden), ('embed', 'prompt_embed')),
+              'bias': ((self.hidden,), ('prompt_embed',))
+          }, 'key': half, 'value': dict(half)
+      }
     return out
 
   def abstract(self, network: Params) -> Params:
@@ -185,10 +192,12 @@ class PrefixTuning(Method):
       shape = (self.hidden, self.layers(kind), self.num_heads, self.head_dim)
       return {'kernel': jax.random.normal(key, shape) / math.sqrt(self.hidden), 'bias': jnp.zeros(shape[1:])}
 
-    return {'embedding': embedding,
-            'hidden': {'kernel': jax.random.normal(first, (self.emb_dim, self.hidden)) / math.sqrt(self.emb_dim),
-                       'bias': jnp.zeros((self.hidden,))},
-            'key': half(k_out), 'value': half(v_out)}
+    return {
+        'embedding': embedding, 'hidden': {
+            'kernel': jax.random.normal(first, (self.emb_dim, self.hidden)) / math.sqrt(self.emb_dim),
+            'bias': jnp.zeros((self.hidden,))
+        }, 'key': half(k_out), 'value': half(v_out)
+    }
 
   def _vocab_embeddings(self, rng: Array, frozen: Params) -> Array:
     """P frozen token embeddings of distinct common ids, RMS-normalised (as the pre-attention norm does). [P, emb]"""
@@ -209,8 +218,8 @@ class PrefixTuning(Method):
       p = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), trainable[kind])
       if self.projection:
         h = jnp.tanh(p['embedding'] @ p['hidden']['kernel'] + p['hidden']['bias'])  # [P, hidden]
-        out[kind] = tuple(jnp.einsum('ph,hlnd->lpnd', h, p[part]['kernel']) + p[part]['bias'][:, None]
-                          for part in ('key', 'value'))
+        out[kind] = tuple(
+            jnp.einsum('ph,hlnd->lpnd', h, p[part]['kernel']) + p[part]['bias'][:, None] for part in ('key', 'value'))
       else:
         out[kind] = (p['key'], p['value'])
     return out
@@ -245,8 +254,10 @@ class PrefixTuning(Method):
     if not self.projection:
       return self, trainable
     plain = dataclasses.replace(self, projection=False)
-    rows = {kind: {'key': jnp.asarray(k, self.param_dtype), 'value': jnp.asarray(v, self.param_dtype)}
-            for kind, (k, v) in self.computed_rows(trainable).items()}
+    rows = {
+        kind: {'key': jnp.asarray(k, self.param_dtype), 'value': jnp.asarray(v, self.param_dtype)}
+        for kind, (k, v) in self.computed_rows(trainable).items()
+    }
     return plain, rows
 
   def numpy_copy(self, trainable: Params) -> dict[str, dict[str, np.ndarray]]:
@@ -255,8 +266,10 @@ class PrefixTuning(Method):
     return {PREFIX_FILE: kv_prefix.file_arrays(self.computed_rows(local), self.relpos)}
 
   def bank_rows(self, trainable: Params) -> BankRows:
-    rows = {k: (np.asarray(v[0], np.float32), np.asarray(v[1], np.float32))
-            for k, v in self.computed_rows(trainable).items()}
+    rows = {
+        k: (np.asarray(v[0], np.float32), np.asarray(v[1], np.float32))
+        for k, v in self.computed_rows(trainable).items()
+    }
     return BankRows(kv=rows, relpos=self.relpos)
 
   def from_bank_rows(self, rows: BankRows) -> Params:
@@ -269,8 +282,10 @@ class PrefixTuning(Method):
     rows, relpos = kv_prefix.check_prefix(arrays, context.config, context.source)
     length = next(iter(rows.values()))[0].shape[1]
     method = cls.for_config(context.config, length=length, kinds=tuple(rows), projection=False, relpos=relpos)
-    trainable = {kind: {'key': jnp.asarray(k, method.param_dtype), 'value': jnp.asarray(v, method.param_dtype)}
-                 for kind, (k, v) in rows.items()}
+    trainable = {
+        kind: {'key': jnp.asarray(k, method.param_dtype), 'value': jnp.asarray(v, method.param_dtype)}
+        for kind, (k, v) in rows.items()
+    }
     return method, trainable
 
 
@@ -303,9 +318,9 @@ def read_prefix_file(path: str | os.PathLike, config: T5Config) -> tuple[PrefixT
   return PrefixTuning.from_arrays(arrays, registry.ReadContext(config, source=os.fspath(path)))
 
 
-registry.register(registry.FileKind('prefix', PREFIX_FILE, PrefixTuning.from_arrays, 'a prefix .npz / .safetensors',
-                                    holds=kv_prefix.holds_prefix))
-
+registry.register(
+    registry.FileKind('prefix', PREFIX_FILE, PrefixTuning.from_arrays, 'a prefix .npz / .safetensors',
+                      holds=kv_prefix.holds_prefix))
 
 # ----------------------------------------------------------------------------------------- gin factories
 
@@ -323,8 +338,8 @@ def prefix_tuning(config: T5Config, eos_id: int = 1, *, length: int = 100, kinds
 
 @gin.configurable(module='jaxprompt.methods')
 def p_tuning_v2(config: T5Config, eos_id: int = 1, *, length: int = 8, kinds: Any = P_TUNING_V2_KINDS,
-                projection: bool = False, hidden: int = 512, dropout: float | None = None,
-                relpos: str = 'positions', initializer: str = 'sampled_vocab') -> PrefixTuning:
+                projection: bool = False, hidden: int = 512, dropout: float | None = None, relpos: str = 'positions',
+                initializer: str = 'sampled_vocab') -> PrefixTuning:
   """P-tuning v2's deep prompts (`METHOD = @jaxprompt.methods.p_tuning_v2`, methods/p_tuning_v2.gin): plain K/V
   rows at every layer's self-attention of both stacks (THUDM prefix every self-attention layer of their
   encoder-only / decoder-only models; cross-attention has no counterpart there). `dropout` None = the model's

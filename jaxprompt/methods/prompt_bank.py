@@ -16,7 +16,8 @@ under relpos 'positions'. So each row's result equals its task run alone, up to 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -129,8 +130,7 @@ class PromptBank(Method):
         values[kind] = jnp.take(jnp.asarray(rows['value'], self.dtype), ids, axis=1)
         masks[kind] = jnp.broadcast_to(jnp.asarray(used)[ids], (self._layers(kind),) + ids.shape + (width,))
       layer_hooks[stack] = kv_prefix.PrefixRows(keys, values, self.relpos, masks)
-    return Hooks(inputs=inputs, encoder_layers=layer_hooks.get('encoder'),
-                 decoder_layers=layer_hooks.get('decoder'))
+    return Hooks(inputs=inputs, encoder_layers=layer_hooks.get('encoder'), decoder_layers=layer_hooks.get('decoder'))
 
 
 # ------------------------------------------------------------------------------------ building a bank
@@ -161,8 +161,9 @@ def build_bank(methods: Mapping[str, tuple[Method, Params]], config: T5Config,
     if mode is not None:
       relpos[name] = mode
     rows[name] = kv
-    entries.append(Entry(name, 0 if prompt is None else prompt.shape[0], combine,
-                         tuple((k, v[0].shape[1]) for k, v in kv.items()), method))
+    entries.append(
+        Entry(name, 0 if prompt is None else prompt.shape[0], combine, tuple((k, v[0].shape[1]) for k, v in kv.items()),
+              method))
   if len(set(relpos.values())) > 1:
     raise PromptError(f'a prompt bank serves its prefixes with one relative-position mode; these differ: '
                       f'{dict(sorted(relpos.items()))}')
@@ -197,7 +198,8 @@ def single(bank: PromptBank, tree: Mapping[str, Any], name: str) -> tuple[Method
   if entry.method is None:
     raise PromptError(f'prompt bank entry {name!r} records no method to run it alone (not made by `build_bank`)')
   prompt = np.asarray(tree['prompts'][index, :entry.input_length]) if entry.input_length else None
-  kv = {k: tuple(np.asarray(tree['kv'][k][p][:, index, -q:]) for p in ('key', 'value'))
-        for k, q in entry.prefix_lengths}
+  kv = {}
+  for k, q in entry.prefix_lengths:
+    kv[k] = tuple(np.asarray(tree['kv'][k][p][:, index, -q:]) for p in ('key', 'value'))
   rows = BankRows(prompt=prompt, combine=entry.combine, kv=kv, relpos=bank.relpos if kv else None)
   return entry.method, entry.method.from_bank_rows(rows)

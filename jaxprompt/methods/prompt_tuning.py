@@ -14,7 +14,8 @@ Padding stays at the end of every row, so the output length is input length + pr
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax.linen as nn
 import gin
@@ -68,8 +69,7 @@ def insert_prompt(embedded: Array, valid: Array, prompt: Array, start: Array) ->
   """
   batch, length, _ = embedded.shape
   plen = prompt.shape[0]
-  table = jnp.concatenate([embedded, jnp.broadcast_to(prompt.astype(embedded.dtype), (batch,) + prompt.shape)],
-                          axis=1)
+  table = jnp.concatenate([embedded, jnp.broadcast_to(prompt.astype(embedded.dtype), (batch,) + prompt.shape)], axis=1)
   table_valid = jnp.concatenate([valid, jnp.ones((batch, plen), bool)], axis=1)
   pos = jnp.arange(length + plen)[None, :]
   start = start[:, None]
@@ -215,9 +215,9 @@ def prompt_array(trainable: Mapping[str, Any]) -> np.ndarray:
   return np.asarray(host.host_value(trainable[PROMPT_KEY]), np.float32)
 
 
-registry.register(registry.FileKind(
-    'prompt', PROMPT_FILE, PromptTuning.from_arrays, 'a prompt .npy',
-    holds=lambda arrays: set(arrays) == {PROMPT_KEY} and np.ndim(arrays[PROMPT_KEY]) == 2))
+registry.register(
+    registry.FileKind('prompt', PROMPT_FILE, PromptTuning.from_arrays, 'a prompt .npy',
+                      holds=lambda arrays: set(arrays) == {PROMPT_KEY} and np.ndim(arrays[PROMPT_KEY]) == 2))
 
 
 @gin.configurable(module='jaxprompt.methods')

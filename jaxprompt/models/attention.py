@@ -26,9 +26,8 @@ _PREFIX_CACHE = ('cached_prefix_key', 'cached_prefix_value', 'cached_prefix_mask
 
 
 def dot_product_attention(query: Array, key: Array, value: Array, bias: Array | None, *,
-                          dropout_rng: Array | None = None, dropout_rate: float = 0.0,
-                          deterministic: bool = True, dtype: Dtype = jnp.float32,
-                          float32_logits: bool = False) -> Array:
+                          dropout_rng: Array | None = None, dropout_rate: float = 0.0, deterministic: bool = True,
+                          dtype: Dtype = jnp.float32, float32_logits: bool = False) -> Array:
   """Attention weights softmax(q·k + bias) applied to values. q [b, q, h, d], k/v [b, k, h, d] -> [b, q, h, d].
 
   No 1/sqrt(d) here: T5 folds it into the query kernel's initialisation.
@@ -74,7 +73,7 @@ def _group_queries(query: Array, mask: Array | None, bias: Array | None,
   if mask is not None:
     mask = jnp.broadcast_to(mask, (rows * groups,) + mask.shape[1:])
     mask = mask.reshape((rows, groups) + mask.shape[1:]).swapaxes(1, 2).reshape(rows, mask.shape[1], groups * qlen,
-                                                                              mask.shape[-1])
+                                                                                mask.shape[-1])
   if bias is not None:
     bias = jnp.tile(bias, (1, 1, groups, 1))
   return query, mask, bias
@@ -97,8 +96,8 @@ class MultiHeadDotProductAttention(nn.Module):
   float32_logits: bool = False
 
   @nn.compact
-  def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None = None, bias: Array | None = None,
-               *, prefix: KVPrefix | None = None, prefix_bias: Array | None = None, decode: bool = False,
+  def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None = None, bias: Array | None = None, *,
+               prefix: KVPrefix | None = None, prefix_bias: Array | None = None, decode: bool = False,
                cache_prefix: bool = False, deterministic: bool = True) -> Array:
     """inputs [b, q, embed], [b, k, embed]; mask [b, 1, q, k]; bias [1, h, q, k] -> [b, q, embed].
 
@@ -106,8 +105,7 @@ class MultiHeadDotProductAttention(nn.Module):
     bias (None: zero), with q the full query length (decoding slices the current step's row).
     """
     projection = functools.partial(DenseGeneral, axis=-1, features=(self.num_heads, self.head_dim),
-                                   kernel_axes=('embed', 'joined_kv'), dtype=self.dtype,
-                                   param_dtype=self.param_dtype)
+                                   kernel_axes=('embed', 'joined_kv'), dtype=self.dtype, param_dtype=self.param_dtype)
     depth_scaling = jnp.sqrt(self.head_dim).astype(jnp.float32)
 
     def query_init(*args):
@@ -124,8 +122,8 @@ class MultiHeadDotProductAttention(nn.Module):
     if decode:
       key, value, mask, bias, row = self._update_cache(query, key, value, mask, bias)
     if prefix is not None:
-      key, value, mask, bias = self._prepend_prefix(prefix, prefix_bias, row, query.shape[1], key, value, mask,
-                                                    bias, cache=decode or cache_prefix)
+      key, value, mask, bias = self._prepend_prefix(prefix, prefix_bias, row, query.shape[1], key, value, mask, bias,
+                                                    cache=decode or cache_prefix)
 
     groups = query.shape[0] // key.shape[0]
     if groups > 1:  # Several query rows per key row (rank-classification candidates): no copy of k / v.
@@ -168,8 +166,7 @@ class MultiHeadDotProductAttention(nn.Module):
                        f'got {query.shape}')
     index = cache_index.value
     key = lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype), (0, index, 0, 0))
-    value = lax.dynamic_update_slice(cached_value.value, value.astype(cached_value.value.dtype),
-                                     (0, index, 0, 0))
+    value = lax.dynamic_update_slice(cached_value.value, value.astype(cached_value.value.dtype), (0, index, 0, 0))
     cached_key.value, cached_value.value = key, value
     cache_index.value = index + 1
     causal = jnp.broadcast_to(jnp.arange(length) <= index, (batch, 1, 1, length))

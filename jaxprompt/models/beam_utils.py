@@ -5,7 +5,8 @@ and `position_embedder_index` have no batch axis and are never expanded, flatten
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,11 +28,13 @@ def leaf_name(path) -> str:
 
 def cache_map(fn: Callable[[jax.Array], jax.Array], cache: PyTree, apply_to_index: bool = False) -> PyTree:
   """Applies `fn` to every cache leaf that has a batch axis (see module docstring), keeping containers."""
+
   def visit(path, x):
     name = leaf_name(path)
     if name in _NEVER_MAPPED or (name == 'cache_index' and not apply_to_index):
       return x
     return fn(x)
+
   return jax.tree_util.tree_map_with_path(visit, cache)
 
 
@@ -70,8 +73,8 @@ def gather_beams(nested: PyTree, beam_indices: jax.Array, old_beam_size: int, of
   """
   one_hot = jax.nn.one_hot(beam_indices, old_beam_size, dtype=jnp.int32)
   spec = 'beo,bo...->be...' if offset == 0 else 'beo,lbo...->lbe...'
-  return jax.tree_util.tree_map(
-      lambda x: jnp.einsum(spec, one_hot, x, precision=lax.Precision.HIGHEST).astype(x.dtype), nested)
+  return jax.tree_util.tree_map(lambda x: jnp.einsum(spec, one_hot, x, precision=lax.Precision.HIGHEST).astype(x.dtype),
+                                nested)
 
 
 def cache_gather_beams(cache: PyTree, beam_indices: jax.Array, old_beam_size: int, offset: int = 0,

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax.numpy as jnp
 
@@ -54,7 +55,7 @@ class T5Config:
       if getattr(self, name) <= 0:
         raise ConfigError(f'{name} must be positive, got {getattr(self, name)}')
 
-  def replace(self, **changes) -> 'T5Config':
+  def replace(self, **changes) -> T5Config:
     return dataclasses.replace(self, **changes)
 
 
@@ -83,8 +84,8 @@ _SIZES_1_0 = {
 
 def _sized(base: dict, size: tuple) -> T5Config:
   emb, heads, head_dim, mlp, layers = size
-  return T5Config(**dict(base, emb_dim=emb, num_heads=heads, head_dim=head_dim, mlp_dim=mlp,
-                         num_encoder_layers=layers, num_decoder_layers=layers))
+  return T5Config(**dict(base, emb_dim=emb, num_heads=heads, head_dim=head_dim, mlp_dim=mlp, num_encoder_layers=layers,
+                         num_decoder_layers=layers))
 
 
 CONFIGS: dict[str, T5Config] = {}
@@ -97,8 +98,8 @@ for _name, _size in _SIZES_1_0.items():
   CONFIGS[f't5_1_0_{_name}'] = _sized(_T5_1_0, _size)
 
 # The t5x fixture model in ../shared/fixtures/t5x_tiny (t5x.examples.t5.network, random init).
-CONFIGS['t5x_tiny'] = T5Config(vocab_size=128, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
-                               num_encoder_layers=2, num_decoder_layers=2)
+CONFIGS['t5x_tiny'] = T5Config(vocab_size=128, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64, num_encoder_layers=2,
+                               num_decoder_layers=2)
 # t5x/testdata/test_t5_tiny.checkpoint_0 (T5X minimal T5 1.1).
 CONFIGS['t5x_test_tiny'] = T5Config(vocab_size=32128, emb_dim=8, num_heads=4, head_dim=3, mlp_dim=16,
                                     num_encoder_layers=2, num_decoder_layers=2)
@@ -107,9 +108,8 @@ CONFIGS['flaxformer_test_tiny'] = T5Config(vocab_size=32128, emb_dim=4, num_head
                                            num_encoder_layers=2, num_decoder_layers=2, relpos_num_buckets=4,
                                            relpos_max_distance=8)
 # A small random model for fast tests.
-CONFIGS['test_tiny'] = T5Config(vocab_size=64, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32,
-                                num_encoder_layers=2, num_decoder_layers=2, relpos_num_buckets=8,
-                                relpos_max_distance=16)
+CONFIGS['test_tiny'] = T5Config(vocab_size=64, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32, num_encoder_layers=2,
+                                num_decoder_layers=2, relpos_num_buckets=8, relpos_max_distance=16)
 
 
 def get_config(name: str, **overrides) -> T5Config:

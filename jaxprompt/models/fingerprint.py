@@ -21,7 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -34,8 +35,7 @@ log = logging.getLogger('jaxprompt')
 EMBEDDING_ROWS = 1024
 # The structural fields of T5Config: what decides whether a prompt's numbers mean the same thing.
 CONFIG_FIELDS = ('vocab_size', 'emb_dim', 'num_heads', 'num_encoder_layers', 'num_decoder_layers', 'head_dim',
-                 'mlp_dim', 'mlp_activations', 'logits_via_embedding', 'relpos_num_buckets',
-                 'relpos_max_distance')
+                 'mlp_dim', 'mlp_activations', 'logits_via_embedding', 'relpos_num_buckets', 'relpos_max_distance')
 
 
 def _sha256(data: bytes) -> str:

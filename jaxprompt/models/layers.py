@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import functools
 import operator
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -199,8 +200,8 @@ class MlpBlock(nn.Module):
     x = functools.reduce(operator.mul, hidden)
     x = nn.Dropout(rate=self.intermediate_dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
     x = constrain(x, ('batch', 'length', 'mlp'))
-    return DenseGeneral(inputs.shape[-1], kernel_init=self.kernel_init, kernel_axes=('mlp', 'embed'),
-                        dtype=self.dtype, param_dtype=self.param_dtype, name='wo')(x)
+    return DenseGeneral(inputs.shape[-1], kernel_init=self.kernel_init, kernel_axes=('mlp', 'embed'), dtype=self.dtype,
+                        param_dtype=self.param_dtype, name='wo')(x)
 
 
 def make_attention_mask(query_valid: Array, key_valid: Array, pairwise_fn=jnp.multiply,

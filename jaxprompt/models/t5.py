@@ -86,14 +86,12 @@ class DecoderLayer(nn.Module):
       self_prefix = hook.attention_prefix(layer, 'decoder_self')
       cross_prefix = hook.attention_prefix(layer, 'cross')  # T5 cross-attention has no relative bias.
       self_bias = _prefix_bias(cfg, self_prefix, relpos_table, bias.shape[-2], bidirectional=False)
-    x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, cfg.param_dtype,
-                       name='pre_self_attention_layer_norm')(inputs)
+    x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, cfg.param_dtype, name='pre_self_attention_layer_norm')(inputs)
     x = layers.constrain(x, ('batch', 'length', 'embed'))
     x = _attention(cfg, 'self_attention')(x, x, decoder_mask, bias, prefix=self_prefix, prefix_bias=self_bias,
                                           decode=self.decode, deterministic=det)
     x = _dropout(cfg, x, det) + inputs
-    y = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, cfg.param_dtype,
-                       name='pre_cross_attention_layer_norm')(x)
+    y = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, cfg.param_dtype, name='pre_cross_attention_layer_norm')(x)
     y = _attention(cfg, 'encoder_decoder_attention')(y, encoded, encoder_decoder_mask, prefix=cross_prefix,
                                                      cache_prefix=self.decode, deterministic=det)
     y = _dropout(cfg, y, det) + x
@@ -178,9 +176,8 @@ def _run_stack(cfg: T5Config, layer_cls: type[nn.Module], num_layers: int, x: Ar
     if hook is not None:
       args = args + (relpos_table, hook, jnp.arange(num_layers, dtype=jnp.int32))
       in_axes = in_axes + (nn.broadcast, 0, 0)
-    scanned = nn.scan(layer_cls, variable_axes={'params': 0, 'cache': 0},
-                      split_rngs={'params': True, 'dropout': True}, in_axes=in_axes,
-                      length=num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
+    scanned = nn.scan(layer_cls, variable_axes={'params': 0, 'cache': 0}, split_rngs={'params': True, 'dropout': True},
+                      in_axes=in_axes, length=num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
     x, _ = scanned(cfg, name='layers', **layer_kwargs)(x, *args)
     return x
   for i in range(num_layers):
@@ -218,9 +215,8 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, encoded: Array, decoder_input_tokens: Array, decoder_mask: Array | None,
-               encoder_decoder_mask: Array, *, hooks: Hooks | None = None,
-               decoder_segment_ids: Array | None = None, deterministic: bool = True, decode: bool = False,
-               max_decode_length: int | None = None) -> Array:
+               encoder_decoder_mask: Array, *, hooks: Hooks | None = None, decoder_segment_ids: Array | None = None,
+               deterministic: bool = True, decode: bool = False, max_decode_length: int | None = None) -> Array:
     """encoded [b, le, embed], tokens [b, l] -> logits [b, l, vocab] (float32 unless tied)."""
     cfg = self.config
     hooks = NO_HOOKS if hooks is None else hooks
@@ -243,9 +239,8 @@ class Decoder(nn.Module):
     bias = relpos(length, length, False)
     layer_hook = hooks.decoder_layers
     table = relpos.table if layer_hook is not None else None
-    y = _run_stack(cfg, DecoderLayer, cfg.num_decoder_layers, y,
-                   (encoded, decoder_mask, encoder_decoder_mask, bias), layer_hook, table,
-                   deterministic=deterministic, decode=decode)
+    y = _run_stack(cfg, DecoderLayer, cfg.num_decoder_layers, y, (encoded, decoder_mask, encoder_decoder_mask, bias),
+                   layer_hook, table, deterministic=deterministic, decode=decode)
     y = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, cfg.param_dtype, name='decoder_norm')(y)
     y = _dropout(cfg, y, deterministic)
     if cfg.logits_via_embedding:
@@ -268,8 +263,8 @@ class Transformer(nn.Module):
     self.encoder = Encoder(cfg)
     self.decoder = Decoder(cfg, shared_embedding=self.token_embedder)
 
-  def encode(self, encoder_input_tokens: Array, encoder_segment_ids: Array | None = None, *,
-             hooks: Hooks | None = None, enable_dropout: bool = True) -> tuple[Array, Array]:
+  def encode(self, encoder_input_tokens: Array, encoder_segment_ids: Array | None = None, *, hooks: Hooks | None = None,
+             enable_dropout: bool = True) -> tuple[Array, Array]:
     """tokens [b, l] -> (encoded [b, l', embed], valid [b, l'] bool); l' = l unless an input hook adds
     positions."""
     cfg = self.config
@@ -285,14 +280,15 @@ class Transformer(nn.Module):
                           f'positions; with segment ids it must fill reserved positions instead')
     mask = layers.make_attention_mask(valid, valid, dtype=cfg.dtype)
     if encoder_segment_ids is not None:
-      mask = layers.combine_masks(mask, layers.make_attention_mask(encoder_segment_ids, encoder_segment_ids,
-                                                                   jnp.equal, dtype=cfg.dtype), dtype=cfg.dtype)
+      mask = layers.combine_masks(
+          mask, layers.make_attention_mask(encoder_segment_ids, encoder_segment_ids, jnp.equal, dtype=cfg.dtype),
+          dtype=cfg.dtype)
     return self.encoder(embedded, mask, layer_hook=hooks.encoder_layers, deterministic=not enable_dropout), valid
 
-  def decode(self, encoded: Array, encoder_valid: Array, decoder_input_tokens: Array,
-             decoder_target_tokens: Array, encoder_segment_ids: Array | None = None,
-             decoder_segment_ids: Array | None = None, *, hooks: Hooks | None = None,
-             enable_dropout: bool = True, decode: bool = False, max_decode_length: int | None = None) -> Array:
+  def decode(self, encoded: Array, encoder_valid: Array, decoder_input_tokens: Array, decoder_target_tokens: Array,
+             encoder_segment_ids: Array | None = None, decoder_segment_ids: Array | None = None, *,
+             hooks: Hooks | None = None, enable_dropout: bool = True, decode: bool = False,
+             max_decode_length: int | None = None) -> Array:
     """Decoder logits [b, l, vocab] given the encoder output and its validity mask [b, le].
 
     decode=True: one step of incremental decoding on tokens [b, 1] with the `cache` collection (the first,
@@ -320,8 +316,8 @@ class Transformer(nn.Module):
               layers.make_attention_mask(decoder_segment_ids, encoder_segment_ids, jnp.equal, dtype=cfg.dtype),
               dtype=cfg.dtype)
     return self.decoder(encoded, decoder_input_tokens, decoder_mask, encoder_decoder_mask, hooks=hooks,
-                        decoder_segment_ids=None if decode else decoder_segment_ids,
-                        deterministic=not enable_dropout, decode=decode, max_decode_length=max_decode_length)
+                        decoder_segment_ids=None if decode else decoder_segment_ids, deterministic=not enable_dropout,
+                        decode=decode, max_decode_length=max_decode_length)
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array, decoder_target_tokens: Array,
                encoder_segment_ids: Array | None = None, decoder_segment_ids: Array | None = None,
@@ -329,7 +325,6 @@ class Transformer(nn.Module):
                hooks: Hooks | None = None, enable_dropout: bool = True, decode: bool = False) -> Array:
     """Teacher-forced logits [b, ld, vocab] (t5x's `Transformer.__call__`; positions are unused by T5)."""
     del encoder_positions, decoder_positions
-    encoded, valid = self.encode(encoder_input_tokens, encoder_segment_ids, hooks=hooks,
-                                 enable_dropout=enable_dropout)
+    encoded, valid = self.encode(encoder_input_tokens, encoder_segment_ids, hooks=hooks, enable_dropout=enable_dropout)
     return self.decode(encoded, valid, decoder_input_tokens, decoder_target_tokens, encoder_segment_ids,
                        decoder_segment_ids, hooks=hooks, enable_dropout=enable_dropout, decode=decode)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Mapping, Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import flax.linen as nn
 import jax
@@ -80,8 +81,7 @@ class LossConfig:
 class TunedModel:
   """A frozen network and a tuning method (None: the plain network, e.g. to score a frozen model)."""
 
-  def __init__(self, config: T5Config, method: Tuning | None = None, loss: LossConfig = LossConfig(),
-               eos_id: int = 1):
+  def __init__(self, config: T5Config, method: Tuning | None = None, loss: LossConfig = LossConfig(), eos_id: int = 1):
     self.config = config
     self.method = method
     self.loss_config = loss
@@ -96,8 +96,7 @@ class TunedModel:
       raise ConfigError('this model has a tuning method but no trainable parameters were given')
     return {'params': self.method.network_params(frozen, trainable)}
 
-  def _hooks(self, trainable: Params | None, rng: Array | None = None, task_ids: Array | None = None
-             ) -> Hooks | None:
+  def _hooks(self, trainable: Params | None, rng: Array | None = None, task_ids: Array | None = None) -> Hooks | None:
     """The method's hooks for one pass, given each row's task id [b] (None: the batch has none); a multi-task
     method (`task_names`) needs them."""
     if self.method is None:
@@ -129,13 +128,12 @@ class TunedModel:
     else:
       network_rng, hook_rng = jax.random.split(dropout_rng)
       rngs = {'dropout': network_rng}
-    return self.module.apply(self._variables(frozen, trainable), batch['encoder_input_tokens'],
-                             batch['decoder_input_tokens'], batch['decoder_target_tokens'],
-                             encoder_segment_ids=batch.get('encoder_segment_ids'),
-                             decoder_segment_ids=batch.get('decoder_segment_ids'),
-                             hooks=self._hooks(trainable, hook_rng, batch.get(TASK_FEATURE)),
-                             enable_dropout=dropout_rng is not None,
-                             rngs=rngs)
+    return self.module.apply(self._variables(frozen,
+                                             trainable), batch['encoder_input_tokens'], batch['decoder_input_tokens'],
+                             batch['decoder_target_tokens'], encoder_segment_ids=batch.get('encoder_segment_ids'),
+                             decoder_segment_ids=batch.get('decoder_segment_ids'), hooks=self._hooks(
+                                 trainable, hook_rng,
+                                 batch.get(TASK_FEATURE)), enable_dropout=dropout_rng is not None, rngs=rngs)
 
   def loss_fn(self, frozen: Params, trainable: Params | None, batch: Mapping[str, Array],
               dropout_rng: Array | None = None) -> tuple[Array, dict]:
@@ -144,15 +142,17 @@ class TunedModel:
     logits = self.logits(frozen, trainable, batch, dropout_rng)
     weights = batch.get('decoder_loss_weights')
     targets = batch['decoder_target_tokens']
-    loss, z_loss, weight_sum = losses.compute_weighted_cross_entropy(
-        logits, targets, weights, cfg.label_smoothing, cfg.z_loss, cfg.loss_normalizing_factor)
+    loss, z_loss, weight_sum = losses.compute_weighted_cross_entropy(logits, targets, weights, cfg.label_smoothing,
+                                                                     cfg.z_loss, cfg.loss_normalizing_factor)
     if cfg.reduction == 'mean':
       loss, z_loss = loss / weight_sum, z_loss / weight_sum
     if weights is None:
       weights = jnp.ones(targets.shape, jnp.float32)
     correct = (jnp.argmax(logits, -1) == targets) * weights
-    metrics = {'loss': loss, 'z_loss': z_loss, 'weight_sum': weight_sum,
-               'token_accuracy': jnp.sum(correct) / jnp.maximum(weight_sum, 1.0)}
+    metrics = {
+        'loss': loss, 'z_loss': z_loss, 'weight_sum': weight_sum,
+        'token_accuracy': jnp.sum(correct) / jnp.maximum(weight_sum, 1.0)
+    }
     return loss, metrics
 
   # -- scoring --------------------------------------------------------------------------------------------
@@ -168,8 +168,8 @@ class TunedModel:
     """(encoded [b, l', embed], valid [b, l']) with the method's hooks applied (`task_ids` [b]: each row's task,
     for a multi-task method)."""
     return self.module.apply(self._variables(frozen, trainable), encoder_input_tokens,
-                             hooks=self._hooks(trainable, task_ids=task_ids), enable_dropout=False,
-                             method=Transformer.encode)
+                             hooks=self._hooks(trainable,
+                                               task_ids=task_ids), enable_dropout=False, method=Transformer.encode)
 
   def rank_classify(self, frozen: Params, trainable: Params | None, encoder_input_tokens: Array,
                     candidate_targets: Array, task_ids: Array | None = None) -> Array:
@@ -192,8 +192,8 @@ class TunedModel:
     # `encoded` stays [b, ...]: cross-attention projects each example's keys / values once and serves its c
     # candidates' queries from them (query rows example-major, as the repeated mask below).
     valid = jnp.repeat(valid, num_candidates, axis=0)
-    logits = self.module.apply(self._variables(frozen, trainable), encoded, valid, inputs, targets,
-                               hooks=hooks, enable_dropout=False, method=Transformer.decode)
+    logits = self.module.apply(self._variables(frozen, trainable), encoded, valid, inputs, targets, hooks=hooks,
+                               enable_dropout=False, method=Transformer.decode)
     scores = losses.sequence_scores(logits, targets, (targets > 0).astype(jnp.float32))
     return scores.reshape(batch, num_candidates)
 
@@ -209,9 +209,9 @@ class TunedModel:
     config = dataclasses.replace(self.config, scan_layers=False, remat_policy='none')
     return network_for(config), scan.unstack_layers(dict(frozen))
 
-  def predict_batch(self, frozen: Params, trainable: Params | None, batch: Mapping[str, Array], *,
-                    method: str = 'beam', num_decodes: int = 1, alpha: float = 0.6, temperature: float = 0.0,
-                    topk: int = 1, topp: float = 0.0, rescale_log_probs: bool = True, rng: Array | None = None,
+  def predict_batch(self, frozen: Params, trainable: Params | None, batch: Mapping[str, Array], *, method: str = 'beam',
+                    num_decodes: int = 1, alpha: float = 0.6, temperature: float = 0.0, topk: int = 1,
+                    topp: float = 0.0, rescale_log_probs: bool = True, rng: Array | None = None,
                     return_all_decodes: bool = False) -> tuple[Array, Array]:
     """Decodes targets of length `decoder_target_tokens.shape[1]`, as t5x's `predict_batch_with_aux`.
 
@@ -226,15 +226,15 @@ class TunedModel:
     inputs = batch['encoder_input_tokens']
     target_shape = batch['decoder_target_tokens'].shape
     max_len = target_shape[1]
-    cache_shapes = jax.eval_shape(
-        lambda: module.apply(variables, jnp.ones((target_shape[0], 1, self.config.emb_dim), self.config.dtype),
-                             jnp.ones((target_shape[0], 1), bool), jnp.ones(target_shape, jnp.int32),
-                             jnp.ones(target_shape, jnp.int32), hooks=hooks, enable_dropout=False, decode=True,
-                             mutable=['cache'], method=Transformer.decode)[1]['cache'])
+    cache_shapes = jax.eval_shape(lambda: module.apply(
+        variables, jnp.ones((target_shape[0], 1, self.config.emb_dim), self.config.dtype),
+        jnp.ones((target_shape[0], 1), bool), jnp.ones(target_shape, jnp.int32), jnp.ones(target_shape, jnp.int32),
+        hooks=hooks, enable_dropout=False, decode=True, mutable=['cache'], method=Transformer.decode)[1]['cache'])
     cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), cache_shapes)
     encoded, valid = module.apply(variables, inputs, hooks=hooks, enable_dropout=False, method=Transformer.encode)
     encoded = decoding.flat_batch_beam_expand(encoded, num_decodes)
     valid = decoding.flat_batch_beam_expand(valid, num_decodes)
+
     # `hooks` stay as they are, not beam-expanded: hook data is batch-independent ([p, ...], [layers, p, ...]) or
     # per example ([layers, b, p, ...]), and the attention repeats per-example rows for each of an example's
     # beams, as the flat beam layout lays them out.
@@ -251,9 +251,8 @@ class TunedModel:
                                              num_decodes=num_decodes, alpha=alpha)
     elif method == 'sample':
       decodes, scores = decoding.temperature_sample(decoder_prompt, cache, tokens_to_logits, eos_id=self.eos_id,
-                                                    decode_rng=rng, num_decodes=num_decodes,
-                                                    temperature=temperature, topk=topk, topp=topp,
-                                                    rescale_log_probs=rescale_log_probs)
+                                                    decode_rng=rng, num_decodes=num_decodes, temperature=temperature,
+                                                    topk=topk, topp=topp, rescale_log_probs=rescale_log_probs)
     else:
       raise ConfigError(f"decoding method must be 'beam' or 'sample', got {method!r}")
     if return_all_decodes:

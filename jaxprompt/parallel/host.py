@@ -1,7 +1,8 @@
 """Host copies of device arrays, and each process's rows of a global batch (single- and multi-host alike)."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np

@@ -19,7 +19,8 @@ import dataclasses
 import glob
 import importlib.util
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -122,15 +123,13 @@ def maybe_initialize_distributed(coordinator_address: str | None = None, num_pro
   """
   if jax.distributed.is_initialized():
     return True
-  plan = detect(env, coordinator_address=coordinator_address, num_processes=num_processes,
-                process_id=process_id)
+  plan = detect(env, coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id)
   if plan is None:
     return False
   try:
-    jax.distributed.initialize(plan.coordinator_address, plan.num_processes, plan.process_id,
-                               initialization_timeout=initialization_timeout,
-                               heartbeat_timeout_seconds=heartbeat_timeout_seconds,
-                               shutdown_timeout_seconds=shutdown_timeout_seconds)
+    jax.distributed.initialize(
+        plan.coordinator_address, plan.num_processes, plan.process_id, initialization_timeout=initialization_timeout,
+        heartbeat_timeout_seconds=heartbeat_timeout_seconds, shutdown_timeout_seconds=shutdown_timeout_seconds)
   except RuntimeError as e:
     raise ConfigError(f'cannot initialize jax.distributed ({plan.reason}): {e}. Call '
                       'maybe_initialize_distributed() before any JAX computation or jax.devices()') from e

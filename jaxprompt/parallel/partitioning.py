@@ -10,7 +10,8 @@ turns flax's sharding constraints off) and activates the logical rules.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import flax.linen as nn
 import gin
@@ -45,8 +46,8 @@ def standard_logical_axis_rules(activation_partitioning_dims: int = 1, parameter
   else:
     raise ConfigError(f'activation_partitioning_dims={dims[0]}, parameter_partitioning_dims={dims[1]} is not '
                       'supported (each must be 1 or 2)')
-  rules += [('relpos_buckets', None), ('abspos_buckets', None), ('length', None), ('layers', None),
-            ('stack', None), ('mlp_activations', None)]
+  rules += [('relpos_buckets', None), ('abspos_buckets', None), ('length', None), ('layers', None), ('stack', None),
+            ('mlp_activations', None)]
   return rules + list(additional_rules or [])
 
 
@@ -57,8 +58,7 @@ def prompt_logical_axis_rules(activation_partitioning_dims: int = 1, parameter_p
 
   Gin: `jaxprompt.prompt_logical_axis_rules.parameter_partitioning_dims = 2` shards `embed` over 'data' too.
   """
-  return list(prompt_rules) + standard_logical_axis_rules(activation_partitioning_dims,
-                                                          parameter_partitioning_dims)
+  return list(prompt_rules) + standard_logical_axis_rules(activation_partitioning_dims, parameter_partitioning_dims)
 
 
 def create_mesh(model_parallel: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:

@@ -8,7 +8,8 @@ state like its parameters where shapes match and replicated otherwise, step and 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -64,10 +65,10 @@ class ShardedSteps:
     self._eval_fn = functools.partial(step_lib.eval_step, model)
 
   def state_shardings(self, state: TrainState) -> TrainState:
-    return TrainState(step=self.replicated, trainable=self.trainable_shardings,
-                      opt_state=_like_params(state.opt_state, state.trainable, self.trainable_shardings,
-                                             self.replicated),
-                      rng=self.replicated)
+    return TrainState(
+        step=self.replicated, trainable=self.trainable_shardings,
+        opt_state=_like_params(state.opt_state, state.trainable, self.trainable_shardings,
+                               self.replicated), rng=self.replicated)
 
   def place_frozen(self, frozen: Any) -> Any:
     """Puts host (numpy) frozen params onto the mesh with their rule shardings."""
@@ -83,8 +84,7 @@ class ShardedSteps:
 
   def shard_batch(self, batch: Mapping[str, np.ndarray]) -> dict:
     """This process's rows of the global batch -> global arrays split over 'data' (works multi-host)."""
-    return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v))
-            for k, v in batch.items()}
+    return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v)) for k, v in batch.items()}
 
   def compiled(self, fn: Callable, replicated_args: int = 0) -> Callable:
     """`fn(trainable, frozen, batch, *replicated)` on the mesh, replicated results; compiled once per `fn`.
@@ -96,8 +96,8 @@ class ShardedSteps:
     key = (fn, replicated_args)
     if key not in self._compiled:
       in_shardings = (self.trainable_shardings, self.frozen_shardings, self.batch_sharding)
-      self._compiled[key] = jit_on_mesh(fn, self.mesh, self.rules,
-                                        in_shardings + (self.replicated,) * replicated_args, self.replicated)
+      self._compiled[key] = jit_on_mesh(fn, self.mesh, self.rules, in_shardings + (self.replicated,) * replicated_args,
+                                        self.replicated)
     return self._compiled[key]
 
   def _train_fn(self, state: TrainState) -> Callable:
@@ -132,5 +132,4 @@ def _like_params(opt_state: Any, params: Any, param_shardings: Any, replicated: 
     except Exception:  # pylint: disable=broad-except  (not a pytree of the same kind)
       return False
 
-  return jax.tree.map(lambda x: param_shardings if is_param_like(x) else replicated, opt_state,
-                      is_leaf=is_param_like)
+  return jax.tree.map(lambda x: param_shardings if is_param_like(x) else replicated, opt_state, is_leaf=is_param_like)

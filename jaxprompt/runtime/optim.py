@@ -6,7 +6,8 @@ prompt-sized.
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import gin
 import jax.numpy as jnp
@@ -48,19 +49,18 @@ def cosine_schedule(value: float = 0.3, total_steps: int = 30000, warmup_steps: 
 
 
 @gin.configurable(module='jaxprompt')
-def adafactor(learning_rate: Schedule | float = 0.3, decay_rate: float = 0.8,
-              multiply_by_parameter_scale: bool = False, weight_decay_rate: float | None = 1e-5,
-              clipping_threshold: float | None = 1.0, min_dim_size_to_factor: int = 128,
-              momentum: float | None = None) -> optax.GradientTransformation:
+def adafactor(learning_rate: Schedule | float = 0.3, decay_rate: float = 0.8, multiply_by_parameter_scale: bool = False,
+              weight_decay_rate: float | None = 1e-5, clipping_threshold: float | None = 1.0,
+              min_dim_size_to_factor: int = 128, momentum: float | None = None) -> optax.GradientTransformation:
   """Adafactor with the paper's defaults (optax's implementation; factored second moments for dims >= 128).
 
   optax applies `weight_decay_rate` as `param * rate` added to the update before the sign flip, i.e. not
   scaled by the learning rate.
   """
   return optax.adafactor(learning_rate=learning_rate, decay_rate=decay_rate,
-                         multiply_by_parameter_scale=multiply_by_parameter_scale,
-                         weight_decay_rate=weight_decay_rate, clipping_threshold=clipping_threshold,
-                         min_dim_size_to_factor=min_dim_size_to_factor, momentum=momentum)
+                         multiply_by_parameter_scale=multiply_by_parameter_scale, weight_decay_rate=weight_decay_rate,
+                         clipping_threshold=clipping_threshold, min_dim_size_to_factor=min_dim_size_to_factor,
+                         momentum=momentum)
 
 
 @gin.configurable(module='jaxprompt')
@@ -80,8 +80,7 @@ class Optimizer(NamedTuple):
 
 @gin.configurable(module='jaxprompt')
 def make_optimizer(optimizer: Callable[..., optax.GradientTransformation] = adafactor,
-                   learning_rate: Schedule | float | None = None,
-                   max_grad_norm: float | None = None) -> Optimizer:
+                   learning_rate: Schedule | float | None = None, max_grad_norm: float | None = None) -> Optimizer:
   """The optimizer of the trainable tree: optional global-norm gradient clipping, then `optimizer(learning_rate=...)`.
 
   `optimizer` is a factory (`adafactor`, `adam`, ...; in gin `@jaxprompt.adafactor`, not a call);

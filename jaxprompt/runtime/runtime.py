@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -17,6 +18,7 @@ from jaxprompt.models.wrapper import LossConfig, TunedModel
 from jaxprompt.parallel import partitioning
 from jaxprompt.runtime.compiled import ShardedSteps
 from jaxprompt.runtime.optim import Optimizer
+
 _HF_FILES = ('model.safetensors', 'model.safetensors.index.json')
 
 
@@ -85,10 +87,10 @@ def load_network(path: str, model: TunedModel, shardings: Any, feature_lengths: 
                              scan_layers=model.config.scan_layers)
 
 
-def build_runtime(config: T5Config, method: Method | None, checkpoint_path: str | None,
-                  feature_lengths: Mapping[str, int], *, optimizer: Optimizer | None = None,
-                  loss: LossConfig | None = None, model_parallel: int = 1, num_microbatches: int = 1,
-                  eos_id: int = 1, seed: int = 0, network: Any = None) -> Runtime:
+def build_runtime(config: T5Config, method: Method | None, checkpoint_path: str | None, feature_lengths: Mapping[str,
+                                                                                                                 int],
+                  *, optimizer: Optimizer | None = None, loss: LossConfig | None = None, model_parallel: int = 1,
+                  num_microbatches: int = 1, eos_id: int = 1, seed: int = 0, network: Any = None) -> Runtime:
   """Model + mesh + partitioned steps + network weights loaded straight into their shards.
 
   `network`: weights already in memory (host arrays, or another runtime's on an equal mesh, which stay where

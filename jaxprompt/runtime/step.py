@@ -8,7 +8,8 @@ them, then masks). Model tuning is the same step with the whole network as the t
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -86,10 +87,9 @@ def train_step(model: TunedModel, optimizer: Optimizer, state: TrainState, froze
   uses_dropout = model.method is not None and model.method.uses_dropout
   dropout_rng = step_rng if model.config.dropout_rate > 0 or uses_dropout else None
   loss, metrics, grads = compute_gradients(model, state.trainable, frozen, batch, dropout_rng, num_microbatches)
-  trainable, opt_state, grad_norm, finite = guarded_update(optimizer, grads, state.opt_state, state.trainable,
-                                                           loss)
-  new_state = keep_if_finite(TrainState(step=state.step + 1, trainable=trainable, opt_state=opt_state,
-                                        rng=state.rng), state, finite)
+  trainable, opt_state, grad_norm, finite = guarded_update(optimizer, grads, state.opt_state, state.trainable, loss)
+  new_state = keep_if_finite(TrainState(step=state.step + 1, trainable=trainable, opt_state=opt_state, rng=state.rng),
+                             state, finite)
   metrics = dict(metrics, loss=loss, grad_norm=grad_norm, param_norm=optax.global_norm(new_state.trainable),
                  learning_rate=jnp.asarray(optimizer.learning_rate(state.step), jnp.float32), finite=finite)
   return new_state, metrics

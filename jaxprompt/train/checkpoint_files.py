@@ -22,8 +22,7 @@ def _read_prompt_npy(path: epath.Path) -> np.ndarray:
   return array.astype(np.float32)
 
 
-def checkpoint_step(model_dir_or_step_dir: str,
-                    step: int | None = None) -> tuple[epath.Path | None, epath.Path | None]:
+def checkpoint_step(model_dir_or_step_dir: str, step: int | None = None) -> tuple[epath.Path | None, epath.Path | None]:
   """(numpy-copy folder, orbax step dir) of one checkpoint step, either None where the path names only the other.
 
   Accepts MODEL_DIR (uses `step`, default the latest committed one), its `checkpoints` dir, an orbax step dir

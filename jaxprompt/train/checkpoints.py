@@ -29,8 +29,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from jaxprompt.errors import CheckpointError, ConfigError, PromptError
-from jaxprompt.formats import fingerprint_files
-from jaxprompt.formats import npy_io
+from jaxprompt.formats import fingerprint_files, npy_io
 from jaxprompt.formats.keys import PROMPT_KEY
 from jaxprompt.models import fingerprint as fingerprint_lib
 from jaxprompt.parallel import host
@@ -95,7 +94,10 @@ class StateCheckpointer:
             preservation_policy=_retention_policy(keep, best_metric, best_mode, keep_best),
             # orbax writes the `metrics` item (and ranks steps) only when best_fn is set.
             best_fn=_metric_fn(best_metric, best_mode) if best_metric else None,
-            best_mode=best_mode, create=True, cleanup_tmp_directories=True, step_name_format=self._names),
+            best_mode=best_mode,
+            create=True,
+            cleanup_tmp_directories=True,
+            step_name_format=self._names),
         item_handlers={'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()})
 
   def _step_dir(self, step: int) -> epath.Path:
@@ -108,16 +110,17 @@ class StateCheckpointer:
     step = int(step)
     _check_global(state)
     if step in self._damaged:
-      log.warning('Not saving step %d: %s holds a damaged checkpoint of that step, left untouched; move it away '
-                  'to have this step saved again', step, self._step_dir(step))
+      log.warning(
+          'Not saving step %d: %s holds a damaged checkpoint of that step, left untouched; move it away '
+          'to have this step saved again', step, self._step_dir(step))
       return False
     if step in self._manager.all_steps():
       log.info('Checkpoint %s already exists; not saving it again', self._step_dir(step))
       return False
     latest = self.latest_step()
     if latest is not None and step < latest and not force:
-      log.warning('Not saving step %d: %s already holds the later step %d (pass force=True to save anyway)',
-                  step, self._ckpt_dir, latest)
+      log.warning('Not saving step %d: %s already holds the later step %d (pass force=True to save anyway)', step,
+                  self._ckpt_dir, latest)
       return False
     json_metrics = _to_json(dict(metrics)) if metrics else None
     ranked = None
@@ -126,18 +129,22 @@ class StateCheckpointer:
       if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f'best_metric {self.best_metric!r} must be a number, got {value!r} at step {step}')
       ranked = json_metrics
-    meta = {'step': step, 'data_position': int(data_position),
-            'batch_size': None if batch_size is None else int(batch_size), 'metrics': json_metrics}
+    meta = {
+        'step': step, 'data_position': int(data_position),
+        'batch_size': None if batch_size is None else int(batch_size), 'metrics': json_metrics
+    }
     if not self._manager.save(
-        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
         # Our checks above replace orbax's, which would also count uncommitted step dirs as the latest step.
-        metrics=ranked, force=True):
+        metrics=ranked,
+        force=True):
       return False
     files = self.numpy_copy(state) if self.numpy_copy is not None else None  # collective when sharded
     if jax.process_index() == 0:
       if self.fingerprint is not None:  # first: a step dir holding the method's files always says its model
-        fingerprint_files.write(self._numpy_step_dir(step) / fingerprint_files.STEP_FILE, self.fingerprint,
-                              error=CheckpointError)
+        fingerprint_files.write(
+            self._numpy_step_dir(step) / fingerprint_files.STEP_FILE, self.fingerprint, error=CheckpointError)
       for name, value in (files or {}).items():
         write = npy_io.write_npz if isinstance(value, Mapping) else npy_io.write_npy  # named arrays: .npz
         write(value, str(self._numpy_step_dir(step) / name), what='numpy copy', error=CheckpointError)
@@ -204,8 +211,9 @@ class StateCheckpointer:
         ok = reason is None  # every process must resume from the same step
         if ok if jax.process_count() == 1 else np.all(multihost_utils.process_allgather(np.int32(ok))):
           for bad in skipped:
-            log.warning('Resuming from step %d, not from the damaged checkpoint %s (left untouched; move it away '
-                        'to have step %d saved again): %s', step, self._step_dir(bad), bad, self._damaged[bad])
+            log.warning(
+                'Resuming from step %d, not from the damaged checkpoint %s (left untouched; move it away '
+                'to have step %d saved again): %s', step, self._step_dir(bad), bad, self._damaged[bad])
           return result
         self._damaged[step] = reason or f'checkpoint {self._step_dir(step)} is damaged: another process failed'
         self._names.hidden.add(step)  # orbax's listing, retention and deletion now pass it by
@@ -243,8 +251,10 @@ class StateCheckpointer:
       raise _Damaged(f'checkpoint {step_dir} is damaged: cannot read its state: {_one_line(e)}') from e
     if legacy:
       state = TrainState(state['step'], state['prompt'], state['opt_state'], state['rng'])
-    return state, {'step': step, 'data_position': int(meta.get('data_position', 0)),
-                   'batch_size': None if batch is None else int(batch), 'metrics': meta.get('metrics')}
+    return state, {
+        'step': step, 'data_position': int(meta.get('data_position', 0)),
+        'batch_size': None if batch is None else int(batch), 'metrics': meta.get('metrics')
+    }
 
   def wait_until_finished(self) -> None:
     self._manager.wait_until_finished()
@@ -269,9 +279,9 @@ def _retention_policy(keep: int, best_metric: str | None, best_mode: str, keep_b
   only the best N (and every step without metrics), so the two policies are combined explicitly."""
   policies = [ocp.checkpoint_managers.LatestN(n=keep)]
   if best_metric:
-    policies.append(ocp.checkpoint_managers.BestN(
-        get_metric_fn=_metric_fn(best_metric, best_mode), reverse=best_mode == 'min', n=keep_best,
-        keep_checkpoints_without_metrics=False))
+    policies.append(
+        ocp.checkpoint_managers.BestN(get_metric_fn=_metric_fn(best_metric, best_mode), reverse=best_mode == 'min',
+                                      n=keep_best, keep_checkpoints_without_metrics=False))
   return ocp.checkpoint_managers.AnyPreservationPolicy(policies)
 
 
@@ -298,8 +308,10 @@ def _scan_unreadable(ckpt_dir: epath.Path) -> dict[int, str]:
 
 def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
   """{'opt_state/0/count': shape, ...} of every leaf (orbax's metadata and templates name paths alike)."""
-  return {jax.tree_util.keystr(path, simple=True, separator='/'): tuple(int(d) for d in x.shape)
-          for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {
+      jax.tree_util.keystr(path, simple=True, separator='/'): tuple(int(d) for d in x.shape)
+      for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
 
 
 def _saved_shapes(step_dir: epath.Path) -> dict[str, tuple[int, ...]]:
@@ -322,9 +334,11 @@ def _check_shapes(step_dir: epath.Path, saved: Mapping[str, tuple[int, ...]], ta
 
 def _abstract(template: Any) -> Any:
   """ShapeDtypeStructs for the restore target; arrays keep their sharding."""
-  return jax.tree.map(lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else jax.ShapeDtypeStruct(
-      np.shape(x), np.asarray(x).dtype if not hasattr(x, 'dtype') else x.dtype,
-      sharding=x.sharding if isinstance(x, jax.Array) else None), template)
+  return jax.tree.map(
+      lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else jax.ShapeDtypeStruct(
+          np.shape(x),
+          np.asarray(x).dtype if not hasattr(x, 'dtype') else x.dtype, sharding=x.sharding
+          if isinstance(x, jax.Array) else None), template)
 
 
 def _check_global(state: TrainState) -> None:
@@ -387,9 +401,10 @@ def read_orbax_prompt(step_dir: epath.Path) -> np.ndarray:
     raise CheckpointError(f'checkpoint {step_dir} holds no prompt (no trainable/prompt or prompt/prompt): it '
                           'was not written by prompt tuning')
   try:
-    tree = ocp.PyTreeCheckpointer().restore(step_dir / 'state', args=ocp.args.PyTreeRestore(
-        item={root: {PROMPT_KEY: 0}}, restore_args={root: {PROMPT_KEY: ocp.RestoreArgs(restore_type=np.ndarray)}},
-        partial_restore=True))
+    tree = ocp.PyTreeCheckpointer().restore(
+        step_dir / 'state', args=ocp.args.PyTreeRestore(
+            item={root: {PROMPT_KEY: 0}}, restore_args={root: {PROMPT_KEY: ocp.RestoreArgs(restore_type=np.ndarray)}},
+            partial_restore=True))
   except Exception as e:
     raise _Damaged(f'cannot read the prompt from checkpoint {step_dir}: {_one_line(e)}') from e
   return np.asarray(tree[root][PROMPT_KEY], np.float32)

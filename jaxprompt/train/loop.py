@@ -18,7 +18,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -83,8 +84,8 @@ class _StepChecker:
     if not values.get('finite', 1.0):
       self.checkpointer.wait_until_finished()
       last = self.checkpointer.latest_step()
-      kept = (f'the last good checkpoint, step {last}, is kept in {self.model_dir}' if last is not None
-              else f'no checkpoint was written to {self.model_dir} yet')
+      kept = (f'the last good checkpoint, step {last}, is kept in {self.model_dir}'
+              if last is not None else f'no checkpoint was written to {self.model_dir} yet')
       raise TrainingError(f'non-finite loss at step {step} (loss={values.get("loss")}, grad_norm='
                           f'{values.get("grad_norm")}): training stopped; {kept}; lower LEARNING_RATE or check '
                           'the data')
@@ -105,15 +106,13 @@ def initial_state(runtime: Runtime, optimizer: Optimizer, seed: int) -> TrainSta
 def tree_size(tree: Any) -> tuple[int, int]:
   """(elements, bytes) of every array leaf of a tree."""
   leaves = [x for x in jax.tree.leaves(tree) if hasattr(x, 'dtype')]
-  return (int(sum(np.size(x) for x in leaves)),
-          int(sum(np.size(x) * np.dtype(x.dtype).itemsize for x in leaves)))
+  return (int(sum(np.size(x) for x in leaves)), int(sum(np.size(x) * np.dtype(x.dtype).itemsize for x in leaves)))
 
 
 def run(runtime: Runtime, state: TrainState, checkpointer: StateCheckpointer, *, model_dir: str,
         batches: Callable[[int], Iterator[Batch]], batch_size: int, schedule: Schedule,
-        evaluate: Evaluate | None = None, progress_bar: bool | None = None,
-        task_name: str = '', debug_poison_loss_at_step: int | None = None,
-        debug_sleep_per_step: float = 0.0) -> LoopResult:
+        evaluate: Evaluate | None = None, progress_bar: bool | None = None, task_name: str = '',
+        debug_poison_loss_at_step: int | None = None, debug_sleep_per_step: float = 0.0) -> LoopResult:
   """Trains from the newest intact checkpoint in `checkpointer` (or from `state`) to `schedule.train_steps`.
 
   `batches(skip)` is the seeded stream of this process's numpy batches with the first `skip` dropped;
@@ -126,8 +125,7 @@ def run(runtime: Runtime, state: TrainState, checkpointer: StateCheckpointer, *,
     start, position = meta['step'], meta['data_position']
     log.info('resuming from %s at step %d (%d batches consumed)', model_dir, start, position)
   if start >= schedule.train_steps:
-    log.info('%s is already trained to step %d (TRAIN_STEPS=%d): nothing to do', model_dir, start,
-             schedule.train_steps)
+    log.info('%s is already trained to step %d (TRAIN_STEPS=%d): nothing to do', model_dir, start, schedule.train_steps)
     return LoopResult(start, state)
   stream = batches(position)
   observer = observability.TrainObserver(model_dir, total_steps=schedule.train_steps, start_step=start,
@@ -147,8 +145,8 @@ def run(runtime: Runtime, state: TrainState, checkpointer: StateCheckpointer, *,
         state, metrics = steps.train_step(state, frozen, steps.shard_batch(batch))
         step, position = step + 1, position + 1
         # Examples per step: this host's rows times the hosts (each feeds the same number of rows).
-        checker.push(step, metrics, {'examples': fill['examples'] * jax.process_count(),
-                                     'encoder_fill': fill['encoder_fill']})
+        checker.push(step, metrics,
+                     {'examples': fill['examples'] * jax.process_count(), 'encoder_fill': fill['encoder_fill']})
         if debug_sleep_per_step:
           time.sleep(debug_sleep_per_step)
         last = step == schedule.train_steps

@@ -15,7 +15,8 @@ import math
 import os
 import sys
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -133,16 +134,17 @@ class TrainObserver:
                   {'step': step, **{k: _finite(v) for k, v in means.items()}})
     if self._bar is None:
       remaining = (self.total_steps - step) / max(means['steps_per_sec'], 1e-9)
-      log.info('step %d/%d  loss/token %.4f  token_acc %.3f  lr %.3g  grad_norm %.3g  %.2f steps/s  '
-               '%.1f examples/step  encoder fill %.0f%%  ETA %s',
-               step, self.total_steps, means['loss_per_token'], means.get('token_accuracy', float('nan')),
-               means['learning_rate'], means.get('grad_norm', float('nan')), means['steps_per_sec'],
-               means.get('examples', float('nan')), 100 * means.get('encoder_fill', float('nan')),
-               format_duration(remaining))
+      log.info(
+          'step %d/%d  loss/token %.4f  token_acc %.3f  lr %.3g  grad_norm %.3g  %.2f steps/s  '
+          '%.1f examples/step  encoder fill %.0f%%  ETA %s', step, self.total_steps, means['loss_per_token'],
+          means.get('token_accuracy', float('nan')), means['learning_rate'], means.get('grad_norm', float('nan')),
+          means['steps_per_sec'], means.get('examples', float('nan')), 100 * means.get('encoder_fill', float('nan')),
+          format_duration(remaining))
 
   def eval(self, step: int, metrics: Mapping[str, Any]) -> None:
-    numbers = {k: float(v) for k, v in metrics.items()
-               if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)}
+    numbers = {
+        k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+    }
     self.writer.write_scalars(step, {f'eval/{k}': v for k, v in numbers.items() if math.isfinite(v)})
     self.writer.flush()
     if not self.chief:
@@ -177,10 +179,13 @@ def plot_curves(model_dir: str, filename: str = CURVES) -> str | None:
   evals = _read_jsonl(os.path.join(model_dir, EVAL_HISTORY))
   if not train and not evals:
     return None
-  panels = [k for k in ('loss_per_token', 'token_accuracy', 'learning_rate', 'grad_norm', 'param_norm')
-            if any(r.get(k) is not None for r in train)]
-  eval_keys = sorted({k for r in evals for k, v in r.items()
-                      if k not in ('step', 'num_examples') and isinstance(v, (int, float))})
+  panels = [
+      k for k in ('loss_per_token', 'token_accuracy', 'learning_rate', 'grad_norm', 'param_norm') if any(
+          r.get(k) is not None for r in train)
+  ]
+  eval_keys = sorted({
+      k for r in evals for k, v in r.items() if k not in ('step', 'num_examples') and isinstance(v, (int, float))
+  })
   count = len(panels) + (1 if eval_keys else 0)
   cols = min(3, count)
   rows = math.ceil(count / cols)

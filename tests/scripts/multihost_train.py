@@ -54,8 +54,10 @@ def global_batch(index: int, size: int = 8, input_len: int = 8, target_len: int 
   enc[:, -3] = 1
   targets = rng.integers(2, 128, (size, target_len)).astype(np.int32)
   targets[:, -1] = 1
-  return {'encoder_input_tokens': enc, 'decoder_input_tokens': np.pad(targets[:, :-1], ((0, 0), (1, 0))),
-          'decoder_target_tokens': targets, 'decoder_loss_weights': (targets > 0).astype(np.float32)}
+  return {
+      'encoder_input_tokens': enc, 'decoder_input_tokens': np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+      'decoder_target_tokens': targets, 'decoder_loss_weights': (targets > 0).astype(np.float32)
+  }
 
 
 def run_steps(num_steps: int = 4, save_at: int = 2, batch_size: int = 8) -> None:
@@ -72,13 +74,12 @@ def run_steps(num_steps: int = 4, save_at: int = 2, batch_size: int = 8) -> None
 
   # The same host values everywhere, then placed as global arrays (multi-host orbax needs global leaves).
   prompt = jax.tree.map(np.asarray, model.method.init(jax.random.PRNGKey(0), frozen))
-  state = steps.place_state(jax.tree.map(np.asarray, init_train_state(prompt, optimizer.tx,
-                                                                           jax.random.PRNGKey(1))))
+  state = steps.place_state(jax.tree.map(np.asarray, init_train_state(prompt, optimizer.tx, jax.random.PRNGKey(1))))
   rows = multihost.process_rows(steps.batch_sharding, batch_size)
   print(f'process {jax.process_index()} feeds rows {rows.start}:{rows.stop}', flush=True)
 
   ckpt = checkpointing.StateCheckpointer(ARGS['model_dir'], keep=2,
-                                        numpy_copy=lambda st: model.method.numpy_copy(st.trainable))
+                                         numpy_copy=lambda st: model.method.numpy_copy(st.trainable))
   losses = []
   for i in range(num_steps):
     local = multihost.host_local_batch(global_batch(i, batch_size), steps.batch_sharding)
@@ -90,8 +91,7 @@ def run_steps(num_steps: int = 4, save_at: int = 2, batch_size: int = 8) -> None
   ckpt.wait_until_finished()
 
   # Restore the mid-run checkpoint into the same shardings (collective: every process calls it).
-  template = partitioning.abstract_with_shardings(jax.eval_shape(lambda s: s, state),
-                                                  steps.state_shardings(state))
+  template = partitioning.abstract_with_shardings(jax.eval_shape(lambda s: s, state), steps.state_shardings(state))
   restored, meta = ckpt.restore(template, step=save_at)
   ckpt.close()
   np.testing.assert_array_equal(np.asarray(restored.trainable['prompt'].addressable_data(0)), saved_prompt)
@@ -105,24 +105,21 @@ def run_steps(num_steps: int = 4, save_at: int = 2, batch_size: int = 8) -> None
 
 
 def run_trainer() -> None:
-  from jaxprompt.data import custom
   from jaxprompt.commands import train as trainer
+  from jaxprompt.data import custom
   from jaxprompt.data import pipeline as data_pipeline
   from jaxprompt.methods.prompt_tuning import prompt_tuning
-
   from jaxprompt.parallel import host
   # Each host's rows differ, so each alone would pick its own bucket; the global maximum decides for both.
   assert host.global_max({'a': jax.process_index(), 'b': 7}) == {'a': jax.process_count() - 1, 'b': 7}
   lengths = {'inputs': 24, 'targets': 8}  # no input is truncated: rows stay distinct
   task = custom.register_file_task('jp_multihost_tiny', train=ARGS['train'], validation=ARGS['validation'],
-                                   label_set=('negative', 'positive'),
-                                   vocabulary=configs.vocabulary(ARGS['vocab'], 0))
+                                   label_set=('negative', 'positive'), vocabulary=configs.vocabulary(ARGS['vocab'], 0))
   result = trainer.train(ARGS['model_dir'], model_config=get_config('t5x_tiny'),
                          initial_checkpoint_path=ARGS['checkpoint'], mixture_or_task_name=task.name,
-                         task_feature_lengths=lengths, train_steps=4, batch_size=8,
-                         method=functools.partial(prompt_tuning, length=5),
-                         model_parallel=2, checkpoint_period=2, eval_period=4, log_period=1, progress_bar=False,
-                         length_buckets=2)
+                         task_feature_lengths=lengths, train_steps=4, batch_size=8, method=functools.partial(
+                             prompt_tuning, length=5), model_parallel=2, checkpoint_period=2, eval_period=4,
+                         log_period=1, progress_bar=False, length_buckets=2)
   # What this host's training stream holds: the trainer's own pipeline, host batch = 8 / 2 processes.
   host_batch = 8 // jax.process_count()
   stream = data_pipeline.train_dataset(task, lengths, 'train', host_batch, seed=0)

@@ -22,10 +22,11 @@ cfg = get_config('t5x_tiny')
 frozen = load_t5x_checkpoint(sys.argv[1])
 rs = np.random.RandomState(0)
 prefix = prefix_tuning(cfg, length=3, projection=False, initializer='normal')
-tasks = {'a': (PromptTuning(length=4, embed_dim=cfg.emb_dim), {'prompt': rs.uniform(-.5, .5, (4, cfg.emb_dim))}),
-         'b': (PromptTuning(length=6, embed_dim=cfg.emb_dim, combine='suffix_after_eos'),
-               {'prompt': rs.uniform(-.5, .5, (6, cfg.emb_dim))}),
-         'c': (prefix, prefix.init(jax.random.PRNGKey(1), frozen))}
+tasks = {
+    'a': (PromptTuning(length=4, embed_dim=cfg.emb_dim), {'prompt': rs.uniform(-.5, .5, (4, cfg.emb_dim))}),
+    'b': (PromptTuning(length=6, embed_dim=cfg.emb_dim, combine='suffix_after_eos'),
+          {'prompt': rs.uniform(-.5, .5, (6, cfg.emb_dim))}), 'c': (prefix, prefix.init(jax.random.PRNGKey(1), frozen))
+}
 bank, tree = prompt_bank.build_bank(tasks, cfg)
 model = TunedModel(cfg, bank)
 batch = dict(sharding_batch(), task_ids=np.asarray([0, 2, 1, 1, 2, 0, 0, 2], np.int32))
@@ -34,16 +35,21 @@ candidates = np.stack([np.asarray([[5, 1, 0], [6, 7, 1]], np.int32)] * 8)
 steps = ShardedSteps(model, None, partitioning.create_mesh(model_parallel=2), partitioning.prompt_logical_axis_rules())
 sharded_frozen = load_t5x_checkpoint(sys.argv[1], shardings=steps.frozen_shardings)
 placed = steps.place_trainable(tree)
-fns = {'logits': lambda p, f, b: model.logits(f, p, b),
-       'rank': lambda p, f, b, c: model.rank_classify(f, p, b['encoder_input_tokens'], c, b['task_ids']),
-       'beam': lambda p, f, b: model.predict_batch(f, p, b, method='beam', num_decodes=2)}
-single = {'logits': jax.jit(functools.partial(fns['logits']))(tree, frozen, batch),
-          'rank': jax.jit(fns['rank'])(tree, frozen, batch, candidates),
-          'beam': jax.jit(fns['beam'])(tree, frozen, batch)}
+fns = {
+    'logits': lambda p, f, b: model.logits(f, p, b),
+    'rank': lambda p, f, b, c: model.rank_classify(f, p, b['encoder_input_tokens'], c, b['task_ids']),
+    'beam': lambda p, f, b: model.predict_batch(f, p, b, method='beam', num_decodes=2)
+}
+single = {
+    'logits': jax.jit(functools.partial(fns['logits']))(tree, frozen, batch),
+    'rank': jax.jit(fns['rank'])(tree, frozen, batch, candidates), 'beam': jax.jit(fns['beam'])(tree, frozen, batch)
+}
 sharded_batch = steps.shard_batch(batch)
-got = {'logits': steps.compiled(fns['logits'])(placed, sharded_frozen, sharded_batch),
-       'rank': steps.compiled(fns['rank'], 1)(placed, sharded_frozen, sharded_batch, candidates),
-       'beam': steps.compiled(fns['beam'])(placed, sharded_frozen, sharded_batch)}
+got = {
+    'logits': steps.compiled(fns['logits'])(placed, sharded_frozen, sharded_batch),
+    'rank': steps.compiled(fns['rank'], 1)(placed, sharded_frozen, sharded_batch, candidates),
+    'beam': steps.compiled(fns['beam'])(placed, sharded_frozen, sharded_batch)
+}
 np.testing.assert_allclose(np.asarray(got['logits']), np.asarray(single['logits']), atol=1e-4)
 np.testing.assert_allclose(np.asarray(got['rank']), np.asarray(single['rank']), atol=1e-4)
 np.testing.assert_array_equal(np.asarray(got['beam'][0]), np.asarray(single['beam'][0]))

@@ -6,14 +6,14 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax.traverse_util import flatten_dict, unflatten_dict
 from flax import struct
+from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.sharding import PartitionSpec as P
 
-from jaxprompt.parallel import partitioning
 from jaxprompt.models.config import get_config
 from jaxprompt.models.hooks import Hooks, KVPrefix
 from jaxprompt.models.t5 import Transformer
+from jaxprompt.parallel import partitioning
 
 assert jax.device_count() == 8, jax.devices()
 data = dict(np.load(sys.argv[1]))

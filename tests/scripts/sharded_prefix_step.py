@@ -26,6 +26,7 @@ mesh = partitioning.create_mesh(model_parallel=2)
 rules = partitioning.prompt_logical_axis_rules()
 heads_over_model = PartitionSpec(None, None, 'model', None)
 
+
 def leaf(tree, path):
   for name in path:
     tree = tree[name]

@@ -9,8 +9,7 @@ from jaxprompt.methods.prompt_tuning import PromptTuning
 from jaxprompt.models.config import get_config
 from jaxprompt.models.wrapper import TunedModel
 from jaxprompt.parallel import partitioning
-from jaxprompt.runtime import optim
-from jaxprompt.runtime import step
+from jaxprompt.runtime import optim, step
 from jaxprompt.runtime.compiled import ShardedSteps
 from jaxprompt.runtime.state import init_train_state
 from tests.helpers import assert_trained_close

@@ -2,13 +2,16 @@
 on a SIGTERM that only one of them receives. Run by tests/test_train_checkpoints.py:
     python two_process_checkpoint.py PROCESS_ID PORT MODEL_DIR   (twice, with PYTHONPATH at the repo root)"""
 import sys
+
 process_id, port, model_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 import jax
+
 jax.distributed.initialize(coordinator_address=f'127.0.0.1:{port}', num_processes=2, process_id=process_id,
                            initialization_timeout=60)
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
 from jaxprompt.errors import CheckpointError
 from jaxprompt.parallel.host import host_value
 from jaxprompt.train.checkpoint_files import load_prompt_from_checkpoint
@@ -17,10 +20,14 @@ from tests.helpers import prompt_state
 
 mesh = Mesh(np.array(jax.devices()).reshape(2, 2), ('data', 'model'))
 host = jax.device_get(prompt_state(6, 8))
+
+
 # The [6, 8] leaves are split between the two processes (embed over 'data'); everything else is replicated.
 def place(x):
   spec = PartitionSpec(None, 'data') if np.shape(x) == (6, 8) else PartitionSpec()
   return jax.make_array_from_callback(np.shape(x), NamedSharding(mesh, spec), lambda index: np.asarray(x)[index])
+
+
 state = jax.tree.map(place, host)
 # host_value gathers the sharded prompt: collective, so the checkpointer calls it on every process.
 with StateCheckpointer(model_dir, numpy_copy=lambda s: {'prompt.npy': host_value(s.trainable['prompt'])}) as ckpt:
@@ -44,8 +51,12 @@ multihost_utils.sync_global_devices('saved')
 assert load_prompt_from_checkpoint(model_dir).tobytes() == np.asarray(host.trainable['prompt']).tobytes()
 
 # Preemption: a SIGTERM on process 1 alone must stop both processes at the same step.
-import os, signal, time
+import os
+import signal
+import time
+
 from jaxprompt.train.preemption import PreemptionGuard
+
 with PreemptionGuard() as guard:
   assert guard.mode == 'jax', guard.mode
   for step in range(400):

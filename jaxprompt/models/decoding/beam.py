@@ -2,17 +2,31 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import flax
 import jax
-from jax import lax
 import jax.numpy as jnp
+from jax import lax
 
-from jaxprompt.models.beam_utils import (add_beam_dim, cache_gather_beams, cache_map, flatten_beam_dim, gather_beams,
-                                         gather_topk_beams, unflatten_beam_dim)
-from jaxprompt.models.decoding.common import (NEG_INF, DecodingState, PyTree, check_inputs, check_logits,
-                                              check_prefilled, match_frozen)
+from jaxprompt.models.beam_utils import (
+    add_beam_dim,
+    cache_gather_beams,
+    cache_map,
+    flatten_beam_dim,
+    gather_beams,
+    gather_topk_beams,
+    unflatten_beam_dim,
+)
+from jaxprompt.models.decoding.common import (
+    NEG_INF,
+    DecodingState,
+    PyTree,
+    check_inputs,
+    check_logits,
+    check_prefilled,
+    match_frozen,
+)
 
 
 @flax.struct.dataclass
@@ -78,25 +92,19 @@ def beam_search(inputs: jax.Array, cache: PyTree, tokens_to_logits: Callable, eo
     right_aligned = _right_align(inputs)
     last_token = right_aligned[:, -1:].astype(jnp.int32)
     inputs = jnp.pad(last_token, ((0, 0), (0, length - 1)))
-    live_seqs0 = jnp.broadcast_to(jnp.pad(last_token, ((0, 0), (0, max_decode_len - 1)))[:, None],
-                                  live_seqs0.shape)
+    live_seqs0 = jnp.broadcast_to(jnp.pad(last_token, ((0, 0), (0, max_decode_len - 1)))[:, None], live_seqs0.shape)
   else:
     initial_index = jnp.zeros((batch_size,), jnp.int32)
   # The scalar cache_index broadcasts over beams; a prefilled per-example one must follow them.
-  state0 = BeamState(
-      cur_index=jnp.array(0),
-      live_logprobs=jnp.tile(jnp.array([0.0] + [NEG_INF] * (beams - 1)), [batch_size, 1]),
-      finished_scores=jnp.ones((batch_size, beams)) * NEG_INF,
-      live_seqs=live_seqs0,
-      finished_seqs=jnp.zeros((batch_size, beams, max_decode_len), jnp.int32),
-      finished_flags=jnp.zeros((batch_size, beams), jnp.bool_),
-      cache=cache_map(lambda x: add_beam_dim(x, beams, cache_offset), cache, apply_to_index=prefilled))
-  cond = functools.partial(_beam_cond, alpha=alpha, max_decode_len=max_decode_len,
-                           min_index=jnp.min(initial_index), max_decode_step=max_decode_step,
-                           min_log_prob=min_log_prob)
-  body = functools.partial(_beam_body, inputs=inputs, tokens_to_logits=tokens_to_logits, eos_id=eos_id,
-                           alpha=alpha, cache_offset=cache_offset, prompt_lengths=initial_index,
-                           prefilled=prefilled)
+  state0 = BeamState(cur_index=jnp.array(0), live_logprobs=jnp.tile(
+      jnp.array([0.0] + [NEG_INF] * (beams - 1)), [batch_size, 1]), finished_scores=jnp.ones(
+          (batch_size, beams)) * NEG_INF, live_seqs=live_seqs0, finished_seqs=jnp.zeros(
+              (batch_size, beams, max_decode_len), jnp.int32), finished_flags=jnp.zeros((batch_size, beams), jnp.bool_),
+                     cache=cache_map(lambda x: add_beam_dim(x, beams, cache_offset), cache, apply_to_index=prefilled))
+  cond = functools.partial(_beam_cond, alpha=alpha, max_decode_len=max_decode_len, min_index=jnp.min(initial_index),
+                           max_decode_step=max_decode_step, min_log_prob=min_log_prob)
+  body = functools.partial(_beam_body, inputs=inputs, tokens_to_logits=tokens_to_logits, eos_id=eos_id, alpha=alpha,
+                           cache_offset=cache_offset, prompt_lengths=initial_index, prefilled=prefilled)
   final = lax.while_loop(cond, body, state0)
 
   any_finished = jnp.any(final.finished_flags, axis=1)
@@ -106,8 +114,8 @@ def beam_search(inputs: jax.Array, cache: PyTree, tokens_to_logits: Callable, eo
     return seqs[:, :, 1:], scores
   # Re-attach the prompt: [right-aligned prompt | continuation without its first (prompt) token], then
   # left-align and cut to the requested length.
-  full = jnp.concatenate([jnp.broadcast_to(right_aligned[:, None, :], (batch_size, beams, length)),
-                          seqs[:, :, 1:]], axis=-1)
+  full = jnp.concatenate([jnp.broadcast_to(right_aligned[:, None, :], (batch_size, beams, length)), seqs[:, :, 1:]],
+                         axis=-1)
   full = _left_align(full.reshape(batch_size * beams, -1)).reshape(full.shape)
   return full[:, :, :max_decode_len - 1], scores
 
@@ -133,14 +141,13 @@ def _beam_body(state: BeamState, *, inputs, tokens_to_logits, eos_id, alpha, cac
   keep = 2 * beams  # even if `beams` candidates finish at once, `beams` remain to continue
   flat_token = flatten_beam_dim(lax.dynamic_slice_in_dim(state.live_seqs, state.cur_index, 1, axis=2))
   flat_cache = cache_map(functools.partial(flatten_beam_dim, offset=cache_offset), state.cache, prefilled)
-  flat_logits, new_flat_cache = tokens_to_logits(DecodingState(
-      cur_index=state.cur_index, sequences=flatten_beam_dim(state.live_seqs), cur_token=flat_token,
-      cache=flat_cache))
+  flat_logits, new_flat_cache = tokens_to_logits(
+      DecodingState(cur_index=state.cur_index, sequences=flatten_beam_dim(state.live_seqs), cur_token=flat_token,
+                    cache=flat_cache))
   check_logits(flat_logits, batch_size * beams)
   new_cache = cache_map(lambda x: unflatten_beam_dim(x, batch_size, beams, cache_offset),
                         match_frozen(new_flat_cache, flat_cache), prefilled)
-  log_probs = (jax.nn.log_softmax(unflatten_beam_dim(flat_logits, batch_size, beams))
-               + state.live_logprobs[:, :, None])
+  log_probs = (jax.nn.log_softmax(unflatten_beam_dim(flat_logits, batch_size, beams)) + state.live_logprobs[:, :, None])
   vocab = log_probs.shape[-1]
   topk_log_probs, topk_indices = lax.top_k(log_probs.reshape(batch_size, beams * vocab), k=keep)
   topk_ids = topk_indices % vocab
@@ -151,7 +158,8 @@ def _beam_body(state: BeamState, *, inputs, tokens_to_logits, eos_id, alpha, cac
   forced = lax.dynamic_index_in_dim(inputs.astype(jnp.int32), state.cur_index + 1, axis=1)  # [batch, 1]
   out_of_prompt = forced == 0
   inside_log_probs = jnp.concatenate(
-      [jnp.zeros((batch_size, 1), topk_log_probs.dtype), jnp.full_like(topk_log_probs[:, 1:], NEG_INF)], axis=1)
+      [jnp.zeros((batch_size, 1), topk_log_probs.dtype),
+       jnp.full_like(topk_log_probs[:, 1:], NEG_INF)], axis=1)
   topk_log_probs = topk_log_probs * out_of_prompt + inside_log_probs * ~out_of_prompt
   topk_ids = topk_ids * out_of_prompt + forced * ~out_of_prompt
 
@@ -171,11 +179,11 @@ def _beam_body(state: BeamState, *, inputs, tokens_to_logits, eos_id, alpha, cac
   lengths = prompt_lengths[:, None] + (state.cur_index + 1)
   new_scores = topk_log_probs / brevity_penalty(alpha, lengths)
   new_scores += (~newly_finished) * NEG_INF
-  finished_seqs, finished_scores, finished_flags = gather_topk_beams(
-      [jnp.concatenate([state.finished_seqs, topk_seq], axis=1),
-       jnp.concatenate([state.finished_scores, new_scores], axis=1),
-       jnp.concatenate([state.finished_flags, newly_finished], axis=1)],
-      jnp.concatenate([state.finished_scores, new_scores], axis=1), beams)
+  finished_seqs, finished_scores, finished_flags = gather_topk_beams([
+      jnp.concatenate([state.finished_seqs, topk_seq], axis=1),
+      jnp.concatenate([state.finished_scores, new_scores], axis=1),
+      jnp.concatenate([state.finished_flags, newly_finished], axis=1)
+  ], jnp.concatenate([state.finished_scores, new_scores], axis=1), beams)
   return BeamState(cur_index=state.cur_index + 1, live_logprobs=live_logprobs, finished_scores=finished_scores,
                    live_seqs=live_seqs, finished_seqs=finished_seqs, finished_flags=finished_flags,
                    cache=match_frozen(live_cache, state.cache))

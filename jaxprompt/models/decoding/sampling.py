@@ -2,18 +2,25 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import flax
 import jax
-from jax import lax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from jaxprompt.errors import ConfigError
 from jaxprompt.models.beam_utils import cache_map, flat_batch_beam_expand, topk_mask, topp_mask, unflatten_beam_dim
-from jaxprompt.models.decoding.common import (NEG_INF, DecodingState, PyTree, check_inputs, check_logits,
-                                              check_prefilled, match_frozen)
+from jaxprompt.models.decoding.common import (
+    NEG_INF,
+    DecodingState,
+    PyTree,
+    check_inputs,
+    check_logits,
+    check_prefilled,
+    match_frozen,
+)
 
 # Temperatures at or below this take the exact greedy (argmax) branch.
 MIN_TEMPERATURE = np.array(1e-4)
@@ -41,6 +48,7 @@ def _sample(logits, temperature, rng, topk, topp, rescale_log_probs, known_posit
 
   known_positive: whether a scalar temperature known before tracing exceeds MIN_TEMPERATURE (else None).
   """
+
   def nonzero_temperature(logits, temperature, rng=rng):
     scaled = logits / jnp.maximum(temperature, MIN_TEMPERATURE)
     if _is_tracer(topk) or topk:
@@ -64,8 +72,9 @@ def _sample(logits, temperature, rng, topk, topp, rescale_log_probs, known_posit
     # One temperature per row. t5x reuses one key for every row here, which makes the num_decodes copies of
     # an example identical; each row gets its own key instead.
     def per_row(row, t, key):
-      return lax.cond(t > MIN_TEMPERATURE, functools.partial(nonzero_temperature, rng=key), zero_temperature,
-                      row[None], t)
+      return lax.cond(t > MIN_TEMPERATURE, functools.partial(nonzero_temperature, rng=key), zero_temperature, row[None],
+                      t)
+
     keys = jax.random.split(rng, logits.shape[0])
     token, log_prob = jax.vmap(per_row)(logits, temperature, keys)
     return token[:, 0], log_prob[:, 0]
@@ -75,11 +84,10 @@ def _sample(logits, temperature, rng, topk, topp, rescale_log_probs, known_posit
 
 
 def temperature_sample(inputs: jax.Array, cache: PyTree, tokens_to_logits: Callable, eos_id: int,
-                       decode_rng: jax.Array | None = None, num_decodes: int = 1, temperature=1.0,
-                       topk: int = 1, topp: float = 0.0, cache_offset: int = 0,
-                       initial_index: jax.Array | None = None, max_decode_steps=None,
-                       max_decode_steps_hard_limit: int | None = None, rescale_log_probs: bool = True,
-                       state_callback_fn: Callable | None = None,
+                       decode_rng: jax.Array | None = None, num_decodes: int = 1, temperature=1.0, topk: int = 1,
+                       topp: float = 0.0, cache_offset: int = 0, initial_index: jax.Array | None = None,
+                       max_decode_steps=None, max_decode_steps_hard_limit: int | None = None,
+                       rescale_log_probs: bool = True, state_callback_fn: Callable | None = None,
                        logit_callback_fn: Callable | None = None) -> tuple[jax.Array, jax.Array]:
   """Samples `num_decodes` continuations per prompt (t5x defaults: topk=1; temperature 0.0 = argmax).
 
@@ -111,25 +119,23 @@ def temperature_sample(inputs: jax.Array, cache: PyTree, tokens_to_logits: Calla
     check_prefilled(cache, initial_index, batch_size)
   if num_decodes > 1:
     # With a prefilled cache the cache_index is a per-example vector, so it is expanded too.
-    cache = cache_map(functools.partial(flat_batch_beam_expand, beam_size=num_decodes, offset=cache_offset),
-                      cache, apply_to_index=initial_index is not None)
+    cache = cache_map(functools.partial(flat_batch_beam_expand, beam_size=num_decodes, offset=cache_offset), cache,
+                      apply_to_index=initial_index is not None)
     inputs = flat_batch_beam_expand(inputs, num_decodes)
     if initial_index is not None:
       initial_index = flat_batch_beam_expand(initial_index, num_decodes)
   sample = functools.partial(_sample, topk=topk, topp=topp, rescale_log_probs=rescale_log_probs,
                              known_positive=known_positive)
-  sequences, log_prob = _sample_loop(
-      inputs, cache, tokens_to_logits, eos_id, decode_rng, num_decodes, temperature, sample, initial_index,
-      max_decode_steps, state_callback_fn, logit_callback_fn)
+  sequences, log_prob = _sample_loop(inputs, cache, tokens_to_logits, eos_id, decode_rng, num_decodes, temperature,
+                                     sample, initial_index, max_decode_steps, state_callback_fn, logit_callback_fn)
   sequences = unflatten_beam_dim(sequences, batch_size, num_decodes)
   log_prob = unflatten_beam_dim(log_prob, batch_size, num_decodes)
   order = jnp.argsort(log_prob, axis=-1)
-  return (jnp.take_along_axis(sequences, order[..., None], axis=1),
-          jnp.take_along_axis(log_prob, order, axis=-1))
+  return (jnp.take_along_axis(sequences, order[..., None], axis=1), jnp.take_along_axis(log_prob, order, axis=-1))
 
 
-def _sample_loop(inputs, cache, tokens_to_logits, eos_id, rng, num_decodes, temperature, sample,
-                 initial_index, max_decode_steps, state_callback_fn, logit_callback_fn):
+def _sample_loop(inputs, cache, tokens_to_logits, eos_id, rng, num_decodes, temperature, sample, initial_index,
+                 max_decode_steps, state_callback_fn, logit_callback_fn):
   """The sampling while-loop over flat rows. Returns (sequences [n, length], log_prob [n])."""
   n, length = inputs.shape
   max_len = length
@@ -144,21 +150,22 @@ def _sample_loop(inputs, cache, tokens_to_logits, eos_id, rng, num_decodes, temp
     index0, token0 = initial_index, jnp.take_along_axis(sequences0, initial_index[:, None], axis=1)
   # A prompt may already contain EOS: a row ends when it gains one more EOS than it started with.
   initial_eos = jnp.sum(sequences0 == eos_id, axis=-1, keepdims=True)
-  state0 = SamplingLoopState(jnp.zeros((), jnp.int32), index0, sequences0, cache, token0,
-                             jnp.zeros((n, 1), jnp.bool_), rng, jnp.zeros((n,), jnp.float32))
+  state0 = SamplingLoopState(jnp.zeros((), jnp.int32), index0, sequences0, cache, token0, jnp.zeros((n, 1), jnp.bool_),
+                             rng, jnp.zeros((n,), jnp.float32))
 
   def body(state: SamplingLoopState) -> SamplingLoopState:
     if state_callback_fn is not None:
       state = state_callback_fn(state)
     rng_now, rng_next = jax.random.split(state.rng)
-    logits, new_cache = tokens_to_logits(DecodingState(
-        cur_index=state.cur_index, sequences=state.sequences[:, :-2], cur_token=state.cur_token,
-        cache=state.cache))
+    logits, new_cache = tokens_to_logits(
+        DecodingState(cur_index=state.cur_index, sequences=state.sequences[:, :-2], cur_token=state.cur_token,
+                      cache=state.cache))
     check_logits(logits, n)
     if logit_callback_fn is not None:
       logits = logit_callback_fn(logits, state)
-    token, token_log_prob = sample(logits, jnp.repeat(temperature, num_decodes)
-                                   if temperature.ndim == 1 else temperature, rng_now)
+    token, token_log_prob = sample(logits,
+                                   jnp.repeat(temperature, num_decodes) if temperature.ndim == 1 else temperature,
+                                   rng_now)
     i = jnp.minimum(state.cur_index, max_len)
     forced = jnp.take_along_axis(state.sequences, (i + 1)[:, None], axis=1)[:, 0]
     out_of_prompt = forced == 0
@@ -167,8 +174,8 @@ def _sample_loop(inputs, cache, tokens_to_logits, eos_id, rng, num_decodes, temp
     token = token[:, None] * ~state.ended
     one_hot = jax.nn.one_hot(i + 1, state.sequences.shape[1], dtype=state.sequences.dtype)
     sequences = state.sequences * (1 - one_hot) + token * one_hot
-    ended = (state.ended | (jnp.sum(sequences == eos_id, axis=-1, keepdims=True) > initial_eos)
-             | (i >= max_len - 1)[:, None])
+    ended = (state.ended | (jnp.sum(sequences == eos_id, axis=-1, keepdims=True) > initial_eos) |
+             (i >= max_len - 1)[:, None])
     return SamplingLoopState(state.step + 1, i + 1, sequences, match_frozen(new_cache, state.cache), token, ended,
                              rng_next, log_prob)
 
