@@ -9,7 +9,7 @@ import gin  # pylint: disable=g-import-not-at-top
 import pytest
 import seqio
 
-from jaxprompt.data import custom, vocab
+from jaxprompt.data import custom, task_spec, vocab
 from jaxprompt.errors import ConfigError, DataError
 
 LENGTHS = {"inputs": 32, "targets": 8}
@@ -269,12 +269,12 @@ def test_gin_registers_the_task(tmp_path):
 
 def test_parse_task_spec():
   spec = "name=my_task, train=/p/train.tsv|/p/more.tsv,validation=gs://b/x=1/dev.tsv,labels=yes|no,header=false,"
-  assert custom.parse_task_spec(spec + "metrics=accuracy|f1,inputs=q,targets=a,format=tsv,vocab=/v.model") == {
+  assert task_spec.parse_task_spec(spec + "metrics=accuracy|f1,inputs=q,targets=a,format=tsv,vocab=/v.model") == {
       "name": "my_task", "train": ("/p/train.tsv", "/p/more.tsv"), "validation": "gs://b/x=1/dev.tsv", "label_set":
           ("yes", "no"), "has_header": False, "metrics": ("accuracy", "f1"), "inputs_field": "q", "targets_field": "a",
       "format": "tsv", "vocabulary": "/v.model"
   }
-  assert custom.parse_task_spec("name=t,test=/t.jsonl,header=auto") == {
+  assert task_spec.parse_task_spec("name=t,test=/t.jsonl,header=auto") == {
       "name": "t", "test": "/t.jsonl", "has_header": None
   }
 
@@ -290,14 +290,14 @@ def test_parse_task_spec():
 ])
 def test_parse_task_spec_errors(spec, message):
   with pytest.raises(ConfigError, match=message):
-    custom.parse_task_spec(spec)
+    task_spec.parse_task_spec(spec)
 
 
 def test_register_task_spec(tmp_path):
   train = _write(tmp_path, "train.tsv", "sentence\tlabel\ngreat\tpositive\n")
   dev = _write(tmp_path, "dev.tsv", "awful\tnegative\n")
-  task = custom.register_task_spec(f"name=cli_task,train={train},validation={dev},inputs=sentence,targets=label,"
-                                   "labels=negative|positive")
+  task = task_spec.register_task_spec(f"name=cli_task,train={train},validation={dev},inputs=sentence,targets=label,"
+                                      "labels=negative|positive")
   assert task.splits == ("train", "validation")
   assert custom.get_file_task_label_set("cli_task") == ("negative", "positive")
   assert _texts(_examples(task, "validation"), "inputs_pretokenized") == ["awful"]

@@ -138,9 +138,9 @@ def _run(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     gin_config.import_configurables()
     gin_config.parse(files, bindings, args.gin_search_paths)
   if args.task:
-    from jaxprompt.data import custom  # pylint: disable=g-import-not-at-top
+    from jaxprompt.data import task_spec  # pylint: disable=g-import-not-at-top
     for spec in args.task:  # after gin, so the model's vocabulary binding applies
-      custom.register_task_spec(spec)
+      task_spec.register_task_spec(spec)
   if args.tfds_data_dir:
     from jaxprompt.data import tasks  # pylint: disable=g-import-not-at-top
     tasks.set_tfds_data_dir(args.tfds_data_dir)

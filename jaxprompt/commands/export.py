@@ -30,7 +30,7 @@ from jaxprompt.formats.npy_io import read_npz, write_npy, write_npz
 from jaxprompt.methods import kv_prefix, peft_adapters
 from jaxprompt.methods.multitask import MULTITASK_FILE
 from jaxprompt.methods.per_layer_prompts import NUMPY_FILE as PER_LAYER_FILE
-from jaxprompt.train import checkpoints
+from jaxprompt.train import step_dirs
 from jaxprompt.train.checkpoint_files import checkpoint_step, load_prompt_from_checkpoint
 
 FORMATS = ('file', 'peft')
@@ -180,8 +180,8 @@ def _trained_p_tuning(source: str, step: int | None) -> bool:
     return False  # a bare prompt file says nothing about how it was trained
   numpy_dir, orbax_dir = checkpoint_step(source, step)
   if orbax_dir is None:  # a numpy step dir: its orbax twin, model_dir/checkpoints/<step>
-    step_number = checkpoints.parse_step(numpy_dir.name, checkpoints.NUMPY_PREFIX)
-    orbax_dir = numpy_dir.parent.parent / checkpoints.CHECKPOINTS / str(step_number)
+    step_number = step_dirs.parse_step(numpy_dir.name, step_dirs.NUMPY_PREFIX)
+    orbax_dir = numpy_dir.parent.parent / step_dirs.CHECKPOINTS / str(step_number)
   if (orbax_dir / 'state').exists():
     keys = _trainable_keys(orbax_dir)
     if keys:

@@ -25,7 +25,7 @@ from jaxprompt.formats.npy_io import npy_shape
 from jaxprompt.methods import initializers, peft_adapters, registry
 from jaxprompt.methods.base import Method
 from jaxprompt.models.config import T5Config
-from jaxprompt.train import checkpoint_files, checkpoints
+from jaxprompt.train import checkpoint_files, step_dirs
 
 
 def load_tuned(*, prompt_file: str | None, checkpoint: str | None, step: int | None, prompt_length: int | None,
@@ -92,7 +92,7 @@ def step_numpy_dir(checkpoint: str, step: int | None = None) -> epath.Path:
   numpy_dir, orbax_dir = checkpoint_files.checkpoint_step(checkpoint, step)
   if numpy_dir is not None:
     return numpy_dir
-  return orbax_dir.parent.parent / checkpoints.NUMPY_CHECKPOINTS / f'{checkpoints.NUMPY_PREFIX}{orbax_dir.name}'
+  return orbax_dir.parent.parent / step_dirs.NUMPY_CHECKPOINTS / f'{step_dirs.NUMPY_PREFIX}{orbax_dir.name}'
 
 
 def load_prompt(*, prompt_file: str | None, checkpoint: str | None, step: int | None, prompt_length: int | None,

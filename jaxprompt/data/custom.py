@@ -18,7 +18,7 @@ From gin: `register_file_task` and `file_task_name` are configurables (module `j
     MIXTURE_OR_TASK_NAME = @jaxprompt.data.file_task_name()
     jaxprompt.data.register_file_task.name = 'my_task'
     jaxprompt.data.register_file_task.train = '/data/train.tsv'
-From the command line: `register_task_spec("name=my_task,train=/p/train.tsv,validation=/p/dev.tsv,labels=yes|no")`.
+From the command line (`--task`): `jaxprompt.data.task_spec`.
 """
 from __future__ import annotations
 
@@ -335,69 +335,3 @@ def get_file_task_label_set(name: str) -> tuple[str, ...] | None:
     raise DataError(f'task {name!r} was not registered with register_file_task '
                     f"(file tasks: {sorted(_LABEL_SETS) or 'none'})")
   return _LABEL_SETS[name]
-
-
-# ------------------------------------------------------------------------------------------------- command line
-
-_SPEC_KEYS = {
-    'name': 'name',
-    'train': 'train',
-    'validation': 'validation',
-    'test': 'test',
-    'format': 'format',
-    'inputs': 'inputs_field',
-    'inputs_field': 'inputs_field',
-    'targets': 'targets_field',
-    'targets_field': 'targets_field',
-    'header': 'has_header',
-    'has_header': 'has_header',
-    'labels': 'label_set',
-    'label_set': 'label_set',
-    'metrics': 'metrics',
-    'vocab': 'vocabulary',
-    'vocabulary': 'vocabulary',
-}
-_BOOLEANS = {'true': True, 'yes': True, '1': True, 'false': False, 'no': False, '0': False, 'auto': None}
-
-
-def parse_task_spec(spec: str) -> dict[str, Any]:
-  """Keyword arguments of `register_file_task` from `key=value,key=value` (the --task command-line form).
-
-  Keys: name (required), train / validation / test (a path; several joined by `|`), format, inputs,
-  targets, header (true / false / auto), labels (`no|yes`), metrics (`accuracy|f1`), vocab (a path).
-  Values cannot contain commas.
-  """
-  kwargs: dict[str, Any] = {}
-  for item in (part.strip() for part in spec.split(',')):
-    if not item:
-      continue
-    key, sep, value = (s.strip() for s in item.partition('='))
-    if not sep:
-      raise ConfigError(f'task spec {spec!r}: {item!r} is not key=value')
-    if key not in _SPEC_KEYS:
-      raise ConfigError(f'task spec {spec!r}: unknown key {key!r} (known: {sorted(_SPEC_KEYS)})')
-    if not value:
-      raise ConfigError(f'task spec {spec!r}: key {key!r} has no value')
-    arg = _SPEC_KEYS[key]
-    if arg in kwargs:
-      raise ConfigError(f'task spec {spec!r}: {arg} is given twice')
-    if arg in ('train', 'validation', 'test', 'label_set', 'metrics'):
-      parts = [v.strip() for v in value.split('|')]
-      if not all(parts):
-        raise ConfigError(f'task spec {spec!r}: {key}={value!r} has an empty entry')
-      kwargs[arg] = tuple(parts) if arg in ('label_set', 'metrics') or len(parts) > 1 else parts[0]
-    elif arg == 'has_header':
-      if value.lower() not in _BOOLEANS:
-        raise ConfigError(f'task spec {spec!r}: header={value!r} is not true / false / auto')
-      kwargs[arg] = _BOOLEANS[value.lower()]
-    else:
-      kwargs[arg] = value
-  if 'name' not in kwargs:
-    raise ConfigError(f'task spec {spec!r}: name=... is required')
-  return kwargs
-
-
-def register_task_spec(spec: str) -> seqio.Task:
-  """`register_file_task(**parse_task_spec(spec))`."""
-  kwargs = parse_task_spec(spec)
-  return register_file_task(kwargs.pop('name'), **kwargs)

@@ -10,7 +10,7 @@ from etils import epath
 from jaxprompt.errors import CheckpointError
 from jaxprompt.formats import npy_io
 from jaxprompt.formats.keys import PROMPT_FILE
-from jaxprompt.train import checkpoints
+from jaxprompt.train import checkpoints, step_dirs
 
 
 def _read_prompt_npy(path: epath.Path) -> np.ndarray:
@@ -31,23 +31,23 @@ def checkpoint_step(model_dir_or_step_dir: str, step: int | None = None) -> tupl
   path = epath.Path(os.fspath(model_dir_or_step_dir))
   if not path.exists():
     raise CheckpointError(f'checkpoint path {path} does not exist')
-  numpy_step = path.name.startswith(checkpoints.NUMPY_PREFIX)
+  numpy_step = path.name.startswith(step_dirs.NUMPY_PREFIX)
   if numpy_step or (path / 'state').exists():
-    named = checkpoints.parse_step(path.name, checkpoints.NUMPY_PREFIX if numpy_step else '')
+    named = step_dirs.parse_step(path.name, step_dirs.NUMPY_PREFIX if numpy_step else '')
     if step is not None and named is not None and named != int(step):
       raise CheckpointError(f'{path} is the checkpoint of step {named}, not of the requested step {step}')
     return (path, None) if numpy_step else (None, path)
-  if path.name == checkpoints.CHECKPOINTS:
+  if path.name == step_dirs.CHECKPOINTS:
     model_dir, ckpt_dir = path.parent, path
   else:
-    model_dir, ckpt_dir = path, path / checkpoints.CHECKPOINTS
-  steps = checkpoints.committed_steps(ckpt_dir)
+    model_dir, ckpt_dir = path, path / step_dirs.CHECKPOINTS
+  steps = step_dirs.committed_steps(ckpt_dir)
   if not steps:
     raise CheckpointError(f'no checkpoints in {path} (expected {ckpt_dir}/<step>/ or a prompt file)')
   step = steps[-1] if step is None else int(step)
   if step not in steps:
     raise CheckpointError(f'no checkpoint for step {step} in {ckpt_dir} (have {steps})')
-  return model_dir / checkpoints.NUMPY_CHECKPOINTS / f'{checkpoints.NUMPY_PREFIX}{step}', ckpt_dir / str(step)
+  return model_dir / step_dirs.NUMPY_CHECKPOINTS / f'{step_dirs.NUMPY_PREFIX}{step}', ckpt_dir / str(step)
 
 
 def load_prompt_from_checkpoint(model_dir_or_step_dir: str, step: int | None = None) -> np.ndarray:

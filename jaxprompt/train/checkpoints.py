@@ -34,16 +34,9 @@ from jaxprompt.formats.keys import PROMPT_KEY
 from jaxprompt.models import fingerprint as fingerprint_lib
 from jaxprompt.parallel import host
 from jaxprompt.runtime.state import TrainState
+from jaxprompt.train import step_dirs
 
 log = logging.getLogger('jaxprompt')
-
-CHECKPOINTS = 'checkpoints'
-NUMPY_CHECKPOINTS = 'numpy_checkpoints'
-NUMPY_PREFIX = 'checkpoint_'
-# orbax writes these only once a step is complete; a step dir with neither is a save that never finished.
-_COMMIT_MARKERS = ('commit_success.txt', '_CHECKPOINT_METADATA')
-_INCOMPLETE = ('checkpoint {} is incomplete (no commit_success.txt or _CHECKPOINT_METADATA): a save was '
-               'interrupted; move it away or restore another step')
 
 
 class _Damaged(CheckpointError):
@@ -82,8 +75,8 @@ class StateCheckpointer:
     self.best_metric, self.best_mode, self.numpy_copy = best_metric, best_mode, numpy_copy
     self.fingerprint: Mapping[str, Any] | None = None
     _check_writable(epath.Path(self.model_dir))
-    self._ckpt_dir = epath.Path(self.model_dir) / CHECKPOINTS
-    self._numpy_dir = epath.Path(self.model_dir) / NUMPY_CHECKPOINTS
+    self._ckpt_dir = epath.Path(self.model_dir) / step_dirs.CHECKPOINTS
+    self._numpy_dir = epath.Path(self.model_dir) / step_dirs.NUMPY_CHECKPOINTS
     self._damaged = _scan_unreadable(self._ckpt_dir)  # step -> why it cannot be restored
     for step, reason in sorted(self._damaged.items()):
       log.warning('Ignoring checkpoint %s, left untouched: %s', self._step_dir(step), reason)
@@ -151,12 +144,12 @@ class StateCheckpointer:
       # Numpy copies whose step retention dropped go too; a damaged step's copy stays.
       kept = set(self._manager.all_steps()) | set(self._damaged)
       for child in self._numpy_dir.iterdir() if self._numpy_dir.exists() else ():
-        if parse_step(child.name, NUMPY_PREFIX) not in kept | {None}:
+        if step_dirs.parse_step(child.name, step_dirs.NUMPY_PREFIX) not in kept | {None}:
           child.rmtree()
     return True
 
   def _numpy_step_dir(self, step: int) -> epath.Path:
-    return self._numpy_dir / f'{NUMPY_PREFIX}{step}'
+    return self._numpy_dir / f'{step_dirs.NUMPY_PREFIX}{step}'
 
   def recorded_model(self, step: int) -> Mapping[str, Any] | None:
     """The frozen model's fingerprint saved with `step`; None without one (an older release's step, model tuning),
@@ -285,18 +278,14 @@ def _retention_policy(keep: int, best_metric: str | None, best_mode: str, keep_b
   return ocp.checkpoint_managers.AnyPreservationPolicy(policies)
 
 
-def _is_committed(step_dir: epath.Path) -> bool:
-  return any((step_dir / marker).exists() for marker in _COMMIT_MARKERS)
-
-
 def _scan_unreadable(ckpt_dir: epath.Path) -> dict[int, str]:
   """Step dirs orbax must not see: uncommitted, or with metrics that would stop its manager from starting."""
   found = {}
-  for step in _step_dirs(ckpt_dir):
+  for step in step_dirs.step_numbers(ckpt_dir):
     step_dir = ckpt_dir / str(step)
     try:
-      if not _is_committed(step_dir):
-        found[step] = _INCOMPLETE.format(step_dir)
+      if not step_dirs.is_committed(step_dir):
+        found[step] = step_dirs.INCOMPLETE.format(step_dir)
       elif (step_dir / 'metrics').exists():
         ocp.JsonCheckpointHandler(filename='metrics').restore(step_dir / 'metrics')
     except FileNotFoundError:  # orbax reads a missing file as no metrics
@@ -370,16 +359,6 @@ def _one_line(error: Exception) -> str:
   return ' '.join(f'{type(error).__name__}: {error}'.split())[:400]
 
 
-def parse_step(name: str, prefix: str = '') -> int | None:
-  rest = name[len(prefix):] if name.startswith(prefix) else None
-  return int(rest) if rest and rest.isdigit() else None
-
-
-def _step_dirs(ckpt_dir: epath.Path) -> list[int]:
-  steps = [parse_step(p.name) for p in ckpt_dir.iterdir()] if ckpt_dir.is_dir() else []
-  return sorted(s for s in steps if s is not None)
-
-
 def _check_writable(model_dir: epath.Path) -> None:
   """Fails now, naming the dir, rather than at the first save hours into training."""
   probe = model_dir / f'.jaxprompt_write_probe.{jax.process_index()}.{uuid.uuid4().hex}'
@@ -393,8 +372,8 @@ def _check_writable(model_dir: epath.Path) -> None:
 
 def read_orbax_prompt(step_dir: epath.Path) -> np.ndarray:
   """Reads only the prompt leaf of an orbax step, from either release's tree (chosen by the metadata)."""
-  if not _is_committed(step_dir):
-    raise _Damaged(_INCOMPLETE.format(step_dir))
+  if not step_dirs.is_committed(step_dir):
+    raise _Damaged(step_dirs.INCOMPLETE.format(step_dir))
   # New checkpoints: TrainState.trainable[PROMPT_KEY]; the previous release's: TrainState.prompt[PROMPT_KEY].
   root = next((r for r in ('trainable', 'prompt') if f'{r}/{PROMPT_KEY}' in _saved_shapes(step_dir)), None)
   if root is None:
@@ -408,8 +387,3 @@ def read_orbax_prompt(step_dir: epath.Path) -> np.ndarray:
   except Exception as e:
     raise _Damaged(f'cannot read the prompt from checkpoint {step_dir}: {_one_line(e)}') from e
   return np.asarray(tree[root][PROMPT_KEY], np.float32)
-
-
-def committed_steps(ckpt_dir: epath.Path) -> list[int]:
-  """The steps under `ckpt_dir` whose save finished, ascending."""
-  return [s for s in _step_dirs(ckpt_dir) if _is_committed(ckpt_dir / str(s))]
