@@ -45,7 +45,7 @@ _fast_compiles()
 import pytest  # pylint: disable=g-import-not-at-top
 import seqio  # pylint: disable=g-import-not-at-top
 
-from jaxprompt.commands import configs  # pylint: disable=g-import-not-at-top
+from jaxprompt.commands import configs, groups  # pylint: disable=g-import-not-at-top
 from jaxprompt.data import custom  # pylint: disable=g-import-not-at-top
 from jaxprompt.methods.prompt_tuning import prompt_tuning  # pylint: disable=g-import-not-at-top
 from jaxprompt.models.config import get_config  # pylint: disable=g-import-not-at-top
@@ -120,10 +120,13 @@ def tiny_task(tiny_files):
 
 @pytest.fixture(scope='module')
 def train_kwargs(tiny_task, fixtures_dir):
-  return dict(model_config=get_config('t5x_tiny'), initial_checkpoint_path=str(
-      fixtures_dir / 't5x_tiny' / 'classic_checkpoint_0'), mixture_or_task_name=tiny_task.name,
-              task_feature_lengths=LENGTHS, batch_size=4, method=functools.partial(prompt_tuning, length=PROMPT_LENGTH),
-              checkpoint_period=3, eval_period=3, log_period=1, progress_bar=False)
+  """`jaxprompt.train`'s groups for the tiny task on the fixture model: 6 steps, eval and checkpoint every 3
+  (`tests.helpers.regroup` changes fields of them)."""
+  return dict(model=groups.ModelSource(get_config('t5x_tiny'), str(fixtures_dir / 't5x_tiny' / 'classic_checkpoint_0')),
+              data=groups.DataConfig(tiny_task.name, LENGTHS, batch_size=4), schedule=groups.Schedule(
+                  train_steps=6, eval_period=3, checkpoint_period=3, log_period=1), evaluation=groups.EvalConfig(),
+              checkpoints=groups.CheckpointConfig(), method=functools.partial(prompt_tuning,
+                                                                              length=PROMPT_LENGTH), progress_bar=False)
 
 
 @pytest.fixture(scope='module')

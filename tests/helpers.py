@@ -1,6 +1,7 @@
 """Test helpers: running a script under N simulated CPU devices (the device count is read once, when jax is
-imported), comparing trees bitwise or to the tolerance their computation allows, and a small prompt-tuning
-TrainState."""
+imported), comparing trees bitwise or to the tolerance their computation allows, a small prompt-tuning
+TrainState, and entry-point arguments with some fields of their groups changed."""
+import dataclasses
 import functools
 import os
 import pathlib
@@ -15,6 +16,15 @@ from jaxprompt.runtime.optim import make_optimizer
 from jaxprompt.runtime.state import TrainState, init_train_state
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def regroup(kwargs: dict, **changes) -> dict:
+  """Entry-point `kwargs` with changes: a dict changes those fields of the group of that name
+  (`regroup(train_kwargs, schedule=dict(train_steps=2))`), any other value replaces the argument."""
+  out = dict(kwargs)
+  for name, change in changes.items():
+    out[name] = dataclasses.replace(out[name], **change) if isinstance(change, dict) else change
+  return out
 
 
 def run_with_devices(script: pathlib.Path, num_devices: int, *args: str, timeout: float = 600) -> str:

@@ -27,6 +27,7 @@ import pytest
 from jaxprompt import cli
 from jaxprompt.cli import gin_config
 from jaxprompt.commands import configs
+from jaxprompt.commands.train import FAULTS_ENV
 from jaxprompt.models.config import CONFIGS
 from tests.tiny_task import EMPTY_TASK, GIN_TASK
 
@@ -365,8 +366,9 @@ def test_sigterm_saves_exits_zero_and_resume_matches(trained, tiny_gin, tmp_path
   model_dir, summary, _ = trained
   run_dir = tmp_path / 'preempted'
   args = ['train', *BASE_GIN, f'--gin_file={tiny_gin}', f"--gin.MODEL_DIR='{run_dir}'"]
-  proc = subprocess.Popen([sys.executable, '-m', 'jaxprompt', *args, '--gin.jaxprompt.train.debug_sleep_per_step=1.0'],
-                          cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  slow = dict(_env(), **{FAULTS_ENV: json.dumps({'sleep_per_step': 1.0})})  # time to signal mid-run
+  proc = subprocess.Popen([sys.executable, '-m', 'jaxprompt', *args], cwd=REPO, env=slow, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
   lines: queue.Queue = queue.Queue()
   threading.Thread(target=_read_lines, args=(proc.stderr, lines), daemon=True).start()
   seen = []
@@ -393,11 +395,10 @@ def test_sigterm_saves_exits_zero_and_resume_matches(trained, tiny_gin, tmp_path
 
 
 @pytest.mark.slow
-def test_nan_loss_stops_with_exit_code_1(capsys, tiny_gin, tmp_path):
-  code, line = main_error(capsys, [
-      'train', *BASE_GIN, f'--gin_file={tiny_gin}', f"--gin.MODEL_DIR='{tmp_path}'", '--gin.EVAL_PERIOD=100',
-      '--gin.jaxprompt.train.debug_poison_loss_at_step=5'
-  ])
+def test_nan_loss_stops_with_exit_code_1(capsys, tiny_gin, tmp_path, monkeypatch):
+  monkeypatch.setenv(FAULTS_ENV, json.dumps({'nan_loss_at_step': 5}))
+  code, line = main_error(
+      capsys, ['train', *BASE_GIN, f'--gin_file={tiny_gin}', f"--gin.MODEL_DIR='{tmp_path}'", '--gin.EVAL_PERIOD=100'])
   assert code == 1
   assert 'non-finite loss at step 5' in line and f'the last good checkpoint, step 3, is kept in {tmp_path}' in line
   # Nothing is saved at or after the bad step; what was saved before stays.

@@ -20,7 +20,7 @@ from jaxprompt.methods.model_tuning import model_tuning
 from jaxprompt.models import fingerprint
 from jaxprompt.models.config import get_config
 from jaxprompt.train.checkpoints import StateCheckpointer
-from tests.helpers import prompt_copy, prompt_state
+from tests.helpers import prompt_copy, prompt_state, regroup
 
 CONFIG = get_config('t5x_tiny')
 
@@ -175,7 +175,9 @@ def test_model_tuning_records_no_fingerprint(vocab):
 @pytest.fixture(scope='module')
 def trained(train_kwargs, tmp_path_factory):
   model_dir = tmp_path_factory.mktemp('fingerprint_run') / 'run'
-  result = trainer.train(str(model_dir), **dict(train_kwargs, train_steps=4, checkpoint_period=2, eval_split=None))
+  result = trainer.train(
+      str(model_dir),
+      **regroup(train_kwargs, schedule=dict(train_steps=4, checkpoint_period=2), evaluation=dict(split=None)))
   return model_dir, result
 
 
@@ -207,8 +209,10 @@ def test_resuming_on_another_model_is_refused_and_changes_nothing(trained, train
   before = _files(model_dir)
   other = CONFIG.replace(relpos_max_distance=64)  # the same weights load; the network differs
   with pytest.raises(ConfigError) as refused:
-    trainer.train(str(model_dir),
-                  **dict(train_kwargs, model_config=other, train_steps=6, checkpoint_period=2, eval_split=None))
+    trainer.train(
+        str(model_dir),
+        **regroup(train_kwargs, model=dict(config=other), schedule=dict(checkpoint_period=2),
+                  evaluation=dict(split=None)))
   message = str(refused.value)
   assert f'MODEL_DIR {model_dir} was trained (step 4' in message and 'relpos_max_distance 128 vs 64' in message
   recorded = fingerprint_files.read(model_dir / 'numpy_checkpoints' / 'checkpoint_4' / fingerprint_files.STEP_FILE)

@@ -16,7 +16,7 @@ from jaxprompt.models.config import get_config
 from jaxprompt.models.wrapper import TunedModel
 from jaxprompt.runtime import step as step_lib
 from jaxprompt.train import observability
-from tests.helpers import assert_close_to_scale, assert_trained_close
+from tests.helpers import assert_close_to_scale, assert_trained_close, regroup
 
 
 def _features(inputs, targets, lengths):
@@ -126,15 +126,17 @@ def test_cut_batch_gives_the_padded_batch_loss_gradients_and_scores(fixture_mode
 @pytest.mark.slow
 def test_training_with_buckets_matches_fixed_length_batches(train_kwargs, fixture_model, tmp_path):
   # Inputs of 14-22 tokens in rows of 32: cut to 16, 20 or 24 columns.
-  kwargs = dict(train_kwargs, eval_split=None, checkpoint_period=100, train_steps=3,
-                task_feature_lengths={'inputs': 32, 'targets': 8})
-  fixed = trainer.train(str(tmp_path / 'fixed'), **dict(kwargs, length_buckets=None))
-  cut = trainer.train(str(tmp_path / 'cut'), **dict(kwargs, length_buckets=4))
+  kwargs = regroup(train_kwargs, evaluation=dict(split=None), schedule=dict(checkpoint_period=100, train_steps=3),
+                   data=dict(task_feature_lengths={'inputs': 32, 'targets': 8}))
+  fixed = trainer.train(str(tmp_path / 'fixed'), **regroup(kwargs, data=dict(length_buckets=None)))
+  cut = trainer.train(str(tmp_path / 'cut'), **regroup(kwargs, data=dict(length_buckets=4)))
   cfg, frozen = fixture_model
   init_rng, _ = jax.random.split(jax.random.PRNGKey(0))  # what loop.initial_state draws for seed 0
   start = train_kwargs['method'](cfg).init(init_rng, frozen)['prompt']
   assert_trained_close(cut.prompt, fixed.prompt, start, steps=3)  # float32 summation order
-  assert not np.array_equal(cut.prompt, trainer.train(str(tmp_path / 'one'), **dict(kwargs, train_steps=1)).prompt)
+  one = trainer.train(str(tmp_path / 'one'), **regroup(kwargs, schedule=dict(train_steps=1),
+                                                       data=dict(length_buckets=4)))
+  assert not np.array_equal(cut.prompt, one.prompt)
   rows = [json.loads(line) for line in (tmp_path / 'cut' / observability.TRAIN_HISTORY).read_text().splitlines()]
   # 4 unpacked examples per step; cut rows are mostly tokens, fixed 16-wide rows mostly padding.
   assert [r['examples'] for r in rows] == [4.0, 4.0, 4.0]

@@ -9,12 +9,13 @@ from jaxprompt.commands import evaluate as evaluate_lib
 from jaxprompt.commands import export as export_lib
 from jaxprompt.commands import infer as infer_lib
 from jaxprompt.commands import train as trainer
+from jaxprompt.commands.groups import PromptSource
 from jaxprompt.errors import UsageError
 from jaxprompt.formats.npy_io import read_npz
 from jaxprompt.methods.p_tuning import p_tuning
 from jaxprompt.methods.per_layer_prompts import per_layer_prompts
 from jaxprompt.methods.prefix_tuning import p_tuning_v2, prefix_tuning
-from tests.helpers import assert_trees_equal
+from tests.helpers import assert_trees_equal, regroup
 
 METHODS = {
     'p_tuning': (functools.partial(p_tuning, length=4, encoder='mlp', hidden=16), 'final_prompt.npy'),
@@ -24,24 +25,22 @@ METHODS = {
 }
 
 
-def _common(train_kwargs):
-  return {
-      k: train_kwargs[k]
-      for k in ('model_config', 'initial_checkpoint_path', 'mixture_or_task_name', 'task_feature_lengths')
-  }
+def _common(train_kwargs, max_examples):
+  """eval / infer's groups: the model and task of the training run, at most `max_examples` of the split."""
+  return regroup({k: train_kwargs[k] for k in ('model', 'data')}, data=dict(max_examples=max_examples))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(METHODS))
 def test_train_export_and_evaluate_every_method(name, train_kwargs, tmp_path):
   factory, final = METHODS[name]
-  kwargs = dict(train_kwargs, method=factory, train_steps=2, checkpoint_period=2, eval_period=2, eval_max_examples=8)
+  kwargs = regroup(train_kwargs, method=factory, schedule=dict(train_steps=2, checkpoint_period=2, eval_period=2),
+                   evaluation=dict(max_examples=8))
   result = trainer.train(str(tmp_path / 'run'), **kwargs)
   assert result.exported == str(tmp_path / 'run' / final)
   trained = result.eval_metrics
   # eval reads the final inference file (a checkpoint dir: the prefix test below) and scores what training did.
-  metrics = evaluate_lib.evaluate(**_common(train_kwargs), prompt_file=result.exported, max_examples=8,
-                                  batch_size=4)['metrics']
+  metrics = evaluate_lib.evaluate(**_common(train_kwargs, 8), source=PromptSource(result.exported))['metrics']
   assert metrics['accuracy'] == trained['accuracy']
   np.testing.assert_allclose(metrics['loss'], trained['loss'], rtol=1e-5)
   out = tmp_path / ('exported.npy' if final.endswith('.npy') else 'exported.npz')
@@ -49,25 +48,25 @@ def test_train_export_and_evaluate_every_method(name, train_kwargs, tmp_path):
   assert written['output'] == str(out)
   if final.endswith('.npz'):
     assert_trees_equal(read_npz(out), read_npz(result.exported))
-  records = infer_lib.infer(str(tmp_path / 'predictions.jsonl'), **_common(train_kwargs), prompt_file=str(out),
-                            max_examples=2, batch_size=2)
+  records = infer_lib.infer(str(tmp_path / 'predictions.jsonl'), **_common(train_kwargs, 2),
+                            source=PromptSource(str(out)))
   assert len(records) == 2 and all(isinstance(r['prediction'], str) for r in records)
 
 
 @pytest.mark.slow
 def test_prefix_resumes_exactly_and_exports_safetensors(train_kwargs, tmp_path):
   factory = functools.partial(prefix_tuning, length=3, hidden=16, dropout=0.1)
-  kwargs = dict(train_kwargs, method=factory, eval_split=None, checkpoint_period=2,
-                model_config=train_kwargs['model_config'].replace(dropout_rate=0.1))
-  whole = trainer.train(str(tmp_path / 'whole'), train_steps=4, **kwargs)
-  trainer.train(str(tmp_path / 'resumed'), train_steps=2, **kwargs)
-  resumed = trainer.train(str(tmp_path / 'resumed'), train_steps=4, **kwargs)
+  kwargs = regroup(train_kwargs, method=factory, evaluation=dict(split=None), schedule=dict(
+      train_steps=4, checkpoint_period=2), model=dict(config=train_kwargs['model'].config.replace(dropout_rate=0.1)))
+  whole = trainer.train(str(tmp_path / 'whole'), **kwargs)
+  trainer.train(str(tmp_path / 'resumed'), **regroup(kwargs, schedule=dict(train_steps=2)))
+  resumed = trainer.train(str(tmp_path / 'resumed'), **kwargs)
   assert_trees_equal(resumed.trainable, whole.trainable)  # bit for bit, dropout rng included
   path = export_lib.export(str(tmp_path / 'prefix.safetensors'), checkpoint=str(tmp_path / 'whole'))['output']
   # The .safetensors export and the training dir's own numpy copy score the same.
   metrics = [
-      evaluate_lib.evaluate(**_common(train_kwargs), **source, max_examples=4, batch_size=4)['metrics']
-      for source in ({'prompt_file': path}, {'checkpoint': str(tmp_path / 'whole')})
+      evaluate_lib.evaluate(**_common(train_kwargs, 4), source=source)['metrics']
+      for source in (PromptSource(prompt_file=path), PromptSource(checkpoint=str(tmp_path / 'whole')))
   ]
   assert metrics[0] == metrics[1]
   with pytest.raises(UsageError, match=r'exports as \.npz or \.safetensors'):

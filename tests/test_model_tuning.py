@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import pytest
 
+from jaxprompt.commands.groups import CheckpointConfig, DataConfig, ModelSource, Schedule
 from jaxprompt.commands.train import train_model
 from jaxprompt.demo import model as demo_model
 from jaxprompt.errors import ConfigError, DataError
@@ -14,7 +15,7 @@ from jaxprompt.runtime import step as step_lib
 from jaxprompt.runtime.optim import adam, make_optimizer
 from jaxprompt.runtime.state import init_train_state
 from jaxprompt.train.checkpoints import StateCheckpointer
-from tests.helpers import assert_trees_equal
+from tests.helpers import assert_trees_equal, regroup
 
 
 def _batch(config, rng):
@@ -50,29 +51,23 @@ def test_the_one_train_step_trains_every_weight():
 
 
 def test_train_model_bad_config(tmp_path):
-  lengths = {'inputs': 8, 'targets': 4}
+  kwargs = dict(model=ModelSource(demo_model.DEMO_CONFIG),
+                data=DataConfig('demo_heldout_topic', {'inputs': 8, 'targets': 4}), schedule=Schedule(train_steps=1))
   with pytest.raises(ConfigError, match='MODEL_DIR is not set'):
-    train_model(None, model_config=demo_model.DEMO_CONFIG)
-  with pytest.raises(ConfigError, match="must be a T5Config .* got 'demo'"):
-    train_model(str(tmp_path), model_config='demo', mixture_or_task_name='x', task_feature_lengths=lengths,
-                train_steps=1)
-  with pytest.raises(ConfigError, match='TRAIN_STEPS must be a positive integer, got 0'):
-    train_model(str(tmp_path), model_config=demo_model.DEMO_CONFIG, mixture_or_task_name='demo_heldout_topic',
-                task_feature_lengths=lengths, train_steps=0)
-  with pytest.raises(DataError, match="unknown task or mixture 'demo_heldout_topix'"):
-    train_model(str(tmp_path), model_config=demo_model.DEMO_CONFIG, mixture_or_task_name='demo_heldout_topix',
-                task_feature_lengths=lengths, train_steps=1)
+    train_model(None, **kwargs)
+  with pytest.raises(DataError, match="unknown task or mixture 'demo_heldout_topix'"):  # no checkpoint is fine
+    train_model(str(tmp_path), **regroup(kwargs, data=dict(mixture_or_task_name='demo_heldout_topix')))
 
 
 @pytest.mark.slow
 def test_model_tuning_resumes_bitwise_through_the_one_loop(train_kwargs, tmp_path):
   """The loop that resumes prompt tuning exactly resumes model tuning the same way (state checkpoints hold the
   whole network and its optimizer state; no numpy prompt copies)."""
-  kwargs = {k: v for k, v in train_kwargs.items() if k != 'method'}
-  kwargs.update(eval_split=None, save_checkpoint=False, keep_checkpoints=3, optimizer=make_optimizer(adam, 1e-3))
-  whole = train_model(str(tmp_path / 'whole'), train_steps=6, **kwargs)  # checkpoints every 3 steps
-  part = train_model(str(tmp_path / 'resumed'), train_steps=3, **kwargs)
-  resumed = train_model(str(tmp_path / 'resumed'), train_steps=6, **kwargs)
+  kwargs = regroup({k: v for k, v in train_kwargs.items() if k != 'method'}, evaluation=dict(split=None),
+                   save_checkpoint=False, checkpoints=CheckpointConfig(keep=3), optimizer=make_optimizer(adam, 1e-3))
+  whole = train_model(str(tmp_path / 'whole'), **kwargs)  # 6 steps, checkpoints every 3
+  part = train_model(str(tmp_path / 'resumed'), **regroup(kwargs, schedule=dict(train_steps=3)))
+  resumed = train_model(str(tmp_path / 'resumed'), **kwargs)
   assert (part.step, whole.step, resumed.step) == (3, 6, 6)
   assert_trees_equal(whole.trainable, resumed.trainable)
   assert not np.array_equal(whole.trainable['encoder']['encoder_norm']['scale'],

@@ -13,13 +13,14 @@ from jaxprompt.checkpoints import load_t5x_checkpoint
 from jaxprompt.commands import configs
 from jaxprompt.commands import evaluate as evaluate_command
 from jaxprompt.commands import train as trainer
+from jaxprompt.commands.groups import PromptSource
 from jaxprompt.data import custom, pipeline
 from jaxprompt.errors import ConfigError, PromptError
 from jaxprompt.methods import multitask
 from jaxprompt.methods.prompt_bank import PromptBank
 from jaxprompt.models.config import get_config
 from jaxprompt.models.wrapper import TunedModel
-from tests.helpers import REPO, run_with_devices
+from tests.helpers import REPO, regroup, run_with_devices
 from tests.method_helpers import random_batch
 from tests.tiny_task import LABELS, LENGTHS
 
@@ -202,8 +203,9 @@ def test_method_errors(frozen, tmp_path):
 def test_training_on_a_mixture_evaluates_per_task_and_writes_every_prompt(factory, rows, mixture, train_kwargs,
                                                                           tmp_path):
   assert multitask.resolve_tasks(MIXTURE) == NAMES
-  kwargs = dict(train_kwargs, mixture_or_task_name=MIXTURE, method=functools.partial(factory, tasks=MIXTURE))
-  result = trainer.train(str(tmp_path), train_steps=3, **dict(kwargs, checkpoint_period=3, eval_period=3))
+  kwargs = regroup(train_kwargs, data=dict(mixture_or_task_name=MIXTURE),
+                   method=functools.partial(factory, tasks=MIXTURE), schedule=dict(train_steps=3))
+  result = trainer.train(str(tmp_path), **kwargs)
   assert result.step == 3
   for name in NAMES:  # one evaluation per task, each under its own prompt
     assert 0 <= result.eval_metrics[f'{name}/accuracy'] <= 100 and np.isfinite(result.eval_metrics[f'{name}/loss'])
@@ -218,11 +220,7 @@ def test_training_on_a_mixture_evaluates_per_task_and_writes_every_prompt(factor
     np.testing.assert_array_equal(params['prompt'], result.inference['prompts'][t])
   # `eval --prompt_file final_prompts.npz` on the mixture: a prompt bank, each task's rows under its own prompt,
   # the numbers of the run's own final evaluation.
-  evaluated = evaluate_command.evaluate(
-      prompt_file=str(final), **{
-          k: kwargs[k]
-          for k in ('model_config', 'initial_checkpoint_path', 'mixture_or_task_name', 'task_feature_lengths')
-      }, batch_size=kwargs.get('batch_size', 32))
+  evaluated = evaluate_command.evaluate(model=kwargs['model'], data=kwargs['data'], source=PromptSource(str(final)))
   for name in NAMES:
     assert evaluated['metrics'][f'{name}/accuracy'] == pytest.approx(result.eval_metrics[f'{name}/accuracy'])
     assert evaluated['metrics'][f'{name}/loss'] == pytest.approx(result.eval_metrics[f'{name}/loss'], rel=1e-5)

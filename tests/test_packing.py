@@ -17,7 +17,7 @@ from jaxprompt.models import losses
 from jaxprompt.models.config import get_config
 from jaxprompt.models.wrapper import TunedModel
 from jaxprompt.train import observability
-from tests.helpers import assert_close_to_scale
+from tests.helpers import assert_close_to_scale, regroup
 
 LENGTHS = {'inputs': 12, 'targets': 6}
 PROMPT = 3
@@ -103,8 +103,8 @@ def test_packed_batch_gives_each_example_its_unpacked_loss_and_the_same_prompt_g
 
 @pytest.mark.slow
 def test_training_packed_reports_examples_per_step_and_fill(train_kwargs, tmp_path):
-  kwargs = dict(train_kwargs, eval_split=None, checkpoint_period=100, train_steps=2, pack=True,
-                task_feature_lengths={'inputs': 64, 'targets': 8})
+  kwargs = regroup(train_kwargs, evaluation=dict(split=None), schedule=dict(checkpoint_period=100, train_steps=2),
+                   data=dict(pack=True, task_feature_lengths={'inputs': 64, 'targets': 8}))
   result = trainer.train(str(tmp_path / 'packed'), **kwargs)
   assert result.prompt.shape == (5, 32) and np.all(np.isfinite(result.prompt))
   rows = [json.loads(line) for line in (tmp_path / 'packed' / observability.TRAIN_HISTORY).read_text().splitlines()]
@@ -115,5 +115,5 @@ def test_training_packed_reports_examples_per_step_and_fill(train_kwargs, tmp_pa
 def test_packing_a_prompt_that_is_not_in_front_is_refused_before_training(train_kwargs, tmp_path):
   method = lambda config, eos_id: prompt_tuning(config, eos_id, length=5, combine='suffix_after_eos')
   with pytest.raises(ConfigError, match="combine='prefix'"):
-    trainer.train(str(tmp_path / 'x'), **dict(train_kwargs, pack=True, method=method, train_steps=2))
+    trainer.train(str(tmp_path / 'x'), **regroup(train_kwargs, data=dict(pack=True), method=method))
   assert not any((tmp_path / 'x' / 'checkpoints').iterdir())  # nothing trained, nothing saved

@@ -23,6 +23,7 @@ from jaxprompt.runtime.optim import make_optimizer
 from jaxprompt.runtime.state import init_train_state
 from jaxprompt.train import observability
 from jaxprompt.train.checkpoints import StateCheckpointer
+from tests.helpers import regroup
 from tests.tiny_task import EMPTY_TASK, LABELS, LENGTHS, PROMPT_LENGTH
 
 # ------------------------------------------------------------------------------------ training runs
@@ -30,8 +31,10 @@ from tests.tiny_task import EMPTY_TASK, LABELS, LENGTHS, PROMPT_LENGTH
 
 def test_the_loop_turns_over_evaluates_checkpoints_and_exports(train_kwargs, tmp_path):
   """The inner loop's one run through the loop (the slow tests below resume, damage and compare runs)."""
-  result = trainer.train(str(tmp_path),
-                         **dict(train_kwargs, train_steps=2, checkpoint_period=2, eval_period=2, eval_max_examples=4))
+  result = trainer.train(
+      str(tmp_path),
+      **regroup(train_kwargs, schedule=dict(train_steps=2, checkpoint_period=2, eval_period=2),
+                evaluation=dict(max_examples=4)))
   assert result.step == 2 and not result.preempted
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['2']
   assert np.isfinite(result.eval_metrics['loss']) and 'accuracy' in result.eval_metrics
@@ -43,13 +46,14 @@ def test_the_loop_turns_over_evaluates_checkpoints_and_exports(train_kwargs, tmp
 @pytest.mark.slow
 def test_resume_is_bitwise_equal_to_an_uninterrupted_run(train_kwargs, tmp_path):
   # Inputs of 14-22 tokens in rows of 32, cut by length buckets of 4: batches of several shapes.
-  train_kwargs = dict(train_kwargs, task_feature_lengths={'inputs': 32, 'targets': 8}, length_buckets=4)
-  whole = trainer.train(str(tmp_path / 'whole'), train_steps=6, **train_kwargs)
+  train_kwargs = regroup(train_kwargs, data=dict(task_feature_lengths={'inputs': 32, 'targets': 8}, length_buckets=4))
+  whole = trainer.train(str(tmp_path / 'whole'), **train_kwargs)  # 6 steps
   # Stopped at step 3 (a checkpoint), then resumed by a fresh call; evaluation off, so this also shows
   # that evaluating (the uninterrupted run evaluates at steps 3 and 6) leaves training untouched.
-  part = trainer.train(str(tmp_path / 'resumed'), train_steps=3, **dict(train_kwargs, eval_split=None))
+  quiet = regroup(train_kwargs, evaluation=dict(split=None))
+  part = trainer.train(str(tmp_path / 'resumed'), **regroup(quiet, schedule=dict(train_steps=3)))
   assert part.step == 3
-  resumed = trainer.train(str(tmp_path / 'resumed'), train_steps=6, **dict(train_kwargs, eval_split=None))
+  resumed = trainer.train(str(tmp_path / 'resumed'), **quiet)
   assert (whole.step, resumed.step) == (6, 6)
   assert whole.prompt.dtype == np.float32 and whole.prompt.shape == (5, 32)
   np.testing.assert_array_equal(whole.prompt, resumed.prompt)
@@ -97,17 +101,17 @@ def _tb_tags(run_dir: pathlib.Path) -> set:
 def test_resume_skips_a_damaged_latest_step_and_keeps_it(train_kwargs, tmp_path, caplog):
   """A run whose newest checkpoint is damaged resumes from the newest intact one, with a warning naming the
   damaged step, leaves its files as they were, and still ends with the uninterrupted run's prompt."""
-  kwargs = dict(train_kwargs, eval_split=None)
-  whole = trainer.train(str(tmp_path / 'whole'), train_steps=6, **kwargs)
+  kwargs = regroup(train_kwargs, evaluation=dict(split=None))  # 6 steps
+  whole = trainer.train(str(tmp_path / 'whole'), **kwargs)
   run = tmp_path / 'run'
-  trainer.train(str(run), train_steps=6, **kwargs)
+  trainer.train(str(run), **kwargs)
   damaged = run / 'checkpoints' / '6'
   for path in (damaged / 'state').rglob('*'):
     if path.is_file() and path.stat().st_size > 0 and 'metadata' not in path.name.lower():
       path.write_bytes(path.read_bytes()[:8])  # a truncated array file
   before = {p: p.read_bytes() for p in damaged.rglob('*') if p.is_file()}
   with caplog.at_level(logging.WARNING):
-    resumed = trainer.train(str(run), train_steps=6, **kwargs)
+    resumed = trainer.train(str(run), **kwargs)
   assert resumed.step == 6
   np.testing.assert_array_equal(resumed.prompt, whole.prompt)  # steps 4..6 replayed exactly from step 3
   assert str(damaged) in caplog.text
@@ -116,33 +120,32 @@ def test_resume_skips_a_damaged_latest_step_and_keeps_it(train_kwargs, tmp_path,
 
 def test_empty_train_split_names_task_and_split(train_kwargs, empty_task, tmp_path):
   with pytest.raises(DataError, match=rf"{EMPTY_TASK}.*'train'.*empty"):
-    trainer.train(str(tmp_path), train_steps=2, **dict(train_kwargs, mixture_or_task_name=empty_task))
+    trainer.train(str(tmp_path), **regroup(train_kwargs, data=dict(mixture_or_task_name=empty_task)))
 
 
 def test_unwritable_model_dir_fails_before_anything_runs(train_kwargs, tmp_path):
   blocker = tmp_path / 'a_file'
   blocker.write_text('not a directory')
   with pytest.raises(CheckpointError, match=rf'MODEL_DIR {blocker}/run is not writable'):
-    trainer.train(str(blocker / 'run'), train_steps=2, **train_kwargs)
+    trainer.train(str(blocker / 'run'), **train_kwargs)
 
 
 def test_model_config_must_match_the_checkpoint(train_kwargs, tmp_path):
   with pytest.raises(
       CheckpointError, match=r"parameter '.*' has shape \[.*\] in the checkpoint but the model "
       r'expects \[.*\]|do not match the model'):
-    trainer.train(str(tmp_path), train_steps=2, **dict(train_kwargs, model_config=get_config('test_tiny')))
+    trainer.train(str(tmp_path), **regroup(train_kwargs, model=dict(config=get_config('test_tiny'))))
   assert not (tmp_path / 'checkpoints').exists() or not any((tmp_path / 'checkpoints').iterdir())
 
 
 def test_missing_settings_name_their_gin_macro(train_kwargs, tmp_path):
   with pytest.raises(ConfigError, match='MODEL_DIR is not set'):
-    trainer.train(None, train_steps=2, **train_kwargs)
+    trainer.train(None, **train_kwargs)
   with pytest.raises(ConfigError, match='INITIAL_CHECKPOINT_PATH is not set'):
-    trainer.train(str(tmp_path), train_steps=2, **dict(train_kwargs, initial_checkpoint_path=None))
-  with pytest.raises(ConfigError, match='TASK_FEATURE_LENGTHS'):
-    trainer.train(str(tmp_path), train_steps=2, **dict(train_kwargs, task_feature_lengths={'inputs': 8}))
-  with pytest.raises(ConfigError, match='BATCH_SIZE must be a positive integer'):
-    trainer.train(str(tmp_path), train_steps=2, **dict(train_kwargs, batch_size=0))
+    trainer.train(str(tmp_path), **regroup(train_kwargs, model=dict(checkpoint=None)))
+  with pytest.raises(ConfigError, match='TRAIN_STEPS is not set'):
+    trainer.train(str(tmp_path), **dict(train_kwargs, schedule=None))  # nor bound by gin
+  assert not any(tmp_path.iterdir())
 
 
 # ------------------------------------------------------------------------------------ pieces

@@ -64,7 +64,7 @@ PROMPT_LENGTH = 5
 EVAL_PERIOD = 3
 CHECKPOINT_PERIOD = 3
 DROPOUT_RATE = 0.0
-jaxprompt.train.log_period = 1
+jaxprompt.Schedule.log_period = 1
 """)
   return path
 

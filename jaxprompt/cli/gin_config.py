@@ -24,9 +24,9 @@ PACKAGE_GIN_CONFIGS = pathlib.Path(__file__).resolve().parent.parent / 'gin_conf
 
 # Modules defining the configurables jaxprompt's gin files bind: imported before any gin file is parsed.
 CONFIGURABLE_MODULES = ('seqio', 'tensorflow', 'jaxprompt.data.custom', 'jaxprompt.data.tasks', 'jaxprompt.methods',
-                        'jaxprompt.runtime.optim', 'jaxprompt.commands.configs', 'jaxprompt.eval.evaluation',
-                        'jaxprompt.commands.train', 'jaxprompt.commands.evaluate', 'jaxprompt.commands.infer',
-                        'jaxprompt.commands.inspect')
+                        'jaxprompt.runtime.optim', 'jaxprompt.commands.configs', 'jaxprompt.commands.groups',
+                        'jaxprompt.eval.evaluation', 'jaxprompt.commands.train', 'jaxprompt.commands.evaluate',
+                        'jaxprompt.commands.infer', 'jaxprompt.commands.inspect')
 
 OVERRIDE = 'override'  # --gin.NAME=VALUE
 RAW = 'raw'  # --gin_bindings='NAME = VALUE'
@@ -201,6 +201,15 @@ def _parse_one(parse_fn: Any, source: str, binding: Binding | None) -> None:
     parse_fn(source)
   except (ValueError, KeyError, TypeError, SyntaxError, OSError, ImportError, AttributeError, tokenize.TokenError) as e:
     raise _gin_error(e, binding) from e
+
+
+def bind_fields(configurable: str, **values: Any) -> None:
+  """Binds each field given (not None) of `configurable`, e.g. a command-line flag's value into its group
+  (`jaxprompt.PromptSource.prompt_file`): it wins over the gin files, whose other bindings stay."""
+  import gin  # pylint: disable=g-import-not-at-top
+  for name, value in values.items():
+    if value is not None:
+      gin.bind_parameter(f'{configurable}.{name}', value)
 
 
 def gin_macro(name: str) -> Any:

@@ -87,21 +87,25 @@ def run_train(args: argparse.Namespace) -> int:
   return 0
 
 
+def _bind_prompt_flags(args: argparse.Namespace) -> None:
+  """eval / infer's prompt and split flags set fields of their groups (gin), the rest staying as gin has them."""
+  gin_config.bind_fields('jaxprompt.PromptSource', prompt_file=args.prompt_file, checkpoint=args.checkpoint,
+                         checkpoint_step=args.step, prompts=_named(args.prompt, '--prompt'),
+                         allow_other_model=args.allow_other_model)
+  gin_config.bind_fields('jaxprompt.DataConfig', split=args.split)
+
+
 def run_eval(args: argparse.Namespace) -> int:
-  _print_json(
-      load('eval')(**_kwargs(output_file=args.output, prompt_file=args.prompt_file, checkpoint=args.checkpoint,
-                             checkpoint_step=args.step, split=args.split, predictions_file=args.predictions_file,
-                             prompts=_named(args.prompt, '--prompt'), allow_other_model=args.allow_other_model)))
+  _bind_prompt_flags(args)
+  _print_json(load('eval')(**_kwargs(output_file=args.output, predictions_file=args.predictions_file)))
   return 0
 
 
 def run_infer(args: argparse.Namespace) -> int:
   labels = _named(args.labels, '--labels')
-  load('infer')(
-      **_kwargs(output_file=args.output, prompt_file=args.prompt_file, checkpoint=args.checkpoint,
-                checkpoint_step=args.step, split=args.split, input_file=args.input_file, prompts=_named(
-                    args.prompt, '--prompt'), allow_other_model=args.allow_other_model, labels=None if labels is
-                None else {k: v.split('|') for k, v in labels.items()}, ensemble=args.ensemble))
+  _bind_prompt_flags(args)
+  load('infer')(**_kwargs(output_file=args.output, input_file=args.input_file, ensemble=args.ensemble,
+                          labels=None if labels is None else {k: v.split('|') for k, v in labels.items()}))
   return 0
 
 

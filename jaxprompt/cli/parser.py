@@ -75,7 +75,7 @@ def _gin_flags(parser: argparse.ArgumentParser) -> None:
       help='comma-separated folders to find gin files in (before the current directory and '
       'the gin_configs/ shipped with jaxprompt)')
   group.add_argument('--gin_bindings', action='append', default=[], metavar='BINDING',
-                     help='raw gin binding, e.g. "jaxprompt.train.batch_size = 8" (same as --gin.NAME=VALUE)')
+                     help='raw gin binding, e.g. "jaxprompt.Schedule.log_period = 10" (same as --gin.NAME=VALUE)')
   group.add_argument('--tfds_data_dir', default=None, help='read (and prepare) TFDS datasets here')
   group.add_argument(
       '--task', action='append', default=[], metavar='SPEC',

@@ -9,6 +9,7 @@ from typing import Any
 from etils import epath
 
 from jaxprompt.commands import prompt_files
+from jaxprompt.commands.groups import PromptSource
 from jaxprompt.errors import ConfigError, PromptError
 from jaxprompt.methods import prompt_bank
 from jaxprompt.methods.base import Method
@@ -54,17 +55,17 @@ def load_bank(prompts: Mapping[str, str], *, config: T5Config, combine: str = 'p
                                 eos_id)
 
 
-def load_method(*, prompts: Mapping[str, str] | None, prompt_file: str | None, checkpoint: str | None, step: int | None,
-                prompt_length: int | None, config: T5Config, combine: str = 'prefix', eos_id: int = 1,
+def load_method(source: PromptSource, *, config: T5Config, eos_id: int = 1,
                 what: str = 'a prompt bank') -> tuple[Any, Any, dict[str, str]]:
-  """`eval` / `infer`'s prompt: (method, parameters, {name: source} for the fingerprint check) of the named
-  `prompts` (a bank: `what` names its use in the error) or of the one `prompt_file` / `checkpoint`."""
-  if prompts:
-    if prompt_file is not None or checkpoint is not None:
+  """`eval` / `infer`'s tuned method: (method, parameters, {name: source} for the fingerprint check) of the named
+  `source.prompts` (a bank: `what` names its use in the error) or of its one `prompt_file` / `checkpoint`."""
+  if source.prompts:
+    if source.prompt_file is not None or source.checkpoint is not None:
       raise ConfigError(f'give either --prompt NAME=FILE ({what}) or --prompt_file / --checkpoint, not both')
-    method, trainable = load_bank(prompts, config=config, combine=combine, eos_id=eos_id, step=step)
-    return method, trainable, dict(prompts)
-  method, trainable = prompt_files.load_tuned(prompt_file=prompt_file, checkpoint=checkpoint, step=step,
-                                              prompt_length=prompt_length, config=config, combine=combine,
-                                              eos_id=eos_id)
-  return method, trainable, {'': prompt_file or checkpoint}
+    method, trainable = load_bank(source.prompts, config=config, combine=source.combine, eos_id=eos_id,
+                                  step=source.checkpoint_step)
+    return method, trainable, dict(source.prompts)
+  method, trainable = prompt_files.load_tuned(prompt_file=source.prompt_file, checkpoint=source.checkpoint,
+                                              step=source.checkpoint_step, prompt_length=source.prompt_length,
+                                              config=config, combine=source.combine, eos_id=eos_id)
+  return method, trainable, {'': source.prompt_file or source.checkpoint}

@@ -1,5 +1,5 @@
-"""Config-level gin functions (module `jaxprompt`): the only things besides the entry points that gin binds, and
-the checks of the arguments every entry point shares (`check_common`).
+"""Config-level gin functions (module `jaxprompt`): what gin binds besides the entry points and their groups
+(`commands/groups.py`), and the check that a task's vocabulary fits the model.
 
   jaxprompt.model_config(name, dtype, ...)   -> T5Config        (models/*.gin)
   jaxprompt.loss_config(z_loss, ...)          -> LossConfig
@@ -17,7 +17,6 @@ import gin
 import jax.numpy as jnp
 
 from jaxprompt.errors import ConfigError
-from jaxprompt.formats import validation
 from jaxprompt.models.config import T5Config, get_config
 from jaxprompt.models.wrapper import LossConfig
 
@@ -89,26 +88,3 @@ def check_vocabulary(vocab: Any, config: T5Config, task_name: str) -> None:
   if size is not None and size > config.vocab_size:
     raise ConfigError(f'task {task_name!r} uses a vocabulary of {size} ids but the model embeds only '
                       f'{config.vocab_size}: use the model\'s vocabulary (VOCABULARY) for this task')
-
-
-def check_common(model_config: Any, initial_checkpoint_path: Any, mixture_or_task_name: Any, task_feature_lengths: Any,
-                 *, checkpoint_required: bool = True,
-                 task_required: bool = True) -> tuple[T5Config, str | None, Any, dict[str, int]]:
-  """The arguments every entry point (train, train_model, evaluate, infer) shares, checked in one place.
-
-  Returns (T5Config, checkpoint path, task name, {'inputs': n, 'targets': m}). The checkpoint may be None only
-  when not `checkpoint_required` (training from scratch), the task only when not `task_required` (infer on
-  raw text). A Task object bound to MIXTURE_OR_TASK_NAME (e.g. `@jaxprompt.data.file_task_name()`'s task) is
-  replaced by its name.
-  """
-  config = validation.require(model_config, 'MODEL_CONFIG', '"@jaxprompt.model_config()" (a models/*.gin)')
-  if not isinstance(config, T5Config):
-    raise ConfigError(f'model_config must be a T5Config (e.g. @jaxprompt.model_config()), got {config!r}')
-  checkpoint = initial_checkpoint_path
-  if checkpoint_required:
-    checkpoint = validation.require(checkpoint, 'INITIAL_CHECKPOINT_PATH', "\"'/path/to/checkpoint'\"")
-  checkpoint = None if checkpoint is None else os.fspath(checkpoint)
-  name = getattr(mixture_or_task_name, 'name', mixture_or_task_name)
-  if task_required:
-    name = validation.require(name, 'MIXTURE_OR_TASK_NAME', "\"'my_task'\"")
-  return config, checkpoint, name, validation.check_feature_lengths(task_feature_lengths)

@@ -9,71 +9,75 @@ from typing import Any
 import gin
 
 from jaxprompt.commands import bank_files, configs, model_check
+from jaxprompt.commands.groups import DataConfig, ModelSource, PromptSource
 from jaxprompt.data import buckets
-from jaxprompt.data import pipeline as data
+from jaxprompt.data import pipeline as data_lib
+from jaxprompt.errors import ConfigError
 from jaxprompt.eval import banks
 from jaxprompt.eval.evaluation import DecodeOptions, ModelFns, evaluate_sets, prepare_eval
 from jaxprompt.eval.writers import write_json, write_jsonl
-from jaxprompt.formats import validation
 from jaxprompt.methods.base import Method
-from jaxprompt.models.config import T5Config
 from jaxprompt.runtime import runtime as runtime_lib
 
 
-def tuned_model(config: T5Config, checkpoint_path: str, feature_lengths: Mapping[str, int], method: Method,
-                trainable: Any, *, model_parallel: int = 1, eos_id: int = 1, decode: DecodeOptions | None = None,
-                length_buckets: Any = buckets.DEFAULT) -> tuple[ModelFns, Any]:
+def tuned_model(model: ModelSource, feature_lengths: Mapping[str,
+                                                             int], method: Method, trainable: Any, *, eos_id: int = 1,
+                decode: DecodeOptions | None = None, length_buckets: Any = buckets.DEFAULT) -> tuple[ModelFns, Any]:
   """The frozen model with a trained method on the mesh: (its jitted functions, the placed parameters they
   take)."""
-  runtime = runtime_lib.build_runtime(config, method, checkpoint_path, feature_lengths, model_parallel=model_parallel,
-                                      eos_id=eos_id)
-  return ModelFns(runtime, decode, length_buckets), runtime.place_trainable(trainable)
+  runtime = runtime_lib.build_runtime(model.config, method, model.require_checkpoint(), feature_lengths,
+                                      model_parallel=model.model_parallel, eos_id=eos_id)
+  return ModelFns(runtime, decode, buckets.LengthBuckets.from_spec(length_buckets)), runtime.place_trainable(trainable)
+
+
+def check_eval_data(data: DataConfig) -> None:
+  """eval / infer read examples in order, one per row."""
+  if data.pack:
+    raise ConfigError('PACK applies to training only: eval and infer read one example per row')
 
 
 @gin.configurable(module='jaxprompt')
-def evaluate(output_file: str | None = None, *, model_config: T5Config | None = None,
-             initial_checkpoint_path: str | None = None, mixture_or_task_name: str | None = None,
-             task_feature_lengths: Mapping[str, int] | None = None, prompt_length: int | None = None,
-             prompt_file: str | None = None, checkpoint: str | None = None, checkpoint_step: int | None = None,
-             split: str = 'validation', batch_size: int = 32, max_examples: int | None = None,
-             rank_classification: bool = True, decode: DecodeOptions | None = None, prompt_combine: str = 'prefix',
-             model_parallel: int = 1, predictions_file: str | None = None, length_buckets: Any = buckets.DEFAULT,
-             prompts: Mapping[str, str] | None = None, allow_other_model: bool = False) -> dict[str, Any]:
-  """Scores `split` of the task with a prompt from `prompt_file` (.npy) or `checkpoint` (a training dir).
+def evaluate(output_file: str | None = None, *, model: ModelSource | None = None, data: DataConfig | None = None,
+             source: PromptSource | None = None, decode: DecodeOptions | None = None, rank_classification: bool = True,
+             predictions_file: str | None = None) -> dict[str, Any]:
+  """Scores a split of the task with a tuned method from `source` (a file, a training dir or named prompts).
+
+  Groups left None are built from their gin bindings (`jaxprompt.commands.groups`): `model` the frozen model,
+  `data` the task, its split (default 'validation'), batch size, `max_examples` and length buckets
+  [LENGTH_BUCKETS].
 
   Metrics: per-token `loss`, `token_accuracy`, and the task's metric fns on predictions (rank classification
   over the task's label set when it has one and `rank_classification`, else decoding). Written as JSON to
-  `output_file` (process 0); predictions as JSONL to `predictions_file` when given. Batches are cut to
-  `length_buckets` [LENGTH_BUCKETS] (`jaxprompt.data.buckets`; None: fixed length).
+  `output_file` (process 0); predictions as JSONL to `predictions_file` when given.
 
-  `prompts` ({name: source}, `--prompt NAME=FILE`): an ensemble of the task's prompts. Every example runs
-  under each of them in one batched pass; metrics are each prompt's (`<name>/<metric>`) and the majority
-  vote's (`ensemble/<metric>`). `allow_other_model`: load prompts recorded for another frozen model.
+  `source.prompts` ({name: source}, `--prompt NAME=FILE`): an ensemble of the task's prompts. Every example
+  runs under each of them in one batched pass; metrics are each prompt's (`<name>/<metric>`) and the majority
+  vote's (`ensemble/<metric>`). `source.allow_other_model`: load prompts recorded for another frozen model.
   """
-  config, ckpt, name, lengths = configs.check_common(model_config, initial_checkpoint_path, mixture_or_task_name,
-                                                     task_feature_lengths)
-  validation.check_positive(batch_size=batch_size, max_examples=max_examples, PROMPT_LENGTH=prompt_length)
-  length_buckets = buckets.LengthBuckets.from_spec(length_buckets)
-  provider = data.get_provider(name)
-  eos_id = data.targets_vocabulary(provider).eos_id
-  method, trainable, sources = bank_files.load_method(prompts=prompts, prompt_file=prompt_file, checkpoint=checkpoint,
-                                                      step=checkpoint_step, prompt_length=prompt_length, config=config,
-                                                      combine=prompt_combine, eos_id=eos_id, what='an ensemble')
-  for task in data.subtasks(provider, split):
-    configs.check_vocabulary(data.targets_vocabulary(task), config, task.name)
+  model, data, source = model or ModelSource(), data or DataConfig(), source or PromptSource()
+  check_eval_data(data)
+  model.require_checkpoint()
+  split = data.split or 'validation'
+  provider = data_lib.get_provider(data.require_task())
+  eos_id = data_lib.targets_vocabulary(provider).eos_id
+  method, trainable, sources = bank_files.load_method(source, config=model.config, eos_id=eos_id, what='an ensemble')
+  for task in data_lib.subtasks(provider, split):
+    configs.check_vocabulary(data_lib.targets_vocabulary(task), model.config, task.name)
   # A multi-task run's prompts.npz is a bank: each task's rows carry its id (an ensemble sets ids itself).
-  sets = prepare_eval(provider, split, lengths, max_examples=max_examples, rank_classification=rank_classification,
-                      task_names=() if prompts else method.task_names)
-  data.host_batch_size(batch_size, runtime_lib.data_parallel_size(model_parallel))
-  fns, placed = tuned_model(config, ckpt, lengths, method, trainable, model_parallel=model_parallel, eos_id=eos_id,
-                            decode=decode, length_buckets=length_buckets)
-  matches = model_check.check_prompt_sources(sources, checkpoint_step, config, data.targets_vocabulary(provider),
-                                             fns.rt.network, allow_other_model=allow_other_model)
-  ensemble = functools.partial(banks.evaluate_ensemble, names=list(prompts)) if prompts else None
-  metrics, records = evaluate_sets(fns, placed, sets, batch_size, score_set=ensemble)
+  sets = prepare_eval(provider, split, data.task_feature_lengths, max_examples=data.max_examples,
+                      rank_classification=rank_classification, task_names=() if source.prompts else method.task_names)
+  data_lib.host_batch_size(data.batch_size, runtime_lib.data_parallel_size(model.model_parallel))
+  fns, placed = tuned_model(model, data.task_feature_lengths, method, trainable, eos_id=eos_id, decode=decode,
+                            length_buckets=data.length_buckets)
+  matches = model_check.check_prompt_sources(sources, source.checkpoint_step, model.config,
+                                             data_lib.targets_vocabulary(provider), fns.rt.network,
+                                             allow_other_model=source.allow_other_model)
+  ensemble = functools.partial(banks.evaluate_ensemble, names=list(source.prompts)) if source.prompts else None
+  metrics, records = evaluate_sets(fns, placed, sets, data.batch_size, score_set=ensemble)
   result = {
-      'task': provider.name, 'split': split, 'prompt': dict(prompts) if prompts else prompt_file or checkpoint,
-      'model_match': matches if prompts else matches[''], 'metrics': metrics
+      'task': provider.name, 'split': split,
+      'prompt': dict(source.prompts) if source.prompts else source.prompt_file or source.checkpoint,
+      'model_match': matches if source.prompts else matches[''], 'metrics': metrics
   }
   if output_file:
     write_json(output_file, result)

@@ -11,15 +11,13 @@ import seqio
 import tensorflow as tf
 
 from jaxprompt.commands import bank_files, configs, model_check
-from jaxprompt.commands.evaluate import tuned_model
-from jaxprompt.data import buckets
-from jaxprompt.data import pipeline as data
+from jaxprompt.commands.evaluate import check_eval_data, tuned_model
+from jaxprompt.commands.groups import DataConfig, ModelSource, PromptSource
+from jaxprompt.data import pipeline as data_lib
 from jaxprompt.data import vocab as vocab_lib
 from jaxprompt.errors import ConfigError, DataError
 from jaxprompt.eval import banks, writers
 from jaxprompt.eval import evaluation as eval_lib
-from jaxprompt.formats import validation
-from jaxprompt.models.config import T5Config
 from jaxprompt.runtime import runtime as runtime_lib
 
 
@@ -52,14 +50,15 @@ def _vocabulary(provider: Any, vocabulary: Any) -> seqio.Vocabulary:
   if vocabulary is not None:
     return vocab_lib.get_vocabulary(str(vocabulary))
   if provider is not None:
-    return data.inputs_vocabulary(provider)
+    return data_lib.inputs_vocabulary(provider)
   return vocab_lib.get_default_vocabulary()
 
 
 def decode_texts(fns: eval_lib.ModelFns, trainable: Any, texts: Sequence[str], vocabulary: seqio.Vocabulary,
                  feature_lengths: Mapping[str, int], batch_size: int) -> list[dict[str, Any]]:
   """Records for raw input texts (tokenized with `vocabulary`, trimmed to the inputs length + EOS)."""
-  features = data.to_features(data.tokenize_texts(texts, vocabulary, feature_lengths['inputs']), None, feature_lengths)
+  features = data_lib.to_features(data_lib.tokenize_texts(texts, vocabulary, feature_lengths['inputs']), None,
+                                  feature_lengths)
   predictions, scores = eval_lib.predict(fns, trainable, features, batch_size, vocabulary, None)
   return [{'input': t, 'prediction': p, 'score': s} for t, p, s in zip(texts, predictions, scores)]
 
@@ -68,14 +67,14 @@ def decode_task(fns: eval_lib.ModelFns, trainable: Any, provider: Any, split: st
                 batch_size: int, max_examples: int | None) -> list[dict[str, Any]]:
   """Records for the inputs of a task split (every task of a mixture that has the split)."""
   records = []
-  for task in data.subtasks(provider, split):
-    examples = data.read_examples(task, feature_lengths, split, max_examples)
-    features = data.to_features([ex['inputs'] for ex in examples], None, feature_lengths)
-    vocabulary = data.targets_vocabulary(task)
+  for task in data_lib.subtasks(provider, split):
+    examples = data_lib.read_examples(task, feature_lengths, split, max_examples)
+    features = data_lib.to_features([ex['inputs'] for ex in examples], None, feature_lengths)
+    vocabulary = data_lib.targets_vocabulary(task)
     predictions, scores = eval_lib.predict(fns, trainable, features, batch_size, vocabulary, None)
-    vocab_in = data.inputs_vocabulary(task)
+    vocab_in = data_lib.inputs_vocabulary(task)
     for ex, p, s in zip(examples, predictions, scores):
-      records.append({'input': data.example_text(ex, 'inputs', vocab_in), 'prediction': p, 'score': s})
+      records.append({'input': data_lib.example_text(ex, 'inputs', vocab_in), 'prediction': p, 'score': s})
   return records
 
 
@@ -87,16 +86,17 @@ def ensemble_records(fns: eval_lib.ModelFns, trainable: Any, names: list[str], p
   text inputs decode, a task split's rows rank over the task's labels when it has them."""
   sources = []
   if texts is not None:
-    rows = data.tokenize_texts(texts, vocabulary, feature_lengths['inputs'])
+    rows = data_lib.tokenize_texts(texts, vocabulary, feature_lengths['inputs'])
     sources.append((list(texts), rows, vocabulary, None))
   else:
-    for task in data.subtasks(provider, split):
-      examples = data.read_examples(task, feature_lengths, split, max_examples)
-      sources.append(([data.example_text(ex, 'inputs', data.inputs_vocabulary(task)) for ex in examples],
-                      [ex['inputs'] for ex in examples], data.targets_vocabulary(task), data.label_set(task.name)))
+    for task in data_lib.subtasks(provider, split):
+      examples = data_lib.read_examples(task, feature_lengths, split, max_examples)
+      sources.append(([data_lib.example_text(ex, 'inputs', data_lib.inputs_vocabulary(task)) for ex in examples
+                      ], [ex['inputs'] for ex in examples], data_lib.targets_vocabulary(task),
+                      data_lib.label_set(task.name)))
   records = []
   for inputs, rows, vocab, labels in sources:
-    features = data.to_features(rows, None, feature_lengths)
+    features = data_lib.to_features(rows, None, feature_lengths)
     answers, scores = banks.ensemble_predict(fns, trainable, features, len(names), batch_size, vocab, labels)
     for text, row, row_scores in zip(inputs, answers, scores):
       records.append({
@@ -107,33 +107,32 @@ def ensemble_records(fns: eval_lib.ModelFns, trainable: Any, names: list[str], p
 
 
 @gin.configurable(module='jaxprompt')
-def infer(output_file: str | None = None, *, model_config: T5Config | None = None,
-          initial_checkpoint_path: str | None = None, mixture_or_task_name: str | None = None,
-          task_feature_lengths: Mapping[str, int] | None = None, prompt_length: int | None = None,
-          prompt_file: str | None = None, checkpoint: str | None = None, checkpoint_step: int | None = None,
-          input_file: str | None = None, split: str = 'validation', batch_size: int = 32,
-          max_examples: int | None = None, vocabulary: Any = None, decode: eval_lib.DecodeOptions | None = None,
-          prompt_combine: str = 'prefix', model_parallel: int = 1, length_buckets: Any = buckets.DEFAULT,
-          prompts: Mapping[str, str] | None = None, labels: Mapping[str, Sequence[str]] | None = None,
-          ensemble: bool = False, allow_other_model: bool = False, stdout=None) -> list[dict[str, Any]]:
-  """Decodes inputs with a prompt and writes JSONL to `output_file` (stdout when None or '-').
+def infer(output_file: str | None = None, *, model: ModelSource | None = None, data: DataConfig | None = None,
+          source: PromptSource | None = None, decode: eval_lib.DecodeOptions | None = None,
+          input_file: str | None = None, vocabulary: Any = None, labels: Mapping[str, Sequence[str]] | None = None,
+          ensemble: bool = False, stdout=None) -> list[dict[str, Any]]:
+  """Decodes inputs with a tuned method from `source` and writes JSONL to `output_file` (stdout when None or '-').
 
-  Inputs: `input_file` (one input per line; '-' = stdin) if given, else the task's `split`, else stdin. Text
-  inputs are tokenized with `vocabulary` (a SentencePiece path or seqio vocabulary), else the task's, else
-  T5's default vocabulary. Batches are cut to `length_buckets` of their inputs [LENGTH_BUCKETS].
+  Groups left None are built from their gin bindings (`jaxprompt.commands.groups`). Inputs: `input_file` (one
+  input per line; '-' = stdin) if given, else the split of `data`'s task (default 'validation'), else stdin
+  (`data` without a task). Text inputs are tokenized with `vocabulary` (a SentencePiece path or seqio
+  vocabulary), else the task's, else T5's default vocabulary. Batches are cut to `data.length_buckets` of
+  their inputs [LENGTH_BUCKETS]; `data.max_examples` caps the inputs.
 
-  Many prompts (`prompts` {name: source}, `--prompt NAME=FILE`): a prompt bank over the one frozen model.
-  The input is then JSONL, one request `{"task": name, "input": text, ...}` per line, answered in input order
-  with the row's fields plus `prediction` and `score`; batches mix tasks freely. Tasks in `labels`
+  Many prompts (`source.prompts` {name: source}, `--prompt NAME=FILE`): a prompt bank over the one frozen
+  model. The input is then JSONL, one request `{"task": name, "input": text, ...}` per line, answered in input
+  order with the row's fields plus `prediction` and `score`; batches mix tasks freely. Tasks in `labels`
   ({name: [label, ...]}) are rank-classified over their labels, the others decoded. With `ensemble` the
   prompts are one task's: plain inputs as above, each run under every prompt in one pass, answered with the
-  majority vote and each prompt's `predictions`. `allow_other_model` loads prompts recorded for another model.
+  majority vote and each prompt's `predictions`.
   """
-  config, ckpt, name, lengths = configs.check_common(model_config, initial_checkpoint_path, mixture_or_task_name,
-                                                     task_feature_lengths, task_required=False)
-  validation.check_positive(batch_size=batch_size, max_examples=max_examples, PROMPT_LENGTH=prompt_length)
-  length_buckets = buckets.LengthBuckets.from_spec(length_buckets)
-  provider = data.get_provider(name) if name else None
+  model, data, source = model or ModelSource(), data or DataConfig(), source or PromptSource()
+  check_eval_data(data)
+  model.require_checkpoint()
+  split, lengths = data.split or 'validation', data.task_feature_lengths
+  batch_size, max_examples = data.batch_size, data.max_examples
+  provider = data_lib.get_provider(data.mixture_or_task_name) if data.mixture_or_task_name else None
+  prompts = source.prompts
   if ensemble and not (prompts and len(prompts) > 1):
     raise ConfigError('--ensemble needs several prompts of the task: --prompt NAME=FILE, repeated')
   texts = None
@@ -144,13 +143,12 @@ def infer(output_file: str | None = None, *, model_config: T5Config | None = Non
     if max_examples:
       texts = texts[:max_examples]
   else:
-    data.subtasks(provider, split)
+    data_lib.subtasks(provider, split)
   vocab = _vocabulary(provider, vocabulary)
-  configs.check_vocabulary(vocab, config, provider.name if provider is not None else 'text inputs')
-  data.host_batch_size(batch_size, runtime_lib.data_parallel_size(model_parallel))
-  method, trainable, sources = bank_files.load_method(prompts=prompts, prompt_file=prompt_file, checkpoint=checkpoint,
-                                                      step=checkpoint_step, prompt_length=prompt_length, config=config,
-                                                      combine=prompt_combine, eos_id=vocab.eos_id, what='a prompt bank')
+  configs.check_vocabulary(vocab, model.config, provider.name if provider is not None else 'text inputs')
+  data_lib.host_batch_size(batch_size, runtime_lib.data_parallel_size(model.model_parallel))
+  method, trainable, sources = bank_files.load_method(source, config=model.config, eos_id=vocab.eos_id,
+                                                      what='a prompt bank')
   requests = None
   is_bank = bool(method.task_names) and not ensemble  # --prompt NAME=FILE, or a multi-task run's prompts.npz
   if labels and not is_bank:
@@ -162,10 +160,10 @@ def infer(output_file: str | None = None, *, model_config: T5Config | None = Non
     requests = banks.parse_requests(texts, method.task_names,
                                     where='stdin' if input_file in (None, '-') else input_file)
     banks.candidate_tables(labels or {}, method.task_names, vocab, lengths['targets'])  # labels checked now
-  fns, placed = tuned_model(config, ckpt, lengths, method, trainable, model_parallel=model_parallel,
-                            eos_id=vocab.eos_id, decode=decode, length_buckets=length_buckets)
-  model_check.check_prompt_sources(sources, checkpoint_step, config, vocab, fns.rt.network,
-                                   allow_other_model=allow_other_model)
+  fns, placed = tuned_model(model, lengths, method, trainable, eos_id=vocab.eos_id, decode=decode,
+                            length_buckets=data.length_buckets)
+  model_check.check_prompt_sources(sources, source.checkpoint_step, model.config, vocab, fns.rt.network,
+                                   allow_other_model=source.allow_other_model)
   if requests is not None:
     records = banks.serve(fns, placed, method.task_names, requests, vocab, lengths, batch_size, labels)
   elif ensemble:

@@ -5,6 +5,7 @@ the one loop of `jaxprompt.train.loop`. A method on a frozen model records that 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -17,8 +18,10 @@ import tensorflow as tf
 
 from jaxprompt.checkpoints import t5x_writer
 from jaxprompt.commands import configs
+from jaxprompt.commands.groups import CheckpointConfig, DataConfig, EvalConfig, ModelSource, Schedule
 from jaxprompt.data import buckets
-from jaxprompt.data import pipeline as data
+from jaxprompt.data import pipeline as data_lib
+from jaxprompt.errors import ConfigError
 from jaxprompt.eval import evaluation as eval_lib
 from jaxprompt.formats import fingerprint_files, validation
 from jaxprompt.formats.keys import PROMPT_FILE, PROMPT_KEY
@@ -40,6 +43,7 @@ from jaxprompt.train.checkpoints import StateCheckpointer
 FINAL_PREFIX = 'final_'
 FINAL_PROMPT = FINAL_PREFIX + PROMPT_FILE
 MethodFactory = Callable[[T5Config, int], Method]
+FAULTS_ENV = 'JAXPROMPT_TEST_FAULTS'  # see `injected_faults`
 
 
 @dataclasses.dataclass
@@ -74,44 +78,52 @@ def _save_gin_config(model_dir: str) -> None:
       f.write(text)
 
 
-def run_training(*, method: MethodFactory, model_dir: Any, model_config: Any, initial_checkpoint_path: Any,
-                 mixture_or_task_name: Any, task_feature_lengths: Any, train_steps: Any, batch_size: int,
-                 optimizer: Optimizer | None, loss: LossConfig | None, model_parallel: int, num_microbatches: int,
-                 seed: int, train_split: str, eval_split: str | None, eval_period: int, eval_metrics: bool,
-                 eval_batch_size: int | None, eval_max_examples: int | None, checkpoint_period: int,
-                 keep_checkpoints: int, best_metric: str | None, best_mode: str, log_period: int,
-                 progress_bar: bool | None, pack: bool = False, length_buckets: Any = buckets.DEFAULT,
-                 checkpoint_required: bool = True, **debug: Any) -> tuple[loop.LoopResult, runtime_lib.Runtime]:
-  """Validates the arguments, builds the runtime and runs the loop (shared by both entry points)."""
-  model_dir = os.fspath(validation.require(model_dir, 'MODEL_DIR', "\"'/path/to/model_dir'\""))
-  config, checkpoint_path, task_name, lengths = configs.check_common(model_config, initial_checkpoint_path,
-                                                                     mixture_or_task_name, task_feature_lengths,
-                                                                     checkpoint_required=checkpoint_required)
-  validation.require(train_steps, 'TRAIN_STEPS', '1000')
-  validation.check_positive(TRAIN_STEPS=train_steps, BATCH_SIZE=batch_size, eval_period=eval_period,
-                            checkpoint_period=checkpoint_period, keep_checkpoints=keep_checkpoints,
-                            log_period=log_period, eval_batch_size=eval_batch_size, eval_max_examples=eval_max_examples)
-  bucket_set = buckets.LengthBuckets.from_spec(length_buckets)
-  checkpointer = StateCheckpointer(model_dir, keep=keep_checkpoints, best_metric=best_metric,
-                                   best_mode=best_mode)  # fails now if MODEL_DIR is not writable
+def injected_faults() -> loop.Faults | None:
+  """The faults the test suite injects into a run through the environment (`JAXPROMPT_TEST_FAULTS`, JSON of
+  `loop.Faults` fields, e.g. '{"sleep_per_step": 1.0}'); None in every other run."""
+  text = os.environ.get(FAULTS_ENV, '').strip()
+  if not text:
+    return None
   try:
-    provider = data.get_provider(task_name)
-    vocab = data.targets_vocabulary(provider)
-    configs.check_vocabulary(vocab, config, task_name)
+    return loop.Faults(**json.loads(text))
+  except (ValueError, TypeError) as e:
+    fields = [f.name for f in dataclasses.fields(loop.Faults)]
+    raise ConfigError(f'{FAULTS_ENV}={text!r} must be a JSON object of {fields} (a test setting; unset it)') from e
+
+
+def run_training(model_dir: Any, *, method: MethodFactory, model: ModelSource, data: DataConfig, schedule: Schedule,
+                 evaluation: EvalConfig, checkpoints: CheckpointConfig, optimizer: Optimizer | None,
+                 loss: LossConfig | None, seed: int, num_microbatches: int, progress_bar: bool | None,
+                 checkpoint_required: bool = True) -> tuple[loop.LoopResult, runtime_lib.Runtime]:
+  """Checks what the groups leave to the command, builds the runtime and runs the loop (both entry points)."""
+  model_dir = os.fspath(validation.require(model_dir, 'MODEL_DIR', "\"'/path/to/model_dir'\""))
+  checkpoint_path = model.require_checkpoint() if checkpoint_required else model.checkpoint
+  task_name, lengths, split = data.require_task(), data.task_feature_lengths, data.split or 'train'
+  if data.max_examples is not None:
+    raise ConfigError('jaxprompt.DataConfig.max_examples caps what eval / infer read; training reads its whole '
+                      'split (EVAL_MAX_EXAMPLES caps its evaluation)')
+  faults = injected_faults()
+  checkpointer = StateCheckpointer(model_dir, keep=checkpoints.keep, best_metric=checkpoints.best_metric,
+                                   best_mode=checkpoints.best_mode)  # fails now if MODEL_DIR is not writable
+  try:
+    provider = data_lib.get_provider(task_name)
+    vocab = data_lib.targets_vocabulary(provider)
+    configs.check_vocabulary(vocab, model.config, task_name)
     # The method first: its configuration errors (e.g. class labels the task lacks) come before data errors.
-    tuning = method(config, vocab.eos_id)
-    prompt_slots = tuning.packing_slots if pack else 0
+    tuning = method(model.config, vocab.eos_id)
+    prompt_slots = tuning.packing_slots if data.pack else 0
     checkpointer.numpy_copy = lambda state: tuning.numpy_copy(state.trainable)
-    data.check_split(provider, train_split)
-    eval_sets = (eval_lib.prepare_eval(provider, eval_split, lengths, max_examples=eval_max_examples,
-                                       rank_classification=eval_metrics, task_names=tuning.task_names)
-                 if eval_split else [])
-    data_parallel = runtime_lib.data_parallel_size(model_parallel)
-    host_batch = data.host_batch_size(batch_size, data_parallel)
-    data.host_batch_size(eval_batch_size or batch_size, data_parallel)
+    data_lib.check_split(provider, split)
+    eval_sets = (eval_lib.prepare_eval(provider, evaluation.split, lengths, max_examples=evaluation.max_examples,
+                                       rank_classification=evaluation.task_metrics, task_names=tuning.task_names)
+                 if evaluation.split else [])
+    data_parallel = runtime_lib.data_parallel_size(model.model_parallel)
+    host_batch = data_lib.host_batch_size(data.batch_size, data_parallel)
+    eval_batch = evaluation.batch_size or data.batch_size
+    data_lib.host_batch_size(eval_batch, data_parallel)
     optimizer = optimizer or make_optimizer()
-    runtime = runtime_lib.build_runtime(config, tuning, checkpoint_path, lengths, optimizer=optimizer, loss=loss,
-                                        model_parallel=model_parallel, num_microbatches=num_microbatches,
+    runtime = runtime_lib.build_runtime(model.config, tuning, checkpoint_path, lengths, optimizer=optimizer, loss=loss,
+                                        model_parallel=model.model_parallel, num_microbatches=num_microbatches,
                                         eos_id=vocab.eos_id, seed=seed)
     runtime.fingerprint = model_fingerprint(runtime, vocab)
     checkpointer.use_model(runtime.fingerprint)  # refuses to resume on another model before anything is written
@@ -119,15 +131,16 @@ def run_training(*, method: MethodFactory, model_dir: Any, model_config: Any, in
     state = loop.initial_state(runtime, optimizer, seed)
 
     def batches(skip: int):
-      ds = data.train_dataset(provider, lengths, train_split, host_batch, seed, pack=pack, prompt_slots=prompt_slots,
-                              task_names=tuning.task_names)
-      return buckets.bucketed(data.train_batches(ds, skip=skip), bucket_set, name='train step', agree=host.global_max)
+      ds = data_lib.train_dataset(provider, lengths, split, host_batch, seed, pack=data.pack, prompt_slots=prompt_slots,
+                                  task_names=tuning.task_names)
+      return buckets.bucketed(data_lib.train_batches(ds, skip=skip), data.length_buckets, name='train step',
+                              agree=host.global_max)
 
-    evaluate = (loop_evaluation(runtime, bucket_set, eval_sets, eval_batch_size or batch_size, eval_metrics)
-                if eval_split else None)
-    result = loop.run(runtime, state, checkpointer, model_dir=model_dir, batches=batches, batch_size=batch_size,
-                      schedule=loop.Schedule(train_steps, eval_period, checkpoint_period, log_period),
-                      evaluate=evaluate, progress_bar=progress_bar, task_name=task_name, **debug)
+    evaluate = (loop_evaluation(runtime, data.length_buckets, eval_sets, eval_batch, evaluation.task_metrics)
+                if evaluation.split else None)
+    result = loop.run(runtime, state, checkpointer, model_dir=model_dir, batches=batches, batch_size=data.batch_size,
+                      schedule=schedule, evaluate=evaluate, progress_bar=progress_bar, task_name=task_name,
+                      faults=faults)
   finally:
     checkpointer.close()
   return result, runtime
@@ -154,53 +167,34 @@ def model_fingerprint(runtime: runtime_lib.Runtime, vocabulary: Any) -> dict[str
 
 
 @gin.configurable(module='jaxprompt')
-def train(model_dir: str | None = None, *, model_config: T5Config | None = None,
-          initial_checkpoint_path: str | None = None, mixture_or_task_name: str | None = None,
-          task_feature_lengths: Mapping[str, int] | None = None, train_steps: int | None = None, batch_size: int = 32,
-          method: MethodFactory = prompt_tuning, optimizer: Optimizer | None = None, loss: LossConfig | None = None,
-          model_parallel: int = 1, num_microbatches: int = 1, seed: int = 0, train_split: str = 'train',
-          eval_split: str | None = 'validation', eval_period: int = 1000, eval_metrics: bool = True,
-          eval_batch_size: int | None = None, eval_max_examples: int | None = None, checkpoint_period: int = 1000,
-          keep_checkpoints: int = 3, best_metric: str | None = None, best_mode: str = 'max', log_period: int = 100,
-          progress_bar: bool | None = None, pack: bool = False, length_buckets: Any = buckets.DEFAULT,
-          debug_poison_loss_at_step: int | None = None, debug_sleep_per_step: float = 0.0) -> TrainResult:
+def train(model_dir: str | None = None, *, model: ModelSource | None = None, data: DataConfig | None = None,
+          schedule: Schedule | None = None, evaluation: EvalConfig | None = None,
+          checkpoints: CheckpointConfig | None = None, method: MethodFactory = prompt_tuning,
+          optimizer: Optimizer | None = None, loss: LossConfig | None = None, seed: int = 0, num_microbatches: int = 1,
+          progress_bar: bool | None = None) -> TrainResult:
   """Tunes a method (default: a prompt) on a frozen T5, resuming from `model_dir`'s newest intact checkpoint.
 
-  Args (the gin macros in brackets are what gin_configs/runs/prompt_tuning.gin binds):
+  Args (the gin macros in brackets are what gin_configs/runs/prompt_tuning.gin binds; a group left None is
+  built from its own gin bindings, see `jaxprompt.commands.groups`):
     model_dir: checkpoints, metrics, TensorBoard events and the final `final_prompt.npy` [MODEL_DIR].
-    model_config: the frozen model's T5Config [@jaxprompt.model_config(), set by models/*.gin].
-    initial_checkpoint_path: T5X checkpoint (any format, or a model dir) or HF safetensors folder
-      [INITIAL_CHECKPOINT_PATH].
-    mixture_or_task_name: seqio task or mixture [MIXTURE_OR_TASK_NAME]; task_feature_lengths
-      {'inputs': n, 'targets': m} [TASK_FEATURE_LENGTHS].
-    train_steps: total optimizer steps, counting those of a resumed run [TRAIN_STEPS].
-    batch_size: global batch, split over processes [BATCH_SIZE]. A resumed run must use the same.
+    model: the frozen model [MODEL_CONFIG, INITIAL_CHECKPOINT_PATH, MODEL_PARALLEL].
+    data: the training examples [MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, BATCH_SIZE, PACK, LENGTH_BUCKETS];
+      its split defaults to 'train'. A resumed run must keep BATCH_SIZE. With PACK, each packed example gets
+      its own copy of the prompt in front; examples per step and the encoder fill are logged.
+    schedule: train steps, counting a resumed run's, and the eval / checkpoint / log periods [TRAIN_STEPS,
+      EVAL_PERIOD, CHECKPOINT_PERIOD].
+    evaluation: the split scored every eval period and at the end [EVAL_SPLIT; None: no evaluation].
+    checkpoints: how many checkpoints stay, and the best one by a metric.
     method: a factory `(config, eos_id) -> Method` [METHOD, set by methods/*.gin]; default prompt tuning
       (`jaxprompt.methods.prompt_tuning`: PROMPT_LENGTH rows, PROMPT_INIT).
     optimizer: @jaxprompt.make_optimizer() (Adafactor, lr 0.3 constant by default) [LEARNING_RATE inside].
-    model_parallel: devices per model replica (the 'model' mesh axis).
     seed: seeds the method's initialisation, the rng in the state and the data order [RANDOM_SEED].
-    eval_split: split scored every `eval_period` steps and at the end (None: no eval); `eval_metrics` adds
-      the task's metrics (rank classification / decoding) to the loss; `eval_max_examples` caps the split.
-    checkpoint_period, keep_checkpoints, best_metric ('accuracy', 'loss', ...), best_mode: retention.
-    log_period: steps between log lines / TensorBoard points; progress_bar: None = when stderr is a tty.
-    pack: several examples per row (seqio packing), each with its own copy of the prompt in front [PACK];
-      the examples per step and the fraction of non-padding encoder positions are logged.
-    length_buckets: cut each batch to the smallest bucket holding its longest row (`jaxprompt.data.buckets`:
-      a step such as 64, a list of lengths, a dict per 'inputs' / 'targets', or None for fixed-length
-      batches) [LENGTH_BUCKETS]; TASK_FEATURE_LENGTHS stays the maximum.
-    debug_poison_loss_at_step / debug_sleep_per_step: test hooks (a NaN loss at that step; a pause per step).
+    num_microbatches: gradient accumulation within a step; progress_bar: None = when stderr is a tty.
   """
-  result, runtime = run_training(
-      method=method, model_dir=model_dir, model_config=model_config, initial_checkpoint_path=initial_checkpoint_path,
-      mixture_or_task_name=mixture_or_task_name, task_feature_lengths=task_feature_lengths, train_steps=train_steps,
-      batch_size=batch_size, optimizer=optimizer, loss=loss, model_parallel=model_parallel,
-      num_microbatches=num_microbatches, seed=seed, train_split=train_split, eval_split=eval_split,
-      eval_period=eval_period, eval_metrics=eval_metrics, eval_batch_size=eval_batch_size,
-      eval_max_examples=eval_max_examples, checkpoint_period=checkpoint_period, keep_checkpoints=keep_checkpoints,
-      best_metric=best_metric, best_mode=best_mode, log_period=log_period, progress_bar=progress_bar, pack=pack,
-      length_buckets=length_buckets, debug_poison_loss_at_step=debug_poison_loss_at_step,
-      debug_sleep_per_step=debug_sleep_per_step)
+  result, runtime = run_training(model_dir, method=method, model=model or ModelSource(), data=data or DataConfig(),
+                                 schedule=schedule or Schedule(), evaluation=evaluation or EvalConfig(),
+                                 checkpoints=checkpoints or CheckpointConfig(), optimizer=optimizer, loss=loss,
+                                 seed=seed, num_microbatches=num_microbatches, progress_bar=progress_bar)
   trainable = loop.host_trainable(result.state)
   _, inference = runtime.method.inference(trainable)
   exported = None if result.preempted else export_final(runtime.method, trainable, os.fspath(model_dir),
@@ -226,32 +220,22 @@ def export_final(method: Method, trainable: Mapping[str, Any], model_dir: str, *
 
 
 @gin.configurable(module='jaxprompt')
-def train_model(model_dir: str | None = None, *, model_config: T5Config | None = None, initial_checkpoint_path: str |
-                None = None, mixture_or_task_name: Any = None, task_feature_lengths: Mapping[str, int] | None = None,
-                train_steps: int | None = None, batch_size: int = 32, optimizer: Optimizer | None = None,
-                loss: LossConfig | None = None, model_parallel: int = 1, seed: int = 0, train_split: str = 'train',
-                eval_split: str | None = 'validation', eval_period: int = 1000, eval_max_examples: int | None = None,
-                eval_batch_size: int | None = None, checkpoint_period: int = 1000, keep_checkpoints: int = 1,
-                log_period: int = 100, progress_bar: bool | None = None, save_checkpoint: bool = True,
-                checkpoint_dtype: str | None = None, pack: bool = False,
-                length_buckets: Any = buckets.DEFAULT) -> TrainResult:
-  """Model tuning: trains every weight of a T5 with the same loop as `train` (and resumes the same way).
+def train_model(model_dir: str | None = None, *, model: ModelSource | None = None, data: DataConfig | None = None,
+                schedule: Schedule | None = None, evaluation: EvalConfig | None = None,
+                checkpoints: CheckpointConfig | None = None, optimizer: Optimizer | None = None,
+                loss: LossConfig | None = None, seed: int = 0, progress_bar: bool | None = None,
+                save_checkpoint: bool = True, checkpoint_dtype: str | None = None) -> TrainResult:
+  """Model tuning: trains every weight of a T5 with the same loop and groups as `train` (and resumes the same way).
 
-  `initial_checkpoint_path=None` starts from a random init (seeded by `seed`: pretraining); `pack` packs
-  training examples (seqio's `EncDecFeatureConverter(pack=True)`: ~2x fewer pad tokens); `length_buckets` as
-  `train`'s;
-  `save_checkpoint` writes the result as a T5X checkpoint `model_dir/checkpoint_<train_steps>` (readable as
-  INITIAL_CHECKPOINT_PATH) in `checkpoint_dtype` (default: the training dtype).
+  A model without a checkpoint (`model.checkpoint` None) starts from a random init seeded by `seed`:
+  pretraining. `checkpoints` default to the newest one only (each holds the whole network and its optimizer
+  state). `save_checkpoint` writes the result as a T5X checkpoint `model_dir/checkpoint_<train_steps>` (readable
+  as INITIAL_CHECKPOINT_PATH) in `checkpoint_dtype` (default: the training dtype).
   """
-  result, _ = run_training(method=model_tuning, model_dir=model_dir, model_config=model_config,
-                           initial_checkpoint_path=initial_checkpoint_path, mixture_or_task_name=mixture_or_task_name,
-                           task_feature_lengths=task_feature_lengths, train_steps=train_steps, batch_size=batch_size,
-                           optimizer=optimizer, loss=loss, model_parallel=model_parallel, num_microbatches=1, seed=seed,
-                           train_split=train_split, eval_split=eval_split, eval_period=eval_period, eval_metrics=True,
-                           eval_batch_size=eval_batch_size, eval_max_examples=eval_max_examples,
-                           checkpoint_period=checkpoint_period, keep_checkpoints=keep_checkpoints, best_metric=None,
-                           best_mode='max', log_period=log_period, progress_bar=progress_bar, pack=pack,
-                           length_buckets=length_buckets, checkpoint_required=False)
+  result, _ = run_training(model_dir, method=model_tuning, model=model or ModelSource(), data=data or DataConfig(),
+                           schedule=schedule or Schedule(), evaluation=evaluation or EvalConfig(),
+                           checkpoints=checkpoints or CheckpointConfig(keep=1), optimizer=optimizer, loss=loss,
+                           seed=seed, num_microbatches=1, progress_bar=progress_bar, checkpoint_required=False)
   params = loop.host_trainable(result.state)
   checkpoint = None
   if save_checkpoint and not result.preempted:

@@ -198,7 +198,7 @@ def batch_stats(batch: Mapping[str, np.ndarray]) -> dict[str, float]:
 
 
 def as_float_weights(batch: Mapping[str, np.ndarray]) -> Batch:
-  """Loss weights as float32 (seqio gives int32): one compiled step for real and debug-poisoned batches."""
+  """Loss weights as float32 (seqio gives int32): one compiled step for real batches and tests' NaN-poisoned ones."""
   out = {k: np.asarray(batch[k]) for k in FEATURES + SEGMENT_FEATURES + (TASK_FEATURE,) if k in batch}
   out['decoder_loss_weights'] = out['decoder_loss_weights'].astype(np.float32)
   return out

@@ -90,8 +90,8 @@ def pretrain(output: str, *, seed: int = 0, steps: int | None = None, log_dir: s
   gin_config.parse(PRETRAIN_GIN, overrides + list(bindings))
   import gin  # pylint: disable=g-import-not-at-top
   config = demo_model.architecture()  # bound once, so config.json records exactly what was trained
-  gin.bind_parameter('jaxprompt.train_model.model_config', config)
-  gin.bind_parameter('jaxprompt.train_model.eval_max_examples', eval_examples)
+  gin.bind_parameter('jaxprompt.ModelSource.config', config)
+  gin.bind_parameter('jaxprompt.EvalConfig.max_examples', eval_examples)
   result = trainer.train_model()  # pylint: disable=no-value-for-parameter  (gin supplies the arguments)
   checkpoint = write_checkpoint(result.trainable, output, result.step)
   info = {

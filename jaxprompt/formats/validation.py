@@ -1,8 +1,10 @@
 """Checks of entry-point arguments shared by every command: each bad value gets one error naming the gin macro.
 
-Model-free on purpose (every layer may use them); the check of the model config is `commands.configs.check_common`."""
+Model-free on purpose (every layer may use them); the entry points' groups (`commands.groups`) check their fields
+with them."""
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +22,28 @@ def check_positive(**values: int | None) -> None:
   for name, value in values.items():
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
       raise ConfigError(f'{name} must be a positive integer, got {value!r}')
+
+
+def check_bool(**values: bool) -> None:
+  for name, value in values.items():
+    if not isinstance(value, bool):
+      raise ConfigError(f'{name} must be True or False, got {value!r}')
+
+
+def check_text(**values: str | None) -> None:
+  """Each value None or a non-empty string (a split, a task or metric name)."""
+  for name, value in values.items():
+    if value is not None and (not isinstance(value, str) or not value):
+      raise ConfigError(f'{name} must be a non-empty string, got {value!r}')
+
+
+def optional_path(value: str | os.PathLike | None, name: str) -> str | None:
+  """None, or the path `value` (a non-empty string or os.PathLike) as a string."""
+  if value is None:
+    return None
+  if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+    raise ConfigError(f'{name} must be a path (a quoted string), got {value!r}')
+  return os.fspath(value)
 
 
 def check_feature_lengths(lengths: Any) -> dict[str, int]:

@@ -21,11 +21,13 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import gin
 import jax
 import numpy as np
 
 from jaxprompt.data import pipeline as data_lib
 from jaxprompt.errors import DataError, TrainingError
+from jaxprompt.formats import validation
 from jaxprompt.parallel import host
 from jaxprompt.runtime.optim import Optimizer
 from jaxprompt.runtime.runtime import Runtime
@@ -38,6 +40,8 @@ log = logging.getLogger('jaxprompt')
 Batch = dict[str, np.ndarray]
 # The trainable tree (on the mesh) -> the evaluation's metrics (logged, and kept with the checkpoint).
 Evaluate = Callable[[Any], dict[str, Any]]
+# The number of batches to skip -> this process's seeded stream of batches after them.
+Batches = Callable[[int], Iterator[Batch]]
 
 
 @dataclasses.dataclass
@@ -49,18 +53,36 @@ class LoopResult:
   eval_metrics: dict | None = None
 
 
+@gin.configurable(module='jaxprompt')
 @dataclasses.dataclass(frozen=True)
 class Schedule:
-  """When things happen, in steps (all positive)."""
-  train_steps: int
+  """When things happen, in steps (all positive): the total, counting a resumed run's [TRAIN_STEPS], and the
+  periods of evaluation [EVAL_PERIOD], checkpoints [CHECKPOINT_PERIOD] and log lines / TensorBoard points."""
+  train_steps: int | None = None
   eval_period: int = 1000
   checkpoint_period: int = 1000
   log_period: int = 100
 
+  def __post_init__(self):
+    validation.require(self.train_steps, 'TRAIN_STEPS', '1000')
+    validation.check_positive(TRAIN_STEPS=self.train_steps, EVAL_PERIOD=self.eval_period,
+                              CHECKPOINT_PERIOD=self.checkpoint_period,
+                              **{'jaxprompt.Schedule.log_period': self.log_period})
 
-def _poison(batch: Batch) -> Batch:
-  """Debug: NaN loss weights make this step's loss non-finite (same shapes, no recompilation)."""
-  return dict(batch, decoder_loss_weights=np.full_like(batch['decoder_loss_weights'], np.nan))
+
+@dataclasses.dataclass(frozen=True)
+class Faults:
+  """Faults the tests inject into a run, never set otherwise (`commands/train.py` reads them from the
+  environment): a non-finite loss at step `nan_loss_at_step` (its batch's loss weights are NaN: same shapes, no
+  recompilation), and a pause of `sleep_per_step` seconds after each step (time to send a signal mid-run)."""
+  nan_loss_at_step: int | None = None
+  sleep_per_step: float = 0.0
+
+  def batch(self, step: int, batch: Batch) -> Batch:
+    """The batch of step `step` (1-based), poisoned at `nan_loss_at_step`."""
+    if step != self.nan_loss_at_step:
+      return batch
+    return dict(batch, decoder_loss_weights=np.full_like(batch['decoder_loss_weights'], np.nan))
 
 
 class _StepChecker:
@@ -109,15 +131,16 @@ def tree_size(tree: Any) -> tuple[int, int]:
   return (int(sum(np.size(x) for x in leaves)), int(sum(np.size(x) * np.dtype(x.dtype).itemsize for x in leaves)))
 
 
-def run(runtime: Runtime, state: TrainState, checkpointer: StateCheckpointer, *, model_dir: str,
-        batches: Callable[[int], Iterator[Batch]], batch_size: int, schedule: Schedule,
-        evaluate: Evaluate | None = None, progress_bar: bool | None = None, task_name: str = '',
-        debug_poison_loss_at_step: int | None = None, debug_sleep_per_step: float = 0.0) -> LoopResult:
+def run(runtime: Runtime, state: TrainState, checkpointer: StateCheckpointer, *, model_dir: str, batches: Batches,
+        batch_size: int, schedule: Schedule, evaluate: Evaluate | None = None, progress_bar: bool | None = None,
+        task_name: str = '', faults: Faults | None = None) -> LoopResult:
   """Trains from the newest intact checkpoint in `checkpointer` (or from `state`) to `schedule.train_steps`.
 
   `batches(skip)` is the seeded stream of this process's numpy batches with the first `skip` dropped;
-  `evaluate(trainable)` (None: never) runs every `schedule.eval_period` steps and after the last one.
+  `evaluate(trainable)` (None: never) runs every `schedule.eval_period` steps and after the last one; `faults`
+  are the tests' (see `Faults`).
   """
+  faults = faults or Faults()
   start, position = 0, 0
   restored = checkpointer.restore_latest(state, batch_size=batch_size)
   if restored is not None:
@@ -139,16 +162,15 @@ def run(runtime: Runtime, state: TrainState, checkpointer: StateCheckpointer, *,
         batch = next(stream, None)
         if batch is None:
           raise DataError(f'task {task_name!r} ran out of training examples at step {step}')
-        if debug_poison_loss_at_step is not None and step + 1 == debug_poison_loss_at_step:
-          batch = _poison(batch)
+        batch = faults.batch(step + 1, batch)
         fill = data_lib.batch_stats(batch)
         state, metrics = steps.train_step(state, frozen, steps.shard_batch(batch))
         step, position = step + 1, position + 1
         # Examples per step: this host's rows times the hosts (each feeds the same number of rows).
         checker.push(step, metrics,
                      {'examples': fill['examples'] * jax.process_count(), 'encoder_fill': fill['encoder_fill']})
-        if debug_sleep_per_step:
-          time.sleep(debug_sleep_per_step)
+        if faults.sleep_per_step:
+          time.sleep(faults.sleep_per_step)
         last = step == schedule.train_steps
         do_eval = evaluate is not None and (step % schedule.eval_period == 0 or last)
         do_save = step % schedule.checkpoint_period == 0 or last

@@ -105,6 +105,7 @@ def run_steps(num_steps: int = 4, save_at: int = 2, batch_size: int = 8) -> None
 
 
 def run_trainer() -> None:
+  from jaxprompt.commands import groups
   from jaxprompt.commands import train as trainer
   from jaxprompt.data import custom
   from jaxprompt.data import pipeline as data_pipeline
@@ -115,11 +116,11 @@ def run_trainer() -> None:
   lengths = {'inputs': 24, 'targets': 8}  # no input is truncated: rows stay distinct
   task = custom.register_file_task('jp_multihost_tiny', train=ARGS['train'], validation=ARGS['validation'],
                                    label_set=('negative', 'positive'), vocabulary=configs.vocabulary(ARGS['vocab'], 0))
-  result = trainer.train(ARGS['model_dir'], model_config=get_config('t5x_tiny'),
-                         initial_checkpoint_path=ARGS['checkpoint'], mixture_or_task_name=task.name,
-                         task_feature_lengths=lengths, train_steps=4, batch_size=8, method=functools.partial(
-                             prompt_tuning, length=5), model_parallel=2, checkpoint_period=2, eval_period=4,
-                         log_period=1, progress_bar=False, length_buckets=2)
+  result = trainer.train(ARGS['model_dir'], model=groups.ModelSource(get_config('t5x_tiny'), ARGS['checkpoint'], 2),
+                         data=groups.DataConfig(task.name, lengths, batch_size=8, length_buckets=2),
+                         schedule=groups.Schedule(4, eval_period=4, checkpoint_period=2,
+                                                  log_period=1), method=functools.partial(prompt_tuning,
+                                                                                          length=5), progress_bar=False)
   # What this host's training stream holds: the trainer's own pipeline, host batch = 8 / 2 processes.
   host_batch = 8 // jax.process_count()
   stream = data_pipeline.train_dataset(task, lengths, 'train', host_batch, seed=0)
