@@ -170,8 +170,10 @@ class PromptTuning(Method):
   def packing_slots(self) -> int:
     """Positions to reserve in front of each packed example: one per prompt row (prefix prompts only)."""
     if self.combine != 'prefix':
-      raise ConfigError(f'packing puts a copy of the prompt in front of each example, so it needs '
-                        f"combine='prefix' (PROMPT_COMBINE); got {self.combine!r}: set PACK=False")
+      raise ConfigError(
+          f'packing puts a copy of the prompt in front of each example, so it needs '
+          f"combine='prefix' (the method's gin parameter, e.g. jaxprompt.methods.prompt_tuning.combine); got "
+          f'{self.combine!r}: set PACK=False')
     return self.length
 
   def abstract(self, network: Params) -> Params:
