@@ -1,16 +1,19 @@
-"""Helpers of the method tests: encoder-decoder batches, a few jitted train steps, and the check that cached
-decoding (greedy and beam) equals recomputing every step with the teacher-forced decoder."""
+"""Helpers of the method tests: encoder-decoder batches, a few jitted train steps, a training MODEL_DIR holding a
+state, and the check that cached decoding (greedy and beam) equals recomputing every step with the teacher-forced
+decoder."""
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxprompt.formats import fingerprint_files
 from jaxprompt.models import decoding
 from jaxprompt.models.t5 import Transformer
 from jaxprompt.models.wrapper import TunedModel
 from jaxprompt.runtime import step
 from jaxprompt.runtime.state import init_train_state
+from jaxprompt.train.checkpoints import StateCheckpointer
 
 
 def make_batch(enc, tgt) -> dict:
@@ -39,6 +42,17 @@ def train(model, frozen, batch, steps, optimizer, seed=0):
     state, metrics = fn(state, batch)
     history.append(float(metrics['loss']))
   return state, history
+
+
+def save_run(model_dir, method, state, recorded=None):
+  """A training MODEL_DIR holding `state` as step 3 (orbax state + the method's numpy copy) and a fingerprint."""
+  with StateCheckpointer(str(model_dir), numpy_copy=lambda s: method.numpy_copy(s.trainable)) as checkpointer:
+    checkpointer.save(3, state, data_position=3, batch_size=2)
+    checkpointer.wait_until_finished()
+  if recorded is not None:
+    (model_dir / 'numpy_checkpoints' / 'checkpoint_3' / fingerprint_files.STEP_FILE).write_text(
+        fingerprint_files.to_json(recorded))
+  return model_dir
 
 
 def assert_decoding_matches_recomputation(model: TunedModel, frozen, trainable, batch, length: int) -> None:

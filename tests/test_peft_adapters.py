@@ -15,7 +15,6 @@ from jaxprompt.checkpoints.huggingface import load_hf_t5
 from jaxprompt.commands import export as export_lib
 from jaxprompt.commands import prompt_files
 from jaxprompt.errors import PromptError
-from jaxprompt.formats import fingerprint_files
 from jaxprompt.methods import peft_adapters
 from jaxprompt.methods.p_tuning import PTuning
 from jaxprompt.methods.prefix_tuning import PrefixTuning
@@ -24,8 +23,7 @@ from jaxprompt.models import fingerprint
 from jaxprompt.models.wrapper import TunedModel
 from jaxprompt.runtime import optim
 from jaxprompt.runtime.state import init_train_state
-from jaxprompt.train.checkpoints import StateCheckpointer
-from tests.method_helpers import make_batch, train
+from tests.method_helpers import make_batch, save_run, train
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
@@ -91,17 +89,6 @@ def _torch_logits(model, batch):
                  decoder_input_ids=torch.tensor(batch['decoder_input_tokens'], dtype=torch.long)).logits.numpy()
 
 
-def _save_run(model_dir, method, state, recorded=None):
-  """A training MODEL_DIR holding `state` as step 3 (orbax state + the method's numpy copy) and a fingerprint."""
-  with StateCheckpointer(str(model_dir), numpy_copy=lambda s: method.numpy_copy(s.trainable)) as checkpointer:
-    checkpointer.save(3, state, data_position=3, batch_size=2)
-    checkpointer.wait_until_finished()
-  if recorded is not None:
-    (model_dir / 'numpy_checkpoints' / 'checkpoint_3' / fingerprint_files.STEP_FILE).write_text(
-        fingerprint_files.to_json(recorded))
-  return model_dir
-
-
 # ------------------------------------------------------------------------------------ jaxprompt -> PEFT
 
 
@@ -114,7 +101,7 @@ def test_trained_p_tuning_run_exports_to_peft_with_the_same_logits(hf, tmp_path)
   state, history = train(TunedModel(config, method), params, batch, 2, optim.make_optimizer(optim.adam, 0.05))
   assert history[-1] < history[0]
   recorded = fingerprint.model_fingerprint(config, None, params['token_embedder']['embedding'])
-  run = _save_run(tmp_path / 'run', method, state, recorded)
+  run = save_run(tmp_path / 'run', method, state, recorded)
   written = export_lib.export(str(tmp_path / 'adapter'), checkpoint=str(run), format='peft', base_model='tiny-t5')
   assert written['peft_type'] == 'P_TUNING' and written['fingerprint_id'] == recorded['id']
   config_json = json.loads((tmp_path / 'adapter' / peft_adapters.CONFIG_FILE).read_text())
@@ -294,7 +281,7 @@ def test_cli_export_format_peft(hf, tmp_path, capsys):
   method = PromptTuning(length=PLEN, embed_dim=config.emb_dim)
   trainable = {'prompt': np.random.RandomState(0).uniform(-0.5, 0.5, (PLEN, 32)).astype(np.float32)}
   state = init_train_state(trainable, optim.make_optimizer().tx, jax.random.PRNGKey(0))
-  run = _save_run(tmp_path / 'run', method, state)
+  run = save_run(tmp_path / 'run', method, state)
   out = tmp_path / 'adapter'
   assert cli.main(['export', '--checkpoint', str(run), '--format', 'peft', '--output', str(out)]) == 0
   summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -1,7 +1,11 @@
-"""The README and docs/: the model example runs as written (on a fixture checkpoint instead of the gs:// one),
-every relative link and #anchor resolves, the README stays short and keeps CI's test command."""
+"""The README and docs/: the model example and the PEFT round trip run as written (on a fixture checkpoint instead
+of the gs:// one; a shorter training run), every relative link and #anchor resolves, the README stays short and
+keeps CI's test command."""
+import json
 import pathlib
 import re
+import shlex
+import subprocess
 
 import jax
 import numpy as np
@@ -70,3 +74,32 @@ def test_readme_is_short_and_keeps_the_ci_command():
   assert len(readme.splitlines()) <= 300, 'README.md over 300 lines: move detail into docs/'
   ci_command = (REPO / '.ci' / 'run').read_text().strip().splitlines()[-1]
   assert ci_command.startswith('python3 -m venv') and ci_command in readme.splitlines()
+
+
+@pytest.mark.slow
+def test_peft_round_trip_runs_and_predicts_alike(tmp_path, clean_gin):
+  """docs/peft.md's round trip on the demo model, command by command (2 training steps, paths under tmp_path):
+  transformers + PEFT over the exported folder predict what `jaxprompt infer` predicts."""
+  pytest.importorskip('peft')
+  from jaxprompt import cli  # pylint: disable=g-import-not-at-top
+  section = (REPO / 'docs' / 'peft.md').read_text().split('## The round trip', 1)[1]
+  shell = re.search(r'```bash\n(.*?)```', section, re.S).group(1).replace('/tmp/', f'{tmp_path}/')
+  python = re.search(r'```python\n(.*?)```', section, re.S).group(1).replace('/tmp/', f'{tmp_path}/')
+  commands = [line for line in shell.replace('\\\n', ' ').splitlines() if line.strip() and not line.startswith('#')]
+  assert [shlex.split(c)[:2] for c in commands] == [['jaxprompt', 'train'], ['jaxprompt', 'export'],
+                                                    ['jaxprompt', 'export'], ['printf',
+                                                                              shlex.split(commands[3])[1]],
+                                                    ['jaxprompt', 'infer']]
+  for command in commands:
+    argv = shlex.split(command)
+    if argv[0] != 'jaxprompt':
+      subprocess.run(['bash', '-c', command], check=True)
+      continue
+    if argv[1] == 'train':
+      argv = [a for a in argv if not a.startswith('--gin.TRAIN_STEPS=')
+             ] + ['--gin.TRAIN_STEPS=2', '--gin.EVAL_MAX_EXAMPLES=16']
+    assert cli.main(argv[1:]) == 0, command
+  namespace = {}
+  exec(compile(python, 'docs/peft.md', 'exec'), namespace)  # pylint: disable=exec-used
+  jsonl = (tmp_path / 'demo_predictions.jsonl').read_text().splitlines()
+  assert namespace['predictions'] == [json.loads(line)['prediction'] for line in jsonl] and len(jsonl) == 3

@@ -1,17 +1,7 @@
 """Reader for Hugging Face T5 / mT5 checkpoints (`model.safetensors`, possibly sharded) into the T5X tree.
 
-Only safetensors is read (no torch at run time). The HF → T5X mapping (torch `Linear` weights are `[out, in]`,
-so every kernel is transposed):
-  shared.weight                                            -> token_embedder/embedding        [vocab, embed]
-  {stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight [buckets, heads]
-                                                           -> {stack}/relpos_bias/rel_embedding [heads, buckets]
-  encoder.block.i.layer.0 {layer_norm, SelfAttention.{q,k,v,o}}  -> encoder/layers_i/{pre_attention_layer_norm,
-                                                                    attention/{query,key,value,out}}
-  encoder.block.i.layer.1 {layer_norm, DenseReluDense.*}    -> encoder/layers_i/{pre_mlp_layer_norm, mlp/*}
-  decoder.block.i.layer.0 / .1 (EncDecAttention) / .2       -> decoder/layers_i/{self_attention,
-                                                                encoder_decoder_attention, mlp} + their norms
-  {stack}.final_layer_norm.weight                          -> {stack}/{stack}_norm/scale
-  lm_head.weight [vocab, embed]                            -> decoder/logits_dense/kernel     [embed, vocab]
+Only safetensors is read (no torch at run time). Names, config.json fields and activations map through
+`hf_names` (the map `hf_writer` writes with).
 
 Output layer, as transformers 5.x runs it: the decoder output is scaled by `d_model ** -0.5` when
 `config.json` has `scale_decoder_outputs` (newer files) or else `tie_word_embeddings` (default true); the
@@ -33,7 +23,8 @@ import ml_dtypes
 import numpy as np
 from safetensors import safe_open
 
-from jaxprompt.checkpoints import common
+from jaxprompt.checkpoints import common, hf_names
+from jaxprompt.checkpoints.hf_names import t5x_plan
 from jaxprompt.errors import CheckpointError
 from jaxprompt.models.config import T5Config
 
@@ -41,32 +32,15 @@ SINGLE_FILE = 'model.safetensors'
 INDEX_FILE = 'model.safetensors.index.json'
 CONFIG_FILE = 'config.json'
 
-# Copies of `shared.weight` (tied in HF) and a cross-attention bias table old HF versions saved but never used.
-_IGNORED = frozenset({
-    'encoder.embed_tokens.weight', 'decoder.embed_tokens.weight',
-    'decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight'
-})
 _DTYPES = {
     'F64': np.float64, 'F32': np.float32, 'F16': np.float16, 'BF16': ml_dtypes.bfloat16, 'I64': np.int64,
     'I32': np.int32, 'I16': np.int16, 'I8': np.int8, 'U8': np.uint8, 'BOOL': np.bool_
-}
-# HF activation names (transformers ACT2FN) -> jaxprompt's; HF 'gelu' is the exact erf GELU.
-_ACTIVATIONS = {
-    'relu': 'relu', 'gelu': 'gelu_exact', 'gelu_new': 'gelu', 'gelu_pytorch_tanh': 'gelu', 'gelu_fast': 'gelu',
-    'silu': 'silu', 'swish': 'silu'
-}
-# jaxprompt field -> (config.json key, HF default when the key is absent).
-_HF_FIELDS = {
-    'vocab_size': ('vocab_size', 32128), 'emb_dim': ('d_model', 512), 'num_heads': ('num_heads', 8), 'head_dim':
-        ('d_kv', 64), 'mlp_dim': ('d_ff', 2048), 'num_encoder_layers': ('num_layers', 6), 'relpos_num_buckets':
-            ('relative_attention_num_buckets', 32), 'relpos_max_distance': ('relative_attention_max_distance', 128),
-    'layer_norm_epsilon': ('layer_norm_epsilon', 1e-6)
 }
 _HF_SOURCES = {
     'num_decoder_layers': 'num_decoder_layers', 'mlp_activations': 'feed_forward_proj',
     'logits_via_embedding': 'tie_word_embeddings / scale_decoder_outputs and lm_head.weight'
 }
-_ARCH_FIELDS = tuple(_HF_FIELDS) + tuple(_HF_SOURCES)
+_ARCH_FIELDS = tuple(hf_names.HF_FIELDS) + tuple(_HF_SOURCES)
 
 # ------------------------------------------------------------------------------------------ safetensors
 
@@ -154,18 +128,6 @@ def _locate(path: str) -> tuple[dict[str, _Tensor], str]:
 # ----------------------------------------------------------------------------------------------- config
 
 
-def _activations(ffp: str, where: str) -> tuple[str, ...]:
-  """HF `feed_forward_proj` ('relu', 'gated-gelu', 'gated-silu'...) -> jaxprompt `mlp_activations`."""
-  parts = ffp.split('-')
-  if len(parts) > 2 or (len(parts) == 2 and parts[0] != 'gated'):
-    raise CheckpointError(f"{where}: feed_forward_proj {ffp!r} is neither '<act>' nor 'gated-<act>'")
-  act = 'gelu_new' if ffp == 'gated-gelu' else parts[-1]  # transformers' historical special case
-  if act not in _ACTIVATIONS:
-    raise CheckpointError(f"{where}: feed_forward_proj {ffp!r} uses activation {act!r}, which jaxprompt's T5 "
-                          f'does not implement (supported: {", ".join(sorted(_ACTIVATIONS))})')
-  return (_ACTIVATIONS[act], 'linear') if len(parts) == 2 else (_ACTIVATIONS[act],)
-
-
 def _read_hf_config(file: str) -> dict[str, Any]:
   try:
     with open(file) as f:
@@ -181,9 +143,9 @@ def _read_hf_config(file: str) -> dict[str, Any]:
 
 def _config_fields(hf: dict[str, Any], where: str) -> dict[str, Any]:
   """The architecture fields (all but `logits_via_embedding`) that config.json implies, with HF defaults."""
-  fields = {name: hf.get(key, default) for name, (key, default) in _HF_FIELDS.items()}
+  fields = {name: hf.get(key, default) for name, (key, default) in hf_names.HF_FIELDS.items()}
   fields['num_decoder_layers'] = hf.get('num_decoder_layers') or fields['num_encoder_layers']
-  fields['mlp_activations'] = _activations(hf.get('feed_forward_proj', 'relu'), where)
+  fields['mlp_activations'] = hf_names.activations(hf.get('feed_forward_proj', 'relu'), where)
   return fields
 
 
@@ -199,7 +161,7 @@ def _check_config(config: T5Config, implied: dict[str, Any], where: str) -> None
     ours, theirs = getattr(config, name), implied[name]
     same = math.isclose(ours, theirs, rel_tol=1e-6) if isinstance(ours, float) else ours == theirs
     if not same:
-      hf_name = _HF_FIELDS[name][0] if name in _HF_FIELDS else _HF_SOURCES[name]
+      hf_name = hf_names.HF_FIELDS[name][0] if name in hf_names.HF_FIELDS else _HF_SOURCES[name]
       raise CheckpointError(f'{where}: the checkpoint implies {name}={theirs!r} (HF {hf_name}) but the given '
                             f'config has {name}={ours!r}')
 
@@ -225,62 +187,13 @@ def _head(tensors: Mapping[str, _Tensor], scale: bool, emb_dim: int) -> tuple[bo
   return False, ('lm_head.weight' if lm_head is not None else 'shared.weight'), None
 
 
-# ------------------------------------------------------------------------------------------------- plan
-
-
-@dataclasses.dataclass(frozen=True)
-class _Entry:
-  """One T5X parameter: its HF tensor, the T5X shape the config implies, and how to convert it."""
-  key: str
-  shape: tuple[int, ...]
-  transpose: bool = False
-  factor: float | None = None
-
-
-_ENCODER_SUBLAYERS = (('pre_attention_layer_norm', 'attention', 'SelfAttention'), ('pre_mlp_layer_norm', 'mlp',
-                                                                                   'DenseReluDense'))
-_DECODER_SUBLAYERS = (('pre_self_attention_layer_norm', 'self_attention', 'SelfAttention'),
-                      ('pre_cross_attention_layer_norm', 'encoder_decoder_attention',
-                       'EncDecAttention'), ('pre_mlp_layer_norm', 'mlp', 'DenseReluDense'))
-
-
-def t5x_plan(config: T5Config, head_key: str | None = None, head_factor: float | None = None) -> dict[str, _Entry]:
-  """{T5X param path (unscanned): _Entry} for `config`; `head_key` names the logits_dense source if any."""
-  emb, joined, mlp = config.emb_dim, config.num_heads * config.head_dim, config.mlp_dim
-  wis = ('wi',) if len(config.mlp_activations) == 1 else tuple(f'wi_{i}' for i in range(len(config.mlp_activations)))
-  plan = {'token_embedder/embedding': _Entry('shared.weight', (config.vocab_size, emb))}
-  stacks = (('encoder', config.num_encoder_layers, _ENCODER_SUBLAYERS), ('decoder', config.num_decoder_layers,
-                                                                         _DECODER_SUBLAYERS))
-  for stack, num_layers, sublayers in stacks:
-    plan[f'{stack}/relpos_bias/rel_embedding'] = _Entry(
-        f'{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight',
-        (config.num_heads, config.relpos_num_buckets), transpose=True)
-    for i in range(num_layers):
-      for k, (norm, module, hf_module) in enumerate(sublayers):
-        ours, theirs = f'{stack}/layers_{i}', f'{stack}.block.{i}.layer.{k}'
-        plan[f'{ours}/{norm}/scale'] = _Entry(f'{theirs}.layer_norm.weight', (emb,))
-        if module == 'mlp':
-          for wi in wis:
-            plan[f'{ours}/mlp/{wi}/kernel'] = _Entry(f'{theirs}.{hf_module}.{wi}.weight', (emb, mlp), True)
-          plan[f'{ours}/mlp/wo/kernel'] = _Entry(f'{theirs}.{hf_module}.wo.weight', (mlp, emb), True)
-        else:
-          for name, hf_name in (('query', 'q'), ('key', 'k'), ('value', 'v')):
-            plan[f'{ours}/{module}/{name}/kernel'] = _Entry(f'{theirs}.{hf_module}.{hf_name}.weight', (emb, joined),
-                                                            True)
-          plan[f'{ours}/{module}/out/kernel'] = _Entry(f'{theirs}.{hf_module}.o.weight', (joined, emb), True)
-    plan[f'{stack}/{stack}_norm/scale'] = _Entry(f'{stack}.final_layer_norm.weight', (emb,))
-  if head_key is not None:
-    plan['decoder/logits_dense/kernel'] = _Entry(head_key, (emb, config.vocab_size), True, head_factor)
-  return plan
-
-
 # ---------------------------------------------------------------------------------------------- sources
 
 
 class HFSource(common.ArraySource):
   """A T5X parameter read from one HF tensor (transposed / rescaled as its plan entry says)."""
 
-  def __init__(self, name: str, entry: _Entry, tensor: _Tensor):
+  def __init__(self, name: str, entry: hf_names.Entry, tensor: _Tensor):
     self.name, self.entry, self.tensor = name, entry, tensor
     self.where = f"{tensor.file} ('{tensor.key}')"
     self._shape = tuple(tensor.shape[::-1] if entry.transpose else tensor.shape)
@@ -301,14 +214,14 @@ class HFSource(common.ArraySource):
     return read
 
 
-def _sources(plan: Mapping[str, _Entry], tensors: Mapping[str, _Tensor], config: T5Config, where: str,
+def _sources(plan: Mapping[str, hf_names.Entry], tensors: Mapping[str, _Tensor], config: T5Config, where: str,
              origin: str = 'the config') -> dict[str, HFSource]:
   """Checks the checkpoint's key set and shapes against `plan`; stacks layers when `config.scan_layers`."""
   missing = [(path, e.key) for path, e in plan.items() if e.key not in tensors]
   if missing:
     listing = ', '.join(f"'{k}' (for {p})" for p, k in missing[:5])
     raise CheckpointError(f'{where}: {len(missing)} tensors the config needs are missing: {listing}')
-  unexpected = sorted(set(tensors) - {e.key for e in plan.values()} - _IGNORED - {'lm_head.weight'})
+  unexpected = sorted(set(tensors) - {e.key for e in plan.values()} - hf_names.IGNORED - {'lm_head.weight'})
   if unexpected:
     raise CheckpointError(f'{where}: {len(unexpected)} tensors do not fit the config '
                           f'({config.num_encoder_layers} encoder / {config.num_decoder_layers} decoder layers, '

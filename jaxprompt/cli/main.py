@@ -113,7 +113,8 @@ def run_export(args: argparse.Namespace) -> int:
   model_dir = None if args.checkpoint else gin_config.gin_macro('MODEL_DIR')
   _print_json(
       load('export')(args.output, checkpoint=args.checkpoint, step=args.step, model_dir=model_dir,
-                     **_kwargs(format=None if args.format == 'file' else args.format, base_model=args.base_model)))
+                     **_kwargs(format=None if args.format == 'file' else args.format, base_model=args.base_model,
+                               overwrite=args.overwrite)))
   return 0
 
 

@@ -129,19 +129,23 @@ def build_parser(commands: Sequence[str]) -> argparse.ArgumentParser:
                  help='the --prompt prompts are one task\'s ensemble: every input under each, plus the majority vote')
   p = sub.add_parser(
       'export', help="write a checkpoint's inference file (prompt .npy, prefix .npz / "
-      ".safetensors, per_layer_prompts .npz)", formatter_class=fmt)
+      ".safetensors, per_layer_prompts .npz), a PEFT adapter, or the frozen model as a Hugging Face folder",
+      formatter_class=fmt)
   _gin_flags(p)
   p.add_argument('--checkpoint', default=None, help='training MODEL_DIR or step dir (default: MODEL_DIR)')
   p.add_argument('--step', type=int, default=None, help='checkpoint step (default: the latest)')
   p.add_argument(
       '--output', required=True, help='file to write (.npy for a prompt; .npz or .safetensors for a '
-      'prefix; .npz for per-layer prompts), or a folder for --format peft')
+      'prefix; .npz for per-layer prompts), or a folder for --format peft / hf_model')
   p.add_argument(
-      '--format', default='file', choices=('file', 'peft'),
+      '--format', default='file', choices=('file', 'peft', 'hf_model'),
       help='file: the inference file; peft: a Hugging Face PEFT adapter folder (adapter_config.json + '
-      'adapter_model.safetensors) for the HF T5 with the same weights')
+      'adapter_model.safetensors) for the HF T5 with the same weights; hf_model: that HF T5 itself (config.json, '
+      "safetensors, tokenizer), written from the gin files' MODEL_CONFIG, INITIAL_CHECKPOINT_PATH and VOCABULARY")
   p.add_argument('--base_model', default=None,
                  help='--format peft: base_model_name_or_path written into adapter_config.json')
+  p.add_argument('--overwrite', action='store_true', default=None,
+                 help='--format hf_model: replace the Hugging Face model files of a non-empty --output folder')
   p = sub.add_parser('inspect', help="a prompt's nearest vocabulary tokens per position, norms and fingerprint",
                      formatter_class=fmt, epilog=MACROS)
   _gin_flags(p)

@@ -6,6 +6,8 @@
   jaxprompt.task_vocabulary(task)             -> the task's targets vocabulary (prompts/*.gin)
   jaxprompt.task_label_set(task)              -> the task's class labels (prompts/class_labels.gin)
   jaxprompt.vocabulary(path, extra_ids)       -> a SentencePiece vocabulary (models/*.gin: VOCABULARY)
+`macro_value(name)` evaluates a bound macro for commands that read the model's macros without a configurable of
+their own (export, inspect).
 """
 from __future__ import annotations
 
@@ -80,6 +82,18 @@ def _vocabulary(path: str | None, extra_ids: int) -> Any:
 def vocabulary(path: str | None = None, extra_ids: int = 100) -> Any:
   """A seqio SentencePiece vocabulary: `path` (local or gs://), default T5's; one object per arguments."""
   return _vocabulary(None if path is None else os.fspath(path), int(extra_ids))
+
+
+def macro_value(name: str) -> Any:
+  """The value of gin macro `name` (evaluating `@fn()` references), None when unbound: a models/*.gin file
+  alone then configures the command."""
+  try:
+    value = gin.query_parameter(f'%{name}')
+  except ValueError:
+    return None
+  if isinstance(value, gin.config.ConfigurableReference):
+    return value.scoped_configurable_fn() if value.evaluate else value.scoped_configurable_fn
+  return value
 
 
 def check_vocabulary(vocab: Any, config: T5Config, task_name: str) -> None:

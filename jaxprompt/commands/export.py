@@ -11,6 +11,8 @@ format 'peft': a Hugging Face PEFT adapter folder (`jaxprompt.methods.peft_adapt
   MODEL_CONFIG when bound, else from the step's fingerprint, else from the shapes (PEFT fills the rest).
 Reads only that file (or, for a prompt, the prompt leaf of the orbax state): neither the frozen model nor the
 optimizer state.
+format 'hf_model': not a run's file but the frozen model the gin files name, as a Hugging Face T5 folder
+  (`commands/export_model.py`).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxprompt.commands import prompt_files
+from jaxprompt.commands import export_model, prompt_files
 from jaxprompt.errors import PromptError, UsageError
 from jaxprompt.formats import fingerprint_files
 from jaxprompt.formats.keys import PROMPT_FILE
@@ -33,7 +35,7 @@ from jaxprompt.methods.per_layer_prompts import NUMPY_FILE as PER_LAYER_FILE
 from jaxprompt.train import step_dirs
 from jaxprompt.train.checkpoint_files import checkpoint_step, load_prompt_from_checkpoint
 
-FORMATS = ('file', 'peft')
+FORMATS = ('file', 'peft', 'hf_model')
 _PREFIX_SUFFIXES = ('.npz', '.safetensors')
 # A run's config.gin naming P-tuning as its method (the fallback when the orbax state is gone).
 _P_TUNING_GIN = re.compile(r'^\s*(METHOD|(jaxprompt\.)?train\.method)\s*=\s*@(jaxprompt\.methods\.)?p_tuning\b', re.M)
@@ -46,12 +48,21 @@ def export(
     step: int | None = None,
     model_dir: str | None = None,
     format: str = 'file',  # pylint: disable=redefined-builtin
-    base_model: str | None = None) -> dict[str, Any]:
+    base_model: str | None = None,
+    overwrite: bool | None = None) -> dict[str, Any]:
   """Writes the inference file of `checkpoint` (a training MODEL_DIR or one of its step dirs; default
   `model_dir`) at `step` (default: the latest) to `output_file` (local or gs://), or with format='peft' a PEFT
-  adapter folder there (`base_model` its base_model_name_or_path); returns what was written."""
+  adapter folder there (`base_model` its base_model_name_or_path); returns what was written. format='hf_model'
+  writes gin's frozen model as a Hugging Face folder instead (`overwrite`: into a non-empty one)."""
   if format not in FORMATS:
     raise UsageError(f'export --format must be one of {", ".join(FORMATS)}; got {format!r}')
+  if format == 'hf_model':
+    if checkpoint is not None or step is not None or base_model is not None:
+      raise UsageError('--format hf_model exports the frozen model the gin files name (MODEL_CONFIG, '
+                       'INITIAL_CHECKPOINT_PATH); it takes no --checkpoint, --step or --base_model')
+    return export_model.export_hf_model(output_file, overwrite=bool(overwrite))
+  if overwrite is not None:
+    raise UsageError('--overwrite is for --format hf_model (a Hugging Face model folder)')
   if base_model is not None and format != 'peft':
     raise UsageError('--base_model is written into a PEFT adapter: it needs --format peft')
   source = checkpoint or model_dir
@@ -163,14 +174,8 @@ def _gin_model_config() -> Any:
   """The evaluated MODEL_CONFIG macro, or None when gin is not in use or the macro is unbound."""
   if 'gin' not in sys.modules:  # no gin flags were parsed: nothing is bound
     return None
-  import copy  # pylint: disable=g-import-not-at-top
-
-  import gin  # pylint: disable=g-import-not-at-top
-  try:
-    value = gin.query_parameter('%MODEL_CONFIG')
-  except ValueError:
-    return None
-  return copy.deepcopy(value)  # gin's documented way to evaluate a @configurable() reference
+  from jaxprompt.commands import configs  # pylint: disable=g-import-not-at-top  (imports gin)
+  return configs.macro_value('MODEL_CONFIG')
 
 
 def _trained_p_tuning(source: str, step: int | None) -> bool:

@@ -22,7 +22,7 @@ import seqio
 from etils import epath
 
 from jaxprompt.checkpoints.common import flatten_params
-from jaxprompt.commands import prompt_files
+from jaxprompt.commands import configs, prompt_files
 from jaxprompt.data import vocab as vocab_lib
 from jaxprompt.errors import CheckpointError, ConfigError
 from jaxprompt.eval import writers
@@ -36,18 +36,6 @@ from jaxprompt.runtime import runtime as runtime_lib
 
 log = logging.getLogger('jaxprompt')
 EMBEDDING = 'token_embedder/embedding'
-
-
-def _gin_macro(name: str) -> Any:
-  """The value of gin macro `name` (evaluating `@fn()` references), None when unbound: a models/*.gin file
-  alone then configures inspect, with no run file binding `jaxprompt.inspect`."""
-  try:
-    value = gin.query_parameter(f'%{name}')
-  except ValueError:
-    return None
-  if isinstance(value, gin.config.ConfigurableReference):
-    return value.scoped_configurable_fn() if value.evaluate else value.scoped_configurable_fn
-  return value
 
 
 def _vocabulary(vocabulary: Any) -> seqio.Vocabulary:
@@ -221,15 +209,16 @@ def inspect(prompt: str, *, top_k: int = 5, output_file: str | None = None, mode
     record), 'loaded', 'recorded': fingerprints, 'differences'}), and 'positions' + 'norms' (an input prompt),
     'layers' (per-layer prompts), 'prefix' (prefix rows) as they apply.
   """
-  config = validation.require(model_config if model_config is not None else _gin_macro('MODEL_CONFIG'), 'MODEL_CONFIG',
-                              '"@jaxprompt.model_config()" (a models/*.gin)')
+  config = validation.require(model_config if model_config is not None else configs.macro_value('MODEL_CONFIG'),
+                              'MODEL_CONFIG', '"@jaxprompt.model_config()" (a models/*.gin)')
   if not isinstance(config, T5Config):
     raise ConfigError(f'model_config must be a T5Config (e.g. @jaxprompt.model_config()), got {config!r}')
   checkpoint = validation.require(
-      initial_checkpoint_path if initial_checkpoint_path is not None else _gin_macro('INITIAL_CHECKPOINT_PATH'),
+      initial_checkpoint_path
+      if initial_checkpoint_path is not None else configs.macro_value('INITIAL_CHECKPOINT_PATH'),
       'INITIAL_CHECKPOINT_PATH', "\"'/path/to/checkpoint'\" (a models/*.gin)")
   validation.check_positive(top_k=top_k, checkpoint_step=checkpoint_step)
-  vocab = _vocabulary(vocabulary if vocabulary is not None else _gin_macro('VOCABULARY'))
+  vocab = _vocabulary(vocabulary if vocabulary is not None else configs.macro_value('VOCABULARY'))
   source = os.fspath(prompt)
   is_dir = epath.Path(source).is_dir() and not peft_adapters.is_adapter_dir(source)  # a PEFT folder is a file kind
   embedding = read_token_embedding(os.fspath(checkpoint), config)  # the model first: the prompt must fit it
