@@ -32,7 +32,7 @@ def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
   return {k: v.reshape((num_microbatches, size // num_microbatches) + v.shape[1:]) for k, v in batch.items()}
 
 
-def compute_gradients(model: TunedModel, trainable: Any, frozen: Any, batch: Batch, dropout_rng: Array | None,
+def compute_gradients(model: TunedModel, frozen: Any, trainable: Any, batch: Batch, dropout_rng: Array | None,
                       num_microbatches: int = 1) -> tuple[Array, dict, Any]:
   """(loss, metrics, grads) for the trainable tree, summing over `num_microbatches` sequential microbatches.
 
@@ -86,7 +86,7 @@ def train_step(model: TunedModel, optimizer: Optimizer, state: TrainState, froze
   step_rng = jax.random.fold_in(rng, state.step)
   uses_dropout = model.method is not None and model.method.uses_dropout
   dropout_rng = step_rng if model.config.dropout_rate > 0 or uses_dropout else None
-  loss, metrics, grads = compute_gradients(model, state.trainable, frozen, batch, dropout_rng, num_microbatches)
+  loss, metrics, grads = compute_gradients(model, frozen, state.trainable, batch, dropout_rng, num_microbatches)
   trainable, opt_state, grad_norm, finite = guarded_update(optimizer, grads, state.opt_state, state.trainable, loss)
   new_state = keep_if_finite(TrainState(step=state.step + 1, trainable=trainable, opt_state=opt_state, rng=state.rng),
                              state, finite)
@@ -95,7 +95,7 @@ def train_step(model: TunedModel, optimizer: Optimizer, state: TrainState, froze
   return new_state, metrics
 
 
-def eval_step(model: TunedModel, trainable: Any, frozen: Any, batch: Batch) -> dict:
+def eval_step(model: TunedModel, frozen: Any, trainable: Any, batch: Batch) -> dict:
   """Summed loss and token accuracy on a batch, no dropout."""
   _, metrics = model.loss_fn(frozen, trainable, batch, None)
   return metrics
