@@ -17,6 +17,7 @@ import optax
 
 from jaxprompt.errors import ConfigError
 from jaxprompt.models.wrapper import TunedModel
+from jaxprompt.runtime import finite as finite_lib
 from jaxprompt.runtime.optim import Optimizer
 from jaxprompt.runtime.state import TrainState
 
@@ -65,12 +66,15 @@ def guarded_update(optimizer: Optimizer, grads: Any, opt_state: Any, params: Any
                    loss: Array) -> tuple[Any, Any, Array, Array]:
   """One optax update of `params` -> (new params, new optimizer state, gradient global norm, finite).
 
-  `finite` is False when the loss or the gradient is NaN / inf; callers then keep their old state (with
+  `finite` is False when the loss, the gradient, the updated parameters or the new optimizer state hold NaN / inf
+  (a finite gradient times a huge learning rate can overflow); callers then keep their old state (with
   `keep_if_finite`), so nothing already learned is lost.
   """
   updates, opt_state = optimizer.tx.update(grads, opt_state, params)
   grad_norm = optax.global_norm(grads)
-  return optax.apply_updates(params, updates), opt_state, grad_norm, jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  params = optax.apply_updates(params, updates)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & finite_lib.all_finite((params, opt_state))
+  return params, opt_state, grad_norm, finite
 
 
 def keep_if_finite(new_state: Any, old_state: Any, finite: Array) -> Any:
@@ -80,8 +84,8 @@ def keep_if_finite(new_state: Any, old_state: Any, finite: Array) -> Any:
 
 def train_step(model: TunedModel, optimizer: Optimizer, state: TrainState, frozen: Any, batch: Batch,
                num_microbatches: int = 1) -> tuple[TrainState, dict]:
-  """One optimizer update of the trainable tree. A non-finite loss or gradient leaves the state unchanged and is
-  reported in `metrics['finite']` (the trainer stops and names the step)."""
+  """One optimizer update of the trainable tree. A non-finite loss, gradient or update leaves the state unchanged
+  and is reported in `metrics['finite']` (the trainer stops and names the step)."""
   rng = jax.random.wrap_key_data(state.rng)
   step_rng = jax.random.fold_in(rng, state.step)
   uses_dropout = model.method is not None and model.method.uses_dropout
