@@ -154,7 +154,7 @@ def jax_steps(model: TunedModel, frozen: dict, prompt: dict, batch: dict, full_f
   debug options for this compilation only (e.g. the matmul library), so variants run side by side."""
   optimizer = optim.make_optimizer()  # The paper's Adafactor (decay 0.8, no param scaling, wd 1e-5, lr 0.3).
   state = init_train_state(prompt, optimizer.tx, jax.random.PRNGKey(1))
-  forward = jax.jit(lambda p, fz, bt: model.loss_fn(fz, p, bt)[0])
+  forward = jax.jit(lambda fz, p, bt: model.loss_fn(fz, p, bt)[0])
   train = jax.jit(functools.partial(step_lib.train_step, model, optimizer))
 
   full_tx = optim.adafactor()
@@ -168,7 +168,7 @@ def jax_steps(model: TunedModel, frozen: dict, prompt: dict, batch: dict, full_f
 
   full = jax.jit(full_step)
   out = {}
-  for name, fn, args in (('forward', forward, (prompt, frozen, batch)), ('train_step', train, (state, frozen, batch)),
+  for name, fn, args in (('forward', forward, (frozen, prompt, batch)), ('train_step', train, (state, frozen, batch)),
                          ('full_ft_step', full, (all_params, full_state, batch))):
     if name == 'full_ft_step' and not full_ft:
       continue
@@ -254,7 +254,7 @@ def state_bytes(model: TunedModel, frozen: dict, prompt: dict, batch: dict) -> d
     differentiates the whole tree), then a MultiOptimizer that keeps Adafactor state for the prompt only.
   masked_all: full gradient + Adafactor state for every parameter (a plain optimizer with masked updates)."""
   optimizer = optim.make_optimizer()
-  grads = jax.eval_shape(lambda p: step_lib.compute_gradients(model, p, frozen, batch, None)[2], prompt)
+  grads = jax.eval_shape(lambda p: step_lib.compute_gradients(model, frozen, p, batch, None)[2], prompt)
   opt_state = jax.eval_shape(optimizer.tx.init, prompt)
   all_params = {'frozen': frozen, 'prompt': prompt}
   full_state = jax.eval_shape(optim.adafactor().init, all_params)

@@ -13,8 +13,9 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from jaxprompt.errors import CheckpointError, ConfigError, PromptError
+from jaxprompt.errors import CheckpointError, ConfigError, PromptError, TrainingError
 from jaxprompt.formats import npy_io
+from jaxprompt.runtime import finite
 from jaxprompt.runtime.state import TrainState, init_train_state
 from jaxprompt.train.checkpoint_files import load_prompt_from_checkpoint
 from jaxprompt.train.checkpoints import StateCheckpointer
@@ -161,6 +162,32 @@ def test_batch_size_change_is_refused(tmp_path):
     assert ckpt.restore_latest(_template(), batch_size=16)[1] == {
         'step': 20, 'data_position': 60, 'batch_size': None, 'metrics': None
     }
+
+
+def test_a_state_holding_inf_is_never_saved_nor_resumed_from(tmp_path, caplog, monkeypatch):
+  _save(tmp_path, [10])
+  good = _state(20)
+  bad = good.replace(trainable={'prompt': good.trainable['prompt'].at[0, 0].set(jnp.inf)})
+  with StateCheckpointer(str(tmp_path), numpy_copy=prompt_copy) as ckpt:
+    with pytest.raises(
+        TrainingError, match=r'not saving step 20 in .*: NaN/inf in trainable/prompt; the last finite '
+        'checkpoint, step 10, is kept'):
+      ckpt.save(20, bad, data_position=60, batch_size=8)
+    assert ckpt.all_steps() == [10]
+  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['10']
+  assert sorted(p.name for p in (tmp_path / 'numpy_checkpoints').iterdir()) == ['checkpoint_10']
+  # A step an older release saved with inf in it is passed over like a damaged one, and left as it was.
+  with monkeypatch.context() as older_release:
+    older_release.setattr(finite, 'non_finite_leaves', lambda tree: [])
+    with StateCheckpointer(str(tmp_path)) as ckpt:
+      assert ckpt.save(20, bad, data_position=60, batch_size=8)
+  before = _files(tmp_path)
+  with caplog.at_level(logging.WARNING, logger='jaxprompt'), StateCheckpointer(str(tmp_path)) as ckpt:
+    state, meta = ckpt.restore_latest(_template(), batch_size=8)
+  assert meta['step'] == 10
+  assert_trees_equal(state, _state(10))
+  assert f'checkpoint {tmp_path / "checkpoints" / "20"} holds NaN/inf in trainable/prompt' in caplog.text
+  assert _files(tmp_path) == before
 
 
 @flax.struct.dataclass

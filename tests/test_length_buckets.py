@@ -113,7 +113,7 @@ def test_cut_batch_gives_the_padded_batch_loss_gradients_and_scores(fixture_mode
   padded = _features(inputs, targets, {'inputs': 32, 'targets': 16})
   cut = buckets.LengthBuckets.from_spec(8).trim(padded)
   assert cut['encoder_input_tokens'].shape == (4, 8) and cut['decoder_target_tokens'].shape == (4, 8)
-  grads = jax.jit(lambda b: step_lib.compute_gradients(model, prompt, frozen, b, None))
+  grads = jax.jit(lambda b: step_lib.compute_gradients(model, frozen, prompt, b, None))
   (loss_a, metrics_a, grad_a), (loss_b, metrics_b, grad_b) = grads(padded)[:3], grads(cut)[:3]
   np.testing.assert_allclose(loss_b, loss_a, rtol=1e-6)
   np.testing.assert_allclose(metrics_b['weight_sum'], metrics_a['weight_sum'])

@@ -163,7 +163,8 @@ def test_markers_and_unknown_files_give_one_clear_error(tmp_path):
   prefix = write_npz({'cross/key': np.zeros((2, 3, 4, 8), np.float32)}, tmp_path / 'prefix.npz')
   truncated = tmp_path / 'truncated.npz'
   truncated.write_bytes(pathlib.Path(prefix).read_bytes()[:100])
-  with pytest.raises(PromptError, match=r'cannot load prompt file .*truncated.npz as a .npz') as info:
+  with pytest.raises(PromptError, match=r'prompt file .*truncated.npz is truncated or damaged: not a readable .npz') \
+      as info:
     _load(prompt_file=str(truncated))
   assert 'multi-task' not in str(info.value)
 

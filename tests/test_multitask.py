@@ -186,6 +186,12 @@ def test_method_errors(frozen, tmp_path):
   prefix = tmp_path / 'prefix.npz'
   np.savez(prefix, **{'encoder_self/key': np.zeros((2, 3, 4, 8), np.float32)})
   assert not multitask.is_multitask_file(str(prefix))
+  # Cut short, it is not called a multi-task prompts file: what it holds is the question, and it is damaged.
+  truncated = tmp_path / 'truncated.npz'
+  truncated.write_bytes(prefix.read_bytes()[:100])
+  with pytest.raises(PromptError, match=r'prompt file .*truncated.npz is truncated or damaged') as info:
+    multitask.is_multitask_file(str(truncated))
+  assert 'multi-task' not in str(info.value)
   bad = tmp_path / 'bad.npz'
   np.savez(bad, a=np.zeros((3, 7), np.float32))
   with pytest.raises(PromptError, match=r"bad.npz: task 'a' has a float32 array of shape \(3, 7\)"):

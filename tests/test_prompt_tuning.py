@@ -6,6 +6,7 @@ import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax.traverse_util import flatten_dict
 
@@ -167,6 +168,22 @@ def test_non_finite_loss_keeps_last_good_state(fixture_model):
   poisoned['decoder']['logits_dense']['kernel'] = np.full_like(poisoned['decoder']['logits_dense']['kernel'], np.nan)
   new_state, metrics = jax.jit(lambda s, f, b: step.train_step(model, opt, s, f, b))(state, poisoned,
                                                                                      make_batch([[5, 1]], [[26, 1]]))
+  assert not bool(metrics['finite'])
+  assert int(new_state.step) == 0
+  np.testing.assert_array_equal(new_state.trainable['prompt'], state.trainable['prompt'])
+
+
+def test_an_update_that_overflows_keeps_last_good_state(fixture_model):
+  """A finite loss and gradient times a huge learning rate: the updated prompt would hold inf, so the step is
+  skipped and reported as a non-finite loss is."""
+  cfg, frozen = fixture_model
+  model = TunedModel(cfg, PromptTuning(length=5, embed_dim=cfg.emb_dim))
+  opt = optim.make_optimizer(optax.sgd, learning_rate=1e38)
+  state = init_train_state(model.method.init(jax.random.PRNGKey(0), frozen), opt.tx, jax.random.PRNGKey(1))
+  new_state, metrics = jax.jit(lambda s, f, b: step.train_step(model, opt, s, f, b))(state, frozen,
+                                                                                     make_batch([[5, 17, 42, 1]] * 4,
+                                                                                                [[26, 83, 1]] * 4))
+  assert np.isfinite(float(metrics['loss'])) and np.isfinite(float(metrics['grad_norm']))
   assert not bool(metrics['finite'])
   assert int(new_state.step) == 0
   np.testing.assert_array_equal(new_state.trainable['prompt'], state.trainable['prompt'])

@@ -93,6 +93,12 @@ def test_bad_requests_fail_with_one_line(tiny_gin, prompt_files, tmp_path, capsy
   monkeypatch.setattr(sys, 'stdin', io.StringIO('{"task": "a", "input": "x"}\n'))
   code = cli.main(_base(tiny_gin) + prompts + ['--labels=zzz=x|y', '--input_file=-'])
   assert code == 2 and 'zzz' in error_line(capsys.readouterr().err)
+  # An empty label (a doubled '|') would be a candidate, and win: refused by name, as is a repeated one.
+  for labels, problem in (('negative||positive', 'an empty label'), ('no|yes|no', "the label 'no' twice")):
+    monkeypatch.setattr(sys, 'stdin', io.StringIO('{"task": "a", "input": "x"}\n'))
+    code = cli.main(_base(tiny_gin) + prompts + [f'--labels=a={labels}', '--input_file=-'])
+    line = error_line(capsys.readouterr().err)
+    assert code == 2 and f"labels of task 'a' {labels.split('|')} hold {problem}" in line, line
   monkeypatch.setattr(sys, 'stdin', io.StringIO('{"task": "a", "input": "x"}\n'))
   code = cli.main(_base(tiny_gin) + ['--prompt=a=/no/such.npy', '--input_file=-'])
   assert code == 2 and '/no/such.npy' in error_line(capsys.readouterr().err)

@@ -1,13 +1,16 @@
 """The train loop through `jaxprompt.train`, in process, on the t5x fixture model and the tiny TSV task of
 tests/tiny_task.py (fixtures in conftest.py; tests/test_cli.py drives the same task through gin)."""
+import functools
 import json
 import logging
 import pathlib
 import re
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import seqio
 import tensorflow as tf
@@ -15,9 +18,11 @@ import tensorflow as tf
 from jaxprompt.commands import configs, prompt_files
 from jaxprompt.commands import train as trainer
 from jaxprompt.data import pipeline as data_pipeline
-from jaxprompt.errors import CheckpointError, ConfigError, DataError, PromptError
+from jaxprompt.errors import CheckpointError, ConfigError, DataError, PromptError, TrainingError
 from jaxprompt.eval import evaluation as evaluate
+from jaxprompt.methods.prompt_tuning import prompt_tuning
 from jaxprompt.models.config import get_config
+from jaxprompt.models.wrapper import LossConfig
 from jaxprompt.runtime import runtime as components
 from jaxprompt.runtime.optim import make_optimizer
 from jaxprompt.runtime.state import init_train_state
@@ -116,6 +121,51 @@ def test_resume_skips_a_damaged_latest_step_and_keeps_it(train_kwargs, tmp_path,
   np.testing.assert_array_equal(resumed.prompt, whole.prompt)  # steps 4..6 replayed exactly from step 3
   assert str(damaged) in caplog.text
   assert {p: p.read_bytes() for p in damaged.rglob('*') if p.is_file()} == before  # nothing lost or rewritten
+
+
+@pytest.mark.slow
+def test_an_overflowing_update_is_never_saved_or_exported(train_kwargs, tmp_path):
+  """sgd with a huge learning rate (and a loss scaled up 100x) at a run's last step: the loss and gradient are
+  finite, the updated prompt is not. Training stops there; nothing is saved at that step, final_prompt.npy stays
+  the last finite one, and a resume starts from the last finite checkpoint."""
+  two, three = (regroup(train_kwargs, evaluation=dict(split=None), schedule=dict(train_steps=n, checkpoint_period=2))
+                for n in (2, 3))
+  first = trainer.train(str(tmp_path), optimizer=make_optimizer(optax.sgd, learning_rate=0.3), **two)
+  final = (tmp_path / trainer.FINAL_PROMPT).read_bytes()
+  with pytest.raises(TrainingError, match=r'non-finite update at step 3 .*the last good checkpoint, step 2, is kept'):
+    trainer.train(str(tmp_path), optimizer=make_optimizer(optax.sgd, learning_rate=1e38),
+                  loss=LossConfig(loss_normalizing_factor=0.01), **three)
+  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['2']
+  assert (tmp_path / trainer.FINAL_PROMPT).read_bytes() == final
+  resumed = trainer.train(str(tmp_path), optimizer=make_optimizer(optax.sgd, learning_rate=0.3), **three)
+  assert resumed.step == 3 and np.isfinite(resumed.prompt).all() and not np.array_equal(resumed.prompt, first.prompt)
+
+
+def test_export_final_keeps_the_final_files_when_the_prompt_is_not_finite(tmp_path):
+  method = prompt_tuning(get_config('t5x_tiny'), length=2)
+  good = {'prompt': np.ones((2, 32), np.float32)}
+  path = trainer.export_final(method, good, str(tmp_path))
+  with pytest.raises(TrainingError, match=rf'not writing the final files in {tmp_path}: NaN/inf in prompt.npy'):
+    trainer.export_final(method, {'prompt': np.full((2, 32), np.inf, np.float32)}, str(tmp_path))
+  np.testing.assert_array_equal(np.load(path), good['prompt'])
+
+
+@pytest.mark.usefixtures('clean_gin')
+def test_a_refused_resume_writes_nothing(train_kwargs, tmp_path):
+  """Another BATCH_SIZE or PROMPT_LENGTH is refused before config.gin (which export reads) or anything else in
+  MODEL_DIR is written."""
+  kwargs = regroup(train_kwargs, evaluation=dict(split=None), schedule=dict(train_steps=1, checkpoint_period=1))
+  gin.parse_config('jaxprompt.make_optimizer.max_grad_norm = 5.0')
+  trainer.train(str(tmp_path), **kwargs)
+  assert 'max_grad_norm = 5.0' in (tmp_path / 'config.gin').read_text()
+  before = {p: p.read_bytes() for p in tmp_path.rglob('*') if p.is_file()}
+  gin.parse_config('jaxprompt.make_optimizer.max_grad_norm = 7.0')
+  resume = regroup(kwargs, schedule=dict(train_steps=2))
+  with pytest.raises(ConfigError, match='was trained with BATCH_SIZE=4'):
+    trainer.train(str(tmp_path), **regroup(resume, data=dict(batch_size=2)))
+  with pytest.raises(CheckpointError, match=r'trainable/prompt is \(5, 32\) there and \(6, 32\) in the template'):
+    trainer.train(str(tmp_path), **regroup(resume, method=functools.partial(prompt_tuning, length=6)))
+  assert {p: p.read_bytes() for p in tmp_path.rglob('*') if p.is_file()} == before
 
 
 def test_empty_train_split_names_task_and_split(train_kwargs, empty_task, tmp_path):

@@ -21,7 +21,7 @@ from jaxprompt.commands import configs
 from jaxprompt.commands.groups import CheckpointConfig, DataConfig, EvalConfig, ModelSource, Schedule
 from jaxprompt.data import buckets
 from jaxprompt.data import pipeline as data_lib
-from jaxprompt.errors import ConfigError
+from jaxprompt.errors import ConfigError, TrainingError
 from jaxprompt.eval import evaluation as eval_lib
 from jaxprompt.formats import fingerprint_files, validation
 from jaxprompt.formats.keys import PROMPT_FILE, PROMPT_KEY
@@ -33,6 +33,7 @@ from jaxprompt.models import fingerprint as fingerprint_lib
 from jaxprompt.models.config import T5Config
 from jaxprompt.models.wrapper import LossConfig
 from jaxprompt.parallel import host
+from jaxprompt.runtime import finite
 from jaxprompt.runtime import runtime as runtime_lib
 from jaxprompt.runtime.optim import Optimizer, make_optimizer
 from jaxprompt.train import loop
@@ -127,7 +128,6 @@ def run_training(model_dir: Any, *, method: MethodFactory, model: ModelSource, d
                                         eos_id=vocab.eos_id, seed=seed)
     runtime.fingerprint = model_fingerprint(runtime, vocab)
     checkpointer.use_model(runtime.fingerprint)  # refuses to resume on another model before anything is written
-    _save_gin_config(model_dir)
     state = loop.initial_state(runtime, optimizer, seed)
 
     def batches(skip: int):
@@ -140,7 +140,7 @@ def run_training(model_dir: Any, *, method: MethodFactory, model: ModelSource, d
                 if evaluation.split else None)
     result = loop.run(runtime, state, checkpointer, model_dir=model_dir, batches=batches, batch_size=data.batch_size,
                       schedule=schedule, evaluate=evaluate, progress_bar=progress_bar, task_name=task_name,
-                      faults=faults)
+                      faults=faults, on_start=lambda: _save_gin_config(model_dir))
   finally:
     checkpointer.close()
   return result, runtime
@@ -207,9 +207,14 @@ def export_final(method: Method, trainable: Mapping[str, Any], model_dir: str, *
                  fingerprint: Mapping[str, Any] | None = None) -> str | None:
   """Writes the method's inference files as `final_<name>` in `model_dir` (process 0), each with its
   `<file>.fingerprint.json` when `fingerprint` (the frozen model) is given; returns the first path (what
-  `--prompt_file` takes), or None for a method without files."""
+  `--prompt_file` takes), or None for a method without files. Files holding NaN / inf are a TrainingError, and
+  the final files already in `model_dir` are kept."""
+  files = method.numpy_copy(trainable) or {}
+  if bad := finite.non_finite_leaves(files):
+    raise TrainingError(f'not writing the final files in {model_dir}: NaN/inf in {", ".join(bad)}; the final '
+                        'files already there are kept (lower LEARNING_RATE)')
   paths = []
-  for name, value in (method.numpy_copy(trainable) or {}).items():
+  for name, value in files.items():
     path = os.path.join(model_dir, FINAL_PREFIX + name)
     if jax.process_index() == 0:
       if fingerprint is not None:  # first, as in checkpoint steps: a final file always says its model

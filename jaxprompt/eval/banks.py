@@ -57,10 +57,17 @@ def parse_requests(lines: Iterable[str], tasks: Sequence[str], where: str = 'inp
 def candidate_tables(labels: Mapping[str, Sequence[str]], tasks: Sequence[str], vocabulary: seqio.Vocabulary,
                      length: int) -> tuple[np.ndarray, np.ndarray]:
   """Every task's label set as token rows: ([T, C, length] ids, [T, C] bool real) with C the largest set
-  (tasks without labels: no real row)."""
+  (tasks without labels: no real row). An empty or repeated label is a DataError naming its task."""
   unknown = sorted(set(labels) - set(tasks))
   if unknown:
     raise DataError(f'labels given for {unknown}, which are not in the prompt bank {list(tasks)}')
+  for name, names in labels.items():
+    names = list(names)
+    problem = ('an empty label' if not all(label.strip() for label in names) else next(
+        (f'the label {label!r} twice' for i, label in enumerate(names) if label in names[:i]), None))
+    if problem:
+      raise DataError(f'labels of task {name!r} {names} hold {problem}: give each label once, as '
+                      f'--labels {name}=A|B')
   width = max([len(v) for v in labels.values()] + [1])
   ids = np.zeros((len(tasks), width, length), np.int32)
   real = np.zeros((len(tasks), width), bool)

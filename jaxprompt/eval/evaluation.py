@@ -53,7 +53,7 @@ def decoding(method: str = 'beam', num_decodes: int = 1, alpha: float = 0.6, tem
 class _TargetScores:
   model: TunedModel
 
-  def __call__(self, trainable: Any, frozen: Any, batch: Mapping[str, jax.Array]) -> jax.Array:
+  def __call__(self, frozen: Any, trainable: Any, batch: Mapping[str, jax.Array]) -> jax.Array:
     return self.model.score_batch(frozen, trainable, batch)
 
 
@@ -61,7 +61,7 @@ class _TargetScores:
 class _RankScores:
   model: TunedModel
 
-  def __call__(self, trainable: Any, frozen: Any, batch: Mapping[str, jax.Array], candidates: jax.Array) -> jax.Array:
+  def __call__(self, frozen: Any, trainable: Any, batch: Mapping[str, jax.Array], candidates: jax.Array) -> jax.Array:
     return self.model.rank_classify(frozen, trainable, batch['encoder_input_tokens'], candidates,
                                     batch.get(TASK_FEATURE))
 
@@ -71,7 +71,7 @@ class _Decodes:
   model: TunedModel
   options: DecodeOptions  # seed 0: the seed reaches the function as its `rng` argument, it is not compiled in
 
-  def __call__(self, trainable: Any, frozen: Any, batch: Mapping[str, jax.Array],
+  def __call__(self, frozen: Any, trainable: Any, batch: Mapping[str, jax.Array],
                rng: jax.Array) -> tuple[jax.Array, jax.Array]:
     opts = self.options
     features = {k: batch[k] for k in ('encoder_input_tokens', 'decoder_target_tokens', TASK_FEATURE) if k in batch}
@@ -105,13 +105,13 @@ class ModelFns:
 
   def loss_metrics(self, trainable: Any, batch: Mapping[str, np.ndarray]) -> dict[str, float]:
     """Summed loss, weight_sum and token_accuracy of a batch (padding rows weigh nothing)."""
-    metrics = self.rt.steps.eval_step(trainable, self.rt.frozen, self._shard('eval', batch))
+    metrics = self.rt.steps.eval_step(self.rt.frozen, trainable, self._shard('eval', batch))
     return {k: float(host.host_value(v)) for k, v in metrics.items()}
 
   def target_scores(self, trainable: Any, batch: Mapping[str, np.ndarray]) -> np.ndarray:
     """Log-likelihood of each row's target [b]."""
     fn = self.rt.steps.compiled(self._scores)
-    return host.host_value(fn(trainable, self.rt.frozen, self._shard('score', batch)))
+    return host.host_value(fn(self.rt.frozen, trainable, self._shard('score', batch)))
 
   def rank(self, trainable: Any, batch: Mapping[str, np.ndarray], candidates: np.ndarray) -> np.ndarray:
     """Log-likelihoods [b, c] of the candidate targets, [c, length] shared or [b, c, length] per row (candidates
@@ -119,13 +119,13 @@ class ModelFns:
     width = buckets_lib.last_real_column(candidates.reshape(-1, candidates.shape[-1]))
     candidates = candidates[..., :max(width, 1)]
     fn = self.rt.steps.compiled(self._ranks, 1)
-    return host.host_value(fn(trainable, self.rt.frozen, self._shard('rank', batch, ('inputs',)), candidates))
+    return host.host_value(fn(self.rt.frozen, trainable, self._shard('rank', batch, ('inputs',)), candidates))
 
   def decode(self, trainable: Any, batch: Mapping[str, np.ndarray], index: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(decoded ids [b, L_targets], scores [b]) of the best decode per row."""
     rng = jax.random.fold_in(jax.random.PRNGKey(self.decode_options.seed), index)
     batch = self._shard('decode', batch, ('inputs',))
-    decodes, scores = self.rt.steps.compiled(self._decodes, 1)(trainable, self.rt.frozen, batch, rng)
+    decodes, scores = self.rt.steps.compiled(self._decodes, 1)(self.rt.frozen, trainable, batch, rng)
     return host.host_value(decodes), host.host_value(scores)
 
 

@@ -138,8 +138,10 @@ def read_npz(path: str | os.PathLike, *, what: str = 'prefix file',
   try:
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
       return {k: npz[k] for k in npz.files}
-  except Exception as e:  # not a zip, damaged members, pickled members
-    raise error(f'cannot load {what} {path} as a .npz without unpickling ({_reason(e)})') from e
+  except Exception as e:  # pickled members (numpy names allow_pickle), or not a whole zip: truncated, damaged
+    if isinstance(e, ValueError) and 'allow_pickle' in str(e):
+      raise error(f'cannot load {what} {path} without unpickling: it holds object arrays') from e
+    raise error(f'{what} {path} is truncated or damaged: not a readable .npz archive ({_reason(e)})') from e
 
 
 def _write(data: bytes, path: str, what: str, error: type[Exception]) -> str:

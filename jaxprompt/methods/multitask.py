@@ -362,8 +362,9 @@ def holds_task_prompts(arrays: registry.Arrays) -> bool:
 
 
 def is_multitask_file(path: str) -> bool:
-  """True for a multi-task `prompts.npz` (`holds_task_prompts`)."""
-  return holds_task_prompts(read_npz(str(path), what='multi-task prompts file'))
+  """True for a multi-task `prompts.npz` (`holds_task_prompts`). An unreadable file is named a prompt file: what
+  it holds is what this asks."""
+  return holds_task_prompts(read_npz(str(path), what='prompt file'))
 
 
 registry.register(

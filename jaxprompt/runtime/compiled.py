@@ -87,7 +87,7 @@ class ShardedSteps:
     return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v)) for k, v in batch.items()}
 
   def compiled(self, fn: Callable, replicated_args: int = 0) -> Callable:
-    """`fn(trainable, frozen, batch, *replicated)` on the mesh, replicated results; compiled once per `fn`.
+    """`fn(frozen, trainable, batch, *replicated)` on the mesh, replicated results; compiled once per `fn`.
 
     The cache is keyed by `fn` itself, so `fn` must be hashable and equal only to a function that computes the
     same thing: a module-level function, a `functools.partial` kept by its caller, or a frozen dataclass holding
@@ -95,7 +95,7 @@ class ShardedSteps:
     """
     key = (fn, replicated_args)
     if key not in self._compiled:
-      in_shardings = (self.trainable_shardings, self.frozen_shardings, self.batch_sharding)
+      in_shardings = (self.frozen_shardings, self.trainable_shardings, self.batch_sharding)
       self._compiled[key] = jit_on_mesh(fn, self.mesh, self.rules, in_shardings + (self.replicated,) * replicated_args,
                                         self.replicated)
     return self._compiled[key]
@@ -112,8 +112,8 @@ class ShardedSteps:
       self._train = self._train_fn(state)
     return self._train(state, frozen, batch)
 
-  def eval_step(self, trainable: Any, frozen: Any, batch: Mapping[str, jax.Array]) -> dict:
-    return self.compiled(self._eval_fn)(trainable, frozen, batch)
+  def eval_step(self, frozen: Any, trainable: Any, batch: Mapping[str, jax.Array]) -> dict:
+    return self.compiled(self._eval_fn)(frozen, trainable, batch)
 
   def lower_train_step(self, state, frozen, batch):
     """Lowers the train step for abstract (ShapeDtypeStruct) or concrete args: `.compile().memory_analysis()`."""

@@ -17,6 +17,7 @@ import optax
 
 from jaxprompt.errors import ConfigError
 from jaxprompt.models.wrapper import TunedModel
+from jaxprompt.runtime import finite as finite_lib
 from jaxprompt.runtime.optim import Optimizer
 from jaxprompt.runtime.state import TrainState
 
@@ -32,7 +33,7 @@ def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
   return {k: v.reshape((num_microbatches, size // num_microbatches) + v.shape[1:]) for k, v in batch.items()}
 
 
-def compute_gradients(model: TunedModel, trainable: Any, frozen: Any, batch: Batch, dropout_rng: Array | None,
+def compute_gradients(model: TunedModel, frozen: Any, trainable: Any, batch: Batch, dropout_rng: Array | None,
                       num_microbatches: int = 1) -> tuple[Array, dict, Any]:
   """(loss, metrics, grads) for the trainable tree, summing over `num_microbatches` sequential microbatches.
 
@@ -65,12 +66,15 @@ def guarded_update(optimizer: Optimizer, grads: Any, opt_state: Any, params: Any
                    loss: Array) -> tuple[Any, Any, Array, Array]:
   """One optax update of `params` -> (new params, new optimizer state, gradient global norm, finite).
 
-  `finite` is False when the loss or the gradient is NaN / inf; callers then keep their old state (with
+  `finite` is False when the loss, the gradient, the updated parameters or the new optimizer state hold NaN / inf
+  (a finite gradient times a huge learning rate can overflow); callers then keep their old state (with
   `keep_if_finite`), so nothing already learned is lost.
   """
   updates, opt_state = optimizer.tx.update(grads, opt_state, params)
   grad_norm = optax.global_norm(grads)
-  return optax.apply_updates(params, updates), opt_state, grad_norm, jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  params = optax.apply_updates(params, updates)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & finite_lib.all_finite((params, opt_state))
+  return params, opt_state, grad_norm, finite
 
 
 def keep_if_finite(new_state: Any, old_state: Any, finite: Array) -> Any:
@@ -80,13 +84,13 @@ def keep_if_finite(new_state: Any, old_state: Any, finite: Array) -> Any:
 
 def train_step(model: TunedModel, optimizer: Optimizer, state: TrainState, frozen: Any, batch: Batch,
                num_microbatches: int = 1) -> tuple[TrainState, dict]:
-  """One optimizer update of the trainable tree. A non-finite loss or gradient leaves the state unchanged and is
-  reported in `metrics['finite']` (the trainer stops and names the step)."""
+  """One optimizer update of the trainable tree. A non-finite loss, gradient or update leaves the state unchanged
+  and is reported in `metrics['finite']` (the trainer stops and names the step)."""
   rng = jax.random.wrap_key_data(state.rng)
   step_rng = jax.random.fold_in(rng, state.step)
   uses_dropout = model.method is not None and model.method.uses_dropout
   dropout_rng = step_rng if model.config.dropout_rate > 0 or uses_dropout else None
-  loss, metrics, grads = compute_gradients(model, state.trainable, frozen, batch, dropout_rng, num_microbatches)
+  loss, metrics, grads = compute_gradients(model, frozen, state.trainable, batch, dropout_rng, num_microbatches)
   trainable, opt_state, grad_norm, finite = guarded_update(optimizer, grads, state.opt_state, state.trainable, loss)
   new_state = keep_if_finite(TrainState(step=state.step + 1, trainable=trainable, opt_state=opt_state, rng=state.rng),
                              state, finite)
@@ -95,7 +99,7 @@ def train_step(model: TunedModel, optimizer: Optimizer, state: TrainState, froze
   return new_state, metrics
 
 
-def eval_step(model: TunedModel, trainable: Any, frozen: Any, batch: Batch) -> dict:
+def eval_step(model: TunedModel, frozen: Any, trainable: Any, batch: Batch) -> dict:
   """Summed loss and token accuracy on a batch, no dropout."""
   _, metrics = model.loss_fn(frozen, trainable, batch, None)
   return metrics

@@ -3,6 +3,12 @@
   checkpoints/<step>/{state,meta,metrics}/    orbax, written atomically (tmp dir + rename / commit file)
   numpy_checkpoints/checkpoint_<step>/<name>  the method's `numpy_copy` files (process 0) + fingerprint.json
 
+A state holding NaN / inf is never saved (TrainingError) and a step holding one (an older release's) is
+restored as damaged: the last finite checkpoint is what a run resumes from. Old steps are deleted through
+`step_dirs.remove` (renamed, then deleted); a start finishes the deletions and removes the temporary dirs of
+saves a killed run left, before anything else (synchronously: orbax's own clean-up runs in a thread that could
+delete a later save's temporary dir).
+
 Multi-host: every process calls `save`/`restore`/`restore_latest` alike; saved leaves must be global arrays.
 Damaged steps (truncated or deleted files, unreadable metadata, no commit marker) are never modified, moved or
 deleted, and orbax's retention never sees them. `restore_latest` resumes from the newest intact step, warning
@@ -28,19 +34,15 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from jaxprompt.errors import CheckpointError, ConfigError, PromptError
+from jaxprompt.errors import CheckpointError, ConfigError, PromptError, TrainingError
 from jaxprompt.formats import fingerprint_files, npy_io
-from jaxprompt.formats.keys import PROMPT_KEY
 from jaxprompt.models import fingerprint as fingerprint_lib
 from jaxprompt.parallel import host
+from jaxprompt.runtime import finite
 from jaxprompt.runtime.state import TrainState
-from jaxprompt.train import step_dirs
+from jaxprompt.train import orbax_steps, step_dirs
 
 log = logging.getLogger('jaxprompt')
-
-
-class _Damaged(CheckpointError):
-  """A step that exists but cannot be read: `restore_latest` falls back past it."""
 
 
 class _IntactSteps(ocp.path.step.NameFormat):
@@ -77,7 +79,13 @@ class StateCheckpointer:
     _check_writable(epath.Path(self.model_dir))
     self._ckpt_dir = epath.Path(self.model_dir) / step_dirs.CHECKPOINTS
     self._numpy_dir = epath.Path(self.model_dir) / step_dirs.NUMPY_CHECKPOINTS
-    self._damaged = _scan_unreadable(self._ckpt_dir)  # step -> why it cannot be restored
+    if jax.process_index() == 0:
+      for path in step_dirs.unfinished_saves(self._ckpt_dir):
+        path.rmtree()
+        log.info('Removed %s: the temporary dir of a save that never finished', path)
+      for path in step_dirs.sweep(self._ckpt_dir) + step_dirs.sweep(self._numpy_dir):
+        log.info('Finished deleting %s: a run stopped while deleting this old step', path)
+    self._damaged = orbax_steps.scan_unreadable(self._ckpt_dir)  # step -> why it cannot be restored
     for step, reason in sorted(self._damaged.items()):
       log.warning('Ignoring checkpoint %s, left untouched: %s', self._step_dir(step), reason)
     self._names = _IntactSteps(set(self._damaged))
@@ -89,7 +97,8 @@ class StateCheckpointer:
             best_fn=_metric_fn(best_metric, best_mode) if best_metric else None,
             best_mode=best_mode,
             create=True,
-            cleanup_tmp_directories=True,
+            cleanup_tmp_directories=False,  # done above, before any save can start
+            todelete_subdir=step_dirs.DELETING,  # renamed, then `sweep` deletes them (local disks only)
             step_name_format=self._names),
         item_handlers={'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()})
 
@@ -102,6 +111,11 @@ class StateCheckpointer:
     damaged) or is not after the latest (unless `force`). `data_position` counts batches of `batch_size`."""
     step = int(step)
     _check_global(state)
+    if bad := finite.non_finite_leaves(state):
+      latest = self.latest_step()
+      kept = 'no checkpoint was saved yet' if latest is None else f'the last finite checkpoint, step {latest}, is kept'
+      raise TrainingError(f'not saving step {step} in {self._ckpt_dir}: NaN/inf in {", ".join(bad)}; {kept} '
+                          '(lower LEARNING_RATE)')
     if step in self._damaged:
       log.warning(
           'Not saving step %d: %s holds a damaged checkpoint of that step, left untouched; move it away '
@@ -133,6 +147,7 @@ class StateCheckpointer:
         metrics=ranked,
         force=True):
       return False
+    self._sweep(idle=False)  # the old steps the previous save's retention renamed away (this one's may rename)
     files = self.numpy_copy(state) if self.numpy_copy is not None else None  # collective when sharded
     if jax.process_index() == 0:
       if self.fingerprint is not None:  # first: a step dir holding the method's files always says its model
@@ -143,9 +158,9 @@ class StateCheckpointer:
         write(value, str(self._numpy_step_dir(step) / name), what='numpy copy', error=CheckpointError)
       # Numpy copies whose step retention dropped go too; a damaged step's copy stays.
       kept = set(self._manager.all_steps()) | set(self._damaged)
-      for child in self._numpy_dir.iterdir() if self._numpy_dir.exists() else ():
+      for child in list(self._numpy_dir.iterdir()) if self._numpy_dir.exists() else ():
         if step_dirs.parse_step(child.name, step_dirs.NUMPY_PREFIX) not in kept | {None}:
-          child.rmtree()
+          step_dirs.remove(child)
     return True
 
   def _numpy_step_dir(self, step: int) -> epath.Path:
@@ -199,7 +214,7 @@ class StateCheckpointer:
       if step not in self._damaged:
         try:
           result, reason = self._restore(template, step, batch_size=batch_size), None
-        except _Damaged as e:
+        except orbax_steps.Damaged as e:
           result, reason = None, str(e)
         ok = reason is None  # every process must resume from the same step
         if ok if jax.process_count() == 1 else np.all(multihost_utils.process_allgather(np.int32(ok))):
@@ -220,18 +235,19 @@ class StateCheckpointer:
   def _restore(self, template: TrainState, step: int, batch_size: int | None = None) -> tuple[TrainState, dict]:
     step_dir = self._step_dir(step)
     if step in self._damaged:
-      raise _Damaged(self._damaged[step])
+      raise orbax_steps.Damaged(self._damaged[step])
     if step not in self._manager.all_steps():
       raise CheckpointError(f'no checkpoint for step {step} in {self._ckpt_dir} (have {self.all_steps()})')
     try:
       meta = dict(ocp.JsonCheckpointHandler().restore(step_dir / 'meta') or {})
     except Exception as e:  # missing or unparsable JSON
-      raise _Damaged(f'checkpoint {step_dir} is damaged: cannot read its meta: {_one_line(e)}') from e
-    saved, target = _saved_shapes(step_dir), _abstract(template)
+      raise orbax_steps.Damaged(
+          f'checkpoint {step_dir} is damaged: cannot read its meta: {orbax_steps.one_line(e)}') from e
+    saved, target = orbax_steps.saved_shapes(step_dir), _abstract(template)
     roots = {path.split('/')[0] for path in saved}  # the previous release's TrainState(step, prompt, ...)
     if legacy := 'trainable' not in roots and 'prompt' in roots:
       target = dict(step=target.step, prompt=target.trainable, opt_state=target.opt_state, rng=target.rng)
-    _check_shapes(step_dir, saved, target)
+    orbax_steps.check_shapes(step_dir, saved, target)
     batch = meta.get('batch_size')  # None: an older release's checkpoint
     if None not in (batch, batch_size) and int(batch) != int(batch_size):
       raise ConfigError(f'MODEL_DIR {self.model_dir} was trained with BATCH_SIZE={batch} (step {step}) but '
@@ -241,19 +257,28 @@ class StateCheckpointer:
       args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
       state = self._manager.restore(step, args=args)['state']
     except Exception as e:  # orbax/tensorstore raise many types for damaged files
-      raise _Damaged(f'checkpoint {step_dir} is damaged: cannot read its state: {_one_line(e)}') from e
+      raise orbax_steps.Damaged(
+          f'checkpoint {step_dir} is damaged: cannot read its state: {orbax_steps.one_line(e)}') from e
     if legacy:
       state = TrainState(state['step'], state['prompt'], state['opt_state'], state['rng'])
+    if bad := finite.non_finite_leaves(state):  # saved by a release that did not check
+      raise orbax_steps.Damaged(f'checkpoint {step_dir} holds NaN/inf in {", ".join(bad)}')
     return state, {
         'step': step, 'data_position': int(meta.get('data_position', 0)),
         'batch_size': None if batch is None else int(batch), 'metrics': meta.get('metrics')
     }
 
+  def _sweep(self, idle: bool = True) -> None:
+    if jax.process_index() == 0:  # orbax's retention renames old steps on process 0 only
+      step_dirs.sweep(self._ckpt_dir, idle)
+
   def wait_until_finished(self) -> None:
     self._manager.wait_until_finished()
+    self._sweep()
 
   def close(self) -> None:
     self._manager.close()
+    self._sweep()
 
   def __enter__(self) -> StateCheckpointer:
     return self
@@ -276,49 +301,6 @@ def _retention_policy(keep: int, best_metric: str | None, best_mode: str, keep_b
         ocp.checkpoint_managers.BestN(get_metric_fn=_metric_fn(best_metric, best_mode), reverse=best_mode == 'min',
                                       n=keep_best, keep_checkpoints_without_metrics=False))
   return ocp.checkpoint_managers.AnyPreservationPolicy(policies)
-
-
-def _scan_unreadable(ckpt_dir: epath.Path) -> dict[int, str]:
-  """Step dirs orbax must not see: uncommitted, or with metrics that would stop its manager from starting."""
-  found = {}
-  for step in step_dirs.step_numbers(ckpt_dir):
-    step_dir = ckpt_dir / str(step)
-    try:
-      if not step_dirs.is_committed(step_dir):
-        found[step] = step_dirs.INCOMPLETE.format(step_dir)
-      elif (step_dir / 'metrics').exists():
-        ocp.JsonCheckpointHandler(filename='metrics').restore(step_dir / 'metrics')
-    except FileNotFoundError:  # orbax reads a missing file as no metrics
-      pass
-    except Exception as e:  # pylint: disable=broad-except
-      found[step] = f'checkpoint {step_dir} is damaged: cannot read its metrics: {_one_line(e)}'
-  return found
-
-
-def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-  """{'opt_state/0/count': shape, ...} of every leaf (orbax's metadata and templates name paths alike)."""
-  return {
-      jax.tree_util.keystr(path, simple=True, separator='/'): tuple(int(d) for d in x.shape)
-      for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
-  }
-
-
-def _saved_shapes(step_dir: epath.Path) -> dict[str, tuple[int, ...]]:
-  try:
-    return _leaf_shapes(ocp.StandardCheckpointHandler().metadata(step_dir / 'state'))
-  except Exception as e:  # missing or unreadable _METADATA, or array metadata tensorstore cannot open
-    raise _Damaged(f'checkpoint {step_dir} is damaged: cannot read the metadata of {step_dir / "state"}: '
-                   f'{_one_line(e)}') from e
-
-
-def _check_shapes(step_dir: epath.Path, saved: Mapping[str, tuple[int, ...]], target: Any) -> None:
-  """Names the first leaf (template order: the trainable tree before the optimizer's) saved differently."""
-  wanted = _leaf_shapes(target)
-  for path in [*wanted, *saved]:
-    if saved.get(path) != wanted.get(path):
-      there, here = ('absent' if s is None else s for s in (saved.get(path), wanted.get(path)))
-      raise CheckpointError(f'cannot restore checkpoint {step_dir}: it does not match the template (optimizer '
-                            f'or method changed?): {path} is {there} there and {here} in the template')
 
 
 def _abstract(template: Any) -> Any:
@@ -354,11 +336,6 @@ def _to_json(value: Any) -> Any:
   return str(value)
 
 
-def _one_line(error: Exception) -> str:
-  """An orbax/tensorstore error as one short line: the CLI prints errors as one line."""
-  return ' '.join(f'{type(error).__name__}: {error}'.split())[:400]
-
-
 def _check_writable(model_dir: epath.Path) -> None:
   """Fails now, naming the dir, rather than at the first save hours into training."""
   probe = model_dir / f'.jaxprompt_write_probe.{jax.process_index()}.{uuid.uuid4().hex}'
@@ -368,22 +345,3 @@ def _check_writable(model_dir: epath.Path) -> None:
     probe.unlink()
   except Exception as e:  # OSError locally; gcs backends raise their own types
     raise CheckpointError(f'MODEL_DIR {model_dir} is not writable: {e}') from e
-
-
-def read_orbax_prompt(step_dir: epath.Path) -> np.ndarray:
-  """Reads only the prompt leaf of an orbax step, from either release's tree (chosen by the metadata)."""
-  if not step_dirs.is_committed(step_dir):
-    raise _Damaged(step_dirs.INCOMPLETE.format(step_dir))
-  # New checkpoints: TrainState.trainable[PROMPT_KEY]; the previous release's: TrainState.prompt[PROMPT_KEY].
-  root = next((r for r in ('trainable', 'prompt') if f'{r}/{PROMPT_KEY}' in _saved_shapes(step_dir)), None)
-  if root is None:
-    raise CheckpointError(f'checkpoint {step_dir} holds no prompt (no trainable/prompt or prompt/prompt): it '
-                          'was not written by prompt tuning')
-  try:
-    tree = ocp.PyTreeCheckpointer().restore(
-        step_dir / 'state', args=ocp.args.PyTreeRestore(
-            item={root: {PROMPT_KEY: 0}}, restore_args={root: {PROMPT_KEY: ocp.RestoreArgs(restore_type=np.ndarray)}},
-            partial_restore=True))
-  except Exception as e:
-    raise _Damaged(f'cannot read the prompt from checkpoint {step_dir}: {_one_line(e)}') from e
-  return np.asarray(tree[root][PROMPT_KEY], np.float32)

@@ -7,8 +7,9 @@
 Exact resume: the checkpoint holds the trainable tree, optimizer state, step, rng and the number of batches
 consumed; a restarted run restores them and skips that many batches of the (seeded, deterministic) stream, so
 it ends with the same parameters, bit for bit, as a run that was never interrupted. SIGTERM (preemption) saves
-the current step and returns normally. A non-finite loss stops training with a TrainingError naming the step;
-the checkpoints already written are kept and nothing is saved after the bad step.
+the current step and returns normally. A non-finite loss, gradient or update (parameters that overflowed) stops
+training with a TrainingError naming the step; the checkpoints already written are kept and nothing is saved
+after the bad step.
 
 Evaluation is a callable the command passes in (`commands/train.py` builds it from `jaxprompt.eval`): train and
 eval sit side by side above the runtime, and neither imports the other.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -108,9 +110,11 @@ class _StepChecker:
       last = self.checkpointer.latest_step()
       kept = (f'the last good checkpoint, step {last}, is kept in {self.model_dir}'
               if last is not None else f'no checkpoint was written to {self.model_dir} yet')
-      raise TrainingError(f'non-finite loss at step {step} (loss={values.get("loss")}, grad_norm='
-                          f'{values.get("grad_norm")}): training stopped; {kept}; lower LEARNING_RATE or check '
-                          'the data')
+      loss, grad_norm = values.get('loss', math.nan), values.get('grad_norm', math.nan)
+      what = (f'non-finite update at step {step} (loss={loss} and grad_norm={grad_norm} were finite, the updated '
+              'parameters or optimizer state were not)' if math.isfinite(loss) and math.isfinite(grad_norm) else
+              f'non-finite loss at step {step} (loss={loss}, grad_norm={grad_norm})')
+      raise TrainingError(f'{what}: training stopped; {kept}; lower LEARNING_RATE or check the data')
     self.observer.step(step, values)
 
 
@@ -133,12 +137,13 @@ def tree_size(tree: Any) -> tuple[int, int]:
 
 def run(runtime: Runtime, state: TrainState, checkpointer: StateCheckpointer, *, model_dir: str, batches: Batches,
         batch_size: int, schedule: Schedule, evaluate: Evaluate | None = None, progress_bar: bool | None = None,
-        task_name: str = '', faults: Faults | None = None) -> LoopResult:
+        task_name: str = '', faults: Faults | None = None, on_start: Callable[[], None] | None = None) -> LoopResult:
   """Trains from the newest intact checkpoint in `checkpointer` (or from `state`) to `schedule.train_steps`.
 
   `batches(skip)` is the seeded stream of this process's numpy batches with the first `skip` dropped;
   `evaluate(trainable)` (None: never) runs every `schedule.eval_period` steps and after the last one; `faults`
-  are the tests' (see `Faults`).
+  are the tests' (see `Faults`); `on_start()` runs once the checkpoint to resume from passed its checks (batch
+  size, tree shapes), before anything is written: a refused resume leaves MODEL_DIR as it was.
   """
   faults = faults or Faults()
   start, position = 0, 0
@@ -147,6 +152,8 @@ def run(runtime: Runtime, state: TrainState, checkpointer: StateCheckpointer, *,
     state, meta = restored
     start, position = meta['step'], meta['data_position']
     log.info('resuming from %s at step %d (%d batches consumed)', model_dir, start, position)
+  if on_start is not None:
+    on_start()
   if start >= schedule.train_steps:
     log.info('%s is already trained to step %d (TRAIN_STEPS=%d): nothing to do', model_dir, start, schedule.train_steps)
     return LoopResult(start, state)

@@ -36,19 +36,19 @@ steps = ShardedSteps(model, None, partitioning.create_mesh(model_parallel=2), pa
 sharded_frozen = load_t5x_checkpoint(sys.argv[1], shardings=steps.frozen_shardings)
 placed = steps.place_trainable(tree)
 fns = {
-    'logits': lambda p, f, b: model.logits(f, p, b),
-    'rank': lambda p, f, b, c: model.rank_classify(f, p, b['encoder_input_tokens'], c, b['task_ids']),
-    'beam': lambda p, f, b: model.predict_batch(f, p, b, method='beam', num_decodes=2)
+    'logits': lambda f, p, b: model.logits(f, p, b),
+    'rank': lambda f, p, b, c: model.rank_classify(f, p, b['encoder_input_tokens'], c, b['task_ids']),
+    'beam': lambda f, p, b: model.predict_batch(f, p, b, method='beam', num_decodes=2)
 }
 single = {
-    'logits': jax.jit(functools.partial(fns['logits']))(tree, frozen, batch),
-    'rank': jax.jit(fns['rank'])(tree, frozen, batch, candidates), 'beam': jax.jit(fns['beam'])(tree, frozen, batch)
+    'logits': jax.jit(functools.partial(fns['logits']))(frozen, tree, batch),
+    'rank': jax.jit(fns['rank'])(frozen, tree, batch, candidates), 'beam': jax.jit(fns['beam'])(frozen, tree, batch)
 }
 sharded_batch = steps.shard_batch(batch)
 got = {
-    'logits': steps.compiled(fns['logits'])(placed, sharded_frozen, sharded_batch),
-    'rank': steps.compiled(fns['rank'], 1)(placed, sharded_frozen, sharded_batch, candidates),
-    'beam': steps.compiled(fns['beam'])(placed, sharded_frozen, sharded_batch)
+    'logits': steps.compiled(fns['logits'])(sharded_frozen, placed, sharded_batch),
+    'rank': steps.compiled(fns['rank'], 1)(sharded_frozen, placed, sharded_batch, candidates),
+    'beam': steps.compiled(fns['beam'])(sharded_frozen, placed, sharded_batch)
 }
 np.testing.assert_allclose(np.asarray(got['logits']), np.asarray(single['logits']), atol=1e-4)
 np.testing.assert_allclose(np.asarray(got['rank']), np.asarray(single['rank']), atol=1e-4)
