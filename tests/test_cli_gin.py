@@ -121,11 +121,12 @@ def test_plain_string_bindings_read_as_overrides():
 
 
 def test_bindings_keep_their_flag_and_order():
-  bindings = gin_config.flag_bindings(['A = 1'], ["B = 'x'"])
-  assert [b.text for b in bindings] == ['A = 1', "B = 'x'"]  # overrides last: they win
-  assert [b.flag() for b in bindings] == ['--gin_bindings="A = 1"', "--gin.B='x'"]
+  bindings = gin_config.flag_bindings(['TRAIN_STEPS = 1'], ["MODEL_DIR = 'x'", 'TRAIN_STEPS = 2'])
+  assert [b.text for b in bindings] == ['TRAIN_STEPS = 1', "MODEL_DIR = 'x'", 'TRAIN_STEPS = 2']  # overrides last
+  assert [b.flag() for b in bindings
+         ] == ['--gin_bindings="TRAIN_STEPS = 1"', "--gin.MODEL_DIR='x'", '--gin.TRAIN_STEPS=2']
   gin_config.parse([], bindings)
-  assert gin.query_parameter('%A') == 1 and gin.query_parameter('%B') == 'x'
+  assert gin.query_parameter('%TRAIN_STEPS') == 2 and gin.query_parameter('%MODEL_DIR') == 'x'
 
 
 def test_quote():

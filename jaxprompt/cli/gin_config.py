@@ -17,7 +17,7 @@ import tokenize
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from jaxprompt.cli import console
+from jaxprompt.cli import console, gin_names, macro_check
 from jaxprompt.errors import UsageError
 
 PACKAGE_GIN_CONFIGS = pathlib.Path(__file__).resolve().parent.parent / 'gin_configs'
@@ -72,16 +72,18 @@ def search_paths(flag: str = '') -> list[str]:
 
 
 def resolve_gin_file(name: str, paths: Sequence[str]) -> str:
-  """The absolute path of gin file `name`, looked up in `paths` unless absolute."""
+  """The absolute path of gin file `name`, looked up in `paths` unless absolute; not found: a UsageError with the
+  close names (`gin file methods/prefix_tunning.gin not found; did you mean methods/prefix_tuning.gin? ...`)."""
   if os.path.isabs(name):
     if os.path.isfile(name):
       return name
-    raise UsageError(f'gin file {name} does not exist')
+    raise UsageError(f'gin file {name} does not exist{gin_names.gin_file_hint(name, [""])}')
   for base in paths:
     candidate = os.path.join(base, name)
     if os.path.isfile(candidate):
       return os.path.abspath(candidate)
-  raise UsageError(f'gin file {name!r} not found in the search paths {list(paths)}')
+  hint = gin_names.gin_file_hint(name, paths) or f' (searched {", ".join(paths)})'
+  raise UsageError(f'gin file {name} not found{hint}')
 
 
 # ------------------------------------------------------------------------------------ errors
@@ -111,28 +113,20 @@ def _value_error(e: SyntaxError, binding: Binding | None) -> str | None:
   return f'{message}; strings need quotes: {binding.flag(fixed)}'
 
 
-def _gin_error(e: Exception, binding: Binding | None) -> UsageError:
-  """One line naming the flag or file, for anything gin raises while parsing."""
+def _gin_error(e: Exception, binding: Binding | None, paths: Sequence[str] = ()) -> UsageError:
+  """One line naming the flag or file, for anything gin raises while parsing; a name gin does not know (a
+  configurable, a parameter, an included file) with its close matches (`paths`: where includes are found)."""
   if isinstance(e, SyntaxError):
     message = _value_error(e, binding)
     if message is not None:
       return UsageError(message)
     if binding is None and e.filename:
       return UsageError(f'gin file {e.filename}:{e.lineno}: {e.msg}: {(e.text or "").strip()}')
+  text = str(e) or type(e).__name__
+  hint = gin_names.gin_error_hint(text, paths)
   if binding is not None:  # gin's context lines would repeat the binding the flag already shows
-    return UsageError(f'{binding.flag()}: gin: {(str(e) or type(e).__name__).splitlines()[0].rstrip(".")}')
-  return UsageError(f'gin: {console.one_line(str(e) or type(e).__name__)}')
-
-
-class _SyntaxOnly:
-  """A gin parser delegate that builds nothing: syntax is checked before any configurable is imported."""
-
-  def configurable_reference(self, scoped_configurable_name: str, evaluate: bool) -> Any:
-    del evaluate
-    return scoped_configurable_name
-
-  def macro(self, macro_name: str) -> Any:
-    return macro_name
+    return UsageError(f'{binding.flag()}: gin: {text.splitlines()[0].rstrip(".")}{hint}')
+  return UsageError(f'gin: {console.one_line(text)}{hint}')
 
 
 def check_syntax(files: Sequence[str], bindings: Sequence[Binding]) -> None:
@@ -141,13 +135,13 @@ def check_syntax(files: Sequence[str], bindings: Sequence[Binding]) -> None:
   for path in files:
     with open(path, encoding='utf-8') as f:
       try:
-        for _ in config_parser.ConfigParser(f, _SyntaxOnly()):
+        for _ in config_parser.ConfigParser(f, gin_names.SyntaxOnly()):
           pass
       except (SyntaxError, ValueError, tokenize.TokenError) as e:
         raise _gin_error(e, None) from None
   for binding in bindings:
     try:
-      for _ in config_parser.ConfigParser(binding.text, _SyntaxOnly()):
+      for _ in config_parser.ConfigParser(binding.text, gin_names.SyntaxOnly()):
         pass
     except (SyntaxError, ValueError, tokenize.TokenError) as e:
       raise _gin_error(e, binding) from None
@@ -186,21 +180,23 @@ def parse(files: Sequence[str], bindings: Sequence[Binding | str] = (), search_p
   """
   import gin  # pylint: disable=g-import-not-at-top
   resolved, checked = prepare(files, bindings, search_path_flag)
+  paths = search_paths(search_path_flag)
   gin.clear_config()
-  for path in search_paths(search_path_flag):
+  for path in paths:
     gin.add_config_file_search_path(path)
   with _quiet_root_logging():
     for path in resolved:
-      _parse_one(gin.parse_config_file, path, None)
+      _parse_one(gin.parse_config_file, path, None, paths)
     for binding in checked:
-      _parse_one(gin.parse_config, binding.text, binding)
+      _parse_one(gin.parse_config, binding.text, binding, paths)
+  macro_check.check_macros(checked)
 
 
-def _parse_one(parse_fn: Any, source: str, binding: Binding | None) -> None:
+def _parse_one(parse_fn: Any, source: str, binding: Binding | None, paths: Sequence[str]) -> None:
   try:
     parse_fn(source)
   except (ValueError, KeyError, TypeError, SyntaxError, OSError, ImportError, AttributeError, tokenize.TokenError) as e:
-    raise _gin_error(e, binding) from e
+    raise _gin_error(e, binding, paths) from e
 
 
 def bind_fields(configurable: str, **values: Any) -> None:
@@ -210,15 +206,6 @@ def bind_fields(configurable: str, **values: Any) -> None:
   for name, value in values.items():
     if value is not None:
       gin.bind_parameter(f'{configurable}.{name}', value)
-
-
-def gin_macro(name: str) -> Any:
-  """The value bound to gin macro `name`, or None when it is not bound."""
-  import gin  # pylint: disable=g-import-not-at-top
-  try:
-    return gin.query_parameter(f'%{name}')
-  except ValueError:
-    return None
 
 
 def import_configurables(extra_modules: Sequence[str] = ()) -> None:

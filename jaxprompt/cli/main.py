@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from jaxprompt.cli import console, gin_config, parser
+from jaxprompt.cli import console, gin_config, gin_names, parser
 from jaxprompt.errors import UsageError
 
 # The entry point of each command. train / eval / infer are gin configurables (`jaxprompt.train`, ...); demo
@@ -110,7 +110,7 @@ def run_infer(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-  model_dir = None if args.checkpoint else gin_config.gin_macro('MODEL_DIR')
+  model_dir = None if args.checkpoint else gin_names.gin_macro('MODEL_DIR')
   _print_json(
       load('export')(args.output, checkpoint=args.checkpoint, step=args.step, model_dir=model_dir,
                      **_kwargs(format=None if args.format == 'file' else args.format, base_model=args.base_model,

@@ -12,7 +12,8 @@ from jaxprompt.errors import UsageError
 PROG = 'jaxprompt'
 GIN_PREFIX = '--gin.'
 
-MACROS = """important gin macros (set with --gin.NAME=VALUE, gin syntax: quote strings):
+MACROS = """important gin macros (--gin.NAME=VALUE in gin syntax: quote strings, but not numbers, True/False or
+@references; every macro, each checked before a command runs: docs/workflow.md):
   MODEL_DIR                 output folder (checkpoints, metrics, TensorBoard, final_prompt.npy): "'/tmp/run'"
   INITIAL_CHECKPOINT_PATH   frozen T5X checkpoint (or HF safetensors folder)   (models/*.gin set it)
   MODEL_CONFIG              @jaxprompt.model_config() with jaxprompt.model_config.name   (models/*.gin)

@@ -18,8 +18,10 @@ the usual macros by `gin_configs/runs/*.gin` (the loop's `Schedule` is the fifth
                               prompts, combine, allow_other_model                       (and eval / infer's flags)
 
 Each group checks the type and range of its fields when it is built, before any command reads or writes a file,
-with one ConfigError line naming the macro (or gin parameter, or flag) to change. Whether a field may be unset
-is the command's to say (`infer` needs no task, `train_model` no checkpoint): see `require_*`.
+with one ConfigError line naming the macro (or gin parameter, or flag) to change; a macro's field by the macro
+table (`jaxprompt.formats.macros`), the rule the command line checks the macro by right after parsing gin.
+Whether a field may be unset is the command's to say (`infer` needs no task, `train_model` no checkpoint): see
+`require_*`.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ import gin
 
 from jaxprompt.data import buckets
 from jaxprompt.errors import ConfigError
-from jaxprompt.formats import validation
+from jaxprompt.formats import macros, validation
 from jaxprompt.methods.prompt_tuning import COMBINATIONS
 from jaxprompt.models.config import T5Config
 from jaxprompt.train.loop import Schedule
@@ -56,9 +58,9 @@ class ModelSource:
   def __post_init__(self):
     config = validation.require(self.config, 'MODEL_CONFIG', '"@jaxprompt.model_config()" (a models/*.gin)')
     if not isinstance(config, T5Config):
-      raise ConfigError(f'MODEL_CONFIG must be a T5Config (e.g. @jaxprompt.model_config()), got {config!r}')
+      raise macros.error('MODEL_CONFIG', config)
+    macros.check(INITIAL_CHECKPOINT_PATH=self.checkpoint, MODEL_PARALLEL=self.model_parallel)
     _set(self, 'checkpoint', validation.optional_path(self.checkpoint, 'INITIAL_CHECKPOINT_PATH'))
-    validation.check_positive(MODEL_PARALLEL=self.model_parallel)
 
   def require_checkpoint(self) -> str:
     """The checkpoint, which every command but training from scratch needs."""
@@ -86,12 +88,14 @@ class DataConfig:
 
   def __post_init__(self):
     name = getattr(self.mixture_or_task_name, 'name', self.mixture_or_task_name)  # a Task object: its name
-    validation.check_text(MIXTURE_OR_TASK_NAME=name, **{'the split (--split, EVAL_SPLIT, INFER_SPLIT)': self.split})
+    validation.require(self.task_feature_lengths, 'TASK_FEATURE_LENGTHS', "\"{'inputs': 512, 'targets': 16}\"")
+    macros.check(MIXTURE_OR_TASK_NAME=name, TASK_FEATURE_LENGTHS=self.task_feature_lengths, BATCH_SIZE=self.batch_size,
+                 PACK=self.pack)
+    validation.check_text(**{'the split (--split, EVAL_SPLIT, INFER_SPLIT)': self.split})
+    validation.check_positive(**{'jaxprompt.DataConfig.max_examples': self.max_examples})
     _set(self, 'mixture_or_task_name', name)
-    _set(self, 'task_feature_lengths', validation.check_feature_lengths(self.task_feature_lengths))
-    validation.check_positive(BATCH_SIZE=self.batch_size, **{'jaxprompt.DataConfig.max_examples': self.max_examples})
-    validation.check_bool(PACK=self.pack)
-    _set(self, 'length_buckets', buckets.LengthBuckets.from_spec(self.length_buckets))
+    _set(self, 'task_feature_lengths', {k: int(v) for k, v in self.task_feature_lengths.items()})
+    _set(self, 'length_buckets', buckets.LengthBuckets.from_spec(self.length_buckets))  # LENGTH_BUCKETS' rule
 
   def require_task(self) -> str:
     """The task or mixture, which every command but infer on raw text needs."""
@@ -110,9 +114,8 @@ class EvalConfig:
   task_metrics: bool = True
 
   def __post_init__(self):
-    validation.check_text(EVAL_SPLIT=self.split)
-    validation.check_positive(EVAL_MAX_EXAMPLES=self.max_examples,
-                              **{'jaxprompt.EvalConfig.batch_size': self.batch_size})
+    macros.check(EVAL_SPLIT=self.split, EVAL_MAX_EXAMPLES=self.max_examples)
+    validation.check_positive(**{'jaxprompt.EvalConfig.batch_size': self.batch_size})
     validation.check_bool(**{'jaxprompt.EvalConfig.task_metrics': self.task_metrics})
 
 
@@ -152,12 +155,12 @@ class PromptSource:
   allow_other_model: bool = False
 
   def __post_init__(self):
-    _set(self, 'prompt_file', validation.optional_path(self.prompt_file, 'PROMPT_FILE (--prompt_file)'))
+    macros.check(PROMPT_FILE=self.prompt_file, PROMPT_LENGTH=self.prompt_length)
+    _set(self, 'prompt_file', validation.optional_path(self.prompt_file, 'PROMPT_FILE'))
     _set(self, 'checkpoint', validation.optional_path(self.checkpoint, '--checkpoint'))
     step = self.checkpoint_step
     if step is not None and (not isinstance(step, int) or isinstance(step, bool) or step < 0):
       raise ConfigError(f'--step (jaxprompt.PromptSource.checkpoint_step) must be a step number >= 0, got {step!r}')
-    validation.check_positive(PROMPT_LENGTH=self.prompt_length)
     if self.prompts is not None:
       if not isinstance(self.prompts, Mapping) or not all(isinstance(k, str) for k in self.prompts):
         raise ConfigError(f'--prompt NAME=FILE (jaxprompt.PromptSource.prompts) must name its sources, got '

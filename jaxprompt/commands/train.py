@@ -23,7 +23,7 @@ from jaxprompt.data import buckets
 from jaxprompt.data import pipeline as data_lib
 from jaxprompt.errors import ConfigError, TrainingError
 from jaxprompt.eval import evaluation as eval_lib
-from jaxprompt.formats import fingerprint_files, validation
+from jaxprompt.formats import fingerprint_files, macros, validation
 from jaxprompt.formats.keys import PROMPT_FILE, PROMPT_KEY
 from jaxprompt.formats.npy_io import write_npy, write_npz
 from jaxprompt.methods.base import Method
@@ -98,30 +98,32 @@ def run_training(model_dir: Any, *, method: MethodFactory, model: ModelSource, d
                  checkpoint_required: bool = True) -> tuple[loop.LoopResult, runtime_lib.Runtime]:
   """Checks what the groups leave to the command, builds the runtime and runs the loop (both entry points)."""
   model_dir = os.fspath(validation.require(model_dir, 'MODEL_DIR', "\"'/path/to/model_dir'\""))
+  macros.check(MODEL_DIR=model_dir, METHOD=method, RANDOM_SEED=seed)
   checkpoint_path = model.require_checkpoint() if checkpoint_required else model.checkpoint
   task_name, lengths, split = data.require_task(), data.task_feature_lengths, data.split or 'train'
   if data.max_examples is not None:
     raise ConfigError('jaxprompt.DataConfig.max_examples caps what eval / infer read; training reads its whole '
                       'split (EVAL_MAX_EXAMPLES caps its evaluation)')
   faults = injected_faults()
+  # What a configuration can get wrong fails before MODEL_DIR exists (the checkpointer below makes it).
+  provider = data_lib.get_provider(task_name)
+  vocab = data_lib.targets_vocabulary(provider)
+  configs.check_vocabulary(vocab, model.config, task_name)
+  # The method first: its configuration errors (e.g. class labels the task lacks) come before data errors.
+  tuning = method(model.config, vocab.eos_id)
+  prompt_slots = tuning.packing_slots if data.pack else 0
+  data_lib.check_split(provider, split)
+  eval_sets = (eval_lib.prepare_eval(provider, evaluation.split, lengths, max_examples=evaluation.max_examples,
+                                     rank_classification=evaluation.task_metrics, task_names=tuning.task_names)
+               if evaluation.split else [])
+  data_parallel = runtime_lib.data_parallel_size(model.model_parallel)
+  host_batch = data_lib.host_batch_size(data.batch_size, data_parallel)
+  eval_batch = evaluation.batch_size or data.batch_size
+  data_lib.host_batch_size(eval_batch, data_parallel)
   checkpointer = StateCheckpointer(model_dir, keep=checkpoints.keep, best_metric=checkpoints.best_metric,
                                    best_mode=checkpoints.best_mode)  # fails now if MODEL_DIR is not writable
+  checkpointer.numpy_copy = lambda state: tuning.numpy_copy(state.trainable)
   try:
-    provider = data_lib.get_provider(task_name)
-    vocab = data_lib.targets_vocabulary(provider)
-    configs.check_vocabulary(vocab, model.config, task_name)
-    # The method first: its configuration errors (e.g. class labels the task lacks) come before data errors.
-    tuning = method(model.config, vocab.eos_id)
-    prompt_slots = tuning.packing_slots if data.pack else 0
-    checkpointer.numpy_copy = lambda state: tuning.numpy_copy(state.trainable)
-    data_lib.check_split(provider, split)
-    eval_sets = (eval_lib.prepare_eval(provider, evaluation.split, lengths, max_examples=evaluation.max_examples,
-                                       rank_classification=evaluation.task_metrics, task_names=tuning.task_names)
-                 if evaluation.split else [])
-    data_parallel = runtime_lib.data_parallel_size(model.model_parallel)
-    host_batch = data_lib.host_batch_size(data.batch_size, data_parallel)
-    eval_batch = evaluation.batch_size or data.batch_size
-    data_lib.host_batch_size(eval_batch, data_parallel)
     optimizer = optimizer or make_optimizer()
     runtime = runtime_lib.build_runtime(model.config, tuning, checkpoint_path, lengths, optimizer=optimizer, loss=loss,
                                         model_parallel=model.model_parallel, num_microbatches=num_microbatches,

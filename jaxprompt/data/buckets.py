@@ -21,31 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from jaxprompt.errors import ConfigError
+from jaxprompt.formats import validation
 
 log = logging.getLogger('jaxprompt')
 
 Batch = dict[str, np.ndarray]
 DEFAULT = 64  # every entry point's LENGTH_BUCKETS unless set
-GROUPS = ('inputs', 'targets')
+GROUPS = validation.FEATURE_GROUPS
 _PREFIX = {'inputs': 'encoder_', 'targets': 'decoder_'}
 # The feature that tells how long each row really is (the rest of its group is cut to the same width).
 LENGTH_FEATURES = {'inputs': 'encoder_input_tokens', 'targets': 'decoder_target_tokens'}
-
-
-def _parse_group(spec: Any, name: str) -> int | tuple[int, ...] | None:
-  """One group's spec -> a step (int), a sorted tuple of lengths, or None (never cut)."""
-  if spec is None:
-    return None
-  if isinstance(spec, (bool, np.bool_)) or not isinstance(spec, (int, np.integer, list, tuple)):
-    raise ConfigError(f'{name} must be a positive step (e.g. 64), a list of lengths or None, got {spec!r}')
-  if isinstance(spec, (int, np.integer)):
-    if spec <= 0:
-      raise ConfigError(f'{name} step must be positive, got {spec}')
-    return int(spec)
-  if not spec or any(isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x <= 0 for x in spec):
-    raise ConfigError(f'{name} must list positive integer lengths, got {spec!r}')
-  return tuple(sorted({int(x) for x in spec}))
 
 
 def last_real_column(tokens: np.ndarray) -> int:
@@ -65,13 +50,7 @@ class LengthBuckets:
     """The buckets of a `LENGTH_BUCKETS` value (see the module docstring); a LengthBuckets passes through."""
     if isinstance(spec, LengthBuckets):
       return spec
-    if isinstance(spec, Mapping):
-      unknown = set(spec) - set(GROUPS)
-      if unknown:
-        raise ConfigError(f'LENGTH_BUCKETS keys must be among {GROUPS}, got unknown {sorted(unknown)}')
-      return cls(**{g: _parse_group(spec.get(g), f'LENGTH_BUCKETS[{g!r}]') for g in GROUPS})
-    parsed = _parse_group(spec, 'LENGTH_BUCKETS')
-    return cls(parsed, parsed)
+    return cls(**validation.length_buckets(spec))  # the rule the macro table checks LENGTH_BUCKETS by
 
   @property
   def fixed(self) -> bool:

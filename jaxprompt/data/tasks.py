@@ -19,7 +19,6 @@ class-label prompt initialisation), `check_nonempty(name, split)` before trainin
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 from collections.abc import Callable, Sequence
 
@@ -29,6 +28,7 @@ from jaxprompt.data import custom, metrics, postprocessors, superglue
 from jaxprompt.data import preprocessors as pp
 from jaxprompt.data.vocab import get_default_vocabulary
 from jaxprompt.errors import DataError
+from jaxprompt.formats import validation
 
 SUPER_GLUE_VERSION = ('1.0.2', 'v102')
 GLUE_VERSIONS = (('2.0.0', 'v200'), ('1.0.0', 'v002'))  # (TFDS version, task-name suffix)
@@ -242,9 +242,8 @@ def get_task(name: str) -> seqio.Task | seqio.Mixture:
   if name in seqio.MixtureRegistry.names():
     return seqio.MixtureRegistry.get(name)
   known = list(seqio.TaskRegistry.names()) + list(seqio.MixtureRegistry.names())
-  close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-  hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else (
-      '; no similar name is registered (see jaxprompt.data.tasks.registered_task_names())')
+  hint = validation.did_you_mean(
+      name, known, quote=True) or ('; no similar name is registered (see jaxprompt.data.tasks.registered_task_names())')
   raise DataError(f'unknown task or mixture {name!r}{hint}')
 
 

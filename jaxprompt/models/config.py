@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Sequence
 from typing import Any
 
 import jax.numpy as jnp
 
 from jaxprompt.errors import ConfigError
+from jaxprompt.formats import validation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +115,6 @@ CONFIGS['test_tiny'] = T5Config(vocab_size=64, emb_dim=16, num_heads=2, head_dim
 def get_config(name: str, **overrides) -> T5Config:
   """Returns the named config (see `CONFIGS`), with `overrides` applied (e.g. `dtype=jnp.bfloat16`)."""
   if name not in CONFIGS:
-    close = difflib.get_close_matches(name, list(CONFIGS), n=3)
-    hint = f'; did you mean {", ".join(close)}?' if close else f'; known: {", ".join(sorted(CONFIGS))}'
+    hint = validation.did_you_mean(name, CONFIGS) or f'; known: {", ".join(sorted(CONFIGS))}'
     raise ConfigError(f'unknown model config {name!r}{hint}')
   return CONFIGS[name].replace(**overrides) if overrides else CONFIGS[name]

@@ -29,7 +29,7 @@ import numpy as np
 
 from jaxprompt.data import pipeline as data_lib
 from jaxprompt.errors import DataError, TrainingError
-from jaxprompt.formats import validation
+from jaxprompt.formats import macros, validation
 from jaxprompt.parallel import host
 from jaxprompt.runtime.optim import Optimizer
 from jaxprompt.runtime.runtime import Runtime
@@ -67,9 +67,8 @@ class Schedule:
 
   def __post_init__(self):
     validation.require(self.train_steps, 'TRAIN_STEPS', '1000')
-    validation.check_positive(TRAIN_STEPS=self.train_steps, EVAL_PERIOD=self.eval_period,
-                              CHECKPOINT_PERIOD=self.checkpoint_period,
-                              **{'jaxprompt.Schedule.log_period': self.log_period})
+    macros.check(TRAIN_STEPS=self.train_steps, EVAL_PERIOD=self.eval_period, CHECKPOINT_PERIOD=self.checkpoint_period)
+    validation.check_positive(**{'jaxprompt.Schedule.log_period': self.log_period})
 
 
 @dataclasses.dataclass(frozen=True)
