@@ -70,3 +70,16 @@ def test_readme_is_short_and_keeps_the_ci_command():
   assert len(readme.splitlines()) <= 300, 'README.md over 300 lines: move detail into docs/'
   ci_command = (REPO / '.ci' / 'run').read_text().strip().splitlines()[-1]
   assert ci_command.startswith('python3 -m venv') and ci_command in readme.splitlines()
+
+
+def test_readme_names_the_label_sets_the_demo_model_can_learn():
+  """The README's demo label sets are the pretraining skills' (`demo.data.SKILL_LABELS`), each label one piece of
+  the shipped demo vocabulary (a word the model was pretrained to answer with)."""
+  from jaxprompt.demo import data, model  # pylint: disable=g-import-not-at-top
+  readme = ' '.join((REPO / 'README.md').read_text().split())
+  named = dict((skill, labels) for labels, skill in re.findall(r'`([a-z|]+)` \((\w+)\)', readme))
+  assert named == {skill: '|'.join(labels) for skill, labels in data.SKILL_LABELS.items()}
+  vocabulary = model.vocabulary()
+  for labels in data.SKILL_LABELS.values():
+    for label in labels:
+      assert len(vocabulary.encode(label)) == 1, label
