@@ -29,7 +29,7 @@ from jaxprompt.cli import gin_config
 from jaxprompt.commands import configs
 from jaxprompt.commands.train import FAULTS_ENV
 from jaxprompt.models.config import CONFIGS
-from tests.tiny_task import EMPTY_TASK, GIN_TASK
+from tests.tiny_task import EMPTY_TASK, GIN_TASK, LABELS
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BASE_GIN = ['--gin_file=models/t5x_tiny.gin', '--gin_file=runs/prompt_tuning.gin']
@@ -277,6 +277,8 @@ def test_train_writes_prompt_checkpoints_metrics_and_curves(trained):
       r'optimizer state: [\d,]+ bytes', stderr)
   prompt = np.load(summary['prompt_file'])
   assert prompt.shape == (5, 32) and prompt.dtype == np.float32
+  assert summary['final_files'] == {'prompt.npy': summary['prompt_file']
+                                   } == {'prompt.npy': str(model_dir / 'final_prompt.npy')}
   assert sorted(p.name for p in (model_dir / 'checkpoints').iterdir()) == ['3', '6']
   np.testing.assert_array_equal(np.load(model_dir / 'numpy_checkpoints' / 'checkpoint_6' / 'prompt.npy'), prompt)
   for name in ('training_curves.png', 'eval_metrics.json', 'train_metrics.jsonl', 'config.gin'):
@@ -329,7 +331,9 @@ def test_export_eval_and_infer_with_the_exported_prompt(trained, tiny_gin, tmp_p
   assert proc.returncode == 0, proc.stderr
   records = [json.loads(line) for line in out.read_text().splitlines()]
   assert [r['input'] for r in records] == ['good movie plot', 'awful film acting']
-  assert all(set(r) == {'input', 'prediction', 'score'} and r['score'] <= 0 for r in records)
+  # The inputs' task has a label set: ranked over it, as eval does, each score named for what it is.
+  assert all(set(r) == {'input', 'prediction', 'prediction_by', 'log_likelihood', 'score'} for r in records)
+  assert all(r['prediction'] in LABELS and r['log_likelihood'] == r['score'] <= 0 for r in records)
 
 
 @pytest.mark.slow
@@ -344,11 +348,15 @@ def test_infer_reads_stdin_or_a_task_split(trained, tiny_gin, capsys, monkeypatc
   assert cli.main(base + ['--gin.MIXTURE_OR_TASK_NAME=None']) == 0  # no task, no --input_file: stdin
   from_stdin = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
   assert [r['input'] for r in from_stdin] == ['good movie plot', 'awful film acting']
+  assert all(r['prediction_by'] == 'beam_search' and r['beam_score'] == r['score'] <= 0 for r in from_stdin)
   assert cli.main(base + ['--split=validation']) == 0
   from_task = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
   validation = pathlib.Path(gin_task_file(tiny_gin, 'validation')).read_text().splitlines()
   assert [r['input'] for r in from_task] == [row.split('\t')[0] for row in validation]
-  assert all(isinstance(r['prediction'], str) and r['score'] <= 0 for r in from_task)
+  assert all(r['prediction'] in LABELS and r['log_likelihood'] == r['score'] <= 0 for r in from_task)
+  assert cli.main(base + ['--split=validation', '--gin.jaxprompt.infer.rank_classification=False']) == 0
+  decoded = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert len(decoded) == len(from_task) and all('beam_score' in r for r in decoded)
 
 
 def gin_task_file(gin_file: pathlib.Path, split: str) -> str:

@@ -37,7 +37,9 @@ def test_train_export_and_evaluate_every_method(name, train_kwargs, tmp_path):
   kwargs = regroup(train_kwargs, method=factory, schedule=dict(train_steps=2, checkpoint_period=2, eval_period=2),
                    evaluation=dict(max_examples=8))
   result = trainer.train(str(tmp_path / 'run'), **kwargs)
-  assert result.exported == str(tmp_path / 'run' / final)
+  # The summary names the method's final file, and `prompt_file` is it for every method (what --prompt_file takes).
+  assert result.final_files == {final[len(trainer.FINAL_PREFIX):]: str(tmp_path / 'run' / final)}
+  assert result.prompt_file == result.exported == str(tmp_path / 'run' / final)
   trained = result.eval_metrics
   # eval reads the final inference file (a checkpoint dir: the prefix test below) and scores what training did.
   metrics = evaluate_lib.evaluate(**_common(train_kwargs, 8), source=PromptSource(result.exported))['metrics']

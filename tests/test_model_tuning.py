@@ -73,5 +73,6 @@ def test_model_tuning_resumes_bitwise_through_the_one_loop(train_kwargs, tmp_pat
   assert not np.array_equal(whole.trainable['encoder']['encoder_norm']['scale'],
                             part.trainable['encoder']['encoder_norm']['scale'])
   assert whole.prompt is None and not (tmp_path / 'whole' / 'numpy_checkpoints').exists()
+  assert whole.final_files == {} and whole.prompt_file is None  # save_checkpoint=False: nothing final
   with StateCheckpointer(str(tmp_path / 'resumed')) as ckpt:
     assert ckpt.all_steps() == [3, 6]

@@ -103,3 +103,16 @@ def test_peft_round_trip_runs_and_predicts_alike(tmp_path, clean_gin):
   exec(compile(python, 'docs/peft.md', 'exec'), namespace)  # pylint: disable=exec-used
   jsonl = (tmp_path / 'demo_predictions.jsonl').read_text().splitlines()
   assert namespace['predictions'] == [json.loads(line)['prediction'] for line in jsonl] and len(jsonl) == 3
+
+
+def test_readme_names_the_label_sets_the_demo_model_can_learn():
+  """The README's demo label sets are the pretraining skills' (`demo.data.SKILL_LABELS`), each label one piece of
+  the shipped demo vocabulary (a word the model was pretrained to answer with)."""
+  from jaxprompt.demo import data, model  # pylint: disable=g-import-not-at-top
+  readme = ' '.join((REPO / 'README.md').read_text().split())
+  named = dict((skill, labels) for labels, skill in re.findall(r'`([a-z|]+)` \((\w+)\)', readme))
+  assert named == {skill: '|'.join(labels) for skill, labels in data.SKILL_LABELS.items()}
+  vocabulary = model.vocabulary()
+  for labels in data.SKILL_LABELS.values():
+    for label in labels:
+      assert len(vocabulary.encode(label)) == 1, label

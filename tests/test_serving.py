@@ -64,11 +64,15 @@ def test_mixed_requests_are_answered_in_order_as_each_task_alone(tiny_gin, promp
   for name in ('b', 'c'):
     alone = tmp_path / f'{name}.txt'
     alone.write_text(''.join(x + '\n' for t, x in zip(tasks, texts) if t == name))
-    assert cli.main(_base(tiny_gin) + [f'--prompt_file={prompt_files[name]}', f'--input_file={alone}']) == 0
+    assert cli.main(
+        _base(tiny_gin) +
+        [f'--prompt_file={prompt_files[name]}', f'--input_file={alone}', '--gin.MIXTURE_OR_TASK_NAME=None']
+    ) == 0  # no task: no labels to rank
     want = _records(capsys)
     got = [r for r in mixed if r['task'] == name]
     assert [r['prediction'] for r in got] == [r['prediction'] for r in want]
-    np.testing.assert_allclose([r['score'] for r in got], [r['score'] for r in want], atol=1e-4)
+    assert all(r['prediction_by'] == 'beam_search' for r in got + want)
+    np.testing.assert_allclose([r['beam_score'] for r in got], [r['beam_score'] for r in want], atol=1e-4)
   only_a = tmp_path / 'a.jsonl'
   only_a.write_text(''.join(json.dumps({'task': 'a', 'input': x}) + '\n' for t, x in zip(tasks, texts) if t == 'a'))
   assert cli.main(
@@ -76,7 +80,17 @@ def test_mixed_requests_are_answered_in_order_as_each_task_alone(tiny_gin, promp
   want = _records(capsys)
   got = [r for r in mixed if r['task'] == 'a']
   assert [r['prediction'] for r in got] == [r['prediction'] for r in want]
-  np.testing.assert_allclose([r['score'] for r in got], [r['score'] for r in want], atol=1e-4)
+  assert all(r['prediction_by'] == 'rank_classification' for r in got + want)
+  np.testing.assert_allclose([r['log_likelihood'] for r in got], [r['log_likelihood'] for r in want], atol=1e-4)
+  # One prompt (no bank) ranks the same rows over its task's label set by itself: the same answers.
+  alone = tmp_path / 'a.txt'
+  alone.write_text(''.join(x + '\n' for t, x in zip(tasks, texts) if t == 'a'))
+  assert cli.main(
+      _base(tiny_gin) + [f'--prompt_file={prompt_files["a"]}', f'--input_file={alone}', '--gin.PROMPT_LENGTH=None']
+  ) == 0  # the file's 3 rows
+  single = _records(capsys)
+  assert [r['prediction'] for r in single] == [r['prediction'] for r in got]
+  np.testing.assert_allclose([r['log_likelihood'] for r in single], [r['log_likelihood'] for r in got], atol=1e-4)
 
 
 def test_bad_requests_fail_with_one_line(tiny_gin, prompt_files, tmp_path, capsys, monkeypatch):

@@ -35,17 +35,50 @@ from tests.tiny_task import EMPTY_TASK, LABELS, LENGTHS, PROMPT_LENGTH
 
 
 def test_the_loop_turns_over_evaluates_checkpoints_and_exports(train_kwargs, tmp_path):
-  """The inner loop's one run through the loop (the slow tests below resume, damage and compare runs)."""
+  """The inner loop's one run through the loop (the slow tests below resume, damage and compare runs).
+
+  It evaluates every step and checkpoints every 2: an evaluation writes no checkpoint, only CHECKPOINT_PERIOD
+  and the last step do."""
   result = trainer.train(
       str(tmp_path),
-      **regroup(train_kwargs, schedule=dict(train_steps=2, checkpoint_period=2, eval_period=2),
+      **regroup(train_kwargs, schedule=dict(train_steps=3, checkpoint_period=2, eval_period=1),
                 evaluation=dict(max_examples=4)))
-  assert result.step == 2 and not result.preempted
-  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['2']
+  assert result.step == 3 and not result.preempted
+  evals = [json.loads(line)['step'] for line in (tmp_path / observability.EVAL_HISTORY).read_text().splitlines()]
+  assert evals == [1, 2, 3]
+  assert _saved_steps(tmp_path) == [2, 3]
+  assert sorted(p.name for p in (tmp_path / 'numpy_checkpoints').iterdir()) == ['checkpoint_2', 'checkpoint_3']
   assert np.isfinite(result.eval_metrics['loss']) and 'accuracy' in result.eval_metrics
   np.testing.assert_array_equal(np.load(result.exported), result.prompt)
   rows = [json.loads(line) for line in (tmp_path / observability.TRAIN_HISTORY).read_text().splitlines()]
-  assert [r['step'] for r in rows] == [1, 2]
+  assert [r['step'] for r in rows] == [1, 2, 3]
+
+
+def _saved_steps(model_dir: pathlib.Path) -> list[int]:
+  return sorted(int(p.name) for p in (model_dir / 'checkpoints').iterdir() if p.name.isdigit())
+
+
+@pytest.mark.slow
+def test_an_eval_that_sets_a_new_best_is_saved_between_periods(train_kwargs, tmp_path):
+  """With a best_metric, the steps written are the periodic ones, the last, and each eval beating every value
+  saved before it (its state exists nowhere else); no other eval step."""
+  schedule = dict(train_steps=5, eval_period=1, checkpoint_period=3)
+  # 'loss' ranked highest-first: training lowers it, so later evals are mostly no new best.
+  trainer.train(
+      str(tmp_path),
+      **regroup(train_kwargs, schedule=schedule, evaluation=dict(max_examples=4),
+                checkpoints=dict(keep=10, best_metric='loss', best_mode='max')))
+  evals = [json.loads(line) for line in (tmp_path / observability.EVAL_HISTORY).read_text().splitlines()]
+  expected, best = [], None
+  for row in evals:
+    improves = best is None or row['loss'] > best
+    if improves or row['step'] % 3 == 0 or row['step'] == 5:
+      expected.append(row['step'])
+      best = row['loss'] if improves else best
+  assert len(expected) < len(evals)  # some eval steps were not saved: the rule is exercised both ways
+  assert _saved_steps(tmp_path) == expected
+  with StateCheckpointer(str(tmp_path), keep=10, best_metric='loss', best_mode='max') as ckpt:
+    assert ckpt.best_step() == max(evals, key=lambda row: row['loss'])['step']
 
 
 @pytest.mark.slow

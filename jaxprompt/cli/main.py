@@ -14,12 +14,13 @@ import argparse
 import importlib
 import importlib.util
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from jaxprompt.cli import console, gin_config, gin_names, parser
+from jaxprompt.cli import console, gin_config, gin_names, parser, run_dir
 from jaxprompt.errors import UsageError
 
 # The entry point of each command. train / eval / infer are gin configurables (`jaxprompt.train`, ...); demo
@@ -33,6 +34,7 @@ COMMANDS = {
     'demo': 'jaxprompt.demo.run:main',
 }
 OWN_PARSERS = ('demo',)  # handed the rest of argv before argparse runs
+TASK_SPECS = 'jaxprompt.data.task_spec'  # registers --task specs, and those a run's config.gin recorded
 
 
 def _module(command: str) -> str:
@@ -78,11 +80,13 @@ def _print_json(value: Any) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+  """Prints the run's summary: `final_files` {file name: path} names every file the method wrote last (e.g.
+  {'prefix.npz': MODEL_DIR/final_prefix.npz}), `prompt_file` the one `--prompt_file` takes (null if preempted)."""
   del args  # everything comes from gin
   result = load('train')()
   _print_json({
       'model_dir': result.model_dir, 'step': result.step, 'preempted': result.preempted,
-      'prompt_file': result.prompt_file, 'eval_metrics': result.eval_metrics
+      'final_files': dict(result.final_files), 'prompt_file': result.prompt_file, 'eval_metrics': result.eval_metrics
   })
   return 0
 
@@ -139,13 +143,20 @@ def _run(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   uses_gin = _uses_gin(args, overrides)
   if uses_gin:  # bad files and values fail here, before the slow imports
     bindings = gin_config.flag_bindings(args.gin_bindings, overrides)
-    files, bindings = gin_config.prepare(args.gin_file, bindings, args.gin_search_paths)
-    gin_config.import_configurables()
+    files = run_dir.gin_files(args.command, args.gin_file, getattr(args, 'checkpoint', None),
+                              getattr(args, 'prompt_file', None))
+    if files and not args.gin_file:
+      logging.getLogger('jaxprompt').info('reading the run directory: gin files %s', ' '.join(files))
+    files, bindings = gin_config.prepare(files, bindings, args.gin_search_paths)
+    gin_config.import_configurables((TASK_SPECS,))
     gin_config.parse(files, bindings, args.gin_search_paths)
-  if args.task:
-    from jaxprompt.data import task_spec  # pylint: disable=g-import-not-at-top
-    for spec in args.task:  # after gin, so the model's vocabulary binding applies
-      task_spec.register_task_spec(spec)
+  if uses_gin or args.task:
+    task_spec = importlib.import_module(TASK_SPECS)
+    if uses_gin:  # after gin, so the model's vocabulary binding applies; config.gin records the specs
+      task_spec.bind_task_specs(args.task)
+      task_spec.register_task_specs()
+    else:
+      task_spec.register_task_specs(args.task)
   if args.tfds_data_dir:
     from jaxprompt.data import tasks  # pylint: disable=g-import-not-at-top
     tasks.set_tfds_data_dir(args.tfds_data_dir)

@@ -118,14 +118,18 @@ def build_parser(commands: Sequence[str]) -> argparse.ArgumentParser:
   _prompt_flags(p)
   p.add_argument('--output', default=None, help='metrics JSON file (also printed to stdout)')
   p.add_argument('--predictions_file', default=None, help='per-example predictions as JSONL')
-  p = sub.add_parser('infer', help='decode inputs with a prompt; writes JSONL', formatter_class=fmt, epilog=MACROS)
+  p = sub.add_parser('infer', help='predict with a prompt (rank labels or decode); writes JSONL', formatter_class=fmt,
+                     epilog=MACROS)
   _gin_flags(p)
   _prompt_flags(p)
   p.add_argument('--input_file', default=None,
                  help="one input per line ('-' = stdin); default: the task split, or stdin without a task")
   p.add_argument('--output', default=None, help='JSONL output file (default: stdout)')
-  p.add_argument('--labels', action='append', default=None, metavar='NAME=A|B|...',
-                 help="rank-classify the rows of task NAME over these labels (repeatable); other tasks decode")
+  p.add_argument(
+      '--labels', action='append', default=None, metavar='NAME=A|B|...',
+      help='rank-classify the rows of task NAME over these labels: a prompt bank\'s task (repeatable; '
+      'other tasks decode), or with one prompt its inputs\' task (any NAME for text without a task); '
+      'a task with a label set ranks over it without this flag')
   p.add_argument('--ensemble', action='store_true', default=None,
                  help='the --prompt prompts are one task\'s ensemble: every input under each, plus the majority vote')
   p = sub.add_parser(

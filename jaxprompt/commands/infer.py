@@ -1,12 +1,15 @@
-"""Decoding with a prompt: inputs from a task split, a text file (one input per line) or stdin, written as
-JSONL records `{"input": ..., "prediction": ..., "score": ...}` (`jaxprompt infer`)."""
+"""Predicting with a prompt: inputs from a task split, a text file (one input per line) or stdin, written as
+JSONL records `{"input", "prediction", "prediction_by", <its score>, "score"}` (`jaxprompt infer`): rank
+classification over a label set, else decoding; the score fields are `jaxprompt.eval.records`'."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import gin
+import numpy as np
 import seqio
 import tensorflow as tf
 
@@ -16,7 +19,7 @@ from jaxprompt.commands.groups import DataConfig, ModelSource, PromptSource
 from jaxprompt.data import pipeline as data_lib
 from jaxprompt.data import vocab as vocab_lib
 from jaxprompt.errors import ConfigError, DataError
-from jaxprompt.eval import banks, writers
+from jaxprompt.eval import banks, records, writers
 from jaxprompt.eval import evaluation as eval_lib
 from jaxprompt.runtime import runtime as runtime_lib
 
@@ -54,64 +57,99 @@ def _vocabulary(provider: Any, vocabulary: Any) -> seqio.Vocabulary:
   return vocab_lib.get_default_vocabulary()
 
 
-def decode_texts(fns: eval_lib.ModelFns, trainable: Any, texts: Sequence[str], vocabulary: seqio.Vocabulary,
-                 feature_lengths: Mapping[str, int], batch_size: int) -> list[dict[str, Any]]:
-  """Records for raw input texts (tokenized with `vocabulary`, trimmed to the inputs length + EOS)."""
-  features = data_lib.to_features(data_lib.tokenize_texts(texts, vocabulary, feature_lengths['inputs']), None,
-                                  feature_lengths)
-  predictions, scores = eval_lib.predict(fns, trainable, features, batch_size, vocabulary, None)
-  return [{'input': t, 'prediction': p, 'score': s} for t, p, s in zip(texts, predictions, scores)]
+@dataclasses.dataclass
+class Inputs:
+  """One group of inputs predicted alike: the rows of one task's split, or the text inputs (`task` their task's
+  name, None without one). `labels`: rank classification over these, else decoding."""
+  task: str | None
+  texts: list[str]
+  rows: list[np.ndarray]  # token ids of each input
+  vocabulary: seqio.Vocabulary
+  labels: list[str] | None
 
 
-def decode_task(fns: eval_lib.ModelFns, trainable: Any, provider: Any, split: str, feature_lengths: Mapping[str, int],
-                batch_size: int, max_examples: int | None) -> list[dict[str, Any]]:
-  """Records for the inputs of a task split (every task of a mixture that has the split)."""
-  records = []
+def check_labels(labels: Mapping[str, Sequence[str]], provider: Any, split: str, texts: Sequence[str] | None) -> None:
+  """One prompt's `--labels NAME=A|B`: NAME is the task whose rows rank over them (a task of the split read, or
+  the task of text inputs); text inputs without a task take one label set under any NAME."""
+  if texts is not None and provider is None:
+    if len(labels) > 1:
+      raise ConfigError(f'one prompt ranks text inputs over one label set; --labels gives {len(labels)} '
+                        f'({sorted(labels)})')
+    return
+  tasks = [provider.name] if texts is not None else [t.name for t in data_lib.subtasks(provider, split)]
+  unknown = sorted(set(labels) - set(tasks))
+  if unknown:
+    raise ConfigError(f'--labels names {unknown}, which are not the task(s) of these inputs: {tasks} (a prompt '
+                      'bank names its tasks with --prompt NAME=FILE)')
+
+
+def read_inputs(provider: Any, texts: Sequence[str] | None, vocabulary: seqio.Vocabulary, split: str,
+                feature_lengths: Mapping[str, int], max_examples: int | None, labels: Mapping[str, Sequence[str]],
+                rank_classification: bool) -> list[Inputs]:
+  """The inputs, grouped: `texts` (tokenized with `vocabulary`) or each task's split. A group ranks over
+  `labels[task]`, else its task's label set when `rank_classification` (as eval does), else it decodes; every
+  label set is checked against the targets length here, before the model loads."""
+
+  def label_set(task: str | None, vocab: seqio.Vocabulary) -> list[str] | None:
+    chosen = labels.get(task) if task is not None else next(iter(labels.values()), None)
+    if chosen is None and task is not None and rank_classification:
+      chosen = data_lib.label_set(task)
+    if chosen:
+      eval_lib.label_candidates(list(chosen), vocab, feature_lengths['targets'])
+    return list(chosen) if chosen else None
+
+  if texts is not None:
+    task = provider.name if provider is not None else None
+    rows = data_lib.tokenize_texts(texts, vocabulary, feature_lengths['inputs'])
+    return [Inputs(task, list(texts), rows, vocabulary, label_set(task, vocabulary))]
+  groups = []
   for task in data_lib.subtasks(provider, split):
     examples = data_lib.read_examples(task, feature_lengths, split, max_examples)
-    features = data_lib.to_features([ex['inputs'] for ex in examples], None, feature_lengths)
-    vocabulary = data_lib.targets_vocabulary(task)
-    predictions, scores = eval_lib.predict(fns, trainable, features, batch_size, vocabulary, None)
     vocab_in = data_lib.inputs_vocabulary(task)
-    for ex, p, s in zip(examples, predictions, scores):
-      records.append({'input': data_lib.example_text(ex, 'inputs', vocab_in), 'prediction': p, 'score': s})
-  return records
+    vocab_out = data_lib.targets_vocabulary(task)
+    groups.append(
+        Inputs(task.name, [data_lib.example_text(ex, 'inputs', vocab_in) for ex in examples],
+               [ex['inputs'] for ex in examples], vocab_out, label_set(task.name, vocab_out)))
+  return groups
 
 
-def ensemble_records(fns: eval_lib.ModelFns, trainable: Any, names: list[str], provider: Any,
-                     texts: Sequence[str] | None, vocabulary: seqio.Vocabulary, split: str,
-                     feature_lengths: Mapping[str,
-                                              int], batch_size: int, max_examples: int | None) -> list[dict[str, Any]]:
-  """Records of an ensemble: each input's majority vote (`prediction`) and every prompt's (`predictions`);
-  text inputs decode, a task split's rows rank over the task's labels when it has them."""
-  sources = []
-  if texts is not None:
-    rows = data_lib.tokenize_texts(texts, vocabulary, feature_lengths['inputs'])
-    sources.append((list(texts), rows, vocabulary, None))
-  else:
-    for task in data_lib.subtasks(provider, split):
-      examples = data_lib.read_examples(task, feature_lengths, split, max_examples)
-      sources.append(([data_lib.example_text(ex, 'inputs', data_lib.inputs_vocabulary(task)) for ex in examples
-                      ], [ex['inputs'] for ex in examples], data_lib.targets_vocabulary(task),
-                      data_lib.label_set(task.name)))
-  records = []
-  for inputs, rows, vocab, labels in sources:
-    features = data_lib.to_features(rows, None, feature_lengths)
-    answers, scores = banks.ensemble_predict(fns, trainable, features, len(names), batch_size, vocab, labels)
-    for text, row, row_scores in zip(inputs, answers, scores):
-      records.append({
+def predict_records(fns: eval_lib.ModelFns, trainable: Any, groups: Sequence[Inputs],
+                    feature_lengths: Mapping[str, int], batch_size: int) -> list[dict[str, Any]]:
+  """One record per input: `input`, `prediction` and its score fields (`jaxprompt.eval.records`)."""
+  out = []
+  for group in groups:
+    features = data_lib.to_features(group.rows, None, feature_lengths)
+    predictions, scores = eval_lib.predict(fns, trainable, features, batch_size, group.vocabulary, group.labels)
+    by = records.prediction_by(bool(group.labels), fns.decode_options.method)
+    out += [{'input': t, 'prediction': p, **records.score_fields(s, by)}
+            for t, p, s in zip(group.texts, predictions, scores)]
+  return out
+
+
+def ensemble_records(fns: eval_lib.ModelFns, trainable: Any, names: list[str], groups: Sequence[Inputs],
+                     feature_lengths: Mapping[str, int], batch_size: int) -> list[dict[str, Any]]:
+  """Records of an ensemble: each input's majority vote (`prediction`), every prompt's (`predictions`) and their
+  scores."""
+  out = []
+  for group in groups:
+    features = data_lib.to_features(group.rows, None, feature_lengths)
+    answers, scores = banks.ensemble_predict(fns, trainable, features, len(names), batch_size, group.vocabulary,
+                                             group.labels)
+    by = records.prediction_by(bool(group.labels), fns.decode_options.method)
+    for text, row, row_scores in zip(group.texts, answers, scores):
+      out.append({
           'input': text, 'prediction': banks.vote(row, row_scores), 'predictions': dict(zip(names, row)),
-          'scores': dict(zip(names, row_scores))
+          **records.ensemble_score_fields(dict(zip(names, row_scores)), by)
       })
-  return records
+  return out
 
 
 @gin.configurable(module='jaxprompt')
 def infer(output_file: str | None = None, *, model: ModelSource | None = None, data: DataConfig | None = None,
           source: PromptSource | None = None, decode: eval_lib.DecodeOptions | None = None,
           input_file: str | None = None, vocabulary: Any = None, labels: Mapping[str, Sequence[str]] | None = None,
-          ensemble: bool = False, stdout=None) -> list[dict[str, Any]]:
-  """Decodes inputs with a tuned method from `source` and writes JSONL to `output_file` (stdout when None or '-').
+          ensemble: bool = False, rank_classification: bool = True, stdout=None) -> list[dict[str, Any]]:
+  """Predicts with a tuned method from `source` and writes JSONL to `output_file` (stdout when None or '-').
 
   Groups left None are built from their gin bindings (`jaxprompt.commands.groups`). Inputs: `input_file` (one
   input per line; '-' = stdin) if given, else the split of `data`'s task (default 'validation'), else stdin
@@ -119,12 +157,18 @@ def infer(output_file: str | None = None, *, model: ModelSource | None = None, d
   vocabulary), else the task's, else T5's default vocabulary. Batches are cut to `data.length_buckets` of
   their inputs [LENGTH_BUCKETS]; `data.max_examples` caps the inputs.
 
+  Each record is `{"input", "prediction", "prediction_by", <score>, "score"}`, the score named for what it is
+  (`jaxprompt.eval.records`). Like eval, the inputs of a task with a label set are rank-classified over it
+  (`log_likelihood`; `rank_classification=False` decodes them instead), others decoded (`beam_score`, or
+  `sample_log_prob` when sampling). `labels` ({name: [label, ...]}, `--labels NAME=A|B`) gives label sets:
+  with one prompt, for the task NAME of the inputs (or any one NAME for text inputs without a task).
+
   Many prompts (`source.prompts` {name: source}, `--prompt NAME=FILE`): a prompt bank over the one frozen
   model. The input is then JSONL, one request `{"task": name, "input": text, ...}` per line, answered in input
-  order with the row's fields plus `prediction` and `score`; batches mix tasks freely. Tasks in `labels`
-  ({name: [label, ...]}) are rank-classified over their labels, the others decoded. With `ensemble` the
-  prompts are one task's: plain inputs as above, each run under every prompt in one pass, answered with the
-  majority vote and each prompt's `predictions`.
+  order with the row's fields plus the prediction's; batches mix tasks freely. Tasks in `labels` are
+  rank-classified over their labels, the others decoded. With `ensemble` the prompts are one task's: plain
+  inputs as above, each run under every prompt in one pass, answered with the majority vote and each prompt's
+  `predictions`.
   """
   model, data, source = model or ModelSource(), data or DataConfig(), source or PromptSource()
   check_eval_data(data)
@@ -132,9 +176,11 @@ def infer(output_file: str | None = None, *, model: ModelSource | None = None, d
   split, lengths = data.split or 'validation', data.task_feature_lengths
   batch_size, max_examples = data.batch_size, data.max_examples
   provider = data_lib.get_provider(data.mixture_or_task_name) if data.mixture_or_task_name else None
-  prompts = source.prompts
+  prompts, labels = source.prompts, dict(labels or {})
   if ensemble and not (prompts and len(prompts) > 1):
     raise ConfigError('--ensemble needs several prompts of the task: --prompt NAME=FILE, repeated')
+  if ensemble and labels:
+    raise ConfigError('--labels does not apply to --ensemble: an ensemble ranks over its task\'s label set')
   texts = None
   if prompts and not ensemble and input_file is None:
     input_file = '-'  # a prompt bank reads JSONL requests, never a task split
@@ -149,29 +195,27 @@ def infer(output_file: str | None = None, *, model: ModelSource | None = None, d
   data_lib.host_batch_size(batch_size, runtime_lib.data_parallel_size(model.model_parallel))
   method, trainable, sources = bank_files.load_method(source, config=model.config, eos_id=vocab.eos_id,
                                                       what='a prompt bank')
-  requests = None
+  requests, groups = None, None
   is_bank = bool(method.task_names) and not ensemble  # --prompt NAME=FILE, or a multi-task run's prompts.npz
-  if labels and not is_bank:
-    raise ConfigError('--labels NAME=A|B applies to the tasks of a prompt bank (--prompt NAME=FILE, no --ensemble)')
   if is_bank:  # read and check the requests before the model loads
     if texts is None:
       raise ConfigError(f'the prompt bank of tasks {list(method.task_names)} answers JSONL requests '
                         '{"task": ..., "input": ...}: give --input_file (a file, or - for stdin)')
     requests = banks.parse_requests(texts, method.task_names,
                                     where='stdin' if input_file in (None, '-') else input_file)
-    banks.candidate_tables(labels or {}, method.task_names, vocab, lengths['targets'])  # labels checked now
+    banks.candidate_tables(labels, method.task_names, vocab, lengths['targets'])  # labels checked now
+  else:
+    check_labels(labels, provider, split, texts)
+    groups = read_inputs(provider, texts, vocab, split, lengths, max_examples, labels, rank_classification)
   fns, placed = tuned_model(model, lengths, method, trainable, eos_id=vocab.eos_id, decode=decode,
                             length_buckets=data.length_buckets)
   model_check.check_prompt_sources(sources, source.checkpoint_step, model.config, vocab, fns.rt.network,
                                    allow_other_model=source.allow_other_model)
   if requests is not None:
-    records = banks.serve(fns, placed, method.task_names, requests, vocab, lengths, batch_size, labels)
+    out = banks.serve(fns, placed, method.task_names, requests, vocab, lengths, batch_size, labels)
   elif ensemble:
-    records = ensemble_records(fns, placed, list(prompts or {}), provider, texts, vocab, split, lengths, batch_size,
-                               max_examples)
-  elif texts is not None:
-    records = decode_texts(fns, placed, texts, vocab, lengths, batch_size)
+    out = ensemble_records(fns, placed, list(prompts or {}), groups, lengths, batch_size)
   else:
-    records = decode_task(fns, placed, provider, split, lengths, batch_size, max_examples)
-  writers.write_jsonl(output_file, records, stream=stdout or sys.stdout)
-  return records
+    out = predict_records(fns, placed, groups, lengths, batch_size)
+  writers.write_jsonl(output_file, out, stream=stdout or sys.stdout)
+  return out

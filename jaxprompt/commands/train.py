@@ -43,6 +43,7 @@ from jaxprompt.train.checkpoints import StateCheckpointer
 # Not `prompt.npy`: checkpoint readers take a directory holding a prompt.npy for one checkpoint step.
 FINAL_PREFIX = 'final_'
 FINAL_PROMPT = FINAL_PREFIX + PROMPT_FILE
+FINAL_CHECKPOINT = 'checkpoint'  # model tuning's `final_files` key: the T5X checkpoint it writes
 MethodFactory = Callable[[T5Config, int], Method]
 FAULTS_ENV = 'JAXPROMPT_TEST_FAULTS'  # see `injected_faults`
 
@@ -50,14 +51,22 @@ FAULTS_ENV = 'JAXPROMPT_TEST_FAULTS'  # see `injected_faults`
 @dataclasses.dataclass
 class TrainResult:
   """How a training run ended. `trainable` is the method's tree on the host at `step`; `inference` its
-  inference form (`Method.inference`: a reparameterised method's computed prompt or prefix)."""
+  inference form (`Method.inference`: a reparameterised method's computed prompt or prefix).
+
+  `final_files` names what the run wrote last, by file name: the method's inference file ({'prompt.npy':
+  MODEL_DIR/final_prompt.npy}, {'prefix.npz': .../final_prefix.npz}, ...) or model tuning's T5X checkpoint
+  ({'checkpoint': MODEL_DIR/checkpoint_<step>}); empty when the run was preempted. `prompt_file` is the one of
+  them that `--prompt_file` takes (any method's file; None for model tuning).
+  """
   model_dir: str
   step: int
   trainable: Mapping[str, Any]
   preempted: bool = False
   eval_metrics: dict | None = None
-  exported: str | None = None  # final_prompt.npy / final_prefix.npz ..., or the T5X checkpoint of model tuning
+  exported: str | None = None  # the first of `final_files` (kept for callers that read it)
   inference: Mapping[str, Any] | None = None
+  final_files: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  prompt_file: str | None = None
 
   @property
   def prompt(self) -> np.ndarray | None:
@@ -65,10 +74,6 @@ class TrainResult:
     tree = self.inference if self.inference is not None else self.trainable
     value = tree.get(PROMPT_KEY) if isinstance(tree, Mapping) else None
     return None if value is None else np.asarray(value, np.float32)
-
-  @property
-  def prompt_file(self) -> str | None:
-    return self.exported if self.prompt is not None else None
 
 
 def _save_gin_config(model_dir: str) -> None:
@@ -199,31 +204,32 @@ def train(model_dir: str | None = None, *, model: ModelSource | None = None, dat
                                  seed=seed, num_microbatches=num_microbatches, progress_bar=progress_bar)
   trainable = loop.host_trainable(result.state)
   _, inference = runtime.method.inference(trainable)
-  exported = None if result.preempted else export_final(runtime.method, trainable, os.fspath(model_dir),
-                                                        fingerprint=runtime.fingerprint)
+  final = {} if result.preempted else export_final(runtime.method, trainable, os.fspath(model_dir),
+                                                   fingerprint=runtime.fingerprint)
+  exported = next(iter(final.values()), None)
   return TrainResult(os.fspath(model_dir), result.step, trainable, result.preempted, result.eval_metrics, exported,
-                     jax.tree.map(np.asarray, inference))
+                     jax.tree.map(np.asarray, inference), final_files=final, prompt_file=exported)
 
 
 def export_final(method: Method, trainable: Mapping[str, Any], model_dir: str, *,
-                 fingerprint: Mapping[str, Any] | None = None) -> str | None:
+                 fingerprint: Mapping[str, Any] | None = None) -> dict[str, str]:
   """Writes the method's inference files as `final_<name>` in `model_dir` (process 0), each with its
-  `<file>.fingerprint.json` when `fingerprint` (the frozen model) is given; returns the first path (what
-  `--prompt_file` takes), or None for a method without files. Files holding NaN / inf are a TrainingError, and
-  the final files already in `model_dir` are kept."""
+  `<file>.fingerprint.json` when `fingerprint` (the frozen model) is given; returns {name: path} (empty for a
+  method without files). Files holding NaN / inf are a TrainingError, and the final files already in `model_dir`
+  are kept."""
   files = method.numpy_copy(trainable) or {}
   if bad := finite.non_finite_leaves(files):
     raise TrainingError(f'not writing the final files in {model_dir}: NaN/inf in {", ".join(bad)}; the final '
                         'files already there are kept (lower LEARNING_RATE)')
-  paths = []
+  paths = {}
   for name, value in files.items():
     path = os.path.join(model_dir, FINAL_PREFIX + name)
     if jax.process_index() == 0:
       if fingerprint is not None:  # first, as in checkpoint steps: a final file always says its model
         fingerprint_files.write(fingerprint_files.sidecar_path(path), fingerprint)
       (write_npz if isinstance(value, Mapping) else write_npy)(value, path)
-    paths.append(path)
-  return paths[0] if paths else None
+    paths[name] = path
+  return paths
 
 
 @gin.configurable(module='jaxprompt')
@@ -248,4 +254,5 @@ def train_model(model_dir: str | None = None, *, model: ModelSource | None = Non
   if save_checkpoint and not result.preempted:
     dtype = None if checkpoint_dtype is None else jnp.dtype(checkpoint_dtype)
     checkpoint = t5x_writer.save_t5x_checkpoint(params, os.fspath(model_dir), result.step, dtype=dtype, overwrite=True)
-  return TrainResult(os.fspath(model_dir), result.step, params, result.preempted, result.eval_metrics, checkpoint)
+  return TrainResult(os.fspath(model_dir), result.step, params, result.preempted, result.eval_metrics, checkpoint,
+                     final_files={} if checkpoint is None else {FINAL_CHECKPOINT: checkpoint})

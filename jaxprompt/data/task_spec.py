@@ -1,9 +1,16 @@
 """`--task name=my_task,train=/p/train.tsv,validation=/p/dev.tsv,labels=yes|no`: the command-line form of
-`jaxprompt.data.custom.register_file_task`."""
+`jaxprompt.data.custom.register_file_task`.
+
+The command line binds its `--task` specs to `register_task_specs.specs` (paths made absolute) and then calls
+it, so a run's `config.gin` records them and a command reading that config registers the same tasks.
+"""
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from typing import Any
 
+import gin
 import seqio
 
 from jaxprompt.data import custom
@@ -16,6 +23,8 @@ _SPEC_KEYS = {
     'targets_field': 'targets_field', 'header': 'has_header', 'has_header': 'has_header', 'labels': 'label_set',
     'label_set': 'label_set', 'metrics': 'metrics', 'vocab': 'vocabulary', 'vocabulary': 'vocabulary'
 }
+_PATH_ARGS = ('train', 'validation', 'test', 'vocabulary')  # values that are file paths (several joined by `|`)
+SPECS_PARAMETER = 'jaxprompt.data.register_task_specs.specs'
 _BOOLEANS = {'true': True, 'yes': True, '1': True, 'false': False, 'no': False, '0': False, 'auto': None}
 
 
@@ -60,3 +69,37 @@ def register_task_spec(spec: str) -> seqio.Task:
   """`register_file_task(**parse_task_spec(spec))`."""
   kwargs = parse_task_spec(spec)
   return custom.register_file_task(kwargs.pop('name'), **kwargs)
+
+
+def _absolute(path: str) -> str:
+  """A local path made absolute; a URL (gs://...) as it is."""
+  return path if '://' in path else os.path.abspath(os.path.expanduser(path))
+
+
+def absolute_spec(spec: str) -> str:
+  """`spec` (checked) with its local file paths made absolute: the same task from any working directory."""
+  parse_task_spec(spec)
+  items = []
+  for item in (part.strip() for part in spec.split(',') if part.strip()):
+    key, _, value = (s.strip() for s in item.partition('='))
+    if _SPEC_KEYS[key] in _PATH_ARGS:
+      value = '|'.join(_absolute(v.strip()) for v in value.split('|'))
+    items.append(f'{key}={value}')
+  return ','.join(items)
+
+
+def bind_task_specs(specs: Sequence[str]) -> None:
+  """Adds `specs` (paths made absolute) to those gin already binds to `register_task_specs` (a run's config.gin
+  may hold some), each once."""
+  try:
+    bound = list(gin.query_parameter(SPECS_PARAMETER) or ())
+  except ValueError:  # not bound
+    bound = []
+  added = [absolute_spec(spec) for spec in specs]
+  gin.bind_parameter(SPECS_PARAMETER, list(dict.fromkeys(bound + added)))
+
+
+@gin.configurable(module='jaxprompt.data')
+def register_task_specs(specs: Sequence[str] = ()) -> list[seqio.Task]:
+  """Registers the task of each `--task` spec (the command line binds them here first)."""
+  return [register_task_spec(spec) for spec in specs]

@@ -20,6 +20,7 @@ import seqio
 
 from jaxprompt.data import pipeline as data
 from jaxprompt.errors import DataError
+from jaxprompt.eval import records
 from jaxprompt.eval.evaluation import EvalSet, ModelFns, label_candidates, scalar
 from jaxprompt.methods.prompt_bank import PromptBank
 from jaxprompt.models.features import TASK_FEATURE
@@ -127,8 +128,9 @@ def decode_rows(fns: ModelFns, trainable: Any, batch: Mapping[str, np.ndarray], 
 def serve(fns: ModelFns, trainable: Any, tasks: Sequence[str], rows: Sequence[Mapping[str, Any]],
           vocabulary: seqio.Vocabulary, feature_lengths: Mapping[str, int], batch_size: int,
           labels: Mapping[str, Sequence[str]] | None = None) -> list[dict[str, Any]]:
-  """One output record per request row, in input order: the row's fields plus `prediction` and `score` (the
-  best label and its log-likelihood for tasks with `labels`, else the decode and its score).
+  """One output record per request row, in input order: the row's fields plus `prediction` and its score fields
+  (`jaxprompt.eval.records`: the best label and its `log_likelihood` for tasks with `labels`, else the decode
+  and its `beam_score` / `sample_log_prob`).
 
   `fns` / `trainable`: a `ModelFns` of a `PromptBank` whose `task_names` are `tasks`, and its placed tree.
   """
@@ -138,17 +140,18 @@ def serve(fns: ModelFns, trainable: Any, tasks: Sequence[str], rows: Sequence[Ma
                               None, feature_lengths)
   features[TASK_FEATURE] = np.asarray([list(tasks).index(r['task']) for r in rows], np.int32)
   out: list[dict[str, Any]] = [dict(r) for r in rows]
+  decoded_by = records.prediction_by(False, fns.decode_options.method)
   for index, start in enumerate(range(0, len(rows), batch_size)):
     chunk = {k: v[start:start + batch_size] for k, v in features.items()}
     ranked = np.asarray([bool(labels.get(tasks[t])) for t in chunk[TASK_FEATURE]])
     if ranked.any():
       best, scores = rank_rows(fns, trainable, {k: v[ranked] for k, v in chunk.items()}, ids, real, batch_size)
       for i, b, s in zip(np.flatnonzero(ranked), best, scores):
-        out[start + i].update(prediction=labels[rows[start + i]['task']][b], score=float(s))
+        out[start + i].update(prediction=labels[rows[start + i]['task']][b], **records.score_fields(s, records.RANKED))
     if (~ranked).any():
       decodes, scores = decode_rows(fns, trainable, {k: v[~ranked] for k, v in chunk.items()}, batch_size, index)
       for i, d, s in zip(np.flatnonzero(~ranked), decodes, scores):
-        out[start + i].update(prediction=vocabulary.decode([int(t) for t in d]), score=float(s))
+        out[start + i].update(prediction=vocabulary.decode([int(t) for t in d]), **records.score_fields(s, decoded_by))
   return out
 
 

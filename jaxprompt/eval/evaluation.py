@@ -16,6 +16,7 @@ import seqio
 from jaxprompt.data import buckets as buckets_lib
 from jaxprompt.data import pipeline as data
 from jaxprompt.errors import ConfigError
+from jaxprompt.eval import records as records_lib
 from jaxprompt.formats import validation
 from jaxprompt.models.features import TASK_FEATURE
 from jaxprompt.models.wrapper import TunedModel
@@ -254,9 +255,10 @@ def evaluate_set(fns: ModelFns, trainable: Any, eval_set: EvalSet, batch_size: i
     log.warning('task %s: %d predict_with_aux metric fns are not computed', task.name,
                 len(task.predict_with_aux_metric_fns))
   vocab_in = data.inputs_vocabulary(task)
+  by = records_lib.prediction_by(bool(eval_set.labels), fns.decode_options.method)
   records = [{
       'input': data.example_text(ex, 'inputs', vocab_in), 'target': data.example_text(ex, 'targets', vocabulary),
-      'prediction': text, 'score': score
+      'prediction': text, **records_lib.score_fields(score, by)
   } for ex, text, score in zip(examples, texts, scores)]
   return metrics, records
 

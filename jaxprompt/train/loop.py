@@ -4,6 +4,11 @@
     seeded batch stream (BATCH_SIZE / process_count rows per host)
     every step: train step; every eval_period: validation loss + task metrics; every checkpoint_period: save
 
+Checkpoints are written every checkpoint_period steps, after the last step and on preemption, and nowhere else,
+with one exception: with a `best_metric` (CheckpointConfig), an evaluation that improves on the best value saved
+so far is saved too, since the best step's state exists nowhere else (an eval between two periodic saves would
+otherwise be a best that cannot be restored).
+
 Exact resume: the checkpoint holds the trainable tree, optimizer state, step, rng and the number of batches
 consumed; a restarted run restores them and skips that many batches of the (seeded, deterministic) stream, so
 it ends with the same parameters, bit for bit, as a run that was never interrupted. SIGTERM (preemption) saves
@@ -117,6 +122,33 @@ class _StepChecker:
     self.observer.step(step, values)
 
 
+class _BestSoFar:
+  """The best value of the checkpointer's `best_metric` among the steps saved (None: no metric, or none seen)."""
+
+  def __init__(self, checkpointer: StateCheckpointer, restored: Mapping[str, Any] | None):
+    self.metric, self.mode = checkpointer.best_metric, checkpointer.best_mode
+    self.value: float | None = None
+    # A resumed run starts from its restored step's value: the best saved is at least as good, so an eval below
+    # it is no new best and one above it at worst saves a step the retention policy drops.
+    self.saved(restored)
+
+  def _value(self, metrics: Mapping[str, Any] | None) -> float | None:
+    value = (metrics or {}).get(self.metric) if self.metric else None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not np.isnan(value)
+    return float(value) if ok else None
+
+  def improves(self, metrics: Mapping[str, Any] | None) -> bool:
+    """Whether saving a step with `metrics` keeps a new best."""
+    value = self._value(metrics)
+    if value is None:
+      return False
+    return self.value is None or (value > self.value if self.mode == 'max' else value < self.value)
+
+  def saved(self, metrics: Mapping[str, Any] | None) -> None:
+    if self.improves(metrics):
+      self.value = self._value(metrics)
+
+
 def initial_state(runtime: Runtime, optimizer: Optimizer, seed: int) -> TrainState:
   """The method's initial trainable tree and optimizer state, placed on the mesh (their sizes logged)."""
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
@@ -147,6 +179,7 @@ def run(runtime: Runtime, state: TrainState, checkpointer: StateCheckpointer, *,
   faults = faults or Faults()
   start, position = 0, 0
   restored = checkpointer.restore_latest(state, batch_size=batch_size)
+  meta: Mapping[str, Any] = {}
   if restored is not None:
     state, meta = restored
     start, position = meta['step'], meta['data_position']
@@ -162,6 +195,7 @@ def run(runtime: Runtime, state: TrainState, checkpointer: StateCheckpointer, *,
   checker = _StepChecker(observer, checkpointer, model_dir)
   steps, frozen = runtime.steps, runtime.frozen
   step, preempted, eval_result = start, False, None
+  best = _BestSoFar(checkpointer, meta.get('metrics'))
   try:
     with PreemptionGuard() as guard:
       while step < schedule.train_steps:
@@ -188,8 +222,11 @@ def run(runtime: Runtime, state: TrainState, checkpointer: StateCheckpointer, *,
         if do_eval:
           eval_result = evaluate(state.trainable)
           observer.eval(step, eval_result)
-        checkpointer.save(step, state, data_position=position, batch_size=batch_size, metrics=eval_result,
-                          force=preempted)
+          do_save = do_save or best.improves(eval_result)  # see the module docstring
+        if do_save or preempted:
+          checkpointer.save(step, state, data_position=position, batch_size=batch_size, metrics=eval_result,
+                            force=preempted)
+          best.saved(eval_result)
         if preempted:
           checkpointer.wait_until_finished()
           observer.message(f'preempted: saved step {step} in {model_dir}; run the same command to resume')
