@@ -177,7 +177,7 @@ def test_an_overflowing_update_is_never_saved_or_exported(train_kwargs, tmp_path
 def test_export_final_keeps_the_final_files_when_the_prompt_is_not_finite(tmp_path):
   method = prompt_tuning(get_config('t5x_tiny'), length=2)
   good = {'prompt': np.ones((2, 32), np.float32)}
-  path = trainer.export_final(method, good, str(tmp_path))
+  path = trainer.export_final(method, good, str(tmp_path))['prompt.npy']
   with pytest.raises(TrainingError, match=rf'not writing the final files in {tmp_path}: NaN/inf in prompt.npy'):
     trainer.export_final(method, {'prompt': np.full((2, 32), np.inf, np.float32)}, str(tmp_path))
   np.testing.assert_array_equal(np.load(path), good['prompt'])

@@ -12,13 +12,17 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from jaxprompt.train import step_dirs
+from jaxprompt.formats.keys import RUN_CONFIG_FILE as CONFIG
 
-CONFIG = 'config.gin'
 FROM_RUN_DIR = 'runs/from_run_dir.gin'
 COMMANDS = ('eval', 'infer')
 # The folders a training run writes beside config.gin: they tell a run directory from any folder with a config.gin.
-_RUN_FOLDERS = (step_dirs.CHECKPOINTS, step_dirs.NUMPY_CHECKPOINTS)
+
+
+def _run_folders() -> tuple[str, str]:
+  # Imported here: train.step_dirs imports orbax (and with it JAX), which a gin slip must not wait for.
+  from jaxprompt.train import step_dirs  # pylint: disable=g-import-not-at-top
+  return step_dirs.CHECKPOINTS, step_dirs.NUMPY_CHECKPOINTS
 
 
 def _gfile():
@@ -32,7 +36,7 @@ def _exists(path: str) -> bool:
 
 def is_run_dir(path: str) -> bool:
   """A training MODEL_DIR: it holds config.gin and a checkpoint folder."""
-  return _exists(os.path.join(path, CONFIG)) and any(_exists(os.path.join(path, m)) for m in _RUN_FOLDERS)
+  return _exists(os.path.join(path, CONFIG)) and any(_exists(os.path.join(path, m)) for m in _run_folders())
 
 
 def run_dir_of(path: str | None) -> str | None:
@@ -43,7 +47,7 @@ def run_dir_of(path: str | None) -> str | None:
   path = _local(os.fspath(path))
   parent = os.path.dirname(path)
   candidates = [path, parent]
-  if os.path.basename(parent) in _RUN_FOLDERS:
+  if os.path.basename(parent) in _run_folders():
     candidates.append(os.path.dirname(parent))
   return next((c for c in candidates if c and is_run_dir(c)), None)
 

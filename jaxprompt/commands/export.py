@@ -27,7 +27,7 @@ import numpy as np
 from jaxprompt.commands import export_model, prompt_files
 from jaxprompt.errors import PromptError, UsageError
 from jaxprompt.formats import fingerprint_files
-from jaxprompt.formats.keys import PROMPT_FILE
+from jaxprompt.formats.keys import PROMPT_FILE, RUN_CONFIG_FILE
 from jaxprompt.formats.npy_io import read_npz, write_npy, write_npz
 from jaxprompt.methods import kv_prefix, peft_adapters
 from jaxprompt.methods.multitask import MULTITASK_FILE
@@ -191,7 +191,7 @@ def _trained_p_tuning(source: str, step: int | None) -> bool:
     keys = _trainable_keys(orbax_dir)
     if keys:
       return 'embedding' in keys and 'mlp' in keys
-  gin_file = orbax_dir.parent.parent / 'config.gin'
+  gin_file = orbax_dir.parent.parent / RUN_CONFIG_FILE
   return gin_file.exists() and bool(_P_TUNING_GIN.search(gin_file.read_text()))
 
 

@@ -24,7 +24,7 @@ from jaxprompt.data import pipeline as data_lib
 from jaxprompt.errors import ConfigError, TrainingError
 from jaxprompt.eval import evaluation as eval_lib
 from jaxprompt.formats import fingerprint_files, macros, validation
-from jaxprompt.formats.keys import PROMPT_FILE, PROMPT_KEY
+from jaxprompt.formats.keys import PROMPT_FILE, PROMPT_KEY, RUN_CONFIG_FILE
 from jaxprompt.formats.npy_io import write_npy, write_npz
 from jaxprompt.methods.base import Method
 from jaxprompt.methods.model_tuning import model_tuning
@@ -80,7 +80,7 @@ def _save_gin_config(model_dir: str) -> None:
   """The full gin config of the run, for the record (t5x writes the same kind of file)."""
   text = gin.config_str()
   if jax.process_index() == 0 and text.strip():
-    with tf.io.gfile.GFile(os.path.join(model_dir, 'config.gin'), 'w') as f:
+    with tf.io.gfile.GFile(os.path.join(model_dir, RUN_CONFIG_FILE), 'w') as f:
       f.write(text)
 
 

@@ -5,3 +5,5 @@ from __future__ import annotations
 PROMPT_KEY = 'prompt'
 # The prompt's file in a checkpoint step dir, and the name of the demo's exported prompt.
 PROMPT_FILE = 'prompt.npy'
+# The gin configuration a training run saves in MODEL_DIR (export and eval / infer on a run directory read it).
+RUN_CONFIG_FILE = 'config.gin'
