@@ -1,7 +1,7 @@
 """`jaxprompt {train,eval,infer,export}`: gin configs, the end-to-end workflow as subprocesses, preemption, and
 one clear error line for every bad input.
 
-Bad inputs are mostly checked through `cli.main(argv)` in this process (the same code the console script
+Bad inputs are mostly checked through `jaxprompt.cli.main.main(argv)` in this process (the same code the console script
 runs, without paying the ~7 s TensorFlow import per case); a few run as real subprocesses to show the exit
 code and that no traceback reaches stderr. The task is the tiny TSV task of tests/test_trainer.py, registered
 through gin (`jaxprompt.data.register_file_task`) exactly as a user would.
@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxprompt import cli
 from jaxprompt.cli import gin_config
+from jaxprompt.cli.main import main as cli_main
 from jaxprompt.commands import configs
 from jaxprompt.commands.train import FAULTS_ENV
 from jaxprompt.models.config import CONFIGS
@@ -59,8 +59,8 @@ def error_line(stderr: str) -> str:
 
 
 def main_error(capsys, argv) -> tuple[int, str]:
-  """Runs `cli.main` in this process; returns (exit code, its one error line)."""
-  code = cli.main([str(a) for a in argv])
+  """Runs `jaxprompt.cli.main.main` in this process; returns (exit code, its one error line)."""
+  code = cli_main([str(a) for a in argv])
   return code, error_line(capsys.readouterr().err)
 
 
@@ -69,7 +69,7 @@ def main_error(capsys, argv) -> tuple[int, str]:
 
 def test_help_lists_the_important_macros(capsys):
   with pytest.raises(SystemExit) as exit_info:
-    cli.main(['train', '--help'])
+    cli_main(['train', '--help'])
   assert exit_info.value.code == 0
   out = capsys.readouterr().out
   for macro in ('MODEL_DIR', 'INITIAL_CHECKPOINT_PATH', 'MIXTURE_OR_TASK_NAME', 'TASK_FEATURE_LENGTHS', 'TRAIN_STEPS',
@@ -82,17 +82,16 @@ def test_console_script_and_python_m_run_the_same_main():
   import tomllib  # pylint: disable=g-import-not-at-top
   target = tomllib.loads((REPO / 'pyproject.toml').read_text())['project']['scripts']['jaxprompt']
   module, _, function = target.partition(':')
-  assert getattr(importlib.import_module(module), function) is cli.main
+  assert getattr(importlib.import_module(module), function) is cli_main
   assert 'from jaxprompt.cli' in (REPO / 'jaxprompt' / '__main__.py').read_text()
 
 
 def test_commands_are_loaded_by_name(capsys):
   """The table names every command's entry point; the demo parses its own flags."""
-  import importlib  # pylint: disable=g-import-not-at-top
-  dispatch = importlib.import_module('jaxprompt.cli.main')  # the module: `jaxprompt.cli.main` is the function
+  from jaxprompt.cli import main as dispatch  # pylint: disable=g-import-not-at-top
   assert set(dispatch.COMMANDS) == {'train', 'eval', 'infer', 'export', 'inspect', 'demo'}
   with pytest.raises(SystemExit) as exit_info:
-    cli.main(['demo', '--help'])
+    cli_main(['demo', '--help'])
   assert exit_info.value.code == 0 and '--baseline_steps' in capsys.readouterr().out
   code, line = main_error(capsys, ['export', '--output', 'x.npy'])
   assert code == 2 and 'export needs --checkpoint' in line
@@ -292,7 +291,7 @@ def test_export_eval_and_infer_with_the_exported_prompt(trained, tiny_gin, tmp_p
   model_dir, summary, _ = trained
   exported = tmp_path / 'exported.npy'
   # One real process per command (export, eval, infer); the --step variant runs the same main in-process.
-  assert cli.main(['export', '--checkpoint', str(model_dir), '--step', '3', '--output', str(exported)]) == 0
+  assert cli_main(['export', '--checkpoint', str(model_dir), '--step', '3', '--output', str(exported)]) == 0
   np.testing.assert_array_equal(np.load(exported), np.load(model_dir / 'numpy_checkpoints/checkpoint_3/prompt.npy'))
   proc = run_cli(['export', '--checkpoint', model_dir, '--output', exported])
   assert proc.returncode == 0, proc.stderr
@@ -314,7 +313,7 @@ def test_export_eval_and_infer_with_the_exported_prompt(trained, tiny_gin, tmp_p
   files = tiny_gin_files(tiny_gin)
   spec = f"name=jp_cli_spec_task,train={files['train']},validation={files['validation']},labels=negative|positive"
   spec_metrics = tmp_path / 'spec_metrics.json'
-  assert cli.main([
+  assert cli_main([
       'eval', '--gin_file=models/t5x_tiny.gin', '--gin_file=runs/prompt_eval.gin', f'--gin_file={tiny_gin}', '--task',
       spec, "--gin.MIXTURE_OR_TASK_NAME='jp_cli_spec_task'", f'--prompt_file={exported}', f'--output={spec_metrics}'
   ]) == 0
@@ -345,16 +344,16 @@ def test_infer_reads_stdin_or_a_task_split(trained, tiny_gin, capsys, monkeypatc
       f'--checkpoint={model_dir}'
   ]
   monkeypatch.setattr(sys, 'stdin', io.StringIO('good movie plot\nawful film acting\n'))
-  assert cli.main(base + ['--gin.MIXTURE_OR_TASK_NAME=None']) == 0  # no task, no --input_file: stdin
+  assert cli_main(base + ['--gin.MIXTURE_OR_TASK_NAME=None']) == 0  # no task, no --input_file: stdin
   from_stdin = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
   assert [r['input'] for r in from_stdin] == ['good movie plot', 'awful film acting']
   assert all(r['prediction_by'] == 'beam_search' and r['beam_score'] == r['score'] <= 0 for r in from_stdin)
-  assert cli.main(base + ['--split=validation']) == 0
+  assert cli_main(base + ['--split=validation']) == 0
   from_task = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
   validation = pathlib.Path(gin_task_file(tiny_gin, 'validation')).read_text().splitlines()
   assert [r['input'] for r in from_task] == [row.split('\t')[0] for row in validation]
   assert all(r['prediction'] in LABELS and r['log_likelihood'] == r['score'] <= 0 for r in from_task)
-  assert cli.main(base + ['--split=validation', '--gin.jaxprompt.infer.rank_classification=False']) == 0
+  assert cli_main(base + ['--split=validation', '--gin.jaxprompt.infer.rank_classification=False']) == 0
   decoded = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
   assert len(decoded) == len(from_task) and all('beam_score' in r for r in decoded)
 

@@ -9,8 +9,8 @@ import sys
 import gin
 import pytest
 
-from jaxprompt import cli
 from jaxprompt.cli import gin_config, parser
+from jaxprompt.cli.main import main as cli_main
 from jaxprompt.errors import UsageError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -23,8 +23,8 @@ def _clean_gin():
 
 
 def error_of(capsys, argv: list[str]) -> tuple[int, str]:
-  """Runs `jaxprompt.cli.main(argv)`; returns (exit code, stderr), which must be one error line."""
-  code = cli.main(argv)
+  """Runs `jaxprompt.cli_main(argv)`; returns (exit code, stderr), which must be one error line."""
+  code = cli_main(argv)
   err = capsys.readouterr().err
   assert 'Traceback' not in err, err
   lines = err.splitlines()
@@ -136,8 +136,8 @@ def test_quote():
 
 def test_checked_before_tensorflow_is_imported():
   """A real process: one stderr line, exit 2, and TensorFlow never loaded (the check needs no configurable)."""
-  code = ('import sys; from jaxprompt import cli; '
-          "code = cli.main(['train', '--gin_file=runs/prompt_tuning.gin', '--gin.MODEL_DIR=/tmp/x']); "
+  code = ('import sys; from jaxprompt.cli.main import main as cli_main; '
+          "code = cli_main(['train', '--gin_file=runs/prompt_tuning.gin', '--gin.MODEL_DIR=/tmp/x']); "
           "print('tensorflow' in sys.modules, 'jax' in sys.modules); sys.exit(code)")
   env = dict(os.environ, PYTHONPATH=f'{REPO}{os.pathsep}{os.environ.get("PYTHONPATH", "")}')
   proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)

@@ -2,7 +2,7 @@
 (`jaxprompt/formats/macros.py`) right after gin is parsed, the groups agreeing with it, close matches for a
 mistyped gin file, configurable, parameter or macro, and the table as docs/workflow.md shows it.
 
-In process (`cli.main(argv)`): the first call pays TensorFlow's import, the rest are a gin parse each.
+In process (`cli_main(argv)`): the first call pays TensorFlow's import, the rest are a gin parse each.
 """
 import pathlib
 import re
@@ -10,8 +10,8 @@ import re
 import gin
 import pytest
 
-from jaxprompt import cli
 from jaxprompt.cli import gin_config
+from jaxprompt.cli.main import main as cli_main
 from jaxprompt.commands import groups
 from jaxprompt.commands import train as trainer
 from jaxprompt.demo import GIN_MODULES
@@ -53,8 +53,8 @@ pytestmark = pytest.mark.usefixtures('clean_gin')
 
 
 def one_error(capsys, argv) -> tuple[int, str]:
-  """`cli.main(argv)` -> (exit code, its message), asserting stderr is that one line and nothing else."""
-  code = cli.main([str(a) for a in argv])
+  """`cli_main(argv)` -> (exit code, its message), asserting stderr is that one line and nothing else."""
+  code = cli_main([str(a) for a in argv])
   err = capsys.readouterr().err
   lines = err.splitlines()
   assert len(lines) == 1 and lines[0].startswith('jaxprompt: error: '), err

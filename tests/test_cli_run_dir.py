@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import seqio
 
-from jaxprompt import cli
 from jaxprompt.cli import gin_config, run_dir
+from jaxprompt.cli.main import main as cli_main
 from jaxprompt.data import custom, task_spec
 from jaxprompt.models.config import get_config
 from tests.test_cli import BASE_GIN, main_error
@@ -101,7 +101,7 @@ def test_eval_and_infer_read_a_run_directory(tiny_gin, tiny_files, tmp_path, mon
   model_dir = tmp_path / 'run'
   monkeypatch.chdir(tiny_files['train'].parent)
   spec = 'name=jp_run_dir_task,train=train.tsv,validation=validation.tsv,labels=negative|positive'
-  assert cli.main([
+  assert cli_main([
       'train', *BASE_GIN, f'--gin_file={tiny_gin}', '--task', spec, "--gin.MIXTURE_OR_TASK_NAME='jp_run_dir_task'",
       f"--gin.MODEL_DIR='{model_dir}'", '--gin.TRAIN_STEPS=2', '--gin.EVAL_PERIOD=2', '--gin.CHECKPOINT_PERIOD=2'
   ]) == 0
@@ -111,14 +111,14 @@ def test_eval_and_infer_read_a_run_directory(tiny_gin, tiny_files, tmp_path, mon
   monkeypatch.chdir(tmp_path)
 
   predictions = tmp_path / 'predictions.jsonl'
-  assert cli.main(['eval', f'--checkpoint={model_dir}', f'--predictions_file={predictions}']) == 0
+  assert cli_main(['eval', f'--checkpoint={model_dir}', f'--predictions_file={predictions}']) == 0
   result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert result['task'] == 'jp_run_dir_task' and result['split'] == 'validation'
   assert result['metrics']['accuracy'] == pytest.approx(summary['eval_metrics']['accuracy'])
   assert result['metrics']['loss'] == pytest.approx(summary['eval_metrics']['loss'], rel=1e-5)
 
   # infer on the final file's run: the task's validation split, ranked over its labels as eval ranks them.
-  assert cli.main(['infer', f'--prompt_file={final}']) == 0
+  assert cli_main(['infer', f'--prompt_file={final}']) == 0
   records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
   assert len(records) == summary['eval_metrics']['num_examples']
   for r in records:
@@ -134,7 +134,7 @@ def test_eval_and_infer_read_a_run_directory(tiny_gin, tiny_files, tmp_path, mon
   # A step dir, text inputs without the task: decoded, each row's beam score named as such.
   inputs = tmp_path / 'inputs.txt'
   inputs.write_text('good movie plot\nawful film acting\n')
-  assert cli.main([
+  assert cli_main([
       'infer', f'--checkpoint={model_dir / "checkpoints" / "2"}', f'--input_file={inputs}',
       '--gin.MIXTURE_OR_TASK_NAME=None'
   ]) == 0
@@ -142,12 +142,12 @@ def test_eval_and_infer_read_a_run_directory(tiny_gin, tiny_files, tmp_path, mon
   assert [r['input'] for r in decoded] == ['good movie plot', 'awful film acting']
   assert all(r['prediction_by'] == 'beam_search' and r['beam_score'] == r['score'] for r in decoded)
   # ... or ranked over --labels given for them: the log-likelihoods of the task's own ranking.
-  assert cli.main([
+  assert cli_main([
       'infer', f'--checkpoint={model_dir}', f'--input_file={inputs}', '--gin.MIXTURE_OR_TASK_NAME=None',
       f'--labels=mine={"|".join(LABELS)}'
   ]) == 0
   ranked = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-  assert cli.main(['infer', f'--checkpoint={model_dir}', f'--input_file={inputs}']) == 0
+  assert cli_main(['infer', f'--checkpoint={model_dir}', f'--input_file={inputs}']) == 0
   by_task = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
   assert [r['prediction'] for r in ranked] == [r['prediction'] for r in by_task]
   np.testing.assert_allclose([r['log_likelihood'] for r in ranked], [r['log_likelihood'] for r in by_task])

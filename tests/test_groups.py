@@ -6,18 +6,18 @@ import inspect
 import gin
 import pytest
 
-from jaxprompt import cli
 from jaxprompt.cli import console, gin_config
+from jaxprompt.cli.main import main as cli_main
 from jaxprompt.commands import bank_files, configs
 from jaxprompt.commands import evaluate as evaluate_lib
 from jaxprompt.commands import train as trainer
 from jaxprompt.commands.groups import (
-    CheckpointConfig,
-    DataConfig,
-    EvalConfig,
-    ModelSource,
-    PromptSource,
-    Schedule,
+  CheckpointConfig,
+  DataConfig,
+  EvalConfig,
+  ModelSource,
+  PromptSource,
+  Schedule,
 )
 from jaxprompt.data.buckets import LengthBuckets
 from jaxprompt.demo import GIN_MODULES
@@ -150,7 +150,7 @@ def test_a_flag_sets_one_field_and_gin_the_others(monkeypatch, tiny_gin):
   monkeypatch.setattr(bank_files, 'load_method', _record(seen, 'source'))
   run = ['eval', '--gin_file=models/t5x_tiny.gin', '--gin_file=runs/prompt_eval.gin', f'--gin_file={tiny_gin}']
   with pytest.raises(_Stop):
-    cli.main(run + [
+    cli_main(run + [
         '--checkpoint=/runs/x', '--step=3', '--split=train', '--gin.BATCH_SIZE=2',
         "--gin.jaxprompt.PromptSource.combine='suffix_after_eos'"
     ])
@@ -158,6 +158,6 @@ def test_a_flag_sets_one_field_and_gin_the_others(monkeypatch, tiny_gin):
   assert seen['source'] == PromptSource(checkpoint='/runs/x', checkpoint_step=3, prompt_length=5,
                                         combine='suffix_after_eos')
   with pytest.raises(_Stop):  # the flag wins over the macro
-    cli.main(run + ["--gin.PROMPT_FILE='/a.npy'", '--prompt_file=/b.npy', '--allow_other_model'])
+    cli_main(run + ["--gin.PROMPT_FILE='/a.npy'", '--prompt_file=/b.npy', '--allow_other_model'])
   assert seen['data'].split == 'validation' and seen['data'].batch_size == 4  # EVAL_SPLIT; tiny_gin's BATCH_SIZE
   assert seen['source'] == PromptSource('/b.npy', prompt_length=5, allow_other_model=True)

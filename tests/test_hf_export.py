@@ -15,10 +15,10 @@ import pytest
 import seqio
 from safetensors import safe_open
 
-from jaxprompt import cli
 from jaxprompt.checkpoints import common, flatten_params, hf_names, hf_tokenizer, load_t5x_checkpoint
 from jaxprompt.checkpoints.hf_writer import save_hf_t5
 from jaxprompt.checkpoints.huggingface import INDEX_FILE, load_hf_t5
+from jaxprompt.cli.main import main as cli_main
 from jaxprompt.commands import export as export_lib
 from jaxprompt.data import vocab as vocab_lib
 from jaxprompt.demo import model as demo_model
@@ -55,7 +55,7 @@ def tiny_hf(tiny_gin, tmp_path_factory):
   """The fixture model (T5 1.1-style) with the tiny task's vocabulary, written by the command line."""
   out = tmp_path_factory.mktemp('hf_export') / 'tiny'
   try:
-    assert cli.main([*CLI_EXPORT, f'--gin_file={tiny_gin}', '--output', str(out)]) == 0
+    assert cli_main([*CLI_EXPORT, f'--gin_file={tiny_gin}', '--output', str(out)]) == 0
   finally:
     gin.clear_config()
   return out
@@ -287,7 +287,7 @@ def test_cli_export_hf_model(tiny_hf, tiny_gin, tmp_path, capsys, clean_gin):
       'config.json', 'generation_config.json', 'model.safetensors', *hf_tokenizer.FILES
   ])
   out = tmp_path / 'again'
-  assert cli.main([
+  assert cli_main([
       *CLI_EXPORT, f'--gin_file={tiny_gin}', f"--gin.INITIAL_CHECKPOINT_PATH='{tiny_hf}'", '--output',
       str(out)
   ]) == 0
@@ -306,7 +306,7 @@ def test_cli_export_hf_model(tiny_hf, tiny_gin, tmp_path, capsys, clean_gin):
   ]
   for argv, message in cases:
     gin.clear_config()  # a real process starts without the previous command's bindings
-    assert cli.main(argv) == 2, argv
+    assert cli_main(argv) == 2, argv
     err = capsys.readouterr().err
     assert err.startswith('jaxprompt: error:') and message in err and 'Traceback' not in err, err
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from jaxprompt import cli
+from jaxprompt.cli.main import main as cli_main
 from jaxprompt.commands import configs
 from jaxprompt.commands import inspect as inspect_lib
 from jaxprompt.errors import CheckpointError, ConfigError
@@ -143,7 +143,7 @@ def test_bad_inputs_are_named(embedding, checkpoint, vocab, tmp_path):
 def test_cli_inspect_prints_and_writes_the_report(embedding, checkpoint, tiny_files, tmp_path, capsys):
   path, out = tmp_path / 'prompt.npy', tmp_path / 'report' / 'inspect.json'
   np.save(path, embedding[[11, 12]])
-  code = cli.main([
+  code = cli_main([
       'inspect',
       str(path), '--gin_file=models/t5x_tiny.gin', '--top_k', '2', '--output',
       str(out), f"--gin.VOCABULARY_PATH='{tiny_files['vocab']}'", f"--gin.T5X_TINY_CHECKPOINT='{checkpoint}'"

@@ -1,6 +1,7 @@
 """The method file registry (`jaxprompt.methods.registry`): a method defined only here registers its file kind,
 writes its file, and the loader `eval` / `infer` / `inspect` use (`commands.prompt_files.load_tuned`) reads it
-back; a prompt bank built from it serves it; no file of `commands/` or `methods/prompt_bank.py` names a
+back; a prompt bank built from it serves it and `export` writes or refuses it as its kind says; every built-in
+method's .npz / .safetensors file carries its marker; no file of `commands/` or `methods/prompt_bank.py` names a
 concrete method class, and the `Tuning` protocol lists what the trainer reads of a method."""
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import dataclasses
 import inspect
 import pathlib
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -18,11 +20,16 @@ from safetensors.numpy import save_file
 
 from jaxprompt.checkpoints import load_t5x_checkpoint
 from jaxprompt.commands import bank_files, prompt_files
-from jaxprompt.errors import PromptError
+from jaxprompt.commands import export as export_lib
+from jaxprompt.errors import PromptError, UsageError
 from jaxprompt.formats.npy_io import write_npy, write_npz
 from jaxprompt.methods import prompt_bank, registry
 from jaxprompt.methods.base import Array, BankRows, Method, Params
-from jaxprompt.methods.prompt_tuning import PromptInput, PromptTuning
+from jaxprompt.methods.multitask import multitask_prompt_tuning, multitask_prompts
+from jaxprompt.methods.p_tuning import p_tuning
+from jaxprompt.methods.per_layer_prompts import per_layer_prompts
+from jaxprompt.methods.prefix_tuning import p_tuning_v2, prefix_tuning, write_prefix_file
+from jaxprompt.methods.prompt_tuning import PromptInput, PromptTuning, prompt_tuning
 from jaxprompt.models.config import get_config
 from jaxprompt.models.hooks import Hooks
 from jaxprompt.models.wrapper import TunedModel, Tuning
@@ -167,6 +174,60 @@ def test_markers_and_unknown_files_give_one_clear_error(tmp_path):
       as info:
     _load(prompt_file=str(truncated))
   assert 'multi-task' not in str(info.value)
+
+
+def test_export_writes_and_refuses_by_the_files_kind(trained, tmp_path):
+  """`export` of the test-only method's step: the suffix and writer its kind gives (an .npz with its marker), and
+  the default refusal of a PEFT adapter; export.py itself asks the registry, never a method module."""
+  method, params = trained
+  (name, arrays), = method.numpy_copy(params).items()
+  step_dir = str(tmp_path / 'run' / 'numpy_checkpoints' / 'checkpoint_3')
+  write_npz(arrays, f'{step_dir}/{name}')
+  written = export_lib.export(str(tmp_path / 'out.npz'), checkpoint=step_dir)
+  assert sorted(registry.read_arrays(written['output'])) == sorted(arrays) and written['shapes']['base'] == [3, 32]
+  with pytest.raises(UsageError, match=r'scaled_prompt.npz of .*checkpoint_3 exports as .npz; got --output .*out.npy'):
+    export_lib.export(str(tmp_path / 'out.npy'), checkpoint=step_dir)
+  with pytest.raises(PromptError,
+                     match=r'cannot export .*scaled_prompt.npz as a PEFT adapter: .* this file is neither'):
+    export_lib.export(str(tmp_path / 'adapter'), checkpoint=step_dir, format='peft')
+  imports = re.findall(r'^from jaxprompt\.methods(\S*) import (.+)$',
+                       (REPO / 'jaxprompt/commands/export.py').read_text(), re.M)
+  assert imports == [('', 'registry')]
+
+
+BUILT_IN = {  # every built-in method, small
+    'prompt_tuning': lambda: prompt_tuning(CFG, length=2),
+    'p_tuning': lambda: p_tuning(CFG, length=2, encoder='mlp', hidden=8),
+    'prefix_tuning': lambda: prefix_tuning(CFG, length=2, hidden=8),
+    'p_tuning_v2': lambda: p_tuning_v2(CFG, length=2),
+    'per_layer_prompts': lambda: per_layer_prompts(CFG, length=2),
+    'multitask_prompts': lambda: multitask_prompts(CFG, tasks=['a', 'b'], length=2),
+    'multitask_prompt_tuning': lambda: multitask_prompt_tuning(CFG, tasks=['a', 'b'], length=2),
+}
+
+
+def test_every_builtin_file_carries_its_marker(frozen, tmp_path):
+  """Each built-in method's .npz (and a prefix's .safetensors) is recognised by its marker alone, still by its keys
+  without it (files written before markers), and reads back; an input prompt stays a plain [P, d] .npy."""
+  rng = np.random.RandomState(0)
+  for name, factory in BUILT_IN.items():
+    method = factory()
+    shapes = jax.eval_shape(method.init, jax.random.PRNGKey(0), frozen)  # traced, not run: random values suffice
+    params = jax.tree.map(lambda s: rng.uniform(-0.5, 0.5, s.shape).astype(s.dtype), shapes)
+    (file, value), = method.numpy_copy(params).items()
+    if not isinstance(value, Mapping):
+      assert np.load(write_npy(value, tmp_path / name / file)).shape == (2, CFG.emb_dim), name
+      continue
+    paths = [write_npz(value, tmp_path / name / file)]
+    if name == 'prefix_tuning':
+      paths.append(write_prefix_file(tmp_path / name / 'prefix.safetensors', method, params))
+    for path in paths:
+      arrays = registry.read_arrays(path)
+      kind = registry.kind_of(arrays, path)
+      assert [k for k in arrays if k.startswith(registry.MARKER_KEY + '/')] == [registry.marker_key(kind.name)], path
+      assert kind.step_file == file and registry.kind_of(registry.marker(kind.name), 'the marker alone') is kind
+      assert registry.kind_of(registry.unmarked(arrays), 'an older file') is kind
+      _load(prompt_file=path)
 
 
 def test_the_builtin_file_kinds_exclude_each_other():

@@ -138,7 +138,7 @@ def test_each_row_gets_its_tasks_prompt_by_the_formula(kind, frozen):
   for row, t in enumerate(ids):
     np.testing.assert_allclose(np.asarray(hook.prompts[row]), formula(params, t), rtol=1e-5, atol=1e-6)
   files = method.numpy_copy(params)[multitask.MULTITASK_FILE]
-  assert list(files) == ['a', 'b', 'c']
+  assert list(files) == ['a', 'b', 'c', 'method/multitask']  # every task's prompt, and the file's marker
   for t, name in enumerate(method.task_names):
     np.testing.assert_allclose(files[name], formula(params, t), rtol=1e-5, atol=1e-6)
 

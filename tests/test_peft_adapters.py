@@ -10,8 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxprompt import cli
 from jaxprompt.checkpoints.huggingface import load_hf_t5
+from jaxprompt.cli.main import main as cli_main
 from jaxprompt.commands import export as export_lib
 from jaxprompt.commands import prompt_files
 from jaxprompt.errors import PromptError
@@ -266,7 +266,7 @@ def test_per_layer_prompts_and_bad_formats_are_refused(tmp_path):
   np.savez(numpy_dir / 'per_layer_prompts.npz', prompt=np.ones((2, 4), np.float32), layers=np.ones((1, 2, 4)))
   with pytest.raises(PromptError, match=r'PEFT has no per-layer prompt type'):
     export_lib.export(str(tmp_path / 'out'), checkpoint=str(numpy_dir), format='peft')
-  code = cli.main(['export', '--checkpoint', str(numpy_dir), '--output', str(tmp_path / 'out'), '--base_model', 'x'])
+  code = cli_main(['export', '--checkpoint', str(numpy_dir), '--output', str(tmp_path / 'out'), '--base_model', 'x'])
   assert code == 2
 
 
@@ -283,7 +283,7 @@ def test_cli_export_format_peft(hf, tmp_path, capsys):
   state = init_train_state(trainable, optim.make_optimizer().tx, jax.random.PRNGKey(0))
   run = save_run(tmp_path / 'run', method, state)
   out = tmp_path / 'adapter'
-  assert cli.main(['export', '--checkpoint', str(run), '--format', 'peft', '--output', str(out)]) == 0
+  assert cli_main(['export', '--checkpoint', str(run), '--format', 'peft', '--output', str(out)]) == 0
   summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert summary['peft_type'] == 'PROMPT_TUNING' and summary['output'] == str(out)
   assert summary['fingerprint_id'] is None

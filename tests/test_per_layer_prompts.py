@@ -213,8 +213,10 @@ def test_numpy_copy_round_trips_and_mismatches_are_one_error(fixture_model, tmp_
   method = _method(cfg, 'add')
   trainable = method.init(jax.random.PRNGKey(11), frozen)
   arrays = method.numpy_copy(trainable)[plp.NUMPY_FILE]
-  assert {k: (v.dtype, v.shape) for k, v in arrays.items()
-         } == {'prompt': (np.float32, (P, 32)), 'layers': (np.float32, (1, P, 32)), 'mode/add': (np.int8, (0,))}
+  assert {k: (v.dtype, v.shape) for k, v in arrays.items()} == {
+      'prompt': (np.float32, (P, 32)), 'layers': (np.float32, (1, P, 32)), 'mode/add': (np.int8, (0,)),
+      'method/per_layer_prompts': (np.int8, (0,))
+  }
   path = npy_io.write_npz(arrays, tmp_path / plp.NUMPY_FILE)
   back_method, back = plp.read_per_layer_file(path, cfg)
   assert (back_method.mode, back_method.length, back_method.num_layers) == ('add', P, cfg.num_encoder_layers)

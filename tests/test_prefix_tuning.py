@@ -256,7 +256,8 @@ def test_numpy_copy_is_a_prefix_file(frozen, tmp_path):
   copy = method.numpy_copy(trainable)
   assert set(copy) == {'prefix.npz'}
   assert set(copy['prefix.npz']) == {
-      'encoder_self/key', 'encoder_self/value', 'decoder_self/key', 'decoder_self/value', 'relpos/positions'
+      'encoder_self/key', 'encoder_self/value', 'decoder_self/key', 'decoder_self/value', 'relpos/positions',
+      'method/prefix'
   }
   path = npy_io.write_npz(copy['prefix.npz'], tmp_path / 'prefix.npz')  # as the checkpointer writes it
   read, rows = read_prefix_file(path, CFG)

@@ -81,7 +81,7 @@ def test_peft_round_trip_runs_and_predicts_alike(tmp_path, clean_gin):
   """docs/peft.md's round trip on the demo model, command by command (2 training steps, paths under tmp_path):
   transformers + PEFT over the exported folder predict what `jaxprompt infer` predicts."""
   pytest.importorskip('peft')
-  from jaxprompt import cli  # pylint: disable=g-import-not-at-top
+  from jaxprompt.cli.main import main as cli_main  # pylint: disable=g-import-not-at-top
   section = (REPO / 'docs' / 'peft.md').read_text().split('## The round trip', 1)[1]
   shell = re.search(r'```bash\n(.*?)```', section, re.S).group(1).replace('/tmp/', f'{tmp_path}/')
   python = re.search(r'```python\n(.*?)```', section, re.S).group(1).replace('/tmp/', f'{tmp_path}/')
@@ -98,7 +98,7 @@ def test_peft_round_trip_runs_and_predicts_alike(tmp_path, clean_gin):
     if argv[1] == 'train':
       argv = [a for a in argv if not a.startswith('--gin.TRAIN_STEPS=')
              ] + ['--gin.TRAIN_STEPS=2', '--gin.EVAL_MAX_EXAMPLES=16']
-    assert cli.main(argv[1:]) == 0, command
+    assert cli_main(argv[1:]) == 0, command
   namespace = {}
   exec(compile(python, 'docs/peft.md', 'exec'), namespace)  # pylint: disable=exec-used
   jsonl = (tmp_path / 'demo_predictions.jsonl').read_text().splitlines()

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from jaxprompt import cli
+from jaxprompt.cli.main import main as cli_main
 from jaxprompt.methods import kv_prefix
 from jaxprompt.models.config import get_config
 from tests.test_cli import error_line
@@ -56,7 +56,7 @@ def test_mixed_requests_are_answered_in_order_as_each_task_alone(tiny_gin, promp
       json.dumps({'task': t, 'input': x, 'id': i}) + '\n' for i, (t, x) in enumerate(zip(tasks, texts))))
   prompts = [f'--prompt={n}={f}' for n, f in prompt_files.items()]
   labels = '|'.join(LABELS)
-  assert cli.main(_base(tiny_gin) + prompts + [f'--labels=a={labels}', f'--input_file={requests}']) == 0
+  assert cli_main(_base(tiny_gin) + prompts + [f'--labels=a={labels}', f'--input_file={requests}']) == 0
   mixed = _records(capsys)
   assert [r['id'] for r in mixed] == list(range(len(texts))) and [r['task'] for r in mixed] == tasks
   assert all(r['prediction'] in LABELS for r in mixed if r['task'] == 'a')
@@ -64,7 +64,7 @@ def test_mixed_requests_are_answered_in_order_as_each_task_alone(tiny_gin, promp
   for name in ('b', 'c'):
     alone = tmp_path / f'{name}.txt'
     alone.write_text(''.join(x + '\n' for t, x in zip(tasks, texts) if t == name))
-    assert cli.main(
+    assert cli_main(
         _base(tiny_gin) +
         [f'--prompt_file={prompt_files[name]}', f'--input_file={alone}', '--gin.MIXTURE_OR_TASK_NAME=None']
     ) == 0  # no task: no labels to rank
@@ -75,7 +75,7 @@ def test_mixed_requests_are_answered_in_order_as_each_task_alone(tiny_gin, promp
     np.testing.assert_allclose([r['beam_score'] for r in got], [r['beam_score'] for r in want], atol=1e-4)
   only_a = tmp_path / 'a.jsonl'
   only_a.write_text(''.join(json.dumps({'task': 'a', 'input': x}) + '\n' for t, x in zip(tasks, texts) if t == 'a'))
-  assert cli.main(
+  assert cli_main(
       _base(tiny_gin) + [f'--prompt=a={prompt_files["a"]}', f'--labels=a={labels}', f'--input_file={only_a}']) == 0
   want = _records(capsys)
   got = [r for r in mixed if r['task'] == 'a']
@@ -85,7 +85,7 @@ def test_mixed_requests_are_answered_in_order_as_each_task_alone(tiny_gin, promp
   # One prompt (no bank) ranks the same rows over its task's label set by itself: the same answers.
   alone = tmp_path / 'a.txt'
   alone.write_text(''.join(x + '\n' for t, x in zip(tasks, texts) if t == 'a'))
-  assert cli.main(
+  assert cli_main(
       _base(tiny_gin) + [f'--prompt_file={prompt_files["a"]}', f'--input_file={alone}', '--gin.PROMPT_LENGTH=None']
   ) == 0  # the file's 3 rows
   single = _records(capsys)
@@ -101,20 +101,20 @@ def test_bad_requests_fail_with_one_line(tiny_gin, prompt_files, tmp_path, capsy
   }
   for text, message in cases.items():
     monkeypatch.setattr(sys, 'stdin', io.StringIO(text))
-    code = cli.main(_base(tiny_gin) + prompts + ['--input_file=-'])
+    code = cli_main(_base(tiny_gin) + prompts + ['--input_file=-'])
     line = error_line(capsys.readouterr().err)
     assert code == 2 and message in line and 'stdin:1' in line, line
   monkeypatch.setattr(sys, 'stdin', io.StringIO('{"task": "a", "input": "x"}\n'))
-  code = cli.main(_base(tiny_gin) + prompts + ['--labels=zzz=x|y', '--input_file=-'])
+  code = cli_main(_base(tiny_gin) + prompts + ['--labels=zzz=x|y', '--input_file=-'])
   assert code == 2 and 'zzz' in error_line(capsys.readouterr().err)
   # An empty label (a doubled '|') would be a candidate, and win: refused by name, as is a repeated one.
   for labels, problem in (('negative||positive', 'an empty label'), ('no|yes|no', "the label 'no' twice")):
     monkeypatch.setattr(sys, 'stdin', io.StringIO('{"task": "a", "input": "x"}\n'))
-    code = cli.main(_base(tiny_gin) + prompts + [f'--labels=a={labels}', '--input_file=-'])
+    code = cli_main(_base(tiny_gin) + prompts + [f'--labels=a={labels}', '--input_file=-'])
     line = error_line(capsys.readouterr().err)
     assert code == 2 and f"labels of task 'a' {labels.split('|')} hold {problem}" in line, line
   monkeypatch.setattr(sys, 'stdin', io.StringIO('{"task": "a", "input": "x"}\n'))
-  code = cli.main(_base(tiny_gin) + ['--prompt=a=/no/such.npy', '--input_file=-'])
+  code = cli_main(_base(tiny_gin) + ['--prompt=a=/no/such.npy', '--input_file=-'])
   assert code == 2 and '/no/such.npy' in error_line(capsys.readouterr().err)
 
 
@@ -126,16 +126,16 @@ def test_ensemble_eval_reports_each_prompt_and_the_vote(tiny_gin, prompt_files, 
     path = tmp_path / f'p{k}.npy'
     np.save(path, rs.uniform(-0.5, 0.5, (5, CFG.emb_dim)).astype(np.float32))
     names.append((f'p{k}', path))
-  assert cli.main(_base(tiny_gin, 'eval') + [f'--prompt={n}={p}' for n, p in names]) == 0
+  assert cli_main(_base(tiny_gin, 'eval') + [f'--prompt={n}={p}' for n, p in names]) == 0
   metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])['metrics']
   assert {'p0/accuracy', 'p1/accuracy', 'p2/accuracy', 'ensemble/accuracy'} <= set(metrics)
-  assert cli.main(_base(tiny_gin, 'eval') + [f'--prompt_file={names[1][1]}']) == 0
+  assert cli_main(_base(tiny_gin, 'eval') + [f'--prompt_file={names[1][1]}']) == 0
   alone = json.loads(capsys.readouterr().out.strip().splitlines()[-1])['metrics']
   assert metrics['p1/accuracy'] == pytest.approx(alone['accuracy'])
   # infer --ensemble: each input's vote and every prompt's answer.
   inputs = tmp_path / 'inputs.txt'
   inputs.write_text('good movie plot\nawful film acting\n')
-  assert cli.main(_base(tiny_gin) + [f'--prompt={n}={p}' for n, p in names] +
+  assert cli_main(_base(tiny_gin) + [f'--prompt={n}={p}' for n, p in names] +
                   ['--ensemble', f'--input_file={inputs}']) == 0
   records = _records(capsys)
   assert len(records) == 2 and all(set(r['predictions']) == {'p0', 'p1', 'p2'} for r in records)
@@ -173,13 +173,13 @@ def test_eval_and_infer_refuse_a_prompt_of_another_model(tiny_gin, tmp_path, cap
       'embedding': {}
   }
   fingerprint_files.write(fingerprint_files.sidecar_path(path), other)
-  code = cli.main(_base(tiny_gin, 'eval') + [f'--prompt_file={path}'])
+  code = cli_main(_base(tiny_gin, 'eval') + [f'--prompt_file={path}'])
   line = error_line(capsys.readouterr().err)
   assert code == 2 and 'model 0123456789abcdef (emb_dim=4096' in line and 'emb_dim=32' in line
   assert '--allow_other_model' in line
-  assert cli.main(_base(tiny_gin, 'eval') + [f'--prompt_file={path}', '--allow_other_model']) == 0
+  assert cli_main(_base(tiny_gin, 'eval') + [f'--prompt_file={path}', '--allow_other_model']) == 0
   assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])['model_match'] is False
   requests = tmp_path / 'requests.jsonl'
   requests.write_text('{"task": "x", "input": "good movie"}\n')
-  code = cli.main(_base(tiny_gin) + [f'--prompt=x={path}', f'--input_file={requests}'])
+  code = cli_main(_base(tiny_gin) + [f'--prompt=x={path}', f'--input_file={requests}'])
   assert code == 2 and 'prompt x=' in error_line(capsys.readouterr().err)

@@ -37,7 +37,12 @@ example:
 
 
 class _Parser(argparse.ArgumentParser):
-  """Usage errors as one `jaxprompt: error: ...` line (argparse would print the whole usage first)."""
+  """Usage errors as one `jaxprompt: error: ...` line (argparse would print the whole usage first). Flags are
+  exact, as t5x's: an abbreviation (`--prompt_fil`) is refused, so a script or doc that uses one cannot start
+  meaning another flag when flags are added or renamed."""
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **{'allow_abbrev': False, **kwargs})
 
   def error(self, message: str) -> NoReturn:
     sys.stderr.write(f'{PROG}: error: {message} (see {self.prog} --help)\n')

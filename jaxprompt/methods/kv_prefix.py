@@ -13,8 +13,10 @@ Prefix file format (written by `jaxprompt.methods.prefix_tuning.write_prefix_fil
                                encoder_self (layers = encoder layers), decoder_self, cross (decoder layers)
     relpos/<mode>              int8 [0], exactly one: mode 'positions' or 'none' (a marker: the key carries it,
                                since a string array would need a pickle)
+    method/prefix              int8 [0], the method registry's marker (`registry.marker`; files written before
+                               it existed are recognised by their keys)
   .safetensors
-    the same <kind>/key and <kind>/value tensors; metadata {'relpos': <mode>, 'layout': LAYOUT}
+    the same <kind>/key and <kind>/value tensors; metadata {'relpos': <mode>, 'layout': LAYOUT, 'method': 'prefix'}
 
 Every kind present has both tensors, and all share P. Reading checks each tensor against the model config
 (layers, heads, head_dim) and raises one `PromptError` naming the file, the key, the shape found and the shape
@@ -34,6 +36,7 @@ from safetensors.numpy import save_file
 
 from jaxprompt.errors import PromptError
 from jaxprompt.formats import npy_io
+from jaxprompt.methods import registry
 from jaxprompt.models.config import T5Config
 from jaxprompt.models.hooks import ATTENTION_KINDS, RELPOS_MODES, Hooks, KVPrefix, Stack
 
@@ -48,6 +51,7 @@ RELPOS_KEY = 'relpos'
 LAYOUT_KEY = 'layout'
 _TENSOR_NAMES = {(kind, part) for kind in ATTENTION_KINDS for part in ('key', 'value')}
 WHAT = 'prefix file'
+FILE_KIND = 'prefix'  # the registry's name for a prefix file (prefix tuning and P-tuning v2 write one)
 
 
 def stack_of(kind: str) -> Stack:
@@ -106,7 +110,7 @@ def prefix_hooks(rows: Rows, relpos: str) -> Hooks:
 
 
 def file_arrays(rows: Rows, relpos: str) -> dict[str, np.ndarray]:
-  """The named arrays of a prefix .npz: float32 `<kind>/key|value` plus the `relpos/<mode>` marker."""
+  """The named arrays of a prefix .npz: float32 `<kind>/key|value` plus the `relpos/<mode>` and method markers."""
   if relpos not in RELPOS_MODES:
     raise PromptError(f'relpos must be one of {RELPOS_MODES}, got {relpos!r}')
   out = {}
@@ -115,7 +119,14 @@ def file_arrays(rows: Rows, relpos: str) -> dict[str, np.ndarray]:
       out[f'{kind}/key'] = np.asarray(rows[kind][0], np.float32)
       out[f'{kind}/value'] = np.asarray(rows[kind][1], np.float32)
   out[f'{RELPOS_KEY}/{relpos}'] = np.zeros((0,), np.int8)
-  return out
+  return {**out, **registry.marker(FILE_KIND)}
+
+
+def file_rows(arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str]:
+  """A prefix file's arrays as ({kind: (key, value)}, relpos), as they are (`check_prefix` checks them)."""
+  relpos = next(k.split('/', 1)[1] for k in arrays if k.startswith(RELPOS_KEY + '/'))
+  return {k[:-len('/key')]: (v, arrays[k[:-len('key')] + 'value']) for k, v in arrays.items() if k.endswith('/key')
+         }, relpos
 
 
 def save_prefix(path: str | os.PathLike, rows: Rows, relpos: str) -> str:
@@ -124,14 +135,19 @@ def save_prefix(path: str | os.PathLike, rows: Rows, relpos: str) -> str:
   arrays = file_arrays(rows, relpos)
   if not path.endswith('.safetensors'):
     return npy_io.write_npz(arrays, path, what=WHAT)
-  tensors = {k: np.ascontiguousarray(v) for k, v in arrays.items() if not k.startswith(RELPOS_KEY + '/')}
+  tensors = {k: np.ascontiguousarray(v) for k, v in arrays.items() if k.partition('/')[::2] in _TENSOR_NAMES}
   try:
     if os.path.dirname(path):
       os.makedirs(os.path.dirname(path), exist_ok=True)
-    save_file(tensors, path, metadata={RELPOS_KEY: relpos, LAYOUT_KEY: LAYOUT})
+    save_file(tensors, path, metadata={RELPOS_KEY: relpos, LAYOUT_KEY: LAYOUT, registry.MARKER_KEY: FILE_KIND})
   except Exception as e:  # OSError, or safetensors refusing a tensor
     raise PromptError(f'cannot write {WHAT} {path}: {e}') from e
   return path
+
+
+def write_file(arrays: Mapping[str, np.ndarray], path: str) -> str:
+  """Writes a prefix file's arrays to `path` (`.safetensors` by extension, else `.npz`); returns the path."""
+  return save_prefix(path, *file_rows(arrays))
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
@@ -169,8 +185,9 @@ def holds_prefix(arrays: Mapping[str, np.ndarray]) -> bool:
 def check_prefix(arrays: Mapping[str, np.ndarray], config: T5Config,
                  path: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str]:
   """A prefix file's named arrays checked against `config` (`load_prefix`); `path` names the file in errors."""
-  # The safetensors form's 'layout' metadata entry arrives as a 'layout/<axes>' marker: informational only.
-  arrays = {k: v for k, v in arrays.items() if not k.startswith(LAYOUT_KEY + '/')}
+  # The safetensors form's 'layout' metadata entry arrives as a 'layout/<axes>' marker: informational only; the
+  # method marker says what `holds_prefix` says.
+  arrays = {k: v for k, v in registry.unmarked(arrays).items() if not k.startswith(LAYOUT_KEY + '/')}
   modes = [k.split('/', 1)[1] for k in arrays if k.startswith(RELPOS_KEY + '/')]
   expected_keys = (f'<kind>/key and <kind>/value for kinds {", ".join(ATTENTION_KINDS)}, and one '
                    f'{RELPOS_KEY}/<mode> for modes {", ".join(RELPOS_MODES)}')

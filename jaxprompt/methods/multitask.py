@@ -48,7 +48,8 @@ from jaxprompt.parallel import host
 
 Array = jax.Array
 MODES = ('concat', 'add', 'concat_features', 'project')
-MULTITASK_FILE = 'prompts.npz'  # {task name: [P, d]}; `final_prompts.npz` after training
+MULTITASK_FILE = 'prompts.npz'  # {task name: [P, d]} and its marker; `final_prompts.npz` after training
+FILE_KIND = 'multitask'  # its marker in the registry (`registry.marker`)
 SHARED_AXES = ('prompt', 'prompt_embed')
 TASK_AXES = (None, 'prompt', 'prompt_embed')  # [T, P, d]: the task axis is small, never sharded
 
@@ -111,7 +112,7 @@ class _MultiTask(Method):
     return {name: table[i] for i, name in enumerate(self.tasks)}
 
   def numpy_copy(self, trainable: Params) -> dict[str, dict[str, np.ndarray]]:
-    return {MULTITASK_FILE: self.computed(trainable)}
+    return {MULTITASK_FILE: {**self.computed(trainable), **registry.marker(FILE_KIND)}}
 
   def inference(self, trainable: Params) -> tuple[Method, Params]:
     """(PromptBank, its tree): each task's computed prompt as a plain prompt, task ids unchanged."""
@@ -334,7 +335,7 @@ def read_multitask_file(path: str, config: T5Config, eos_id: int = 1,
 def prompts_by_task(arrays: registry.Arrays,
                     context: registry.ReadContext) -> dict[str, tuple[PromptTuning, dict[str, np.ndarray]]]:
   """{task name: (PromptTuning, {'prompt': float32 [P, d]})} of a multi-task prompts file's arrays."""
-  path, config = context.source, context.config
+  path, config, arrays = context.source, context.config, registry.unmarked(arrays)
   if not arrays:
     raise PromptError(f'multi-task prompts file {path} holds no prompt')
   out = {}
@@ -362,11 +363,14 @@ def holds_task_prompts(arrays: registry.Arrays) -> bool:
 
 
 def is_multitask_file(path: str) -> bool:
-  """True for a multi-task `prompts.npz` (`holds_task_prompts`). An unreadable file is named a prompt file: what
-  it holds is what this asks."""
-  return holds_task_prompts(read_npz(str(path), what='prompt file'))
+  """True for a multi-task `prompts.npz`: its marker, or (written before markers) `holds_task_prompts`. An
+  unreadable file is named a prompt file: what it holds is what this asks."""
+  arrays = read_npz(str(path), what='prompt file')
+  return registry.marker_key(FILE_KIND) in arrays or holds_task_prompts(arrays)
 
 
 registry.register(
-    registry.FileKind('multitask', MULTITASK_FILE, bank_from_arrays, 'a multi-task prompts .npz',
-                      holds=holds_task_prompts))
+    registry.FileKind(
+        FILE_KIND, MULTITASK_FILE, bank_from_arrays, 'a multi-task prompts .npz', holds=holds_task_prompts,
+        peft='it holds every task of a multi-task run; a PEFT adapter holds one prompt: export it with --format '
+        'file and serve it as a prompt bank (--prompt NAME=FILE)'))

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -41,9 +42,15 @@ import numpy as np
 
 from jaxprompt.errors import ConfigError
 from jaxprompt.formats.keys import PROMPT_FILE, PROMPT_KEY
-from jaxprompt.methods import initializers
+from jaxprompt.methods import initializers, registry
 from jaxprompt.methods.base import Method, Params
-from jaxprompt.methods.prompt_tuning import COMBINATIONS, PromptInput, PromptTuning
+from jaxprompt.methods.prompt_tuning import (
+    COMBINATIONS,
+    PromptInput,
+    PromptTuning,
+    peft_prompt_writer,
+    write_prompt_file,
+)
 from jaxprompt.models.config import T5Config
 from jaxprompt.models.hooks import Hooks
 from jaxprompt.parallel import host
@@ -238,6 +245,25 @@ def _lstm_direction(params: Mapping[str, Array], x: Array) -> Array:
   zeros = jnp.zeros((h,), x.dtype)
   _, outputs = jax.lax.scan(step, (zeros, zeros), projected)
   return outputs
+
+
+# A run's config.gin naming P-tuning as its method (what tells a run apart when its orbax state is gone).
+_CONFIG_GIN = re.compile(r'^\s*(METHOD|(jaxprompt\.)?train\.method)\s*=\s*@(jaxprompt\.methods\.)?p_tuning\b', re.M)
+
+
+def trained_p_tuning(run: registry.TrainedRun) -> bool:
+  """Whether a run's prompt.npy is P-tuning's computed prompt: its trainable tree holds the prompt encoder
+  ('embedding' and 'mlp'); without the state, its config.gin names p_tuning."""
+  if run.trainable:
+    return {'embedding', 'mlp'} <= run.trainable
+  return bool(_CONFIG_GIN.search(run.config_gin))
+
+
+# P-tuning leaves prompt tuning's prompt.npy (read back as plain prompt tuning); only its PEFT type differs.
+registry.register(
+    registry.FileKind('p_tuning', PROMPT_FILE, PromptTuning.from_arrays, "P-tuning's computed prompt .npy",
+                      suffixes=('.npy',), write=write_prompt_file, peft=peft_prompt_writer('P_TUNING'),
+                      made_by=trained_p_tuning))
 
 
 @gin.configurable(module='jaxprompt.methods')

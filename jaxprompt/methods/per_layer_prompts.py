@@ -55,6 +55,7 @@ MODES = ('replace', 'add')
 LAYERS_KEY = 'layers'
 LAYER_AXES = ('layers', 'prompt', 'prompt_embed')
 NUMPY_FILE = 'per_layer_prompts.npz'
+FILE_KIND = 'per_layer_prompts'  # its marker in the registry (`registry.marker`)
 MODE_KEY = 'mode'  # the file's `mode/<replace|add>` marker, int8 [0] (a string array would need a pickle)
 
 
@@ -172,14 +173,14 @@ class PerLayerPrompts(Method):
   def numpy_copy(self, trainable: Params) -> dict[str, dict[str, np.ndarray]]:
     """{'per_layer_prompts.npz': {'prompt': float32 [P, d], 'layers': float32 [L-1, P, d], 'mode/<mode>'}}."""
     arrays = {k: np.asarray(host.host_value(trainable[k]), np.float32) for k in (PROMPT_KEY, LAYERS_KEY)}
-    return {NUMPY_FILE: dict(arrays, **{f'{MODE_KEY}/{self.mode}': np.zeros((0,), np.int8)})}
+    return {NUMPY_FILE: {**arrays, f'{MODE_KEY}/{self.mode}': np.zeros((0,), np.int8), **registry.marker(FILE_KIND)}}
 
   @classmethod
   def from_arrays(cls, arrays: registry.Arrays,
                   context: registry.ReadContext) -> tuple[PerLayerPrompts, dict[str, np.ndarray]]:
     """A per-layer prompts file's arrays as (the method it was trained with, for `context.config`; its trainable
     tree). The file's `mode/<mode>` marker (written by `numpy_copy`) says 'replace' or 'add'."""
-    path, config = context.source, context.config
+    path, config, arrays = context.source, context.config, registry.unmarked(arrays)
     modes = [k.split('/', 1)[1] for k in arrays if k.startswith(MODE_KEY + '/')]
     if len(modes) != 1 or modes[0] not in MODES:
       raise PromptError(f'per-layer prompts file {path}: needs exactly one {MODE_KEY}/<mode> marker with mode one '
@@ -223,8 +224,10 @@ def read_per_layer_file(path: str | os.PathLike, config: T5Config, *,
 
 registry.register(
     registry.FileKind(
-        'per_layer_prompts', NUMPY_FILE, PerLayerPrompts.from_arrays, 'a per_layer_prompts .npz',
-        holds=lambda arrays: np.ndim(arrays.get(LAYERS_KEY)) == 3 or any(k.startswith(MODE_KEY + '/') for k in arrays)))
+        FILE_KIND, NUMPY_FILE, PerLayerPrompts.from_arrays, 'a per_layer_prompts .npz',
+        holds=lambda arrays: np.ndim(arrays.get(LAYERS_KEY)) == 3 or any(k.startswith(MODE_KEY + '/') for k in arrays),
+        peft='PEFT has no per-layer prompt type (its prompt-learning adapters are an input prompt or past '
+        'keys/values); use --format file'))
 
 
 @gin.configurable(module='jaxprompt.methods')

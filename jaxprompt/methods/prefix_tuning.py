@@ -49,8 +49,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprompt.errors import ConfigError
-from jaxprompt.methods import kv_prefix, registry
+from jaxprompt.errors import ConfigError, PromptError
+from jaxprompt.methods import kv_prefix, peft_adapters, registry
 from jaxprompt.methods.base import BankRows, Method, Params
 from jaxprompt.models.config import T5Config
 from jaxprompt.models.hooks import ATTENTION_KINDS, RELPOS_MODES, Hooks
@@ -318,9 +318,25 @@ def read_prefix_file(path: str | os.PathLike, config: T5Config) -> tuple[PrefixT
   return PrefixTuning.from_arrays(arrays, registry.ReadContext(config, source=os.fspath(path)))
 
 
+def write_peft_prefix(arrays: registry.Arrays, target: registry.PeftTarget) -> tuple[str, list[int]]:
+  """A prefix file's decoder_self rows as a PREFIX_TUNING adapter, checked against the model sizes known; any other
+  attention kind or relpos is refused by `peft_adapters.write_prefix`, naming what PEFT cannot represent."""
+  rows, relpos = kv_prefix.file_rows(arrays)
+  if peft_adapters.PREFIX_KIND in rows:
+    shape = rows[peft_adapters.PREFIX_KIND][0].shape
+    for axis, name in ((0, 'num_decoder_layers'), (2, 'num_heads'), (3, 'head_dim')):
+      if target.sizes.get(name) not in (None, shape[axis]):
+        raise PromptError(f'{target.source}: decoder_self/key has shape {tuple(shape)} [layers, P, heads, head_dim] '
+                          f'but the model config has {name} {target.sizes[name]}: the wrong MODEL_CONFIG for this run?')
+  peft_adapters.write_prefix(target.output, rows, relpos, base_model=target.base_model, fingerprint=target.fingerprint,
+                             source=target.source)
+  return peft_adapters.PREFIX_TYPE, list(rows[peft_adapters.PREFIX_KIND][0].shape)
+
+
 registry.register(
-    registry.FileKind('prefix', PREFIX_FILE, PrefixTuning.from_arrays, 'a prefix .npz / .safetensors',
-                      holds=kv_prefix.holds_prefix))
+    registry.FileKind(kv_prefix.FILE_KIND, PREFIX_FILE, PrefixTuning.from_arrays, 'a prefix .npz / .safetensors',
+                      holds=kv_prefix.holds_prefix, suffixes=('.npz', '.safetensors'), write=kv_prefix.write_file,
+                      peft=write_peft_prefix))
 
 # ----------------------------------------------------------------------------------------- gin factories
 

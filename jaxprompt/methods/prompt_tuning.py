@@ -26,7 +26,8 @@ from flax import struct
 
 from jaxprompt.errors import ConfigError, PromptError
 from jaxprompt.formats.keys import PROMPT_FILE, PROMPT_KEY
-from jaxprompt.methods import registry
+from jaxprompt.formats.npy_io import write_npy
+from jaxprompt.methods import peft_adapters, registry
 from jaxprompt.methods.base import BankRows, Method, Params
 from jaxprompt.models.config import T5Config
 from jaxprompt.models.hooks import Hooks, Stack
@@ -217,9 +218,31 @@ def prompt_array(trainable: Mapping[str, Any]) -> np.ndarray:
   return np.asarray(host.host_value(trainable[PROMPT_KEY]), np.float32)
 
 
+def write_prompt_file(arrays: registry.Arrays, path: str) -> str:
+  """{'prompt': [P, d]} as a plain float32 .npy (PEFT and NumPy users read it directly: no marker)."""
+  return write_npy(np.asarray(arrays[PROMPT_KEY], np.float32), path)
+
+
+def peft_prompt_writer(peft_type: str) -> registry.PeftWriter:
+  """The PEFT export of an input prompt {'prompt': [P, d]} as a `peft_type` (PROMPT_TUNING, P_TUNING) adapter."""
+
+  def write(arrays: registry.Arrays, target: registry.PeftTarget) -> tuple[str, list[int]]:
+    prompt = np.asarray(arrays[PROMPT_KEY], np.float32)
+    if target.sizes.get('emb_dim') not in (None, prompt.shape[1]):
+      raise PromptError(f'the prompt of {target.source} has shape {prompt.shape} but the model config has emb_dim '
+                        f'{target.sizes["emb_dim"]}: the wrong MODEL_CONFIG for this run?')
+    peft_adapters.write_prompt(
+        target.output, prompt, peft_type=peft_type, num_layers=target.sizes.get('num_encoder_layers'),
+        num_heads=target.sizes.get('num_heads'), base_model=target.base_model, fingerprint=target.fingerprint)
+    return peft_type, list(prompt.shape)
+
+  return write
+
+
 registry.register(
     registry.FileKind('prompt', PROMPT_FILE, PromptTuning.from_arrays, 'a prompt .npy',
-                      holds=lambda arrays: set(arrays) == {PROMPT_KEY} and np.ndim(arrays[PROMPT_KEY]) == 2))
+                      holds=lambda arrays: set(arrays) == {PROMPT_KEY} and np.ndim(arrays[PROMPT_KEY]) == 2,
+                      suffixes=('.npy',), write=write_prompt_file, peft=peft_prompt_writer('PROMPT_TUNING')))
 
 
 @gin.configurable(module='jaxprompt.methods')

@@ -16,7 +16,9 @@ params)`. Reading a file is two steps:
                      multi-task run's {task: [P, d]}). These predicates exclude each other.
 
 `eval`, `infer`, `inspect`, `export` and prompt banks ask only this module, so a new method is one module (its
-`register` call included) and one gin file.
+`register` call included) and one gin file. `export` asks a kind which suffixes its file is written as and how,
+and how it becomes a Hugging Face PEFT adapter folder (or why it cannot); two methods writing the same step file
+(prompt tuning's and P-tuning's prompt.npy) are told apart by `made_by`, from what the run trained.
 """
 from __future__ import annotations
 
@@ -49,19 +51,51 @@ class ReadContext:
   source: str = 'prompt file'
 
 
+@dataclasses.dataclass(frozen=True)
+class PeftTarget:
+  """What `export --format peft` writes besides the arrays: the adapter folder `output`, the `source` errors name,
+  the frozen model's `sizes` it knows (T5Config field names, from gin's MODEL_CONFIG or the step's fingerprint;
+  any may be missing), `base_model` (base_model_name_or_path) and the `fingerprint` to record."""
+  output: str
+  source: str
+  sizes: Mapping[str, Any]
+  base_model: str | None = None
+  fingerprint: Mapping[str, Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+  """What a training run says about its method: the top-level names of its trainable tree (None when its state
+  is unreadable) and its config.gin text ('' when absent)."""
+  trainable: frozenset[str] | None = None
+  config_gin: str = ''
+
+
 Reader = Callable[[Arrays, ReadContext], tuple[Method, Params]]
+Writer = Callable[[Arrays, str], str]  # (arrays, path) -> the path written
+PeftWriter = Callable[[Arrays, PeftTarget], tuple[str, list[int]]]  # writes the folder -> (peft_type, shape)
+NO_PEFT = ("PEFT's prompt-learning adapters hold an input prompt or a K/V prefix, and this file is neither; use "
+           '--format file')
 
 
 @dataclasses.dataclass(frozen=True)
 class FileKind:
   """One method's inference file: `name` (its marker), `step_file` (its `numpy_copy` name in a checkpoint step
   dir), `read` (arrays without markers of this module -> (method, params) checked against the context),
-  `describe` (for the error naming what a file could be), and `holds` (recognises files without a marker)."""
+  `describe` (for the error naming what a file could be), and `holds` (recognises files without a marker).
+
+  What `export` needs: `suffixes`, what the file is written as (`--output`'s suffix), by `write` (None: an .npz
+  with the kind's marker); `peft`, the writer of a PEFT adapter folder, or the one-line reason there is none;
+  `made_by`, for a kind writing another kind's step file, whether a run's method is this kind's."""
   name: str
   step_file: str
   read: Reader
   describe: str
   holds: Callable[[Arrays], bool] | None = None
+  suffixes: tuple[str, ...] = ('.npz',)
+  write: Writer | None = None
+  peft: PeftWriter | str = NO_PEFT
+  made_by: Callable[[TrainedRun], bool] | None = None
 
 
 _KINDS: dict[str, FileKind] = {}
@@ -85,9 +119,14 @@ def step_files() -> tuple[str, ...]:
   return tuple(dict.fromkeys(k.step_file for k in _KINDS.values()))
 
 
+def marker_key(name: str) -> str:
+  """The key of kind `name`'s marker: 'method/<name>'."""
+  return f'{MARKER_KEY}/{name}'
+
+
 def marker(name: str) -> dict[str, np.ndarray]:
   """The marker array a method of kind `name` writes into its file: {'method/<name>': int8 [0]}."""
-  return {f'{MARKER_KEY}/{name}': np.zeros((0,), np.int8)}
+  return {marker_key(name): np.zeros((0,), np.int8)}
 
 
 def kind_of(arrays: Arrays, source: str) -> FileKind:
@@ -103,14 +142,32 @@ def kind_of(arrays: Arrays, source: str) -> FileKind:
   for kind in _KINDS.values():
     if kind.holds is not None and kind.holds(arrays):
       return kind
-  expected = ', '.join(k.describe for k in _KINDS.values())
+  expected = ', '.join(k.describe for k in _KINDS.values() if k.made_by is None)
   raise PromptError(f'{source}: unknown kind of prompt file (keys {sorted(arrays)}); expected {expected}')
+
+
+def trained_kind(kind: FileKind, run: TrainedRun) -> FileKind:
+  """`kind`, or the kind writing the same step file whose `made_by` says `run`'s method is its own."""
+  return next(
+      (k for k in _KINDS.values() if k.step_file == kind.step_file and k.made_by is not None and k.made_by(run)), kind)
+
+
+def unmarked(arrays: Arrays) -> dict[str, np.ndarray]:
+  """The arrays without a method marker (what a kind's reader checks)."""
+  return {k: v for k, v in arrays.items() if not k.startswith(MARKER_KEY + '/')}
 
 
 def from_arrays(arrays: Arrays, context: ReadContext) -> tuple[Method, Params]:
   """(method, params) of a file's named arrays, read by the kind that claims them (its marker removed)."""
-  kind = kind_of(arrays, context.source)
-  return kind.read({k: v for k, v in arrays.items() if not k.startswith(MARKER_KEY + '/')}, context)
+  return kind_of(arrays, context.source).read(unmarked(arrays), context)
+
+
+def write(kind: FileKind, arrays: Arrays, path: str) -> str:
+  """Writes a kind's arrays to `path` (its suffix one of `kind.suffixes`; the kind's `write`, else an .npz with
+  the kind's marker); returns the path."""
+  if kind.write is not None:
+    return kind.write(arrays, path)
+  return npy_io.write_npz({**arrays, **marker(kind.name)}, path, what=f'{kind.name} file')
 
 
 def read_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
