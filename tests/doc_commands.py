@@ -237,7 +237,7 @@ def check_jaxprompt(args: Sequence[str], search_paths: str = '') -> str | None:
   import gin  # pylint: disable=g-import-not-at-top
   import seqio  # pylint: disable=g-import-not-at-top
 
-  from jaxprompt.cli import gin_config, parser  # pylint: disable=g-import-not-at-top
+  from jaxprompt.cli import gin_config, gin_names, parser  # pylint: disable=g-import-not-at-top
   from jaxprompt.cli import main as dispatch  # pylint: disable=g-import-not-at-top
   from jaxprompt.data import task_spec  # pylint: disable=g-import-not-at-top
   from jaxprompt.errors import JaxPromptError  # pylint: disable=g-import-not-at-top
@@ -266,7 +266,7 @@ def check_jaxprompt(args: Sequence[str], search_paths: str = '') -> str | None:
     name = binding.text.partition(' = ')[0].strip()
     if '.' not in name and name not in known:
       return f'{binding.flag()}: no gin file given binds or uses the macro {name}'
-  task = gin_config.gin_macro(TASK_MACRO)
+  task = gin_names.gin_macro(TASK_MACRO)
   registered = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
   if isinstance(task, str) and not task.startswith(USER_PREFIX) and task not in own_tasks | registered:
     return f'{TASK_MACRO} {task!r} is not a registered seqio task or mixture'

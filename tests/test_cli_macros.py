@@ -30,6 +30,7 @@ WRONG = {
     'bool': "'yes'",
     'text': '5',
     'path': '5',
+    'paths': '[5]',
     'rate': "'0.1'",
     'positive number': "'0.3'",
     'labels': "'positive'",

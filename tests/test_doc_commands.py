@@ -99,16 +99,16 @@ def test_a_wrong_doc_command_fails_naming_its_doc_and_line(env, tmp_path):
   problems = _problems(collect(doc, str(tmp_path)), env)
   expected = [
       ('bad.md:4:', 'unrecognized arguments: --prompt_fil=x.npy'),
-      ('bad.md:5:', "gin file 'models/t5_1_1_nano.gin' not found"),
+      ('bad.md:5:', 'gin file models/t5_1_1_nano.gin not found; did you mean models/t5_1_1_'),
       ('bad.md:6:', "No configurable matching 'jaxprompt.trian'"),
       ('bad.md:7:', "doesn't have a parameter named 'batchsize'"),
-      ('bad.md:8:', 'no gin file given binds or uses the macro MODLE_DIR'),
+      ('bad.md:8:', 'no gin binding uses the macro MODLE_DIR'),
       ('bad.md:10:', "'taskless_glue_sst3_v200' is not a registered seqio task"),
       ('bad.md:12:', 'tpu_scripts/lunch.sh does not exist'),
       ('bad.md:13:', 'python -m bench.plan_stp: no such module'),
       ('bad.md:13:', "pyproject.toml has no extra ['tset']"),
       ('bad.md:14:', "unknown flag '--acclerator-type'"),
-      ('bad.md:15:', 'no gin file given binds or uses the macro MODLE_PARALLEL'),
+      ('bad.md:15:', 'no gin binding uses the macro MODLE_PARALLEL'),
       ('bad.md:19:', "argument --format: invalid choice: 'npz'"),
   ]
   assert len(problems) == len(expected), '\n'.join(problems)

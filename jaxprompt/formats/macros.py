@@ -104,8 +104,8 @@ MACROS: dict[str, Macro] = {
                           'prompts/class_labels.gin (the task\'s labels)'),
     'PROMPT_TEXT': Macro('text', "'Classify the sentiment:'", 'text of the from-text initialisation',
                          'prompts/from_text.gin (required)'),
-    'PROMPT_INIT_FILE': Macro('path', "'/path/prompt.npy'", 'a saved prompt to start from', 'prompts/from_file.gin '
-                              '(required)'),
+    'PROMPT_INIT_FILE': Macro('paths', "'/path/prompt.npy'", 'a saved prompt to start from (a list: their mean, '
+                              'SPoT)', 'prompts/from_file.gin (required)'),
     'PROMPT_FILE': Macro('path', "'/path/final_prompt.npy'", 'the method file eval / infer use (--prompt_file)',
                          'runs/prompt_{eval,infer}.gin', none='--prompt_file, --checkpoint or --prompt'),
     'PREFIX_LENGTH': Macro('positive int', '100', 'K/V prefix rows per layer', 'methods/{prefix_tuning,p_tuning_v2}'

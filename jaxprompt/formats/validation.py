@@ -137,6 +137,7 @@ KINDS: dict[str, Kind] = {
     'bool': Kind('True or False', lambda v, _: isinstance(v, (bool, np.bool_))),
     'text': Kind('a non-empty string', lambda v, _: isinstance(v, str) and bool(v)),
     'path': Kind('a path (a quoted string)', lambda v, _: _is_path(v)),
+    'paths': Kind('a path, or a list of paths', lambda v, _: _is_path(v) or _is_sequence_of(v, _is_path)),
     'rate': Kind('a number in [0, 1)', lambda v, _: _is_number(v) and 0 <= v < 1),
     'positive number': Kind('a positive number', lambda v, _: _is_number(v) and v > 0),
     'labels': Kind("a list of label strings, e.g. ['negative', 'positive']",
