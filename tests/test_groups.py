@@ -12,12 +12,12 @@ from jaxprompt.commands import bank_files, configs
 from jaxprompt.commands import evaluate as evaluate_lib
 from jaxprompt.commands import train as trainer
 from jaxprompt.commands.groups import (
-  CheckpointConfig,
-  DataConfig,
-  EvalConfig,
-  ModelSource,
-  PromptSource,
-  Schedule,
+    CheckpointConfig,
+    DataConfig,
+    EvalConfig,
+    ModelSource,
+    PromptSource,
+    Schedule,
 )
 from jaxprompt.data.buckets import LengthBuckets
 from jaxprompt.demo import GIN_MODULES
