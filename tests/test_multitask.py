@@ -63,7 +63,7 @@ def test_mixed_stream_tags_tasks_at_the_rates_and_is_deterministic(mixture):
   # Each id names the task the example came from: task A's target for an input, or (flipped) the other label.
   truth = {
       tuple(ex['inputs']): tuple(ex['targets'])
-      for ex in pipeline.read_examples(seqio.get_mixture_or_task(TASK_A), LENGTHS, 'train')
+      for ex in pipeline.read_examples(seqio.get_mixture_or_task(TASK_A), LENGTHS, 'train')[0]
   }
   for b in batches:
     for tokens, target, task in zip(b['encoder_input_tokens'], b['decoder_target_tokens'], b['task_ids']):

@@ -235,7 +235,7 @@ def test_missing_settings_name_their_gin_macro(train_kwargs, tmp_path):
 
 
 def test_features_match_seqio_encdec_converter(tiny_task):
-  examples = data_pipeline.read_examples(tiny_task, LENGTHS, 'validation')
+  examples, _ = data_pipeline.read_examples(tiny_task, LENGTHS, 'validation')
   ours = data_pipeline.to_features([e['inputs'] for e in examples], [e['targets'] for e in examples], LENGTHS)
   ds = tiny_task.get_dataset(LENGTHS, split='validation', shuffle=False, num_epochs=1)
   theirs = list(seqio.EncDecFeatureConverter(pack=False)(ds, LENGTHS).as_numpy_iterator())

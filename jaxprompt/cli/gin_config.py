@@ -131,17 +131,16 @@ def _gin_error(e: Exception, binding: Binding | None, paths: Sequence[str] = ())
 
 def check_syntax(files: Sequence[str], bindings: Sequence[Binding]) -> None:
   """Parses files and bindings for syntax only (no imports, so a typo fails before TensorFlow loads)."""
-  from gin import config_parser  # pylint: disable=g-import-not-at-top
   for path in files:
     with open(path, encoding='utf-8') as f:
       try:
-        for _ in config_parser.ConfigParser(f, gin_names.SyntaxOnly()):
+        for _ in gin_names.statements(f):
           pass
       except (SyntaxError, ValueError, tokenize.TokenError) as e:
         raise _gin_error(e, None) from None
   for binding in bindings:
     try:
-      for _ in config_parser.ConfigParser(binding.text, gin_names.SyntaxOnly()):
+      for _ in gin_names.statements(binding.text):
         pass
     except (SyntaxError, ValueError, tokenize.TokenError) as e:
       raise _gin_error(e, binding) from None
@@ -206,6 +205,12 @@ def bind_fields(configurable: str, **values: Any) -> None:
   for name, value in values.items():
     if value is not None:
       gin.bind_parameter(f'{configurable}.{name}', value)
+
+
+def bind_macro(name: str, value: Any) -> None:
+  """Binds gin macro `name` to a Python literal `value` (over what the files bound)."""
+  import gin  # pylint: disable=g-import-not-at-top
+  gin.parse_config(f'{name} = {value!r}')
 
 
 def import_configurables(extra_modules: Sequence[str] = ()) -> None:

@@ -7,7 +7,7 @@ import inspect
 import os
 import re
 import tokenize
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from jaxprompt.formats import validation
@@ -30,16 +30,21 @@ class SyntaxOnly:
     return macro_name
 
 
+def statements(source: Any) -> Iterator[Any]:
+  """The statements (gin's `BindingStatement`, `IncludeStatement`, ...) of gin text or an open file, read for
+  syntax only (no imports, nothing bound)."""
+  from gin import config_parser  # pylint: disable=g-import-not-at-top
+  yield from config_parser.ConfigParser(source, SyntaxOnly())
+
+
 def macro_names(text: str) -> list[str]:
   """The macros the gin bindings `text` set (`NAME = VALUE` statements; no imports, nothing bound)."""
   from gin import config_parser  # pylint: disable=g-import-not-at-top
   try:
-    statements = list(config_parser.ConfigParser(text, SyntaxOnly()))
+    found = list(statements(text))
   except (SyntaxError, ValueError, tokenize.TokenError):
     return []
-  return [
-      s.selector for s in statements if isinstance(s, config_parser.BindingStatement) and not s.arg_name and not s.scope
-  ]
+  return [s.selector for s in found if isinstance(s, config_parser.BindingStatement) and not s.arg_name and not s.scope]
 
 
 def gin_macro(name: str, default: Any = None) -> Any:

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from jaxprompt.cli import console, gin_config, gin_names, parser, run_dir
+from jaxprompt.cli import console, gin_config, gin_names, parser, run_dir, task_lengths
 from jaxprompt.errors import UsageError
 
 # The entry point of each command. train / eval / infer are gin configurables (`jaxprompt.train`, ...); demo
@@ -35,6 +35,7 @@ COMMANDS = {
 }
 OWN_PARSERS = ('demo',)  # handed the rest of argv before argparse runs
 TASK_SPECS = 'jaxprompt.data.task_spec'  # registers --task specs, and those a run's config.gin recorded
+LENGTH_COMMANDS = ('train', 'eval', 'infer')  # they read TASK_FEATURE_LENGTHS (--task: from the data, see task_lengths)
 
 
 def _module(command: str) -> str:
@@ -154,7 +155,9 @@ def _run(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     task_spec = importlib.import_module(TASK_SPECS)
     if uses_gin:  # after gin, so the model's vocabulary binding applies; config.gin records the specs
       task_spec.bind_task_specs(args.task)
-      task_spec.register_task_specs()
+      names = [task.name for task in task_spec.register_task_specs()]
+      if args.command in LENGTH_COMMANDS:
+        task_lengths.derive_unless_set(names, files, bindings, args.gin_search_paths)
     else:
       task_spec.register_task_specs(args.task)
   if args.tfds_data_dir:

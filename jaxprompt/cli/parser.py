@@ -18,7 +18,7 @@ MACROS = """important gin macros (--gin.NAME=VALUE in gin syntax: quote strings,
   INITIAL_CHECKPOINT_PATH   frozen T5X checkpoint (or HF safetensors folder)   (models/*.gin set it)
   MODEL_CONFIG              @jaxprompt.model_config() with jaxprompt.model_config.name   (models/*.gin)
   MIXTURE_OR_TASK_NAME      seqio task or mixture, e.g. "'taskless_glue_sst2_v200'"
-  TASK_FEATURE_LENGTHS      "{'inputs': 512, 'targets': 16}"
+  TASK_FEATURE_LENGTHS      "{'inputs': 512, 'targets': 16}" (unset with --task: from the task's data)
   TRAIN_STEPS               total optimizer steps (30000)
   BATCH_SIZE                global batch size, split over hosts (32)
   METHOD                    tuning method, set by methods/*.gin (@jaxprompt.methods.prompt_tuning)

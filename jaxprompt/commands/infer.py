@@ -100,11 +100,11 @@ def read_inputs(provider: Any, texts: Sequence[str] | None, vocabulary: seqio.Vo
 
   if texts is not None:
     task = provider.name if provider is not None else None
-    rows = data_lib.tokenize_texts(texts, vocabulary, feature_lengths['inputs'])
+    rows = data_lib.tokenize_texts(texts, vocabulary, feature_lengths)
     return [Inputs(task, list(texts), rows, vocabulary, label_set(task, vocabulary))]
   groups = []
   for task in data_lib.subtasks(provider, split):
-    examples = data_lib.read_examples(task, feature_lengths, split, max_examples)
+    examples, _ = data_lib.read_examples(task, feature_lengths, split, max_examples, counted=('inputs',))
     vocab_in = data_lib.inputs_vocabulary(task)
     vocab_out = data_lib.targets_vocabulary(task)
     groups.append(

@@ -118,6 +118,8 @@ def run_training(model_dir: Any, *, method: MethodFactory, model: ModelSource, d
   tuning = method(model.config, vocab.eos_id)
   prompt_slots = tuning.packing_slots if data.pack else 0
   data_lib.check_split(provider, split)
+  # A file task's truncation is said now; a stream's at the first evaluation, or when a run without one ends.
+  count = data_lib.training_count(provider, lengths, split)
   eval_sets = (eval_lib.prepare_eval(provider, evaluation.split, lengths, max_examples=evaluation.max_examples,
                                      rank_classification=evaluation.task_metrics, task_names=tuning.task_names)
                if evaluation.split else [])
@@ -139,26 +141,32 @@ def run_training(model_dir: Any, *, method: MethodFactory, model: ModelSource, d
 
     def batches(skip: int):
       ds = data_lib.train_dataset(provider, lengths, split, host_batch, seed, pack=data.pack, prompt_slots=prompt_slots,
-                                  task_names=tuning.task_names)
+                                  task_names=tuning.task_names, count=count)
       return buckets.bucketed(data_lib.train_batches(ds, skip=skip), data.length_buckets, name='train step',
                               agree=host.global_max)
 
-    evaluate = (loop_evaluation(runtime, data.length_buckets, eval_sets, eval_batch, evaluation.task_metrics)
-                if evaluation.split else None)
+    evaluate = (loop_evaluation(runtime, data.length_buckets, eval_sets, eval_batch, evaluation.task_metrics,
+                                before=None if count is None else count.report_once) if evaluation.split else None)
     result = loop.run(runtime, state, checkpointer, model_dir=model_dir, batches=batches, batch_size=data.batch_size,
                       schedule=schedule, evaluate=evaluate, progress_bar=progress_bar, task_name=task_name,
                       faults=faults, on_start=lambda: _save_gin_config(model_dir))
+    if count is not None:
+      count.report_once()
   finally:
     checkpointer.close()
   return result, runtime
 
 
 def loop_evaluation(runtime: runtime_lib.Runtime, bucket_set: buckets.LengthBuckets,
-                    eval_sets: Sequence[eval_lib.EvalSet], batch_size: int, task_metrics: bool) -> loop.Evaluate:
-  """The loop's `evaluate(trainable)`: the validation sets' loss and metrics (the loop itself knows no eval)."""
+                    eval_sets: Sequence[eval_lib.EvalSet], batch_size: int, task_metrics: bool,
+                    before: Callable[[], None] | None = None) -> loop.Evaluate:
+  """The loop's `evaluate(trainable)`: the validation sets' loss and metrics (the loop itself knows no eval);
+  `before()` runs before each evaluation."""
   fns = eval_lib.ModelFns(runtime, length_buckets=bucket_set)
 
   def evaluate(trainable: Any) -> dict[str, Any]:
+    if before is not None:
+      before()
     metrics, _ = eval_lib.evaluate_sets(fns, trainable, eval_sets, batch_size, task_metrics=task_metrics)
     return metrics
 

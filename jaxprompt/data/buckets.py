@@ -10,7 +10,8 @@ decoder_*):
   {'inputs': 32, 'targets': None}   per group; a missing or None group is never cut
   None               fixed-length batches: nothing is cut (t5x's behaviour)
 The width of a batch is its feature length (`TASK_FEATURE_LENGTHS`, or that plus the prompt slots of packed
-rows), so the largest bucket is always the t5x maximum and no row is ever truncated.
+rows), so the largest bucket is always the t5x maximum and a bucket never cuts a token (an example longer than
+the maximum was cut when read, and counted: `jaxprompt.data.truncation`).
 """
 from __future__ import annotations
 

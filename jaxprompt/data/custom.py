@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import gin
+import numpy as np
 import seqio
 import tensorflow as tf
 
@@ -55,8 +56,10 @@ _METRICS: dict[str, tuple[Callable[..., Any], bool, bool]] = {
     'spearman_corrcoef': (metrics_lib.spearman_corrcoef, False, True),
 }
 
-_FILE_TASKS: dict[str, tuple[tuple, seqio.Task]] = {}  # name -> (registration key, task)
+# name -> (registration key, task, split -> its (inputs, targets) texts)
+_FILE_TASKS: dict[str, tuple[tuple, seqio.Task, Callable[[str], tuple[list[str], list[str]]]]] = {}
 _LABEL_SETS: dict[str, tuple[str, ...] | None] = {}
+_TOKEN_LENGTHS: dict[tuple[str, str], dict[str, np.ndarray]] = {}  # (name, split) -> `token_lengths`, once read
 
 # ------------------------------------------------------------------------------------------------- reading files
 
@@ -310,9 +313,37 @@ def register_file_task(
       ], output_features={
           'inputs': seqio.Feature(vocab, add_eos=True, required=False), 'targets': seqio.Feature(vocab, add_eos=True)
       }, postprocess_fn=postprocess_fn, metric_fns=metric_fns)
-  _FILE_TASKS[name] = (key, task)
+  _FILE_TASKS[name] = (key, task, lambda split: read(files[split]))
   _LABEL_SETS[name] = labels
   return task
+
+
+def is_file_task(name: str) -> bool:
+  return name in _FILE_TASKS
+
+
+def token_lengths(name: str, split: str) -> dict[str, np.ndarray]:
+  """{'inputs', 'targets'}: each example's token count with EOS [N] in one split of a file task, before any cut
+  (read from its files and tokenized once per registration)."""
+  if (name, split) not in _TOKEN_LENGTHS:
+    _, task, read_split = _FILE_TASKS[name]
+    _TOKEN_LENGTHS[name, split] = {
+        feature: np.asarray([len(task.output_features[feature].vocabulary.encode(t)) + 1 for t in column], np.int64)
+        for feature, column in zip(('inputs', 'targets'), read_split(split))
+    }
+  return _TOKEN_LENGTHS[name, split]
+
+
+def longest_lengths(name: str) -> dict[str, int]:
+  """The longest inputs and targets (tokens with EOS) over every split of a file task; targets also count the
+  label set, whose labels rank classification scores even when no example has them."""
+  task = _FILE_TASKS[name][1]
+  lengths = [token_lengths(name, split) for split in task.splits]
+  labels = [len(task.output_features['targets'].vocabulary.encode(label)) + 1 for label in _LABEL_SETS[name] or ()]
+  return {
+      'inputs': max(int(x['inputs'].max(initial=0)) for x in lengths),
+      'targets': max([int(x['targets'].max(initial=0)) for x in lengths] + labels)
+  }
 
 
 @gin.configurable(module='jaxprompt.data')
@@ -327,6 +358,8 @@ def unregister_file_task(name: str) -> None:
     seqio.TaskRegistry.remove(name)
     del _FILE_TASKS[name]
     del _LABEL_SETS[name]
+    for split in SPLITS:
+      _TOKEN_LENGTHS.pop((name, split), None)
 
 
 def get_file_task_label_set(name: str) -> tuple[str, ...] | None:

@@ -19,7 +19,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from jaxprompt.data import custom
+from jaxprompt.data import custom, truncation
 from jaxprompt.data import tasks as tasks_lib
 from jaxprompt.errors import ConfigError, DataError
 from jaxprompt.models.features import FEATURES, SEGMENT_FEATURES, TASK_FEATURE
@@ -119,28 +119,51 @@ def convert_features(ds: tf.data.Dataset, feature_lengths: Mapping[str, int], pa
 
 
 def train_dataset(provider: seqio.Task | seqio.Mixture, feature_lengths: Mapping[str, int], split: str, host_batch: int,
-                  seed: int, pack: bool = False, prompt_slots: int = 0,
-                  task_names: Sequence[str] = ()) -> tf.data.Dataset:
+                  seed: int, pack: bool = False, prompt_slots: int = 0, task_names: Sequence[str] = (),
+                  count: truncation.StreamCount | None = None) -> tf.data.Dataset:
   """Endless batches [host_batch, length] of this process's shard, shuffled with `seed`; packed when `pack`
   (with `prompt_slots` reserved in front of each example for the method's prompt; see `convert_features`).
   `task_names` (a multi-task method's): every row carries `task_ids` [host_batch] int32, its task's index
-  there (`mixed_task_stream`); never packed."""
+  there (`mixed_task_stream`); never packed. `count` (`training_count`) counts each example longer than the
+  lengths before cutting it (the same rows either way)."""
   shard = seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
   if task_names:
     if pack:
       raise ConfigError(f'multi-task training gives each example its own task\'s prompt, and a packed row holds '
                         f'examples of several tasks: set PACK=False (tasks {list(task_names)})')
-    ds = mixed_task_stream(provider, feature_lengths, split, seed, task_names, shard)
+    ds = mixed_task_stream(provider, feature_lengths, split, seed, task_names, shard, count)
     ds = convert_with_task_ids(ds, feature_lengths)
   else:
-    ds = provider.get_dataset(sequence_length=dict(feature_lengths), split=split, use_cached=False, shuffle=True,
-                              seed=seed, num_epochs=None, shard_info=shard)
-    ds = convert_features(ds, feature_lengths, pack, prompt_slots)
+    ds = provider.get_dataset(sequence_length=_seqio_lengths(feature_lengths, count), split=split, use_cached=False,
+                              shuffle=True, seed=seed, num_epochs=None, shard_info=shard)
+    ds = convert_features(ds if count is None else count.cut(ds), feature_lengths, pack, prompt_slots)
   return ds.batch(host_batch, drop_remainder=True)
 
 
+def _seqio_lengths(feature_lengths: Mapping[str, int], count: truncation.StreamCount | None) -> dict[str, int] | None:
+  """What a stream asks seqio for: examples cut to the lengths, or whole ones when `count` measures and cuts them."""
+  return dict(feature_lengths) if count is None else None
+
+
+def training_count(provider: seqio.Task | seqio.Mixture, feature_lengths: Mapping[str, int],
+                   split: str) -> truncation.StreamCount | None:
+  """The training split's truncation: a file task's is counted now over the whole split (its texts are in
+  memory) and reported at once (None returned); any other's is a `StreamCount` for `train_dataset`."""
+  where = f'task {provider.name!r} split {split!r}'
+  if isinstance(provider, seqio.Task) and custom.is_file_task(provider.name):
+    truncation.Truncation.count(where, feature_lengths, custom.token_lengths(provider.name, split)).report()
+    return None
+  return truncation.StreamCount(where, feature_lengths, eos_features(provider))
+
+
+def eos_features(provider: seqio.Task | seqio.Mixture) -> dict[str, bool]:
+  """{feature: whether seqio appends an EOS to it} of the task's output features."""
+  return {k: bool(f.add_eos) for k, f in provider.output_features.items()}
+
+
 def mixed_task_stream(provider: seqio.Task | seqio.Mixture, feature_lengths: Mapping[str, int], split: str, seed: int,
-                      task_names: Sequence[str], shard: seqio.ShardInfo | None = None) -> tf.data.Dataset:
+                      task_names: Sequence[str], shard: seqio.ShardInfo | None = None,
+                      count: truncation.StreamCount | None = None) -> tf.data.Dataset:
   """The endless mixture of `provider`'s tasks, each example with its task's index in `task_names` as
   `task_ids` [1] int32 (a single Task: its own index).
 
@@ -149,7 +172,7 @@ def mixed_task_stream(provider: seqio.Task | seqio.Mixture, feature_lengths: Map
   seed, shard and epochs), then `tf.data.Dataset.sample_from_datasets` with the rates `mixture.get_rate(task)`,
   `seed` and `stop_on_empty_dataset=True`, seqio's default sample_fn. Without `task_ids` the stream is
   `mixture.get_dataset(..., seed=seed)`'s, so the k-th batch is fixed by the seed (resume skips exactly).
-  Tasks without `split` are left out, as seqio does.
+  Tasks without `split` are left out, as seqio does. `count`: as in `train_dataset`.
   """
   tasks = list(provider.tasks) if isinstance(provider, seqio.Mixture) else [provider]
   names = list(task_names)
@@ -167,13 +190,14 @@ def mixed_task_stream(provider: seqio.Task | seqio.Mixture, feature_lengths: Map
   keys = set(provider.output_features)
   streams = []
   for task in tasks:
-    ds = task.get_dataset(sequence_length=dict(feature_lengths), split=split, use_cached=False, shuffle=True, seed=seed,
-                          num_epochs=None, shard_info=shard)
+    ds = task.get_dataset(sequence_length=_seqio_lengths(feature_lengths, count), split=split, use_cached=False,
+                          shuffle=True, seed=seed, num_epochs=None, shard_info=shard)
     tag = tf.constant([names.index(task.name)], tf.int32)
     streams.append(
         ds.map(lambda ex, tag=tag: {**{k: v for k, v in ex.items() if k in keys}, TASK_FEATURE: tag},
                num_parallel_calls=tf.data.AUTOTUNE))
-  return tf.data.Dataset.sample_from_datasets(streams, weights=rates, seed=seed, stop_on_empty_dataset=True)
+  ds = tf.data.Dataset.sample_from_datasets(streams, weights=rates, seed=seed, stop_on_empty_dataset=True)
+  return ds if count is None else count.cut(ds)
 
 
 def convert_with_task_ids(ds: tf.data.Dataset, feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
@@ -215,12 +239,17 @@ def train_batches(ds: tf.data.Dataset, skip: int = 0) -> Iterator[Batch]:
 # ------------------------------------------------------------------------------------ one pass over a split
 
 
-def read_examples(task: seqio.Task, feature_lengths: Mapping[str, int] | None, split: str,
-                  max_examples: int | None = None) -> list[dict[str, Any]]:
-  """Every preprocessed example of a split, in order (token ids trimmed to the lengths, EOS appended)."""
-  lengths = dict(feature_lengths) if feature_lengths else None
+def read_examples(
+    task: seqio.Task, feature_lengths: Mapping[str, int] | None, split: str, max_examples: int | None = None,
+    counted: Sequence[str] = truncation.GROUPS) -> tuple[list[dict[str, Any]], truncation.Truncation | None]:
+  """Every preprocessed example of a split, in order (EOS appended), and how many were longer than the lengths.
+
+  Examples are read whole, the `counted` features measured, then every feature cut to its length as seqio would
+  (`truncation.cut`); the count is reported once (a log line when any was cut). Without lengths nothing is cut
+  or counted (None).
+  """
   try:
-    ds = task.get_dataset(sequence_length=lengths, split=split, use_cached=False, shuffle=False, num_epochs=1)
+    ds = task.get_dataset(sequence_length=None, split=split, use_cached=False, shuffle=False, num_epochs=1)
     if max_examples:
       ds = ds.take(max_examples)
     examples = list(ds.as_numpy_iterator())
@@ -229,7 +258,14 @@ def read_examples(task: seqio.Task, feature_lengths: Mapping[str, int] | None, s
                     f'{str(e).splitlines()[0] if str(e) else ""})') from e
   if not examples:
     raise DataError(f'task {task.name!r} split {split!r} is empty: no example left after preprocessing')
-  return examples
+  if not feature_lengths:
+    return examples, None
+  sizes = {k: [len(ex[k]) for ex in examples] for k in counted if k in feature_lengths and k in examples[0]}
+  found = truncation.Truncation.count(f'task {task.name!r} split {split!r}', feature_lengths, sizes).report()
+  eos = eos_features(task)
+  for ex in examples:
+    ex.update({k: truncation.cut(ex[k], n, eos.get(k, False)) for k, n in feature_lengths.items() if k in ex})
+  return examples, found
 
 
 def _pad(rows: Sequence[np.ndarray], length: int) -> np.ndarray:
@@ -271,14 +307,13 @@ def padded_batches(features: Mapping[str, np.ndarray], batch_size: int) -> Itera
     yield chunk, real
 
 
-def tokenize_texts(texts: Sequence[str], vocabulary: seqio.Vocabulary, length: int) -> list[np.ndarray]:
-  """Texts -> id rows trimmed to `length - 1` plus EOS (seqio's `append_eos_after_trim`)."""
-  rows = []
-  eos = vocabulary.eos_id
-  for text in texts:
-    ids = list(vocabulary.encode(text))[:length - 1]
-    rows.append(np.asarray(ids + [eos], np.int32))
-  return rows
+def tokenize_texts(texts: Sequence[str], vocabulary: seqio.Vocabulary, feature_lengths: Mapping[str, int],
+                   where: str = 'text inputs') -> list[np.ndarray]:
+  """Texts -> id rows plus EOS, cut to the inputs length as seqio's `append_eos_after_trim` cuts; the rows cut
+  are counted and reported once (`where` names them in the log line)."""
+  rows = [np.asarray(list(vocabulary.encode(text)) + [vocabulary.eos_id], np.int32) for text in texts]
+  truncation.Truncation.count(where, feature_lengths, {'inputs': [len(r) for r in rows]}).report()
+  return [truncation.cut(r, feature_lengths['inputs'], True) for r in rows]
 
 
 def example_text(example: Mapping[str, Any], feature: str, vocabulary: seqio.Vocabulary) -> str:

@@ -2,10 +2,12 @@
 `jaxprompt.data.custom.register_file_task`.
 
 The command line binds its `--task` specs to `register_task_specs.specs` (paths made absolute) and then calls
-it, so a run's `config.gin` records them and a command reading that config registers the same tasks.
+it, so a run's `config.gin` records them and a command reading that config registers the same tasks. When the
+user sets no TASK_FEATURE_LENGTHS, such a task gets them from its data (`derived_lengths`).
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -13,8 +15,10 @@ from typing import Any
 import gin
 import seqio
 
-from jaxprompt.data import custom
+from jaxprompt.data import custom, truncation
 from jaxprompt.errors import ConfigError
+
+log = logging.getLogger('jaxprompt')
 
 # Spec key -> `register_file_task` argument (each argument also under its own name).
 _SPEC_KEYS = {
@@ -103,3 +107,16 @@ def bind_task_specs(specs: Sequence[str]) -> None:
 def register_task_specs(specs: Sequence[str] = ()) -> list[seqio.Task]:
   """Registers the task of each `--task` spec (the command line binds them here first)."""
   return [register_task_spec(spec) for spec in specs]
+
+
+def derived_lengths(name: str) -> dict[str, int]:
+  """TASK_FEATURE_LENGTHS for file task `name` from its data: its longest inputs and targets (tokens with EOS,
+  over every split, targets also over the label set), rounded up to a multiple of 8 and at most
+  `truncation.AUTO_LIMIT`; logged once."""
+  longest = custom.longest_lengths(name)
+  lengths = truncation.fitting_lengths(longest)
+  log.info(
+      'TASK_FEATURE_LENGTHS = %s from the data of task %r (the longest inputs %d and targets %d tokens with EOS, '
+      'rounded up to a multiple of %d, at most %d); set --gin.TASK_FEATURE_LENGTHS to choose them', lengths, name,
+      longest['inputs'], longest['targets'], truncation.ROUND_TO, truncation.AUTO_LIMIT)
+  return lengths

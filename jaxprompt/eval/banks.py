@@ -136,7 +136,7 @@ def serve(fns: ModelFns, trainable: Any, tasks: Sequence[str], rows: Sequence[Ma
   """
   labels = dict(labels or {})
   ids, real = candidate_tables(labels, tasks, vocabulary, feature_lengths['targets'])
-  features = data.to_features(data.tokenize_texts([r['input'] for r in rows], vocabulary, feature_lengths['inputs']),
+  features = data.to_features(data.tokenize_texts([r['input'] for r in rows], vocabulary, feature_lengths, 'requests'),
                               None, feature_lengths)
   features[TASK_FEATURE] = np.asarray([list(tasks).index(r['task']) for r in rows], np.int32)
   out: list[dict[str, Any]] = [dict(r) for r in rows]

@@ -15,6 +15,7 @@ import seqio
 
 from jaxprompt.data import buckets as buckets_lib
 from jaxprompt.data import pipeline as data
+from jaxprompt.data.truncation import Truncation
 from jaxprompt.errors import ConfigError
 from jaxprompt.eval import records as records_lib
 from jaxprompt.formats import validation
@@ -200,12 +201,14 @@ def task_id(task_names: Sequence[str], name: str) -> int:
 
 @dataclasses.dataclass
 class EvalSet:
-  """One task's split, read and featurized once (reused by every evaluation of a training run)."""
+  """One task's split, read and featurized once (reused by every evaluation of a training run), and how many of
+  its examples were longer than the feature lengths (`truncation` in its metrics)."""
   task: seqio.Task
   split: str
   examples: list[dict[str, Any]]
   features: dict[str, np.ndarray]
   labels: list[str] | None  # rank classification over these, else decoding
+  truncation: Truncation | None = None
 
 
 def prepare_eval(provider: seqio.Task | seqio.Mixture, split: str, feature_lengths: Mapping[str, int], *,
@@ -218,14 +221,14 @@ def prepare_eval(provider: seqio.Task | seqio.Mixture, split: str, feature_lengt
   """
   sets = []
   for task in data.subtasks(provider, split):
-    examples = data.read_examples(task, feature_lengths, split, max_examples)
+    examples, truncated = data.read_examples(task, feature_lengths, split, max_examples)
     features = data.to_features([ex['inputs'] for ex in examples], [ex['targets'] for ex in examples], feature_lengths)
     if task_names:
       features[TASK_FEATURE] = np.full((len(examples),), task_id(task_names, task.name), np.int32)
     labels = data.label_set(task.name) if rank_classification else None
     if labels:
       label_candidates(labels, data.targets_vocabulary(task), feature_lengths['targets'])
-    sets.append(EvalSet(task, split, examples, features, labels))
+    sets.append(EvalSet(task, split, examples, features, labels, truncated))
   return sets
 
 
@@ -269,7 +272,8 @@ def evaluate_sets(
   """Metrics of one task, or of several (a mixture: keys prefixed `<task>/`), and their records.
 
   `score_set(fns, trainable, eval_set, batch_size)` scores one set (default `evaluate_set`; an ensemble's is
-  `jaxprompt.eval.banks.evaluate_ensemble`)."""
+  `jaxprompt.eval.banks.evaluate_ensemble`). Each set's `truncation` counts (`Truncation.metrics`) join its
+  metrics as one `truncation` entry, a dict: no scalar curve, no part of the eval log line."""
   out: dict[str, Any] = {}
   records: list[dict[str, Any]] = []
   for eval_set in sets:
@@ -277,6 +281,8 @@ def evaluate_sets(
       metrics, set_records = evaluate_set(fns, trainable, eval_set, batch_size, task_metrics=task_metrics)
     else:
       metrics, set_records = score_set(fns, trainable, eval_set, batch_size)
+    if eval_set.truncation is not None:
+      metrics = dict(metrics, truncation=eval_set.truncation.metrics())
     prefix = f'{eval_set.task.name}/' if len(sets) > 1 else ''
     out.update({prefix + k: v for k, v in metrics.items()})
     records += [dict(r, task=eval_set.task.name) for r in set_records] if prefix else set_records

@@ -49,7 +49,8 @@ MACROS: dict[str, Macro] = {
     'MIXTURE_OR_TASK_NAME': Macro('text', "'taskless_glue_sst2_v200'", 'the seqio task or mixture (or '
                                   '@jaxprompt.data.file_task_name())', 'required', none='infer on text inputs'),
     'TASK_FEATURE_LENGTHS': Macro('feature lengths', "{'inputs': 512, 'targets': 16}",
-                                  'the longest inputs and targets in tokens', 'runs/*.gin'),
+                                  'the longest inputs and targets in tokens (longer examples are cut, and '
+                                  "counted); unset with --task: from the task's data", 'runs/*.gin'),
     'BATCH_SIZE': Macro('positive int', '32', 'the global batch (split over hosts)', 'runs/*.gin'),
     'TRAIN_STEPS': Macro('positive int', '30000', 'optimizer steps in all, counting a resumed run\'s',
                          'runs/prompt_tuning.gin'),
