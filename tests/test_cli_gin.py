@@ -1,6 +1,8 @@
 """gin on the command line: `--gin.NAME=VALUE` splitting, gin file lookup, and values gin cannot parse (one
 `jaxprompt: error:` line naming the flag, or file and binding, and for a bare string the quoted form to type
 instead). Syntax is checked before any slow import, so these run in milliseconds without TensorFlow or a model."""
+import collections
+import importlib
 import os
 import pathlib
 import subprocess
@@ -9,7 +11,7 @@ import sys
 import gin
 import pytest
 
-from jaxprompt.cli import gin_config, parser
+from jaxprompt.cli import gin_config, gin_names, parser
 from jaxprompt.cli.main import main as cli_main
 from jaxprompt.errors import UsageError
 
@@ -145,3 +147,19 @@ def test_checked_before_tensorflow_is_imported():
   assert proc.stdout.split() == ['False', 'False']
   assert proc.stderr.startswith('jaxprompt: error: --gin.MODEL_DIR=/tmp/x: gin could not parse the value /tmp/x')
   assert proc.stderr.count('\n') == 1
+
+
+def test_no_two_configurables_share_a_short_name():
+  """A run's config.gin names configurables by their shortest unambiguous selector in the process that wrote it;
+  another process (say, one that imported the demo) must read it back, so no short name may mean two things."""
+  import pkgutil  # pylint: disable=g-import-not-at-top
+
+  import jaxprompt  # pylint: disable=g-import-not-at-top
+  for module in pkgutil.walk_packages(jaxprompt.__path__, 'jaxprompt.'):
+    if not module.name.endswith('__main__'):
+      importlib.import_module(module.name)
+  short = collections.defaultdict(list)
+  for selector in gin_names.registered():
+    if selector.startswith('jaxprompt.'):
+      short[selector.rpartition('.')[2]].append(selector)
+  assert not {name: full for name, full in short.items() if len(full) > 1}

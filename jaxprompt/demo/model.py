@@ -4,8 +4,8 @@ The shipped model (`jaxprompt/assets/demo_model/`, written by `python -m jaxprom
   checkpoint_<step>/checkpoint  T5X classic checkpoint, every array inline in the msgpack, float32
   vocab.model                   SentencePiece (BPE, byte fallback; pad 0, eos 1, unk 2; no extra ids)
   config.json                   the T5Config, the pretraining recipe and its per-skill accuracies
-gin (gin_configs/models/demo.gin): `@jaxprompt.demo.model_config()`, `@jaxprompt.demo.checkpoint_path()`,
-`@jaxprompt.demo.vocabulary()`.
+gin (gin_configs/models/demo.gin): `@jaxprompt.demo.demo_model_config()`, `@jaxprompt.demo.checkpoint_path()`,
+`@jaxprompt.demo.demo_vocabulary()`.
 """
 from __future__ import annotations
 
@@ -77,7 +77,9 @@ def architecture(**overrides) -> T5Config:
   return DEMO_CONFIG.replace(**overrides) if overrides else DEMO_CONFIG
 
 
-@gin.configurable(module=GIN_MODULE)
+# The gin names are unique across jaxprompt (`jaxprompt.model_config` and `jaxprompt.vocabulary` exist): a run's
+# config.gin uses short names, which must read back in any process, whatever it imported.
+@gin.configurable('demo_model_config', module=GIN_MODULE)
 def model_config(model_dir: str | None = None, dtype: Any = None) -> T5Config:
   """The T5Config of a demo model dir (default: the shipped model), from its config.json."""
   config = config_from_json(read_model_info(model_dir)['model_config'])
@@ -108,7 +110,7 @@ def _load_vocabulary(path: str) -> Any:
   return vocab
 
 
-@gin.configurable(module=GIN_MODULE)
+@gin.configurable('demo_vocabulary', module=GIN_MODULE)
 def vocabulary(model_dir: str | None = None) -> Any:
   """The demo model's seqio SentencePiece vocabulary (one object per path)."""
   return _load_vocabulary(vocabulary_path(model_dir))
