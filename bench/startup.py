@@ -2,7 +2,7 @@
 the shipped demo model, each a fresh process, with the compilation cache off, on a first call (empty cache) and
 on a repeated call (the same cache again); `--help` as the floor.
 
-  python bench/startup.py [--reps 3] [--base DIR] [--phases]
+  python bench/startup.py [--reps 3] [--base DIR] [--phases] [--commands infer,eval,inspect,help]
 
 Every call is timed by wall clock around the whole process (start-up, imports, gin, checkpoint, compile, run,
 exit), with the load average beside it; each round runs every variant once, in a rotated order, and the table
@@ -20,6 +20,7 @@ import collections
 import functools
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -59,17 +60,22 @@ def environment() -> dict[str, str]:
   return dict(env, TF_CPP_MIN_LOG_LEVEL='3', JAX_PLATFORMS='cpu')
 
 
-def run(repo: str, argv: Sequence[str], extra: Sequence[str] = (), driver: Sequence[str] = ('-m', 'jaxprompt'),
-        timeout: float = 600) -> tuple[float, float, str]:
-  """(wall seconds, 1-minute load average at the start, stderr) of one process running `jaxprompt argv`."""
-  load = os.getloadavg()[0]
+def _children_cpu() -> float:
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return usage.ru_utime + usage.ru_stime
+
+
+def run(repo: str, argv: Sequence[str], extra: Sequence[str] = ()) -> tuple[float, float, float]:
+  """(wall seconds, CPU seconds, 1-minute load average at the start) of one process running `jaxprompt argv`.
+  The CPU seconds (user + system, every thread) move much less with other people's load than the wall."""
+  load, cpu = os.getloadavg()[0], _children_cpu()
   start = time.perf_counter()
-  proc = subprocess.run([sys.executable, *driver, *argv, *extra], cwd=repo, capture_output=True, text=True,
-                        timeout=timeout, env=dict(environment(), PYTHONPATH=repo))
+  proc = subprocess.run([sys.executable, '-m', 'jaxprompt', *argv, *extra], cwd=repo, capture_output=True, text=True,
+                        timeout=600, env=dict(environment(), PYTHONPATH=repo))
   wall = time.perf_counter() - start
   if proc.returncode != 0:
     raise RuntimeError(f'{" ".join(argv)} failed in {repo} ({proc.returncode}):\n{proc.stderr[-3000:]}')
-  return wall, load, proc.stderr
+  return wall, _children_cpu() - cpu, load
 
 
 def prepare(work: str) -> tuple[str, str]:
@@ -97,7 +103,7 @@ def variant_flags(variant: str, cache: str, work: str) -> list[str]:
 
 
 def time_all(argvs: dict[str, list[str]], reps: int, work: str, base: str | None) -> dict[str, dict[str, list]]:
-  """{command: {variant: [(wall, load), ...]}}, every variant once per round in a rotated order."""
+  """{command: {variant: [(wall, cpu, load), ...]}}, every variant once per round in a rotated order."""
   caches = {name: os.path.join(work, f'xla-{name}') for name in argvs}
   for name, argv in argvs.items():  # warm the repeated-call caches (and the OS file cache)
     run(REPO, argv, variant_flags('repeated call', caches[name], work))
@@ -108,11 +114,12 @@ def time_all(argvs: dict[str, list[str]], reps: int, work: str, base: str | None
       names = variants if name != 'help' else ['cache off'] + (['before'] if base else [])
       for variant in names[r % len(names):] + names[:r % len(names)]:
         if variant == 'before':
-          wall, load, _ = run(base, argv)
+          sample = run(base, argv)
         else:
-          wall, load, _ = run(REPO, argv, variant_flags(variant, caches[name], work) if name != 'help' else [])
-        samples[name][variant].append((wall, load))
-        print(f'  {name:8s} {variant:14s} {wall:6.2f} s  (load {load:.2f})', flush=True)
+          sample = run(REPO, argv, variant_flags(variant, caches[name], work) if name != 'help' else [])
+        samples[name][variant].append(sample)
+        print(f'  {name:8s} {variant:14s} {sample[0]:6.2f} s wall  {sample[1]:6.2f} s CPU  (load {sample[2]:.2f})',
+              flush=True)
   return samples
 
 
@@ -123,12 +130,13 @@ def median(values: Sequence[float]) -> float:
 
 
 def report(samples: dict[str, dict[str, list]]) -> None:
-  print('\ncommand   variant         median wall   × cache off   median load')
+  print('\ncommand   variant        median wall  × cache off   median CPU  × cache off   median load')
   for name, by_variant in samples.items():
-    off = median([w for w, _ in by_variant['cache off']])
+    off = [median([s[i] for s in by_variant['cache off']]) for i in range(2)]
     for variant, values in by_variant.items():
-      wall = median([w for w, _ in values])
-      print(f'{name:9s} {variant:14s} {wall:9.2f} s   {wall / off:9.2f}×   {median([x for _, x in values]):9.2f}')
+      wall, cpu, load = (median([s[i] for s in values]) for i in range(3))
+      print(f'{name:9s} {variant:14s} {wall:8.2f} s  {wall / off[0]:9.2f}×  {cpu:8.2f} s  {cpu / off[1]:9.2f}×  '
+            f'{load:9.2f}')
 
 
 # ------------------------------------------------------------------------------------ --phases
@@ -208,11 +216,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--reps', type=int, default=3, help='rounds (every variant once per round)')
   parser.add_argument('--base', default=None, help='another jaxprompt checkout, timed as "before"')
   parser.add_argument('--phases', action='store_true', help='also time the phases of each command')
+  parser.add_argument('--commands', default='infer,eval,inspect,help', help='comma-separated subset to time')
   args = parser.parse_args(argv)
   work = tempfile.mkdtemp(prefix='jaxprompt-startup-')
   try:
     prompt, inputs = prepare(work)
-    argvs = commands(prompt, inputs, work)
+    argvs = {k: v for k, v in commands(prompt, inputs, work).items() if k in args.commands.split(',')}
     samples = time_all(argvs, args.reps, work, args.base and os.path.abspath(args.base))
     report(samples)
     phases = time_phases(argvs, work, args.base and os.path.abspath(args.base)) if args.phases else {}

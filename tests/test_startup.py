@@ -1,7 +1,6 @@
-"""The fixed cost of a CLI call: the persistent compilation cache (where it lives, how to move or disable it, an
-unusable directory) and a start-up without TensorFlow for a run that reads no task. One real process (infer on
-text, the tiny fixture model) shows both: it loads neither TensorFlow nor seqio and fills the default cache,
-from which the same call in this process then compiles nothing."""
+"""The fixed cost of a CLI call: the persistent compilation cache (where it lives, how to move or disable it, a
+repeated call compiling nothing, an unusable directory) and a start-up without TensorFlow for a run that reads no
+task (one real process, `slow`: infer on text with the tiny fixture model loads neither TensorFlow nor seqio)."""
 import json
 import os
 import pathlib
@@ -12,11 +11,11 @@ import types
 import jax
 import numpy as np
 import pytest
+from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
 from jaxprompt import cli
 from jaxprompt.cli import compilation_cache
 from jaxprompt.errors import UsageError
-from tests.tiny_task import LENGTHS
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MIN_TIME = 'jax_persistent_cache_min_compile_time_secs'
@@ -72,7 +71,8 @@ def test_settings_lower_jax_floors_unless_jax_sets_them(no_cache_env, monkeypatc
 
 
 def _tiny_infer(tiny_files, fixtures_dir, tmp_path) -> list[str]:
-  """`jaxprompt infer` on text with a random prompt on the fixture model: no task anywhere."""
+  """`jaxprompt infer` on text with a random prompt on the fixture model (no task anywhere), small enough to
+  compile fast (greedy decoding of 4 tokens)."""
   prompt, inputs = tmp_path / 'prompt.npy', tmp_path / 'inputs.txt'
   np.save(prompt, np.random.default_rng(0).normal(size=(5, 32)).astype(np.float32))
   inputs.write_text('good movie plot\nawful film acting\n')
@@ -80,23 +80,23 @@ def _tiny_infer(tiny_files, fixtures_dir, tmp_path) -> list[str]:
       'infer', '--gin_file=models/t5x_tiny.gin', '--gin_file=runs/prompt_infer.gin',
       f"--gin.VOCABULARY_PATH='{tiny_files['vocab']}'",
       f"--gin.T5X_TINY_CHECKPOINT='{fixtures_dir / 't5x_tiny' / 'classic_checkpoint_0'}'",
-      f'--gin.TASK_FEATURE_LENGTHS={LENGTHS}', '--gin.BATCH_SIZE=4', f'--prompt_file={prompt}', f'--input_file={inputs}'
+      "--gin.TASK_FEATURE_LENGTHS={'inputs': 8, 'targets': 4}", "--gin.jaxprompt.decoding.method='sample'",
+      '--gin.BATCH_SIZE=2', f'--prompt_file={prompt}', f'--input_file={inputs}'
   ]
 
 
-def test_infer_on_text_loads_no_tensorflow_and_a_repeat_compiles_nothing(tiny_files, fixtures_dir, tmp_path,
-                                                                         no_cache_env, capsys):
-  argv = _tiny_infer(tiny_files, fixtures_dir, tmp_path)
-  script = ('import json, sys\nfrom jaxprompt.cli.main import main\ncode = main(sys.argv[1:])\n'
-            "print(json.dumps({'code': code, 'loaded': [m for m in ('tensorflow', 'seqio') if m in sys.modules]}))")
-  proc = subprocess.run([sys.executable, '-c', script, *argv], cwd=REPO, capture_output=True, text=True, timeout=300,
-                        env=dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL='3'))
-  assert proc.returncode == 0, proc.stderr
-  *records, status = proc.stdout.splitlines()
-  assert json.loads(status) == {'code': 0, 'loaded': []}, proc.stderr
-  cached = sorted(p.name for p in no_cache_env.iterdir())
-  assert any(name.startswith('jit_') for name in cached)  # the default cache dir, with the small programs too
+@pytest.fixture
+def jax_cache_unset():
+  """JAX's own cache directory cleared in this process (the suite sets one per run), restored after the test."""
+  saved = jax.config.jax_compilation_cache_dir
+  jax.config.update('jax_compilation_cache_dir', None)
+  yield
+  jax.config.update('jax_compilation_cache_dir', saved)
+  jax_cache.reset_cache()  # JAX opens the run's cache again at its next compile
 
+
+def _cache_events(argv) -> list[str]:
+  """The persistent-cache events (hits, misses = writes) of one in-process `jaxprompt argv`."""
   events = []
 
   def listener(event, **kwargs):
@@ -105,13 +105,38 @@ def test_infer_on_text_loads_no_tensorflow_and_a_repeat_compiles_nothing(tiny_fi
       events.append(event)
 
   jax.monitoring.register_event_listener(listener)
-  try:  # the same call again (moved there by the flag: this process has JAX's own cache setting)
-    assert cli.main(argv + [f'--compilation_cache_dir={no_cache_env}']) == 0
+  try:
+    assert cli.main(argv) == 0
   finally:
     jax.monitoring.unregister_event_listener(listener)
-  assert capsys.readouterr().out.splitlines() == records
-  assert events and set(events) == {CACHE_EVENTS[0]}  # every program read back, none compiled and written
-  assert sorted(p.name for p in no_cache_env.iterdir()) == cached
+  return events
+
+
+def test_the_cache_is_on_by_default_and_a_repeated_call_compiles_nothing(tiny_files, fixtures_dir, tmp_path,
+                                                                         no_cache_env, jax_cache_unset, capsys):
+  argv = _tiny_infer(tiny_files, fixtures_dir, tmp_path)
+  first = _cache_events(argv)
+  cached = sorted(p.name for p in no_cache_env.iterdir())
+  assert CACHE_EVENTS[1] in first and any(name.startswith('jit_') for name in cached)  # written to the default dir
+  records = capsys.readouterr().out
+  assert set(_cache_events(argv)) == {CACHE_EVENTS[0]}  # every program read back, none compiled and written
+  assert capsys.readouterr().out == records and sorted(p.name for p in no_cache_env.iterdir()) == cached
+
+
+@pytest.mark.slow
+def test_infer_on_text_loads_no_tensorflow(tiny_files, fixtures_dir, tmp_path):
+  """A real process (this one has TensorFlow loaded), its cache moved by the environment variable."""
+  script = ('import json, sys\nfrom jaxprompt.cli.main import main\ncode = main(sys.argv[1:])\n'
+            "print(json.dumps({'code': code, 'loaded': [m for m in ('tensorflow', 'seqio') if m in sys.modules]}))")
+  env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}
+  env.update(PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL='3', JAXPROMPT_COMPILATION_CACHE=str(tmp_path / 'xla'))
+  proc = subprocess.run([sys.executable, '-c', script, *_tiny_infer(tiny_files, fixtures_dir, tmp_path)], cwd=REPO,
+                        capture_output=True, text=True, timeout=300, env=env)
+  assert proc.returncode == 0, proc.stderr
+  *records, status = proc.stdout.splitlines()
+  assert json.loads(status) == {'code': 0, 'loaded': []}, proc.stderr
+  assert len(records) == 2 and all(json.loads(r)['score'] <= 0 for r in records)
+  assert any(p.name.startswith('jit_') for p in (tmp_path / 'xla').iterdir())
 
 
 def test_an_unusable_cache_dir_warns_once_and_the_run_goes_on(tiny_files, fixtures_dir, tmp_path, capsys):
