@@ -46,7 +46,7 @@ def commands(prompt: str, inputs: str, out: str) -> dict[str, list[str]]:
       ],
       'eval': [
           'eval', *DEMO, '--gin_file=runs/prompt_eval.gin', "--gin.MIXTURE_OR_TASK_NAME='demo_heldout_topic'",
-          "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 4}", '--gin.jaxprompt.evaluate.max_examples=8',
+          "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 4}", '--gin.jaxprompt.DataConfig.max_examples=8',
           f'--prompt_file={prompt}', f'--output={out}/eval.json'
       ],
       'inspect': ['inspect', prompt, *DEMO, f'--output={out}/inspect.json'],

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
-from jaxprompt import cli
 from jaxprompt.cli import compilation_cache
+from jaxprompt.cli.main import main as cli_main
 from jaxprompt.errors import UsageError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -106,7 +106,7 @@ def _cache_events(argv) -> list[str]:
 
   jax.monitoring.register_event_listener(listener)
   try:
-    assert cli.main(argv) == 0
+    assert cli_main(argv) == 0
   finally:
     jax.monitoring.unregister_event_listener(listener)
   return events
@@ -145,7 +145,7 @@ def test_an_unusable_cache_dir_warns_once_and_the_run_goes_on(tiny_files, fixtur
   before = (jax.config.jax_compilation_cache_dir, jax.config.jax_enable_compilation_cache)
   argv = _tiny_infer(tiny_files, fixtures_dir, tmp_path)
   prompt = next(a.split('=', 1)[1] for a in argv if a.startswith('--prompt_file='))
-  code = cli.main(['inspect', prompt, *argv[1:5], f'--compilation_cache_dir={blocker / "xla"}'])
+  code = cli_main(['inspect', prompt, *argv[1:5], f'--compilation_cache_dir={blocker / "xla"}'])
   err = capsys.readouterr().err
   assert code == 0 and 'jaxprompt: error' not in err
   warnings = [line for line in err.splitlines() if 'compilation cache' in line]
