@@ -235,7 +235,6 @@ def check_jaxprompt(args: Sequence[str], search_paths: str = '') -> str | None:
   files, bindings and macros through the real gin parsing, and the task it names. Needs
   `gin_config.import_configurables()` first; leaves gin configured (callers clear it)."""
   import gin  # pylint: disable=g-import-not-at-top
-  import seqio  # pylint: disable=g-import-not-at-top
 
   from jaxprompt.cli import gin_config, gin_names, parser  # pylint: disable=g-import-not-at-top
   from jaxprompt.cli import main as dispatch  # pylint: disable=g-import-not-at-top
@@ -267,7 +266,17 @@ def check_jaxprompt(args: Sequence[str], search_paths: str = '') -> str | None:
     if '.' not in name and name not in known:
       return f'{binding.flag()}: no gin file given binds or uses the macro {name}'
   task = gin_names.gin_macro(TASK_MACRO)
-  registered = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
-  if isinstance(task, str) and not task.startswith(USER_PREFIX) and task not in own_tasks | registered:
+  if isinstance(task, str) and not task.startswith(USER_PREFIX) and task not in own_tasks and not _registered(task):
     return f'{TASK_MACRO} {task!r} is not a registered seqio task or mixture'
   return None
+
+
+def _registered(task: str) -> bool:
+  """Whether jaxprompt finds the task as a run would (`data.tasks.get_task`: the demo's register on lookup)."""
+  from jaxprompt.data import tasks  # pylint: disable=g-import-not-at-top
+  from jaxprompt.errors import DataError  # pylint: disable=g-import-not-at-top
+  try:
+    tasks.get_task(task)
+  except DataError:
+    return False
+  return True

@@ -6,11 +6,14 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import gin  # pylint: disable=g-import-not-at-top
+import numpy as np
 import pytest
 import seqio
+import tensorflow as tf
 
 from jaxprompt.data import custom, task_spec, vocab
 from jaxprompt.errors import ConfigError, DataError
+from jaxprompt.models import fingerprint
 
 LENGTHS = {"inputs": 32, "targets": 8}
 
@@ -66,6 +69,24 @@ def test_vocabulary_round_trip_known_pieces_and_sentinels():
   assert v.encode("The") == [37] and v.encode("the") == [8]
   assert v.tokenizer.id_to_piece(5) == "." and v.tokenizer.id_to_piece(3) == "▁"
   assert v.encode("<extra_id_0>") == [32099] and v.decode([32000]) == "<extra_id_99>"
+
+
+@pytest.mark.parametrize("extra_ids", [100, 0])
+def test_the_vocabulary_is_seqios_without_tensorflow(extra_ids):
+  """The same ids, texts and serialized model (so the same model fingerprints) as seqio's vocabulary of the file,
+  and seqio's TensorFlow side on demand (a seqio task may hold it)."""
+  ours = vocab.get_default_vocabulary(extra_ids=extra_ids)
+  theirs = seqio.SentencePieceVocabulary(vocab.default_vocabulary_path(), extra_ids=extra_ids)
+  assert ours.sp_model == theirs.sp_model
+  assert fingerprint._vocabulary_record(ours) == fingerprint._vocabulary_record(theirs)  # pylint: disable=protected-access
+  assert (ours.vocab_size, ours.eos_id, ours.unk_id, ours.pad_id) == (theirs.vocab_size, theirs.eos_id, theirs.unk_id,
+                                                                      theirs.pad_id)
+  text = "Prompt tuning <extra_id_0> a frozen T5, doesn't it?"
+  assert ours.encode(text) == theirs.encode(text)
+  ids = np.random.default_rng(0).integers(0, ours.vocab_size + 8, size=(50, 12)).tolist()  # past the end too
+  assert [ours.decode(row) for row in ids] == [theirs.decode(row) for row in ids]
+  assert ours.encode_tf(tf.constant(text)).numpy().tolist() == ours.encode(text)
+  assert vocab.is_vocabulary(ours) and vocab.resolve(ours) is ours and vocab.resolve(None) is vocab.resolve(None)
 
 
 def test_get_vocabulary_from_a_path(tmp_path, fixtures_dir):

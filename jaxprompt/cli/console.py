@@ -3,11 +3,13 @@ failure turned into one line `jaxprompt: error: <message>` plus an exit code (no
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
 import logging
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from jaxprompt.errors import JaxPromptError, TrainingError
 
@@ -35,6 +37,55 @@ def quiet_native_stderr() -> Iterator[None]:
     finally:
       os.dup2(saved, 2)
       os.close(saved)
+
+
+# Modules whose first import prints native log lines (TensorFlow's C++ start-up; seqio imports it too).
+NOISY_IMPORTS = ('tensorflow',)
+
+
+class _QuietLoader(importlib.abc.Loader):
+  """Runs a module's import under `quiet_native_stderr`; the module keeps its own loader."""
+
+  def __init__(self, loader: Any):
+    self._loader = loader
+
+  def create_module(self, spec: Any) -> Any:
+    return self._loader.create_module(spec)
+
+  def exec_module(self, module: Any) -> None:
+    module.__loader__ = module.__spec__.loader = self._loader
+    with quiet_native_stderr():
+      self._loader.exec_module(module)
+
+
+class _QuietFinder(importlib.abc.MetaPathFinder):
+  """Finds `names` as the other finders do, with `_QuietLoader` around their loader."""
+
+  def __init__(self, names: Sequence[str]):
+    self._names = tuple(names)
+
+  def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+    if fullname not in self._names:
+      return None
+    for finder in sys.meta_path:
+      find = getattr(finder, 'find_spec', None) if finder is not self else None
+      spec = find(fullname, path, target) if find else None
+      if spec is not None and spec.loader is not None:
+        spec.loader = _QuietLoader(spec.loader)
+        return spec
+    return None
+
+
+@contextlib.contextmanager
+def quiet_imports(names: Sequence[str] = NOISY_IMPORTS) -> Iterator[None]:
+  """Hides the native log lines of `names`' first import wherever it happens in the block (a command may load
+  TensorFlow only once it reads a task)."""
+  finder = _QuietFinder(names)
+  sys.meta_path.insert(0, finder)
+  try:
+    yield
+  finally:
+    sys.meta_path.remove(finder)
 
 
 class _StderrHandler(logging.Handler):

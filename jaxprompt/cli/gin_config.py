@@ -13,6 +13,7 @@ import importlib
 import logging
 import os
 import pathlib
+import sys
 import tokenize
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -22,11 +23,18 @@ from jaxprompt.errors import UsageError
 
 PACKAGE_GIN_CONFIGS = pathlib.Path(__file__).resolve().parent.parent / 'gin_configs'
 
-# Modules defining the configurables jaxprompt's gin files bind: imported before any gin file is parsed.
-CONFIGURABLE_MODULES = ('seqio', 'tensorflow', 'jaxprompt.data.custom', 'jaxprompt.data.tasks', 'jaxprompt.methods',
+# Modules defining the configurables jaxprompt's gin files bind, imported before any gin file is parsed: TensorFlow,
+# seqio and the GLUE / SuperGLUE tasks first, so that a gin file's own `import` may build on them.
+CONFIGURABLE_MODULES = ('seqio', 'tensorflow', 'jaxprompt.data.tasks', 'jaxprompt.data.custom', 'jaxprompt.methods',
                         'jaxprompt.runtime.optim', 'jaxprompt.commands.configs', 'jaxprompt.commands.groups',
                         'jaxprompt.eval.evaluation', 'jaxprompt.commands.train', 'jaxprompt.commands.evaluate',
                         'jaxprompt.commands.infer', 'jaxprompt.commands.inspect')
+# What a light start-up imports: none of these loads TensorFlow (about 4 s), Orbax or the training loop. A task's
+# modules load when the run looks the task up (infer on text and inspect never do); all the others, before
+# parsing again, when a gin file fails to parse without them (e.g. a training run's config.gin binds
+# `jaxprompt.train`).
+LIGHT_MODULES = tuple(m for m in CONFIGURABLE_MODULES
+                      if m not in ('seqio', 'tensorflow', 'jaxprompt.data.tasks', 'jaxprompt.commands.train'))
 
 OVERRIDE = 'override'  # --gin.NAME=VALUE
 RAW = 'raw'  # --gin_bindings='NAME = VALUE'
@@ -175,10 +183,21 @@ def _quiet_root_logging() -> Iterator[None]:
 def parse(files: Sequence[str], bindings: Sequence[Binding | str] = (), search_path_flag: str = '') -> None:
   """Clears gin, then parses `files` (looked up like `--gin_file`) and `bindings`, in that order.
 
-  Needs `import_configurables()` first. Every gin parse error is a UsageError naming its flag or file.
+  Needs `import_configurables()` first; after `import_configurables(light=True)`, a failed parse imports the
+  other modules and parses again. Every gin parse error is a UsageError naming its flag or file.
   """
-  import gin  # pylint: disable=g-import-not-at-top
   resolved, checked = prepare(files, bindings, search_path_flag)
+  try:
+    _parse_all(resolved, checked, search_path_flag)
+  except UsageError:
+    if not import_configurables():  # nothing left to import: the config itself is wrong
+      raise
+    _parse_all(resolved, checked, search_path_flag)
+  macro_check.check_macros(checked)
+
+
+def _parse_all(resolved: Sequence[str], checked: Sequence[Binding], search_path_flag: str) -> None:
+  import gin  # pylint: disable=g-import-not-at-top
   paths = search_paths(search_path_flag)
   gin.clear_config()
   for path in paths:
@@ -188,7 +207,6 @@ def parse(files: Sequence[str], bindings: Sequence[Binding | str] = (), search_p
       _parse_one(gin.parse_config_file, path, None, paths)
     for binding in checked:
       _parse_one(gin.parse_config, binding.text, binding, paths)
-  macro_check.check_macros(checked)
 
 
 def _parse_one(parse_fn: Any, source: str, binding: Binding | None, paths: Sequence[str]) -> None:
@@ -213,14 +231,17 @@ def bind_macro(name: str, value: Any) -> None:
   gin.parse_config(f'{name} = {value!r}')
 
 
-def import_configurables(extra_modules: Sequence[str] = ()) -> None:
-  """Imports every module with gin configurables (plus `extra_modules`, e.g. the demo's) before gin files are
-  parsed, hiding native start-up logs; on a pod, also joins the other processes."""
+def import_configurables(extra_modules: Sequence[str] = (), light: bool = False) -> bool:
+  """Imports every module with gin configurables (`LIGHT_MODULES` only when `light`), plus `extra_modules`
+  (e.g. the demo's), before gin files are parsed, hiding native start-up logs; on a pod, also joins the other
+  processes. Returns whether any module was imported now."""
+  modules = [m for m in (*(LIGHT_MODULES if light else CONFIGURABLE_MODULES), *extra_modules) if m not in sys.modules]
   with console.quiet_native_stderr():
-    for module in (*CONFIGURABLE_MODULES, *extra_modules):
+    for module in modules:
       importlib.import_module(module)
     import jax  # pylint: disable=g-import-not-at-top
 
     from jaxprompt.parallel import multihost  # pylint: disable=g-import-not-at-top
     multihost.maybe_initialize_distributed()  # on a pod: before anything touches a device
     jax.devices()  # the backend's start-up logs, too
+  return bool(modules)

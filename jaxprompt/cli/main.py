@@ -7,6 +7,10 @@ the CLI, never the reverse).
 
 Every bad input ends the process with one line on stderr, `jaxprompt: error: <message>`, and exit code 2
 (1 when training stops on a non-finite loss); no traceback.
+
+A call's fixed cost is kept small: compiled programs persist across runs (`compilation_cache`:
+`--compilation_cache_dir`, `--no_compilation_cache`, `JAXPROMPT_COMPILATION_CACHE`), and every command but train
+starts without TensorFlow and seqio, which load only when the run reads a task (`gin_config.LIGHT_MODULES`).
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from jaxprompt.cli import console, gin_config, gin_names, parser, run_dir, task_lengths
+from jaxprompt.cli import compilation_cache, console, gin_config, gin_names, parser, run_dir, task_lengths
 from jaxprompt.errors import UsageError
 
 # The entry point of each command. train / eval / infer are gin configurables (`jaxprompt.train`, ...); demo
@@ -36,6 +40,9 @@ COMMANDS = {
 OWN_PARSERS = ('demo',)  # handed the rest of argv before argparse runs
 TASK_SPECS = 'jaxprompt.data.task_spec'  # registers --task specs, and those a run's config.gin recorded
 LENGTH_COMMANDS = ('train', 'eval', 'infer')  # they read TASK_FEATURE_LENGTHS (--task: from the data, see task_lengths)
+# Commands that start with `gin_config.LIGHT_MODULES` only: TensorFlow and seqio load when the run reads a task
+# (infer on text and inspect never do), the training loop's modules not at all.
+LIGHT_START = ('eval', 'infer', 'export', 'inspect')
 
 
 def _module(command: str) -> str:
@@ -149,7 +156,7 @@ def _run(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     if files and not args.gin_file:
       logging.getLogger('jaxprompt').info('reading the run directory: gin files %s', ' '.join(files))
     files, bindings = gin_config.prepare(files, bindings, args.gin_search_paths)
-    gin_config.import_configurables((TASK_SPECS,))
+    gin_config.import_configurables((TASK_SPECS,), light=args.command in LIGHT_START)
     gin_config.parse(files, bindings, args.gin_search_paths)
   if uses_gin or args.task:
     task_spec = importlib.import_module(TASK_SPECS)
@@ -163,7 +170,8 @@ def _run(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   if args.tfds_data_dir:
     from jaxprompt.data import tasks  # pylint: disable=g-import-not-at-top
     tasks.set_tfds_data_dir(args.tfds_data_dir)
-  return RUNNERS[args.command](args)
+  with compilation_cache.configured(args.compilation_cache_dir):
+    return RUNNERS[args.command](args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -178,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   except UsageError as e:
     return console.fail(str(e), 2)
   args = parser.build_parser(commands).parse_args(rest)  # usage errors: one line, exit 2
-  with console.console_logging():
+  with console.console_logging(), console.quiet_imports():
     return console.run_reporting_errors(lambda: _run(args, overrides))
 
 

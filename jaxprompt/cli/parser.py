@@ -88,6 +88,17 @@ def _gin_flags(parser: argparse.ArgumentParser) -> None:
       help='register a task from your TSV/JSONL files (repeatable), e.g. '
       '"name=my_task,train=train.tsv,validation=dev.tsv,labels=no|yes"; then '
       '--gin.MIXTURE_OR_TASK_NAME="\'my_task\'"')
+  _cache_flags(parser)
+
+
+def _cache_flags(parser: argparse.ArgumentParser) -> None:
+  group = parser.add_argument_group('compilation cache (see docs/performance.md)')
+  group.add_argument(
+      '--compilation_cache_dir', default=None, metavar='DIR',
+      help='keep compiled XLA programs here for the next run (none: no cache; default: JAX_COMPILATION_CACHE_DIR '
+      'if set, else $JAXPROMPT_COMPILATION_CACHE, else $XDG_CACHE_HOME or ~/.cache, /jaxprompt/xla)')
+  group.add_argument('--no_compilation_cache', dest='compilation_cache_dir', action='store_const', const='none',
+                     help='compile everything afresh and keep nothing (= --compilation_cache_dir=none)')
 
 
 def _prompt_flags(parser: argparse.ArgumentParser) -> None:

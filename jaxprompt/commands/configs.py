@@ -74,13 +74,14 @@ def task_label_set(task: str = gin.REQUIRED) -> list[str]:
 
 @functools.cache
 def _vocabulary(path: str | None, extra_ids: int) -> Any:
-  from jaxprompt.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top  (imports TF)
+  from jaxprompt.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   return vocab_lib.get_vocabulary(path, extra_ids)
 
 
 @gin.configurable(module='jaxprompt')
 def vocabulary(path: str | None = None, extra_ids: int = 100) -> Any:
-  """A seqio SentencePiece vocabulary: `path` (local or gs://), default T5's; one object per arguments."""
+  """A SentencePiece vocabulary numbered as seqio does (`jaxprompt.data.sentencepiece_vocab`; no TensorFlow):
+  `path` (local or gs://), default T5's; one object per arguments."""
   return _vocabulary(None if path is None else os.fspath(path), int(extra_ids))
 
 

@@ -36,7 +36,7 @@ from jaxprompt.errors import ConfigError
 from jaxprompt.formats import macros, validation
 from jaxprompt.methods.prompt_tuning import COMBINATIONS
 from jaxprompt.models.config import T5Config
-from jaxprompt.train.loop import Schedule
+from jaxprompt.train.schedule import Schedule
 
 __all__ = ['CheckpointConfig', 'DataConfig', 'EvalConfig', 'ModelSource', 'PromptSource', 'Schedule']
 

@@ -6,12 +6,10 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gin
 import numpy as np
-import seqio
-import tensorflow as tf
 
 from jaxprompt.commands import bank_files, configs, model_check
 from jaxprompt.commands.evaluate import check_eval_data, tuned_model
@@ -21,7 +19,11 @@ from jaxprompt.data import vocab as vocab_lib
 from jaxprompt.errors import ConfigError, DataError
 from jaxprompt.eval import banks, records, writers
 from jaxprompt.eval import evaluation as eval_lib
+from jaxprompt.formats import files
 from jaxprompt.runtime import runtime as runtime_lib
+
+if TYPE_CHECKING:  # infer on text loads neither seqio nor TensorFlow (a task's inputs do)
+  import seqio
 
 
 def read_input_lines(input_file: str, stdin=None) -> list[str]:
@@ -30,10 +32,9 @@ def read_input_lines(input_file: str, stdin=None) -> list[str]:
     text = (stdin or sys.stdin).read()
     where = 'stdin'
   else:
-    if not tf.io.gfile.exists(input_file) or tf.io.gfile.isdir(input_file):
+    if not files.exists(input_file) or files.isdir(input_file):
       raise DataError(f'input file {input_file} does not exist (or is a directory)')
-    with tf.io.gfile.GFile(input_file, 'rb') as f:
-      raw = f.read()
+    raw = files.read_bytes(input_file)
     try:
       text = raw.decode('utf-8-sig')
     except UnicodeDecodeError as e:
@@ -48,7 +49,7 @@ def read_input_lines(input_file: str, stdin=None) -> list[str]:
 
 
 def _vocabulary(provider: Any, vocabulary: Any) -> seqio.Vocabulary:
-  if isinstance(vocabulary, seqio.Vocabulary):
+  if vocab_lib.is_vocabulary(vocabulary):
     return vocabulary
   if vocabulary is not None:
     return vocab_lib.get_vocabulary(str(vocabulary))

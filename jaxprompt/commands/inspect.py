@@ -14,11 +14,10 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gin
 import numpy as np
-import seqio
 from etils import epath
 
 from jaxprompt.checkpoints.common import flatten_params
@@ -34,19 +33,19 @@ from jaxprompt.models import fingerprint as fingerprint_lib
 from jaxprompt.models.config import T5Config
 from jaxprompt.runtime import runtime as runtime_lib
 
+if TYPE_CHECKING:
+  import seqio
+
 log = logging.getLogger('jaxprompt')
 EMBEDDING = 'token_embedder/embedding'
 
 
-def _vocabulary(vocabulary: Any) -> seqio.Vocabulary:
-  """A seqio vocabulary from an object or a SentencePiece path; None: T5's default one."""
-  if vocabulary is None:
-    return vocab_lib.get_default_vocabulary()
-  if isinstance(vocabulary, (str, os.PathLike)):
-    return vocab_lib.get_vocabulary(os.fspath(vocabulary))
-  if not isinstance(vocabulary, seqio.Vocabulary):
-    raise ConfigError(f'inspect vocabulary must be a seqio vocabulary or a SentencePiece path, got {vocabulary!r}')
-  return vocabulary
+def _vocabulary(vocabulary: Any) -> Any:
+  """A vocabulary from an object or a SentencePiece path; None: T5's default one."""
+  if not (vocabulary is None or vocab_lib.is_vocabulary(vocabulary) or isinstance(vocabulary, (str, os.PathLike))):
+    raise ConfigError(f'inspect vocabulary must be a vocabulary (e.g. @jaxprompt.vocabulary()) or a SentencePiece '
+                      f'path, got {vocabulary!r}')
+  return vocab_lib.resolve(vocabulary)
 
 
 def read_token_embedding(path: str, config: T5Config) -> np.ndarray:

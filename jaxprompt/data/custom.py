@@ -27,16 +27,19 @@ import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gin
 import numpy as np
-import seqio
-import tensorflow as tf
 
 from jaxprompt.data import metrics as metrics_lib
 from jaxprompt.data import vocab as vocab_lib
 from jaxprompt.errors import ConfigError, DataError
+from jaxprompt.formats import files
+
+if TYPE_CHECKING:  # loaded when a task is registered or read: the gin configurables here cost no TensorFlow
+  import seqio
+  import tensorflow as tf
 
 Paths = str | Sequence[str]
 Example = tuple[int, str, str]  # (line number, inputs, targets)
@@ -66,12 +69,11 @@ _TOKEN_LENGTHS: dict[tuple[str, str], dict[str, np.ndarray]] = {}  # (name, spli
 
 def _read_lines(path: str) -> list[str]:
   """The lines of a UTF-8 text file (local or gs://), without line terminators."""
-  if not tf.io.gfile.exists(path):
+  if not files.exists(path):
     raise DataError(f'data file {path} does not exist')
-  if tf.io.gfile.isdir(path):
+  if files.isdir(path):
     raise DataError(f'data file {path} is a directory, expected a .tsv or .jsonl file')
-  with tf.io.gfile.GFile(path, 'rb') as f:
-    data = f.read()
+  data = files.read_bytes(path)
   try:
     text = data.decode('utf-8-sig')  # -sig: tolerate the byte-order mark some editors write
   except UnicodeDecodeError as e:
@@ -184,6 +186,7 @@ def _as_paths(split: str, value: Paths | None) -> tuple[str, ...]:
 def _dataset_fn(split: str, shuffle_files: bool, seed: int | None = None, *, files: Mapping[str, tuple[str, ...]],
                 read: Callable[[Sequence[str]], tuple[list[str], list[str]]]) -> tf.data.Dataset:
   """tf.data of {'inputs': string, 'targets': string}; a full shuffle of the split when `shuffle_files`."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   inputs, targets = read(files[split])
   ds = tf.data.Dataset.from_tensor_slices({
       'inputs': tf.constant(inputs, tf.string), 'targets': tf.constant(targets, tf.string)
@@ -269,7 +272,8 @@ def register_file_task(
     inputs_field, targets_field: TSV header columns / JSON keys holding the input and the target text.
     has_header: TSV only: True / False, or None to detect the header from the first line.
     label_set: allowed target strings; every target is checked, and predictions are mapped to class ids.
-    vocabulary: None (T5's default), a SentencePiece model path, or a seqio.Vocabulary.
+    vocabulary: None (T5's default), a SentencePiece model path, or a vocabulary (`jaxprompt.vocabulary()`'s or
+      any seqio.Vocabulary).
     metrics: names among accuracy, sequence_accuracy, f1 (2 labels, the second is positive), macro_f1,
       matthews_corrcoef, pearson_corrcoef, spearman_corrcoef (no label set) -- or metric callables.
     overwrite: replace a task of the same name registered with different arguments.
@@ -277,6 +281,7 @@ def register_file_task(
   Raises:
     ConfigError: bad arguments. DataError: missing / empty / malformed files, a target outside the label set.
   """
+  import seqio  # pylint: disable=g-import-not-at-top
   if not isinstance(name, str) or not _TASK_NAME.match(name):
     raise ConfigError(f'task name {name!r} is invalid: use letters, digits and _ . : #')
   if format is not None and format not in FORMATS:
@@ -301,7 +306,7 @@ def register_file_task(
     postprocess_fn = functools.partial(_label_to_class_id, label_set=labels)
   else:
     postprocess_fn = _string_to_float if scores_floats else None
-  vocab = vocabulary if isinstance(vocabulary, seqio.Vocabulary) else vocab_lib.get_vocabulary(vocabulary)
+  vocab = vocab_lib.resolve(vocabulary)
   unregister_file_task(name)
   seqio.TaskRegistry.remove(name)  # only reached with overwrite=True, after the new files validated
   task = seqio.TaskRegistry.add(
@@ -355,6 +360,7 @@ def file_task_name() -> str:
 def unregister_file_task(name: str) -> None:
   """Removes a task made by `register_file_task` from seqio's registry (no-op for unknown names)."""
   if name in _FILE_TASKS:
+    import seqio  # pylint: disable=g-import-not-at-top
     seqio.TaskRegistry.remove(name)
     del _FILE_TASKS[name]
     del _LABEL_SETS[name]

@@ -12,17 +12,18 @@ of every global batch to the mesh).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
-import seqio
-import tensorflow as tf
 
 from jaxprompt.data import custom, truncation
-from jaxprompt.data import tasks as tasks_lib
 from jaxprompt.errors import ConfigError, DataError
 from jaxprompt.models.features import FEATURES, SEGMENT_FEATURES, TASK_FEATURE
+
+if TYPE_CHECKING:  # loaded by the functions that read a task: features of raw text need no TensorFlow
+  import seqio
+  import tensorflow as tf
 
 Batch = dict[str, np.ndarray]
 
@@ -31,6 +32,9 @@ Batch = dict[str, np.ndarray]
 
 def get_provider(name: Any) -> seqio.Task | seqio.Mixture:
   """A registered Task or Mixture (GLUE / SuperGLUE, user file tasks, anything a gin `import` registered)."""
+  import seqio  # pylint: disable=g-import-not-at-top
+
+  from jaxprompt.data import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
   if isinstance(name, (seqio.Task, seqio.Mixture)):
     return name
   if not isinstance(name, str) or not name:
@@ -40,6 +44,7 @@ def get_provider(name: Any) -> seqio.Task | seqio.Mixture:
 
 def label_set(name: str) -> list[str] | None:
   """Class labels of a task (file tasks and GLUE / SuperGLUE), None for free-text targets."""
+  from jaxprompt.data import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
   try:
     labels = custom.get_file_task_label_set(name)
   except DataError:  # not a file task
@@ -49,6 +54,7 @@ def label_set(name: str) -> list[str] | None:
 
 def subtasks(provider: seqio.Task | seqio.Mixture, split: str) -> list[seqio.Task]:
   """The tasks to evaluate: the task itself, or each task of a mixture that has `split`."""
+  import seqio  # pylint: disable=g-import-not-at-top
   tasks = list(provider.tasks) if isinstance(provider, seqio.Mixture) else [provider]
   with_split = [t for t in tasks if split in t.splits]
   if not with_split:
@@ -72,6 +78,7 @@ def inputs_vocabulary(provider: seqio.Task | seqio.Mixture) -> seqio.Vocabulary:
 
 def check_split(provider: seqio.Task | seqio.Mixture, split: str) -> None:
   """DataError naming the task and split if the split is missing or yields no example."""
+  from jaxprompt.data import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
   tasks_lib.check_nonempty(provider, split)
 
 
@@ -94,6 +101,7 @@ PROMPT_SLOT_ID = 1
 
 def reserve_prompt_slots(ds: tf.data.Dataset, slots: int) -> tf.data.Dataset:
   """Puts `slots` placeholder ids in front of every example's `inputs` (room for its own prompt copy)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   def add(example):
     inputs = example['inputs']
@@ -111,6 +119,7 @@ def convert_features(ds: tf.data.Dataset, feature_lengths: Mapping[str, int], pa
   `prompt_slots` placeholder positions in front of its inputs, filled by the method with its own copy of the
   prompt, so encoder rows are `inputs + prompt_slots` wide (a full-length example still fits, as unpacked).
   """
+  import seqio  # pylint: disable=g-import-not-at-top
   lengths = dict(feature_lengths)
   if pack and prompt_slots:
     ds = reserve_prompt_slots(ds, prompt_slots)
@@ -126,6 +135,7 @@ def train_dataset(provider: seqio.Task | seqio.Mixture, feature_lengths: Mapping
   `task_names` (a multi-task method's): every row carries `task_ids` [host_batch] int32, its task's index
   there (`mixed_task_stream`); never packed. `count` (`training_count`) counts each example longer than the
   lengths before cutting it (the same rows either way)."""
+  import seqio  # pylint: disable=g-import-not-at-top
   shard = seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
   if task_names:
     if pack:
@@ -174,6 +184,8 @@ def mixed_task_stream(provider: seqio.Task | seqio.Mixture, feature_lengths: Map
   `mixture.get_dataset(..., seed=seed)`'s, so the k-th batch is fixed by the seed (resume skips exactly).
   Tasks without `split` are left out, as seqio does. `count`: as in `train_dataset`.
   """
+  import seqio  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tasks = list(provider.tasks) if isinstance(provider, seqio.Mixture) else [provider]
   names = list(task_names)
   unknown = [t.name for t in tasks if t.name not in names]
@@ -203,6 +215,8 @@ def mixed_task_stream(provider: seqio.Task | seqio.Mixture, feature_lengths: Map
 def convert_with_task_ids(ds: tf.data.Dataset, feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
   """Unpacked `EncDecFeatureConverter` features plus `task_ids` (an int32 scalar per example). seqio passes
   the id through as a length-1 feature (its trim-and-pad step needs rank >= 1); it is a scalar again after."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   spec = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32, rank=1)
   converter = seqio.EncDecFeatureConverter(pack=False, passthrough_features={TASK_FEATURE: spec})
   ds = converter(ds, {**feature_lengths, TASK_FEATURE: 1})
@@ -248,6 +262,7 @@ def read_examples(
   (`truncation.cut`); the count is reported once (a log line when any was cut). Without lengths nothing is cut
   or counted (None).
   """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   try:
     ds = task.get_dataset(sequence_length=None, split=split, use_cached=False, shuffle=False, num_epochs=1)
     if max_examples:

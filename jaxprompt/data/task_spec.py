@@ -10,15 +10,17 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gin
-import seqio
 
 from jaxprompt.data import custom, truncation
 from jaxprompt.errors import ConfigError
 
 log = logging.getLogger('jaxprompt')
+
+if TYPE_CHECKING:  # registering a spec loads seqio (`custom`); binding specs and the configurable do not
+  import seqio
 
 # Spec key -> `register_file_task` argument (each argument also under its own name).
 _SPEC_KEYS = {

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 import seqio
 
-from jaxprompt.data import custom, metrics, postprocessors, superglue
+from jaxprompt.data import custom, metrics, postprocessors, superglue, task_modules
 from jaxprompt.data import preprocessors as pp
 from jaxprompt.data.vocab import get_default_vocabulary
 from jaxprompt.errors import DataError
@@ -237,10 +237,12 @@ def get_task(name: str) -> seqio.Task | seqio.Mixture:
     DataError: no task or mixture has that name; the message suggests the closest names.
   """
   register_all_tasks()
-  if name in seqio.TaskRegistry.names():
-    return seqio.TaskRegistry.get(name)
-  if name in seqio.MixtureRegistry.names():
-    return seqio.MixtureRegistry.get(name)
+  for which in (name, None):  # the module registering `name` on first use, then every one (for the suggestions)
+    task_modules.import_for(which)
+    if name in seqio.TaskRegistry.names():
+      return seqio.TaskRegistry.get(name)
+    if name in seqio.MixtureRegistry.names():
+      return seqio.MixtureRegistry.get(name)
   known = list(seqio.TaskRegistry.names()) + list(seqio.MixtureRegistry.names())
   hint = validation.did_you_mean(
       name, known, quote=True) or ('; no similar name is registered (see jaxprompt.data.tasks.registered_task_names())')

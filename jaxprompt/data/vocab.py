@@ -2,16 +2,18 @@
 
 T5 (and every T5 1.1 / LM-adapted checkpoint) uses the `cc_all.32000` SentencePiece model: 32000 pieces with
 pad=0, eos=1, unk=2; seqio appends 100 sentinel ids (`<extra_id_0>` = 32099 ... `<extra_id_99>` = 32000), so
-`vocab_size` is 32100 (models pad their embedding table to 32128).
+`vocab_size` is 32100 (models pad their embedding table to 32128). The vocabularies here number pieces as seqio
+does without loading TensorFlow (`sentencepiece_vocab`); seqio tasks accept them as they are.
 """
 from __future__ import annotations
 
 import functools
 import importlib.resources
+import os
+import sys
+from typing import Any
 
-import seqio
-import tensorflow as tf
-
+from jaxprompt.data.sentencepiece_vocab import SentencePieceVocabulary
 from jaxprompt.errors import DataError
 
 DEFAULT_VOCAB_FILENAME = 't5_cc_all_32000_sentencepiece.model'
@@ -24,30 +26,28 @@ def default_vocabulary_path() -> str:
   if not resource.is_file():
     raise DataError(f'the packaged vocabulary {resource} is missing: reinstall jaxprompt')
   # pip/setuptools install packages as plain directories, so the resource is a real file that
-  # SentencePiece (via tf.io.gfile) can open by name.
+  # SentencePiece can open by name.
   return str(resource)
 
 
-def _load(path: str, extra_ids: int) -> seqio.SentencePieceVocabulary:
-  vocabulary = seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+def _load(path: str, extra_ids: int) -> SentencePieceVocabulary:
   try:
-    vocabulary.tokenizer  # noqa: B018  (loads the model now, not mid-training)
-  except Exception as e:  # pylint: disable=broad-except  (sentencepiece / gfile raise assorted types)
+    return SentencePieceVocabulary(path, extra_ids=extra_ids)  # loads the model now, not mid-training
+  except Exception as e:  # pylint: disable=broad-except  (sentencepiece / protobuf / gfile raise assorted types)
     raise DataError(f'cannot read SentencePiece model {path}: {type(e).__name__}: {e}') from e
-  return vocabulary
 
 
 @functools.cache
-def _cached_default(extra_ids: int) -> seqio.SentencePieceVocabulary:
+def _cached_default(extra_ids: int) -> SentencePieceVocabulary:
   return _load(default_vocabulary_path(), extra_ids)
 
 
-def get_default_vocabulary(extra_ids: int = DEFAULT_EXTRA_IDS) -> seqio.SentencePieceVocabulary:
+def get_default_vocabulary(extra_ids: int = DEFAULT_EXTRA_IDS) -> SentencePieceVocabulary:
   """T5's `cc_all.32000` vocabulary plus `extra_ids` sentinels (vocab_size 32100 with the default 100)."""
   return _cached_default(int(extra_ids))  # one object per extra_ids, however it is passed
 
 
-def get_vocabulary(path: str | None = None, extra_ids: int = DEFAULT_EXTRA_IDS) -> seqio.SentencePieceVocabulary:
+def get_vocabulary(path: str | None = None, extra_ids: int = DEFAULT_EXTRA_IDS) -> SentencePieceVocabulary:
   """A SentencePiece vocabulary from `path` (local file or gs://...), or the default one when None.
 
   Raises:
@@ -56,6 +56,21 @@ def get_vocabulary(path: str | None = None, extra_ids: int = DEFAULT_EXTRA_IDS) 
   if path is None:
     return get_default_vocabulary(extra_ids)
   path = str(path)
-  if not path.startswith('gs://') and not tf.io.gfile.exists(path):
+  if '://' not in path and not os.path.exists(path):
     raise DataError(f'vocabulary file {path} does not exist')
   return _load(path, extra_ids)
+
+
+def is_vocabulary(value: Any) -> bool:
+  """A vocabulary object: this module's, or any seqio vocabulary (checked without importing seqio)."""
+  seqio = sys.modules.get('seqio')
+  return isinstance(value, SentencePieceVocabulary) or (seqio is not None and isinstance(value, seqio.Vocabulary))
+
+
+def resolve(vocabulary: Any, extra_ids: int = DEFAULT_EXTRA_IDS) -> Any:
+  """A vocabulary object as it is; a SentencePiece path loaded; None: T5's default."""
+  if vocabulary is None or is_vocabulary(vocabulary):
+    return vocabulary if vocabulary is not None else get_default_vocabulary(extra_ids)
+  if isinstance(vocabulary, (str, os.PathLike)):
+    return get_vocabulary(os.fspath(vocabulary), extra_ids)
+  raise DataError(f'a vocabulary must be a SentencePiece model path or a vocabulary object, got {vocabulary!r}')

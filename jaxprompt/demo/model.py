@@ -19,10 +19,13 @@ from typing import Any
 import gin
 import jax.numpy as jnp
 
+from jaxprompt.data import task_modules
+from jaxprompt.data import vocab as vocab_lib
 from jaxprompt.errors import CheckpointError, ConfigError
 from jaxprompt.models.config import T5Config
 
 GIN_MODULE = 'jaxprompt.demo'
+TASK_PREFIX = 'demo_'  # every demo task and mixture (`jaxprompt.demo.tasks`)
 VOCAB_FILE = 'vocab.model'
 CONFIG_FILE = 'config.json'
 VOCAB_SIZE = 768  # SentencePiece pieces; a multiple of 128, so also the embedding size
@@ -104,13 +107,15 @@ def vocabulary_path(model_dir: str | None = None) -> str:
 
 @functools.cache
 def _load_vocabulary(path: str) -> Any:
-  import seqio  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
-  vocab = seqio.SentencePieceVocabulary(path, extra_ids=0)
-  vocab.tokenizer  # noqa: B018  (fail now on a bad file)
-  return vocab
+  return vocab_lib.get_vocabulary(path, extra_ids=0)  # fails now on a bad file
 
 
 @gin.configurable('demo_vocabulary', module=GIN_MODULE)
 def vocabulary(model_dir: str | None = None) -> Any:
-  """The demo model's seqio SentencePiece vocabulary (one object per path)."""
+  """The demo model's SentencePiece vocabulary, numbered as seqio does (one object per path)."""
   return _load_vocabulary(vocabulary_path(model_dir))
+
+
+# The demo tasks load (with TensorFlow and seqio) when a run first looks one up: models/demo.gin imports this
+# module only, so infer on text and inspect start without them.
+task_modules.provide(TASK_PREFIX, 'jaxprompt.demo.tasks')

@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from jaxprompt.cli import console
+from jaxprompt.cli import compilation_cache, console
 from jaxprompt.cli import parser as cli_parser
 from jaxprompt.cli.gin_config import quote
 from jaxprompt.demo import GIN_MODULES, data
@@ -235,7 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   def demo_command() -> int:
     rest, overrides = cli_parser.split_gin_overrides(argv)
     args = build_parser().parse_args(rest)
-    print(report(run_demo(args, overrides)), flush=True)
+    with compilation_cache.configured(None):  # JAXPROMPT_COMPILATION_CACHE, else the user cache dir
+      print(report(run_demo(args, overrides)), flush=True)
     return 0
 
   return console.run_reporting_errors(demo_command, prog=PROG)

@@ -5,9 +5,11 @@
   demo_heldout_topic      raw review -> topic, no instruction (the demo's task; train, validation)
   demo_heldout_sentiment  raw review -> sentiment, no instruction
 
-Importing this module registers them with the shipped demo vocabulary (a gin file does it with
-`import jaxprompt.demo.tasks`); `register_demo_tasks(vocabulary)` re-registers them with another one (the
-pretraining script, before the shipped model exists). Examples are generated in memory from fixed seeds.
+Importing this module registers them with the shipped demo vocabulary: `jaxprompt.demo.model` (which
+models/demo.gin imports) has `jaxprompt.data.tasks.get_task` import it when a `demo_` name is first looked up,
+and a gin file may also `import jaxprompt.demo.tasks`. `register_demo_tasks(vocabulary)` re-registers them with
+another vocabulary (the pretraining script, before the shipped model exists). Examples are generated in memory
+from fixed seeds.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from jaxprompt.data import tasks as tasks_lib
 from jaxprompt.demo import data
 from jaxprompt.demo import model as demo_model
 
-PRETRAIN_MIXTURE = 'demo_pretrain'
+PRETRAIN_MIXTURE = f'{demo_model.TASK_PREFIX}pretrain'
 DATA_SEED = 0  # pretraining skills
 HELDOUT_SEED = 1  # the demo's held-out data: a different stream from every pretraining example
 # Examples per split; training splits repeat (num_epochs=None) during training.
@@ -33,11 +35,11 @@ HELDOUT_SIZES = {'train': 2000, 'validation': 500}
 
 
 def skill_task_name(skill: str) -> str:
-  return f'demo_{skill}'
+  return f'{demo_model.TASK_PREFIX}{skill}'
 
 
 def heldout_task_name(skill: str) -> str:
-  return f'demo_heldout_{skill}'
+  return f'{demo_model.TASK_PREFIX}heldout_{skill}'
 
 
 def _dataset_fn(split: str, shuffle_files: bool = False, seed: int | None = None, *, kind: str, skill: str,

@@ -13,10 +13,9 @@ from __future__ import annotations
 import collections
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import seqio
 
 from jaxprompt.data import pipeline as data
 from jaxprompt.errors import DataError
@@ -24,6 +23,9 @@ from jaxprompt.eval import records
 from jaxprompt.eval.evaluation import EvalSet, ModelFns, label_candidates, scalar
 from jaxprompt.methods.prompt_bank import PromptBank
 from jaxprompt.models.features import TASK_FEATURE
+
+if TYPE_CHECKING:
+  import seqio
 
 Batch = dict[str, np.ndarray]
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gin
 import jax
 import numpy as np
-import seqio
 
 from jaxprompt.data import buckets as buckets_lib
 from jaxprompt.data import pipeline as data
@@ -23,6 +22,9 @@ from jaxprompt.models.features import TASK_FEATURE
 from jaxprompt.models.wrapper import TunedModel
 from jaxprompt.parallel import host
 from jaxprompt.runtime import runtime as runtime_lib
+
+if TYPE_CHECKING:
+  import seqio
 
 log = logging.getLogger('jaxprompt')
 

@@ -2,23 +2,19 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
+
+from jaxprompt.formats import files
 
 
 def write_json(path: str, value: Any) -> None:
   """Process 0 writes `value` as JSON (creating parent dirs)."""
   if jax.process_index() != 0:
     return
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  parent = os.path.dirname(path)
-  if parent:
-    tf.io.gfile.makedirs(parent)
-  with tf.io.gfile.GFile(path, 'w') as f:
-    f.write(json.dumps(value, indent=2, sort_keys=True) + '\n')
+  files.write_text(path, json.dumps(value, indent=2, sort_keys=True) + '\n')
 
 
 def write_jsonl(path: str | None, records: Sequence[Mapping[str, Any]], stream=None) -> None:
@@ -30,9 +26,4 @@ def write_jsonl(path: str | None, records: Sequence[Mapping[str, Any]], stream=N
     stream.write(lines)
     stream.flush()
     return
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  parent = os.path.dirname(path)
-  if parent:
-    tf.io.gfile.makedirs(parent)
-  with tf.io.gfile.GFile(path, 'w') as f:
-    f.write(lines)
+  files.write_text(path, lines)

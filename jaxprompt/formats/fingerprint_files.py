@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from jaxprompt.errors import PromptError
+from jaxprompt.formats import files
 
 Fingerprint = dict[str, Any]
 SIDECAR_SUFFIX = '.fingerprint.json'
@@ -37,10 +38,6 @@ def from_json(text: str | bytes, where: str) -> Fingerprint:
   return value
 
 
-def _is_remote(path: str) -> bool:
-  return '://' in path
-
-
 def write(path: str | os.PathLike, fingerprint: Mapping[str, Any], *, error: type[Exception] = PromptError) -> str:
   """Writes a fingerprint JSON file (local or gs://, parents created); returns its path. Local files are
   written beside and renamed into place, so a reader never sees half a record. Failures: one `error`."""
@@ -48,10 +45,9 @@ def write(path: str | os.PathLike, fingerprint: Mapping[str, Any], *, error: typ
   data = to_json(fingerprint).encode()
   parent, name = os.path.split(path)
   try:
-    if _is_remote(path):
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top  (slow import, only for remote paths)
-      tf.io.gfile.makedirs(parent)
-      with tf.io.gfile.GFile(path, 'wb') as f:  # gs:// objects appear whole anyway
+    if files.is_remote(path):
+      files.gfile().makedirs(parent)
+      with files.open_file(path, 'wb') as f:  # gs:// objects appear whole anyway
         f.write(data)
       return path
     if parent:
@@ -74,17 +70,9 @@ def read(path: str | os.PathLike) -> Fingerprint | None:
   malformed one is a PromptError naming it."""
   path = os.fspath(path)
   try:
-    if _is_remote(path):
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      if not tf.io.gfile.exists(path):
-        return None
-      with tf.io.gfile.GFile(path, 'rb') as f:
-        data = f.read()
-    else:
-      if not os.path.exists(path):
-        return None
-      with open(path, 'rb') as f:
-        data = f.read()
+    if not files.exists(path):
+      return None
+    data = files.read_bytes(path)
   except Exception as e:  # a directory of that name, no permission, no access to the bucket
     raise PromptError(f'cannot read fingerprint file {path}: {getattr(e, "strerror", None) or e}') from e
   return from_json(data, path)

@@ -3,7 +3,7 @@ default is set. The one source of a macro's expected type:
 
 - the command line checks every bound macro against it right after parsing gin, before any command runs
   (`jaxprompt/cli/macro_check.py`: one line naming the macro, what it expects, what it got, and the fix);
-- the entry points' groups check their fields with `check` (`commands/groups.py`, `train/loop.Schedule`);
+- the entry points' groups check their fields with `check` (`commands/groups.py`, `train/schedule.Schedule`);
 - docs/workflow.md lists it (tests/test_macros.py keeps the two equal).
 
 A kind is a key of `formats.validation.KINDS`. `none` says what None means where None is allowed; a macro bound

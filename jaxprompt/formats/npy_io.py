@@ -15,30 +15,17 @@ from typing import IO, Any
 import numpy as np
 
 from jaxprompt.errors import PromptError
+from jaxprompt.formats import files
 
 _MAGIC = b'\x93NUMPY'
 _ZIP_MAGIC = b'PK'
 
 
-def _is_remote(path: str) -> bool:
-  return '://' in path
-
-
-def _gfile():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (slow import, only needed for remote paths)
-  return tf.io.gfile
-
-
 def _exists(path: str) -> bool:
   try:
-    return _gfile().exists(path) if _is_remote(path) else os.path.exists(path)
+    return files.exists(path)
   except Exception:  # pylint: disable=broad-except  (e.g. no access to the bucket: the read says why)
     return True
-
-
-def _open(path: str, mode: str) -> IO[bytes]:
-  # pylint: disable-next=consider-using-with  (the callers' `with` closes it)
-  return _gfile().GFile(path, mode) if _is_remote(path) else open(path, mode)
 
 
 def _reason(e: Exception) -> str:
@@ -71,7 +58,7 @@ def read_bytes(path: str | os.PathLike, *, what: str = 'prompt file', error: typ
   if not _exists(path):
     raise error(f'{what} {path} does not exist')
   try:
-    with _open(path, 'rb') as f:
+    with files.open_file(path, 'rb') as f:
       return f.read()
   except Exception as e:  # OSError locally, tf.errors.OpError remotely
     raise error(f'cannot read {what} {path}: {_reason(e)}') from e
@@ -96,7 +83,7 @@ def npy_shape(path: str | os.PathLike, *, what: str = 'prompt file',
   if not _exists(path):
     raise error(f'{what} {path} does not exist')
   try:
-    with _open(path, 'rb') as f:
+    with files.open_file(path, 'rb') as f:
       start = f.read(len(_MAGIC))
       shape = _read_header(f) if start == _MAGIC else None
   except Exception as e:  # a damaged header, or OSError / tf OpError while reading it
@@ -151,8 +138,8 @@ def _write(data: bytes, path: str, what: str, error: type[Exception]) -> str:
   parent, name = os.path.split(path)
   tmp = os.path.join(parent, f'.{name}.tmp-{uuid.uuid4().hex}')
   try:
-    if _is_remote(path):
-      gfile = _gfile()
+    if files.is_remote(path):
+      gfile = files.gfile()
       gfile.makedirs(parent)
       with gfile.GFile(tmp, 'wb') as f:
         f.write(data)
@@ -174,9 +161,9 @@ def _write(data: bytes, path: str, what: str, error: type[Exception]) -> str:
 def _remove_quietly(path: str) -> None:
   """Best-effort cleanup of a temp file after a failed write (it may never have been created)."""
   try:
-    if _is_remote(path):
-      if _gfile().exists(path):
-        _gfile().remove(path)
+    if files.is_remote(path):
+      if files.gfile().exists(path):
+        files.gfile().remove(path)
     elif os.path.exists(path):
       os.remove(path)
   except Exception:  # pylint: disable=broad-except  (the write's own error is the one to report)

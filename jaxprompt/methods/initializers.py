@@ -76,7 +76,7 @@ def _rows(table: Array, ids: Sequence[int]) -> Array:
 def _resolve_vocabulary(vocabulary: Any) -> Vocabulary:
   """None -> T5's default vocabulary; a str / path -> that SentencePiece model; else anything with `.encode`."""
   if vocabulary is None or isinstance(vocabulary, (str, os.PathLike)):
-    from jaxprompt.data import vocab  # pylint: disable=g-import-not-at-top  (imports TF and seqio: slow)
+    from jaxprompt.data import vocab  # pylint: disable=g-import-not-at-top
     return vocab.get_vocabulary(None if vocabulary is None else str(vocabulary))
   if not callable(getattr(vocabulary, 'encode', None)):
     raise PromptError(f'vocabulary must be None, a SentencePiece model path or an object with .encode(str), '

@@ -10,7 +10,7 @@ from etils import epath
 from jaxprompt.errors import CheckpointError
 from jaxprompt.formats import npy_io
 from jaxprompt.formats.keys import PROMPT_FILE
-from jaxprompt.train import orbax_steps, step_dirs
+from jaxprompt.train import step_dirs
 
 
 def _read_prompt_npy(path: epath.Path) -> np.ndarray:
@@ -59,4 +59,5 @@ def load_prompt_from_checkpoint(model_dir_or_step_dir: str, step: int | None = N
   numpy_dir, orbax_dir = checkpoint_step(path, step)
   if numpy_dir is not None and ((numpy_dir / PROMPT_FILE).exists() or orbax_dir is None):
     return _read_prompt_npy(numpy_dir / PROMPT_FILE)
+  from jaxprompt.train import orbax_steps  # pylint: disable=g-import-not-at-top  (Orbax: only for this case)
   return orbax_steps.read_prompt(orbax_dir)

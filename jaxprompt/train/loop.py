@@ -28,13 +28,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-import gin
 import jax
 import numpy as np
 
 from jaxprompt.data import pipeline as data_lib
 from jaxprompt.errors import DataError, TrainingError
-from jaxprompt.formats import macros, validation
 from jaxprompt.parallel import host
 from jaxprompt.runtime.optim import Optimizer
 from jaxprompt.runtime.runtime import Runtime
@@ -42,6 +40,7 @@ from jaxprompt.runtime.state import TrainState, init_train_state
 from jaxprompt.train import observability
 from jaxprompt.train.checkpoints import StateCheckpointer
 from jaxprompt.train.preemption import PreemptionGuard
+from jaxprompt.train.schedule import Schedule
 
 log = logging.getLogger('jaxprompt')
 Batch = dict[str, np.ndarray]
@@ -58,22 +57,6 @@ class LoopResult:
   state: TrainState
   preempted: bool = False
   eval_metrics: dict | None = None
-
-
-@gin.configurable(module='jaxprompt')
-@dataclasses.dataclass(frozen=True)
-class Schedule:
-  """When things happen, in steps (all positive): the total, counting a resumed run's [TRAIN_STEPS], and the
-  periods of evaluation [EVAL_PERIOD], checkpoints [CHECKPOINT_PERIOD] and log lines / TensorBoard points."""
-  train_steps: int | None = None
-  eval_period: int = 1000
-  checkpoint_period: int = 1000
-  log_period: int = 100
-
-  def __post_init__(self):
-    validation.require(self.train_steps, 'TRAIN_STEPS', '1000')
-    macros.check(TRAIN_STEPS=self.train_steps, EVAL_PERIOD=self.eval_period, CHECKPOINT_PERIOD=self.checkpoint_period)
-    validation.check_positive(**{'jaxprompt.Schedule.log_period': self.log_period})
 
 
 @dataclasses.dataclass(frozen=True)

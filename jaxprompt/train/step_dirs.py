@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 
-import orbax.checkpoint as ocp
 from etils import epath
 
 log = logging.getLogger('jaxprompt')
@@ -91,5 +90,6 @@ def sweep(parent: epath.Path, idle: bool = True) -> list[epath.Path]:
 
 def unfinished_saves(ckpt_dir: epath.Path) -> list[epath.Path]:
   """orbax's temporary dirs of saves that never finished (`<step>.orbax-checkpoint-tmp...`, local disks only)."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top  (eval / infer / export read steps without it)
   suffix = ocp.path.step.TMP_DIR_SUFFIX
   return [p for p in ckpt_dir.iterdir() if suffix in p.name] if ckpt_dir.is_dir() else []
