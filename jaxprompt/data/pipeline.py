@@ -159,6 +159,7 @@ def training_count(provider: seqio.Task | seqio.Mixture, feature_lengths: Mappin
                    split: str) -> truncation.StreamCount | None:
   """The training split's truncation: a file task's is counted now over the whole split (its texts are in
   memory) and reported at once (None returned); any other's is a `StreamCount` for `train_dataset`."""
+  import seqio  # pylint: disable=g-import-not-at-top
   where = f'task {provider.name!r} split {split!r}'
   if isinstance(provider, seqio.Task) and custom.is_file_task(provider.name):
     truncation.Truncation.count(where, feature_lengths, custom.token_lengths(provider.name, split)).report()
