@@ -7,9 +7,11 @@ import re
 
 import gin
 import pytest
+import seqio
 
 from jaxprompt.cli import gin_config
 from jaxprompt.cli.main import main as cli_main
+from jaxprompt.data import custom
 from tests import doc_commands, doc_runs
 from tests.doc_commands import REPO, Command, check_jaxprompt, check_other, collect
 from tests.tiny_task import LABELS
@@ -183,6 +185,12 @@ def test_the_doc_commands_run(group, tmp_path, tiny_files, tiny_task, fixtures_d
   planned = runs.plan(commands, lambda c: _group(c, tmp_path) == group)
   assert any(_group(c, tmp_path) == group for c in planned)
   monkeypatch.chdir(tmp_path)
-  problems = runs.run(planned, lambda: capsys.readouterr().err)
-  gin.clear_config()
+  before = set(seqio.TaskRegistry.names())
+  try:
+    problems = runs.run(planned, lambda: capsys.readouterr().err)
+  finally:
+    gin.clear_config()
+    for name in set(seqio.TaskRegistry.names()) - before:  # a doc's `--task my_reviews` is this group's alone
+      if custom.is_file_task(name):
+        custom.unregister_file_task(name)
   assert not problems, '\n'.join(problems)

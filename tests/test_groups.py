@@ -161,3 +161,10 @@ def test_a_flag_sets_one_field_and_gin_the_others(monkeypatch, tiny_gin):
     cli_main(run + ["--gin.PROMPT_FILE='/a.npy'", '--prompt_file=/b.npy', '--allow_other_model'])
   assert seen['data'].split == 'validation' and seen['data'].batch_size == 4  # EVAL_SPLIT; tiny_gin's BATCH_SIZE
   assert seen['source'] == PromptSource('/b.npy', prompt_length=5, allow_other_model=True)
+
+
+@pytest.mark.parametrize('field, macro', [('eval_period', 'EVAL_PERIOD'), ('checkpoint_period', 'CHECKPOINT_PERIOD')])
+def test_a_period_of_none_is_refused_by_its_macro(field, macro):
+  """None is no step count: the schedule says which macro to set (the loop never sees it)."""
+  with pytest.raises(ConfigError, match=f'^{macro} is not set'):
+    Schedule(**{'train_steps': 10, field: None})

@@ -16,9 +16,12 @@ import dataclasses
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
+
+if TYPE_CHECKING:
+  import tensorflow as tf
 
 log = logging.getLogger('jaxprompt')
 
@@ -45,6 +48,7 @@ def cut(ids: np.ndarray, length: int, eos: bool) -> np.ndarray:
 
 def _cut_tf(ids: tf.Tensor, length: int, eos: bool) -> tf.Tensor:
   """`cut` inside tf.data."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (infer on text loads no TensorFlow)
   if not eos:
     return ids[:length]
   return tf.cond(tf.size(ids) > length, lambda: tf.concat([ids[:length - 1], ids[-1:]], 0), lambda: ids)
@@ -108,6 +112,7 @@ class StreamCount:
   pipeline, which must not run this map in parallel), and cuts them; `truncation()` reads the counts so far."""
 
   def __init__(self, split: str, lengths: Mapping[str, int], eos: Mapping[str, bool], counted: Sequence[str] = GROUPS):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top  (infer on text loads no TensorFlow)
     self.split, self.lengths, self.eos = split, dict(lengths), dict(eos)
     self.counted = [k for k in counted if k in self.lengths]
     zero = lambda: tf.Variable(0, dtype=tf.int64, trainable=False)  # noqa: E731
@@ -117,6 +122,7 @@ class StreamCount:
     self._reported = False
 
   def _measure(self, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top  (infer on text loads no TensorFlow)
     counted = [k for k in self.counted if k in example]
     sizes = {k: tf.cast(tf.size(example[k]), tf.int64) for k in counted}
     over = {k: tf.cast(sizes[k] > self.lengths[k], tf.int64) for k in counted}

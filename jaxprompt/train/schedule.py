@@ -21,5 +21,9 @@ class Schedule:
 
   def __post_init__(self):
     validation.require(self.train_steps, 'TRAIN_STEPS', '1000')
+    # None is no period: a step count is needed (EVAL_SPLIT = None turns evaluation off).
+    validation.require(self.eval_period, 'EVAL_PERIOD', '1000')
+    validation.require(self.checkpoint_period, 'CHECKPOINT_PERIOD', '1000')
+    validation.require(self.log_period, 'jaxprompt.Schedule.log_period', '100')
     macros.check(TRAIN_STEPS=self.train_steps, EVAL_PERIOD=self.eval_period, CHECKPOINT_PERIOD=self.checkpoint_period)
     validation.check_positive(**{'jaxprompt.Schedule.log_period': self.log_period})
