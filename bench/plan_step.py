@@ -29,9 +29,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxprompt.errors import ConfigError
+from jaxprompt.models.base import BaseModel
 from jaxprompt.models.config import get_config
+from jaxprompt.models.families import build_model
 from jaxprompt.models.features import FEATURES
-from jaxprompt.models.wrapper import TunedModel
 from jaxprompt.parallel import partitioning
 from jaxprompt.runtime import compiled as sharded
 from jaxprompt.runtime import optim
@@ -111,7 +112,7 @@ METHODS = {
 }
 
 
-def build_model(request: PlanRequest) -> TunedModel:
+def plan_model(request: PlanRequest) -> BaseModel:
   """The tuned model of `request` (activations in `request.dtype`, the method's parameters f32)."""
   config = get_config(request.model, dtype=request.dtype, scan_layers=request.scan_layers,
                       remat_policy=request.remat_policy, dropout_rate=request.dropout_rate,
@@ -120,7 +121,7 @@ def build_model(request: PlanRequest) -> TunedModel:
     raise ConfigError(f'no memory plan for method {request.method!r}; expected one of {", ".join(METHODS)}')
   module, name = METHODS[request.method].split(':')
   factory = getattr(importlib.import_module(module), name)
-  return TunedModel(config, factory(config, 1, length=request.prompt_length))
+  return build_model(config, factory(config, 1, length=request.prompt_length))
 
 
 def abstract_args(request: PlanRequest, steps: sharded.ShardedSteps, optimizer: optim.Optimizer) -> tuple:
@@ -153,7 +154,7 @@ def plan_train_step(request: PlanRequest, devices: list[jax.Device] | None = Non
   """Lowers and compiles the train step of `request` for `devices` (default: all) and reads its memory."""
   devices = list(jax.devices() if devices is None else devices)
   data = _check(request, len(devices))
-  model = build_model(request)
+  model = plan_model(request)
   optimizer = optim.make_optimizer()
   mesh = partitioning.create_mesh(request.model_parallel, devices)
   rules = partitioning.prompt_logical_axis_rules(request.activation_partitioning_dims,

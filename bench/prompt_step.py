@@ -31,8 +31,9 @@ import numpy as np
 import optax
 
 from jaxprompt.methods.prompt_tuning import PromptTuning
+from jaxprompt.models.base import BaseModel
 from jaxprompt.models.config import T5Config, get_config
-from jaxprompt.models.wrapper import TunedModel
+from jaxprompt.models.families import build_model
 from jaxprompt.runtime import optim
 from jaxprompt.runtime import step as step_lib
 from jaxprompt.runtime.state import init_train_state
@@ -121,10 +122,10 @@ def xla_flops(compiled) -> float:
 # --------------------------------------------------------------------------------------------------------------
 # Our model and its variants.
 # --------------------------------------------------------------------------------------------------------------
-def make_model(cfg: T5Config, s: Shape, gather: bool = False) -> TunedModel:
+def make_model(cfg: T5Config, s: Shape, gather: bool = False) -> BaseModel:
   """The shipped model with the lookup pinned: one-hot matmul (t5x's, the TPU default) or gather (the
   default off TPU, `T5Config.one_hot_embedding=None`). Same parameters and outputs either way."""
-  return TunedModel(cfg.replace(one_hot_embedding=not gather), PromptTuning(s.prompt, cfg.emb_dim))
+  return build_model(cfg.replace(one_hot_embedding=not gather), PromptTuning(s.prompt, cfg.emb_dim))
 
 
 def make_batch(cfg: T5Config, s: Shape, seed: int = 0) -> dict[str, np.ndarray]:
@@ -141,14 +142,14 @@ def make_batch(cfg: T5Config, s: Shape, seed: int = 0) -> dict[str, np.ndarray]:
   }
 
 
-def init_params(model: TunedModel, s: Shape) -> tuple[dict, dict]:
+def init_params(model: BaseModel, s: Shape) -> tuple[dict, dict]:
   """Random (frozen, prompt) trees."""
   del s
   frozen = jax.jit(model.init_params)(jax.random.PRNGKey(0))
   return frozen, model.method.init(jax.random.PRNGKey(1), frozen)
 
 
-def jax_steps(model: TunedModel, frozen: dict, prompt: dict, batch: dict, full_ft: bool = True,
+def jax_steps(model: BaseModel, frozen: dict, prompt: dict, batch: dict, full_ft: bool = True,
               options: dict | None = None) -> dict[str, tuple[Callable, Any]]:
   """name -> (compiled fn, args) for: forward, prompt train step, full fine-tuning step; `options` are XLA
   debug options for this compilation only (e.g. the matmul library), so variants run side by side."""
@@ -248,7 +249,7 @@ def tree_bytes(tree) -> int:
   return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
 
 
-def state_bytes(model: TunedModel, frozen: dict, prompt: dict, batch: dict) -> dict[str, int]:
+def state_bytes(model: BaseModel, frozen: dict, prompt: dict, batch: dict) -> dict[str, int]:
   """ours: the prompt gradient our step differentiates + its optimizer state.
   reference: google-research/prompt-tuning on t5x: the gradient of every parameter (t5x's train step
     differentiates the whole tree), then a MultiOptimizer that keeps Adafactor state for the prompt only.

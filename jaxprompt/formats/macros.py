@@ -72,8 +72,9 @@ MACROS: dict[str, Macro] = {
     'RANDOM_SEED': Macro('int', '0', "the method's initialisation, the rng, the data order",
                          'runs/prompt_tuning.gin'),
     # The frozen model.
-    'MODEL_CONFIG': Macro('made by gin', '@jaxprompt.model_config()', "the network's T5Config", 'models/*.gin',
-                          expects='a T5Config such as @jaxprompt.model_config()', makes='T5Config'),
+    'MODEL_CONFIG': Macro('made by gin', '@jaxprompt.model_config()', "the network's config (any family's)",
+                          'models/*.gin', expects='a model config such as @jaxprompt.model_config()',
+                          makes='ModelConfig'),
     'INITIAL_CHECKPOINT_PATH': Macro('path', "'gs://t5-data/pretrained_models/t5x/t5_1_1_small/checkpoint_1000000'",
                                      'the frozen weights: a T5X checkpoint or a Hugging Face safetensors folder',
                                      'models/*.gin', none='train_model from scratch'),

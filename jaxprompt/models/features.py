@@ -8,3 +8,8 @@ FEATURES = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_toke
 SEGMENT_FEATURES = ('encoder_segment_ids', 'decoder_segment_ids')
 # [batch] int32: which task (prompt) of a multi-task method each row uses (prompt banks, multi-task training).
 TASK_FEATURE = 'task_ids'
+# A decoder-only batch: one token stream per row, its next tokens, loss weights on the targets only, and its
+# padding mask (int32, 1 = a real token: token id 0 is a real token in Llama / GPT-2 / Qwen2 vocabularies).
+CAUSAL_FEATURES = ('decoder_input_tokens', 'decoder_target_tokens', 'decoder_loss_weights', 'decoder_input_mask')
+# With packing: each position's example and its position within it.
+CAUSAL_SEGMENT_FEATURES = ('decoder_segment_ids', 'decoder_positions')
