@@ -33,8 +33,8 @@ class CausalFeatureConverter(seqio.FeatureConverter):
   }
   PACKING_FEATURE_DTYPES = {'decoder_segment_ids': tf.int32, 'decoder_positions': tf.int32}
 
-  def __init__(self, tokens: StreamTokens = StreamTokens(), prompt_slots: int = 0, **kwargs):
-    self._tokens = tokens
+  def __init__(self, tokens: StreamTokens | None = None, prompt_slots: int = 0, **kwargs):
+    self._tokens = tokens or StreamTokens()
     self._slots = int(prompt_slots)
     super().__init__(**kwargs)
     if self._slots and not self.pack:
