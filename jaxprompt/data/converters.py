@@ -133,8 +133,8 @@ def encdec_features(inputs: Sequence[np.ndarray], targets: Sequence[np.ndarray] 
 def _causal_convert(ds: tf.data.Dataset, feature_lengths: Mapping[str, int], pack: bool, prompt_slots: int,
                     tokens: causal.StreamTokens | None, passthrough: Mapping[str, Any] | None) -> tf.data.Dataset:
   from jaxprompt.data.causal_converter import CausalFeatureConverter  # pylint: disable=g-import-not-at-top  (TF)
-  converter = CausalFeatureConverter(tokens, prompt_slots if pack else 0, pack=pack,
-                                     passthrough_features=passthrough or None)
+  converter = CausalFeatureConverter(tokens, prompt_slots if pack else 0, pack=pack, passthrough_features=passthrough or
+                                     None)
   return converter(ds, feature_lengths)
 
 
