@@ -21,7 +21,6 @@ import jax
 import numpy as np
 
 from jaxprompt.data import causal, converters, custom, truncation
-from jaxprompt.data.converters import reserve_prompt_slots  # noqa: F401  (where packed T5 rows get their slots)
 from jaxprompt.errors import ConfigError, DataError
 from jaxprompt.models.features import FLOAT_FEATURES, PROMPT_SLOT_ID, TASK_FEATURE  # noqa: F401
 
