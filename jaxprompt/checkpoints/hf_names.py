@@ -79,11 +79,15 @@ def feed_forward_proj(mlp_activations: Sequence[str]) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-  """One T5X parameter: its HF tensor, the T5X shape the config implies, and how to convert it."""
+  """One T5X parameter: its HF tensor, the T5X shape the config implies, and how to convert it.
+
+  `part` = (k, n): the k-th of n equal slices of the (transposed) tensor's last axis (GPT-2's fused q/k/v).
+  """
   key: str
   shape: tuple[int, ...]
   transpose: bool = False
   factor: float | None = None
+  part: tuple[int, int] | None = None
 
 
 _ENCODER_SUBLAYERS = (('pre_attention_layer_norm', 'attention', 'SelfAttention'), ('pre_mlp_layer_norm', 'mlp',

@@ -191,12 +191,15 @@ def _head(tensors: Mapping[str, _Tensor], scale: bool, emb_dim: int) -> tuple[bo
 
 
 class HFSource(common.ArraySource):
-  """A T5X parameter read from one HF tensor (transposed / rescaled as its plan entry says)."""
+  """A T5X parameter read from one HF tensor (transposed / sliced / rescaled as its plan entry says)."""
 
   def __init__(self, name: str, entry: hf_names.Entry, tensor: _Tensor):
     self.name, self.entry, self.tensor = name, entry, tensor
     self.where = f"{tensor.file} ('{tensor.key}')"
-    self._shape = tuple(tensor.shape[::-1] if entry.transpose else tensor.shape)
+    shape = tuple(tensor.shape[::-1] if entry.transpose else tensor.shape)
+    if entry.part is not None and shape:
+      shape = shape[:-1] + (shape[-1] // entry.part[1],)
+    self._shape = shape
 
   @property
   def shape(self) -> tuple[int, ...]:
@@ -206,7 +209,11 @@ class HFSource(common.ArraySource):
 
     def read() -> np.ndarray:
       array = self.tensor.array()
-      array = np.array((array.T if self.entry.transpose else array)[tuple(index)])
+      array = array.T if self.entry.transpose else array
+      if self.entry.part is not None:
+        k, width = self.entry.part[0], self._shape[-1]
+        array = array[..., k * width:(k + 1) * width]
+      array = np.array(array[tuple(index)])
       if self.entry.factor is not None:
         array = (array.astype(np.float32) * self.entry.factor).astype(array.dtype)
       return array

@@ -4,6 +4,10 @@ Parameter names and layout are t5x's (`query/key/value/out`, 2-D kernels over `j
 (`jaxprompt.models.hooks`) adds already-projected key/value rows in front of the keys: they bypass the key/value
 kernels, their mask is prepended to the key side of the attention mask and their relative-position bias comes
 from the caller (`prefix_bias`, or zero).
+
+Decoder-only models (`causal_lm.py`) switch on what T5 does not use: grouped-query attention (`num_kv_heads`),
+projection biases, queries scaled by head_dim ** -0.5 at run time, and rotary positions applied to the fresh
+queries and keys before the cache (prefix keys are never rotated: they arrive already projected).
 """
 from __future__ import annotations
 
@@ -17,31 +21,43 @@ from jax import lax
 from jaxprompt.errors import ConfigError
 from jaxprompt.models.hooks import RELPOS_MODES, KVPrefix
 from jaxprompt.models.layers import DenseGeneral, Dtype, ParamInit, constrain, default_kernel_init
+from jaxprompt.models.rotary import Rotary
 
 Array = jax.Array
 
 MASK_BIAS = -1e10  # t5x's additive bias for masked attention positions.
 KV_AXES = ('batch', 'length', 'heads', 'kv')
+GQA_KV_AXES = ('batch', 'length', 'kv_heads', 'kv')  # fewer key/value heads than query heads
 _PREFIX_CACHE = ('cached_prefix_key', 'cached_prefix_value', 'cached_prefix_mask')
 
 
 def dot_product_attention(query: Array, key: Array, value: Array, bias: Array | None, *,
                           dropout_rng: Array | None = None, dropout_rate: float = 0.0, deterministic: bool = True,
                           dtype: Dtype = jnp.float32, float32_logits: bool = False) -> Array:
-  """Attention weights softmax(q·k + bias) applied to values. q [b, q, h, d], k/v [b, k, h, d] -> [b, q, h, d].
+  """Attention weights softmax(q·k + bias) applied to values. q [b, q, h, d], k/v [b, k, g, d] -> [b, q, h, d].
 
-  No 1/sqrt(d) here: T5 folds it into the query kernel's initialisation.
+  g = h, or g < h (grouped-query attention: query head j reads key/value head j // (h / g)). No 1/sqrt(d)
+  here: T5 folds it into the query kernel's initialisation, decoder-only models scale the queries first.
   """
   if float32_logits:
     query, key = jnp.asarray(query, jnp.float32), jnp.asarray(key, jnp.float32)
-  logits = jnp.einsum('bqhd,bkhd->bhqk', query, key)
+  batch, qlen, heads, depth = query.shape
+  kv_heads = key.shape[2]
+  if kv_heads == heads:
+    logits = jnp.einsum('bqhd,bkhd->bhqk', query, key)
+  else:  # each kv head serves h / g query heads without being copied
+    grouped = query.reshape(batch, qlen, kv_heads, heads // kv_heads, depth)
+    logits = jnp.einsum('bqkgd,bskd->bkgqs', grouped, key).reshape(batch, heads, qlen, key.shape[1])
   if bias is not None:
     logits = logits + jnp.asarray(bias, logits.dtype)
   weights = jax.nn.softmax(logits.astype(jnp.float32)).astype(dtype)
   if not deterministic and dropout_rate > 0.0:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
     weights = weights * (keep.astype(dtype) / jnp.asarray(1.0 - dropout_rate, dtype))
-  return jnp.einsum('bhqk,bkhd->bqhd', weights, value)
+  if kv_heads == heads:
+    return jnp.einsum('bhqk,bkhd->bqhd', weights, value)
+  weights = weights.reshape(batch, kv_heads, heads // kv_heads, qlen, key.shape[1])
+  return jnp.einsum('bkgqs,bskd->bqkgd', weights, value).reshape(batch, qlen, heads, depth)
 
 
 def mask_to_bias(mask: Array | None, dtype: Dtype) -> Array | None:
@@ -86,6 +102,8 @@ class MultiHeadDotProductAttention(nn.Module):
   in the `cache` collection) and takes one query position per call. A K/V prefix in decoding (`decode` or
   `cache_prefix`) has its own batch-leading cache leaves (`cached_prefix_key/value/mask`), so the token cache
   and `cache_index` (tokens decoded so far) keep their plain layout; its bias row follows `cache_index`.
+  `prefill=True` (with decode) writes a whole [b, q] block at positions 0..q-1 and leaves a per-example
+  `cache_index` [b] = q, the layout `jaxprompt.models.decoding` continues from (`initial_index`).
   """
   num_heads: int
   head_dim: int
@@ -94,36 +112,53 @@ class MultiHeadDotProductAttention(nn.Module):
   dropout_rate: float = 0.0
   kernel_init: ParamInit = default_kernel_init
   float32_logits: bool = False
+  num_kv_heads: int | None = None  # None: num_heads
+  qkv_bias: bool = False
+  out_bias: bool = False
+  scale_queries: bool = False  # multiply queries by head_dim ** -0.5 at run time (instead of in their init)
+  rotary: Rotary | None = None  # rotate queries and keys to `positions`
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None = None, bias: Array | None = None, *,
                prefix: KVPrefix | None = None, prefix_bias: Array | None = None, decode: bool = False,
-               cache_prefix: bool = False, deterministic: bool = True) -> Array:
+               cache_prefix: bool = False, deterministic: bool = True, positions: Array | None = None,
+               prefill: bool = False, cache_length: int | None = None) -> Array:
     """inputs [b, q, embed], [b, k, embed]; mask [b, 1, q, k]; bias [1, h, q, k] -> [b, q, embed].
 
-    prefix: K/V rows [b|1, p, h, d] put in front of the keys; prefix_bias [1, h, q, p] their relative-position
-    bias (None: zero), with q the full query length (decoding slices the current step's row).
+    prefix: K/V rows [b|1, p, g, d] (g = num_kv_heads) put in front of the keys; prefix_bias [1, h, q, p]
+    their relative-position bias (None: zero), with q the full query length (decoding slices the current step's
+    row). positions [b, q]: the rotary positions of self-attention's rows. cache_length: the cache's rows when
+    the initialising decode call creates it (default: this call's key length).
     """
-    projection = functools.partial(DenseGeneral, axis=-1, features=(self.num_heads, self.head_dim),
-                                   kernel_axes=('embed', 'joined_kv'), dtype=self.dtype, param_dtype=self.param_dtype)
+    kv_heads = self.num_kv_heads or self.num_heads
+    projection = functools.partial(DenseGeneral, axis=-1, kernel_axes=('embed', 'joined_kv'), dtype=self.dtype,
+                                   param_dtype=self.param_dtype, use_bias=self.qkv_bias)
     depth_scaling = jnp.sqrt(self.head_dim).astype(jnp.float32)
 
     def query_init(*args):
       return self.kernel_init(*args) / depth_scaling
 
-    query = projection(kernel_init=query_init, name='query')(inputs_q)
-    key = projection(kernel_init=self.kernel_init, name='key')(inputs_kv)
-    value = projection(kernel_init=self.kernel_init, name='value')(inputs_kv)
+    query = projection(features=(self.num_heads, self.head_dim),
+                       kernel_init=self.kernel_init if self.scale_queries else query_init, name='query')(inputs_q)
+    key = projection(features=(kv_heads, self.head_dim), kernel_init=self.kernel_init, name='key')(inputs_kv)
+    value = projection(features=(kv_heads, self.head_dim), kernel_init=self.kernel_init, name='value')(inputs_kv)
+    kv_axes = KV_AXES if kv_heads == self.num_heads else GQA_KV_AXES
     query = constrain(query, ('batch', 'length', 'heads', 'kv'))
-    key = constrain(key, KV_AXES)
-    value = constrain(value, KV_AXES)
+    key = constrain(key, kv_axes)
+    value = constrain(value, kv_axes)
+    if self.rotary is not None:
+      if positions is None:
+        raise ConfigError('rotary attention needs the positions [batch, length] of its rows')
+      query, key = self.rotary(query, positions), self.rotary(key, positions)
+    if self.scale_queries:
+      query = query * jnp.asarray(self.head_dim**-0.5, query.dtype)
 
     row = None
     if decode:
-      key, value, mask, bias, row = self._update_cache(query, key, value, mask, bias)
+      key, value, mask, bias, row = self._update_cache(query, key, value, mask, bias, prefill, cache_length)
     if prefix is not None:
       key, value, mask, bias = self._prepend_prefix(prefix, prefix_bias, row, query.shape[1], key, value, mask, bias,
-                                                    cache=decode or cache_prefix)
+                                                    cache=decode or cache_prefix, kv_axes=kv_axes)
 
     groups = query.shape[0] // key.shape[0]
     if groups > 1:  # Several query rows per key row (rank-classification candidates): no copy of k / v.
@@ -144,32 +179,51 @@ class MultiHeadDotProductAttention(nn.Module):
       x = x.reshape((x.shape[0] * groups, -1) + x.shape[2:])
     out = DenseGeneral(features=inputs_q.shape[-1], axis=(-2, -1), kernel_init=self.kernel_init,
                        kernel_axes=('joined_kv', 'embed'), dtype=self.dtype, param_dtype=self.param_dtype,
-                       name='out')(x)
+                       use_bias=self.out_bias, name='out')(x)
     return out
 
-  def _update_cache(self, query, key, value, mask, bias):
+  def _update_cache(self, query, key, value, mask, bias, prefill=False, cache_length=None):
     """Writes this step's key/value at `cache_index`; returns the full cached k/v with a causal mask/bias and
-    the step's query position (None on the initialising call).
+    the step's query position (None on the initialising call and on prefill).
 
-    On the first (initialising) call the cache is created from the full-length inputs, whose length sets the
-    maximum decode length, and the inputs pass through unchanged.
+    On the first (initialising) call the cache is created ([b, cache_length or k, g, d]) and the inputs pass
+    through unchanged. A prefill writes the whole block at 0 and attends over it as given. A step's
+    `cache_index` is a scalar (decoding from scratch) or [b] (after a prefill; each row writes at its own).
     """
     initialized = self.has_variable('cache', 'cached_key')
-    cached_key = self.variable('cache', 'cached_key', jnp.zeros, key.shape, key.dtype)
-    cached_value = self.variable('cache', 'cached_value', jnp.zeros, value.shape, value.dtype)
+    shape = key.shape[:1] + (cache_length or key.shape[1],) + key.shape[2:]
+    cached_key = self.variable('cache', 'cached_key', jnp.zeros, shape, key.dtype)
+    cached_value = self.variable('cache', 'cached_value', jnp.zeros, shape, value.dtype)
     cache_index = self.variable('cache', 'cache_index', lambda: jnp.array(0, dtype=jnp.int32))
     if not initialized:
       return key, value, mask, bias, None
     batch, length, heads, depth = cached_key.value.shape
-    if query.shape != (batch, 1, heads, depth):
-      raise ValueError(f'autoregressive cache expects queries of shape {(batch, 1, heads, depth)}, '
-                       f'got {query.shape}')
+    if prefill:
+      if key.shape[0] != batch or key.shape[1] > length:
+        raise ConfigError(f'a prefill of {key.shape[:2]} [batch, length] does not fit the cache of {(batch, length)}; '
+                          f'initialise the cache with max_decode_length >= the prefilled length')
+      cached_key.value = lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype), (0, 0, 0, 0))
+      cached_value.value = lax.dynamic_update_slice(cached_value.value, value.astype(cached_value.value.dtype),
+                                                    (0, 0, 0, 0))
+      cache_index.value = jnp.full((batch,), key.shape[1], jnp.int32)
+      return key, value, mask, bias, None
+    if query.shape[:2] != (batch, 1) or key.shape[2:] != (heads, depth):
+      raise ValueError(f'autoregressive cache expects one query row per example and keys of {heads} heads x {depth}; '
+                       f'got queries {query.shape}, keys {key.shape}')
     index = cache_index.value
-    key = lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype), (0, index, 0, 0))
-    value = lax.dynamic_update_slice(cached_value.value, value.astype(cached_value.value.dtype), (0, index, 0, 0))
+    if jnp.ndim(index) == 0:
+      key = lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype), (0, index, 0, 0))
+      value = lax.dynamic_update_slice(cached_value.value, value.astype(cached_value.value.dtype), (0, index, 0, 0))
+      causal = jnp.broadcast_to(jnp.arange(length) <= index, (batch, 1, 1, length))
+    else:
+      if bias is not None:
+        raise ConfigError('a per-example cache_index (after a prefill) cannot slice a relative-position bias')
+      slot = (jnp.arange(length)[None, :] == index[:, None])[:, :, None, None]
+      key = jnp.where(slot, key.astype(cached_key.value.dtype), cached_key.value)
+      value = jnp.where(slot, value.astype(cached_value.value.dtype), cached_value.value)
+      causal = (jnp.arange(length)[None, :] <= index[:, None])[:, None, None, :]
     cached_key.value, cached_value.value = key, value
     cache_index.value = index + 1
-    causal = jnp.broadcast_to(jnp.arange(length) <= index, (batch, 1, 1, length))
     mask = causal if mask is None else jnp.logical_and(mask, causal)
     if bias is not None:
       bias = lax.dynamic_slice_in_dim(bias, index, 1, axis=-2)
@@ -199,13 +253,17 @@ class MultiHeadDotProductAttention(nn.Module):
         self.variable('cache', name, lambda r=r: r).value = r
     return rows
 
-  def _prepend_prefix(self, prefix, prefix_bias, row, qlen, key, value, mask, bias, cache):
-    """Puts the prefix's rows in front of key/value [b, k, h, d], mask [b, 1, q, k] and bias [1, h, q, k]."""
+  def _prepend_prefix(self, prefix, prefix_bias, row, qlen, key, value, mask, bias, cache, kv_axes=KV_AXES):
+    """Puts the prefix's rows in front of key/value [b, k, g, d], mask [b, 1, q, k] and bias [1, h, q, k]."""
     batch, klen = key.shape[0], key.shape[1]
+    if prefix.key.ndim == 4 and prefix.key.shape[2:] != key.shape[2:]:
+      raise ConfigError(f'KVPrefix rows carry {prefix.key.shape[2]} heads x {prefix.key.shape[3]} but this attention '
+                        f'has {key.shape[2]} key/value heads x {key.shape[3]} (a grouped-query model stores its '
+                        f'prefix per key/value head)')
     pkey, pvalue, pmask = self._prefix_rows(prefix, batch, key.dtype, cache)
     plen = pkey.shape[1]
-    key = constrain(jnp.concatenate([pkey, key], axis=1), KV_AXES)
-    value = constrain(jnp.concatenate([pvalue, value], axis=1), KV_AXES)
+    key = constrain(jnp.concatenate([pkey, key], axis=1), kv_axes)
+    value = constrain(jnp.concatenate([pvalue, value], axis=1), kv_axes)
     if mask is None:  # The prefix mask still applies where the sequence itself is unmasked.
       mask = jnp.ones((batch, 1, qlen, klen), bool)
     if mask.shape[0] != batch:  # query rows grouped over key rows (rank candidates): each sees its example's

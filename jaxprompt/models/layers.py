@@ -1,8 +1,9 @@
-"""T5X-compatible building blocks: dense, embedding, RMSNorm, relative position biases, MLP, masks.
+"""T5X-compatible building blocks: dense, embedding, RMSNorm / LayerNorm, relative position biases, MLP, masks.
 
 Parameter names, shapes and logical axes are those of t5x's minimal T5 (`t5x/examples/t5/layers.py`), so a
 T5X checkpoint maps onto these modules with no renaming: every kernel is stored 2-D (`[in, out]`, heads joined)
-and reshaped at run time. Attention lives in `jaxprompt.models.attention`.
+and reshaped at run time. Biases (off by default; GPT-2 / Qwen2 / Llama with attention_bias use them) are 1-D
+over the kernel's output axis. Attention lives in `jaxprompt.models.attention`.
 """
 from __future__ import annotations
 
@@ -36,13 +37,17 @@ def logical_param(module: nn.Module, name: str, init: ParamInit, shape: Sequence
 
 
 class DenseGeneral(nn.Module):
-  """Bias-free dense layer over one or more input axes; the kernel is stored 2-D `[prod(in), prod(out)]`."""
+  """Dense layer over one or more input axes; the kernel is stored 2-D `[prod(in), prod(out)]`.
+
+  `use_bias` adds a `bias` [prod(out)] on the kernel's output axis (bias-free by default, as in T5).
+  """
   features: int | Sequence[int]
   axis: int | Sequence[int] = -1
   kernel_axes: Sequence[str] = ()
   kernel_init: ParamInit = default_kernel_init
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  use_bias: bool = False
 
   @nn.compact
   def __call__(self, inputs: Array) -> Array:
@@ -56,7 +61,12 @@ class DenseGeneral(nn.Module):
     kernel = jnp.asarray(kernel, self.dtype).reshape(in_shape + features)
     inputs = jnp.asarray(inputs, self.dtype)
     contract = (axis, tuple(range(len(axis))))
-    return lax.dot_general(inputs, kernel, (contract, ((), ())))
+    out = lax.dot_general(inputs, kernel, (contract, ((), ())))
+    if not self.use_bias:
+      return out
+    bias = logical_param(self, 'bias', nn.initializers.zeros, (flat_shape[1],), self.param_dtype,
+                         tuple(self.kernel_axes)[-1:])
+    return out + jnp.asarray(bias, self.dtype).reshape(features)
 
 
 def _reshaped_init(init: ParamInit, true_shape: tuple) -> ParamInit:
@@ -68,18 +78,29 @@ def _reshaped_init(init: ParamInit, true_shape: tuple) -> ParamInit:
   return flat_init
 
 
+def use_one_hot(setting: bool | None) -> bool:
+  """A config's `one_hot_embedding`: unset means one-hot on TPU (where gathers are slow), gather elsewhere."""
+  if setting is None:
+    return jax.default_backend() == 'tpu'
+  return bool(setting)
+
+
 class Embed(nn.Module):
-  """Token embedding `[vocab, embed]`; lookup by one-hot matmul (t5x's TPU-friendly default)."""
+  """Token embedding `[vocab, embed]`; lookup by one-hot matmul (t5x's TPU-friendly default).
+
+  `axes` names the table's logical axes (a learned position table is `('abspos_buckets', 'embed')`).
+  """
   num_embeddings: int
   features: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   one_hot: bool = True
   embedding_init: ParamInit = nn.initializers.normal(stddev=1.0)
+  axes: tuple[str, str] = ('vocab', 'embed')
 
   def setup(self):
     self.embedding = logical_param(self, 'embedding', self.embedding_init, (self.num_embeddings, self.features),
-                                   self.param_dtype, ('vocab', 'embed'))
+                                   self.param_dtype, self.axes)
 
   def __call__(self, inputs: Array) -> Array:
     """[batch, length] int -> [batch, length, embed]."""
@@ -108,6 +129,23 @@ class RMSNorm(nn.Module):
     y = jnp.asarray(x * lax.rsqrt(mean2 + self.epsilon), self.dtype)
     scale = logical_param(self, 'scale', nn.initializers.ones, (x.shape[-1],), self.param_dtype, ('embed',))
     return y * jnp.asarray(scale, self.dtype)
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm with `scale` and `bias` (GPT-2): mean and variance over the last axis in float32."""
+  epsilon: float = 1e-5
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    x = jnp.asarray(x, jnp.float32)
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(lax.square(x - mean), axis=-1, keepdims=True)
+    y = jnp.asarray((x - mean) * lax.rsqrt(var + self.epsilon), self.dtype)
+    scale = logical_param(self, 'scale', nn.initializers.ones, (x.shape[-1],), self.param_dtype, ('embed',))
+    bias = logical_param(self, 'bias', nn.initializers.zeros, (x.shape[-1],), self.param_dtype, ('embed',))
+    return y * jnp.asarray(scale, self.dtype) + jnp.asarray(bias, self.dtype)
 
 
 def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool, num_buckets: int,
@@ -170,6 +208,7 @@ class RelativePositionBiases(nn.Module):
     return bucket_biases(self.table, buckets, self.dtype)
 
 
+# 'gelu' is the tanh approximation (HF's gelu_new / gelu_pytorch_tanh), 'gelu_exact' the erf form (HF's gelu).
 _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     'gelu': functools.partial(nn.gelu, approximate=True),
     'gelu_exact': functools.partial(nn.gelu, approximate=False),
@@ -177,6 +216,7 @@ _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     'silu': nn.silu,
     'linear': lambda x: x,
 }
+ACTIVATION_NAMES = frozenset(_ACTIVATIONS)
 
 
 class MlpBlock(nn.Module):
@@ -187,6 +227,7 @@ class MlpBlock(nn.Module):
   intermediate_dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  use_bias: bool = False
 
   @nn.compact
   def __call__(self, inputs: Array, deterministic: bool = True) -> Array:
@@ -195,13 +236,13 @@ class MlpBlock(nn.Module):
     for idx, act in enumerate(self.activations):
       name = f'wi_{idx}' if len(self.activations) > 1 else 'wi'
       x = DenseGeneral(self.intermediate_dim, kernel_init=self.kernel_init, kernel_axes=('embed', 'mlp'),
-                       dtype=self.dtype, param_dtype=self.param_dtype, name=name)(inputs)
+                       dtype=self.dtype, param_dtype=self.param_dtype, use_bias=self.use_bias, name=name)(inputs)
       hidden.append(_ACTIVATIONS[act](x))
     x = functools.reduce(operator.mul, hidden)
     x = nn.Dropout(rate=self.intermediate_dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
     x = constrain(x, ('batch', 'length', 'mlp'))
     return DenseGeneral(inputs.shape[-1], kernel_init=self.kernel_init, kernel_axes=('mlp', 'embed'), dtype=self.dtype,
-                        param_dtype=self.param_dtype, name='wo')(x)
+                        param_dtype=self.param_dtype, use_bias=self.use_bias, name='wo')(x)
 
 
 def make_attention_mask(query_valid: Array, key_valid: Array, pairwise_fn=jnp.multiply,

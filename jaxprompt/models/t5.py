@@ -19,8 +19,6 @@ layer's input hidden states and prepend K/V rows to its attentions. The network 
 """
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -29,14 +27,9 @@ from jaxprompt.errors import ConfigError
 from jaxprompt.models import attention, layers
 from jaxprompt.models.config import T5Config
 from jaxprompt.models.hooks import NO_HOOKS, Hooks, KVPrefix, LayerHook
+from jaxprompt.models.stack import run_stack
 
 Array = jax.Array
-
-_REMAT_POLICIES = {
-    'full': None,
-    'dots': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-    'minimal': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
 
 
 class EncoderLayer(nn.Module):
@@ -133,61 +126,6 @@ def _relpos(cfg: T5Config) -> layers.RelativePositionBiases:
                                        name='relpos_bias')
 
 
-def _one_hot_embedding(cfg: T5Config) -> bool:
-  """The config's lookup choice; unset means one-hot on TPU (where gathers are slow), gather elsewhere."""
-  if cfg.one_hot_embedding is None:
-    return jax.default_backend() == 'tpu'
-  return bool(cfg.one_hot_embedding)
-
-
-def _scan_body(layer_cls: type[nn.Module]) -> type[nn.Module]:
-  """Adapts a layer `x -> x` to scan's `carry -> (carry, None)` contract."""
-
-  class ScanBody(layer_cls):
-
-    def __call__(self, x, *args):
-      return super().__call__(x, *args), None
-
-  ScanBody.__name__ = layer_cls.__name__
-  return ScanBody
-
-
-def _run_stack(cfg: T5Config, layer_cls: type[nn.Module], num_layers: int, x: Array, args: tuple,
-               hook: LayerHook | None = None, relpos_table: Array | None = None, **layer_kwargs: Any) -> Array:
-  """Applies `num_layers` layers named `layers_N` (or one scanned `layers`), with optional per-layer remat.
-
-  A per-layer hook (array leaves [layers, ...]) reaches layer i as its slice plus the index i: a Python int
-  when unrolled, a scanned `arange` element under `nn.scan`. Without a hook the layers see exactly `args`.
-  """
-  if hook is not None:
-    depths = {jnp.shape(a)[0] if jnp.ndim(a) else None for a in jax.tree.leaves(hook)}
-    if depths - {num_layers}:
-      raise ConfigError(f'every array of a per-layer hook needs a leading layers axis of {num_layers}; '
-                        f'{type(hook).__name__} has leading sizes {sorted(depths, key=str)}')
-  if cfg.scan_layers:
-    layer_cls = _scan_body(layer_cls)
-  if cfg.remat_policy != 'none':
-    # Unrolled, the layer index stays a Python int for the hook (self, x, *args, table, hook, layer).
-    static = (len(args) + 4,) if hook is not None and not cfg.scan_layers else ()
-    layer_cls = nn.remat(layer_cls, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers,
-                         static_argnums=static)
-  if cfg.scan_layers:
-    in_axes = (nn.broadcast,) * len(args)
-    if hook is not None:
-      args = args + (relpos_table, hook, jnp.arange(num_layers, dtype=jnp.int32))
-      in_axes = in_axes + (nn.broadcast, 0, 0)
-    scanned = nn.scan(layer_cls, variable_axes={'params': 0, 'cache': 0}, split_rngs={'params': True, 'dropout': True},
-                      in_axes=in_axes, length=num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
-    x, _ = scanned(cfg, name='layers', **layer_kwargs)(x, *args)
-    return x
-  for i in range(num_layers):
-    layer_args = args
-    if hook is not None:
-      layer_args = args + (relpos_table, jax.tree.map(lambda a, i=i: a[i], hook), i)
-    x = layer_cls(cfg, name=f'layers_{i}', **layer_kwargs)(x, *layer_args)
-  return x
-
-
 class Encoder(nn.Module):
   """The encoder stack over already-embedded inputs (the embedding is shared and lives on Transformer)."""
   config: T5Config
@@ -202,8 +140,8 @@ class Encoder(nn.Module):
     relpos = _relpos(cfg)
     bias = relpos(length, length, True)
     table = relpos.table if layer_hook is not None else None
-    x = _run_stack(cfg, EncoderLayer, cfg.num_encoder_layers, x, (encoder_mask, bias), layer_hook, table,
-                   deterministic=deterministic)
+    x = run_stack(cfg, EncoderLayer, cfg.num_encoder_layers, x, (encoder_mask, bias), layer_hook, table,
+                  deterministic=deterministic)
     x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, cfg.param_dtype, name='encoder_norm')(x)
     return _dropout(cfg, x, deterministic)
 
@@ -230,8 +168,8 @@ class Decoder(nn.Module):
     bias = relpos(length, length, False)
     layer_hook = hooks.decoder_layers
     table = relpos.table if layer_hook is not None else None
-    y = _run_stack(cfg, DecoderLayer, cfg.num_decoder_layers, y, (encoded, decoder_mask, encoder_decoder_mask, bias),
-                   layer_hook, table, deterministic=deterministic, decode=decode)
+    y = run_stack(cfg, DecoderLayer, cfg.num_decoder_layers, y, (encoded, decoder_mask, encoder_decoder_mask, bias),
+                  layer_hook, table, deterministic=deterministic, decode=decode)
     y = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, cfg.param_dtype, name='decoder_norm')(y)
     y = _dropout(cfg, y, deterministic)
     if cfg.logits_via_embedding:
@@ -250,7 +188,7 @@ class Transformer(nn.Module):
   def setup(self):
     cfg = self.config
     self.token_embedder = layers.Embed(num_embeddings=cfg.vocab_size, features=cfg.emb_dim, dtype=cfg.dtype,
-                                       param_dtype=cfg.param_dtype, one_hot=_one_hot_embedding(cfg))
+                                       param_dtype=cfg.param_dtype, one_hot=layers.use_one_hot(cfg.one_hot_embedding))
     self.encoder = Encoder(cfg)
     self.decoder = Decoder(cfg, shared_embedding=self.token_embedder)
 

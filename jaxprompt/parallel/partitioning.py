@@ -1,7 +1,8 @@
 """Partitioning: t5x's logical axis rules, the ('data', 'model') mesh, and parameter shardings.
 
 Logical axis names are t5x's (`batch`, `vocab`, `embed`, `mlp`, `heads`, `kv`, `joined_kv`, `relpos_buckets`,
-`length`, `layers`) plus the prompt's (`prompt`, `prompt_embed`). Rules map them to mesh axes; the model only
+`abspos_buckets`, `length`, `layers`), grouped-query attention's `kv_heads`, and the prompt's (`prompt`,
+`prompt_embed`). Rules map them to mesh axes; the model only
 speaks logical names.
 
 Use a mesh with `use_mesh(mesh, rules)`: it sets the mesh with `jax.set_mesh` (the older `with mesh:` silently
@@ -48,6 +49,10 @@ def standard_logical_axis_rules(activation_partitioning_dims: int = 1, parameter
                       'supported (each must be 1 or 2)')
   rules += [('relpos_buckets', None), ('abspos_buckets', None), ('length', None), ('layers', None), ('stack', None),
             ('mlp_activations', None)]
+  # Grouped-query attention's key/value heads follow the query heads onto 'model'. Where num_kv_heads does not
+  # divide the model axis XLA pads the activations (correct, some waste); a ('kv_heads', None) prompt rule,
+  # which comes first, replicates them instead. Their kernels shard as 'joined_kv' (num_kv_heads * head_dim).
+  rules += [('kv_heads', 'model')]
   return rules + list(additional_rules or [])
 
 

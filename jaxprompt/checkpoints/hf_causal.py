@@ -1,0 +1,114 @@
+"""Reader for Hugging Face causal LM folders (Llama, Mistral, Qwen2, GPT-2 safetensors) into `CausalTransformer` params.
+
+A folder holds `config.json` (its `architectures` picks the name map, `hf_causal_names`) and `model.safetensors`
+or `model.safetensors.index.json` + shards. Each parameter is read from its tensor's bytes only where a local
+device holds a slice of it (`common.materialize` with shardings: no host assembles the whole model) and cast to
+`config.param_dtype`. A tied model may store `lm_head.weight` too; like transformers, the embedding wins.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from jaxprompt.checkpoints import common, hf_causal_names
+from jaxprompt.checkpoints.hf_names import Entry
+from jaxprompt.checkpoints.huggingface import CONFIG_FILE, HFSource, _locate
+from jaxprompt.errors import CheckpointError, ConfigError
+from jaxprompt.models.decoder_config import DecoderConfig
+
+
+def read_hf_config(folder: str | os.PathLike) -> dict[str, Any]:
+  """The parsed config.json of a Hugging Face model folder (or of the folder holding a given file)."""
+  folder = os.fspath(folder)
+  folder = folder if os.path.isdir(folder) else os.path.dirname(os.path.abspath(folder))
+  file = os.path.join(folder, CONFIG_FILE)
+  if not os.path.isfile(file):
+    raise CheckpointError(f'{folder}: no {CONFIG_FILE}; a Hugging Face causal LM folder names its architecture there')
+  try:
+    with open(file) as f:
+      hf = json.load(f)
+  except ValueError as e:
+    raise CheckpointError(f'{file}: not valid JSON ({e})') from e
+  if not isinstance(hf, dict):
+    raise CheckpointError(f'{file}: expected a JSON object, got {type(hf).__name__}')
+  return hf
+
+
+def hf_causal_config(path: str | os.PathLike) -> DecoderConfig:
+  """The DecoderConfig a Hugging Face causal LM folder's config.json describes (float32, layers unscanned)."""
+  config, _ = _config_of(path)
+  return config
+
+
+def _config_of(path: str | os.PathLike) -> tuple[DecoderConfig, str]:
+  folder = os.fspath(path)
+  where = os.path.join(folder if os.path.isdir(folder) else os.path.dirname(os.path.abspath(folder)), CONFIG_FILE)
+  return hf_causal_names.decoder_config(read_hf_config(path), where)
+
+
+def _hf_shape(entry: Entry) -> tuple[int, ...]:
+  """The shape the HF tensor must have for `entry` (before it is sliced and transposed)."""
+  shape = entry.shape
+  if entry.part is not None:
+    shape = shape[:-1] + (shape[-1] * entry.part[1],)
+  return shape[::-1] if entry.transpose else shape
+
+
+def _sources(plan: Mapping[str, Entry], tensors: Mapping[str, Any], config: DecoderConfig, where: str,
+             origin: str) -> dict[str, HFSource]:
+  """Checks the file's tensors against `plan` (missing, unexpected, shapes); stacks layers when scanned."""
+  missing = sorted({e.key for e in plan.values()} - set(tensors))
+  if missing:
+    raise CheckpointError(f"{where}: tensor '{missing[0]}' is missing ({len(missing)} the config needs are: "
+                          f'{", ".join(missing[:5])})')
+  wanted = {e.key for e in plan.values()} | ({hf_causal_names.HEAD_KEY} if config.tie_word_embeddings else set())
+  unexpected = sorted(k for k in set(tensors) - wanted if not hf_causal_names.IGNORED.fullmatch(k))
+  if unexpected:
+    raise CheckpointError(f'{where}: {len(unexpected)} tensors do not fit {origin} ({config.num_layers} layers): '
+                          f'{", ".join(unexpected[:5])}')
+  sources = {}
+  for path, entry in plan.items():
+    tensor = tensors[entry.key]
+    if tuple(tensor.shape) != _hf_shape(entry):
+      raise CheckpointError(f"{tensor.file}: tensor '{entry.key}' has shape {list(tensor.shape)} but {origin} "
+                            f'implies {list(_hf_shape(entry))} (for {path})')
+    sources[path] = HFSource(path, entry, tensor)
+  return common.stack_layer_sources(sources) if config.scan_layers else sources
+
+
+def load_hf_causal(path: str | os.PathLike, *, config: DecoderConfig | None = None,
+                   shardings: common.ShardingsArg = None,
+                   expected_shapes: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], DecoderConfig]:
+  """Reads a Hugging Face causal LM (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, GPT2LMHeadModel).
+
+  Args:
+    path: a folder with config.json and `model.safetensors` or `model.safetensors.index.json` (+ shards).
+    config: the model config; its architecture fields must match config.json's. None: config.json's (float32,
+      unscanned, no dropout).
+    shardings: None (numpy leaves), one Sharding for all, or a tree of Shardings like the params; each array
+      is built from the slices its local devices hold.
+    expected_shapes: optional tree of shapes / ShapeDtypeStructs the params must match exactly.
+
+  Returns:
+    (params, config): the `CausalTransformer` param tree (`layers` stacked when `config.scan_layers`), every
+    floating leaf in `config.param_dtype`.
+  """
+  path = os.fspath(path)
+  implied, arch = _config_of(path)
+  config_file = os.path.join(path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path)), CONFIG_FILE)
+  if config is None:
+    config, origin = implied, config_file
+  else:
+    if not isinstance(config, DecoderConfig):
+      raise ConfigError(f'{path}: a causal LM needs a DecoderConfig, got {type(config).__name__}')
+    hf_causal_names.check_config(config, implied, config_file)
+    origin = 'the given config'
+  tensors, _ = _locate(path)
+  prefix = 'transformer.' if arch == hf_causal_names.GPT2 and 'transformer.wte.weight' in tensors else ''
+  plan = hf_causal_names.causal_plan(config, arch, prefix)
+  sources = _sources(plan, tensors, config, path, origin)
+  params = common.materialize(sources, dtype=config.param_dtype, shardings=shardings, expected_shapes=expected_shapes,
+                              ckpt=path)
+  return params, config
