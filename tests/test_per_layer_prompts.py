@@ -253,7 +253,7 @@ def test_gin_file_binds_the_method(fixture_model):
 
 def test_hook_under_a_traced_layer_index_keeps_layer_0():
   """As under nn.scan: layer 0 is left alone, deeper layers get their slice; the decoder is never touched."""
-  hook = plp.LayerPrompts(jnp.arange(2 * 2 * 3, dtype=jnp.float32).reshape(2, 2, 3), 'replace')
+  hook = plp.LayerPrompts(jnp.arange(2 * 2 * 3, dtype=jnp.float32).reshape(2, 2, 3), 'encoder', 'replace')
   x = jnp.ones((1, 4, 3))
   sliced = lambda i: jax.tree.map(lambda a: a[i], hook)
   at = jax.jit(lambda i: sliced(i).hidden_states(x, i, 'encoder'))

@@ -113,7 +113,8 @@ MACROS: dict[str, Macro] = {
     'PREFIX_LENGTH': Macro('positive int', '100', 'K/V prefix rows per layer', 'methods/{prefix_tuning,p_tuning_v2}'
                            '.gin'),
     'PREFIX_KINDS': Macro('some of', "('encoder_self', 'decoder_self', 'cross')", 'the attentions a prefix joins',
-                          'methods/{prefix_tuning,p_tuning_v2}.gin', choices=PREFIX_KINDS),
+                          'methods/{prefix_tuning,p_tuning_v2}.gin', none="the model's (P-tuning v2: its "
+                          'self-attentions)', choices=PREFIX_KINDS),
     'PREFIX_HIDDEN': Macro('positive int', '512', "the prefix MLP's hidden width", 'methods/prefix_tuning.gin'),
     'PREFIX_DROPOUT': Macro('rate', '0.0', 'dropout on the computed K/V rows', 'methods/prefix_tuning.gin'),
     'MULTITASK_MODE': Macro('one of', "'concat'", "how the shared and each task's prompt combine",

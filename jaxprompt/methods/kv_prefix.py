@@ -1,16 +1,19 @@
-"""Per-layer key/value prefixes for T5's three attention kinds: the network hook and the prefix file format.
+"""Per-layer key/value prefixes for a model's attention kinds: the network hook and the prefix file format.
 
 The hook (`PrefixRows`) holds, for each attention kind it acts on, key and value rows of shape
-`[layers, P, heads, head_dim]` (already projected: they bypass the frozen key/value kernels). The network slices
-the leading `layers` axis and asks each layer for its prefix; every prefix row is always attended (mask all
-True: prefix positions are never masked), and its relative-position treatment is the hook's `relpos`
-(`jaxprompt.models.hooks.RELPOS_MODES`).
+`[layers, P, kv_heads, head_dim]` (already projected: they bypass the frozen key/value kernels; kv_heads is the
+model's `num_kv_heads`, fewer than its query heads with grouped-query attention). The network slices the leading
+`layers` axis and asks each layer for its prefix; every prefix row is always attended (mask all True: prefix
+positions are never masked), and its relative-position treatment is the hook's `relpos`
+(`jaxprompt.models.hooks.RELPOS_MODES`; T5 only: a causal LM has no relative bias, its tokens' positions start
+after the prefix). Which kinds a model has is its config's `attention_kinds` (T5: encoder_self, decoder_self,
+cross; a causal LM: decoder_self), each on the stack `hooks.STACK_OF_KIND` names.
 
 Prefix file format (written by `jaxprompt.methods.prefix_tuning.write_prefix_file`, checkpoints' `prefix.npz`):
 
   .npz (numpy, no pickles)
-    <kind>/key, <kind>/value   float32 [layers, P, heads, head_dim], for each kind present, kind one of
-                               encoder_self (layers = encoder layers), decoder_self, cross (decoder layers)
+    <kind>/key, <kind>/value   float32 [layers, P, kv_heads, head_dim], for each kind present, kind one of the
+                               model's attention kinds; layers = the depth of the kind's stack
     relpos/<mode>              int8 [0], exactly one: mode 'positions' or 'none' (a marker: the key carries it,
                                since a string array would need a pickle)
     method/prefix              int8 [0], the method registry's marker (`registry.marker`; files written before
@@ -19,8 +22,9 @@ Prefix file format (written by `jaxprompt.methods.prefix_tuning.write_prefix_fil
     the same <kind>/key and <kind>/value tensors; metadata {'relpos': <mode>, 'layout': LAYOUT, 'method': 'prefix'}
 
 Every kind present has both tensors, and all share P. Reading checks each tensor against the model config
-(layers, heads, head_dim) and raises one `PromptError` naming the file, the key, the shape found and the shape
-expected. Reading never unpickles (`npy_io.read_npz` refuses object arrays; safetensors has no pickles).
+(its attention kinds, layers, kv heads, head_dim) and raises one `PromptError` naming the file, the key, the
+shape found and the shape expected. Reading never unpickles (`npy_io.read_npz` refuses object arrays;
+safetensors has no pickles).
 """
 from __future__ import annotations
 
@@ -34,34 +38,42 @@ from flax import struct
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from jaxprompt.errors import PromptError
+from jaxprompt.errors import ConfigError, PromptError
 from jaxprompt.formats import npy_io
 from jaxprompt.methods import registry
 from jaxprompt.models.base import ModelConfig
-from jaxprompt.models.hooks import ATTENTION_KINDS, RELPOS_MODES, Hooks, KVPrefix, Stack
+from jaxprompt.models.hooks import ATTENTION_KINDS, RELPOS_MODES, STACK_OF_KIND, Hooks, KVPrefix, Stack
 
 Array = jax.Array
 Rows = Mapping[str, tuple[Array, Array]]  # kind -> (key, value), each [layers, P, heads, head_dim]
 
-ENCODER_KINDS = ('encoder_self',)
-DECODER_KINDS = ('decoder_self', 'cross')
 ROW_AXES = ('layers', 'prompt', 'heads', 'kv')  # logical axes of a [layers, P, heads, head_dim] row tensor
+GQA_ROW_AXES = ('layers', 'prompt', 'kv_heads', 'kv')  # the same with fewer key/value heads than query heads
 LAYOUT = 'layers,prefix,heads,head_dim'
 RELPOS_KEY = 'relpos'
 LAYOUT_KEY = 'layout'
 _TENSOR_NAMES = {(kind, part) for kind in ATTENTION_KINDS for part in ('key', 'value')}
 WHAT = 'prefix file'
 FILE_KIND = 'prefix'  # the registry's name for a prefix file (prefix tuning and P-tuning v2 write one)
+KindLayers = tuple[tuple[str, int], ...]  # ((kind, layers of its stack), ...) for each kind a model has
 
 
-def stack_of(kind: str) -> Stack:
-  """The stack whose layers hold attention `kind`: cross-attention lives in the decoder."""
-  return 'encoder' if kind in ENCODER_KINDS else 'decoder'
+def kind_layers(config: ModelConfig) -> KindLayers:
+  """The attention kinds `config`'s model has, each with the depth of the stack holding it."""
+  return tuple((kind, config.stack_depth(STACK_OF_KIND[kind])) for kind in config.attention_kinds)
 
 
-def num_layers(config: ModelConfig, kind: str) -> int:
-  """Depth of the stack holding attention `kind`."""
-  return config.num_encoder_layers if stack_of(kind) == 'encoder' else config.num_decoder_layers
+def row_axes(grouped: bool) -> tuple[str, ...]:
+  """The logical axes of a row tensor: the attention's own key/value head axis (`models.attention`)."""
+  return GQA_ROW_AXES if grouped else ROW_AXES
+
+
+def check_kinds(kinds: tuple[str, ...], model_kinds: tuple[str, ...], what: str) -> None:
+  """Refuses (one ConfigError) kinds the model lacks, naming the model's."""
+  missing = [k for k in kinds if k not in model_kinds]
+  if missing:
+    raise ConfigError(f'{what}: attention kind {missing[0]!r} is not in this model, whose attentions a prefix may '
+                      f'join are {", ".join(model_kinds)}')
 
 
 class PrefixRows(struct.PyTreeNode):
@@ -94,16 +106,21 @@ class PrefixRows(struct.PyTreeNode):
     return x
 
 
+def layer_hooks(keys: Mapping[str, Array], values: Mapping[str, Array], relpos: str,
+                masks: Mapping[str, Array] | None = None) -> dict[str, PrefixRows]:
+  """{stack: the PrefixRows of the kinds its layers hold} for rows given by kind (keys / values / masks)."""
+  stacks: dict[str, list[str]] = {}
+  for kind in (k for k in ATTENTION_KINDS if k in keys):
+    stacks.setdefault(STACK_OF_KIND[kind], []).append(kind)
+  return {
+      stack: PrefixRows({k: keys[k] for k in kinds}, {k: values[k] for k in kinds}, relpos,
+                        None if masks is None else {k: masks[k] for k in kinds}) for stack, kinds in stacks.items()
+  }
+
+
 def prefix_hooks(rows: Rows, relpos: str) -> Hooks:
   """Hooks putting `rows` ({kind: (key, value)}) into their stacks' attentions; a stack with none gets None."""
-
-  def hook(kinds: tuple[str, ...]) -> PrefixRows | None:
-    present = [k for k in kinds if k in rows]
-    if not present:
-      return None
-    return PrefixRows({k: rows[k][0] for k in present}, {k: rows[k][1] for k in present}, relpos)
-
-  return Hooks(encoder_layers=hook(ENCODER_KINDS), decoder_layers=hook(DECODER_KINDS))
+  return Hooks.of(layers=layer_hooks({k: v[0] for k, v in rows.items()}, {k: v[1] for k, v in rows.items()}, relpos))
 
 
 # ----------------------------------------------------------------------------------------- the file format
@@ -202,6 +219,11 @@ def check_prefix(arrays: Mapping[str, np.ndarray], config: ModelConfig,
   kinds = [k for k in ATTENTION_KINDS if f'{k}/key' in tensors or f'{k}/value' in tensors]
   if not kinds:
     raise PromptError(f'{WHAT} {path}: holds no prefix tensors; expected {expected_keys}')
+  depths = dict(kind_layers(config))
+  foreign = [k for k in kinds if k not in depths]
+  if foreign:
+    raise PromptError(f'{WHAT} {path}: holds a {foreign[0]} prefix, but this model\'s attentions are '
+                      f'{", ".join(depths)} (a prefix for another model family?)')
   rows, length = {}, None
   for kind in kinds:
     pair = []
@@ -213,13 +235,13 @@ def check_prefix(arrays: Mapping[str, np.ndarray], config: ModelConfig,
       array = tensors[name]
       if not np.issubdtype(array.dtype, np.floating):
         raise PromptError(f'{WHAT} {path}: key {name!r} has dtype {array.dtype}; expected a float array')
-      want = (num_layers(config, kind), length, config.num_heads, config.head_dim)
+      want = (depths[kind], length, config.num_kv_heads, config.head_dim)
       fits = array.ndim == 4 and all(w is None or s == w for s, w in zip(array.shape, want))
       if not fits:
         shown = '(' + ', '.join('P' if w is None else str(w) for w in want) + ')'
         where = '' if length is None else f' (P = {length} from the tensors before it)'
         raise PromptError(f'{WHAT} {path}: key {name!r} has shape {tuple(array.shape)} but the model needs '
-                          f'{shown} [layers, P, heads, head_dim]{where}')
+                          f'{shown} [layers, P, kv_heads, head_dim]{where}')
       if not np.isfinite(array).all():
         raise PromptError(f'{WHAT} {path}: key {name!r} holds {int((~np.isfinite(array)).sum())} non-finite values')
       length = array.shape[1]

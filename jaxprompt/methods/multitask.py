@@ -40,7 +40,7 @@ from jaxprompt.formats.npy_io import read_npz
 from jaxprompt.methods import initializers, registry
 from jaxprompt.methods.base import Method, Params
 from jaxprompt.methods.prompt_bank import build_bank
-from jaxprompt.methods.prompt_tuning import COMBINATIONS, PromptTuning, uniform_init
+from jaxprompt.methods.prompt_tuning import COMBINATIONS, PromptTuning, check_combine, uniform_init
 from jaxprompt.methods.row_prompts import gather_rows, task_ids_or_error
 from jaxprompt.models.base import ModelConfig
 from jaxprompt.models.hooks import Hooks
@@ -308,9 +308,9 @@ def multitask_prompts(config: ModelConfig, eos_id: int = 1, *, tasks: Any = None
                       None = None, combine: str = 'prefix') -> MultiTaskPrompts:
   """The factory of `METHOD = @jaxprompt.methods.multitask_prompts` (methods/multitask_prompts.gin): a shared
   `length`-row prompt and per-task parameters for each of `tasks` (`resolve_tasks`), combined by `mode`."""
-  return MultiTaskPrompts(tasks=resolve_tasks(tasks), config=config, length=length, combine=combine, eos_id=eos_id,
-                          mode=mode, task_length=task_length, shared_features=shared_features, initializer=initializer,
-                          task_initializer=task_initializer)
+  return MultiTaskPrompts(tasks=resolve_tasks(tasks), config=config, length=length, combine=check_combine(
+      config.input_stack, combine), eos_id=eos_id, mode=mode, task_length=task_length, shared_features=shared_features,
+                          initializer=initializer, task_initializer=task_initializer)
 
 
 @gin.configurable(module='jaxprompt.methods')
@@ -319,8 +319,8 @@ def multitask_prompt_tuning(config: ModelConfig, eos_id: int = 1, *, tasks: Any 
                             combine: str = 'prefix') -> MultitaskPromptTuning:
   """The factory of `METHOD = @jaxprompt.methods.multitask_prompt_tuning` (methods/multitask_prompt_tuning.gin):
   PEFT's MPT over `tasks` (`resolve_tasks`), `length` rows, rank `rank` (PEFT's num_ranks)."""
-  return MultitaskPromptTuning(tasks=resolve_tasks(tasks), config=config, length=length, combine=combine, eos_id=eos_id,
-                               rank=rank, task_init_std=task_init_std, initializer=initializer)
+  return MultitaskPromptTuning(tasks=resolve_tasks(tasks), config=config, length=length, combine=check_combine(
+      config.input_stack, combine), eos_id=eos_id, rank=rank, task_init_std=task_init_std, initializer=initializer)
 
 
 def read_multitask_file(path: str, config: ModelConfig, eos_id: int = 1,
@@ -346,8 +346,8 @@ def prompts_by_task(arrays: registry.Arrays,
     if not np.isfinite(array).all():
       raise PromptError(f'multi-task prompts file {path}: task {name!r} has non-finite values (NaN/inf)')
     prompt = np.asarray(array, np.float32)
-    out[name] = (PromptTuning(length=prompt.shape[0], embed_dim=config.emb_dim, combine=context.combine,
-                              eos_id=context.eos_id, dtype=config.dtype), {PROMPT_KEY: prompt})
+    out[name] = (PromptTuning(length=prompt.shape[0], embed_dim=config.emb_dim, combine=check_combine(
+        config.input_stack, context.combine), eos_id=context.eos_id, dtype=config.dtype), {PROMPT_KEY: prompt})
   return out
 
 

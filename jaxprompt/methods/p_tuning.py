@@ -1,5 +1,6 @@
-"""P-tuning v1 (Liu et al. 2021, "GPT understands, too"): the encoder's input prompt `[P, d]` is the output of
-a small trainable *prompt encoder* run over P learned input vectors, instead of a free matrix.
+"""P-tuning v1 (Liu et al. 2021, "GPT understands, too"): the model's input prompt `[P, d]` (T5's encoder
+input, a causal LM's first P positions) is the output of a small trainable *prompt encoder* run over P learned
+input vectors, instead of a free matrix.
 
 Two encoders (all shapes unbatched: the prompt is one sequence shared by every example):
 
@@ -48,6 +49,7 @@ from jaxprompt.methods.prompt_tuning import (
     COMBINATIONS,
     PromptInput,
     PromptTuning,
+    check_combine,
     peft_prompt_writer,
     write_prompt_file,
 )
@@ -277,5 +279,5 @@ def p_tuning(config: ModelConfig, eos_id: int = 1, *, length: int = 9, encoder: 
   embeddings, any `jaxprompt.methods` initialiser (None: N(0, 1)).
   """
   return PTuning(length=length, embed_dim=config.emb_dim, encoder=encoder, hidden=hidden, lstm_layers=lstm_layers,
-                 dropout=dropout, combine=combine, eos_id=eos_id, dtype=config.dtype, param_dtype=config.param_dtype,
-                 initializer=initializer)
+                 dropout=dropout, combine=check_combine(config.input_stack, combine), eos_id=eos_id, dtype=config.dtype,
+                 param_dtype=config.param_dtype, initializer=initializer)

@@ -1,30 +1,29 @@
-"""Hugging Face PEFT adapter folders for T5 (`PeftModel.from_pretrained(t5, folder)`), written and read.
+"""Hugging Face PEFT adapter folders (`PeftModel.from_pretrained(model, folder)`), written and read, for T5
+(SEQ_2_SEQ_LM) and causal LMs (CAUSAL_LM).
 
   adapter_config.json         the PEFT config dataclass as JSON; only fields every PEFT since 0.10 accepts
   adapter_model.safetensors   one float32 tensor 'prompt_embeddings'; metadata {'format': 'pt'} plus, when the
                               frozen model is known, 'jaxprompt_fingerprint' (`jaxprompt.models.fingerprint`)
 
-What maps to what (checked against peft 0.21 `peft_model.py` and transformers 5 T5):
+What maps to what (checked against peft 0.21 `peft_model.py` and transformers 5; the tensor layouts of each task
+type are `jaxprompt.methods.peft_layouts`):
 
-  PROMPT_TUNING, P_TUNING   jaxprompt's prompt [P, d] <-> prompt_embeddings [2P, d]. For SEQ_2_SEQ_LM PEFT keeps
-                            num_transformer_submodules (2) copies of P rows and puts only the first P in front of
-                            the encoder's embedded input (no scaling; P ones in front of the attention mask), which
-                            is jaxprompt's combine='prefix'. We write the prompt into both halves. A prompt-learning
-                            adapter always loads with inference_mode (PEFT refuses is_trainable=True for them), so a
-                            P_TUNING adapter loads without its MLP/LSTM and its embedding *is* the prompt: PEFT's own
-                            P-tuning saves the computed prompt there, and so do we.
+  PROMPT_TUNING, P_TUNING   jaxprompt's prompt [P, d] (combine='prefix') <-> prompt_embeddings [P, d] (CAUSAL_LM) or
+                            [2P, d] (SEQ_2_SEQ_LM: two copies, of which PEFT puts the first P rows in front of the
+                            encoder's embedded input). PEFT puts them in front of the embedded input without scaling,
+                            with P ones in front of the attention mask; on a causal LM the tokens' positions then
+                            start at P. A prompt-learning adapter always loads with inference_mode (PEFT refuses
+                            is_trainable=True for them), so a P_TUNING adapter loads without its MLP/LSTM and its
+                            embedding *is* the prompt: PEFT's own P-tuning saves the computed prompt there, and so do
+                            we.
   PREFIX_TUNING             jaxprompt's decoder_self prefix [L, P, h, hd] at relpos 'positions' <-> prompt_embeddings
-                            [P, L*2*h*hd]. PEFT views it as [P, 2L, h, hd], concatenates it with itself along 2L (two
-                            submodules) and gives decoder layer i the slots (4i mod 2L, 4i+1 mod 2L) as its
-                            self-attention key and value (the other two slots of each group of four are cross-
-                            attention rows, discarded by transformers' cache handling; T5's encoder ignores past
-                            keys/values). For even L, layers i and i+L/2 share their rows; for odd L every layer
-                            has its own. transformers puts the past keys at positions 0..P-1 before the tokens with
-                            the ordinary relative bias: relpos 'positions'. token_dim is written as h*hd (PEFT
-                            derives head_dim = token_dim // heads, so d_model would break T5 1.0 3B/11B-style
-                            models where h*hd != d_model) and num_layers as the decoder's depth.
+                            [P, L*2*h*hd], h the model's key/value heads (PEFT's GQA layout). T5: PEFT's doubled axis
+                            makes decoder layers i and i+L/2 share rows for an even L (`peft_layouts`); token_dim is
+                            written as h*hd (PEFT derives head_dim = token_dim // heads, so d_model would break T5
+                            1.0 3B/11B-style models where h*hd != d_model) and num_layers as the decoder's depth.
 
-Anything else is refused with one PromptError naming the folder and what PEFT cannot represent.
+An adapter of another task type than the model's family (a T5 adapter given to a Llama, or the reverse) and
+anything else PEFT cannot represent is refused with one PromptError naming the folder.
 """
 from __future__ import annotations
 
@@ -40,8 +39,10 @@ from safetensors.numpy import save as save_safetensors
 
 from jaxprompt.errors import PromptError
 from jaxprompt.formats import fingerprint_files, npy_io
-from jaxprompt.methods import kv_prefix
+from jaxprompt.methods import kv_prefix, peft_layouts
+from jaxprompt.methods.peft_layouts import prefix_tensor
 from jaxprompt.models.base import ModelConfig
+from jaxprompt.models.hooks import STACK_OF_KIND
 
 CONFIG_FILE = 'adapter_config.json'
 WEIGHTS_FILE = 'adapter_model.safetensors'
@@ -49,12 +50,10 @@ PICKLE_FILE = 'adapter_model.bin'  # older PEFT default (torch.save); read only 
 TENSOR_KEY = 'prompt_embeddings'
 FINGERPRINT_KEY = 'jaxprompt_fingerprint'
 PROMPT_TYPES = ('PROMPT_TUNING', 'P_TUNING')
-PREFIX_TYPE = 'PREFIX_TUNING'
+PREFIX_TYPE = peft_layouts.PREFIX_TYPE
 SUPPORTED_TYPES = (*PROMPT_TYPES, PREFIX_TYPE)
-TASK_TYPE = 'SEQ_2_SEQ_LM'
-SUBMODULES = 2  # PEFT's num_transformer_submodules for SEQ_2_SEQ_LM
-PREFIX_KIND = 'decoder_self'
-PREFIX_RELPOS = 'positions'
+PREFIX_KIND = peft_layouts.PREFIX_KIND
+PREFIX_RELPOS = peft_layouts.PREFIX_RELPOS
 WHAT = 'PEFT adapter'
 
 
@@ -71,16 +70,6 @@ class Adapter(NamedTuple):
   arrays: dict[str, np.ndarray]
   config: dict[str, Any]
   fingerprint: dict[str, Any] | None
-
-
-# ------------------------------------------------------------------------------------------- PEFT's layout
-
-
-def prefix_slots(num_layers: int) -> tuple[np.ndarray, np.ndarray]:
-  """For each decoder layer, its (key slot, value slot) along PEFT's 2L axis: PEFT doubles the axis (two
-  submodules) and splits it into groups of 4 per layer (self K, self V, cross K, cross V). [L], [L]"""
-  groups = np.concatenate([np.arange(2 * num_layers)] * SUBMODULES).reshape(num_layers, 2 * SUBMODULES)
-  return groups[:, 0], groups[:, 1]
 
 
 def _folder(path: str | os.PathLike) -> str:
@@ -102,13 +91,13 @@ def is_adapter_dir(path: str | os.PathLike) -> bool:
 # ------------------------------------------------------------------------------------------- writing
 
 
-def _base_config(peft_type: str, length: int, token_dim: int, num_layers: int | None, num_heads: int | None,
-                 base_model: str | None) -> dict[str, Any]:
+def _base_config(peft_type: str, task: peft_layouts.Task, length: int, token_dim: int, num_layers: int | None,
+                 num_heads: int | None, base_model: str | None) -> dict[str, Any]:
   """The fields of PEFT's PromptLearningConfig; None values are filled by PEFT from the base model's config."""
   return {
-      'peft_type': peft_type, 'task_type': TASK_TYPE, 'base_model_name_or_path': base_model, 'revision': None,
+      'peft_type': peft_type, 'task_type': task.name, 'base_model_name_or_path': base_model, 'revision': None,
       'inference_mode': True, 'num_virtual_tokens': int(length), 'token_dim': int(token_dim),
-      'num_transformer_submodules': SUBMODULES, 'num_attention_heads': num_heads, 'num_layers': num_layers
+      'num_transformer_submodules': task.submodules, 'num_attention_heads': num_heads, 'num_layers': num_layers
   }
 
 
@@ -145,11 +134,11 @@ def _write(folder: str, config: Mapping[str, Any], tensor: np.ndarray, fingerpri
   return folder
 
 
-def write_prompt(folder: str | os.PathLike, prompt: Any, *, peft_type: str = 'PROMPT_TUNING',
+def write_prompt(folder: str | os.PathLike, prompt: Any, *, peft_type: str = 'PROMPT_TUNING', family: str | None = None,
                  num_layers: int | None = None, num_heads: int | None = None, base_model: str | None = None,
                  fingerprint: Mapping[str, Any] | None = None) -> str:
-  """Writes an input prompt [P, d] as a PROMPT_TUNING or P_TUNING adapter (the prompt in both halves of the
-  [2P, d] tensor). `num_layers` / `num_heads` (the encoder's) may be None: PEFT fills them from the model."""
+  """Writes an input prompt [P, d] as a PROMPT_TUNING or P_TUNING adapter for a model of `family` (None: T5).
+  `num_layers` / `num_heads` (of the stack the prompt enters) may be None: PEFT fills them from the model."""
   folder = _folder(folder)
   if peft_type not in PROMPT_TYPES:
     raise PromptError(f'a prompt exports as one of {PROMPT_TYPES}, not {peft_type!r}')
@@ -157,56 +146,27 @@ def write_prompt(folder: str | os.PathLike, prompt: Any, *, peft_type: str = 'PR
   if prompt.ndim != 2 or not prompt.size:
     raise PromptError(f'cannot export a prompt of shape {prompt.shape} to {WHAT} {folder}: expected [length, embed]')
   length, dim = prompt.shape
-  config = _base_config(peft_type, length, dim, num_layers, num_heads, base_model)
+  task = peft_layouts.task_of_family(family)
+  config = _base_config(peft_type, task, length, dim, num_layers, num_heads, base_model)
   if peft_type == 'PROMPT_TUNING':
     config.update(prompt_tuning_init='RANDOM', prompt_tuning_init_text=None, tokenizer_name_or_path=None,
                   tokenizer_kwargs=None)
   else:  # the encoder fields are required by the dataclass but unused: inference_mode builds no encoder
     config.update(encoder_reparameterization_type='MLP', encoder_hidden_size=int(dim), encoder_num_layers=2,
                   encoder_dropout=0.0)
-  return _write(folder, config, np.concatenate([prompt] * SUBMODULES), fingerprint)
-
-
-def prefix_tensor(rows: Mapping[str, tuple[Any, Any]], relpos: str, where: str) -> np.ndarray:
-  """jaxprompt prefix rows ({kind: (key, value)} [L, P, h, hd]) as PEFT's [P, L*2*h*hd] tensor, or one
-  PromptError saying what PEFT cannot represent (`where` names the source)."""
-  refuse = f'cannot export {where} as a PEFT {PREFIX_TYPE} adapter: '
-  others = sorted(set(rows) - {PREFIX_KIND})
-  if others:
-    raise PromptError(refuse + f'it has {others} prefixes, but PEFT gives T5 its prefix as past_key_values, which '
-                      "T5's encoder ignores and whose cross-attention part PEFT discards: only a decoder_self "
-                      'prefix is representable')
-  if PREFIX_KIND not in rows:
-    raise PromptError(refuse + 'it holds no decoder_self prefix')
-  if relpos != PREFIX_RELPOS:
-    raise PromptError(refuse + f"its relpos is {relpos!r}, but transformers' T5 gives past keys the relative-"
-                      "position bias of positions 0..P-1 before the tokens: only relpos 'positions' is representable")
-  key, value = (np.asarray(x, np.float32) for x in rows[PREFIX_KIND])
-  if key.ndim != 4 or key.shape != value.shape:
-    raise PromptError(refuse + f'key {key.shape} and value {value.shape} must both be [layers, P, heads, head_dim]')
-  layers, length, heads, head_dim = key.shape
-  slots = np.zeros((2 * layers, length, heads, head_dim), np.float32)  # unused (cross) slots stay zero
-  owner: dict[int, int] = {}
-  for layer, (k_slot, v_slot) in enumerate(zip(*prefix_slots(layers))):
-    for slot, part, array in ((k_slot, 'key', key), (v_slot, 'value', value)):
-      first = owner.setdefault(int(slot), layer)
-      if first != layer and not np.array_equal(slots[slot], array[layer]):
-        raise PromptError(refuse + f'PEFT\'s seq2seq layout gives decoder layers {first} and {layer} of {layers} one '
-                          f'shared prefix (layers i and i+L/2 for an even L), but their {part} rows differ; only a '
-                          'prefix whose layers agree there (or a model with an odd number of decoder layers) is '
-                          'representable')
-      slots[slot] = array[layer]
-  return slots.transpose(1, 0, 2, 3).reshape(length, 2 * layers * heads * head_dim)
+  return _write(folder, config, peft_layouts.prompt_tensor(prompt, task), fingerprint)
 
 
 def write_prefix(folder: str | os.PathLike, rows: Mapping[str, tuple[Any, Any]], relpos: str, *,
-                 base_model: str | None = None, fingerprint: Mapping[str, Any] | None = None,
+                 family: str | None = None, base_model: str | None = None, fingerprint: Mapping[str, Any] | None = None,
                  source: str | None = None) -> str:
-  """Writes a decoder_self prefix as a PREFIX_TUNING adapter (see `prefix_tensor` for what is refused)."""
+  """Writes a decoder_self prefix [L, P, kv heads, hd] as a PREFIX_TUNING adapter for a model of `family` (None:
+  T5); see `peft_layouts.prefix_tensor` for what is refused."""
   folder = _folder(folder)
-  tensor = prefix_tensor(rows, relpos, source or 'this prefix')
+  task = peft_layouts.task_of_family(family)
+  tensor = prefix_tensor(rows, relpos, source or 'this prefix', task)
   layers, length, heads, head_dim = np.shape(rows[PREFIX_KIND][0])
-  config = _base_config(PREFIX_TYPE, length, heads * head_dim, layers, heads, base_model)
+  config = _base_config(PREFIX_TYPE, task, length, heads * head_dim, layers, heads, base_model)
   config.update(encoder_hidden_size=int(heads * head_dim), prefix_projection=False)
   return _write(folder, config, tensor, fingerprint)
 
@@ -322,20 +282,17 @@ def _read_prompt(config: Mapping[str, Any], tensor: np.ndarray, folder: str, mod
   return tensor[:length]  # PEFT uses the first num_virtual_tokens rows in front of the encoder input
 
 
-def _read_prefix(config: Mapping[str, Any], tensor: np.ndarray, folder: str,
-                 model: ModelConfig | None) -> dict[str, np.ndarray]:
-  submodules = config.get('num_transformer_submodules') or SUBMODULES
-  if submodules != SUBMODULES:
-    raise PromptError(f'{WHAT} {folder}: num_transformer_submodules is {submodules}; a T5 (SEQ_2_SEQ_LM) prefix has '
-                      f'{SUBMODULES}, the only layout whose layer mapping jaxprompt reads')
+def _read_prefix(config: Mapping[str, Any], tensor: np.ndarray, folder: str, model: ModelConfig | None,
+                 task: peft_layouts.Task) -> dict[str, np.ndarray]:
   length, token_dim = _field(config, 'num_virtual_tokens', folder), _field(config, 'token_dim', folder)
   layers, heads = _field(config, 'num_layers', folder), _field(config, 'num_attention_heads', folder)
   if token_dim % heads:
     raise PromptError(f'{WHAT} {folder}: token_dim {token_dim} is not a multiple of num_attention_heads {heads}')
   head_dim = token_dim // heads
   if model is not None:
-    for name, found, want, ours in (('num_layers', layers, model.num_decoder_layers, 'num_decoder_layers'),
-                                    ('num_attention_heads', heads, model.num_heads, 'num_heads'),
+    depth = model.stack_depth(STACK_OF_KIND[PREFIX_KIND])
+    for name, found, want, ours in (('num_layers', layers, depth, 'num_decoder_layers'),
+                                    ('num_attention_heads', heads, model.num_kv_heads, 'num_kv_heads'),
                                     ('token_dim // num_attention_heads', head_dim, model.head_dim, 'head_dim')):
       if found != want:
         raise _mismatch(folder, f'{CONFIG_FILE} {name}', found,
@@ -344,18 +301,20 @@ def _read_prefix(config: Mapping[str, Any], tensor: np.ndarray, folder: str,
   if tensor.shape != wanted:
     raise _mismatch(folder, f'the shape of {TENSOR_KEY!r}', tensor.shape,
                     f'its config needs {wanted} [num_virtual_tokens, num_layers * 2 * token_dim]')
-  view = tensor.reshape(length, 2 * layers, heads, head_dim).transpose(1, 0, 2, 3)  # [2L, P, h, hd]
-  key_slots, value_slots = prefix_slots(layers)
-  return kv_prefix.file_arrays({PREFIX_KIND: (view[key_slots], view[value_slots])}, PREFIX_RELPOS)
+  return kv_prefix.file_arrays({PREFIX_KIND: peft_layouts.prefix_rows(tensor, layers, heads, task)}, PREFIX_RELPOS)
 
 
 def read_adapter(folder: str | os.PathLike, model: ModelConfig | None = None) -> Adapter:
-  """Reads a PEFT adapter folder, checked against `model` (the frozen T5's config) when given."""
+  """Reads a PEFT adapter folder, checked against `model` (the frozen model's config: its family's task type, its
+  sizes) when given."""
   folder = _folder(folder)
   config, tensors, recorded = _load(folder)
+  task = peft_layouts.task_of_adapter(config, f'{WHAT} {folder}')
+  if model is not None:
+    peft_layouts.check_task(task, model.family, f'{WHAT} {folder}')
   tensor = _tensor(tensors, folder)
   if config['peft_type'] == PREFIX_TYPE:
-    return Adapter('prefix', _read_prefix(config, tensor, folder, model), config, recorded)
+    return Adapter('prefix', _read_prefix(config, tensor, folder, model, task), config, recorded)
   return Adapter('prompt', {'prompt': _read_prompt(config, tensor, folder, model)}, config, recorded)
 
 

@@ -1,29 +1,31 @@
 """Per-layer prompts (google-research/prompt-tuning, `prompt_tuning/extended/train/per_layer.py`): a learned
-`[P, d]` block per encoder layer that replaces, or is added to, that layer's *input* hidden states at the P
-prompt positions. Attention is untouched (the prompt rows are projected to queries, keys and values by the
-frozen weights like any position) and positions get the ordinary relative-position bias over the full length.
+`[P, d]` block per layer of the model's input stack (T5's encoder, a causal LM's decoder) that replaces, or is
+added to, that layer's *input* hidden states at the P prompt positions. Attention is untouched (the prompt rows
+are projected to queries, keys and values by the frozen weights like any position) and positions get the
+model's ordinary position treatment (T5's relative bias over the full length; a causal LM's 0..P-1).
 
 Which layers. In the reference every encoder layer is a `PromptEncoderLayer` that combines its own block into
 its input, and the prompt positions themselves come from an input prompt in front of the embedded tokens. At
 layer 0 the two coincide: with 'replace' the input prompt is overwritten before anything reads it, with 'add'
 layer 0's block and the input prompt are only ever summed. So here the input prompt *is* layer 0's block (the
-existing `PromptInput` hook, prefix combine) and the layer hook acts on encoder layers 1 .. L-1, each with its
-own block: the same function as the reference with no dead or redundant parameters.
+existing `PromptInput` hook, prefix combine) and the layer hook acts on input-stack layers 1 .. L-1, each with
+its own block: the same function as the reference with no dead or redundant parameters. On a causal LM the prompt
+rows are the first P positions (each attends to itself and the rows before it, as any causal position).
 
-  trainable   {'prompt': [P, d], 'layers': [L-1, P, d]}   row i of 'layers' acts at encoder layer i + 1
+  trainable   {'prompt': [P, d], 'layers': [L-1, P, d]}   row i of 'layers' acts at input-stack layer i + 1
   'replace'   x[:, :P] = layers[i]     (the reference's `replace_prompt`)
   'add'       x[:, :P] += layers[i]    (its `add_prompt`: learned deltas, Qin & Eisner 2021); all-zero blocks
                                        are exactly prompt tuning with the same input prompt
 
-Decoder layers: not supported. The reference's `PromptDecoderLayer` would combine its block into the first P
-*decoder* positions, but in T5's encoder-decoder those are the shifted targets (BOS and the first target
+T5's decoder layers: not supported. The reference's `PromptDecoderLayer` would combine its block into the first
+P *decoder* positions, but in T5's encoder-decoder those are the shifted targets (BOS and the first target
 tokens), not prompt positions: a decoder input hook must keep the decoder length (targets are
 position-aligned), so there is nowhere to put decoder prompt rows. `decoder=True` is a ConfigError.
 
 Packing: not supported. Packed rows hold a prompt in front of every example, but `LayerHook.hidden_states`
 sees no segment ids, so it cannot find those positions; `packing_slots` says so (set PACK=False).
 
-The hook's data carries a leading `layers` axis of the full encoder depth L (the network slices it per layer,
+The hook's data carries a leading `layers` axis of the input stack's full depth L (the network slices it per layer,
 also under `nn.scan`): `hooks()` puts a zero block in front for layer 0, where the hook leaves x unchanged.
 """
 from __future__ import annotations
@@ -60,13 +62,15 @@ MODE_KEY = 'mode'  # the file's `mode/<replace|add>` marker, int8 [0] (a string 
 
 
 class LayerPrompts(struct.PyTreeNode):
-  """The encoder `LayerHook`: puts one `[P, e]` block into a layer's input hidden states at positions 0..P-1.
+  """The input stack's `LayerHook`: puts one `[P, e]` block into a layer's input hidden states at positions 0..P-1.
 
   `blocks` is [L, P, e] as given to the network (row 0 a placeholder: layer 0 is left alone, its prompt is the
   input prompt); the network hands each layer its slice [P, e] and the layer index (a Python int unrolled, a
-  traced int32 under `nn.scan`).
+  traced int32 under `nn.scan`). A causal LM's one-token decoding steps (x [b, 1, e], rows after the prefill that
+  wrote the prompt) pass through unchanged.
   """
   blocks: Array
+  stack: str = struct.field(pytree_node=False)  # the model's input stack, whose layers it acts on
   mode: str = struct.field(pytree_node=False, default='replace')
 
   def attention_prefix(self, layer: int | Array, kind: str) -> KVPrefix | None:
@@ -75,12 +79,14 @@ class LayerPrompts(struct.PyTreeNode):
 
   def hidden_states(self, x: Array, layer: int | Array, stack: Stack) -> Array:
     """x [b, l, e] -> [b, l, e] with rows 0..P-1 replaced by / added to this layer's block (layers >= 1)."""
-    if stack != 'encoder' or (isinstance(layer, int) and layer == 0):
+    if stack != self.stack or (isinstance(layer, int) and layer == 0):
       return x
     block = self.blocks.astype(x.dtype)  # [P, e]
     plen = block.shape[0]
+    if x.shape[1] == 1:  # a one-token decoding step (a full pass holds the P prompt rows and a token at least)
+      return x
     if x.shape[1] < plen:
-      raise ConfigError(f'per-layer prompts of {plen} rows need at least {plen} encoder positions, got {x.shape[1]}')
+      raise ConfigError(f'per-layer prompts of {plen} rows need at least {plen} input positions, got {x.shape[1]}')
     head = jnp.broadcast_to(block, (x.shape[0],) + block.shape)
     if self.mode == 'add':
       head = x[:, :plen] + head
@@ -92,7 +98,7 @@ class LayerPrompts(struct.PyTreeNode):
 
 @dataclasses.dataclass(frozen=True)
 class PerLayerPrompts(Method):
-  """Per-layer prompts on a T5 encoder of `num_layers` layers (module docstring).
+  """Per-layer prompts on the `num_layers` layers of a model's input stack `stack` (module docstring).
 
   `initializer(rng, shape, embedding)` initialises the input prompt (layer 0), any `jaxprompt.methods`
   initialiser (None: U(-0.5, 0.5), as prompt tuning). `layer_initializer` initialises each deeper block with its
@@ -102,6 +108,7 @@ class PerLayerPrompts(Method):
   length: int
   embed_dim: int
   num_layers: int
+  stack: str
   mode: str = 'replace'
   eos_id: int = 1
   dtype: Any = jnp.float32
@@ -113,8 +120,15 @@ class PerLayerPrompts(Method):
     if self.mode not in MODES:
       raise ConfigError(f'per-layer prompt mode must be one of {", ".join(MODES)}, got {self.mode!r}')
     if not isinstance(self.num_layers, int) or self.num_layers < 1:
-      raise ConfigError(f'per-layer prompts need an encoder with at least one layer, got {self.num_layers!r}')
+      raise ConfigError(f'per-layer prompts need an input stack of at least one layer, got {self.num_layers!r}')
     self.input_prompt()  # validates the length
+
+  @classmethod
+  def for_config(cls, config: ModelConfig, **kwargs: Any) -> PerLayerPrompts:
+    """The method on `config`'s input stack (its depth, embedding, dtype); `kwargs` are the other fields."""
+    stack = config.input_stack
+    return cls(embed_dim=config.emb_dim, num_layers=config.stack_depth(stack), stack=stack, dtype=config.dtype,
+               **kwargs)
 
   def input_prompt(self) -> PromptTuning:
     """Layer 0's prompt: plain prefix prompt tuning (its init, checks and input hook are reused as they are)."""
@@ -166,9 +180,9 @@ class PerLayerPrompts(Method):
     inputs = self.input_prompt().hooks({PROMPT_KEY: trainable[PROMPT_KEY]}).inputs
     deeper = jnp.asarray(trainable[LAYERS_KEY], self.dtype)
     # Layer 0's slot: a placeholder the hook never reads (its prompt is the input prompt), so that every hook
-    # leaf has the encoder's depth as its leading axis, as the network requires.
+    # leaf has the input stack's depth as its leading axis, as the network requires.
     blocks = jnp.concatenate([jnp.zeros((1,) + deeper.shape[1:], deeper.dtype), deeper], axis=0)
-    return Hooks(inputs=inputs, encoder_layers=LayerPrompts(blocks, self.mode))
+    return Hooks.of(inputs, {self.stack: LayerPrompts(blocks, self.stack, self.mode)})
 
   def numpy_copy(self, trainable: Params) -> dict[str, dict[str, np.ndarray]]:
     """{'per_layer_prompts.npz': {'prompt': float32 [P, d], 'layers': float32 [L-1, P, d], 'mode/<mode>'}}."""
@@ -186,14 +200,14 @@ class PerLayerPrompts(Method):
       raise PromptError(f'per-layer prompts file {path}: needs exactly one {MODE_KEY}/<mode> marker with mode one '
                         f'of {MODES}; found {[f"{MODE_KEY}/{m}" for m in modes] or "none"}')
     arrays = _check({k: v for k, v in arrays.items() if not k.startswith(MODE_KEY + '/')}, config, None, path)
-    method = cls(length=arrays[PROMPT_KEY].shape[0], embed_dim=config.emb_dim, num_layers=config.num_encoder_layers,
-                 mode=modes[0], eos_id=context.eos_id, dtype=config.dtype)
+    method = cls.for_config(config, length=arrays[PROMPT_KEY].shape[0], mode=modes[0], eos_id=context.eos_id)
     return method, arrays
 
 
 def expected_shapes(config: ModelConfig, length: int) -> dict[str, tuple[int, ...]]:
   """The arrays of a per-layer prompts file for `config` and a `length`-row prompt."""
-  return {PROMPT_KEY: (length, config.emb_dim), LAYERS_KEY: (config.num_encoder_layers - 1, length, config.emb_dim)}
+  depth = config.stack_depth(config.input_stack)
+  return {PROMPT_KEY: (length, config.emb_dim), LAYERS_KEY: (depth - 1, length, config.emb_dim)}
 
 
 def _check(arrays: Mapping[str, Any], config: ModelConfig, length: int | None, path: str) -> dict[str, np.ndarray]:
@@ -204,9 +218,11 @@ def _check(arrays: Mapping[str, Any], config: ModelConfig, length: int | None, p
   want = expected_shapes(config, length)
   got = {k: tuple(np.shape(v)) for k, v in arrays.items()}
   if got != want or length <= 0:
-    raise PromptError(f'per-layer prompts file {path} holds {got or "nothing"}, but a {config.num_encoder_layers}-'
-                      f'layer encoder with embed {config.emb_dim} and prompt length {length} needs {want} '
-                      f"('prompt' = layer 0's input prompt, 'layers' = encoder layers 1..L-1)")
+    raise PromptError(
+        f'per-layer prompts file {path} holds {got or "nothing"}, but a '
+        f'{config.stack_depth(config.input_stack)}-layer {config.input_stack} with embed {config.emb_dim} '
+        f"and prompt length {length} needs {want} ('prompt' = layer 0's input prompt, 'layers' = "
+        f'{config.input_stack} layers 1..L-1)')
   out = {k: np.asarray(v, np.float32) for k, v in arrays.items()}
   bad = [k for k, v in out.items() if not np.isfinite(v).all()]
   if bad:
@@ -236,13 +252,12 @@ def per_layer_prompts(config: ModelConfig, eos_id: int = 1, *, length: int = 100
                       layer_initializer: Callable[..., Array] | None = None, decoder: bool = False) -> PerLayerPrompts:
   """The method factory gin binds (`METHOD = @jaxprompt.methods.per_layer_prompts`, methods/per_layer_prompts.gin).
 
-  length: prompt rows P (every encoder layer's block). mode: 'replace' or 'add'. initializer: the input
+  length: prompt rows P (every input-stack layer's block). mode: 'replace' or 'add'. initializer: the input
   prompt's [PROMPT_INIT] (None: U(-0.5, 0.5)); layer_initializer: the deeper blocks' (see PerLayerPrompts).
-  decoder: per-layer prompts on the decoder are not supported (module docstring) and raise a ConfigError.
+  decoder: per-layer prompts on T5's decoder are not supported (module docstring) and raise a ConfigError.
   """
   if decoder:
-    raise ConfigError('per-layer prompts act on encoder layers only: T5 decoder positions are the shifted targets, '
-                      'not prompt positions, and a decoder input hook cannot add positions (decoder=False)')
-  return PerLayerPrompts(length=length, embed_dim=config.emb_dim, num_layers=config.num_encoder_layers, mode=mode,
-                         eos_id=eos_id, dtype=config.dtype, param_dtype=config.param_dtype, initializer=initializer,
-                         layer_initializer=layer_initializer)
+    raise ConfigError("per-layer prompts act on the input stack's layers only (T5's encoder, a causal LM's only "
+                      'stack): T5 decoder positions are the shifted targets, not prompt positions (decoder=False)')
+  return PerLayerPrompts.for_config(config, length=length, mode=mode, eos_id=eos_id, param_dtype=config.param_dtype,
+                                    initializer=initializer, layer_initializer=layer_initializer)

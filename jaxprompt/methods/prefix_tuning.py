@@ -1,9 +1,10 @@
 """Prefix tuning (Li & Liang 2021) and P-tuning v2 (Liu et al. 2022): learned key/value rows prepended inside
-the attentions of a frozen T5, through the network's per-layer hooks (`jaxprompt.methods.kv_prefix`).
+the attentions of a frozen model, through the network's per-layer hooks (`jaxprompt.methods.kv_prefix`).
 
 One class, `PrefixTuning`, serves both; the gin factories `prefix_tuning` and `p_tuning_v2` differ only in
-defaults. For each attention kind it tunes (`encoder_self`, `decoder_self`, `cross`; each kind has its own,
-independent parameters, as in Li & Liang's BART setup) it holds either
+defaults. For each attention kind it tunes (among the model's `attention_kinds`: T5's `encoder_self`,
+`decoder_self`, `cross`, a causal LM's `decoder_self`; each kind has its own, independent parameters, as in Li &
+Liang's BART setup) it holds either
 
   plain rows (projection=False)   {kind: {'key', 'value': [layers, P, heads, head_dim]}}
   an MLP (projection=True)        {kind: {'embedding': [P, emb],
@@ -14,10 +15,14 @@ independent parameters, as in Li & Liang's BART setup) it holds either
                                   Linear(emb, hidden) -> tanh -> Linear(hidden, layers * 2 * heads * head_dim),
                                   its output kernel kept with named axes (and split into key / value halves).
 
-`inference()` collapses the MLP to plain rows (for export, evaluation and decoding). T5's attention width is
-heads x head_dim, which may differ from emb_dim (T5 1.0 3B / 11B): the rows use heads and head_dim, never emb_dim.
+`inference()` collapses the MLP to plain rows (for export, evaluation and decoding). `heads` is the model's
+key/value heads (`num_kv_heads`: fewer than its query heads with grouped-query attention, as PEFT stores a Llama
+prefix), and the rows use heads x head_dim, never emb_dim (T5 1.0 3B / 11B have heads x head_dim != emb_dim).
+On a causal LM the tokens' positions start after the prefix, and its keys are never rotated (module
+`jaxprompt.models.causal_lm`: transformers' past keys/values).
 
-Sharding: the row tensors and the output kernels carry ('layers', 'prompt'|'prompt_embed', 'heads', 'kv'): the
+Sharding: the row tensors and the output kernels carry ('layers', 'prompt'|'prompt_embed', 'heads', 'kv') ('kv_heads'
+for grouped-query attention, as the attention's own keys): the
 standard rules put 'heads' on the 'model' mesh axis (as the frozen attention's own heads), so each device holds
 and computes only its heads' rows, which arrive sharded as the attention expects them ('batch', 'length', 'heads',
 'kv'). The MLP's hidden axis uses 'prompt_embed' (replicated: 512 wide, small), not 'mlp': 'mlp' also maps to
@@ -25,11 +30,10 @@ and computes only its heads' rows, which arrive sharded as the attention expects
 unsharded and need an all-reduce of every row. The input embedding is ('prompt', 'embed').
 
 Initialisation ('sampled_vocab', the default): plain rows are the keys / values the frozen layer itself computes
-for P token embeddings drawn from the 5000 commonest vocabulary ids, RMS-normalised and scaled by the layer's
-pre-attention norm (for cross-attention, by the encoder's final norm, as its keys come from the encoder output):
-rows of the scale the layer is used to. With the MLP, the embedding is those RMS-normalised token embeddings and
-the kernels are N(0, 1/fan_in) with zero biases. 'normal' draws N(0, 1) rows / embedding (torch's
-nn.Embedding default, what the reference implementations start from).
+for P common token embeddings (`jaxprompt.methods.prefix_init`): rows of the scale the layer is used to. With the
+MLP, the embedding is those RMS-normalised token embeddings and the kernels are N(0, 1/fan_in) with zero biases.
+'normal' draws N(0, 1) rows / embedding (torch's nn.Embedding default, what the reference implementations start
+from).
 
 Dropout (`dropout` > 0, only when `hooks(..., deterministic=False, rng=...)`) drops entries of the computed K/V
 rows, like the references' dropout on past_key_values; the mask is drawn once per step and shared by the batch's
@@ -40,7 +44,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -50,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprompt.errors import ConfigError, PromptError
-from jaxprompt.methods import kv_prefix, peft_adapters, registry
+from jaxprompt.methods import kv_prefix, peft_adapters, prefix_init, registry
 from jaxprompt.methods.base import BankRows, Method, Params
 from jaxprompt.models.base import ModelConfig
 from jaxprompt.models.hooks import ATTENTION_KINDS, RELPOS_MODES, Hooks
@@ -59,16 +62,7 @@ from jaxprompt.parallel import host
 Array = jax.Array
 PREFIX_FILE = 'prefix.npz'
 INITIALIZERS = ('sampled_vocab', 'normal')
-VOCAB_POPULATION = 5000  # T5's SentencePiece ids are ordered by frequency: draw among the commonest pieces
-P_TUNING_V2_KINDS = ('encoder_self', 'decoder_self')
-_EPS = 1e-6
-
-# Per kind: (stack, attention module, pre-attention norm module or None for the encoder's final norm).
-_FROZEN_NAMES = {
-    'encoder_self': ('encoder', 'attention', 'pre_attention_layer_norm'),
-    'decoder_self': ('decoder', 'self_attention', 'pre_self_attention_layer_norm'), 'cross':
-        ('decoder', 'encoder_decoder_attention', None)
-}
+SELF_KINDS = ('encoder_self', 'decoder_self')  # the self-attentions P-tuning v2 prefixes by default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,12 +73,11 @@ class PrefixTuning(Method):
   in float32 (it is small; its rows are then cast), so the collapsed rows match the training form closely.
   """
   length: int
-  num_heads: int
+  num_heads: int  # the rows' heads: the model's key/value heads (`num_kv_heads`)
   head_dim: int
   emb_dim: int
-  encoder_layers: int
-  decoder_layers: int
-  kinds: tuple[str, ...] = ATTENTION_KINDS
+  kind_layers: kv_prefix.KindLayers  # the model's attention kinds, each with its stack's depth
+  kinds: tuple[str, ...] | None = None  # None: every kind of the model
   projection: bool = True
   hidden: int = 512
   dropout: float = 0.0
@@ -92,12 +85,16 @@ class PrefixTuning(Method):
   initializer: str = 'sampled_vocab'
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  grouped: bool = False  # fewer key/value heads than query heads: the rows' head axis is 'kv_heads'
 
   def __post_init__(self):
-    kinds = (self.kinds,) if isinstance(self.kinds, str) else tuple(self.kinds)
+    object.__setattr__(self, 'kind_layers', tuple((str(k), int(n)) for k, n in self.kind_layers))
+    model_kinds = tuple(k for k, _ in self.kind_layers)
+    kinds = model_kinds if self.kinds is None else (self.kinds,) if isinstance(self.kinds, str) else tuple(self.kinds)
     unknown = [k for k in kinds if k not in ATTENTION_KINDS]
     if unknown or not kinds or len(set(kinds)) != len(kinds):
       raise ConfigError(f'prefix kinds must be distinct names among {ATTENTION_KINDS}, got {kinds!r}')
+    kv_prefix.check_kinds(kinds, model_kinds, 'PREFIX_KINDS')
     # Canonical order, so equal configurations are equal (hashable) methods whatever order gin gave.
     object.__setattr__(self, 'kinds', tuple(k for k in ATTENTION_KINDS if k in kinds))
     if not isinstance(self.length, int) or self.length < 0:
@@ -114,15 +111,20 @@ class PrefixTuning(Method):
   @classmethod
   def for_config(cls, config: ModelConfig, **kwargs: Any) -> PrefixTuning:
     """The method for `config`'s sizes and dtypes; `kwargs` are the other fields."""
-    return cls(num_heads=config.num_heads, head_dim=config.head_dim, emb_dim=config.emb_dim,
-               encoder_layers=config.num_encoder_layers, decoder_layers=config.num_decoder_layers, dtype=config.dtype,
-               param_dtype=config.param_dtype, **kwargs)
+    return cls(num_heads=config.num_kv_heads, head_dim=config.head_dim, emb_dim=config.emb_dim,
+               kind_layers=kv_prefix.kind_layers(config), dtype=config.dtype, param_dtype=config.param_dtype,
+               grouped=config.num_kv_heads != config.num_heads, **kwargs)
 
   def layers(self, kind: str) -> int:
-    return self.encoder_layers if kv_prefix.stack_of(kind) == 'encoder' else self.decoder_layers
+    return dict(self.kind_layers)[kind]
+
+  @property
+  def row_axes(self) -> tuple[str, ...]:
+    """Logical axes of a [layers, P, heads, head_dim] row tensor: the attention's own key/value head axis."""
+    return kv_prefix.row_axes(self.grouped)
 
   def rows_shape(self, kind: str) -> tuple[int, int, int, int]:
-    """[layers, P, heads, head_dim] of one kind's key (and value) rows."""
+    """[layers, P, kv heads, head_dim] of one kind's key (and value) rows."""
     return (self.layers(kind), self.length, self.num_heads, self.head_dim)
 
   # -- parameters -----------------------------------------------------------------------------------------
@@ -131,13 +133,14 @@ class PrefixTuning(Method):
     out = {}
     for kind in self.kinds:
       if not self.projection:
-        rows = (self.rows_shape(kind), kv_prefix.ROW_AXES)
+        rows = (self.rows_shape(kind), self.row_axes)
         out[kind] = {'key': rows, 'value': rows}
         continue
       layers, heads, depth = self.layers(kind), self.num_heads, self.head_dim
+      out_axes = ('layers', self.row_axes[2], 'kv')  # [layers, heads, head_dim] of each output row
       half = {
-          'kernel': ((self.hidden, layers, heads, depth), ('prompt_embed', 'layers', 'heads', 'kv')),
-          'bias': ((layers, heads, depth), ('layers', 'heads', 'kv'))
+          'kernel': ((self.hidden, layers, heads, depth), ('prompt_embed',) + out_axes),
+          'bias': ((layers, heads, depth), out_axes)
       }
       out[kind] = {
           'embedding': ((self.length, self.emb_dim), ('prompt', 'embed')), 'hidden': {
@@ -167,26 +170,15 @@ class PrefixTuning(Method):
     if self.initializer == 'normal':
       k, v = jax.random.split(rng)
       return {'key': jax.random.normal(k, shape), 'value': jax.random.normal(v, shape)}
-    x = self._vocab_embeddings(rng, frozen)  # [P, emb], unit RMS
-    stack, attention, norm = _FROZEN_NAMES[kind]
-    layer = [_layer(frozen, stack, i) for i in range(self.layers(kind))]
-    if norm is None:
-      scales = [jnp.asarray(frozen['encoder']['encoder_norm']['scale'], jnp.float32)] * len(layer)
-    else:
-      scales = [jnp.asarray(p[norm]['scale'], jnp.float32) for p in layer]
-    rows = {}
-    for part in ('key', 'value'):
-      kernels = [jnp.asarray(p[attention][part]['kernel'], jnp.float32) for p in layer]  # [emb, heads * kv]
-      out = jnp.stack([(x * s) @ k for s, k in zip(scales, kernels)])  # [layers, P, heads * kv]
-      rows[part] = out.reshape(shape)
-    return rows
+    x = prefix_init.vocab_embeddings(rng, frozen, self.length)  # [P, emb], unit RMS
+    return {part: rows.reshape(shape) for part, rows in prefix_init.frozen_rows(x, frozen, kind, shape[0]).items()}
 
   def _init_projection(self, rng: Array, kind: str, frozen: Params) -> dict[str, Any]:
     emb, first, k_out, v_out = jax.random.split(rng, 4)
     if self.initializer == 'normal':
       embedding = jax.random.normal(emb, (self.length, self.emb_dim))
     else:
-      embedding = self._vocab_embeddings(emb, frozen)
+      embedding = prefix_init.vocab_embeddings(emb, frozen, self.length)
 
     def half(key: Array) -> dict[str, Array]:
       shape = (self.hidden, self.layers(kind), self.num_heads, self.head_dim)
@@ -198,17 +190,6 @@ class PrefixTuning(Method):
             'bias': jnp.zeros((self.hidden,))
         }, 'key': half(k_out), 'value': half(v_out)
     }
-
-  def _vocab_embeddings(self, rng: Array, frozen: Params) -> Array:
-    """P frozen token embeddings of distinct common ids, RMS-normalised (as the pre-attention norm does). [P, emb]"""
-    table = (frozen.get('token_embedder') or {}).get('embedding') if isinstance(frozen, Mapping) else None
-    if table is None:
-      raise ConfigError("prefix initializer 'sampled_vocab' needs the frozen model's token_embedder/embedding; "
-                        "use initializer='normal' without one")
-    population = min(VOCAB_POPULATION, table.shape[0])
-    ids = jax.random.choice(rng, population, (self.length,), replace=self.length > population)
-    x = jnp.take(jnp.asarray(table), ids, axis=0).astype(jnp.float32)
-    return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + _EPS)
 
   # -- the forward pass -----------------------------------------------------------------------------------
   def computed_rows(self, trainable: Params) -> dict[str, tuple[Array, Array]]:
@@ -230,7 +211,7 @@ class PrefixTuning(Method):
     del task_ids
     rows = {}
     for i, (kind, pair) in enumerate(self.computed_rows(trainable).items()):
-      pair = tuple(nn.with_logical_constraint(x.astype(self.dtype), kv_prefix.ROW_AXES) for x in pair)
+      pair = tuple(nn.with_logical_constraint(x.astype(self.dtype), self.row_axes) for x in pair)
       if not deterministic and self.dropout > 0.0:
         if rng is None:
           raise ConfigError('prefix dropout is on (deterministic=False) but no rng was given')
@@ -289,14 +270,6 @@ class PrefixTuning(Method):
     return method, trainable
 
 
-def _layer(frozen: Params, stack: str, index: int) -> Params:
-  """Layer `index` of a stack's frozen params, unscanned (`layers_N`) or scanned (`layers`, leading axis)."""
-  tree = frozen[stack]
-  if 'layers' in tree:
-    return jax.tree.map(lambda a: a[index], tree['layers'])
-  return tree[f'layers_{index}']
-
-
 def _dropout(rng: Array, x: Array, rate: float) -> Array:
   keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
   return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros_like(x))
@@ -319,17 +292,20 @@ def read_prefix_file(path: str | os.PathLike, config: ModelConfig) -> tuple[Pref
 
 
 def write_peft_prefix(arrays: registry.Arrays, target: registry.PeftTarget) -> tuple[str, list[int]]:
-  """A prefix file's decoder_self rows as a PREFIX_TUNING adapter, checked against the model sizes known; any other
-  attention kind or relpos is refused by `peft_adapters.write_prefix`, naming what PEFT cannot represent."""
+  """A prefix file's decoder_self rows as a PREFIX_TUNING adapter of the target model's family, checked against
+  the model sizes known; any other attention kind or relpos is refused by `peft_adapters.write_prefix`, naming
+  what PEFT cannot represent."""
   rows, relpos = kv_prefix.file_rows(arrays)
+  sizes = target.sizes
   if peft_adapters.PREFIX_KIND in rows:
     shape = rows[peft_adapters.PREFIX_KIND][0].shape
-    for axis, name in ((0, 'num_decoder_layers'), (2, 'num_heads'), (3, 'head_dim')):
-      if target.sizes.get(name) not in (None, shape[axis]):
+    heads = 'num_kv_heads' if 'num_kv_heads' in sizes else 'num_heads'
+    for axis, name in ((0, 'num_decoder_layers'), (2, heads), (3, 'head_dim')):
+      if sizes.get(name) not in (None, shape[axis]):
         raise PromptError(f'{target.source}: decoder_self/key has shape {tuple(shape)} [layers, P, heads, head_dim] '
-                          f'but the model config has {name} {target.sizes[name]}: the wrong MODEL_CONFIG for this run?')
-  peft_adapters.write_prefix(target.output, rows, relpos, base_model=target.base_model, fingerprint=target.fingerprint,
-                             source=target.source)
+                          f'but the model config has {name} {sizes[name]}: the wrong MODEL_CONFIG for this run?')
+  peft_adapters.write_prefix(target.output, rows, relpos, family=sizes.get('family'), base_model=target.base_model,
+                             fingerprint=target.fingerprint, source=target.source)
   return peft_adapters.PREFIX_TYPE, list(rows[peft_adapters.PREFIX_KIND][0].shape)
 
 
@@ -342,25 +318,29 @@ registry.register(
 
 
 @gin.configurable(module='jaxprompt.methods')
-def prefix_tuning(config: ModelConfig, eos_id: int = 1, *, length: int = 100, kinds: Any = ATTENTION_KINDS,
+def prefix_tuning(config: ModelConfig, eos_id: int = 1, *, length: int = 100, kinds: Any = None,
                   projection: bool = True, hidden: int = 512, dropout: float = 0.0, relpos: str = 'positions',
                   initializer: str = 'sampled_vocab') -> PrefixTuning:
   """Li & Liang's prefix tuning (`METHOD = @jaxprompt.methods.prefix_tuning`, methods/prefix_tuning.gin):
-  `length` K/V rows on each of `kinds`, produced while training by a per-kind MLP of width `hidden`."""
+  `length` K/V rows on each of `kinds` (None: every attention of the model: T5's three, a causal LM's
+  decoder_self), produced while training by a per-kind MLP of width `hidden`."""
   del eos_id
   return PrefixTuning.for_config(config, length=length, kinds=kinds, projection=projection, hidden=hidden,
                                  dropout=dropout, relpos=relpos, initializer=initializer)
 
 
 @gin.configurable(module='jaxprompt.methods')
-def p_tuning_v2(config: ModelConfig, eos_id: int = 1, *, length: int = 8, kinds: Any = P_TUNING_V2_KINDS,
-                projection: bool = False, hidden: int = 512, dropout: float | None = None, relpos: str = 'positions',
+def p_tuning_v2(config: ModelConfig, eos_id: int = 1, *, length: int = 8, kinds: Any = None, projection: bool = False,
+                hidden: int = 512, dropout: float | None = None, relpos: str = 'positions',
                 initializer: str = 'sampled_vocab') -> PrefixTuning:
   """P-tuning v2's deep prompts (`METHOD = @jaxprompt.methods.p_tuning_v2`, methods/p_tuning_v2.gin): plain K/V
-  rows at every layer's self-attention of both stacks (THUDM prefix every self-attention layer of their
-  encoder-only / decoder-only models; cross-attention has no counterpart there). `dropout` None = the model's
-  dropout_rate, as their prefix dropout is the model's hidden dropout."""
+  rows at every layer's self-attention (`kinds` None: every self-attention of the model, T5's encoder_self and
+  decoder_self, a causal LM's decoder_self; THUDM prefix every self-attention layer of their encoder-only /
+  decoder-only models; cross-attention has no counterpart there). `dropout` None = the model's dropout_rate, as
+  their prefix dropout is the model's hidden dropout."""
   del eos_id
   dropout = config.dropout_rate if dropout is None else dropout
+  if kinds is None:
+    kinds = tuple(k for k in config.attention_kinds if k in SELF_KINDS)
   return PrefixTuning.for_config(config, length=length, kinds=kinds, projection=projection, hidden=hidden,
                                  dropout=dropout, relpos=relpos, initializer=initializer)

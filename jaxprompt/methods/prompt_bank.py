@@ -53,13 +53,13 @@ class PromptBank(Method):
   """Several tasks' trained prompts (`entries`, in task-id order) served together over one frozen model."""
   entries: tuple[Entry, ...]
   embed_dim: int
-  num_heads: int
+  num_heads: int  # the prefix rows' heads: the model's key/value heads
   head_dim: int
-  encoder_layers: int
-  decoder_layers: int
+  kind_layers: kv_prefix.KindLayers  # the model's attention kinds, each with its stack's depth
   relpos: str = 'positions'
   eos_id: int = 1
   dtype: Any = jnp.float32
+  grouped: bool = False  # fewer key/value heads than query heads (the rows' head axis is 'kv_heads')
 
   def __post_init__(self):
     names = [e.name for e in self.entries]
@@ -86,7 +86,7 @@ class PromptBank(Method):
     return max(e.prefix_length(kind) for e in self.entries)
 
   def _layers(self, kind: str) -> int:
-    return self.encoder_layers if kv_prefix.stack_of(kind) == 'encoder' else self.decoder_layers
+    return dict(self.kind_layers)[kind]
 
   # -- the Method interface --------------------------------------------------------------------------------
   def init(self, rng: Array, frozen: Params) -> Params:
@@ -99,7 +99,8 @@ class PromptBank(Method):
       shape = (len(self.entries), self.input_length, self.embed_dim)
       out['prompts'] = nn.Partitioned(jax.ShapeDtypeStruct(shape, jnp.float32), (None, 'prompt', 'prompt_embed'))
     if self.kinds:
-      axes = ('layers', None, 'prompt', 'heads', 'kv')
+      rows = kv_prefix.row_axes(self.grouped)
+      axes = rows[:1] + (None,) + rows[1:]  # [layers, T, Q, heads, head_dim]
       out['kv'] = {}
       for kind in self.kinds:
         shape = (self._layers(kind), len(self.entries), self.prefix_length(kind), self.num_heads, self.head_dim)
@@ -116,21 +117,15 @@ class PromptBank(Method):
     if self.input_length:  # the table may be cut to a batch's widest prompt (`eval.banks.batch_view`)
       inputs = gather_rows(trainable['prompts'], ids, [e.input_length for e in self.entries],
                            [e.combine for e in self.entries], eos_id=self.eos_id, dtype=self.dtype)
-    layer_hooks = {}
-    for stack, kinds in (('encoder', kv_prefix.ENCODER_KINDS), ('decoder', kv_prefix.DECODER_KINDS)):
-      kinds = [k for k in kinds if k in self.kinds]
-      if not kinds:
-        continue
-      keys, values, masks = {}, {}, {}
-      for kind in kinds:
-        width = self.prefix_length(kind)
-        used = np.asarray([[j >= width - e.prefix_length(kind) for j in range(width)] for e in self.entries])
-        rows = trainable['kv'][kind]
-        keys[kind] = jnp.take(jnp.asarray(rows['key'], self.dtype), ids, axis=1)  # [layers, b, Q, h, d]
-        values[kind] = jnp.take(jnp.asarray(rows['value'], self.dtype), ids, axis=1)
-        masks[kind] = jnp.broadcast_to(jnp.asarray(used)[ids], (self._layers(kind),) + ids.shape + (width,))
-      layer_hooks[stack] = kv_prefix.PrefixRows(keys, values, self.relpos, masks)
-    return Hooks(inputs=inputs, encoder_layers=layer_hooks.get('encoder'), decoder_layers=layer_hooks.get('decoder'))
+    keys, values, masks = {}, {}, {}
+    for kind in self.kinds:
+      width = self.prefix_length(kind)
+      used = np.asarray([[j >= width - e.prefix_length(kind) for j in range(width)] for e in self.entries])
+      rows = trainable['kv'][kind]
+      keys[kind] = jnp.take(jnp.asarray(rows['key'], self.dtype), ids, axis=1)  # [layers, b, Q, h, d]
+      values[kind] = jnp.take(jnp.asarray(rows['value'], self.dtype), ids, axis=1)
+      masks[kind] = jnp.broadcast_to(jnp.asarray(used)[ids], (self._layers(kind),) + ids.shape + (width,))
+    return Hooks.of(inputs, kv_prefix.layer_hooks(keys, values, self.relpos, masks))
 
 
 # ------------------------------------------------------------------------------------ building a bank
@@ -167,8 +162,9 @@ def build_bank(methods: Mapping[str, tuple[Method, Params]], config: ModelConfig
   if len(set(relpos.values())) > 1:
     raise PromptError(f'a prompt bank serves its prefixes with one relative-position mode; these differ: '
                       f'{dict(sorted(relpos.items()))}')
-  bank = PromptBank(tuple(entries), config.emb_dim, config.num_heads, config.head_dim, config.num_encoder_layers,
-                    config.num_decoder_layers, next(iter(relpos.values()), 'positions'), eos_id, config.dtype)
+  bank = PromptBank(tuple(entries), config.emb_dim, config.num_kv_heads, config.head_dim, kv_prefix.kind_layers(config),
+                    next(iter(relpos.values()), 'positions'), eos_id, config.dtype, config.num_kv_heads
+                    != config.num_heads)
   tree: dict[str, Any] = {}
   if bank.input_length:
     table = np.zeros((len(entries), bank.input_length, config.emb_dim), np.float32)
@@ -180,7 +176,7 @@ def build_bank(methods: Mapping[str, tuple[Method, Params]], config: ModelConfig
     tree['kv'] = {}
     for kind in bank.kinds:
       width = bank.prefix_length(kind)
-      shape = (bank._layers(kind), len(entries), width, config.num_heads, config.head_dim)  # pylint: disable=protected-access
+      shape = (bank._layers(kind), len(entries), width, config.num_kv_heads, config.head_dim)  # pylint: disable=protected-access
       pair = {'key': np.zeros(shape, np.float32), 'value': np.zeros(shape, np.float32)}
       for i, e in enumerate(entries):
         if kind in rows[e.name]:

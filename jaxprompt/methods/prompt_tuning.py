@@ -1,5 +1,5 @@
-"""Prompt tuning (Lester et al. 2021): a learned `[length, embed]` matrix inserted into the encoder's embedded
-inputs through the network's input hook.
+"""Prompt tuning (Lester et al. 2021): a learned `[length, embed]` matrix inserted into the model's embedded
+inputs (T5's encoder, a causal LM's stream) through the network's input hook.
 
 Its trainable tree is `{'prompt': [length, embed]}` with logical axes ('prompt', 'prompt_embed') (replicated by
 the default rules).
@@ -9,7 +9,9 @@ Combination modes (where the prompt goes in each example's input sequence of rea
   prefix_after_bos   x_0 P x_1 .. x_{n-1}                (keeps a leading BOS/task token first)
   suffix_after_eos   x_0 .. x_{n-1} P                    (after the last real token)
   suffix_before_eos  x_0 .. x_{n-2} P x_{n-1}            (before a final EOS; same as after when no EOS)
-Padding stays at the end of every row, so the output length is input length + prompt length.
+Padding stays at the end of every row, so the output length is input length + prompt length. A causal LM (its
+input stack a decoder: each position attends only to those before it) takes the prompt in front, as PEFT does:
+positions 0..P-1, the tokens from P; the other modes are refused for it.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from flax import struct
 from jaxprompt.errors import ConfigError, PromptError
 from jaxprompt.formats.keys import PROMPT_FILE, PROMPT_KEY
 from jaxprompt.formats.npy_io import write_npy
-from jaxprompt.methods import peft_adapters, registry
+from jaxprompt.methods import peft_adapters, peft_layouts, registry
 from jaxprompt.methods.base import BankRows, Method, Params
 from jaxprompt.models.base import ModelConfig
 from jaxprompt.models.hooks import Hooks, Stack
@@ -80,6 +82,20 @@ def insert_prompt(embedded: Array, valid: Array, prompt: Array, start: Array) ->
   return out, out_valid
 
 
+def causal(stack: Stack) -> bool:
+  """Whether inputs entering `stack` attend causally (a decoder: each position sees only those before it)."""
+  return stack == 'decoder'
+
+
+def check_combine(stack: Stack, combine: str) -> str:
+  """`combine`, or one PromptError when inputs entering `stack` cannot take it: a causal LM's prompt goes in
+  front (pass the model config's `input_stack`)."""
+  if combine != 'prefix' and causal(stack):
+    raise PromptError(f"a causal LM takes its prompt in front of the tokens (combine='prefix'), as PEFT does; "
+                      f'combine={combine!r} is for encoder-decoder models')
+  return combine
+
+
 def segment_positions(segment_ids: Array) -> Array:
   """Each position's offset from the start of its segment. segment_ids [b, l] (contiguous runs) -> [b, l]."""
   index = jnp.arange(segment_ids.shape[-1], dtype=jnp.int32)
@@ -113,7 +129,8 @@ class PromptInput(struct.PyTreeNode):
   def __call__(self, embedded: Array, tokens: Array, segment_ids: Array | None, *, valid: Array, stack: Stack,
                deterministic: bool) -> tuple[Array, Array]:
     """embedded [b, l, e], tokens / valid [b, l] -> (embedded [b, l+p, e] (packed: [b, l, e]), valid)."""
-    del deterministic, stack
+    del deterministic
+    check_combine(stack, self.combine)
     if embedded.shape[-1] != self.prompt.shape[-1]:
       raise PromptError(f'prompt embed_dim {self.prompt.shape[-1]} does not match the model embedding '
                         f'{embedded.shape[-1]}')
@@ -206,7 +223,8 @@ class PromptTuning(Method):
     if context.prompt_length is not None and context.prompt_length != prompt.shape[0]:
       raise PromptError(f'{context.source} holds a prompt of {prompt.shape[0]} virtual tokens but PROMPT_LENGTH is '
                         f'{context.prompt_length}')
-    method = cls(length=prompt.shape[0], embed_dim=dim, combine=context.combine, eos_id=context.eos_id,
+    method = cls(length=prompt.shape[0], embed_dim=dim, combine=check_combine(context.config.input_stack,
+                                                                              context.combine), eos_id=context.eos_id,
                  dtype=context.config.dtype)
     return method, {PROMPT_KEY: np.asarray(prompt, np.float32)}
 
@@ -222,16 +240,19 @@ def write_prompt_file(arrays: registry.Arrays, path: str) -> str:
 
 
 def peft_prompt_writer(peft_type: str) -> registry.PeftWriter:
-  """The PEFT export of an input prompt {'prompt': [P, d]} as a `peft_type` (PROMPT_TUNING, P_TUNING) adapter."""
+  """The PEFT export of an input prompt {'prompt': [P, d]} as a `peft_type` (PROMPT_TUNING, P_TUNING) adapter of
+  the target model's family (its PEFT task type)."""
 
   def write(arrays: registry.Arrays, target: registry.PeftTarget) -> tuple[str, list[int]]:
     prompt = np.asarray(arrays[PROMPT_KEY], np.float32)
     if target.sizes.get('emb_dim') not in (None, prompt.shape[1]):
       raise PromptError(f'the prompt of {target.source} has shape {prompt.shape} but the model config has emb_dim '
                         f'{target.sizes["emb_dim"]}: the wrong MODEL_CONFIG for this run?')
-    peft_adapters.write_prompt(
-        target.output, prompt, peft_type=peft_type, num_layers=target.sizes.get('num_encoder_layers'),
-        num_heads=target.sizes.get('num_heads'), base_model=target.base_model, fingerprint=target.fingerprint)
+    family = target.sizes.get('family')
+    layers = target.sizes.get(peft_layouts.task_of_family(family).input_layers)
+    peft_adapters.write_prompt(target.output, prompt, peft_type=peft_type, family=family, num_layers=layers,
+                               num_heads=target.sizes.get('num_heads'), base_model=target.base_model,
+                               fingerprint=target.fingerprint)
     return peft_type, list(prompt.shape)
 
   return write
@@ -249,5 +270,5 @@ def prompt_tuning(config: ModelConfig, eos_id: int = 1, *, length: int = 100,
   """The method factory gin binds (`METHOD = @jaxprompt.methods.prompt_tuning`, methods/prompt_tuning.gin):
   a `length`-row prompt for `config`'s embedding; `initializer` an embedding-aware initialiser [PROMPT_INIT]
   (None: U(-0.5, 0.5))."""
-  return PromptTuning(length=length, embed_dim=config.emb_dim, combine=combine, eos_id=eos_id, dtype=config.dtype,
-                      initializer=initializer)
+  return PromptTuning(length=length, embed_dim=config.emb_dim, combine=check_combine(config.input_stack, combine),
+                      eos_id=eos_id, dtype=config.dtype, initializer=initializer)

@@ -34,6 +34,7 @@ from jaxprompt.errors import PromptError
 from jaxprompt.formats import npy_io
 from jaxprompt.methods.base import Method, Params
 from jaxprompt.models.base import ModelConfig
+from jaxprompt.models.hooks import STACK_OF_KIND
 
 Arrays = Mapping[str, np.ndarray]
 MARKER_KEY = 'method'  # reserved: `method/<kind name>` names the kind that wrote a file
@@ -54,8 +55,9 @@ class ReadContext:
 @dataclasses.dataclass(frozen=True)
 class PeftTarget:
   """What `export --format peft` writes besides the arrays: the adapter folder `output`, the `source` errors name,
-  the frozen model's `sizes` it knows (T5Config field names, from gin's MODEL_CONFIG or the step's fingerprint;
-  any may be missing), `base_model` (base_model_name_or_path) and the `fingerprint` to record."""
+  the frozen model's `sizes` it knows (`model_sizes`, from gin's MODEL_CONFIG, or the step's fingerprint's
+  T5Config fields; any may be missing, and no 'family' means T5), `base_model` (base_model_name_or_path) and the
+  `fingerprint` to record."""
   output: str
   source: str
   sizes: Mapping[str, Any]
@@ -69,6 +71,14 @@ class TrainedRun:
   is unreadable) and its config.gin text ('' when absent)."""
   trainable: frozenset[str] | None = None
   config_gin: str = ''
+
+
+def model_sizes(config: ModelConfig) -> dict[str, Any]:
+  """The `PeftTarget.sizes` of a model: its family, emb_dim, num_heads, num_kv_heads, head_dim, and the depth of
+  each stack as `num_<stack>_layers` (T5Config's names: num_encoder_layers, num_decoder_layers)."""
+  stacks = dict.fromkeys([config.input_stack] + [STACK_OF_KIND[k] for k in config.attention_kinds])
+  sizes = {k: getattr(config, k) for k in ('family', 'emb_dim', 'num_heads', 'num_kv_heads', 'head_dim')}
+  return {**sizes, **{f'num_{stack}_layers': config.stack_depth(stack) for stack in stacks}}
 
 
 Reader = Callable[[Arrays, ReadContext], tuple[Method, Params]]

@@ -3,8 +3,10 @@
 The input hook of every method that serves several tasks at once (`jaxprompt.methods.prompt_bank`, the
 multi-task methods of `jaxprompt.methods.multitask`): rows gather their task's prompt before the network runs,
 so one forward pass serves a batch that mixes tasks. Shorter prompts than the batch's widest leave padding
-positions at the end of the row (never attended), so every real position sees exactly the relative distances
-it sees when its task runs alone.
+positions (never attended) at the end of the row, so every real position sees exactly the relative distances
+it sees when its task runs alone; in a causal LM's stream they go in front of the prompt instead, so that every
+row's tokens start at the same index (the model drops the first P logits) and count their positions from the
+row's own prompt length.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxprompt.errors import ConfigError, PromptError
-from jaxprompt.methods.prompt_tuning import COMBINATIONS, insertion_points
+from jaxprompt.methods.prompt_tuning import COMBINATIONS, causal, check_combine, insertion_points
 from jaxprompt.models.hooks import Stack
 
 Array = jax.Array
@@ -57,24 +59,39 @@ def insert_row_prompts(embedded: Array, valid: Array, prompts: Array, lengths: A
   return out, out_valid
 
 
+def front_row_prompts(embedded: Array, valid: Array, prompts: Array, lengths: Array) -> tuple[Array, Array]:
+  """A causal stream's row prompts: row i's first `lengths[i]` prompt rows right-aligned in front of its tokens,
+  behind p - lengths[i] unused (invalid) slots. embedded [b, l, e], valid [b, l], prompts [b, p, e], lengths [b]
+  -> ([b, p + l, e], [b, p + l] bool)."""
+  plen = prompts.shape[1]
+  source = jnp.arange(plen)[None, :] - (plen - lengths)[:, None]  # [b, p]: the prompt row each slot holds
+  rows = jnp.take_along_axis(prompts.astype(embedded.dtype), jnp.maximum(source, 0)[..., None], axis=1)
+  return jnp.concatenate([rows, embedded], axis=1), jnp.concatenate([source >= 0, valid], axis=1)
+
+
 class RowPrompts(struct.PyTreeNode):
   """The input hook of a mixed-task batch: row i's prompt `prompts[i, :lengths[i]]` [p, e], inserted by the
-  combination mode `codes[i]` (`combine_code`). The decoder is untouched; packed rows are refused (each packed
-  row holds several examples, and a per-row prompt belongs to one)."""
+  combination mode `codes[i]` (`combine_code`; a causal stream takes every prompt in front, `front_row_prompts`).
+  Packed rows are refused (each packed row holds several examples, and a per-row prompt belongs to one)."""
   prompts: Array  # [b, p, e]
   lengths: Array  # [b] int32
   codes: Array  # [b] int32
   eos_id: int = struct.field(pytree_node=False, default=1)
+  combines: tuple[str, ...] = struct.field(pytree_node=False, default=())  # the modes `codes` may name
 
   def __call__(self, embedded: Array, tokens: Array, segment_ids: Array | None, *, valid: Array, stack: Stack,
                deterministic: bool) -> tuple[Array, Array]:
     """embedded [b, l, e], tokens / valid [b, l] -> (embedded [b, l + p, e], valid [b, l + p])."""
-    del deterministic, stack
+    del deterministic
     if segment_ids is not None:
       raise PromptError('per-row prompts (prompt banks, multi-task prompts) need unpacked inputs: set PACK=False')
     if embedded.shape[-1] != self.prompts.shape[-1] or embedded.shape[0] != self.prompts.shape[0]:
       raise PromptError(f'per-row prompts {self.prompts.shape} do not fit embedded inputs {embedded.shape} '
                         '([batch, length, embed])')
+    if causal(stack):
+      for combine in self.combines:
+        check_combine(stack, combine)
+      return front_row_prompts(embedded, valid, self.prompts, self.lengths)
     start = row_insertion_points(tokens, valid, self.codes, self.eos_id)
     return insert_row_prompts(embedded, valid, self.prompts, self.lengths, start)
 
@@ -96,4 +113,4 @@ def gather_rows(table: Array, task_ids: Array, lengths: Sequence[int], combines:
   prompts = jnp.take(jnp.asarray(table, dtype), task_ids, axis=0)  # [b, P, e]
   rows = jnp.minimum(jnp.asarray(lengths, jnp.int32)[task_ids], prompts.shape[1])
   codes = jnp.asarray([combine_code(c) for c in combines], jnp.int32)[task_ids]
-  return RowPrompts(prompts, rows, codes, eos_id)
+  return RowPrompts(prompts, rows, codes, eos_id, tuple(dict.fromkeys(combines)))

@@ -15,7 +15,8 @@ Positions default to cumsum(valid) - 1 (clipped at 0), so left-padded rows numbe
 Prompts and prefixes (PEFT's semantics for causal LMs):
 - An input hook may insert p rows in front; they are positions 0..p-1 and the tokens follow from p. Rotary
   models rotate the inserted rows like tokens; GPT-2 adds its position embeddings to them.
-- A K/V prefix of p rows (per-layer hook) shifts every token position by p, read from layer 0's prefix. Its
+- A K/V prefix of p rows (per-layer hook) shifts a row's token positions by the p rows it attends (layer 0's
+  prefix mask: a shorter prefix right-aligned behind masked slots counts its own rows). Its
   keys are used as given, never rotated: what transformers does with `past_key_values`, whose keys were
   rotated (or not) when they were made. A grouped-query model's prefix carries num_kv_heads heads.
 
@@ -109,12 +110,21 @@ class CausalDecoder(nn.Module):
     return layers.constrain(logits, ('batch', 'length', 'vocab'))
 
 
-def _prefix_length(hook: LayerHook | None) -> int:
-  """Rows of the K/V prefix the layer hook gives layer 0's self-attention (0 without one)."""
+def _prefix_offset(hook: LayerHook | None, batch: int) -> Array | int:
+  """Each row's K/V prefix rows, where its token positions start: [batch, 1] int32 (0 without a prefix).
+
+  A row counts the prefix rows it attends (layer 0's mask): rows of a shorter prefix in a mixed batch (a prompt
+  bank, right-aligned behind masked slots) number their tokens as they would alone.
+  """
   if hook is None:
     return 0
   prefix = jax.tree.map(lambda a: a[0], hook).attention_prefix(0, 'decoder_self')
-  return 0 if prefix is None else int(prefix.key.shape[1])
+  if prefix is None:
+    return 0
+  rows = jnp.sum(prefix.mask.astype(jnp.int32), axis=-1)  # [1 | b | b / n]
+  if rows.shape[0] not in (1, batch):  # prefix rows of b examples at a batch of b * n (candidates, beams)
+    rows = jnp.repeat(rows, batch // rows.shape[0], axis=0)
+  return jnp.broadcast_to(rows[:, None], (batch, 1))
 
 
 def default_positions(valid: Array) -> Array:
@@ -170,11 +180,11 @@ class CausalTransformer(nn.Module):
         raise ConfigError(f'the input hook changed packed inputs from {length} to {x.shape[1]} positions; with '
                           f'segment ids it must fill reserved positions instead')
     inserted = x.shape[1] - length
-    offset = _prefix_length(hooks.decoder_layers)
+    offset = _prefix_offset(hooks.decoder_layers, x.shape[0])
     if positions is not None:
       positions = positions.astype(jnp.int32) + offset + inserted
       if inserted:  # the inserted rows sit in front, at offset .. offset + inserted - 1
-        front = jnp.broadcast_to(jnp.arange(inserted, dtype=jnp.int32) + offset, (x.shape[0], inserted))
+        front = jnp.broadcast_to(jnp.arange(inserted, dtype=jnp.int32)[None] + offset, (x.shape[0], inserted))
         positions = jnp.concatenate([front, positions], axis=1)
     if step:
       mask, positions = self._step(valid, positions, offset)
@@ -208,7 +218,7 @@ class CausalTransformer(nn.Module):
       cached.value = lax.dynamic_update_slice(cached.value, valid, (0, 0))
       index.value = jnp.full((valid.shape[0],), valid.shape[1], jnp.int32)
 
-  def _step(self, valid: Array, positions: Array | None, offset: int) -> tuple[Array, Array]:
+  def _step(self, valid: Array, positions: Array | None, offset: Array | int) -> tuple[Array, Array]:
     """One decoding step's key mask [b, 1, 1, rows] and positions [b, 1]; records the step in the cache."""
     if valid.shape[1] != 1:
       raise ConfigError(f'after the cache is created (and prefilled) decoding takes one token per row, got '

@@ -13,6 +13,7 @@ Shapes: b batch, l length, e embed, p prefix rows, h heads, d head dim (kv).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal, Protocol, runtime_checkable
 
 import jax
@@ -23,6 +24,8 @@ Array = jax.Array
 Stack = Literal['encoder', 'decoder']
 AttentionKind = Literal['encoder_self', 'decoder_self', 'cross']
 ATTENTION_KINDS: tuple[str, ...] = ('encoder_self', 'decoder_self', 'cross')
+# The stack whose layers ask a per-layer hook for a prefix of each kind (cross-attention lives in the decoder).
+STACK_OF_KIND: dict[str, Stack] = {'encoder_self': 'encoder', 'decoder_self': 'decoder', 'cross': 'decoder'}
 
 # How relative-position bias treats prefix keys (T5 self-attention; cross-attention has no relative bias):
 #   'none'       zero bias for every prefix key (P-tuning v2's choice for DeBERTa);
@@ -56,7 +59,8 @@ class InputHook(Protocol):
   the token ids (id 0 is a real token in many vocabularies). `stack` names the stack the inputs enter.
   With `segment_ids` (packed rows) l' must equal l: the segment masks still apply position by position, so a
   hook fills positions the data pipeline reserved (`Method.packing_slots`) instead of inserting new ones. In a
-  causal LM inserted positions must come first (`combine='prefix'`): the tokens after them keep their order.
+  causal LM (stack 'decoder') inserted positions must come first (`combine='prefix'`) and every row's tokens
+  start at index l' - l: a row inserting fewer rows than the widest leaves its unused (invalid) slots in front.
   """
 
   def __call__(self, embedded: Array, tokens: Array, segment_ids: Array | None, *, valid: Array, stack: Stack,
@@ -78,7 +82,10 @@ class LayerHook(Protocol):
     ...
 
   def hidden_states(self, x: Array, layer: int | Array, stack: Stack) -> Array:
-    """The layer's input hidden states [b, l, e] -> [b, l, e] (identity when the method does not act here)."""
+    """The layer's input hidden states [b, l, e] -> [b, l, e] (identity when the method does not act here).
+
+    Cached decoding calls it on each one-token step too (l = 1: a row after everything the prefill wrote).
+    """
     ...
 
 
@@ -94,6 +101,16 @@ class Hooks(struct.PyTreeNode):
 
   def layers(self, stack: Stack) -> LayerHook | None:
     return self.encoder_layers if stack == 'encoder' else self.decoder_layers
+
+  @classmethod
+  def of(cls, inputs: InputHook | None = None, layers: Mapping[Stack, LayerHook | None] | None = None) -> Hooks:
+    """Hooks from an input hook and per-layer hooks by stack name (a method names its stacks from the model's
+    config, `input_stack` or `STACK_OF_KIND`, never by field)."""
+    layers = dict(layers or {})
+    unknown = set(layers) - {'encoder', 'decoder'}
+    if unknown:
+      raise ValueError(f'per-layer hooks go on stacks encoder / decoder, not {sorted(unknown)}')
+    return cls(inputs=inputs, encoder_layers=layers.get('encoder'), decoder_layers=layers.get('decoder'))
 
 
 NO_HOOKS = Hooks()
