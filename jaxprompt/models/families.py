@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from jaxprompt.errors import ConfigError
 from jaxprompt.models.base import BaseModel, LossConfig, ModelConfig, Tuning
+from jaxprompt.models.decoder_only import DecoderOnlyModel
 from jaxprompt.models.encoder_decoder import EncoderDecoderModel
 
 _MODELS: dict[str, type[BaseModel]] = {}
@@ -45,3 +46,4 @@ def build_model(config: ModelConfig, method: Tuning | None = None, loss: LossCon
 
 
 register('encoder_decoder', EncoderDecoderModel)
+register('decoder_only', DecoderOnlyModel)
