@@ -57,6 +57,10 @@ class DecoderOnlyModel(BaseModel):
       raise ConfigError(f'the decoder-only family runs a DecoderConfig, not {type(config).__name__}')
     return CausalTransformer(config)
 
+  def feature_widths(self, input_length: int, target_length: int) -> dict[str, int]:
+    """One stream holds the inputs and the targets."""
+    return dict.fromkeys(self.FEATURES, input_length + target_length)
+
   def init_abstract(self, batch_size: int = 1, input_length: int = 8, target_length: int = 4) -> dict:
     tokens = jnp.ones((batch_size, input_length + target_length), jnp.int32)
     init = functools.partial(self.module.init, enable_dropout=False)
