@@ -19,6 +19,7 @@ import gin
 import jax.numpy as jnp
 
 from jaxprompt.errors import ConfigError
+from jaxprompt.formats import macros
 from jaxprompt.models.base import LossConfig, ModelConfig
 from jaxprompt.models.config import get_config
 
@@ -88,10 +89,7 @@ def vocabulary(path: str | None = None, extra_ids: int = 100) -> Any:
 def macro_value(name: str) -> Any:
   """The value of gin macro `name` (evaluating `@fn()` references), None when unbound: a models/*.gin file
   alone then configures the command."""
-  try:
-    value = gin.query_parameter(f'%{name}')
-  except ValueError:
-    return None
+  value = macros.bound(name)
   if isinstance(value, gin.config.ConfigurableReference):
     return value.scoped_configurable_fn() if value.evaluate else value.scoped_configurable_fn
   return value

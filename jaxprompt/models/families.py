@@ -8,7 +8,11 @@ subclass, and one `register` line here.
 from __future__ import annotations
 
 from jaxprompt.errors import ConfigError
+from jaxprompt.formats import validation
+from jaxprompt.models import config as t5_configs
+from jaxprompt.models import decoder_config
 from jaxprompt.models.base import BaseModel, LossConfig, ModelConfig, Tuning
+from jaxprompt.models.decoder_only import DecoderOnlyModel
 from jaxprompt.models.encoder_decoder import EncoderDecoderModel
 
 _MODELS: dict[str, type[BaseModel]] = {}
@@ -38,6 +42,21 @@ def model_class(config: ModelConfig) -> type[BaseModel]:
   return _MODELS[family]
 
 
+def named_configs() -> dict[str, ModelConfig]:
+  """Every family's named configs (T5 1.0 / 1.1 / mT5 sizes, the Llama / Mistral / Qwen2 / GPT-2 sizes)."""
+  return {**t5_configs.CONFIGS, **decoder_config.CONFIGS}
+
+
+def named_config(name: str, **overrides) -> ModelConfig:
+  """The named config of any family with `overrides` applied (e.g. `dtype=jnp.bfloat16`); one ConfigError with
+  the closest names otherwise."""
+  known = named_configs()
+  if name not in known:
+    hint = validation.did_you_mean(name, known) or f'; known: {", ".join(sorted(known))}'
+    raise ConfigError(f'unknown model config {name!r}{hint}')
+  return known[name].replace(**overrides) if overrides else known[name]
+
+
 def build_model(config: ModelConfig, method: Tuning | None = None, loss: LossConfig | None = None,
                 eos_id: int = 1) -> BaseModel:
   """The model of `config`'s family running `method` (None: the plain network; loss None: t5x's defaults)."""
@@ -45,3 +64,4 @@ def build_model(config: ModelConfig, method: Tuning | None = None, loss: LossCon
 
 
 register('encoder_decoder', EncoderDecoderModel)
+register('decoder_only', DecoderOnlyModel)
