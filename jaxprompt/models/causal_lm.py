@@ -62,7 +62,7 @@ class CausalLayer(nn.Module):
   cache_length: int | None = None
 
   @nn.compact
-  def __call__(self, inputs: Array, mask: Array, positions: Array, hook_context: None = None,
+  def __call__(self, inputs: Array, mask: Array, positions: Array, hook_context: Array | None = None,
                hook: LayerHook | None = None, layer: int | Array | None = None) -> Array:
     """[b, l, embed], mask [b, 1, l, k], positions [b, l] -> [b, l, embed]. hook: this layer's slice."""
     del hook_context  # causal models have no relative-position table to hand the hook
