@@ -145,9 +145,11 @@ def test_greedy_sampling_from_a_prefilled_cache_equals_recomputed_argmax(params)
   prompts = np.random.RandomState(4).randint(1, CFG.vocab_size, (3, rows + 1 - steps)).astype(np.int32)  # no id 0
   batch, n = prompts.shape
   hooks = _hooks('prefix', batch)
-  init, prefill, step = _decoder()
-  cache = init(params, np.zeros((batch, rows), np.int32), np.ones((batch, rows), bool), hooks, rows)
-  _, cache = prefill(params, cache, prompts[:, :-1], np.ones((batch, n - 1), bool), hooks)
+  _, _, step = _decoder()
+  create_and_prefill = jax.jit(lambda p, t, h: CausalTransformer(
+      CFG).apply({'params': p}, t, hooks=h, decode=True, prefill=True, max_decode_length=rows, enable_dropout=False,
+                 mutable=['cache'])[1]['cache'])  # one call: the prefill creates the cache
+  cache = create_and_prefill(params, prompts[:, :-1], hooks)
 
   def tokens_to_logits(state):
     logits, new_cache = step(params, state.cache, state.cur_token, jnp.ones_like(state.cur_token, bool), hooks)
