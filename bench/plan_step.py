@@ -29,9 +29,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxprompt.errors import ConfigError
-from jaxprompt.models.config import get_config
-from jaxprompt.models.features import FEATURES
-from jaxprompt.models.wrapper import TunedModel
+from jaxprompt.models.base import BaseModel
+from jaxprompt.models.families import build_model, named_config
 from jaxprompt.parallel import partitioning
 from jaxprompt.runtime import compiled as sharded
 from jaxprompt.runtime import optim
@@ -40,7 +39,8 @@ from jaxprompt.runtime.state import init_train_state
 
 @dataclasses.dataclass(frozen=True)
 class PlanRequest:
-  """One train-step configuration to plan (defaults: the paper's XXL run)."""
+  """One train-step configuration to plan (defaults: the paper's XXL run). `model` is any family's named
+  config; a decoder-only model reads one stream of input_length + target_length tokens."""
   model: str = 't5_1_1_xxl'
   model_parallel: int = 8
   parameter_partitioning_dims: int = 1  # 2: `embed` also sharded over 'data'
@@ -111,31 +111,31 @@ METHODS = {
 }
 
 
-def build_model(request: PlanRequest) -> TunedModel:
+def plan_model(request: PlanRequest) -> BaseModel:
   """The tuned model of `request` (activations in `request.dtype`, the method's parameters f32)."""
-  config = get_config(request.model, dtype=request.dtype, scan_layers=request.scan_layers,
-                      remat_policy=request.remat_policy, dropout_rate=request.dropout_rate,
-                      one_hot_embedding=True)  # what runs on the TPU this plan is for
+  config = named_config(request.model, dtype=request.dtype, scan_layers=request.scan_layers,
+                        remat_policy=request.remat_policy, dropout_rate=request.dropout_rate,
+                        one_hot_embedding=True)  # what runs on the TPU this plan is for
   if request.method not in METHODS:
     raise ConfigError(f'no memory plan for method {request.method!r}; expected one of {", ".join(METHODS)}')
   module, name = METHODS[request.method].split(':')
   factory = getattr(importlib.import_module(module), name)
-  return TunedModel(config, factory(config, 1, length=request.prompt_length))
+  return build_model(config, factory(config, 1, length=request.prompt_length))
 
 
 def abstract_args(request: PlanRequest, steps: sharded.ShardedSteps, optimizer: optim.Optimizer) -> tuple:
   """(state, frozen, batch) as ShapeDtypeStructs with shardings; frozen weights in `request.dtype`."""
-  network = steps.model.init_abstract(1, 8, 4)['params']
+  model = steps.model
+  network = model.init_abstract(1, 8, 4)['params']
   frozen = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, request.dtype, sharding=s), nn.meta.unbox(network),
                         steps.frozen_shardings)
   trainable = nn.meta.unbox(steps.model.method.abstract(network))
   state = jax.eval_shape(lambda t, rng: init_train_state(t, optimizer.tx, rng), trainable, jax.random.PRNGKey(0))
   state = partitioning.abstract_with_shardings(state, steps.state_shardings(state))
-  lengths = {'encoder_input_tokens': request.input_length}
+  widths = model.feature_widths(request.input_length, request.target_length)
   batch = {
-      k: jax.ShapeDtypeStruct((request.batch_size, lengths.get(k, request.target_length)),
-                              jnp.float32 if k == 'decoder_loss_weights' else jnp.int32,
-                              sharding=steps.batch_sharding) for k in FEATURES
+      k: jax.ShapeDtypeStruct((request.batch_size, width), jnp.float32 if k == 'decoder_loss_weights' else jnp.int32,
+                              sharding=steps.batch_sharding) for k, width in widths.items()
   }
   return state, frozen, batch
 
@@ -153,7 +153,7 @@ def plan_train_step(request: PlanRequest, devices: list[jax.Device] | None = Non
   """Lowers and compiles the train step of `request` for `devices` (default: all) and reads its memory."""
   devices = list(jax.devices() if devices is None else devices)
   data = _check(request, len(devices))
-  model = build_model(request)
+  model = plan_model(request)
   optimizer = optim.make_optimizer()
   mesh = partitioning.create_mesh(request.model_parallel, devices)
   rules = partitioning.prompt_logical_axis_rules(request.activation_partitioning_dims,

@@ -30,9 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from bench import hf_twins
 from jaxprompt.methods.prompt_tuning import PromptTuning
+from jaxprompt.models.base import BaseModel
 from jaxprompt.models.config import T5Config, get_config
-from jaxprompt.models.wrapper import TunedModel
+from jaxprompt.models.families import build_model
 from jaxprompt.runtime import optim
 from jaxprompt.runtime import step as step_lib
 from jaxprompt.runtime.state import init_train_state
@@ -121,10 +123,10 @@ def xla_flops(compiled) -> float:
 # --------------------------------------------------------------------------------------------------------------
 # Our model and its variants.
 # --------------------------------------------------------------------------------------------------------------
-def make_model(cfg: T5Config, s: Shape, gather: bool = False) -> TunedModel:
+def make_model(cfg: T5Config, s: Shape, gather: bool = False) -> BaseModel:
   """The shipped model with the lookup pinned: one-hot matmul (t5x's, the TPU default) or gather (the
   default off TPU, `T5Config.one_hot_embedding=None`). Same parameters and outputs either way."""
-  return TunedModel(cfg.replace(one_hot_embedding=not gather), PromptTuning(s.prompt, cfg.emb_dim))
+  return build_model(cfg.replace(one_hot_embedding=not gather), PromptTuning(s.prompt, cfg.emb_dim))
 
 
 def make_batch(cfg: T5Config, s: Shape, seed: int = 0) -> dict[str, np.ndarray]:
@@ -141,14 +143,14 @@ def make_batch(cfg: T5Config, s: Shape, seed: int = 0) -> dict[str, np.ndarray]:
   }
 
 
-def init_params(model: TunedModel, s: Shape) -> tuple[dict, dict]:
+def init_params(model: BaseModel, s: Shape) -> tuple[dict, dict]:
   """Random (frozen, prompt) trees."""
   del s
   frozen = jax.jit(model.init_params)(jax.random.PRNGKey(0))
   return frozen, model.method.init(jax.random.PRNGKey(1), frozen)
 
 
-def jax_steps(model: TunedModel, frozen: dict, prompt: dict, batch: dict, full_ft: bool = True,
+def jax_steps(model: BaseModel, frozen: dict, prompt: dict, batch: dict, full_ft: bool = True,
               options: dict | None = None) -> dict[str, tuple[Callable, Any]]:
   """name -> (compiled fn, args) for: forward, prompt train step, full fine-tuning step; `options` are XLA
   debug options for this compilation only (e.g. the matmul library), so variants run side by side."""
@@ -188,17 +190,7 @@ def peft_model(cfg: T5Config, prompt_length: int, threads: int):
   from transformers.optimization import Adafactor
 
   torch.set_num_threads(threads)
-  torch.manual_seed(0)
-  hf_config = transformers.T5Config(vocab_size=cfg.vocab_size, d_model=cfg.emb_dim, d_kv=cfg.head_dim, d_ff=cfg.mlp_dim,
-                                    num_layers=cfg.num_encoder_layers, num_decoder_layers=cfg.num_decoder_layers,
-                                    num_heads=cfg.num_heads, relative_attention_num_buckets=cfg.relpos_num_buckets,
-                                    relative_attention_max_distance=cfg.relpos_max_distance,
-                                    feed_forward_proj='gated-gelu', dropout_rate=0.0, tie_word_embeddings=False,
-                                    decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-  base = transformers.T5ForConditionalGeneration(hf_config)
-  # transformers 5 ties lm_head at build time whatever the config says (ENV-NOTES): untie as T5 1.1 is.
-  base.lm_head.weight = torch.nn.Parameter(base.lm_head.weight.detach().clone())
-  base.config.tie_word_embeddings = False
+  base = hf_twins.random_hf_t5(cfg, seed=0)
   model = get_peft_model(
       base,
       PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=prompt_length,
@@ -248,7 +240,7 @@ def tree_bytes(tree) -> int:
   return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
 
 
-def state_bytes(model: TunedModel, frozen: dict, prompt: dict, batch: dict) -> dict[str, int]:
+def state_bytes(model: BaseModel, frozen: dict, prompt: dict, batch: dict) -> dict[str, int]:
   """ours: the prompt gradient our step differentiates + its optimizer state.
   reference: google-research/prompt-tuning on t5x: the gradient of every parameter (t5x's train step
     differentiates the whole tree), then a MultiOptimizer that keeps Adafactor state for the prompt only.

@@ -11,7 +11,7 @@ T5 1.1 small-sized (`get_config('t5_1_1_small')`), random weights, float32, a 10
                    (`pipeline.convert_features(pack=True, prompt_slots=100)`), then cut by the buckets
   peft             Hugging Face PEFT `PromptTuningConfig(SEQ_2_SEQ_LM, 100 virtual tokens)` over
                    `T5ForConditionalGeneration`, batches padded to their longest row by `DataCollatorForSeq2Seq`
-and rank classification (2 labels): `TunedModel.rank_classify` (encoder once per example) against PEFT scoring
+and rank classification (2 labels): `BaseModel.rank_classify` (encoder once per example) against PEFT scoring
 each label with a full forward. Useful tokens are the non-padding input and target tokens of the examples a
 step processes (prompt positions excluded). Run from the repository root:
 
@@ -70,8 +70,9 @@ from bench.length_batches import (
 from bench.real_lengths_report import density, mark, print_dataset, summarise, verdicts
 from jaxprompt.data import pipeline
 from jaxprompt.methods.prompt_tuning import PromptTuning
+from jaxprompt.models.base import BaseModel
 from jaxprompt.models.config import T5Config, get_config
-from jaxprompt.models.wrapper import TunedModel
+from jaxprompt.models.families import build_model
 from jaxprompt.runtime import optim
 from jaxprompt.runtime import step as step_lib
 from jaxprompt.runtime.state import init_train_state
@@ -175,7 +176,7 @@ def peft_train_candidate(model, opt, collator, examples, cfg: T5Config) -> Candi
                    extra={'widths': sorted({int(b['input_ids'].shape[1]) for b in batches})})
 
 
-def rank_candidates(model: TunedModel, frozen: dict, prompt: dict, examples, label_ids, buckets, cfg: T5Config, peft,
+def rank_candidates(model: BaseModel, frozen: dict, prompt: dict, examples, label_ids, buckets, cfg: T5Config, peft,
                     collator, variants: list[str], fixed_steps: int) -> dict[str, Candidate]:
   """Scoring every example against each label: ours (encoder once, bucketed or fixed 512) and PEFT."""
   import torch  # pylint: disable=import-outside-toplevel
@@ -195,7 +196,8 @@ def rank_candidates(model: TunedModel, frozen: dict, prompt: dict, examples, lab
     cut = buckets.LengthBuckets.from_spec(spec)
     enc = [cut.trim({'encoder_input_tokens': p['encoder_input_tokens']})['encoder_input_tokens'] for p in padded]
     cand = jax.device_put(candidates)
-    calls = [(compiler(('rank', e.shape), frozen, prompt, jax.device_put(e), cand), jax.device_put(e)) for e in enc]
+    inputs = [{'encoder_input_tokens': jax.device_put(e)} for e in enc]
+    calls = [(compiler(('rank', e.shape), frozen, prompt, x, cand), x) for e, x in zip(enc, inputs)]
     timed = calls[:fixed_steps] if spec is None else calls  # fixed 512: every batch is the same work
 
     def run(calls=timed, cand=cand):
@@ -244,7 +246,7 @@ def rank_candidates(model: TunedModel, frozen: dict, prompt: dict, examples, lab
 # --------------------------------------------------------------------------------------------------------------
 # One dataset shape.
 # --------------------------------------------------------------------------------------------------------------
-def bench_dataset(name: str, args, cfg: T5Config, cal, model: TunedModel, frozen: dict, prompt: dict, peft_parts,
+def bench_dataset(name: str, args, cfg: T5Config, cal, model: BaseModel, frozen: dict, prompt: dict, peft_parts,
                   collator) -> dict[str, Any]:
   train_shape, rank_shape = (lengths_lib.SHAPES[s] for s in DATASETS[name])
   seed = args.seed + (0 if name == 'sst2' else 1000)
@@ -357,7 +359,7 @@ def main(argv=None) -> dict[str, Any]:
   print(
       f'T5 pieces per word (shipped vocabulary, bench/lengths.py CALIBRATION): {cal.factors}; format tokens: '
       f'{cal.prefix_tokens}; label ids: {cal.label_ids}', flush=True)
-  model = TunedModel(cfg, PromptTuning(length=PROMPT, embed_dim=cfg.emb_dim))
+  model = build_model(cfg, PromptTuning(length=PROMPT, embed_dim=cfg.emb_dim))
   frozen = jax.jit(model.init_params)(jax.random.PRNGKey(0))
   prompt = model.method.init(jax.random.PRNGKey(1), frozen)
   peft_parts, collator, info = (None, None), None, {}

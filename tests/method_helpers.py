@@ -9,8 +9,8 @@ import numpy as np
 
 from jaxprompt.formats import fingerprint_files
 from jaxprompt.models import decoding
+from jaxprompt.models.base import BaseModel
 from jaxprompt.models.t5 import Transformer
-from jaxprompt.models.wrapper import TunedModel
 from jaxprompt.runtime import step
 from jaxprompt.runtime.state import init_train_state
 from jaxprompt.train.checkpoints import StateCheckpointer
@@ -55,7 +55,7 @@ def save_run(model_dir, method, state, recorded=None):
   return model_dir
 
 
-def assert_decoding_matches_recomputation(model: TunedModel, frozen, trainable, batch, length: int) -> None:
+def assert_decoding_matches_recomputation(model: BaseModel, frozen, trainable, batch, length: int) -> None:
   """`predict_batch` (greedy, and beam search with 2 beams) through the KV cache = the same search with every
   step's logits recomputed by the teacher-forced decoder over the tokens so far."""
   hooks = model.method.hooks(trainable)

@@ -127,7 +127,7 @@ def test_the_fix_is_the_flag_to_write(capsys, tiny_gin, tmp_path):
   assert line.endswith(
       'got @jaxprompt.methods.sampled_vocab: write --gin.PROMPT_INIT="@jaxprompt.methods.sampled_vocab()"')
   _, line = one_error(capsys, [*args, '--gin.PROMPT_INIT=@jaxprompt.model_config()'])
-  assert line.endswith('got @jaxprompt.model_config(), which makes a T5Config')
+  assert line.endswith('got @jaxprompt.model_config(), which makes a ModelConfig')
   _, line = one_error(capsys, [*args, "--gin.TASK_FEATURE_LENGTHS=\"{'inputs': 8, 'targets': 4}\""])
   assert line.endswith(""": write --gin.TASK_FEATURE_LENGTHS="{'inputs': 8, 'targets': 4}\"""")
   _, line = one_error(capsys, [*args, "--gin.BATCH_SIZE='8'"])

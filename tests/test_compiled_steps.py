@@ -14,7 +14,7 @@ from jaxprompt.eval import banks, evaluation
 from jaxprompt.eval.evaluation import DecodeOptions, ModelFns
 from jaxprompt.methods.prompt_tuning import PromptTuning
 from jaxprompt.models.config import get_config
-from jaxprompt.models.wrapper import TunedModel
+from jaxprompt.models.families import build_model
 from jaxprompt.runtime.runtime import build_runtime
 
 CFG = get_config('test_tiny')
@@ -25,7 +25,7 @@ SAMPLE = DecodeOptions(method='sample', temperature=1.0, topk=0, seed=3)
 
 @pytest.fixture(scope='module')
 def runtime():
-  network = TunedModel(CFG).init_params(jax.random.PRNGKey(0))
+  network = build_model(CFG).init_params(jax.random.PRNGKey(0))
   return build_runtime(CFG, PromptTuning(length=3, embed_dim=CFG.emb_dim), None, LENGTHS, network=network)
 
 

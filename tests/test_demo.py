@@ -67,9 +67,9 @@ def test_shipped_model_loads_and_fits_the_budget():
   config = demo_model.model_config()
   assert config == demo_model.DEMO_CONFIG  # pretraining wrote the registry's architecture
   assert config.mlp_activations == ('gelu', 'linear') and not config.logits_via_embedding  # T5 1.1
-  from jaxprompt.models.wrapper import TunedModel
+  from jaxprompt.models.families import build_model
   from jaxprompt.runtime.runtime import network_abstract
-  expected = network_abstract(TunedModel(config, None), {'inputs': 8, 'targets': 4})
+  expected = network_abstract(build_model(config, None), {'inputs': 8, 'targets': 4})
   params = load_t5x_checkpoint(demo_model.checkpoint_path(), expected_shapes=expected)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
   files = [f for f in ASSET.rglob('*') if f.is_file()]

@@ -37,7 +37,7 @@ def _clean_gin():
 
 @pytest.mark.parametrize('build, message', [
     (lambda: ModelSource('t5x_tiny'),
-     "MODEL_CONFIG must be a T5Config such as @jaxprompt.model_config(), got the string 't5x_tiny'"),
+     "MODEL_CONFIG must be a model config such as @jaxprompt.model_config(), got the string 't5x_tiny'"),
     (lambda: ModelSource(), 'MODEL_CONFIG is not set: pass --gin.MODEL_CONFIG='),
     (lambda: ModelSource(TINY, 7), 'INITIAL_CHECKPOINT_PATH must be a path (a quoted string), got 7'),
     (lambda: ModelSource(TINY, model_parallel='2'), "MODEL_PARALLEL must be a positive integer, got the string '2'"),

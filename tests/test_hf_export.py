@@ -26,9 +26,9 @@ from jaxprompt.errors import CheckpointError
 from jaxprompt.methods.prompt_tuning import PromptTuning
 from jaxprompt.models import layers
 from jaxprompt.models.config import T5Config, get_config
+from jaxprompt.models.families import build_model
 from jaxprompt.models.scan import stack_layers
 from jaxprompt.models.t5 import Transformer
-from jaxprompt.models.wrapper import TunedModel
 from jaxprompt.runtime import optim
 from tests.method_helpers import make_batch, save_run, train
 
@@ -87,7 +87,7 @@ def _batch(vocab_size):
 
 @functools.cache
 def _jitted(config, method=None):
-  return jax.jit(TunedModel(config, method).logits)
+  return jax.jit(build_model(config, method).logits)
 
 
 def _our_logits(config, params, batch, method=None, trainable=None):
@@ -322,14 +322,16 @@ def test_a_trained_prompt_as_peft_over_the_export_predicts_like_jaxprompt(tiny_h
   labels = tokenizer(['negative', 'positive'], padding=True, return_tensors='np')['input_ids']  # EOS, 0-padded
   method = PromptTuning(length=5, embed_dim=TINY.emb_dim)
   batch = make_batch(enc, np.repeat(labels[1:], len(TEXTS), 0))
-  state, history = train(TunedModel(TINY, method), tiny_params, batch, 2, optim.make_optimizer(optim.adam, 0.05))
+  state, history = train(build_model(TINY, method), tiny_params, batch, 2, optim.make_optimizer(optim.adam, 0.05))
   assert history[-1] < history[0]
   export_lib.export(str(tmp_path / 'adapter'), checkpoint=str(save_run(tmp_path / 'run', method, state)), format='peft')
   model = peft.PeftModel.from_pretrained(_load(tiny_hf), str(tmp_path / 'adapter')).eval()
   ours = _our_logits(TINY, tiny_params, batch, method, state.trainable)
   real = batch['decoder_target_tokens'] > 0  # t5x masks the decoder by its targets, transformers does not
   np.testing.assert_allclose(_hf_logits(model, batch)[real], ours[real], atol=1e-4, rtol=0)
-  our_scores = np.asarray(jax.jit(TunedModel(TINY, method).rank_classify)(tiny_params, state.trainable, enc, labels))
+  our_scores = np.asarray(
+      jax.jit(build_model(TINY, method).rank_classify)(tiny_params, state.trainable, {'encoder_input_tokens': enc},
+                                                       labels))
   their_scores = np.stack([_hf_scores(model, enc, label) for label in labels], axis=1)
   np.testing.assert_allclose(their_scores, our_scores, atol=1e-4, rtol=0)
   np.testing.assert_array_equal(their_scores.argmax(1), our_scores.argmax(1))

@@ -13,7 +13,7 @@ from jaxprompt.data import pipeline as data
 from jaxprompt.errors import ConfigError
 from jaxprompt.methods.prompt_tuning import PromptTuning
 from jaxprompt.models.config import get_config
-from jaxprompt.models.wrapper import TunedModel
+from jaxprompt.models.families import build_model
 from jaxprompt.runtime import step as step_lib
 from jaxprompt.train import observability
 from tests.helpers import assert_close_to_scale, assert_trained_close, regroup
@@ -105,7 +105,7 @@ def fixture_model(fixtures_dir):
 @pytest.mark.parametrize('combine', ['prefix', pytest.param('suffix_before_eos', marks=pytest.mark.slow)])
 def test_cut_batch_gives_the_padded_batch_loss_gradients_and_scores(fixture_model, combine):
   cfg, frozen = fixture_model
-  model = TunedModel(cfg, PromptTuning(length=3, embed_dim=cfg.emb_dim, combine=combine))
+  model = build_model(cfg, PromptTuning(length=3, embed_dim=cfg.emb_dim, combine=combine))
   prompt = model.method.init(jax.random.PRNGKey(0), frozen)
   rng = np.random.default_rng(0)
   inputs = [list(rng.integers(2, 128, n)) + [1] for n in (3, 7, 5, 1)]

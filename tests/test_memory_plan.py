@@ -19,7 +19,7 @@ V3_CORE_HBM = 16 * GiB
 
 
 def _frozen_param_count(request: memory_plan.PlanRequest) -> int:
-  boxed = memory_plan.build_model(request).init_abstract(1, 8, 4)['params']
+  boxed = memory_plan.plan_model(request).init_abstract(1, 8, 4)['params']
   frozen = {k: v for k, v in nn.meta.unbox(boxed).items() if k != PROMPT_KEY}
   return sum(math.prod(x.shape) for x in jax.tree.leaves(frozen))
 

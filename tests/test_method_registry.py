@@ -30,9 +30,10 @@ from jaxprompt.methods.p_tuning import p_tuning
 from jaxprompt.methods.per_layer_prompts import per_layer_prompts
 from jaxprompt.methods.prefix_tuning import p_tuning_v2, prefix_tuning, write_prefix_file
 from jaxprompt.methods.prompt_tuning import PromptInput, PromptTuning, prompt_tuning
+from jaxprompt.models.base import Tuning
 from jaxprompt.models.config import get_config
+from jaxprompt.models.families import build_model
 from jaxprompt.models.hooks import Hooks
-from jaxprompt.models.wrapper import TunedModel, Tuning
 from tests.helpers import REPO
 from tests.method_helpers import random_batch
 
@@ -106,7 +107,7 @@ def _load(*, prompt_file=None, checkpoint=None):
 
 
 def _logits(method, frozen, params, batch):
-  return np.asarray(jax.jit(TunedModel(CFG, method).logits)(frozen, params, batch))
+  return np.asarray(jax.jit(build_model(CFG, method).logits)(frozen, params, batch))
 
 
 def test_a_method_reads_back_the_file_it_writes(trained, frozen, tmp_path):

@@ -81,7 +81,7 @@ def test_a_methods_own_dropout_trains_even_when_the_network_has_none(fixtures_di
 
   from jaxprompt.checkpoints import load_t5x_checkpoint  # pylint: disable=g-import-not-at-top
   from jaxprompt.models.config import get_config  # pylint: disable=g-import-not-at-top
-  from jaxprompt.models.wrapper import TunedModel  # pylint: disable=g-import-not-at-top
+  from jaxprompt.models.families import build_model  # pylint: disable=g-import-not-at-top
   from jaxprompt.runtime import optim, step  # pylint: disable=g-import-not-at-top
   from jaxprompt.runtime.state import init_train_state  # pylint: disable=g-import-not-at-top
   from tests.method_helpers import random_batch  # pylint: disable=g-import-not-at-top
@@ -91,7 +91,7 @@ def test_a_methods_own_dropout_trains_even_when_the_network_has_none(fixtures_di
   batch = random_batch()
   losses = []
   for rate in (0.0, 0.5):
-    model = TunedModel(cfg, prefix_tuning(cfg, length=3, hidden=16, dropout=rate))
+    model = build_model(cfg, prefix_tuning(cfg, length=3, hidden=16, dropout=rate))
     trainable = model.method.init(jax.random.PRNGKey(0), frozen)
     optimizer = optim.make_optimizer()
     state = init_train_state(trainable, optimizer.tx, jax.random.PRNGKey(1))

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from jaxprompt.models import losses
+from jaxprompt.models import families, losses
+from jaxprompt.models.base import BaseModel
 from jaxprompt.models.config import get_config
 from jaxprompt.models.scan import stack_layers, unstack_layers
 from jaxprompt.models.t5 import Transformer
@@ -212,15 +213,15 @@ def test_t5x_checkpoint_loads_straight_into_the_scanned_layout(fixtures_dir, ref
 @pytest.mark.slow
 def test_scanned_model_decodes_like_the_unrolled_one(reference):
   """Large configs train scanned; `predict_batch` then decodes with an unscanned twin of the same weights."""
-  from jaxprompt.models.wrapper import TunedModel
+  from jaxprompt.models.families import build_model
   data, params = reference
   cfg = get_config('t5x_tiny')
   batch = {
       'encoder_input_tokens': jnp.asarray(data['encoder_input_tokens']), 'decoder_target_tokens': jnp.zeros(
           (data['encoder_input_tokens'].shape[0], 6), jnp.int32)
   }
-  plain = TunedModel(cfg, None)
-  scanned = TunedModel(cfg.replace(scan_layers=True, remat_policy='full'), None)
+  plain = build_model(cfg, None)
+  scanned = build_model(cfg.replace(scan_layers=True, remat_policy='full'), None)
   for method in ('beam', 'sample'):
     want = plain.predict_batch(params, None, batch, method=method, num_decodes=2)
     got = jax.jit(lambda p, b: scanned.predict_batch(p, None, b, method=method, num_decodes=2))(stack_layers(params),
@@ -232,7 +233,7 @@ def test_scanned_model_decodes_like_the_unrolled_one(reference):
 def test_gather_and_one_hot_embedding_agree(reference):
   """`one_hot_embedding` changes how tokens are looked up, never the result (also for the prompt's gradient)."""
   from jaxprompt.methods.prompt_tuning import PromptTuning
-  from jaxprompt.models.wrapper import TunedModel
+  from jaxprompt.models.families import build_model
   data, params = reference
   cfg = get_config('t5x_tiny')
   assert cfg.one_hot_embedding is None  # unset: one-hot on TPU, gather elsewhere
@@ -240,7 +241,7 @@ def test_gather_and_one_hot_embedding_agree(reference):
   prompt = {'prompt': jax.random.normal(jax.random.PRNGKey(1), (3, cfg.emb_dim))}
   results, gathers = [], []
   for one_hot in (True, False):
-    model = TunedModel(cfg.replace(one_hot_embedding=one_hot), PromptTuning(3, cfg.emb_dim))
+    model = build_model(cfg.replace(one_hot_embedding=one_hot), PromptTuning(3, cfg.emb_dim))
     gathers.append(str(jax.make_jaxpr(lambda p: model.logits(params, p, batch))(prompt)).count(' gather['))
     results.append(jax.jit(jax.value_and_grad(lambda p, m=model: m.loss_fn(params, p, batch)[0]))(prompt))
   assert gathers[1] == gathers[0] + 2  # the encoder's and the decoder's token lookups
@@ -249,13 +250,12 @@ def test_gather_and_one_hot_embedding_agree(reference):
   assert_close_to_scale(grad_a['prompt'], grad_b['prompt'], rtol=1e-5)
 
 
-def test_every_wrapper_function_takes_frozen_then_trainable():
-  """One argument order for TunedModel: (self, frozen, trainable, ...). Both are trees, so a call in the other
+def test_every_model_function_takes_frozen_then_trainable():
+  """One argument order for every family's model: (self, frozen, trainable, ...). Both are trees, so a call in the other
   order runs; `loss_fn` once took (trainable, frozen) for `jax.grad`, which now takes `argnums=1`."""
-  from jaxprompt.models.wrapper import TunedModel  # pylint: disable=g-import-not-at-top
   orders = {
-      name: list(inspect.signature(fn).parameters)[1:3]
-      for name, fn in vars(TunedModel).items()
+      name: list(inspect.signature(fn).parameters)[1:3] for cls in (BaseModel, *families.registered().values())
+      for name, fn in vars(cls).items()
       if inspect.isfunction(fn) and {'frozen', 'trainable'} <= set(inspect.signature(fn).parameters)
   }
   assert set(orders) >= {'logits', 'loss_fn', 'score_batch', 'encode', 'rank_classify', 'predict_batch', '_variables'}

@@ -21,10 +21,10 @@ from jaxprompt.errors import ConfigError
 from jaxprompt.models import attention, decoding, layers
 from jaxprompt.models.config import get_config
 from jaxprompt.models.decoding import flat_batch_beam_expand
+from jaxprompt.models.encoder_decoder import EncoderDecoderModel
 from jaxprompt.models.hooks import ATTENTION_KINDS, Hooks, InputHook, KVPrefix, LayerHook
 from jaxprompt.models.scan import stack_layers
 from jaxprompt.models.t5 import Transformer
-from jaxprompt.models.wrapper import TunedModel
 
 CFG = get_config('test_tiny')
 B, LE, LD = 2, 7, 5
@@ -50,20 +50,13 @@ class PerLayer(struct.PyTreeNode):
 
 
 class Inputs(struct.PyTreeNode):
-  """Prepends vectors [p, e] to the encoder inputs; adds `decoder_shift` [e] to every decoder embedding.
-  `decoder_extra` > 0 makes it (wrongly) lengthen the decoder inputs."""
+  """Prepends vectors [p, e] to the model's (the encoder's) embedded inputs."""
   vectors: jax.Array
-  decoder_shift: jax.Array
-  decoder_extra: int = struct.field(pytree_node=False, default=0)
 
-  def __call__(self, embedded, tokens, segment_ids, *, stack, deterministic):
-    if stack == 'decoder':
-      embedded = embedded + self.decoder_shift
-      if self.decoder_extra:
-        embedded = jnp.pad(embedded, ((0, 0), (self.decoder_extra, 0), (0, 0)))
-      return embedded, jnp.ones(embedded.shape[:2], bool)
+  def __call__(self, embedded, tokens, segment_ids, *, valid, stack, deterministic):
+    assert stack == 'encoder'
     vectors = jnp.broadcast_to(self.vectors, (embedded.shape[0],) + self.vectors.shape)
-    valid = jnp.concatenate([jnp.ones(vectors.shape[:2], bool), tokens > 0], axis=1)
+    valid = jnp.concatenate([jnp.ones(vectors.shape[:2], bool), valid], axis=1)
     return jnp.concatenate([vectors.astype(embedded.dtype), embedded], axis=1), valid
 
 
@@ -108,7 +101,7 @@ _logits = jax.jit(_apply, static_argnums=0)
 
 def test_protocols_are_met():
   assert isinstance(PerLayer({}), LayerHook)
-  assert isinstance(Inputs(jnp.zeros((1, 16)), jnp.zeros(16)), InputHook)
+  assert isinstance(Inputs(jnp.zeros((1, 16))), InputHook)
 
 
 def _jaxpr(model, params, batch, hooks) -> str:
@@ -141,11 +134,18 @@ def test_masked_prefix_rows_are_ignored(setup):
   assert np.abs(want - _logits(model, params, batch, None)).max() > 1e-3
 
 
-def test_decoder_input_hook_must_keep_the_length(setup):
+def test_the_input_hook_is_called_once_on_the_input_stack(setup, monkeypatch):
   model, params, batch = setup
-  hook = Inputs(jnp.zeros((2, CFG.emb_dim)), jnp.zeros(CFG.emb_dim), decoder_extra=1)
-  with pytest.raises(ConfigError, match='decoder input hook'):
-    _logits(model, params, batch, Hooks(inputs=hook))
+  calls = []
+  original = Inputs.__call__
+
+  def counted(self, *args, **kwargs):
+    calls.append(kwargs['stack'])
+    return original(self, *args, **kwargs)
+
+  monkeypatch.setattr(Inputs, '__call__', counted)
+  _jaxpr(model, params, batch, Hooks(inputs=Inputs(jnp.zeros((2, CFG.emb_dim)))))
+  assert calls == ['encoder']
 
 
 def test_per_layer_hook_needs_the_layers_axis(setup):
@@ -186,7 +186,7 @@ def test_prefix_relative_position_bias(setup, monkeypatch):
   plen = 6  # with LE = 7 the distances reach the log-spaced buckets of test_tiny (8 buckets, distance 16)
   for relpos in ('positions', 'none'):
     hook = PerLayer(_prefixes(3, plen), relpos=relpos)
-    hooks = Hooks(Inputs(jnp.zeros((2, CFG.emb_dim)), jnp.zeros(CFG.emb_dim)), hook, hook)
+    hooks = Hooks(Inputs(jnp.zeros((2, CFG.emb_dim))), hook, hook)
     # A fresh jit: the spy must be traced (a cached trace of `_logits` would skip it).
     biases = _captured_biases(monkeypatch, lambda: jax.jit(_apply, static_argnums=0)(model, params, batch, hooks))
     # Unrolled call order: encoder layers (self), then decoder layers (self, cross).
@@ -210,7 +210,7 @@ def _hooks(seed=4, plen=3, batch=B):
   shift = 0.1 * jnp.ones((CFG.num_encoder_layers, CFG.emb_dim))
   encoder = PerLayer(_prefixes(seed, plen, batch, kinds=('encoder_self',)), shift=shift)
   decoder = PerLayer(_prefixes(seed + 1, plen, batch, kinds=('decoder_self', 'cross')), shift=-shift)
-  inputs = Inputs(jax.random.normal(jax.random.PRNGKey(seed), (2, CFG.emb_dim)), 0.1 * jnp.ones(CFG.emb_dim))
+  inputs = Inputs(jax.random.normal(jax.random.PRNGKey(seed), (2, CFG.emb_dim)))
   return Hooks(inputs=inputs, encoder_layers=encoder, decoder_layers=decoder)
 
 
@@ -339,11 +339,11 @@ def test_beam_search_through_the_cache_equals_recomputation(setup):
 def test_predict_batch_decodes_with_the_hooks_it_encodes_with():
   """No alias stands between the hooks `predict_batch` encodes with and those its decoder steps get: a bare
   `beam_hooks = hooks` read as if beams needed other hooks (they do not: see the comment there)."""
-  tree = ast.parse(textwrap.dedent(inspect.getsource(TunedModel.predict_batch)))
+  tree = ast.parse(textwrap.dedent(inspect.getsource(EncoderDecoderModel.predict_batch)))
   aliases = [
       ast.unparse(node)
       for node in ast.walk(tree)
       if isinstance(node, ast.Assign) and isinstance(node.value, ast.Name) and all(
           isinstance(t, ast.Name) for t in node.targets)
   ]
-  assert not aliases, f'TunedModel.predict_batch renames a variable: {aliases}'
+  assert not aliases, f'BaseModel.predict_batch renames a variable: {aliases}'

@@ -10,7 +10,7 @@ from jaxprompt.demo import model as demo_model
 from jaxprompt.errors import ConfigError, DataError
 from jaxprompt.methods.model_tuning import ModelTuning
 from jaxprompt.models.config import get_config
-from jaxprompt.models.wrapper import TunedModel
+from jaxprompt.models.families import build_model
 from jaxprompt.runtime import step as step_lib
 from jaxprompt.runtime.optim import adam, make_optimizer
 from jaxprompt.runtime.state import init_train_state
@@ -30,7 +30,7 @@ def _batch(config, rng):
 @pytest.mark.slow
 def test_the_one_train_step_trains_every_weight():
   config = get_config('test_tiny')
-  model = TunedModel(config, ModelTuning())
+  model = build_model(config, ModelTuning())
   optimizer = make_optimizer(adam, 1e-2)
   params = jax.tree.map(np.asarray, jax.jit(model.init_params)(jax.random.PRNGKey(0)))
   trainable = model.method.init(jax.random.PRNGKey(1), params)

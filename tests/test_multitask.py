@@ -19,7 +19,7 @@ from jaxprompt.errors import ConfigError, PromptError
 from jaxprompt.methods import multitask
 from jaxprompt.methods.prompt_bank import PromptBank
 from jaxprompt.models.config import get_config
-from jaxprompt.models.wrapper import TunedModel
+from jaxprompt.models.families import build_model
 from tests.helpers import REPO, regroup, run_with_devices
 from tests.method_helpers import random_batch
 from tests.tiny_task import LABELS, LENGTHS
@@ -144,7 +144,7 @@ def test_each_row_gets_its_tasks_prompt_by_the_formula(kind, frozen):
 
 
 def _logits(method, frozen, params, batch):
-  return np.asarray(jax.jit(TunedModel(CFG, method).logits)(frozen, params, batch))
+  return np.asarray(jax.jit(build_model(CFG, method).logits)(frozen, params, batch))
 
 
 @pytest.mark.parametrize('kind', ['concat', 'mpt'])
@@ -152,7 +152,7 @@ def test_gradient_reaches_only_shared_and_the_batchs_tasks(kind, frozen):
   method, _ = _methods()[kind]
   params = _params(method)
   batch = dict(random_batch(2), task_ids=np.asarray([0, 2, 2, 0], np.int32))  # task 1 ('b') absent
-  grads = jax.jit(jax.grad(lambda p: TunedModel(CFG, method).loss_fn(frozen, p, batch)[0]))(params)
+  grads = jax.jit(jax.grad(lambda p: build_model(CFG, method).loss_fn(frozen, p, batch)[0]))(params)
   for key, grad in grads.items():
     grad = np.asarray(grad)
     if grad.shape[0] == 3 and key not in ('shared_prompt', 'prompt_embeddings'):  # per-task: [T, ...]
@@ -170,7 +170,7 @@ def test_gradient_reaches_only_shared_and_the_batchs_tasks(kind, frozen):
 def test_method_errors(frozen, tmp_path):
   method, _ = _methods()['concat']
   with pytest.raises(ConfigError, match=r"needs a 'task_ids' feature|needs each row's task id"):
-    TunedModel(CFG, method).logits(frozen, _params(method), random_batch(0))
+    build_model(CFG, method).logits(frozen, _params(method), random_batch(0))
   with pytest.raises(ConfigError, match='set PACK=False'):
     method.packing_slots  # pylint: disable=pointless-statement
   with pytest.raises(ConfigError, match="mode must be one of concat, add"):

@@ -13,8 +13,9 @@ from jaxprompt.errors import ConfigError
 from jaxprompt.formats import npy_io
 from jaxprompt.methods import p_tuning as pt
 from jaxprompt.methods.prompt_tuning import PromptTuning
+from jaxprompt.models.base import LossConfig
 from jaxprompt.models.config import get_config
-from jaxprompt.models.wrapper import LossConfig, TunedModel
+from jaxprompt.models.families import build_model
 from jaxprompt.runtime import optim
 from tests.helpers import REPO, assert_trees_equal, run_with_devices
 from tests.method_helpers import assert_decoding_matches_recomputation, make_batch, random_batch, train
@@ -105,8 +106,8 @@ def test_inference_form_gives_the_training_logits_and_prompt_npy_loads_back(fixt
     plain, computed = method.inference(trainable)
     assert isinstance(plain, PromptTuning) and (plain.length, plain.combine) == (P, 'prefix_after_bos')
     assert jax.tree.map(jnp.shape, computed) == {'prompt': (P, cfg.emb_dim)}
-    want = jax.jit(TunedModel(cfg, method).logits)(frozen, trainable, batch)
-    np.testing.assert_allclose(jax.jit(TunedModel(cfg, plain).logits)(frozen, computed, batch), want, atol=1e-5)
+    want = jax.jit(build_model(cfg, method).logits)(frozen, trainable, batch)
+    np.testing.assert_allclose(jax.jit(build_model(cfg, plain).logits)(frozen, computed, batch), want, atol=1e-5)
     files = method.numpy_copy(trainable)
     assert list(files) == ['prompt.npy'] and files['prompt.npy'].dtype == np.float32
     np.testing.assert_array_equal(files['prompt.npy'], np.asarray(computed['prompt'], np.float32))
@@ -120,14 +121,14 @@ def test_cached_decoding_equals_recomputation(fixture_model):
   cfg, frozen = fixture_model
   method = pt.p_tuning(cfg, length=P)
   trainable = method.init(jax.random.PRNGKey(2), frozen)
-  assert_decoding_matches_recomputation(TunedModel(cfg, method), frozen, trainable, random_batch(seed=3), length=5)
+  assert_decoding_matches_recomputation(build_model(cfg, method), frozen, trainable, random_batch(seed=3), length=5)
 
 
 def test_train_step_keeps_frozen_weights_and_has_optimizer_state_for_the_encoder_only(fixture_model):
   cfg, frozen = fixture_model
   before = jax.tree.map(np.array, frozen)
   method = pt.p_tuning(cfg, length=P, encoder='mlp', hidden=24, dropout=0.0)
-  state, history = train(TunedModel(cfg, method), frozen, random_batch(), 4,
+  state, history = train(build_model(cfg, method), frozen, random_batch(), 4,
                          optim.make_optimizer(optim.adam, learning_rate=0.01))
   assert history[-1] < history[0]
   assert_trees_equal(frozen, before)
@@ -141,7 +142,7 @@ def test_train_step_keeps_frozen_weights_and_has_optimizer_state_for_the_encoder
 def test_overfits_eight_examples(fixture_model, encoder):
   """Eight inputs, one target the fixture's random output layer can express (see test_prompt_tuning)."""
   cfg, frozen = fixture_model
-  model = TunedModel(cfg, pt.p_tuning(cfg, length=P, encoder=encoder), LossConfig(reduction='mean'))
+  model = build_model(cfg, pt.p_tuning(cfg, length=P, encoder=encoder), LossConfig(reduction='mean'))
   rs = np.random.RandomState(0)
   enc = rs.randint(2, 128, (8, 6))
   enc[:, -1] = 1

@@ -15,7 +15,7 @@ from jaxprompt.errors import ConfigError
 from jaxprompt.methods.prompt_tuning import PromptTuning, prompt_tuning, segment_positions
 from jaxprompt.models import losses
 from jaxprompt.models.config import get_config
-from jaxprompt.models.wrapper import TunedModel
+from jaxprompt.models.families import build_model
 from jaxprompt.train import observability
 from tests.helpers import assert_close_to_scale, regroup
 
@@ -70,7 +70,7 @@ def test_pipeline_reserves_the_prompt_slots_in_front_of_every_packed_example():
 
 def test_packed_batch_gives_each_example_its_unpacked_loss_and_the_same_prompt_gradient(fixture_model):
   cfg, frozen = fixture_model
-  model = TunedModel(cfg, PromptTuning(length=PROMPT, embed_dim=cfg.emb_dim))
+  model = build_model(cfg, PromptTuning(length=PROMPT, embed_dim=cfg.emb_dim))
   prompt = model.method.init(jax.random.PRNGKey(0), frozen)
   examples = _examples()
   packed = _packed(examples)

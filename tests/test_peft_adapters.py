@@ -1,5 +1,5 @@
 """Hugging Face PEFT adapter folders against the real peft and transformers: jaxprompt's exports give PeftModel the
-logits of jaxprompt's `TunedModel`, PEFT's own adapters give jaxprompt PEFT's logits, and what PEFT cannot
+logits of jaxprompt's `BaseModel`, PEFT's own adapters give jaxprompt PEFT's logits, and what PEFT cannot
 represent (or another model's adapter, an unknown type, missing or unsafe files) is one clear PromptError."""
 import functools
 import importlib
@@ -20,7 +20,7 @@ from jaxprompt.methods.p_tuning import PTuning
 from jaxprompt.methods.prefix_tuning import PrefixTuning
 from jaxprompt.methods.prompt_tuning import PromptTuning
 from jaxprompt.models import fingerprint
-from jaxprompt.models.wrapper import TunedModel
+from jaxprompt.models.families import build_model
 from jaxprompt.runtime import optim
 from jaxprompt.runtime.state import init_train_state
 from tests.method_helpers import make_batch, save_run, train
@@ -70,7 +70,7 @@ def _batch():
 
 @functools.cache
 def _jitted_logits(config, method):
-  return jax.jit(TunedModel(config, method).logits)
+  return jax.jit(build_model(config, method).logits)
 
 
 def _logits(config, method, params, trainable, batch):
@@ -98,7 +98,7 @@ def test_trained_p_tuning_run_exports_to_peft_with_the_same_logits(hf, tmp_path)
   folder, params, config = hf
   method = PTuning(length=PLEN, embed_dim=config.emb_dim, encoder='mlp', hidden=16)
   batch = _batch()
-  state, history = train(TunedModel(config, method), params, batch, 2, optim.make_optimizer(optim.adam, 0.05))
+  state, history = train(build_model(config, method), params, batch, 2, optim.make_optimizer(optim.adam, 0.05))
   assert history[-1] < history[0]
   recorded = fingerprint.model_fingerprint(config, None, params['token_embedder']['embedding'])
   run = save_run(tmp_path / 'run', method, state, recorded)

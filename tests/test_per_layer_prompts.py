@@ -19,11 +19,12 @@ from jaxprompt.errors import ConfigError, PromptError
 from jaxprompt.formats import npy_io
 from jaxprompt.methods import per_layer_prompts as plp
 from jaxprompt.methods.prompt_tuning import PromptTuning
+from jaxprompt.models.base import LossConfig
 from jaxprompt.models.config import get_config
+from jaxprompt.models.families import build_model
 from jaxprompt.models.hooks import Hooks, LayerHook
 from jaxprompt.models.scan import stack_layers
 from jaxprompt.models.t5 import Transformer
-from jaxprompt.models.wrapper import LossConfig, TunedModel
 from jaxprompt.runtime import optim
 from tests.helpers import REPO, assert_close_to_scale, assert_trees_equal
 from tests.method_helpers import assert_decoding_matches_recomputation, make_batch, random_batch, train
@@ -91,13 +92,13 @@ def test_add_mode_with_zero_blocks_is_prompt_tuning_exactly(fixture_model):
   method = _method(cfg, 'add')
   trainable = method.init(jax.random.PRNGKey(3), frozen)
   batch = random_batch()
-  got = jax.jit(TunedModel(cfg, method).logits)(frozen, trainable, batch)
-  plain = TunedModel(cfg, PromptTuning(length=P, embed_dim=cfg.emb_dim))
+  got = jax.jit(build_model(cfg, method).logits)(frozen, trainable, batch)
+  plain = build_model(cfg, PromptTuning(length=P, embed_dim=cfg.emb_dim))
   want = jax.jit(plain.logits)(frozen, {'prompt': trainable['prompt']}, batch)
   np.testing.assert_array_equal(got, want)
   # Non-zero blocks do change the result.
   moved = dict(trainable, layers=trainable['layers'] + 0.5)
-  assert np.abs(jax.jit(TunedModel(cfg, method).logits)(frozen, moved, batch) - want).max() > 1e-3
+  assert np.abs(jax.jit(build_model(cfg, method).logits)(frozen, moved, batch) - want).max() > 1e-3
 
 
 @pytest.mark.parametrize('mode', plp.MODES)
@@ -129,10 +130,10 @@ def test_replace_with_the_plain_states_is_prompt_tuning(fixture_model):
   plain_states = _layer_inputs(cfg, frozen, plain_method.hooks({'prompt': trainable['prompt']}),
                                batch['encoder_input_tokens'])
   trainable['layers'] = jnp.asarray(plain_states[1][:, :P])
-  want = TunedModel(cfg, plain_method).logits(frozen, {'prompt': trainable['prompt']}, batch)
-  np.testing.assert_allclose(TunedModel(cfg, method).logits(frozen, trainable, batch), want, atol=1e-5, rtol=1e-5)
+  want = build_model(cfg, plain_method).logits(frozen, {'prompt': trainable['prompt']}, batch)
+  np.testing.assert_allclose(build_model(cfg, method).logits(frozen, trainable, batch), want, atol=1e-5, rtol=1e-5)
   shifted = dict(trainable, layers=trainable['layers'] + 0.5)
-  assert np.abs(TunedModel(cfg, method).logits(frozen, shifted, batch) - want).max() > 1e-3
+  assert np.abs(build_model(cfg, method).logits(frozen, shifted, batch) - want).max() > 1e-3
 
 
 def _random_params(cfg, batch):
@@ -162,7 +163,7 @@ def test_scanned_equals_unrolled_forward_and_gradients():
   trainable['layers'] = 0.3 * jax.random.normal(jax.random.PRNGKey(8), trainable['layers'].shape)
 
   def loss_and_grad(config, frozen):
-    model = TunedModel(config, method, LossConfig(reduction='mean'))
+    model = build_model(config, method, LossConfig(reduction='mean'))
     return jax.jit(jax.value_and_grad(lambda t: model.loss_fn(frozen, t, batch)[0]))(trainable)
 
   want_loss, want_grad = loss_and_grad(cfg, params)
@@ -180,13 +181,13 @@ def test_cached_decoding_equals_recomputation(fixture_model):
   method = _method(cfg, 'replace')
   trainable = method.init(jax.random.PRNGKey(9), frozen)
   trainable['layers'] = jax.random.normal(jax.random.PRNGKey(10), trainable['layers'].shape)
-  assert_decoding_matches_recomputation(TunedModel(cfg, method), frozen, trainable, random_batch(seed=2), length=5)
+  assert_decoding_matches_recomputation(build_model(cfg, method), frozen, trainable, random_batch(seed=2), length=5)
 
 
 def test_train_step_keeps_frozen_weights_and_has_optimizer_state_for_the_prompts_only(fixture_model):
   cfg, frozen = fixture_model
   before = jax.tree.map(np.array, frozen)
-  model = TunedModel(cfg, _method(cfg, 'replace'))
+  model = build_model(cfg, _method(cfg, 'replace'))
   state, history = train(model, frozen, random_batch(), 5, optim.make_optimizer(optim.adam, learning_rate=0.01))
   assert history[-1] < history[0]
   assert_trees_equal(frozen, before)
@@ -200,7 +201,7 @@ def test_overfits_eight_examples(fixture_model):
   """Eight inputs, one target the fixture's random output layer can express (see test_prompt_tuning).
   ('add' starts exactly at prompt tuning, whose own test covers it.)"""
   cfg, frozen = fixture_model
-  model = TunedModel(cfg, plp.per_layer_prompts(cfg, length=16), LossConfig(reduction='mean'))
+  model = build_model(cfg, plp.per_layer_prompts(cfg, length=16), LossConfig(reduction='mean'))
   rs = np.random.RandomState(0)
   enc = rs.randint(2, 128, (8, 6))
   enc[:, -1] = 1
@@ -223,8 +224,8 @@ def test_numpy_copy_round_trips_and_mismatches_are_one_error(fixture_model, tmp_
   assert_trees_equal(back, {k: arrays[k] for k in ('prompt', 'layers')})
   batch = random_batch()
   np.testing.assert_array_equal(
-      TunedModel(cfg, back_method).logits(frozen, back, batch),
-      TunedModel(cfg, method).logits(frozen, trainable, batch))
+      build_model(cfg, back_method).logits(frozen, back, batch),
+      build_model(cfg, method).logits(frozen, trainable, batch))
   deeper = get_config('t5x_tiny', num_encoder_layers=3)
   with pytest.raises(PromptError, match=r"3-layer encoder .* needs \{'prompt': \(4, 32\), 'layers': \(2, 4, 32\)\}"):
     plp.read_per_layer_file(path, deeper)

@@ -10,7 +10,7 @@ import pytest
 
 from jaxprompt.checkpoints.huggingface import load_hf_t5
 from jaxprompt.methods.prefix_tuning import PrefixTuning
-from jaxprompt.models.wrapper import TunedModel
+from jaxprompt.models.families import build_model
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
@@ -71,10 +71,10 @@ def test_decoder_prefix_at_positions_matches_transformers_past_key_values(hf, pr
   trainable = method.init(jax.random.PRNGKey(0), params)
   plain, rows = method.inference(trainable)  # the MLP's computed rows are what transformers is given
   batch = _batch()
-  ours = np.asarray(TunedModel(config, method).logits(params, trainable, batch))
+  ours = np.asarray(build_model(config, method).logits(params, trainable, batch))
   theirs = _hf_logits(model, batch, (rows['decoder_self']['key'], rows['decoder_self']['value']))
   np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
   assert np.abs(theirs - _hf_logits(model, batch)).max() > 1e-2  # the prefix is in effect
   # relpos 'none' is a different model: zero bias for the prefix keys, which transformers cannot express.
-  none = TunedModel(config, dataclasses.replace(plain, relpos='none'))
+  none = build_model(config, dataclasses.replace(plain, relpos='none'))
   assert np.abs(np.asarray(none.logits(params, rows, batch)) - theirs).max() > 1e-3

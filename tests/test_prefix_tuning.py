@@ -20,9 +20,10 @@ from jaxprompt.methods.prefix_tuning import (
     read_prefix_file,
     write_prefix_file,
 )
+from jaxprompt.models.base import LossConfig
 from jaxprompt.models.config import get_config
+from jaxprompt.models.families import build_model
 from jaxprompt.models.scan import stack_layers
-from jaxprompt.models.wrapper import LossConfig, TunedModel
 from jaxprompt.runtime import optim
 from tests.helpers import REPO, assert_trees_equal, run_with_devices
 from tests.method_helpers import make_batch, train
@@ -55,11 +56,11 @@ _logits = jax.jit(lambda model, frozen, trainable, batch: model.logits(frozen, t
 def test_zero_length_prefix_is_the_plain_network_bit_for_bit(frozen):
   """Both factories, with and without the MLP, both relpos modes: P = 0 rows on every kind = no method."""
   batch = _random_batch()
-  base = np.asarray(_logits(TunedModel(CFG), frozen, None, batch))
+  base = np.asarray(_logits(build_model(CFG), frozen, None, batch))
   for method in (_method('prefix_tuning', length=0, kinds=('encoder_self', 'decoder_self', 'cross')),
                  _method('p_tuning_v2', length=0, relpos='none', kinds=('encoder_self', 'decoder_self', 'cross'))):
     trainable = method.init(jax.random.PRNGKey(0), frozen)
-    np.testing.assert_array_equal(np.asarray(_logits(TunedModel(CFG, method), frozen, trainable, batch)), base)
+    np.testing.assert_array_equal(np.asarray(_logits(build_model(CFG, method), frozen, trainable, batch)), base)
 
 
 def test_parameters_axes_and_abstract_tree(frozen):
@@ -107,8 +108,8 @@ def test_scanned_frozen_tree_gives_the_same_init_and_logits(frozen):
   jax.tree.map(functools.partial(np.testing.assert_allclose, atol=1e-6), method.init(jax.random.PRNGKey(2), scanned),
                trainable)
   batch = _random_batch(1)
-  want = _logits(TunedModel(CFG, method), frozen, trainable, batch)
-  got = _logits(TunedModel(CFG.replace(scan_layers=True), method), scanned, trainable, batch)
+  want = _logits(build_model(CFG, method), frozen, trainable, batch)
+  got = _logits(build_model(CFG.replace(scan_layers=True), method), scanned, trainable, batch)
   np.testing.assert_allclose(got, want, atol=1e-5)
 
 
@@ -119,8 +120,8 @@ def test_inference_collapse_gives_the_logits_of_the_projected_form(frozen):
   assert not plain.projection and plain.kinds == method.kinds and plain.relpos == 'none'
   assert set(flatten_dict(rows)) == {(k, p) for k in method.kinds for p in ('key', 'value')}
   batch = _random_batch(2)
-  np.testing.assert_allclose(_logits(TunedModel(CFG, plain), frozen, rows, batch),
-                             _logits(TunedModel(CFG, method), frozen, trainable, batch), atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(_logits(build_model(CFG, plain), frozen, rows, batch),
+                             _logits(build_model(CFG, method), frozen, trainable, batch), atol=1e-5, rtol=1e-5)
   assert plain.inference(rows) == (plain, rows)
 
 
@@ -156,7 +157,7 @@ def test_cached_decoding_equals_recomputation(frozen, name, relpos):
   the teacher-forced logits of the decoded sequence, and beam search's scores (alpha 0: summed log-probs) are
   the teacher-forced scores of the beams it returns."""
   method = _method(name, length=3, relpos=relpos, kinds=('encoder_self', 'decoder_self', 'cross'))
-  model = TunedModel(CFG, method)
+  model = build_model(CFG, method)
   trainable = method.init(jax.random.PRNGKey(4), frozen)
   batch = _random_batch(3, rows=2, tgt_len=6)
   decode = jax.jit(functools.partial(model.predict_batch, return_all_decodes=True),
@@ -183,10 +184,10 @@ _CANDIDATES = np.array([[26, 83, 1], [99, 1, 0], [7, 7, 1]])
 
 def _rank_check(frozen, kinds):
   method = _method('p_tuning_v2', length=3, kinds=kinds)
-  model = TunedModel(CFG, method)
+  model = build_model(CFG, method)
   trainable = method.init(jax.random.PRNGKey(5), frozen)
   enc = _random_batch(4, rows=2)['encoder_input_tokens']
-  ranked = np.asarray(jax.jit(model.rank_classify)(frozen, trainable, enc, _CANDIDATES))
+  ranked = np.asarray(jax.jit(model.rank_classify)(frozen, trainable, {'encoder_input_tokens': enc}, _CANDIDATES))
   targets = np.repeat(_CANDIDATES, len(enc), axis=0)
   want = _logits(model, frozen, trainable, make_batch(np.tile(enc, (len(_CANDIDATES), 1)), targets))
   log_probs = jax.nn.log_softmax(want)
@@ -213,7 +214,7 @@ def test_overfits_eight_examples_with_frozen_weights_untouched(frozen, name):
   prompt tuning's test; the frozen head bounds the mean loss at about 0.33): the loss falls over 80%. The frozen
   weights stay bitwise the same, and the optimizer state is Adam's two moments of the method's tree only."""
   kwargs, learning_rate = OVERFIT[name]
-  model = TunedModel(CFG, _method(name, **kwargs), LossConfig(reduction='mean'))
+  model = build_model(CFG, _method(name, **kwargs), LossConfig(reduction='mean'))
   rs = np.random.RandomState(0)
   enc = rs.randint(2, 128, (8, 6))
   enc[:, -1] = 1
@@ -246,8 +247,8 @@ def test_prefix_file_round_trip(frozen, tmp_path, suffix):
   assert read == plain
   jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6), rows, want)
   batch = _random_batch(7)
-  np.testing.assert_allclose(_logits(TunedModel(CFG, read), frozen, rows, batch),
-                             _logits(TunedModel(CFG, method), frozen, trainable, batch), atol=1e-5)
+  np.testing.assert_allclose(_logits(build_model(CFG, read), frozen, rows, batch),
+                             _logits(build_model(CFG, method), frozen, trainable, batch), atol=1e-5)
 
 
 def test_numpy_copy_is_a_prefix_file(frozen, tmp_path):

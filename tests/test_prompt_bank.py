@@ -14,7 +14,7 @@ from jaxprompt.methods.per_layer_prompts import per_layer_prompts
 from jaxprompt.methods.prefix_tuning import PrefixTuning, prefix_tuning
 from jaxprompt.methods.prompt_tuning import PromptTuning
 from jaxprompt.models.config import get_config
-from jaxprompt.models.wrapper import TunedModel
+from jaxprompt.models.families import build_model
 from tests.helpers import REPO, run_with_devices
 from tests.method_helpers import make_batch
 
@@ -75,10 +75,10 @@ def test_mixed_batch_logits_equal_each_task_alone(frozen, tasks):
   bank, tree = prompt_bank.build_bank(tasks, CFG)
   assert bank.task_names == ('sst2', 'rte', 'boolq', 'copa') and bank.input_length == 5
   batch = _batch(IDS)
-  mixed = np.asarray(jax.jit(TunedModel(CFG, bank).logits)(frozen, tree, batch))
+  mixed = np.asarray(jax.jit(build_model(CFG, bank).logits)(frozen, tree, batch))
   for t, rows in _alone(IDS):
     method, params = tasks[bank.task_names[t]]
-    alone = np.asarray(jax.jit(TunedModel(CFG, method).logits)(frozen, params, _rows(batch, rows)))
+    alone = np.asarray(jax.jit(build_model(CFG, method).logits)(frozen, params, _rows(batch, rows)))
     np.testing.assert_allclose(mixed[rows], alone, atol=1e-5, rtol=1e-5)
   # `single` gives back each task's own method and parameters.
   for name, (method, params) in tasks.items():
@@ -100,13 +100,15 @@ def test_rank_classification_with_each_tasks_labels(frozen, tasks):
 
   batch = _batch(IDS, seed=1)
   candidates = np.stack([table(t) for t in IDS])  # [b, c, lt]
-  rank = jax.jit(TunedModel(CFG, bank).rank_classify)
-  scores = np.asarray(rank(frozen, tree, batch['encoder_input_tokens'], candidates, batch['task_ids']))
+  rank = jax.jit(build_model(CFG, bank).rank_classify)
+  scores = np.asarray(rank(frozen, tree, batch, candidates))
   for t, rows in _alone(IDS):
     method, params = tasks[bank.task_names[t]]
     n = len(labels[t])
-    alone = jax.jit(TunedModel(CFG, method).rank_classify)(frozen, params, batch['encoder_input_tokens'][rows],
-                                                           table(t)[:n])
+    alone = jax.jit(build_model(CFG,
+                                method).rank_classify)(frozen, params,
+                                                       {'encoder_input_tokens': batch['encoder_input_tokens'][rows]},
+                                                       table(t)[:n])
     np.testing.assert_allclose(scores[rows, :n], np.asarray(alone), atol=1e-4, rtol=1e-5)
 
 
@@ -120,11 +122,11 @@ def test_decoding_equals_each_task_alone(frozen, tasks, search):
       'decoder_target_tokens': np.zeros_like(batch['decoder_target_tokens'])
   }
   options = dict(method='sample', temperature=0.0) if search == 'greedy' else dict(method='beam', num_decodes=2)
-  model = TunedModel(CFG, bank)
+  model = build_model(CFG, bank)
   decodes, scores = jax.jit(functools.partial(model.predict_batch, **options))(frozen, tree, target)
   for t, rows in _alone(IDS):
     method, params = tasks[bank.task_names[t]]
-    alone = functools.partial(TunedModel(CFG, method).predict_batch, **options)
+    alone = functools.partial(build_model(CFG, method).predict_batch, **options)
     want, want_score = jax.jit(alone)(frozen, params, _rows(target, rows))
     np.testing.assert_array_equal(np.asarray(decodes)[rows], np.asarray(want))
     np.testing.assert_allclose(np.asarray(scores)[rows], np.asarray(want_score), atol=1e-4)
@@ -145,7 +147,7 @@ def test_bad_banks_and_batches(frozen, tasks):
   batch = _batch(IDS)
   del batch['task_ids']
   with pytest.raises(ConfigError, match="'task_ids'"):
-    TunedModel(CFG, bank).logits(frozen, tree, batch)
+    build_model(CFG, bank).logits(frozen, tree, batch)
 
 
 @pytest.mark.slow

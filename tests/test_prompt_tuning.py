@@ -16,9 +16,10 @@ import jaxprompt.methods.prompt_tuning as prompt_tuning_by_import
 from jaxprompt.checkpoints import load_t5x_checkpoint
 from jaxprompt.errors import ConfigError, PromptError
 from jaxprompt.methods.prompt_tuning import PromptTuning, insert_prompt, insertion_points
+from jaxprompt.models.base import LossConfig
 from jaxprompt.models.config import get_config
+from jaxprompt.models.families import build_model
 from jaxprompt.models.t5 import Transformer
-from jaxprompt.models.wrapper import LossConfig, TunedModel
 from jaxprompt.runtime import optim, step
 from jaxprompt.runtime.state import init_train_state
 from tests.helpers import assert_trained_close
@@ -35,7 +36,9 @@ def _placed(combine):
   """Runs insert_prompt on token ids standing in for embeddings (prompt rows are -1, -2)."""
   emb = jnp.asarray(TOKENS, jnp.float32)[..., None]
   prompt = jnp.array([[-1.0], [-2.0]])
-  out, valid = insert_prompt(emb, TOKENS > 0, prompt, insertion_points(jnp.asarray(TOKENS), combine))
+  out, valid = insert_prompt(emb, TOKENS > 0, prompt,
+                             insertion_points(jnp.asarray(TOKENS),
+                                              jnp.asarray(TOKENS) > 0, combine))
   return np.asarray(out[..., 0]).astype(int), np.asarray(valid)
 
 
@@ -53,7 +56,7 @@ def test_combination_places_prompt_and_keeps_padding_at_the_end(combine, expecte
 
 def test_unknown_combination_and_packing_a_suffix_prompt_are_rejected():
   with pytest.raises(PromptError, match='middle'):
-    insertion_points(jnp.asarray(TOKENS), 'middle')
+    insertion_points(jnp.asarray(TOKENS), jnp.asarray(TOKENS) > 0, 'middle')
   with pytest.raises(PromptError, match='middle'):
     PromptTuning(length=2, embed_dim=16, combine='middle')
   method = PromptTuning(length=2, embed_dim=16, combine='suffix_after_eos')
@@ -75,7 +78,7 @@ def fixture_model(fixtures_dir):
 
 def test_prompt_param_path_and_encoder_masks_cover_prompt(fixture_model):
   cfg, frozen = fixture_model
-  model = TunedModel(cfg, PromptTuning(length=3, embed_dim=cfg.emb_dim, combine='suffix_after_eos'))
+  model = build_model(cfg, PromptTuning(length=3, embed_dim=cfg.emb_dim, combine='suffix_after_eos'))
   boxed = model.method.abstract(model.init_abstract(2, 6, 4)['params'])
   assert flatten_dict(boxed)[('prompt',)].value.shape == (3, cfg.emb_dim)
   assert tuple(flatten_dict(boxed)[('prompt',)].names) == ('prompt', 'prompt_embed')
@@ -91,11 +94,11 @@ def test_prompt_param_path_and_encoder_masks_cover_prompt(fixture_model):
 
 def test_rank_classification_equals_scoring_each_candidate(fixture_model):
   cfg, frozen = fixture_model
-  model = TunedModel(cfg, PromptTuning(length=4, embed_dim=cfg.emb_dim))
+  model = build_model(cfg, PromptTuning(length=4, embed_dim=cfg.emb_dim))
   prompt = model.method.init(jax.random.PRNGKey(1), frozen)
   enc = np.array([[5, 17, 42, 1, 0], [64, 3, 12, 9, 1]])
   candidates = np.array([[26, 83, 1], [99, 1, 0], [7, 7, 1]])
-  ranked = jax.jit(model.rank_classify)(frozen, prompt, enc, candidates)
+  ranked = jax.jit(model.rank_classify)(frozen, prompt, {'encoder_input_tokens': enc}, candidates)
   score = jax.jit(model.score_batch)  # one compile for the three candidates
   for c in range(len(candidates)):
     scores = score(frozen, prompt, make_batch(enc, np.tile(candidates[c], (2, 1))))
@@ -104,11 +107,12 @@ def test_rank_classification_equals_scoring_each_candidate(fixture_model):
 
 def test_encoder_and_cross_attention_keys_run_once_per_example_in_rank_classification(fixture_model):
   cfg, frozen = fixture_model
-  model = TunedModel(cfg, PromptTuning(length=4, embed_dim=cfg.emb_dim))
+  model = build_model(cfg, PromptTuning(length=4, embed_dim=cfg.emb_dim))
   prompt = model.method.init(jax.random.PRNGKey(1), frozen)
   enc = jnp.ones((2, 5), jnp.int32)
   cands = jnp.ones((3, 3), jnp.int32)
-  jaxpr = str(jax.make_jaxpr(model.rank_classify, static_argnums=())(frozen, prompt, enc, cands))
+  jaxpr = str(
+      jax.make_jaxpr(model.rank_classify, static_argnums=())(frozen, prompt, {'encoder_input_tokens': enc}, cands))
   # The encoder's first query projection sees 2 examples x 9 positions, never 6 (= 2 x 3 candidates); so do
   # the decoder's cross-attention key / value projections of the encoded inputs (one per example, not per
   # candidate).
@@ -129,7 +133,7 @@ def _train(cfg, frozen, model, batch, steps, optimizer, num_microbatches=1):
 def test_frozen_params_bitwise_unchanged_and_optimizer_state_is_prompt_sized(fixture_model):
   cfg, frozen = fixture_model
   before = jax.tree.map(np.array, frozen)
-  model = TunedModel(cfg, PromptTuning(length=5, embed_dim=cfg.emb_dim))
+  model = build_model(cfg, PromptTuning(length=5, embed_dim=cfg.emb_dim))
   opt = optim.make_optimizer()
   batch = make_batch([[5, 17, 42, 1]] * 4, [[26, 83, 1]] * 4)
   state, history = _train(cfg, frozen, model, batch, 5, opt)
@@ -147,7 +151,7 @@ def test_frozen_params_bitwise_unchanged_and_optimizer_state_is_prompt_sized(fix
 
 def test_microbatched_step_equals_full_batch(fixture_model):
   cfg, frozen = fixture_model
-  model = TunedModel(cfg, PromptTuning(length=5, embed_dim=cfg.emb_dim), LossConfig(reduction='sum'))
+  model = build_model(cfg, PromptTuning(length=5, embed_dim=cfg.emb_dim), LossConfig(reduction='sum'))
   opt = optim.make_optimizer(optim.adam, learning_rate=0.01)
   rs = np.random.RandomState(0)
   batch = make_batch(rs.randint(2, 128, (8, 6)), rs.randint(2, 128, (8, 3)))
@@ -161,7 +165,7 @@ def test_microbatched_step_equals_full_batch(fixture_model):
 
 def test_non_finite_loss_keeps_last_good_state(fixture_model):
   cfg, frozen = fixture_model
-  model = TunedModel(cfg, PromptTuning(length=5, embed_dim=cfg.emb_dim))
+  model = build_model(cfg, PromptTuning(length=5, embed_dim=cfg.emb_dim))
   opt = optim.make_optimizer()
   state = init_train_state(model.method.init(jax.random.PRNGKey(0), frozen), opt.tx, jax.random.PRNGKey(1))
   poisoned = jax.tree.map(lambda x: x.copy(), frozen)
@@ -177,7 +181,7 @@ def test_an_update_that_overflows_keeps_last_good_state(fixture_model):
   """A finite loss and gradient times a huge learning rate: the updated prompt would hold inf, so the step is
   skipped and reported as a non-finite loss is."""
   cfg, frozen = fixture_model
-  model = TunedModel(cfg, PromptTuning(length=5, embed_dim=cfg.emb_dim))
+  model = build_model(cfg, PromptTuning(length=5, embed_dim=cfg.emb_dim))
   opt = optim.make_optimizer(optax.sgd, learning_rate=1e38)
   state = init_train_state(model.method.init(jax.random.PRNGKey(0), frozen), opt.tx, jax.random.PRNGKey(1))
   new_state, metrics = jax.jit(lambda s, f, b: step.train_step(model, opt, s, f, b))(state, frozen,
@@ -195,7 +199,7 @@ def test_overfits_eight_examples_on_the_t5x_fixture_model(fixture_model):
   express with confidence (the frozen decoder norm + logits_dense bound every token's best log-prob; EOS's is
   about -0.7), so a 90% fall is reachable through the prompt alone."""
   cfg, frozen = fixture_model
-  model = TunedModel(cfg, PromptTuning(length=50, embed_dim=cfg.emb_dim), LossConfig(reduction='mean'))
+  model = build_model(cfg, PromptTuning(length=50, embed_dim=cfg.emb_dim), LossConfig(reduction='mean'))
   rs = np.random.RandomState(0)
   enc = rs.randint(2, 128, (8, 6))
   enc[:, -1] = 1

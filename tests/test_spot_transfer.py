@@ -12,7 +12,7 @@ from jaxprompt.errors import PromptError
 from jaxprompt.methods import initializers, peft_adapters
 from jaxprompt.methods.prompt_tuning import PromptTuning, prompt_tuning
 from jaxprompt.models.config import get_config
-from jaxprompt.models.wrapper import TunedModel
+from jaxprompt.models.families import build_model
 from jaxprompt.runtime import optim, step
 from jaxprompt.runtime.state import init_train_state
 from tests.method_helpers import random_batch
@@ -73,7 +73,7 @@ def test_spot_source_prompts_initialise_a_target_task(fixtures_dir, tmp_path):
   """Prompts trained on two source tasks; their mean starts the target task, which then trains on."""
   config = get_config('t5x_tiny')
   frozen = load_t5x_checkpoint(str(fixtures_dir / 't5x_tiny' / 'classic_checkpoint_0'))
-  model = TunedModel(config, PromptTuning(length=SHAPE[0], embed_dim=config.emb_dim))
+  model = build_model(config, PromptTuning(length=SHAPE[0], embed_dim=config.emb_dim))
   optimizer = optim.make_optimizer()
   train_step = jax.jit(functools.partial(step.train_step, model, optimizer))  # the initialiser only sets the start
 

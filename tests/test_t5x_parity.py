@@ -4,7 +4,7 @@ import pytest
 
 from jaxprompt.checkpoints import load_t5x_checkpoint
 from jaxprompt.models.config import get_config
-from jaxprompt.models.wrapper import TunedModel
+from jaxprompt.models.families import build_model
 
 
 @pytest.fixture(scope='module', params=['classic_checkpoint_0', 'orbax_checkpoint_0'])
@@ -13,7 +13,7 @@ def setup(fixtures_dir, request):
   data = dict(np.load(fixtures_dir / 't5x_tiny' / 'reference_step0.npz'))
   params = load_t5x_checkpoint(str(fixtures_dir / 't5x_tiny' / request.param))
   batch = {k: data[k] for k in ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens')}
-  return data, params, batch, TunedModel(get_config('t5x_tiny'))
+  return data, params, batch, build_model(get_config('t5x_tiny'))
 
 
 def test_greedy_matches_t5x(setup):

@@ -21,8 +21,8 @@ from jaxprompt.data import pipeline as data_pipeline
 from jaxprompt.errors import CheckpointError, ConfigError, DataError, PromptError, TrainingError
 from jaxprompt.eval import evaluation as evaluate
 from jaxprompt.methods.prompt_tuning import prompt_tuning
+from jaxprompt.models.base import LossConfig
 from jaxprompt.models.config import get_config
-from jaxprompt.models.wrapper import LossConfig
 from jaxprompt.runtime import runtime as components
 from jaxprompt.runtime.optim import make_optimizer
 from jaxprompt.runtime.state import init_train_state

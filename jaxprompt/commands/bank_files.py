@@ -13,7 +13,7 @@ from jaxprompt.commands.groups import PromptSource
 from jaxprompt.errors import ConfigError, PromptError
 from jaxprompt.methods import prompt_bank
 from jaxprompt.methods.base import Method
-from jaxprompt.models.config import T5Config
+from jaxprompt.models.base import ModelConfig
 
 PEFT_CONFIG = 'adapter_config.json'
 
@@ -24,7 +24,7 @@ def is_checkpoint_dir(path: str) -> bool:
   return folder.is_dir() and not (folder / PEFT_CONFIG).exists()
 
 
-def load_sources(prompts: Mapping[str, str], *, config: T5Config, combine: str = 'prefix', eos_id: int = 1,
+def load_sources(prompts: Mapping[str, str], *, config: ModelConfig, combine: str = 'prefix', eos_id: int = 1,
                  step: int | None = None) -> dict[str, tuple[Any, Any]]:
   """{name: (method, params)} of each named source: any `--prompt_file` kind, a PEFT adapter folder, or a
   training checkpoint dir (at `step`, default its latest); a source serving several tasks (a multi-task run's
@@ -48,14 +48,14 @@ def load_sources(prompts: Mapping[str, str], *, config: T5Config, combine: str =
   return out
 
 
-def load_bank(prompts: Mapping[str, str], *, config: T5Config, combine: str = 'prefix', eos_id: int = 1,
+def load_bank(prompts: Mapping[str, str], *, config: ModelConfig, combine: str = 'prefix', eos_id: int = 1,
               step: int | None = None) -> tuple[Method, dict[str, Any]]:
   """(bank, its tree) of the named sources, task ids in the order given."""
   return prompt_bank.build_bank(load_sources(prompts, config=config, combine=combine, eos_id=eos_id, step=step), config,
                                 eos_id)
 
 
-def load_method(source: PromptSource, *, config: T5Config, eos_id: int = 1,
+def load_method(source: PromptSource, *, config: ModelConfig, eos_id: int = 1,
                 what: str = 'a prompt bank') -> tuple[Any, Any, dict[str, str]]:
   """`eval` / `infer`'s tuned method: (method, parameters, {name: source} for the fingerprint check) of the named
   `source.prompts` (a bank: `what` names its use in the error) or of its one `prompt_file` / `checkpoint`."""

@@ -1,7 +1,7 @@
 """Config-level gin functions (module `jaxprompt`): what gin binds besides the entry points and their groups
 (`commands/groups.py`), and the check that a task's vocabulary fits the model.
 
-  jaxprompt.model_config(name, dtype, ...)   -> T5Config        (models/*.gin)
+  jaxprompt.model_config(name, dtype, ...)   -> ModelConfig     (models/*.gin)
   jaxprompt.loss_config(z_loss, ...)          -> LossConfig
   jaxprompt.task_vocabulary(task)             -> the task's targets vocabulary (prompts/*.gin)
   jaxprompt.task_label_set(task)              -> the task's class labels (prompts/class_labels.gin)
@@ -19,8 +19,9 @@ import gin
 import jax.numpy as jnp
 
 from jaxprompt.errors import ConfigError
-from jaxprompt.models.config import T5Config, get_config
-from jaxprompt.models.wrapper import LossConfig
+from jaxprompt.formats import macros
+from jaxprompt.models.base import LossConfig, ModelConfig
+from jaxprompt.models.config import get_config
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
@@ -36,7 +37,7 @@ def _dtype(value: Any, name: str) -> Any:
 @gin.configurable(module='jaxprompt')
 def model_config(name: str = gin.REQUIRED, dtype: Any = None, param_dtype: Any = None,
                  dropout_rate: float | None = None, scan_layers: bool | None = None,
-                 remat_policy: str | None = None) -> T5Config:
+                 remat_policy: str | None = None) -> ModelConfig:
   """A named T5 config (see `jaxprompt.models.config.CONFIGS`) with optional overrides.
 
   `dtype` is the activation dtype ('bfloat16' on TPU), `param_dtype` the frozen weights' dtype after loading.
@@ -88,16 +89,13 @@ def vocabulary(path: str | None = None, extra_ids: int = 100) -> Any:
 def macro_value(name: str) -> Any:
   """The value of gin macro `name` (evaluating `@fn()` references), None when unbound: a models/*.gin file
   alone then configures the command."""
-  try:
-    value = gin.query_parameter(f'%{name}')
-  except ValueError:
-    return None
+  value = macros.bound(name)
   if isinstance(value, gin.config.ConfigurableReference):
     return value.scoped_configurable_fn() if value.evaluate else value.scoped_configurable_fn
   return value
 
 
-def check_vocabulary(vocab: Any, config: T5Config, task_name: str) -> None:
+def check_vocabulary(vocab: Any, config: ModelConfig, task_name: str) -> None:
   """Token ids must index the model's embedding table (an id past it would silently embed as zeros)."""
   size = getattr(vocab, 'vocab_size', None)
   if size is not None and size > config.vocab_size:

@@ -35,7 +35,8 @@ from jaxprompt.data import buckets
 from jaxprompt.errors import ConfigError
 from jaxprompt.formats import macros, validation
 from jaxprompt.methods.prompt_tuning import COMBINATIONS
-from jaxprompt.models.config import T5Config
+from jaxprompt.models import families
+from jaxprompt.models.base import ModelConfig
 from jaxprompt.train.schedule import Schedule
 
 __all__ = ['CheckpointConfig', 'DataConfig', 'EvalConfig', 'ModelSource', 'PromptSource', 'Schedule']
@@ -49,15 +50,15 @@ def _set(group: Any, name: str, value: Any) -> None:
 @gin.configurable(module='jaxprompt')
 @dataclasses.dataclass(frozen=True)
 class ModelSource:
-  """The frozen model: its T5Config [MODEL_CONFIG], its weights (a T5X checkpoint in any format, a model dir or a
+  """The frozen model: its config [MODEL_CONFIG], its weights (a T5X checkpoint in any format, a model dir or a
   Hugging Face safetensors folder) [INITIAL_CHECKPOINT_PATH] and the devices of one replica [MODEL_PARALLEL]."""
-  config: T5Config | None = None
+  config: ModelConfig | None = None
   checkpoint: str | None = None
   model_parallel: int = 1
 
   def __post_init__(self):
     config = validation.require(self.config, 'MODEL_CONFIG', '"@jaxprompt.model_config()" (a models/*.gin)')
-    if not isinstance(config, T5Config):
+    if not families.is_model_config(config):
       raise macros.error('MODEL_CONFIG', config)
     macros.check(INITIAL_CHECKPOINT_PATH=self.checkpoint, MODEL_PARALLEL=self.model_parallel)
     _set(self, 'checkpoint', validation.optional_path(self.checkpoint, 'INITIAL_CHECKPOINT_PATH'))

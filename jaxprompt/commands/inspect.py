@@ -29,8 +29,9 @@ from jaxprompt.formats import validation
 from jaxprompt.formats.keys import PROMPT_KEY
 from jaxprompt.methods import peft_adapters
 from jaxprompt.methods.per_layer_prompts import LAYERS_KEY
+from jaxprompt.models import families
 from jaxprompt.models import fingerprint as fingerprint_lib
-from jaxprompt.models.config import T5Config
+from jaxprompt.models.base import ModelConfig
 from jaxprompt.runtime import runtime as runtime_lib
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ def _vocabulary(vocabulary: Any) -> Any:
   return vocab_lib.resolve(vocabulary)
 
 
-def read_token_embedding(path: str, config: T5Config) -> np.ndarray:
+def read_token_embedding(path: str, config: ModelConfig) -> np.ndarray:
   """Only the [vocab, embed] token embedding of a frozen checkpoint (T5X any format or a model dir, or HF
   safetensors), in `config.param_dtype` as training loads it, checked against `config`."""
   if runtime_lib.is_hf_checkpoint(path):
@@ -190,7 +191,7 @@ def _log_table(report: Mapping[str, Any]) -> None:
 
 
 @gin.configurable(module='jaxprompt')
-def inspect(prompt: str, *, top_k: int = 5, output_file: str | None = None, model_config: T5Config | None = None,
+def inspect(prompt: str, *, top_k: int = 5, output_file: str | None = None, model_config: ModelConfig | None = None,
             initial_checkpoint_path: str | None = None, vocabulary: Any = None,
             checkpoint_step: int | None = None) -> dict[str, Any]:
   """Reports a prompt's nearest tokens per position, its norms and its recorded model (module docstring).
@@ -210,8 +211,8 @@ def inspect(prompt: str, *, top_k: int = 5, output_file: str | None = None, mode
   """
   config = validation.require(model_config if model_config is not None else configs.macro_value('MODEL_CONFIG'),
                               'MODEL_CONFIG', '"@jaxprompt.model_config()" (a models/*.gin)')
-  if not isinstance(config, T5Config):
-    raise ConfigError(f'model_config must be a T5Config (e.g. @jaxprompt.model_config()), got {config!r}')
+  if not families.is_model_config(config):
+    raise ConfigError(f'model_config must be a model config (e.g. @jaxprompt.model_config()), got {config!r}')
   checkpoint = validation.require(
       initial_checkpoint_path
       if initial_checkpoint_path is not None else configs.macro_value('INITIAL_CHECKPOINT_PATH'),

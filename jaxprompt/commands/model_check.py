@@ -15,7 +15,7 @@ from typing import Any
 from jaxprompt.commands.prompt_files import recorded_fingerprint
 from jaxprompt.errors import ConfigError
 from jaxprompt.models import fingerprint as fingerprint_lib
-from jaxprompt.models.config import T5Config
+from jaxprompt.models.base import ModelConfig
 
 
 def token_embedding(frozen_params: Mapping[str, Any], where: str = 'frozen_params') -> Any:
@@ -28,7 +28,7 @@ def token_embedding(frozen_params: Mapping[str, Any], where: str = 'frozen_param
                       f'identify the model; got {keys})') from e
 
 
-def check_prompt_source(source: str | os.PathLike, step: int | None, config: T5Config, vocabulary: Any,
+def check_prompt_source(source: str | os.PathLike, step: int | None, config: ModelConfig, vocabulary: Any,
                         frozen_params: Mapping[str, Any], *, allow_other_model: bool = False) -> bool | None:
   """Refuses (PromptError naming both models) a prompt `source` recorded for another frozen model than the one
   given by `config`, `vocabulary` (seqio) and `frozen_params` (its loaded T5X tree), unless `allow_other_model`.
@@ -41,9 +41,9 @@ def check_prompt_source(source: str | os.PathLike, step: int | None, config: T5C
                               allow_other_model=allow_other_model)['']
 
 
-def check_prompt_sources(sources: Mapping[str, str | os.PathLike], step: int | None, config: T5Config, vocabulary: Any,
-                         frozen_params: Mapping[str,
-                                                Any], *, allow_other_model: bool = False) -> dict[str, bool | None]:
+def check_prompt_sources(sources: Mapping[str, str | os.PathLike], step: int | None, config: ModelConfig,
+                         vocabulary: Any, frozen_params: Mapping[str, Any], *,
+                         allow_other_model: bool = False) -> dict[str, bool | None]:
   """`check_prompt_source` for named sources (a prompt bank's, an ensemble's), the model's fingerprint
   computed once: {name: True / False / None}."""
   actual = fingerprint_lib.model_fingerprint(config, vocabulary, token_embedding(frozen_params))

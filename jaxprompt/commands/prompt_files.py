@@ -24,12 +24,12 @@ from jaxprompt.formats.keys import PROMPT_FILE, PROMPT_KEY
 from jaxprompt.formats.npy_io import npy_shape
 from jaxprompt.methods import initializers, peft_adapters, registry
 from jaxprompt.methods.base import Method
-from jaxprompt.models.config import T5Config
+from jaxprompt.models.base import ModelConfig
 from jaxprompt.train import checkpoint_files, step_dirs
 
 
 def load_tuned(*, prompt_file: str | None, checkpoint: str | None, step: int | None, prompt_length: int | None,
-               config: T5Config, combine: str = 'prefix', eos_id: int = 1) -> tuple[Method, Any]:
+               config: ModelConfig, combine: str = 'prefix', eos_id: int = 1) -> tuple[Method, Any]:
   """(method, host parameters) of a trained method, from its file or from a training checkpoint (MODEL_DIR or a
   step dir; its numpy copy of `step`, default the latest). `prompt_length` and `combine` apply to input
   prompts; the other files carry their own shapes and options."""

@@ -30,8 +30,7 @@ from jaxprompt.methods.base import Method
 from jaxprompt.methods.model_tuning import model_tuning
 from jaxprompt.methods.prompt_tuning import prompt_tuning
 from jaxprompt.models import fingerprint as fingerprint_lib
-from jaxprompt.models.config import T5Config
-from jaxprompt.models.wrapper import LossConfig
+from jaxprompt.models.base import LossConfig, ModelConfig
 from jaxprompt.parallel import host
 from jaxprompt.runtime import finite
 from jaxprompt.runtime import runtime as runtime_lib
@@ -44,7 +43,7 @@ from jaxprompt.train.checkpoints import StateCheckpointer
 FINAL_PREFIX = 'final_'
 FINAL_PROMPT = FINAL_PREFIX + PROMPT_FILE
 FINAL_CHECKPOINT = 'checkpoint'  # model tuning's `final_files` key: the T5X checkpoint it writes
-MethodFactory = Callable[[T5Config, int], Method]
+MethodFactory = Callable[[ModelConfig, int], Method]
 FAULTS_ENV = 'JAXPROMPT_TEST_FAULTS'  # see `injected_faults`
 
 

@@ -9,6 +9,8 @@ decoder_*):
   [32, 64, 128]      these lengths below the width, and the width itself
   {'inputs': 32, 'targets': None}   per group; a missing or None group is never cut
   None               fixed-length batches: nothing is cut (t5x's behaviour)
+A causal-LM batch (`decoder_only`) is one group, its stream: every `decoder_*` feature, cut by the `targets` buckets
+at the last column its `decoder_input_mask` marks real (its ids cannot tell: 0 is a real token there).
 The width of a batch is its feature length (`TASK_FEATURE_LENGTHS`, or that plus the prompt slots of packed
 rows), so the largest bucket is always the t5x maximum and a bucket never cuts a token (an example longer than
 the maximum was cut when read, and counted: `jaxprompt.data.truncation`).
@@ -32,6 +34,8 @@ GROUPS = validation.FEATURE_GROUPS
 _PREFIX = {'inputs': 'encoder_', 'targets': 'decoder_'}
 # The feature that tells how long each row really is (the rest of its group is cut to the same width).
 LENGTH_FEATURES = {'inputs': 'encoder_input_tokens', 'targets': 'decoder_target_tokens'}
+# A group's mask, where its batches have one (causal LMs): it tells the real columns instead of non-zero ids.
+MASK_FEATURES = {'targets': 'decoder_input_mask'}
 
 
 def last_real_column(tokens: np.ndarray) -> int:
@@ -71,7 +75,9 @@ class LengthBuckets:
 
   def longest(self, batch: Mapping[str, np.ndarray]) -> dict[str, int]:
     """{group: columns up to the last real token of any row} for the groups this batch has."""
-    return {g: last_real_column(batch[f]) for g, f in LENGTH_FEATURES.items() if f in batch}
+    return {
+        g: last_real_column(batch.get(MASK_FEATURES.get(g), batch[f])) for g, f in LENGTH_FEATURES.items() if f in batch
+    }
 
   def trim(self, batch: Mapping[str, np.ndarray], longest: Mapping[str, int] | None = None,
            groups: Sequence[str] = GROUPS) -> Batch:

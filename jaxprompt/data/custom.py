@@ -9,6 +9,8 @@ File formats (UTF-8; empty lines are skipped; errors name `file:line`):
     `has_header=None` (default) decides from the first line: it is a header iff it contains a field equal to
     `inputs_field` or `targets_field`. Pass `has_header=True/False` to force either.
   * JSONL: one JSON object per line with string (or number) values under `inputs_field` and `targets_field`.
+  * Instruction JSONL (`format='alpaca'`): {"instruction", "input" (optional), "output"} per line, made into
+    inputs and targets by `jaxprompt.data.instructions`' template.
 
 Registration scans every file eagerly, so bad data fails before training starts. Each split is read again,
 into memory, when its dataset is built: a split must fit in host memory (a tf.data constant is limited to 2 GB).
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import gin
 import numpy as np
 
+from jaxprompt.data import instructions
 from jaxprompt.data import metrics as metrics_lib
 from jaxprompt.data import vocab as vocab_lib
 from jaxprompt.errors import ConfigError, DataError
@@ -44,7 +47,7 @@ if TYPE_CHECKING:  # loaded when a task is registered or read: the gin configura
 Paths = str | Sequence[str]
 Example = tuple[int, str, str]  # (line number, inputs, targets)
 
-FORMATS = ('tsv', 'jsonl')
+FORMATS = ('tsv', 'jsonl', instructions.FORMAT)
 SPLITS = ('train', 'validation', 'test')
 _EXTENSIONS = {'.tsv': 'tsv', '.jsonl': 'jsonl'}
 _TASK_NAME = re.compile(r'^[\w.:#]+$')  # what seqio accepts
@@ -121,7 +124,8 @@ def _json_text(path: str, line: int, obj: Mapping[str, Any], field: str) -> str:
   raise DataError(f'{path}:{line}: field {field!r} must be a string or a number, got {type(value).__name__}')
 
 
-def _read_jsonl(path: str, inputs_field: str, targets_field: str) -> list[Example]:
+def _read_jsonl(path: str, row_texts: Callable[[str, int, dict[str, Any]], tuple[str, str]]) -> list[Example]:
+  """The (line, inputs, targets) of each JSON object line; `row_texts(path, line, object)` reads its two texts."""
   examples = []
   for n, line in enumerate(_read_lines(path), start=1):
     if not line.strip():
@@ -132,7 +136,7 @@ def _read_jsonl(path: str, inputs_field: str, targets_field: str) -> list[Exampl
       raise DataError(f'{path}:{n}: invalid JSON ({e.msg} at column {e.colno})') from e
     if not isinstance(obj, dict):
       raise DataError(f'{path}:{n}: expected a JSON object per line, got {type(obj).__name__}')
-    examples.append((n, _json_text(path, n, obj, inputs_field), _json_text(path, n, obj, targets_field)))
+    examples.append((n, *row_texts(path, n, obj)))
   if not examples:
     raise DataError(f'data file {path} is empty')
   return examples
@@ -159,10 +163,14 @@ def read_examples(
   """(inputs, targets) of one split, validated; several files are concatenated in order."""
   inputs, targets = [], []
   for path in paths:
-    if _file_format(path, format) == 'tsv':
+    kind = _file_format(path, format)
+    if kind == 'tsv':
       examples = _read_tsv(path, inputs_field, targets_field, has_header)
+    elif kind == instructions.FORMAT:
+      examples = _read_jsonl(path, instructions.example)
     else:
-      examples = _read_jsonl(path, inputs_field, targets_field)
+      examples = _read_jsonl(
+          path, lambda p, n, obj: (_json_text(p, n, obj, inputs_field), _json_text(p, n, obj, targets_field)))
     for line, example_inputs, example_targets in examples:
       if label_set is not None and example_targets not in label_set:
         raise DataError(f'{path}:{line}: target {example_targets!r} is not in the label set {list(label_set)}')
@@ -268,7 +276,8 @@ def register_file_task(
   Args:
     name: task name for seqio (letters, digits, `_ . : #`).
     train, validation, test: a file path (local or gs://) or a list of them, per split; at least one split.
-    format: 'tsv' or 'jsonl'; None picks it from each file's extension (.tsv / .jsonl).
+    format: 'tsv', 'jsonl', or 'alpaca' (JSONL instruction / input / output rows: `data/instructions.py`); None
+      picks 'tsv' / 'jsonl' from each file's extension (.tsv / .jsonl).
     inputs_field, targets_field: TSV header columns / JSON keys holding the input and the target text.
     has_header: TSV only: True / False, or None to detect the header from the first line.
     label_set: allowed target strings; every target is checked, and predictions are mapped to class ids.

@@ -1,5 +1,8 @@
-"""seqio tasks -> numpy batches of `EncDecFeatureConverter` features (unpacked, or packed with prompt slots), per
-host.
+"""seqio tasks -> numpy batches of a model family's features (unpacked, or packed with prompt slots), per host.
+
+The family (`family=`, a model config's `family` string; default 'encoder_decoder', T5's `EncDecFeatureConverter`
+features) picks the features through `data/converters.py`: 'decoder_only' gives the causal-LM stream features of
+`data/causal.py`. Nothing else here depends on it.
 
 Training reads an endless, seeded, shuffled stream sharded over processes (`seqio.ShardInfo`), so the k-th
 batch is the same in every run with the same seed and process count: resuming skips the batches already
@@ -17,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 import jax
 import numpy as np
 
-from jaxprompt.data import custom, truncation
+from jaxprompt.data import causal, converters, custom, truncation
 from jaxprompt.errors import ConfigError, DataError
-from jaxprompt.models.features import FEATURES, SEGMENT_FEATURES, TASK_FEATURE
+from jaxprompt.models.features import FLOAT_FEATURES, PROMPT_SLOT_ID, TASK_FEATURE  # noqa: F401
 
 if TYPE_CHECKING:  # loaded by the functions that read a task: features of raw text need no TensorFlow
   import seqio
@@ -94,47 +97,32 @@ def host_batch_size(global_batch_size: int, data_parallel: int) -> int:
   return global_batch_size // processes
 
 
-# Placeholder id of a reserved prompt position in packed inputs: any non-zero id (seqio packing counts
-# non-zero ids as tokens); the method overwrites its embedding with a prompt row.
-PROMPT_SLOT_ID = 1
+def stream_tokens(provider: seqio.Task | seqio.Mixture) -> causal.StreamTokens:
+  """The special ids a causal stream of `provider`'s examples needs (BOS, the inputs EOS to drop)."""
+  return causal.StreamTokens.of(targets_vocabulary(provider), eos_features(provider).get('inputs', False))
 
 
-def reserve_prompt_slots(ds: tf.data.Dataset, slots: int) -> tf.data.Dataset:
-  """Puts `slots` placeholder ids in front of every example's `inputs` (room for its own prompt copy)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+def convert_features(ds: tf.data.Dataset, feature_lengths: Mapping[str, int], pack: bool = False, prompt_slots: int = 0,
+                     family: str = converters.DEFAULT, tokens: causal.StreamTokens | None = None) -> tf.data.Dataset:
+  """Tokenized examples {'inputs', 'targets'} -> the family's model features (unbatched; `converters.get(family)`).
 
-  def add(example):
-    inputs = example['inputs']
-    return dict(example, inputs=tf.concat([tf.fill([slots], tf.cast(PROMPT_SLOT_ID, inputs.dtype)), inputs], 0))
-
-  return ds.map(add, num_parallel_calls=tf.data.AUTOTUNE)
-
-
-def convert_features(ds: tf.data.Dataset, feature_lengths: Mapping[str, int], pack: bool = False,
-                     prompt_slots: int = 0) -> tf.data.Dataset:
-  """Tokenized examples {'inputs', 'targets'} -> seqio `EncDecFeatureConverter` features (unbatched).
-
-  Unpacked: rows of the feature lengths; a prompt method inserts its rows itself. Packed (seqio's packing,
-  several examples per row with `encoder_segment_ids` / `decoder_segment_ids`): each example first gets
-  `prompt_slots` placeholder positions in front of its inputs, filled by the method with its own copy of the
-  prompt, so encoder rows are `inputs + prompt_slots` wide (a full-length example still fits, as unpacked).
+  Unpacked: rows of the feature lengths (a causal row: inputs + targets); a prompt method inserts its rows itself.
+  Packed (seqio's packing, several examples per row with segment ids): each example first gets `prompt_slots`
+  placeholder positions in front (of its inputs for T5, of its stream for a causal LM), filled by the method with
+  its own copy of the prompt, so rows are `prompt_slots` wider (a full-length example still fits, as unpacked).
+  `tokens`: a causal stream's BOS and inputs EOS (`stream_tokens`).
   """
-  import seqio  # pylint: disable=g-import-not-at-top
-  lengths = dict(feature_lengths)
-  if pack and prompt_slots:
-    ds = reserve_prompt_slots(ds, prompt_slots)
-    lengths['inputs'] = lengths['inputs'] + prompt_slots
-  return seqio.EncDecFeatureConverter(pack=pack)(ds, lengths)
+  return converters.get(family).convert(ds, feature_lengths, pack, prompt_slots, tokens, None)
 
 
 def train_dataset(provider: seqio.Task | seqio.Mixture, feature_lengths: Mapping[str, int], split: str, host_batch: int,
                   seed: int, pack: bool = False, prompt_slots: int = 0, task_names: Sequence[str] = (),
-                  count: truncation.StreamCount | None = None) -> tf.data.Dataset:
+                  count: truncation.StreamCount | None = None, family: str = converters.DEFAULT) -> tf.data.Dataset:
   """Endless batches [host_batch, length] of this process's shard, shuffled with `seed`; packed when `pack`
   (with `prompt_slots` reserved in front of each example for the method's prompt; see `convert_features`).
   `task_names` (a multi-task method's): every row carries `task_ids` [host_batch] int32, its task's index
   there (`mixed_task_stream`); never packed. `count` (`training_count`) counts each example longer than the
-  lengths before cutting it (the same rows either way)."""
+  lengths before cutting it (the same rows either way). `family`: whose features (`convert_features`)."""
   import seqio  # pylint: disable=g-import-not-at-top
   shard = seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
   if task_names:
@@ -142,11 +130,12 @@ def train_dataset(provider: seqio.Task | seqio.Mixture, feature_lengths: Mapping
       raise ConfigError(f'multi-task training gives each example its own task\'s prompt, and a packed row holds '
                         f'examples of several tasks: set PACK=False (tasks {list(task_names)})')
     ds = mixed_task_stream(provider, feature_lengths, split, seed, task_names, shard, count)
-    ds = convert_with_task_ids(ds, feature_lengths)
+    ds = convert_with_task_ids(ds, feature_lengths, family, stream_tokens(provider))
   else:
     ds = provider.get_dataset(sequence_length=_seqio_lengths(feature_lengths, count), split=split, use_cached=False,
                               shuffle=True, seed=seed, num_epochs=None, shard_info=shard)
-    ds = convert_features(ds if count is None else count.cut(ds), feature_lengths, pack, prompt_slots)
+    ds = convert_features(ds if count is None else count.cut(ds), feature_lengths, pack, prompt_slots, family,
+                          stream_tokens(provider))
   return ds.batch(host_batch, drop_remainder=True)
 
 
@@ -213,42 +202,47 @@ def mixed_task_stream(provider: seqio.Task | seqio.Mixture, feature_lengths: Map
   return ds if count is None else count.cut(ds)
 
 
-def convert_with_task_ids(ds: tf.data.Dataset, feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
-  """Unpacked `EncDecFeatureConverter` features plus `task_ids` (an int32 scalar per example). seqio passes
-  the id through as a length-1 feature (its trim-and-pad step needs rank >= 1); it is a scalar again after."""
+def convert_with_task_ids(ds: tf.data.Dataset, feature_lengths: Mapping[str, int], family: str = converters.DEFAULT,
+                          tokens: causal.StreamTokens | None = None) -> tf.data.Dataset:
+  """Unpacked features of the family plus `task_ids` (an int32 scalar per example). seqio passes the id through
+  as a length-1 feature (its trim-and-pad step needs rank >= 1); it is a scalar again after."""
   import seqio  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   spec = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32, rank=1)
-  converter = seqio.EncDecFeatureConverter(pack=False, passthrough_features={TASK_FEATURE: spec})
-  ds = converter(ds, {**feature_lengths, TASK_FEATURE: 1})
+  ds = converters.get(family).convert(ds, {**feature_lengths, TASK_FEATURE: 1}, False, 0, tokens, {TASK_FEATURE: spec})
   return ds.map(lambda ex: {**ex, TASK_FEATURE: ex[TASK_FEATURE][0]}, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def batch_stats(batch: Mapping[str, np.ndarray]) -> dict[str, float]:
-  """How full a batch is: examples it holds (packed rows hold several) and the fraction of encoder positions
-  that hold a token (or a reserved prompt slot) rather than padding."""
-  tokens = np.asarray(batch['encoder_input_tokens'])
-  segments = batch.get('encoder_segment_ids')
+  """How full a batch is: examples it holds (packed rows hold several) and, as `encoder_fill`, the fraction of
+  the positions the model reads (the encoder's; a causal LM's stream) that hold a token (or a reserved prompt slot)
+  rather than padding. A causal batch says which by `decoder_input_mask` (id 0 is a real token there)."""
+  if 'decoder_input_mask' in batch:
+    real, segments = np.asarray(batch['decoder_input_mask']) != 0, batch.get('decoder_segment_ids')
+  else:
+    real, segments = np.asarray(batch['encoder_input_tokens']) != 0, batch.get('encoder_segment_ids')
   if segments is not None:
     examples = int(np.asarray(segments).max(axis=1).sum())
   else:
-    examples = int(np.any(tokens != 0, axis=1).sum())
-  return {'examples': float(examples), 'encoder_fill': float(np.mean(tokens != 0)) if tokens.size else 0.0}
+    examples = int(np.any(real, axis=1).sum())
+  return {'examples': float(examples), 'encoder_fill': float(np.mean(real)) if real.size else 0.0}
 
 
-def as_float_weights(batch: Mapping[str, np.ndarray]) -> Batch:
-  """Loss weights as float32 (seqio gives int32): one compiled step for real batches and tests' NaN-poisoned ones."""
-  out = {k: np.asarray(batch[k]) for k in FEATURES + SEGMENT_FEATURES + (TASK_FEATURE,) if k in batch}
-  out['decoder_loss_weights'] = out['decoder_loss_weights'].astype(np.float32)
+def as_float_weights(batch: Mapping[str, np.ndarray], family: str = converters.DEFAULT) -> Batch:
+  """The family's features of a batch, loss weights as float32 (seqio gives int32): one compiled step for real
+  batches and tests' NaN-poisoned ones."""
+  keys = converters.get(family).batch_keys + (TASK_FEATURE,)
+  out = {k: np.asarray(batch[k]) for k in keys if k in batch}
+  out.update({k: out[k].astype(np.float32) for k in FLOAT_FEATURES if k in out})
   return out
 
 
-def train_batches(ds: tf.data.Dataset, skip: int = 0) -> Iterator[Batch]:
+def train_batches(ds: tf.data.Dataset, skip: int = 0, family: str = converters.DEFAULT) -> Iterator[Batch]:
   """Numpy batches after skipping the first `skip` (already consumed before a resume)."""
   if skip:
     ds = ds.skip(skip)  # skipped inside tf.data (C++), still deterministic
   for batch in ds.prefetch(2).as_numpy_iterator():
-    yield as_float_weights(batch)
+    yield as_float_weights(batch, family)
 
 
 # ------------------------------------------------------------------------------------ one pass over a split
@@ -284,32 +278,12 @@ def read_examples(
   return examples, found
 
 
-def _pad(rows: Sequence[np.ndarray], length: int) -> np.ndarray:
-  out = np.zeros((len(rows), length), np.int32)
-  for i, row in enumerate(rows):
-    row = np.asarray(row, np.int32)[:length]
-    out[i, :len(row)] = row
-  return out
-
-
-def to_features(inputs: Sequence[np.ndarray], targets: Sequence[np.ndarray] | None,
-                feature_lengths: Mapping[str, int]) -> Batch:
-  """Unpacked encoder-decoder features, as `seqio.EncDecFeatureConverter(pack=False)` makes them.
-
-  inputs / targets: token-id rows (EOS included) -> encoder_input_tokens [n, L_in], decoder_target_tokens,
-  decoder_input_tokens (targets shifted right, BOS 0) and decoder_loss_weights (1 on real target tokens) [n, L_t].
-  Without targets (inference) the target features are zeros.
-  """
-  encoder = _pad(inputs, feature_lengths['inputs'])
-  if targets is None:
-    targets_padded = np.zeros((len(inputs), feature_lengths['targets']), np.int32)
-  else:
-    targets_padded = _pad(targets, feature_lengths['targets'])
-  decoder_inputs = np.pad(targets_padded[:, :-1], ((0, 0), (1, 0)))
-  return {
-      'encoder_input_tokens': encoder, 'decoder_input_tokens': decoder_inputs.astype(np.int32),
-      'decoder_target_tokens': targets_padded, 'decoder_loss_weights': (targets_padded > 0).astype(np.float32)
-  }
+def to_features(inputs: Sequence[np.ndarray], targets: Sequence[np.ndarray] | None, feature_lengths: Mapping[str, int],
+                family: str = converters.DEFAULT, tokens: causal.StreamTokens | None = None) -> Batch:
+  """Unpacked features of token-id rows (EOS included), as the family's converter makes them with pack=False
+  (`converters.encdec_features` for T5, `causal.to_causal_features` for a causal LM, `tokens` its BOS / inputs EOS).
+  Without targets (inference) the target features are zeros."""
+  return converters.get(family).to_features(inputs, targets, feature_lengths, tokens)
 
 
 def padded_batches(features: Mapping[str, np.ndarray], batch_size: int) -> Iterator[tuple[Batch, int]]:

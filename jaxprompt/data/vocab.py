@@ -3,7 +3,8 @@
 T5 (and every T5 1.1 / LM-adapted checkpoint) uses the `cc_all.32000` SentencePiece model: 32000 pieces with
 pad=0, eos=1, unk=2; seqio appends 100 sentinel ids (`<extra_id_0>` = 32099 ... `<extra_id_99>` = 32000), so
 `vocab_size` is 32100 (models pad their embedding table to 32128). The vocabularies here number pieces as seqio
-does without loading TensorFlow (`sentencepiece_vocab`); seqio tasks accept them as they are.
+does without loading TensorFlow (`sentencepiece_vocab`); seqio tasks accept them as they are. A folder (a Hugging
+Face model or tokenizer folder: tokenizer.json or tokenizer.model) loads as `hf_vocab.HfVocabulary`, a causal LM's.
 """
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import os
 import sys
 from typing import Any
 
+from jaxprompt.data.hf_vocab import HfVocabulary
 from jaxprompt.data.sentencepiece_vocab import SentencePieceVocabulary
 from jaxprompt.errors import DataError
+from jaxprompt.formats import files
 
 DEFAULT_VOCAB_FILENAME = 't5_cc_all_32000_sentencepiece.model'
 DEFAULT_EXTRA_IDS = 100
@@ -47,24 +50,30 @@ def get_default_vocabulary(extra_ids: int = DEFAULT_EXTRA_IDS) -> SentencePieceV
   return _cached_default(int(extra_ids))  # one object per extra_ids, however it is passed
 
 
-def get_vocabulary(path: str | None = None, extra_ids: int = DEFAULT_EXTRA_IDS) -> SentencePieceVocabulary:
-  """A SentencePiece vocabulary from `path` (local file or gs://...), or the default one when None.
+def get_vocabulary(path: str | None = None,
+                   extra_ids: int = DEFAULT_EXTRA_IDS) -> SentencePieceVocabulary | HfVocabulary:
+  """A SentencePiece vocabulary from `path` (local file or gs://...), the default one when None, or a Hugging Face
+  tokenizer when `path` is a folder (`extra_ids` does not apply: the tokenizer has its own ids).
 
   Raises:
-    DataError: the file does not exist or is not a SentencePiece model (the message names the path).
+    DataError: the file does not exist or is not a SentencePiece model, or the folder holds no usable tokenizer
+      (the message names the file).
   """
   if path is None:
     return get_default_vocabulary(extra_ids)
   path = str(path)
   if '://' not in path and not os.path.exists(path):
     raise DataError(f'vocabulary file {path} does not exist')
+  if files.isdir(path):
+    return HfVocabulary(path)
   return _load(path, extra_ids)
 
 
 def is_vocabulary(value: Any) -> bool:
   """A vocabulary object: this module's, or any seqio vocabulary (checked without importing seqio)."""
   seqio = sys.modules.get('seqio')
-  return isinstance(value, SentencePieceVocabulary) or (seqio is not None and isinstance(value, seqio.Vocabulary))
+  return isinstance(value, (SentencePieceVocabulary, HfVocabulary)) or (seqio is not None and
+                                                                        isinstance(value, seqio.Vocabulary))
 
 
 def resolve(vocabulary: Any, extra_ids: int = DEFAULT_EXTRA_IDS) -> Any:
@@ -73,4 +82,5 @@ def resolve(vocabulary: Any, extra_ids: int = DEFAULT_EXTRA_IDS) -> Any:
     return vocabulary if vocabulary is not None else get_default_vocabulary(extra_ids)
   if isinstance(vocabulary, (str, os.PathLike)):
     return get_vocabulary(os.fspath(vocabulary), extra_ids)
-  raise DataError(f'a vocabulary must be a SentencePiece model path or a vocabulary object, got {vocabulary!r}')
+  raise DataError(f'a vocabulary must be a SentencePiece model path, a Hugging Face tokenizer folder or a vocabulary '
+                  f'object, got {vocabulary!r}')

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from jaxprompt.data import task_modules
 from jaxprompt.data import vocab as vocab_lib
 from jaxprompt.errors import CheckpointError, ConfigError
+from jaxprompt.models.base import ModelConfig
 from jaxprompt.models.config import T5Config
 
 GIN_MODULE = 'jaxprompt.demo'
@@ -75,7 +76,7 @@ def read_model_info(model_dir: str | None = None) -> dict[str, Any]:
 
 
 @gin.configurable(module=GIN_MODULE)
-def architecture(**overrides) -> T5Config:
+def architecture(**overrides) -> ModelConfig:
   """`DEMO_CONFIG` (what pretraining builds), with optional field overrides."""
   return DEMO_CONFIG.replace(**overrides) if overrides else DEMO_CONFIG
 
@@ -83,7 +84,7 @@ def architecture(**overrides) -> T5Config:
 # The gin names are unique across jaxprompt (`jaxprompt.model_config` and `jaxprompt.vocabulary` exist): a run's
 # config.gin uses short names, which must read back in any process, whatever it imported.
 @gin.configurable('demo_model_config', module=GIN_MODULE)
-def model_config(model_dir: str | None = None, dtype: Any = None) -> T5Config:
+def model_config(model_dir: str | None = None, dtype: Any = None) -> ModelConfig:
   """The T5Config of a demo model dir (default: the shipped model), from its config.json."""
   config = config_from_json(read_model_info(model_dir)['model_config'])
   return config.replace(dtype=jnp.dtype(dtype)) if dtype is not None else config

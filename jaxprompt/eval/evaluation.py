@@ -18,8 +18,8 @@ from jaxprompt.data.truncation import Truncation
 from jaxprompt.errors import ConfigError
 from jaxprompt.eval import records as records_lib
 from jaxprompt.formats import validation
+from jaxprompt.models.base import BaseModel
 from jaxprompt.models.features import TASK_FEATURE
-from jaxprompt.models.wrapper import TunedModel
 from jaxprompt.parallel import host
 from jaxprompt.runtime import runtime as runtime_lib
 
@@ -55,7 +55,7 @@ def decoding(method: str = 'beam', num_decodes: int = 1, alpha: float = 0.6, tem
 # one model share a compile exactly when these fields (the model, the static options) are equal.
 @dataclasses.dataclass(frozen=True)
 class _TargetScores:
-  model: TunedModel
+  model: BaseModel
 
   def __call__(self, frozen: Any, trainable: Any, batch: Mapping[str, jax.Array]) -> jax.Array:
     return self.model.score_batch(frozen, trainable, batch)
@@ -63,22 +63,21 @@ class _TargetScores:
 
 @dataclasses.dataclass(frozen=True)
 class _RankScores:
-  model: TunedModel
+  model: BaseModel
 
   def __call__(self, frozen: Any, trainable: Any, batch: Mapping[str, jax.Array], candidates: jax.Array) -> jax.Array:
-    return self.model.rank_classify(frozen, trainable, batch['encoder_input_tokens'], candidates,
-                                    batch.get(TASK_FEATURE))
+    return self.model.rank_classify(frozen, trainable, batch, candidates)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Decodes:
-  model: TunedModel
+  model: BaseModel
   options: DecodeOptions  # seed 0: the seed reaches the function as its `rng` argument, it is not compiled in
 
   def __call__(self, frozen: Any, trainable: Any, batch: Mapping[str, jax.Array],
                rng: jax.Array) -> tuple[jax.Array, jax.Array]:
     opts = self.options
-    features = {k: batch[k] for k in ('encoder_input_tokens', 'decoder_target_tokens', TASK_FEATURE) if k in batch}
+    features = {k: batch[k] for k in self.model.DECODE_FEATURES if k in batch}
     return self.model.predict_batch(frozen, trainable, features, method=opts.method, num_decodes=opts.num_decodes,
                                     alpha=opts.alpha, temperature=opts.temperature, topk=opts.topk, topp=opts.topp,
                                     rng=rng if opts.method == 'sample' else None)

@@ -72,8 +72,9 @@ MACROS: dict[str, Macro] = {
     'RANDOM_SEED': Macro('int', '0', "the method's initialisation, the rng, the data order",
                          'runs/prompt_tuning.gin'),
     # The frozen model.
-    'MODEL_CONFIG': Macro('made by gin', '@jaxprompt.model_config()', "the network's T5Config", 'models/*.gin',
-                          expects='a T5Config such as @jaxprompt.model_config()', makes='T5Config'),
+    'MODEL_CONFIG': Macro('made by gin', '@jaxprompt.model_config()', "the network's config (any family's)",
+                          'models/*.gin', expects='a model config such as @jaxprompt.model_config()',
+                          makes='ModelConfig'),
     'INITIAL_CHECKPOINT_PATH': Macro('path', "'gs://t5-data/pretrained_models/t5x/t5_1_1_small/checkpoint_1000000'",
                                      'the frozen weights: a T5X checkpoint or a Hugging Face safetensors folder',
                                      'models/*.gin', none='train_model from scratch'),
@@ -147,3 +148,13 @@ def markdown() -> str:
   for name, m in MACROS.items():
     lines.append(f'| `{name}` | {m.phrase()} | `{m.example}` | {m.means} | {m.none or "(not allowed)"} | {m.sets} |')
   return '\n'.join(lines)
+
+
+def bound(name: str, default: Any = None) -> Any:
+  """The value gin has bound to macro `name`, as parsed (`@fn()` references unevaluated), or `default` when
+  it is unbound."""
+  import gin  # pylint: disable=g-import-not-at-top
+  try:
+    return gin.query_parameter(f'%{name}')
+  except ValueError:
+    return default

@@ -37,7 +37,7 @@ from safetensors.numpy import save_file
 from jaxprompt.errors import PromptError
 from jaxprompt.formats import npy_io
 from jaxprompt.methods import registry
-from jaxprompt.models.config import T5Config
+from jaxprompt.models.base import ModelConfig
 from jaxprompt.models.hooks import ATTENTION_KINDS, RELPOS_MODES, Hooks, KVPrefix, Stack
 
 Array = jax.Array
@@ -59,7 +59,7 @@ def stack_of(kind: str) -> Stack:
   return 'encoder' if kind in ENCODER_KINDS else 'decoder'
 
 
-def num_layers(config: T5Config, kind: str) -> int:
+def num_layers(config: ModelConfig, kind: str) -> int:
   """Depth of the stack holding attention `kind`."""
   return config.num_encoder_layers if stack_of(kind) == 'encoder' else config.num_decoder_layers
 
@@ -166,7 +166,7 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
   return arrays
 
 
-def load_prefix(path: str | os.PathLike, config: T5Config) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str]:
+def load_prefix(path: str | os.PathLike, config: ModelConfig) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str]:
   """Reads and checks a prefix file against `config`: ({kind: (key, value)} float32 [layers, P, h, d], relpos).
 
   The format is chosen by the `.safetensors` extension, else `.npz`. Every problem is one PromptError naming the
@@ -182,7 +182,7 @@ def holds_prefix(arrays: Mapping[str, np.ndarray]) -> bool:
   return any(k.startswith(RELPOS_KEY + '/') or k.partition('/')[::2] in _TENSOR_NAMES for k in arrays)
 
 
-def check_prefix(arrays: Mapping[str, np.ndarray], config: T5Config,
+def check_prefix(arrays: Mapping[str, np.ndarray], config: ModelConfig,
                  path: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str]:
   """A prefix file's named arrays checked against `config` (`load_prefix`); `path` names the file in errors."""
   # The safetensors form's 'layout' metadata entry arrives as a 'layout/<axes>' marker: informational only; the

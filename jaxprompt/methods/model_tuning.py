@@ -8,7 +8,7 @@ import dataclasses
 import gin
 
 from jaxprompt.methods.base import Array, Method, Params
-from jaxprompt.models.config import T5Config
+from jaxprompt.models.base import ModelConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +29,7 @@ class ModelTuning(Method):
 
 
 @gin.configurable(module='jaxprompt.methods')
-def model_tuning(config: T5Config, eos_id: int = 1) -> ModelTuning:
+def model_tuning(config: ModelConfig, eos_id: int = 1) -> ModelTuning:
   """The method factory gin binds (`METHOD = @jaxprompt.methods.model_tuning`, methods/model_tuning.gin)."""
   del config, eos_id
   return ModelTuning()

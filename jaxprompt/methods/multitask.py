@@ -42,7 +42,7 @@ from jaxprompt.methods.base import Method, Params
 from jaxprompt.methods.prompt_bank import build_bank
 from jaxprompt.methods.prompt_tuning import COMBINATIONS, PromptTuning, uniform_init
 from jaxprompt.methods.row_prompts import gather_rows, task_ids_or_error
-from jaxprompt.models.config import T5Config
+from jaxprompt.models.base import ModelConfig
 from jaxprompt.models.hooks import Hooks
 from jaxprompt.parallel import host
 
@@ -68,7 +68,7 @@ def _leaf(shape: tuple[int, ...], axes: tuple[str | None, ...]) -> nn.Partitione
 class _MultiTask(Method):
   """What both methods share: task names, per-row prompts, the files and the bank they leave."""
   tasks: tuple[str, ...]
-  config: T5Config
+  config: ModelConfig
   length: int
   combine: str = 'prefix'
   eos_id: int = 1
@@ -302,7 +302,7 @@ def resolve_tasks(tasks: Any) -> tuple[str, ...]:
 
 
 @gin.configurable(module='jaxprompt.methods')
-def multitask_prompts(config: T5Config, eos_id: int = 1, *, tasks: Any = None, length: int = 50,
+def multitask_prompts(config: ModelConfig, eos_id: int = 1, *, tasks: Any = None, length: int = 50,
                       task_length: int | None = None, mode: str = 'concat', shared_features: int | None = None,
                       initializer: Callable[..., Array] | None = None, task_initializer: Callable[..., Array] |
                       None = None, combine: str = 'prefix') -> MultiTaskPrompts:
@@ -314,8 +314,8 @@ def multitask_prompts(config: T5Config, eos_id: int = 1, *, tasks: Any = None, l
 
 
 @gin.configurable(module='jaxprompt.methods')
-def multitask_prompt_tuning(config: T5Config, eos_id: int = 1, *, tasks: Any = None, length: int = 100, rank: int = 1,
-                            task_init_std: float = 0.02, initializer: Callable[..., Array] | None = None,
+def multitask_prompt_tuning(config: ModelConfig, eos_id: int = 1, *, tasks: Any = None, length: int = 100,
+                            rank: int = 1, task_init_std: float = 0.02, initializer: Callable[..., Array] | None = None,
                             combine: str = 'prefix') -> MultitaskPromptTuning:
   """The factory of `METHOD = @jaxprompt.methods.multitask_prompt_tuning` (methods/multitask_prompt_tuning.gin):
   PEFT's MPT over `tasks` (`resolve_tasks`), `length` rows, rank `rank` (PEFT's num_ranks)."""
@@ -323,7 +323,7 @@ def multitask_prompt_tuning(config: T5Config, eos_id: int = 1, *, tasks: Any = N
                                rank=rank, task_init_std=task_init_std, initializer=initializer)
 
 
-def read_multitask_file(path: str, config: T5Config, eos_id: int = 1,
+def read_multitask_file(path: str, config: ModelConfig, eos_id: int = 1,
                         combine: str = 'prefix') -> dict[str, tuple[PromptTuning, dict[str, np.ndarray]]]:
   """{task name: (PromptTuning, {'prompt': float32 [P, d]})} of a `prompts.npz` a multi-task run wrote, in
   the file's order; `combine` is the training run's (the file holds arrays only)."""

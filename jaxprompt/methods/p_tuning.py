@@ -51,7 +51,7 @@ from jaxprompt.methods.prompt_tuning import (
     peft_prompt_writer,
     write_prompt_file,
 )
-from jaxprompt.models.config import T5Config
+from jaxprompt.models.base import ModelConfig
 from jaxprompt.models.hooks import Hooks
 from jaxprompt.parallel import host
 
@@ -267,7 +267,7 @@ registry.register(
 
 
 @gin.configurable(module='jaxprompt.methods')
-def p_tuning(config: T5Config, eos_id: int = 1, *, length: int = 9, encoder: str = 'lstm', hidden: int | None = None,
+def p_tuning(config: ModelConfig, eos_id: int = 1, *, length: int = 9, encoder: str = 'lstm', hidden: int | None = None,
              lstm_layers: int = 2, dropout: float = 0.0, combine: str = 'prefix',
              initializer: Callable[..., Array] | None = None) -> PTuning:
   """The method factory gin binds (`METHOD = @jaxprompt.methods.p_tuning`, methods/p_tuning.gin).

@@ -41,7 +41,7 @@ from safetensors.numpy import save as save_safetensors
 from jaxprompt.errors import PromptError
 from jaxprompt.formats import fingerprint_files, npy_io
 from jaxprompt.methods import kv_prefix
-from jaxprompt.models.config import T5Config
+from jaxprompt.models.base import ModelConfig
 
 CONFIG_FILE = 'adapter_config.json'
 WEIGHTS_FILE = 'adapter_model.safetensors'
@@ -310,7 +310,7 @@ def _tensor(tensors: Mapping[str, np.ndarray], folder: str) -> np.ndarray:
   return np.asarray(tensor, np.float32)
 
 
-def _read_prompt(config: Mapping[str, Any], tensor: np.ndarray, folder: str, model: T5Config | None) -> np.ndarray:
+def _read_prompt(config: Mapping[str, Any], tensor: np.ndarray, folder: str, model: ModelConfig | None) -> np.ndarray:
   length = _field(config, 'num_virtual_tokens', folder)
   token_dim = _field(config, 'token_dim', folder, optional=True) or tensor.shape[1]
   if tensor.shape[0] < length or tensor.shape[1] != token_dim:
@@ -323,7 +323,7 @@ def _read_prompt(config: Mapping[str, Any], tensor: np.ndarray, folder: str, mod
 
 
 def _read_prefix(config: Mapping[str, Any], tensor: np.ndarray, folder: str,
-                 model: T5Config | None) -> dict[str, np.ndarray]:
+                 model: ModelConfig | None) -> dict[str, np.ndarray]:
   submodules = config.get('num_transformer_submodules') or SUBMODULES
   if submodules != SUBMODULES:
     raise PromptError(f'{WHAT} {folder}: num_transformer_submodules is {submodules}; a T5 (SEQ_2_SEQ_LM) prefix has '
@@ -349,7 +349,7 @@ def _read_prefix(config: Mapping[str, Any], tensor: np.ndarray, folder: str,
   return kv_prefix.file_arrays({PREFIX_KIND: (view[key_slots], view[value_slots])}, PREFIX_RELPOS)
 
 
-def read_adapter(folder: str | os.PathLike, model: T5Config | None = None) -> Adapter:
+def read_adapter(folder: str | os.PathLike, model: ModelConfig | None = None) -> Adapter:
   """Reads a PEFT adapter folder, checked against `model` (the frozen T5's config) when given."""
   folder = _folder(folder)
   config, tensors, recorded = _load(folder)

@@ -46,7 +46,7 @@ from jaxprompt.formats.keys import PROMPT_KEY
 from jaxprompt.methods import registry
 from jaxprompt.methods.base import Method, Params
 from jaxprompt.methods.prompt_tuning import PromptTuning, uniform_init
-from jaxprompt.models.config import T5Config
+from jaxprompt.models.base import ModelConfig
 from jaxprompt.models.hooks import Hooks, KVPrefix, Stack
 from jaxprompt.parallel import host
 
@@ -191,12 +191,12 @@ class PerLayerPrompts(Method):
     return method, arrays
 
 
-def expected_shapes(config: T5Config, length: int) -> dict[str, tuple[int, ...]]:
+def expected_shapes(config: ModelConfig, length: int) -> dict[str, tuple[int, ...]]:
   """The arrays of a per-layer prompts file for `config` and a `length`-row prompt."""
   return {PROMPT_KEY: (length, config.emb_dim), LAYERS_KEY: (config.num_encoder_layers - 1, length, config.emb_dim)}
 
 
-def _check(arrays: Mapping[str, Any], config: T5Config, length: int | None, path: str) -> dict[str, np.ndarray]:
+def _check(arrays: Mapping[str, Any], config: ModelConfig, length: int | None, path: str) -> dict[str, np.ndarray]:
   """The arrays as float32, or one PromptError naming every mismatch against `config`."""
   if length is None:
     prompt = arrays.get(PROMPT_KEY)
@@ -214,7 +214,7 @@ def _check(arrays: Mapping[str, Any], config: T5Config, length: int | None, path
   return out
 
 
-def read_per_layer_file(path: str | os.PathLike, config: T5Config, *,
+def read_per_layer_file(path: str | os.PathLike, config: ModelConfig, *,
                         eos_id: int = 1) -> tuple[PerLayerPrompts, dict[str, np.ndarray]]:
   """A per-layer prompts file as (the method it was trained with, for `config`; its trainable tree)."""
   path = os.fspath(path)
@@ -231,7 +231,7 @@ registry.register(
 
 
 @gin.configurable(module='jaxprompt.methods')
-def per_layer_prompts(config: T5Config, eos_id: int = 1, *, length: int = 100, mode: str = 'replace',
+def per_layer_prompts(config: ModelConfig, eos_id: int = 1, *, length: int = 100, mode: str = 'replace',
                       initializer: Callable[..., Array] | None = None,
                       layer_initializer: Callable[..., Array] | None = None, decoder: bool = False) -> PerLayerPrompts:
   """The method factory gin binds (`METHOD = @jaxprompt.methods.per_layer_prompts`, methods/per_layer_prompts.gin).

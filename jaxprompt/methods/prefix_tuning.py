@@ -52,7 +52,7 @@ import numpy as np
 from jaxprompt.errors import ConfigError, PromptError
 from jaxprompt.methods import kv_prefix, peft_adapters, registry
 from jaxprompt.methods.base import BankRows, Method, Params
-from jaxprompt.models.config import T5Config
+from jaxprompt.models.base import ModelConfig
 from jaxprompt.models.hooks import ATTENTION_KINDS, RELPOS_MODES, Hooks
 from jaxprompt.parallel import host
 
@@ -112,7 +112,7 @@ class PrefixTuning(Method):
       raise ConfigError(f'prefix initializer must be one of {INITIALIZERS}, got {self.initializer!r}')
 
   @classmethod
-  def for_config(cls, config: T5Config, **kwargs: Any) -> PrefixTuning:
+  def for_config(cls, config: ModelConfig, **kwargs: Any) -> PrefixTuning:
     """The method for `config`'s sizes and dtypes; `kwargs` are the other fields."""
     return cls(num_heads=config.num_heads, head_dim=config.head_dim, emb_dim=config.emb_dim,
                encoder_layers=config.num_encoder_layers, decoder_layers=config.num_decoder_layers, dtype=config.dtype,
@@ -311,7 +311,7 @@ def write_prefix_file(path: str | os.PathLike, method: PrefixTuning, trainable: 
   return kv_prefix.save_prefix(path, method.computed_rows(local), method.relpos)
 
 
-def read_prefix_file(path: str | os.PathLike, config: T5Config) -> tuple[PrefixTuning, Params]:
+def read_prefix_file(path: str | os.PathLike, config: ModelConfig) -> tuple[PrefixTuning, Params]:
   """A prefix file as (plain PrefixTuning for `config`, its trainable tree); checked against the config."""
   rows, relpos = kv_prefix.load_prefix(path, config)
   arrays = kv_prefix.file_arrays(rows, relpos)
@@ -342,7 +342,7 @@ registry.register(
 
 
 @gin.configurable(module='jaxprompt.methods')
-def prefix_tuning(config: T5Config, eos_id: int = 1, *, length: int = 100, kinds: Any = ATTENTION_KINDS,
+def prefix_tuning(config: ModelConfig, eos_id: int = 1, *, length: int = 100, kinds: Any = ATTENTION_KINDS,
                   projection: bool = True, hidden: int = 512, dropout: float = 0.0, relpos: str = 'positions',
                   initializer: str = 'sampled_vocab') -> PrefixTuning:
   """Li & Liang's prefix tuning (`METHOD = @jaxprompt.methods.prefix_tuning`, methods/prefix_tuning.gin):
@@ -353,7 +353,7 @@ def prefix_tuning(config: T5Config, eos_id: int = 1, *, length: int = 100, kinds
 
 
 @gin.configurable(module='jaxprompt.methods')
-def p_tuning_v2(config: T5Config, eos_id: int = 1, *, length: int = 8, kinds: Any = P_TUNING_V2_KINDS,
+def p_tuning_v2(config: ModelConfig, eos_id: int = 1, *, length: int = 8, kinds: Any = P_TUNING_V2_KINDS,
                 projection: bool = False, hidden: int = 512, dropout: float | None = None, relpos: str = 'positions',
                 initializer: str = 'sampled_vocab') -> PrefixTuning:
   """P-tuning v2's deep prompts (`METHOD = @jaxprompt.methods.p_tuning_v2`, methods/p_tuning_v2.gin): plain K/V

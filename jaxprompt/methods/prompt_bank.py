@@ -28,7 +28,7 @@ from jaxprompt.errors import ConfigError, PromptError
 from jaxprompt.methods import kv_prefix
 from jaxprompt.methods.base import BankRows, Method, Params
 from jaxprompt.methods.row_prompts import gather_rows, task_ids_or_error
-from jaxprompt.models.config import T5Config
+from jaxprompt.models.base import ModelConfig
 from jaxprompt.models.hooks import ATTENTION_KINDS, Hooks
 
 Array = jax.Array
@@ -147,7 +147,7 @@ def _entry_rows(name: str, method: Method, params: Params) -> tuple[Method, Bank
   return method, rows
 
 
-def build_bank(methods: Mapping[str, tuple[Method, Params]], config: T5Config,
+def build_bank(methods: Mapping[str, tuple[Method, Params]], config: ModelConfig,
                eos_id: int = 1) -> tuple[PromptBank, dict[str, Any]]:
   """(bank, its stored tree) from named trained methods `{name: (method, params)}` (task ids in this order)."""
   entries, prompts, rows, relpos = [], {}, {}, {}

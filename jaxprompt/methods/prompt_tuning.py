@@ -29,7 +29,7 @@ from jaxprompt.formats.keys import PROMPT_FILE, PROMPT_KEY
 from jaxprompt.formats.npy_io import write_npy
 from jaxprompt.methods import peft_adapters, registry
 from jaxprompt.methods.base import BankRows, Method, Params
-from jaxprompt.models.config import T5Config
+from jaxprompt.models.base import ModelConfig
 from jaxprompt.models.hooks import Hooks, Stack
 from jaxprompt.parallel import host
 
@@ -47,9 +47,9 @@ def uniform_init(scale: float = 0.5) -> Callable[..., Array]:
   return init
 
 
-def insertion_points(tokens: Array, combine: str, eos_id: int = 1) -> Array:
-  """Per-example index at which the prompt starts. tokens [b, l] (right-padded, pad 0) -> [b] int32."""
-  num_real = jnp.sum(tokens > 0, axis=-1).astype(jnp.int32)
+def insertion_points(tokens: Array, valid: Array, combine: str, eos_id: int = 1) -> Array:
+  """Per-example index at which the prompt starts. tokens, valid [b, l] (right-padded) -> [b] int32."""
+  num_real = jnp.sum(valid, axis=-1).astype(jnp.int32)
   if combine == 'prefix':
     return jnp.zeros_like(num_real)
   if combine == 'prefix_after_bos':
@@ -101,7 +101,7 @@ def fill_prompt_slots(embedded: Array, segment_ids: Array, prompt: Array) -> tup
 
 
 class PromptInput(struct.PyTreeNode):
-  """The input hook: inserts `prompt` [p, e] into the encoder's embedded inputs (the decoder is untouched).
+  """The input hook: inserts `prompt` [p, e] into the model's embedded inputs (T5: the encoder's).
 
   Unpacked rows grow by p positions. Packed rows (segment_ids given) keep their length: the pipeline reserved p
   positions in front of each example (`jaxprompt.data.pipeline.convert_features`), which get the prompt.
@@ -110,12 +110,10 @@ class PromptInput(struct.PyTreeNode):
   combine: str = struct.field(pytree_node=False, default='prefix')
   eos_id: int = struct.field(pytree_node=False, default=1)
 
-  def __call__(self, embedded: Array, tokens: Array, segment_ids: Array | None, *, stack: Stack,
+  def __call__(self, embedded: Array, tokens: Array, segment_ids: Array | None, *, valid: Array, stack: Stack,
                deterministic: bool) -> tuple[Array, Array]:
-    """embedded [b, l, e], tokens [b, l] -> (embedded [b, l+p, e] (packed: [b, l, e]), valid) for the encoder."""
-    del deterministic
-    if stack != 'encoder':
-      return embedded, tokens > 0
+    """embedded [b, l, e], tokens / valid [b, l] -> (embedded [b, l+p, e] (packed: [b, l, e]), valid)."""
+    del deterministic, stack
     if embedded.shape[-1] != self.prompt.shape[-1]:
       raise PromptError(f'prompt embed_dim {self.prompt.shape[-1]} does not match the model embedding '
                         f'{embedded.shape[-1]}')
@@ -125,8 +123,8 @@ class PromptInput(struct.PyTreeNode):
         raise PromptError(f'packed inputs take the prompt in front of each example (combine=prefix); '
                           f'combine={self.combine!r} needs unpacked inputs')
       return fill_prompt_slots(embedded, segment_ids, prompt)
-    start = insertion_points(tokens, self.combine, self.eos_id)
-    return insert_prompt(embedded, tokens > 0, prompt, start)
+    start = insertion_points(tokens, valid, self.combine, self.eos_id)
+    return insert_prompt(embedded, valid, prompt, start)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,7 +244,7 @@ registry.register(
 
 
 @gin.configurable(module='jaxprompt.methods')
-def prompt_tuning(config: T5Config, eos_id: int = 1, *, length: int = 100,
+def prompt_tuning(config: ModelConfig, eos_id: int = 1, *, length: int = 100,
                   initializer: Callable[..., Array] | None = None, combine: str = 'prefix') -> PromptTuning:
   """The method factory gin binds (`METHOD = @jaxprompt.methods.prompt_tuning`, methods/prompt_tuning.gin):
   a `length`-row prompt for `config`'s embedding; `initializer` an embedding-aware initialiser [PROMPT_INIT]

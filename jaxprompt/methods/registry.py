@@ -33,7 +33,7 @@ from safetensors import safe_open
 from jaxprompt.errors import PromptError
 from jaxprompt.formats import npy_io
 from jaxprompt.methods.base import Method, Params
-from jaxprompt.models.config import T5Config
+from jaxprompt.models.base import ModelConfig
 
 Arrays = Mapping[str, np.ndarray]
 MARKER_KEY = 'method'  # reserved: `method/<kind name>` names the kind that wrote a file
@@ -44,7 +44,7 @@ _SKIPPED_METADATA = ('format',)  # safetensors' own bookkeeping (PEFT writes {'f
 class ReadContext:
   """What a file leaves to its reader: the frozen model's `config` (shapes are checked against it), the EOS id,
   an input prompt's combination mode and expected length (None: the file's), and the `source` errors name."""
-  config: T5Config
+  config: ModelConfig
   eos_id: int = 1
   combine: str = 'prefix'
   prompt_length: int | None = None

@@ -29,9 +29,9 @@ def combine_code(combine: str) -> int:
   return COMBINATIONS.index(combine)
 
 
-def row_insertion_points(tokens: Array, codes: Array, eos_id: int = 1) -> Array:
-  """Each row's prompt start under its own combination mode. tokens [b, l], codes [b] int -> [b] int32."""
-  starts = jnp.stack([insertion_points(tokens, c, eos_id) for c in COMBINATIONS], axis=-1)  # [b, modes]
+def row_insertion_points(tokens: Array, valid: Array, codes: Array, eos_id: int = 1) -> Array:
+  """Each row's prompt start under its own combination mode. tokens, valid [b, l], codes [b] int -> [b] int32."""
+  starts = jnp.stack([insertion_points(tokens, valid, c, eos_id) for c in COMBINATIONS], axis=-1)  # [b, modes]
   return jnp.take_along_axis(starts, codes[:, None].astype(jnp.int32), axis=-1)[:, 0]
 
 
@@ -66,19 +66,17 @@ class RowPrompts(struct.PyTreeNode):
   codes: Array  # [b] int32
   eos_id: int = struct.field(pytree_node=False, default=1)
 
-  def __call__(self, embedded: Array, tokens: Array, segment_ids: Array | None, *, stack: Stack,
+  def __call__(self, embedded: Array, tokens: Array, segment_ids: Array | None, *, valid: Array, stack: Stack,
                deterministic: bool) -> tuple[Array, Array]:
-    """embedded [b, l, e], tokens [b, l] -> (embedded [b, l + p, e], valid [b, l + p]) for the encoder."""
-    del deterministic
-    if stack != 'encoder':
-      return embedded, tokens > 0
+    """embedded [b, l, e], tokens / valid [b, l] -> (embedded [b, l + p, e], valid [b, l + p])."""
+    del deterministic, stack
     if segment_ids is not None:
       raise PromptError('per-row prompts (prompt banks, multi-task prompts) need unpacked inputs: set PACK=False')
     if embedded.shape[-1] != self.prompts.shape[-1] or embedded.shape[0] != self.prompts.shape[0]:
       raise PromptError(f'per-row prompts {self.prompts.shape} do not fit embedded inputs {embedded.shape} '
                         '([batch, length, embed])')
-    start = row_insertion_points(tokens, self.codes, self.eos_id)
-    return insert_row_prompts(embedded, tokens > 0, self.prompts, self.lengths, start)
+    start = row_insertion_points(tokens, valid, self.codes, self.eos_id)
+    return insert_row_prompts(embedded, valid, self.prompts, self.lengths, start)
 
 
 def task_ids_or_error(task_ids: Array | None, method: Any) -> Array:

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jax.numpy as jnp
 
 from jaxprompt.errors import ConfigError
 from jaxprompt.formats import validation
+from jaxprompt.models.hooks import AttentionKind, Stack
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,6 +20,7 @@ class T5Config:
   (kernel `wi`). `logits_via_embedding=True` ties the output layer to the token embedding and scales the
   decoder output by `emb_dim ** -0.5` (T5 1.0); otherwise a separate `logits_dense` kernel is used.
   """
+  family: ClassVar[str] = 'encoder_decoder'
   vocab_size: int = 32128
   emb_dim: int = 512
   num_heads: int = 6
@@ -54,6 +56,27 @@ class T5Config:
     for name in ('vocab_size', 'emb_dim', 'num_heads', 'head_dim', 'mlp_dim', 'relpos_num_buckets'):
       if getattr(self, name) <= 0:
         raise ConfigError(f'{name} must be positive, got {getattr(self, name)}')
+
+  @property
+  def input_stack(self) -> Stack:
+    """The stack whose embedded tokens an input hook (a prompt) sees."""
+    return 'encoder'
+
+  @property
+  def num_kv_heads(self) -> int:
+    return self.num_heads
+
+  @property
+  def attention_kinds(self) -> tuple[AttentionKind, ...]:
+    return ('encoder_self', 'decoder_self', 'cross')
+
+  def stack_depth(self, stack: Stack) -> int:
+    """Layers of `stack` ('encoder' or 'decoder')."""
+    if stack == 'encoder':
+      return self.num_encoder_layers
+    if stack == 'decoder':
+      return self.num_decoder_layers
+    raise ConfigError(f"a T5 model has stacks 'encoder' and 'decoder', not {stack!r}")
 
   def replace(self, **changes) -> T5Config:
     return dataclasses.replace(self, **changes)

@@ -1,10 +1,25 @@
-"""The model features of a batch (seqio's `EncDecFeatureConverter` output): the one list of their names. The model
-consumes them and `jaxprompt.data` produces them, so they live with the model (data imports models, not back)."""
+"""The model features of a batch: the one list of their names per model family. The model consumes them and
+`jaxprompt.data` produces them (`data/converters.py` picks a family's), so they live with the model (data imports
+models, not back)."""
 from __future__ import annotations
 
-# [batch, length] arrays every encoder-decoder batch has; loss weights are float32, the rest int32.
+# Encoder-decoder (T5; seqio's `EncDecFeatureConverter` output): [batch, length] arrays every batch has; loss weights
+# are float32, the rest int32.
 FEATURES = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens', 'decoder_loss_weights')
 # With packing (several examples per row): which example each position belongs to.
 SEGMENT_FEATURES = ('encoder_segment_ids', 'decoder_segment_ids')
+# Decoder-only (causal LM; `data/causal.py`): one token stream per row, [batch, length]. decoder_input_tokens is the
+# stream ([BOS] + inputs + targets), decoder_target_tokens the next token at each position (targets end in EOS),
+# decoder_loss_weights float32 1 exactly where that next token is a target, decoder_input_mask int32 1 on real
+# tokens (token id 0 is a real token in GPT-2, Llama 3 and Qwen2: padding is never told from the ids).
+CAUSAL_FEATURES = ('decoder_input_tokens', 'decoder_target_tokens', 'decoder_loss_weights', 'decoder_input_mask')
+# With packing: which example each position belongs to, and its position within it (0 at its first token, counting
+# its prompt slots), for rotary / learned positions.
+CAUSAL_PACKING_FEATURES = ('decoder_segment_ids', 'decoder_positions')
+# Every family's float features (the rest are int32).
+FLOAT_FEATURES = ('decoder_loss_weights',)
 # [batch] int32: which task (prompt) of a multi-task method each row uses (prompt banks, multi-task training).
 TASK_FEATURE = 'task_ids'
+# Placeholder id of a reserved prompt position in packed rows (any non-zero id: seqio packing counts non-zero ids as
+# tokens); the method overwrites its embedding with a prompt row.
+PROMPT_SLOT_ID = 1

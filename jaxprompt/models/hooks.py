@@ -1,6 +1,6 @@
 """The typed places where a tuning method may act on a network, and nothing else.
 
-A network (T5 today) calls these hooks when they are given and is bit-identical to the plain network when they
+A network calls these hooks when they are given and is bit-identical to the plain network when they
 are not. A method (`jaxprompt.methods`) owns its trainable parameters and turns them into a `Hooks` value for one
 forward pass; the network never knows which method made it.
 
@@ -47,17 +47,19 @@ class KVPrefix(struct.PyTreeNode):
 
 @runtime_checkable
 class InputHook(Protocol):
-  """Acts on a stack's embedded inputs before its first layer (Lester et al.'s prompt, P-tuning v1).
+  """Acts on a model's embedded input tokens before the first layer of its input stack (Lester et al.'s prompt,
+  P-tuning v1): T5's encoder, a causal LM's only stack. A network calls it once per forward pass.
 
-  Called as `hook(embedded [b, l, e], tokens [b, l] int, segment_ids [b, l] | None, stack=..., deterministic=...)`
-  and returns `(embedded [b, l', e], valid [b, l'] bool)`: l' = l + p when it inserts p positions. `tokens` are
-  the stack's input ids (0 = padding). A hook that does nothing for `stack` returns `(embedded, tokens > 0)`.
+  Called as `hook(embedded [b, l, e], tokens [b, l] int, segment_ids [b, l] | None, valid=[b, l] bool,
+  stack=..., deterministic=...)` and returns `(embedded [b, l', e], valid [b, l'] bool)`: l' = l + p when it
+  inserts p positions. `valid` marks real tokens (False = padding); a hook reads padding from it, never from
+  the token ids (id 0 is a real token in many vocabularies). `stack` names the stack the inputs enter.
   With `segment_ids` (packed rows) l' must equal l: the segment masks still apply position by position, so a
-  hook fills positions the data pipeline reserved (`Method.packing_slots`) instead of inserting new ones.
-  For the decoder of an encoder-decoder model l' must equal l (targets are position-aligned).
+  hook fills positions the data pipeline reserved (`Method.packing_slots`) instead of inserting new ones. In a
+  causal LM inserted positions must come first (`combine='prefix'`): the tokens after them keep their order.
   """
 
-  def __call__(self, embedded: Array, tokens: Array, segment_ids: Array | None, *, stack: Stack,
+  def __call__(self, embedded: Array, tokens: Array, segment_ids: Array | None, *, valid: Array, stack: Stack,
                deterministic: bool) -> tuple[Array, Array]:
     ...
 
@@ -83,7 +85,7 @@ class LayerHook(Protocol):
 class Hooks(struct.PyTreeNode):
   """Everything a method plugs into one forward pass; a None field is not called at all.
 
-  inputs: called on each stack's embedded inputs. encoder_layers / decoder_layers: per-layer hooks, every
+  inputs: called on the input stack's embedded tokens. encoder_layers / decoder_layers: per-layer hooks, every
   array leaf with a leading `layers` axis of the stack's depth.
   """
   inputs: InputHook | None = None

@@ -153,8 +153,8 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, encoded: Array, decoder_input_tokens: Array, decoder_mask: Array | None,
-               encoder_decoder_mask: Array, *, hooks: Hooks | None = None, decoder_segment_ids: Array | None = None,
-               deterministic: bool = True, decode: bool = False, max_decode_length: int | None = None) -> Array:
+               encoder_decoder_mask: Array, *, hooks: Hooks | None = None, deterministic: bool = True,
+               decode: bool = False, max_decode_length: int | None = None) -> Array:
     """encoded [b, le, embed], tokens [b, l] -> logits [b, l, vocab] (float32 unless tied)."""
     cfg = self.config
     hooks = NO_HOOKS if hooks is None else hooks
@@ -162,15 +162,6 @@ class Decoder(nn.Module):
       raise ConfigError('incremental decoding needs scan_layers=False (unstack the params with '
                         'jaxprompt.models.scan.unstack_layers)')
     y = self.shared_embedding(decoder_input_tokens.astype(jnp.int32))
-    if hooks.inputs is not None:
-      # The hook's validity mask is not used: decoder masks come from the targets (position 0 is BOS = 0).
-      hooked, _ = hooks.inputs(y, decoder_input_tokens, decoder_segment_ids, stack='decoder',
-                               deterministic=deterministic)
-      if hooked.shape[:2] != y.shape[:2]:
-        raise ConfigError(f'the decoder input hook changed the decoder inputs from {y.shape[:2]} to '
-                          f'{hooked.shape[:2]} [batch, length]; decoder inputs are position-aligned with the '
-                          f'targets, so a decoder input hook must keep their length')
-      y = hooked
     y = _dropout(cfg, y, deterministic).astype(cfg.dtype)
     length = max_decode_length if decode and max_decode_length else y.shape[-2]
     relpos = _relpos(cfg)
@@ -211,7 +202,7 @@ class Transformer(nn.Module):
     valid = encoder_input_tokens > 0
     if hooks.inputs is not None:
       length = embedded.shape[1]
-      embedded, valid = hooks.inputs(embedded, encoder_input_tokens, encoder_segment_ids, stack='encoder',
+      embedded, valid = hooks.inputs(embedded, encoder_input_tokens, encoder_segment_ids, valid=valid, stack='encoder',
                                      deterministic=not enable_dropout)
       if encoder_segment_ids is not None and embedded.shape[1] != length:
         raise ConfigError(f'the encoder input hook changed packed inputs from {length} to {embedded.shape[1]} '
@@ -254,8 +245,7 @@ class Transformer(nn.Module):
               layers.make_attention_mask(decoder_segment_ids, encoder_segment_ids, jnp.equal, dtype=cfg.dtype),
               dtype=cfg.dtype)
     return self.decoder(encoded, decoder_input_tokens, decoder_mask, encoder_decoder_mask, hooks=hooks,
-                        decoder_segment_ids=None if decode else decoder_segment_ids, deterministic=not enable_dropout,
-                        decode=decode, max_decode_length=max_decode_length)
+                        deterministic=not enable_dropout, decode=decode, max_decode_length=max_decode_length)
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array, decoder_target_tokens: Array,
                encoder_segment_ids: Array | None = None, decoder_segment_ids: Array | None = None,

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxprompt.models.wrapper import TunedModel
+from jaxprompt.models.base import BaseModel
 from jaxprompt.parallel import partitioning
 from jaxprompt.runtime import step as step_lib
 from jaxprompt.runtime.optim import Optimizer
@@ -44,7 +44,7 @@ def jit_on_mesh(fn: Callable, mesh: Mesh, rules: partitioning.LogicalRules, in_s
 class ShardedSteps:
   """The partitioned train / eval steps (and any other function of the model) for one model and mesh."""
 
-  def __init__(self, model: TunedModel, optimizer: Optimizer | None, mesh: Mesh, rules: partitioning.LogicalRules,
+  def __init__(self, model: BaseModel, optimizer: Optimizer | None, mesh: Mesh, rules: partitioning.LogicalRules,
                num_microbatches: int = 1, input_length: int = 8, target_length: int = 4):
     self.model, self.optimizer, self.mesh, self.rules = model, optimizer, mesh, rules
     self.num_microbatches = num_microbatches

@@ -13,8 +13,8 @@ import jax
 from jaxprompt.errors import ConfigError
 from jaxprompt.formats import validation
 from jaxprompt.methods.base import Method
-from jaxprompt.models.config import T5Config
-from jaxprompt.models.wrapper import LossConfig, TunedModel
+from jaxprompt.models.base import BaseModel, LossConfig, ModelConfig
+from jaxprompt.models.families import build_model
 from jaxprompt.parallel import partitioning
 from jaxprompt.runtime.compiled import ShardedSteps
 from jaxprompt.runtime.optim import Optimizer
@@ -26,8 +26,8 @@ _HF_FILES = ('model.safetensors', 'model.safetensors.index.json')
 class Runtime:
   """The frozen model placed on its mesh, and the partitioned steps to run it. Made by `build_runtime` only:
   its fields must agree with each other (the steps' model, mesh and rules are these), which it sees to."""
-  config: T5Config
-  model: TunedModel
+  config: ModelConfig
+  model: BaseModel
   mesh: jax.sharding.Mesh
   rules: Any
   steps: ShardedSteps
@@ -68,13 +68,13 @@ def is_hf_checkpoint(path: str) -> bool:
   return os.path.isdir(path) and any(os.path.isfile(os.path.join(path, f)) for f in _HF_FILES)
 
 
-def network_abstract(model: TunedModel, feature_lengths: Mapping[str, int]) -> dict:
+def network_abstract(model: BaseModel, feature_lengths: Mapping[str, int]) -> dict:
   """Unboxed ShapeDtypeStructs of the network's parameters."""
   boxed = model.init_abstract(1, feature_lengths['inputs'], feature_lengths['targets'])['params']
   return nn.meta.unbox(boxed)
 
 
-def load_network(path: str, model: TunedModel, shardings: Any, feature_lengths: Mapping[str, int]) -> Any:
+def load_network(path: str, model: BaseModel, shardings: Any, feature_lengths: Mapping[str, int]) -> Any:
   """Reads the network's weights (T5X any format, or HF safetensors), checked against the model's shapes."""
   from jaxprompt.checkpoints import load_t5x_checkpoint  # pylint: disable=g-import-not-at-top
   expected = network_abstract(model, feature_lengths)
@@ -87,10 +87,10 @@ def load_network(path: str, model: TunedModel, shardings: Any, feature_lengths: 
                              scan_layers=model.config.scan_layers)
 
 
-def build_runtime(config: T5Config, method: Method | None, checkpoint_path: str | None, feature_lengths: Mapping[str,
-                                                                                                                 int],
-                  *, optimizer: Optimizer | None = None, loss: LossConfig | None = None, model_parallel: int = 1,
-                  num_microbatches: int = 1, eos_id: int = 1, seed: int = 0, network: Any = None) -> Runtime:
+def build_runtime(config: ModelConfig, method: Method | None, checkpoint_path: str | None,
+                  feature_lengths: Mapping[str, int], *, optimizer: Optimizer | None = None,
+                  loss: LossConfig | None = None, model_parallel: int = 1, num_microbatches: int = 1, eos_id: int = 1,
+                  seed: int = 0, network: Any = None) -> Runtime:
   """Model + mesh + partitioned steps + network weights loaded straight into their shards.
 
   `network`: weights already in memory (host arrays, or another runtime's on an equal mesh, which stay where
@@ -101,7 +101,7 @@ def build_runtime(config: T5Config, method: Method | None, checkpoint_path: str 
     raise ConfigError(f'give the network weights or a checkpoint to read them from ({checkpoint_path}), not both')
   validation.check_positive(num_microbatches=num_microbatches)
   data_parallel_size(model_parallel)
-  model = TunedModel(config, method, loss=loss or LossConfig(), eos_id=eos_id)
+  model = build_model(config, method, loss=loss or LossConfig(), eos_id=eos_id)
   mesh = partitioning.create_mesh(model_parallel)
   rules = partitioning.prompt_logical_axis_rules()
   steps = ShardedSteps(model, optimizer, mesh, rules, num_microbatches, feature_lengths['inputs'],

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxprompt.errors import ConfigError
-from jaxprompt.models.wrapper import TunedModel
+from jaxprompt.models.base import BaseModel
 from jaxprompt.runtime import finite as finite_lib
 from jaxprompt.runtime.optim import Optimizer
 from jaxprompt.runtime.state import TrainState
@@ -33,7 +33,7 @@ def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
   return {k: v.reshape((num_microbatches, size // num_microbatches) + v.shape[1:]) for k, v in batch.items()}
 
 
-def compute_gradients(model: TunedModel, frozen: Any, trainable: Any, batch: Batch, dropout_rng: Array | None,
+def compute_gradients(model: BaseModel, frozen: Any, trainable: Any, batch: Batch, dropout_rng: Array | None,
                       num_microbatches: int = 1) -> tuple[Array, dict, Any]:
   """(loss, metrics, grads) for the trainable tree, summing over `num_microbatches` sequential microbatches.
 
@@ -82,7 +82,7 @@ def keep_if_finite(new_state: Any, old_state: Any, finite: Array) -> Any:
   return jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, old_state)
 
 
-def train_step(model: TunedModel, optimizer: Optimizer, state: TrainState, frozen: Any, batch: Batch,
+def train_step(model: BaseModel, optimizer: Optimizer, state: TrainState, frozen: Any, batch: Batch,
                num_microbatches: int = 1) -> tuple[TrainState, dict]:
   """One optimizer update of the trainable tree. A non-finite loss, gradient or update leaves the state unchanged
   and is reported in `metrics['finite']` (the trainer stops and names the step)."""
@@ -99,7 +99,7 @@ def train_step(model: TunedModel, optimizer: Optimizer, state: TrainState, froze
   return new_state, metrics
 
 
-def eval_step(model: TunedModel, frozen: Any, trainable: Any, batch: Batch) -> dict:
+def eval_step(model: BaseModel, frozen: Any, trainable: Any, batch: Batch) -> dict:
   """Summed loss and token accuracy on a batch, no dropout."""
   _, metrics = model.loss_fn(frozen, trainable, batch, None)
   return metrics

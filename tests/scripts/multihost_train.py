@@ -32,7 +32,7 @@ from jaxprompt.checkpoints import load_t5x_checkpoint
 from jaxprompt.commands import configs
 from jaxprompt.methods.prompt_tuning import PromptTuning
 from jaxprompt.models.config import get_config
-from jaxprompt.models.wrapper import TunedModel
+from jaxprompt.models.families import build_model
 from jaxprompt.parallel import partitioning
 from jaxprompt.runtime import compiled as sharded
 from jaxprompt.runtime import optim
@@ -62,7 +62,7 @@ def global_batch(index: int, size: int = 8, input_len: int = 8, target_len: int 
 
 def run_steps(num_steps: int = 4, save_at: int = 2, batch_size: int = 8) -> None:
   config = get_config('t5x_tiny')
-  model = TunedModel(config, PromptTuning(length=3, embed_dim=config.emb_dim))
+  model = build_model(config, PromptTuning(length=3, embed_dim=config.emb_dim))
   optimizer = optim.make_optimizer(learning_rate=0.3)
   mesh = partitioning.create_mesh(model_parallel=2)
   rules = partitioning.prompt_logical_axis_rules(parameter_partitioning_dims=2)

@@ -12,7 +12,7 @@ from jaxprompt.methods import prompt_bank
 from jaxprompt.methods.prefix_tuning import prefix_tuning
 from jaxprompt.methods.prompt_tuning import PromptTuning
 from jaxprompt.models.config import get_config
-from jaxprompt.models.wrapper import TunedModel
+from jaxprompt.models.families import build_model
 from jaxprompt.parallel import partitioning
 from jaxprompt.runtime.compiled import ShardedSteps
 from tests.method_helpers import sharding_batch
@@ -28,7 +28,7 @@ tasks = {
           {'prompt': rs.uniform(-.5, .5, (6, cfg.emb_dim))}), 'c': (prefix, prefix.init(jax.random.PRNGKey(1), frozen))
 }
 bank, tree = prompt_bank.build_bank(tasks, cfg)
-model = TunedModel(cfg, bank)
+model = build_model(cfg, bank)
 batch = dict(sharding_batch(), task_ids=np.asarray([0, 2, 1, 1, 2, 0, 0, 2], np.int32))
 candidates = np.stack([np.asarray([[5, 1, 0], [6, 7, 1]], np.int32)] * 8)
 
@@ -36,8 +36,7 @@ steps = ShardedSteps(model, None, partitioning.create_mesh(model_parallel=2), pa
 sharded_frozen = load_t5x_checkpoint(sys.argv[1], shardings=steps.frozen_shardings)
 placed = steps.place_trainable(tree)
 fns = {
-    'logits': lambda f, p, b: model.logits(f, p, b),
-    'rank': lambda f, p, b, c: model.rank_classify(f, p, b['encoder_input_tokens'], c, b['task_ids']),
+    'logits': lambda f, p, b: model.logits(f, p, b), 'rank': lambda f, p, b, c: model.rank_classify(f, p, b, c),
     'beam': lambda f, p, b: model.predict_batch(f, p, b, method='beam', num_decodes=2)
 }
 single = {

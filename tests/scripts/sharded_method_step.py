@@ -11,7 +11,7 @@ from jaxprompt.methods import multitask
 from jaxprompt.methods.p_tuning import p_tuning
 from jaxprompt.methods.per_layer_prompts import per_layer_prompts
 from jaxprompt.models.config import get_config
-from jaxprompt.models.wrapper import TunedModel
+from jaxprompt.models.families import build_model
 from jaxprompt.parallel import partitioning
 from jaxprompt.runtime import optim, step
 from jaxprompt.runtime.compiled import ShardedSteps
@@ -37,7 +37,7 @@ for name in sys.argv[2:] or ['p_tuning', 'per_layer_prompts']:
   method = METHODS[name]()
   if method.task_names:  # rows of both tasks
     batch['task_ids'] = np.asarray([0, 1, 1, 0, 1, 0, 0, 1], np.int32)
-  model = TunedModel(cfg, method)
+  model = build_model(cfg, method)
   optimizer = optim.make_optimizer(optim.adam, learning_rate=0.01)
   state0 = init_train_state(method.init(jax.random.PRNGKey(0), frozen), optimizer.tx, jax.random.PRNGKey(1))
   single = jax.jit(lambda s, b, model=model, optimizer=optimizer: step.train_step(model, optimizer, s, frozen, b))

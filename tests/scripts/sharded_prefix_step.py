@@ -9,7 +9,7 @@ from jax.sharding import PartitionSpec
 from jaxprompt.checkpoints import load_t5x_checkpoint
 from jaxprompt.methods.prefix_tuning import p_tuning_v2, prefix_tuning
 from jaxprompt.models.config import get_config
-from jaxprompt.models.wrapper import TunedModel
+from jaxprompt.models.families import build_model
 from jaxprompt.parallel import partitioning
 from jaxprompt.runtime import optim, step
 from jaxprompt.runtime.compiled import ShardedSteps
@@ -35,7 +35,7 @@ def leaf(tree, path):
 
 def three_steps(method):
   """(sharded state, single-device state, their last metrics) after three train steps of `method`."""
-  model = TunedModel(cfg, method)
+  model = build_model(cfg, method)
   state0 = init_train_state(method.init(jax.random.PRNGKey(0), frozen), optimizer.tx, jax.random.PRNGKey(1))
   single = jax.jit(lambda s, b: step.train_step(model, optimizer, s, frozen, b))
   ref = state0

@@ -7,7 +7,7 @@ import numpy as np
 from jaxprompt.checkpoints import load_t5x_checkpoint
 from jaxprompt.methods.prompt_tuning import PromptTuning
 from jaxprompt.models.config import get_config
-from jaxprompt.models.wrapper import TunedModel
+from jaxprompt.models.families import build_model
 from jaxprompt.parallel import partitioning
 from jaxprompt.runtime import optim, step
 from jaxprompt.runtime.compiled import ShardedSteps
@@ -17,7 +17,7 @@ from tests.method_helpers import sharding_batch
 
 assert jax.device_count() == 8
 cfg = get_config('t5x_tiny', dropout_rate=0.1)  # Dropout on: the RNG must be consumed identically.
-model = TunedModel(cfg, PromptTuning(length=6, embed_dim=cfg.emb_dim))
+model = build_model(cfg, PromptTuning(length=6, embed_dim=cfg.emb_dim))
 optimizer = optim.make_optimizer()
 frozen = load_t5x_checkpoint(sys.argv[1])
 batch = sharding_batch()

@@ -1,17 +1,14 @@
-"""The model wrapper: a frozen network plus a tuning method, with their parameters kept in two trees.
+"""The encoder-decoder family (T5): t5x's `EncoderDecoderModel` over `jaxprompt.models.t5.Transformer`.
 
-`frozen` is the network's parameter tree (T5X names; never differentiated unless the method trains the
-network); `trainable` is the method's tree (prompt tuning: `{'prompt': [length, embed]}`). The wrapper knows
-neither the method (it calls the `Tuning` interface below) nor, beyond the encoder-decoder feature names of
-`jaxprompt.models.features`, the family: the network comes from `network_for(config)`. Every function takes
-(frozen, trainable, batch, ...) in that order, is pure in them and safe to `jax.jit`.
+Batches are seqio `EncDecFeatureConverter` features (`jaxprompt.models.features.FEATURES`): the loss sits on the
+decoder targets; rank classification runs the encoder once per example and serves every label candidate's
+decoder pass from it; decoding runs the encoder once and the decoder token by token from a KV cache.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 from collections.abc import Mapping
-from typing import Any, Protocol
 
 import flax.linen as nn
 import jax
@@ -19,93 +16,26 @@ import jax.numpy as jnp
 
 from jaxprompt.errors import ConfigError
 from jaxprompt.models import decoding, losses, scan
+from jaxprompt.models.base import Array, BaseModel, ModelConfig, Params
 from jaxprompt.models.config import T5Config
-from jaxprompt.models.features import TASK_FEATURE
-from jaxprompt.models.hooks import Hooks
+from jaxprompt.models.features import FEATURES, TASK_FEATURE
 from jaxprompt.models.t5 import Transformer
 
-Array = jax.Array
-Params = Mapping[str, Any]
 
+class EncoderDecoderModel(BaseModel):
+  """A T5 network and a tuning method."""
 
-class Tuning(Protocol):
-  """What the wrapper, the runtime, the train loop and the commands read of a tuning method
-  (`jaxprompt.methods.base.Method` implements it)."""
+  FEATURES = FEATURES
+  DECODE_FEATURES = ('encoder_input_tokens', 'decoder_target_tokens', TASK_FEATURE)
 
-  trains_network: bool  # the method trains the network's own weights: no frozen tree
-  uses_dropout: bool  # the method has dropout of its own: a train step gives it an rng
-  packing_slots: int  # encoder positions packing reserves in front of each example for the method's rows
-  task_names: tuple[str, ...]  # a multi-task method's tasks in task-id order; () for one task
-
-  def init(self, rng: Array, frozen: Params) -> Params:
-    ...
-
-  def abstract(self, network: Params) -> Params:
-    ...
-
-  def network_params(self, frozen: Params, trainable: Params) -> Params:
-    ...
-
-  def hooks(self, trainable: Params, *, deterministic: bool = True, rng: Array | None = None,
-            task_ids: Array | None = None) -> Hooks:
-    ...
-
-  def inference(self, trainable: Params) -> tuple[Tuning, Params]:
-    ...
-
-  def numpy_copy(self, trainable: Params) -> Mapping[str, Any] | None:
-    ...
-
-
-def network_for(config: T5Config) -> Transformer:
-  """The network of a config's family (T5 encoder-decoder today; decoder-only / encoder-only join here)."""
-  if isinstance(config, T5Config):
+  @classmethod
+  def network(cls, config: ModelConfig) -> Transformer:
+    if not isinstance(config, T5Config):
+      raise ConfigError(f'the encoder-decoder family runs a T5Config, not {type(config).__name__}')
     return Transformer(config)
-  raise ConfigError(f'no network family for config {type(config).__name__}')
 
-
-@dataclasses.dataclass(frozen=True)
-class LossConfig:
-  """t5x `EncoderDecoderModel` loss options. `reduction='sum'` is t5x's (summed over weighted tokens, then
-  divided by `loss_normalizing_factor` if set); 'mean' divides by the number of weighted target tokens."""
-  z_loss: float = 1e-4
-  label_smoothing: float = 0.0
-  loss_normalizing_factor: float | None = None
-  reduction: str = 'sum'
-
-  def __post_init__(self):
-    if self.reduction not in ('sum', 'mean'):
-      raise ConfigError(f"loss reduction must be 'sum' or 'mean', got {self.reduction!r}")
-
-
-class TunedModel:
-  """A frozen network and a tuning method (None: the plain network, e.g. to score a frozen model)."""
-
-  def __init__(self, config: T5Config, method: Tuning | None = None, loss: LossConfig = LossConfig(), eos_id: int = 1):
-    self.config = config
-    self.method = method
-    self.loss_config = loss
-    self.eos_id = eos_id
-    self.module = network_for(config)
-
-  # -- parameters ------------------------------------------------------------------------------------------
-  def _variables(self, frozen: Params, trainable: Params | None) -> dict:
-    if self.method is None:
-      return {'params': frozen}
-    if trainable is None:
-      raise ConfigError('this model has a tuning method but no trainable parameters were given')
-    return {'params': self.method.network_params(frozen, trainable)}
-
-  def _hooks(self, trainable: Params | None, rng: Array | None = None, task_ids: Array | None = None) -> Hooks | None:
-    """The method's hooks for one pass, given each row's task id [b] (None: the batch has none); a multi-task
-    method (`task_names`) needs them."""
-    if self.method is None:
-      return None
-    tasks = self.method.task_names
-    if tasks and task_ids is None:
-      raise ConfigError(f"{type(self.method).__name__} serves tasks {list(tasks)}: every batch needs a "
-                        f"'{TASK_FEATURE}' feature [batch] naming each row's task")
-    return self.method.hooks(trainable, deterministic=rng is None, rng=rng, task_ids=task_ids)
+  def feature_widths(self, input_length: int, target_length: int) -> dict[str, int]:
+    return {k: input_length if k == 'encoder_input_tokens' else target_length for k in self.FEATURES}
 
   def init_abstract(self, batch_size: int = 1, input_length: int = 8, target_length: int = 4) -> dict:
     """Boxed abstract variables (ShapeDtypeStructs with logical axes) of the network; nothing allocated."""
@@ -122,12 +52,8 @@ class TunedModel:
   # -- training -------------------------------------------------------------------------------------------
   def logits(self, frozen: Params, trainable: Params | None, batch: Mapping[str, Array],
              dropout_rng: Array | None = None) -> Array:
-    """Teacher-forced logits [batch, target_length, vocab]; dropout on iff `dropout_rng` is given."""
-    if dropout_rng is None:
-      rngs, hook_rng = None, None
-    else:
-      network_rng, hook_rng = jax.random.split(dropout_rng)
-      rngs = {'dropout': network_rng}
+    """Teacher-forced decoder logits [batch, target_length, vocab]; dropout on iff `dropout_rng` is given."""
+    rngs, hook_rng = self._split_rng(dropout_rng)
     return self.module.apply(self._variables(frozen,
                                              trainable), batch['encoder_input_tokens'], batch['decoder_input_tokens'],
                              batch['decoder_target_tokens'], encoder_segment_ids=batch.get('encoder_segment_ids'),
@@ -135,33 +61,8 @@ class TunedModel:
                                  trainable, hook_rng,
                                  batch.get(TASK_FEATURE)), enable_dropout=dropout_rng is not None, rngs=rngs)
 
-  def loss_fn(self, frozen: Params, trainable: Params | None, batch: Mapping[str, Array],
-              dropout_rng: Array | None = None) -> tuple[Array, dict]:
-    """(loss, metrics). Differentiate w.r.t. `trainable` alone: `jax.value_and_grad(loss_fn, argnums=1)`."""
-    cfg = self.loss_config
-    logits = self.logits(frozen, trainable, batch, dropout_rng)
-    weights = batch.get('decoder_loss_weights')
-    targets = batch['decoder_target_tokens']
-    loss, z_loss, weight_sum = losses.compute_weighted_cross_entropy(logits, targets, weights, cfg.label_smoothing,
-                                                                     cfg.z_loss, cfg.loss_normalizing_factor)
-    if cfg.reduction == 'mean':
-      loss, z_loss = loss / weight_sum, z_loss / weight_sum
-    if weights is None:
-      weights = jnp.ones(targets.shape, jnp.float32)
-    correct = (jnp.argmax(logits, -1) == targets) * weights
-    metrics = {
-        'loss': loss, 'z_loss': z_loss, 'weight_sum': weight_sum,
-        'token_accuracy': jnp.sum(correct) / jnp.maximum(weight_sum, 1.0)
-    }
-    return loss, metrics
-
-  # -- scoring --------------------------------------------------------------------------------------------
-  def score_batch(self, frozen: Params, trainable: Params | None, batch: Mapping[str, Array],
-                  return_intermediates: bool = False) -> Array:
-    """Log-likelihood of each example's target: [batch] (or per-token [batch, length] if requested)."""
-    logits = self.logits(frozen, trainable, batch)
-    token_scores = losses.token_scores(logits, batch['decoder_target_tokens'], batch.get('decoder_loss_weights'))
-    return token_scores if return_intermediates else jnp.sum(token_scores, -1)
+  def targets(self, batch: Mapping[str, Array]) -> tuple[Array, Array | None]:
+    return batch['decoder_target_tokens'], batch.get('decoder_loss_weights')
 
   def encode(self, frozen: Params, trainable: Params | None, encoder_input_tokens: Array,
              task_ids: Array | None = None) -> tuple[Array, Array]:
@@ -171,16 +72,12 @@ class TunedModel:
                              hooks=self._hooks(trainable,
                                                task_ids=task_ids), enable_dropout=False, method=Transformer.encode)
 
-  def rank_classify(self, frozen: Params, trainable: Params | None, encoder_input_tokens: Array,
-                    candidate_targets: Array, task_ids: Array | None = None) -> Array:
+  def rank_classify(self, frozen: Params, trainable: Params | None, batch: Mapping[str, Array],
+                    candidate_targets: Array) -> Array:
     """Scores every candidate target for every example, running the encoder (and each layer's cross-attention
-    key / value projection) once per example.
-
-    encoder_input_tokens [b, l]; candidate_targets [c, lt] (shared label set) or [b, c, lt], EOS-terminated,
-    0-padded -> log-likelihoods [b, c]. `argmax(-1)` is the rank-classification prediction. An all-zero
-    candidate row (padding a smaller label set up to c) scores 0; callers mask it.
-    """
-    hooks = self._hooks(trainable, task_ids=task_ids)
+    key / value projection) once per example. batch: `encoder_input_tokens` [b, l] (and `task_ids`)."""
+    encoder_input_tokens = batch['encoder_input_tokens']
+    hooks = self._hooks(trainable, task_ids=batch.get(TASK_FEATURE))
     encoded, valid = self.module.apply(self._variables(frozen, trainable), encoder_input_tokens, hooks=hooks,
                                        enable_dropout=False, method=Transformer.encode)
     batch = encoded.shape[0]
@@ -207,18 +104,13 @@ class TunedModel:
     if not self.config.scan_layers:
       return self.module, frozen
     config = dataclasses.replace(self.config, scan_layers=False, remat_policy='none')
-    return network_for(config), scan.unstack_layers(dict(frozen))
+    return self.network(config), scan.unstack_layers(dict(frozen))
 
   def predict_batch(self, frozen: Params, trainable: Params | None, batch: Mapping[str, Array], *, method: str = 'beam',
                     num_decodes: int = 1, alpha: float = 0.6, temperature: float = 0.0, topk: int = 1,
                     topp: float = 0.0, rescale_log_probs: bool = True, rng: Array | None = None,
                     return_all_decodes: bool = False) -> tuple[Array, Array]:
-    """Decodes targets of length `decoder_target_tokens.shape[1]`, as t5x's `predict_batch_with_aux`.
-
-    method 'beam' (t5x's default decode_fn) or 'sample' (temperature sampling; temperature 0 = greedy).
-    Returns (decodes [b, len] and scores [b]) for the best decode, or all decodes [b, n, len] / [b, n]
-    (best last) when `return_all_decodes`.
-    """
+    """Decodes from the encoder's output; see `BaseModel.predict_batch`."""
     variables = self._variables(frozen, trainable)
     module, params = self._decoding_module(variables['params'])
     variables = {'params': params}
