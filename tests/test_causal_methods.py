@@ -13,13 +13,13 @@ from jaxprompt.checkpoints.hf_causal import load_hf_causal
 from jaxprompt.data.causal import to_causal_features
 from jaxprompt.errors import ConfigError, PromptError
 from jaxprompt.methods import (
-  multitask,
-  p_tuning,
-  per_layer_prompts,
-  prefix_init,
-  prefix_tuning,
-  prompt_bank,
-  prompt_tuning,
+    multitask,
+    p_tuning,
+    per_layer_prompts,
+    prefix_init,
+    prefix_tuning,
+    prompt_bank,
+    prompt_tuning,
 )
 from jaxprompt.models.base import LossConfig
 from jaxprompt.models.config import get_config

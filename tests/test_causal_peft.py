@@ -200,3 +200,36 @@ def test_a_t5_prompt_on_a_causal_lm_and_the_reverse_are_refused(models, fixtures
   assert model_check.check_prompt_source(str(file), None, config, None, params) is True
   with pytest.raises(PromptError, match=r'was trained on model .*, not on this model'):
     model_check.check_prompt_source(str(file), None, t5, None, t5_params)
+
+
+# ------------------------------------------------------------------------------------ initialisation
+
+
+def test_text_init_with_specials_is_peft_text_init_on_a_llama_tokenizer(tmp_path):
+  """PEFT's TEXT init reads `tokenizer(text)` (BOS in front on Llama 3), cycled to the prompt length."""
+  from peft.tuners.prompt_tuning.model import PromptEmbedding  # pylint: disable=g-import-not-at-top
+
+  from jaxprompt.data.hf_vocab import HfVocabulary  # pylint: disable=g-import-not-at-top
+  from jaxprompt.methods.initializers import from_text  # pylint: disable=g-import-not-at-top
+  from tests.hf_tokenizers import llama3_folder  # pylint: disable=g-import-not-at-top
+  folder = llama3_folder(tmp_path / 'tokenizer')
+  vocab = HfVocabulary(str(folder))
+  table = np.random.RandomState(0).normal(size=(vocab.vocab_size, 8)).astype(np.float32)
+  text = 'review: great fun'
+  config = peft.PromptTuningConfig(task_type='CAUSAL_LM', num_virtual_tokens=9, prompt_tuning_init='TEXT',
+                                   prompt_tuning_init_text=text, tokenizer_name_or_path=str(folder), token_dim=8,
+                                   num_transformer_submodules=1)
+  theirs = PromptEmbedding(config, torch.nn.Embedding.from_pretrained(torch.tensor(table))).embedding.weight
+  ours = from_text(text, vocabulary=vocab, specials=True)(jax.random.PRNGKey(0), (9, 8), table)
+  np.testing.assert_array_equal(np.asarray(ours), theirs.detach().numpy())
+  assert vocab.bos_id in vocab.encode_with_specials(text) and vocab.bos_id not in vocab.encode(text)
+
+  class PiecesOnly:  # a vocabulary that cannot say which specials its tokenizer adds (seqio's SentencePiece)
+
+    def encode(self, s):
+      return vocab.encode(s)
+
+  with pytest.raises(
+      PromptError, match=r'specials=True needs a Hugging Face tokenizer vocabulary .*PiecesOnly has '
+      r'none \(for T5, add_eos=True'):
+    from_text(text, vocabulary=PiecesOnly(), specials=True)(jax.random.PRNGKey(0), (9, 8), table)

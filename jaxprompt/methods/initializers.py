@@ -84,9 +84,9 @@ def _resolve_vocabulary(vocabulary: Any) -> Vocabulary:
   return vocabulary
 
 
-def _encode(vocabulary: Vocabulary, text: str, num_rows: int, who: str) -> list[int]:
-  """Token ids of `text`, each checked to index a row of the embedding table."""
-  ids = [int(i) for i in vocabulary.encode(text)]
+def _encode(encode: Callable[[str], Sequence[int]], text: str, num_rows: int, who: str) -> list[int]:
+  """Token ids of `text` by `encode` (a vocabulary's), each checked to index a row of the embedding table."""
+  ids = [int(i) for i in encode(text)]
   if not ids:
     raise PromptError(f'{who}: {text!r} tokenizes to no pieces')
   bad = [i for i in ids if not 0 <= i < num_rows]
@@ -214,7 +214,7 @@ def class_labels(labels: Sequence[str] = gin.REQUIRED, vocabulary: Any = None,
     table = _table(embedding, embed, 'class_labels')
     vocab = _resolve_vocabulary(vocabulary)
     label_rows = jnp.stack([
-        jnp.mean(_rows(table, _encode(vocab, label, table.shape[0], 'class_labels')), axis=0) for label in used
+        jnp.mean(_rows(table, _encode(vocab.encode, label, table.shape[0], 'class_labels')), axis=0) for label in used
     ])
     prompt = jnp.asarray(fallback(rng, (length, embed), embedding), jnp.float32)
     if prompt.shape != (length, embed):
@@ -226,12 +226,15 @@ def class_labels(labels: Sequence[str] = gin.REQUIRED, vocabulary: Any = None,
 
 
 @gin.configurable(module=GIN_MODULE)
-def from_text(text: str = gin.REQUIRED, vocabulary: Any = None, add_eos: bool = False) -> Initializer:
+def from_text(text: str = gin.REQUIRED, vocabulary: Any = None, add_eos: bool = False,
+              specials: bool = False) -> Initializer:
   """Embeddings of the pieces of `text`, cycled (or cut) to the prompt length (HF PEFT's TEXT init).
 
-  PEFT repeats the id list ceil(length / n) times and keeps the first `length` ids. seqio's `encode` adds no
-  EOS while a Hugging Face T5 tokenizer appends `</s>`: `add_eos=True` reproduces PEFT on T5 exactly.
-  `vocabulary` is as in `class_labels`.
+  PEFT repeats the ids of `tokenizer(text)` ceil(length / n) times and keeps the first `length`. That call adds the
+  tokenizer's special tokens, which seqio's `encode` does not: a Hugging Face T5 tokenizer appends `</s>`
+  (`add_eos=True` reproduces PEFT on T5 exactly), a Llama tokenizer puts BOS in front (`specials=True`: the ids a
+  Hugging Face tokenizer folder's vocabulary gives with its specials, `encode_with_specials`, PEFT's on a causal
+  LM). `vocabulary` is as in `class_labels`.
   """
   if not isinstance(text, str) or not text.strip():
     raise PromptError(f'from_text: text must be a non-empty string, got {text!r}')
@@ -241,7 +244,11 @@ def from_text(text: str = gin.REQUIRED, vocabulary: Any = None, add_eos: bool = 
     length, embed = _check_shape(shape, 'from_text')
     table = _table(embedding, embed, 'from_text')
     vocab = _resolve_vocabulary(vocabulary)
-    ids = _encode(vocab, text, table.shape[0], 'from_text')
+    encode = getattr(vocab, 'encode_with_specials', None) if specials else vocab.encode
+    if not callable(encode):
+      raise PromptError(f'from_text: specials=True needs a Hugging Face tokenizer vocabulary (encode_with_specials); '
+                        f'{type(vocab).__name__} has none (for T5, add_eos=True is what its tokenizer adds)')
+    ids = _encode(encode, text, table.shape[0], 'from_text')
     if add_eos:
       eos_id = getattr(vocab, 'eos_id', None)
       if eos_id is None:
