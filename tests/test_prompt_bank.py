@@ -134,7 +134,7 @@ def test_decoding_equals_each_task_alone(frozen, tasks, search):
 
 def test_bad_banks_and_batches(frozen, tasks):
   with pytest.raises(ConfigError, match='unique'):
-    prompt_bank.PromptBank((prompt_bank.Entry('a', 3), prompt_bank.Entry('a', 3)), 32, 4, 8, 2, 2)
+    prompt_bank.PromptBank((prompt_bank.Entry('a', 3), prompt_bank.Entry('a', 3)), 32, 4, 8, (('decoder_self', 2),))
   mixed = dict(tasks, other=_prefix(2, ('cross',), 4))
   mixed['other'] = (PrefixTuning.for_config(CFG, length=2, kinds=('cross',), projection=False,
                                             relpos='none'), mixed['other'][1])
