@@ -1,4 +1,5 @@
-"""Memory plan of the prompt-tuning train step for T5 1.1 XL and XXL on TPU slices, by compilation on CPU.
+"""Memory plan of the prompt-tuning train step for T5 1.1 XL / XXL and causal LMs (Llama 3.1 8B / 70B ...) on TPU
+slices, by compilation on CPU.
 
 For each mesh size (one subprocess each: the simulated device count is fixed when jax is imported) and each
 (data, model) layout with 1-D (t5x default) or 2-D (`embed` also over 'data') parameter sharding, the step is
@@ -7,6 +8,10 @@ memory analysis is read. Prints a table and the smallest slice of each TPU gener
 repo root (about 20-40 s per compile on 2 CPU cores):
 
   TF_CPP_MIN_LOG_LEVEL=3 .venv/bin/python bench/memory_plan.py [--models xl,xxl] [--devices 4,8,16,32]
+      [--input_length 512] [--target_length 16]
+  # causal LMs (any named config; one stream of input + target tokens):
+  TF_CPP_MIN_LOG_LEVEL=3 .venv/bin/python bench/memory_plan.py --models llama3_1_8b,llama3_1_70b \
+      --input_length 1008 --target_length 16 --devices 8,16,32
       [--no-f32] [--json OUT.json] [--markdown OUT.md] [--num_microbatches N] [--activation_dims 2]
       [--dropout_rate 0.1] [--remat_policy full] [--methods prompt_tuning,prefix_tuning,p_tuning_v2]
 
@@ -29,6 +34,10 @@ import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from jaxprompt.models.families import named_configs  # noqa: E402  (the repo root on the path first)
+
 GiB = 1024**3
 
 # (generation, GiB of HBM per JAX device, {slice name: JAX devices}); v3 devices are cores, v4/v5e chips.
@@ -109,7 +118,7 @@ def to_row(result: dict) -> Row | None:
   if 'error' in bf16:
     return None
   method = '' if bf16.get('method', 'prompt_tuning') == 'prompt_tuning' else f" {bf16['method']}"
-  return Row(model=bf16['model'].replace('t5_1_1_', '').upper() + method, devices=bf16['num_devices'],
+  return Row(model=bf16['model'].removeprefix('t5_1_1_').upper() + method, devices=bf16['num_devices'],
              data=bf16['data_parallel'], model_parallel=bf16['model_parallel'],
              dims=bf16['parameter_partitioning_dims'], args=bf16['argument_bytes'] / GiB, temp=bf16['temp_bytes'] / GiB,
              f32_temp=f32['temp_bytes'] / GiB if 'temp_bytes' in f32 else None, compile_s=bf16['compile_seconds'])
@@ -162,6 +171,8 @@ def main() -> None:
   parser.add_argument('--num_microbatches', type=int, default=1)
   parser.add_argument('--activation_dims', type=int, default=1)
   parser.add_argument('--dropout_rate', type=float, default=0.1)
+  parser.add_argument('--input_length', type=int, default=512, help='T5 inputs; a causal stream holds both')
+  parser.add_argument('--target_length', type=int, default=16)
   parser.add_argument('--json', help='write all raw plans here')
   parser.add_argument('--markdown', help='write the two tables here')
   parser.add_argument('--worker', type=int, help=argparse.SUPPRESS)
@@ -174,7 +185,8 @@ def main() -> None:
   start, results = time.time(), []
   for devices in (int(d) for d in args.devices.split(',')):
     requests = [
-        dict(model=f't5_1_1_{m}', model_parallel=mp, parameter_partitioning_dims=dims, remat_policy=args.remat_policy,
+        dict(model=m if m in named_configs() else f't5_1_1_{m}', model_parallel=mp, input_length=args.input_length,
+             target_length=args.target_length, parameter_partitioning_dims=dims, remat_policy=args.remat_policy,
              num_microbatches=args.num_microbatches, activation_partitioning_dims=args.activation_dims,
              dropout_rate=args.dropout_rate, method=method)
         for m in args.models.split(',')
@@ -186,7 +198,8 @@ def main() -> None:
   rows = [r for r in map(to_row, results) if r is not None]
   errors = [res['bfloat16']['error'] for res in results if 'error' in res['bfloat16']]
   rows.sort(key=lambda r: (r.model, r.devices, -r.model_parallel, r.dims))
-  text = (f'T5 1.1, batch 32, inputs 512 + prompt 100, targets 16, bf16 frozen weights, scan + remat '
+  text = (f'{args.models}: batch 32, inputs {args.input_length} + prompt 100, targets {args.target_length}, '
+          f'bf16 frozen weights, scan + remat '
           f'{args.remat_policy!r}, dropout {args.dropout_rate}, microbatches {args.num_microbatches}, '
           f'activation dims {args.activation_dims}.\n'
           f'GiB per device.\n\n{table(rows)}\n\n{smallest_slices(rows)}\n')

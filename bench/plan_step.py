@@ -30,9 +30,7 @@ import jax.numpy as jnp
 
 from jaxprompt.errors import ConfigError
 from jaxprompt.models.base import BaseModel
-from jaxprompt.models.config import get_config
-from jaxprompt.models.families import build_model
-from jaxprompt.models.features import FEATURES
+from jaxprompt.models.families import build_model, named_config
 from jaxprompt.parallel import partitioning
 from jaxprompt.runtime import compiled as sharded
 from jaxprompt.runtime import optim
@@ -41,7 +39,8 @@ from jaxprompt.runtime.state import init_train_state
 
 @dataclasses.dataclass(frozen=True)
 class PlanRequest:
-  """One train-step configuration to plan (defaults: the paper's XXL run)."""
+  """One train-step configuration to plan (defaults: the paper's XXL run). `model` is any family's named
+  config; a decoder-only model reads one stream of input_length + target_length tokens."""
   model: str = 't5_1_1_xxl'
   model_parallel: int = 8
   parameter_partitioning_dims: int = 1  # 2: `embed` also sharded over 'data'
@@ -114,9 +113,9 @@ METHODS = {
 
 def plan_model(request: PlanRequest) -> BaseModel:
   """The tuned model of `request` (activations in `request.dtype`, the method's parameters f32)."""
-  config = get_config(request.model, dtype=request.dtype, scan_layers=request.scan_layers,
-                      remat_policy=request.remat_policy, dropout_rate=request.dropout_rate,
-                      one_hot_embedding=True)  # what runs on the TPU this plan is for
+  config = named_config(request.model, dtype=request.dtype, scan_layers=request.scan_layers,
+                        remat_policy=request.remat_policy, dropout_rate=request.dropout_rate,
+                        one_hot_embedding=True)  # what runs on the TPU this plan is for
   if request.method not in METHODS:
     raise ConfigError(f'no memory plan for method {request.method!r}; expected one of {", ".join(METHODS)}')
   module, name = METHODS[request.method].split(':')
@@ -126,17 +125,17 @@ def plan_model(request: PlanRequest) -> BaseModel:
 
 def abstract_args(request: PlanRequest, steps: sharded.ShardedSteps, optimizer: optim.Optimizer) -> tuple:
   """(state, frozen, batch) as ShapeDtypeStructs with shardings; frozen weights in `request.dtype`."""
-  network = steps.model.init_abstract(1, 8, 4)['params']
+  model = steps.model
+  network = model.init_abstract(1, 8, 4)['params']
   frozen = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, request.dtype, sharding=s), nn.meta.unbox(network),
                         steps.frozen_shardings)
   trainable = nn.meta.unbox(steps.model.method.abstract(network))
   state = jax.eval_shape(lambda t, rng: init_train_state(t, optimizer.tx, rng), trainable, jax.random.PRNGKey(0))
   state = partitioning.abstract_with_shardings(state, steps.state_shardings(state))
-  lengths = {'encoder_input_tokens': request.input_length}
+  widths = model.feature_widths(request.input_length, request.target_length)
   batch = {
-      k: jax.ShapeDtypeStruct((request.batch_size, lengths.get(k, request.target_length)),
-                              jnp.float32 if k == 'decoder_loss_weights' else jnp.int32,
-                              sharding=steps.batch_sharding) for k in FEATURES
+      k: jax.ShapeDtypeStruct((request.batch_size, width), jnp.float32 if k == 'decoder_loss_weights' else jnp.int32,
+                              sharding=steps.batch_sharding) for k, width in widths.items()
   }
   return state, frozen, batch
 

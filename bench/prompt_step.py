@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from bench import hf_twins
 from jaxprompt.methods.prompt_tuning import PromptTuning
 from jaxprompt.models.base import BaseModel
 from jaxprompt.models.config import T5Config, get_config
@@ -189,17 +190,7 @@ def peft_model(cfg: T5Config, prompt_length: int, threads: int):
   from transformers.optimization import Adafactor
 
   torch.set_num_threads(threads)
-  torch.manual_seed(0)
-  hf_config = transformers.T5Config(vocab_size=cfg.vocab_size, d_model=cfg.emb_dim, d_kv=cfg.head_dim, d_ff=cfg.mlp_dim,
-                                    num_layers=cfg.num_encoder_layers, num_decoder_layers=cfg.num_decoder_layers,
-                                    num_heads=cfg.num_heads, relative_attention_num_buckets=cfg.relpos_num_buckets,
-                                    relative_attention_max_distance=cfg.relpos_max_distance,
-                                    feed_forward_proj='gated-gelu', dropout_rate=0.0, tie_word_embeddings=False,
-                                    decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-  base = transformers.T5ForConditionalGeneration(hf_config)
-  # transformers 5 ties lm_head at build time whatever the config says (ENV-NOTES): untie as T5 1.1 is.
-  base.lm_head.weight = torch.nn.Parameter(base.lm_head.weight.detach().clone())
-  base.config.tie_word_embeddings = False
+  base = hf_twins.random_hf_t5(cfg, seed=0)
   model = get_peft_model(
       base,
       PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=prompt_length,

@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import jax
 import numpy as np
 
+from bench import hf_twins
 from bench import lengths as lengths_lib
 from bench.length_batches import forward_parts
 from jaxprompt.data.buckets import last_real_column
@@ -99,19 +100,7 @@ def make_stream(cal: lengths_lib.Calibration, requests: int = REQUESTS, tasks: i
 def hf_t5(cfg: T5Config, folder: str, seed: int = 0):
   """A random transformers T5 of `cfg`'s shape (T5 1.1: gated GELU, untied head), saved to `folder` as
   safetensors; returns the torch model in eval mode."""
-  import torch  # pylint: disable=import-outside-toplevel
-  import transformers  # pylint: disable=import-outside-toplevel
-  torch.manual_seed(seed)
-  hf_config = transformers.T5Config(vocab_size=cfg.vocab_size, d_model=cfg.emb_dim, d_kv=cfg.head_dim, d_ff=cfg.mlp_dim,
-                                    num_layers=cfg.num_encoder_layers, num_decoder_layers=cfg.num_decoder_layers,
-                                    num_heads=cfg.num_heads, relative_attention_num_buckets=cfg.relpos_num_buckets,
-                                    relative_attention_max_distance=cfg.relpos_max_distance,
-                                    feed_forward_proj='gated-gelu', dropout_rate=0.0, tie_word_embeddings=False,
-                                    decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-  model = transformers.T5ForConditionalGeneration(hf_config)
-  # transformers 5 ties lm_head when it builds a T5, whatever the config says (ENV-NOTES): untie as T5 1.1 is.
-  model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
-  model.config.tie_word_embeddings = False
+  model = hf_twins.random_hf_t5(cfg, seed)
   model.save_pretrained(folder, safe_serialization=True)
   return model.eval()
 

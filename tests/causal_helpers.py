@@ -26,7 +26,8 @@ ARCHS = {
     # q/k/v biases without an output bias, tied head; saved in shards.
     'qwen2': ('Qwen2Config', 'Qwen2ForCausalLM',
               dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)),
-    'gpt2': ('GPT2Config', 'GPT2LMHeadModel', dict(n_embd=32, n_layer=2, n_head=4, n_positions=64)),
+    'gpt2': ('GPT2Config', 'GPT2LMHeadModel',
+             dict(n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=1)),
 }
 _LLAMA_SHAPE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, max_position_embeddings=128)
 

@@ -236,10 +236,11 @@ def check_jaxprompt(args: Sequence[str], search_paths: str = '') -> str | None:
   `gin_config.import_configurables()` first; leaves gin configured (callers clear it)."""
   import gin  # pylint: disable=g-import-not-at-top
 
-  from jaxprompt.cli import gin_config, gin_names, parser  # pylint: disable=g-import-not-at-top
+  from jaxprompt.cli import gin_config, parser  # pylint: disable=g-import-not-at-top
   from jaxprompt.cli import main as dispatch  # pylint: disable=g-import-not-at-top
   from jaxprompt.data import task_spec  # pylint: disable=g-import-not-at-top
   from jaxprompt.errors import JaxPromptError  # pylint: disable=g-import-not-at-top
+  from jaxprompt.formats import macros  # pylint: disable=g-import-not-at-top
   if args[:1] and args[0] in dispatch.OWN_PARSERS:
     module = importlib.import_module(dispatch.COMMANDS[args[0]].partition(':')[0])
     return _argparse(module.build_parser(), args[1:])[1]
@@ -265,7 +266,7 @@ def check_jaxprompt(args: Sequence[str], search_paths: str = '') -> str | None:
     name = binding.text.partition(' = ')[0].strip()
     if '.' not in name and name not in known:
       return f'{binding.flag()}: no gin file given binds or uses the macro {name}'
-  task = gin_names.gin_macro(TASK_MACRO)
+  task = macros.bound(TASK_MACRO)
   if isinstance(task, str) and not task.startswith(USER_PREFIX) and task not in own_tasks and not _registered(task):
     return f'{TASK_MACRO} {task!r} is not a registered seqio task or mixture'
   return None

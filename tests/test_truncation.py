@@ -11,11 +11,12 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from jaxprompt.cli import gin_config, gin_names, task_lengths
+from jaxprompt.cli import gin_config, task_lengths
 from jaxprompt.cli.main import main as cli_main
 from jaxprompt.commands import configs
 from jaxprompt.commands import train as trainer
 from jaxprompt.data import custom, pipeline, truncation
+from jaxprompt.formats import macros
 from jaxprompt.models.config import get_config
 from tests.helpers import regroup
 from tests.tiny_task import LABELS
@@ -253,14 +254,14 @@ def test_a_task_flag_takes_its_lengths_from_the_data_unless_the_user_sets_them(f
   gin_config.parse(files, bindings)
   with caplog.at_level(logging.INFO, logger='jaxprompt'):
     task_lengths.derive_unless_set([TASK], files, bindings)
-  lengths = gin_names.gin_macro('TASK_FEATURE_LENGTHS')
+  lengths = macros.bound('TASK_FEATURE_LENGTHS')
   if expected == 'derived':
     assert lengths == _derived(long_files, vocabulary) and lengths['inputs'] not in (16, 512)
     assert f"TASK_FEATURE_LENGTHS = {lengths} from the data of task '{TASK}'" in caplog.text
   else:
     assert lengths == expected and 'from the data' not in caplog.text
   task_lengths.derive_unless_set(['another_task'], files, [])  # not the task MIXTURE_OR_TASK_NAME names: no change
-  assert gin_names.gin_macro('TASK_FEATURE_LENGTHS') == lengths
+  assert macros.bound('TASK_FEATURE_LENGTHS') == lengths
 
 
 @pytest.mark.parametrize('text, user_set', [

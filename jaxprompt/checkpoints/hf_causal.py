@@ -14,18 +14,21 @@ from typing import Any
 
 from jaxprompt.checkpoints import common, hf_causal_names
 from jaxprompt.checkpoints.hf_names import Entry
-from jaxprompt.checkpoints.huggingface import CONFIG_FILE, HFSource, _locate
+from jaxprompt.checkpoints.huggingface import CONFIG_FILE, INDEX_FILE, SINGLE_FILE, HFSource, _locate
 from jaxprompt.errors import CheckpointError, ConfigError
 from jaxprompt.models.decoder_config import DecoderConfig
 
 
-def read_hf_config(folder: str | os.PathLike) -> dict[str, Any]:
+def _config_file(path: str) -> str:
+  """config.json of a model folder, or of the folder holding a given file."""
+  return os.path.join(path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path)), CONFIG_FILE)
+
+
+def read_hf_config(path: str | os.PathLike) -> dict[str, Any]:
   """The parsed config.json of a Hugging Face model folder (or of the folder holding a given file)."""
-  folder = os.fspath(folder)
-  folder = folder if os.path.isdir(folder) else os.path.dirname(os.path.abspath(folder))
-  file = os.path.join(folder, CONFIG_FILE)
+  file = _config_file(os.fspath(path))
   if not os.path.isfile(file):
-    raise CheckpointError(f'{folder}: no {CONFIG_FILE}; a Hugging Face causal LM folder names its architecture there')
+    raise CheckpointError(f'{file}: no such file; a Hugging Face causal LM folder names its architecture there')
   try:
     with open(file) as f:
       hf = json.load(f)
@@ -38,14 +41,8 @@ def read_hf_config(folder: str | os.PathLike) -> dict[str, Any]:
 
 def hf_causal_config(path: str | os.PathLike) -> DecoderConfig:
   """The DecoderConfig a Hugging Face causal LM folder's config.json describes (float32, layers unscanned)."""
-  config, _ = _config_of(path)
+  config, _ = hf_causal_names.decoder_config(read_hf_config(path), _config_file(os.fspath(path)))
   return config
-
-
-def _config_of(path: str | os.PathLike) -> tuple[DecoderConfig, str]:
-  folder = os.fspath(path)
-  where = os.path.join(folder if os.path.isdir(folder) else os.path.dirname(os.path.abspath(folder)), CONFIG_FILE)
-  return hf_causal_names.decoder_config(read_hf_config(path), where)
 
 
 def _hf_shape(entry: Entry) -> tuple[int, ...]:
@@ -96,8 +93,8 @@ def load_hf_causal(path: str | os.PathLike, *, config: DecoderConfig | None = No
     floating leaf in `config.param_dtype`.
   """
   path = os.fspath(path)
-  implied, arch = _config_of(path)
-  config_file = os.path.join(path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path)), CONFIG_FILE)
+  config_file = _config_file(path)
+  implied, arch = hf_causal_names.decoder_config(read_hf_config(path), config_file)
   if config is None:
     config, origin = implied, config_file
   else:
@@ -105,10 +102,13 @@ def load_hf_causal(path: str | os.PathLike, *, config: DecoderConfig | None = No
       raise ConfigError(f'{path}: a causal LM needs a DecoderConfig, got {type(config).__name__}')
     hf_causal_names.check_config(config, implied, config_file)
     origin = 'the given config'
-  tensors, _ = _locate(path)
+  tensors, folder = _locate(path)
+  weights = path  # the file that says which tensors there are: the safetensors file or a sharded one's index
+  if os.path.isdir(path):
+    weights = os.path.join(folder, SINGLE_FILE if os.path.isfile(os.path.join(folder, SINGLE_FILE)) else INDEX_FILE)
   prefix = 'transformer.' if arch == hf_causal_names.GPT2 and 'transformer.wte.weight' in tensors else ''
   plan = hf_causal_names.causal_plan(config, arch, prefix)
-  sources = _sources(plan, tensors, config, path, origin)
+  sources = _sources(plan, tensors, config, weights, origin)
   params = common.materialize(sources, dtype=config.param_dtype, shardings=shardings, expected_shapes=expected_shapes,
                               ckpt=path)
   return params, config

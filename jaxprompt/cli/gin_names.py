@@ -47,15 +47,6 @@ def macro_names(text: str) -> list[str]:
   return [s.selector for s in found if isinstance(s, config_parser.BindingStatement) and not s.arg_name and not s.scope]
 
 
-def gin_macro(name: str, default: Any = None) -> Any:
-  """The value bound to gin macro `name` (as parsed: references unevaluated), or `default` when it is not bound."""
-  import gin  # pylint: disable=g-import-not-at-top
-  try:
-    return gin.query_parameter(f'%{name}')
-  except ValueError:
-    return default
-
-
 def registered() -> list[str]:
   """The complete selector of every registered gin configurable ('jaxprompt.train', ...)."""
   from gin import config as gin_config  # pylint: disable=g-import-not-at-top

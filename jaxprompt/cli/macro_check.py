@@ -46,13 +46,13 @@ def _bound(name: str) -> Any:
   (checked on its own, so the error names the macro the value was given to)."""
   import gin  # pylint: disable=g-import-not-at-top
   reference = _reference_type()
-  value = gin_names.gin_macro(name, _UNBOUND)
+  value = macros.bound(name, _UNBOUND)
   for _ in range(16):  # a chain of macros; gin reports a cycle itself when it evaluates one
     if not (isinstance(value, reference) and value.evaluate):
       break
     if value.configurable.selector == 'gin.macro':
       other = '/'.join(value.scopes)
-      value = _UNBOUND if other in macros.MACROS else gin_names.gin_macro(other, _UNBOUND)
+      value = _UNBOUND if other in macros.MACROS else macros.bound(other, _UNBOUND)
     elif value.configurable.selector == 'gin.constant':
       value = value.scoped_configurable_fn()
       value = _UNBOUND if value is gin.REQUIRED else value

@@ -24,8 +24,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from jaxprompt.cli import compilation_cache, console, gin_config, gin_names, parser, run_dir, task_lengths
+from jaxprompt.cli import compilation_cache, console, gin_config, parser, run_dir, task_lengths
 from jaxprompt.errors import UsageError
+from jaxprompt.formats import macros
 
 # The entry point of each command. train / eval / infer are gin configurables (`jaxprompt.train`, ...); demo
 # parses its own flags (`jaxprompt demo --help`) and gets the rest of argv.
@@ -122,7 +123,7 @@ def run_infer(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-  model_dir = None if args.checkpoint else gin_names.gin_macro('MODEL_DIR')
+  model_dir = None if args.checkpoint else macros.bound('MODEL_DIR')
   _print_json(
       load('export')(args.output, checkpoint=args.checkpoint, step=args.step, model_dir=model_dir,
                      **_kwargs(format=None if args.format == 'file' else args.format, base_model=args.base_model,

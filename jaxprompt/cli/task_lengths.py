@@ -13,6 +13,7 @@ from typing import Any
 
 from jaxprompt.cli import gin_config, gin_names
 from jaxprompt.errors import UsageError
+from jaxprompt.formats import macros
 
 MACRO = 'TASK_FEATURE_LENGTHS'
 _FIELD = ('DataConfig', 'task_feature_lengths')  # the group field the run files bind from the macro
@@ -62,7 +63,7 @@ def derive_unless_set(task_names: Sequence[str], files: Sequence[str], bindings:
                       search_path_flag: str = '') -> None:
   """Binds TASK_FEATURE_LENGTHS from the data of the `--task` task that MIXTURE_OR_TASK_NAME names, unless the
   user set them (then they stay exactly as set)."""
-  name = gin_names.gin_macro('MIXTURE_OR_TASK_NAME')
+  name = macros.bound('MIXTURE_OR_TASK_NAME')
   if not isinstance(name, str) or name not in task_names or user_sets_lengths(files, bindings, search_path_flag):
     return
   from jaxprompt.data import task_spec  # pylint: disable=g-import-not-at-top  (imports TF)

@@ -20,8 +20,12 @@ import gin
 import jax.numpy as jnp
 
 from jaxprompt.errors import ConfigError
+<<<<<<< HEAD
 from jaxprompt.formats import validation
 from jaxprompt.models import families
+=======
+from jaxprompt.formats import macros
+>>>>>>> main
 from jaxprompt.models.base import LossConfig, ModelConfig
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
@@ -114,10 +118,7 @@ def vocabulary(path: str | None = None, extra_ids: int = 100) -> Any:
 def macro_value(name: str) -> Any:
   """The value of gin macro `name` (evaluating `@fn()` references), None when unbound: a models/*.gin file
   alone then configures the command."""
-  try:
-    value = gin.query_parameter(f'%{name}')
-  except ValueError:
-    return None
+  value = macros.bound(name)
   if isinstance(value, gin.config.ConfigurableReference):
     return value.scoped_configurable_fn() if value.evaluate else value.scoped_configurable_fn
   return value

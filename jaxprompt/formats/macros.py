@@ -151,3 +151,13 @@ def markdown() -> str:
   for name, m in MACROS.items():
     lines.append(f'| `{name}` | {m.phrase()} | `{m.example}` | {m.means} | {m.none or "(not allowed)"} | {m.sets} |')
   return '\n'.join(lines)
+
+
+def bound(name: str, default: Any = None) -> Any:
+  """The value gin has bound to macro `name`, as parsed (`@fn()` references unevaluated), or `default` when
+  it is unbound."""
+  import gin  # pylint: disable=g-import-not-at-top
+  try:
+    return gin.query_parameter(f'%{name}')
+  except ValueError:
+    return default

@@ -187,15 +187,16 @@ class MultiHeadDotProductAttention(nn.Module):
     the step's query position (None on the initialising call and on prefill).
 
     On the first (initialising) call the cache is created ([b, cache_length or k, g, d]) and the inputs pass
-    through unchanged. A prefill writes the whole block at 0 and attends over it as given. A step's
-    `cache_index` is a scalar (decoding from scratch) or [b] (after a prefill; each row writes at its own).
+    through unchanged. A prefill (creating the cache if there is none) writes the whole block at 0 and attends
+    over it as given. A step's `cache_index` is a scalar (decoding from scratch) or [b] (after a prefill; each
+    row writes at its own).
     """
     initialized = self.has_variable('cache', 'cached_key')
     shape = key.shape[:1] + (cache_length or key.shape[1],) + key.shape[2:]
     cached_key = self.variable('cache', 'cached_key', jnp.zeros, shape, key.dtype)
     cached_value = self.variable('cache', 'cached_value', jnp.zeros, shape, value.dtype)
     cache_index = self.variable('cache', 'cache_index', lambda: jnp.array(0, dtype=jnp.int32))
-    if not initialized:
+    if not initialized and not prefill:
       return key, value, mask, bias, None
     batch, length, heads, depth = cached_key.value.shape
     if prefill:

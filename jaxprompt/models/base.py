@@ -156,6 +156,10 @@ class BaseModel(abc.ABC):
     return {'dropout': network_rng}, hook_rng
 
   @abc.abstractmethod
+  def feature_widths(self, input_length: int, target_length: int) -> dict[str, int]:
+    """The width of each training feature (`FEATURES`) for a task's feature lengths (TASK_FEATURE_LENGTHS)."""
+
+  @abc.abstractmethod
   def init_abstract(self, batch_size: int = 1, input_length: int = 8, target_length: int = 4) -> dict:
     """Boxed abstract variables (ShapeDtypeStructs with logical axes) of the network; nothing allocated.
     `input_length` / `target_length` are the task's feature lengths (TASK_FEATURE_LENGTHS)."""

@@ -20,8 +20,9 @@ Prompts and prefixes (PEFT's semantics for causal LMs):
   rotated (or not) when they were made. A grouped-query model's prefix carries num_kv_heads heads.
 
 Decoding (`decode=True`, the `cache` collection): the first call creates the cache (max_decode_length rows, or
-the call's length) and is otherwise a plain forward; `prefill=True` then writes a whole left-padded prompt
-[b, L0] (cache_index then [b] = L0 + inserted rows); each later call is one token [b, 1]. The input hook is
+the call's length) and is otherwise a plain forward; `prefill=True` (which creates the cache too when there is
+none) writes a whole left-padded prompt [b, L0] (cache_index then [b] = L0 + inserted rows); each later call is
+one token [b, 1]. The input hook is
 not called on one-token steps: whatever it inserted was written by the prefill. Besides each attention's
 keys and values the cache holds `cached_valid` [b, cache rows] (which rows are real, for the mask and the next
 position) and a top-level `cache_index`, both laid out as `jaxprompt.models.decoding` expects.
@@ -62,7 +63,7 @@ class CausalLayer(nn.Module):
   cache_length: int | None = None
 
   @nn.compact
-  def __call__(self, inputs: Array, mask: Array, positions: Array, hook_context: None = None,
+  def __call__(self, inputs: Array, mask: Array, positions: Array, hook_context: Array | None = None,
                hook: LayerHook | None = None, layer: int | Array | None = None) -> Array:
     """[b, l, embed], mask [b, 1, l, k], positions [b, l] -> [b, l, embed]. hook: this layer's slice."""
     del hook_context  # causal models have no relative-position table to hand the hook
@@ -194,14 +195,13 @@ class CausalTransformer(nn.Module):
                    prefill=prefill, cache_length=max_decode_length)
 
   def _write_valid(self, valid: Array, max_decode_length: int | None, prefill: bool) -> None:
-    """Creates the top-level cache (first decode call) or writes a prefill's validity at rows 0..l'-1."""
-    created = self.has_variable('cache', 'cached_valid')
+    """Creates the top-level cache (first decode call) and writes a prefill's validity at rows 0..l'-1."""
     rows = max_decode_length or valid.shape[1]
     if rows < valid.shape[1]:
       raise ConfigError(f'max_decode_length={rows} is shorter than the {valid.shape[1]} rows of this call')
     cached = self.variable('cache', 'cached_valid', jnp.zeros, (valid.shape[0], rows), bool)
     index = self.variable('cache', 'cache_index', lambda: jnp.array(0, jnp.int32))
-    if created and prefill:
+    if prefill:
       if valid.shape[1] > cached.value.shape[1]:
         raise ConfigError(f'a prefill of {valid.shape[1]} rows does not fit the cache of {cached.value.shape[1]}; '
                           f'initialise it with max_decode_length >= the prefilled length')

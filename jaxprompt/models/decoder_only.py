@@ -57,6 +57,10 @@ class DecoderOnlyModel(BaseModel):
       raise ConfigError(f'the decoder-only family runs a DecoderConfig, not {type(config).__name__}')
     return CausalTransformer(config)
 
+  def feature_widths(self, input_length: int, target_length: int) -> dict[str, int]:
+    """One stream holds the inputs and the targets."""
+    return dict.fromkeys(self.FEATURES, input_length + target_length)
+
   def init_abstract(self, batch_size: int = 1, input_length: int = 8, target_length: int = 4) -> dict:
     tokens = jnp.ones((batch_size, input_length + target_length), jnp.int32)
     init = functools.partial(self.module.init, enable_dropout=False)
@@ -112,9 +116,7 @@ class DecoderOnlyModel(BaseModel):
     # The cache must hold the rows the hook inserts too: measure them on abstract values first.
     out = jax.eval_shape(lambda: module.apply(variables, head, valid=head_valid, hooks=hooks, enable_dropout=False))
     rows = out.shape[1] + 1 + extra_rows
-    shapes = jax.eval_shape(lambda: call(variables, head, valid=head_valid, max_decode_length=rows)[1]['cache'])
-    cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-    _, written = call({**variables, 'cache': cache}, head, valid=head_valid, prefill=True, max_decode_length=rows)
+    _, written = call(variables, head, valid=head_valid, prefill=True, max_decode_length=rows)
     return module, variables, written['cache'], tokens[:, -1], hooks
 
   def rank_classify(self, frozen: Params, trainable: Params | None, batch: Mapping[str, Array],

@@ -34,6 +34,9 @@ class EncoderDecoderModel(BaseModel):
       raise ConfigError(f'the encoder-decoder family runs a T5Config, not {type(config).__name__}')
     return Transformer(config)
 
+  def feature_widths(self, input_length: int, target_length: int) -> dict[str, int]:
+    return {k: input_length if k == 'encoder_input_tokens' else target_length for k in self.FEATURES}
+
   def init_abstract(self, batch_size: int = 1, input_length: int = 8, target_length: int = 4) -> dict:
     """Boxed abstract variables (ShapeDtypeStructs with logical axes) of the network; nothing allocated."""
     enc = jnp.ones((batch_size, input_length), jnp.int32)

@@ -1,43 +1,26 @@
 """The model families and how a config picks one: `build_model(config, method)` is how every layer above builds
 a model, so none of them names a family.
 
-A family registers its model class under its configs' `family` name (`T5Config.family == 'encoder_decoder'`),
-with its named configs (`named_config` finds a name among every family's: MODEL_CONFIG's `@jaxprompt.model_config()`).
+A family registers its model class under its configs' `family` name (`T5Config.family == 'encoder_decoder'`).
 Adding a family is: a config class with that name and the `ModelConfig` properties, a network, a `BaseModel`
 subclass, and one `register` line here.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from jaxprompt.errors import ConfigError
 from jaxprompt.formats import validation
-from jaxprompt.models import config as t5_config
+from jaxprompt.models import config as t5_configs
 from jaxprompt.models import decoder_config
 from jaxprompt.models.base import BaseModel, LossConfig, ModelConfig, Tuning
 from jaxprompt.models.decoder_only import DecoderOnlyModel
 from jaxprompt.models.encoder_decoder import EncoderDecoderModel
 
 _MODELS: dict[str, type[BaseModel]] = {}
-_NAMED: dict[str, Mapping[str, ModelConfig]] = {}
 
 
-def register(family: str, model_class: type[BaseModel], configs: Mapping[str, ModelConfig] | None = None) -> None:
-  """Makes configs whose `family` is `family` build `model_class`; `configs`: the family's named configs."""
+def register(family: str, model_class: type[BaseModel]) -> None:
+  """Makes configs whose `family` is `family` build `model_class`."""
   _MODELS[family] = model_class
-  _NAMED[family] = dict(configs or {})
-
-
-def named_config(name: str, **overrides) -> ModelConfig:
-  """The config named `name` in any family (T5's `t5_1_1_base`, a causal LM's `llama3_1_8b`, ...) with `overrides`
-  applied (e.g. `dtype=jnp.bfloat16`); one ConfigError with the closest names and every family's list otherwise."""
-  for configs in _NAMED.values():
-    if name in configs:
-      return configs[name].replace(**overrides) if overrides else configs[name]
-  known = [n for configs in _NAMED.values() for n in configs]
-  lists = '; '.join(f'{family}: {", ".join(sorted(configs))}' for family, configs in _NAMED.items())
-  hint = validation.did_you_mean(name, known)
-  raise ConfigError(f'unknown model config {name!r}{hint} (known configs by family, {lists})')
 
 
 def registered() -> dict[str, type[BaseModel]]:
@@ -59,11 +42,28 @@ def model_class(config: ModelConfig) -> type[BaseModel]:
   return _MODELS[family]
 
 
+def named_configs() -> dict[str, ModelConfig]:
+  """Every family's named configs (T5 1.0 / 1.1 / mT5 sizes, the Llama / Mistral / Qwen2 / GPT-2 sizes)."""
+  return {**t5_configs.CONFIGS, **decoder_config.CONFIGS}
+
+
+def named_config(name: str, **overrides) -> ModelConfig:
+  """The named config of any family with `overrides` applied (e.g. `dtype=jnp.bfloat16`); one ConfigError with
+  the closest names otherwise."""
+  known = named_configs()
+  if name not in known:
+    by_family = {f: sorted(n for n, c in known.items() if type(c).family == f) for f in _MODELS}
+    lists = '; '.join(f'{family}: {", ".join(names)}' for family, names in by_family.items() if names)
+    raise ConfigError(f'unknown model config {name!r}{validation.did_you_mean(name, known)} (named configs by '
+                      f'family, {lists})')
+  return known[name].replace(**overrides) if overrides else known[name]
+
+
 def build_model(config: ModelConfig, method: Tuning | None = None, loss: LossConfig | None = None,
                 eos_id: int = 1) -> BaseModel:
   """The model of `config`'s family running `method` (None: the plain network; loss None: t5x's defaults)."""
   return model_class(config)(config, method, loss=loss or LossConfig(), eos_id=eos_id)
 
 
-register('encoder_decoder', EncoderDecoderModel, t5_config.CONFIGS)
-register('decoder_only', DecoderOnlyModel, decoder_config.CONFIGS)
+register('encoder_decoder', EncoderDecoderModel)
+register('decoder_only', DecoderOnlyModel)
