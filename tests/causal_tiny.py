@@ -58,8 +58,6 @@ def tiny_causal_folder(folder: pathlib.Path) -> pathlib.Path:
   tokenizer = _tokenizer()
   assert tokenizer.get_vocab_size() <= causal_helpers.VOCAB, tokenizer.get_vocab_size()
   tokenizer.save(str(folder / 'tokenizer.json'))
-  config = {
-      'tokenizer_class': 'PreTrainedTokenizerFast', 'bos_token': '<s>', 'eos_token': '</s>', 'unk_token': '<unk>'
-  }
+  config = {'tokenizer_class': 'PreTrainedTokenizerFast', 'bos_token': '<s>', 'eos_token': '</s>', 'unk_token': '<unk>'}
   (folder / 'tokenizer_config.json').write_text(json.dumps(config))
   return folder

@@ -126,8 +126,10 @@ def test_eval_and_infer_rank_labels_as_the_model_scores_them(run, tiny_causal, t
     texts = tmp_path / 'texts.txt'
     texts.write_text(''.join(f'{t}\n' for t in TEXTS))
     infer = tmp_path / 'infer.jsonl'
-    assert cli_main(['infer', f'--checkpoint={run}', f'--input_file={texts}', f'--output={infer}', '--labels',
-                     f"{TASK}={'|'.join(LABELS)}"]) == 0
+    assert cli_main([
+        'infer', f'--checkpoint={run}', f'--input_file={texts}', f'--output={infer}', '--labels',
+        f"{TASK}={'|'.join(LABELS)}"
+    ]) == 0
   finally:
     gin.clear_config()
   prompt = np.load(run / 'final_prompt.npy')
@@ -200,8 +202,9 @@ def test_instruction_jsonl_trains_and_evaluates_by_decoding(tiny_causal, tmp_pat
   name = 'jp_causal_sft'
   spec = f"name={name},train={tmp_path / 'train.jsonl'},validation={tmp_path / 'validation.jsonl'},format=alpaca"
   try:
-    assert cli_main([*train_argv(tiny_causal, tmp_path / 'run', spec, name, steps=2),
-                     '--gin_file=prompts/sampled_vocab.gin']) == 0  # no class labels to start from
+    assert cli_main([
+        *train_argv(tiny_causal, tmp_path / 'run', spec, name, steps=2), '--gin_file=prompts/sampled_vocab.gin'
+    ]) == 0  # no class labels to start from
   finally:
     gin.clear_config()
     custom.unregister_file_task(name)

@@ -20,12 +20,8 @@ import gin
 import jax.numpy as jnp
 
 from jaxprompt.errors import ConfigError
-<<<<<<< HEAD
-from jaxprompt.formats import validation
+from jaxprompt.formats import macros, validation
 from jaxprompt.models import families
-=======
-from jaxprompt.formats import macros
->>>>>>> main
 from jaxprompt.models.base import LossConfig, ModelConfig
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}

@@ -23,8 +23,7 @@ _COPIES: dict[tuple[str, Any, bool], tuple[Any, Any]] = {}
 def _fits(features: Mapping[str, seqio.Feature], vocabulary: Any, inputs_eos: bool) -> bool:
   """Whether a task's features already tokenize with `vocabulary` and end their inputs as wanted."""
   inputs = features.get('inputs')
-  return all(f.vocabulary == vocabulary for f in features.values()) and (inputs is None or
-                                                                           inputs.add_eos == inputs_eos)
+  return all(f.vocabulary == vocabulary for f in features.values()) and (inputs is None or inputs.add_eos == inputs_eos)
 
 
 def _features(features: Mapping[str, seqio.Feature], vocabulary: Any, inputs_eos: bool) -> dict[str, seqio.Feature]:
@@ -43,8 +42,8 @@ def retokenized(provider: seqio.Task | seqio.Mixture, vocabulary: Any,
   source, copy = _COPIES.get(key, (None, None))
   if source is not provider:
     if isinstance(provider, seqio.Mixture):
-      copy = seqio.Mixture(provider.name, [(retokenized(t, vocabulary, inputs_eos), provider.get_rate(t))
-                                           for t in provider.tasks])
+      copy = seqio.Mixture(provider.name,
+                           [(retokenized(t, vocabulary, inputs_eos), provider.get_rate(t)) for t in provider.tasks])
     else:
       copy = provider.replace(output_features=_features(provider.output_features, vocabulary, inputs_eos))
     _COPIES[key] = (provider, copy)
