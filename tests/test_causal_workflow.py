@@ -15,7 +15,7 @@ import seqio
 
 from jaxprompt.checkpoints.hf_causal import load_hf_causal
 from jaxprompt.cli.main import main as cli_main
-from jaxprompt.commands import configs
+from jaxprompt.commands import configs, groups
 from jaxprompt.data import causal, custom, instructions
 from jaxprompt.data import pipeline as data
 from jaxprompt.data.hf_vocab import HfVocabulary
@@ -108,6 +108,10 @@ def test_model_config_finds_a_name_in_every_family_and_reads_hf_folders(tiny_cau
   assert config.scan_layers and config.param_dtype == jnp.bfloat16
   with pytest.raises(ConfigError, match='HF_MODEL_DIR is not set'):
     configs.hf_model_config(None)
+  source = groups.ModelSource(config, str(tiny_causal), vocabulary=str(tiny_causal))
+  assert source.family == 'decoder_only' and source.vocabulary == HfVocabulary(str(tiny_causal))
+  with pytest.raises(ConfigError, match='VOCABULARY must be a vocabulary such as'):
+    groups.ModelSource(config, str(tiny_causal), vocabulary=3)
 
 
 def test_train_writes_the_prompt_and_scores_the_task_by_rank_classification(run, tiny_causal):
