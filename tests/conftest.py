@@ -97,6 +97,13 @@ def tiny_files(tmp_path_factory):
   return make_tiny_task(tmp_path_factory.mktemp('tiny_task'))
 
 
+@pytest.fixture(scope='session')
+def tiny_causal(tmp_path_factory):
+  """A tiny random Llama-style causal LM and its tokenizer as one Hugging Face folder (tests/causal_tiny.py)."""
+  from tests.causal_tiny import tiny_causal_folder  # pylint: disable=g-import-not-at-top
+  return tiny_causal_folder(tmp_path_factory.mktemp('tiny_causal'))
+
+
 @pytest.fixture
 def clean_gin():
   """Clears gin's bindings after the test (in-process CLI runs leave theirs behind)."""

@@ -3,7 +3,9 @@
 How a doc command becomes a test run (docs/testing.md, "Commands in the docs"):
 * on `models/demo.gin`: the shipped demo model, as written, with DEMO_SIZES appended;
 * on any other `models/*.gin`: the t5x fixture model (`models/t5x_tiny.gin`) and the tiny TSV task of
-  tests/tiny_task.py: a task the test does not provide becomes the tiny task, TINY_SIZES are appended;
+  tests/tiny_task.py: a task the test does not provide becomes the tiny task, TINY_SIZES are appended; a causal LM's
+  file (one including `models/layouts/hf_folder.gin`) becomes `models/hf_causal.gin` on the tiny causal model of
+  tests/causal_tiny.py (its HF_MODEL_DIR), with the same task and sizes;
 * the appended `--gin.` flags come last, so they win over the doc's own sizes;
 * every path is under one temporary root (`doc_commands.localize`), the working directory too; what a command
   reads but no doc command writes is provided: ALIASES (another doc command's output stands in for it), TSV
@@ -21,10 +23,12 @@ import re
 from collections.abc import Callable, Sequence
 
 from jaxprompt.data import task_spec
-from tests.doc_commands import USER_PREFIX, Command
+from tests.doc_commands import REPO, USER_PREFIX, Command
 
 TINY_MODEL = 'models/t5x_tiny.gin'
 DEMO_MODEL = 'models/demo.gin'
+CAUSAL_MODEL = 'models/hf_causal.gin'
+CAUSAL_LAYOUT = 'models/layouts/hf_folder.gin'  # what every causal LM's models/*.gin includes
 TINY_SIZES = ("--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 8}", '--gin.BATCH_SIZE=4', '--gin.TRAIN_STEPS=2',
               '--gin.CHECKPOINT_PERIOD=2', '--gin.PROMPT_LENGTH=5')
 DEMO_SIZES = ('--gin.TRAIN_STEPS=2', '--gin.BATCH_SIZE=8', '--gin.CHECKPOINT_PERIOD=2')
@@ -46,6 +50,12 @@ NOT_RUN = {
 }
 OUTPUT_FLAGS = ('--output', '--predictions_file')
 SENTENCES = ('good movie', 'awful plot', 'a great film')
+
+
+def is_causal(model_file: str) -> bool:
+  """A causal LM's models/*.gin: it reads a Hugging Face folder (`CAUSAL_LAYOUT`)."""
+  path = REPO / 'gin_configs' / model_file
+  return path.is_file() and CAUSAL_LAYOUT in path.read_text()
 
 
 def not_run(command: Command) -> str | None:
@@ -72,12 +82,13 @@ def flag_values(words: Sequence[str], flag: str) -> list[str]:
 @dataclasses.dataclass
 class DocRuns:
   """Runs doc commands under `root` with `main` (`jaxprompt.cli.main.main`); `task` is the tiny task's name,
-  `files` its TSV / vocabulary files, `checkpoint` the t5x fixture model."""
+  `files` its TSV / vocabulary files, `checkpoint` the t5x fixture model, `causal` the tiny causal LM's folder."""
   root: pathlib.Path
   main: Callable[[list[str]], int]
   task: str
   files: dict
   checkpoint: pathlib.Path
+  causal: pathlib.Path | None = None
 
   def argv(self, args: Sequence[str]) -> list[str]:
     """`jaxprompt ARGS` as the test runs it (module docstring)."""
@@ -86,15 +97,20 @@ class DocRuns:
     if not models or DEMO_MODEL in models:
       return [*args, *DEMO_SIZES, *train] if models else list(args)
     own = {task_spec.parse_task_spec(spec)['name'] for spec in flag_values(args, '--task')}
+    causal = any(is_causal(f) for f in models)
     out = []
     for word in args:
       if word.startswith('--gin_file=models/') or word.startswith('models/'):
-        word = word.replace(word[word.index('models/'):], TINY_MODEL)
+        word = word.replace(word[word.index('models/'):], CAUSAL_MODEL if causal else TINY_MODEL)
+      elif word.startswith('--gin.HF_MODEL_DIR='):
+        continue  # the tiny causal model's, below
       elif word.startswith('--gin.MIXTURE_OR_TASK_NAME='):
         name = ast.literal_eval(word.partition('=')[2])
         if not (name.startswith(USER_PREFIX) or name in own):
           word = f"--gin.MIXTURE_OR_TASK_NAME='{self.task}'"
       out.append(word)
+    if causal:
+      return [*out, f"--gin.HF_MODEL_DIR='{self.causal}'", *TINY_SIZES, *train]
     return [
         *out, f"--gin.T5X_TINY_CHECKPOINT='{self.checkpoint}'", f"--gin.VOCABULARY_PATH='{self.files['vocab']}'",
         *TINY_SIZES, *train

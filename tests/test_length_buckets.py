@@ -8,7 +8,7 @@ import pytest
 
 from jaxprompt.checkpoints import load_t5x_checkpoint
 from jaxprompt.commands import train as trainer
-from jaxprompt.data import buckets
+from jaxprompt.data import buckets, causal
 from jaxprompt.data import pipeline as data
 from jaxprompt.errors import ConfigError
 from jaxprompt.methods.prompt_tuning import PromptTuning
@@ -78,6 +78,19 @@ def test_trim_cuts_each_group_to_its_bucket_and_agrees_across_hosts():
   # Only the groups asked for (decoding keeps the targets width: the maximum decode length).
   assert b.trim(batch, groups=('inputs',))['decoder_target_tokens'].shape == (2, 8)
   assert buckets.LengthBuckets.from_spec(None).trim(batch)['encoder_input_tokens'].shape == (2, 16)
+
+
+def test_a_causal_prompt_is_cut_from_the_left_and_keeps_its_decode_length():
+  lengths = {'inputs': 16, 'targets': 8}
+  batch = data.inference_features([[5, 0, 7, 2], [9, 2]], lengths, 'decoder_only', causal.StreamTokens(1, 2))
+  assert batch['decoder_input_tokens'].shape == (2, 17)  # [BOS] + inputs, left-padded
+  out = buckets.LengthBuckets.from_spec(4).trim(batch, groups=buckets.INFERENCE_GROUPS)
+  assert out['decoder_input_tokens'].shape == (2, 4) and out['decoder_target_tokens'].shape == (2, 8)
+  np.testing.assert_array_equal(out['decoder_input_tokens'], [[1, 5, 0, 7], [0, 0, 1, 9]])  # id 0 is a token
+  np.testing.assert_array_equal(out['decoder_input_mask'], [[1, 1, 1, 1], [0, 0, 1, 1]])
+  t5 = data.inference_features([[5, 6, 1]], lengths)
+  cut = buckets.LengthBuckets.from_spec(4).trim(t5, groups=buckets.INFERENCE_GROUPS)
+  assert cut['encoder_input_tokens'].shape == (1, 4) and cut['decoder_target_tokens'].shape == (1, 8)
 
 
 def test_each_new_shape_is_logged_once_with_the_bound(caplog):

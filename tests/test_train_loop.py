@@ -23,6 +23,7 @@ from jaxprompt.eval import evaluation as evaluate
 from jaxprompt.methods.prompt_tuning import prompt_tuning
 from jaxprompt.models.base import LossConfig
 from jaxprompt.models.config import get_config
+from jaxprompt.models.features import FEATURES
 from jaxprompt.runtime import runtime as components
 from jaxprompt.runtime.optim import make_optimizer
 from jaxprompt.runtime.state import init_train_state
@@ -239,7 +240,7 @@ def test_features_match_seqio_encdec_converter(tiny_task):
   ours = data_pipeline.to_features([e['inputs'] for e in examples], [e['targets'] for e in examples], LENGTHS)
   ds = tiny_task.get_dataset(LENGTHS, split='validation', shuffle=False, num_epochs=1)
   theirs = list(seqio.EncDecFeatureConverter(pack=False)(ds, LENGTHS).as_numpy_iterator())
-  for key in data_pipeline.FEATURES:
+  for key in FEATURES:
     np.testing.assert_array_equal(ours[key], np.stack([t[key] for t in theirs]).astype(ours[key].dtype), key)
   batches = list(data_pipeline.padded_batches(ours, 5))
   assert [real for _, real in batches] == [5, 5, 2]

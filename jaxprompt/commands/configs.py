@@ -1,9 +1,10 @@
 """Config-level gin functions (module `jaxprompt`): what gin binds besides the entry points and their groups
 (`commands/groups.py`), and the check that a task's vocabulary fits the model.
 
-  jaxprompt.model_config(name, dtype, ...)   -> ModelConfig     (models/*.gin)
+  jaxprompt.model_config(name, dtype, ...)   -> ModelConfig     (models/*.gin: a named config of any family)
+  jaxprompt.hf_model_config(path, dtype, ...) -> ModelConfig    (models/hf_causal.gin: a Hugging Face causal LM folder)
   jaxprompt.loss_config(z_loss, ...)          -> LossConfig
-  jaxprompt.task_vocabulary(task)             -> the task's targets vocabulary (prompts/*.gin)
+  jaxprompt.task_vocabulary(task, vocabulary) -> the model's vocabulary, else the task's (prompts/*.gin)
   jaxprompt.task_label_set(task)              -> the task's class labels (prompts/class_labels.gin)
   jaxprompt.vocabulary(path, extra_ids)       -> a SentencePiece vocabulary (models/*.gin: VOCABULARY)
 `macro_value(name)` evaluates a bound macro for commands that read the model's macros without a configurable of
@@ -19,9 +20,9 @@ import gin
 import jax.numpy as jnp
 
 from jaxprompt.errors import ConfigError
-from jaxprompt.formats import macros
+from jaxprompt.formats import macros, validation
+from jaxprompt.models import families
 from jaxprompt.models.base import LossConfig, ModelConfig
-from jaxprompt.models.config import get_config
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
@@ -34,17 +35,37 @@ def _dtype(value: Any, name: str) -> Any:
   return _DTYPES[value]
 
 
+def _overrides(dtype: Any, param_dtype: Any, dropout_rate: float | None, scan_layers: bool | None,
+               remat_policy: str | None) -> dict[str, Any]:
+  """The run-time fields a model config's gin function may change (every family's config has them)."""
+  overrides = dict(dtype=_dtype(dtype, 'dtype'), param_dtype=_dtype(param_dtype, 'param_dtype'),
+                   dropout_rate=dropout_rate, scan_layers=scan_layers, remat_policy=remat_policy)
+  return {k: v for k, v in overrides.items() if v is not None}
+
+
 @gin.configurable(module='jaxprompt')
 def model_config(name: str = gin.REQUIRED, dtype: Any = None, param_dtype: Any = None,
                  dropout_rate: float | None = None, scan_layers: bool | None = None,
                  remat_policy: str | None = None) -> ModelConfig:
-  """A named T5 config (see `jaxprompt.models.config.CONFIGS`) with optional overrides.
+  """A named config of any family (T5's `jaxprompt.models.config.CONFIGS`, the causal LMs'
+  `jaxprompt.models.decoder_config.CONFIGS`) with optional overrides.
 
   `dtype` is the activation dtype ('bfloat16' on TPU), `param_dtype` the frozen weights' dtype after loading.
   """
-  overrides = dict(dtype=_dtype(dtype, 'dtype'), param_dtype=_dtype(param_dtype, 'param_dtype'),
-                   dropout_rate=dropout_rate, scan_layers=scan_layers, remat_policy=remat_policy)
-  return get_config(name, **{k: v for k, v in overrides.items() if v is not None})
+  return families.named_config(name, **_overrides(dtype, param_dtype, dropout_rate, scan_layers, remat_policy))
+
+
+@gin.configurable(module='jaxprompt')
+def hf_model_config(path: str = gin.REQUIRED, dtype: Any = None, param_dtype: Any = None,
+                    dropout_rate: float | None = None, scan_layers: bool | None = None,
+                    remat_policy: str | None = None) -> ModelConfig:
+  """The config a Hugging Face causal LM folder's config.json describes (Llama, Mistral, Qwen2, GPT-2: any size),
+  with the same overrides as `model_config`."""
+  from jaxprompt.checkpoints import hf_causal  # pylint: disable=g-import-not-at-top
+  path = validation.require(path, 'HF_MODEL_DIR', "\"'/path/to/model'\" (the model's Hugging Face folder)")
+  config = hf_causal.hf_causal_config(os.fspath(path))
+  overrides = _overrides(dtype, param_dtype, dropout_rate, scan_layers, remat_policy)
+  return config.replace(**overrides) if overrides else config
 
 
 @gin.configurable(module='jaxprompt')
@@ -56,8 +77,12 @@ def loss_config(z_loss: float = 1e-4, label_smoothing: float = 0.0, loss_normali
 
 
 @gin.configurable(module='jaxprompt')
-def task_vocabulary(task: str = gin.REQUIRED) -> Any:
-  """The vocabulary of the task's `targets` feature (what class labels and texts are tokenized with)."""
+def task_vocabulary(task: str = gin.REQUIRED, vocabulary: Any = None) -> Any:
+  """The vocabulary class labels and texts of `task` are tokenized with: `vocabulary`, the model's own when its
+  models/*.gin gives one (a causal LM reads every task with it), else the task's `targets` vocabulary."""
+  if vocabulary is not None:
+    from jaxprompt.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+    return vocab_lib.resolve(vocabulary)
   from jaxprompt.data import pipeline as data_pipeline  # pylint: disable=g-import-not-at-top  (imports TF)
   return data_pipeline.targets_vocabulary(data_pipeline.get_provider(task))
 

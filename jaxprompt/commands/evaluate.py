@@ -58,14 +58,15 @@ def evaluate(output_file: str | None = None, *, model: ModelSource | None = None
   check_eval_data(data)
   model.require_checkpoint()
   split = data.split or 'validation'
-  provider = data_lib.get_provider(data.require_task())
+  provider = data_lib.get_provider(data.require_task(), model.vocabulary, model.family)
   eos_id = data_lib.targets_vocabulary(provider).eos_id
   method, trainable, sources = bank_files.load_method(source, config=model.config, eos_id=eos_id, what='an ensemble')
   for task in data_lib.subtasks(provider, split):
     configs.check_vocabulary(data_lib.targets_vocabulary(task), model.config, task.name)
   # A multi-task run's prompts.npz is a bank: each task's rows carry its id (an ensemble sets ids itself).
   sets = prepare_eval(provider, split, data.task_feature_lengths, max_examples=data.max_examples,
-                      rank_classification=rank_classification, task_names=() if source.prompts else method.task_names)
+                      rank_classification=rank_classification, task_names=() if source.prompts else method.task_names,
+                      family=model.family)
   data_lib.host_batch_size(data.batch_size, runtime_lib.data_parallel_size(model.model_parallel))
   fns, placed = tuned_model(model, data.task_feature_lengths, method, trainable, eos_id=eos_id, decode=decode,
                             length_buckets=data.length_buckets)

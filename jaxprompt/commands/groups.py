@@ -2,9 +2,9 @@
 the usual macros by `gin_configs/runs/*.gin` (the loop's `Schedule` is the fifth group).
 
   group                       fields                                                    macros
-  jaxprompt.ModelSource       config, checkpoint, model_parallel                        MODEL_CONFIG,
+  jaxprompt.ModelSource       config, checkpoint, model_parallel, vocabulary            MODEL_CONFIG,
                                                                                         INITIAL_CHECKPOINT_PATH,
-                                                                                        MODEL_PARALLEL
+                                                                                        MODEL_PARALLEL, VOCABULARY
   jaxprompt.DataConfig        mixture_or_task_name, task_feature_lengths, split,        MIXTURE_OR_TASK_NAME,
                               batch_size, max_examples, pack, length_buckets            TASK_FEATURE_LENGTHS,
                                                                                         BATCH_SIZE, PACK,
@@ -26,12 +26,14 @@ Whether a field may be unset is the command's to say (`infer` needs no task, `tr
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from typing import Any
 
 import gin
 
 from jaxprompt.data import buckets
+from jaxprompt.data import vocab as vocab_lib
 from jaxprompt.errors import ConfigError
 from jaxprompt.formats import macros, validation
 from jaxprompt.methods.prompt_tuning import COMBINATIONS
@@ -51,10 +53,13 @@ def _set(group: Any, name: str, value: Any) -> None:
 @dataclasses.dataclass(frozen=True)
 class ModelSource:
   """The frozen model: its config [MODEL_CONFIG], its weights (a T5X checkpoint in any format, a model dir or a
-  Hugging Face safetensors folder) [INITIAL_CHECKPOINT_PATH] and the devices of one replica [MODEL_PARALLEL]."""
+  Hugging Face safetensors folder) [INITIAL_CHECKPOINT_PATH], the devices of one replica [MODEL_PARALLEL] and the
+  vocabulary every task is tokenized with [VOCABULARY; a causal LM's models/*.gin binds it: its own tokenizer. None:
+  each task's own vocabulary, T5's for GLUE / SuperGLUE; kept as a vocabulary object]."""
   config: ModelConfig | None = None
   checkpoint: str | None = None
   model_parallel: int = 1
+  vocabulary: Any = None
 
   def __post_init__(self):
     config = validation.require(self.config, 'MODEL_CONFIG', '"@jaxprompt.model_config()" (a models/*.gin)')
@@ -62,6 +67,15 @@ class ModelSource:
       raise macros.error('MODEL_CONFIG', config)
     macros.check(INITIAL_CHECKPOINT_PATH=self.checkpoint, MODEL_PARALLEL=self.model_parallel)
     _set(self, 'checkpoint', validation.optional_path(self.checkpoint, 'INITIAL_CHECKPOINT_PATH'))
+    if self.vocabulary is not None:
+      if not (vocab_lib.is_vocabulary(self.vocabulary) or isinstance(self.vocabulary, (str, os.PathLike))):
+        raise macros.error('VOCABULARY', self.vocabulary)
+      _set(self, 'vocabulary', vocab_lib.resolve(self.vocabulary))
+
+  @property
+  def family(self) -> str:
+    """The model family (`config.family`): whose batch features the data pipeline makes."""
+    return type(self.config).family
 
   def require_checkpoint(self) -> str:
     """The checkpoint, which every command but training from scratch needs."""

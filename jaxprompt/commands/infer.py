@@ -16,6 +16,7 @@ from jaxprompt.commands.evaluate import check_eval_data, tuned_model
 from jaxprompt.commands.groups import DataConfig, ModelSource, PromptSource
 from jaxprompt.data import pipeline as data_lib
 from jaxprompt.data import vocab as vocab_lib
+from jaxprompt.data.causal import StreamTokens
 from jaxprompt.errors import ConfigError, DataError
 from jaxprompt.eval import banks, records, writers
 from jaxprompt.eval import evaluation as eval_lib
@@ -61,12 +62,14 @@ def _vocabulary(provider: Any, vocabulary: Any) -> seqio.Vocabulary:
 @dataclasses.dataclass
 class Inputs:
   """One group of inputs predicted alike: the rows of one task's split, or the text inputs (`task` their task's
-  name, None without one). `labels`: rank classification over these, else decoding."""
+  name, None without one). `labels`: rank classification over these, else decoding. `tokens`: the special ids
+  a causal LM's prompt takes from the inputs' vocabulary (`data.causal.StreamTokens`)."""
   task: str | None
   texts: list[str]
   rows: list[np.ndarray]  # token ids of each input
   vocabulary: seqio.Vocabulary
   labels: list[str] | None
+  tokens: StreamTokens
 
 
 def check_labels(labels: Mapping[str, Sequence[str]], provider: Any, split: str, texts: Sequence[str] | None) -> None:
@@ -102,7 +105,7 @@ def read_inputs(provider: Any, texts: Sequence[str] | None, vocabulary: seqio.Vo
   if texts is not None:
     task = provider.name if provider is not None else None
     rows = data_lib.tokenize_texts(texts, vocabulary, feature_lengths)
-    return [Inputs(task, list(texts), rows, vocabulary, label_set(task, vocabulary))]
+    return [Inputs(task, list(texts), rows, vocabulary, label_set(task, vocabulary), data_lib.text_tokens(vocabulary))]
   groups = []
   for task in data_lib.subtasks(provider, split):
     examples, _ = data_lib.read_examples(task, feature_lengths, split, max_examples, counted=('inputs',))
@@ -110,7 +113,8 @@ def read_inputs(provider: Any, texts: Sequence[str] | None, vocabulary: seqio.Vo
     vocab_out = data_lib.targets_vocabulary(task)
     groups.append(
         Inputs(task.name, [data_lib.example_text(ex, 'inputs', vocab_in) for ex in examples],
-               [ex['inputs'] for ex in examples], vocab_out, label_set(task.name, vocab_out)))
+               [ex['inputs'] for ex in examples], vocab_out, label_set(task.name, vocab_out),
+               data_lib.stream_tokens(task)))
   return groups
 
 
@@ -119,7 +123,7 @@ def predict_records(fns: eval_lib.ModelFns, trainable: Any, groups: Sequence[Inp
   """One record per input: `input`, `prediction` and its score fields (`jaxprompt.eval.records`)."""
   out = []
   for group in groups:
-    features = data_lib.to_features(group.rows, None, feature_lengths)
+    features = fns.features(group.rows, feature_lengths, group.tokens)
     predictions, scores = eval_lib.predict(fns, trainable, features, batch_size, group.vocabulary, group.labels)
     by = records.prediction_by(bool(group.labels), fns.decode_options.method)
     out += [{'input': t, 'prediction': p, **records.score_fields(s, by)}
@@ -133,7 +137,7 @@ def ensemble_records(fns: eval_lib.ModelFns, trainable: Any, names: list[str], g
   scores."""
   out = []
   for group in groups:
-    features = data_lib.to_features(group.rows, None, feature_lengths)
+    features = fns.features(group.rows, feature_lengths, group.tokens)
     answers, scores = banks.ensemble_predict(fns, trainable, features, len(names), batch_size, group.vocabulary,
                                              group.labels)
     by = records.prediction_by(bool(group.labels), fns.decode_options.method)
@@ -176,7 +180,8 @@ def infer(output_file: str | None = None, *, model: ModelSource | None = None, d
   model.require_checkpoint()
   split, lengths = data.split or 'validation', data.task_feature_lengths
   batch_size, max_examples = data.batch_size, data.max_examples
-  provider = data_lib.get_provider(data.mixture_or_task_name) if data.mixture_or_task_name else None
+  provider = (data_lib.get_provider(data.mixture_or_task_name, model.vocabulary, model.family)
+              if data.mixture_or_task_name else None)
   prompts, labels = source.prompts, dict(labels or {})
   if ensemble and not (prompts and len(prompts) > 1):
     raise ConfigError('--ensemble needs several prompts of the task: --prompt NAME=FILE, repeated')

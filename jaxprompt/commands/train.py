@@ -110,7 +110,8 @@ def run_training(model_dir: Any, *, method: MethodFactory, model: ModelSource, d
                       'split (EVAL_MAX_EXAMPLES caps its evaluation)')
   faults = injected_faults()
   # What a configuration can get wrong fails before MODEL_DIR exists (the checkpointer below makes it).
-  provider = data_lib.get_provider(task_name)
+  family = model.family
+  provider = data_lib.get_provider(task_name, model.vocabulary, family)
   vocab = data_lib.targets_vocabulary(provider)
   configs.check_vocabulary(vocab, model.config, task_name)
   # The method first: its configuration errors (e.g. class labels the task lacks) come before data errors.
@@ -120,8 +121,8 @@ def run_training(model_dir: Any, *, method: MethodFactory, model: ModelSource, d
   # A file task's truncation is said now; a stream's at the first evaluation, or when a run without one ends.
   count = data_lib.training_count(provider, lengths, split)
   eval_sets = (eval_lib.prepare_eval(provider, evaluation.split, lengths, max_examples=evaluation.max_examples,
-                                     rank_classification=evaluation.task_metrics, task_names=tuning.task_names)
-               if evaluation.split else [])
+                                     rank_classification=evaluation.task_metrics, task_names=tuning.task_names,
+                                     family=family) if evaluation.split else [])
   data_parallel = runtime_lib.data_parallel_size(model.model_parallel)
   host_batch = data_lib.host_batch_size(data.batch_size, data_parallel)
   eval_batch = evaluation.batch_size or data.batch_size
@@ -140,9 +141,9 @@ def run_training(model_dir: Any, *, method: MethodFactory, model: ModelSource, d
 
     def batches(skip: int):
       ds = data_lib.train_dataset(provider, lengths, split, host_batch, seed, pack=data.pack, prompt_slots=prompt_slots,
-                                  task_names=tuning.task_names, count=count)
-      return buckets.bucketed(data_lib.train_batches(ds, skip=skip), data.length_buckets, name='train step',
-                              agree=host.global_max)
+                                  task_names=tuning.task_names, count=count, family=family)
+      return buckets.bucketed(data_lib.train_batches(ds, skip=skip, family=family), data.length_buckets,
+                              name='train step', agree=host.global_max)
 
     evaluate = (loop_evaluation(runtime, data.length_buckets, eval_sets, eval_batch, evaluation.task_metrics,
                                 before=None if count is None else count.report_once) if evaluation.split else None)
@@ -186,7 +187,8 @@ def train(model_dir: str | None = None, *, model: ModelSource | None = None, dat
           checkpoints: CheckpointConfig | None = None, method: MethodFactory = prompt_tuning,
           optimizer: Optimizer | None = None, loss: LossConfig | None = None, seed: int = 0, num_microbatches: int = 1,
           progress_bar: bool | None = None) -> TrainResult:
-  """Tunes a method (default: a prompt) on a frozen T5, resuming from `model_dir`'s newest intact checkpoint.
+  """Tunes a method (default: a prompt) on a frozen model (T5 or a causal LM), resuming from `model_dir`'s newest
+  intact checkpoint.
 
   Args (the gin macros in brackets are what gin_configs/runs/prompt_tuning.gin binds; a group left None is
   built from its own gin bindings, see `jaxprompt.commands.groups`):

@@ -18,7 +18,8 @@ and targets are cut to their own lengths first, and counted, as for T5 (`data/tr
 EOS to its inputs too (T5's tasks do), that EOS is dropped: the stream reads as one text.
 
 Inference on text (`to_causal_prompts`): [BOS] inputs, right-aligned in rows of inputs (+1 for BOS) columns with the
-mask and transformers' positions (0 at the first real token), for decoding from the left-padded prompt.
+mask and transformers' positions (0 at the first real token), for decoding from the left-padded prompt;
+`to_causal_inference` is what rank classification and decoding read: those prompts and the decode length.
 """
 from __future__ import annotations
 
@@ -110,3 +111,15 @@ def to_causal_prompts(inputs: Sequence[Sequence[int]], feature_lengths: Mapping[
       mask[i, width - prompt.size:] = 1
   positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32) * mask
   return {'decoder_input_tokens': ids, 'decoder_input_mask': mask, 'decoder_positions': positions}
+
+
+def to_causal_inference(inputs: Sequence[Sequence[int]], feature_lengths: Mapping[str, int],
+                        tokens: StreamTokens | None = None) -> Batch:
+  """A causal LM's inference features: the left-padded prompts of `to_causal_prompts` (`decoder_input_tokens`,
+  `decoder_input_mask`; the model numbers the positions itself) and an all-zero `decoder_target_tokens`
+  [n, targets] whose width is the decode length (and the label candidates' length)."""
+  prompts = to_causal_prompts(inputs, feature_lengths, tokens)
+  return {
+      'decoder_input_tokens': prompts['decoder_input_tokens'], 'decoder_input_mask': prompts['decoder_input_mask'],
+      'decoder_target_tokens': np.zeros((len(inputs), int(feature_lengths['targets'])), np.int32)
+  }

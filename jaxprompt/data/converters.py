@@ -7,8 +7,9 @@ an encoder-decoder batch from a decoder-only one.
                      packed rows reserve the prompt slots in front of each example's stream
 
 The pipeline (`data/pipeline.py`) takes a `family` (default 'encoder_decoder') and asks `get(family)` for its
-`convert` (tf.data examples -> features), `to_features` (numpy rows -> the same features) and `batch_keys`; a new
-family (BERT's 'encoder_only') is one more `register(Family(...))` here.
+`convert` (tf.data examples -> features), `to_features` (numpy rows -> the same features), `inference_features`
+(inputs alone -> what rank classification and decoding read), `batch_keys` and `inputs_eos`; a new family (BERT's
+'encoder_only') is one more `register(Family(...))` here.
 """
 from __future__ import annotations
 
@@ -45,12 +46,19 @@ class Family:
     `passthrough` {name: seqio FeatureSpec} features carried through unpacked rows (task ids).
   to_features(inputs, targets, feature_lengths, tokens) -> the same features, unpacked, of numpy id rows (targets
     None: inference).
+  inference_features(inputs, feature_lengths, tokens) -> the features of inputs alone that rank classification and
+    decoding read (the model's `DECODE_FEATURES`: T5's encoder inputs, a causal LM's left-padded prompt), with a
+    `decoder_target_tokens` of the targets length (the decode length).
   batch_keys: the features a batch keeps (packed rows add their segment features).
+  inputs_eos: whether the family's tasks end their inputs with EOS (T5 reads it; a causal stream runs on from the
+    inputs into the targets, so a task re-tokenized for it has none: `data/retokenized.py`).
   """
   name: str
   convert: Callable[..., tf.data.Dataset]
   to_features: Callable[..., Batch]
+  inference_features: Callable[..., Batch]
   batch_keys: tuple[str, ...]
+  inputs_eos: bool = True
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -127,6 +135,12 @@ def encdec_features(inputs: Sequence[np.ndarray], targets: Sequence[np.ndarray] 
   }
 
 
+def encdec_inference(inputs: Sequence[np.ndarray], feature_lengths: Mapping[str, int],
+                     tokens: causal.StreamTokens | None = None) -> Batch:
+  """T5's inference features: `encdec_features` without targets (encoder inputs; zero targets of the decode length)."""
+  return encdec_features(inputs, None, feature_lengths, tokens)
+
+
 # ------------------------------------------------------------------------------------------------ decoder-only
 
 
@@ -138,5 +152,7 @@ def _causal_convert(ds: tf.data.Dataset, feature_lengths: Mapping[str, int], pac
   return converter(ds, feature_lengths)
 
 
-register(Family(ENCODER_DECODER, _encdec_convert, encdec_features, FEATURES + SEGMENT_FEATURES))
-register(Family(DECODER_ONLY, _causal_convert, causal.to_causal_features, CAUSAL_FEATURES + CAUSAL_PACKING_FEATURES))
+register(Family(ENCODER_DECODER, _encdec_convert, encdec_features, encdec_inference, FEATURES + SEGMENT_FEATURES))
+register(
+    Family(DECODER_ONLY, _causal_convert, causal.to_causal_features, causal.to_causal_inference,
+           CAUSAL_FEATURES + CAUSAL_PACKING_FEATURES, inputs_eos=False))

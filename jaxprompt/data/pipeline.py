@@ -33,16 +33,24 @@ Batch = dict[str, np.ndarray]
 # ------------------------------------------------------------------------------------ tasks
 
 
-def get_provider(name: Any) -> seqio.Task | seqio.Mixture:
-  """A registered Task or Mixture (GLUE / SuperGLUE, user file tasks, anything a gin `import` registered)."""
+def get_provider(name: Any, vocabulary: Any = None, family: str = converters.DEFAULT) -> seqio.Task | seqio.Mixture:
+  """A registered Task or Mixture (GLUE / SuperGLUE, user file tasks, anything a gin `import` registered).
+
+  `vocabulary` (the model's, `ModelSource.vocabulary`; None: the task's own): the task reads with it, its inputs
+  ending in EOS as `family` wants (`data/retokenized.py`: a causal LM reads GLUE with its own tokenizer)."""
   import seqio  # pylint: disable=g-import-not-at-top
 
   from jaxprompt.data import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
   if isinstance(name, (seqio.Task, seqio.Mixture)):
-    return name
-  if not isinstance(name, str) or not name:
+    provider = name
+  elif not isinstance(name, str) or not name:
     raise ConfigError(f'MIXTURE_OR_TASK_NAME must be a task or mixture name, got {name!r}')
-  return tasks_lib.get_task(name)
+  else:
+    provider = tasks_lib.get_task(name)
+  if vocabulary is None:
+    return provider
+  from jaxprompt.data.retokenized import retokenized  # pylint: disable=g-import-not-at-top
+  return retokenized(provider, vocabulary, converters.get(family).inputs_eos)
 
 
 def label_set(name: str) -> list[str] | None:
@@ -284,6 +292,20 @@ def to_features(inputs: Sequence[np.ndarray], targets: Sequence[np.ndarray] | No
   (`converters.encdec_features` for T5, `causal.to_causal_features` for a causal LM, `tokens` its BOS / inputs EOS).
   Without targets (inference) the target features are zeros."""
   return converters.get(family).to_features(inputs, targets, feature_lengths, tokens)
+
+
+def inference_features(inputs: Sequence[np.ndarray], feature_lengths: Mapping[str, int],
+                       family: str = converters.DEFAULT, tokens: causal.StreamTokens | None = None) -> Batch:
+  """The features rank classification and decoding read, of token-id rows of inputs alone (EOS included): T5's
+  encoder inputs, a causal LM's left-padded prompt ([BOS] + inputs, `tokens` its BOS / inputs EOS); their
+  `decoder_target_tokens` are zeros of the targets length, the decode length (`converters.Family`)."""
+  return converters.get(family).inference_features(inputs, feature_lengths, tokens)
+
+
+def text_tokens(vocabulary: seqio.Vocabulary) -> causal.StreamTokens:
+  """The stream tokens of text inputs tokenized by `tokenize_texts` (which appends EOS): BOS as the tokenizer puts
+  it, that EOS dropped from a causal prompt."""
+  return causal.StreamTokens.of(vocabulary, inputs_add_eos=True)
 
 
 def padded_batches(features: Mapping[str, np.ndarray], batch_size: int) -> Iterator[tuple[Batch, int]]:

@@ -138,8 +138,8 @@ def serve(fns: ModelFns, trainable: Any, tasks: Sequence[str], rows: Sequence[Ma
   """
   labels = dict(labels or {})
   ids, real = candidate_tables(labels, tasks, vocabulary, feature_lengths['targets'])
-  features = data.to_features(data.tokenize_texts([r['input'] for r in rows], vocabulary, feature_lengths, 'requests'),
-                              None, feature_lengths)
+  features = fns.features(data.tokenize_texts([r['input'] for r in rows], vocabulary, feature_lengths, 'requests'),
+                          feature_lengths, data.text_tokens(vocabulary))
   features[TASK_FEATURE] = np.asarray([list(tasks).index(r['task']) for r in rows], np.int32)
   out: list[dict[str, Any]] = [dict(r) for r in rows]
   decoded_by = records.prediction_by(False, fns.decode_options.method)
@@ -184,7 +184,8 @@ def ensemble_predict(fns: ModelFns, trainable: Any, features: Mapping[str, np.nd
                      vocabulary: seqio.Vocabulary,
                      labels: Sequence[str] | None) -> tuple[list[list[str]], list[list[float]]]:
   """Every example under each of the bank's `size` prompts, `batch_size` examples (x size rows) per pass:
-  (predictions [n][size], scores [n][size]) by rank classification over `labels`, else decoding."""
+  (predictions [n][size], scores [n][size]) by rank classification over `labels`, else decoding. `features`:
+  inference features (`ModelFns.features`)."""
   texts: list[list[str]] = []
   scores: list[list[float]] = []
   candidates = None
@@ -212,7 +213,7 @@ def evaluate_ensemble(fns: ModelFns, trainable: Any, eval_set: EvalSet, batch_si
   fns on each prompt's predictions (`<name>/<metric>`) and on the majority vote (`ensemble/<metric>`)."""
   task, examples = eval_set.task, eval_set.examples
   vocabulary = data.targets_vocabulary(task)
-  texts, scores = ensemble_predict(fns, trainable, eval_set.features, len(names), batch_size, vocabulary,
+  texts, scores = ensemble_predict(fns, trainable, eval_set.inference, len(names), batch_size, vocabulary,
                                    eval_set.labels)
   targets = [
       task.postprocess_fn(data.example_text(ex, 'targets', vocabulary), example=ex, is_target=True) for ex in examples

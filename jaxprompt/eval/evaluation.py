@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from jaxprompt.data import buckets as buckets_lib
+from jaxprompt.data import converters
 from jaxprompt.data import pipeline as data
 from jaxprompt.data.truncation import Truncation
 from jaxprompt.errors import ConfigError
@@ -88,7 +89,8 @@ class ModelFns:
 
   Batches are global numpy batches held by every process; each process feeds its own rows. Each batch is cut
   to its length buckets first (`jaxprompt.data.buckets`; the same cut on every process, which all hold the
-  whole batch); decoding keeps the targets width, its maximum decode length.
+  whole batch); decoding keeps the targets width, its maximum decode length. Ranking and decoding take inference
+  batches (`data.inference_features` of the model's family: `family`, `features`).
   """
 
   def __init__(self, runtime: runtime_lib.Runtime, decode: DecodeOptions | None = None,
@@ -100,6 +102,16 @@ class ModelFns:
     self._scores = _TargetScores(runtime.model)
     self._ranks = _RankScores(runtime.model)
     self._decodes = _Decodes(runtime.model, dataclasses.replace(self.decode_options, seed=0))
+
+  @property
+  def family(self) -> str:
+    """The frozen model's family (`config.family`): whose batch features it reads."""
+    return type(self.rt.config).family
+
+  def features(self, inputs: Sequence[np.ndarray], feature_lengths: Mapping[str, int],
+               tokens: Any = None) -> dict[str, np.ndarray]:
+    """Inference features of token-id rows of inputs (EOS included) for `rank` and `decode`."""
+    return data.inference_features(inputs, feature_lengths, self.family, tokens)
 
   def _shard(self, name: str, batch: Mapping[str, np.ndarray], groups: Sequence[str] = buckets_lib.GROUPS) -> dict:
     if not self.buckets.fixed:
@@ -122,12 +134,13 @@ class ModelFns:
     width = buckets_lib.last_real_column(candidates.reshape(-1, candidates.shape[-1]))
     candidates = candidates[..., :max(width, 1)]
     fn = self.rt.steps.compiled(self._ranks, 1)
-    return host.host_value(fn(self.rt.frozen, trainable, self._shard('rank', batch, ('inputs',)), candidates))
+    batch = self._shard('rank', batch, buckets_lib.INFERENCE_GROUPS)
+    return host.host_value(fn(self.rt.frozen, trainable, batch, candidates))
 
   def decode(self, trainable: Any, batch: Mapping[str, np.ndarray], index: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(decoded ids [b, L_targets], scores [b]) of the best decode per row."""
     rng = jax.random.fold_in(jax.random.PRNGKey(self.decode_options.seed), index)
-    batch = self._shard('decode', batch, ('inputs',))
+    batch = self._shard('decode', batch, buckets_lib.INFERENCE_GROUPS)
     decodes, scores = self.rt.steps.compiled(self._decodes, 1)(self.rt.frozen, trainable, batch, rng)
     return host.host_value(decodes), host.host_value(scores)
 
@@ -174,7 +187,8 @@ def validation_loss(fns: ModelFns, trainable: Any, features: Mapping[str, np.nda
 
 def predict(fns: ModelFns, trainable: Any, features: Mapping[str, np.ndarray], batch_size: int,
             vocabulary: seqio.Vocabulary, labels: Sequence[str] | None) -> tuple[list[str], list[float]]:
-  """(prediction texts, scores): the best label by rank classification when `labels`, else the decode."""
+  """(prediction texts, scores): the best label by rank classification when `labels`, else the decode (read up to
+  its EOS). `features`: inference features (`ModelFns.features`)."""
   texts: list[str] = []
   scores: list[float] = []
   candidates = None
@@ -203,19 +217,23 @@ def task_id(task_names: Sequence[str], name: str) -> int:
 @dataclasses.dataclass
 class EvalSet:
   """One task's split, read and featurized once (reused by every evaluation of a training run), and how many of
-  its examples were longer than the feature lengths (`truncation` in its metrics)."""
+  its examples were longer than the feature lengths (`truncation` in its metrics). `features` (inputs and targets)
+  give the loss and target scores; `inference` (the inputs alone) rank classification and decoding."""
   task: seqio.Task
   split: str
   examples: list[dict[str, Any]]
   features: dict[str, np.ndarray]
+  inference: dict[str, np.ndarray]
   labels: list[str] | None  # rank classification over these, else decoding
   truncation: Truncation | None = None
 
 
 def prepare_eval(provider: seqio.Task | seqio.Mixture, split: str, feature_lengths: Mapping[str, int], *,
-                 max_examples: int | None = None, rank_classification: bool = True,
-                 task_names: Sequence[str] = ()) -> list[EvalSet]:
-  """Reads the split of the task (each task of a mixture); checks the labels fit the targets length.
+                 max_examples: int | None = None, rank_classification: bool = True, task_names: Sequence[str] = (),
+                 family: str = converters.DEFAULT) -> list[EvalSet]:
+  """Reads the split of the task (each task of a mixture) into the `family`'s features (a model config's
+  `family`): the loss's and the inputs-only ones rank classification and decoding read; checks the labels fit
+  the targets length.
 
   `task_names` (a multi-task method's `task_names`): each set's rows carry their task's index in it as
   `task_ids`.
@@ -223,13 +241,16 @@ def prepare_eval(provider: seqio.Task | seqio.Mixture, split: str, feature_lengt
   sets = []
   for task in data.subtasks(provider, split):
     examples, truncated = data.read_examples(task, feature_lengths, split, max_examples)
-    features = data.to_features([ex['inputs'] for ex in examples], [ex['targets'] for ex in examples], feature_lengths)
+    inputs, tokens = [ex['inputs'] for ex in examples], data.stream_tokens(task)
+    features = data.to_features(inputs, [ex['targets'] for ex in examples], feature_lengths, family, tokens)
+    inference = data.inference_features(inputs, feature_lengths, family, tokens)
     if task_names:
-      features[TASK_FEATURE] = np.full((len(examples),), task_id(task_names, task.name), np.int32)
+      ids = np.full((len(examples),), task_id(task_names, task.name), np.int32)
+      features[TASK_FEATURE], inference[TASK_FEATURE] = ids, ids
     labels = data.label_set(task.name) if rank_classification else None
     if labels:
       label_candidates(labels, data.targets_vocabulary(task), feature_lengths['targets'])
-    sets.append(EvalSet(task, split, examples, features, labels, truncated))
+    sets.append(EvalSet(task, split, examples, features, inference, labels, truncated))
   return sets
 
 
@@ -242,7 +263,7 @@ def evaluate_set(fns: ModelFns, trainable: Any, eval_set: EvalSet, batch_size: i
   if not task_metrics:
     return metrics, []
   vocabulary = data.targets_vocabulary(task)
-  texts, scores = predict(fns, trainable, features, batch_size, vocabulary, eval_set.labels)
+  texts, scores = predict(fns, trainable, eval_set.inference, batch_size, vocabulary, eval_set.labels)
   targets = [
       task.postprocess_fn(data.example_text(ex, 'targets', vocabulary), example=ex, is_target=True) for ex in examples
   ]
@@ -296,7 +317,7 @@ def evaluate_provider(fns: ModelFns, trainable: Any, provider: seqio.Task | seqi
                       rank_classification: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
   """`prepare_eval` + `evaluate_sets` in one call (reads the split every time)."""
   sets = prepare_eval(provider, split, feature_lengths, max_examples=max_examples,
-                      rank_classification=rank_classification)
+                      rank_classification=rank_classification, family=fns.family)
   return evaluate_sets(fns, trainable, sets, batch_size, task_metrics=task_metrics)
 
 

@@ -78,9 +78,12 @@ MACROS: dict[str, Macro] = {
     'INITIAL_CHECKPOINT_PATH': Macro('path', "'gs://t5-data/pretrained_models/t5x/t5_1_1_small/checkpoint_1000000'",
                                      'the frozen weights: a T5X checkpoint or a Hugging Face safetensors folder',
                                      'models/*.gin', none='train_model from scratch'),
-    'VOCABULARY': Macro('path', '@jaxprompt.vocabulary()', 'the model\'s vocabulary (file tasks, infer text)',
-                        'models/*.gin', none="T5's", expects='a vocabulary such as @jaxprompt.vocabulary() or a '
-                        'SentencePiece model path'),
+    'VOCABULARY': Macro('path', '@jaxprompt.vocabulary()', 'the model\'s vocabulary (file tasks, infer text; a causal '
+                        'LM reads every task with it)', 'models/*.gin', none="T5's", expects='a vocabulary such as '
+                        '@jaxprompt.vocabulary() or a SentencePiece model path'),
+    'HF_MODEL_DIR': Macro('path', "'/models/Llama-3.2-1B'", "a causal LM's local Hugging Face folder: its weights and "
+                          'tokenizer (and config.json for models/hf_causal.gin)', 'models/*.gin of causal LMs (a '
+                          'placeholder)'),
     'VOCABULARY_PATH': Macro('path', "'/path/spm.model'", 'the SentencePiece model of the fixture model',
                              'models/t5x_tiny.gin', none="T5's"),
     'T5X_TINY_CHECKPOINT': Macro('path', "'/abs/path/t5x_tiny/classic_checkpoint_0'", "the fixture model's weights",

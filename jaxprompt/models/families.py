@@ -52,8 +52,10 @@ def named_config(name: str, **overrides) -> ModelConfig:
   the closest names otherwise."""
   known = named_configs()
   if name not in known:
-    hint = validation.did_you_mean(name, known) or f'; known: {", ".join(sorted(known))}'
-    raise ConfigError(f'unknown model config {name!r}{hint}')
+    by_family = {f: sorted(n for n, c in known.items() if type(c).family == f) for f in _MODELS}
+    lists = '; '.join(f'{family}: {", ".join(names)}' for family, names in by_family.items() if names)
+    raise ConfigError(f'unknown model config {name!r}{validation.did_you_mean(name, known)} (named configs by '
+                      f'family, {lists})')
   return known[name].replace(**overrides) if overrides else known[name]
 
 

@@ -1,5 +1,6 @@
 """The frozen network and its method placed on a mesh, with the partitioned steps to run them: what `train`,
-`evaluate` and `infer` share. Frozen weights are read straight into their shards (T5X any format, or HF)."""
+`evaluate` and `infer` share. Frozen weights are read straight into their shards by the family's reader
+(`jaxprompt.checkpoints.readers`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,6 +11,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from jaxprompt.checkpoints import readers
+from jaxprompt.checkpoints.readers import is_hf_checkpoint  # noqa: F401  (commands tell checkpoints apart with it)
 from jaxprompt.errors import ConfigError
 from jaxprompt.formats import validation
 from jaxprompt.methods.base import Method
@@ -18,8 +21,6 @@ from jaxprompt.models.families import build_model
 from jaxprompt.parallel import partitioning
 from jaxprompt.runtime.compiled import ShardedSteps
 from jaxprompt.runtime.optim import Optimizer
-
-_HF_FILES = ('model.safetensors', 'model.safetensors.index.json')
 
 
 @dataclasses.dataclass
@@ -61,13 +62,6 @@ def data_parallel_size(model_parallel: int) -> int:
   return jax.device_count() // model_parallel
 
 
-def is_hf_checkpoint(path: str) -> bool:
-  """A Hugging Face safetensors checkpoint (folder or file) rather than a T5X one."""
-  if path.endswith('.safetensors') or path.endswith('.safetensors.index.json'):
-    return True
-  return os.path.isdir(path) and any(os.path.isfile(os.path.join(path, f)) for f in _HF_FILES)
-
-
 def network_abstract(model: BaseModel, feature_lengths: Mapping[str, int]) -> dict:
   """Unboxed ShapeDtypeStructs of the network's parameters."""
   boxed = model.init_abstract(1, feature_lengths['inputs'], feature_lengths['targets'])['params']
@@ -75,16 +69,9 @@ def network_abstract(model: BaseModel, feature_lengths: Mapping[str, int]) -> di
 
 
 def load_network(path: str, model: BaseModel, shardings: Any, feature_lengths: Mapping[str, int]) -> Any:
-  """Reads the network's weights (T5X any format, or HF safetensors), checked against the model's shapes."""
-  from jaxprompt.checkpoints import load_t5x_checkpoint  # pylint: disable=g-import-not-at-top
-  expected = network_abstract(model, feature_lengths)
-  dtype = model.config.param_dtype
-  if is_hf_checkpoint(path):
-    from jaxprompt.checkpoints.huggingface import load_hf_t5  # pylint: disable=g-import-not-at-top
-    params, _ = load_hf_t5(path, config=model.config, dtype=dtype, shardings=shardings, expected_shapes=expected)
-    return params
-  return load_t5x_checkpoint(path, dtype=dtype, shardings=shardings, expected_shapes=expected,
-                             scan_layers=model.config.scan_layers)
+  """Reads the network's weights with its family's reader (`checkpoints.readers`: T5X or HF T5 for T5, an HF folder
+  for a causal LM), checked against the model's shapes."""
+  return readers.load(path, model.config, shardings=shardings, expected_shapes=network_abstract(model, feature_lengths))
 
 
 def build_runtime(config: ModelConfig, method: Method | None, checkpoint_path: str | None,
