@@ -160,10 +160,10 @@ class CausalTransformer(nn.Module):
                             param_dtype=cfg.param_dtype, one_hot=layers.use_one_hot(cfg.one_hot_embedding),
                             name='token_embedder')
     x = embedder(tokens)
-    step = decode and not prefill and self.has_variable('cache', 'cached_valid')
-    if step and cfg.scan_layers:
+    if decode and not prefill and cfg.scan_layers:  # a one-call prefill (e.g. a prompt's pass) runs scanned
       raise ConfigError('incremental decoding needs scan_layers=False (unstack the params with '
                         'jaxprompt.models.scan.unstack_layers)')
+    step = decode and not prefill and self.has_variable('cache', 'cached_valid')
     if hooks.inputs is not None and not step:
       x, valid = hooks.inputs(x, tokens, segment_ids, valid=valid, stack='decoder', deterministic=deterministic)
       valid = valid.astype(bool)
