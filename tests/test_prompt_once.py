@@ -78,6 +78,7 @@ def _inputs(batch):
   return {k: batch[k] for k in ('decoder_input_tokens', 'decoder_input_mask')}
 
 
+@pytest.mark.slow  # the inner loop runs rank classification through the prompt once in test_decoder_only_model
 def test_rank_classification_equals_the_naive_path_with_fewer_flops(setup):
   once, naive, frozen, prompt, batch = setup
   ranked, flops = _compiled(once.rank_classify, frozen, prompt, _inputs(batch), CANDIDATES)
