@@ -33,6 +33,22 @@ def random_batch(seed=0, batch=4, enc_len=9, tgt_len=4, vocab=128) -> dict:
   return make_batch(enc, tgt)
 
 
+def causal_batch(seed=0, batch=4, length=7, vocab=96) -> dict:
+  """Random decoder-only rows: full, right-padded (row 1) and left-padded (row 2); token 0 is a real token (the
+  mask says what is padding); the loss on each row's last three real positions."""
+  rs = np.random.RandomState(seed)
+  mask = np.ones((batch, length), np.int32)
+  mask[1, length - 3:] = 0
+  mask[2, :2] = 0
+  weights = np.zeros((batch, length), np.float32)
+  for row, valid in zip(weights, mask):
+    row[np.flatnonzero(valid)[-3:]] = 1.0
+  return {
+      'decoder_input_tokens': rs.randint(0, vocab, (batch, length)).astype(np.int32), 'decoder_input_mask': mask,
+      'decoder_target_tokens': rs.randint(0, vocab, (batch, length)).astype(np.int32), 'decoder_loss_weights': weights
+  }
+
+
 def train(model, frozen, batch, steps, optimizer, seed=0):
   """(final TrainState, loss history) after `steps` jitted train steps from the method's init."""
   state = init_train_state(model.method.init(jax.random.PRNGKey(seed), frozen), optimizer.tx, jax.random.PRNGKey(1))

@@ -143,6 +143,11 @@ class PromptInput(struct.PyTreeNode):
     start = insertion_points(tokens, valid, self.combine, self.eos_id)
     return insert_prompt(embedded, valid, prompt, start)
 
+  def shared_prefix(self) -> Array | None:
+    """The prompt [p, e] when it goes in front of every row (combine='prefix'; `models.hooks.SharedPrefixHook`),
+    which a causal LM then computes once per batch; None for the modes that place it by each row's tokens."""
+    return self.prompt if self.combine == 'prefix' else None
+
 
 @dataclasses.dataclass(frozen=True)
 class PromptTuning(Method):

@@ -23,10 +23,10 @@ Prompts and prefixes (PEFT's semantics for causal LMs):
 Decoding (`decode=True`, the `cache` collection): the first call creates the cache (max_decode_length rows, or
 the call's length) and is otherwise a plain forward; `prefill=True` (which creates the cache too when there is
 none) writes a whole left-padded prompt [b, L0] (cache_index then [b] = L0 + inserted rows); each later call is
-one token [b, 1]. The input hook is
-not called on one-token steps: whatever it inserted was written by the prefill. Besides each attention's
-keys and values the cache holds `cached_valid` [b, cache rows] (which rows are real, for the mask and the next
-position) and a top-level `cache_index`, both laid out as `jaxprompt.models.decoding` expects.
+one token [b, 1] (unscanned layers only; a prefill also runs scanned, its cache leaves then [layers, b, ...]).
+The input hook is not called on one-token steps: whatever it inserted was written by the prefill. Besides each
+attention's keys and values the cache holds `cached_valid` [b, cache rows] (which rows are real, for the mask and
+the next position) and a top-level `cache_index`, both laid out as `jaxprompt.models.decoding` expects.
 """
 from __future__ import annotations
 
@@ -159,9 +159,6 @@ class CausalTransformer(nn.Module):
     cfg = self.config
     hooks = NO_HOOKS if hooks is None else hooks
     deterministic = not enable_dropout
-    if decode and cfg.scan_layers:
-      raise ConfigError('incremental decoding needs scan_layers=False (unstack the params with '
-                        'jaxprompt.models.scan.unstack_layers)')
     if prefill and not decode:
       raise ConfigError('prefill=True writes the decoding cache: pass decode=True too')
     if decode and segment_ids is not None:
@@ -173,6 +170,9 @@ class CausalTransformer(nn.Module):
                             param_dtype=cfg.param_dtype, one_hot=layers.use_one_hot(cfg.one_hot_embedding),
                             name='token_embedder')
     x = embedder(tokens)
+    if decode and not prefill and cfg.scan_layers:  # a one-call prefill (e.g. a prompt's pass) runs scanned
+      raise ConfigError('incremental decoding needs scan_layers=False (unstack the params with '
+                        'jaxprompt.models.scan.unstack_layers)')
     step = decode and not prefill and self.has_variable('cache', 'cached_valid')
     if hooks.inputs is not None and not step:
       x, valid = hooks.inputs(x, tokens, segment_ids, valid=valid, stack='decoder', deterministic=deterministic)

@@ -8,6 +8,11 @@ front (a prompt) gets no logits here: `logits` is position-aligned with the toke
 Rank classification and decoding read only the inputs (`decoder_input_tokens` / `decoder_input_mask` of the
 inputs alone, left- or right-padded): the inputs and the method's prompt run once per example into a KV cache,
 and every label candidate, or every decoded token, continues from it.
+
+A prefix prompt (prompt tuning, P-tuning v1) runs once per batch rather than once per row, in training, scoring,
+rank classification and decoding alike (`jaxprompt.models.prompt_once`): its keys / values, computed at batch 1,
+serve every row as a K/V prefix. `prompt_once=False` keeps the naive path (the prompt inserted in every row),
+the reference of the tests and the benchmark; results are equal to float tolerance.
 """
 from __future__ import annotations
 
@@ -21,11 +26,12 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxprompt.errors import ConfigError
-from jaxprompt.models import decoding, losses, scan
-from jaxprompt.models.base import Array, BaseModel, ModelConfig, Params
+from jaxprompt.models import decoding, losses, prompt_once, scan
+from jaxprompt.models.base import Array, BaseModel, LossConfig, ModelConfig, Params, Tuning
 from jaxprompt.models.causal_lm import CausalTransformer
 from jaxprompt.models.decoder_config import DecoderConfig
 from jaxprompt.models.features import CAUSAL_FEATURES, TASK_FEATURE
+from jaxprompt.models.hooks import Hooks
 
 INPUT_MASK = 'decoder_input_mask'
 
@@ -50,6 +56,19 @@ class DecoderOnlyModel(BaseModel):
 
   FEATURES = CAUSAL_FEATURES
   DECODE_FEATURES = ('decoder_input_tokens', INPUT_MASK, 'decoder_target_tokens', TASK_FEATURE)
+
+  def __init__(self, config: ModelConfig, method: Tuning | None = None, loss: LossConfig | None = None, eos_id: int = 1,
+               *, prompt_once: bool = True):
+    """prompt_once: a prefix prompt runs once per batch (False: inserted in every row, the naive path)."""
+    super().__init__(config, method, loss or LossConfig(), eos_id)
+    self.prompt_once = prompt_once
+
+  def _token_hooks(self, module: CausalTransformer, params: Params, hooks: Hooks | None,
+                   segment_ids: Array | None = None, rngs: dict | None = None) -> Hooks | None:
+    """The hooks the tokens run with: a prefix prompt computed once (`prompt_once.once_hooks`) or `hooks`."""
+    if not self.prompt_once:
+      return hooks
+    return prompt_once.once_hooks(module, params, hooks, segment_ids, rngs)
 
   @classmethod
   def network(cls, config: ModelConfig) -> CausalTransformer:
@@ -82,10 +101,12 @@ class DecoderOnlyModel(BaseModel):
     """Logits [b, l, vocab] of the stream's next tokens (the rows a prompt inserts in front are dropped)."""
     rngs, hook_rng = self._split_rng(dropout_rng)
     tokens, valid = self._inputs(batch)
-    logits = self.module.apply(self._variables(frozen, trainable), tokens, valid=valid,
-                               positions=batch.get('decoder_positions'), segment_ids=batch.get('decoder_segment_ids'),
-                               hooks=self._hooks(trainable, hook_rng, batch.get(TASK_FEATURE)),
-                               enable_dropout=dropout_rng is not None, rngs=rngs)
+    variables, segment_ids = self._variables(frozen, trainable), batch.get('decoder_segment_ids')
+    prompt_rngs = None if rngs is None else {'dropout': jax.random.fold_in(rngs['dropout'], 1)}
+    hooks = self._token_hooks(self.module, variables['params'],
+                              self._hooks(trainable, hook_rng, batch.get(TASK_FEATURE)), segment_ids, prompt_rngs)
+    logits = self.module.apply(variables, tokens, valid=valid, positions=batch.get('decoder_positions'),
+                               segment_ids=segment_ids, hooks=hooks, enable_dropout=dropout_rng is not None, rngs=rngs)
     return logits[:, logits.shape[1] - tokens.shape[1]:]
 
   def targets(self, batch: Mapping[str, Array]) -> tuple[Array, Array | None]:
@@ -103,20 +124,21 @@ class DecoderOnlyModel(BaseModel):
                extra_rows: int) -> tuple[CausalTransformer, dict, Array, Array, object]:
     """Runs the method's prompt and each row's inputs but its last token into a fresh KV cache.
 
-    Returns (module, variables, the cache, each row's last input token [b], the hooks): the cache has room
-    for `extra_rows` more tokens after the last input token.
+    Returns (module, variables, the cache, each row's last input token [b], the hooks every later step takes):
+    the cache has room for `extra_rows` more tokens after the last input token. A prefix prompt runs once for
+    the whole batch and joins the cache as a K/V prefix (`prompt_once`).
     """
     tokens, valid = right_align(*self._inputs(batch))
     variables = self._variables(frozen, trainable)
     module, params = self._decoding_module(variables['params'])
     variables = {'params': params}
-    hooks = self._hooks(trainable, task_ids=batch.get(TASK_FEATURE))
+    hooks = self._token_hooks(module, params, self._hooks(trainable, task_ids=batch.get(TASK_FEATURE)))
     head, head_valid = tokens[:, :-1], valid[:, :-1]
-    call = functools.partial(module.apply, hooks=hooks, enable_dropout=False, decode=True, mutable=['cache'])
     # The cache must hold the rows the hook inserts too: measure them on abstract values first.
     out = jax.eval_shape(lambda: module.apply(variables, head, valid=head_valid, hooks=hooks, enable_dropout=False))
     rows = out.shape[1] + 1 + extra_rows
-    _, written = call(variables, head, valid=head_valid, prefill=True, max_decode_length=rows)
+    _, written = module.apply(variables, head, valid=head_valid, hooks=hooks, enable_dropout=False, decode=True,
+                              prefill=True, max_decode_length=rows, mutable=['cache'])
     return module, variables, written['cache'], tokens[:, -1], hooks
 
   def rank_classify(self, frozen: Params, trainable: Params | None, batch: Mapping[str, Array],

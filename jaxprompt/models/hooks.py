@@ -61,10 +61,27 @@ class InputHook(Protocol):
   hook fills positions the data pipeline reserved (`Method.packing_slots`) instead of inserting new ones. In a
   causal LM (stack 'decoder') inserted positions must come first (`combine='prefix'`) and every row's tokens
   start at index l' - l: a row inserting fewer rows than the widest leaves its unused (invalid) slots in front.
+  A hook that inserts the same rows in front of every row may say so with `shared_prefix` (`SharedPrefixHook`).
   """
 
   def __call__(self, embedded: Array, tokens: Array, segment_ids: Array | None, *, valid: Array, stack: Stack,
                deterministic: bool) -> tuple[Array, Array]:
+    ...
+
+
+@runtime_checkable
+class SharedPrefixHook(InputHook, Protocol):
+  """An input hook that may be the same p rows in front of every row of every batch (a prefix prompt).
+
+  In a causal LM such rows attend only to themselves, so their hidden states and keys / values are the same for
+  every row: `DecoderOnlyModel` then runs them once per batch (batch 1, positions 0..p-1) and gives the tokens
+  their keys / values as a K/V prefix (`jaxprompt.models.prompt_once`), with results equal to inserting them.
+  It asks only for unpacked rows (no segment ids) and when no per-layer hook runs; otherwise it calls the hook.
+  """
+
+  def shared_prefix(self) -> Array | None:
+    """The rows [p, e] the hook inserts in front of every row, or None when they differ by row or go elsewhere
+    (then the network calls the hook as usual)."""
     ...
 
 
