@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import safetensors.numpy
 import seqio
 
 from jaxprompt.checkpoints.hf_causal import load_hf_causal
@@ -236,3 +237,16 @@ def test_glue_reads_with_the_causal_models_tokenizer(data_dir, tiny_causal):  # 
       seqio.get_mixture_or_task('glue_v200').get_rate(t) for t in seqio.get_mixture_or_task('glue_v200').tasks
   ]
   assert data.get_provider('glue_sst2_v200') is seqio.get_mixture_or_task('glue_sst2_v200')  # T5: its own
+
+
+def test_export_writes_a_causal_lm_peft_adapter_from_the_runs_fingerprint(run, tmp_path, capsys):
+  """`jaxprompt export --format peft` on a causal run: the fingerprint records the family, so the adapter is a
+  CAUSAL_LM one whose prompt reads back as the run's."""
+  out = tmp_path / 'adapter'
+  assert cli_main(['export', f'--checkpoint={run}', '--format=peft', f'--output={out}']) == 0
+  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert summary['peft_type'] == 'PROMPT_TUNING'
+  adapter = json.loads((out / 'adapter_config.json').read_text())
+  assert adapter['task_type'] == 'CAUSAL_LM' and adapter['num_transformer_submodules'] == 1
+  rows = safetensors.numpy.load_file(str(out / 'adapter_model.safetensors'))['prompt_embeddings']
+  np.testing.assert_allclose(rows, np.load(run / 'final_prompt.npy'), rtol=0, atol=0)

@@ -124,9 +124,7 @@ def _model_sizes(recorded: Mapping[str, Any] | None) -> dict[str, Any]:
   """The frozen model's sizes: gin's MODEL_CONFIG when bound (gin flags given), else the fingerprint's record."""
   config = _gin_model_config()
   if config is not None:
-    return {
-        k: getattr(config, k) for k in ('emb_dim', 'num_heads', 'head_dim', 'num_encoder_layers', 'num_decoder_layers')
-    }
+    return registry.model_sizes(config)
   return dict((recorded or {}).get('config') or {})
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from jaxprompt.errors import PromptError
+from jaxprompt.errors import ConfigError, PromptError
 from jaxprompt.formats.fingerprint_files import Fingerprint
 
 log = logging.getLogger('jaxprompt')
@@ -36,6 +36,21 @@ EMBEDDING_ROWS = 1024
 # The structural fields of T5Config: what decides whether a prompt's numbers mean the same thing.
 CONFIG_FIELDS = ('vocab_size', 'emb_dim', 'num_heads', 'num_encoder_layers', 'num_decoder_layers', 'head_dim',
                  'mlp_dim', 'mlp_activations', 'logits_via_embedding', 'relpos_num_buckets', 'relpos_max_distance')
+
+
+def _config_record(config: Any) -> dict[str, Any]:
+  """The structural fields of `config`; a family other than T5 also records its name, its key/value heads and
+  each stack's depth (`num_<stack>_layers`), which T5 records do not carry so that their ids stay unchanged."""
+  record = {f: _jsonable(getattr(config, f)) for f in CONFIG_FIELDS if hasattr(config, f)}
+  family = getattr(config, 'family', 'encoder_decoder')
+  if family != 'encoder_decoder':
+    record.update(family=family, num_kv_heads=int(config.num_kv_heads))
+    for stack in ('encoder', 'decoder'):
+      try:
+        record[f'num_{stack}_layers'] = int(config.stack_depth(stack))
+      except ConfigError:  # the family has no such stack
+        pass
+  return record
 
 
 def _sha256(data: bytes) -> str:
@@ -55,7 +70,7 @@ def _vocabulary_record(vocabulary: Any) -> dict[str, Any]:
 
 
 def model_fingerprint(config: Any, vocabulary: Any, embedding: Any) -> Fingerprint:
-  """The fingerprint of a frozen model: `config` (a T5Config), its `vocabulary` (seqio; None when unknown) and
+  """The fingerprint of a frozen model: `config` (any family's), its `vocabulary` (seqio; None when unknown) and
   its token embedding table `embedding` [vocab, embed] (numpy or a jax array, gathered across hosts here)."""
   from jaxprompt.parallel import host  # pylint: disable=g-import-not-at-top  (keeps this module jax-free)
   if len(np.shape(embedding)) != 2:
@@ -64,7 +79,7 @@ def model_fingerprint(config: Any, vocabulary: Any, embedding: Any) -> Fingerpri
   # float32 first: bfloat16 -> float32 -> bfloat16 is exact, so a float32 and a bfloat16 copy hash alike.
   rows = np.asarray(host.host_value(embedding[:EMBEDDING_ROWS]), np.float32).astype(ml_dtypes.bfloat16)
   record = {
-      'config': {f: _jsonable(getattr(config, f)) for f in CONFIG_FIELDS if hasattr(config, f)},
+      'config': _config_record(config),
       'vocabulary': _vocabulary_record(vocabulary),
       'embedding': {'shape': [int(n) for n in np.shape(embedding)], 'sha256': _sha256(rows.tobytes())},
   }
