@@ -123,7 +123,7 @@ def predict_records(fns: eval_lib.ModelFns, trainable: Any, groups: Sequence[Inp
   """One record per input: `input`, `prediction` and its score fields (`jaxprompt.eval.records`)."""
   out = []
   for group in groups:
-    features = fns.features(group.rows, feature_lengths, group.tokens)
+    features = data_lib.inference_features(group.rows, feature_lengths, fns.family, group.tokens)
     predictions, scores = eval_lib.predict(fns, trainable, features, batch_size, group.vocabulary, group.labels)
     by = records.prediction_by(bool(group.labels), fns.decode_options.method)
     out += [{'input': t, 'prediction': p, **records.score_fields(s, by)}
@@ -137,7 +137,7 @@ def ensemble_records(fns: eval_lib.ModelFns, trainable: Any, names: list[str], g
   scores."""
   out = []
   for group in groups:
-    features = fns.features(group.rows, feature_lengths, group.tokens)
+    features = data_lib.inference_features(group.rows, feature_lengths, fns.family, group.tokens)
     answers, scores = banks.ensemble_predict(fns, trainable, features, len(names), batch_size, group.vocabulary,
                                              group.labels)
     by = records.prediction_by(bool(group.labels), fns.decode_options.method)

@@ -138,8 +138,8 @@ def serve(fns: ModelFns, trainable: Any, tasks: Sequence[str], rows: Sequence[Ma
   """
   labels = dict(labels or {})
   ids, real = candidate_tables(labels, tasks, vocabulary, feature_lengths['targets'])
-  features = fns.features(data.tokenize_texts([r['input'] for r in rows], vocabulary, feature_lengths, 'requests'),
-                          feature_lengths, data.text_tokens(vocabulary))
+  texts = data.tokenize_texts([r['input'] for r in rows], vocabulary, feature_lengths, 'requests')
+  features = data.inference_features(texts, feature_lengths, fns.family, data.text_tokens(vocabulary))
   features[TASK_FEATURE] = np.asarray([list(tasks).index(r['task']) for r in rows], np.int32)
   out: list[dict[str, Any]] = [dict(r) for r in rows]
   decoded_by = records.prediction_by(False, fns.decode_options.method)

@@ -108,11 +108,6 @@ class ModelFns:
     """The frozen model's family (`config.family`): whose batch features it reads."""
     return type(self.rt.config).family
 
-  def features(self, inputs: Sequence[np.ndarray], feature_lengths: Mapping[str, int],
-               tokens: Any = None) -> dict[str, np.ndarray]:
-    """Inference features of token-id rows of inputs (EOS included) for `rank` and `decode`."""
-    return data.inference_features(inputs, feature_lengths, self.family, tokens)
-
   def _shard(self, name: str, batch: Mapping[str, np.ndarray], groups: Sequence[str] = buckets_lib.GROUPS) -> dict:
     if not self.buckets.fixed:
       batch = self._shapes.setdefault(name, buckets_lib.ShapeLog(name, self.buckets)).cut(batch, groups=groups)
