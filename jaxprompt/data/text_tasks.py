@@ -96,14 +96,14 @@ class TextTask:
     """The first `max_examples` (None: all) examples of `split` as seqio's pipeline yields them with no lengths:
     `inputs` / `targets` int32 ids + EOS, `inputs_pretokenized` / `targets_pretokenized` UTF-8 bytes."""
     vocabulary = self.vocabulary
-    eos = [vocabulary.eos_id]
-    out = []
-    for inputs, targets in itertools.islice(self.texts(split), max_examples or None):
-      out.append({
-          'inputs': np.asarray(vocabulary.encode(inputs) + eos, np.int32), 'inputs_pretokenized': inputs.encode(),
-          'targets': np.asarray(vocabulary.encode(targets) + eos, np.int32), 'targets_pretokenized': targets.encode()
-      })
-    return out
+
+    def ids(text: str) -> np.ndarray:
+      return np.asarray([*vocabulary.encode(text), vocabulary.eos_id], np.int32)
+
+    return [{
+        'inputs': ids(inputs), 'inputs_pretokenized': inputs.encode(), 'targets': ids(targets),
+        'targets_pretokenized': targets.encode()
+    } for inputs, targets in itertools.islice(self.texts(split), max_examples or None)]
 
   def as_seqio(self) -> Any:
     """This task as a `seqio.Task` (built once; imports TensorFlow and seqio)."""
@@ -114,13 +114,15 @@ class TextTask:
 
   def __getattr__(self, name: str) -> Any:
     # Only reached for names this class lacks: the seqio Task's (`get_dataset`, `source`, `preprocessors`, ...).
-    if name.startswith('_') or name in {f.name for f in dataclasses.fields(TextTask)}:
+    if name.startswith('_') or name in _FIELDS:  # a field not set yet (a copy being made) is no seqio question
       raise AttributeError(name)
     return getattr(self.as_seqio(), name)
 
   def __repr__(self) -> str:
     return f'TextTask(name={self.name!r}, splits={self.splits})'
 
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(TextTask))
 
 # ------------------------------------------------------------------------------------ the registry
 
