@@ -7,18 +7,21 @@ import pytest
 import seqio
 
 from jaxprompt.commands import configs
-from jaxprompt.data import custom, metrics, pipeline, tasks, text_tasks
+from jaxprompt.data import converters, custom, metrics, pipeline, retokenized, tasks, text_tasks
+from jaxprompt.demo import model as demo_model
 from jaxprompt.demo import tasks as demo_tasks
 from jaxprompt.eval import evaluation
 from jaxprompt.models.config import get_config
-from jaxprompt.models.wrapper import TunedModel
+from jaxprompt.models.families import build_model
 from jaxprompt.runtime.runtime import build_runtime
 from tests.tiny_task import LENGTHS
 
 
 def _seqio_examples(task, split, max_examples=None):
-  """The split through the seqio pipeline (tokenize, append_eos_after_trim), as eval read it before."""
-  ds = task.as_seqio().get_dataset(sequence_length=None, split=split, use_cached=False, shuffle=False, num_epochs=1)
+  """The split through the seqio pipeline (tokenize, append_eos_after_trim), as eval read it before; `task` a text
+  task (its seqio Task) or a seqio Task."""
+  task = task.as_seqio() if isinstance(task, text_tasks.TextTask) else task
+  ds = task.get_dataset(sequence_length=None, split=split, use_cached=False, shuffle=False, num_epochs=1)
   return list((ds.take(max_examples) if max_examples else ds).as_numpy_iterator())
 
 
@@ -75,6 +78,18 @@ def test_file_tasks_read_as_seqio_reads_them(tmp_path, vocabulary, forget):
   assert [ex['inputs_pretokenized'] for ex in task.examples('validation')][1] == b''
 
 
+def test_with_the_models_vocabulary_a_text_task_reads_as_seqios_copy_of_it(tiny_task):
+  """A causal LM reads every task with its own tokenizer, its inputs without EOS (`data/retokenized.py`)."""
+  other = demo_model.vocabulary()
+  text = pipeline.get_provider(tiny_task.name, other, converters.DECODER_ONLY, streams=False)
+  assert text is tiny_task.retokenized(other, False) is not tiny_task and text.vocabulary == other
+  assert text.output_features['inputs'].add_eos is False and text.labels == tiny_task.labels
+  assert pipeline.get_provider(tiny_task.name, tiny_task.vocabulary, streams=False) is tiny_task
+  copy = retokenized.retokenized(tiny_task.as_seqio(), other, False)
+  _assert_same_examples(text.examples('validation'), _seqio_examples(copy, 'validation'))
+  assert text.examples('validation')[0]['inputs'][-1] != other.eos_id
+
+
 def _score_metric(targets, scores):
   return {'mean_score': float(np.mean(scores))}
 
@@ -99,7 +114,7 @@ def test_metric_fns_are_sorted_as_seqio_sorts_them(tmp_path, vocabulary, forget)
 @pytest.fixture(scope='module')
 def tiny_fns():
   config = get_config('t5x_tiny')
-  network = TunedModel(config).init_params(jax.random.PRNGKey(0))
+  network = build_model(config).init_params(jax.random.PRNGKey(0))
   return evaluation.ModelFns(build_runtime(config, None, None, LENGTHS, network=network))
 
 

@@ -45,7 +45,8 @@ class TextTask:
   seqio's `postprocess_fn`; metrics: metric fns, sorted by signature as seqio sorts them; sizes: examples per
   split (seqio's `num_input_examples`); streamed: the split is generated on the fly (tf.data from a generator,
   seqio's buffer shuffles), else read whole and shuffled whole when seqio shuffles files; key: what makes two
-  registrations the same task (the owner's arguments).
+  registrations the same task (the owner's arguments); inputs_eos: whether the inputs end in EOS (a causal LM's
+  do not: `retokenized`).
   """
   name: str
   splits: tuple[str, ...]
@@ -57,10 +58,21 @@ class TextTask:
   sizes: Mapping[str, int] | None = None
   streamed: bool = False
   key: Any = None
+  inputs_eos: bool = True
 
   @property
   def output_features(self) -> dict[str, Feature]:
-    return {'inputs': Feature(self.vocabulary, required=False), 'targets': Feature(self.vocabulary)}
+    return {'inputs': Feature(self.vocabulary, self.inputs_eos, required=False), 'targets': Feature(self.vocabulary)}
+
+  def retokenized(self, vocabulary: Any, inputs_eos: bool = True) -> TextTask:
+    """This task read with `vocabulary`, its inputs ending in EOS or not (what `data/retokenized.py` does to a
+    seqio task for a causal LM's tokenizer): itself when it already does, else its copy (one per setting)."""
+    if vocabulary == self.vocabulary and inputs_eos == self.inputs_eos:
+      return self
+    copies = self.__dict__.setdefault('_copies', {})  # a cache, like as_seqio's
+    if (vocabulary, inputs_eos) not in copies:
+      copies[vocabulary, inputs_eos] = dataclasses.replace(self, vocabulary=vocabulary, inputs_eos=inputs_eos)
+    return copies[vocabulary, inputs_eos]
 
   def postprocess_fn(self, output: Any, **kwargs) -> Any:
     return output if self.postprocessor is None else self.postprocessor(output, **kwargs)
@@ -94,14 +106,15 @@ class TextTask:
 
   def examples(self, split: str, max_examples: int | None = None) -> list[dict[str, Any]]:
     """The first `max_examples` (None: all) examples of `split` as seqio's pipeline yields them with no lengths:
-    `inputs` / `targets` int32 ids + EOS, `inputs_pretokenized` / `targets_pretokenized` UTF-8 bytes."""
+    `inputs` / `targets` int32 ids + EOS (the inputs without it unless `inputs_eos`), `inputs_pretokenized` /
+    `targets_pretokenized` UTF-8 bytes."""
     vocabulary = self.vocabulary
 
-    def ids(text: str) -> np.ndarray:
-      return np.asarray([*vocabulary.encode(text), vocabulary.eos_id], np.int32)
+    def ids(text: str, eos: bool = True) -> np.ndarray:
+      return np.asarray([*vocabulary.encode(text), *([vocabulary.eos_id] if eos else [])], np.int32)
 
     return [{
-        'inputs': ids(inputs), 'inputs_pretokenized': inputs.encode(), 'targets': ids(targets),
+        'inputs': ids(inputs, self.inputs_eos), 'inputs_pretokenized': inputs.encode(), 'targets': ids(targets),
         'targets_pretokenized': targets.encode()
     } for inputs, targets in itertools.islice(self.texts(split), max_examples or None)]
 
