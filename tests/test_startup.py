@@ -16,6 +16,7 @@ from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
 from jaxprompt.cli import compilation_cache
 from jaxprompt.cli.main import main as cli_main
+from jaxprompt.data import causal, sentencepiece_vocab, vocab
 from jaxprompt.errors import UsageError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -139,6 +140,15 @@ def _fresh_process(argvs, tmp_path) -> tuple[list[str], list[str]]:
   status = json.loads(status)
   assert status['codes'] == [0] * len(argvs), proc.stderr
   return lines, status['loaded']
+
+
+def test_what_features_ask_of_a_sentencepiece_vocabulary_needs_no_seqio():
+  """Its TensorFlow side comes from seqio's vocabulary of the same file, built on first use: the questions of every
+  command's features (here the causal stream's: BOS?) must not reach it."""
+  seqio_vocabularies = sentencepiece_vocab._seqio_vocabulary  # pylint: disable=protected-access
+  seqio_vocabularies.cache_clear()
+  tokens = causal.StreamTokens.of(vocab.get_default_vocabulary(), inputs_add_eos=True)
+  assert tokens == causal.StreamTokens(None, 1) and seqio_vocabularies.cache_info().currsize == 0
 
 
 @pytest.mark.slow
