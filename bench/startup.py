@@ -1,8 +1,9 @@
-"""The fixed cost of a `jaxprompt` call: `infer` (8 text inputs), `eval` (8 examples) and `inspect` of a prompt on
-the shipped demo model, each a fresh process, with the compilation cache off, on a first call (empty cache) and
-on a repeated call (the same cache again); `--help` as the floor.
+"""The fixed cost of a `jaxprompt` call: `infer` (8 text inputs), `eval` (8 examples of the demo task),
+`eval_task` (eval of the same 8 examples as a `--task` TSV file) and `inspect` of a prompt on the shipped demo
+model, each a fresh process, with the compilation cache off, on a first call (empty cache) and on a repeated
+call (the same cache again); `--help` as the floor.
 
-  python bench/startup.py [--reps 3] [--base DIR] [--phases] [--commands infer,eval,inspect,help]
+  python bench/startup.py [--reps 3] [--base DIR] [--phases] [--commands infer,eval,eval_task,inspect,help]
 
 Every call is timed by wall clock around the whole process (start-up, imports, gin, checkpoint, compile, run,
 exit), with the load average beside it; each round runs every variant once, in a rotated order, and the table
@@ -38,7 +39,8 @@ EVENTS = ('/jax/core/compile/jaxpr_trace_duration', '/jax/core/compile/jaxpr_to_
 
 
 def commands(prompt: str, inputs: str, out: str) -> dict[str, list[str]]:
-  """The timed command lines (argv after `jaxprompt`)."""
+  """The timed command lines (argv after `jaxprompt`); `inputs` is the text file, `inputs`.tsv the same inputs
+  with their labels."""
   return {
       'infer': [
           'infer', *DEMO, '--gin_file=runs/prompt_infer.gin', f'--prompt_file={prompt}', f'--input_file={inputs}',
@@ -48,6 +50,10 @@ def commands(prompt: str, inputs: str, out: str) -> dict[str, list[str]]:
           'eval', *DEMO, '--gin_file=runs/prompt_eval.gin', "--gin.MIXTURE_OR_TASK_NAME='demo_heldout_topic'",
           "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 4}", '--gin.jaxprompt.DataConfig.max_examples=8',
           f'--prompt_file={prompt}', f'--output={out}/eval.json'
+      ],
+      'eval_task': [
+          'eval', *DEMO, '--gin_file=runs/prompt_eval.gin', f'--task=name=bench_topic,validation={inputs}.tsv',
+          "--gin.MIXTURE_OR_TASK_NAME='bench_topic'", f'--prompt_file={prompt}', f'--output={out}/eval_task.json'
       ],
       'inspect': ['inspect', prompt, *DEMO, f'--output={out}/inspect.json'],
       'help': ['--help'],
@@ -79,12 +85,15 @@ def run(repo: str, argv: Sequence[str], extra: Sequence[str] = ()) -> tuple[floa
 
 
 def prepare(work: str) -> tuple[str, str]:
-  """A 2-step demo prompt and 8 held-out demo inputs (not timed)."""
+  """A 2-step demo prompt and 8 held-out demo inputs, as text and as a TSV with their labels (not timed)."""
   sys.path.insert(0, REPO)
   from jaxprompt.demo import data  # pylint: disable=g-import-not-at-top
   inputs = os.path.join(work, 'inputs.txt')
+  examples = data.heldout_examples('topic', 8, 1, 'validation')
   with open(inputs, 'w', encoding='utf-8') as f:
-    f.writelines(text + '\n' for text, _ in data.heldout_examples('topic', 8, 1, 'validation'))
+    f.writelines(text + '\n' for text, _ in examples)
+  with open(inputs + '.tsv', 'w', encoding='utf-8') as f:
+    f.writelines(f'{text}\t{label}\n' for text, label in examples)
   model_dir = os.path.join(work, 'run')
   run(REPO, [
       'train', *DEMO, '--gin_file=runs/demo.gin', '--gin.TRAIN_STEPS=2', f"--gin.MODEL_DIR='{model_dir}'",
@@ -216,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--reps', type=int, default=3, help='rounds (every variant once per round)')
   parser.add_argument('--base', default=None, help='another jaxprompt checkout, timed as "before"')
   parser.add_argument('--phases', action='store_true', help='also time the phases of each command')
-  parser.add_argument('--commands', default='infer,eval,inspect,help', help='comma-separated subset to time')
+  parser.add_argument('--commands', default='infer,eval,eval_task,inspect,help', help='comma-separated subset to time')
   args = parser.parse_args(argv)
   work = tempfile.mkdtemp(prefix='jaxprompt-startup-')
   try:

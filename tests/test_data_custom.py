@@ -254,9 +254,9 @@ def test_registering_again(tmp_path):
     custom.register_file_task("again", train=b)
   with pytest.raises(DataError, match=r"target 'no' is not in the label set"):  # a failed overwrite keeps the old
     custom.register_file_task("again", train=b, label_set=["yes"], overwrite=True)
-  assert seqio.get_mixture_or_task("again") is first
+  assert seqio.get_mixture_or_task("again") is first.as_seqio()  # seqio's registry holds the task's seqio form
   second = custom.register_file_task("again", train=b, overwrite=True)
-  assert seqio.get_mixture_or_task("again") is second and second.source.num_input_examples("train") == 2
+  assert seqio.get_mixture_or_task("again") is second.as_seqio() and second.source.num_input_examples("train") == 2
 
 
 def test_gin_registers_the_task(tmp_path):

@@ -1,6 +1,7 @@
 """The fixed cost of a CLI call: the persistent compilation cache (where it lives, how to move or disable it, a
-repeated call compiling nothing, an unusable directory) and a start-up without TensorFlow for a run that reads no
-task (one real process, `slow`: infer on text with the tiny fixture model loads neither TensorFlow nor seqio)."""
+repeated call compiling nothing, an unusable directory) and a start-up without TensorFlow (real processes, `slow`:
+infer on text with the tiny fixture model, and eval of the demo task and of a `--task` file, load neither
+TensorFlow nor seqio)."""
 import json
 import os
 import pathlib
@@ -15,6 +16,7 @@ from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
 from jaxprompt.cli import compilation_cache
 from jaxprompt.cli.main import main as cli_main
+from jaxprompt.data import causal, sentencepiece_vocab, vocab
 from jaxprompt.errors import UsageError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -123,20 +125,62 @@ def test_the_cache_is_on_by_default_and_a_repeated_call_compiles_nothing(tiny_fi
   assert capsys.readouterr().out == records and sorted(p.name for p in no_cache_env.iterdir()) == cached
 
 
-@pytest.mark.slow
-def test_infer_on_text_loads_no_tensorflow(tiny_files, fixtures_dir, tmp_path):
-  """A real process (this one has TensorFlow loaded), its cache moved by the environment variable."""
-  script = ('import json, sys\nfrom jaxprompt.cli.main import main\ncode = main(sys.argv[1:])\n'
-            "print(json.dumps({'code': code, 'loaded': [m for m in ('tensorflow', 'seqio') if m in sys.modules]}))")
+def _fresh_process(argvs, tmp_path) -> tuple[list[str], list[str]]:
+  """(stdout lines, modules among tensorflow / seqio loaded) of `jaxprompt argv` for each of `argvs`, one after the
+  other in one real process (this one has TensorFlow loaded), its cache moved by the environment variable."""
+  script = ('import json, sys\nfrom jaxprompt.cli.main import main\n'
+            'codes = [main(argv) for argv in json.loads(sys.argv[1])]\n'
+            "print(json.dumps({'codes': codes, 'loaded': [m for m in ('tensorflow', 'seqio') if m in sys.modules]}))")
   env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}
   env.update(PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL='3', JAXPROMPT_COMPILATION_CACHE=str(tmp_path / 'xla'))
-  proc = subprocess.run([sys.executable, '-c', script, *_tiny_infer(tiny_files, fixtures_dir, tmp_path)], cwd=REPO,
-                        capture_output=True, text=True, timeout=300, env=env)
+  proc = subprocess.run([sys.executable, '-c', script, json.dumps(argvs)], cwd=REPO, capture_output=True, text=True,
+                        timeout=300, env=env)
   assert proc.returncode == 0, proc.stderr
-  *records, status = proc.stdout.splitlines()
-  assert json.loads(status) == {'code': 0, 'loaded': []}, proc.stderr
+  *lines, status = proc.stdout.splitlines()
+  status = json.loads(status)
+  assert status['codes'] == [0] * len(argvs), proc.stderr
+  return lines, status['loaded']
+
+
+def test_what_features_ask_of_a_sentencepiece_vocabulary_needs_no_seqio():
+  """Its TensorFlow side comes from seqio's vocabulary of the same file, built on first use: the questions of every
+  command's features (here the causal stream's: BOS?) must not reach it."""
+  seqio_vocabularies = sentencepiece_vocab._seqio_vocabulary  # pylint: disable=protected-access
+  seqio_vocabularies.cache_clear()
+  tokens = causal.StreamTokens.of(vocab.get_default_vocabulary(), inputs_add_eos=True)
+  assert tokens == causal.StreamTokens(None, 1) and seqio_vocabularies.cache_info().currsize == 0
+
+
+@pytest.mark.slow
+def test_infer_on_text_loads_no_tensorflow(tiny_files, fixtures_dir, tmp_path):
+  records, loaded = _fresh_process([_tiny_infer(tiny_files, fixtures_dir, tmp_path)], tmp_path)
+  assert loaded == []
   assert len(records) == 2 and all(json.loads(r)['score'] <= 0 for r in records)
   assert any(p.name.startswith('jit_') for p in (tmp_path / 'xla').iterdir())
+
+
+@pytest.mark.slow
+def test_eval_of_the_demo_task_and_a_file_task_loads_no_tensorflow(tiny_files, fixtures_dir, tmp_path):
+  """Text tasks (`jaxprompt.data.text_tasks`) are read and scored without TensorFlow: the demo's held-out task on
+  the demo model, and a `--task` TSV on the tiny fixture model."""
+  demo_prompt = tmp_path / 'demo_prompt.npy'
+  np.save(demo_prompt, np.random.default_rng(0).normal(size=(4, 128)).astype(np.float32))
+  demo = [
+      'eval', '--gin_file=models/demo.gin', '--gin_file=runs/prompt_eval.gin',
+      "--gin.MIXTURE_OR_TASK_NAME='demo_heldout_topic'", "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 4}",
+      '--gin.jaxprompt.DataConfig.max_examples=8', f'--prompt_file={demo_prompt}', f'--output={tmp_path / "demo.json"}'
+  ]
+  infer = _tiny_infer(tiny_files, fixtures_dir, tmp_path)
+  task = [
+      'eval', infer[1], '--gin_file=runs/prompt_eval.gin', *infer[3:5], '--gin.BATCH_SIZE=4',
+      f'--task=name=jp_fresh,validation={tiny_files["validation"]},labels=negative|positive',
+      "--gin.MIXTURE_OR_TASK_NAME='jp_fresh'", infer[-2], f'--output={tmp_path / "task.json"}'
+  ]
+  assert _fresh_process([demo, task], tmp_path)[1] == []
+  results = [json.loads((tmp_path / name).read_text()) for name in ('demo.json', 'task.json')]
+  assert [r['task'] for r in results] == ['demo_heldout_topic', 'jp_fresh']
+  assert [r['metrics']['num_examples'] for r in results] == [8, 12]
+  assert all(0 <= r['metrics']['accuracy'] <= 100 for r in results)
 
 
 def test_an_unusable_cache_dir_warns_once_and_the_run_goes_on(tiny_files, fixtures_dir, tmp_path, capsys):

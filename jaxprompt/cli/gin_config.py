@@ -30,8 +30,8 @@ CONFIGURABLE_MODULES = ('seqio', 'tensorflow', 'jaxprompt.data.tasks', 'jaxpromp
                         'jaxprompt.eval.evaluation', 'jaxprompt.commands.train', 'jaxprompt.commands.evaluate',
                         'jaxprompt.commands.infer', 'jaxprompt.commands.inspect')
 # What a light start-up imports: none of these loads TensorFlow (about 4 s), Orbax or the training loop. A task's
-# modules load when the run looks the task up (infer on text and inspect never do); all the others, before
-# parsing again, when a gin file fails to parse without them (e.g. a training run's config.gin binds
+# modules load when the run looks the task up (TensorFlow only for a seqio task, not a text task); all the others,
+# before parsing again, when a gin file fails to parse without them (e.g. a training run's config.gin binds
 # `jaxprompt.train`).
 LIGHT_MODULES = tuple(m for m in CONFIGURABLE_MODULES
                       if m not in ('seqio', 'tensorflow', 'jaxprompt.data.tasks', 'jaxprompt.commands.train'))

@@ -10,7 +10,8 @@ Every bad input ends the process with one line on stderr, `jaxprompt: error: <me
 
 A call's fixed cost is kept small: compiled programs persist across runs (`compilation_cache`:
 `--compilation_cache_dir`, `--no_compilation_cache`, `JAXPROMPT_COMPILATION_CACHE`), and every command but train
-starts without TensorFlow and seqio, which load only when the run reads a task (`gin_config.LIGHT_MODULES`).
+starts without TensorFlow and seqio (`gin_config.LIGHT_MODULES`), which load only when the run reads a task that
+is not a text task (`jaxprompt.data.text_tasks`: the demo's and `--task` files are read without them).
 """
 from __future__ import annotations
 
@@ -41,8 +42,8 @@ COMMANDS = {
 OWN_PARSERS = ('demo',)  # handed the rest of argv before argparse runs
 TASK_SPECS = 'jaxprompt.data.task_spec'  # registers --task specs, and those a run's config.gin recorded
 LENGTH_COMMANDS = ('train', 'eval', 'infer')  # they read TASK_FEATURE_LENGTHS (--task: from the data, see task_lengths)
-# Commands that start with `gin_config.LIGHT_MODULES` only: TensorFlow and seqio load when the run reads a task
-# (infer on text and inspect never do), the training loop's modules not at all.
+# Commands that start with `gin_config.LIGHT_MODULES` only: TensorFlow and seqio load when the run reads a seqio
+# task (a text task, infer on text and inspect never do), the training loop's modules not at all.
 LIGHT_START = ('eval', 'infer', 'export', 'inspect')
 
 

@@ -83,8 +83,8 @@ def task_vocabulary(task: str = gin.REQUIRED, vocabulary: Any = None) -> Any:
   if vocabulary is not None:
     from jaxprompt.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
     return vocab_lib.resolve(vocabulary)
-  from jaxprompt.data import pipeline as data_pipeline  # pylint: disable=g-import-not-at-top  (imports TF)
-  return data_pipeline.targets_vocabulary(data_pipeline.get_provider(task))
+  from jaxprompt.data import pipeline as data_pipeline  # pylint: disable=g-import-not-at-top
+  return data_pipeline.targets_vocabulary(data_pipeline.get_provider(task, streams=False))
 
 
 @gin.configurable(module='jaxprompt')

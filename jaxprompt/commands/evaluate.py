@@ -58,7 +58,7 @@ def evaluate(output_file: str | None = None, *, model: ModelSource | None = None
   check_eval_data(data)
   model.require_checkpoint()
   split = data.split or 'validation'
-  provider = data_lib.get_provider(data.require_task(), model.vocabulary, model.family)
+  provider = data_lib.get_provider(data.require_task(), model.vocabulary, model.family, streams=False)
   eos_id = data_lib.targets_vocabulary(provider).eos_id
   method, trainable, sources = bank_files.load_method(source, config=model.config, eos_id=eos_id, what='an ensemble')
   for task in data_lib.subtasks(provider, split):

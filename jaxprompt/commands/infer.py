@@ -180,7 +180,7 @@ def infer(output_file: str | None = None, *, model: ModelSource | None = None, d
   model.require_checkpoint()
   split, lengths = data.split or 'validation', data.task_feature_lengths
   batch_size, max_examples = data.batch_size, data.max_examples
-  provider = (data_lib.get_provider(data.mixture_or_task_name, model.vocabulary, model.family)
+  provider = (data_lib.get_provider(data.mixture_or_task_name, model.vocabulary, model.family, streams=False)
               if data.mixture_or_task_name else None)
   prompts, labels = source.prompts, dict(labels or {})
   if ensemble and not (prompts and len(prompts) > 1):

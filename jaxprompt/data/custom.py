@@ -1,4 +1,4 @@
-"""The user's own data as seqio Tasks: TSV or JSONL files holding an input text and a target text per example.
+"""The user's own data as tasks: TSV or JSONL files holding an input text and a target text per example.
 
 File formats (UTF-8; empty lines are skipped; errors name `file:line`):
   * TSV, one example per line, fields split on tabs, no quoting (a field cannot hold a tab or a newline: use
@@ -13,7 +13,8 @@ File formats (UTF-8; empty lines are skipped; errors name `file:line`):
     inputs and targets by `jaxprompt.data.instructions`' template.
 
 Registration scans every file eagerly, so bad data fails before training starts. Each split is read again,
-into memory, when its dataset is built: a split must fit in host memory (a tf.data constant is limited to 2 GB).
+into memory, when it is read (a text task: `jaxprompt.data.text_tasks`, no TensorFlow for eval and infer) or
+streamed (its seqio Task): a split must fit in host memory (a tf.data constant is limited to 2 GB).
 
 From Python: `register_file_task("my_task", train="train.tsv", validation="dev.tsv", label_set=("no", "yes"))`.
 From gin: `register_file_task` and `file_task_name` are configurables (module `jaxprompt.data`), e.g.
@@ -28,21 +29,21 @@ import functools
 import json
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import gin
 import numpy as np
 
-from jaxprompt.data import instructions
+from jaxprompt.data import instructions, text_tasks
 from jaxprompt.data import metrics as metrics_lib
 from jaxprompt.data import vocab as vocab_lib
 from jaxprompt.errors import ConfigError, DataError
 from jaxprompt.formats import files
 
-if TYPE_CHECKING:  # loaded when a task is registered or read: the gin configurables here cost no TensorFlow
+if TYPE_CHECKING:
   import seqio
-  import tensorflow as tf
 
 Paths = str | Sequence[str]
 Example = tuple[int, str, str]  # (line number, inputs, targets)
@@ -62,9 +63,7 @@ _METRICS: dict[str, tuple[Callable[..., Any], bool, bool]] = {
     'spearman_corrcoef': (metrics_lib.spearman_corrcoef, False, True),
 }
 
-# name -> (registration key, task, split -> its (inputs, targets) texts)
-_FILE_TASKS: dict[str, tuple[tuple, seqio.Task, Callable[[str], tuple[list[str], list[str]]]]] = {}
-_LABEL_SETS: dict[str, tuple[str, ...] | None] = {}
+_FILE_TASKS: set[str] = set()  # the names of the text tasks registered here
 _TOKEN_LENGTHS: dict[tuple[str, str], dict[str, np.ndarray]] = {}  # (name, split) -> `token_lengths`, once read
 
 # ------------------------------------------------------------------------------------------------- reading files
@@ -191,21 +190,6 @@ def _as_paths(split: str, value: Paths | None) -> tuple[str, ...]:
   return tuple(p if str(p).startswith('gs://') else os.path.expanduser(str(p)) for p in map(str, paths))
 
 
-def _dataset_fn(split: str, shuffle_files: bool, seed: int | None = None, *, files: Mapping[str, tuple[str, ...]],
-                read: Callable[[Sequence[str]], tuple[list[str], list[str]]]) -> tf.data.Dataset:
-  """tf.data of {'inputs': string, 'targets': string}; a full shuffle of the split when `shuffle_files`."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  inputs, targets = read(files[split])
-  ds = tf.data.Dataset.from_tensor_slices({
-      'inputs': tf.constant(inputs, tf.string), 'targets': tf.constant(targets, tf.string)
-  })
-  if shuffle_files:
-    # A fixed default seed keeps the order identical on every host, so seqio's per-host `ds.shard` stays
-    # disjoint; seqio's own shuffle buffer (seeded or not) follows.
-    ds = ds.shuffle(len(targets), seed=0 if seed is None else seed, reshuffle_each_iteration=True)
-  return ds
-
-
 def _label_to_class_id(text: str, *, label_set: tuple[str, ...], **unused_kwargs) -> int:
   """Index of the decoded label in the label set, -1 for anything else (T5's string_label_to_class_id)."""
   text = text.strip()
@@ -270,8 +254,9 @@ def register_file_task(
     label_set: Sequence[str] | None = None,
     vocabulary: str | seqio.Vocabulary | None = None,
     metrics: Sequence[str | Callable[..., Any]] = ('accuracy',),
-    overwrite: bool = False) -> seqio.Task:
-  """Registers (and returns) a seqio Task reading the user's TSV / JSONL files; see the module docstring.
+    overwrite: bool = False) -> text_tasks.TextTask:
+  """Registers (and returns) a task reading the user's TSV / JSONL files; see the module docstring. A text task
+  (`jaxprompt.data.text_tasks`): read without TensorFlow, and a seqio Task too (`get_dataset`, `source`, ...).
 
   Args:
     name: task name for seqio (letters, digits, `_ . : #`).
@@ -290,7 +275,6 @@ def register_file_task(
   Raises:
     ConfigError: bad arguments. DataError: missing / empty / malformed files, a target outside the label set.
   """
-  import seqio  # pylint: disable=g-import-not-at-top
   if not isinstance(name, str) or not _TASK_NAME.match(name):
     raise ConfigError(f'task name {name!r} is invalid: use letters, digits and _ . : #')
   if format is not None and format not in FORMATS:
@@ -302,9 +286,11 @@ def register_file_task(
   labels = _normalize_label_set(label_set)
   metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
   key = (files, format, inputs_field, targets_field, has_header, labels, vocabulary, metrics)
-  if name in _FILE_TASKS and _FILE_TASKS[name][0] == key and name in seqio.TaskRegistry.names():
-    return _FILE_TASKS[name][1]  # gin evaluates references on every use: registering again is a no-op
-  if name in seqio.TaskRegistry.names() and not overwrite:
+  existing = text_tasks.find(name)
+  if name in _FILE_TASKS and existing.key == key:
+    return existing  # gin evaluates references on every use: registering again is a no-op
+  seqio = sys.modules.get('seqio')  # a task seqio registered elsewhere (not loaded: there is none)
+  if not overwrite and (existing is not None or (seqio is not None and name in seqio.TaskRegistry.names())):
     raise DataError(f'task {name!r} is already registered (differently); pass overwrite=True to replace it')
 
   metric_fns, scores_floats = _metric_fns(metrics, labels)
@@ -315,21 +301,19 @@ def register_file_task(
     postprocess_fn = functools.partial(_label_to_class_id, label_set=labels)
   else:
     postprocess_fn = _string_to_float if scores_floats else None
-  vocab = vocab_lib.resolve(vocabulary)
-  unregister_file_task(name)
-  seqio.TaskRegistry.remove(name)  # only reached with overwrite=True, after the new files validated
-  task = seqio.TaskRegistry.add(
-      name, source=seqio.FunctionDataSource(functools.partial(_dataset_fn, files=files, read=read), splits=list(files),
-                                            num_input_examples=sizes),
-      preprocessors=[
-          seqio.preprocessors.tokenize,
-          seqio.CacheDatasetPlaceholder(), seqio.preprocessors.append_eos_after_trim
-      ], output_features={
-          'inputs': seqio.Feature(vocab, add_eos=True, required=False), 'targets': seqio.Feature(vocab, add_eos=True)
-      }, postprocess_fn=postprocess_fn, metric_fns=metric_fns)
-  _FILE_TASKS[name] = (key, task, lambda split: read(files[split]))
-  _LABEL_SETS[name] = labels
-  return task
+  task = text_tasks.TextTask(name, tuple(files), functools.partial(_split_texts, files=files, read=read),
+                             vocab_lib.resolve(vocabulary), labels=labels, postprocessor=postprocess_fn,
+                             metrics=tuple(metric_fns), sizes=sizes, key=key)
+  unregister_file_task(name)  # only reached with overwrite=True (or a new name), after the new files validated
+  _FILE_TASKS.add(name)
+  return text_tasks.register(task)
+
+
+def _split_texts(split: str, *, files: Mapping[str, tuple[str, ...]],
+                 read: Callable[[Sequence[str]], tuple[list[str], list[str]]]) -> Iterable[tuple[str, str]]:
+  """(inputs, targets) of a split, read from its files now."""
+  inputs, targets = read(files[split])
+  return zip(inputs, targets)
 
 
 def is_file_task(name: str) -> bool:
@@ -340,10 +324,11 @@ def token_lengths(name: str, split: str) -> dict[str, np.ndarray]:
   """{'inputs', 'targets'}: each example's token count with EOS [N] in one split of a file task, before any cut
   (read from its files and tokenized once per registration)."""
   if (name, split) not in _TOKEN_LENGTHS:
-    _, task, read_split = _FILE_TASKS[name]
+    task = text_tasks.find(name)
+    pairs = list(task.texts(split))
     _TOKEN_LENGTHS[name, split] = {
-        feature: np.asarray([len(task.output_features[feature].vocabulary.encode(t)) + 1 for t in column], np.int64)
-        for feature, column in zip(('inputs', 'targets'), read_split(split))
+        feature: np.asarray([len(task.vocabulary.encode(pair[i])) + 1 for pair in pairs], np.int64)
+        for i, feature in enumerate(('inputs', 'targets'))
     }
   return _TOKEN_LENGTHS[name, split]
 
@@ -351,9 +336,9 @@ def token_lengths(name: str, split: str) -> dict[str, np.ndarray]:
 def longest_lengths(name: str) -> dict[str, int]:
   """The longest inputs and targets (tokens with EOS) over every split of a file task; targets also count the
   label set, whose labels rank classification scores even when no example has them."""
-  task = _FILE_TASKS[name][1]
+  task = text_tasks.find(name)
   lengths = [token_lengths(name, split) for split in task.splits]
-  labels = [len(task.output_features['targets'].vocabulary.encode(label)) + 1 for label in _LABEL_SETS[name] or ()]
+  labels = [len(task.vocabulary.encode(label)) + 1 for label in task.labels or ()]
   return {
       'inputs': max(int(x['inputs'].max(initial=0)) for x in lengths),
       'targets': max([int(x['targets'].max(initial=0)) for x in lengths] + labels)
@@ -367,19 +352,17 @@ def file_task_name() -> str:
 
 
 def unregister_file_task(name: str) -> None:
-  """Removes a task made by `register_file_task` from seqio's registry (no-op for unknown names)."""
+  """Forgets a task made by `register_file_task`, in seqio's registry too (no-op for unknown names)."""
   if name in _FILE_TASKS:
-    import seqio  # pylint: disable=g-import-not-at-top
-    seqio.TaskRegistry.remove(name)
-    del _FILE_TASKS[name]
-    del _LABEL_SETS[name]
+    _FILE_TASKS.discard(name)
+    text_tasks.remove(name)
     for split in SPLITS:
       _TOKEN_LENGTHS.pop((name, split), None)
 
 
 def get_file_task_label_set(name: str) -> tuple[str, ...] | None:
   """The label set of a task made by `register_file_task` (None if it has none)."""
-  if name not in _LABEL_SETS:
+  if name not in _FILE_TASKS:
     raise DataError(f'task {name!r} was not registered with register_file_task '
-                    f"(file tasks: {sorted(_LABEL_SETS) or 'none'})")
-  return _LABEL_SETS[name]
+                    f"(file tasks: {sorted(_FILE_TASKS) or 'none'})")
+  return text_tasks.find(name).labels

@@ -14,13 +14,14 @@ of every global batch to the mesh).
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
 
-from jaxprompt.data import causal, converters, custom, truncation
+from jaxprompt.data import causal, converters, custom, text_tasks, truncation
 from jaxprompt.errors import ConfigError, DataError
 from jaxprompt.models.features import FLOAT_FEATURES, PROMPT_SLOT_ID, TASK_FEATURE  # noqa: F401
 
@@ -33,16 +34,24 @@ Batch = dict[str, np.ndarray]
 # ------------------------------------------------------------------------------------ tasks
 
 
-def get_provider(name: Any, vocabulary: Any = None, family: str = converters.DEFAULT) -> seqio.Task | seqio.Mixture:
+def get_provider(name: Any, vocabulary: Any = None, family: str = converters.DEFAULT, *,
+                 streams: bool = True) -> seqio.Task | seqio.Mixture | text_tasks.TextTask:
   """A registered Task or Mixture (GLUE / SuperGLUE, user file tasks, anything a gin `import` registered).
 
   `vocabulary` (the model's, `ModelSource.vocabulary`; None: the task's own): the task reads with it, its inputs
-  ending in EOS as `family` wants (`data/retokenized.py`: a causal LM reads GLUE with its own tokenizer)."""
+  ending in EOS as `family` wants (`data/retokenized.py`: a causal LM reads GLUE with its own tokenizer). A text
+  task (jaxprompt's own: file and demo tasks) comes as itself when not `streams` (eval / infer read a split once,
+  without TensorFlow or seqio), else as its seqio Task (training's tf.data stream)."""
+  text = text_tasks.lookup(name)
+  if text is not None and not streams:
+    return text if vocabulary is None else text.retokenized(vocabulary, converters.get(family).inputs_eos)
   import seqio  # pylint: disable=g-import-not-at-top
 
   from jaxprompt.data import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
   if isinstance(name, (seqio.Task, seqio.Mixture)):
     provider = name
+  elif isinstance(name, text_tasks.TextTask):
+    provider = name.as_seqio()
   elif not isinstance(name, str) or not name:
     raise ConfigError(f'MIXTURE_OR_TASK_NAME must be a task or mixture name, got {name!r}')
   else:
@@ -55,18 +64,19 @@ def get_provider(name: Any, vocabulary: Any = None, family: str = converters.DEF
 
 def label_set(name: str) -> list[str] | None:
   """Class labels of a task (file tasks and GLUE / SuperGLUE), None for free-text targets."""
-  from jaxprompt.data import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
-  try:
-    labels = custom.get_file_task_label_set(name)
-  except DataError:  # not a file task
+  text = text_tasks.lookup(name)
+  if text is not None:
+    labels = text.labels
+  else:
+    from jaxprompt.data import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
     labels = tasks_lib.get_label_set(name)
   return None if labels is None else list(labels)
 
 
 def subtasks(provider: seqio.Task | seqio.Mixture, split: str) -> list[seqio.Task]:
   """The tasks to evaluate: the task itself, or each task of a mixture that has `split`."""
-  import seqio  # pylint: disable=g-import-not-at-top
-  tasks = list(provider.tasks) if isinstance(provider, seqio.Mixture) else [provider]
+  seqio = sys.modules.get('seqio')  # not loaded: not a mixture
+  tasks = list(provider.tasks) if seqio is not None and isinstance(provider, seqio.Mixture) else [provider]
   with_split = [t for t in tasks if split in t.splits]
   if not with_split:
     available = sorted({s for t in tasks for s in t.splits})
@@ -156,9 +166,8 @@ def training_count(provider: seqio.Task | seqio.Mixture, feature_lengths: Mappin
                    split: str) -> truncation.StreamCount | None:
   """The training split's truncation: a file task's is counted now over the whole split (its texts are in
   memory) and reported at once (None returned); any other's is a `StreamCount` for `train_dataset`."""
-  import seqio  # pylint: disable=g-import-not-at-top
   where = f'task {provider.name!r} split {split!r}'
-  if isinstance(provider, seqio.Task) and custom.is_file_task(provider.name):
+  if custom.is_file_task(provider.name):  # a file task (as itself or its seqio Task), never a mixture's name
     truncation.Truncation.count(where, feature_lengths, custom.token_lengths(provider.name, split)).report()
     return None
   return truncation.StreamCount(where, feature_lengths, eos_features(provider))
@@ -265,15 +274,10 @@ def read_examples(
   (`truncation.cut`); the count is reported once (a log line when any was cut). Without lengths nothing is cut
   or counted (None).
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  try:
-    ds = task.get_dataset(sequence_length=None, split=split, use_cached=False, shuffle=False, num_epochs=1)
-    if max_examples:
-      ds = ds.take(max_examples)
-    examples = list(ds.as_numpy_iterator())
-  except (tf.errors.OpError, ValueError) as e:
-    raise DataError(f'task {task.name!r} split {split!r}: cannot read examples ({type(e).__name__}: '
-                    f'{str(e).splitlines()[0] if str(e) else ""})') from e
+  if isinstance(task, text_tasks.TextTask):  # the same examples without TensorFlow
+    examples = task.examples(split, max_examples)
+  else:
+    examples = _seqio_examples(task, split, max_examples)
   if not examples:
     raise DataError(f'task {task.name!r} split {split!r} is empty: no example left after preprocessing')
   if not feature_lengths:
@@ -284,6 +288,18 @@ def read_examples(
   for ex in examples:
     ex.update({k: truncation.cut(ex[k], n, eos.get(k, False)) for k, n in feature_lengths.items() if k in ex})
   return examples, found
+
+
+def _seqio_examples(task: seqio.Task, split: str, max_examples: int | None) -> list[dict[str, Any]]:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    ds = task.get_dataset(sequence_length=None, split=split, use_cached=False, shuffle=False, num_epochs=1)
+    if max_examples:
+      ds = ds.take(max_examples)
+    return list(ds.as_numpy_iterator())
+  except (tf.errors.OpError, ValueError) as e:
+    raise DataError(f'task {task.name!r} split {split!r}: cannot read examples ({type(e).__name__}: '
+                    f'{str(e).splitlines()[0] if str(e) else ""})') from e
 
 
 def to_features(inputs: Sequence[np.ndarray], targets: Sequence[np.ndarray] | None, feature_lengths: Mapping[str, int],

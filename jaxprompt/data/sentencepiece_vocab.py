@@ -79,6 +79,12 @@ class SentencePieceVocabulary:
   def bos_id(self) -> int:
     return self._tokenizer.bos_id()
 
+  @property
+  def adds_bos(self) -> bool:
+    """Never: seqio's SentencePiece vocabulary puts no BOS in front (a causal stream asks; answered here, the
+    question loads no seqio)."""
+    return False
+
   def encode(self, s: str) -> list[int]:
     """Token ids of `s`, without EOS."""
     return self._tokenizer.EncodeAsIds(s)

@@ -1,7 +1,7 @@
-"""Tasks registered on first use: a module whose import registers seqio tasks (and so loads TensorFlow and seqio,
-about 4 s) is named here with the prefix of the task names it registers, and imported only when such a name is
-looked up (`jaxprompt.data.tasks.get_task`). The demo model's gin file names its tasks' module this way, so a
-run that reads no task (infer on text, inspect) never imports it.
+"""Tasks registered on first use: a module whose import registers tasks is named here with the prefix of the task
+names it registers, and imported only when such a name is looked up (`jaxprompt.data.tasks.get_task`,
+`jaxprompt.data.text_tasks.lookup`). The demo model's gin file names its tasks' module this way, so a run that
+reads no task (infer on text, inspect) never imports it.
 """
 from __future__ import annotations
 

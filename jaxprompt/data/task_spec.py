@@ -19,8 +19,8 @@ from jaxprompt.errors import ConfigError
 
 log = logging.getLogger('jaxprompt')
 
-if TYPE_CHECKING:  # registering a spec loads seqio (`custom`); binding specs and the configurable do not
-  import seqio
+if TYPE_CHECKING:
+  from jaxprompt.data.text_tasks import TextTask
 
 # Spec key -> `register_file_task` argument (each argument also under its own name).
 _SPEC_KEYS = {
@@ -71,7 +71,7 @@ def parse_task_spec(spec: str) -> dict[str, Any]:
   return kwargs
 
 
-def register_task_spec(spec: str) -> seqio.Task:
+def register_task_spec(spec: str) -> TextTask:
   """`register_file_task(**parse_task_spec(spec))`."""
   kwargs = parse_task_spec(spec)
   return custom.register_file_task(kwargs.pop('name'), **kwargs)
@@ -106,7 +106,7 @@ def bind_task_specs(specs: Sequence[str]) -> None:
 
 
 @gin.configurable(module='jaxprompt.data')
-def register_task_specs(specs: Sequence[str] = ()) -> list[seqio.Task]:
+def register_task_specs(specs: Sequence[str] = ()) -> list[TextTask]:
   """Registers the task of each `--task` spec (the command line binds them here first)."""
   return [register_task_spec(spec) for spec in specs]
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 import seqio
 
-from jaxprompt.data import custom, metrics, postprocessors, superglue, task_modules
+from jaxprompt.data import metrics, postprocessors, superglue, task_modules, text_tasks
 from jaxprompt.data import preprocessors as pp
 from jaxprompt.data.vocab import get_default_vocabulary
 from jaxprompt.errors import DataError
@@ -239,6 +239,7 @@ def get_task(name: str) -> seqio.Task | seqio.Mixture:
   register_all_tasks()
   for which in (name, None):  # the module registering `name` on first use, then every one (for the suggestions)
     task_modules.import_for(which)
+    text_tasks.sync_seqio()  # jaxprompt's text tasks (file and demo tasks) as seqio Tasks
     if name in seqio.TaskRegistry.names():
       return seqio.TaskRegistry.get(name)
     if name in seqio.MixtureRegistry.names():
@@ -269,10 +270,8 @@ def get_label_set(task_name: str) -> list[str] | None:
 def _task_label_set(task_name: str) -> tuple[str, ...] | None:
   if task_name in _LABEL_SETS:
     return _LABEL_SETS[task_name]
-  try:  # a TSV / JSONL task made by `custom.register_file_task`
-    return custom.get_file_task_label_set(task_name)
-  except DataError:
-    return None  # a seqio task registered elsewhere without `register_label_set`
+  text = text_tasks.find(task_name)  # a file or demo task
+  return None if text is None else text.labels  # None: a seqio task registered without `register_label_set`
 
 
 def set_tfds_data_dir(data_dir: str | None) -> None:

@@ -2,7 +2,7 @@
 `jaxprompt demo`, prompt tuning it on a held-out formulation on a CPU in minutes.
 
   data       the generated text-to-text skills and held-out formulations
-  tasks      their seqio tasks (import registers them) and the pretraining mixture
+  tasks      their tasks (text tasks; import registers them) and the pretraining mixture
   model      DEMO_CONFIG, the shipped model's paths, gin hooks (`jaxprompt.demo.demo_model_config()` ...)
   pretrain   `python -m jaxprompt.demo.pretrain --output DIR --seed 0`
   run        `jaxprompt demo` (`run.main(argv)`)

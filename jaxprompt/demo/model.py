@@ -117,6 +117,6 @@ def vocabulary(model_dir: str | None = None) -> Any:
   return _load_vocabulary(vocabulary_path(model_dir))
 
 
-# The demo tasks load (with TensorFlow and seqio) when a run first looks one up: models/demo.gin imports this
-# module only, so infer on text and inspect start without them.
+# The demo tasks register when a run first looks one up (text tasks: eval reads them without TensorFlow):
+# models/demo.gin imports this module only.
 task_modules.provide(TASK_PREFIX, 'jaxprompt.demo.tasks')

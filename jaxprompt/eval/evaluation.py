@@ -320,6 +320,6 @@ def evaluate_network(config: Any, params: Any, provider: Any, split: str, featur
                      batch_size: int = 32, *, max_examples: int | None = None, eos_id: int = 1) -> dict[str, Any]:
   """Metrics of a network with no tuning method (e.g. a frozen model's zero-shot score) on a split."""
   runtime = runtime_lib.build_runtime(config, None, None, feature_lengths, eos_id=eos_id, network=params)
-  metrics, _ = evaluate_provider(ModelFns(runtime), None, data.get_provider(provider), split, feature_lengths,
-                                 batch_size, max_examples=max_examples)
+  metrics, _ = evaluate_provider(ModelFns(runtime), None, data.get_provider(provider, streams=False), split,
+                                 feature_lengths, batch_size, max_examples=max_examples)
   return metrics
