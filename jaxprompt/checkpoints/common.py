@@ -183,6 +183,19 @@ def read_guarded(source: ArraySource, reader: Reader) -> np.ndarray:
     raise CheckpointError(f"parameter '{source.name}': cannot read its data at {source.where}: {short_error(e)}") from e
 
 
+def read_json_object(file: str) -> dict[str, Any]:
+  """A JSON file holding one object (a Hugging Face config.json); one CheckpointError naming the file otherwise."""
+  import json  # pylint: disable=g-import-not-at-top
+  try:
+    with open(file) as f:
+      value = json.load(f)
+  except ValueError as e:
+    raise CheckpointError(f'{file}: not valid JSON ({e})') from e
+  if not isinstance(value, dict):
+    raise CheckpointError(f'{file}: expected a JSON object, got {type(value).__name__}')
+  return value
+
+
 def short_error(e: Exception) -> str:
   """A tensorstore error without the full spec dump it appends."""
   return str(e).split(' [tensorstore_spec=')[0]

@@ -7,7 +7,6 @@ device holds a slice of it (`common.materialize` with shardings: no host assembl
 """
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -29,14 +28,7 @@ def read_hf_config(path: str | os.PathLike) -> dict[str, Any]:
   file = _config_file(os.fspath(path))
   if not os.path.isfile(file):
     raise CheckpointError(f'{file}: no such file; a Hugging Face causal LM folder names its architecture there')
-  try:
-    with open(file) as f:
-      hf = json.load(f)
-  except ValueError as e:
-    raise CheckpointError(f'{file}: not valid JSON ({e})') from e
-  if not isinstance(hf, dict):
-    raise CheckpointError(f'{file}: expected a JSON object, got {type(hf).__name__}')
-  return hf
+  return common.read_json_object(file)
 
 
 def hf_causal_config(path: str | os.PathLike) -> DecoderConfig:

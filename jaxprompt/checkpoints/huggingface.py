@@ -129,13 +129,7 @@ def _locate(path: str) -> tuple[dict[str, _Tensor], str]:
 
 
 def _read_hf_config(file: str) -> dict[str, Any]:
-  try:
-    with open(file) as f:
-      hf = json.load(f)
-  except ValueError as e:
-    raise CheckpointError(f'{file}: not valid JSON ({e})') from e
-  if not isinstance(hf, dict):
-    raise CheckpointError(f'{file}: expected a JSON object, got {type(hf).__name__}')
+  hf = common.read_json_object(file)
   if hf.get('model_type', 't5') not in ('t5', 'mt5'):
     raise CheckpointError(f"{file}: model_type {hf['model_type']!r} is not supported (only 't5' and 'mt5')")
   return hf
