@@ -9,21 +9,36 @@ out. The registry (`text_tasks`) calls in here.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 import seqio
 import tensorflow as tf
 
-if TYPE_CHECKING:  # the registry calls in here, with its tasks
-  from jaxprompt.data import text_tasks
+
+class TextTaskLike(Protocol):
+  """What this module reads of a `jaxprompt.data.TextTaskLike` (that module calls in here; naming the
+  fields rather than the class keeps the dependency one way)."""
+  name: str
+  splits: Sequence[str]
+  sizes: Mapping[str, int] | None
+  streamed: bool
+  output_features: Mapping[str, Any]
+  postprocessor: Callable[..., Any] | None
+  metrics: Sequence[Callable[..., Any]]
+
+  def texts(self, split: str) -> Iterable[tuple[str, str]]:
+    ...
+
+  def as_seqio(self) -> seqio.Task:
+    ...
+
 
 # name -> (what sync() put in seqio's registry under it, the seqio tasks it was made of)
 _ENTERED: dict[str, tuple[object, tuple[object, ...]]] = {}
 
 
-def _dataset_fn(split: str, shuffle_files: bool, seed: int | None = None, *,
-                task: text_tasks.TextTask) -> tf.data.Dataset:
+def _dataset_fn(split: str, shuffle_files: bool, seed: int | None = None, *, task: TextTaskLike) -> tf.data.Dataset:
   """tf.data of {'inputs': string, 'targets': string}: generated lazily (`streamed`), else the whole split in
   memory, shuffled whole when `shuffle_files`."""
   spec = tf.TensorSpec((), tf.string)
@@ -41,7 +56,7 @@ def _dataset_fn(split: str, shuffle_files: bool, seed: int | None = None, *,
   return ds
 
 
-def build(task: text_tasks.TextTask) -> seqio.Task:
+def build(task: TextTaskLike) -> seqio.Task:
   """`task` as a seqio Task (not registered)."""
   source = seqio.FunctionDataSource(functools.partial(_dataset_fn, task=task), splits=list(task.splits),
                                     num_input_examples=dict(task.sizes) if task.sizes else None)
@@ -65,7 +80,7 @@ def _enter(registry: type, name: str, provider: object, made_of: tuple[object, .
   _ENTERED[name] = (provider, made_of)
 
 
-def sync(tasks: Sequence[text_tasks.TextTask], mixtures: Mapping[str, Sequence[tuple[str, float]]]) -> None:
+def sync(tasks: Sequence[TextTaskLike], mixtures: Mapping[str, Sequence[tuple[str, float]]]) -> None:
   """The registered text tasks and mixtures in seqio's registry, each entered again only when it changed."""
   for task in tasks:
     made = task.as_seqio()
