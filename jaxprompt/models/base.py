@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxprompt.errors import ConfigError
-from jaxprompt.models import losses
+from jaxprompt.models import losses, scan
 from jaxprompt.models.features import TASK_FEATURE
 from jaxprompt.models.hooks import AttentionKind, Hooks, Stack
 
@@ -154,6 +154,17 @@ class BaseModel(abc.ABC):
       return None, None
     network_rng, hook_rng = jax.random.split(dropout_rng)
     return {'dropout': network_rng}, hook_rng
+
+  def _decoding_module(self, frozen: Params) -> tuple[nn.Module, Params]:
+    """The module and frozen params for incremental decoding.
+
+    The KV cache is per layer, so a scanned model (`scan_layers=True`, large models) decodes with an unscanned
+    twin: same weights, its `layers` axis split back into `layers_N` inside the traced function.
+    """
+    if not self.config.scan_layers:
+      return self.module, frozen
+    config = dataclasses.replace(self.config, scan_layers=False, remat_policy='none')
+    return self.network(config), scan.unstack_layers(dict(frozen))
 
   @abc.abstractmethod
   def feature_widths(self, input_length: int, target_length: int) -> dict[str, int]:

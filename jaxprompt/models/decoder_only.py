@@ -16,7 +16,6 @@ the reference of the tests and the benchmark; results are equal to float toleran
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Mapping
 
@@ -26,7 +25,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxprompt.errors import ConfigError
-from jaxprompt.models import decoding, losses, prompt_once, scan
+from jaxprompt.models import decoding, losses, prompt_once
 from jaxprompt.models.base import Array, BaseModel, LossConfig, ModelConfig, Params, Tuning
 from jaxprompt.models.causal_lm import CausalTransformer
 from jaxprompt.models.decoder_config import DecoderConfig
@@ -113,13 +112,6 @@ class DecoderOnlyModel(BaseModel):
     return batch['decoder_target_tokens'], batch.get('decoder_loss_weights')
 
   # -- prompt + inputs once, continuations from the cache ------------------------------------------------------
-  def _decoding_module(self, frozen: Params) -> tuple[CausalTransformer, Params]:
-    """The module and params for cached decoding: a scanned model decodes with an unscanned twin."""
-    if not self.config.scan_layers:
-      return self.module, frozen
-    config = dataclasses.replace(self.config, scan_layers=False, remat_policy='none')
-    return self.network(config), scan.unstack_layers(dict(frozen))
-
   def _prefill(self, frozen: Params, trainable: Params | None, batch: Mapping[str, Array],
                extra_rows: int) -> tuple[CausalTransformer, dict, Array, Array, object]:
     """Runs the method's prompt and each row's inputs but its last token into a fresh KV cache.

@@ -6,7 +6,6 @@ decoder pass from it; decoding runs the encoder once and the decoder token by to
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Mapping
 
@@ -15,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxprompt.errors import ConfigError
-from jaxprompt.models import decoding, losses, scan
+from jaxprompt.models import decoding, losses
 from jaxprompt.models.base import Array, BaseModel, ModelConfig, Params
 from jaxprompt.models.config import T5Config
 from jaxprompt.models.features import FEATURES, TASK_FEATURE
@@ -95,17 +94,6 @@ class EncoderDecoderModel(BaseModel):
     return scores.reshape(batch, num_candidates)
 
   # -- decoding -------------------------------------------------------------------------------------------
-  def _decoding_module(self, frozen: Params) -> tuple[Transformer, Params]:
-    """The module and frozen params for incremental decoding.
-
-    The KV cache is per layer, so a scanned model (`scan_layers=True`, large models) decodes with an unscanned
-    twin: same weights, its `layers` axis split back into `layers_N` inside the traced function.
-    """
-    if not self.config.scan_layers:
-      return self.module, frozen
-    config = dataclasses.replace(self.config, scan_layers=False, remat_policy='none')
-    return self.network(config), scan.unstack_layers(dict(frozen))
-
   def predict_batch(self, frozen: Params, trainable: Params | None, batch: Mapping[str, Array], *, method: str = 'beam',
                     num_decodes: int = 1, alpha: float = 0.6, temperature: float = 0.0, topk: int = 1,
                     topp: float = 0.0, rescale_log_probs: bool = True, rng: Array | None = None,
