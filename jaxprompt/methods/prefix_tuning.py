@@ -86,6 +86,7 @@ class PrefixTuning(Method):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   grouped: bool = False  # fewer key/value heads than query heads: the rows' head axis is 'kv_heads'
+  relative_bias: bool = True  # the model's `relative_position_bias` (T5's; a causal LM has none)
 
   def __post_init__(self):
     object.__setattr__(self, 'kind_layers', tuple((str(k), int(n)) for k, n in self.kind_layers))
@@ -113,7 +114,7 @@ class PrefixTuning(Method):
     """The method for `config`'s sizes and dtypes; `kwargs` are the other fields."""
     return cls(num_heads=config.num_kv_heads, head_dim=config.head_dim, emb_dim=config.emb_dim,
                kind_layers=kv_prefix.kind_layers(config), dtype=config.dtype, param_dtype=config.param_dtype,
-               grouped=config.num_kv_heads != config.num_heads, **kwargs)
+               grouped=config.num_kv_heads != config.num_heads, relative_bias=config.relative_position_bias, **kwargs)
 
   def layers(self, kind: str) -> int:
     return dict(self.kind_layers)[kind]
@@ -221,12 +222,14 @@ class PrefixTuning(Method):
 
   @property
   def packing_slots(self) -> int:
-    """No input positions; but 'positions' self-attention prefixes measure distances from the row start, which
-    packing moves for every example after a row's first, so that combination is refused."""
-    if self.relpos == 'positions' and any(k != 'cross' for k in self.kinds):
+    """No input positions. Packing puts several examples after one prefix: every segment attends to all of it.
+    On a model with relative-position bias (T5), 'positions' self-attention prefixes measure distances from the
+    row start, which packing moves for every example after a row's first, so that combination is refused. A
+    causal LM has no such bias: each packed example's positions restart after the prefix, as in its own row."""
+    if self.relative_bias and self.relpos == 'positions' and any(k != 'cross' for k in self.kinds):
       raise ConfigError("packed rows put several examples after one prefix, so relpos='positions' would give "
-                        "later examples other distances to it: set PACK=False, or use relpos='none' or "
-                        "kinds=('cross',)")
+                        "later examples other distances to it under this model's relative-position bias: set "
+                        "PACK=False, or use relpos='none' or kinds=('cross',)")
     return 0
 
   # -- evaluation and export -------------------------------------------------------------------------------

@@ -33,7 +33,9 @@ class ModelConfig(Protocol):
   `input_stack` is the stack whose embedded tokens an input hook sees (T5: 'encoder'; a causal LM: 'decoder');
   `stack_depth(stack)` its number of layers; `attention_kinds` the attentions a K/V prefix may join;
   `num_kv_heads` the heads of a layer's keys / values (fewer than `num_heads` with grouped-query attention),
-  which is what a K/V prefix row holds.
+  which is what a K/V prefix row holds. `relative_position_bias`: the attentions add T5's relative-position bias,
+  which measures a K/V prefix's distance from the start of the row (not of a packed example).
+  `position_limit`: the positions a row may use (prompt + tokens; GPT-2's learned table), None for no limit.
   """
   family: ClassVar[str]
   vocab_size: int
@@ -55,6 +57,14 @@ class ModelConfig(Protocol):
 
   @property
   def attention_kinds(self) -> tuple[AttentionKind, ...]:
+    ...
+
+  @property
+  def relative_position_bias(self) -> bool:
+    ...
+
+  @property
+  def position_limit(self) -> int | None:
     ...
 
   def stack_depth(self, stack: Stack) -> int:

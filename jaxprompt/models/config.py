@@ -70,6 +70,16 @@ class T5Config:
   def attention_kinds(self) -> tuple[AttentionKind, ...]:
     return ('encoder_self', 'decoder_self', 'cross')
 
+  @property
+  def relative_position_bias(self) -> bool:
+    """Self-attentions add a relative-position bias, counted from the row start (packing shifts it)."""
+    return True
+
+  @property
+  def position_limit(self) -> int | None:
+    """None: relative positions have no table to run past (far distances share the last bucket)."""
+    return None
+
   def stack_depth(self, stack: Stack) -> int:
     """Layers of `stack` ('encoder' or 'decoder')."""
     if stack == 'encoder':

@@ -103,6 +103,16 @@ class DecoderConfig:
   def attention_kinds(self) -> tuple[str, ...]:
     return ('decoder_self',)
 
+  @property
+  def relative_position_bias(self) -> bool:
+    """No relative bias: each token's position is its own (a packed example's restart after a K/V prefix)."""
+    return False
+
+  @property
+  def position_limit(self) -> int | None:
+    """The learned table's rows (GPT-2's n_positions); None for rotary positions, which have no table."""
+    return self.max_positions if self.positions == 'learned' else None
+
   def stack_depth(self, stack: str) -> int:
     if stack != 'decoder':
       raise ConfigError(f"a decoder-only model has one stack, 'decoder'; there is no {stack!r} stack")
