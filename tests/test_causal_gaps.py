@@ -1,16 +1,23 @@
 """The causal family's loose ends (issue 23): packing with a K/V prefix, inspect and fingerprints of any family, the
 position limit of a learned table, and left padding with a prompt against transformers."""
 import functools
+import json
 
 import jax
 import numpy as np
 import pytest
 import tensorflow as tf
+from flax import traverse_util
+from safetensors.numpy import save_file
 
+from jaxprompt.checkpoints import hf_causal, hf_causal_names
+from jaxprompt.commands import inspect as inspect_lib
 from jaxprompt.data import causal, converters
 from jaxprompt.data import pipeline as data
+from jaxprompt.data.hf_vocab import HfVocabulary
 from jaxprompt.errors import ConfigError
 from jaxprompt.methods import prefix_tuning
+from jaxprompt.models import fingerprint
 from jaxprompt.models.config import get_config
 from jaxprompt.models.decoder_config import DecoderConfig
 from jaxprompt.models.families import build_model
@@ -79,3 +86,70 @@ def test_t5_still_refuses_packing_with_a_relative_position_prefix():
   with pytest.raises(ConfigError, match="relative-position bias.*PACK=False"):
     prefix_tuning.p_tuning_v2(config).packing_slots  # pylint: disable=expression-not-assigned
   assert prefix_tuning.p_tuning_v2(config, relpos='none').packing_slots == 0
+
+
+def _gpt2_folder(folder):
+  """A random GPT-2 folder as GPT2LMHeadModel saves it (its tensors under 'transformer.'), without torch."""
+  hf = {
+      'architectures': ['GPT2LMHeadModel'], 'vocab_size': 40, 'n_embd': 16, 'n_head': 2, 'n_layer': 3, 'n_positions': 32
+  }
+  folder.mkdir(parents=True, exist_ok=True)
+  (folder / 'config.json').write_text(json.dumps(hf))
+  config, arch = hf_causal_names.decoder_config(hf, 'config.json')
+  params = traverse_util.flatten_dict(causal_helpers.random_params(config), sep='/')
+  plan = hf_causal_names.causal_plan(config, arch, 'transformer.')
+  tensors = {
+      e.key: np.ascontiguousarray(np.asarray(params[p]).T if e.transpose else params[p])
+      for p, e in plan.items()
+      if e.part is None
+  }
+  for p, e in plan.items():  # c_attn holds query, key and value side by side
+    if e.part is not None:
+      tensors.setdefault(e.key, []).append(np.asarray(params[p]))
+  tensors = {k: np.concatenate(v, -1) if isinstance(v, list) else v for k, v in tensors.items()}
+  save_file(tensors, str(folder / 'model.safetensors'))
+  return folder, config, params['token_embedder/embedding']
+
+
+@pytest.fixture(scope='module')
+def causal_folders(tiny_causal, tmp_path_factory):
+  """{name: (folder, config, token embedding)}: the tiny Llama folder and a GPT-2 one."""
+  llama = hf_causal.hf_causal_config(tiny_causal)
+  table = hf_causal.load_hf_causal(tiny_causal)[0]['token_embedder']['embedding']
+  return {'llama': (tiny_causal, llama, table), 'gpt2': _gpt2_folder(tmp_path_factory.mktemp('gpt2'))}
+
+
+@pytest.mark.parametrize('name', ['llama', 'gpt2'])
+def test_inspect_reads_the_token_embedding_of_a_causal_folder_and_names_its_stack(name, causal_folders, tiny_causal,
+                                                                                  tmp_path, clean_gin):
+  folder, config, table = causal_folders[name]
+  np.testing.assert_array_equal(inspect_lib.read_token_embedding(str(folder), config), table)
+  ids = [5, 17, 30]
+  path = tmp_path / 'per_layer.npz'
+  blocks = np.ones((config.num_layers - 1, 3, config.emb_dim), np.float32)
+  np.savez(path, prompt=np.asarray(table)[ids], layers=blocks, **{'mode/add': np.zeros((0,), np.int8)})
+  report = inspect_lib.inspect(str(path), model_config=config, initial_checkpoint_path=str(folder), top_k=1,
+                               vocabulary=HfVocabulary(str(tiny_causal)))
+  assert [p['nearest'][0]['id'] for p in report['positions']] == ids
+  assert [(r['stack'], r['layer']) for r in report['layers']] == [('decoder', i) for i in range(1, config.num_layers)]
+  loaded = report['model']['loaded']['config']
+  assert loaded['family'] == 'decoder_only' and loaded['num_decoder_layers'] == config.num_layers
+
+
+def test_inspect_refuses_a_t5_config_over_a_causal_folder(tiny_causal):
+  with pytest.raises(ConfigError, match='needs a DecoderConfig'):
+    inspect_lib.read_token_embedding(str(tiny_causal), get_config('t5x_tiny'))
+
+
+def test_describe_prints_the_sizes_the_family_recorded():
+  """A causal record names its family, its one stack and its key/value heads; a T5 record both stacks (ids as
+  before: the record is unchanged, only its description)."""
+  causal = fingerprint.model_fingerprint(CONFIGS['rotary'], None, np.ones((40, 32), np.float32))
+  assert fingerprint.describe(causal) == (f"decoder_only model {causal['id']} (emb_dim=32, num_decoder_layers=2, "
+                                          'num_heads=4, num_kv_heads=2, vocab_size=40)')
+  t5 = get_config('t5x_tiny')
+  record = fingerprint.model_fingerprint(t5, None, np.ones((t5.vocab_size, t5.emb_dim), np.float32))
+  assert 'family' not in record['config'] and 'num_kv_heads' not in record['config']
+  assert fingerprint.describe(record) == (
+      f"model {record['id']} (emb_dim={t5.emb_dim}, num_encoder_layers={t5.num_encoder_layers}, num_decoder_layers="
+      f'{t5.num_decoder_layers}, num_heads={t5.num_heads}, vocab_size={t5.vocab_size})')

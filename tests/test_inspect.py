@@ -115,7 +115,7 @@ def test_a_per_layer_prompts_file_reports_its_input_prompt_and_deeper_blocks(emb
   report = _inspect(path, checkpoint, vocab, top_k=1)
   assert [p['nearest'][0]['id'] for p in report['positions']] == [7, 9]
   assert report['layers'] == [{
-      'layer': 1, 'mean': pytest.approx(np.sqrt(32)), 'min': pytest.approx(np.sqrt(32)),
+      'stack': 'encoder', 'layer': 1, 'mean': pytest.approx(np.sqrt(32)), 'min': pytest.approx(np.sqrt(32)),
       'max': pytest.approx(np.sqrt(32))
   }]
 

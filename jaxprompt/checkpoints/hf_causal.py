@@ -67,6 +67,29 @@ def _sources(plan: Mapping[str, Entry], tensors: Mapping[str, Any], config: Deco
   return common.stack_layer_sources(sources) if config.scan_layers else sources
 
 
+def causal_sources(path: str | os.PathLike,
+                   config: DecoderConfig | None = None) -> tuple[dict[str, common.ArraySource], DecoderConfig]:
+  """({param path: its tensor's source}, config) of a Hugging Face causal LM folder, every tensor checked against
+  the config (`load_hf_causal`'s arguments) by its header alone: nothing is read yet."""
+  path = os.fspath(path)
+  config_file = _config_file(path)
+  implied, arch = hf_causal_names.decoder_config(read_hf_config(path), config_file)
+  if config is None:
+    config, origin = implied, config_file
+  else:
+    if not isinstance(config, DecoderConfig):
+      raise ConfigError(f'{path}: a causal LM needs a DecoderConfig, got {type(config).__name__}')
+    hf_causal_names.check_config(config, implied, config_file)
+    origin = 'the given config'
+  tensors, folder = _locate(path)
+  weights = path  # the file that says which tensors there are: the safetensors file or a sharded one's index
+  if os.path.isdir(path):
+    weights = os.path.join(folder, SINGLE_FILE if os.path.isfile(os.path.join(folder, SINGLE_FILE)) else INDEX_FILE)
+  prefix = 'transformer.' if arch == hf_causal_names.GPT2 and 'transformer.wte.weight' in tensors else ''
+  plan = hf_causal_names.causal_plan(config, arch, prefix)
+  return _sources(plan, tensors, config, weights, origin), config
+
+
 def load_hf_causal(path: str | os.PathLike, *, config: DecoderConfig | None = None,
                    shardings: common.ShardingsArg = None,
                    expected_shapes: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], DecoderConfig]:
@@ -84,23 +107,7 @@ def load_hf_causal(path: str | os.PathLike, *, config: DecoderConfig | None = No
     (params, config): the `CausalTransformer` param tree (`layers` stacked when `config.scan_layers`), every
     floating leaf in `config.param_dtype`.
   """
-  path = os.fspath(path)
-  config_file = _config_file(path)
-  implied, arch = hf_causal_names.decoder_config(read_hf_config(path), config_file)
-  if config is None:
-    config, origin = implied, config_file
-  else:
-    if not isinstance(config, DecoderConfig):
-      raise ConfigError(f'{path}: a causal LM needs a DecoderConfig, got {type(config).__name__}')
-    hf_causal_names.check_config(config, implied, config_file)
-    origin = 'the given config'
-  tensors, folder = _locate(path)
-  weights = path  # the file that says which tensors there are: the safetensors file or a sharded one's index
-  if os.path.isdir(path):
-    weights = os.path.join(folder, SINGLE_FILE if os.path.isfile(os.path.join(folder, SINGLE_FILE)) else INDEX_FILE)
-  prefix = 'transformer.' if arch == hf_causal_names.GPT2 and 'transformer.wte.weight' in tensors else ''
-  plan = hf_causal_names.causal_plan(config, arch, prefix)
-  sources = _sources(plan, tensors, config, weights, origin)
+  sources, config = causal_sources(path, config)
   params = common.materialize(sources, dtype=config.param_dtype, shardings=shardings, expected_shapes=expected_shapes,
-                              ckpt=path)
+                              ckpt=os.fspath(path))
   return params, config

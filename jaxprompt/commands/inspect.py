@@ -7,7 +7,8 @@ norms; for a prefix file (prefix tuning, P-tuning v2) each attention kind's key 
 live in attention space, so they have no nearest tokens). Always: the model the prompt records
 (`jaxprompt.models.fingerprint`) and whether it is the model loaded now (inspect reports, it never refuses).
 
-Only the frozen checkpoint's token embedding is read (T5X any format, or HF safetensors), never the whole model.
+Only the frozen checkpoint's token embedding is read (T5X any format, a Hugging Face T5 or causal LM folder), never
+the whole model.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import gin
 import numpy as np
 from etils import epath
 
+from jaxprompt.checkpoints import hf_names, readers
 from jaxprompt.checkpoints.common import flatten_params
 from jaxprompt.commands import configs, prompt_files
 from jaxprompt.data import vocab as vocab_lib
@@ -32,7 +34,6 @@ from jaxprompt.methods.per_layer_prompts import LAYERS_KEY
 from jaxprompt.models import families
 from jaxprompt.models import fingerprint as fingerprint_lib
 from jaxprompt.models.base import ModelConfig
-from jaxprompt.runtime import runtime as runtime_lib
 
 if TYPE_CHECKING:
   import seqio
@@ -50,17 +51,23 @@ def _vocabulary(vocabulary: Any) -> Any:
 
 
 def read_token_embedding(path: str, config: ModelConfig) -> np.ndarray:
-  """Only the [vocab, embed] token embedding of a frozen checkpoint (T5X any format or a model dir, or HF
-  safetensors), in `config.param_dtype` as training loads it, checked against `config`."""
-  if runtime_lib.is_hf_checkpoint(path):
+  """Only the [vocab, embed] token embedding of a frozen checkpoint, found through its reader's name map: a T5X
+  checkpoint (any format) or model dir, a Hugging Face T5 folder, a Hugging Face causal LM folder (Llama, Mistral,
+  Qwen2, GPT-2). In `config.param_dtype` as training loads it, checked against `config`."""
+  from jaxprompt.checkpoints import common  # pylint: disable=g-import-not-at-top
+  if readers.causal_architecture(path) is not None:
+    from jaxprompt.checkpoints import hf_causal  # pylint: disable=g-import-not-at-top
+    source = hf_causal.causal_sources(path, config)[0][EMBEDDING]  # checks every tensor's shape against `config`
+    array, where = common.materialize({EMBEDDING: source}, ckpt=path)['token_embedder']['embedding'], path
+  elif readers.is_hf_checkpoint(path):
     from jaxprompt.checkpoints import huggingface  # pylint: disable=g-import-not-at-top
     tensors, _ = huggingface._locate(path)  # pylint: disable=protected-access  (its one-tensor index)
-    if 'shared.weight' not in tensors:
-      raise CheckpointError(f"{path}: not a Hugging Face T5 checkpoint: it has no 'shared.weight'")
-    tensor = tensors['shared.weight']
-    array, where = tensor.array(), f"{tensor.file} ('shared.weight')"
+    if hf_names.EMBEDDING_KEY not in tensors:
+      raise CheckpointError(f"{path}: not a Hugging Face T5 checkpoint: it has no '{hf_names.EMBEDDING_KEY}'")
+    tensor = tensors[hf_names.EMBEDDING_KEY]
+    array, where = tensor.array(), f"{tensor.file} ('{hf_names.EMBEDDING_KEY}')"
   else:
-    from jaxprompt.checkpoints import common, t5x  # pylint: disable=g-import-not-at-top
+    from jaxprompt.checkpoints import t5x  # pylint: disable=g-import-not-at-top
     where = t5x.latest_checkpoint(path)
     source = t5x.t5x_sources(where).get(EMBEDDING)
     if source is None:
@@ -128,10 +135,10 @@ def _positions(prompt: np.ndarray, embedding: np.ndarray, vocabulary: seqio.Voca
   return positions, dict(_norm_summary(norms), vocabulary_mean=_num(token_norms.mean()))
 
 
-def _layer_norms(blocks: np.ndarray, first_layer: int) -> list[dict[str, Any]]:
-  """Per-layer prompts' deeper blocks [L-1, P, d]: each layer's position norms, summarised."""
+def _layer_norms(blocks: np.ndarray, first_layer: int, stack: str) -> list[dict[str, Any]]:
+  """Per-layer prompts' deeper blocks [L-1, P, d] on `stack`: each layer's position norms, summarised."""
   norms = np.linalg.norm(np.asarray(blocks, np.float32), axis=-1)  # [L-1, P]
-  return [dict(_norm_summary(n), layer=first_layer + i) for i, n in enumerate(norms)]
+  return [dict(_norm_summary(n), stack=stack, layer=first_layer + i) for i, n in enumerate(norms)]
 
 
 def _prefix_norms(trainable: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
@@ -182,7 +189,7 @@ def _log_table(report: Mapping[str, Any]) -> None:
     lines.append(f"norms: mean {n['mean']:.4f}, min {n['min']:.4f}, max {n['max']:.4f}; vocabulary rows: mean "
                  f"{n['vocabulary_mean']:.4f}")
   for row in report.get('layers', []):
-    lines.append(f"encoder layer {row['layer']:>2} block norms: mean {row['mean']:.4f}, max {row['max']:.4f}")
+    lines.append(f"{row['stack']} layer {row['layer']:>2} block norms: mean {row['mean']:.4f}, max {row['max']:.4f}")
   for kind, rows in report.get('prefix', {}).items():
     for row in rows:
       lines.append(f"{kind:>13} layer {row['layer']:>2}: key norm {row['key_norm']:.4f}, value norm "
@@ -232,8 +239,8 @@ def inspect(prompt: str, *, top_k: int = 5, output_file: str | None = None, mode
   }
   if PROMPT_KEY in trainable and np.ndim(trainable[PROMPT_KEY]) == 2:
     report['positions'], report['norms'] = _positions(trainable[PROMPT_KEY], embedding, vocab, top_k)
-  if LAYERS_KEY in trainable:
-    report['layers'] = _layer_norms(trainable[LAYERS_KEY], first_layer=1)  # row i acts at encoder layer i + 1
+  if LAYERS_KEY in trainable:  # row i acts at layer i + 1 of the stack reading the tokens
+    report['layers'] = _layer_norms(trainable[LAYERS_KEY], first_layer=1, stack=config.input_stack)
   if _is_prefix(trainable):
     report['prefix'] = _prefix_norms(trainable)
   _log_table(report)

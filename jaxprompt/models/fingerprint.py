@@ -92,12 +92,16 @@ def _jsonable(value: Any) -> Any:
 
 
 def describe(fingerprint: Mapping[str, Any] | None) -> str:
-  """One line naming a fingerprint: its id and the model's sizes."""
+  """One line naming a fingerprint: its id, the family when not T5, and the sizes its record holds (each stack's
+  depth, `num_<stack>_layers`, whichever stacks the family has)."""
   if not fingerprint:
     return 'no recorded model'
   c = fingerprint.get('config', {})
-  sizes = ', '.join(f'{k}={c[k]}' for k in ('emb_dim', 'num_encoder_layers', 'num_heads', 'vocab_size') if k in c)
-  return f"model {fingerprint.get('id', '?')} ({sizes})"
+  depths = sorted((k for k in c if k.startswith('num_') and k.endswith('_layers')), key=lambda k: 'encoder' not in k)
+  names = ('emb_dim', *depths, 'num_heads', 'num_kv_heads', 'vocab_size')
+  sizes = ', '.join(f'{k}={c[k]}' for k in names if k in c)
+  family = f"{c['family']} " if 'family' in c else ''
+  return f"{family}model {fingerprint.get('id', '?')} ({sizes})"
 
 
 def differences(recorded: Mapping[str, Any], actual: Mapping[str, Any]) -> list[str]:
