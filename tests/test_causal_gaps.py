@@ -16,11 +16,12 @@ from jaxprompt.data import causal, converters
 from jaxprompt.data import pipeline as data
 from jaxprompt.data.hf_vocab import HfVocabulary
 from jaxprompt.errors import ConfigError
-from jaxprompt.methods import prefix_tuning
+from jaxprompt.methods import prefix_tuning, prompt_tuning
 from jaxprompt.models import fingerprint
 from jaxprompt.models.config import get_config
 from jaxprompt.models.decoder_config import DecoderConfig
 from jaxprompt.models.families import build_model
+from jaxprompt.runtime import runtime as runtime_lib
 from tests import causal_helpers
 
 LENGTHS = {'inputs': 6, 'targets': 3}
@@ -153,3 +154,21 @@ def test_describe_prints_the_sizes_the_family_recorded():
   assert fingerprint.describe(record) == (
       f"model {record['id']} (emb_dim={t5.emb_dim}, num_encoder_layers={t5.num_encoder_layers}, num_decoder_layers="
       f'{t5.num_decoder_layers}, num_heads={t5.num_heads}, vocab_size={t5.vocab_size})')
+
+
+@pytest.mark.parametrize('name,make', [('prompt_tuning', prompt_tuning.prompt_tuning),
+                                       ('p_tuning_v2', prefix_tuning.p_tuning_v2)])
+def test_rows_past_a_learned_position_table_fail_at_start_up(name, make):
+  """GPT-2's table of 32 positions: a prompt of 5 and inputs 20 + targets 10 need 35; a gather would clip."""
+  config = CONFIGS['learned']
+  params = causal_helpers.random_params(config)
+  method = make(config, length=5, initializer='normal') if name == 'p_tuning_v2' else make(config, length=5)
+  with pytest.raises(ConfigError) as raised:
+    runtime_lib.build_runtime(config, method, None, {'inputs': 20, 'targets': 10}, network=params)
+  assert str(raised.value).startswith('a row needs 35 positions (a prompt of 5 + 30 for TASK_FEATURE_LENGTHS inputs '
+                                      '20, targets 10) but this model has 32')
+  runtime_lib.build_runtime(config, method, None, {'inputs': 17, 'targets': 10}, network=params)  # 32 fit
+  rotary = CONFIGS['rotary']  # no table: no limit
+  assert rotary.position_limit is None and get_config('t5x_tiny').position_limit is None
+  runtime_lib.build_runtime(rotary, make(rotary, length=5), None, {'inputs': 200, 'targets': 100},
+                            network=causal_helpers.random_params(rotary))

@@ -19,6 +19,7 @@ from jaxprompt.methods.base import Method
 from jaxprompt.models.base import BaseModel, LossConfig, ModelConfig
 from jaxprompt.models.families import build_model
 from jaxprompt.parallel import partitioning
+from jaxprompt.runtime import position_limit
 from jaxprompt.runtime.compiled import ShardedSteps
 from jaxprompt.runtime.optim import Optimizer
 
@@ -89,6 +90,7 @@ def build_runtime(config: ModelConfig, method: Method | None, checkpoint_path: s
   validation.check_positive(num_microbatches=num_microbatches)
   data_parallel_size(model_parallel)
   model = build_model(config, method, loss=loss or LossConfig(), eos_id=eos_id)
+  position_limit.check_positions(model, feature_lengths)  # before any weight is read
   mesh = partitioning.create_mesh(model_parallel)
   rules = partitioning.prompt_logical_axis_rules()
   steps = ShardedSteps(model, optimizer, mesh, rules, num_microbatches, feature_lengths['inputs'],
