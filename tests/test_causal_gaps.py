@@ -1,5 +1,6 @@
 """The causal family's loose ends (issue 23): packing with a K/V prefix, inspect and fingerprints of any family, the
 position limit of a learned table, and left padding with a prompt against transformers."""
+import copy
 import functools
 import json
 
@@ -12,6 +13,7 @@ from safetensors.numpy import save_file
 
 from jaxprompt.checkpoints import hf_causal, hf_causal_names
 from jaxprompt.commands import inspect as inspect_lib
+from jaxprompt.commands import prompt_files
 from jaxprompt.data import causal, converters
 from jaxprompt.data import pipeline as data
 from jaxprompt.data.hf_vocab import HfVocabulary
@@ -20,6 +22,7 @@ from jaxprompt.methods import prefix_tuning, prompt_tuning
 from jaxprompt.models import fingerprint
 from jaxprompt.models.config import get_config
 from jaxprompt.models.decoder_config import DecoderConfig
+from jaxprompt.models.decoder_only import DecoderOnlyModel
 from jaxprompt.models.families import build_model
 from jaxprompt.runtime import runtime as runtime_lib
 from tests import causal_helpers
@@ -172,3 +175,77 @@ def test_rows_past_a_learned_position_table_fail_at_start_up(name, make):
   assert rotary.position_limit is None and get_config('t5x_tiny').position_limit is None
   runtime_lib.build_runtime(rotary, make(rotary, length=5), None, {'inputs': 200, 'targets': 100},
                             network=causal_helpers.random_params(rotary))
+
+
+# ------------------------------------------------------------------ left padding with a prompt, against transformers
+
+NEW_TOKENS = 5
+
+
+@pytest.fixture(scope='module')
+def peft_adapter(tmp_path_factory):
+  """(arch, peft type) -> (PEFT model, our config, params, method, trainable): a random PEFT CAUSAL_LM prompt (3
+  virtual tokens) over a tiny random transformers model, read back by jaxprompt; each built once, when asked."""
+  torch = pytest.importorskip('torch')
+  peft = pytest.importorskip('peft')
+  makers = {'PROMPT_TUNING': peft.PromptTuningConfig, 'PREFIX_TUNING': peft.PrefixTuningConfig}
+
+  @functools.cache
+  def base(arch):
+    folder = tmp_path_factory.mktemp(arch)
+    return folder, causal_helpers.build_hf(arch, folder, seed=2), *hf_causal.load_hf_causal(folder)
+
+  @functools.cache
+  def adapter(arch, kind):
+    folder, model, params, config = base(arch)
+    torch.manual_seed(1)
+    model = peft.get_peft_model(copy.deepcopy(model), makers[kind](task_type='CAUSAL_LM', num_virtual_tokens=3))
+    model.eval().save_pretrained(folder / kind)
+    method, trainable = prompt_files.load_tuned(prompt_file=str(folder / kind), checkpoint=None, step=None,
+                                                prompt_length=None, config=config)
+    return model, config, params, method, trainable
+
+  return adapter
+
+
+def _peft_alone(model, row):
+  """transformers + PEFT's forward on one unpadded row: (logits of its tokens [l, vocab], the greedy continuation
+  its forward gives token by token). Not PEFT's generate(): with transformers 5.25 / peft 0.21 it departs from that
+  forward (docs/methods.md, "Left padding")."""
+  import torch  # pylint: disable=g-import-not-at-top
+  stream = list(row)
+  with torch.no_grad():
+    for step in range(NEW_TOKENS + 1):
+      ids = torch.tensor([stream], dtype=torch.long)
+      logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0].numpy()
+      first = logits[-len(row):] if step == 0 else first
+      stream.append(int(logits[-1].argmax()))
+  return first, np.asarray(stream[len(row):-1])
+
+
+@pytest.mark.parametrize('arch,kind,once', [('llama', 'PROMPT_TUNING', True), *[
+    pytest.param(*case, marks=pytest.mark.slow)
+    for case in [('llama', 'PROMPT_TUNING', False), ('llama', 'PREFIX_TUNING', True), ('gpt2', 'PROMPT_TUNING', True),
+                 ('gpt2', 'PROMPT_TUNING', False), ('gpt2', 'PREFIX_TUNING', True)]
+]])
+def test_a_left_padded_row_with_a_prompt_is_the_row_alone_in_transformers(peft_adapter, arch, kind, once):
+  """Position-consistent left padding (docs/methods.md): a left-padded row behind a prompt or prefix has the logits
+  and greedy tokens transformers + PEFT give the row unpadded (PEFT's own generate() on the padded batch does not:
+  its inserted prompt's positions count the pads). `once`: the prompt run once per batch, or in every row."""
+  model, config, params, method, trainable = peft_adapter(arch, kind)
+  tokens, valid = causal_helpers.padded_batch(seed=5, length=6, left=True)  # id 0 among the real tokens
+  ours = DecoderOnlyModel(config, method, eos_id=config.vocab_size, prompt_once=once)  # no EOS: every step compared
+  mask = valid.astype(np.int32)
+  logits = np.asarray(
+      jax.jit(ours.logits)(params, trainable, {'decoder_input_tokens': tokens, 'decoder_input_mask': mask}))
+  batch = {
+      'decoder_input_tokens': tokens, 'decoder_input_mask': mask, 'decoder_target_tokens': np.zeros(
+          (len(tokens), NEW_TOKENS), np.int32)
+  }
+  decodes = np.asarray(
+      jax.jit(functools.partial(ours.predict_batch, method='sample', temperature=0.0))(params, trainable, batch)[0])
+  for row in range(len(tokens)):
+    theirs, greedy = _peft_alone(model, tokens[row][valid[row]].tolist())
+    assert np.abs(theirs).max() > 1.0
+    np.testing.assert_allclose(logits[row][valid[row]], theirs, atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(decodes[row], greedy)
