@@ -213,14 +213,13 @@ def _peft_alone(model, row):
   its forward gives token by token). Not PEFT's generate(): with transformers 5.25 / peft 0.21 it departs from that
   forward (docs/methods.md, "Left padding")."""
   import torch  # pylint: disable=g-import-not-at-top
-  stream = list(row)
+  stream, passes = list(row), []
   with torch.no_grad():
-    for step in range(NEW_TOKENS + 1):
+    for _ in range(NEW_TOKENS):
       ids = torch.tensor([stream], dtype=torch.long)
-      logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0].numpy()
-      first = logits[-len(row):] if step == 0 else first
-      stream.append(int(logits[-1].argmax()))
-  return first, np.asarray(stream[len(row):-1])
+      passes.append(model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0].numpy())
+      stream.append(int(passes[-1][-1].argmax()))
+  return passes[0][-len(row):], np.asarray(stream[len(row):])
 
 
 @pytest.mark.parametrize('arch,kind,once', [('llama', 'PROMPT_TUNING', True), *[
