@@ -149,8 +149,9 @@ def test_describe_prints_the_sizes_the_family_recorded():
   """A causal record names its family, its one stack and its key/value heads; a T5 record both stacks (ids as
   before: the record is unchanged, only its description)."""
   causal = fingerprint.model_fingerprint(CONFIGS['rotary'], None, np.ones((40, 32), np.float32))
-  assert fingerprint.describe(causal) == (f"decoder_only model {causal['id']} (emb_dim=32, num_decoder_layers=2, "
-                                          'num_heads=4, num_kv_heads=2, vocab_size=40)')
+  assert fingerprint.describe(causal) == (
+      f"model {causal['id']} (family=decoder_only, emb_dim=32, num_decoder_layers=2, "
+      'num_heads=4, num_kv_heads=2, vocab_size=40)')
   t5 = get_config('t5x_tiny')
   record = fingerprint.model_fingerprint(t5, None, np.ones((t5.vocab_size, t5.emb_dim), np.float32))
   assert 'family' not in record['config'] and 'num_kv_heads' not in record['config']

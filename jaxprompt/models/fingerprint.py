@@ -98,10 +98,9 @@ def describe(fingerprint: Mapping[str, Any] | None) -> str:
     return 'no recorded model'
   c = fingerprint.get('config', {})
   depths = sorted((k for k in c if k.startswith('num_') and k.endswith('_layers')), key=lambda k: 'encoder' not in k)
-  names = ('emb_dim', *depths, 'num_heads', 'num_kv_heads', 'vocab_size')
+  names = ('family', 'emb_dim', *depths, 'num_heads', 'num_kv_heads', 'vocab_size')
   sizes = ', '.join(f'{k}={c[k]}' for k in names if k in c)
-  family = f"{c['family']} " if 'family' in c else ''
-  return f"{family}model {fingerprint.get('id', '?')} ({sizes})"
+  return f"model {fingerprint.get('id', '?')} ({sizes})"
 
 
 def differences(recorded: Mapping[str, Any], actual: Mapping[str, Any]) -> list[str]:
