@@ -6,6 +6,7 @@ import pathlib
 import re
 
 import gin
+import numpy as np
 import pytest
 import seqio
 
@@ -194,3 +195,25 @@ def test_the_doc_commands_run(group, tmp_path, tiny_files, tiny_task, tiny_causa
       if custom.is_file_task(name):
         custom.unregister_file_task(name)
   assert not problems, '\n'.join(problems)
+  if group == 'prompt_tuning':  # the README's causal workflow ends in python: its adapter loads in PEFT
+    _load_the_readme_adapter_in_peft(tmp_path, tiny_causal, capsys)
+
+
+def _load_the_readme_adapter_in_peft(root, tiny_causal, capsys) -> None:
+  """Runs the python block of the README's "Causal LMs" section (its model folder: the tiny causal model) after
+  the section's commands ran, and checks the PeftModel holds the run's prompt."""
+  pytest.importorskip('peft')
+  readme = (REPO / 'README.md').read_text()
+  start = readme.index('## Causal LMs')
+  section = readme[start:readme.index('\n## ', start)]
+  python = doc_commands.localize(re.search(r'```python\n(.*?)```', section, re.S).group(1), str(root))
+  folder = pathlib.Path(re.search(r"from_pretrained\('([^']+)'\)", python).group(1))
+  folder.parent.mkdir(parents=True, exist_ok=True)
+  folder.symlink_to(tiny_causal)
+  namespace = {}
+  capsys.readouterr()
+  exec(compile(python, 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
+  assert capsys.readouterr().out.strip()  # the next token's text
+  run_dir = pathlib.Path(doc_commands.localize('/runs/llama_sst2', str(root)))
+  prompt = namespace['model'].get_prompt_embedding_to_save('default').detach().numpy()
+  np.testing.assert_allclose(prompt, np.load(run_dir / 'final_prompt.npy'), rtol=1e-6)
