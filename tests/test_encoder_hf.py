@@ -22,6 +22,7 @@ from jaxprompt.models.bert import BertEncoder
 from jaxprompt.models.hooks import Hooks
 from jaxprompt.models.scan import stack_layers
 from tests.causal_helpers import PrefixHook, PromptHook, randomize
+from tests.helpers import REPO, run_with_devices
 
 torch = pytest.importorskip('torch')
 ATOL = 1e-4
@@ -250,3 +251,10 @@ def test_a_missing_shard_tensor_or_wrong_shape_names_the_file_and_tensor(models,
   with pytest.raises(CheckpointError, match="tensor 'encoder.layer.1.output.dense.bias' is missing") as raised:
     load_hf_encoder(folder)
   _one_line(raised)
+
+
+@pytest.mark.slow
+def test_sharded_on_8_devices_equals_one_device(models):
+  """8 devices, mesh 4 x 2: the reader places each tensor in its shards; the sharded forward equals one device."""
+  out = run_with_devices(REPO / 'tests' / 'scripts' / 'sharded_encoder.py', 8, str(models['bert'][3]))
+  assert out.strip().endswith('OK')

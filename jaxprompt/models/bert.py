@@ -35,7 +35,7 @@ from jaxprompt.models import layers
 from jaxprompt.models.attention import MultiHeadDotProductAttention
 from jaxprompt.models.causal_lm import default_positions
 from jaxprompt.models.encoder_config import EncoderConfig
-from jaxprompt.models.hooks import NO_HOOKS, Hooks, LayerHook
+from jaxprompt.models.hooks import NO_HOOKS, Hooks, LayerHook, call_input_hook
 from jaxprompt.models.stack import run_stack
 
 Array = jax.Array
@@ -139,11 +139,8 @@ class BertEncoder(nn.Module):
     x = layers.Embed(num_embeddings=cfg.vocab_size, features=cfg.emb_dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                      one_hot=layers.use_one_hot(cfg.one_hot_embedding), name='token_embedder')(tokens)
     if hooks.inputs is not None:
-      x, valid = hooks.inputs(x, tokens, segment_ids, valid=valid, stack='encoder', deterministic=deterministic)
-      valid = valid.astype(bool)
-      if segment_ids is not None and x.shape[1] != length:
-        raise ConfigError(f'the input hook changed packed inputs from {length} to {x.shape[1]} positions; with '
-                          f'segment ids it must fill reserved positions instead')
+      x, valid = call_input_hook(hooks.inputs, x, tokens, segment_ids, valid=valid, stack='encoder',
+                                 deterministic=deterministic)
     inserted = x.shape[1] - length
     token_types = jnp.pad(token_types, ((0, 0), (inserted, 0)))
     shift, width = prefix_rows(hooks.encoder_layers, x.shape[0])

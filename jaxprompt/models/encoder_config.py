@@ -13,13 +13,14 @@ from typing import Any, ClassVar
 import jax.numpy as jnp
 
 from jaxprompt.errors import ConfigError
+from jaxprompt.models.base import OneStackConfig
 from jaxprompt.models.layers import ACTIVATION_NAMES
 
 _REMAT = ('none', 'full', 'dots', 'minimal')
 
 
 @dataclasses.dataclass(frozen=True)
-class EncoderConfig:
+class EncoderConfig(OneStackConfig):
   """Hyperparameters of a post-LayerNorm bidirectional encoder (`jaxprompt.models.bert.BertEncoder`).
 
   Every layer is LayerNorm(x + attention(x)) then LayerNorm(x + mlp(x)), with biases on every projection, queries
@@ -32,6 +33,8 @@ class EncoderConfig:
   keeps them at 0.. as without a prefix.
   """
   family: ClassVar[str] = 'encoder_only'
+  STACK: ClassVar[str] = 'encoder'
+  FAMILY_NAME: ClassVar[str] = 'an encoder-only model'
 
   vocab_size: int = 96
   emb_dim: int = 32
@@ -84,20 +87,6 @@ class EncoderConfig:
   def num_kv_heads(self) -> int:
     """Plain multi-head attention: a K/V prefix row carries every head."""
     return self.num_heads
-
-  @property
-  def input_stack(self) -> str:
-    """The stack whose embedded inputs an input hook sees: the only one."""
-    return 'encoder'
-
-  @property
-  def attention_kinds(self) -> tuple[str, ...]:
-    return ('encoder_self',)
-
-  def stack_depth(self, stack: str) -> int:
-    if stack != 'encoder':
-      raise ConfigError(f"an encoder-only model has one stack, 'encoder'; there is no {stack!r} stack")
-    return self.num_layers
 
 
 _BERT = dict(vocab_size=30522, max_positions=512, position_offset=0, type_vocab_size=2, norm_epsilon=1e-12, pad_id=0,
