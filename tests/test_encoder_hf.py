@@ -124,8 +124,8 @@ def test_inserted_prompt_matches_transformers_given_inputs_embeds(models, name):
   _close(pooled, want[1])
 
 
-@pytest.mark.parametrize('name', list(MODELS))
-def test_kv_prefix_matches_transformers_given_past_key_values(models, name):
+@pytest.mark.parametrize('name,shift', [('bert', True), ('roberta', True), ('roberta', False)])
+def test_kv_prefix_matches_transformers_given_past_key_values(models, name, shift):
   """P-tuning v2's deep prompt: p K/V rows per layer; transformers numbers the tokens from p behind them."""
   from transformers import DynamicCache  # pylint: disable=g-import-not-at-top
   model, params, config, _ = models[name]
@@ -142,18 +142,19 @@ def test_kv_prefix_matches_transformers_given_past_key_values(models, name):
     return hf_forward(model, mask, input_ids=tokens.astype(np.int64), token_type_ids=types.astype(np.int64), cache=past,
                       **kwargs)
 
+  if not shift:  # tokens at their own positions: transformers given explicit position ids from the table's start
+    keep = config.replace(kv_prefix_shifts_positions=False)
+    start = np.arange(tokens.shape[1])[None].repeat(len(tokens), 0) + config.position_offset
+    hidden = forward(keep)(params, tokens, valid, types, hooks)[0]
+    _close(hidden, hf(position_ids=start)[0], valid)
+    assert np.abs(np.asarray(hidden) - hf()[0])[valid].max() > 1e-2  # the two choices differ
+    return
   hidden, pooled = forward(config)(params, tokens, valid, types, hooks)
   _close(hidden, hf()[0], valid)
   _close(pooled, hf()[1])
-  # Keeping the tokens at their own positions is transformers given explicit position ids from the table's start.
-  keep = config.replace(kv_prefix_shifts_positions=False)
-  start = np.arange(tokens.shape[1])[None].repeat(len(tokens), 0) + config.position_offset
-  hidden = forward(keep)(params, tokens, valid, types, hooks)[0]
-  _close(hidden, hf(position_ids=start)[0], valid)
-  assert np.abs(np.asarray(hidden) - hf()[0])[valid].max() > 1e-2  # the two choices differ
 
 
-def test_scanned_remat_bfloat16_load_runs_the_same_network(models):
+def test_scanned_remat_load_runs_the_same_network(models):
   _, params, config, folder = models['bert']
   scanned = config.replace(scan_layers=True, remat_policy='full')
   got, _ = load_hf_encoder(folder, config=scanned)
@@ -163,10 +164,17 @@ def test_scanned_remat_bfloat16_load_runs_the_same_network(models):
   np.testing.assert_allclose(
       forward(scanned)(got, tokens, valid, types)[0],
       forward(config)(params, tokens, valid, types)[0], atol=1e-5)
+  np.testing.assert_array_equal(got['encoder']['layers']['mlp']['wi']['kernel'],
+                                want['encoder']['layers']['mlp']['wi']['kernel'])
+
+
+def test_bfloat16_load_and_forward(models):
+  _, params, config, folder = models['bert']
+  tokens, valid, types = batch('bert', seed=3)
   half, _ = load_hf_encoder(folder, config=config.replace(param_dtype=jnp.bfloat16))
   leaf = half['encoder']['layers_1']['mlp']['wi']['kernel']
   assert leaf.dtype == jnp.bfloat16
-  np.testing.assert_array_equal(leaf, np.asarray(want['encoder']['layers']['mlp']['wi']['kernel'][1], jnp.bfloat16))
+  np.testing.assert_array_equal(leaf, np.asarray(params['encoder']['layers_1']['mlp']['wi']['kernel'], jnp.bfloat16))
   hidden, _ = forward(config.replace(dtype=jnp.bfloat16, param_dtype=jnp.bfloat16))(half, tokens, valid, types)
   assert hidden.dtype == jnp.bfloat16 and np.isfinite(np.asarray(hidden, np.float32)).all()
 
