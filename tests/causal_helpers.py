@@ -44,15 +44,21 @@ def build_hf(arch: str, folder, seed: int = 0, max_shard_size: str | None = None
   config = getattr(transformers, config_cls)(vocab_size=VOCAB, **shape, **fields)
   config._attn_implementation = 'eager'  # pylint: disable=protected-access  (no NaN rows under left padding)
   torch.manual_seed(seed)
-  model = getattr(transformers, model_cls)(config).eval()
+  model = randomize(getattr(transformers, model_cls)(config).eval(), seed)
+  kwargs = {} if max_shard_size is None else dict(max_shard_size=max_shard_size)
+  model.save_pretrained(folder, safe_serialization=True, **kwargs)
+  return model
+
+
+def randomize(model, seed: int):
+  """Redraws every weight of a transformers model (norm scales around 1, the rest N(0, 0.2^2)); returns it."""
+  import torch  # pylint: disable=g-import-not-at-top
   gen = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for name, param in model.named_parameters():
       noise = torch.randn(param.shape, generator=gen)
-      is_scale = param.ndim == 1 and name.endswith('weight') and ('norm' in name or 'ln_' in name)
+      is_scale = param.ndim == 1 and name.endswith('weight') and any(n in name for n in ('norm', 'ln_', 'LayerNorm'))
       param.copy_(1 + 0.2 * noise if is_scale else 0.2 * noise)
-  kwargs = {} if max_shard_size is None else dict(max_shard_size=max_shard_size)
-  model.save_pretrained(folder, safe_serialization=True, **kwargs)
   return model
 
 

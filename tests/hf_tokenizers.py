@@ -7,6 +7,10 @@ one) into a folder `transformers.AutoTokenizer` and `jaxprompt.data.hf_vocab.HfV
                  no BOS added, id 0 a real token ('!')
   llama3_folder  byte-level BPE like Llama 3: `PreTrainedTokenizerFast`, a TemplateProcessing post-processor that
                  puts `<|begin_of_text|>` in front, generation_config.json with two EOS ids
+  bert_folder    lowercasing WordPiece like BERT: `BertTokenizer` (its class defaults name `[UNK]` `[PAD]`), a
+                 `[CLS] $A [SEP]` post-processor
+  roberta_folder byte-level BPE like RoBERTa: `RobertaTokenizer` (`<s>` `<pad>` `</s>` `<unk>` by class default),
+                 a `<s> $A </s>` post-processor
   llama2_folder  Metaspace BPE with byte fallback like Llama 2: `LlamaTokenizer` (transformers 5 rebuilds its
                  pipeline from the vocabulary and merges), a `<s> $A` post-processor, `add_bos_token` in the config
 """
@@ -15,7 +19,7 @@ from __future__ import annotations
 import json
 import pathlib
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 CORPUS = [
     'The quick brown fox jumps over the lazy dog.',
@@ -115,3 +119,25 @@ def llama2_folder(folder: pathlib.Path) -> pathlib.Path:
 
 
 FOLDERS = {'bpe': bpe_folder, 'gpt2': gpt2_folder, 'llama3': llama3_folder, 'llama2': llama2_folder}
+
+
+def bert_folder(folder: pathlib.Path) -> pathlib.Path:
+  tokenizer = Tokenizer(models.WordPiece(unk_token='[UNK]'))
+  tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+  tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+  tokenizer.decoder = decoders.WordPiece()
+  tokenizer.train_from_iterator(
+      CORPUS,
+      trainers.WordPieceTrainer(vocab_size=200, special_tokens=['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]'],
+                                show_progress=False))
+  ids = {t: tokenizer.token_to_id(t) for t in ('[CLS]', '[SEP]')}
+  tokenizer.post_processor = processors.BertProcessing(('[SEP]', ids['[SEP]']), ('[CLS]', ids['[CLS]']))
+  return _write(folder, tokenizer, {'tokenizer_class': 'BertTokenizer', 'do_lower_case': True})
+
+
+def roberta_folder(folder: pathlib.Path) -> pathlib.Path:
+  tokenizer = _byte_level(['<s>', '<pad>', '</s>', '<unk>', '<mask>'])
+  ids = {t: tokenizer.token_to_id(t) for t in ('<s>', '</s>')}
+  tokenizer.post_processor = processors.RobertaProcessing(('</s>', ids['</s>']), ('<s>', ids['<s>']),
+                                                          add_prefix_space=False)
+  return _write(folder, tokenizer, {'tokenizer_class': 'RobertaTokenizer'})

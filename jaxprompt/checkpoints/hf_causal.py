@@ -8,7 +8,8 @@ device holds a slice of it (`common.materialize` with shardings: no host assembl
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from jaxprompt.checkpoints import common, hf_causal_names
@@ -18,23 +19,32 @@ from jaxprompt.errors import CheckpointError, ConfigError
 from jaxprompt.models.decoder_config import DecoderConfig
 
 
-def _config_file(path: str) -> str:
+def config_file(path: str) -> str:
   """config.json of a model folder, or of the folder holding a given file."""
   return os.path.join(path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path)), CONFIG_FILE)
 
 
-def read_hf_config(path: str | os.PathLike) -> dict[str, Any]:
-  """The parsed config.json of a Hugging Face model folder (or of the folder holding a given file)."""
-  file = _config_file(os.fspath(path))
+def read_hf_config(path: str | os.PathLike, kind: str = 'causal LM') -> dict[str, Any]:
+  """The parsed config.json of a Hugging Face model folder (or of the folder holding a given file); `kind` names
+  the model the error expects there."""
+  file = config_file(os.fspath(path))
   if not os.path.isfile(file):
-    raise CheckpointError(f'{file}: no such file; a Hugging Face causal LM folder names its architecture there')
+    raise CheckpointError(f'{file}: no such file; a Hugging Face {kind} folder names its architecture there')
   return common.read_json_object(file)
 
 
 def hf_causal_config(path: str | os.PathLike) -> DecoderConfig:
   """The DecoderConfig a Hugging Face causal LM folder's config.json describes (float32, layers unscanned)."""
-  config, _ = hf_causal_names.decoder_config(read_hf_config(path), _config_file(os.fspath(path)))
+  config, _ = hf_causal_names.decoder_config(read_hf_config(path), config_file(os.fspath(path)))
   return config
+
+
+def locate_tensors(path: str) -> tuple[dict[str, Any], str]:
+  """(the tensors of a folder / safetensors file / index, the file that lists them, for errors)."""
+  tensors, folder = _locate(path)
+  if not os.path.isdir(path):
+    return tensors, path
+  return tensors, os.path.join(folder, SINGLE_FILE if os.path.isfile(os.path.join(folder, SINGLE_FILE)) else INDEX_FILE)
 
 
 def _hf_shape(entry: Entry) -> tuple[int, ...]:
@@ -45,15 +55,18 @@ def _hf_shape(entry: Entry) -> tuple[int, ...]:
   return shape[::-1] if entry.transpose else shape
 
 
-def _sources(plan: Mapping[str, Entry], tensors: Mapping[str, Any], config: DecoderConfig, where: str,
-             origin: str) -> dict[str, HFSource]:
-  """Checks the file's tensors against `plan` (missing, unexpected, shapes); stacks layers when scanned."""
+def plan_sources(plan: Mapping[str, Entry], tensors: Mapping[str, Any], config: Any, where: str, origin: str, *,
+                 tolerated: Collection[str] = (), ignored: re.Pattern = hf_causal_names.IGNORED) -> dict[str, HFSource]:
+  """Checks the file's tensors against `plan` (missing, unexpected, shapes); stacks layers when scanned.
+
+  `tolerated` tensors and those `ignored` matches may be in the file without the plan reading them.
+  """
   missing = sorted({e.key for e in plan.values()} - set(tensors))
   if missing:
     raise CheckpointError(f"{where}: tensor '{missing[0]}' is missing ({len(missing)} the config needs are: "
                           f'{", ".join(missing[:5])})')
-  wanted = {e.key for e in plan.values()} | ({hf_causal_names.HEAD_KEY} if config.tie_word_embeddings else set())
-  unexpected = sorted(k for k in set(tensors) - wanted if not hf_causal_names.IGNORED.fullmatch(k))
+  wanted = {e.key for e in plan.values()} | set(tolerated)
+  unexpected = sorted(k for k in set(tensors) - wanted if not ignored.fullmatch(k))
   if unexpected:
     raise CheckpointError(f'{where}: {len(unexpected)} tensors do not fit {origin} ({config.num_layers} layers): '
                           f'{", ".join(unexpected[:5])}')
@@ -72,22 +85,20 @@ def causal_sources(path: str | os.PathLike,
   """({param path: its tensor's source}, config) of a Hugging Face causal LM folder, every tensor checked against
   the config (`load_hf_causal`'s arguments) by its header alone: nothing is read yet."""
   path = os.fspath(path)
-  config_file = _config_file(path)
-  implied, arch = hf_causal_names.decoder_config(read_hf_config(path), config_file)
+  where = config_file(path)
+  implied, arch = hf_causal_names.decoder_config(read_hf_config(path), where)
   if config is None:
-    config, origin = implied, config_file
+    config, origin = implied, where
   else:
     if not isinstance(config, DecoderConfig):
       raise ConfigError(f'{path}: a causal LM needs a DecoderConfig, got {type(config).__name__}')
-    hf_causal_names.check_config(config, implied, config_file)
+    hf_causal_names.check_config(config, implied, where)
     origin = 'the given config'
-  tensors, folder = _locate(path)
-  weights = path  # the file that says which tensors there are: the safetensors file or a sharded one's index
-  if os.path.isdir(path):
-    weights = os.path.join(folder, SINGLE_FILE if os.path.isfile(os.path.join(folder, SINGLE_FILE)) else INDEX_FILE)
+  tensors, weights = locate_tensors(path)
   prefix = 'transformer.' if arch == hf_causal_names.GPT2 and 'transformer.wte.weight' in tensors else ''
   plan = hf_causal_names.causal_plan(config, arch, prefix)
-  return _sources(plan, tensors, config, weights, origin), config
+  tolerated = (hf_causal_names.HEAD_KEY,) if config.tie_word_embeddings else ()
+  return plan_sources(plan, tensors, config, weights, origin, tolerated=tolerated), config
 
 
 def load_hf_causal(path: str | os.PathLike, *, config: DecoderConfig | None = None,

@@ -3,6 +3,7 @@
   'encoder_decoder'  T5: a T5X checkpoint in any format (`t5x.py`), or a Hugging Face T5 safetensors folder
                      (`huggingface.py`)
   'decoder_only'     causal LMs (Llama, Mistral, Qwen2, GPT-2): a Hugging Face folder (`hf_causal.py`); no T5X reader
+  'encoder_only'     BERT / RoBERTa: a Hugging Face folder (`hf_encoder.py`); no T5X reader
 
 `load(path, config, ...)` reads the weights straight into their shards, checked against the config. A checkpoint
 of the other family is one CheckpointError naming the path, what it holds and what reads it. A new family is one
@@ -14,7 +15,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from jaxprompt.checkpoints import common, hf_causal, hf_causal_names, t5x
+from jaxprompt.checkpoints import common, hf_causal, hf_causal_names, hf_encoder, t5x
 from jaxprompt.checkpoints.huggingface import CONFIG_FILE, INDEX_FILE, SINGLE_FILE, load_hf_t5
 from jaxprompt.errors import CheckpointError
 from jaxprompt.models.base import ModelConfig
@@ -76,14 +77,25 @@ def _is_t5x(path: str) -> bool:
   return True
 
 
+def _refuse_t5x(path: str, config: Any, family: str) -> None:
+  if not is_hf_checkpoint(path) and os.path.exists(path) and _is_t5x(path):
+    raise CheckpointError(f'{path} is a T5X checkpoint but MODEL_CONFIG is a {family} config '
+                          f'({type(config).__name__}): a {family} model reads a Hugging Face folder (config.json, '
+                          'model.safetensors or its index, tokenizer.json); a T5X checkpoint needs a T5 models/*.gin')
+
+
 def _decoder_only(path: str, config: Any, shardings: common.ShardingsArg,
                   expected_shapes: Mapping[str, Any] | None) -> dict:
-  if not is_hf_checkpoint(path) and os.path.exists(path) and _is_t5x(path):
-    raise CheckpointError(f'{path} is a T5X checkpoint but MODEL_CONFIG is a decoder-only config '
-                          f'({type(config).__name__}): a causal LM reads a Hugging Face folder (config.json, '
-                          'model.safetensors or its index, tokenizer.json); a T5X checkpoint needs a T5 models/*.gin')
+  _refuse_t5x(path, config, 'decoder-only')
   return hf_causal.load_hf_causal(path, config=config, shardings=shardings, expected_shapes=expected_shapes)[0]
+
+
+def _encoder_only(path: str, config: Any, shardings: common.ShardingsArg,
+                  expected_shapes: Mapping[str, Any] | None) -> dict:
+  _refuse_t5x(path, config, 'encoder-only')
+  return hf_encoder.load_hf_encoder(path, config=config, shardings=shardings, expected_shapes=expected_shapes)[0]
 
 
 register('encoder_decoder', _encoder_decoder)
 register('decoder_only', _decoder_only)
+register('encoder_only', _encoder_only)

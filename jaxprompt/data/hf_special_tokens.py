@@ -2,7 +2,8 @@
 
 The tokens (texts) come from the tokenizer's files, in transformers' order:
   1. the defaults of `tokenizer_config.json`'s `tokenizer_class` (Llama: `<s>` `</s>` `<unk>`; GPT-2: `<|endoftext|>`
-     for BOS, EOS and UNK; Qwen2: `<|endoftext|>` for EOS, UNK and PAD; any other class: none);
+     for BOS, EOS and UNK; Qwen2: `<|endoftext|>` for EOS, UNK and PAD; BERT: `[UNK]` `[PAD]`; RoBERTa: `<s>` `</s>`
+     `<unk>` `<pad>`; any other class: none);
   2. `tokenizer_config.json`'s `bos_token` / `eos_token` / `unk_token` / `pad_token` (a string or an AddedToken
      dict with `content`);
   3. `special_tokens_map.json`'s, over those, only when `tokenizer_config.json` has no `added_tokens_decoder` (the
@@ -36,10 +37,13 @@ NAMES = ('bos', 'eos', 'unk', 'pad')
 _GPT2 = {'bos': '<|endoftext|>', 'eos': '<|endoftext|>', 'unk': '<|endoftext|>'}
 _QWEN2 = {'eos': '<|endoftext|>', 'unk': '<|endoftext|>', 'pad': '<|endoftext|>'}
 _LLAMA = {'bos': '<s>', 'eos': '</s>', 'unk': '<unk>'}
+_BERT = {'unk': '[UNK]', 'pad': '[PAD]'}  # [CLS] / [SEP] are no BOS / EOS: the post-processor puts them around a text
+_ROBERTA = {'bos': '<s>', 'eos': '</s>', 'unk': '<unk>', 'pad': '<pad>'}
 # The special-token defaults of the tokenizer classes of the supported families (their `__init__` arguments).
 CLASS_DEFAULTS: dict[str, dict[str, str]] = {
     'LlamaTokenizer': _LLAMA, 'LlamaTokenizerFast': _LLAMA, 'CodeLlamaTokenizer': _LLAMA, 'GPT2Tokenizer': _GPT2,
-    'GPT2TokenizerFast': _GPT2, 'Qwen2Tokenizer': _QWEN2, 'Qwen2TokenizerFast': _QWEN2
+    'GPT2TokenizerFast': _GPT2, 'Qwen2Tokenizer': _QWEN2, 'Qwen2TokenizerFast': _QWEN2, 'BertTokenizer': _BERT,
+    'BertTokenizerFast': _BERT, 'RobertaTokenizer': _ROBERTA, 'RobertaTokenizerFast': _ROBERTA
 }
 
 

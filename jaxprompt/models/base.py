@@ -71,6 +71,28 @@ class ModelConfig(Protocol):
     ...
 
 
+class OneStackConfig:
+  """The `ModelConfig` properties of a family with one stack of `num_layers` layers (`STACK`: 'decoder' for causal
+  LMs, 'encoder' for BERT): the inputs enter it and its self-attention is the one attention a prefix joins."""
+  STACK: ClassVar[Stack]
+  FAMILY_NAME: ClassVar[str]  # in errors: 'a decoder-only model'
+  num_layers: int
+
+  @property
+  def input_stack(self) -> Stack:
+    """The stack whose embedded inputs an input hook sees: the only one."""
+    return self.STACK
+
+  @property
+  def attention_kinds(self) -> tuple[AttentionKind, ...]:
+    return (f'{self.STACK}_self',)
+
+  def stack_depth(self, stack: Stack) -> int:
+    if stack != self.STACK:
+      raise ConfigError(f"{self.FAMILY_NAME} has one stack, '{self.STACK}'; there is no {stack!r} stack")
+    return self.num_layers
+
+
 class Tuning(Protocol):
   """What the models, the runtime, the train loop and the commands read of a tuning method
   (`jaxprompt.methods.base.Method` implements it)."""

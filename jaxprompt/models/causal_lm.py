@@ -39,7 +39,7 @@ from jaxprompt.errors import ConfigError
 from jaxprompt.models import layers
 from jaxprompt.models.attention import MultiHeadDotProductAttention
 from jaxprompt.models.decoder_config import DecoderConfig
-from jaxprompt.models.hooks import NO_HOOKS, Hooks, LayerHook
+from jaxprompt.models.hooks import NO_HOOKS, Hooks, LayerHook, call_input_hook
 from jaxprompt.models.rotary import Rotary
 from jaxprompt.models.stack import run_stack
 
@@ -175,11 +175,8 @@ class CausalTransformer(nn.Module):
                         'jaxprompt.models.scan.unstack_layers)')
     step = decode and not prefill and self.has_variable('cache', 'cached_valid')
     if hooks.inputs is not None and not step:
-      x, valid = hooks.inputs(x, tokens, segment_ids, valid=valid, stack='decoder', deterministic=deterministic)
-      valid = valid.astype(bool)
-      if segment_ids is not None and x.shape[1] != length:
-        raise ConfigError(f'the input hook changed packed inputs from {length} to {x.shape[1]} positions; with '
-                          f'segment ids it must fill reserved positions instead')
+      x, valid = call_input_hook(hooks.inputs, x, tokens, segment_ids, valid=valid, stack='decoder',
+                                 deterministic=deterministic)
     inserted = x.shape[1] - length
     offset = _prefix_offset(hooks.decoder_layers, x.shape[0])
     if positions is not None:

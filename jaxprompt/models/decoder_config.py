@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from jaxprompt.errors import ConfigError
 from jaxprompt.formats import validation
+from jaxprompt.models.base import OneStackConfig
 from jaxprompt.models.layers import ACTIVATION_NAMES
 from jaxprompt.models.rotary import RopeScaling
 
@@ -23,7 +24,7 @@ _REMAT = ('none', 'full', 'dots', 'minimal')
 
 
 @dataclasses.dataclass(frozen=True)
-class DecoderConfig:
+class DecoderConfig(OneStackConfig):
   """Hyperparameters of a pre-norm decoder-only transformer (`jaxprompt.models.causal_lm.CausalTransformer`).
 
   Llama family: norm 'rms', positions 'rotary', mlp_activations ('silu', 'linear') (gate wi_0, up wi_1).
@@ -34,6 +35,8 @@ class DecoderConfig:
   ids keeps its first).
   """
   family: ClassVar[str] = 'decoder_only'
+  STACK: ClassVar[str] = 'decoder'
+  FAMILY_NAME: ClassVar[str] = 'a decoder-only model'
 
   vocab_size: int = 256
   emb_dim: int = 64
@@ -95,15 +98,6 @@ class DecoderConfig:
     return dataclasses.replace(self, **changes)
 
   @property
-  def input_stack(self) -> str:
-    """The stack whose embedded inputs an input hook sees: the only one."""
-    return 'decoder'
-
-  @property
-  def attention_kinds(self) -> tuple[str, ...]:
-    return ('decoder_self',)
-
-  @property
   def relative_position_bias(self) -> bool:
     """No relative bias: each token's position is its own (a packed example's restart after a K/V prefix)."""
     return False
@@ -112,11 +106,6 @@ class DecoderConfig:
   def position_limit(self) -> int | None:
     """The learned table's rows (GPT-2's n_positions); None for rotary positions, which have no table."""
     return self.max_positions if self.positions == 'learned' else None
-
-  def stack_depth(self, stack: str) -> int:
-    if stack != 'decoder':
-      raise ConfigError(f"a decoder-only model has one stack, 'decoder'; there is no {stack!r} stack")
-    return self.num_layers
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from jaxprompt.errors import ConfigError
 from jaxprompt.formats import validation
 from jaxprompt.models import config as t5_configs
-from jaxprompt.models import decoder_config
+from jaxprompt.models import decoder_config, encoder_config
 from jaxprompt.models.base import BaseModel, LossConfig, ModelConfig, Tuning
 from jaxprompt.models.decoder_only import DecoderOnlyModel
 from jaxprompt.models.encoder_decoder import EncoderDecoderModel
@@ -43,8 +43,9 @@ def model_class(config: ModelConfig) -> type[BaseModel]:
 
 
 def named_configs() -> dict[str, ModelConfig]:
-  """Every family's named configs (T5 1.0 / 1.1 / mT5 sizes, the Llama / Mistral / Qwen2 / GPT-2 sizes)."""
-  return {**t5_configs.CONFIGS, **decoder_config.CONFIGS}
+  """Every family's named configs (T5 1.0 / 1.1 / mT5 sizes, the Llama / Mistral / Qwen2 / GPT-2 sizes, BERT /
+  RoBERTa)."""
+  return {**t5_configs.CONFIGS, **decoder_config.CONFIGS, **encoder_config.CONFIGS}
 
 
 def named_config(name: str, **overrides) -> ModelConfig:

@@ -19,6 +19,8 @@ from typing import Literal, Protocol, runtime_checkable
 import jax
 from flax import struct
 
+from jaxprompt.errors import ConfigError
+
 Array = jax.Array
 
 Stack = Literal['encoder', 'decoder']
@@ -104,6 +106,18 @@ class LayerHook(Protocol):
     Cached decoding calls it on each one-token step too (l = 1: a row after everything the prefill wrote).
     """
     ...
+
+
+def call_input_hook(hook: InputHook, embedded: Array, tokens: Array, segment_ids: Array | None, *, valid: Array,
+                    stack: Stack, deterministic: bool) -> tuple[Array, Array]:
+  """Runs a network's input hook: (embedded [b, l', e], valid [b, l'] bool); packed rows (segment ids) must keep
+  their length l, or one ConfigError says so."""
+  length = tokens.shape[1]
+  embedded, valid = hook(embedded, tokens, segment_ids, valid=valid, stack=stack, deterministic=deterministic)
+  if segment_ids is not None and embedded.shape[1] != length:
+    raise ConfigError(f'the input hook changed packed inputs from {length} to {embedded.shape[1]} positions; with '
+                      f'segment ids it must fill reserved positions instead')
+  return embedded, valid.astype(bool)
 
 
 class Hooks(struct.PyTreeNode):

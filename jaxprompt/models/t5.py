@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jaxprompt.errors import ConfigError
 from jaxprompt.models import attention, layers
 from jaxprompt.models.config import T5Config
-from jaxprompt.models.hooks import NO_HOOKS, Hooks, KVPrefix, LayerHook
+from jaxprompt.models.hooks import NO_HOOKS, Hooks, KVPrefix, LayerHook, call_input_hook
 from jaxprompt.models.stack import run_stack
 
 Array = jax.Array
@@ -201,12 +201,8 @@ class Transformer(nn.Module):
     embedded = self.token_embedder(encoder_input_tokens.astype(jnp.int32))
     valid = encoder_input_tokens > 0
     if hooks.inputs is not None:
-      length = embedded.shape[1]
-      embedded, valid = hooks.inputs(embedded, encoder_input_tokens, encoder_segment_ids, valid=valid, stack='encoder',
-                                     deterministic=not enable_dropout)
-      if encoder_segment_ids is not None and embedded.shape[1] != length:
-        raise ConfigError(f'the encoder input hook changed packed inputs from {length} to {embedded.shape[1]} '
-                          f'positions; with segment ids it must fill reserved positions instead')
+      embedded, valid = call_input_hook(hooks.inputs, embedded, encoder_input_tokens, encoder_segment_ids, valid=valid,
+                                        stack='encoder', deterministic=not enable_dropout)
     mask = layers.make_attention_mask(valid, valid, dtype=cfg.dtype)
     if encoder_segment_ids is not None:
       mask = layers.combine_masks(
