@@ -16,6 +16,12 @@ CAUSAL_FEATURES = ('decoder_input_tokens', 'decoder_target_tokens', 'decoder_los
 # With packing: which example each position belongs to, and its position within it (0 at its first token, counting
 # its prompt slots), for rotary / learned positions.
 CAUSAL_PACKING_FEATURES = ('decoder_segment_ids', 'decoder_positions')
+# Encoder-only (BERT / RoBERTa): [batch, length] int32 token ids ([CLS] / <s> first) and 1 on real tokens.
+ENCODER_FEATURES = ('encoder_input_tokens', 'encoder_input_mask')
+# Token classification (tagging): each word's label id on its first sub-token, IGNORE_LABEL everywhere else
+# (its other sub-tokens, [CLS] / [SEP], padding), as transformers' token-classification models take `labels`.
+TAGGING_FEATURES = ENCODER_FEATURES + ('token_labels',)
+IGNORE_LABEL = -100
 # Every family's float features (the rest are int32).
 FLOAT_FEATURES = ('decoder_loss_weights',)
 # [batch] int32: which task (prompt) of a multi-task method each row uses (prompt banks, multi-task training).
