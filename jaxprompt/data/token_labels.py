@@ -37,10 +37,6 @@ class Aligned:
   words: int
   size: int
 
-  @property
-  def truncated(self) -> bool:
-    return self.size > len(self.tokens)
-
 
 class TagAligner:
   """Aligns sentences of one tag set to one tokenizer at one length (tokens, specials included)."""
