@@ -48,7 +48,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench import causal_prompt_modes as modes_lib  # noqa: E402
-from bench.causal_prompt_step import interleaved, shapes, totals  # noqa: E402
+from bench.causal_prompt_step import agreement, interleaved, rank_gflop, shapes, totals  # noqa: E402
 from jaxprompt.checkpoints.hf_causal import load_hf_causal  # noqa: E402
 from jaxprompt.methods import prompt_bank  # noqa: E402
 from jaxprompt.methods.prompt_tuning import PromptTuning  # noqa: E402
@@ -157,21 +157,20 @@ class PeftServer:
 
 # -- the run --------------------------------------------------------------------------------------------------------
 def positions(spec: modes_lib.Spec, stream: Stream, feats: Sequence[dict]) -> dict[str, float]:
-  """Positions through the layers per request: the prompts (once per task a batch, or per row), the padded
-  inputs, the label steps; PEFT: per label, prompt + inputs + label padded to the adapter group's longest."""
-  tasks, widest = len(stream.prompts), max(len(p) for p in stream.prompts)
-  steps = stream.labels.shape[1] * stream.labels.shape[2]
+  """Positions through the layers per request: the prompts (once: every task's a batch, padded to the widest;
+  naive: the widest on every row), the padded inputs, the label steps; PEFT: per label, the task's prompt +
+  inputs + label, padded to the adapter group's longest."""
+  widest, labels, label_len = max(len(p) for p in stream.prompts), *stream.labels.shape[1:]
   width = float(np.mean([f['decoder_input_tokens'].shape[1] for f in feats]))
   peft = 0
   for rows in stream.batches():
     for t in np.unique(stream.tasks[rows]):
       group = rows[stream.tasks[rows] == t]
-      peft += len(group) * stream.labels.shape[1] * (len(stream.prompts[t]) +
-                                                     max(len(stream.inputs[i]) for i in group) + stream.labels.shape[2])
-  prompts = sum(len(p) for p in stream.prompts)
+      peft += len(group) * labels * (len(stream.prompts[t]) + max(len(stream.inputs[i]) for i in group) + label_len)
   return {
-      'once': prompts / spec.batch + width + steps, 'naive': widest + width + steps, 'peft': peft / len(stream.inputs)
-  } if tasks else {}
+      'once': len(stream.prompts) * widest / spec.batch + width + labels * label_len,
+      'naive': widest + width + labels * label_len, 'peft': peft / len(stream.inputs)
+  }
 
 
 def run(spec: modes_lib.Spec, requests: int, lengths: Sequence[int], threads: Sequence[int], rounds: int,
@@ -203,20 +202,10 @@ def run(spec: modes_lib.Spec, requests: int, lengths: Sequence[int], threads: Se
     modes.update({f'peft_{t}t': (lambda i, t=t: keep(f'peft_{t}t', i, server.rank(batches[i], t))) for t in threads})
   warm = time.perf_counter() - start
   times, load = interleaved(modes, len(batches), rounds)
-  scores = {name: np.concatenate(r) for name, r in results.items()}
-  agreement = {
-      name: {
-          'same_predictions': int(np.sum(s.argmax(1) == scores['once'].argmax(1))), 'of': len(s),
-          'max_abs_diff': float(np.max(np.abs(s - scores['once'])))
-      } for name, s in scores.items() if name != 'once'
-  }
-  gflop = {
-      name: float(np.mean([v for k, v in mode.flops.items() if k[0] == 'rank'])) / 1e9
-      for name, mode in jax_modes.items()
-  }
-  return dict(total=totals(times), load=load, built_s=built, warm_s=warm, agreement=agreement, gflop=gflop,
-              positions=positions(spec, stream, [f for f, _ in feats]), requests=len(stream.inputs),
-              prompt_lengths=list(lengths), samples={n: {c: t[c].tolist() for c in t} for n, t in times.items()})
+  work = positions(spec, stream, [f for f, _ in feats])
+  return dict(total=totals(times), load=load, built_s=built, warm_s=warm, agreement=agreement(results),
+              gflop=rank_gflop(jax_modes), positions=work, requests=len(stream.inputs), prompt_lengths=list(lengths),
+              samples={n: {c: t[c].tolist() for c in t} for n, t in times.items()})
 
 
 def report(result: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:

@@ -20,6 +20,7 @@ from jaxprompt.models.decoder_config import get_decoder_config
 from jaxprompt.models.decoder_only import DecoderOnlyModel
 from jaxprompt.models.hooks import Hooks, TaskPrefix
 from jaxprompt.models.prompt_once import prompt_kv, shared_rows, task_kv
+from tests.causal_helpers import assert_same_decodes
 from tests.helpers import assert_close_to_scale
 from tests.method_helpers import causal_batch
 
@@ -102,12 +103,7 @@ def test_rank_classification_of_each_rows_own_labels_equals_the_naive_path(setup
 def test_decoding_equals_the_naive_path(setup):
   once, naive, frozen, tree, batch = setup
   inputs = dict(_inputs(batch), decoder_target_tokens=np.zeros((len(TASK_IDS), 4), np.int32))
-  for options in (dict(method='sample', temperature=0.0), dict(method='beam', num_decodes=2, alpha=0.0)):
-    decode = lambda model, options=options: jax.jit(
-        functools.partial(model.predict_batch, return_all_decodes=True, **options))(frozen, tree, inputs)
-    (decodes, scores), (want, want_scores) = decode(once), decode(naive)
-    np.testing.assert_array_equal(decodes, want)
-    np.testing.assert_allclose(scores, want_scores, atol=1e-4)
+  assert_same_decodes(once, naive, frozen, tree, inputs)
 
 
 @pytest.mark.parametrize('name', ['llama', pytest.param('gpt2', marks=pytest.mark.slow)])

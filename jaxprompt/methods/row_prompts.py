@@ -6,7 +6,8 @@ so one forward pass serves a batch that mixes tasks. Shorter prompts than the ba
 positions (never attended) at the end of the row, so every real position sees exactly the relative distances
 it sees when its task runs alone; in a causal LM's stream they go in front of the prompt instead, so that every
 row's tokens start at the same index (the model drops the first P logits) and count their positions from the
-row's own prompt length.
+row's own prompt length. `gather_rows` keeps the table beside the task ids (`TaskRows`), so that a causal LM may
+run each task's prompt once per batch instead of once per row (`jaxprompt.models.prompt_once`).
 """
 from __future__ import annotations
 
