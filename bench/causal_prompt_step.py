@@ -120,18 +120,26 @@ def rank_part(spec: modes_lib.Spec, ours: dict[str, modes_lib.Ours], peft: modes
     peft.rank(data[0], threads[0])
     modes.update({f'peft_{t}t': (lambda i, t=t: keep(f'peft_{t}t', i, peft.rank(data[i], t))) for t in threads})
   times, load = interleaved(modes, len(data), rounds)
+  return dict(times=times, load=load, total=totals(times), units=spec.batch * len(data), agreement=agreement(results),
+              warm_s=warm, gflop=rank_gflop(ours))
+
+
+def agreement(results: dict[str, list[np.ndarray]]) -> dict[str, dict[str, Any]]:
+  """Each mode's rank scores (per batch [b, labels]) against 'once': equal predictions, the largest |difference|."""
   scores = {name: np.concatenate(r) for name, r in results.items()}
-  agreement = {
+  return {
       name: {
           'same_predictions': int(np.sum(s.argmax(1) == scores['once'].argmax(1))), 'of': len(s),
           'max_abs_diff': float(np.max(np.abs(s - scores['once'])))
       } for name, s in scores.items() if name != 'once'
   }
-  gflop = {
+
+
+def rank_gflop(ours: dict[str, modes_lib.Ours]) -> dict[str, float]:
+  """Each jaxprompt mode's XLA GFLOP per rank-classification call, averaged over its compiled shapes."""
+  return {
       name: float(np.mean([v for k, v in mode.flops.items() if k[0] == 'rank'])) / 1e9 for name, mode in ours.items()
   }
-  return dict(times=times, load=load, total=totals(times), units=spec.batch * len(data), agreement=agreement,
-              warm_s=warm, gflop=gflop)
 
 
 LABELS = {'once': 'ours, prompt once per batch', 'naive': 'ours, prompt in every row'}

@@ -146,3 +146,13 @@ def forward(config):
                        hooks=hooks if hooks is not None else Hooks(), enable_dropout=False)
 
   return run
+
+
+def assert_same_decodes(model, reference, frozen, trainable, inputs: dict) -> None:
+  """Greedy and 2-beam decodes of `model` equal `reference`'s (the same ids, scores to 1e-4)."""
+  for options in (dict(method='sample', temperature=0.0), dict(method='beam', num_decodes=2, alpha=0.0)):
+    decode = lambda m, options=options: jax.jit(functools.partial(m.predict_batch, return_all_decodes=True, **options))(
+        frozen, trainable, inputs)
+    (decodes, scores), (want, want_scores) = decode(model), decode(reference)
+    np.testing.assert_array_equal(decodes, want)
+    np.testing.assert_allclose(scores, want_scores, atol=1e-4)

@@ -19,6 +19,7 @@ from jaxprompt.models.decoder_config import get_decoder_config
 from jaxprompt.models.decoder_only import DecoderOnlyModel
 from jaxprompt.models.hooks import Hooks
 from jaxprompt.models.prompt_once import PromptKV, prompt_kv, shared_rows
+from tests.causal_helpers import assert_same_decodes
 from tests.helpers import REPO, assert_close_to_scale, run_with_devices
 from tests.method_helpers import causal_batch
 
@@ -91,12 +92,7 @@ def test_rank_classification_equals_the_naive_path_with_fewer_flops(setup):
 def test_decoding_equals_the_naive_path(setup):
   once, naive, frozen, prompt, batch = setup
   inputs = dict(_inputs(batch), decoder_target_tokens=np.zeros((len(batch['decoder_input_tokens']), 4), np.int32))
-  for options in (dict(method='sample', temperature=0.0), dict(method='beam', num_decodes=2, alpha=0.0)):
-    decode = lambda model, options=options: jax.jit(
-        functools.partial(model.predict_batch, return_all_decodes=True, **options))(frozen, prompt, inputs)
-    (decodes, scores), (want, want_scores) = decode(once), decode(naive)
-    np.testing.assert_array_equal(decodes, want)
-    np.testing.assert_allclose(scores, want_scores, atol=1e-4)
+  assert_same_decodes(once, naive, frozen, prompt, inputs)
 
 
 @pytest.mark.slow

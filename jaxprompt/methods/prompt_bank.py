@@ -4,7 +4,8 @@ Entries are what the trained methods leave for inference: input prompts (prompt 
 prompt) with their combination mode, and per-layer K/V prefixes (prefix tuning, P-tuning v2). Every batch
 carries `task_ids` [b] (the entry of each row); `hooks` gathers each row's prompt and prefix rows, so one
 forward pass, one rank classification and one decode serve a batch that mixes tasks, prompt lengths and
-combination modes.
+combination modes. On a causal LM whose bank holds input prompts only, every task's prompt runs once per batch
+and each row takes its task's keys / values (`jaxprompt.models.prompt_once.task_kv`).
 
 Stored tree (not trained; `trainable` only by the Method interface):
   'prompts'            [T, P, d]                   input prompts, zero-padded to the longest P

@@ -6,7 +6,8 @@ so one forward pass serves a batch that mixes tasks. Shorter prompts than the ba
 positions (never attended) at the end of the row, so every real position sees exactly the relative distances
 it sees when its task runs alone; in a causal LM's stream they go in front of the prompt instead, so that every
 row's tokens start at the same index (the model drops the first P logits) and count their positions from the
-row's own prompt length.
+row's own prompt length. `gather_rows` keeps the table beside the task ids (`TaskRows`), so that a causal LM may
+run each task's prompt once per batch instead of once per row (`jaxprompt.models.prompt_once`).
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from flax import struct
 
 from jaxprompt.errors import ConfigError, PromptError
 from jaxprompt.methods.prompt_tuning import COMBINATIONS, causal, check_combine, insertion_points
-from jaxprompt.models.hooks import Stack
+from jaxprompt.models.hooks import Stack, TaskPrefix
+from jaxprompt.models.prompt_once import right_aligned
 
 Array = jax.Array
 
@@ -63,10 +65,8 @@ def front_row_prompts(embedded: Array, valid: Array, prompts: Array, lengths: Ar
   """A causal stream's row prompts: row i's first `lengths[i]` prompt rows right-aligned in front of its tokens,
   behind p - lengths[i] unused (invalid) slots. embedded [b, l, e], valid [b, l], prompts [b, p, e], lengths [b]
   -> ([b, p + l, e], [b, p + l] bool)."""
-  plen = prompts.shape[1]
-  source = jnp.arange(plen)[None, :] - (plen - lengths)[:, None]  # [b, p]: the prompt row each slot holds
-  rows = jnp.take_along_axis(prompts.astype(embedded.dtype), jnp.maximum(source, 0)[..., None], axis=1)
-  return jnp.concatenate([rows, embedded], axis=1), jnp.concatenate([source >= 0, valid], axis=1)
+  rows, used = right_aligned(prompts.astype(embedded.dtype), lengths)
+  return jnp.concatenate([rows, embedded], axis=1), jnp.concatenate([used, valid], axis=1)
 
 
 class RowPrompts(struct.PyTreeNode):
@@ -103,14 +103,47 @@ def task_ids_or_error(task_ids: Array | None, method: Any) -> Array:
   return jnp.asarray(task_ids, jnp.int32)
 
 
+class TaskRows(struct.PyTreeNode):
+  """The input hook of rows choosing among tasks, before the gather: task t's prompt `table[t, :lengths[t]]`,
+  inserted by `combines[codes[t]]`; row i takes task `task_ids[i]`'s (`RowPrompts`). When every prompt goes in
+  front it offers the table (`task_prefix`: `models.hooks.TaskPrefixHook`), so that a causal LM may run each
+  task's prompt once per batch instead of once per row."""
+  table: Array  # [T, P, e]
+  lengths: Array  # [T] int32, <= P
+  codes: Array  # [T] int32
+  task_ids: Array  # [b] int32
+  eos_id: int = struct.field(pytree_node=False, default=1)
+  combines: tuple[str, ...] = struct.field(pytree_node=False, default=())
+
+  @property
+  def prompts(self) -> Array:
+    """Each row's task's prompt [b, P, e]."""
+    return jnp.take(self.table, self.task_ids, axis=0)
+
+  def rows(self) -> RowPrompts:
+    """Each row's own prompt (the naive path's hook)."""
+    ids = self.task_ids
+    return RowPrompts(self.prompts, self.lengths[ids], self.codes[ids], self.eos_id, self.combines)
+
+  def __call__(self, embedded: Array, tokens: Array, segment_ids: Array | None, *, valid: Array, stack: Stack,
+               deterministic: bool) -> tuple[Array, Array]:
+    return self.rows()(embedded, tokens, segment_ids, valid=valid, stack=stack, deterministic=deterministic)
+
+  def task_prefix(self) -> TaskPrefix | None:
+    """Every task's prompt and each row's task when every prompt goes in front (combine 'prefix'), else None."""
+    if any(c != 'prefix' for c in self.combines):
+      return None
+    return TaskPrefix(self.table, self.lengths, self.task_ids)
+
+
 def gather_rows(table: Array, task_ids: Array, lengths: Sequence[int], combines: Sequence[str], *, eos_id: int = 1,
-                dtype: Any = jnp.float32) -> RowPrompts:
+                dtype: Any = jnp.float32) -> TaskRows:
   """The input hook of rows choosing among tasks: row i gets `table[task_ids[i]]`'s first `lengths[t]` rows
   (capped at the table's width, which may be cut to a batch's widest prompt), inserted by `combines[t]`.
 
   table [T, P, e] (task t's prompt, zero-padded), task_ids [b] int, lengths / combines: one per task.
   """
-  prompts = jnp.take(jnp.asarray(table, dtype), task_ids, axis=0)  # [b, P, e]
-  rows = jnp.minimum(jnp.asarray(lengths, jnp.int32)[task_ids], prompts.shape[1])
-  codes = jnp.asarray([combine_code(c) for c in combines], jnp.int32)[task_ids]
-  return RowPrompts(prompts, rows, codes, eos_id, tuple(dict.fromkeys(combines)))
+  table = jnp.asarray(table, dtype)
+  rows = jnp.minimum(jnp.asarray(lengths, jnp.int32), table.shape[1])
+  codes = jnp.asarray([combine_code(c) for c in combines], jnp.int32)
+  return TaskRows(table, rows, codes, jnp.asarray(task_ids, jnp.int32), eos_id, tuple(dict.fromkeys(combines)))

@@ -11,7 +11,8 @@ and every label candidate, or every decoded token, continues from it.
 
 A prefix prompt (prompt tuning, P-tuning v1) runs once per batch rather than once per row, in training, scoring,
 rank classification and decoding alike (`jaxprompt.models.prompt_once`): its keys / values, computed at batch 1,
-serve every row as a K/V prefix. `prompt_once=False` keeps the naive path (the prompt inserted in every row),
+serve every row as a K/V prefix; a prompt bank's (or multi-task prompts') mixed-task batch runs every task's prompt
+once and each row takes its task's. `prompt_once=False` keeps the naive path (the prompt inserted in every row),
 the reference of the tests and the benchmark; results are equal to float tolerance.
 """
 from __future__ import annotations

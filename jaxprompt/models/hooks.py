@@ -63,7 +63,8 @@ class InputHook(Protocol):
   hook fills positions the data pipeline reserved (`Method.packing_slots`) instead of inserting new ones. In a
   causal LM (stack 'decoder') inserted positions must come first (`combine='prefix'`) and every row's tokens
   start at index l' - l: a row inserting fewer rows than the widest leaves its unused (invalid) slots in front.
-  A hook that inserts the same rows in front of every row may say so with `shared_prefix` (`SharedPrefixHook`).
+  A hook that inserts the same rows in front of every row may say so with `shared_prefix` (`SharedPrefixHook`),
+  one that inserts its row's task's rows with `task_prefix` (`TaskPrefixHook`).
   """
 
   def __call__(self, embedded: Array, tokens: Array, segment_ids: Array | None, *, valid: Array, stack: Stack,
@@ -84,6 +85,30 @@ class SharedPrefixHook(InputHook, Protocol):
   def shared_prefix(self) -> Array | None:
     """The rows [p, e] the hook inserts in front of every row, or None when they differ by row or go elsewhere
     (then the network calls the hook as usual)."""
+    ...
+
+
+class TaskPrefix(struct.PyTreeNode):
+  """Every task's prefix prompt and each row's task: row i takes `rows[task_ids[i], :lengths[task_ids[i]]]`.
+
+  rows [T, P, e] (task t's prompt in its first lengths[t] rows), lengths [T] int32, task_ids [b] int32.
+  """
+  rows: Array
+  lengths: Array
+  task_ids: Array
+
+
+@runtime_checkable
+class TaskPrefixHook(InputHook, Protocol):
+  """An input hook that puts its row's task's prompt in front of every row (a prompt bank, multi-task prompts).
+
+  As with `SharedPrefixHook`, a causal LM may then run each task's prompt once per batch (batch T, positions
+  0..p_t-1) and give every row its task's keys / values as a K/V prefix (`jaxprompt.models.prompt_once`).
+  """
+
+  def task_prefix(self) -> TaskPrefix | None:
+    """Every task's rows and each row's task, or None when some prompt does not go in front (then the network
+    calls the hook as usual)."""
     ...
 
 
