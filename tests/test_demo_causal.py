@@ -4,6 +4,7 @@ demo's quality bar on a small budget."""
 import json
 import os
 import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -24,11 +25,14 @@ FILES = {
 
 
 @pytest.fixture(autouse=True)
-def _clean_gin():
-  """The demo parses gin files into gin's global config: leave none behind for other tests."""
+def _clean_gin_and_tasks():
+  """The demo parses gin files into gin's global config and registers the demo tasks with the causal model's
+  tokenizer: leave neither behind for other tests (the T5 demo's tasks read with the shipped T5 vocabulary)."""
   yield
   import gin
   gin.clear_config()
+  if 'jaxprompt.demo.tasks' in sys.modules:
+    sys.modules['jaxprompt.demo.tasks'].register_demo_tasks()
 
 
 # ------------------------------------------------------------------------------------------ shipped model
@@ -145,8 +149,6 @@ def test_pretrain_causal_family_end_to_end(tmp_path):
   import jax
   assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, shipped)
   assert pretrain.main(['--family', 'causal', '--output', str(out), '--steps', '1']) == 2  # never overwritten
-  from jaxprompt.demo import tasks
-  tasks.register_demo_tasks()  # back to the shipped vocabulary for the other tests
 
 
 # ------------------------------------------------------------------------------------------ the demo

@@ -3,7 +3,7 @@
 The frozen demo model (a small T5 1.1 that jaxprompt pretrained itself, shipped in the package; with
 `--family causal`, a tiny Llama pretrained the same way and shipped as a Hugging Face folder) knows how to
 classify a review's topic when asked `topic: <review>`. Shown the raw review with no instruction, it reads it
-as text to continue and is at chance. The demo
+as text to continue and is at or near chance. The demo
   1. scores the frozen model, without any prompt, on the held-out formulation (raw review -> topic);
   2. tunes a soft prompt on it (`jaxprompt.train`, gin_configs/models/demo.gin or demo_causal.gin + runs/demo.gin:
      the same trainer, seqio task, gin files and checkpoints as any run) and exports `prompt.npy`;
