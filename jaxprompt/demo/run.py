@@ -1,11 +1,12 @@
 """`jaxprompt demo`: prompt tuning at work on a laptop CPU in a few minutes.
 
-The frozen demo model (a small T5 1.1 that jaxprompt pretrained itself, shipped in the package) knows how to
+The frozen demo model (a small T5 1.1 that jaxprompt pretrained itself, shipped in the package; with
+`--family causal`, a tiny Llama pretrained the same way and shipped as a Hugging Face folder) knows how to
 classify a review's topic when asked `topic: <review>`. Shown the raw review with no instruction, it reads it
-as text to continue and is at chance. The demo
+as text to continue and is at or near chance. The demo
   1. scores the frozen model, without any prompt, on the held-out formulation (raw review -> topic);
-  2. tunes a soft prompt on it (`jaxprompt.train`, gin_configs/models/demo.gin + runs/demo.gin: the same
-     trainer, seqio task, gin files and checkpoints as any run) and exports `prompt.npy`;
+  2. tunes a soft prompt on it (`jaxprompt.train`, gin_configs/models/demo.gin or demo_causal.gin + runs/demo.gin:
+     the same trainer, seqio task, gin files and checkpoints as any run) and exports `prompt.npy`;
   3. tunes every weight on the same data as a baseline (`jaxprompt.train_model`, runs/demo_model_tuning.gin);
   4. prints the three held-out accuracies and the quality bar (prompt tuning >= 90% of model tuning and >= 40
      points above the frozen model), and draws the accuracy curves (demo_curve.png).
@@ -24,13 +25,13 @@ from collections.abc import Sequence
 from jaxprompt.cli import compilation_cache, console
 from jaxprompt.cli import parser as cli_parser
 from jaxprompt.cli.gin_config import quote
-from jaxprompt.demo import GIN_MODULES, data
+from jaxprompt.demo import GIN_MODULES, data, families
 from jaxprompt.formats import fingerprint_files
 from jaxprompt.formats.keys import PROMPT_FILE
 
 PROG = 'jaxprompt demo'
-PROMPT_GIN = ('models/demo.gin', 'runs/demo.gin')
-MODEL_TUNING_GIN = ('models/demo.gin', 'runs/demo_model_tuning.gin')
+PROMPT_RUN_GIN = 'runs/demo.gin'  # after the family's models/*.gin
+MODEL_TUNING_RUN_GIN = 'runs/demo_model_tuning.gin'
 CURVE_FILE = 'demo_curve.png'
 SUMMARY_FILE = 'demo_results.json'
 # The quality bar of the demo (issue: prompt tuning vs model tuning vs the untuned frozen model).
@@ -48,6 +49,7 @@ class DemoResult:
   prompt_file: str
   curve_file: str | None
   seconds: float
+  family: str = 't5'  # the demo model's family (`demo.families`)
 
   @property
   def meets_quality_bar(self) -> bool | None:
@@ -60,6 +62,8 @@ class DemoResult:
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--output', default='jaxprompt_demo', help='folder for prompt.npy, curves and runs')
+  parser.add_argument('--family', default='t5', choices=tuple(families.FAMILIES),
+                      help='the frozen demo model: t5 (a small T5 1.1) or causal (a tiny Llama, decoder-only)')
   parser.add_argument('--skill', default='topic', choices=data.HELDOUT_SKILLS,
                       help='the classification skill presented without its instruction')
   parser.add_argument('--steps', type=int, default=None, help='prompt-tuning steps (TRAIN_STEPS of runs/demo.gin)')
@@ -100,15 +104,15 @@ def _say(text: str) -> None:
   print(text, flush=True)
 
 
-def frozen_accuracy(task: str, max_examples: int | None = None) -> float:
+def frozen_accuracy(task: str, max_examples: int | None = None, family: str = 't5') -> float:
   """Held-out accuracy of the frozen model with NO prompt, configured by the parsed demo gin files."""
   import gin  # pylint: disable=g-import-not-at-top
 
-  from jaxprompt.checkpoints import load_t5x_checkpoint  # pylint: disable=g-import-not-at-top
-  from jaxprompt.demo import model as demo_model  # pylint: disable=g-import-not-at-top
+  from jaxprompt.checkpoints import readers  # pylint: disable=g-import-not-at-top
   from jaxprompt.eval import evaluation  # pylint: disable=g-import-not-at-top
-  config = demo_model.model_config()  # gin binds model_dir (DEMO_MODEL_DIR)
-  params = load_t5x_checkpoint(demo_model.checkpoint_path())
+  model = families.get(family)
+  config = model.model_config()  # gin binds the model dir (DEMO_MODEL_DIR)
+  params = readers.load(model.checkpoint(), config)
   lengths = gin.query_parameter('%TASK_FEATURE_LENGTHS')
   batch = gin.query_parameter('%BATCH_SIZE')
   metrics = evaluation.evaluate_network(config, params, task, 'validation', lengths, batch, max_examples=max_examples)
@@ -156,10 +160,10 @@ def run_demo(args: argparse.Namespace, overrides: Sequence[str] = ()) -> DemoRes
   gin_config.import_configurables(GIN_MODULES)
   console.quiet_known_noise()
   from jaxprompt.commands import train as trainer  # pylint: disable=g-import-not-at-top
-  from jaxprompt.demo import model as demo_model  # pylint: disable=g-import-not-at-top
   from jaxprompt.demo import tasks  # pylint: disable=g-import-not-at-top
+  family = families.get(args.family)
   # (Re-)register the demo tasks with this model's vocabulary (another may have been registered before).
-  tasks.register_demo_tasks(demo_model.vocabulary(None if args.model is None else os.path.abspath(args.model)))
+  tasks.register_demo_tasks(family.vocabulary(None if args.model is None else os.path.abspath(args.model)))
   task = tasks.heldout_task_name(args.skill)
   output = os.path.abspath(args.output)
   os.makedirs(output, exist_ok=True)
@@ -171,10 +175,10 @@ def run_demo(args: argparse.Namespace, overrides: Sequence[str] = ()) -> DemoRes
     prompt_bindings.append(f'TRAIN_STEPS = {args.steps}')
   if args.prompt_length is not None:
     prompt_bindings.append(f'PROMPT_LENGTH = {args.prompt_length}')
-  gin_config.parse(PROMPT_GIN, prompt_bindings)
+  gin_config.parse((family.model_gin, PROMPT_RUN_GIN), prompt_bindings)
 
   _say(f'[1/3] frozen demo model, no prompt, on {task} (raw review, no instruction) ...')
-  frozen = frozen_accuracy(task, args.eval_examples)
+  frozen = frozen_accuracy(task, args.eval_examples, args.family)
   _say(f'      held-out accuracy of the frozen model: {frozen:.1f}%  (elapsed {time.time() - start:.0f} s)')
 
   _say('[2/3] prompt tuning: the model stays frozen, only the soft prompt trains ...')
@@ -195,13 +199,13 @@ def run_demo(args: argparse.Namespace, overrides: Sequence[str] = ()) -> DemoRes
     model_bindings = [f'MODEL_DIR = {quote(model_dir)}'] + common
     if args.baseline_steps is not None:
       model_bindings.append(f'TRAIN_STEPS = {args.baseline_steps}')
-    gin_config.parse(MODEL_TUNING_GIN, model_bindings)
+    gin_config.parse((family.model_gin, MODEL_TUNING_RUN_GIN), model_bindings)
     baseline = trainer.train_model()  # pylint: disable=no-value-for-parameter
     model_accuracy = float(baseline.eval_metrics['accuracy'])
     _say(f'      held-out accuracy after model tuning: {model_accuracy:.1f}%  (elapsed {time.time() - start:.0f} s)')
 
   curve = plot_curves(os.path.join(output, CURVE_FILE), frozen, prompt_dir, model_dir, task)
-  demo = DemoResult(task, frozen, prompt_accuracy, model_accuracy, prompt_file, curve, time.time() - start)
+  demo = DemoResult(task, frozen, prompt_accuracy, model_accuracy, prompt_file, curve, time.time() - start, args.family)
   with open(os.path.join(output, SUMMARY_FILE), 'w') as f:
     f.write(json.dumps(dict(dataclasses.asdict(demo), meets_quality_bar=demo.meets_quality_bar), indent=1) + '\n')
   return demo
@@ -210,7 +214,7 @@ def run_demo(args: argparse.Namespace, overrides: Sequence[str] = ()) -> DemoRes
 def report(demo: DemoResult) -> str:
   """The summary table and the quality bar, as printed at the end of the demo."""
   lines = [
-      f'held-out task {demo.task} (accuracy, rank classification over the labels):',
+      f'held-out task {demo.task}, {demo.family} demo model (accuracy, rank classification over the labels):',
       f'  frozen model, no prompt        {demo.frozen_accuracy:6.1f}%',
       f'  prompt tuning (model frozen)   {demo.prompt_accuracy:6.1f}%', '  model tuning (all weights)     ' +
       (f'{demo.model_accuracy:6.1f}%' if demo.model_accuracy is not None else '  skipped')
