@@ -88,7 +88,7 @@ MACROS: dict[str, Macro] = {
                              'models/t5x_tiny.gin', none="T5's"),
     'T5X_TINY_CHECKPOINT': Macro('path', "'/abs/path/t5x_tiny/classic_checkpoint_0'", "the fixture model's weights",
                                  'models/t5x_tiny.gin'),
-    'DEMO_MODEL_DIR': Macro('path', "'/path/to/model'", 'a demo model dir', 'models/demo.gin',
+    'DEMO_MODEL_DIR': Macro('path', "'/path/to/model'", 'a demo model dir', 'models/demo.gin, models/demo_causal.gin',
                             none='the shipped demo model'),
     'ACTIVATION_DTYPE': Macro('one of', "'float32'", 'the activation dtype', 'models/*.gin', none="the config's",
                               choices=DTYPES),
