@@ -19,12 +19,14 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `bench` as a package
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
