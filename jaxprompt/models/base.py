@@ -87,6 +87,15 @@ class OneStackConfig:
   def attention_kinds(self) -> tuple[AttentionKind, ...]:
     return (f'{self.STACK}_self',)
 
+  def replace(self, **changes):
+    """A copy with `changes` (the config classes are frozen dataclasses)."""
+    return dataclasses.replace(self, **changes)
+
+  @property
+  def relative_position_bias(self) -> bool:
+    """No relative bias: a token's position is its own (a packed example's restart, after a K/V prefix)."""
+    return False
+
   def stack_depth(self, stack: Stack) -> int:
     if stack != self.STACK:
       raise ConfigError(f"{self.FAMILY_NAME} has one stack, '{self.STACK}'; there is no {stack!r} stack")

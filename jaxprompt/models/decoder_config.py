@@ -94,14 +94,6 @@ class DecoderConfig(OneStackConfig):
     if self.norm_epsilon <= 0:
       raise ConfigError(f'DecoderConfig.norm_epsilon must be positive, got {self.norm_epsilon}')
 
-  def replace(self, **changes) -> DecoderConfig:
-    return dataclasses.replace(self, **changes)
-
-  @property
-  def relative_position_bias(self) -> bool:
-    """No relative bias: each token's position is its own (a packed example's restart after a K/V prefix)."""
-    return False
-
   @property
   def position_limit(self) -> int | None:
     """The learned table's rows (GPT-2's n_positions); None for rotary positions, which have no table."""

@@ -75,18 +75,10 @@ class EncoderConfig(OneStackConfig):
     if self.norm_epsilon <= 0:
       raise ConfigError(f'EncoderConfig.norm_epsilon must be positive, got {self.norm_epsilon}')
 
-  def replace(self, **changes) -> EncoderConfig:
-    return dataclasses.replace(self, **changes)
-
   @property
   def max_length(self) -> int:
     """The longest row (prompt rows and K/V prefix shift included) the position table numbers."""
     return self.max_positions - self.position_offset
-
-  @property
-  def relative_position_bias(self) -> bool:
-    """Absolute positions only: a packed example's positions restart, after a K/V prefix when it shifts them."""
-    return False
 
   @property
   def position_limit(self) -> int:
