@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 
-from jaxprompt.data.custom import _read_lines
+from jaxprompt.data.custom import read_lines
 from jaxprompt.data.span_metrics import OUTSIDE, tag_problem
 from jaxprompt.errors import DataError
 from jaxprompt.formats import files
@@ -44,7 +44,7 @@ def read_conll(path: str, labels: Sequence[str] | None = None) -> list[Sentence]
     raise DataError(f'tagging file {path} is a directory, expected a CoNLL file (word<TAB>tag per line)')
   known = None if labels is None else set(labels)
   sentences, words, tags, first, width = [], [], [], 0, None
-  for n, line in enumerate(_read_lines(path), 1):
+  for n, line in enumerate(read_lines(path), 1):
     columns = _columns(line)
     if not columns or columns[0] == DOCSTART:
       if words:

@@ -69,7 +69,7 @@ _TOKEN_LENGTHS: dict[tuple[str, str], dict[str, np.ndarray]] = {}  # (name, spli
 # ------------------------------------------------------------------------------------------------- reading files
 
 
-def _read_lines(path: str) -> list[str]:
+def read_lines(path: str) -> list[str]:
   """The lines of a UTF-8 text file (local or gs://), without line terminators."""
   if not files.exists(path):
     raise DataError(f'data file {path} does not exist')
@@ -85,7 +85,7 @@ def _read_lines(path: str) -> list[str]:
 
 
 def _read_tsv(path: str, inputs_field: str, targets_field: str, has_header: bool | None) -> list[Example]:
-  rows = [(n, line.split('\t')) for n, line in enumerate(_read_lines(path), start=1) if line]
+  rows = [(n, line.split('\t')) for n, line in enumerate(read_lines(path), start=1) if line]
   if not rows:
     raise DataError(f'data file {path} is empty')
   first_line, first = rows[0]
@@ -126,7 +126,7 @@ def _json_text(path: str, line: int, obj: Mapping[str, Any], field: str) -> str:
 def _read_jsonl(path: str, row_texts: Callable[[str, int, dict[str, Any]], tuple[str, str]]) -> list[Example]:
   """The (line, inputs, targets) of each JSON object line; `row_texts(path, line, object)` reads its two texts."""
   examples = []
-  for n, line in enumerate(_read_lines(path), start=1):
+  for n, line in enumerate(read_lines(path), start=1):
     if not line.strip():
       continue
     try:

@@ -133,12 +133,18 @@ class HfVocabulary:
     self._tokenizer = _tokenizer(folder)
     self._special = self._tokenizer.special
     before, after = _around(self._tokenizer.encode(PROBE, True), self._tokenizer.encode(PROBE, False))
+    self._around = (tuple(before), tuple(after))
     self._adds_bos = self._special.bos is not None and self._special.bos in before
     self._adds_eos = self._special.eos is not None and self._special.eos in after
 
   @property
   def folder(self) -> str:
     return self._folder
+
+  @property
+  def specials_around(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(ids before, ids after) the tokenizer's post-processor puts around any text ([CLS] / [SEP], <s> / </s>)."""
+    return self._around
 
   @property
   def extra_ids(self) -> int:

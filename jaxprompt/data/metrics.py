@@ -21,7 +21,7 @@ from jaxprompt.errors import DataError
 MetricFn = Callable[..., dict[str, float]]
 
 
-def _check_lengths(name: str, targets: Sequence[Any], predictions: Sequence[Any]) -> None:
+def check_lengths(name: str, targets: Sequence[Any], predictions: Sequence[Any]) -> None:
   if len(targets) != len(predictions):
     raise DataError(f'metric {name}: {len(targets)} targets but {len(predictions)} predictions')
   if not len(targets):
@@ -37,7 +37,7 @@ def _weights(sample_weight: Sequence[float] | None, n: int) -> np.ndarray:
   return w
 
 
-def _f1_from_counts(tp: float, true_sum: float, pred_sum: float) -> float:
+def f1_from_counts(tp: float, true_sum: float, pred_sum: float) -> float:
   # F1 = 2TP / (2TP + FP + FN) = 2TP / (#true + #predicted); sklearn defines the 0/0 case as 0.
   denom = true_sum + pred_sum
   return 0.0 if denom == 0 else 2.0 * tp / denom
@@ -48,20 +48,20 @@ def _f1_from_counts(tp: float, true_sum: float, pred_sum: float) -> float:
 
 def accuracy(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]:
   """Percent of predictions equal to their target (labels, class ids or strings)."""
-  _check_lengths('accuracy', targets, predictions)
+  check_lengths('accuracy', targets, predictions)
   return {'accuracy': 100.0 * float(np.mean([t == p for t, p in zip(targets, predictions)]))}
 
 
 def sequence_accuracy(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
   """Percent of predicted sequences exactly equal to their target sequence."""
-  _check_lengths('sequence_accuracy', targets, predictions)
+  check_lengths('sequence_accuracy', targets, predictions)
   return {'sequence_accuracy': 100.0 * float(np.mean([t == p for t, p in zip(targets, predictions)]))}
 
 
 def _binary_f1(targets: np.ndarray, predictions: np.ndarray, weights: np.ndarray) -> float:
   """F1 of the positive class 1; targets and predictions are 0/1 arrays of shape [n]."""
   tp = float(np.sum(weights * ((targets == 1) & (predictions == 1))))
-  return _f1_from_counts(tp, float(np.sum(weights * (targets == 1))), float(np.sum(weights * (predictions == 1))))
+  return f1_from_counts(tp, float(np.sum(weights * (targets == 1))), float(np.sum(weights * (predictions == 1))))
 
 
 def _check_binary(name: str, what: str, values: np.ndarray) -> None:
@@ -73,7 +73,7 @@ def _check_binary(name: str, what: str, values: np.ndarray) -> None:
 def f1_binary(targets: Sequence[int], predictions: Sequence[int],
               sample_weight: Sequence[float] | None = None) -> dict[str, float]:
   """F1 of the positive class 1 (sklearn `f1_score` defaults); both inputs must be 0/1."""
-  _check_lengths('f1', targets, predictions)
+  check_lengths('f1', targets, predictions)
   t, p = np.asarray(targets), np.asarray(predictions)
   _check_binary('f1', 'targets', t)
   _check_binary('f1', 'predictions', p)
@@ -86,7 +86,7 @@ def f1_score_with_invalid(targets: Sequence[int], predictions: Sequence[int]) ->
   An invalid prediction (e.g. -1 from a label postprocessor) is replaced by the opposite of its target, as T5
   does for MRPC / QQP. Targets must be 0 or 1.
   """
-  _check_lengths('f1', targets, predictions)
+  check_lengths('f1', targets, predictions)
   t = np.asarray(targets)
   _check_binary('f1', 'targets', t)
   p = np.array(predictions)  # a copy: the caller's predictions stay untouched
@@ -100,7 +100,7 @@ def _macro_f1_from_indicators(labels: np.ndarray, preds: np.ndarray, weights: np
   w = weights[:, None]
   tp = np.sum(w * (labels * preds), axis=0)
   true_sum, pred_sum = np.sum(w * labels, axis=0), np.sum(w * preds, axis=0)
-  return float(np.mean([_f1_from_counts(*c) for c in zip(tp, true_sum, pred_sum)]))
+  return float(np.mean([f1_from_counts(*c) for c in zip(tp, true_sum, pred_sum)]))
 
 
 def _one_hot(ids: Sequence[Any], num_classes: int) -> np.ndarray:
@@ -121,7 +121,7 @@ def mean_multiclass_f1(num_classes: int, sample_weight: Sequence[float] | None =
   key = f'mean_{num_classes}class_f1'
 
   def metric(targets: Sequence[int], predictions: Sequence[int]) -> dict[str, float]:
-    _check_lengths(key, targets, predictions)
+    check_lengths(key, targets, predictions)
     w = _weights(sample_weight, len(targets))
     value = _macro_f1_from_indicators(_one_hot(targets, num_classes), _one_hot(predictions, num_classes), w)
     return {key: 100.0 * value}
@@ -131,7 +131,7 @@ def mean_multiclass_f1(num_classes: int, sample_weight: Sequence[float] | None =
 
 def matthews_corrcoef(targets: Sequence[Hashable], predictions: Sequence[Hashable]) -> dict[str, float]:
   """Matthews correlation (multiclass R_K form, as sklearn), key `matthews_corrcoef`; 0 when undefined."""
-  _check_lengths('matthews_corrcoef', targets, predictions)
+  check_lengths('matthews_corrcoef', targets, predictions)
   classes = {c: i for i, c in enumerate(sorted(set(targets) | set(predictions), key=repr))}
   k, n = len(classes), len(targets)
   confusion = np.zeros((k, k), dtype=np.float64)
@@ -149,14 +149,14 @@ def matthews_corrcoef(targets: Sequence[Hashable], predictions: Sequence[Hashabl
 def pearson_corrcoef(targets: Sequence[float], predictions: Sequence[float]) -> dict[str, float]:
   """Pearson correlation x100 (scipy; NaN if either side is constant)."""
   import scipy.stats  # pylint: disable=g-import-not-at-top  (keeps `import metrics` light)
-  _check_lengths('pearson_corrcoef', targets, predictions)
+  check_lengths('pearson_corrcoef', targets, predictions)
   return {'pearson_corrcoef': 100.0 * float(scipy.stats.pearsonr(targets, predictions)[0])}
 
 
 def spearman_corrcoef(targets: Sequence[float], predictions: Sequence[float]) -> dict[str, float]:
   """Spearman rank correlation x100 (scipy; ties get their average rank)."""
   import scipy.stats  # pylint: disable=g-import-not-at-top
-  _check_lengths('spearman_corrcoef', targets, predictions)
+  check_lengths('spearman_corrcoef', targets, predictions)
   return {'spearman_corrcoef': 100.0 * float(scipy.stats.spearmanr(targets, predictions)[0])}
 
 
@@ -201,7 +201,7 @@ def squad(targets: Sequence[Sequence[str]], predictions: Sequence[str]) -> dict[
     targets: per example, a list of acceptable answers.
     predictions: per example, the predicted answer string.
   """
-  _check_lengths('squad', targets, predictions)
+  check_lengths('squad', targets, predictions)
   ems, f1s = [], []
   for answers, prediction in zip(targets, predictions):
     if isinstance(answers, str):

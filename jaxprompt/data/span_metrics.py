@@ -15,7 +15,7 @@ from __future__ import annotations
 import collections
 from collections.abc import Sequence
 
-from jaxprompt.data.metrics import _check_lengths, _f1_from_counts
+from jaxprompt.data.metrics import check_lengths, f1_from_counts
 from jaxprompt.errors import DataError
 
 OUTSIDE = 'O'
@@ -62,13 +62,13 @@ def entities(tags: Sequence[str]) -> set[tuple[str, int, int]]:
 def _scores(tp: int, true: int, predicted: int) -> tuple[float, float, float]:
   precision = tp / predicted if predicted else 0.0
   recall = tp / true if true else 0.0
-  return 100.0 * precision, 100.0 * recall, 100.0 * _f1_from_counts(tp, true, predicted)
+  return 100.0 * precision, 100.0 * recall, 100.0 * f1_from_counts(tp, true, predicted)
 
 
 def span_f1(targets: Sequence[Sequence[str]], predictions: Sequence[Sequence[str]]) -> dict[str, float]:
   """Entity-level scores in percent over sentences of word tags: `span_precision`, `span_recall`, `span_f1` (micro
   over types) and `span_precision/<TYPE>`, `span_recall/<TYPE>`, `span_f1/<TYPE>` per type."""
-  _check_lengths('span_f1', targets, predictions)
+  check_lengths('span_f1', targets, predictions)
   counts = collections.defaultdict(lambda: [0, 0, 0])  # type -> [found, true, predicted]
   for n, (target, prediction) in enumerate(zip(targets, predictions)):
     if len(target) != len(prediction):

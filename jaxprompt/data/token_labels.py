@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from jaxprompt.data.conll import Sentence
-from jaxprompt.data.hf_vocab import PROBE, HfVocabulary, _around
+from jaxprompt.data.hf_vocab import HfVocabulary
 from jaxprompt.data.span_metrics import OUTSIDE
 from jaxprompt.data.truncation import Truncation
 from jaxprompt.errors import ConfigError, DataError
@@ -44,7 +44,7 @@ class TagAligner:
   def __init__(self, vocabulary: HfVocabulary, labels: Sequence[str], length: int):
     self.vocabulary, self.labels, self.length = vocabulary, tuple(labels), length
     self.label_ids = {tag: i for i, tag in enumerate(self.labels)}
-    self.before, self.after = _around(vocabulary.encode_with_specials(PROBE), vocabulary.encode(PROBE))
+    self.before, self.after = map(list, vocabulary.specials_around)
     if length <= len(self.before) + len(self.after):
       raise ConfigError(f'tagging length {length} leaves no room for a word beside the tokenizer\'s '
                         f'{len(self.before) + len(self.after)} special tokens: give a longer length')
