@@ -22,8 +22,18 @@ ENCODER_FEATURES = ('encoder_input_tokens', 'encoder_input_mask')
 # (its other sub-tokens, [CLS] / [SEP], padding), as transformers' token-classification models take `labels`.
 TAGGING_FEATURES = ENCODER_FEATURES + ('token_labels',)
 IGNORE_LABEL = -100
+# Sentence pairs (GLUE's MNLI, RTE, ...): 0 on the first segment ([CLS] a [SEP]), 1 on the second (b [SEP]), as
+# BERT's token_type_ids; absent means all 0 (RoBERTa has one type).
+TOKEN_TYPES = 'encoder_token_types'
+# A head's label: [batch] int32 class id (sequence classification; multiple choice: the right choice's index) ...
+CLASS_LABEL = 'labels'
+# ... or [batch] float32 value (regression, STS-B).
+REGRESSION_LABEL = 'label_values'
+# Multiple choice (COPA / SWAG): encoder_input_tokens, encoder_input_mask (and encoder_token_types) are
+# [batch, choices, length], one row per choice; `labels` [batch] the right choice.
+CHOICE_FEATURES = ENCODER_FEATURES + (CLASS_LABEL,)
 # Every family's float features (the rest are int32).
-FLOAT_FEATURES = ('decoder_loss_weights',)
+FLOAT_FEATURES = ('decoder_loss_weights', REGRESSION_LABEL)
 # [batch] int32: which task (prompt) of a multi-task method each row uses (prompt banks, multi-task training).
 TASK_FEATURE = 'task_ids'
 # Placeholder id of a reserved prompt position in packed rows (any non-zero id: seqio packing counts non-zero ids as
