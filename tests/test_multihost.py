@@ -35,12 +35,12 @@ def _start(num_devices: int, args: list[str], log: pathlib.Path) -> subprocess.P
   return subprocess.Popen([sys.executable, str(SCRIPT), *args], env=env, stdout=log.open('w'), stderr=subprocess.STDOUT)
 
 
-def _start_pair(mode: str, args: dict, tmp_path: pathlib.Path, procs: dict, logs: dict) -> None:
-  """Two processes x 4 devices joined through a localhost coordinator."""
+def _start_pair(modes: dict, tmp_path: pathlib.Path, procs: dict, logs: dict) -> None:
+  """Two processes x 4 devices joined through a localhost coordinator, running `modes` ({mode: args}) in order."""
   coordinator = f'127.0.0.1:{_free_port()}'
   for i in range(2):
-    logs[f'process{i}'] = tmp_path / f'{mode}_process{i}.log'
-    procs[f'process{i}'] = _start(4, [mode, json.dumps(args), coordinator, '2', str(i)], logs[f'process{i}'])
+    logs[f'process{i}'] = tmp_path / f'process{i}.log'
+    procs[f'process{i}'] = _start(4, [json.dumps(modes), coordinator, '2', str(i)], logs[f'process{i}'])
 
 
 def _wait_all(procs: dict[str, subprocess.Popen], logs: dict[str, pathlib.Path], timeout: float) -> None:
@@ -62,39 +62,6 @@ def _wait_all(procs: dict[str, subprocess.Popen], logs: dict[str, pathlib.Path],
         proc.wait()
     text = '\n'.join(f'===== {n} =====\n{logs[n].read_text()[-5000:]}' for n in procs)
     pytest.fail(f'{"; ".join(failed)}\n{text}')
-
-
-@pytest.mark.slow
-@pytest.mark.multiprocess
-def test_two_processes_train_like_one_with_eight_devices(fixtures_dir, tmp_path):
-  ckpt = str(fixtures_dir.joinpath(*FIXTURE_CKPT))
-  single = dict(checkpoint=ckpt, model_dir=str(tmp_path / 'single_dir'), out=str(tmp_path / 'single'))
-  multi = dict(checkpoint=ckpt, model_dir=str(tmp_path / 'multi_dir'), out=str(tmp_path / 'multi'))
-  # All three at once: the 2-process pair and the 8-device reference are independent.
-  logs = {'single': tmp_path / 'single.log'}
-  procs = {'single': _start(8, ['steps', json.dumps(single)], logs['single'])}
-  _start_pair('steps', multi, tmp_path, procs, logs)
-  _wait_all(procs, logs, timeout=150)
-
-  one = np.load(tmp_path / 'single.0.npz')
-  p0, p1 = np.load(tmp_path / 'multi.0.npz'), np.load(tmp_path / 'multi.1.npz')
-  assert 'local devices [0, 1, 2, 3]' in logs['process0'].read_text()
-  assert list(p0['rows']) == [0, 4] and list(p1['rows']) == [4, 8]  # each host fed only its half
-  assert list(one['rows']) == [0, 8]
-  # Both processes see the same replicated prompt and losses ...
-  np.testing.assert_array_equal(p0['prompt'], p1['prompt'])
-  np.testing.assert_array_equal(p0['losses'], p1['losses'])
-  # ... which match one process on 8 devices (reductions run in another order: allclose, not equal).
-  np.testing.assert_allclose(p0['losses'], one['losses'], rtol=1e-5)
-  assert_trained_close(p0['prompt'], one['prompt'], one['start'], steps=4)
-  assert not np.allclose(p0['prompt'], p0['saved_prompt'])  # training moved the prompt after the save
-  # Orbax wrote one checkpoint from both processes; process 0 alone wrote the numpy prompt.
-  step_dir = tmp_path / 'multi_dir' / 'checkpoints' / '2'
-  assert (step_dir / 'commit_success.txt').exists() or (step_dir / '_CHECKPOINT_METADATA').exists()
-  assert sorted(p.name for p in (step_dir / 'state').glob('ocdbt.process_*')) == ['ocdbt.process_0', 'ocdbt.process_1']
-  numpy_dir = tmp_path / 'multi_dir' / 'numpy_checkpoints' / 'checkpoint_2'
-  assert sorted(p.name for p in numpy_dir.iterdir()) == ['prompt.npy']
-  np.testing.assert_array_equal(np.load(numpy_dir / 'prompt.npy'), p0['saved_prompt'])
 
 
 _WORDS = 'good great fine nice bad awful poor dull movie film plot story acting music cast'.split()
@@ -122,14 +89,46 @@ def _tsv_task(root: pathlib.Path) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_trainer_runs_on_two_processes(fixtures_dir, tmp_path):
-  """`trainer.train` on 2 hosts: each reads its own half of the data; orbax checkpoints from both hosts."""
-  args = dict(_tsv_task(tmp_path), checkpoint=str(fixtures_dir.joinpath(*FIXTURE_CKPT)),
-              model_dir=str(tmp_path / 'model_dir'), out=str(tmp_path / 'trainer'))
-  procs, logs = {}, {}
-  _start_pair('trainer', args, tmp_path, procs, logs)
-  _wait_all(procs, logs, timeout=150)
+def test_two_processes_train_like_one_with_eight_devices_and_through_the_trainer(fixtures_dir, tmp_path):
+  """One pair of processes runs both checks (one distributed start-up): the sharded steps against 1 process x 8
+  devices, then `trainer.train`, each host reading its own half of the data, orbax checkpoints from both hosts."""
+  ckpt = str(fixtures_dir.joinpath(*FIXTURE_CKPT))
+  single = dict(checkpoint=ckpt, model_dir=str(tmp_path / 'single_dir'), out=str(tmp_path / 'single'))
+  multi = dict(checkpoint=ckpt, model_dir=str(tmp_path / 'multi_dir'), out=str(tmp_path / 'multi'))
+  trainer = dict(_tsv_task(tmp_path), checkpoint=ckpt, model_dir=str(tmp_path / 'model_dir'),
+                 out=str(tmp_path / 'trainer'))
+  # All three at once: the 2-process pair and the 8-device reference are independent.
+  logs = {'single': tmp_path / 'single.log'}
+  procs = {'single': _start(8, [json.dumps({'steps': single})], logs['single'])}
+  _start_pair({'steps': multi, 'trainer': trainer}, tmp_path, procs, logs)
+  _wait_all(procs, logs, timeout=200)
+  _check_steps(tmp_path, logs)
+  _check_trainer(tmp_path)
 
+
+def _check_steps(tmp_path: pathlib.Path, logs: dict) -> None:
+  one = np.load(tmp_path / 'single.0.npz')
+  p0, p1 = np.load(tmp_path / 'multi.0.npz'), np.load(tmp_path / 'multi.1.npz')
+  assert 'local devices [0, 1, 2, 3]' in logs['process0'].read_text()
+  assert list(p0['rows']) == [0, 4] and list(p1['rows']) == [4, 8]  # each host fed only its half
+  assert list(one['rows']) == [0, 8]
+  # Both processes see the same replicated prompt and losses ...
+  np.testing.assert_array_equal(p0['prompt'], p1['prompt'])
+  np.testing.assert_array_equal(p0['losses'], p1['losses'])
+  # ... which match one process on 8 devices (reductions run in another order: allclose, not equal).
+  np.testing.assert_allclose(p0['losses'], one['losses'], rtol=1e-5)
+  assert_trained_close(p0['prompt'], one['prompt'], one['start'], steps=4)
+  assert not np.allclose(p0['prompt'], p0['saved_prompt'])  # training moved the prompt after the save
+  # Orbax wrote one checkpoint from both processes; process 0 alone wrote the numpy prompt.
+  step_dir = tmp_path / 'multi_dir' / 'checkpoints' / '2'
+  assert (step_dir / 'commit_success.txt').exists() or (step_dir / '_CHECKPOINT_METADATA').exists()
+  assert sorted(p.name for p in (step_dir / 'state').glob('ocdbt.process_*')) == ['ocdbt.process_0', 'ocdbt.process_1']
+  numpy_dir = tmp_path / 'multi_dir' / 'numpy_checkpoints' / 'checkpoint_2'
+  assert sorted(p.name for p in numpy_dir.iterdir()) == ['prompt.npy']
+  np.testing.assert_array_equal(np.load(numpy_dir / 'prompt.npy'), p0['saved_prompt'])
+
+
+def _check_trainer(tmp_path: pathlib.Path) -> None:
   p0, p1 = np.load(tmp_path / 'trainer.0.npz'), np.load(tmp_path / 'trainer.1.npz')
   assert int(p0['step']) == int(p1['step']) == 4
   np.testing.assert_array_equal(p0['prompt'], p1['prompt'])

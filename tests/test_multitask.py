@@ -20,7 +20,7 @@ from jaxprompt.methods import multitask
 from jaxprompt.methods.prompt_bank import PromptBank
 from jaxprompt.models.config import get_config
 from jaxprompt.models.families import build_model
-from tests.helpers import REPO, regroup, run_with_devices
+from tests.helpers import regroup
 from tests.method_helpers import random_batch
 from tests.tiny_task import LABELS, LENGTHS
 
@@ -230,11 +230,3 @@ def test_training_on_a_mixture_evaluates_per_task_and_writes_every_prompt(factor
   for name in NAMES:
     assert evaluated['metrics'][f'{name}/accuracy'] == pytest.approx(result.eval_metrics[f'{name}/accuracy'])
     assert evaluated['metrics'][f'{name}/loss'] == pytest.approx(result.eval_metrics[f'{name}/loss'], rel=1e-5)
-
-
-@pytest.mark.slow
-def test_sharded_steps_equal_single_device(fixtures_dir):
-  out = run_with_devices(REPO / 'tests' / 'scripts' / 'sharded_method_step.py', 8,
-                         str(fixtures_dir / 't5x_tiny' / 'classic_checkpoint_0'), 'multitask_prompts',
-                         'multitask_prompt_tuning')
-  assert out.strip().splitlines()[-3:] == ['multitask_prompts OK', 'multitask_prompt_tuning OK', 'OK']

@@ -17,7 +17,7 @@ from jaxprompt.models.base import LossConfig
 from jaxprompt.models.config import get_config
 from jaxprompt.models.families import build_model
 from jaxprompt.runtime import optim
-from tests.helpers import REPO, assert_trees_equal, run_with_devices
+from tests.helpers import REPO, assert_trees_equal
 from tests.method_helpers import assert_decoding_matches_recomputation, make_batch, random_batch, train
 
 P = 5
@@ -173,10 +173,3 @@ def test_gin_file_binds_the_method(fixture_model):
   finally:
     gin.clear_config()
   assert (method.length, method.encoder, method.width, method.lstm_layers) == (9, 'mlp', cfg.emb_dim, 2)
-
-
-@pytest.mark.slow
-def test_sharded_steps_equal_single_device_for_both_methods(fixtures_dir):
-  out = run_with_devices(REPO / 'tests' / 'scripts' / 'sharded_method_step.py', 8,
-                         str(fixtures_dir / 't5x_tiny' / 'classic_checkpoint_0'))
-  assert out.strip().splitlines()[-3:] == ['p_tuning OK', 'per_layer_prompts OK', 'OK']

@@ -25,7 +25,7 @@ from jaxprompt.models.config import get_config
 from jaxprompt.models.families import build_model
 from jaxprompt.models.scan import stack_layers
 from jaxprompt.runtime import optim
-from tests.helpers import REPO, assert_trees_equal, run_with_devices
+from tests.helpers import assert_trees_equal
 from tests.method_helpers import make_batch, train
 
 CFG = get_config('t5x_tiny')
@@ -310,10 +310,3 @@ def test_prefix_file_for_another_model_and_unreadable_files(frozen, tmp_path):
 
 
 # --------------------------------------------------------------------------------- sharding
-
-
-@pytest.mark.slow
-def test_sharded_step_equals_single_device_with_heads_over_model(fixtures_dir):
-  out = run_with_devices(REPO / 'tests' / 'scripts' / 'sharded_prefix_step.py', 8,
-                         str(fixtures_dir / 't5x_tiny' / 'classic_checkpoint_0'))
-  assert out.strip().endswith('OK')

@@ -15,7 +15,6 @@ from jaxprompt.methods.prefix_tuning import PrefixTuning, prefix_tuning
 from jaxprompt.methods.prompt_tuning import PromptTuning
 from jaxprompt.models.config import get_config
 from jaxprompt.models.families import build_model
-from tests.helpers import REPO, run_with_devices
 from tests.method_helpers import make_batch
 
 CFG = get_config('t5x_tiny')
@@ -148,10 +147,3 @@ def test_bad_banks_and_batches(frozen, tasks):
   del batch['task_ids']
   with pytest.raises(ConfigError, match="'task_ids'"):
     build_model(CFG, bank).logits(frozen, tree, batch)
-
-
-@pytest.mark.slow
-def test_sharded_bank_equals_single_device(fixtures_dir):
-  out = run_with_devices(REPO / 'tests' / 'scripts' / 'sharded_bank.py', 8,
-                         str(fixtures_dir / 't5x_tiny' / 'classic_checkpoint_0'))
-  assert out.strip().splitlines()[-1] == 'OK'

@@ -20,7 +20,7 @@ from jaxprompt.models.decoder_only import DecoderOnlyModel
 from jaxprompt.models.hooks import Hooks
 from jaxprompt.models.prompt_once import PromptKV, prompt_kv, shared_rows
 from tests.causal_helpers import assert_same_decodes
-from tests.helpers import REPO, assert_close_to_scale, run_with_devices
+from tests.helpers import assert_close_to_scale
 from tests.method_helpers import causal_batch
 
 CONFIGS = {'llama': get_decoder_config('causal_test_tiny'), 'gpt2': get_decoder_config('gpt2_test_tiny')}
@@ -133,9 +133,3 @@ def test_the_prompt_pass_takes_dropout_when_the_step_does():
   dropped, again = (run(params, rows, {'dropout': jax.random.PRNGKey(2)}) for _ in range(2))
   np.testing.assert_array_equal(dropped.value, again.value)
   assert not np.allclose(dropped.value, plain.value)
-
-
-@pytest.mark.slow
-def test_sharded_prompt_once_equals_the_single_device_naive_path():
-  out = run_with_devices(REPO / 'tests' / 'scripts' / 'sharded_prompt_once.py', 8)
-  assert out.strip().endswith('OK')

@@ -1,13 +1,17 @@
 """Prompt training on an 8-device mesh, as 1 process x 8 CPU devices or as one of 2 processes x 4 devices.
 
-usage: multihost_train.py MODE JSON_ARGS [COORDINATOR NUM_PROCESSES PROCESS_ID]
+usage: multihost_train.py JSON_MODES [COORDINATOR NUM_PROCESSES PROCESS_ID]
+
+JSON_MODES maps each MODE to run, in order, to its arguments: both modes run in one pair of processes (one
+distributed start-up for the two checks).
 
 MODE `steps`: drives `ShardedSteps` on the t5x fixture model over fixed global batches; every process
   computes each batch and feeds only its own rows. A mid-run orbax checkpoint is written by all processes and
   restored. Writes per-step losses and the final prompt.
 MODE `trainer`: runs `jaxprompt.train.loop.train` on a TSV task (each host reads its seqio shard), then
   records which training inputs this host's data stream yields.
-Results go to `<out>.<process_id>.npz`. With 3 extra args the process joins the localhost coordinator.
+Results go to `<out>.<process_id>.npz` (each mode's own `out`). With 3 extra args the process joins the localhost
+coordinator.
 """
 import functools
 import json
@@ -15,10 +19,10 @@ import sys
 
 from jaxprompt.parallel import multihost
 
-MODE, ARGS = sys.argv[1], json.loads(sys.argv[2])
-if len(sys.argv) > 3:
+MODES = json.loads(sys.argv[1])
+if len(sys.argv) > 2:
   # Small timeouts: a dead peer then ends the survivor in seconds instead of minutes.
-  assert multihost.maybe_initialize_distributed(sys.argv[3], int(sys.argv[4]), int(sys.argv[5]),
+  assert multihost.maybe_initialize_distributed(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]),
                                                 initialization_timeout=60, heartbeat_timeout_seconds=30,
                                                 shutdown_timeout_seconds=30)
 else:
@@ -43,7 +47,8 @@ from jaxprompt.train import checkpoints as checkpointing
 assert jax.device_count() == 8, jax.devices()
 print(f'process {jax.process_index()}/{jax.process_count()}: local devices '
       f'{[d.id for d in jax.local_devices()]}', flush=True)
-OUT = f'{ARGS["out"]}.{jax.process_index()}.npz'
+ARGS: dict = {}  # the running mode's arguments
+OUT = ''  # the running mode's result file
 
 
 def global_batch(index: int, size: int = 8, input_len: int = 8, target_len: int = 6) -> dict:
@@ -132,4 +137,6 @@ def run_trainer() -> None:
   print(f'process {jax.process_index()} OK step={result.step} eval={result.eval_metrics}', flush=True)
 
 
-{'steps': run_steps, 'trainer': run_trainer}[MODE]()
+for mode, ARGS in MODES.items():
+  OUT = f'{ARGS["out"]}.{jax.process_index()}.npz'
+  {'steps': run_steps, 'trainer': run_trainer}[mode]()
