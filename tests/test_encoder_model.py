@@ -103,9 +103,10 @@ def test_a_head_run_resumes_exactly_through_the_train_loop(tmp_path):
   batches = [head_batch('classification', seed=s) for s in range(4)]
   optimizer = make_optimizer(adam, 0.05)
 
-  def train(model_dir, steps):
-    runtime = build_runtime(model.config, model.method, None, {'inputs': 8, 'targets': 1}, optimizer=optimizer,
-                            network=frozen)
+  runtime = build_runtime(model.config, model.method, None, {'inputs': 8, 'targets': 1}, optimizer=optimizer,
+                          network=frozen)
+
+  def train(model_dir, steps):  # each run from a fresh initial state; the compiled step is shared
     with StateCheckpointer(str(model_dir), numpy_copy=lambda s: model.method.numpy_copy(s.trainable)) as ckpt:
       return loop.run(runtime, loop.initial_state(runtime, optimizer, seed=0), ckpt, model_dir=str(model_dir),
                       batches=lambda skip: iter(batches[skip:]), batch_size=8, progress_bar=False,

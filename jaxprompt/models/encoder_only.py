@@ -36,13 +36,13 @@ from jaxprompt.models.base import Array, BaseModel, LossConfig, ModelConfig, Par
 from jaxprompt.models.bert import BertEncoder
 from jaxprompt.models.encoder_config import EncoderConfig
 from jaxprompt.models.features import (
-  CLASS_LABEL,
-  ENCODER_FEATURES,
-  IGNORE_LABEL,
-  REGRESSION_LABEL,
-  TAGGING_FEATURES,
-  TASK_FEATURE,
-  TOKEN_TYPES,
+    CLASS_LABEL,
+    ENCODER_FEATURES,
+    IGNORE_LABEL,
+    REGRESSION_LABEL,
+    TAGGING_FEATURES,
+    TASK_FEATURE,
+    TOKEN_TYPES,
 )
 from jaxprompt.models.heads import HEAD_KEY, HeadConfig, TaskHead
 
@@ -68,6 +68,12 @@ class EncoderOnlyModel(BaseModel):
     super().__init__(config, method, loss or LossConfig(), eos_id)
     self.head = None if method is None else method.head
     self.head_module = None
+    # BertEncoder numbers inserted rows as positions 0..p-1 in front of the tokens, and a tagging head drops them
+    # there: a prompt placed elsewhere (prompt tuning's other combination modes) would be misread by both.
+    combine = getattr(getattr(method, 'inner', method), 'combine', 'prefix')
+    if combine != 'prefix':
+      raise ConfigError(f"an encoder-only model takes an input prompt in front of the tokens (combine='prefix', as "
+                        f'PEFT gives BERT its prompt), not combine={combine!r}')
     if self.head is not None:
       self.head.check_network(config.pooler, type(config).__name__)
       self.head_module = TaskHead(self.head, config.emb_dim, config.dtype, config.param_dtype)
