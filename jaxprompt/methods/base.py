@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxprompt.models.heads import HeadConfig
 from jaxprompt.models.hooks import Hooks
 
 Array = jax.Array
@@ -36,6 +37,8 @@ class Method(abc.ABC):
 
   # True when the method trains the network's own weights (model tuning): then there is no frozen tree.
   trains_network: bool = False
+  # The task head trained beside the method (`jaxprompt.methods.with_head`), None for none.
+  head: HeadConfig | None = None
 
   @property
   def uses_dropout(self) -> bool:

@@ -5,7 +5,8 @@ P token embeddings are drawn from the commonest vocabulary ids and RMS-normalise
 through its own pre-attention norm (its scale; a LayerNorm's mean subtraction and bias too, GPT-2; for T5's
 cross-attention the encoder's final norm, as its keys come from the encoder output) and its key / value
 projections (with their biases, Qwen2 / GPT-2). Read by t5x parameter names, which every family's tree uses
-(`decoder/layers_N/self_attention/{key,value}` on T5's decoder and on a causal LM alike). Rotary keys stay
+(`decoder/layers_N/self_attention/{key,value}` on T5's decoder and on a causal LM alike); a post-norm layer (BERT)
+reads the norm that ends the layer before it. Rotary keys stay
 un-rotated, as the network uses prefix keys: each row looks like a key at position 0.
 """
 from __future__ import annotations
@@ -46,8 +47,12 @@ def vocab_embeddings(rng: Array, frozen: Params, length: int) -> Array:
 def frozen_rows(x: Array, frozen: Params, kind: str, layers: int) -> dict[str, Array]:
   """{'key', 'value': [layers, P, heads * head_dim]}: what each layer's attention of `kind` computes for x."""
   attention, norm = _FROZEN_NAMES[kind]
-  params = [_layer(frozen, STACK_OF_KIND[kind], i) for i in range(layers)]
-  inputs = [_normed(x, _cross_norm(frozen) if norm is None else p[norm]) for p in params]  # each [P, emb]
+  stack = STACK_OF_KIND[kind]
+  params = [_layer(frozen, stack, i) for i in range(layers)]
+  inputs = [
+      _normed(x,
+              _cross_norm(frozen) if norm is None else _input_norm(frozen, stack, i, norm)) for i in range(layers)
+  ]  # each [P, emb]
   return {
       part: jnp.stack([_project(h, p[attention][part]) for h, p in zip(inputs, params)]) for part in ('key', 'value')
   }
@@ -59,6 +64,16 @@ def _layer(frozen: Params, stack: str, index: int) -> Params:
   if 'layers' in tree:
     return jax.tree.map(lambda a: a[index], tree['layers'])
   return tree[f'layers_{index}']
+
+
+def _input_norm(frozen: Params, stack: str, index: int, norm: str) -> Params:
+  """The norm whose output layer `index`'s attention reads: its own pre-attention norm (pre-norm layers), or for a
+  post-norm layer (BERT: `attention_layer_norm` after the attention) the norm ending the layer before it, the
+  embeddings' for the first (`embedder_norm`)."""
+  layer = _layer(frozen, stack, index)
+  if norm in layer:
+    return layer[norm]
+  return frozen['embedder_norm'] if index == 0 else _layer(frozen, stack, index - 1)['mlp_layer_norm']
 
 
 def _cross_norm(frozen: Params) -> Params:

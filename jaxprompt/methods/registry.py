@@ -84,6 +84,8 @@ def model_sizes(config: ModelConfig) -> dict[str, Any]:
 Reader = Callable[[Arrays, ReadContext], tuple[Method, Params]]
 Writer = Callable[[Arrays, str], str]  # (arrays, path) -> the path written
 PeftWriter = Callable[[Arrays, PeftTarget], tuple[str, list[int]]]  # writes the folder -> (peft_type, shape)
+# (arrays, the method and params read from the step's main file, context) -> (method, params) with this file joined
+Joiner = Callable[[Arrays, Method, Params, ReadContext], tuple[Method, Params]]
 NO_PEFT = ("PEFT's prompt-learning adapters hold an input prompt or a K/V prefix, and this file is neither; use "
            '--format file')
 
@@ -96,7 +98,10 @@ class FileKind:
 
   What `export` needs: `suffixes`, what the file is written as (`--output`'s suffix), by `write` (None: an .npz
   with the kind's marker); `peft`, the writer of a PEFT adapter folder, or the one-line reason there is none;
-  `made_by`, for a kind writing another kind's step file, whether a run's method is this kind's."""
+  `made_by`, for a kind writing another kind's step file, whether a run's method is this kind's.
+
+  `joins`: the file accompanies another kind's file in a step dir (a task head beside its method's prompt): read
+  after that file, it turns its (method, params) into the joined pair (`join_file`); read alone, by `read`."""
   name: str
   step_file: str
   read: Reader
@@ -106,6 +111,7 @@ class FileKind:
   write: Writer | None = None
   peft: PeftWriter | str = NO_PEFT
   made_by: Callable[[TrainedRun], bool] | None = None
+  joins: Joiner | None = None
 
 
 _KINDS: dict[str, FileKind] = {}
@@ -125,8 +131,25 @@ def kinds() -> tuple[FileKind, ...]:
 
 
 def step_files() -> tuple[str, ...]:
-  """The file names a training step may leave beside its checkpoint (`Method.numpy_copy`)."""
-  return tuple(dict.fromkeys(k.step_file for k in _KINDS.values()))
+  """The file names a training step may leave beside its checkpoint (`Method.numpy_copy`): the main files first,
+  then the files that join one (`FileKind.joins`), so the first one a step dir holds is its method's."""
+  ordered = sorted(_KINDS.values(), key=lambda k: k.joins is not None)
+  return tuple(dict.fromkeys(k.step_file for k in ordered))
+
+
+def joining_files() -> tuple[str, ...]:
+  """The step file names of the kinds that join another kind's file (a step dir's task head)."""
+  return tuple(dict.fromkeys(k.step_file for k in _KINDS.values() if k.joins is not None))
+
+
+def join_file(method: Method, params: Params, path: str | os.PathLike, context: ReadContext) -> tuple[Method, Params]:
+  """(method, params) read from a step's main file, with the joining file at `path` (`joining_files`) added."""
+  path = os.fspath(path)
+  arrays = read_arrays(path)
+  kind = kind_of(arrays, path)
+  if kind.joins is None:
+    raise PromptError(f'{path}: holds a {kind.name} file, which is a method of its own, not one joining another')
+  return kind.joins(unmarked(arrays), method, params, dataclasses.replace(context, source=path))
 
 
 def marker_key(name: str) -> str:

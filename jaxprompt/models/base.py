@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jaxprompt.errors import ConfigError
 from jaxprompt.models import losses, scan
 from jaxprompt.models.features import TASK_FEATURE
+from jaxprompt.models.heads import HeadConfig
 from jaxprompt.models.hooks import AttentionKind, Hooks, Stack
 
 Array = jax.Array
@@ -110,6 +111,9 @@ class Tuning(Protocol):
   uses_dropout: bool  # the method has dropout of its own: a train step gives it an rng
   packing_slots: int  # input positions packing reserves in front of each example for the method's rows
   task_names: tuple[str, ...]  # a multi-task method's tasks in task-id order; () for one task
+  # The task head trained beside the method (the encoder-only family's; its parameters are trainable['head']),
+  # None for the families that predict text.
+  head: HeadConfig | None
 
   def init(self, rng: Array, frozen: Params) -> Params:
     ...

@@ -14,6 +14,7 @@ from jaxprompt.models import decoder_config, encoder_config
 from jaxprompt.models.base import BaseModel, LossConfig, ModelConfig, Tuning
 from jaxprompt.models.decoder_only import DecoderOnlyModel
 from jaxprompt.models.encoder_decoder import EncoderDecoderModel
+from jaxprompt.models.encoder_only import EncoderOnlyModel
 
 _MODELS: dict[str, type[BaseModel]] = {}
 
@@ -68,3 +69,4 @@ def build_model(config: ModelConfig, method: Tuning | None = None, loss: LossCon
 
 register('encoder_decoder', EncoderDecoderModel)
 register('decoder_only', DecoderOnlyModel)
+register('encoder_only', EncoderOnlyModel)

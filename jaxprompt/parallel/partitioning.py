@@ -1,8 +1,8 @@
 """Partitioning: t5x's logical axis rules, the ('data', 'model') mesh, and parameter shardings.
 
 Logical axis names are t5x's (`batch`, `vocab`, `embed`, `mlp`, `heads`, `kv`, `joined_kv`, `relpos_buckets`,
-`abspos_buckets`, `length`, `layers`), grouped-query attention's `kv_heads`, and the prompt's (`prompt`,
-`prompt_embed`). Rules map them to mesh axes; the model only
+`abspos_buckets`, `length`, `layers`), grouped-query attention's `kv_heads`, the prompt's (`prompt`,
+`prompt_embed`) and a task head's `labels`. Rules map them to mesh axes; the model only
 speaks logical names.
 
 Use a mesh with `use_mesh(mesh, rules)`: it sets the mesh with `jax.set_mesh` (the older `with mesh:` silently
@@ -47,8 +47,9 @@ def standard_logical_axis_rules(activation_partitioning_dims: int = 1, parameter
   else:
     raise ConfigError(f'activation_partitioning_dims={dims[0]}, parameter_partitioning_dims={dims[1]} is not '
                       'supported (each must be 1 or 2)')
+  # `labels`: a task head's label axis (the encoder-only family's), small: replicated.
   rules += [('relpos_buckets', None), ('abspos_buckets', None), ('length', None), ('layers', None), ('stack', None),
-            ('mlp_activations', None)]
+            ('mlp_activations', None), ('labels', None)]
   # Grouped-query attention's key/value heads follow the query heads onto 'model'. Where num_kv_heads does not
   # divide the model axis XLA pads the activations (correct, some waste); a ('kv_heads', None) prompt rule,
   # which comes first, replicates them instead. Their kernels shard as 'joined_kv' (num_kv_heads * head_dim).
