@@ -20,7 +20,7 @@ from jaxprompt.train import loop
 from jaxprompt.train.checkpoints import StateCheckpointer
 from jaxprompt.train.schedule import Schedule
 from tests.encoder_helpers import fit, head_batch, tiny
-from tests.helpers import REPO, assert_trees_equal, run_with_devices
+from tests.helpers import assert_trees_equal
 
 METHODS = {
     'prompt_tuning': functools.partial(prompt_tuning, length=4),
@@ -118,9 +118,3 @@ def test_a_head_run_resumes_exactly_through_the_train_loop(tmp_path):
   assert resumed.step == 4
   assert_trees_equal(jax.tree.map(np.asarray, resumed.state), jax.tree.map(np.asarray, whole.state))
   assert (tmp_path / 'resumed' / 'numpy_checkpoints' / 'checkpoint_4' / 'head.npz').is_file()
-
-
-@pytest.mark.slow
-def test_a_head_step_on_8_devices_equals_one_device():
-  out = run_with_devices(REPO / 'tests' / 'scripts' / 'sharded_head_step.py', 8)
-  assert out.strip().endswith('OK')

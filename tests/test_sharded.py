@@ -1,11 +1,11 @@
-"""The 8-device checks on the T5 fixture model and a tiny causal LM: sharded (mesh data x model = 4 x 2) equals one
-device, for the forward pass, the train step, every method's step, a prompt bank and the prompt once per batch.
+"""The 8-device checks on the T5 fixture model, a tiny causal LM and a tiny BERT: sharded (mesh data x model = 4 x 2)
+equals one device, for the forward pass, the train step, every method's step, a prompt bank, the prompt once per
+batch and an encoder's P-tuning v2 + head step.
 
-The device count is fixed when jax is imported, so these run in a subprocess; one subprocess runs all seven
-scripts (`tests/scripts/run_scripts.py`), which saves six start-ups of jax and TensorFlow and six loads of the
-fixture. Each test reads its script's section of the output. The logical-axis rules those runs shard by are
-checked here too. The Hugging Face readers' 8-device checks stay
-beside their models' fixtures (test_causal_lm.py, test_encoder_hf.py).
+The device count is fixed when jax is imported, so these run in a subprocess; one subprocess runs all eight
+scripts (`tests/scripts/run_scripts.py`), which saves seven start-ups of jax and TensorFlow. Each test reads its
+script's section of the output. The logical-axis rules those runs shard by are checked here too. The Hugging Face
+readers' 8-device checks stay beside their models' fixtures (test_causal_lm.py, test_encoder_hf.py).
 """
 import json
 
@@ -25,6 +25,7 @@ RUNS = {
     'prefix_with_heads_over_model': ('sharded_prefix_step.py', ['{checkpoint}'], ['OK']),
     'prompt_bank': ('sharded_bank.py', ['{checkpoint}'], ['OK']),
     'causal_prompt_once': ('sharded_prompt_once.py', [], ['OK']),
+    'encoder_head_step': ('sharded_head_step.py', [], ['OK']),
 }
 
 
