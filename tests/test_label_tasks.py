@@ -150,3 +150,28 @@ def test_metrics_on_label_ids_skip_unlabelled_rows():
     cola.score([-1, -1], [0, 1])
   with pytest.raises(DataError, match=r"'glue_sst2_labels' is not a label task"):
     label_tasks.get('glue_sst2_labels')
+
+
+def test_own_label_files_pairs_and_regression(tmp_path, bert):
+  from jaxprompt.data.label_files import register_label_file_task  # pylint: disable=g-import-not-at-top
+  vocabulary, hf, tokens = bert
+  (tmp_path / 'train.tsv').write_text('id\tpremise\thypothesis\tlabel\n1\tThe fox jumps.\tA fox moves.\tyes\n'
+                                      '2\tThe dog sleeps.\tThe dog runs.\tno\n')
+  spec = register_label_file_task('my_nli', train=str(tmp_path / 'train.tsv'), text_field='premise',
+                                  pair_field='hypothesis', label_set=('no', 'yes'))
+  assert spec.kind == label_tasks.CLASSIFICATION and tasks.get_label_set('my_nli') == ['no', 'yes']
+  rows = _read('my_nli', 'train', vocabulary, tokens)
+  assert [(r['encoder_input_tokens'].tolist(), int(r[CLASS_LABEL])) for r in rows
+         ] == [(_expected(hf, ('The fox jumps.', 'A fox moves.')), 1),
+               (_expected(hf, ('The dog sleeps.', 'The dog runs.')), 0)]
+  assert spec.score([1, 0], [1, 1]) == {'accuracy': 50.0}
+  (tmp_path / 'scores.jsonl').write_text('{"text": "great fun", "label": 4.5}\n{"text": "dull", "label": "0.5"}\n')
+  spec = register_label_file_task('my_scores', validation=str(tmp_path / 'scores.jsonl'))
+  rows = _read('my_scores', 'validation', vocabulary, tokens)
+  assert [float(r[REGRESSION_LABEL]) for r in rows] == [4.5, 0.5] and spec.kind == label_tasks.REGRESSION
+  assert sorted(spec.score([1.0, 2.0, 3.0], [2.0, 4.0, 7.0])) == ['pearson_corrcoef', 'spearman_corrcoef']
+  (tmp_path / 'bad.jsonl').write_text('{"text": "great fun", "label": "high"}\n')
+  with pytest.raises(DataError, match=r"example 1 has the label 'high', not a number"):
+    register_label_file_task('bad', train=str(tmp_path / 'bad.jsonl'))
+  with pytest.raises(DataError, match=r"train.tsv:3: target 'no' is not in the label set \['yes'\]"):
+    register_label_file_task('bad', train=str(tmp_path / 'train.tsv'), text_field='premise', label_set=('yes',))

@@ -61,3 +61,34 @@ def test_bad_task_arguments_get_one_line(tmp_path):
     tagging_tasks.register_tagging_task('x', str(tmp_path), labels=('O', 'B-LOC'))
   with pytest.raises(DataError, match=r'is not a directory'):
     tagging_tasks.register_tagging_task('x', str(tmp_path / 'dev.txt'))
+
+
+def test_seqio_task_streams_the_rows_the_aligner_makes(tmp_path, vocabulary):
+  from jaxprompt.data import converters, encoder, pipeline  # pylint: disable=g-import-not-at-top
+  task = _task(tmp_path)
+  for length in (6, 16):
+    _, want, _ = task.features('train', vocabulary, length)
+    provider = pipeline.get_provider('tiny_ner', vocabulary, converters.ENCODER_ONLY)
+    ds = provider.get_dataset(sequence_length=None, split='train', shuffle=False, num_epochs=1)
+    rows = list(
+        converters.get(converters.ENCODER_ONLY).convert(ds, {'inputs': length}, False, 0,
+                                                        encoder.EncoderTokens.of(vocabulary), None).as_numpy_iterator())
+    for key, value in want.items():
+      np.testing.assert_array_equal(np.stack([r[key] for r in rows]), value, err_msg=f'{key} {length}')
+
+
+def test_training_stream_counts_the_rows_it_cuts(tmp_path, vocabulary):
+  from jaxprompt.data import converters, pipeline  # pylint: disable=g-import-not-at-top
+  _task(tmp_path)
+  provider = pipeline.get_provider('tiny_ner', vocabulary, converters.ENCODER_ONLY)
+  lengths = {'inputs': 6}
+  count = pipeline.training_count(provider, lengths, 'train')
+  ds = pipeline.train_dataset(provider, lengths, 'train', 2, seed=0, count=count, family=converters.ENCODER_ONLY)
+  batch = next(pipeline.train_batches(ds, family=converters.ENCODER_ONLY))
+  assert sorted(batch) == ['encoder_input_mask', 'encoder_input_tokens', 'encoder_token_types', 'token_labels']
+  assert batch['token_labels'].shape == (2, 6)
+  found = count.truncation()
+  long = len(vocabulary.encode(' Peter Blackburn visits Paris')) + 2 > 6
+  assert long and found.examples >= 2 and found.truncated >= 1 and found.lengths == lengths
+  with pytest.raises(ConfigError, match='set PACK=False'):
+    pipeline.train_dataset(provider, lengths, 'train', 2, seed=0, pack=True, family=converters.ENCODER_ONLY)

@@ -38,7 +38,8 @@ CLASSIFICATION, REGRESSION, CHOICE = 'classification', 'regression', 'choice'
 
 @dataclasses.dataclass(frozen=True)
 class LabelTask:
-  """One label task: `fields` (the raw example's first and second text), `label_names` (None: regression)."""
+  """One label task: `fields` (the raw example's first and second text), `label_names` (None: regression);
+  `tfds_name` '' for a task of the user's files (`label_files`)."""
   name: str
   tfds_name: str
   splits: tuple[str, ...]
@@ -149,13 +150,19 @@ def register_all() -> None:
   """Registers every label task not registered yet (idempotent), with its label names for `tasks.get_label_set`."""
   known = set(seqio.TaskRegistry.names())
   for spec in _specs():
-    _TASKS[spec.name] = spec
-    tasks.register_label_set(spec.name, spec.label_names)
+    add(spec)
     if spec.name not in known:
       seqio.TaskRegistry.add(spec.name, source=seqio.TfdsDataSource(tfds_name=spec.tfds_name, splits=list(spec.splits)),
                              preprocessors=[seqio.map_over_dataset(_rows(spec.fields, spec.kind)), tokenize_texts],
                              output_features=output_features(spec), metric_fns=list(spec.metric_fns))
-  tasks.add_tfds_tasks(list(_TASKS))
+  tasks.add_tfds_tasks([n for n, spec in _TASKS.items() if spec.tfds_name])
+
+
+def add(spec: LabelTask) -> LabelTask:
+  """Records a label task registered elsewhere (`label_files`), with its label names for `tasks.get_label_set`."""
+  _TASKS[spec.name] = spec
+  tasks.register_label_set(spec.name, spec.label_names)
+  return spec
 
 
 def names() -> list[str]:

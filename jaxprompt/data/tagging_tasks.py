@@ -3,7 +3,8 @@
 `register_tagging_task('ner', '/data/conll')` reads `train` / `validation` / `test` files of that directory (named
 `<split>.txt`, `.conll`, `.tsv` or bare; `dev.*` is the validation split; or give `train=`... paths), checks every
 line now, and takes its tag set from the training file (`conll.tag_list`: O first) unless `labels` is given. The
-task keeps the words, so infer can print a tag per word (`TagAligner.word_tags`).
+task keeps the words, so infer can print a tag per word (`TagAligner.word_tags`). It is a seqio Task of that name
+too (`tagging_seqio`: training's stream, through the encoder family's converter).
 
 Rows: `features(split, vocabulary, length)` -> the sentences aligned to the model's tokenizer (`token_labels`:
 the word's tag id on its first sub-token, IGNORE_LABEL elsewhere) and their `TAGGING_FEATURES` [n, length]; the
@@ -111,6 +112,8 @@ def register_tagging_task(name: str, directory: str | None = None, *, train: str
   for split in paths:  # every line checked now, against the tag set
     task.sentences(split)
   _TASKS[name] = task
+  from jaxprompt.data import tagging_seqio  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  tagging_seqio.register(task)
   return task
 
 
