@@ -175,3 +175,17 @@ def test_own_label_files_pairs_and_regression(tmp_path, bert):
     register_label_file_task('bad', train=str(tmp_path / 'bad.jsonl'))
   with pytest.raises(DataError, match=r"train.tsv:3: target 'no' is not in the label set \['yes'\]"):
     register_label_file_task('bad', train=str(tmp_path / 'train.tsv'), text_field='premise', label_set=('yes',))
+
+
+@pytest.mark.parametrize('name,split', [('glue_stsb_v200_labels', 'validation'),
+                                        ('super_glue_copa_v102_labels', 'train')])
+def test_a_split_read_once_gives_the_streams_rows(data_dir, bert, name, split):
+  del data_dir
+  vocabulary, _, tokens = bert
+  task = pipeline.get_provider(name, vocabulary, converters.ENCODER_ONLY)
+  examples, counted = pipeline.read_examples(task, None, split)
+  assert counted is None  # uncut: the rows are cut and counted once, by example_features
+  got = encoder.example_features(examples, {'inputs': LENGTH}, tokens, where=f'{name} {split}')
+  streamed = _read(name, split, vocabulary, tokens)
+  for key, value in got.items():
+    np.testing.assert_array_equal(value, np.stack([r[key] for r in streamed]), err_msg=key)

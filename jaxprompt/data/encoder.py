@@ -88,7 +88,13 @@ class EncoderLayout:
                         f'{type(vocabulary).__name__}: set VOCABULARY to the model folder (jaxprompt.HfVocabulary)')
     probe = vocabulary.encode(PROBE)
     single = _template(*vocabulary.encode_with_types(PROBE), probe, 1)
-    pair = _template(*vocabulary.encode_with_types(PROBE, PROBE), probe, 2)
+    try:
+      pair = _template(*vocabulary.encode_with_types(PROBE, PROBE), probe, 2)
+    except DataError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (the Rust post-processor raises plain Exception)
+      raise DataError(f'{vocabulary!r}: its post-processor cannot encode a text pair ({type(e).__name__}: {e}); '
+                      f'give the model\'s own tokenizer.json') from e
     return cls(single, pair, int(vocabulary.pad_id or 0))
 
   def template(self, texts: int) -> Template:
