@@ -130,8 +130,9 @@ def test_left_padded_prompts_for_decoding():
 
 
 def test_unknown_family_names_the_known_ones():
-  with pytest.raises(ConfigError, match=r"unknown model family 'encoder_only'.*'decoder_only', 'encoder_decoder'"):
-    data.to_features([np.asarray([1])], None, LENGTHS, 'encoder_only')
+  with pytest.raises(ConfigError,
+                     match=r"unknown model family 'prefix_lm'.*\['decoder_only', 'encoder_decoder', 'encoder_only'\]"):
+    data.to_features([np.asarray([1])], None, LENGTHS, 'prefix_lm')
 
 
 @pytest.fixture(scope='module')

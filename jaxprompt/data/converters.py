@@ -1,15 +1,18 @@
 """Model families' batch features, keyed by the model config's `family` string: the one place the data layer tells
-an encoder-decoder batch from a decoder-only one.
+an encoder-decoder batch from a decoder-only or an encoder-only one.
 
   'encoder_decoder'  T5: seqio's `EncDecFeatureConverter` (`models.features.FEATURES`); packed rows reserve the
                      prompt slots in front of each example's inputs
   'decoder_only'     causal LMs (Llama, GPT-2, ...): `CausalFeatureConverter` (`CAUSAL_FEATURES`, `data/causal.py`);
                      packed rows reserve the prompt slots in front of each example's stream
+  'encoder_only'     BERT / RoBERTa: label-task examples (`data/label_tasks.py`, `data/tagging_tasks.py`) as
+                     `[CLS] a [SEP] b [SEP]` rows with their label (`data/encoder.py`, `encoder_converter.py`); never
+                     packed
 
 The pipeline (`data/pipeline.py`) takes a `family` (default 'encoder_decoder') and asks `get(family)` for its
 `convert` (tf.data examples -> features), `to_features` (numpy rows -> the same features), `inference_features`
-(inputs alone -> what rank classification and decoding read), `batch_keys` and `inputs_eos`; a new family (BERT's
-'encoder_only') is one more `register(Family(...))` here.
+(inputs alone -> what rank classification and decoding read), `batch_keys`, `inputs_eos` and `tokens_of`; a new
+family is one more `register(Family(...))` here.
 """
 from __future__ import annotations
 
@@ -19,21 +22,26 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from jaxprompt.data import causal
+from jaxprompt.data import causal, encoder
 from jaxprompt.errors import ConfigError
 from jaxprompt.models.features import (
     CAUSAL_FEATURES,
     CAUSAL_PACKING_FEATURES,
+    CLASS_LABEL,
+    ENCODER_FEATURES,
     FEATURES,
     PROMPT_SLOT_ID,
+    REGRESSION_LABEL,
     SEGMENT_FEATURES,
+    TAGGING_FEATURES,
+    TOKEN_TYPES,
 )
 
 if TYPE_CHECKING:
   import tensorflow as tf
 
 Batch = dict[str, np.ndarray]
-ENCODER_DECODER, DECODER_ONLY = 'encoder_decoder', 'decoder_only'
+ENCODER_DECODER, DECODER_ONLY, ENCODER_ONLY = 'encoder_decoder', 'decoder_only', 'encoder_only'
 DEFAULT = ENCODER_DECODER
 
 
@@ -52,6 +60,10 @@ class Family:
   batch_keys: the features a batch keeps (packed rows add their segment features).
   inputs_eos: whether the family's tasks end their inputs with EOS (T5 reads it; a causal stream runs on from the
     inputs into the targets, so a task re-tokenized for it has none: `data/retokenized.py`).
+  tokens_of(vocabulary, inputs_add_eos, count=None) -> the `tokens` its functions take (a causal stream's BOS /
+    inputs EOS; the encoder family's specials layout).
+  counts_rows: `convert` counts the rows it cuts itself (the `count` given to `tokens_of`, a training stream's
+    `truncation.StreamCount`); nothing cuts the examples before it.
   """
   name: str
   convert: Callable[..., tf.data.Dataset]
@@ -59,6 +71,9 @@ class Family:
   inference_features: Callable[..., Batch]
   batch_keys: tuple[str, ...]
   inputs_eos: bool = True
+  tokens_of: Callable[
+      ..., Any] = lambda vocabulary, inputs_add_eos, count=None: causal.StreamTokens.of(vocabulary, inputs_add_eos)
+  counts_rows: bool = False
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -156,3 +171,17 @@ register(Family(ENCODER_DECODER, _encdec_convert, encdec_features, encdec_infere
 register(
     Family(DECODER_ONLY, _causal_convert, causal.to_causal_features, causal.to_causal_inference,
            CAUSAL_FEATURES + CAUSAL_PACKING_FEATURES, inputs_eos=False))
+
+# ------------------------------------------------------------------------------------------------ encoder-only
+
+
+def _encoder_convert(ds: tf.data.Dataset, feature_lengths: Mapping[str, int], pack: bool, prompt_slots: int,
+                     tokens: encoder.EncoderTokens, passthrough: Mapping[str, Any] | None) -> tf.data.Dataset:
+  from jaxprompt.data import encoder_converter  # pylint: disable=g-import-not-at-top  (TF)
+  return encoder_converter.convert(ds, feature_lengths, pack, prompt_slots, tokens, passthrough)
+
+
+register(
+    Family(ENCODER_ONLY, _encoder_convert, encoder.to_encoder_features, encoder.encoder_inference,
+           tuple(dict.fromkeys(ENCODER_FEATURES + (TOKEN_TYPES, CLASS_LABEL, REGRESSION_LABEL) + TAGGING_FEATURES)),
+           inputs_eos=False, tokens_of=encoder.EncoderTokens.of, counts_rows=True))

@@ -181,7 +181,7 @@ def read_examples(
 # ------------------------------------------------------------------------------------------------- tasks
 
 
-def _as_paths(split: str, value: Paths | None) -> tuple[str, ...]:
+def as_paths(split: str, value: Paths | None) -> tuple[str, ...]:
   if value is None:
     return ()
   paths = (value,) if isinstance(value, (str, os.PathLike)) else tuple(value)
@@ -204,8 +204,8 @@ def _string_to_float(text: str, **unused_kwargs) -> float:
     return -1.0
 
 
-def _metric_fns(metrics: Sequence[str | Callable[..., Any]],
-                label_set: tuple[str, ...] | None) -> tuple[list[Callable[..., Any]], bool]:
+def metric_fns(metrics: Sequence[str | Callable[..., Any]],
+               label_set: tuple[str, ...] | None) -> tuple[list[Callable[..., Any]], bool]:
   """Metric functions for `metrics`, and whether predictions must be postprocessed to floats."""
   fns, floats = [], False
   for metric in metrics:
@@ -226,7 +226,7 @@ def _metric_fns(metrics: Sequence[str | Callable[..., Any]],
   return fns, floats
 
 
-def _normalize_label_set(label_set: Sequence[Any] | None) -> tuple[str, ...] | None:
+def normalize_label_set(label_set: Sequence[Any] | None) -> tuple[str, ...] | None:
   if label_set is None:
     return None
   if isinstance(label_set, str):
@@ -279,11 +279,11 @@ def register_file_task(
     raise ConfigError(f'task name {name!r} is invalid: use letters, digits and _ . : #')
   if format is not None and format not in FORMATS:
     raise ConfigError(f'task {name}: format={format!r} is not one of {FORMATS} (or None for the extension)')
-  files = {split: _as_paths(split, value) for split, value in zip(SPLITS, (train, validation, test))}
+  files = {split: as_paths(split, value) for split, value in zip(SPLITS, (train, validation, test))}
   files = {split: paths for split, paths in files.items() if paths}
   if not files:
     raise ConfigError(f'task {name}: give at least one of train=, validation=, test=')
-  labels = _normalize_label_set(label_set)
+  labels = normalize_label_set(label_set)
   metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
   key = (files, format, inputs_field, targets_field, has_header, labels, vocabulary, metrics)
   existing = text_tasks.find(name)
@@ -293,7 +293,7 @@ def register_file_task(
   if not overwrite and (existing is not None or (seqio is not None and name in seqio.TaskRegistry.names())):
     raise DataError(f'task {name!r} is already registered (differently); pass overwrite=True to replace it')
 
-  metric_fns, scores_floats = _metric_fns(metrics, labels)
+  fns, scores_floats = metric_fns(metrics, labels)
   read = functools.partial(read_examples, format=format, inputs_field=inputs_field, targets_field=targets_field,
                            has_header=has_header, label_set=labels)
   sizes = {split: len(read(paths)[1]) for split, paths in files.items()}  # eager validation
@@ -303,7 +303,7 @@ def register_file_task(
     postprocess_fn = _string_to_float if scores_floats else None
   task = text_tasks.TextTask(name, tuple(files), functools.partial(_split_texts, files=files, read=read),
                              vocab_lib.resolve(vocabulary), labels=labels, postprocessor=postprocess_fn,
-                             metrics=tuple(metric_fns), sizes=sizes, key=key)
+                             metrics=tuple(fns), sizes=sizes, key=key)
   unregister_file_task(name)  # only reached with overwrite=True (or a new name), after the new files validated
   _FILE_TASKS.add(name)
   return text_tasks.register(task)

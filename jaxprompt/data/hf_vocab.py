@@ -52,6 +52,10 @@ class _JsonTokenizer:
   def encode(self, text: str, specials: bool) -> list[int]:
     return self.tokenizer.encode(text, add_special_tokens=specials).ids
 
+  def encode_with_types(self, text: str, pair: str | None) -> tuple[list[int], list[int]]:
+    encoding = self.tokenizer.encode(text, pair, add_special_tokens=True)
+    return encoding.ids, encoding.type_ids
+
   def decode(self, ids: Sequence[int]) -> str:
     return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
@@ -193,6 +197,14 @@ class HfVocabulary:
   def encode_with_specials(self, s: str) -> list[int]:
     """Token ids of `s` as transformers' `tokenizer(s)` gives them (BOS / EOS where the tokenizer adds them)."""
     return self._tokenizer.encode(s, True)
+
+  def encode_with_types(self, text: str, pair: str | None = None) -> tuple[list[int], list[int]]:
+    """(ids, token type ids) of `text` (and `pair`) as transformers' `tokenizer(text, pair)` gives them, the
+    post-processor's specials included (BERT's `[CLS] a [SEP] b [SEP]`, types 0 then 1)."""
+    if not isinstance(self._tokenizer, _JsonTokenizer):
+      raise DataError(f'{self._folder}: a SentencePiece-only tokenizer has no post-processor for text pairs: give '
+                      f'the model folder with its {TOKENIZER_FILE}')
+    return self._tokenizer.encode_with_types(text, pair)
 
   def decode(self, ids: Iterable[int]) -> str:
     """The text of `ids` up to the first stop id, special tokens skipped; ids outside the vocabulary read as UNK

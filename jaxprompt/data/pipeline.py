@@ -115,9 +115,13 @@ def host_batch_size(global_batch_size: int, data_parallel: int) -> int:
   return global_batch_size // processes
 
 
-def stream_tokens(provider: seqio.Task | seqio.Mixture) -> causal.StreamTokens:
-  """The special ids a causal stream of `provider`'s examples needs (BOS, the inputs EOS to drop)."""
-  return causal.StreamTokens.of(targets_vocabulary(provider), eos_features(provider).get('inputs', False))
+def stream_tokens(provider: seqio.Task | seqio.Mixture, family: str = converters.DEFAULT,
+                  count: truncation.StreamCount | None = None) -> Any:
+  """The special ids the family's features of `provider`'s examples need (`Family.tokens_of`): a causal stream's
+  BOS and the inputs EOS to drop; the encoder family's specials layout (and `count`, the stream's, it counts)."""
+  features = provider.output_features
+  vocabulary = targets_vocabulary(provider) if 'targets' in features else inputs_vocabulary(provider)
+  return converters.get(family).tokens_of(vocabulary, eos_features(provider).get('inputs', False), count)
 
 
 def convert_features(ds: tf.data.Dataset, feature_lengths: Mapping[str, int], pack: bool = False, prompt_slots: int = 0,
@@ -147,13 +151,17 @@ def train_dataset(provider: seqio.Task | seqio.Mixture, feature_lengths: Mapping
     if pack:
       raise ConfigError(f'multi-task training gives each example its own task\'s prompt, and a packed row holds '
                         f'examples of several tasks: set PACK=False (tasks {list(task_names)})')
-    ds = mixed_task_stream(provider, feature_lengths, split, seed, task_names, shard, count)
-    ds = convert_with_task_ids(ds, feature_lengths, family, stream_tokens(provider))
+    own = converters.get(family).counts_rows  # the converter counts the rows it cuts
+    ds = mixed_task_stream(provider, feature_lengths, split, seed, task_names, shard, None if own else count)
+    ds = convert_with_task_ids(ds, feature_lengths, family, stream_tokens(provider, family, count if own else None))
   else:
     ds = provider.get_dataset(sequence_length=_seqio_lengths(feature_lengths, count), split=split, use_cached=False,
                               shuffle=True, seed=seed, num_epochs=None, shard_info=shard)
-    ds = convert_features(ds if count is None else count.cut(ds), feature_lengths, pack, prompt_slots, family,
-                          stream_tokens(provider))
+    if converters.get(family).counts_rows:  # the converter counts the rows it cuts
+      ds = convert_features(ds, feature_lengths, pack, prompt_slots, family, stream_tokens(provider, family, count))
+    else:
+      ds = convert_features(ds if count is None else count.cut(ds), feature_lengths, pack, prompt_slots, family,
+                            stream_tokens(provider, family))
   return ds.batch(host_batch, drop_remainder=True)
 
 

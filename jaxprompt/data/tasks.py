@@ -274,12 +274,25 @@ def _task_label_set(task_name: str) -> tuple[str, ...] | None:
   return None if text is None else text.labels  # None: a seqio task registered without `register_label_set`
 
 
+_TFDS_DATA_DIR: list[str | None] = [None]  # what `set_tfds_data_dir` set last
+_MORE_TFDS_TASKS: list[str] = []  # tasks of these builders registered elsewhere (data/label_tasks.py)
+
+
 def set_tfds_data_dir(data_dir: str | None) -> None:
-  """Reads (and prepares) the TFDS data of every task here from `data_dir`; None: back to TFDS's default."""
-  for name in registered_task_names():
+  """Reads (and prepares) the TFDS data of every task here (and of `add_tfds_tasks`') from `data_dir`; None: back
+  to TFDS's default."""
+  _TFDS_DATA_DIR[0] = data_dir
+  for name in registered_task_names() + _MORE_TFDS_TASKS:
     task = seqio.TaskRegistry.get(name)
     if isinstance(task.source, seqio.TfdsDataSource):
       task.source.tfds_dataset.override_data_dir(data_dir)
+
+
+def add_tfds_tasks(names: Sequence[str]) -> None:
+  """Tasks registered elsewhere on the same TFDS builders: they read from `set_tfds_data_dir`'s folder too."""
+  _MORE_TFDS_TASKS.extend(n for n in names if n not in _MORE_TFDS_TASKS)
+  if _TFDS_DATA_DIR[0] is not None:
+    set_tfds_data_dir(_TFDS_DATA_DIR[0])
 
 
 def check_nonempty(task: str | seqio.Task | seqio.Mixture, split: str) -> None:
@@ -307,3 +320,5 @@ def check_nonempty(task: str | seqio.Task | seqio.Mixture, split: str) -> None:
 
 
 register_all_tasks()
+for _prefix in ('glue_', 'super_glue_'):  # the label tasks (`*_labels`) of the same builders, on first lookup
+  task_modules.provide(_prefix, 'jaxprompt.data.label_tasks')

@@ -38,6 +38,20 @@ class Aligned:
   size: int
 
 
+def word_pieces(vocabulary: HfVocabulary, words: Sequence[str],
+                label_ids: Sequence[int] | None = None) -> tuple[list[int], list[int], list[int]]:
+  """(tokens, labels, word ids) of a sentence without specials: each word tokenized alone after a space, its label id
+  on its first sub-token and IGNORE_LABEL on the rest (all IGNORE_LABEL without `label_ids`)."""
+  tokens, labels, word_ids = [], [], []
+  for i, word in enumerate(words):
+    pieces = vocabulary.encode(' ' + word)
+    tokens += pieces
+    word_ids += [i] * len(pieces)
+    first = IGNORE_LABEL if label_ids is None else int(label_ids[i])
+    labels += ([first] + [IGNORE_LABEL] * (len(pieces) - 1)) if pieces else []
+  return tokens, labels, word_ids
+
+
 class TagAligner:
   """Aligns sentences of one tag set to one tokenizer at one length (tokens, specials included)."""
 
@@ -53,13 +67,11 @@ class TagAligner:
     """`words` (with their `tags`, or none: every label IGNORE_LABEL) on tokens, cut to the length."""
     if tags is not None and len(tags) != len(words):
       raise DataError(f'{len(words)} words but {len(tags)} tags')
-    tokens, labels, word_ids = list(self.before), [IGNORE_LABEL] * len(self.before), [-1] * len(self.before)
-    for i, word in enumerate(words):
-      pieces = self.vocabulary.encode(' ' + word)
-      tokens += pieces
-      word_ids += [i] * len(pieces)
-      first = self._label_id(tags[i]) if tags is not None else IGNORE_LABEL
-      labels += ([first] + [IGNORE_LABEL] * (len(pieces) - 1)) if pieces else []
+    ids = None if tags is None else [self._label_id(tag) for tag in tags]
+    pieces, piece_labels, piece_words = word_pieces(self.vocabulary, words, ids)
+    tokens = list(self.before) + pieces
+    labels = [IGNORE_LABEL] * len(self.before) + piece_labels
+    word_ids = [-1] * len(self.before) + piece_words
     size, keep = len(tokens) + len(self.after), self.length - len(self.after)
     tokens, labels, word_ids = tokens[:keep] + self.after, labels[:keep], word_ids[:keep]
     labels += [IGNORE_LABEL] * len(self.after)

@@ -121,17 +121,22 @@ class StreamCount:
     self._longest = {k: zero() for k in self.counted}
     self._reported = False
 
-  def _measure(self, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+  def record(self, sizes: Mapping[str, tf.Tensor]) -> list[tf.Operation]:
+    """The updates counting one example of these sizes (int64 scalars, counted features only), for a map that cuts
+    its rows itself (the encoder family's `encoder_converter`); run it sequentially."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top  (infer on text loads no TensorFlow)
-    counted = [k for k in self.counted if k in example]
-    sizes = {k: tf.cast(tf.size(example[k]), tf.int64) for k in counted}
-    over = {k: tf.cast(sizes[k] > self.lengths[k], tf.int64) for k in counted}
+    over = {k: tf.cast(v > self.lengths[k], tf.int64) for k, v in sizes.items()}
     updates = [self._examples.assign_add(1)]
     if over:
       updates.append(self._truncated.assign_add(tf.reduce_max(tf.stack(list(over.values())))))
-    for k in counted:
-      updates += [self._cut[k].assign_add(over[k]), self._longest[k].assign(tf.maximum(self._longest[k], sizes[k]))]
-    with tf.control_dependencies(updates):
+    for k, v in sizes.items():
+      updates += [self._cut[k].assign_add(over[k]), self._longest[k].assign(tf.maximum(self._longest[k], v))]
+    return updates
+
+  def _measure(self, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top  (infer on text loads no TensorFlow)
+    sizes = {k: tf.cast(tf.size(example[k]), tf.int64) for k in self.counted if k in example}
+    with tf.control_dependencies(self.record(sizes)):
       return {
           key: _cut_tf(value, self.lengths[key], self.eos.get(key, False))
                if key in self.lengths else tf.identity(value) for key, value in example.items()

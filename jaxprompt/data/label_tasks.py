@@ -1,0 +1,182 @@
+"""GLUE and SuperGLUE as label ids for encoder-only models (BERT / RoBERTa with a head), from the same TFDS builders
+as the text-to-text tasks of `data/tasks.py`:
+
+  glue_<config>_<v200|v002>_labels     cola sst2 mrpc qqp stsb mnli mnli_matched mnli_mismatched qnli rte wnli
+  super_glue_<config>_v102_labels      boolq cb rte wic copa
+
+An example is the ids of its texts without specials (`inputs`, and `inputs_pair` for a pair, in the order
+transformers' GLUE / P-tuning v2 scripts feed them) and `label` (the TFDS class id, -1 on test splits; STS-B a
+float score); `data/encoder.py` makes the rows. COPA is multiple choice: `inputs` the premise, `choice_0` /
+`choice_1` "because <choice>" (cause) or "so <choice>" (effect), `label` the right choice. WiC reads
+"<word>: <sentence1>" and <sentence2>. Left out: MultiRC (answers grouped per question: its metrics need the
+groups), ReCoRD (an entity picked from the passage, not a class) and WSC (a span-pair head).
+
+Each task knows its `label_names` (what infer prints; `tasks.get_label_set` gives them too), its `kind`
+('classification', 'regression', 'choice') and its metric fns, T5's for the task (`data/metrics.py`), called as
+seqio calls them: `fn(targets, predictions)` on label ids (or floats), the test split's -1 labels left out first
+(`score`). The tasks read with T5's vocabulary until the pipeline re-reads them with the model's
+(`pipeline.get_provider(name, vocabulary, 'encoder_only')`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from jaxprompt.data import encoder, metrics, tasks
+from jaxprompt.data.vocab import get_default_vocabulary
+from jaxprompt.errors import DataError
+
+SUFFIX = '_labels'
+CLASSIFICATION, REGRESSION, CHOICE = 'classification', 'regression', 'choice'
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelTask:
+  """One label task: `fields` (the raw example's first and second text), `label_names` (None: regression);
+  `tfds_name` '' for a task of the user's files (`label_files`)."""
+  name: str
+  tfds_name: str
+  splits: tuple[str, ...]
+  fields: tuple[str, ...]
+  label_names: tuple[str, ...] | None
+  metric_fns: tuple[Callable[..., dict[str, float]], ...]
+  kind: str = CLASSIFICATION
+
+  def score(self, targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]:
+    """Every metric of the task over the labelled examples (targets -1 are unlabelled test rows)."""
+    return score(self.metric_fns, targets, predictions)
+
+
+def score(metric_fns: Sequence[Callable[..., dict[str, float]]], targets: Sequence[Any],
+          predictions: Sequence[Any]) -> dict[str, float]:
+  """The metric fns on (targets, predictions) pairs whose target is a label (not the test split's -1)."""
+  kept = [(t, p) for t, p in zip(targets, predictions) if not (isinstance(t, (int, np.integer)) and t < 0)]
+  if not kept:
+    raise DataError('no labelled example to score (a test split has label -1 everywhere)')
+  out = {}
+  for fn in metric_fns:
+    out.update(fn([t for t, _ in kept], [p for _, p in kept]))
+  return out
+
+
+def _rows(fields: Sequence[str], kind: str) -> Callable[[Mapping[str, tf.Tensor]], dict[str, tf.Tensor]]:
+  """raw TFDS example -> {'inputs', 'inputs_pair' | 'choice_<i>', 'label'} strings and label."""
+
+  def fn(x: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    label = tf.cast(x['label'], tf.float32 if kind == REGRESSION else tf.int32)
+    if kind == CHOICE:  # COPA
+      joiner = tf.where(tf.equal(x['question'], 'cause'), 'because', 'so')
+      choices = {f'{encoder.CHOICE_PREFIX}{i}': tf.strings.join([joiner, x[f]], ' ') for i, f in enumerate(fields)}
+      return {encoder.FIRST: x['premise'], **choices, encoder.LABEL: label}
+    first = x[fields[0]] if fields[0] != 'word' else tf.strings.join([x['word'], ': ', x['sentence1']])
+    out = {encoder.FIRST: first, encoder.LABEL: label}
+    if len(fields) > 1:
+      out[encoder.SECOND] = x[fields[-1]]
+    return out
+
+  return fn
+
+
+def tokenize_texts(ds: tf.data.Dataset, output_features: Mapping[str, seqio.Feature]) -> tf.data.Dataset:
+  """seqio's `tokenize` of the string features only (the label is an output feature too, kept as it is)."""
+
+  def fn(x):
+    return {
+        k: output_features[k].vocabulary.encode_tf(v) if k in output_features and v.dtype == tf.string else v
+        for k, v in x.items()
+    }
+
+  return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def output_features(spec: LabelTask, vocabulary: Any = None) -> dict[str, seqio.Feature]:
+  vocabulary = vocabulary or get_default_vocabulary()
+  text = functools.partial(seqio.Feature, vocabulary=vocabulary, add_eos=False)
+  if spec.kind == CHOICE:
+    texts = {encoder.FIRST: text(), **{f'{encoder.CHOICE_PREFIX}{i}': text() for i in range(len(spec.fields))}}
+  else:
+    texts = {encoder.FIRST: text(), **({encoder.SECOND: text()} if len(spec.fields) > 1 else {})}
+  dtype = tf.float32 if spec.kind == REGRESSION else tf.int32
+  return {**texts, encoder.LABEL: seqio.Feature(vocabulary, add_eos=False, dtype=dtype, rank=0)}
+
+
+def _specs() -> list[LabelTask]:
+  accuracy, f1_accuracy = (metrics.accuracy,), (metrics.f1_score_with_invalid, metrics.accuracy)
+  mnli = ('entailment', 'neutral', 'contradiction')
+  rte = ('entailment', 'not_entailment')
+  out = []
+  for version, suffix in tasks.GLUE_VERSIONS:
+    g = lambda config, *rest, v=version, s=suffix: LabelTask(f'glue_{config}_{s}{SUFFIX}', f'glue/{config}:{v}', *rest)
+    every = ('train', 'validation', 'test')
+    mnli_eval = ('validation', 'test')
+    out += [
+        g('cola', every, ('sentence',), ('unacceptable', 'acceptable'), (metrics.matthews_corrcoef,)),
+        g('sst2', every, ('sentence',), ('negative', 'positive'), accuracy),
+        g('mrpc', every, ('sentence1', 'sentence2'), ('not_equivalent', 'equivalent'), f1_accuracy),
+        g('qqp', every, ('question1', 'question2'), ('not_duplicate', 'duplicate'), f1_accuracy),
+        g('stsb', every, ('sentence1', 'sentence2'), None, (metrics.pearson_corrcoef, metrics.spearman_corrcoef),
+          REGRESSION),
+        g('mnli', ('train', 'validation_matched', 'validation_mismatched', 'test_matched', 'test_mismatched'),
+          ('premise', 'hypothesis'), mnli, accuracy),
+        g('mnli_matched', mnli_eval, ('premise', 'hypothesis'), mnli, accuracy),
+        g('mnli_mismatched', mnli_eval, ('premise', 'hypothesis'), mnli, accuracy),
+        g('qnli', every, ('question', 'sentence'), rte, accuracy),
+        g('rte', every, ('sentence1', 'sentence2'), rte, accuracy),
+        g('wnli', every, ('sentence1', 'sentence2'), ('not_entailment', 'entailment'), accuracy),
+    ]
+  version, suffix = tasks.SUPER_GLUE_VERSION
+  sg = lambda config, *rest: LabelTask(f'super_glue_{config}_{suffix}{SUFFIX}', f'super_glue/{config}:{version}',
+                                       ('train', 'validation', 'test'), *rest)
+  return out + [
+      sg('boolq', ('question', 'passage'), ('False', 'True'), accuracy),
+      sg('cb', ('premise', 'hypothesis'), ('entailment', 'contradiction', 'neutral'),
+         (metrics.mean_multiclass_f1(num_classes=3), metrics.accuracy)),
+      sg('rte', ('premise', 'hypothesis'), rte, accuracy),
+      sg('wic', ('word', 'sentence2'), ('False', 'True'), accuracy),
+      sg('copa', ('choice1', 'choice2'), ('choice1', 'choice2'), accuracy, CHOICE),
+  ]
+
+
+_TASKS: dict[str, LabelTask] = {}
+
+
+def register_all() -> None:
+  """Registers every label task not registered yet (idempotent), with its label names for `tasks.get_label_set`."""
+  known = set(seqio.TaskRegistry.names())
+  for spec in _specs():
+    add(spec)
+    if spec.name not in known:
+      seqio.TaskRegistry.add(spec.name, source=seqio.TfdsDataSource(tfds_name=spec.tfds_name, splits=list(spec.splits)),
+                             preprocessors=[seqio.map_over_dataset(_rows(spec.fields, spec.kind)), tokenize_texts],
+                             output_features=output_features(spec), metric_fns=list(spec.metric_fns))
+  tasks.add_tfds_tasks([n for n, spec in _TASKS.items() if spec.tfds_name])
+
+
+def add(spec: LabelTask) -> LabelTask:
+  """Records a label task registered elsewhere (`label_files`), with its label names for `tasks.get_label_set`."""
+  _TASKS[spec.name] = spec
+  tasks.register_label_set(spec.name, spec.label_names)
+  return spec
+
+
+def names() -> list[str]:
+  register_all()
+  return list(_TASKS)
+
+
+def get(name: str) -> LabelTask:
+  """The label task `name`; DataError naming the known ones otherwise."""
+  register_all()
+  if name not in _TASKS:
+    raise DataError(f'{name!r} is not a label task (encoder-only GLUE / SuperGLUE tasks end in {SUFFIX!r}: '
+                    f'{sorted(_TASKS)[:3]} ...)')
+  return _TASKS[name]
+
+
+register_all()
