@@ -32,6 +32,8 @@ from jaxprompt.demo import GIN_MODULES, families
 from jaxprompt.demo import model as demo_model
 from jaxprompt.errors import ConfigError
 
+EVAL_EXAMPLES = 200  # validation examples per skill (the encoder: held-out texts) measured at the end
+
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='python -m jaxprompt.demo.pretrain', description=__doc__,
@@ -43,14 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument('--seed', type=int, default=0, help='seeds the vocabulary data, the init and data order')
   parser.add_argument('--steps', type=int, default=None, help='override TRAIN_STEPS of the family\'s gin file')
   parser.add_argument('--log_dir', default=None, help='training logs (default: a new temporary directory)')
-  parser.add_argument('--eval_examples', type=int, default=200,
+  parser.add_argument('--eval_examples', type=int, default=EVAL_EXAMPLES,
                       help='validation examples per skill (encoder: held-out texts) at the end')
   parser.add_argument('--overwrite', action='store_true', help='replace an existing model in --output')
   return parser
 
 
 def pretrain(output: str, *, family: str = 't5', seed: int = 0, steps: int | None = None, log_dir: str | None = None,
-             eval_examples: int = 200, overwrite: bool = False, bindings: Sequence[str] = ()) -> dict:
+             eval_examples: int = EVAL_EXAMPLES, overwrite: bool = False, bindings: Sequence[str] = ()) -> dict:
   """Runs the whole recipe into `output`; returns the recorded recipe and accuracies."""
   recipe = families.get(family)
   from jaxprompt.cli import gin_config  # pylint: disable=g-import-not-at-top  (imports TF)
@@ -80,8 +82,9 @@ def pretrain(output: str, *, family: str = 't5', seed: int = 0, steps: int | Non
   info = {
       'vocabulary': {'file': recipe.vocab_file, **vocab_info, 'vocab_size': vocabulary.vocab_size},
       'pretraining': {
-          'command': command + (f' --steps {steps}' if steps is not None else ''), 'seed': seed, 'steps': done,
-          'gin_files': list(recipe.pretrain_gin), 'gin_overrides': list(bindings),
+          'command': command + (f' --steps {steps}' if steps is not None else '') +
+                     (f' --eval_examples {eval_examples}' if eval_examples != EVAL_EXAMPLES else ''), 'seed': seed,
+          'steps': done, 'gin_files': list(recipe.pretrain_gin), 'gin_overrides': list(bindings),
           **text, 'seconds': round(time.time() - start, 1)
       },
       'validation': {
