@@ -8,6 +8,7 @@ import functools
 import os
 import pathlib
 import shutil
+import sys
 import tempfile
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # Before any test imports tensorflow.
@@ -110,6 +111,15 @@ def clean_gin():
   yield
   import gin  # pylint: disable=g-import-not-at-top
   gin.clear_config()
+
+
+@pytest.fixture
+def clean_gin_and_demo_tasks(clean_gin):  # pylint: disable=redefined-outer-name,unused-argument
+  """Pretraining and the demo of another family register the demo tasks with that model's tokenizer: after the
+  test they read with the shipped T5 vocabulary again (and gin is cleared)."""
+  yield
+  if 'jaxprompt.demo.tasks' in sys.modules:
+    sys.modules['jaxprompt.demo.tasks'].register_demo_tasks()
 
 
 @pytest.fixture(scope='module')

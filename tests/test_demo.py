@@ -97,9 +97,10 @@ def test_demo_model_errors(tmp_path):
 
 def test_pretrain_vocabulary_is_reproducible_and_a_model_is_never_overwritten(tmp_path):
   """The recipe's cheap parts in the inner loop; the slow test below runs it end to end."""
-  from jaxprompt.demo import pretrain
-  vocab = pretrain.train_vocabulary(0, str(tmp_path / 'vocab.model'))
-  assert pathlib.Path(vocab).read_bytes() == (ASSET / 'vocab.model').read_bytes()  # same seed, same vocab
+  from jaxprompt.demo import pretrain, vocabularies
+  vocab = tmp_path / 'vocab.model'
+  assert vocabularies.train_sentencepiece(0, str(vocab))['type'] == 'sentencepiece'
+  assert vocab.read_bytes() == (ASSET / 'vocab.model').read_bytes()  # same seed, same vocab
   (tmp_path / demo_model.CONFIG_FILE).write_text('{}')
   assert pretrain.main(['--output', str(tmp_path), '--steps', '1']) == 2  # one error line, nothing replaced
   assert (tmp_path / demo_model.CONFIG_FILE).read_text() == '{}'

@@ -4,7 +4,6 @@ demo's quality bar on a small budget."""
 import json
 import os
 import pathlib
-import sys
 
 import numpy as np
 import pytest
@@ -23,17 +22,7 @@ FILES = {
     'config.json', 'model.safetensors', 'tokenizer.model', 'tokenizer_config.json', 'pretraining.json', 'README.md'
 }
 
-
-@pytest.fixture(autouse=True)
-def _clean_gin_and_tasks():
-  """The demo parses gin files into gin's global config and registers the demo tasks with the causal model's
-  tokenizer: leave neither behind for other tests (the T5 demo's tasks read with the shipped T5 vocabulary)."""
-  yield
-  import gin
-  gin.clear_config()
-  if 'jaxprompt.demo.tasks' in sys.modules:
-    sys.modules['jaxprompt.demo.tasks'].register_demo_tasks()
-
+pytestmark = pytest.mark.usefixtures('clean_gin_and_demo_tasks')
 
 # ------------------------------------------------------------------------------------------ shipped model
 

@@ -137,3 +137,35 @@ def encoder_plan(config: EncoderConfig, prefix: str) -> dict[str, Entry]:
   if config.pooler:
     _dense(plan, 'pooler', f'{prefix}pooler.dense', emb, emb)
   return plan
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+MLM_HEAD = 'cls.predictions.'
+
+
+def mlm_head_plan(config: EncoderConfig) -> dict[str, Entry]:
+  """{`models.mlm_head.MlmHead` param path: Entry} of BertForMaskedLM's head (its decoder is the tied embedding)."""
+  emb = config.emb_dim
+  plan = {'bias': Entry(f'{MLM_HEAD}bias', (config.vocab_size,))}
+  _dense(plan, 'transform', f'{MLM_HEAD}transform.dense', emb, emb)
+  _norm(plan, 'transform_norm', f'{MLM_HEAD}transform.LayerNorm', emb)
+  return plan
+
+
+def bert_hf_config(config: EncoderConfig, arch: str = 'BertForMaskedLM') -> dict[str, Any]:
+  """config.json of a BERT `config` (what `encoder_config` reads back as the same architecture fields)."""
+  if arch not in BERT or config.position_offset:
+    raise ConfigError(f'{arch} with position_offset={config.position_offset}: only BERT folders are written')
+  if config.num_heads * config.head_dim != config.emb_dim:
+    raise ConfigError(f'num_heads * head_dim = {config.num_heads * config.head_dim} is not emb_dim {config.emb_dim}: '
+                      'BERT\'s config.json cannot say so')
+  act = next(hf for hf, ours in ACTIVATIONS.items() if ours == config.activation)
+  return {
+      'architectures': [arch], 'model_type': 'bert', 'vocab_size': config.vocab_size, 'hidden_size': config.emb_dim,
+      'num_attention_heads': config.num_heads, 'intermediate_size': config.mlp_dim, 'num_hidden_layers':
+          config.num_layers, 'hidden_act': act, 'layer_norm_eps': config.norm_epsilon, 'max_position_embeddings':
+              config.max_positions, 'type_vocab_size': config.type_vocab_size, 'pad_token_id': config.pad_id,
+      'hidden_dropout_prob': config.dropout_rate, 'attention_probs_dropout_prob': config.dropout_rate,
+      'position_embedding_type': 'absolute', 'initializer_range': 0.02, 'tie_word_embeddings': True, 'dtype': 'float32'
+  }

@@ -29,7 +29,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -195,6 +195,44 @@ def _install(staging: str, output: str) -> None:
       os.remove(os.path.join(output, name))
 
 
+def save_hf_folder(params: Params, plan: Mapping[str, hf_names.Entry], config_json: Callable[[str], dict[str, Any]],
+                   output: str | os.PathLike, *, write_extra: Callable[[str], list[str]] | None = None,
+                   overwrite: bool = False, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+                   dtype: Any = None) -> tuple[list[str], int, str]:
+  """Writes `params` (jaxprompt names, scanned or not) as a Hugging Face folder of any family; returns (its files,
+  the tensors' bytes, their dtype name).
+
+  Args:
+    params: the parameter tree (arrays or unread `common.ArraySource`s).
+    plan: {unscanned param path: Entry}, the tensors to write (the family's name map).
+    config_json: the stored dtype name -> config.json's contents.
+    output: a local folder, absent or empty unless `overwrite` (which replaces only an HF folder's files).
+    write_extra: writes further files (a tokenizer) into the folder being staged; returns their names.
+    max_shard_bytes: above this the tensors go into several files and an index.
+    dtype: cast floating parameters to this dtype; None keeps the stored one.
+  """
+  output = os.fspath(output)
+  check_output(output, overwrite)
+  sources = _sources(params)
+  common.check_shapes(sources, {path: entry.shape for path, entry in plan.items()}, 'the parameters')
+  if max_shard_bytes <= 0:
+    raise CheckpointError(f'max_shard_bytes must be positive, got {max_shard_bytes}')
+  staging = f'{os.path.abspath(output)}.tmp-{int(time.time())}-{os.getpid()}'  # beside it: renames stay on one disk
+  os.makedirs(staging)
+  try:
+    files, total, stored = _write_tensors(plan, sources, staging, max_shard_bytes, dtype)
+    _write_json(os.path.join(staging, CONFIG_FILE), config_json(stored))
+    for name in files:  # safetensors creates its files owner-only; give them the mode open() gives config.json
+      shutil.copymode(os.path.join(staging, CONFIG_FILE), os.path.join(staging, name))
+    files.append(CONFIG_FILE)
+    if write_extra is not None:
+      files += write_extra(staging)
+    _install(staging, output)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  return files, total, stored
+
+
 def save_hf_t5(params: Params, config: T5Config, output: str | os.PathLike, *, spm_model: bytes | None = None,
                extra_ids: int = 0, spm_where: str = 'the SentencePiece model', overwrite: bool = False,
                max_shard_bytes: int = DEFAULT_SHARD_BYTES, dtype: Any = None) -> dict[str, Any]:
@@ -215,29 +253,20 @@ def save_hf_t5(params: Params, config: T5Config, output: str | os.PathLike, *, s
   check_output(output, overwrite)
   hf_names.feed_forward_proj(config.mlp_activations)  # a config HF cannot express fails before anything is read
   plan = hf_names.t5x_plan(config, None if config.logits_via_embedding else hf_names.HEAD_KEY)
-  sources = _sources(params)
-  common.check_shapes(sources, {path: entry.shape for path, entry in plan.items()}, 'the parameters')
   if spm_model is not None:
     ids = hf_tokenizer.piece_count(spm_model, spm_where) + extra_ids
     if ids > config.vocab_size:
       raise CheckpointError(f'{spm_where}: {ids} token ids with {extra_ids} extra ids, but the model embeds only '
                             f'{config.vocab_size}: the wrong vocabulary for this model?')
-  if max_shard_bytes <= 0:
-    raise CheckpointError(f'max_shard_bytes must be positive, got {max_shard_bytes}')
-  staging = f'{os.path.abspath(output)}.tmp-{int(time.time())}-{os.getpid()}'  # beside it: renames stay on one disk
-  os.makedirs(staging)
-  try:
-    files, total, stored = _write_tensors(plan, sources, staging, max_shard_bytes, dtype)
-    _write_json(os.path.join(staging, CONFIG_FILE), hf_config(config, stored))
+
+  def extra(staging: str) -> list[str]:
     _write_json(os.path.join(staging, GENERATION_CONFIG_FILE), _generation_config())
-    for name in files:  # safetensors creates its files owner-only; give them the mode open() gives config.json
-      shutil.copymode(os.path.join(staging, CONFIG_FILE), os.path.join(staging, name))
-    files += [CONFIG_FILE, GENERATION_CONFIG_FILE]
-    if spm_model is not None:
-      files += hf_tokenizer.write_tokenizer(staging, spm_model, extra_ids, spm_where)
-    _install(staging, output)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
+    tokenizer = [] if spm_model is None else hf_tokenizer.write_tokenizer(staging, spm_model, extra_ids, spm_where)
+    return [GENERATION_CONFIG_FILE] + tokenizer
+
+  files, total, stored = save_hf_folder(params, plan, lambda stored: hf_config(config, stored), output,
+                                        write_extra=extra, overwrite=overwrite, max_shard_bytes=max_shard_bytes,
+                                        dtype=dtype)
   return {
       'output': output, 'format': 'hf_model', 'files': sorted(files), 'tensors': len(plan), 'bytes': total,
       'dtype': stored, 'tied_head': bool(config.logits_via_embedding), 'tokenizer': spm_model is not None

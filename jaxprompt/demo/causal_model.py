@@ -34,7 +34,7 @@ TOKENIZER_CONFIG_FILE = 'tokenizer_config.json'
 CONFIG_FILE = 'config.json'
 WEIGHTS_FILE = 'model.safetensors'
 INFO_FILE = 'pretraining.json'
-PAD_ID, EOS_ID = 0, 1  # the demo vocabulary's (`pretrain._SP_OPTIONS`); it has no BOS piece
+PAD_ID, EOS_ID = 0, 1  # the demo vocabulary's (`vocabularies.SP_OPTIONS`); it has no BOS piece
 
 # Llama architecture sized to pretrain on a CPU in minutes (~1 M parameters, 4 MB in float32).
 CAUSAL_CONFIG = DecoderConfig(vocab_size=demo_model.VOCAB_SIZE, emb_dim=128, num_heads=4, num_kv_heads=2, head_dim=32,
@@ -54,14 +54,18 @@ def causal_architecture(**overrides) -> ModelConfig:  # MODEL_CONFIG's check rea
   return CAUSAL_CONFIG.replace(**overrides) if overrides else CAUSAL_CONFIG
 
 
+def checked_folder(path: str, family: str) -> str:
+  """`path` when it holds a demo model's config.json, else one CheckpointError saying how to make one."""
+  if not os.path.isfile(os.path.join(path, CONFIG_FILE)):
+    raise CheckpointError(f'{path} holds no {family} demo model (no {CONFIG_FILE}): run python -m '
+                          f'jaxprompt.demo.pretrain --family {family} --output <dir>, or reinstall jaxprompt')
+  return path
+
+
 @gin.configurable(module=demo_model.GIN_MODULE)
 def causal_model_dir(model_dir: str | None = None) -> str:
   """The causal demo model's Hugging Face folder (default: the shipped one)."""
-  path = model_dir or asset_dir()
-  if not os.path.isfile(os.path.join(path, CONFIG_FILE)):
-    raise CheckpointError(f'{path} holds no causal demo model (no {CONFIG_FILE}): run python -m '
-                          'jaxprompt.demo.pretrain --family causal --output <dir>, or reinstall jaxprompt')
-  return path
+  return checked_folder(model_dir or asset_dir(), 'causal')
 
 
 @functools.cache
@@ -104,31 +108,27 @@ TOKENIZER_CONFIG = {
 }
 
 
-def _write_json(path: str, value: Any) -> None:
+def write_json(path: str, value: Any) -> None:
   with open(path, 'w') as f:
     f.write(json.dumps(value, indent=1, sort_keys=True) + '\n')
 
 
-def write_model(params: Mapping[str, Any], config: DecoderConfig, output: str) -> str:
+def write_model(params: Mapping[str, Any], config: DecoderConfig, output: str) -> list[str]:
   """config.json, model.safetensors (transformers' names, [out, in] kernels) of the unscanned `params`, and
-  tokenizer_config.json (beside the tokenizer.model pretraining wrote)."""
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  tokenizer_config.json, beside the tokenizer.model pretraining wrote (kept); returns the files written."""
+  from jaxprompt.checkpoints import hf_causal_names, hf_writer  # pylint: disable=g-import-not-at-top
 
-  from jaxprompt.checkpoints import common, hf_causal_names  # pylint: disable=g-import-not-at-top
-  flat = common.flatten_params(params)
-  tensors = {}
-  for path, entry in hf_causal_names.causal_plan(config, ARCHITECTURE).items():
-    value = np.asarray(flat[path], np.float32)
-    tensors[entry.key] = np.ascontiguousarray(value.T if entry.transpose else value)
-  weights = os.path.join(output, WEIGHTS_FILE)
-  save_file(tensors, weights, metadata={'format': 'pt'})
-  os.chmod(weights, 0o644)  # safetensors creates it owner-only; the package data must be world-readable
-  _write_json(os.path.join(output, TOKENIZER_CONFIG_FILE), TOKENIZER_CONFIG)
-  _write_json(os.path.join(output, CONFIG_FILE), hf_config(config))
-  return weights
+  def tokenizer_config(staging: str) -> list[str]:
+    write_json(os.path.join(staging, TOKENIZER_CONFIG_FILE), TOKENIZER_CONFIG)
+    return [TOKENIZER_CONFIG_FILE]
+
+  files, _, _ = hf_writer.save_hf_folder(params, hf_causal_names.causal_plan(config,
+                                                                             ARCHITECTURE), lambda _: hf_config(config),
+                                         output, write_extra=tokenizer_config, overwrite=True, dtype=np.float32)
+  return files
 
 
 def write_info(output: str, info: Mapping[str, Any]) -> str:
   path = os.path.join(output, INFO_FILE)
-  _write_json(path, info)
+  write_json(path, info)
   return path

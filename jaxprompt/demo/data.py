@@ -48,7 +48,7 @@ SENTIMENTS: dict[str, tuple[str, ...]] = {
 }
 TOPIC_LABELS = tuple(TOPICS)
 SENTIMENT_LABELS = tuple(SENTIMENTS)
-_INTENSIFIERS = ('really', 'very', 'quite', 'truly', 'so', 'rather')
+INTENSIFIERS = ('really', 'very', 'quite', 'truly', 'so', 'rather')
 _OPENERS = ('honestly', 'overall', 'today', 'last night', 'this time', 'in the end', 'to be fair', 'again')
 # {n}, {m}: topic nouns; {a}, {b}: adjectives of one polarity; {x}: intensifier; {o}: opener.
 _TEMPLATES = (
@@ -65,7 +65,7 @@ _TEMPLATES = (
 )
 
 
-def _rng(seed: int, *names: str) -> np.random.Generator:
+def stream(seed: int, *names: str) -> np.random.Generator:
   """A generator for one (seed, stream) pair; streams never overlap for different names."""
   digest = hashlib.sha256('/'.join((str(int(seed)),) + names).encode()).digest()
   return np.random.default_rng(int.from_bytes(digest[:8], 'little'))
@@ -81,7 +81,7 @@ def review(rng: np.random.Generator, topic: str, sentiment: str) -> str:
   n, m = _two(rng, len(nouns))
   a, b = _two(rng, len(adjectives))
   return _pick(rng, _TEMPLATES).format(n=nouns[n], m=nouns[m], a=adjectives[a], b=adjectives[b],
-                                       x=_pick(rng, _INTENSIFIERS), o=_pick(rng, _OPENERS))
+                                       x=_pick(rng, INTENSIFIERS), o=_pick(rng, _OPENERS))
 
 
 def _two(rng: np.random.Generator, size: int) -> tuple[int, int]:
@@ -172,7 +172,7 @@ def iter_skill_examples(skill: str, count: int, seed: int, split: str = 'train')
   """`count` examples of one pretraining skill, the same for the same (skill, count, seed, split)."""
   if skill not in SKILLS:
     raise ConfigError(f'unknown demo skill {skill!r}; known: {", ".join(SKILLS)}')
-  rng = _rng(seed, 'skill', skill, split)
+  rng = stream(seed, 'skill', skill, split)
   make = SKILLS[skill]
   for _ in range(count):
     yield make(rng)
@@ -194,7 +194,7 @@ def heldout_examples(skill: str, count: int, seed: int, split: str = 'train') ->
   """
   if skill not in HELDOUT_SKILLS:
     raise ConfigError(f'held-out demo skill must be one of {HELDOUT_SKILLS}, got {skill!r}')
-  rng = _rng(seed, 'heldout', skill, split)
+  rng = stream(seed, 'heldout', skill, split)
   labels = TOPIC_LABELS if skill == 'topic' else SENTIMENT_LABELS
   examples = []
   for i in range(count):
@@ -204,6 +204,13 @@ def heldout_examples(skill: str, count: int, seed: int, split: str = 'train') ->
     examples.append((review(rng, topic, sentiment), label))
   order = rng.permutation(count)
   return [examples[i] for i in order]
+
+
+def iter_review_texts(count: int, seed: int, split: str = 'train') -> Iterator[str]:
+  """Raw text of one to three reviews each, no instruction and no label (the encoder's masked-LM pretraining)."""
+  rng = stream(seed, 'text', split)
+  for _ in range(count):
+    yield ' '.join(labelled_review(rng)[0] for _ in range(int(rng.integers(1, 4))))
 
 
 def corpus(seed: int, examples_per_skill: int = 2000) -> list[str]:

@@ -1,22 +1,24 @@
-"""Pretrains a demo model from scratch: `python -m jaxprompt.demo.pretrain --output DIR --seed 0 [--family causal]`.
+"""Pretrains a demo model from scratch: `python -m jaxprompt.demo.pretrain --output DIR --seed 0 [--family F]`.
 
-One recipe, two model families (`--family`): the T5 demo model (t5, `demo.model`) and the causal one (causal, a
-tiny Llama: `demo.causal_model`). Steps, all deterministic given the seed:
-  1. generate the skills' text (`demo.data`) and train a SentencePiece vocabulary on it -> DIR/vocab.model (t5) or
-     DIR/tokenizer.model + tokenizer_config.json (causal); the same vocabulary for both families
+One recipe, three model families (`--family`, `demo.families`): the T5 demo model (t5, `demo.model`), the causal
+one (causal, a tiny Llama: `demo.causal_model`) and the encoder one (encoder, a tiny BERT: `demo.encoder_model`).
+Steps, all deterministic given the seed:
+  1. generate text (`demo.data`) and train a vocabulary on it: SentencePiece -> DIR/vocab.model (t5) or
+     DIR/tokenizer.model + tokenizer_config.json (causal; the same vocabulary for both); a WordPiece
+     tokenizer.json + tokenizer_config.json (encoder)
   2. register the demo seqio tasks with that vocabulary
-  3. train every parameter of the family's architecture on the `demo_pretrain` mixture with
-     `jaxprompt.train_model`, configured by gin_configs/runs/demo_pretrain.gin (t5) or demo_causal_pretrain.gin
-     (causal; inputs + targets streams, loss on the targets, packed) + any --gin.NAME=VALUE overrides
+  3. train every parameter of the family's architecture, configured by its gin file + any --gin.NAME=VALUE
+     overrides: t5 and causal on the `demo_pretrain` mixture with `jaxprompt.train_model`
+     (gin_configs/runs/demo_pretrain.gin, demo_causal_pretrain.gin: inputs + targets streams, loss on the targets,
+     packed); encoder with masked LM on review texts (`demo.mlm_pretrain`, runs/demo_encoder_pretrain.gin)
   4. t5: write DIR/checkpoint_<steps>/checkpoint (T5X, arrays inline) and DIR/config.json (architecture, recipe
-     and the per-skill validation accuracies); causal: a Hugging Face Llama folder (config.json,
-     model.safetensors) and DIR/pretraining.json (recipe and accuracies)
+     and the per-skill validation accuracies); causal / encoder: a Hugging Face Llama / BertForMaskedLM folder
+     (config.json, model.safetensors) and DIR/pretraining.json (recipe and accuracies)
 Training logs (metrics, TensorBoard, curves PNG) go to --log_dir, not into DIR.
 """
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import shutil
 import sys
@@ -26,48 +28,36 @@ from collections.abc import Sequence
 
 from jaxprompt.cli import console
 from jaxprompt.cli import parser as cli_parser
-from jaxprompt.demo import GIN_MODULES, data, families
+from jaxprompt.demo import GIN_MODULES, families
 from jaxprompt.demo import model as demo_model
 from jaxprompt.errors import ConfigError
 
-_SP_OPTIONS = dict(model_type='bpe', pad_id=0, eos_id=1, unk_id=2, bos_id=-1, byte_fallback=True,
-                   character_coverage=1.0, num_threads=1, split_digits=True, shuffle_input_sentence=False,
-                   hard_vocab_limit=False, minloglevel=2)
-
-
-def train_vocabulary(seed: int, path: str, vocab_size: int = demo_model.VOCAB_SIZE) -> str:
-  """SentencePiece BPE over the generated skills' text (byte fallback: any text still encodes)."""
-  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
-  buffer = io.BytesIO()
-  spm.SentencePieceTrainer.train(sentence_iterator=iter(data.corpus(seed)), model_writer=buffer, vocab_size=vocab_size,
-                                 **_SP_OPTIONS)
-  with open(path, 'wb') as f:
-    f.write(buffer.getvalue())
-  return path
+EVAL_EXAMPLES = 200  # validation examples per skill (the encoder: held-out texts) measured at the end
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='python -m jaxprompt.demo.pretrain', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--output', required=True, help='model dir to write (checkpoint, vocabulary, config.json)')
-  parser.add_argument('--family', default='t5', choices=tuple(families.FAMILIES),
-                      help='t5: the T5 demo model; causal: the tiny Llama (a Hugging Face folder)')
+  parser.add_argument(
+      '--family', default='t5', choices=tuple(families.FAMILIES),
+      help='t5: the T5 demo model; causal: the tiny Llama, encoder: the tiny BERT (Hugging Face folders)')
   parser.add_argument('--seed', type=int, default=0, help='seeds the vocabulary data, the init and data order')
   parser.add_argument('--steps', type=int, default=None, help='override TRAIN_STEPS of the family\'s gin file')
   parser.add_argument('--log_dir', default=None, help='training logs (default: a new temporary directory)')
-  parser.add_argument('--eval_examples', type=int, default=200, help='validation examples per skill at the end')
+  parser.add_argument('--eval_examples', type=int, default=EVAL_EXAMPLES,
+                      help='validation examples per skill (encoder: held-out texts) at the end')
   parser.add_argument('--overwrite', action='store_true', help='replace an existing model in --output')
   return parser
 
 
 def pretrain(output: str, *, family: str = 't5', seed: int = 0, steps: int | None = None, log_dir: str | None = None,
-             eval_examples: int = 200, overwrite: bool = False, bindings: Sequence[str] = ()) -> dict:
+             eval_examples: int = EVAL_EXAMPLES, overwrite: bool = False, bindings: Sequence[str] = ()) -> dict:
   """Runs the whole recipe into `output`; returns the recorded recipe and accuracies."""
   recipe = families.get(family)
   from jaxprompt.cli import gin_config  # pylint: disable=g-import-not-at-top  (imports TF)
   gin_config.import_configurables(GIN_MODULES)
   console.quiet_known_noise()
-  from jaxprompt.commands import train as trainer  # pylint: disable=g-import-not-at-top
   from jaxprompt.demo import tasks  # pylint: disable=g-import-not-at-top
   if os.path.exists(os.path.join(output, demo_model.CONFIG_FILE)) and not overwrite:
     raise ConfigError(f'{output} already holds a demo model (pass --overwrite to replace it)')
@@ -76,7 +66,8 @@ def pretrain(output: str, *, family: str = 't5', seed: int = 0, steps: int | Non
     if name.startswith('checkpoint_'):
       shutil.rmtree(os.path.join(output, name))
   start = time.time()
-  vocab_path = train_vocabulary(seed, os.path.join(output, recipe.vocab_file))
+  vocab_path = os.path.join(output, recipe.vocab_file)
+  vocab_info = recipe.train_vocabulary(seed, vocab_path)
   vocabulary = recipe.vocabulary(output)
   tasks.register_demo_tasks(vocabulary)
   log_dir = log_dir or tempfile.mkdtemp(prefix='demo_pretrain_')
@@ -84,31 +75,23 @@ def pretrain(output: str, *, family: str = 't5', seed: int = 0, steps: int | Non
   if steps is not None:  # a short run (tests) also gets a proportionally short warmup
     overrides += [f'TRAIN_STEPS = {int(steps)}', f'WARMUP_STEPS = {min(100, int(steps) // 10)}']
   gin_config.parse(recipe.pretrain_gin, overrides + list(bindings))
-  import gin  # pylint: disable=g-import-not-at-top
   config = recipe.architecture()  # bound once, so what is written records exactly what was trained
-  gin.bind_parameter('jaxprompt.ModelSource.config', config)
-  gin.bind_parameter('jaxprompt.EvalConfig.max_examples', eval_examples)
-  result = trainer.train_model()  # pylint: disable=no-value-for-parameter  (gin supplies the arguments)
+  done, trained, metrics, text = recipe.train(config, vocabulary, eval_examples)
   command = f'python -m jaxprompt.demo.pretrain --output DIR --seed {seed}' + (f' --family {family}'
                                                                                if family != 't5' else '')
   info = {
-      'vocabulary': {
-          'file': recipe.vocab_file, 'type': 'sentencepiece', 'options': _SP_OPTIONS,
-          'vocab_size': vocabulary.vocab_size, 'extra_ids': 0, 'pad_id': 0, 'eos_id': 1, 'unk_id': 2
-      },
+      'vocabulary': {'file': recipe.vocab_file, **vocab_info, 'vocab_size': vocabulary.vocab_size},
       'pretraining': {
-          'command': command + (f' --steps {steps}' if steps is not None else ''), 'seed': seed, 'steps': result.step,
-          'gin_files': list(recipe.pretrain_gin), 'gin_overrides': list(bindings), 'mixture': tasks.PRETRAIN_MIXTURE,
-          'skill_rates': data.SKILL_RATES, 'data_seed': tasks.DATA_SEED, 'heldout_seed': tasks.HELDOUT_SEED,
-          'seconds': round(time.time() - start, 1)
+          'command': command + (f' --steps {steps}' if steps is not None else '') +
+                     (f' --eval_examples {eval_examples}' if eval_examples != EVAL_EXAMPLES else ''), 'seed': seed,
+          'steps': done, 'gin_files': list(recipe.pretrain_gin), 'gin_overrides': list(bindings),
+          **text, 'seconds': round(time.time() - start, 1)
       },
       'validation': {
-          k: v
-          for k, v in sorted((result.eval_metrics or {}).items())
-          if k.endswith(('/accuracy', '/sequence_accuracy', '/token_accuracy'))
+          k: v for k, v in sorted(metrics.items()) if k.endswith(('/accuracy', '/sequence_accuracy', '/token_accuracy'))
       },
   }
-  info = recipe.write(result.trainable, config, output, result.step, info)
+  info = recipe.write(trained, config, output, done, info)
   print(
       f'{family} demo model written to {output} (vocabulary {vocab_path}) in {info["pretraining"]["seconds"]} s; '
       f'logs in {log_dir}', flush=True)

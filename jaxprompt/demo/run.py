@@ -62,7 +62,7 @@ class DemoResult:
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--output', default='jaxprompt_demo', help='folder for prompt.npy, curves and runs')
-  parser.add_argument('--family', default='t5', choices=tuple(families.FAMILIES),
+  parser.add_argument('--family', default='t5', choices=families.demo_families(),
                       help='the frozen demo model: t5 (a small T5 1.1) or causal (a tiny Llama, decoder-only)')
   parser.add_argument('--skill', default='topic', choices=data.HELDOUT_SKILLS,
                       help='the classification skill presented without its instruction')

@@ -219,6 +219,11 @@ _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 ACTIVATION_NAMES = frozenset(_ACTIVATIONS)
 
 
+def activation(name: str) -> Callable[[Array], Array]:
+  """The activation function called `name` (one of ACTIVATION_NAMES)."""
+  return _ACTIVATIONS[name]
+
+
 class MlpBlock(nn.Module):
   """Feed-forward block: one `wi` per activation (`wi_0`, `wi_1` when gated), multiplied, then `wo`."""
   intermediate_dim: int
