@@ -182,6 +182,9 @@ def test_every_shipped_gin_file_passes_the_table():
   combinations += [['models/t5x_tiny.gin', f'runs/{r}.gin'] for r in ('prompt_eval', 'prompt_infer')]
   combinations += [['models/demo.gin', f'runs/{r}.gin'] for r in ('demo', 'demo_model_tuning', 'demo_pretrain')]
   combinations += [['runs/demo_encoder_pretrain.gin']]  # the encoder's pretraining binds its model in Python
+  combinations += [
+      ['models/bert_base_uncased.gin', *runs, f'heads/{p.name}'] for p in (REPO / 'gin_configs' / 'heads').glob('*.gin')
+  ]
   combinations += [['models/t5x_tiny.gin', *runs, f'{d}/{p.name}']
                    for d in ('methods', 'prompts')
                    for p in (REPO / 'gin_configs' / d).glob('*.gin')]
@@ -210,3 +213,5 @@ def test_the_tables_choices_are_their_owners():
   assert set(macros.DTYPES) == set(configs._DTYPES)  # pylint: disable=protected-access
   assert macros.MULTITASK_MODES == multitask.MODES
   assert set(macros.PREFIX_KINDS) == set(ATTENTION_KINDS)
+  from jaxprompt.models.heads import KINDS  # pylint: disable=g-import-not-at-top
+  assert macros.HEAD_KINDS == KINDS

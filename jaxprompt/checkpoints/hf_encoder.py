@@ -17,6 +17,7 @@ from jaxprompt.errors import ConfigError
 from jaxprompt.models.encoder_config import EncoderConfig
 
 KIND = 'BERT / RoBERTa'
+MODEL_TYPES = ('bert', 'roberta')  # config.json's model_type of the folders read here
 
 
 def _read(path: str) -> tuple[EncoderConfig, str, dict[str, Any], str, str]:

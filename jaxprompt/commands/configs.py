@@ -2,7 +2,8 @@
 (`commands/groups.py`), and the check that a task's vocabulary fits the model.
 
   jaxprompt.model_config(name, dtype, ...)   -> ModelConfig     (models/*.gin: a named config of any family)
-  jaxprompt.hf_model_config(path, dtype, ...) -> ModelConfig    (models/hf_causal.gin: a Hugging Face causal LM folder)
+  jaxprompt.hf_model_config(path, dtype, ...) -> ModelConfig    (models/hf_causal.gin, models/hf_encoder.gin: a
+                                                                Hugging Face causal LM or BERT / RoBERTa folder)
   jaxprompt.loss_config(z_loss, ...)          -> LossConfig
   jaxprompt.task_vocabulary(task, vocabulary) -> the model's vocabulary, else the task's (prompts/*.gin)
   jaxprompt.task_label_set(task)              -> the task's class labels (prompts/class_labels.gin)
@@ -59,11 +60,12 @@ def model_config(name: str = gin.REQUIRED, dtype: Any = None, param_dtype: Any =
 def hf_model_config(path: str = gin.REQUIRED, dtype: Any = None, param_dtype: Any = None,
                     dropout_rate: float | None = None, scan_layers: bool | None = None,
                     remat_policy: str | None = None) -> ModelConfig:
-  """The config a Hugging Face causal LM folder's config.json describes (Llama, Mistral, Qwen2, GPT-2: any size),
-  with the same overrides as `model_config`."""
-  from jaxprompt.checkpoints import hf_causal  # pylint: disable=g-import-not-at-top
-  path = validation.require(path, 'HF_MODEL_DIR', "\"'/path/to/model'\" (the model's Hugging Face folder)")
-  config = hf_causal.hf_causal_config(os.fspath(path))
+  """The config a Hugging Face folder's config.json describes: a causal LM (Llama, Mistral, Qwen2, GPT-2) or a
+  BERT / RoBERTa encoder (model_type 'bert' / 'roberta'), any size, with the same overrides as `model_config`."""
+  from jaxprompt.checkpoints import hf_causal, hf_encoder  # pylint: disable=g-import-not-at-top
+  path = os.fspath(validation.require(path, 'HF_MODEL_DIR', "\"'/path/to/model'\" (the model's Hugging Face folder)"))
+  encoder = hf_causal.read_hf_config(path).get('model_type') in hf_encoder.MODEL_TYPES
+  config = hf_encoder.hf_encoder_config(path) if encoder else hf_causal.hf_causal_config(path)
   overrides = _overrides(dtype, param_dtype, dropout_rate, scan_layers, remat_policy)
   return config.replace(**overrides) if overrides else config
 

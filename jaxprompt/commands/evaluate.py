@@ -59,10 +59,10 @@ def evaluate(output_file: str | None = None, *, model: ModelSource | None = None
   model.require_checkpoint()
   split = data.split or 'validation'
   provider = data_lib.get_provider(data.require_task(), model.vocabulary, model.family, streams=False)
-  eos_id = data_lib.targets_vocabulary(provider).eos_id
+  eos_id = data_lib.task_vocabulary(provider).eos_id
   method, trainable, sources = bank_files.load_method(source, config=model.config, eos_id=eos_id, what='an ensemble')
   for task in data_lib.subtasks(provider, split):
-    configs.check_vocabulary(data_lib.targets_vocabulary(task), model.config, task.name)
+    configs.check_vocabulary(data_lib.task_vocabulary(task), model.config, task.name)
   # A multi-task run's prompts.npz is a bank: each task's rows carry its id (an ensemble sets ids itself).
   sets = prepare_eval(provider, split, data.task_feature_lengths, max_examples=data.max_examples,
                       rank_classification=rank_classification, task_names=() if source.prompts else method.task_names,
@@ -71,7 +71,7 @@ def evaluate(output_file: str | None = None, *, model: ModelSource | None = None
   fns, placed = tuned_model(model, data.task_feature_lengths, method, trainable, eos_id=eos_id, decode=decode,
                             length_buckets=data.length_buckets)
   matches = model_check.check_prompt_sources(sources, source.checkpoint_step, model.config,
-                                             data_lib.targets_vocabulary(provider), fns.rt.network,
+                                             data_lib.task_vocabulary(provider), fns.rt.network,
                                              allow_other_model=source.allow_other_model)
   ensemble = functools.partial(banks.evaluate_ensemble, names=list(source.prompts)) if source.prompts else None
   metrics, records = evaluate_sets(fns, placed, sets, data.batch_size, score_set=ensemble)

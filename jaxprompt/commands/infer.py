@@ -14,11 +14,12 @@ import numpy as np
 from jaxprompt.commands import bank_files, configs, model_check
 from jaxprompt.commands.evaluate import check_eval_data, tuned_model
 from jaxprompt.commands.groups import DataConfig, ModelSource, PromptSource
+from jaxprompt.data import converters, task_heads
 from jaxprompt.data import pipeline as data_lib
 from jaxprompt.data import vocab as vocab_lib
 from jaxprompt.data.causal import StreamTokens
 from jaxprompt.errors import ConfigError, DataError
-from jaxprompt.eval import banks, records, writers
+from jaxprompt.eval import banks, label_eval, records, writers
 from jaxprompt.eval import evaluation as eval_lib
 from jaxprompt.formats import files
 from jaxprompt.runtime import runtime as runtime_lib
@@ -149,6 +150,24 @@ def ensemble_records(fns: eval_lib.ModelFns, trainable: Any, names: list[str], g
   return out
 
 
+def head_inputs(method: Any, provider: Any, texts: Sequence[str] | None, vocabulary: Any, split: str,
+                feature_lengths: Mapping[str, int], max_examples: int | None) -> list[label_eval.LabelSet]:
+  """An encoder-only model's inputs: each task's split, or text lines (named by the task's labels when a task is
+  given, else transformers' LABEL_<id>)."""
+  if texts is None:
+    return label_eval.prepare(provider, split, feature_lengths, max_examples=max_examples)
+  head = getattr(method, 'head', None)
+  if head is None:
+    raise ConfigError('an encoder-only model predicts with a task head: give the method file its head.npz beside it '
+                      '(final_head.npz), or a run directory')
+  if provider is not None:
+    labels = label_eval.task_labels(provider.name)
+  else:
+    names = tuple(f'LABEL_{i}' for i in range(head.outputs)) if head.kind == 'tagging' else None
+    labels = task_heads.TaskLabels('text inputs', head.kind, names)
+  return [label_eval.text_set(texts, labels, vocabulary, feature_lengths)]
+
+
 @gin.configurable(module='jaxprompt')
 def infer(output_file: str | None = None, *, model: ModelSource | None = None, data: DataConfig | None = None,
           source: PromptSource | None = None, decode: eval_lib.DecodeOptions | None = None,
@@ -201,6 +220,16 @@ def infer(output_file: str | None = None, *, model: ModelSource | None = None, d
   data_lib.host_batch_size(batch_size, runtime_lib.data_parallel_size(model.model_parallel))
   method, trainable, sources = bank_files.load_method(source, config=model.config, eos_id=vocab.eos_id,
                                                       what='a prompt bank')
+  if model.family == converters.ENCODER_ONLY:
+    vocab = vocab if provider is None else data_lib.task_vocabulary(provider)  # what train and eval fingerprint
+    sets = head_inputs(method, provider, texts, vocab, split, lengths, max_examples)
+    fns, placed = tuned_model(model, lengths, method, trainable, eos_id=vocab.eos_id,
+                              length_buckets=data.length_buckets)
+    model_check.check_prompt_sources(sources, source.checkpoint_step, model.config, vocab, fns.rt.network,
+                                     allow_other_model=source.allow_other_model)
+    out = [r for s in sets for r in label_eval.records(s, *label_eval.predict(fns, placed, s, batch_size))]
+    writers.write_jsonl(output_file, out, stream=stdout or sys.stdout)
+    return out
   requests, groups = None, None
   is_bank = bool(method.task_names) and not ensemble  # --prompt NAME=FILE, or a multi-task run's prompts.npz
   if is_bank:  # read and check the requests before the model loads

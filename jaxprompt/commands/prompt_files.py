@@ -8,6 +8,10 @@ the file holds; the sources are
   a PEFT adapter folder             PROMPT_TUNING / P_TUNING (a prompt), PREFIX_TUNING (a decoder_self prefix)
                                     (`jaxprompt.methods.peft_adapters`)
   a training MODEL_DIR or step dir  the file its method left in the step's numpy dir (`registry.step_files`)
+
+A file that joins another (`registry.joining_files`: an encoder's task head, `head.npz`) is read with the file it
+lies beside, by name: `final_prefix.npz` takes `final_head.npz`, a step dir's `prompt.npy` its `head.npz` (the
+joining file's name after the same prefix; `join_beside`).
 """
 from __future__ import annotations
 
@@ -56,7 +60,25 @@ def load_tuned(*, prompt_file: str | None, checkpoint: str | None, step: int | N
                       'a training MODEL_DIR or step dir use --checkpoint)')
   else:
     arrays = registry.read_arrays(path)
-  return registry.from_arrays(arrays, dataclasses.replace(context, source=path or os.fspath(checkpoint)))
+  method, params = registry.from_arrays(arrays, dataclasses.replace(context, source=path or os.fspath(checkpoint)))
+  return (method, params) if path is None else join_beside(method, params, path, context)
+
+
+def join_beside(method: Method, params: Any, path: str, context: registry.ReadContext) -> tuple[Method, Any]:
+  """(method, params) read from `path`, with the joining files beside it (module docstring) joined in."""
+  folder, name = os.path.split(path)
+  joining = registry.joining_files()
+  if name in joining or any(name.endswith('_' + j) for j in joining):
+    return method, params  # the joining file itself, read alone
+  main = next((f for f in registry.step_files() if f not in joining and name.endswith(f)), None)
+  if main is None:
+    return method, params
+  prefix = name[:len(name) - len(main)]
+  for other in joining:
+    beside = os.path.join(folder, prefix + other)
+    if epath.Path(beside).exists():
+      method, params = registry.join_file(method, params, beside, context)
+  return method, params
 
 
 def step_file(checkpoint: str, step: int | None = None) -> str | None:

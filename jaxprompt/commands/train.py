@@ -112,7 +112,7 @@ def run_training(model_dir: Any, *, method: MethodFactory, model: ModelSource, d
   # What a configuration can get wrong fails before MODEL_DIR exists (the checkpointer below makes it).
   family = model.family
   provider = data_lib.get_provider(task_name, model.vocabulary, family)
-  vocab = data_lib.targets_vocabulary(provider)
+  vocab = data_lib.task_vocabulary(provider)
   configs.check_vocabulary(vocab, model.config, task_name)
   # The method first: its configuration errors (e.g. class labels the task lacks) come before data errors.
   tuning = method(model.config, vocab.eos_id)

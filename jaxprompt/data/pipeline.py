@@ -97,6 +97,12 @@ def inputs_vocabulary(provider: seqio.Task | seqio.Mixture) -> seqio.Vocabulary:
   return features['inputs'].vocabulary if 'inputs' in features else targets_vocabulary(provider)
 
 
+def task_vocabulary(provider: seqio.Task | seqio.Mixture) -> seqio.Vocabulary:
+  """The vocabulary a task's labels and texts are read with: its targets' (rank classification, decoding), else its
+  inputs' (an encoder-only label task has no targets)."""
+  return targets_vocabulary(provider) if 'targets' in provider.output_features else inputs_vocabulary(provider)
+
+
 def check_split(provider: seqio.Task | seqio.Mixture, split: str) -> None:
   """DataError naming the task and split if the split is missing or yields no example."""
   from jaxprompt.data import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
@@ -119,8 +125,7 @@ def stream_tokens(provider: seqio.Task | seqio.Mixture, family: str = converters
                   count: truncation.StreamCount | None = None) -> Any:
   """The special ids the family's features of `provider`'s examples need (`Family.tokens_of`): a causal stream's
   BOS and the inputs EOS to drop; the encoder family's specials layout (and `count`, the stream's, it counts)."""
-  features = provider.output_features
-  vocabulary = targets_vocabulary(provider) if 'targets' in features else inputs_vocabulary(provider)
+  vocabulary = task_vocabulary(provider)
   return converters.get(family).tokens_of(vocabulary, eos_features(provider).get('inputs', False), count)
 
 

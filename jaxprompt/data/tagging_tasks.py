@@ -121,3 +121,8 @@ def get(name: str) -> TaggingTask:
   if name not in _TASKS:
     raise DataError(f'unknown tagging task {name!r} (registered: {sorted(_TASKS) or "none"})')
   return _TASKS[name]
+
+
+def names() -> list[str]:
+  """The tagging tasks registered in this process."""
+  return sorted(_TASKS)

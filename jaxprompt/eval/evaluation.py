@@ -17,7 +17,9 @@ from jaxprompt.data import converters
 from jaxprompt.data import pipeline as data
 from jaxprompt.data.truncation import Truncation
 from jaxprompt.errors import ConfigError
+from jaxprompt.eval import label_eval
 from jaxprompt.eval import records as records_lib
+from jaxprompt.eval.losses import loss_summary, task_id, validation_loss  # noqa: F401  (their home before)
 from jaxprompt.formats import validation
 from jaxprompt.models.base import BaseModel
 from jaxprompt.models.features import TASK_FEATURE
@@ -84,6 +86,14 @@ class _Decodes:
                                     rng=rng if opts.method == 'sample' else None)
 
 
+@dataclasses.dataclass(frozen=True)
+class _HeadLabels:
+  model: BaseModel
+
+  def __call__(self, frozen: Any, trainable: Any, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    return self.model.predict_labels(frozen, trainable, {k: batch[k] for k in self.model.DECODE_FEATURES if k in batch})
+
+
 class ModelFns:
   """The frozen model's jitted scoring, ranking and decoding on the mesh; results replicated on every host.
 
@@ -102,6 +112,7 @@ class ModelFns:
     self._scores = _TargetScores(runtime.model)
     self._ranks = _RankScores(runtime.model)
     self._decodes = _Decodes(runtime.model, dataclasses.replace(self.decode_options, seed=0))
+    self._labels = _HeadLabels(runtime.model)
 
   @property
   def family(self) -> str:
@@ -139,6 +150,11 @@ class ModelFns:
     decodes, scores = self.rt.steps.compiled(self._decodes, 1)(self.rt.frozen, trainable, batch, rng)
     return host.host_value(decodes), host.host_value(scores)
 
+  def head_labels(self, trainable: Any, batch: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """An encoder-only model's head predictions and scores of an inference batch (`predict_labels`)."""
+    predictions, scores = self.rt.steps.compiled(self._labels)(self.rt.frozen, trainable, self._shard('labels', batch))
+    return host.host_value(predictions), host.host_value(scores)
+
 
 # ------------------------------------------------------------------------------------ metrics
 
@@ -164,22 +180,6 @@ def label_candidates(labels: Sequence[str], vocabulary: seqio.Vocabulary, length
   return np.asarray(rows, np.int32)
 
 
-def loss_summary(totals: Mapping[str, float]) -> dict[str, float]:
-  weight = max(totals.get('weight_sum', 0.0), 1.0)
-  return {'loss': totals['loss'] / weight, 'token_accuracy': totals['correct'] / weight}
-
-
-def validation_loss(fns: ModelFns, trainable: Any, features: Mapping[str, np.ndarray], batch_size: int) -> dict:
-  """Per-token loss and token accuracy over every example of `features`."""
-  totals = {'loss': 0.0, 'weight_sum': 0.0, 'correct': 0.0}
-  for batch, _ in data.padded_batches(features, batch_size):
-    metrics = fns.loss_metrics(trainable, batch)
-    totals['loss'] += metrics['loss']
-    totals['weight_sum'] += metrics['weight_sum']
-    totals['correct'] += metrics['token_accuracy'] * metrics['weight_sum']
-  return loss_summary(totals)
-
-
 def predict(fns: ModelFns, trainable: Any, features: Mapping[str, np.ndarray], batch_size: int,
             vocabulary: seqio.Vocabulary, labels: Sequence[str] | None) -> tuple[list[str], list[float]]:
   """(prediction texts, scores): the best label by rank classification when `labels`, else the decode (read up to
@@ -200,13 +200,6 @@ def predict(fns: ModelFns, trainable: Any, features: Mapping[str, np.ndarray], b
       texts += [vocabulary.decode([int(t) for t in row]) for row in decodes[:real]]
       scores += [float(s) for s in decode_scores[:real]]
   return texts, scores
-
-
-def task_id(task_names: Sequence[str], name: str) -> int:
-  """The index of task `name` among a multi-task method's tasks (ConfigError naming both when absent)."""
-  if name not in task_names:
-    raise ConfigError(f'task {name!r} is not one of the method\'s tasks {list(task_names)}')
-  return list(task_names).index(name)
 
 
 @dataclasses.dataclass
@@ -231,8 +224,10 @@ def prepare_eval(provider: seqio.Task | seqio.Mixture, split: str, feature_lengt
   the targets length.
 
   `task_names` (a multi-task method's `task_names`): each set's rows carry their task's index in it as
-  `task_ids`.
+  `task_ids`. The encoder-only family's sets are a head's rows and labels (`label_eval.prepare`).
   """
+  if family == converters.ENCODER_ONLY:
+    return label_eval.prepare(provider, split, feature_lengths, max_examples=max_examples, task_names=task_names)
   sets = []
   for task in data.subtasks(provider, split):
     examples, truncated = data.read_examples(task, feature_lengths, split, max_examples)
@@ -294,7 +289,9 @@ def evaluate_sets(
   out: dict[str, Any] = {}
   records: list[dict[str, Any]] = []
   for eval_set in sets:
-    if score_set is None:
+    if isinstance(eval_set, label_eval.LabelSet):
+      metrics, set_records = label_eval.evaluate(fns, trainable, eval_set, batch_size, task_metrics=task_metrics)
+    elif score_set is None:
       metrics, set_records = evaluate_set(fns, trainable, eval_set, batch_size, task_metrics=task_metrics)
     else:
       metrics, set_records = score_set(fns, trainable, eval_set, batch_size)

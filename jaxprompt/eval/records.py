@@ -7,6 +7,9 @@
                                                     divided by the brevity penalty ((5 + length) / 6) ** alpha
   sampling             sample_log_prob              the sample's summed log-probability under the sampling
                                                     distribution (temperature / top-k / top-p applied)
+  head                 probability                  an encoder-only model's task head: the softmax probability of
+                                                    the predicted class or choice (a regression value or a tagged
+                                                    sentence's tags have no score field)
 
 Every record also keeps `score`, the same number under its old name, for readers written before the fields had
 names; an ensemble's `scores` {prompt: number} likewise sits beside `log_likelihoods` / `beam_scores` /
@@ -16,9 +19,11 @@ from __future__ import annotations
 
 from typing import Any
 
-RANKED = 'rank_classification'
+RANKED, HEAD = 'rank_classification', 'head'
 # prediction_by -> the name of its score field
-SCORE_FIELDS = {RANKED: 'log_likelihood', 'beam_search': 'beam_score', 'sampling': 'sample_log_prob'}
+SCORE_FIELDS = {
+    RANKED: 'log_likelihood', 'beam_search': 'beam_score', 'sampling': 'sample_log_prob', HEAD: 'probability'
+}
 _BY_DECODING = {'beam': 'beam_search', 'sample': 'sampling'}
 
 

@@ -40,6 +40,7 @@ class Macro:
 DTYPES = ('float32', 'bfloat16', 'float16')
 MULTITASK_MODES = ('concat', 'add', 'concat_features', 'project')
 PREFIX_KINDS = ('encoder_self', 'decoder_self', 'cross')
+HEAD_KINDS = ('classification', 'regression', 'multiple_choice', 'tagging')  # models.heads.KINDS
 
 # yapf: disable
 MACROS: dict[str, Macro] = {
@@ -81,9 +82,9 @@ MACROS: dict[str, Macro] = {
     'VOCABULARY': Macro('path', '@jaxprompt.vocabulary()', 'the model\'s vocabulary (file tasks, infer text; a causal '
                         'LM reads every task with it)', 'models/*.gin', none="T5's", expects='a vocabulary such as '
                         '@jaxprompt.vocabulary() or a SentencePiece model path'),
-    'HF_MODEL_DIR': Macro('path', "'/models/Llama-3.2-1B'", "a causal LM's local Hugging Face folder: its weights and "
-                          'tokenizer (and config.json for models/hf_causal.gin)', 'models/*.gin of causal LMs (a '
-                          'placeholder)'),
+    'HF_MODEL_DIR': Macro('path', "'/models/Llama-3.2-1B'", "a causal LM's or BERT / RoBERTa's local Hugging Face "
+                          'folder: its weights and tokenizer (and config.json for models/hf_{causal,encoder}.gin)',
+                          'models/*.gin of causal LMs and encoders (a placeholder)'),
     'VOCABULARY_PATH': Macro('path', "'/path/spm.model'", 'the SentencePiece model of the fixture model',
                              'models/t5x_tiny.gin', none="T5's"),
     'T5X_TINY_CHECKPOINT': Macro('path', "'/abs/path/t5x_tiny/classic_checkpoint_0'", "the fixture model's weights",
@@ -129,6 +130,13 @@ MACROS: dict[str, Macro] = {
                               expects='a prompt initialiser such as @jaxprompt.methods.sampled_vocab()',
                          makes='Initializer'),
     'MPT_RANK': Macro('positive int', '1', "rank of each task's factor", 'methods/multitask_prompt_tuning.gin'),
+    # An encoder-only model's task head (heads/*.gin).
+    'HEAD_KIND': Macro('one of', "'classification'", 'the task head trained beside the method', 'heads/*.gin',
+                       choices=HEAD_KINDS),
+    'NUM_LABELS': Macro('positive int', '2', "the head's classes or tags", 'heads/head.gin', none="the task's"),
+    'USE_POOLER': Macro('bool', 'False', "the head reads BERT's pooler output, not the first token's state",
+                        'heads/head.gin'),
+    'HEAD_DROPOUT': Macro('rate', '0.1', "dropout on the head's input", 'heads/head.gin'),
 }
 # yapf: enable
 

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from jaxprompt.data import task_heads
 from jaxprompt.errors import ConfigError, PromptError
 from jaxprompt.methods import registry
 from jaxprompt.methods.base import Array, Method, Params
@@ -35,6 +36,7 @@ from jaxprompt.parallel import host
 
 HEAD_FILE = 'head.npz'
 FILE_KIND = 'task_head'
+TUNED_ENCODER = 'encoder/tuned'  # marks the head of a run that trained the whole encoder (model tuning)
 _HEAD_SALT = 0x4EAD  # the head's draw: the method's rng folded with this, so the inner draw is the method's alone
 
 
@@ -118,7 +120,10 @@ class WithHead(Method):
     """The inner method's files and `head.npz` (module docstring)."""
     inner, head = self.split(trainable)
     files = {} if self.inner is None else dict(self.inner.numpy_copy(inner) or {})
-    return {**files, HEAD_FILE: head_arrays(self.head, jax.tree.map(host.host_value, head))}
+    arrays = head_arrays(self.head, jax.tree.map(host.host_value, head))
+    if self.trains_network:  # the head alone is no use on the frozen encoder it would be read with
+      arrays[TUNED_ENCODER] = np.zeros((0,), np.int8)
+    return {**files, HEAD_FILE: arrays}
 
 
 def head_arrays(head: HeadConfig, params: Params) -> dict[str, np.ndarray]:
@@ -131,6 +136,10 @@ def head_arrays(head: HeadConfig, params: Params) -> dict[str, np.ndarray]:
 def read_head(arrays: registry.Arrays, context: registry.ReadContext) -> tuple[HeadConfig, dict]:
   """A head file's (HeadConfig, parameters), its shapes checked against `context.config`; one PromptError naming
   the file otherwise."""
+  if TUNED_ENCODER in arrays:
+    raise PromptError(f'{context.source}: this head was trained with the whole encoder (model tuning + head), which '
+                      "lives in the run's orbax checkpoints only; eval / infer read a method's file on the frozen "
+                      'encoder, so this head alone would be scored on the wrong encoder (docs/encoders.md)')
   marks = [k for k in arrays if k.startswith(('kind/', 'pooler/'))]
   kind = next((k.split('/', 1)[1] for k in marks if k.startswith('kind/')), None)
   pooler = next((k.split('/', 1)[1] for k in marks if k.startswith('pooler/')), None)
@@ -178,8 +187,12 @@ registry.register(
 
 @gin.configurable(module='jaxprompt.methods')
 def with_head(config: ModelConfig, eos_id: int = 1, *, method: Any = None, kind: str = 'classification',
-              num_labels: int | None = None, use_pooler: bool = False, dropout: float = 0.1) -> WithHead:
+              num_labels: int | None = None, use_pooler: bool = False, dropout: float = 0.1,
+              task: str | None = None) -> WithHead:
   """`METHOD = @jaxprompt.methods.with_head`: `method` (a method factory, e.g. `@jaxprompt.methods.p_tuning_v2`;
-  None: the head alone on the frozen encoder) trained with a task head (`jaxprompt.models.heads.HeadConfig`)."""
+  None: the head alone on the frozen encoder) trained with a task head (`jaxprompt.models.heads.HeadConfig`).
+  `task` (heads/*.gin: MIXTURE_OR_TASK_NAME): `num_labels` None is its number of labels, a given one is checked
+  against it, and the head's kind against the task's (`data.task_heads.num_labels`)."""
+  num_labels = task_heads.num_labels(task, kind, num_labels)
   inner = None if method is None else method(config, eos_id)
   return WithHead.for_config(config, inner, HeadConfig(kind, num_labels, use_pooler, dropout))

@@ -1,0 +1,175 @@
+"""Scoring and predicting with an encoder-only model's task head (BERT / RoBERTa): label ids, not text.
+
+A split of a label task (`data/label_tasks.py`, your own label files) or a tagging task (`data/tagging_tasks.py`)
+is read once, uncut, into the encoder rows (`data/encoder.py`, `TagAligner` for tagging: the rows are cut and
+counted there). The head predicts (`ModelFns.head_labels`: `EncoderOnlyModel.predict_labels`), and the task's
+metric fns score the predictions on label ids (accuracy, F1, Matthews, Pearson / Spearman), or, for tagging, each
+word's tag (its first sub-token's) by entity span P / R / F1 and word accuracy.
+
+Records: `{"input", "prediction", "prediction_by": "head", ...}`: a class or choice name and its `probability`
+(softmax of the head's scores), a regression value, or for tagging the input's `words` and a tag per word.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from jaxprompt.data import encoder, task_heads
+from jaxprompt.data import pipeline as data
+from jaxprompt.errors import ConfigError
+from jaxprompt.eval import records as records_lib
+from jaxprompt.eval.losses import task_id, validation_loss
+from jaxprompt.models.features import CLASS_LABEL, REGRESSION_LABEL, TASK_FEATURE
+
+
+@dataclasses.dataclass
+class LabelSet:
+  """One task's split for a head: `texts` (what records show), `features` (the rows, with their labels when
+  `targets`), `targets` (label ids, values, or each sentence's tags; None: unlabelled inputs), `aligned` (tagging:
+  each sentence's words and sub-tokens, `token_labels.Aligned`)."""
+  task: Any  # anything with a `name`: a seqio task, or `Named` for text inputs
+  split: str
+  labels: task_heads.TaskLabels
+  texts: list[str]
+  features: dict[str, np.ndarray]
+  targets: list[Any] | None
+  vocabulary: Any
+  length: int
+  aligned: list[Any] | None = None  # tagging: `text.split()` are the words
+  truncation: Any = None  # the rows' cuts are said once where they are made (`encoder.to_encoder_features`)
+
+
+@dataclasses.dataclass(frozen=True)
+class Named:
+  name: str
+
+
+def task_labels(name: str) -> task_heads.TaskLabels:
+  """The head task `name` asks for; one ConfigError when it is a text-to-text task."""
+  found = task_heads.head_labels(name)
+  if found is None:
+    raise ConfigError(
+        f'task {name!r} has no labels for a task head: an encoder-only model reads label tasks (GLUE / '
+        "SuperGLUE '*_labels', label files) and tagging tasks (CoNLL directories), not text-to-text tasks")
+  return found
+
+
+def _tagging(name: str) -> Any:
+  from jaxprompt.data import tagging_tasks  # pylint: disable=g-import-not-at-top
+  return tagging_tasks.get(name)
+
+
+def prepare(provider: Any, split: str, feature_lengths: Mapping[str, int], *, max_examples: int | None = None,
+            task_names: Sequence[str] = ()) -> list[LabelSet]:
+  """Each task's split (of a task, or of a mixture's tasks) as rows for its head; `task_names` (a multi-task
+  method's) tags each set's rows with its task's index."""
+  sets = []
+  length = int(feature_lengths['inputs'])
+  for task in data.subtasks(provider, split):
+    labels, vocabulary = task_labels(task.name), data.inputs_vocabulary(task)
+    if labels.kind == 'tagging':
+      aligned, features, sentences = _tagging(task.name).features(split, vocabulary, length)
+      keep = slice(max_examples or None)
+      aligned, sentences, features = aligned[keep], sentences[keep], {k: v[keep] for k, v in features.items()}
+      texts, targets = [' '.join(s.words) for s in sentences], [list(s.tags) for s in sentences]
+    else:
+      examples, _ = data.read_examples(task, None, split, max_examples)
+      features = encoder.example_features(examples, feature_lengths, encoder.EncoderTokens.of(vocabulary),
+                                          where=f'task {task.name!r} split {split!r}')
+      texts = [_text(ex, vocabulary) for ex in examples]
+      targets, aligned = [ex[encoder.LABEL].item() for ex in examples], None
+    if task_names:
+      features[TASK_FEATURE] = np.full((len(texts),), task_id(task_names, task.name), np.int32)
+    sets.append(LabelSet(task, split, labels, texts, features, targets, vocabulary, length, aligned))
+  return sets
+
+
+def _text(example: Mapping[str, Any], vocabulary: Any) -> str:
+  """An example's texts as one line: the first, then ' | ' and the second text or each choice."""
+  parts = [example[encoder.FIRST]
+          ] + [example[k] for k in [encoder.SECOND, *encoder.choice_keys(example)] if k in example]
+  return ' | '.join(vocabulary.decode([int(t) for t in p]) for p in parts)
+
+
+def text_set(texts: Sequence[str], labels: task_heads.TaskLabels, vocabulary: Any,
+             feature_lengths: Mapping[str, int]) -> LabelSet:
+  """Text lines as a head's inputs: one text (a tab between two texts of a pair; a tagging line's words split on
+  whitespace); multiple choice reads `first<TAB>choice<TAB>choice...`."""
+  length = int(feature_lengths['inputs'])
+  if labels.kind == 'tagging':
+    from jaxprompt.data.token_labels import TagAligner  # pylint: disable=g-import-not-at-top
+    aligner = TagAligner(vocabulary, labels.names, length)
+    aligned = [aligner.align(t.split()) for t in texts]
+    rows = [aligner.features(a) for a in aligned]
+    features = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    return LabelSet(Named(labels.task), 'text', labels, list(texts), features, None, vocabulary, length, aligned)
+  tokens = encoder.EncoderTokens.of(vocabulary)
+  parts = [[vocabulary.encode(p) for p in t.split('\t')] for t in texts]
+  if labels.kind == 'multiple_choice':
+    choices = [[(p[0], c) for c in p[1:]] for p in parts]
+    features = encoder.choice_features(choices, None, feature_lengths, tokens, 'text inputs')
+  else:
+    features = encoder.to_encoder_features([p[:2] for p in parts], None, feature_lengths, tokens, 'text inputs')
+  return LabelSet(Named(labels.task), 'text', labels, list(texts), features, None, vocabulary, length)
+
+
+def predict(fns: Any, trainable: Any, label_set: LabelSet, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """(predictions, scores) of every row: class / choice ids [n] and their softmax probabilities [n]; values [n]
+  twice (regression); tag ids [n, l] and zeros (tagging)."""
+  features = {k: v for k, v in label_set.features.items() if k not in (CLASS_LABEL, REGRESSION_LABEL)}
+  predictions, scores = [], []
+  for batch, real in data.padded_batches(features, batch_size):
+    ids, logits = fns.head_labels(trainable, batch)
+    predictions.append(ids[:real])
+    if label_set.labels.kind in ('classification', 'multiple_choice'):
+      logits = np.asarray(logits[:real], np.float64)
+      probs = np.exp(logits - logits.max(-1, keepdims=True))
+      scores.append((probs / probs.sum(-1, keepdims=True)).max(-1))
+    else:
+      scores.append(np.zeros((real,)) if label_set.labels.kind == 'tagging' else ids[:real])
+  return np.concatenate(predictions), np.concatenate(scores)
+
+
+def records(label_set: LabelSet, predictions: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
+  """One record per row (module docstring); `predictions` / `scores` of `predict`."""
+  kind, out = label_set.labels.kind, []
+  if kind == 'tagging':
+    from jaxprompt.data.token_labels import TagAligner  # pylint: disable=g-import-not-at-top
+    aligner = TagAligner(label_set.vocabulary, label_set.labels.names, label_set.length)
+    for text, aligned, row in zip(label_set.texts, label_set.aligned, predictions):
+      out.append({
+          'input': text, 'words': text.split(), 'prediction': aligner.word_tags(aligned, row),
+          'prediction_by': records_lib.HEAD
+      })
+    return out
+  for text, prediction, score in zip(label_set.texts, predictions, scores):
+    if kind == 'regression':
+      out.append({'input': text, 'prediction': float(prediction), 'prediction_by': records_lib.HEAD})
+    else:
+      name = label_set.labels.name_of(int(prediction)) if kind == 'classification' else int(prediction)
+      out.append({'input': text, 'prediction': name, **records_lib.score_fields(score, records_lib.HEAD)})
+  return out
+
+
+def evaluate(fns: Any, trainable: Any, label_set: LabelSet, batch_size: int, *,
+             task_metrics: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+  """(metrics, records) of a labelled split: the loss, the head's `token_accuracy` and the task's metrics."""
+  metrics: dict[str, Any] = {'num_examples': len(label_set.texts)}
+  metrics.update(validation_loss(fns, trainable, label_set.features, batch_size))
+  if not task_metrics:
+    return metrics, []
+  predictions, scores = predict(fns, trainable, label_set, batch_size)
+  rows = records(label_set, predictions, scores)
+  name, kind = label_set.task.name, label_set.labels.kind
+  if kind == 'tagging':
+    from jaxprompt.data.tagging_tasks import tagging_metrics  # pylint: disable=g-import-not-at-top
+    metrics.update(tagging_metrics(label_set.targets, [r['prediction'] for r in rows]))
+  else:
+    from jaxprompt.data import label_tasks  # pylint: disable=g-import-not-at-top
+    metrics.update(label_tasks.get(name).score(label_set.targets, [p.item() for p in predictions]))
+  targets = label_set.targets if kind != 'classification' else [label_set.labels.name_of(t) for t in label_set.targets]
+  return {k: float(v) if isinstance(v, (np.floating, np.integer)) else v for k, v in metrics.items()
+         }, [dict(r, target=t) for r, t in zip(rows, targets)]

@@ -1,0 +1,96 @@
+"""`jaxprompt train / eval / infer` on an encoder-only model with a task head, through the CLI in this process: a
+tiny random BERT folder (tests/encoder_tiny.py), P-tuning v2 + a classification head on the tiny TSV task read as
+label ids. eval of the run equals the run's own final evaluation, the head is read back beside the method's file,
+infer prints the task's label names; a head of the wrong size and a prompt of another model are one line each."""
+import json
+
+import gin
+import numpy as np
+import pytest
+
+from jaxprompt.cli.main import main as cli_main
+from jaxprompt.data import label_files, label_tasks
+from tests.test_cli import main_error
+from tests.tiny_task import LABELS
+
+TASK = 'jp_encoder_tiny'
+LENGTHS = "{'inputs': 16, 'targets': 1}"
+
+
+def model_flags(folder) -> list[str]:
+  return ['--gin_file=models/hf_encoder.gin', f"--gin.HF_MODEL_DIR='{folder}'", f'--gin.TASK_FEATURE_LENGTHS={LENGTHS}']
+
+
+def train_argv(folder, model_dir, *extra: str) -> list[str]:
+  return [
+      'train', *model_flags(folder), '--gin_file=runs/prompt_tuning.gin', '--gin_file=methods/p_tuning_v2.gin',
+      '--gin_file=heads/classification.gin', f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'", f"--gin.MODEL_DIR='{model_dir}'",
+      '--gin.BATCH_SIZE=8', '--gin.TRAIN_STEPS=4', '--gin.EVAL_PERIOD=4', '--gin.CHECKPOINT_PERIOD=4',
+      '--gin.PREFIX_LENGTH=2', *extra
+  ]
+
+
+@pytest.fixture(scope='module')
+def tiny_bert(tmp_path_factory):
+  from tests.encoder_tiny import tiny_bert_folder  # pylint: disable=g-import-not-at-top
+  return tiny_bert_folder(tmp_path_factory.mktemp('tiny_bert'))
+
+
+@pytest.fixture(scope='module')
+def run(tiny_bert, tiny_files, tmp_path_factory):
+  """P-tuning v2 + a classification head trained 4 steps on the tiny task (evaluated at the end); its MODEL_DIR."""
+  label_files.register_label_file_task(TASK, train=str(tiny_files['train']), validation=str(tiny_files['validation']),
+                                       label_set=LABELS)
+  model_dir = tmp_path_factory.mktemp('encoder') / 'run'
+  try:
+    assert cli_main(train_argv(tiny_bert, model_dir)) == 0
+  finally:
+    gin.clear_config()
+  yield model_dir
+  label_tasks._TASKS.pop(TASK, None)  # pylint: disable=protected-access
+
+
+def test_train_writes_the_method_and_its_head_and_eval_reads_both_back(run, tiny_bert, tmp_path, clean_gin):
+  assert (run / 'final_prefix.npz').is_file() and (run / 'final_head.npz').is_file()
+  final = json.loads((run / 'eval_metrics.json').read_text())
+  assert {'accuracy', 'loss', 'token_accuracy'} <= set(final)
+  for source in (['--checkpoint', str(run)], [
+      *model_flags(tiny_bert), '--gin_file=runs/prompt_eval.gin', f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'",
+      '--prompt_file',
+      str(run / 'final_prefix.npz')
+  ]):
+    out = tmp_path / 'eval.json'
+    assert cli_main(['eval', *source, '--output', str(out)]) == 0
+    gin.clear_config()
+    metrics = json.loads(out.read_text())['metrics']
+    assert metrics['accuracy'] == final['accuracy']
+    np.testing.assert_allclose(metrics['loss'], final['loss'], rtol=1e-5)
+
+
+def test_infer_prints_the_tasks_label_names(run, tmp_path, capsys, clean_gin):
+  inputs = tmp_path / 'in.txt'
+  inputs.write_text('good movie\nawful plot\n')
+  capsys.readouterr()
+  assert cli_main(['infer', '--checkpoint', str(run), '--input_file', str(inputs)]) == 0
+  rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{')]
+  assert [r['input'] for r in rows] == ['good movie', 'awful plot']
+  assert all(r['prediction'] in LABELS and r['prediction_by'] == 'head' and 0.5 <= r['probability'] <= 1 for r in rows)
+
+
+def test_a_head_of_the_wrong_size_and_a_prompt_of_another_model_are_one_line(run, tiny_bert, tmp_path, capsys,
+                                                                             clean_gin):
+  code, line = main_error(capsys, train_argv(tiny_bert, tmp_path / 'bad', '--gin.NUM_LABELS=3'))
+  assert code == 2 and "NUM_LABELS=3 but task 'jp_encoder_tiny' has 2 labels" in line
+  assert not (tmp_path / 'bad').exists()
+  gin.clear_config()
+  code, line = main_error(capsys, train_argv(tiny_bert, tmp_path / 'bad', '--gin.HEAD_KIND=\'tagging\''))
+  assert code == 2 and 'a tagging head cannot learn task' in line and 'heads/classification.gin' in line
+  gin.clear_config()
+  t5_prompt = tmp_path / 'prompt.npy'
+  np.save(t5_prompt, np.zeros((5, 64), np.float32))  # a T5 prompt: 64 wide, the tiny BERT is 32
+  code, line = main_error(capsys, [
+      'eval', *model_flags(tiny_bert), '--gin_file=runs/prompt_eval.gin', f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'",
+      '--prompt_file',
+      str(t5_prompt)
+  ])
+  assert code == 2 and str(t5_prompt) in line
