@@ -138,7 +138,7 @@ def test_the_fix_is_the_flag_to_write(capsys, tiny_gin, tmp_path):
 
 def test_a_mistyped_gin_file_gets_the_close_names(capsys, tmp_path):
   listing = ('(methods: model_tuning, multitask_prompt_tuning, multitask_prompts, p_tuning, p_tuning_v2, '
-             'per_layer_prompts, prefix_tuning, prompt_tuning, with_head)')
+             'per_layer_prompts, prefix_tuning, prompt_tuning)')
   for given in ('methods/prefix_tunning.gin', 'method/prefix_tuning.gin'):
     code, line = one_error(capsys, ['train', f'--gin_file={given}'])
     assert code == 2 and line.startswith(f'gin file {given} not found; did you mean methods/prefix_tuning.gin')
