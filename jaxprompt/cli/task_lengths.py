@@ -67,4 +67,6 @@ def derive_unless_set(task_names: Sequence[str], files: Sequence[str], bindings:
   if not isinstance(name, str) or name not in task_names or user_sets_lengths(files, bindings, search_path_flag):
     return
   from jaxprompt.data import task_spec  # pylint: disable=g-import-not-at-top  (imports TF)
-  gin_config.bind_macro(MACRO, task_spec.derived_lengths(name))
+  lengths = task_spec.derived_lengths(name)
+  if lengths is not None:
+    gin_config.bind_macro(MACRO, lengths)
