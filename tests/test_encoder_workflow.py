@@ -94,3 +94,49 @@ def test_a_head_of_the_wrong_size_and_a_prompt_of_another_model_are_one_line(run
       str(t5_prompt)
   ])
   assert code == 2 and str(t5_prompt) in line
+
+
+NER_TRAIN = 'Anna\tB-PER\nvisits\tO\nParis\tB-LOC\n\nThe\tO\nfox\tO\nsees\tO\nBob\tB-PER\n\n' * 4
+NER_DEV = 'Bob\tB-PER\nlikes\tO\nRome\tB-LOC\n'
+COPA = ('{"premise": "The man fell.", "c0": "He slipped.", "c1": "He sang.", "label": 0}\n'
+        '{"premise": "It rained.", "c0": "The sun shone.", "c1": "The street got wet.", "label": 1}\n') * 4
+# kind -> (head gin, the --task spec's keys after name= and the data path, the data, an infer line)
+WORKFLOWS = {
+    'tagging': ('heads/tagging.gin', 'conll={path}', {'train.txt': NER_TRAIN, 'dev.txt': NER_DEV}, 'Anna likes Rome'),
+    'choice': ('heads/multiple_choice.gin', 'kind=choice,train={path}/copa.jsonl,validation={path}/copa.jsonl,'
+               'text=premise,choices=c0|c1', {'copa.jsonl': COPA}, 'The man fell.\tHe slipped.\tHe sang.'),
+}
+
+
+@pytest.mark.slow  # ~15 s each: three CLI runs, the training compiles its steps
+@pytest.mark.parametrize('kind', ['tagging', 'choice'])
+def test_own_tagging_and_choice_data_from_the_command_line_train_eval_infer(kind, tiny_bert, tmp_path, capsys,
+                                                                            clean_gin):
+  """`--task` registers the data (no Python); train -> eval -> infer through the CLI; eval and infer read the
+  task back from the run's config.gin."""
+  head, spec, files, line = WORKFLOWS[kind]
+  for name, text in files.items():
+    (tmp_path / 'data').mkdir(exist_ok=True)
+    (tmp_path / 'data' / name).write_text(text)
+  task, run = f'jp_cli_{kind}', tmp_path / 'run'
+  assert cli_main([
+      'train', *model_flags(tiny_bert), '--gin_file=runs/prompt_tuning.gin', f'--gin_file={head}', '--task',
+      f'name={task},' + spec.format(path=tmp_path / 'data'), f"--gin.MIXTURE_OR_TASK_NAME='{task}'",
+      f"--gin.MODEL_DIR='{run}'", '--gin.BATCH_SIZE=4', '--gin.TRAIN_STEPS=2', '--gin.EVAL_PERIOD=2',
+      '--gin.CHECKPOINT_PERIOD=2', '--gin.PROMPT_LENGTH=2'
+  ]) == 0
+  gin.clear_config()
+  final = json.loads((run / 'eval_metrics.json').read_text())
+  assert cli_main(['eval', '--checkpoint', str(run), '--output', str(tmp_path / 'eval.json')]) == 0
+  gin.clear_config()
+  metrics = json.loads((tmp_path / 'eval.json').read_text())['metrics']
+  assert metrics['accuracy'] == final['accuracy'] and ('span_f1' in metrics) == (kind == 'tagging')
+  (tmp_path / 'in.txt').write_text(line + '\n')
+  capsys.readouterr()
+  assert cli_main(['infer', '--checkpoint', str(run), '--input_file', str(tmp_path / 'in.txt')]) == 0
+  [row] = [json.loads(out) for out in capsys.readouterr().out.splitlines() if out.startswith('{')]
+  if kind == 'tagging':
+    assert row['words'] == ['Anna', 'likes', 'Rome'] and len(row['prediction']) == 3
+    assert set(row['prediction']) <= {'O', 'B-LOC', 'B-PER'}
+  else:
+    assert row['prediction'] in (0, 1) and 0.5 <= row['probability'] <= 1

@@ -157,3 +157,18 @@ def test_training_with_buckets_matches_fixed_length_batches(train_kwargs, fixtur
       json.loads(line) for line in (tmp_path / 'fixed' / observability.TRAIN_HISTORY).read_text().splitlines()
   ]
   assert all(c['encoder_fill'] > f['encoder_fill'] for c, f in zip(rows, fixed_rows))
+
+
+def test_multiple_choice_batches_are_cut_on_their_last_axis():
+  """[b, choices, l] rows (an encoder's multiple choice): the columns are the last axis, every choice cut alike."""
+  tokens = np.zeros((2, 3, 40), np.int32)
+  tokens[0, 2, :9] = 5  # the longest row of any example and choice: 9 columns
+  tokens[1, 0, :4] = 5
+  batch = {
+      'encoder_input_tokens': tokens, 'encoder_input_mask': (tokens > 0).astype(np.int32), 'labels': np.array([2, 0],
+                                                                                                              np.int32)
+  }
+  cut = buckets.LengthBuckets(inputs=16).trim(batch)
+  assert cut['encoder_input_tokens'].shape == cut['encoder_input_mask'].shape == (2, 3, 16)
+  np.testing.assert_array_equal(cut['encoder_input_tokens'], tokens[..., :16])
+  assert cut['labels'].tolist() == [2, 0] and buckets.last_real_column(tokens) == 9

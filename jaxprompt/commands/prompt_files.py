@@ -42,7 +42,7 @@ def load_tuned(*, prompt_file: str | None, checkpoint: str | None, step: int | N
                       'per_layer_prompts.npz or a PEFT adapter folder) or --checkpoint (a training MODEL_DIR or step '
                       f'dir); got prompt_file={prompt_file!r}, checkpoint={checkpoint!r}')
   context = registry.ReadContext(config, eos_id=eos_id, combine=combine, prompt_length=prompt_length)
-  path = None if prompt_file is None else os.fspath(prompt_file)
+  path = found = None if prompt_file is None else os.fspath(prompt_file)
   if path is not None and peft_adapters.is_adapter_dir(path):
     adapter = peft_adapters.read_adapter(path, config)
     return registry.from_arrays(adapter.arrays, dataclasses.replace(context, source=f'PEFT adapter {path}'))
@@ -61,7 +61,8 @@ def load_tuned(*, prompt_file: str | None, checkpoint: str | None, step: int | N
   else:
     arrays = registry.read_arrays(path)
   method, params = registry.from_arrays(arrays, dataclasses.replace(context, source=path or os.fspath(checkpoint)))
-  return (method, params) if path is None else join_beside(method, params, path, context)
+  beside = path or found  # a step's prompt, read from its orbax state, still has its head.npz beside prompt.npy
+  return (method, params) if beside is None else join_beside(method, params, beside, context)
 
 
 def join_beside(method: Method, params: Any, path: str, context: registry.ReadContext) -> tuple[Method, Any]:

@@ -45,8 +45,10 @@ INFERENCE_GROUPS = ('inputs', PROMPT)  # T5's encoder inputs, or a causal LM's p
 
 
 def last_real_column(tokens: np.ndarray) -> int:
-  """1 + the index of the last non-zero column of [rows, width] ids (0 for an all-padding batch)."""
-  nonzero = np.flatnonzero(np.any(np.asarray(tokens) != 0, axis=0))
+  """1 + the index of the last non-zero column of [rows, width] ids, or [rows, choices, width] (multiple choice),
+  0 for an all-padding batch."""
+  tokens = np.asarray(tokens)
+  nonzero = np.flatnonzero(np.any(tokens.reshape(-1, tokens.shape[-1]) != 0, axis=0))
   return int(nonzero[-1]) + 1 if nonzero.size else 0
 
 
@@ -105,12 +107,12 @@ class LengthBuckets:
       feature = LENGTH_FEATURES[group]
       if feature not in batch or group not in longest:
         continue
-      width = np.shape(batch[feature])[1]
+      width = np.shape(batch[feature])[-1]  # columns are the last axis ([b, choices, l] too)
       length = self.bucket(group, longest[group], width)
       if length < width:
         for k, v in batch.items():
           if k.startswith(_PREFIX[group]):
-            out[k] = v[:, :length]
+            out[k] = v[..., :length]
     return out
 
   def _trim_prompt(self, batch: Mapping[str, np.ndarray], longest: Mapping[str, int]) -> Batch:
@@ -151,7 +153,7 @@ class ShapeLog:
 def _widths(batch: Mapping[str, np.ndarray], groups: Sequence[str]) -> dict[str, int]:
   """{group: its width} of the batch's length features (the prompt's when `groups` cut one)."""
   features = dict(LENGTH_FEATURES, **({PROMPT: PROMPT_FEATURES[1]} if PROMPT in groups else {}))
-  return {g: np.shape(batch[f])[1] for g, f in features.items() if f in batch}
+  return {g: np.shape(batch[f])[-1] for g, f in features.items() if f in batch}
 
 
 def bucketed(batches: Any, buckets: LengthBuckets, *, name: str = 'batches',
