@@ -96,6 +96,51 @@ def test_a_head_of_the_wrong_size_and_a_prompt_of_another_model_are_one_line(run
   assert code == 2 and str(t5_prompt) in line
 
 
+def test_export_writes_the_method_and_its_head_as_one_folder_that_scores_as_the_run(run, tiny_bert, tmp_path, capsys,
+                                                                                    clean_gin):
+  folder = tmp_path / 'export'
+  assert cli_main(['export', '--checkpoint', str(run), '--output', str(folder)]) == 0
+  assert sorted(p.name for p in folder.iterdir()) == ['fingerprint.json', 'head.npz', 'prefix.npz']
+  out = tmp_path / 'eval.json'
+  assert cli_main([
+      'eval', *model_flags(tiny_bert), '--gin_file=runs/prompt_eval.gin', f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'",
+      '--prompt_file',
+      str(folder), '--output',
+      str(out)
+  ]) == 0
+  gin.clear_config()
+  final, metrics = json.loads((run / 'eval_metrics.json').read_text()), json.loads(out.read_text())['metrics']
+  assert metrics['accuracy'] == final['accuracy']
+  np.testing.assert_allclose(metrics['loss'], final['loss'], rtol=1e-5)
+  code, line = main_error(capsys, ['export', '--checkpoint', str(run), '--output', str(tmp_path / 'x.npz')])
+  assert code == 2 and 'writes both into one folder; give --output a folder' in line
+  code, line = main_error(capsys, ['export', '--checkpoint', str(run), '--output', str(folder)])
+  assert code == 2 and 'is not an empty folder' in line
+  code, line = main_error(capsys, ['export', '--checkpoint', str(run), '--format', 'peft', '--output', str(tmp_path)])
+  assert code == 2 and 'not task heads; use --format file' in line and '--format hf_head' in line
+
+
+def test_export_hf_head_writes_transformers_classifier_tensors(run, tmp_path):
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+
+  from jaxprompt.checkpoints import hf_head  # pylint: disable=g-import-not-at-top
+  out = tmp_path / 'head.safetensors'
+  assert cli_main(['export', '--checkpoint', str(run), '--format', 'hf_head', '--output', str(out)]) == 0
+  with safe_open(str(out), 'np') as f:
+    tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (safe_open is no mapping)
+    assert f.metadata()['head_kind'] == 'classification'
+  head = dict(np.load(run / 'final_head.npz'))
+  params = {k: v for k, v in head.items() if k.startswith('classifier/')}  # the rest: kind / pooler markers
+  # no pooler: RoBERTa's two-layer head, classifier.dense.* and classifier.out_proj.*, torch's [out, in] weights
+  assert sorted(tensors) == sorted(k.replace('/', '.').replace('kernel', 'weight') for k in params) and len(params) == 4
+  for key, value in params.items():
+    hf = tensors[key.replace('/', '.').replace('kernel', 'weight')]
+    np.testing.assert_array_equal(hf, value.T if key.endswith('kernel') else value)
+  back = traverse_util.flatten_dict(hf_head.head_from_hf(tensors), sep='/')
+  assert sorted(back) == sorted(params) and all(np.array_equal(back[k], params[k]) for k in params)
+
+
 NER_TRAIN = 'Anna\tB-PER\nvisits\tO\nParis\tB-LOC\n\nThe\tO\nfox\tO\nsees\tO\nBob\tB-PER\n\n' * 4
 NER_DEV = 'Bob\tB-PER\nlikes\tO\nRome\tB-LOC\n'
 COPA = ('{"premise": "The man fell.", "c0": "He slipped.", "c1": "He sang.", "label": 0}\n'

@@ -157,12 +157,15 @@ def build_parser(commands: Sequence[str]) -> argparse.ArgumentParser:
   p.add_argument('--step', type=int, default=None, help='checkpoint step (default: the latest)')
   p.add_argument(
       '--output', required=True, help='file to write (.npy for a prompt; .npz or .safetensors for a '
-      'prefix; .npz for per-layer prompts), or a folder for --format peft / hf_model')
+      'prefix; .npz for per-layer prompts), a folder for a method with a task head and for --format peft / '
+      'hf_model, a .safetensors for --format hf_head')
   p.add_argument(
-      '--format', default='file', choices=('file', 'peft', 'hf_model'),
-      help='file: the inference file; peft: a Hugging Face PEFT adapter folder (adapter_config.json + '
-      'adapter_model.safetensors) for the HF T5 with the same weights; hf_model: that HF T5 itself (config.json, '
-      "safetensors, tokenizer), written from the gin files' MODEL_CONFIG, INITIAL_CHECKPOINT_PATH and VOCABULARY")
+      '--format', default='file', choices=('file', 'peft', 'hf_model', 'hf_head'),
+      help="file: the inference file (with a task head: the method's file and head.npz in one folder); hf_head: "
+      "the task head as transformers' classifier.* tensors; peft: a Hugging Face PEFT adapter folder "
+      '(adapter_config.json + adapter_model.safetensors) for the HF T5 with the same weights; hf_model: that HF T5 '
+      "itself (config.json, safetensors, tokenizer), written from the gin files' MODEL_CONFIG, "
+      'INITIAL_CHECKPOINT_PATH and VOCABULARY')
   p.add_argument('--base_model', default=None,
                  help='--format peft: base_model_name_or_path written into adapter_config.json')
   p.add_argument('--overwrite', action='store_true', default=None,

@@ -10,6 +10,9 @@ format 'peft': a Hugging Face PEFT adapter folder (`jaxprompt.methods.peft_adapt
   else from the step's fingerprint, else from the shapes (PEFT fills the rest).
 Reads only that file (or, for a prompt, the prompt leaf of the orbax state): neither the frozen model nor the
 optimizer state.
+A step whose method trained a task head beside it (encoder-only runs, `head.npz`): format 'file' writes the
+  method's file and the head into one folder, format 'hf_head' the head as transformers' `classifier.*` tensors,
+  format 'peft' is refused in one line (`commands/export_head.py`).
 format 'hf_model': not a run's file but the frozen model the gin files name, as a Hugging Face T5 folder
   (`commands/export_model.py`).
 """
@@ -22,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxprompt.commands import export_model, prompt_files
+from jaxprompt.commands import export_head, export_model, prompt_files
 from jaxprompt.errors import PromptError, UsageError
 from jaxprompt.formats import fingerprint_files
 from jaxprompt.formats.keys import PROMPT_FILE, PROMPT_KEY, RUN_CONFIG_FILE
@@ -30,7 +33,7 @@ from jaxprompt.methods import registry
 from jaxprompt.train import step_dirs
 from jaxprompt.train.checkpoint_files import checkpoint_step, load_prompt_from_checkpoint
 
-FORMATS = ('file', 'peft', 'hf_model')
+FORMATS = ('file', 'peft', 'hf_model', 'hf_head')
 
 
 def export(
@@ -62,19 +65,28 @@ def export(
   if not source:
     raise UsageError('export needs --checkpoint (a training MODEL_DIR or step dir) or --gin.MODEL_DIR')
   source = os.fspath(source)
-  method_file = None
+  method_file, found = None, source
   if not os.path.isfile(source):
     found = prompt_files.step_file(source, step)
     method_file = None if found is None or os.path.basename(found) == PROMPT_FILE else found
+  joined = [] if found is None else prompt_files.beside_files(found)  # the task head beside the method's file
+  if format == 'hf_head':
+    return export_head.export_hf_head(export_head.head_file(joined + [method_file or '']), output_file, source)
   recorded = prompt_files.recorded_fingerprint(source, step)
   if method_file is None:  # a prompt: the orbax state's prompt leaf, or the step's prompt.npy
     arrays = {PROMPT_KEY: _prompt(source, step, output_file)}
   else:
     arrays = registry.read_arrays(method_file)
   kind = registry.kind_of(arrays, method_file or source)
+  if format == 'peft' and joined:
+    raise PromptError(f'cannot export {source} as a PEFT adapter: it trained a task head beside its method, and '
+                      'PEFT adapters hold prompts and prefixes, not task heads; use --format file (the method and '
+                      'its head in one folder) or --format hf_head (the head as classifier.* tensors)')
   if format == 'peft':
     target = registry.PeftTarget(output_file, method_file or source, _model_sizes(recorded), base_model, recorded)
     return _export_peft(registry.trained_kind(kind, _trained_run(source, step)), arrays, target, source)
+  if joined:
+    return export_head.export_folder(kind, arrays, joined, output_file, source, recorded)
   if not output_file.endswith(kind.suffixes):
     name = os.path.basename(method_file) if method_file else kind.step_file
     raise UsageError(f'{name} of {source} exports as {" or ".join(kind.suffixes)}; got --output {output_file}')

@@ -8,6 +8,9 @@ the file holds; the sources are
   a PEFT adapter folder             PROMPT_TUNING / P_TUNING (a prompt), PREFIX_TUNING (a decoder_self prefix)
                                     (`jaxprompt.methods.peft_adapters`)
   a training MODEL_DIR or step dir  the file its method left in the step's numpy dir (`registry.step_files`)
+  a method's folder                 what `export` writes for a method with a task head: the step's files by their
+                                    step names (`prefix.npz` + `head.npz`, ...) and `fingerprint.json`
+                                    (`folder_file`)
 
 A file that joins another (`registry.joining_files`: an encoder's task head, `head.npz`) is read with the file it
 lies beside, by name: `final_prefix.npz` takes `final_head.npz`, a step dir's `prompt.npy` its `head.npz` (the
@@ -43,6 +46,8 @@ def load_tuned(*, prompt_file: str | None, checkpoint: str | None, step: int | N
                       f'dir); got prompt_file={prompt_file!r}, checkpoint={checkpoint!r}')
   context = registry.ReadContext(config, eos_id=eos_id, combine=combine, prompt_length=prompt_length)
   path = found = None if prompt_file is None else os.fspath(prompt_file)
+  if path is not None and not peft_adapters.is_adapter_dir(path):
+    path = found = folder_file(path) or path
   if path is not None and peft_adapters.is_adapter_dir(path):
     adapter = peft_adapters.read_adapter(path, config)
     return registry.from_arrays(adapter.arrays, dataclasses.replace(context, source=f'PEFT adapter {path}'))
@@ -65,20 +70,31 @@ def load_tuned(*, prompt_file: str | None, checkpoint: str | None, step: int | N
   return (method, params) if beside is None else join_beside(method, params, beside, context)
 
 
-def join_beside(method: Method, params: Any, path: str, context: registry.ReadContext) -> tuple[Method, Any]:
-  """(method, params) read from `path`, with the joining files beside it (module docstring) joined in."""
+def folder_file(path: str) -> str | None:
+  """The main file of a method's folder (an export folder or a numpy step dir): the first of
+  `registry.step_files()` it holds (main files first); None when `path` is no folder holding one."""
+  if not epath.Path(path).is_dir():
+    return None
+  return next((os.path.join(path, f) for f in registry.step_files() if epath.Path(path, f).is_file()), None)
+
+
+def beside_files(path: str) -> list[str]:
+  """The joining files (a task head) that lie beside the method's file `path`, by name (module docstring)."""
   folder, name = os.path.split(path)
   joining = registry.joining_files()
   if name in joining or any(name.endswith('_' + j) for j in joining):
-    return method, params  # the joining file itself, read alone
+    return []  # the joining file itself, read alone
   main = next((f for f in registry.step_files() if f not in joining and name.endswith(f)), None)
   if main is None:
-    return method, params
+    return []
   prefix = name[:len(name) - len(main)]
-  for other in joining:
-    beside = os.path.join(folder, prefix + other)
-    if epath.Path(beside).exists():
-      method, params = registry.join_file(method, params, beside, context)
+  return [p for other in joining if epath.Path(p := os.path.join(folder, prefix + other)).exists()]
+
+
+def join_beside(method: Method, params: Any, path: str, context: registry.ReadContext) -> tuple[Method, Any]:
+  """(method, params) read from `path`, with the joining files beside it (module docstring) joined in."""
+  for beside in beside_files(path):
+    method, params = registry.join_file(method, params, beside, context)
   return method, params
 
 
@@ -100,6 +116,8 @@ def recorded_fingerprint(source: str | os.PathLike, step: int | None = None) -> 
   source = os.fspath(source)
   if peft_adapters.is_adapter_dir(source):
     return peft_adapters.read_fingerprint(source)
+  if not epath.Path(source).is_file() and (inside := _export_folder_file(source)) is not None:
+    source = inside
   if epath.Path(source).is_file():
     recorded = fingerprint_files.read(fingerprint_files.sidecar_path(source))
     beside = os.path.join(os.path.dirname(source), fingerprint_files.STEP_FILE)
@@ -107,6 +125,11 @@ def recorded_fingerprint(source: str | os.PathLike, step: int | None = None) -> 
   if '://' not in source and not os.path.exists(source):
     raise PromptError(f'prompt source {source} does not exist')
   return fingerprint_files.read(step_numpy_dir(source, step) / fingerprint_files.STEP_FILE)
+
+
+def _export_folder_file(path: str) -> str | None:
+  """`folder_file` of a folder that is no numpy step dir (those record theirs by step, checked)."""
+  return None if os.path.basename(path.rstrip('/')).startswith(step_dirs.NUMPY_PREFIX) else folder_file(path)
 
 
 def step_numpy_dir(checkpoint: str, step: int | None = None) -> epath.Path:

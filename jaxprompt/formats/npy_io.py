@@ -131,6 +131,12 @@ def read_npz(path: str | os.PathLike, *, what: str = 'prefix file',
     raise error(f'{what} {path} is truncated or damaged: not a readable .npz archive ({_reason(e)})') from e
 
 
+def write_bytes(data: bytes, path: str | os.PathLike, *, what: str = 'file',
+                error: type[Exception] = PromptError) -> str:
+  """Writes `data` to `path` (local or gs://) atomically, creating parents; returns the path."""
+  return _write(data, os.fspath(path), what, error)
+
+
 def _write(data: bytes, path: str, what: str, error: type[Exception]) -> str:
   """Writes `data` beside `path` and renames it into place, creating parents, so a reader never sees half a
   file. The temp name is unique, so several processes may write the same file at once: each rename installs a
