@@ -99,6 +99,13 @@ def tiny_files(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
+def tiny_bert(tmp_path_factory):
+  """A tiny random BERT and its WordPiece tokenizer as one Hugging Face folder (tests/encoder_tiny.py)."""
+  from tests.encoder_tiny import tiny_bert_folder  # pylint: disable=g-import-not-at-top
+  return tiny_bert_folder(tmp_path_factory.mktemp('tiny_bert'))
+
+
+@pytest.fixture(scope='session')
 def tiny_causal(tmp_path_factory):
   """A tiny random Llama-style causal LM and its tokenizer as one Hugging Face folder (tests/causal_tiny.py)."""
   from tests.causal_tiny import tiny_causal_folder  # pylint: disable=g-import-not-at-top

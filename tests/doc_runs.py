@@ -5,7 +5,10 @@ How a doc command becomes a test run (docs/testing.md, "Commands in the docs"):
 * on any other `models/*.gin`: the t5x fixture model (`models/t5x_tiny.gin`) and the tiny TSV task of
   tests/tiny_task.py: a task the test does not provide becomes the tiny task, TINY_SIZES are appended; a causal LM's
   file (one including `models/layouts/hf_folder.gin`) becomes `models/hf_causal.gin` on the tiny causal model of
-  tests/causal_tiny.py (its HF_MODEL_DIR), with the same task and sizes;
+  tests/causal_tiny.py (its HF_MODEL_DIR), with the same task and sizes; a BERT / RoBERTa file (`is_encoder`) becomes
+  `models/hf_encoder.gin` on the tiny BERT of tests/encoder_tiny.py, a task the test does not provide the tiny task
+  read as label ids (`ENCODER_TASK`), with ENCODER_SIZES; a `--task` spec's `conll=` directory is the tiny CoNLL
+  files of tests/encoder_tiny.py;
 * the appended `--gin.` flags come last, so they win over the doc's own sizes;
 * every path is under one temporary root (`doc_commands.localize`), the working directory too; what a command
   reads but no doc command writes is provided: ALIASES (another doc command's output stands in for it), TSV
@@ -23,14 +26,23 @@ import re
 from collections.abc import Callable, Sequence
 
 from jaxprompt.data import task_spec
+from jaxprompt.models import families
 from tests.doc_commands import REPO, USER_PREFIX, Command
+from tests.encoder_tiny import write_conll
 
 TINY_MODEL = 'models/t5x_tiny.gin'
 DEMO_MODEL = 'models/demo.gin'
 CAUSAL_MODEL = 'models/hf_causal.gin'
-CAUSAL_LAYOUT = 'models/layouts/hf_folder.gin'  # what every causal LM's models/*.gin includes
+CAUSAL_LAYOUT = 'models/layouts/hf_folder.gin'  # what every causal LM's (and encoder's) models/*.gin includes
+ENCODER_MODEL = 'models/hf_encoder.gin'
+ENCODER_TASK = 'doc_tiny_labels'  # the tiny task's files read as label ids (`register_encoder_task`)
 TINY_SIZES = ("--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 8}", '--gin.BATCH_SIZE=4', '--gin.TRAIN_STEPS=2',
               '--gin.CHECKPOINT_PERIOD=2', '--gin.PROMPT_LENGTH=5')
+# The shapes of tests/test_encoder_workflow.py's runs (batch 8, 16 tokens, 2 prompt / prefix rows): its compiled
+# steps serve these runs from the session's compilation cache.
+ENCODER_SIZES = ("--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 1}", '--gin.BATCH_SIZE=8', '--gin.TRAIN_STEPS=2',
+                 '--gin.CHECKPOINT_PERIOD=2', '--gin.PROMPT_LENGTH=2')
+PREFIX_SIZES = ('--gin.PREFIX_LENGTH=2',)  # with methods/p_tuning_v2.gin (8 rows by default)
 DEMO_SIZES = ('--gin.TRAIN_STEPS=2', '--gin.BATCH_SIZE=8', '--gin.CHECKPOINT_PERIOD=2')
 TRAIN_SIZES = ('--gin.EVAL_SPLIT=None',)  # `train` only: the doc's eval commands evaluate
 # A path the docs read that no doc command writes -> the doc path whose output stands in for it.
@@ -52,10 +64,18 @@ OUTPUT_FLAGS = ('--output', '--predictions_file')
 SENTENCES = ('good movie', 'awful plot', 'a great film')
 
 
-def is_causal(model_file: str) -> bool:
-  """A causal LM's models/*.gin: it reads a Hugging Face folder (`CAUSAL_LAYOUT`)."""
+def is_encoder(model_file: str) -> bool:
+  """A BERT / RoBERTa models/*.gin: `ENCODER_MODEL`, or one naming an encoder-only architecture."""
   path = REPO / 'gin_configs' / model_file
-  return path.is_file() and CAUSAL_LAYOUT in path.read_text()
+  named = re.search(r"name = '(\w+)'", path.read_text()) if path.is_file() else None
+  config = families.named_configs().get(named.group(1)) if named else None
+  return model_file == ENCODER_MODEL or getattr(config, 'family', None) == 'encoder_only'
+
+
+def is_causal(model_file: str) -> bool:
+  """A causal LM's models/*.gin: it reads a Hugging Face folder (`CAUSAL_LAYOUT`) and is no encoder."""
+  path = REPO / 'gin_configs' / model_file
+  return path.is_file() and CAUSAL_LAYOUT in path.read_text() and not is_encoder(model_file)
 
 
 def not_run(command: Command) -> str | None:
@@ -82,13 +102,15 @@ def flag_values(words: Sequence[str], flag: str) -> list[str]:
 @dataclasses.dataclass
 class DocRuns:
   """Runs doc commands under `root` with `main` (`jaxprompt.cli.main.main`); `task` is the tiny task's name,
-  `files` its TSV / vocabulary files, `checkpoint` the t5x fixture model, `causal` the tiny causal LM's folder."""
+  `files` its TSV / vocabulary files, `checkpoint` the t5x fixture model, `causal` the tiny causal LM's folder,
+  `encoder` the tiny BERT's."""
   root: pathlib.Path
   main: Callable[[list[str]], int]
   task: str
   files: dict
   checkpoint: pathlib.Path
   causal: pathlib.Path | None = None
+  encoder: pathlib.Path | None = None
 
   def argv(self, args: Sequence[str]) -> list[str]:
     """`jaxprompt ARGS` as the test runs it (module docstring)."""
@@ -97,18 +119,23 @@ class DocRuns:
     if not models or DEMO_MODEL in models:
       return [*args, *DEMO_SIZES, *train] if models else list(args)
     own = {task_spec.parse_task_spec(spec)['name'] for spec in flag_values(args, '--task')}
+    encoder = any(is_encoder(f) for f in models)
     causal = any(is_causal(f) for f in models)
+    model = ENCODER_MODEL if encoder else CAUSAL_MODEL if causal else TINY_MODEL
     out = []
     for word in args:
       if word.startswith('--gin_file=models/') or word.startswith('models/'):
-        word = word.replace(word[word.index('models/'):], CAUSAL_MODEL if causal else TINY_MODEL)
+        word = word.replace(word[word.index('models/'):], model)
       elif word.startswith('--gin.HF_MODEL_DIR='):
-        continue  # the tiny causal model's, below
+        continue  # the tiny causal model's or encoder's, below
       elif word.startswith('--gin.MIXTURE_OR_TASK_NAME='):
         name = ast.literal_eval(word.partition('=')[2])
         if not (name.startswith(USER_PREFIX) or name in own):
-          word = f"--gin.MIXTURE_OR_TASK_NAME='{self.task}'"
+          word = f"--gin.MIXTURE_OR_TASK_NAME='{ENCODER_TASK if encoder else self.task}'"
       out.append(word)
+    if encoder:
+      prefix = PREFIX_SIZES if any('p_tuning_v2' in f for f in flag_values(args, '--gin_file')) else ()
+      return [*out, f"--gin.HF_MODEL_DIR='{self.encoder}'", *ENCODER_SIZES, *prefix, *train]
     if causal:
       return [*out, f"--gin.HF_MODEL_DIR='{self.causal}'", *TINY_SIZES, *train]
     return [
@@ -170,6 +197,8 @@ class DocRuns:
         path.write_text(self.files[TSV[relative]].read_text())
       elif str(path) in flag_values(argv, '--tfds_data_dir'):
         path.mkdir(parents=True)
+      elif any(f'conll={path}' in spec for spec in flag_values(argv, '--task')):
+        write_conll(path)
 
   def run(self, commands: Sequence[Command], read_err: Callable[[], str]) -> list[str]:
     """Runs each distinct command once, in doc order, a command waiting for the inputs another one writes;
@@ -211,3 +240,10 @@ def register_mixtures(task_files: dict, labels: Sequence[str]) -> None:
       custom.register_file_task(task, train=str(task_files['train']), validation=str(task_files['validation']),
                                 label_set=tuple(labels), vocabulary=vocabulary)
     seqio.MixtureRegistry.add(mixture, list(tasks), default_rate=1.0)
+
+
+def register_encoder_task(task_files: dict, labels: Sequence[str]) -> None:
+  """`ENCODER_TASK`: the tiny task's TSV files read as label ids, for the encoder commands."""
+  from jaxprompt.data import label_files  # pylint: disable=g-import-not-at-top
+  label_files.register_label_file_task(ENCODER_TASK, train=str(task_files['train']),
+                                       validation=str(task_files['validation']), label_set=tuple(labels))

@@ -1,7 +1,8 @@
 """A tiny BERT as one Hugging Face folder, for the encoder workflow tests: the `bert_test_tiny` network's random
 weights (drawn by jaxprompt, written under transformers' BertModel names through `hf_encoder_names.encoder_plan`, no
 torch needed), a config.json describing it and the lowercasing WordPiece tokenizer of `hf_tokenizers.bert_folder`
-(fewer ids than the 256 rows). `models/hf_encoder.gin` with HF_MODEL_DIR = the folder runs it."""
+(fewer ids than the 256 rows). `models/hf_encoder.gin` with HF_MODEL_DIR = the folder runs it. `write_conll` writes
+a tiny CoNLL tagging directory (tags O, B-LOC, B-PER) for the tagging workflow and the doc-command runs."""
 from __future__ import annotations
 
 import json
@@ -16,6 +17,10 @@ from jaxprompt.checkpoints import hf_encoder_names
 from jaxprompt.models import families
 from tests.hf_tokenizers import bert_folder
 
+CONLL = {
+    'train.txt': 'Anna\tB-PER\nvisits\tO\nParis\tB-LOC\n\nThe\tO\nfox\tO\nsees\tO\nBob\tB-PER\n\n' * 4,
+    'dev.txt': 'Bob\tB-PER\nlikes\tO\nRome\tB-LOC\n'
+}
 VOCAB = 256
 CONFIG = {
     'architectures': ['BertModel'], 'model_type': 'bert', 'vocab_size': VOCAB, 'hidden_size': 32,
@@ -36,4 +41,12 @@ def tiny_bert_folder(folder: pathlib.Path) -> pathlib.Path:
     value = np.asarray(flat[path], np.float32)
     tensors[entry.key] = np.ascontiguousarray(value.T if entry.transpose else value)
   save_file(tensors, str(folder / 'model.safetensors'))
+  return folder
+
+
+def write_conll(folder: pathlib.Path) -> pathlib.Path:
+  """The CONLL split files in `folder` (made); returns it."""
+  folder.mkdir(parents=True, exist_ok=True)
+  for name, text in CONLL.items():
+    (folder / name).write_text(text)
   return folder

@@ -178,11 +178,13 @@ def _group(command: Command, root) -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize('group', ['prompt_tuning', 'methods_and_banks', 'demo_model'])  # later ones reuse compiles
-def test_the_doc_commands_run(group, tmp_path, tiny_files, tiny_task, tiny_causal, fixtures_dir, capsys, monkeypatch):
+def test_the_doc_commands_run(group, tmp_path, tiny_files, tiny_task, tiny_causal, tiny_bert, fixtures_dir, capsys,
+                              monkeypatch):
   doc_runs.register_mixtures(tiny_files, LABELS)
+  doc_runs.register_encoder_task(tiny_files, LABELS)
   commands = [c for c in _commands(tmp_path) if c.jaxprompt_args() is not None and doc_runs.not_run(c) is None]
   runs = doc_runs.DocRuns(tmp_path, cli_main, tiny_task.name, tiny_files,
-                          fixtures_dir / 't5x_tiny' / 'classic_checkpoint_0', tiny_causal)
+                          fixtures_dir / 't5x_tiny' / 'classic_checkpoint_0', tiny_causal, tiny_bert)
   planned = runs.plan(commands, lambda c: _group(c, tmp_path) == group)
   assert any(_group(c, tmp_path) == group for c in planned)
   monkeypatch.chdir(tmp_path)

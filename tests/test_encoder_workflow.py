@@ -10,6 +10,7 @@ import pytest
 
 from jaxprompt.cli.main import main as cli_main
 from jaxprompt.data import label_files, label_tasks
+from tests.encoder_tiny import CONLL
 from tests.test_cli import main_error
 from tests.tiny_task import LABELS
 
@@ -28,12 +29,6 @@ def train_argv(folder, model_dir, *extra: str) -> list[str]:
       '--gin.BATCH_SIZE=8', '--gin.TRAIN_STEPS=4', '--gin.EVAL_PERIOD=4', '--gin.CHECKPOINT_PERIOD=4',
       '--gin.PREFIX_LENGTH=2', *extra
   ]
-
-
-@pytest.fixture(scope='module')
-def tiny_bert(tmp_path_factory):
-  from tests.encoder_tiny import tiny_bert_folder  # pylint: disable=g-import-not-at-top
-  return tiny_bert_folder(tmp_path_factory.mktemp('tiny_bert'))
 
 
 @pytest.fixture(scope='module')
@@ -141,13 +136,11 @@ def test_export_hf_head_writes_transformers_classifier_tensors(run, tmp_path):
   assert sorted(back) == sorted(params) and all(np.array_equal(back[k], params[k]) for k in params)
 
 
-NER_TRAIN = 'Anna\tB-PER\nvisits\tO\nParis\tB-LOC\n\nThe\tO\nfox\tO\nsees\tO\nBob\tB-PER\n\n' * 4
-NER_DEV = 'Bob\tB-PER\nlikes\tO\nRome\tB-LOC\n'
 COPA = ('{"premise": "The man fell.", "c0": "He slipped.", "c1": "He sang.", "label": 0}\n'
         '{"premise": "It rained.", "c0": "The sun shone.", "c1": "The street got wet.", "label": 1}\n') * 4
 # kind -> (head gin, the --task spec's keys after name= and the data path, the data, an infer line)
 WORKFLOWS = {
-    'tagging': ('heads/tagging.gin', 'conll={path}', {'train.txt': NER_TRAIN, 'dev.txt': NER_DEV}, 'Anna likes Rome'),
+    'tagging': ('heads/tagging.gin', 'conll={path}', CONLL, 'Anna likes Rome'),
     'choice': ('heads/multiple_choice.gin', 'kind=choice,train={path}/copa.jsonl,validation={path}/copa.jsonl,'
                'text=premise,choices=c0|c1', {'copa.jsonl': COPA}, 'The man fell.\tHe slipped.\tHe sang.'),
 }
@@ -167,7 +160,7 @@ def test_own_tagging_and_choice_data_from_the_command_line_train_eval_infer(kind
   assert cli_main([
       'train', *model_flags(tiny_bert), '--gin_file=runs/prompt_tuning.gin', f'--gin_file={head}', '--task',
       f'name={task},' + spec.format(path=tmp_path / 'data'), f"--gin.MIXTURE_OR_TASK_NAME='{task}'",
-      f"--gin.MODEL_DIR='{run}'", '--gin.BATCH_SIZE=4', '--gin.TRAIN_STEPS=2', '--gin.EVAL_PERIOD=2',
+      f"--gin.MODEL_DIR='{run}'", '--gin.BATCH_SIZE=8', '--gin.TRAIN_STEPS=2', '--gin.EVAL_PERIOD=2',
       '--gin.CHECKPOINT_PERIOD=2', '--gin.PROMPT_LENGTH=2'
   ]) == 0
   gin.clear_config()
