@@ -26,14 +26,14 @@ def train_argv(folder, model_dir, *extra: str) -> list[str]:
   return [
       'train', *model_flags(folder), '--gin_file=runs/prompt_tuning.gin', '--gin_file=methods/p_tuning_v2.gin',
       '--gin_file=heads/classification.gin', f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'", f"--gin.MODEL_DIR='{model_dir}'",
-      '--gin.BATCH_SIZE=8', '--gin.TRAIN_STEPS=4', '--gin.EVAL_PERIOD=4', '--gin.CHECKPOINT_PERIOD=4',
+      '--gin.BATCH_SIZE=8', '--gin.TRAIN_STEPS=2', '--gin.EVAL_PERIOD=2', '--gin.CHECKPOINT_PERIOD=2',
       '--gin.PREFIX_LENGTH=2', *extra
   ]
 
 
 @pytest.fixture(scope='module')
 def run(tiny_bert, tiny_files, tmp_path_factory):
-  """P-tuning v2 + a classification head trained 4 steps on the tiny task (evaluated at the end); its MODEL_DIR."""
+  """P-tuning v2 + a classification head trained 2 steps on the tiny task (evaluated at the end); its MODEL_DIR."""
   label_files.register_label_file_task(TASK, train=str(tiny_files['train']), validation=str(tiny_files['validation']),
                                        label_set=LABELS)
   model_dir = tmp_path_factory.mktemp('encoder') / 'run'
