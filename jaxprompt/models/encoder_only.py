@@ -20,6 +20,10 @@ sequence heads read row 0 of the network's output, prompt rows included, as the 
 given `inputs_embeds` (PEFT's prompt tuning on BertForSequenceClassification); a tagging head reads the token rows
 only, never the rows an input hook inserts in front. `predict_labels` is how the family predicts: it has no text to
 rank or decode, so `rank_classify`, `predict_batch` and `score_batch` refuse in one line.
+
+A method serving several tasks may carry one head per task (`jaxprompt.models.task_heads.TaskHeads`, parameters
+`trainable['head'][<task>]`): `logits` and `predict_labels` then give {task: that head's output for every row}, and
+`loss_fn` sums each head's loss over its own rows (`task_ids`).
 """
 from __future__ import annotations
 
