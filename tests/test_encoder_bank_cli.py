@@ -1,17 +1,24 @@
 """Encoder prompt banks and multi-task runs with per-task heads through the CLI, in this process, on the tiny BERT
-folder (tests/encoder_tiny.py): `infer --prompt NAME=FILE` over two single-task runs (a classification prompt and a
-regression P-tuning v2 prefix, each read with its final_head.npz) answers a mixed JSONL stream with each row's task
-as that run alone would, and `eval` of the bank scores each task with its own head; a multi-task run with
-heads/multitask.gin on a two-task mixture evaluates each task with its head and its step dir serves as the bank."""
+folder (tests/encoder_tiny.py): `infer --prompt NAME=FILE` over two single-task runs' files (a classification
+prompt and a regression P-tuning v2 prefix, each read with its final_head.npz) answers a mixed JSONL stream with
+each row's task as that run alone would; with trained runs (slow), run dirs serve as well and `eval` of the bank
+scores a task with its own head as its run did; a multi-task run with heads/multitask.gin on a two-task mixture
+evaluates each task with its head and its step dir serves as the bank."""
 import json
 
 import gin
+import jax
 import numpy as np
 import pytest
 import seqio
 
 from jaxprompt.cli.main import main as cli_main
 from jaxprompt.data import label_files, label_tasks
+from jaxprompt.methods.prefix_tuning import PrefixTuning
+from jaxprompt.methods.prompt_tuning import PromptTuning
+from jaxprompt.methods.with_head import HEAD_FILE, WithHead
+from jaxprompt.models.heads import HeadConfig
+from tests.encoder_helpers import randomized, tiny, write_files
 from tests.test_cli import main_error
 from tests.tiny_task import LABELS
 
@@ -114,41 +121,83 @@ def _assert_same(row, want):
     np.testing.assert_allclose(row['prediction'], want['prediction'], atol=2e-5)
 
 
-def test_a_bank_of_two_runs_answers_each_row_as_its_run_alone(runs, tiny_bert, tmp_path, capsys, clean_gin):
-  files = {SENTIMENT: runs[SENTIMENT] / 'final_prompt.npy', SCORE: runs[SCORE] / 'final_prefix.npz'}
+@pytest.fixture(scope='module')
+def written_runs(tmp_path_factory):
+  """{task: its run's final method file}: what prompt tuning + a classification head and P-tuning v2 + a regression
+  head leave in MODEL_DIR (final_<file> and final_head.npz beside it), random parameters, the tiny BERT's shapes."""
+  config, frozen = tiny()  # the tiny BERT folder's shapes (its vocabulary is larger: no method reads it)
+  runs = {
+      SENTIMENT: WithHead.for_config(config, PromptTuning(length=3, embed_dim=config.emb_dim),
+                                     HeadConfig('classification', 2, use_pooler=True)),
+      SCORE: WithHead.for_config(config,
+                                 PrefixTuning.for_config(config, length=2, kinds=('encoder_self',), projection=False),
+                                 HeadConfig('regression')),
+  }
+  out = {}
+  for seed, (task, method) in enumerate(runs.items()):
+    folder = tmp_path_factory.mktemp(task)
+    params = randomized(jax.eval_shape(method.init, jax.random.PRNGKey(seed), frozen), seed)
+    paths = write_files(folder, method.numpy_copy(params), prefix='final_')
+    out[task] = next(p for name, p in paths.items() if name != HEAD_FILE)
+  return out
+
+
+def _bank_stream(capsys, tmp_path, tiny_bert, files) -> tuple[list, list]:
+  """(requests, records) of a mixed stream of the two tasks through `infer --prompt NAME=FILE`, 4 rows a batch."""
   stream = [(SENTIMENT if i % 3 else SCORE, TEXTS[i % len(TEXTS)]) for i in range(10)]
   bank = [f'--prompt={t}={f}' for t, f in files.items()]
   rows = infer_rows(capsys, [
       *model_flags(tiny_bert), '--gin_file=runs/prompt_infer.gin', *bank, '--input_file',
       str(_requests(tmp_path, stream)), '--gin.BATCH_SIZE=4'
   ])
+  return stream, rows
+
+
+def test_a_bank_of_two_runs_answers_each_row_as_its_run_alone(written_runs, tasks, tiny_bert, tmp_path, capsys,
+                                                              clean_gin):
+  stream, rows = _bank_stream(capsys, tmp_path, tiny_bert, written_runs)
   assert [(r['task'], r['input'], r['id']) for r in rows] == [(t, x, i) for i, (t, x) in enumerate(stream)]
-  alone = {t: _alone(capsys, tmp_path, tiny_bert, t, ['--prompt_file', str(f)]) for t, f in files.items()}
+  alone = {t: _alone(capsys, tmp_path, tiny_bert, t, ['--prompt_file', str(f)]) for t, f in written_runs.items()}
   for row in rows:
     _assert_same(row, alone[row['task']][row['input']])
   assert len({r['prediction'] for r in rows if r['task'] == SCORE}) > 1  # the regression rows are not a constant
-  # eval of the bank on the sentiment task: that task's head and metrics, as its run's own final evaluation.
+  assert len({r['prediction'] for r in rows if r['task'] == SENTIMENT}) > 1  # nor the class rows
+
+
+@pytest.mark.slow
+def test_a_bank_of_two_trained_runs_evaluates_each_task_with_its_head(runs, tiny_bert, tmp_path, capsys, clean_gin):
+  # Run dirs as the sources: the step's prompt.npy (from its orbax state) and prefix.npz, each with its head.npz.
+  _, rows = _bank_stream(capsys, tmp_path, tiny_bert, runs)
+  files = {SENTIMENT: runs[SENTIMENT] / 'final_prompt.npy', SCORE: runs[SCORE] / 'final_prefix.npz'}
+  _, by_files = _bank_stream(capsys, tmp_path, tiny_bert, files)
+  for row, other in zip(rows, by_files):
+    _assert_same(row, other)
   out = tmp_path / 'eval.json'
   assert cli_main([
       'eval', *model_flags(tiny_bert), '--gin_file=runs/prompt_eval.gin', f"--gin.MIXTURE_OR_TASK_NAME='{SENTIMENT}'",
-      *bank, '--output',
+      *[f'--prompt={t}={f}' for t, f in files.items()], '--output',
       str(out)
   ]) == 0
-  final = json.loads((runs[SENTIMENT] / 'eval_metrics.json').read_text())
+  final = json.loads((runs[SENTIMENT] / 'eval_metrics.json').read_text())  # the run's own final evaluation
   metrics = json.loads(out.read_text())['metrics']
   assert metrics['accuracy'] == final['accuracy']
   np.testing.assert_allclose(metrics['loss'], final['loss'], rtol=1e-5)
 
 
-def test_bank_errors_are_one_line(runs, tiny_bert, tmp_path, capsys, clean_gin):
+def test_bank_errors_are_one_line(written_runs, tasks, tiny_bert, tmp_path, capsys, clean_gin):
   flags = [*model_flags(tiny_bert), '--gin_file=runs/prompt_infer.gin']
-  bank = [f'--prompt={SENTIMENT}={runs[SENTIMENT]}', f'--prompt={SCORE}={runs[SCORE]}']
+  bank = [f'--prompt={t}={f}' for t, f in written_runs.items()]
   requests = str(_requests(tmp_path, [('nope', 'x')]))
   code, line = main_error(capsys, ['infer', *flags, *bank, '--input_file', requests])
   assert code == 2 and "task 'nope' is not in the prompt bank" in line
   gin.clear_config()
   code, line = main_error(capsys, ['infer', *flags, *bank, '--ensemble', '--input_file', requests])
   assert code == 2 and 'drop --ensemble' in line
+  gin.clear_config()
+  alone = str(written_runs[SENTIMENT]).replace('final_prompt.npy', 'prompt.npy')  # no head.npz beside it
+  np.save(alone, np.load(written_runs[SENTIMENT]))
+  code, line = main_error(capsys, ['infer', *flags, f'--prompt=a={alone}', *bank[1:], '--input_file', requests])
+  assert code == 2 and "prompt 'a': a bank with heads holds one-task runs" in line
 
 
 @pytest.fixture(scope='module')
