@@ -221,7 +221,8 @@ def infer(output_file: str | None = None, *, model: ModelSource | None = None, d
   order with the row's fields plus the prediction's; batches mix tasks freely. Tasks in `labels` are
   rank-classified over their labels, the others decoded. With `ensemble` the prompts are one task's: plain
   inputs as above, each run under every prompt in one pass, answered with the majority vote and each prompt's
-  `predictions`.
+  `predictions`. On an encoder-only model each prompt brings its task head and every request row is answered by
+  its task's head (`banks.serve_heads`), as is a multi-task run with heads given by --checkpoint.
   """
   model, data, source = model or ModelSource(), data or DataConfig(), source or PromptSource()
   check_eval_data(data)
