@@ -11,7 +11,7 @@ import pytest
 
 from jaxprompt.commands import model_check
 from jaxprompt.errors import ConfigError, PromptError
-from jaxprompt.formats import fingerprint_files, npy_io
+from jaxprompt.formats import fingerprint_files
 from jaxprompt.methods import multitask, registry
 from jaxprompt.methods.prefix_tuning import PrefixTuning
 from jaxprompt.methods.prompt_tuning import PromptTuning
@@ -28,7 +28,7 @@ from jaxprompt.models import families
 from jaxprompt.models import fingerprint as fingerprint_lib
 from jaxprompt.models.heads import HeadConfig
 from jaxprompt.models.task_heads import TaskHeads, row_answers
-from tests.encoder_helpers import fit, head_batch, tiny
+from tests.encoder_helpers import fit, head_batch, randomized, tiny, write_files
 from tests.method_helpers import save_run
 
 HEADS = {
@@ -36,12 +36,6 @@ HEADS = {
     'mnli': HeadConfig('classification', 3, dropout=0.0),  # RoBERTa's two-layer head on row 0
     'stsb': HeadConfig('regression', dropout=0.0),
 }
-
-
-def _randomized(tree, seed):
-  """Every leaf redrawn N(0, 0.5): the inits start heads near zero, which would hide a wrong head."""
-  rs = np.random.RandomState(seed)
-  return jax.tree.map(lambda x: rs.normal(0, 0.5, np.shape(x)).astype(np.float32), tree)
 
 
 def _single_runs(config, frozen):
@@ -54,16 +48,7 @@ def _single_runs(config, frozen):
   out = {}
   for seed, (task, inner) in enumerate(inners.items()):
     method = WithHead.for_config(config, inner, HEADS[task])
-    out[task] = (method, _randomized(jax.eval_shape(method.init, jax.random.PRNGKey(seed), frozen), seed))
-  return out
-
-
-def _write(folder, files):
-  """A method's `numpy_copy` files in `folder`, as the checkpointer writes them; {name: path}."""
-  out = {}
-  for name, value in files.items():
-    write = npy_io.write_npz if isinstance(value, dict) else npy_io.write_npy
-    out[name] = write(value, str(folder / name))
+    out[task] = (method, randomized(jax.eval_shape(method.init, jax.random.PRNGKey(seed), frozen), seed))
   return out
 
 
@@ -77,7 +62,7 @@ def test_a_bank_of_three_runs_with_heads_serves_a_mixed_batch_as_each_task_alone
   runs = _single_runs(config, frozen)
   read = {}
   for task, (method, params) in runs.items():  # each run's file pair, written and read back
-    paths = _write(tmp_path / task, method.numpy_copy(params))
+    paths = write_files(tmp_path / task, method.numpy_copy(params))
     main = next(p for n, p in paths.items() if n != HEAD_FILE)
     read[task] = read_pair(main, paths[HEAD_FILE], registry.ReadContext(config))
     assert dataclasses.replace(read[task][0].head, dropout=0.0) == HEADS[task]  # a file keeps no dropout
@@ -107,7 +92,7 @@ def multitask_run():
   inner = multitask.MultiTaskPrompts(tasks=('sst2', 'stsb', 'mnli'), config=config, length=3, mode='concat',
                                      task_length=2)
   method = WithTaskHeads.for_config(config, inner, TaskHeads.of({t: HEADS[t] for t in inner.task_names}))
-  return method, _randomized(jax.eval_shape(method.init, jax.random.PRNGKey(0), None), 4)
+  return method, randomized(jax.eval_shape(method.init, jax.random.PRNGKey(0), None), 4)
 
 
 def _training_batch():
@@ -156,7 +141,7 @@ def test_a_multitask_runs_files_serve_each_task_alone_and_together(multitask_run
   files = method.numpy_copy(params)
   assert set(files) == {multitask.MULTITASK_FILE
                        } | {task_file(t, n) for t in method.task_names for n in ('prompt.npy', HEAD_FILE)}
-  paths = _write(tmp_path, files)
+  paths = write_files(tmp_path, files)
   context = registry.ReadContext(config)
   batch = _mixed_batch([0, 1, 2, 1, 0, 2])
   together = jax.jit(families.build_model(config, method).predict_labels)(frozen, params, batch)
@@ -193,7 +178,7 @@ def test_the_gin_factory_and_one_line_errors():
     build_head_bank(
         {
             'sst2': runs['sst2'], 'ner':
-                (tagger, _randomized(jax.eval_shape(tagger.init, jax.random.PRNGKey(0), frozen), 0))
+                (tagger, randomized(jax.eval_shape(tagger.init, jax.random.PRNGKey(0), frozen), 0))
         }, config)
 
 
@@ -213,7 +198,7 @@ def test_a_bert_prompt_and_head_are_refused_on_a_roberta_or_a_t5(tmp_path):
   assert 'position_offset' not in fingerprint_lib.describe(t5)  # T5's records (and ids) are unchanged
   config = fingerprints['bert_test_tiny'][0]
   method, params = _single_runs(*tiny())['sst2']
-  paths = _write(tmp_path, method.numpy_copy(params))
+  paths = write_files(tmp_path, method.numpy_copy(params))
   fingerprint_files.write(tmp_path / fingerprint_files.STEP_FILE, bert)  # the pair shares its step dir's record
   sources = {'prompt': paths['prompt.npy'], 'head': paths[HEAD_FILE]}
   assert model_check.check_prompt_sources(sources, None, config, None,

@@ -11,7 +11,9 @@ the file holds; the sources are
 
 A file that joins another (`registry.joining_files`: an encoder's task head, `head.npz`) is read with the file it
 lies beside, by name: `final_prefix.npz` takes `final_head.npz`, a step dir's `prompt.npy` its `head.npz` (the
-joining file's name after the same prefix; `join_beside`).
+joining file's name after the same prefix; `join_beside`). A multi-task run's `prompts.npz` takes the
+`<task>.head.npz` of each of its tasks beside it (`final_prompts.npz`: `final_<task>.head.npz`), as one bank
+with per-task heads.
 """
 from __future__ import annotations
 
@@ -26,8 +28,9 @@ from jaxprompt.errors import ConfigError, PromptError
 from jaxprompt.formats import fingerprint_files
 from jaxprompt.formats.keys import PROMPT_FILE, PROMPT_KEY
 from jaxprompt.formats.npy_io import npy_shape
-from jaxprompt.methods import initializers, peft_adapters, registry
+from jaxprompt.methods import initializers, peft_adapters, registry, task_heads
 from jaxprompt.methods.base import Method
+from jaxprompt.methods.with_head import HEAD_FILE
 from jaxprompt.models.base import ModelConfig
 from jaxprompt.train import checkpoint_files, step_dirs
 
@@ -46,6 +49,7 @@ def load_tuned(*, prompt_file: str | None, checkpoint: str | None, step: int | N
   if path is not None and peft_adapters.is_adapter_dir(path):
     adapter = peft_adapters.read_adapter(path, config)
     return registry.from_arrays(adapter.arrays, dataclasses.replace(context, source=f'PEFT adapter {path}'))
+  found = None
   if checkpoint is not None and not epath.Path(os.fspath(checkpoint)).is_file():
     found = step_file(os.fspath(checkpoint), step)
     path = None if found is None or os.path.basename(found) == PROMPT_FILE else found
@@ -61,7 +65,8 @@ def load_tuned(*, prompt_file: str | None, checkpoint: str | None, step: int | N
   else:
     arrays = registry.read_arrays(path)
   method, params = registry.from_arrays(arrays, dataclasses.replace(context, source=path or os.fspath(checkpoint)))
-  return (method, params) if path is None else join_beside(method, params, path, context)
+  beside = path or found  # a step's prompt.npy (read from its orbax state) takes its head.npz too
+  return (method, params) if beside is None else join_beside(method, params, beside, context)
 
 
 def join_beside(method: Method, params: Any, path: str, context: registry.ReadContext) -> tuple[Method, Any]:
@@ -74,11 +79,18 @@ def join_beside(method: Method, params: Any, path: str, context: registry.ReadCo
   if main is None:
     return method, params
   prefix = name[:len(name) - len(main)]
+  if method.task_names and method.head is None and _task_heads_beside(folder, prefix, method.task_names):
+    return task_heads.read_task_heads(method, params, folder, context, prefix=prefix)
   for other in joining:
     beside = os.path.join(folder, prefix + other)
     if epath.Path(beside).exists():
       method, params = registry.join_file(method, params, beside, context)
   return method, params
+
+
+def _task_heads_beside(folder: str, prefix: str, tasks: tuple[str, ...]) -> bool:
+  """Whether a multi-task run with per-task heads left its tasks' head files beside its `<prefix>prompts.npz`."""
+  return any(epath.Path(folder, prefix + task_heads.task_file(t, HEAD_FILE)).exists() for t in tasks)
 
 
 def step_file(checkpoint: str, step: int | None = None) -> str | None:

@@ -24,6 +24,7 @@ import flax.linen as nn
 import gin
 import jax
 
+from jaxprompt.data import task_heads
 from jaxprompt.errors import ConfigError, PromptError
 from jaxprompt.formats import npy_io
 from jaxprompt.formats.keys import PROMPT_KEY
@@ -156,16 +157,17 @@ def read_pair(method_file: str | os.PathLike, head_file: str | os.PathLike,
   return method, params
 
 
-def read_task_heads(method: Method, params: Params, folder: str | os.PathLike,
-                    context: registry.ReadContext) -> tuple[WithTaskHeads, Params]:
-  """A multi-task method read from a step dir `folder` (its `prompts.npz`) with each task's `<task>.head.npz`
-  beside it joined: the bank with per-task heads."""
+def read_task_heads(method: Method, params: Params, folder: str | os.PathLike, context: registry.ReadContext, *,
+                    prefix: str = '') -> tuple[WithTaskHeads, Params]:
+  """A multi-task method read from a step dir `folder` (its `prompts.npz`; a run dir's `final_prompts.npz` with
+  `prefix` 'final_') with each task's `<prefix><task>.head.npz` beside it joined: the bank with per-task heads."""
   heads, head_params = {}, {}
   for task in method.task_names:
-    path = os.path.join(os.fspath(folder), task_file(task, HEAD_FILE))
+    name = prefix + task_file(task, HEAD_FILE)
+    path = os.path.join(os.fspath(folder), name)
     if not os.path.exists(path):
-      raise PromptError(f'{os.fspath(folder)}: no head file {task_file(task, HEAD_FILE)} for task {task!r} (a '
-                        'multi-task run with heads writes one per task)')
+      raise PromptError(f'{os.fspath(folder)}: no head file {name} for task {task!r} (a multi-task run with heads '
+                        'writes one per task)')
     head, one = registry.join_file(method, params, path, context)
     heads[task], head_params[task] = head.head, head.split(one)[1]
   wrapped = WithTaskHeads.for_config(context.config, method, TaskHeads.of(heads))
@@ -173,18 +175,33 @@ def read_task_heads(method: Method, params: Params, folder: str | os.PathLike,
 
 
 @gin.configurable(module='jaxprompt.methods')
-def with_task_heads(config: ModelConfig, eos_id: int = 1, *, method=None,
-                    heads: Mapping[str, Mapping] | None = None) -> WithTaskHeads:
+def with_task_heads(config: ModelConfig, eos_id: int = 1, *, method=None, heads: Mapping[str, Mapping] | None = None,
+                    use_pooler: bool = False, dropout: float = 0.1) -> WithTaskHeads:
   """`METHOD = @jaxprompt.methods.with_task_heads`: a multi-task `method` factory (e.g.
-  `@jaxprompt.methods.multitask_prompts`) and `heads` {task: HeadConfig fields, e.g. {'kind': 'regression'}}, one
-  per task of the method, in its task order."""
-  if method is None or not heads:
-    raise ConfigError('with_task_heads needs method=@<a multi-task method> and heads={task: {kind: ..., num_labels: '
-                      '...}}')
+  `@jaxprompt.methods.multitask_prompts`) and one head per task of the method, in its task order.
+
+  `heads` {task: HeadConfig fields, e.g. {'kind': 'regression'}}: given per task, or None to take each task's own
+  kind and label count (a registered label or tagging task, `data.task_heads.head_labels`); `use_pooler` and
+  `dropout` are every head's unless its entry says otherwise. A given kind or label count is checked against the
+  task's (`data.task_heads.num_labels`)."""
+  if method is None:
+    raise ConfigError('with_task_heads needs method=@<a multi-task method> (e.g. heads/multitask.gin after '
+                      'methods/multitask_prompts.gin)')
   inner = method(config, eos_id)
+  if heads is None:
+    unknown = [t for t in inner.task_names if task_heads.head_labels(t) is None]
+    if unknown:
+      raise ConfigError(f'with_task_heads: tasks {unknown} are no label or tagging tasks, so their heads cannot be '
+                        "read from them: give heads={task: {'kind': ..., 'num_labels': ...}}")
+    heads = {t: {'kind': task_heads.head_labels(t).kind} for t in inner.task_names}
   missing = [t for t in inner.task_names if t not in heads]
   if missing or len(heads) != len(inner.task_names):
     raise ConfigError(f'with_task_heads: heads are for {sorted(heads)} but the method trains tasks '
                       f'{list(inner.task_names)}: give one head per task')
-  configs = TaskHeads.of({t: HeadConfig(**dict(heads[t])) for t in inner.task_names})
-  return WithTaskHeads.for_config(config, inner, configs)
+  configs = {}
+  for task in inner.task_names:
+    fields = {'use_pooler': use_pooler, 'dropout': dropout, **dict(heads[task])}
+    kind = fields.pop('kind', 'classification')
+    fields['num_labels'] = task_heads.num_labels(task, kind, fields.get('num_labels'))
+    configs[task] = HeadConfig(kind, **fields)
+  return WithTaskHeads.for_config(config, inner, TaskHeads.of(configs))
