@@ -11,6 +11,23 @@ from jaxprompt.models.features import IGNORE_LABEL
 VOCAB = 96
 
 
+def randomized(tree, seed: int):
+  """Every leaf of a (shape) tree drawn N(0, 0.5): the inits start heads near zero, which would hide a wrong head."""
+  rs = np.random.RandomState(seed)
+  return jax.tree.map(lambda x: rs.normal(0, 0.5, np.shape(x)).astype(np.float32), tree)
+
+
+def write_files(folder, files: dict, prefix: str = '') -> dict:
+  """A method's `numpy_copy` files in `folder` as `<prefix><name>`, as the checkpointer (or a run's final copy)
+  writes them; {name: path}."""
+  from jaxprompt.formats import npy_io  # pylint: disable=g-import-not-at-top
+  out = {}
+  for name, value in files.items():
+    write = npy_io.write_npz if isinstance(value, dict) else npy_io.write_npy
+    out[name] = write(value, str(folder / (prefix + name)))
+  return out
+
+
 @functools.cache
 def tiny(name: str = 'bert_test_tiny'):
   """(config, frozen params as numpy) of a named tiny encoder."""

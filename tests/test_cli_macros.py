@@ -40,6 +40,7 @@ WRONG = {
     'length buckets': "'64'",
     'method': "'prefix_tuning'",
     'made by gin': "'sampled_vocab'",
+    'task heads': "['sst2']",
 }
 # The group each macro's field belongs to, with the other fields it needs to be built.
 GROUP_BASE = {

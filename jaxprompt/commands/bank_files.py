@@ -11,8 +11,9 @@ from etils import epath
 from jaxprompt.commands import prompt_files
 from jaxprompt.commands.groups import PromptSource
 from jaxprompt.errors import ConfigError, PromptError
-from jaxprompt.methods import prompt_bank
+from jaxprompt.methods import prompt_bank, task_heads
 from jaxprompt.methods.base import Method
+from jaxprompt.methods.with_head import WithHead
 from jaxprompt.models.base import ModelConfig
 
 PEFT_CONFIG = 'adapter_config.json'
@@ -28,7 +29,7 @@ def load_sources(prompts: Mapping[str, str], *, config: ModelConfig, combine: st
                  step: int | None = None) -> dict[str, tuple[Any, Any]]:
   """{name: (method, params)} of each named source: any `--prompt_file` kind, a PEFT adapter folder, or a
   training checkpoint dir (at `step`, default its latest); a source serving several tasks (a multi-task run's
-  `prompts.npz`) gives the prompt of task `name`."""
+  `prompts.npz`, with its per-task heads) gives the prompt (and head) of task `name`."""
   if not prompts:
     raise ConfigError('a prompt bank needs at least one NAME=FILE prompt')
   out = {}
@@ -43,16 +44,20 @@ def load_sources(prompts: Mapping[str, str], *, config: ModelConfig, combine: st
       if name not in method.task_names:
         raise PromptError(f'{path} holds the prompts of tasks {sorted(method.task_names)}; --prompt {name}=... '
                           'names none of them')
-      method, params = prompt_bank.single(method, params, name)
+      method, params = (method.single(params, name)
+                        if isinstance(method, task_heads.WithTaskHeads) else prompt_bank.single(method, params, name))
     out[name] = (method, params)
   return out
 
 
 def load_bank(prompts: Mapping[str, str], *, config: ModelConfig, combine: str = 'prefix', eos_id: int = 1,
               step: int | None = None) -> tuple[Method, dict[str, Any]]:
-  """(bank, its tree) of the named sources, task ids in the order given."""
-  return prompt_bank.build_bank(load_sources(prompts, config=config, combine=combine, eos_id=eos_id, step=step), config,
-                                eos_id)
+  """(bank, its tree) of the named sources, task ids in the order given; sources with a task head (an encoder's
+  runs) make a bank with per-task heads."""
+  sources = load_sources(prompts, config=config, combine=combine, eos_id=eos_id, step=step)
+  if any(isinstance(method, WithHead) for method, _ in sources.values()):
+    return task_heads.build_head_bank(sources, config, eos_id)
+  return prompt_bank.build_bank(sources, config, eos_id)
 
 
 def load_method(source: PromptSource, *, config: ModelConfig, eos_id: int = 1,

@@ -10,7 +10,7 @@ import gin
 
 from jaxprompt.commands import bank_files, configs, model_check
 from jaxprompt.commands.groups import DataConfig, ModelSource, PromptSource
-from jaxprompt.data import buckets
+from jaxprompt.data import buckets, converters
 from jaxprompt.data import pipeline as data_lib
 from jaxprompt.errors import ConfigError
 from jaxprompt.eval import banks
@@ -52,7 +52,9 @@ def evaluate(output_file: str | None = None, *, model: ModelSource | None = None
 
   `source.prompts` ({name: source}, `--prompt NAME=FILE`): an ensemble of the task's prompts. Every example
   runs under each of them in one batched pass; metrics are each prompt's (`<name>/<metric>`) and the majority
-  vote's (`ensemble/<metric>`). `source.allow_other_model`: load prompts recorded for another frozen model.
+  vote's (`ensemble/<metric>`). On an encoder-only model the named prompts (each with its head) are a bank instead:
+  each task of the mixture is scored with its own prompt, head and metrics (`<task>/<metric>`), as a multi-task
+  run's checkpoint is. `source.allow_other_model`: load prompts recorded for another frozen model.
   """
   model, data, source = model or ModelSource(), data or DataConfig(), source or PromptSource()
   check_eval_data(data)
@@ -63,9 +65,11 @@ def evaluate(output_file: str | None = None, *, model: ModelSource | None = None
   method, trainable, sources = bank_files.load_method(source, config=model.config, eos_id=eos_id, what='an ensemble')
   for task in data_lib.subtasks(provider, split):
     configs.check_vocabulary(data_lib.task_vocabulary(task), model.config, task.name)
-  # A multi-task run's prompts.npz is a bank: each task's rows carry its id (an ensemble sets ids itself).
+  # A multi-task run's prompts.npz is a bank: each task's rows carry its id (an ensemble sets ids itself). An
+  # encoder's named prompts are a bank with per-task heads, each scoring its own task's split.
+  ensemble = bool(source.prompts) and model.family != converters.ENCODER_ONLY
   sets = prepare_eval(provider, split, data.task_feature_lengths, max_examples=data.max_examples,
-                      rank_classification=rank_classification, task_names=() if source.prompts else method.task_names,
+                      rank_classification=rank_classification, task_names=() if ensemble else method.task_names,
                       family=model.family)
   data_lib.host_batch_size(data.batch_size, runtime_lib.data_parallel_size(model.model_parallel))
   fns, placed = tuned_model(model, data.task_feature_lengths, method, trainable, eos_id=eos_id, decode=decode,
@@ -73,8 +77,8 @@ def evaluate(output_file: str | None = None, *, model: ModelSource | None = None
   matches = model_check.check_prompt_sources(sources, source.checkpoint_step, model.config,
                                              data_lib.task_vocabulary(provider), fns.rt.network,
                                              allow_other_model=source.allow_other_model)
-  ensemble = functools.partial(banks.evaluate_ensemble, names=list(source.prompts)) if source.prompts else None
-  metrics, records = evaluate_sets(fns, placed, sets, data.batch_size, score_set=ensemble)
+  score_set = functools.partial(banks.evaluate_ensemble, names=list(source.prompts)) if ensemble else None
+  metrics, records = evaluate_sets(fns, placed, sets, data.batch_size, score_set=score_set)
   result = {
       'task': provider.name, 'split': split,
       'prompt': dict(source.prompts) if source.prompts else source.prompt_file or source.checkpoint,

@@ -22,6 +22,7 @@ from jaxprompt.errors import ConfigError, DataError
 from jaxprompt.eval import banks, label_eval, records, writers
 from jaxprompt.eval import evaluation as eval_lib
 from jaxprompt.formats import files
+from jaxprompt.models.task_heads import TaskHeads
 from jaxprompt.runtime import runtime as runtime_lib
 
 if TYPE_CHECKING:  # infer on text loads neither seqio nor TensorFlow (a task's inputs do)
@@ -150,22 +151,50 @@ def ensemble_records(fns: eval_lib.ModelFns, trainable: Any, names: list[str], g
   return out
 
 
+def _requests(method: Any, texts: Sequence[str] | None, input_file: str | None) -> list[dict[str, Any]]:
+  """A prompt bank's JSONL requests (`banks.parse_requests`), read before the model loads."""
+  if texts is None:
+    raise ConfigError(f'the prompt bank of tasks {list(method.task_names)} answers JSONL requests '
+                      '{"task": ..., "input": ...}: give --input_file (a file, or - for stdin)')
+  return banks.parse_requests(texts, method.task_names, where='stdin' if input_file in (None, '-') else input_file)
+
+
 def head_inputs(method: Any, provider: Any, texts: Sequence[str] | None, vocabulary: Any, split: str,
                 feature_lengths: Mapping[str, int], max_examples: int | None) -> list[label_eval.LabelSet]:
   """An encoder-only model's inputs: each task's split, or text lines (named by the task's labels when a task is
   given, else transformers' LABEL_<id>)."""
   if texts is None:
-    return label_eval.prepare(provider, split, feature_lengths, max_examples=max_examples)
+    return label_eval.prepare(provider, split, feature_lengths, max_examples=max_examples, task_names=method.task_names)
   head = getattr(method, 'head', None)
   if head is None:
     raise ConfigError('an encoder-only model predicts with a task head: give the method file its head.npz beside it '
                       '(final_head.npz), or a run directory')
-  if provider is not None:
-    labels = label_eval.task_labels(provider.name)
-  else:
-    names = tuple(f'LABEL_{i}' for i in range(head.outputs)) if head.kind == 'tagging' else None
-    labels = task_heads.TaskLabels('text inputs', head.kind, names)
+  labels = text_labels(provider.name if provider is not None else 'text inputs', head, known=provider is not None)
   return [label_eval.text_set(texts, labels, vocabulary, feature_lengths)]
+
+
+def text_labels(name: str, head: Any, known: bool = True) -> task_heads.TaskLabels:
+  """The label names text inputs of task `name` are answered with: the task's (`known` and a label or tagging
+  task), else the head's kind with transformers' LABEL_<id> names."""
+  if known and task_heads.head_labels(name) is not None:
+    return label_eval.task_labels(name)
+  names = tuple(f'LABEL_{i}' for i in range(head.outputs)) if head.kind == 'tagging' else None
+  return task_heads.TaskLabels(name, head.kind, names)
+
+
+def head_requests(method: Any, requests: Sequence[Mapping[str, Any]], vocabulary: Any,
+                  feature_lengths: Mapping[str, int]) -> dict[str, label_eval.LabelSet]:
+  """{task: its requests' inputs for its head} of a bank with per-task heads (`banks.serve_heads`)."""
+  if not isinstance(method.head, TaskHeads):
+    raise ConfigError(f'the prompt bank of tasks {list(method.task_names)} has no task heads, which an encoder-only '
+                      'model predicts with: give each --prompt its run\'s head file beside it (final_head.npz), or '
+                      'a run directory')
+  sets = {}
+  for task, head in method.head.items():
+    texts = [r['input'] for r in requests if r['task'] == task]
+    if texts:
+      sets[task] = label_eval.text_set(texts, text_labels(task, head), vocabulary, feature_lengths)
+  return sets
 
 
 @gin.configurable(module='jaxprompt')
@@ -192,7 +221,8 @@ def infer(output_file: str | None = None, *, model: ModelSource | None = None, d
   order with the row's fields plus the prediction's; batches mix tasks freely. Tasks in `labels` are
   rank-classified over their labels, the others decoded. With `ensemble` the prompts are one task's: plain
   inputs as above, each run under every prompt in one pass, answered with the majority vote and each prompt's
-  `predictions`.
+  `predictions`. On an encoder-only model each prompt brings its task head and every request row is answered by
+  its task's head (`banks.serve_heads`), as is a multi-task run with heads given by --checkpoint.
   """
   model, data, source = model or ModelSource(), data or DataConfig(), source or PromptSource()
   check_eval_data(data)
@@ -221,23 +251,27 @@ def infer(output_file: str | None = None, *, model: ModelSource | None = None, d
   method, trainable, sources = bank_files.load_method(source, config=model.config, eos_id=vocab.eos_id,
                                                       what='a prompt bank')
   if model.family == converters.ENCODER_ONLY:
+    if ensemble:
+      raise ConfigError('--ensemble votes over text answers; an encoder-only bank answers each row with its own '
+                        "task's prompt and head: drop --ensemble")
     vocab = vocab if provider is None else data_lib.task_vocabulary(provider)  # what train and eval fingerprint
-    sets = head_inputs(method, provider, texts, vocab, split, lengths, max_examples)
+    requests = _requests(method, texts, input_file) if method.task_names and texts is not None else None
+    sets = (head_requests(method, requests, vocab, lengths) if requests is not None else head_inputs(
+        method, provider, texts, vocab, split, lengths, max_examples))
     fns, placed = tuned_model(model, lengths, method, trainable, eos_id=vocab.eos_id,
                               length_buckets=data.length_buckets)
     model_check.check_prompt_sources(sources, source.checkpoint_step, model.config, vocab, fns.rt.network,
                                      allow_other_model=source.allow_other_model)
-    out = [r for s in sets for r in label_eval.records(s, *label_eval.predict(fns, placed, s, batch_size))]
+    if requests is not None:
+      out = banks.serve_heads(fns, placed, method.task_names, requests, sets, batch_size)
+    else:
+      out = [r for s in sets for r in label_eval.records(s, *label_eval.predict(fns, placed, s, batch_size))]
     writers.write_jsonl(output_file, out, stream=stdout or sys.stdout)
     return out
   requests, groups = None, None
   is_bank = bool(method.task_names) and not ensemble  # --prompt NAME=FILE, or a multi-task run's prompts.npz
   if is_bank:  # read and check the requests before the model loads
-    if texts is None:
-      raise ConfigError(f'the prompt bank of tasks {list(method.task_names)} answers JSONL requests '
-                        '{"task": ..., "input": ...}: give --input_file (a file, or - for stdin)')
-    requests = banks.parse_requests(texts, method.task_names,
-                                    where='stdin' if input_file in (None, '-') else input_file)
+    requests = _requests(method, texts, input_file)
     banks.candidate_tables(labels, method.task_names, vocab, lengths['targets'])  # labels checked now
   else:
     check_labels(labels, provider, split, texts)

@@ -14,7 +14,9 @@ the file holds; the sources are
 
 A file that joins another (`registry.joining_files`: an encoder's task head, `head.npz`) is read with the file it
 lies beside, by name: `final_prefix.npz` takes `final_head.npz`, a step dir's `prompt.npy` its `head.npz` (the
-joining file's name after the same prefix; `join_beside`).
+joining file's name after the same prefix; `join_beside`). A multi-task run's `prompts.npz` takes the
+`<task>.head.npz` of each of its tasks beside it (`final_prompts.npz`: `final_<task>.head.npz`), as one bank
+with per-task heads.
 """
 from __future__ import annotations
 
@@ -29,8 +31,9 @@ from jaxprompt.errors import ConfigError, PromptError
 from jaxprompt.formats import fingerprint_files
 from jaxprompt.formats.keys import PROMPT_FILE, PROMPT_KEY
 from jaxprompt.formats.npy_io import npy_shape
-from jaxprompt.methods import initializers, peft_adapters, registry
+from jaxprompt.methods import initializers, peft_adapters, registry, task_heads
 from jaxprompt.methods.base import Method
+from jaxprompt.methods.with_head import HEAD_FILE
 from jaxprompt.models.base import ModelConfig
 from jaxprompt.train import checkpoint_files, step_dirs
 
@@ -45,12 +48,13 @@ def load_tuned(*, prompt_file: str | None, checkpoint: str | None, step: int | N
                       'per_layer_prompts.npz or a PEFT adapter folder) or --checkpoint (a training MODEL_DIR or step '
                       f'dir); got prompt_file={prompt_file!r}, checkpoint={checkpoint!r}')
   context = registry.ReadContext(config, eos_id=eos_id, combine=combine, prompt_length=prompt_length)
-  path = found = None if prompt_file is None else os.fspath(prompt_file)
+  path = None if prompt_file is None else os.fspath(prompt_file)
   if path is not None and not peft_adapters.is_adapter_dir(path):
-    path = found = folder_file(path) or path
+    path = folder_file(path) or path  # an export folder: its method's file, the head joined below
   if path is not None and peft_adapters.is_adapter_dir(path):
     adapter = peft_adapters.read_adapter(path, config)
     return registry.from_arrays(adapter.arrays, dataclasses.replace(context, source=f'PEFT adapter {path}'))
+  found = None
   if checkpoint is not None and not epath.Path(os.fspath(checkpoint)).is_file():
     found = step_file(os.fspath(checkpoint), step)
     path = None if found is None or os.path.basename(found) == PROMPT_FILE else found
@@ -66,7 +70,7 @@ def load_tuned(*, prompt_file: str | None, checkpoint: str | None, step: int | N
   else:
     arrays = registry.read_arrays(path)
   method, params = registry.from_arrays(arrays, dataclasses.replace(context, source=path or os.fspath(checkpoint)))
-  beside = path or found  # a step's prompt, read from its orbax state, still has its head.npz beside prompt.npy
+  beside = path or found  # a step's prompt.npy (read from its orbax state) takes its head.npz too
   return (method, params) if beside is None else join_beside(method, params, beside, context)
 
 
@@ -78,24 +82,41 @@ def folder_file(path: str) -> str | None:
   return next((os.path.join(path, f) for f in registry.step_files() if epath.Path(path, f).is_file()), None)
 
 
+def _main_prefix(name: str) -> str | None:
+  """What precedes the step file name in a method's file name (`final_` of `final_prefix.npz`, '' in a step dir);
+  None for a joining file itself (read alone) or a name of no step file."""
+  joining = registry.joining_files()
+  if name in joining or any(name.endswith('_' + j) for j in joining):
+    return None
+  main = next((f for f in registry.step_files() if f not in joining and name.endswith(f)), None)
+  return None if main is None else name[:len(name) - len(main)]
+
+
 def beside_files(path: str) -> list[str]:
   """The joining files (a task head) that lie beside the method's file `path`, by name (module docstring)."""
   folder, name = os.path.split(path)
-  joining = registry.joining_files()
-  if name in joining or any(name.endswith('_' + j) for j in joining):
-    return []  # the joining file itself, read alone
-  main = next((f for f in registry.step_files() if f not in joining and name.endswith(f)), None)
-  if main is None:
+  prefix = _main_prefix(name)
+  if prefix is None:
     return []
-  prefix = name[:len(name) - len(main)]
-  return [p for other in joining if epath.Path(p := os.path.join(folder, prefix + other)).exists()]
+  return [p for other in registry.joining_files() if epath.Path(p := os.path.join(folder, prefix + other)).exists()]
 
 
 def join_beside(method: Method, params: Any, path: str, context: registry.ReadContext) -> tuple[Method, Any]:
   """(method, params) read from `path`, with the joining files beside it (module docstring) joined in."""
+  folder, name = os.path.split(path)
+  prefix = _main_prefix(name)
+  if prefix is None:
+    return method, params
+  if method.task_names and method.head is None and _task_heads_beside(folder, prefix, method.task_names):
+    return task_heads.read_task_heads(method, params, folder, context, prefix=prefix)
   for beside in beside_files(path):
     method, params = registry.join_file(method, params, beside, context)
   return method, params
+
+
+def _task_heads_beside(folder: str, prefix: str, tasks: tuple[str, ...]) -> bool:
+  """Whether a multi-task run with per-task heads left its tasks' head files beside its `<prefix>prompts.npz`."""
+  return any(epath.Path(folder, prefix + task_heads.task_file(t, HEAD_FILE)).exists() for t in tasks)
 
 
 def step_file(checkpoint: str, step: int | None = None) -> str | None:

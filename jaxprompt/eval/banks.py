@@ -2,7 +2,8 @@
 
 Mixed-task requests: rows `{"task": name, "input": text}` are served in arrival order, `batch_size` rows at a
 time, whatever their tasks: one rank classification for the rows of tasks with a label set (each row over its
-own task's labels) and one decode for the others, both mixed-task. No batch is ever split by task.
+own task's labels) and one decode for the others, both mixed-task. No batch is ever split by task. A bank with
+per-task heads (encoder-only) answers each row with its task's head (`serve_heads`).
 
 Ensembles (Lester et al. 2021 §7): K prompts of one task; every example runs under all K in one batched pass
 (its row repeated K times, task ids 0..K-1) and the prediction is the majority vote (ties: the highest summed
@@ -19,10 +20,11 @@ import numpy as np
 
 from jaxprompt.data import pipeline as data
 from jaxprompt.errors import DataError
-from jaxprompt.eval import records
+from jaxprompt.eval import label_eval, records
 from jaxprompt.eval.evaluation import EvalSet, ModelFns, label_candidates, scalar
 from jaxprompt.methods.prompt_bank import PromptBank
-from jaxprompt.models.features import TASK_FEATURE
+from jaxprompt.models.features import CLASS_LABEL, REGRESSION_LABEL, TASK_FEATURE
+from jaxprompt.models.task_heads import row_answers
 
 if TYPE_CHECKING:
   import seqio
@@ -154,6 +156,32 @@ def serve(fns: ModelFns, trainable: Any, tasks: Sequence[str], rows: Sequence[Ma
       decodes, scores = decode_rows(fns, trainable, {k: v[~ranked] for k, v in chunk.items()}, batch_size, index)
       for i, d, s in zip(np.flatnonzero(~ranked), decodes, scores):
         out[start + i].update(prediction=vocabulary.decode([int(t) for t in d]), **records.score_fields(s, decoded_by))
+  return out
+
+
+def serve_heads(fns: ModelFns, trainable: Any, tasks: Sequence[str], rows: Sequence[Mapping[str, Any]],
+                sets: Mapping[str, label_eval.LabelSet], batch_size: int) -> list[dict[str, Any]]:
+  """`serve` for a bank with per-task heads (encoder-only): one record per request row, in input order, the row's
+  fields plus its prediction as `label_eval.records` gives it for its task alone (a label name and `probability`,
+  a value, or a tag per word). `sets`: {task: `label_eval.LabelSet` of that task's rows' inputs, in input order}.
+  Batches mix tasks: each row is answered by its own task's head (`row_answers`)."""
+  where = {t: [i for i, r in enumerate(rows) if r['task'] == t] for t in sets}
+  ids = np.asarray([list(tasks).index(r['task']) for r in rows], np.int32)
+  features: Batch = {}
+  for task, label_set in sets.items():  # every row's features in input order (a key a set lacks: zeros)
+    for key, value in label_set.features.items():
+      if key not in (CLASS_LABEL, REGRESSION_LABEL):
+        features.setdefault(key, np.zeros((len(rows),) + value.shape[1:], value.dtype))[where[task]] = value
+  features[TASK_FEATURE] = ids
+  answers: list[tuple[np.ndarray, np.ndarray]] = []
+  for start, (batch, real) in zip(range(0, len(rows), batch_size), data.padded_batches(features, batch_size)):
+    answers += row_answers(fns.head_labels(trainable, batch), tuple(tasks), ids[start:start + batch_size])[:real]
+  out: list[dict[str, Any]] = [dict(r) for r in rows]
+  for task, label_set in sets.items():
+    mine = [answers[i] for i in where[task]]
+    scored = label_eval.scored(label_set.labels.kind, np.stack([a[0] for a in mine]), np.stack([a[1] for a in mine]))
+    for i, record in zip(where[task], label_eval.records(label_set, *scored)):
+      out[i].update({k: v for k, v in record.items() if k != 'input'})
   return out
 
 

@@ -150,10 +150,11 @@ class ModelFns:
     decodes, scores = self.rt.steps.compiled(self._decodes, 1)(self.rt.frozen, trainable, batch, rng)
     return host.host_value(decodes), host.host_value(scores)
 
-  def head_labels(self, trainable: Any, batch: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """An encoder-only model's head predictions and scores of an inference batch (`predict_labels`)."""
-    predictions, scores = self.rt.steps.compiled(self._labels)(self.rt.frozen, trainable, self._shard('labels', batch))
-    return host.host_value(predictions), host.host_value(scores)
+  def head_labels(self, trainable: Any, batch: Mapping[str, np.ndarray]) -> Any:
+    """An encoder-only model's head predictions and scores of an inference batch (`predict_labels`, on the host):
+    (predictions, scores), or per-task heads' {task: (predictions, scores) of every row}."""
+    out = self.rt.steps.compiled(self._labels)(self.rt.frozen, trainable, self._shard('labels', batch))
+    return jax.tree.map(host.host_value, out)
 
 
 # ------------------------------------------------------------------------------------ metrics

@@ -22,7 +22,10 @@ from jaxprompt.data import pipeline as data
 from jaxprompt.errors import ConfigError
 from jaxprompt.eval import records as records_lib
 from jaxprompt.eval.losses import task_id, validation_loss
-from jaxprompt.models.features import CLASS_LABEL, REGRESSION_LABEL, TASK_FEATURE
+from jaxprompt.models.features import CLASS_LABEL, IGNORE_LABEL, REGRESSION_LABEL, TAGGING_FEATURES, TASK_FEATURE
+from jaxprompt.models.task_heads import TaskHeads
+
+TAG_LABELS = TAGGING_FEATURES[-1]  # 'token_labels'
 
 
 @dataclasses.dataclass
@@ -118,19 +121,42 @@ def text_set(texts: Sequence[str], labels: task_heads.TaskLabels, vocabulary: An
 
 def predict(fns: Any, trainable: Any, label_set: LabelSet, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
   """(predictions, scores) of every row: class / choice ids [n] and their softmax probabilities [n]; values [n]
-  twice (regression); tag ids [n, l] and zeros (tagging)."""
+  twice (regression); tag ids [n, l] and zeros (tagging). Per-task heads: the set's task's head."""
   features = {k: v for k, v in label_set.features.items() if k not in (CLASS_LABEL, REGRESSION_LABEL)}
-  predictions, scores = [], []
+  predictions, logits = [], []
   for batch, real in data.padded_batches(features, batch_size):
-    ids, logits = fns.head_labels(trainable, batch)
+    answers = fns.head_labels(trainable, batch)
+    ids, scores = answers[label_set.task.name] if isinstance(answers, dict) else answers
     predictions.append(ids[:real])
-    if label_set.labels.kind in ('classification', 'multiple_choice'):
-      logits = np.asarray(logits[:real], np.float64)
-      probs = np.exp(logits - logits.max(-1, keepdims=True))
-      scores.append((probs / probs.sum(-1, keepdims=True)).max(-1))
-    else:
-      scores.append(np.zeros((real,)) if label_set.labels.kind == 'tagging' else ids[:real])
-  return np.concatenate(predictions), np.concatenate(scores)
+    logits.append(scores[:real])
+  return scored(label_set.labels.kind, np.concatenate(predictions), np.concatenate(logits))
+
+
+def scored(kind: str, ids: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(predictions, scores) of a head's (predictions, logits) of n rows: `predict`'s scores of `kind`."""
+  if kind in ('classification', 'multiple_choice'):
+    logits = np.asarray(logits, np.float64)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    return ids, (probs / probs.sum(-1, keepdims=True)).max(-1)
+  return ids, np.zeros((len(ids),)) if kind == 'tagging' else ids
+
+
+def with_every_label(features: Mapping[str, np.ndarray], kinds: Sequence[str]) -> dict[str, np.ndarray]:
+  """`features` with the label feature of every head kind in `kinds` that they lack, all weight 0: per-task heads
+  score every row under every head (a classification set's rows need `label_values` for a regression head's loss,
+  which their task ids then zero)."""
+  rows = len(next(iter(features.values())))
+  length = features[encoder.TOKENS].shape[-1]
+  missing = {
+      'classification': (CLASS_LABEL, np.full((rows,), -1, np.int32)),
+      'regression': (REGRESSION_LABEL, np.zeros((rows,), np.float32)),
+      'tagging': (TAG_LABELS, np.full((rows, length), IGNORE_LABEL, np.int32)),
+  }
+  out = dict(features)
+  for kind in kinds:
+    if kind in missing and missing[kind][0] not in out:
+      out[missing[kind][0]] = missing[kind][1]
+  return out
 
 
 def records(label_set: LabelSet, predictions: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
@@ -158,7 +184,11 @@ def evaluate(fns: Any, trainable: Any, label_set: LabelSet, batch_size: int, *,
              task_metrics: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
   """(metrics, records) of a labelled split: the loss, the head's `token_accuracy` and the task's metrics."""
   metrics: dict[str, Any] = {'num_examples': len(label_set.texts)}
-  metrics.update(validation_loss(fns, trainable, label_set.features, batch_size))
+  head = getattr(fns.rt.model.method, 'head', None)
+  features = label_set.features
+  if isinstance(head, TaskHeads):  # every head scores every row
+    features = with_every_label(features, [c.kind for c in head.configs])
+  metrics.update(validation_loss(fns, trainable, features, batch_size))
   if not task_metrics:
     return metrics, []
   predictions, scores = predict(fns, trainable, label_set, batch_size)

@@ -137,6 +137,8 @@ MACROS: dict[str, Macro] = {
     'USE_POOLER': Macro('bool', 'False', "the head reads BERT's pooler output, not the first token's state",
                         'heads/head.gin'),
     'HEAD_DROPOUT': Macro('rate', '0.1', "dropout on the head's input", 'heads/head.gin'),
+    'TASK_HEADS': Macro('task heads', "{'sst2': {'use_pooler': True}}", "a multi-task run's head fields per task",
+                        'heads/multitask.gin', none="each task's own kind and label count"),
 }
 # yapf: enable
 

@@ -149,6 +149,9 @@ KINDS: dict[str, Kind] = {
     'method': Kind('a method factory (config, eos_id) -> Method', lambda v, _: is_method_factory(v)),
     # What only its gin configurable can make (a T5Config, an initialiser): checked by whoever takes it.
     'made by gin': Kind('a value made by a gin configurable', lambda v, _: True),
+    'task heads': Kind(
+        "a dict {task: {'kind': ..., 'num_labels': ...}}",
+        lambda v, _: isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, dict) for k, x in v.items())),
 }
 
 

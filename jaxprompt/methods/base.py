@@ -16,6 +16,7 @@ import numpy as np
 
 from jaxprompt.models.heads import HeadConfig
 from jaxprompt.models.hooks import Hooks
+from jaxprompt.models.task_heads import TaskHeads
 
 Array = jax.Array
 Params = Mapping[str, Any]
@@ -37,8 +38,9 @@ class Method(abc.ABC):
 
   # True when the method trains the network's own weights (model tuning): then there is no frozen tree.
   trains_network: bool = False
-  # The task head trained beside the method (`jaxprompt.methods.with_head`), None for none.
-  head: HeadConfig | None = None
+  # The task head trained beside the method (`jaxprompt.methods.with_head`), one per task
+  # (`jaxprompt.methods.task_heads`), None for none.
+  head: HeadConfig | TaskHeads | None = None
 
   @property
   def uses_dropout(self) -> bool:

@@ -23,6 +23,7 @@ from jaxprompt.models import losses, scan
 from jaxprompt.models.features import TASK_FEATURE
 from jaxprompt.models.heads import HeadConfig
 from jaxprompt.models.hooks import AttentionKind, Hooks, Stack
+from jaxprompt.models.task_heads import TaskHeads
 
 Array = jax.Array
 Params = Mapping[str, Any]
@@ -111,9 +112,10 @@ class Tuning(Protocol):
   uses_dropout: bool  # the method has dropout of its own: a train step gives it an rng
   packing_slots: int  # input positions packing reserves in front of each example for the method's rows
   task_names: tuple[str, ...]  # a multi-task method's tasks in task-id order; () for one task
-  # The task head trained beside the method (the encoder-only family's; its parameters are trainable['head']),
-  # None for the families that predict text.
-  head: HeadConfig | None
+  # The task head trained beside the method (the encoder-only family's; its parameters are trainable['head']), or
+  # one head per task (`models.task_heads.TaskHeads`: trainable['head'][<task>]); None for the families that predict
+  # text.
+  head: HeadConfig | TaskHeads | None
 
   def init(self, rng: Array, frozen: Params) -> Params:
     ...

@@ -20,6 +20,10 @@ sequence heads read row 0 of the network's output, prompt rows included, as the 
 given `inputs_embeds` (PEFT's prompt tuning on BertForSequenceClassification); a tagging head reads the token rows
 only, never the rows an input hook inserts in front. `predict_labels` is how the family predicts: it has no text to
 rank or decode, so `rank_classify`, `predict_batch` and `score_batch` refuse in one line.
+
+A method serving several tasks may carry one head per task (`jaxprompt.models.task_heads.TaskHeads`, parameters
+`trainable['head'][<task>]`): `logits` and `predict_labels` then give {task: that head's output for every row}, and
+`loss_fn` sums each head's loss over its own rows (`task_ids`).
 """
 from __future__ import annotations
 
@@ -45,6 +49,7 @@ from jaxprompt.models.features import (
     TOKEN_TYPES,
 )
 from jaxprompt.models.heads import HEAD_KEY, HeadConfig, TaskHead
+from jaxprompt.models.task_heads import TaskHeads
 
 INPUT_MASK = 'encoder_input_mask'
 _LABELS = {
@@ -57,6 +62,13 @@ NO_TEXT = ('the encoder-only family predicts labels with its task head (EncoderO
            'text targets to {what}')
 
 
+def _predicted(head: HeadConfig, scores: Array) -> tuple[Array, Array]:
+  """(predictions, scores) of one head's scores: values for regression, else the argmax."""
+  if head.kind == 'regression':
+    return scores, scores
+  return jnp.argmax(scores, -1).astype(jnp.int32), scores
+
+
 class EncoderOnlyModel(BaseModel):
   """A BERT / RoBERTa network, a tuning method and the method's task head."""
 
@@ -66,8 +78,7 @@ class EncoderOnlyModel(BaseModel):
   def __init__(self, config: ModelConfig, method: Tuning | None = None, loss: LossConfig | None = None,
                eos_id: int = 1):
     super().__init__(config, method, loss or LossConfig(), eos_id)
-    self.head = None if method is None else method.head
-    self.head_module = None
+    self.head = None if method is None else method.head  # a HeadConfig, or TaskHeads: one per task
     # BertEncoder numbers inserted rows as positions 0..p-1 in front of the tokens, and a tagging head drops them
     # there: a prompt placed elsewhere (prompt tuning's other combination modes) would be misread by both.
     combine = getattr(getattr(method, 'inner', method), 'combine', 'prefix')
@@ -76,9 +87,9 @@ class EncoderOnlyModel(BaseModel):
                         f'PEFT gives BERT its prompt), not combine={combine!r}')
     if self.head is not None:
       self.head.check_network(config.pooler, type(config).__name__)
-      self.head_module = TaskHead(self.head, config.emb_dim, config.dtype, config.param_dtype)
-      # The instance's training features: the inputs and its head's labels.
-      self.FEATURES = TAGGING_FEATURES if self.head.kind == 'tagging' else ENCODER_FEATURES + (_LABELS[self.head.kind],)
+      # The instance's training features: the inputs and its heads' labels (a mixed-task batch carries each kind's).
+      kinds = [c.kind for _, c in self._heads()]
+      self.FEATURES = ENCODER_FEATURES + tuple(dict.fromkeys(_LABELS[k] for k in kinds))
 
   @classmethod
   def network(cls, config: ModelConfig) -> BertEncoder:
@@ -100,11 +111,16 @@ class EncoderOnlyModel(BaseModel):
     return nn.meta.unbox(self.module.init(rng, jnp.ones((1, 4), jnp.int32), enable_dropout=False))['params']
 
   # -- the network and the head ---------------------------------------------------------------------------
-  def _head(self) -> HeadConfig:
+  def _head(self) -> HeadConfig | TaskHeads:
     if self.head is None:
       raise ConfigError('the encoder-only family trains a task head beside the method: wrap it with '
                         'jaxprompt.methods.with_head.WithHead (METHOD = @jaxprompt.methods.with_head)')
     return self.head
+
+  def _heads(self) -> tuple[tuple[str, HeadConfig], ...]:
+    """(task, head) pairs: one per task of per-task heads (`TaskHeads`), else ('', the one head)."""
+    head = self._head()
+    return head.items() if isinstance(head, TaskHeads) else (('', head),)
 
   @staticmethod
   def _rows(batch: Mapping[str, Array], choices: bool) -> tuple[Array, Array, Array | None]:
@@ -120,11 +136,12 @@ class EncoderOnlyModel(BaseModel):
     return flat(tokens).astype(jnp.int32), flat(valid), flat(types)
 
   def logits(self, frozen: Params, trainable: Params | None, batch: Mapping[str, Array],
-             dropout_rng: Array | None = None) -> Array:
+             dropout_rng: Array | None = None) -> Array | dict[str, Array]:
     """The head's float32 scores: classification [b, n], regression [b], multiple choice [b, c] (MISSING_CHOICE on
-    choice rows without a real token), tagging [b, l, n]; dropout on iff `dropout_rng` is given."""
+    choice rows without a real token), tagging [b, l, n]; dropout on iff `dropout_rng` is given. Per-task heads
+    (`TaskHeads`): {task: its head's scores of every row}."""
     head = self._head()
-    choices = head.kind == 'multiple_choice'
+    choices = head.choices if isinstance(head, TaskHeads) else head.kind == 'multiple_choice'
     tokens, valid, types = self._rows(batch, choices)
     rngs, hook_rng = self._split_rng(dropout_rng)
     task_ids = batch.get(TASK_FEATURE)
@@ -133,18 +150,32 @@ class EncoderOnlyModel(BaseModel):
     hidden, pooled = self.module.apply(self._variables(frozen, trainable), tokens, valid=valid, token_types=types,
                                        hooks=self._hooks(trainable, hook_rng,
                                                          task_ids), enable_dropout=dropout_rng is not None, rngs=rngs)
+    scores = {}
+    for i, (task, config) in enumerate(self._heads()):
+      params = trainable[HEAD_KEY][task] if task else trainable[HEAD_KEY]
+      rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, 2)
+      rng = jax.random.fold_in(rng, i) if task and rng is not None else rng  # one head: the single-task stream
+      scores[task] = self._score(config, params, hidden, pooled, valid, batch, rng)
+    return scores if isinstance(head, TaskHeads) else scores['']
+
+  def _score(self, head: HeadConfig, params: Params, hidden: Array, pooled: Array | None, valid: Array,
+             batch: Mapping[str, Array], rng: Array | None) -> Array:
+    """One head's scores (`logits`) of the network's output hidden [rows, l', e] (inserted rows included)."""
     if head.kind == 'tagging':  # the token rows: not the rows an input hook inserted in front
-      hidden = hidden[:, hidden.shape[1] - tokens.shape[1]:]
-    head_rngs = None if dropout_rng is None else {'dropout': jax.random.fold_in(dropout_rng, 2)}
-    scores = self.head_module.apply({'params': trainable[HEAD_KEY]}, hidden, pooled, deterministic=dropout_rng is None,
-                                    rngs=head_rngs)
-    if choices:
+      hidden = hidden[:, hidden.shape[1] - valid.shape[1]:]
+    module = TaskHead(head, self.config.emb_dim, self.config.dtype, self.config.param_dtype)
+    scores = module.apply({'params': params}, hidden, pooled, deterministic=rng is None,
+                          rngs=None if rng is None else {'dropout': rng})
+    if head.kind == 'multiple_choice':
       scores = jnp.where(jnp.any(valid, -1), scores, MISSING_CHOICE).reshape(batch['encoder_input_tokens'].shape[:2])
     return scores
 
-  def targets(self, batch: Mapping[str, Array]) -> tuple[Array, Array]:
-    """(labels, weights): [b] (tagging: [b, l]) labels, 0 where they are not given (weight 0 there)."""
-    head = self._head()
+  def targets(self, batch: Mapping[str, Array], head: HeadConfig | None = None) -> tuple[Array, Array]:
+    """(labels, weights) of `head` (None: the model's one head): [b] (tagging: [b, l]) labels, 0 where they are
+    not given (weight 0 there)."""
+    head = head or self._head()
+    if isinstance(head, TaskHeads):
+      raise ConfigError('per-task heads have targets per task: call targets(batch, head) with one HeadConfig')
     name = _LABELS[head.kind]
     if name not in batch:
       raise ConfigError(f"a {head.kind} head trains on the batch feature '{name}'; the batch has "
@@ -159,34 +190,47 @@ class EncoderOnlyModel(BaseModel):
 
   def loss_fn(self, frozen: Params, trainable: Params | None, batch: Mapping[str, Array],
               dropout_rng: Array | None = None) -> tuple[Array, dict]:
-    """(loss, metrics) of the head's labels (module docstring); differentiate w.r.t. `trainable` alone."""
+    """(loss, metrics) of the head's labels (module docstring); differentiate w.r.t. `trainable` alone. Per-task
+    heads: the sum over tasks of each head's loss on its own rows (`task_ids`)."""
     cfg = self.loss_config
     scores = self.logits(frozen, trainable, batch, dropout_rng)
-    targets, weights = self.targets(batch)
-    if self.head.kind == 'regression':
-      loss, weight_sum = jnp.sum(jnp.square(scores - targets) * weights), jnp.sum(weights)
-      z_loss, correct = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
-      if cfg.loss_normalizing_factor is not None:
-        loss = loss / cfg.loss_normalizing_factor
-    else:
-      if scores.ndim == 2 and self.head.kind != 'tagging':  # one prediction per example: a length-1 sequence
-        scores, targets, weights = scores[:, None], targets[:, None], weights[:, None]
-      loss, z_loss, weight_sum = losses.compute_weighted_cross_entropy(scores, targets, weights, cfg.label_smoothing,
-                                                                       cfg.z_loss, cfg.loss_normalizing_factor)
-      correct = jnp.sum((jnp.argmax(scores, -1) == targets) * weights)
+    parts = []
+    for i, (task, head) in enumerate(self._heads()):
+      targets, weights = self.targets(batch, head)
+      if task:  # only this task's rows
+        mine = batch[TASK_FEATURE] == i
+        weights = weights * mine.reshape(mine.shape + (1,) * (weights.ndim - 1)).astype(weights.dtype)
+      parts.append(self._head_loss(head, scores[task] if task else scores, targets, weights))
+    loss, z_loss, weight_sum, correct = (sum(p[k] for p in parts) for k in range(4))
     if cfg.reduction == 'mean':
       loss, z_loss = loss / jnp.maximum(weight_sum, 1.0), z_loss / jnp.maximum(weight_sum, 1.0)
     accuracy = correct / jnp.maximum(weight_sum, 1.0)
     return loss, {'loss': loss, 'z_loss': z_loss, 'weight_sum': weight_sum, 'token_accuracy': accuracy}
 
-  def predict_labels(self, frozen: Params, trainable: Params | None, batch: Mapping[str, Array]) -> tuple[Array, Array]:
+  def _head_loss(self, head: HeadConfig, scores: Array, targets: Array,
+                 weights: Array) -> tuple[Array, Array, Array, Array]:
+    """(summed loss, z-loss, weight sum, weighted right predictions) of one head's scores."""
+    cfg = self.loss_config
+    if head.kind == 'regression':
+      loss = jnp.sum(jnp.square(scores - targets) * weights)
+      if cfg.loss_normalizing_factor is not None:
+        loss = loss / cfg.loss_normalizing_factor
+      return loss, jnp.zeros((), jnp.float32), jnp.sum(weights), jnp.zeros((), jnp.float32)
+    if scores.ndim == 2 and head.kind != 'tagging':  # one prediction per example: a length-1 sequence
+      scores, targets, weights = scores[:, None], targets[:, None], weights[:, None]
+    loss, z_loss, weight_sum = losses.compute_weighted_cross_entropy(scores, targets, weights, cfg.label_smoothing,
+                                                                     cfg.z_loss, cfg.loss_normalizing_factor)
+    return loss, z_loss, weight_sum, jnp.sum((jnp.argmax(scores, -1) == targets) * weights)
+
+  def predict_labels(self, frozen: Params, trainable: Params | None,
+                     batch: Mapping[str, Array]) -> tuple[Array, Array] | dict[str, tuple[Array, Array]]:
     """(predictions, scores) of an inference batch (`DECODE_FEATURES`): class ids [b] and logits [b, n]; values [b]
     twice (regression); the chosen choice [b] and the choices' scores [b, c]; tags [b, l] (of every token row,
-    padding included) and logits [b, l, n]."""
+    padding included) and logits [b, l, n]. Per-task heads: {task: that pair for every row}; row i's answer is
+    its task's (`jaxprompt.models.task_heads.row_answers`)."""
     scores = self.logits(frozen, trainable, batch)
-    if self.head.kind == 'regression':
-      return scores, scores
-    return jnp.argmax(scores, -1).astype(jnp.int32), scores
+    out = {task: _predicted(head, scores[task] if task else scores) for task, head in self._heads()}
+    return out if isinstance(self._head(), TaskHeads) else out['']
 
   # -- what a text-predicting family does ---------------------------------------------------------------------
   def score_batch(self, frozen: Params, trainable: Params | None, batch: Mapping[str, Array],

@@ -36,6 +36,14 @@ EMBEDDING_ROWS = 1024
 # The structural fields of T5Config: what decides whether a prompt's numbers mean the same thing.
 CONFIG_FIELDS = ('vocab_size', 'emb_dim', 'num_heads', 'num_encoder_layers', 'num_decoder_layers', 'head_dim',
                  'mlp_dim', 'mlp_activations', 'logits_via_embedding', 'relpos_num_buckets', 'relpos_max_distance')
+# What else decides a family's numbers: an encoder's position table and its offset (RoBERTa numbers tokens from 2),
+# its token types, norm and activation (so a BERT and a RoBERTa of one size differ in the record, not only in the
+# embedding hash). The families not named here keep their records, and so their ids, unchanged.
+FAMILY_FIELDS = {
+    'encoder_only': ('max_positions', 'position_offset', 'type_vocab_size', 'norm_epsilon', 'activation'),
+}
+# The family fields `describe` names.
+DESCRIBED_FIELDS = ('max_positions', 'position_offset', 'type_vocab_size')
 
 
 def _config_record(config: Any) -> dict[str, Any]:
@@ -45,6 +53,7 @@ def _config_record(config: Any) -> dict[str, Any]:
   family = getattr(config, 'family', 'encoder_decoder')
   if family != 'encoder_decoder':
     record.update(family=family, num_kv_heads=int(config.num_kv_heads))
+    record.update({f: _jsonable(getattr(config, f)) for f in FAMILY_FIELDS.get(family, ()) if hasattr(config, f)})
     for stack in ('encoder', 'decoder'):
       try:
         record[f'num_{stack}_layers'] = int(config.stack_depth(stack))
@@ -93,12 +102,12 @@ def _jsonable(value: Any) -> Any:
 
 def describe(fingerprint: Mapping[str, Any] | None) -> str:
   """One line naming a fingerprint: its id, the family when not T5, and the sizes its record holds (each stack's
-  depth, `num_<stack>_layers`, whichever stacks the family has)."""
+  depth, `num_<stack>_layers`, whichever stacks the family has; an encoder's position table and token types)."""
   if not fingerprint:
     return 'no recorded model'
   c = fingerprint.get('config', {})
   depths = sorted((k for k in c if k.startswith('num_') and k.endswith('_layers')), key=lambda k: 'encoder' not in k)
-  names = ('family', 'emb_dim', *depths, 'num_heads', 'num_kv_heads', 'vocab_size')
+  names = ('family', 'emb_dim', *depths, 'num_heads', 'num_kv_heads', 'vocab_size', *DESCRIBED_FIELDS)
   sizes = ', '.join(f'{k}={c[k]}' for k in names if k in c)
   return f"model {fingerprint.get('id', '?')} ({sizes})"
 
