@@ -11,9 +11,8 @@ from etils import epath
 from jaxprompt.commands import prompt_files
 from jaxprompt.commands.groups import PromptSource
 from jaxprompt.errors import ConfigError, PromptError
-from jaxprompt.methods import prompt_bank, task_heads
+from jaxprompt.methods import task_heads
 from jaxprompt.methods.base import Method
-from jaxprompt.methods.with_head import WithHead
 from jaxprompt.models.base import ModelConfig
 
 PEFT_CONFIG = 'adapter_config.json'
@@ -44,8 +43,7 @@ def load_sources(prompts: Mapping[str, str], *, config: ModelConfig, combine: st
       if name not in method.task_names:
         raise PromptError(f'{path} holds the prompts of tasks {sorted(method.task_names)}; --prompt {name}=... '
                           'names none of them')
-      method, params = (method.single(params, name)
-                        if isinstance(method, task_heads.WithTaskHeads) else prompt_bank.single(method, params, name))
+      method, params = task_heads.task_alone(method, params, name)
     out[name] = (method, params)
   return out
 
@@ -55,9 +53,7 @@ def load_bank(prompts: Mapping[str, str], *, config: ModelConfig, combine: str =
   """(bank, its tree) of the named sources, task ids in the order given; sources with a task head (an encoder's
   runs) make a bank with per-task heads."""
   sources = load_sources(prompts, config=config, combine=combine, eos_id=eos_id, step=step)
-  if any(isinstance(method, WithHead) for method, _ in sources.values()):
-    return task_heads.build_head_bank(sources, config, eos_id)
-  return prompt_bank.build_bank(sources, config, eos_id)
+  return task_heads.bank_of(sources, config, eos_id)
 
 
 def load_method(source: PromptSource, *, config: ModelConfig, eos_id: int = 1,

@@ -137,6 +137,23 @@ def build_head_bank(methods: Mapping[str, tuple[Method, Params]], config: ModelC
   return wrapped, wrapped._joined(tree, head_params)  # pylint: disable=protected-access
 
 
+def task_alone(method: Method, params: Params, task: str) -> tuple[Method, Params]:
+  """Task `task` of a multi-task method (its prompt bank form) served alone: its prompt, and its head when the
+  tasks have heads."""
+  if isinstance(method, WithTaskHeads):
+    return method.single(params, task)
+  return prompt_bank.single(method, params, task)
+
+
+def bank_of(methods: Mapping[str, tuple[Method, Params]], config: ModelConfig,
+            eos_id: int = 1) -> tuple[Method, Params]:
+  """The prompt bank of named (method, params): with per-task heads when any method trains a head (an encoder's
+  runs), else `prompt_bank.build_bank`'s."""
+  if any(method.head is not None for method, _ in methods.values()):
+    return build_head_bank(methods, config, eos_id)
+  return prompt_bank.build_bank(methods, config, eos_id)
+
+
 def read_file(path: str | os.PathLike, context: registry.ReadContext) -> tuple[Method, Params]:
   """(method, params) of any method's file (a prompt .npy included), checked against `context.config`."""
   path = os.fspath(path)
