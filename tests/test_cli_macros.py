@@ -123,8 +123,8 @@ def test_the_fix_is_the_flag_to_write(capsys, tiny_gin, tmp_path):
   assert line.endswith('got @jaxprompt.methods.prefix_tuning(): write --gin.METHOD=@jaxprompt.methods.prefix_tuning')
   _, line = one_error(capsys, [*args, '--gin.METHOD=@jaxprompt.methods.sampled_vocab'])
   assert line.endswith(
-      'got @jaxprompt.methods.sampled_vocab (methods: model_tuning, multitask_prompt_tuning, '
-      'multitask_prompts, p_tuning, p_tuning_v2, per_layer_prompts, prefix_tuning, prompt_tuning, with_head)')
+      'got @jaxprompt.methods.sampled_vocab (methods: model_tuning, multitask_prompt_tuning, multitask_prompts, '
+      'p_tuning, p_tuning_v2, per_layer_prompts, prefix_tuning, prompt_tuning, with_head, with_task_heads)')
   _, line = one_error(capsys, [*args, '--gin.PROMPT_INIT=@jaxprompt.methods.sampled_vocab'])
   assert line.endswith(
       'got @jaxprompt.methods.sampled_vocab: write --gin.PROMPT_INIT="@jaxprompt.methods.sampled_vocab()"')
