@@ -101,18 +101,6 @@ def _base_config(peft_type: str, task: peft_layouts.Task, length: int, token_dim
   }
 
 
-def _write_bytes(path: str, data: bytes) -> None:
-  if '://' in path:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    with tf.io.gfile.GFile(path, 'wb') as f:
-      f.write(data)
-    return
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'wb') as f:
-    f.write(data)
-  os.replace(tmp, path)  # a reader never sees half a file
-
-
 def _write(folder: str, config: Mapping[str, Any], tensor: np.ndarray, fingerprint: Mapping[str, Any] | None) -> str:
   """Writes the two files of an adapter folder (created if needed); returns the folder."""
   metadata = {'format': 'pt'}
@@ -127,8 +115,9 @@ def _write(folder: str, config: Mapping[str, Any], tensor: np.ndarray, fingerpri
         raise OSError('it is a file; a PEFT adapter is a folder')
       os.makedirs(folder, exist_ok=True)
     weights = save_safetensors({TENSOR_KEY: np.ascontiguousarray(tensor, np.float32)}, metadata=metadata)
-    _write_bytes(os.path.join(folder, WEIGHTS_FILE), weights)
-    _write_bytes(os.path.join(folder, CONFIG_FILE), json.dumps(dict(config), indent=2, sort_keys=True).encode())
+    npy_io.write_bytes(weights, os.path.join(folder, WEIGHTS_FILE), what=WHAT)
+    npy_io.write_bytes(
+        json.dumps(dict(config), indent=2, sort_keys=True).encode(), os.path.join(folder, CONFIG_FILE), what=WHAT)
   except Exception as e:  # OSError locally, tf errors remotely
     raise PromptError(f'cannot write {WHAT} {folder}: {e}') from e
   return folder
