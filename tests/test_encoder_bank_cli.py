@@ -2,15 +2,15 @@
 folder (tests/encoder_tiny.py): `infer --prompt NAME=FILE` over two single-task runs' files (a classification
 prompt and a regression P-tuning v2 prefix, each read with its final_head.npz) answers a mixed JSONL stream with
 each row's task as that run alone would; with trained runs (slow), run dirs serve as well and `eval` of the bank
-scores a task with its own head as its run did; a multi-task run with heads/multitask.gin on a two-task mixture
-evaluates each task with its head and its step dir serves as the bank."""
+scores a task with its own head as its run did; a multi-task run with heads/multitask.gin on a mixture of
+single-text and pair classifications and a regression evaluates each task with its own head and metric, and its
+step dir serves as the bank."""
 import json
 
 import gin
 import jax
 import numpy as np
 import pytest
-import seqio
 
 from jaxprompt.cli.main import main as cli_main
 from jaxprompt.data import label_files, label_tasks
@@ -23,7 +23,9 @@ from tests.test_cli import main_error
 from tests.tiny_task import LABELS
 
 SENTIMENT, SCORE, FLIPPED = 'jp_bank_cli_sentiment', 'jp_bank_cli_score', 'jp_bank_cli_flipped'
+PAIRED = 'jp_bank_cli_paired'
 MIXTURE = 'jp_bank_cli_mixture'
+MIXED = (SENTIMENT, FLIPPED, PAIRED, SCORE)  # single-text and pair classification, and a regression, in one stream
 LENGTHS = "{'inputs': 16, 'targets': 1}"
 TEXTS = ['good movie', 'awful plot', 'nice acting film', 'dull story']
 
@@ -61,10 +63,22 @@ def _retarget(path, out, label) -> str:
   return str(out)
 
 
+def _paired(path, out) -> str:
+  """`path`'s TSV as JSONL text pairs: the text, then 'so it was <label>', labelled 'yes' (every other row: the
+  other label, 'no')."""
+  rows = [line.split('\t') for line in path.read_text().splitlines()]
+  out.write_text(''.join(
+      json.dumps({
+          'text': text, 'pair': f'so it was {y if i % 2 else LABELS[1 - LABELS.index(y)]}', 'label': 'yes' if i %
+                                                                                                     2 else 'no'
+      }) + '\n' for i, (text, y) in enumerate(rows)))
+  return str(out)
+
+
 @pytest.fixture(scope='module')
 def tasks(tiny_files):
-  """Three label-file tasks over the tiny TSV's texts: sentiment, a score (1.0 / -1.0: regression) and the
-  sentiment flipped; the first and last mixed 1:1."""
+  """Four label-file tasks over the tiny TSV's texts: sentiment, a score (1.0 / -1.0: regression), the sentiment
+  flipped, and text pairs (does the second text name the sentiment); MIXTURE mixes them all 1:1:1:1."""
   folder = tiny_files['train'].parent
   swap = dict(zip(LABELS, reversed(LABELS)))
   for name, label, label_set in ((SENTIMENT, str, LABELS), (SCORE, lambda y: str(2.0 * LABELS.index(y) - 1.0), None),
@@ -72,10 +86,12 @@ def tasks(tiny_files):
     label_files.register_label_file_task(
         name, train=_retarget(tiny_files['train'], folder / f'{name}_train.tsv', label),
         validation=_retarget(tiny_files['validation'], folder / f'{name}_validation.tsv', label), label_set=label_set)
-  if MIXTURE not in seqio.MixtureRegistry.names():
-    seqio.MixtureRegistry.add(MIXTURE, [(SENTIMENT, 1.0), (FLIPPED, 1.0)])
+  label_files.register_label_file_task(PAIRED, train=_paired(tiny_files['train'], folder / 'paired_train.jsonl'),
+                                       validation=_paired(tiny_files['validation'], folder / 'paired_validation.jsonl'),
+                                       pair_field='pair', label_set=('no', 'yes'))
+  label_tasks.register_mixture(MIXTURE, [(t, 1.0) for t in MIXED])
   yield
-  for name in (SENTIMENT, SCORE, FLIPPED):
+  for name in (SENTIMENT, SCORE, FLIPPED, PAIRED):
     label_tasks._TASKS.pop(name, None)  # pylint: disable=protected-access
 
 
@@ -211,17 +227,21 @@ def multitask_run(tiny_bert, tasks, tmp_path_factory):
 def test_a_multitask_run_with_heads_evaluates_each_task_and_its_step_dir_is_the_bank(
     multitask_run, tiny_bert, tmp_path, capsys, clean_gin):
   final = json.loads((multitask_run / 'eval_metrics.json').read_text())
-  assert {f'{t}/{m}' for t in (SENTIMENT, FLIPPED) for m in ('accuracy', 'loss')} <= set(final)
+  # Each task by its own head and metric: the classifications' accuracy, the regression's correlations.
+  assert {f'{t}/{m}' for t in (SENTIMENT, FLIPPED, PAIRED) for m in ('accuracy', 'loss')} <= set(final)
+  assert {f'{SCORE}/{m}' for m in ('pearson_corrcoef', 'spearman_corrcoef', 'loss')} <= set(final)
+  assert f'{SCORE}/accuracy' not in final and f'{PAIRED}/pearson_corrcoef' not in final
   step = multitask_run / 'numpy_checkpoints' / 'checkpoint_2'
-  for task in (SENTIMENT, FLIPPED):
+  for task in MIXED:
     assert (step / f'{task}.prompt.npy').is_file() and (step / f'{task}.head.npz').is_file()
     assert (multitask_run / f'final_{task}.head.npz').is_file()
   out = tmp_path / 'eval.json'
   assert cli_main(['eval', '--checkpoint', str(step), '--output', str(out)]) == 0
   gin.clear_config()
   metrics = json.loads(out.read_text())['metrics']
-  for task in (SENTIMENT, FLIPPED):
+  for task in (SENTIMENT, FLIPPED, PAIRED):
     assert metrics[f'{task}/accuracy'] == final[f'{task}/accuracy']
+  np.testing.assert_allclose(metrics[f'{SCORE}/pearson_corrcoef'], final[f'{SCORE}/pearson_corrcoef'], rtol=1e-4)
   stream = [(FLIPPED if i % 2 else SENTIMENT, TEXTS[i % len(TEXTS)]) for i in range(6)]
   rows = infer_rows(capsys, ['--checkpoint', str(step), '--input_file', str(_requests(tmp_path, stream))])
   named = infer_rows(capsys, [

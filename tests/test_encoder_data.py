@@ -108,3 +108,32 @@ def test_longest_first_keeps_what_the_tokenizers_library_keeps(tmp_path):
     ids = tokenizer.encode(' '.join(['fox'] * a), ' '.join(['dog'] * b)).ids
     assert encoder.longest_first((a, b), length - 3) == (ids.count(fox), ids.count(dog)), (a, b, length)
   assert encoder.longest_first((7,), 3) == (3,) and encoder.longest_first((2,), 3) == (2,)
+
+
+def test_mixable_examples_make_each_kinds_row(tokenizers):
+  # The label tasks' one structure: `is_pair` tells a single text (its empty `inputs_pair` unused) from a pair, an
+  # empty second text included ([CLS] a [SEP] [SEP], as transformers' batched pairs: run_glue.py's); both labels
+  # ride along.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  vocabulary, hf, tokens = tokenizers
+  a, b = (vocabulary.encode(t) for t in PAIRS[1])
+  examples = [(a, [], 0, 1, 0.0), (a, b, 1, 0, 0.0), (a, [], 1, -1, 2.5)]
+  keys = ('inputs', 'inputs_pair', 'is_pair', 'label', 'label_value')
+  rows = [
+      dict(zip(keys, (np.asarray(x, np.int32), np.asarray(y, np.int32), p, c, np.float32(v))))
+      for x, y, p, c, v in examples
+  ]
+  ds = tf.data.Dataset.from_generator(
+      lambda: iter(rows), output_signature={
+          k: tf.TensorSpec([None] if k.startswith('inputs') else [], tf.float32 if k == 'label_value' else tf.int32)
+          for k in keys
+      })
+  got = list(converters.get('encoder_only').convert(ds, {'inputs': 12}, False, 0, tokens, None).as_numpy_iterator())
+  want = encoder.example_features(rows, {'inputs': 12}, tokens)
+  texts = [([PAIRS[1][0]],), ([PAIRS[1][0]], [PAIRS[1][1]]), ([PAIRS[1][0]], [''])]
+  assert want['encoder_input_tokens'].tolist() == [
+      hf(*t, truncation=True, max_length=12, padding='max_length')['input_ids'][0] for t in texts
+  ]
+  assert want[CLASS_LABEL].tolist() == [1, 0, -1] and want[REGRESSION_LABEL].tolist() == [0.0, 0.0, 2.5]
+  for key, value in want.items():
+    np.testing.assert_array_equal(np.stack([g[key] for g in got]), value, err_msg=key)

@@ -1,6 +1,7 @@
 """GLUE / SuperGLUE as label ids (`data/label_tasks.py`): every task against its real TFDS builder's features, and
 the real builders prepared offline from raw files the test writes (the layout of test_data_tfds_offline.py), read
 end to end into encoder rows equal to transformers' tokenizer."""
+import itertools
 import json
 import os
 
@@ -189,3 +190,36 @@ def test_a_split_read_once_gives_the_streams_rows(data_dir, bert, name, split):
   streamed = _read(name, split, vocabulary, tokens)
   for key, value in got.items():
     np.testing.assert_array_equal(value, np.stack([r[key] for r in streamed]), err_msg=key)
+
+
+def test_a_mixture_of_single_pair_and_regression_tasks_streams_each_tasks_rows(data_dir, bert):
+  del data_dir
+  vocabulary, _, tokens = bert
+  names = ['glue_sst2_v200_labels', 'super_glue_cb_v102_labels', 'glue_stsb_v200_labels']
+  label_tasks.register_mixture('jp_label_mixture', [(n, 1.0) for n in names])
+  provider = pipeline.get_provider('jp_label_mixture', vocabulary, converters.ENCODER_ONLY)
+  ds = pipeline.train_dataset(provider, {'inputs': LENGTH}, 'train', 8, seed=0, task_names=names,
+                              family=converters.ENCODER_ONLY)
+  batches = list(itertools.islice(pipeline.train_batches(ds, family=converters.ENCODER_ONLY), 3))
+  alone = {
+      i: {r['encoder_input_tokens'].tobytes(): r for r in _read(n, 'train', vocabulary, tokens)}
+      for i, n in enumerate(names)
+  }
+  seen = set()
+  for batch in batches:
+    assert set(batch) == {
+        'encoder_input_tokens', 'encoder_input_mask', 'encoder_token_types', CLASS_LABEL, REGRESSION_LABEL, 'task_ids'
+    }
+    assert batch[CLASS_LABEL].dtype == np.int32 and batch[REGRESSION_LABEL].dtype == np.float32
+    for i, task in enumerate(batch['task_ids'].tolist()):
+      want = alone[task][batch['encoder_input_tokens'][i].tobytes()]  # the row its task makes alone
+      for key, value in want.items():
+        np.testing.assert_array_equal(batch[key][i], value, err_msg=f'{names[task]} {key}')
+      seen.add(task)
+  assert seen == {0, 1, 2}
+  assert {int(r[CLASS_LABEL]) for r in alone[2].values()} == {-1}  # STS-B's rows: no class
+  assert {float(r[REGRESSION_LABEL]) for t in (0, 1) for r in alone[t].values()} == {0.0}  # the classes': no value
+  with pytest.raises(
+      DataError, match=r"multiple-choice task 'super_glue_copa_v102_labels' cannot mix with "
+      r"\['glue_sst2_v200_labels'\]"):
+    label_tasks.register_mixture('jp_bad_mixture', [('glue_sst2_v200_labels', 1), ('super_glue_copa_v102_labels', 1)])

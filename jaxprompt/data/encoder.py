@@ -11,11 +11,16 @@ pair), never assumed. A row longer than the length is cut as transformers' `trun
 ('longest_first': the shorter text keeps up to half the room, the longer the rest; the specials stay), and the cut
 rows are counted and said once (`data/truncation.py`).
 
-Task examples carry their texts' ids without specials: `inputs` (the first text), `inputs_pair` (the second, for
-pairs), and for multiple choice `choice_<i>` (each choice's second text; the row of choice i is `inputs` +
-`choice_<i>`, [b, choices, l]); their label is `label` (int class id, or float for regression: STS-B).
+Task examples carry their texts' ids without specials: `inputs` (the first text), `inputs_pair` (the second) and
+`is_pair` (int32 1: a pair; 0: one text, its `inputs_pair` empty), and both labels: `label` (int32 class id; -1, no
+class, on a regression's examples) and `label_value` (float32, a regression's value: STS-B; 0 on a classification's).
+Every single-text or pair, classification or regression task's examples have that one structure, so any of them
+share a seqio Mixture (`label_tasks.register_mixture`). Multiple choice has `choice_<i>` instead (each choice's
+second text; the row of choice i is `inputs` + `choice_<i>`, [b, choices, l]) and `label`, the right choice.
+An example without `is_pair` is a pair when it has `inputs_pair`; one with a float `label` is a regression's.
 Features (`models/features.py`): encoder_input_tokens (padded with the tokenizer's PAD), encoder_input_mask,
-encoder_token_types, and `labels` int32 or `label_values` float32.
+encoder_token_types, and `labels` int32 and / or `label_values` float32 (a row carries both when its example
+does: the head of the other kind gives it no weight, `models/task_heads.py`).
 """
 from __future__ import annotations
 
@@ -32,6 +37,8 @@ from jaxprompt.models.features import CLASS_LABEL, ENCODER_FEATURES, REGRESSION_
 Batch = dict[str, np.ndarray]
 TOKENS, MASK = ENCODER_FEATURES
 FIRST, SECOND, LABEL = 'inputs', 'inputs_pair', 'label'  # a task example's texts and label
+LABEL_VALUE, IS_PAIR = 'label_value', 'is_pair'  # a regression's label; 1 when `inputs_pair` is a second text
+NO_CLASS = -1  # the `label` of a regression's example: no class, weight 0 under a classification head
 CHOICE_PREFIX = 'choice_'
 PROBE = 'a'
 
@@ -210,10 +217,26 @@ def choice_keys(example: Mapping[str, Any]) -> list[str]:
                 key=lambda k: int(k[len(CHOICE_PREFIX):]))
 
 
+def is_pair(example: Mapping[str, Any]) -> bool:
+  """Whether a (not multiple-choice) example's row holds two texts (module docstring)."""
+  return SECOND in example and bool(int(example.get(IS_PAIR, 1)))
+
+
+def example_texts(example: Mapping[str, Any]) -> tuple[Any, ...]:
+  """A (not multiple-choice) example's texts: (inputs,) or (inputs, inputs_pair)."""
+  return (example[FIRST], example[SECOND]) if is_pair(example) else (example[FIRST],)
+
+
+def target(example: Mapping[str, Any], regression: bool) -> Any:
+  """An example's label for its task's metrics: the value of a regression's, else the class (or choice) id."""
+  return example[LABEL_VALUE] if regression and LABEL_VALUE in example else example[LABEL]
+
+
 def example_features(examples: Sequence[Mapping[str, Any]], feature_lengths: Mapping[str, int],
                      tokens: EncoderTokens | EncoderLayout, where: str = 'encoder rows') -> Batch:
   """The features of a label task's tokenized examples (as its seqio task yields them: `inputs`, `inputs_pair`,
-  `choice_<i>`, `label`); a split with no `label` (a test split's -1) still gets one (evaluation skips it)."""
+  `is_pair`, `label`, `label_value`, or `choice_<i>`); a test split's rows keep its -1 labels (evaluation skips
+  them)."""
   if not examples:
     raise DataError(f'{where}: no examples')
   labels = [ex[LABEL] for ex in examples] if LABEL in examples[0] else None
@@ -221,5 +244,7 @@ def example_features(examples: Sequence[Mapping[str, Any]], feature_lengths: Map
   if choices:
     rows = [[(ex[FIRST], ex[c]) for c in choices] for ex in examples]
     return choice_features(rows, labels, feature_lengths, tokens, where)
-  rows = [(ex[FIRST], ex[SECOND]) if SECOND in ex else (ex[FIRST],) for ex in examples]
-  return to_encoder_features(rows, labels, feature_lengths, tokens, where)
+  out = to_encoder_features([example_texts(ex) for ex in examples], labels, feature_lengths, tokens, where)
+  if LABEL_VALUE in examples[0]:
+    out[REGRESSION_LABEL] = np.asarray([ex[LABEL_VALUE] for ex in examples], np.float32)
+  return out

@@ -1,7 +1,9 @@
 """The encoder-only family's features inside tf.data: `encoder.py`'s rows (layout, 'longest_first' cut, padding)
-from tokenized label-task examples, unbatched; a tagging task's sentence (`inputs` with its per-token
-`token_labels`, `tagging_seqio.py`) as `token_labels.TagAligner` makes its rows. Rows are never packed: a head reads
-each row's first token ([CLS] / <s>), and a packed row has one for its first example only.
+from tokenized label-task examples, unbatched: one text or a pair as each example's `is_pair` says (a mixture of
+single-text and pair tasks streams the rows each task makes alone), with `labels` and / or `label_values`; a tagging
+task's sentence (`inputs` with its per-token `token_labels`, `tagging_seqio.py`) as `token_labels.TagAligner` makes
+its rows. Rows are never packed: a head reads each row's first token ([CLS] / <s>), and a packed row has one for
+its first example only.
 
 A training stream's cut rows are counted here, as they are built (`truncation.StreamCount.record`; the map runs
 sequentially then, so the counts do not race); nothing cuts the examples before.
@@ -14,7 +16,7 @@ from typing import Any
 import tensorflow as tf
 
 from jaxprompt.data import encoder
-from jaxprompt.data.encoder import FIRST, LABEL, SECOND, EncoderLayout, EncoderTokens, Template
+from jaxprompt.data.encoder import FIRST, IS_PAIR, LABEL, LABEL_VALUE, SECOND, EncoderLayout, EncoderTokens, Template
 from jaxprompt.errors import ConfigError
 from jaxprompt.models.features import CLASS_LABEL, IGNORE_LABEL, REGRESSION_LABEL, TAGGING_FEATURES, TOKEN_TYPES
 
@@ -80,6 +82,10 @@ def convert(ds: tf.data.Dataset, feature_lengths: Mapping[str, int], pack: bool,
       size = tf.reduce_max(tf.stack([r[3] for r in rows]))
     elif TAG_LABELS in example:  # a tagging task's sentence: one text, a label per token
       ids, mask, types, size, tags = _row(layout.single, [example[FIRST]], length, layout.pad, example[TAG_LABELS])
+    elif pair and IS_PAIR in example:  # one text or a pair, told per example (a mixture of both kinds)
+      one = _row(layout.single, [example[FIRST]], length, layout.pad)
+      two = _row(layout.pair, [example[FIRST], example[SECOND]], length, layout.pad)
+      ids, mask, types, size = (tf.where(example[IS_PAIR] > 0, b, a) for a, b in zip(one, two))
     else:
       texts = [example[FIRST]] + ([example[SECOND]] if pair else [])
       ids, mask, types, size = _row(layout.template(len(texts)), texts, length, layout.pad)
@@ -90,6 +96,8 @@ def convert(ds: tf.data.Dataset, feature_lengths: Mapping[str, int], pack: bool,
       label = example[LABEL]
       out.update({REGRESSION_LABEL: tf.cast(label, tf.float32)} if label.dtype.
                  is_floating else {CLASS_LABEL: tf.cast(label, tf.int32)})
+    if LABEL_VALUE in example:
+      out[REGRESSION_LABEL] = tf.cast(example[LABEL_VALUE], tf.float32)
     out.update({k: example[k] for k in passthrough or {}})
     if count is None:
       return out

@@ -13,8 +13,9 @@ a regression):
 * 'choice' (multiple choice): the index 0..n-1 of the right one of `choice_fields`, the n columns holding each
   choice's second text (`text_field` is the first text of every choice row).
 None: a classification with a label set, else a regression. The task is a seqio Task of the label tasks' examples
-(`inputs`, `inputs_pair` | `choice_<i>`, `label`: `data/label_tasks.py`) and a `LabelTask` (`label_tasks.get(name)`:
-its label names, kind and metric fns).
+(`inputs`, `inputs_pair`, `is_pair`, `label`, `label_value`, or `inputs`, `choice_<i>`, `label`:
+`data/label_tasks.py`; any but multiple choice mix) and a `LabelTask` (`label_tasks.get(name)`: its label names,
+kind and metric fns).
 """
 from __future__ import annotations
 
@@ -57,21 +58,26 @@ def train_labels(paths: Sequence[str], *, text_field: str, label_field: str, **k
 
 
 def _dataset_fn(split: str, shuffle_files: bool, seed: int | None = None, *, data: Mapping[str, list[Example]],
-                regression: bool, choice: bool) -> tf.data.Dataset:
-  """A split's examples in memory, shuffled whole when `shuffle_files` (a fixed default seed: every host holds the
-  same order before seqio shards it)."""
+                kind: str) -> tf.data.Dataset:
+  """A split's examples in memory (the label tasks' features, `label_tasks.texts_of` / `labels_of`), shuffled
+  whole when `shuffle_files` (a fixed default seed: every host holds the same order before seqio shards it)."""
   rows = data[split]
-  columns = {
-      encoder.FIRST: tf.constant([r[0] for r in rows], tf.string),
-      encoder.LABEL: tf.constant([r[2] for r in rows], tf.float32 if regression else tf.int32)
-  }
-  if rows[0][1] is not None:
-    keys = [encoder.SECOND] if len(rows[0][1]) == 1 and not choice else [
-        f'{encoder.CHOICE_PREFIX}{i}' for i in range(len(rows[0][1]))
-    ]
-    columns.update({k: tf.constant([r[1][i] for r in rows], tf.string) for i, k in enumerate(keys)})
+  label = tf.constant([r[2] for r in rows], tf.float32 if kind == label_tasks.REGRESSION else tf.int32)
+  columns = {encoder.FIRST: tf.constant([r[0] for r in rows], tf.string), encoder.LABEL: label}
+  seconds = len(rows[0][1] or ())  # columns choice_<i>: each choice, or (choice_0 alone) a pair's second text
+  columns.update({
+      f'{encoder.CHOICE_PREFIX}{i}': tf.constant([r[1][i] for r in rows], tf.string) for i in range(seconds)
+  })
   ds = tf.data.Dataset.from_tensor_slices(columns)
-  return ds.shuffle(len(rows), seed=0 if seed is None else seed) if shuffle_files else ds
+  ds = ds.shuffle(len(rows), seed=0 if seed is None else seed) if shuffle_files else ds
+
+  def example(x: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    labels = label_tasks.labels_of(x[encoder.LABEL], kind)
+    if kind == label_tasks.CHOICE:
+      return {**x, **labels}  # the choices as they are
+    return {**label_tasks.texts_of(x[encoder.FIRST], x.get(f'{encoder.CHOICE_PREFIX}0')), **labels}
+
+  return ds.map(example)
 
 
 def _label_value(target: str, i: int, paths: Sequence[str], kind: str, labels: tuple[str, ...] | None) -> Any:
@@ -145,10 +151,8 @@ def register_label_file_task(
     data[split] = [(t, s, _label_value(v, i, paths, kind, labels)) for i, (t, s, v) in enumerate(rows)]
   fields = tuple(choice_fields) if kind == label_tasks.CHOICE else (text_field, *seconds)
   spec = label_tasks.LabelTask(name, '', tuple(files), fields, labels, tuple(fns), kind)
-  source = seqio.FunctionDataSource(
-      functools.partial(_dataset_fn, data=data, regression=kind == label_tasks.REGRESSION,
-                        choice=kind == label_tasks.CHOICE), splits=list(files),
-      num_input_examples={s: len(v) for s, v in data.items()})
+  source = seqio.FunctionDataSource(functools.partial(_dataset_fn, data=data, kind=kind), splits=list(files),
+                                    num_input_examples={s: len(v) for s, v in data.items()})
   seqio.TaskRegistry.remove(name)
   seqio.TaskRegistry.add(name, source=source, preprocessors=[label_tasks.tokenize_texts],
                          output_features=label_tasks.output_features(spec), metric_fns=list(fns))

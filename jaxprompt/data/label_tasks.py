@@ -5,11 +5,13 @@ as the text-to-text tasks of `data/tasks.py`:
   super_glue_<config>_v102_labels      boolq cb rte wic copa
 
 An example is the ids of its texts without specials (`inputs`, and `inputs_pair` for a pair, in the order
-transformers' GLUE / P-tuning v2 scripts feed them) and `label` (the TFDS class id, -1 on test splits; STS-B a
-float score); `data/encoder.py` makes the rows. COPA is multiple choice: `inputs` the premise, `choice_0` /
-`choice_1` "because <choice>" (cause) or "so <choice>" (effect), `label` the right choice. WiC reads
-"<word>: <sentence1>" and <sentence2>. Left out: MultiRC (answers grouped per question: its metrics need the
-groups), ReCoRD (an entity picked from the passage, not a class) and WSC (a span-pair head).
+transformers' GLUE / P-tuning v2 scripts feed them; `is_pair`) and its labels: `label` (the TFDS class id, -1 on
+test splits) and `label_value` (STS-B's float score), the other kind's -1 / 0; every task but COPA has these
+features, so any of them share a mixture (`register_mixture`). `data/encoder.py` makes the rows. COPA is multiple
+choice: `inputs` the premise, `choice_0` / `choice_1` "because <choice>" (cause) or "so <choice>" (effect),
+`label` the right choice. WiC reads "<word>: <sentence1>" and <sentence2>. Left out: MultiRC (answers grouped per
+question: its metrics need the groups), ReCoRD (an entity picked from the passage, not a class) and WSC (a
+span-pair head).
 
 Each task knows its `label_names` (what infer prints; `tasks.get_label_set` gives them too), its `kind`
 ('classification', 'regression', 'choice') and its metric fns, T5's for the task (`data/metrics.py`), called as
@@ -65,20 +67,37 @@ def score(metric_fns: Sequence[Callable[..., dict[str, float]]], targets: Sequen
   return out
 
 
+def labels_of(label: tf.Tensor, kind: str) -> dict[str, tf.Tensor]:
+  """An example's labels (`data/encoder.py`): a choice task's `label` alone, else both `label` and `label_value`
+  (the one the task does not use: -1 / 0, weight 0 under that kind's head)."""
+  if kind == CHOICE:
+    return {encoder.LABEL: tf.cast(label, tf.int32)}
+  regression = kind == REGRESSION
+  return {
+      encoder.LABEL: tf.constant(encoder.NO_CLASS, tf.int32) if regression else tf.cast(label, tf.int32),
+      encoder.LABEL_VALUE: tf.cast(label, tf.float32) if regression else tf.constant(0.0, tf.float32)
+  }
+
+
+def texts_of(first: tf.Tensor, second: tf.Tensor | None) -> dict[str, tf.Tensor]:
+  """An example's texts in the mixable form: `inputs`, `inputs_pair` ('' without one) and `is_pair`."""
+  return {
+      encoder.FIRST: first, encoder.SECOND: tf.constant('') if second is None else second,
+      encoder.IS_PAIR: tf.constant(0 if second is None else 1, tf.int32)
+  }
+
+
 def _rows(fields: Sequence[str], kind: str) -> Callable[[Mapping[str, tf.Tensor]], dict[str, tf.Tensor]]:
-  """raw TFDS example -> {'inputs', 'inputs_pair' | 'choice_<i>', 'label'} strings and label."""
+  """raw TFDS example -> the texts and labels of `data/encoder.py`'s examples."""
 
   def fn(x: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    label = tf.cast(x['label'], tf.float32 if kind == REGRESSION else tf.int32)
+    labels = labels_of(x['label'], kind)
     if kind == CHOICE:  # COPA
       joiner = tf.where(tf.equal(x['question'], 'cause'), 'because', 'so')
       choices = {f'{encoder.CHOICE_PREFIX}{i}': tf.strings.join([joiner, x[f]], ' ') for i, f in enumerate(fields)}
-      return {encoder.FIRST: x['premise'], **choices, encoder.LABEL: label}
+      return {encoder.FIRST: x['premise'], **choices, **labels}
     first = x[fields[0]] if fields[0] != 'word' else tf.strings.join([x['word'], ': ', x['sentence1']])
-    out = {encoder.FIRST: first, encoder.LABEL: label}
-    if len(fields) > 1:
-      out[encoder.SECOND] = x[fields[-1]]
-    return out
+    return {**texts_of(first, x[fields[-1]] if len(fields) > 1 else None), **labels}
 
   return fn
 
@@ -96,14 +115,17 @@ def tokenize_texts(ds: tf.data.Dataset, output_features: Mapping[str, seqio.Feat
 
 
 def output_features(spec: LabelTask, vocabulary: Any = None) -> dict[str, seqio.Feature]:
+  """A label task's seqio features: every task but multiple choice has the same ones (any of them mix)."""
   vocabulary = vocabulary or get_default_vocabulary()
   text = functools.partial(seqio.Feature, vocabulary=vocabulary, add_eos=False)
+  scalar = lambda dtype: seqio.Feature(vocabulary, add_eos=False, dtype=dtype, rank=0)  # noqa: E731
   if spec.kind == CHOICE:
     texts = {encoder.FIRST: text(), **{f'{encoder.CHOICE_PREFIX}{i}': text() for i in range(len(spec.fields))}}
-  else:
-    texts = {encoder.FIRST: text(), **({encoder.SECOND: text()} if len(spec.fields) > 1 else {})}
-  dtype = tf.float32 if spec.kind == REGRESSION else tf.int32
-  return {**texts, encoder.LABEL: seqio.Feature(vocabulary, add_eos=False, dtype=dtype, rank=0)}
+    return {**texts, encoder.LABEL: scalar(tf.int32)}
+  return {
+      encoder.FIRST: text(), encoder.SECOND: text(), encoder.IS_PAIR: scalar(tf.int32), encoder.LABEL: scalar(tf.int32),
+      encoder.LABEL_VALUE: scalar(tf.float32)
+  }
 
 
 def _specs() -> list[LabelTask]:
@@ -163,6 +185,20 @@ def add(spec: LabelTask) -> LabelTask:
   _TASKS[spec.name] = spec
   tasks.register_label_set(spec.name, spec.label_names)
   return spec
+
+
+def register_mixture(name: str, rates: Sequence[tuple[str, float]]) -> None:
+  """Registers the seqio Mixture `name` of label tasks [(task, rate)] (replacing one of that name): any single-text
+  or pair, classification or regression tasks, or multiple-choice tasks alone (their rows are [choices, length]);
+  DataError naming the task otherwise."""
+  specs = [get(task) for task, _ in rates]
+  choice = [s.name for s in specs if s.kind == CHOICE]
+  if choice and len(choice) != len(specs):
+    others = [s.name for s in specs if s.kind != CHOICE]
+    raise DataError(f'mixture {name!r}: multiple-choice task {choice[0]!r} cannot mix with {others} (its rows are '
+                    '[choices, length]): mix multiple-choice tasks only with each other')
+  seqio.MixtureRegistry.remove(name)
+  seqio.MixtureRegistry.add(name, [(task, float(rate)) for task, rate in rates])
 
 
 def names() -> list[str]:

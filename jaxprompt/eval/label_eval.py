@@ -83,7 +83,8 @@ def prepare(provider: Any, split: str, feature_lengths: Mapping[str, int], *, ma
       features = encoder.example_features(examples, feature_lengths, encoder.EncoderTokens.of(vocabulary),
                                           where=f'task {task.name!r} split {split!r}')
       texts = [_text(ex, vocabulary) for ex in examples]
-      targets, aligned = [ex[encoder.LABEL].item() for ex in examples], None
+      regression = labels.kind == 'regression'
+      targets, aligned = [encoder.target(ex, regression).item() for ex in examples], None
     if task_names:
       features[TASK_FEATURE] = np.full((len(texts),), task_id(task_names, task.name), np.int32)
     sets.append(LabelSet(task, split, labels, texts, features, targets, vocabulary, length, aligned))
@@ -92,8 +93,8 @@ def prepare(provider: Any, split: str, feature_lengths: Mapping[str, int], *, ma
 
 def _text(example: Mapping[str, Any], vocabulary: Any) -> str:
   """An example's texts as one line: the first, then ' | ' and the second text or each choice."""
-  parts = [example[encoder.FIRST]
-          ] + [example[k] for k in [encoder.SECOND, *encoder.choice_keys(example)] if k in example]
+  choices = encoder.choice_keys(example)
+  parts = [example[encoder.FIRST], *(example[k] for k in choices)] if choices else encoder.example_texts(example)
   return ' | '.join(vocabulary.decode([int(t) for t in p]) for p in parts)
 
 
