@@ -36,6 +36,7 @@ CAUSAL_MODEL = 'models/hf_causal.gin'
 CAUSAL_LAYOUT = 'models/layouts/hf_folder.gin'  # what every causal LM's (and encoder's) models/*.gin includes
 ENCODER_MODEL = 'models/hf_encoder.gin'
 ENCODER_TASK = 'doc_tiny_labels'  # the tiny task's files read as label ids (`register_encoder_task`)
+ENCODER_MIXTURE = 'my_label_mixture'  # docs/encoders.md's multi-task mixture, of two tasks on those files
 TINY_SIZES = ("--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 8}", '--gin.BATCH_SIZE=4', '--gin.TRAIN_STEPS=2',
               '--gin.CHECKPOINT_PERIOD=2', '--gin.PROMPT_LENGTH=5')
 # The shapes of tests/test_encoder_workflow.py's runs (batch 8, 16 tokens, 2 prompt / prefix rows): its compiled
@@ -43,6 +44,7 @@ TINY_SIZES = ("--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 8}", '--gin.
 ENCODER_SIZES = ("--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 1}", '--gin.BATCH_SIZE=8', '--gin.TRAIN_STEPS=2',
                  '--gin.CHECKPOINT_PERIOD=2', '--gin.PROMPT_LENGTH=2')
 PREFIX_SIZES = ('--gin.PREFIX_LENGTH=2',)  # with methods/p_tuning_v2.gin (8 rows by default)
+TASK_PROMPT_SIZES = ('--gin.TASK_PROMPT_LENGTH=2',)  # with methods/multitask_prompts.gin (50 by default)
 DEMO_SIZES = ('--gin.TRAIN_STEPS=2', '--gin.BATCH_SIZE=8', '--gin.CHECKPOINT_PERIOD=2')
 TRAIN_SIZES = ('--gin.EVAL_SPLIT=None',)  # `train` only: the doc's eval commands evaluate
 # A path the docs read that no doc command writes -> the doc path whose output stands in for it.
@@ -134,7 +136,9 @@ class DocRuns:
           word = f"--gin.MIXTURE_OR_TASK_NAME='{ENCODER_TASK if encoder else self.task}'"
       out.append(word)
     if encoder:
-      prefix = PREFIX_SIZES if any('p_tuning_v2' in f for f in flag_values(args, '--gin_file')) else ()
+      files = flag_values(args, '--gin_file')
+      prefix = PREFIX_SIZES if any('p_tuning_v2' in f for f in files) else ()
+      prefix += TASK_PROMPT_SIZES if any('multitask_prompts' in f for f in files) else ()
       return [*out, f"--gin.HF_MODEL_DIR='{self.encoder}'", *ENCODER_SIZES, *prefix, *train]
     if causal:
       return [*out, f"--gin.HF_MODEL_DIR='{self.causal}'", *TINY_SIZES, *train]
@@ -243,7 +247,10 @@ def register_mixtures(task_files: dict, labels: Sequence[str]) -> None:
 
 
 def register_encoder_task(task_files: dict, labels: Sequence[str]) -> None:
-  """`ENCODER_TASK`: the tiny task's TSV files read as label ids, for the encoder commands."""
-  from jaxprompt.data import label_files  # pylint: disable=g-import-not-at-top
-  label_files.register_label_file_task(ENCODER_TASK, train=str(task_files['train']),
-                                       validation=str(task_files['validation']), label_set=tuple(labels))
+  """`ENCODER_TASK`: the tiny task's TSV files read as label ids, for the encoder commands; and the docs' label
+  mixture (`ENCODER_MIXTURE`) of it and a second task on the same files."""
+  from jaxprompt.data import label_files, label_tasks  # pylint: disable=g-import-not-at-top
+  for name in (ENCODER_TASK, f'{ENCODER_TASK}_b'):
+    label_files.register_label_file_task(name, train=str(task_files['train']), validation=str(task_files['validation']),
+                                         label_set=tuple(labels))
+  label_tasks.register_mixture(ENCODER_MIXTURE, [(ENCODER_TASK, 1), (f'{ENCODER_TASK}_b', 1)])
