@@ -37,6 +37,7 @@ CAUSAL_LAYOUT = 'models/layouts/hf_folder.gin'  # what every causal LM's (and en
 ENCODER_MODEL = 'models/hf_encoder.gin'
 ENCODER_TASK = 'doc_tiny_labels'  # the tiny task's files read as label ids (`register_encoder_task`)
 ENCODER_MIXTURE = 'my_label_mixture'  # docs/encoders.md's multi-task mixture, of two tasks on those files
+ENCODER_MIXTURE_TASKS = (ENCODER_TASK, f'{ENCODER_TASK}_b')
 TINY_SIZES = ("--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 8}", '--gin.BATCH_SIZE=4', '--gin.TRAIN_STEPS=2',
               '--gin.CHECKPOINT_PERIOD=2', '--gin.PROMPT_LENGTH=5')
 # The shapes of tests/test_encoder_workflow.py's runs (batch 8, 16 tokens, 2 prompt / prefix rows): its compiled
@@ -187,6 +188,8 @@ class DocRuns:
     """Writes the command's `--input_file`, and what it reads that the docs never write (module docstring)."""
     names = [spec.partition('=')[0] for spec in flag_values(argv, '--prompt')]
     for name in flag_values(argv, '--input_file'):
+      if not names and name.endswith('.jsonl'):  # the docs' one such stream: the encoder multi-task run's
+        names = list(ENCODER_MIXTURE_TASKS)
       rows = [json.dumps({'task': t, 'input': s}) for t in names for s in SENTENCES] if names else SENTENCES
       (self.root / name).write_text(''.join(f'{row}\n' for row in rows))
     for path in self.inputs(argv):
@@ -250,7 +253,7 @@ def register_encoder_task(task_files: dict, labels: Sequence[str]) -> None:
   """`ENCODER_TASK`: the tiny task's TSV files read as label ids, for the encoder commands; and the docs' label
   mixture (`ENCODER_MIXTURE`) of it and a second task on the same files."""
   from jaxprompt.data import label_files, label_tasks  # pylint: disable=g-import-not-at-top
-  for name in (ENCODER_TASK, f'{ENCODER_TASK}_b'):
+  for name in ENCODER_MIXTURE_TASKS:
     label_files.register_label_file_task(name, train=str(task_files['train']), validation=str(task_files['validation']),
                                          label_set=tuple(labels))
-  label_tasks.register_mixture(ENCODER_MIXTURE, [(ENCODER_TASK, 1), (f'{ENCODER_TASK}_b', 1)])
+  label_tasks.register_mixture(ENCODER_MIXTURE, [(task, 1) for task in ENCODER_MIXTURE_TASKS])

@@ -285,6 +285,7 @@ def test_only_the_users_own_bindings_count_as_set(text, user_set, tmp_path):
 
 def test_derived_lengths_are_rounded_up_and_capped_at_the_limit(monkeypatch):
   from jaxprompt.data import task_spec  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(custom, 'is_file_task', lambda name: True)
   monkeypatch.setattr(custom, 'longest_lengths', lambda name: {'inputs': 3000, 'targets': 3})
   assert task_spec.derived_lengths('any') == {'inputs': truncation.AUTO_LIMIT, 'targets': 8}
   monkeypatch.setattr(custom, 'longest_lengths', lambda name: {'inputs': 41, 'targets': 16})
