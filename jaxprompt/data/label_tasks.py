@@ -130,8 +130,7 @@ def output_features(spec: LabelTask, vocabulary: Any = None) -> dict[str, seqio.
 
 def _specs() -> list[LabelTask]:
   accuracy, f1_accuracy = (metrics.accuracy,), (metrics.f1_score_with_invalid, metrics.accuracy)
-  mnli = ('entailment', 'neutral', 'contradiction')
-  rte = ('entailment', 'not_entailment')
+  mnli, rte = tasks.MNLI_LABELS, tasks.RTE_LABELS
   out = []
   for version, suffix in tasks.GLUE_VERSIONS:
     g = lambda config, *rest, v=version, s=suffix: LabelTask(f'glue_{config}_{s}{SUFFIX}', f'glue/{config}:{v}', *rest)
@@ -156,11 +155,11 @@ def _specs() -> list[LabelTask]:
   sg = lambda config, *rest: LabelTask(f'super_glue_{config}_{suffix}{SUFFIX}', f'super_glue/{config}:{version}',
                                        ('train', 'validation', 'test'), *rest)
   return out + [
-      sg('boolq', ('question', 'passage'), ('False', 'True'), accuracy),
+      sg('boolq', ('question', 'passage'), tasks.BOOL_LABELS, accuracy),
       sg('cb', ('premise', 'hypothesis'), ('entailment', 'contradiction', 'neutral'),
          (metrics.mean_multiclass_f1(num_classes=3), metrics.accuracy)),
       sg('rte', ('premise', 'hypothesis'), rte, accuracy),
-      sg('wic', ('word', 'sentence2'), ('False', 'True'), accuracy),
+      sg('wic', ('word', 'sentence2'), tasks.BOOL_LABELS, accuracy),
       sg('copa', ('choice1', 'choice2'), ('choice1', 'choice2'), accuracy, CHOICE),
   ]
 

@@ -57,9 +57,11 @@ def _classification(name: str, tfds_name: str, benchmark: str, labels: Sequence[
   return TaskSpec(name, tfds_name, tuple(splits), tuple(pre) + (text,), tuple(metric_fns), post, tuple(labels))
 
 
-_BOOL = ('False', 'True')
-_RTE = ('entailment', 'not_entailment')
-_MNLI = ('entailment', 'neutral', 'contradiction')
+# The TFDS class names (in class-id order) of the GLUE / SuperGLUE tasks that share them; the label-id tasks
+# (`label_tasks.py`) name their ids with the same tuples.
+BOOL_LABELS = ('False', 'True')
+RTE_LABELS = ('entailment', 'not_entailment')
+MNLI_LABELS = ('entailment', 'neutral', 'contradiction')
 # SuperGLUE AX-b names its sentences like GLUE; T5 renames them to read as SuperGLUE RTE.
 _AXB_REKEY = functools.partial(
     seqio.preprocessors.rekey,
@@ -75,22 +77,23 @@ def super_glue_specs() -> list[TaskSpec]:
 
   accuracy = (metrics.accuracy,)
   return [
-      _classification(*sg('boolq'), 'boolq', _BOOL, ('passage', 'question'), accuracy),
+      _classification(*sg('boolq'), 'boolq', BOOL_LABELS, ('passage', 'question'), accuracy),
       _classification(*sg('cb'), 'cb', ('entailment', 'contradiction', 'neutral'), ('hypothesis', 'premise'),
                       (metrics.mean_multiclass_f1(num_classes=3), metrics.accuracy)),
       _classification(*sg('copa'), 'copa', ('choice1', 'choice2'), ('choice1', 'choice2', 'premise', 'question'),
                       accuracy),
       dataclasses.replace(
-          _classification(*sg('multirc'), 'multirc', _BOOL, ('question', 'answer', 'paragraph'),
+          _classification(*sg('multirc'), 'multirc', BOOL_LABELS, ('question', 'answer', 'paragraph'),
                           (metrics.multirc_f1_over_all_answers, metrics.mean_group_metric(metrics.all_match))),
           postprocess_fn=postprocessors.multirc),
       TaskSpec(*sg('record'), _TRAIN_EVAL_TEST, (superglue.record,), (metrics.record,), postprocessors.record),
-      _classification(*sg('rte'), 'rte', _RTE, ('hypothesis', 'premise'), accuracy),
-      _classification(*sg('wic'), 'wic', _BOOL, ('sentence1', 'sentence2', 'word'), accuracy),
-      _classification(*sg('axb'), 'rte', _RTE, ('hypothesis', 'premise'), (), splits=('test',), pre=(_AXB_REKEY,)),
-      _classification(*sg('axg'), 'rte', _RTE, ('hypothesis', 'premise'), (), splits=('test',)),
+      _classification(*sg('rte'), 'rte', RTE_LABELS, ('hypothesis', 'premise'), accuracy),
+      _classification(*sg('wic'), 'wic', BOOL_LABELS, ('sentence1', 'sentence2', 'word'), accuracy),
+      _classification(*sg('axb'), 'rte', RTE_LABELS, ('hypothesis', 'premise'), (), splits=('test',),
+                      pre=(_AXB_REKEY,)),
+      _classification(*sg('axg'), 'rte', RTE_LABELS, ('hypothesis', 'premise'), (), splits=('test',)),
       TaskSpec(*sg('wsc.fixed'), _TRAIN_EVAL_TEST, (superglue.wsc,), accuracy,
-               functools.partial(postprocessors.string_label_to_class_id, label_classes=_BOOL), _BOOL),
+               functools.partial(postprocessors.string_label_to_class_id, label_classes=BOOL_LABELS), BOOL_LABELS),
       TaskSpec(f'super_glue_wsc_{suffix}_simple_train', f'super_glue/wsc.fixed:{version}', ('train',),
                (functools.partial(superglue.wsc_simple, correct_referent_only=True),)),
       TaskSpec(f'super_glue_wsc_{suffix}_simple_eval', f'super_glue/wsc.fixed:{version}', ('validation', 'test'),
@@ -119,14 +122,15 @@ def glue_specs(tfds_version: str, suffix: str) -> list[TaskSpec]:
       TaskSpec(*g('stsb'), _TRAIN_EVAL_TEST, (pp.stsb,), (metrics.pearson_corrcoef, metrics.spearman_corrcoef),
                postprocessors.string_to_float),
       _classification(
-          *g('mnli'), 'mnli', _MNLI, ('hypothesis', 'premise'), accuracy,
+          *g('mnli'), 'mnli', MNLI_LABELS, ('hypothesis', 'premise'), accuracy,
           splits=('train', 'validation_matched', 'validation_mismatched', 'test_matched', 'test_mismatched')),
-      _classification(*g('mnli_matched'), 'mnli', _MNLI, ('hypothesis', 'premise'), accuracy, splits=mnli_eval),
-      _classification(*g('mnli_mismatched'), 'mnli', _MNLI, ('hypothesis', 'premise'), accuracy, splits=mnli_eval),
-      _classification(*g('qnli'), 'qnli', _RTE, ('question', 'sentence'), accuracy),
-      _classification(*g('rte'), 'rte', _RTE, pair, accuracy),
+      _classification(*g('mnli_matched'), 'mnli', MNLI_LABELS, ('hypothesis', 'premise'), accuracy, splits=mnli_eval),
+      _classification(*g('mnli_mismatched'), 'mnli', MNLI_LABELS, ('hypothesis', 'premise'), accuracy,
+                      splits=mnli_eval),
+      _classification(*g('qnli'), 'qnli', RTE_LABELS, ('question', 'sentence'), accuracy),
+      _classification(*g('rte'), 'rte', RTE_LABELS, pair, accuracy),
       _classification(*g('wnli'), 'wnli', ('not_entailment', 'entailment'), pair, accuracy),
-      _classification(*g('ax'), 'mnli', _MNLI, ('hypothesis', 'premise'), (), splits=('test',)),
+      _classification(*g('ax'), 'mnli', MNLI_LABELS, ('hypothesis', 'premise'), (), splits=('test',)),
   ]
 
 
