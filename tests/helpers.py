@@ -27,13 +27,20 @@ def regroup(kwargs: dict, **changes) -> dict:
   return out
 
 
+def subprocess_env(num_devices: int | None = None, **extra: str) -> dict[str, str]:
+  """This process's environment for a child python: the run's compilation cache and XLA flags (conftest.py), CPU
+  only (with `num_devices` simulated devices when given), the repository importable, TensorFlow quiet; plus
+  `extra`."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
+             PYTHONPATH=f'{REPO}{os.pathsep}{os.environ.get("PYTHONPATH", "")}')
+  if num_devices is not None:
+    env['XLA_FLAGS'] = f'{env.get("XLA_FLAGS", "")} --xla_force_host_platform_device_count={num_devices}'.strip()
+  return {**env, **extra}
+
+
 def run_with_devices(script: pathlib.Path, num_devices: int, *args: str, timeout: float = 600) -> str:
   """Runs `script` in a fresh python with `num_devices` CPU devices; returns stdout, fails with its logs."""
-  env = dict(os.environ)
-  env['XLA_FLAGS'] = f'{env.get("XLA_FLAGS", "")} --xla_force_host_platform_device_count={num_devices}'.strip()
-  env['JAX_PLATFORMS'] = 'cpu'
-  env['TF_CPP_MIN_LOG_LEVEL'] = '3'
-  env['PYTHONPATH'] = f'{REPO}{os.pathsep}{env.get("PYTHONPATH", "")}'
+  env = subprocess_env(num_devices)
   proc = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True, timeout=timeout)
   if proc.returncode != 0:
     raise AssertionError(f'{script.name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-6000:]}')

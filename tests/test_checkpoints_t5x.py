@@ -26,8 +26,8 @@ from jaxprompt.checkpoints import (
     unflatten_params,
 )
 from jaxprompt.errors import CheckpointError, ConfigError
+from tests.helpers import subprocess_env
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 QUERY = "encoder/layers_0/attention/query/kernel"
 
 
@@ -242,8 +242,7 @@ print("RESULT" + json.dumps(out))
 
 
 def test_sharded_load_on_8_cpu_devices(fixtures_dir, tiny):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-             TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
+  env = subprocess_env(8)
   proc = subprocess.run(
       [sys.executable, "-c", _SHARDED_SCRIPT,
        str(tiny), str(fixtures_dir / "t5x_test_t5_tiny.checkpoint_0")], env=env, capture_output=True, text=True,

@@ -1,5 +1,6 @@
-"""`jaxprompt {train,eval,infer,export}`: gin configs, the end-to-end workflow as subprocesses, preemption, and
-one clear error line for every bad input.
+"""`jaxprompt {train,eval,infer,export}`: gin configs, the end-to-end workflow (a training run and a preempted one as
+real processes, export / eval / infer of their prompts in process), preemption, and one clear error line for every
+bad input.
 
 Bad inputs are mostly checked through `jaxprompt.cli.main.main(argv)` in this process (the same code the console script
 runs, without paying the ~7 s TensorFlow import per case); a few run as real subprocesses to show the exit
@@ -8,7 +9,6 @@ through gin (`jaxprompt.data.register_file_task`) exactly as a user would.
 """
 import io
 import json
-import os
 import pathlib
 import pickle
 import queue
@@ -29,20 +29,18 @@ from jaxprompt.cli.main import main as cli_main
 from jaxprompt.commands import configs
 from jaxprompt.commands.train import FAULTS_ENV
 from jaxprompt.models.config import CONFIGS
+from tests.helpers import REPO, subprocess_env
 from tests.tiny_task import EMPTY_TASK, GIN_TASK, LABELS
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 BASE_GIN = ['--gin_file=models/t5x_tiny.gin', '--gin_file=runs/prompt_tuning.gin']
 
 pytestmark = pytest.mark.usefixtures('clean_gin')  # in-process runs leave gin bindings behind
 
 
 def _env() -> dict:
-  """This process's environment (with the run's compilation cache, see conftest.py) on one CPU device."""
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', JAX_PLATFORMS='cpu',
-             PYTHONPATH=f'{REPO}{os.pathsep}{os.environ.get("PYTHONPATH", "")}')
-  env.pop('XLA_FLAGS', None)
-  return env
+  """This process's environment (with the run's compilation cache and XLA flags, see conftest.py) on one CPU
+  device."""
+  return subprocess_env()
 
 
 def run_cli(args, stdin=None, timeout=300) -> subprocess.CompletedProcess:
@@ -290,19 +288,17 @@ def test_train_writes_prompt_checkpoints_metrics_and_curves(trained):
 def test_export_eval_and_infer_with_the_exported_prompt(trained, tiny_gin, tmp_path):
   model_dir, summary, _ = trained
   exported = tmp_path / 'exported.npy'
-  # One real process per command (export, eval, infer); the --step variant runs the same main in-process.
+  # In process (the same `main` the console script runs; `trained` is the real process): export, eval, infer.
   assert cli_main(['export', '--checkpoint', str(model_dir), '--step', '3', '--output', str(exported)]) == 0
   np.testing.assert_array_equal(np.load(exported), np.load(model_dir / 'numpy_checkpoints/checkpoint_3/prompt.npy'))
-  proc = run_cli(['export', '--checkpoint', model_dir, '--output', exported])
-  assert proc.returncode == 0, proc.stderr
+  assert cli_main(['export', '--checkpoint', str(model_dir), '--output', str(exported)]) == 0
   np.testing.assert_array_equal(np.load(exported), np.load(summary['prompt_file']))
 
   metrics_file = tmp_path / 'metrics.json'
-  proc = run_cli([
+  assert cli_main([
       'eval', '--gin_file=models/t5x_tiny.gin', '--gin_file=runs/prompt_eval.gin', f'--gin_file={tiny_gin}',
       f'--prompt_file={exported}', f'--output={metrics_file}'
-  ])
-  assert proc.returncode == 0, proc.stderr
+  ]) == 0
   metrics = json.loads(metrics_file.read_text())['metrics']
   # The same prompt on the same split: the numbers the trainer logged for its final evaluation.
   assert metrics['num_examples'] == 12
@@ -323,11 +319,10 @@ def test_export_eval_and_infer_with_the_exported_prompt(trained, tiny_gin, tmp_p
   inputs = tmp_path / 'inputs.txt'
   inputs.write_text('good movie plot\n\nawful film acting\n')
   out = tmp_path / 'predictions.jsonl'
-  proc = run_cli([
+  assert cli_main([
       'infer', '--gin_file=models/t5x_tiny.gin', '--gin_file=runs/prompt_infer.gin', f'--gin_file={tiny_gin}',
       f'--prompt_file={exported}', f'--input_file={inputs}', f'--output={out}'
-  ])
-  assert proc.returncode == 0, proc.stderr
+  ]) == 0
   records = [json.loads(line) for line in out.read_text().splitlines()]
   assert [r['input'] for r in records] == ['good movie plot', 'awful film acting']
   # The inputs' task has a label set: ranked over it, as eval does, each score named for what it is.
@@ -369,7 +364,7 @@ def _read_lines(stream, lines: queue.Queue) -> None:
 
 
 @pytest.mark.slow
-def test_sigterm_saves_exits_zero_and_resume_matches(trained, tiny_gin, tmp_path):
+def test_sigterm_saves_exits_zero_and_resume_matches(trained, tiny_gin, tmp_path, capsys):
   model_dir, summary, _ = trained
   run_dir = tmp_path / 'preempted'
   args = ['train', *BASE_GIN, f'--gin_file={tiny_gin}', f"--gin.MODEL_DIR='{run_dir}'"]
@@ -395,9 +390,8 @@ def test_sigterm_saves_exits_zero_and_resume_matches(trained, tiny_gin, tmp_path
   assert (run_dir / 'checkpoints' / str(stopped['step'])).is_dir()
   assert not (run_dir / 'final_prompt.npy').exists()
 
-  proc = run_cli(args)  # the same command resumes and finishes
-  assert proc.returncode == 0, proc.stderr
-  assert json.loads(proc.stdout.strip().splitlines()[-1])['step'] == 6
+  assert cli_main(args) == 0  # the same command resumes and finishes (in process: the signal was the real one)
+  assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])['step'] == 6
   np.testing.assert_array_equal(np.load(run_dir / 'final_prompt.npy'), np.load(summary['prompt_file']))
 
 

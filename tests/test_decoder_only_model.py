@@ -61,9 +61,9 @@ def test_right_align_moves_real_tokens_to_the_end_in_order():
 def test_the_loss_sits_on_the_targets_and_the_mask_is_required(setup):
   model, frozen, prompt = setup
   batch = _stream(INPUTS, MASK, np.array([[17, EOS], [30, EOS]]))
-  logits = model.logits(frozen, prompt, batch)
+  logits = jax.jit(model.logits)(frozen, prompt, batch)
   assert logits.shape == batch['decoder_input_tokens'].shape + (CFG.vocab_size,)
-  loss, metrics = model.loss_fn(frozen, prompt, batch)
+  loss, metrics = jax.jit(model.loss_fn)(frozen, prompt, batch)
   assert np.isfinite(loss) and float(metrics['weight_sum']) == 4.0
   with pytest.raises(ConfigError, match='decoder_input_mask'):
     model.logits(frozen, prompt, {k: v for k, v in batch.items() if k != 'decoder_input_mask'})

@@ -1,7 +1,6 @@
 """Memory plan by compilation: T5 1.1 XXL's train step must fit 8 devices of 16 GiB (a v3-8), nothing allocated."""
 import json
 import math
-import os
 import subprocess
 import sys
 
@@ -12,7 +11,7 @@ import pytest
 from bench import plan_step as memory_plan
 from jaxprompt.errors import ConfigError
 from jaxprompt.formats.keys import PROMPT_KEY
-from tests.helpers import REPO
+from tests.helpers import subprocess_env
 
 GiB = 1024**3
 V3_CORE_HBM = 16 * GiB
@@ -28,9 +27,7 @@ def _frozen_param_count(request: memory_plan.PlanRequest) -> int:
 def test_xxl_train_step_fits_v3_8():
   """(data, model) = (4, 2) with 2-D parameter sharding (the layout gin_configs should use on a v3-8), compiled
   for 8 simulated CPU devices. bench/memory_plan.py has the other layouts and slices."""
-  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
-             XLA_FLAGS='--xla_force_host_platform_device_count=8',
-             PYTHONPATH=f'{REPO}{os.pathsep}{os.environ.get("PYTHONPATH", "")}')
+  env = subprocess_env(8)
   args = ['--model', 't5_1_1_xxl', '--model_parallel', '2', '--parameter_partitioning_dims', '2']
   proc = subprocess.run([sys.executable, '-m', 'bench.plan_step', *args], env=env, capture_output=True, text=True,
                         timeout=300, check=False)

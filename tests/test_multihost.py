@@ -1,6 +1,5 @@
 """Multi-host training on CPU: 2 processes x 4 devices must match 1 process x 8 devices; plus the launch logic."""
 import json
-import os
 import pathlib
 import random
 import socket
@@ -14,7 +13,7 @@ import pytest
 
 from jaxprompt.errors import ConfigError, DataError
 from jaxprompt.parallel import multihost
-from tests.helpers import REPO, assert_trained_close
+from tests.helpers import REPO, assert_trained_close, subprocess_env
 
 SCRIPT = REPO / 'tests' / 'scripts' / 'multihost_train.py'
 FIXTURE_CKPT = ('t5x_tiny', 'classic_checkpoint_0')
@@ -27,9 +26,7 @@ def _free_port() -> int:
 
 
 def _start(num_devices: int, args: list[str], log: pathlib.Path) -> subprocess.Popen:
-  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={num_devices}',
-             PYTHONPATH=f'{REPO}{os.pathsep}{os.environ.get("PYTHONPATH", "")}')
+  env = subprocess_env(num_devices)
   for name in (multihost.ENV_SWITCH, multihost.ENV_NUM_PROCESSES, multihost.ENV_PROCESS_ID):
     env.pop(name, None)
   return subprocess.Popen([sys.executable, str(SCRIPT), *args], env=env, stdout=log.open('w'), stderr=subprocess.STDOUT)

@@ -1,6 +1,5 @@
 """Training checkpoints (orbax) of the one TrainState: round trips, retention, numpy copies, damaged steps, two
 processes saving one sharded state."""
-import os
 import re
 import shutil
 import socket
@@ -17,7 +16,7 @@ from jaxprompt.runtime.optim import adam, make_optimizer
 from jaxprompt.runtime.state import TrainState, init_train_state
 from jaxprompt.train.checkpoint_files import load_prompt_from_checkpoint
 from jaxprompt.train.checkpoints import StateCheckpointer
-from tests.helpers import REPO, assert_trees_equal, prompt_copy, prompt_state
+from tests.helpers import REPO, assert_trees_equal, prompt_copy, prompt_state, subprocess_env
 
 
 def _abstract(state):
@@ -206,8 +205,7 @@ def test_two_processes_save_and_restore_shardedprompt_state(tmp_path):
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
-  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
-             XLA_FLAGS='--xla_force_host_platform_device_count=2', PYTHONPATH=str(REPO))
+  env = subprocess_env(2)
   procs = [
       subprocess.Popen([sys.executable, str(script),
                         str(i), str(port), str(tmp_path / 'run')], env=env, stdout=subprocess.PIPE,

@@ -337,9 +337,17 @@ def text_tokens(vocabulary: seqio.Vocabulary) -> causal.StreamTokens:
   return causal.StreamTokens.of(vocabulary, inputs_add_eos=True)
 
 
-def padded_batches(features: Mapping[str, np.ndarray], batch_size: int) -> Iterator[tuple[Batch, int]]:
-  """(global batch padded to `batch_size` rows with zero examples, number of real rows)."""
+def padded_batches(features: Mapping[str, np.ndarray], batch_size: int,
+                   multiple: int | None = None) -> Iterator[tuple[Batch, int]]:
+  """(global batch padded with zero examples, number of real rows): `batch_size` rows each. With `multiple` (the
+  mesh's data-parallel size), a split smaller than one batch gets the fewest rows `multiple * 2**k` that hold it
+  instead (8 eval examples at batch 128 run 8 rows, not 128; powers of two keep the compiled shapes few)."""
   total = next(iter(features.values())).shape[0]
+  if multiple and total < batch_size:
+    rows = multiple
+    while rows < total:
+      rows *= 2
+    batch_size = min(rows, batch_size)
   for start in range(0, total, batch_size):
     chunk = {k: v[start:start + batch_size] for k, v in features.items()}
     real = next(iter(chunk.values())).shape[0]

@@ -174,7 +174,7 @@ def serve_heads(fns: ModelFns, trainable: Any, tasks: Sequence[str], rows: Seque
         features.setdefault(key, np.zeros((len(rows),) + value.shape[1:], value.dtype))[where[task]] = value
   features[TASK_FEATURE] = ids
   answers: list[tuple[np.ndarray, np.ndarray]] = []
-  for start, (batch, real) in zip(range(0, len(rows), batch_size), data.padded_batches(features, batch_size)):
+  for start, (batch, real) in zip(range(0, len(rows), batch_size), fns.batches(features, batch_size)):
     answers += row_answers(fns.head_labels(trainable, batch), tuple(tasks), ids[start:start + batch_size])[:real]
   out: list[dict[str, Any]] = [dict(r) for r in rows]
   for task, label_set in sets.items():
@@ -219,17 +219,17 @@ def ensemble_predict(fns: ModelFns, trainable: Any, features: Mapping[str, np.nd
   candidates = None
   if labels:
     candidates = label_candidates(list(labels), vocabulary, features['decoder_target_tokens'].shape[1])
-  for index, (batch, real) in enumerate(data.padded_batches(features, batch_size)):
+  for index, (batch, real) in enumerate(fns.batches(features, batch_size)):
     batch = repeat_for_ensemble({k: v for k, v in batch.items() if k != TASK_FEATURE}, size)
     if candidates is not None:
-      ll = fns.rank(trainable, batch, candidates).reshape(batch_size, size, -1)[:real]
+      ll = fns.rank(trainable, batch, candidates).reshape(-1, size, candidates.shape[-2])[:real]
       best = ll.argmax(-1)
       texts += [[labels[j] for j in row] for row in best]
       scores += [[float(ll[i, k, j]) for k, j in enumerate(row)] for i, row in enumerate(best)]
     else:
       decodes, decode_scores = fns.decode(trainable, batch, index)
-      decodes = decodes.reshape(batch_size, size, -1)[:real]
-      decode_scores = decode_scores.reshape(batch_size, size)[:real]
+      decodes = decodes.reshape(-1, size, decodes.shape[-1])[:real]
+      decode_scores = decode_scores.reshape(-1, size)[:real]
       texts += [[vocabulary.decode([int(t) for t in d]) for d in row] for row in decodes]
       scores += [[float(s) for s in row] for row in decode_scores]
   return texts, scores

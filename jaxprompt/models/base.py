@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol
 
@@ -27,6 +28,13 @@ from jaxprompt.models.task_heads import TaskHeads
 
 Array = jax.Array
 Params = Mapping[str, Any]
+
+
+def fresh_params(module: nn.Module, rng: Array, *inputs: Array) -> Params:
+  """The params `module.init(rng, *inputs)` makes (dropout off), unboxed. Initialised under one `jax.jit`: one
+  compile for the whole network, not one per op of every initialiser (the values are the same)."""
+  init = jax.jit(functools.partial(module.init, enable_dropout=False))
+  return nn.meta.unbox(init(rng, *inputs))['params']
 
 
 class ModelConfig(Protocol):

@@ -20,14 +20,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from jaxprompt.errors import ConfigError
 from jaxprompt.models import decoding, losses, prompt_once
-from jaxprompt.models.base import Array, BaseModel, LossConfig, ModelConfig, Params, Tuning
+from jaxprompt.models.base import Array, BaseModel, LossConfig, ModelConfig, Params, Tuning, fresh_params
 from jaxprompt.models.causal_lm import CausalTransformer
 from jaxprompt.models.decoder_config import DecoderConfig
 from jaxprompt.models.features import CAUSAL_FEATURES, TASK_FEATURE
@@ -86,7 +85,7 @@ class DecoderOnlyModel(BaseModel):
     return jax.eval_shape(init, jax.random.PRNGKey(0), tokens)
 
   def init_params(self, rng: Array) -> Params:
-    return nn.meta.unbox(self.module.init(rng, jnp.ones((1, 4), jnp.int32), enable_dropout=False))['params']
+    return fresh_params(self.module, rng, jnp.ones((1, 4), jnp.int32))
 
   @staticmethod
   def _inputs(batch: Mapping[str, Array]) -> tuple[Array, Array]:

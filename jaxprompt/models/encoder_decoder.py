@@ -9,13 +9,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxprompt.errors import ConfigError
 from jaxprompt.models import decoding, losses
-from jaxprompt.models.base import Array, BaseModel, ModelConfig, Params
+from jaxprompt.models.base import Array, BaseModel, ModelConfig, Params, fresh_params
 from jaxprompt.models.config import T5Config
 from jaxprompt.models.features import FEATURES, TASK_FEATURE
 from jaxprompt.models.t5 import Transformer
@@ -46,7 +45,7 @@ class EncoderDecoderModel(BaseModel):
   def init_params(self, rng: Array) -> Params:
     """Freshly initialised network parameters (its own initialisers), unboxed."""
     ones = jnp.ones((1, 4), jnp.int32)
-    return nn.meta.unbox(self.module.init(rng, ones, ones, ones, enable_dropout=False))['params']
+    return fresh_params(self.module, rng, ones, ones, ones)
 
   # -- training -------------------------------------------------------------------------------------------
   def logits(self, frozen: Params, trainable: Params | None, batch: Mapping[str, Array],

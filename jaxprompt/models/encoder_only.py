@@ -30,13 +30,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxprompt.errors import ConfigError
 from jaxprompt.models import losses
-from jaxprompt.models.base import Array, BaseModel, LossConfig, ModelConfig, Params, Tuning
+from jaxprompt.models.base import Array, BaseModel, LossConfig, ModelConfig, Params, Tuning, fresh_params
 from jaxprompt.models.bert import BertEncoder
 from jaxprompt.models.encoder_config import EncoderConfig
 from jaxprompt.models.features import (
@@ -108,7 +107,7 @@ class EncoderOnlyModel(BaseModel):
     return jax.eval_shape(functools.partial(self.module.init, enable_dropout=False), jax.random.PRNGKey(0), tokens)
 
   def init_params(self, rng: Array) -> Params:
-    return nn.meta.unbox(self.module.init(rng, jnp.ones((1, 4), jnp.int32), enable_dropout=False))['params']
+    return fresh_params(self.module, rng, jnp.ones((1, 4), jnp.int32))
 
   # -- the network and the head ---------------------------------------------------------------------------
   def _head(self) -> HeadConfig | TaskHeads:

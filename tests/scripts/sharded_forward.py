@@ -20,7 +20,8 @@ data = dict(np.load(sys.argv[1]))
 params = unflatten_dict({tuple(k[6:].split('/')): v for k, v in data.items() if k.startswith('param/')})
 batch = [np.tile(data[k], (4, 1)) for k in ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens')]
 model = Transformer(get_config('t5x_tiny'))
-expected = model.apply({'params': params}, *batch, enable_dropout=False)  # Single device reference.
+reference = jax.jit(lambda p, h, *b: model.apply({'params': p}, *b, hooks=h, enable_dropout=False))  # one device
+expected = reference(params, None, *batch)
 
 mesh = partitioning.create_mesh(model_parallel=2)
 assert dict(mesh.shape) == {'data': 4, 'model': 2}
@@ -58,8 +59,9 @@ sharded_batch = [jax.device_put(b, batch_sharding) for b in batch]
 fwd = jax.jit(lambda p, *b: model.apply({'params': p}, *b, enable_dropout=False),
               in_shardings=(param_shardings, batch_sharding, batch_sharding, batch_sharding))
 with partitioning.use_mesh(mesh, rules):
-  logits = fwd(placed, *sharded_batch)
-  hlo = fwd.lower(placed, *sharded_batch).compile().as_text()
+  compiled = fwd.lower(placed, *sharded_batch).compile()
+  logits = compiled(placed, *sharded_batch)
+hlo = compiled.as_text()
 np.testing.assert_allclose(np.asarray(logits), np.asarray(expected), atol=1e-5)
 np.testing.assert_allclose(np.asarray(logits)[:2], data['logits'], atol=1e-5)
 assert logits.sharding.spec[0] == 'data', logits.sharding
@@ -81,7 +83,7 @@ class Prefixes(struct.PyTreeNode):
 rows = np.random.RandomState(0).normal(size=(2, 2, 1, 3, 4, 8)).astype(np.float32)  # k/v, layers, 1, p, h, d
 prefixes = Prefixes(rows[0], rows[1])
 hooks = Hooks(encoder_layers=prefixes, decoder_layers=prefixes)
-expected = model.apply({'params': params}, *batch, hooks=hooks, enable_dropout=False)
+expected = reference(params, hooks, *batch)
 fwd_hooks = jax.jit(lambda p, h, *b: model.apply({'params': p}, *b, hooks=h, enable_dropout=False),
                     in_shardings=(param_shardings, None, batch_sharding, batch_sharding, batch_sharding))
 with partitioning.use_mesh(mesh, rules):
