@@ -174,7 +174,8 @@ def serve_heads(fns: ModelFns, trainable: Any, tasks: Sequence[str], rows: Seque
         features.setdefault(key, np.zeros((len(rows),) + value.shape[1:], value.dtype))[where[task]] = value
   features[TASK_FEATURE] = ids
   answers: list[tuple[np.ndarray, np.ndarray]] = []
-  for start, (batch, real) in zip(range(0, len(rows), batch_size), fns.batches(features, batch_size)):
+  for start, (batch, real) in zip(range(0, len(rows), batch_size),
+                                  data.padded_batches(features, batch_size, fns.data_parallel)):
     answers += row_answers(fns.head_labels(trainable, batch), tuple(tasks), ids[start:start + batch_size])[:real]
   out: list[dict[str, Any]] = [dict(r) for r in rows]
   for task, label_set in sets.items():
@@ -219,7 +220,7 @@ def ensemble_predict(fns: ModelFns, trainable: Any, features: Mapping[str, np.nd
   candidates = None
   if labels:
     candidates = label_candidates(list(labels), vocabulary, features['decoder_target_tokens'].shape[1])
-  for index, (batch, real) in enumerate(fns.batches(features, batch_size)):
+  for index, (batch, real) in enumerate(data.padded_batches(features, batch_size, fns.data_parallel)):
     batch = repeat_for_ensemble({k: v for k, v in batch.items() if k != TASK_FEATURE}, size)
     if candidates is not None:
       ll = fns.rank(trainable, batch, candidates).reshape(-1, size, candidates.shape[-2])[:real]

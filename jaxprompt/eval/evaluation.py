@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import gin
@@ -124,10 +124,10 @@ class ModelFns:
       batch = self._shapes.setdefault(name, buckets_lib.ShapeLog(name, self.buckets)).cut(batch, groups=groups)
     return self.rt.steps.shard_batch(host.local_rows(batch))
 
-  def batches(self, features: Mapping[str, np.ndarray], batch_size: int) -> Iterator[tuple[dict, int]]:
-    """`data.padded_batches` of `features` on this mesh: a split smaller than a batch is padded only to a
-    power-of-two multiple of the data-parallel size."""
-    return data.padded_batches(features, batch_size, self.rt.data_parallel)
+  @property
+  def data_parallel(self) -> int:
+    """The mesh's data-parallel size: what a batch's rows divide by (`data.padded_batches`' `multiple`)."""
+    return self.rt.data_parallel
 
   def loss_metrics(self, trainable: Any, batch: Mapping[str, np.ndarray]) -> dict[str, float]:
     """Summed loss, weight_sum and token_accuracy of a batch (padding rows weigh nothing)."""
@@ -195,7 +195,7 @@ def predict(fns: ModelFns, trainable: Any, features: Mapping[str, np.ndarray], b
   candidates = None
   if labels:
     candidates = label_candidates(labels, vocabulary, features['decoder_target_tokens'].shape[1])
-  for index, (batch, real) in enumerate(fns.batches(features, batch_size)):
+  for index, (batch, real) in enumerate(data.padded_batches(features, batch_size, fns.data_parallel)):
     if candidates is not None:
       ll = fns.rank(trainable, batch, candidates)[:real]
       best = ll.argmax(-1)
@@ -268,7 +268,8 @@ def evaluate_set(fns: ModelFns, trainable: Any, eval_set: EvalSet, batch_size: i
     metrics.update({k: scalar(v) for k, v in metric_fn(targets, predictions).items()})
   if task.score_metric_fns:
     target_scores = np.concatenate([
-        fns.target_scores(trainable, batch)[:real] for batch, real in fns.batches(features, batch_size)
+        fns.target_scores(trainable, batch)[:real]
+        for batch, real in data.padded_batches(features, batch_size, fns.data_parallel)
     ])
     for metric_fn in task.score_metric_fns:
       metrics.update({k: scalar(v) for k, v in metric_fn(targets, list(target_scores)).items()})

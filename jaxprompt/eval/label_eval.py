@@ -125,7 +125,7 @@ def predict(fns: Any, trainable: Any, label_set: LabelSet, batch_size: int) -> t
   twice (regression); tag ids [n, l] and zeros (tagging). Per-task heads: the set's task's head."""
   features = {k: v for k, v in label_set.features.items() if k not in (CLASS_LABEL, REGRESSION_LABEL)}
   predictions, logits = [], []
-  for batch, real in fns.batches(features, batch_size):
+  for batch, real in data.padded_batches(features, batch_size, fns.data_parallel):
     answers = fns.head_labels(trainable, batch)
     ids, scores = answers[label_set.task.name] if isinstance(answers, dict) else answers
     predictions.append(ids[:real])

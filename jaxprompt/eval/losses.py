@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxprompt.data import pipeline as data
 from jaxprompt.errors import ConfigError
 
 
@@ -18,7 +19,7 @@ def loss_summary(totals: Mapping[str, float]) -> dict[str, float]:
 def validation_loss(fns: Any, trainable: Any, features: Mapping[str, np.ndarray], batch_size: int) -> dict:
   """Per-token loss and token accuracy over every example of `features` (`fns`: `evaluation.ModelFns`)."""
   totals = {'loss': 0.0, 'weight_sum': 0.0, 'correct': 0.0}
-  for batch, _ in fns.batches(features, batch_size):
+  for batch, _ in data.padded_batches(features, batch_size, fns.data_parallel):
     metrics = fns.loss_metrics(trainable, batch)
     totals['loss'] += metrics['loss']
     totals['weight_sum'] += metrics['weight_sum']
