@@ -27,9 +27,10 @@ _TX = optax.adafactor(1e-2)
 pytestmark = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope='module')
 def _collect_orbax_futures():
-  """Frees those futures here, where the noise is filtered, rather than in whichever test runs next."""
+  """Frees those futures once this module's tests are done, where the noise is filtered, rather than in whichever
+  test runs next (once per module: a full collection of this heap takes ~1.5 s)."""
   yield
   gc.collect()
 

@@ -133,7 +133,7 @@ def test_demo_meets_the_quality_bar_on_a_small_budget(tmp_path, capsys):
   from jaxprompt.demo import run
   code = run.main([
       '--output',
-      str(tmp_path), '--steps', '60', '--baseline_steps', '20', '--eval_period', '30', '--eval_examples', '100'
+      str(tmp_path), '--steps', '40', '--baseline_steps', '20', '--eval_period', '40', '--eval_examples', '100'
   ])
   out = capsys.readouterr().out
   assert code == 0, out
