@@ -95,11 +95,12 @@ def test_shipped_model_matches_transformers():
     logits = transformers.BertForMaskedLM.from_pretrained(str(ASSET)).eval()(**batch).logits.numpy()
   params, config = load_hf_encoder(ASSET)
   tokens = jnp.asarray(batch.input_ids.numpy())
-  hidden, pooled = BertEncoder(config).apply({'params': params}, tokens, valid=jnp.asarray(valid), enable_dropout=False)
+  encode = jax.jit(lambda p, t, v: BertEncoder(config).apply({'params': p}, t, valid=v, enable_dropout=False))
+  hidden, pooled = encode(params, tokens, jnp.asarray(valid))
   np.testing.assert_allclose(np.asarray(hidden)[valid], bare.last_hidden_state.numpy()[valid], atol=1e-4)
   np.testing.assert_allclose(np.asarray(pooled), bare.pooler_output.numpy(), atol=1e-4)
   pretrained, _ = encoder_model.read_pretrained()
-  ours = mlm_pretrain.mlm_logits(config, pretrained, tokens, jnp.asarray(valid))
+  ours = jax.jit(lambda p, t, v: mlm_pretrain.mlm_logits(config, p, t, v))(pretrained, tokens, jnp.asarray(valid))
   np.testing.assert_allclose(np.asarray(ours)[valid], logits[valid], atol=1e-3)
 
 

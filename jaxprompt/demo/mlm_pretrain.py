@@ -50,9 +50,14 @@ def encode_texts(vocabulary: Any, texts: Iterable[str], length: int) -> tuple[np
 
 
 def init_params(config: EncoderConfig, seed: int) -> dict[str, Any]:
-  """{ENCODER_KEY, HEAD_KEY} parameters: the layers' default initialisers, embedding tables N(0, 0.02) as BERT's."""
+  """{ENCODER_KEY, HEAD_KEY} parameters: the layers' default initialisers, embedding tables N(0, 0.02) as BERT's
+  (under one jit: one compile, not one per op of every initialiser)."""
+  return jax.jit(lambda key: _fresh_params(config, key))(jax.random.PRNGKey(seed))
+
+
+def _fresh_params(config: EncoderConfig, key: jax.Array) -> dict[str, Any]:
   tokens = jnp.zeros((1, 8), jnp.int32)
-  encoder_key, head_key = jax.random.split(jax.random.PRNGKey(seed))
+  encoder_key, head_key = jax.random.split(key)
   encoder = nn.meta.unbox(BertEncoder(config).init(encoder_key, tokens, enable_dropout=False)['params'])
   for table in ('token_embedder', 'position_embedder', 'token_type_embedder'):
     encoder[table] = {'embedding': encoder[table]['embedding'] * INIT_STDDEV}
@@ -77,9 +82,13 @@ def _corrupt(rng: jax.Array, tokens: jax.Array, valid: jax.Array, vocab_size: in
 def held_out_scores(config: EncoderConfig, params: Mapping[str, Any], tokens: np.ndarray, valid: np.ndarray,
                     vocab_size: int, rate: float, unigram: int, seed: int) -> dict[str, float]:
   """Held-out masked-LM accuracy and loss, and the unigram baseline's accuracy on the same masked positions (%)."""
-  inputs, selected = _corrupt(jax.random.PRNGKey(seed), jnp.asarray(tokens), jnp.asarray(valid), vocab_size, rate)
-  logits = jax.jit(lambda p, x, v: mlm_logits(config, p, x, v))(params, inputs, jnp.asarray(valid))
-  loss, counts = masked_lm_loss(logits, jnp.asarray(tokens), selected)
+
+  @jax.jit
+  def score(params, tokens, valid):
+    inputs, selected = _corrupt(jax.random.PRNGKey(seed), tokens, valid, vocab_size, rate)
+    return (*masked_lm_loss(mlm_logits(config, params, inputs, valid), tokens, selected), selected)
+
+  loss, counts, selected = score(params, jnp.asarray(tokens), jnp.asarray(valid))
   picked = np.asarray(tokens)[np.asarray(selected)]
   return {
       'masked_lm/accuracy': 100 * float(counts['correct'] / counts['count']), 'masked_lm/loss': float(loss),
