@@ -247,6 +247,18 @@ def test_features_match_seqio_encdec_converter(tiny_task):
   assert not batches[-1][0]['encoder_input_tokens'][2:].any()  # padding rows are all zero
 
 
+def test_a_split_smaller_than_a_batch_is_padded_to_a_power_of_two_multiple_of_the_data_axis():
+  features = {'x': np.arange(1, 6, dtype=np.int32)[:, None]}  # 5 rows
+  widths = lambda batch_size, multiple: [(len(b['x']), real)
+                                         for b, real in data_pipeline.padded_batches(features, batch_size, multiple)]
+  assert widths(128, 2) == [(8, 5)]  # 2 -> 4 -> 8 rows, not 128
+  assert widths(128, 1) == [(8, 5)] and widths(128, 5) == [(5, 5)] and widths(6, 4) == [(6, 5)]  # capped at the batch
+  assert widths(4, 2) == [(4, 4), (4, 1)]  # a split of a batch or more: whole batches, as before
+  assert widths(128, None) == [(128, 5)]
+  (batch, _), = data_pipeline.padded_batches(features, 128, 2)
+  assert batch['x'][:5, 0].tolist() == [1, 2, 3, 4, 5] and not batch['x'][5:].any()
+
+
 def test_label_candidates_must_fit_the_target_length(tiny_task):
   vocab = data_pipeline.targets_vocabulary(tiny_task)
   rows = evaluate.label_candidates(LABELS, vocab, 8)

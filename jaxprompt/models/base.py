@@ -32,7 +32,7 @@ Params = Mapping[str, Any]
 
 def fresh_params(module: nn.Module, rng: Array, *inputs: Array) -> Params:
   """The params `module.init(rng, *inputs)` makes (dropout off), unboxed. Initialised under one `jax.jit`: one
-  compile for the whole network, not one per op of every initialiser (the values are the same)."""
+  compile for the whole network, not one per op of every initialiser."""
   init = jax.jit(functools.partial(module.init, enable_dropout=False))
   return nn.meta.unbox(init(rng, *inputs))['params']
 
