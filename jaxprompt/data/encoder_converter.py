@@ -83,9 +83,9 @@ def convert(ds: tf.data.Dataset, feature_lengths: Mapping[str, int], pack: bool,
     elif TAG_LABELS in example:  # a tagging task's sentence: one text, a label per token
       ids, mask, types, size, tags = _row(layout.single, [example[FIRST]], length, layout.pad, example[TAG_LABELS])
     elif pair and IS_PAIR in example:  # one text or a pair, told per example (a mixture of both kinds)
-      one = _row(layout.single, [example[FIRST]], length, layout.pad)
-      two = _row(layout.pair, [example[FIRST], example[SECOND]], length, layout.pad)
-      ids, mask, types, size = (tf.where(example[IS_PAIR] > 0, b, a) for a, b in zip(one, two))
+      ids, mask, types, size = tf.cond(example[IS_PAIR] > 0,
+                                       lambda: _row(layout.pair, [example[FIRST], example[SECOND]], length, layout.pad),
+                                       lambda: _row(layout.single, [example[FIRST]], length, layout.pad))
     else:
       texts = [example[FIRST]] + ([example[SECOND]] if pair else [])
       ids, mask, types, size = _row(layout.template(len(texts)), texts, length, layout.pad)
