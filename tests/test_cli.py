@@ -37,15 +37,9 @@ BASE_GIN = ['--gin_file=models/t5x_tiny.gin', '--gin_file=runs/prompt_tuning.gin
 pytestmark = pytest.mark.usefixtures('clean_gin')  # in-process runs leave gin bindings behind
 
 
-def _env() -> dict:
-  """This process's environment (with the run's compilation cache and XLA flags, see conftest.py) on one CPU
-  device."""
-  return subprocess_env()
-
-
 def run_cli(args, stdin=None, timeout=300) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, '-m', 'jaxprompt', *map(str, args)], cwd=REPO, env=_env(), input=stdin,
-                        capture_output=True, text=True, timeout=timeout)
+  return subprocess.run([sys.executable, '-m', 'jaxprompt', *map(str, args)], cwd=REPO, env=subprocess_env(),
+                        input=stdin, capture_output=True, text=True, timeout=timeout)
 
 
 def error_line(stderr: str) -> str:
@@ -368,7 +362,7 @@ def test_sigterm_saves_exits_zero_and_resume_matches(trained, tiny_gin, tmp_path
   model_dir, summary, _ = trained
   run_dir = tmp_path / 'preempted'
   args = ['train', *BASE_GIN, f'--gin_file={tiny_gin}', f"--gin.MODEL_DIR='{run_dir}'"]
-  slow = dict(_env(), **{FAULTS_ENV: json.dumps({'sleep_per_step': 1.0})})  # time to signal mid-run
+  slow = subprocess_env(**{FAULTS_ENV: json.dumps({'sleep_per_step': 1.0})})  # time to signal mid-run
   proc = subprocess.Popen([sys.executable, '-m', 'jaxprompt', *args], cwd=REPO, env=slow, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
   lines: queue.Queue = queue.Queue()
