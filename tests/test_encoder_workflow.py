@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from jaxprompt.cli.main import main as cli_main
-from jaxprompt.data import label_files, label_tasks
+from jaxprompt.data import label_files, label_tasks, tasks
+from jaxprompt.data.metrics import squad
 from tests.encoder_tiny import CONLL
 from tests.test_cli import main_error
 from tests.tiny_task import LABELS
@@ -70,6 +71,36 @@ def test_infer_prints_the_tasks_label_names(run, tmp_path, capsys, clean_gin):
   rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{')]
   assert [r['input'] for r in rows] == ['good movie', 'awful plot']
   assert all(r['prediction'] in LABELS and r['prediction_by'] == 'head' and 0.5 <= r['probability'] <= 1 for r in rows)
+
+
+def test_eval_of_record_picks_each_querys_most_probable_entity_and_scores_it_as_t5(run, tmp_path, tmp_path_factory,
+                                                                                   clean_gin):
+  """The run's binary head on ReCoRD's rows (`data/superglue_groups.py`): every row's record names its query's pick,
+  the entity of the row most probably True, and `em` / `f1` are T5's SQuAD metric of those picks."""
+  from tests.test_label_tasks_superglue import RECORD, prepared  # pylint: disable=g-import-not-at-top
+  out, rows_file = tmp_path / 'eval.json', tmp_path / 'rows.jsonl'
+  try:
+    assert cli_main([
+        'eval', '--checkpoint',
+        str(run), f'--tfds_data_dir={prepared(tmp_path_factory)}',
+        "--gin.MIXTURE_OR_TASK_NAME='super_glue_record_v102_labels'", '--output',
+        str(out), '--predictions_file',
+        str(rows_file)
+    ]) == 0
+  finally:
+    tasks.set_tfds_data_dir(None)
+  rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
+  best = {}
+  for r in rows:
+    positive = r['probability'] if r['prediction'] == 'True' else 1 - r['probability']
+    if r['group'] not in best or positive > best[r['group']][0]:
+      best[r['group']] = (positive, r['entity'])
+  assert len(rows) == 6 and all(r['group_prediction'] == best[r['group']][1] for r in rows)
+  answers = {0: ['Tom'], 1: ['Louvre', 'Louvre Museum']}  # the validation split's queries (RECORD['val'])
+  assert [sorted(a) for _, a in RECORD['val'][0][2]] == list(answers.values())
+  want = squad(list(answers.values()), [best[q][1] for q in answers])
+  metrics = json.loads(out.read_text())['metrics']
+  assert {k: metrics[k] for k in want} == pytest.approx(want) and 'loss' in metrics
 
 
 def test_a_head_of_the_wrong_size_and_a_prompt_of_another_model_are_one_line(run, tiny_bert, tmp_path, capsys,

@@ -2,21 +2,28 @@
 as the text-to-text tasks of `data/tasks.py`:
 
   glue_<config>_<v200|v002>_labels     cola sst2 mrpc qqp stsb mnli mnli_matched mnli_mismatched qnli rte wnli
-  super_glue_<config>_v102_labels      boolq cb rte wic copa
+  super_glue_<config>_v102_labels      boolq cb rte wic copa wsc wsc.fixed multirc record
 
 An example is the ids of its texts without specials (`inputs`, and `inputs_pair` for a pair, in the order
 transformers' GLUE / P-tuning v2 scripts feed them; `is_pair`) and its labels: `label` (the TFDS class id, -1 on
 test splits) and `label_value` (STS-B's float score), the other kind's -1 / 0; every task but COPA has these
 features, so any of them share a mixture (`register_mixture`). `data/encoder.py` makes the rows. COPA is multiple
 choice: `inputs` the premise, `choice_0` / `choice_1` "because <choice>" (cause) or "so <choice>" (effect),
-`label` the right choice. WiC reads "<word>: <sentence1>" and <sentence2>. Left out: MultiRC (answers grouped per
-question: its metrics need the groups), ReCoRD (an entity picked from the passage, not a class) and WSC (a
-span-pair head).
+`label` the right choice. WiC reads "<word>: <sentence1>" and <sentence2>.
+
+The rest follow P-tuning v2's BERT / RoBERTa SuperGLUE code (THUDM, `tasks/superglue/dataset.py`), each row a
+binary False / True classification: WSC (and wsc.fixed, the builder's corrected spans) reads "<pronoun>: <text>"
+and the candidate (span1); MultiRC one row per answer, the paragraph and "<question> <answer>"; ReCoRD one row per
+candidate entity, the passage ("@highlight\n" as "- ") and the query with `@placeholder` filled by the entity, True
+when the entity is a gold answer (-1 on the test split, which has none). MultiRC and ReCoRD are scored per
+question / query (`data/superglue_groups.py`: T5's metric names and values); their rows carry the group as extra
+features that are not output features, so they still mix with the others.
 
 Each task knows its `label_names` (what infer prints; `tasks.get_label_set` gives them too), its `kind`
 ('classification', 'regression', 'choice') and its metric fns, T5's for the task (`data/metrics.py`), called as
 seqio calls them: `fn(targets, predictions)` on label ids (or floats), the test split's -1 labels left out first
-(`score`). The tasks read with T5's vocabulary until the pipeline re-reads them with the model's
+(`score`); a grouped task (`grouped`) scores its rows with their groups and probabilities instead. The tasks read
+with T5's vocabulary until the pipeline re-reads them with the model's
 (`pipeline.get_provider(name, vocabulary, 'encoder_only')`).
 """
 from __future__ import annotations
@@ -30,7 +37,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from jaxprompt.data import encoder, metrics, tasks
+from jaxprompt.data import encoder, metrics, superglue_groups, tasks
 from jaxprompt.data.vocab import get_default_vocabulary
 from jaxprompt.errors import DataError
 
@@ -49,10 +56,18 @@ class LabelTask:
   label_names: tuple[str, ...] | None
   metric_fns: tuple[Callable[..., dict[str, float]], ...]
   kind: str = CLASSIFICATION
+  rows: Callable[[tf.data.Dataset], tf.data.Dataset] | None = None  # raw examples -> rows; None: by `fields`
+  grouped: str = ''  # superglue_groups.MULTIRC / RECORD: scored per group of rows
 
-  def score(self, targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]:
-    """Every metric of the task over the labelled examples (targets -1 are unlabelled test rows)."""
-    return score(self.metric_fns, targets, predictions)
+  def score(self, targets: Sequence[Any], predictions: Sequence[Any], scores: Sequence[float] | None = None,
+            groups: Sequence[superglue_groups.RowGroup] | None = None) -> dict[str, float]:
+    """Every metric of the task over the labelled examples (targets -1 are unlabelled test rows); a grouped task
+    needs each row's `scores` (the probability of its predicted id) and `groups` (`superglue_groups.RowGroup`)."""
+    if not self.grouped:
+      return score(self.metric_fns, targets, predictions)
+    if scores is None or groups is None:
+      raise DataError(f'task {self.name!r} is scored per group of rows: give each row\'s scores and group')
+    return superglue_groups.score(self.grouped, targets, predictions, scores, groups)
 
 
 def score(metric_fns: Sequence[Callable[..., dict[str, float]]], targets: Sequence[Any],
@@ -100,6 +115,43 @@ def _rows(fields: Sequence[str], kind: str) -> Callable[[Mapping[str, tf.Tensor]
     return {**texts_of(first, x[fields[-1]] if len(fields) > 1 else None), **labels}
 
   return fn
+
+
+def _wsc(x: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+  """WSC as P-tuning v2's BERT template: "<pronoun>: <text>", then the candidate referent."""
+  first = tf.strings.join([x['span2_text'], ': ', x['text']])
+  return {**texts_of(first, x['span1_text']), **labels_of(x['label'], CLASSIFICATION)}
+
+
+def _multirc(x: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+  """MultiRC: the paragraph, then "<question> <answer>"; the question is the row's group."""
+  second = tf.strings.join([x['question'], x['answer']], ' ')
+  return {
+      **texts_of(x['paragraph'], second),
+      **labels_of(x['label'], CLASSIFICATION), superglue_groups.GROUP: tf.cast(x['idx']['question'], tf.int32)
+  }
+
+
+def _record(ds: tf.data.Dataset) -> tf.data.Dataset:
+  """ReCoRD: one row per candidate entity (module docstring), grouped by query, with the entity and the answers."""
+
+  def expand(x: Mapping[str, tf.Tensor]) -> tf.data.Dataset:
+    passage = tf.strings.regex_replace(x['passage'], '@highlight\n', '- ')
+    answers, query = x['answers'], tf.cast(x['idx']['query'], tf.int32)
+
+    def row(entity: tf.Tensor) -> dict[str, tf.Tensor]:
+      literal = tf.strings.regex_replace(entity, r'\\', r'\\\\')  # a backslash is an escape in the rewrite
+      found = tf.cast(tf.reduce_any(tf.equal(answers, entity)), tf.int32)
+      label = tf.where(tf.size(answers) > 0, found, encoder.NO_CLASS)
+      return {
+          **texts_of(passage, tf.strings.regex_replace(x['query'], '@placeholder', literal)),
+          **labels_of(label, CLASSIFICATION), superglue_groups.GROUP: query, superglue_groups.ENTITY: entity,
+          superglue_groups.ANSWERS: answers
+      }
+
+    return tf.data.Dataset.from_tensor_slices(x['entities']).map(row)
+
+  return ds.flat_map(expand)
 
 
 def tokenize_texts(ds: tf.data.Dataset, output_features: Mapping[str, seqio.Feature]) -> tf.data.Dataset:
@@ -152,8 +204,9 @@ def _specs() -> list[LabelTask]:
         g('wnli', every, ('sentence1', 'sentence2'), ('not_entailment', 'entailment'), accuracy),
     ]
   version, suffix = tasks.SUPER_GLUE_VERSION
-  sg = lambda config, *rest: LabelTask(f'super_glue_{config}_{suffix}{SUFFIX}', f'super_glue/{config}:{version}',
-                                       ('train', 'validation', 'test'), *rest)
+  sg = lambda config, *rest, **kw: LabelTask(f'super_glue_{config}_{suffix}{SUFFIX}', f'super_glue/{config}:{version}',
+                                             ('train', 'validation', 'test'), *rest, **kw)
+  wsc = seqio.map_over_dataset(_wsc)
   return out + [
       sg('boolq', ('question', 'passage'), tasks.BOOL_LABELS, accuracy),
       sg('cb', ('premise', 'hypothesis'), ('entailment', 'contradiction', 'neutral'),
@@ -161,6 +214,11 @@ def _specs() -> list[LabelTask]:
       sg('rte', ('premise', 'hypothesis'), rte, accuracy),
       sg('wic', ('word', 'sentence2'), tasks.BOOL_LABELS, accuracy),
       sg('copa', ('choice1', 'choice2'), ('choice1', 'choice2'), accuracy, CHOICE),
+      sg('wsc', ('text', 'span1_text'), tasks.BOOL_LABELS, accuracy, rows=wsc),
+      sg('wsc.fixed', ('text', 'span1_text'), tasks.BOOL_LABELS, accuracy, rows=wsc),
+      sg('multirc', ('paragraph', 'answer'), tasks.BOOL_LABELS,
+         (), rows=seqio.map_over_dataset(_multirc), grouped=superglue_groups.MULTIRC),
+      sg('record', ('passage', 'query'), tasks.BOOL_LABELS, (), rows=_record, grouped=superglue_groups.RECORD),
   ]
 
 
@@ -173,9 +231,10 @@ def register_all() -> None:
   for spec in _specs():
     add(spec)
     if spec.name not in known:
-      seqio.TaskRegistry.add(spec.name, source=seqio.TfdsDataSource(tfds_name=spec.tfds_name, splits=list(spec.splits)),
-                             preprocessors=[seqio.map_over_dataset(_rows(spec.fields, spec.kind)), tokenize_texts],
-                             output_features=output_features(spec), metric_fns=list(spec.metric_fns))
+      seqio.TaskRegistry.add(
+          spec.name, source=seqio.TfdsDataSource(tfds_name=spec.tfds_name, splits=list(spec.splits)),
+          preprocessors=[spec.rows or seqio.map_over_dataset(_rows(spec.fields, spec.kind)),
+                         tokenize_texts], output_features=output_features(spec), metric_fns=list(spec.metric_fns))
   tasks.add_tfds_tasks([n for n, spec in _TASKS.items() if spec.tfds_name])
 
 

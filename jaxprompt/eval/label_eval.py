@@ -4,10 +4,15 @@ A split of a label task (`data/label_tasks.py`, your own label files) or a taggi
 is read once, uncut, into the encoder rows (`data/encoder.py`, `TagAligner` for tagging: the rows are cut and
 counted there). The head predicts (`ModelFns.head_labels`: `EncoderOnlyModel.predict_labels`), and the task's
 metric fns score the predictions on label ids (accuracy, F1, Matthews, Pearson / Spearman), or, for tagging, each
-word's tag (its first sub-token's) by entity span P / R / F1 and word accuracy.
+word's tag (its first sub-token's) by entity span P / R / F1 and word accuracy. MultiRC and ReCoRD rows are scored
+in groups (`data/superglue_groups.py`): a split read here keeps each row's group (its question / query, and ReCoRD's
+entity and answers), taken from the examples' extra features, which a training mixture drops. A split read with
+`max_examples` scores the groups as far as its rows go.
 
 Records: `{"input", "prediction", "prediction_by": "head", ...}`: a class or choice name and its `probability`
-(softmax of the head's scores), a regression value, or for tagging the input's `words` and a tag per word.
+(softmax of the head's scores), a regression value, or for tagging the input's `words` and a tag per word. A
+grouped task's split adds each row's `group`, and for ReCoRD its `entity` and `group_prediction` (the entity picked for
+its query); text inputs have no group, so infer on text lines gives a row's label name only.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxprompt.data import encoder, task_heads
+from jaxprompt.data import encoder, superglue_groups, task_heads
 from jaxprompt.data import pipeline as data
 from jaxprompt.errors import ConfigError
 from jaxprompt.eval import records as records_lib
@@ -43,6 +48,8 @@ class LabelSet:
   length: int
   aligned: list[Any] | None = None  # tagging: `text.split()` are the words
   truncation: Any = None  # the rows' cuts are said once where they are made (`encoder.to_encoder_features`)
+  grouped: str = ''  # `superglue_groups.MULTIRC` / `RECORD`: `groups` holds each row's `RowGroup`
+  groups: list[superglue_groups.RowGroup] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,10 +92,19 @@ def prepare(provider: Any, split: str, feature_lengths: Mapping[str, int], *, ma
       texts = [_text(ex, vocabulary) for ex in examples]
       regression = labels.kind == 'regression'
       targets, aligned = [encoder.target(ex, regression).item() for ex in examples], None
+    grouped = _grouped(task.name) if labels.kind != 'tagging' else ''
+    groups = [superglue_groups.RowGroup.of(ex) for ex in examples] if grouped else None
     if task_names:
       features[TASK_FEATURE] = np.full((len(texts),), task_id(task_names, task.name), np.int32)
-    sets.append(LabelSet(task, split, labels, texts, features, targets, vocabulary, length, aligned))
+    sets.append(
+        LabelSet(task, split, labels, texts, features, targets, vocabulary, length, aligned, grouped=grouped,
+                 groups=groups))
   return sets
+
+
+def _grouped(name: str) -> str:
+  from jaxprompt.data import label_tasks  # pylint: disable=g-import-not-at-top
+  return label_tasks.get(name).grouped
 
 
 def _text(example: Mapping[str, Any], vocabulary: Any) -> str:
@@ -178,6 +194,9 @@ def records(label_set: LabelSet, predictions: np.ndarray, scores: np.ndarray) ->
     else:
       name = label_set.labels.name_of(int(prediction)) if kind == 'classification' else int(prediction)
       out.append({'input': text, 'prediction': name, **records_lib.score_fields(score, records_lib.HEAD)})
+  if label_set.groups is not None:
+    extra = superglue_groups.record_fields(label_set.grouped, predictions, scores, label_set.groups)
+    out = [dict(r, **e) for r, e in zip(out, extra)]
   return out
 
 
@@ -200,7 +219,8 @@ def evaluate(fns: Any, trainable: Any, label_set: LabelSet, batch_size: int, *,
     metrics.update(tagging_metrics(label_set.targets, [r['prediction'] for r in rows]))
   else:
     from jaxprompt.data import label_tasks  # pylint: disable=g-import-not-at-top
-    metrics.update(label_tasks.get(name).score(label_set.targets, [p.item() for p in predictions]))
+    metrics.update(
+        label_tasks.get(name).score(label_set.targets, [p.item() for p in predictions], scores, label_set.groups))
   targets = label_set.targets if kind != 'classification' else [label_set.labels.name_of(t) for t in label_set.targets]
   return {k: float(v) if isinstance(v, (np.floating, np.integer)) else v for k, v in metrics.items()
          }, [dict(r, target=t) for r, t in zip(rows, targets)]
