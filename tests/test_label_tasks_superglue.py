@@ -168,7 +168,7 @@ def test_grouped_tasks_mix_with_the_others(data_dir, bert, tmp_path):
   provider = pipeline.get_provider('jp_grouped_mixture', vocabulary, converters.ENCODER_ONLY)
   ds = pipeline.mixed_task_stream(provider, {'inputs': LENGTH}, 'train', 0, names)
   shared = {'inputs', 'inputs_pair', 'is_pair', 'label', 'label_value', 'task_ids'}
-  # sample_from_datasets took the three streams (it refuses streams of other structures) and the groups are gone:
+  # sample_from_datasets took the three streams (it refuses streams of different structures), the groups left out:
   # one structure, every other label task's (not iterated: its shuffle buffers would read each task 1000 times)
   assert set(ds.element_spec) == shared
 
@@ -189,11 +189,8 @@ def test_grouped_scores_are_t5s_metrics_on_hand_counted_groups():
 
   record = label_tasks.get('super_glue_record_v102_labels')
   answers = ('Louvre Museum', 'Louvre')
-  groups = [
-      superglue_groups.RowGroup(q, e, a)
-      for q, e, a in [(0, 'Eve', ('Tom',)), (0, 'Tom', ('Tom',)), (1, 'Eve', answers), (1, 'the Louvre',
-                                                                                        answers), (2, 'Max', ())]
-  ]
+  rows = [(0, 'Eve', ('Tom',)), (0, 'Tom', ('Tom',)), (1, 'Eve', answers), (1, 'the Louvre', answers), (2, 'Max', ())]
+  groups = [superglue_groups.RowGroup(*r) for r in rows]
   # query 0: Eve is False at 0.6 (P(True) 0.4) < Tom True at 0.7: Tom, EM 1; query 1: both False, 'the Louvre' less
   # so (P(True) 0.2 > 0.1): EM 1 after SQuAD's normalisation (articles dropped); query 2 has no answers: unscored
   predictions, scores = [0, 1, 0, 0, 1], [0.6, 0.7, 0.9, 0.8, 0.99]
