@@ -98,9 +98,9 @@ class FrontRowsHook(InputHook, Protocol):
   """
 
   def front_rows(self, stack: Stack) -> Array | None:
-    """The rows [b] int32 the hook puts in front of each row's tokens when they enter `stack` (row i's tokens are
-    its rows front_rows[i] .. front_rows[i] + l - 1, its unused slots after them), or None when some prompt goes
-    between or after the tokens (no one start row)."""
+    """The rows [b] int32 before each row's tokens when they enter `stack` (row i's tokens are its rows
+    front_rows[i] .. front_rows[i] + l - 1; a bidirectional stack's unused slots follow them, a causal stream's
+    precede its prompt), or None when some prompt goes between or after the tokens (no one start row)."""
     ...
 
 
