@@ -1,7 +1,8 @@
 """Multi-task prompts, prompt banks and fingerprints on the encoder-only family, each task with its own head
-(`jaxprompt.methods.task_heads`, `jaxprompt.models.task_heads`): a bank of three single-task runs (two classification
-tasks of different label counts, one regression; input prompts and a P-tuning v2 prefix) serves a mixed batch and
-each row equals its task run alone; multi-task training reaches only the batch's tasks' prompts and heads; a
+(`jaxprompt.methods.task_heads`, `jaxprompt.models.task_heads`): a bank of six single-task runs (two classification
+tasks of different label counts, one regression, three tagging; input prompts of 2, 3 and 5 rows and P-tuning v2
+prefixes) serves a mixed batch of text pairs and each row equals its task run alone; its loss trains each row's own
+prompt rows and heads only; multi-task training reaches only the batch's tasks' prompts and heads; a
 multi-task run's per-task file pairs serve each task alone; a BERT prompt is refused on a RoBERTa or a T5."""
 import dataclasses
 
@@ -35,16 +36,26 @@ HEADS = {
     'sst2': HeadConfig('classification', 2, use_pooler=True, dropout=0.0),
     'mnli': HeadConfig('classification', 3, dropout=0.0),  # RoBERTa's two-layer head on row 0
     'stsb': HeadConfig('regression', dropout=0.0),
+    'ner': HeadConfig('tagging', 3, dropout=0.0),
+    'pos': HeadConfig('tagging', 4, dropout=0.0),
+    'chunk': HeadConfig('tagging', 3, dropout=0.0),
 }
 
 
-def _single_runs(config, frozen):
-  """{task: (WithHead, params)}: prompt tuning (3 rows), a P-tuning v2 prefix (2 rows), prompt tuning (5 rows)."""
+def _single_runs(config, frozen, taggers: bool = False):
+  """{task: (WithHead, params)}: prompt tuning (3 rows), a P-tuning v2 prefix (2 rows), prompt tuning (5 rows);
+  with `taggers` three tagging runs too: prompt tuning (2 and 5 rows) and a P-tuning v2 prefix (3 rows)."""
   inners = {
       'sst2': PromptTuning(length=3, embed_dim=config.emb_dim),
       'mnli': PrefixTuning.for_config(config, length=2, kinds=('encoder_self',), projection=False),
       'stsb': PromptTuning(length=5, embed_dim=config.emb_dim),
   }
+  if taggers:
+    inners |= {
+        'ner': PromptTuning(length=2, embed_dim=config.emb_dim),
+        'pos': PromptTuning(length=5, embed_dim=config.emb_dim),
+        'chunk': PrefixTuning.for_config(config, length=3, kinds=('encoder_self',), projection=False),
+    }
   out = {}
   for seed, (task, inner) in enumerate(inners.items()):
     method = WithHead.for_config(config, inner, HEADS[task])
@@ -52,14 +63,22 @@ def _single_runs(config, frozen):
   return out
 
 
-def _mixed_batch(ids):
-  batch = head_batch('classification', seed=3, batch=len(ids), length=8)
+def _mixed_batch(ids, kind: str = 'classification'):
+  batch = head_batch(kind, seed=3, batch=len(ids), length=8)
   return {k: v for k, v in batch.items() if k.startswith('encoder_')} | {'task_ids': np.asarray(ids, np.int32)}
 
 
-def test_a_bank_of_three_runs_with_heads_serves_a_mixed_batch_as_each_task_alone(tmp_path):
+def _pairs(batch):
+  """`batch` as text pairs: the second half of each row's real tokens has token type 1 (which must stay with its
+  token wherever a row's prompt puts it)."""
+  valid = batch['encoder_input_mask'] > 0
+  second = np.arange(valid.shape[1]) >= valid.sum(1, keepdims=True) // 2
+  return batch | {'encoder_token_types': (second & valid).astype(np.int32)}
+
+
+def test_a_bank_of_six_runs_with_heads_serves_a_mixed_batch_as_each_task_alone(tmp_path):
   config, frozen = tiny()
-  runs = _single_runs(config, frozen)
+  runs = _single_runs(config, frozen, taggers=True)
   read = {}
   for task, (method, params) in runs.items():  # each run's file pair, written and read back
     paths = write_files(tmp_path / task, method.numpy_copy(params))
@@ -67,9 +86,9 @@ def test_a_bank_of_three_runs_with_heads_serves_a_mixed_batch_as_each_task_alone
     read[task] = read_pair(main, paths[HEAD_FILE], registry.ReadContext(config))
     assert dataclasses.replace(read[task][0].head, dropout=0.0) == HEADS[task]  # a file keeps no dropout
   bank, tree = build_head_bank(read, config)
-  assert bank.task_names == ('sst2', 'mnli', 'stsb') and isinstance(bank.head, TaskHeads)
-  ids = [2, 0, 1, 1, 0, 2, 0]
-  batch = _mixed_batch(ids)
+  assert bank.task_names == ('sst2', 'mnli', 'stsb', 'ner', 'pos', 'chunk') and isinstance(bank.head, TaskHeads)
+  ids = [2, 0, 1, 3, 4, 5, 3, 4, 2, 5, 1]  # row 1 is batch padding
+  batch = _pairs(_mixed_batch(ids))
   rows = row_answers(
       jax.jit(families.build_model(config, bank).predict_labels)(frozen, tree, batch), bank.task_names,
       batch['task_ids'])
@@ -80,10 +99,37 @@ def test_a_bank_of_three_runs_with_heads_serves_a_mixed_batch_as_each_task_alone
   }
   for i, t in enumerate(ids):
     want_pred, want_scores = alone[bank.task_names[t]]
-    assert rows[i][1].shape == want_scores[i].shape  # [2], [3] logits; a regression value
-    np.testing.assert_allclose(rows[i][1], want_scores[i], rtol=0, atol=2e-5)
-    np.testing.assert_allclose(rows[i][0], want_pred[i], rtol=0, atol=2e-5)
+    assert rows[i][1].shape == want_scores[i].shape  # [2], [3] logits; a regression value; [8, 3|4] tag logits
+    np.testing.assert_allclose(rows[i][1], want_scores[i], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(rows[i][0], want_pred[i], rtol=0, atol=1e-5)
   assert np.ptp([r[1] for r, t in zip(rows, ids) if t == 2]) > 1e-3  # the regression rows differ: not a constant
+
+
+def test_a_banks_loss_over_prompts_of_several_lengths_trains_each_rows_own_prompt_rows_and_head():
+  config, frozen = tiny()
+  runs = _single_runs(config, frozen, taggers=True)
+  bank, tree = build_head_bank({t: runs[t] for t in ('sst2', 'mnli', 'ner', 'pos', 'chunk')}, config)
+  ids = np.asarray([2, 0, 3, 4, 0, 2, 3, 4], np.int32)  # ner (2 rows), sst2 (3), pos (5), chunk (a 3-row prefix)
+  batch = _pairs(head_batch(
+      'tagging', seed=5, batch=len(ids))) | {'task_ids': ids, 'labels': np.asarray([0, 1, 0, 0, 1, 0, 0, 0], np.int32)}
+  model = families.build_model(config, bank)
+  loss_and_grads = jax.jit(jax.value_and_grad(lambda p: model.loss_fn(frozen, p, batch)[0]))
+  losses, params = [], tree
+  for _ in range(3):
+    loss, grads = loss_and_grads(params)
+    if not losses:
+      first = jax.tree.map(lambda g: np.abs(np.asarray(g)), grads)
+    losses.append(float(loss))
+    params = jax.tree.map(lambda p, g: p - 0.02 * g, params, grads)
+  assert losses[2] < losses[1] < losses[0]
+  used = {t: e.input_length for t, e in enumerate(bank.inner.entries)}  # each task's prompt rows; then padding
+  for t, task in enumerate(bank.task_names):
+    rows = first['prompts'][t].sum(-1)
+    mine = rows[:used[t]]
+    assert ((mine > 0).all() if t in ids else not mine.any()) and not rows[used[t]:].any(), (task, rows)
+    assert all(g.any() == (t in ids) for g in jax.tree.leaves(first['head'][task])), task
+  prefix = first['kv']['encoder_self']['key'].sum((0, 3, 4))  # [tasks, 3 rows]: chunk's 3 rows, mnli's last 2
+  assert (prefix[4] > 0).all() and not prefix[1].any()  # mnli (task 1) is not in the batch
 
 
 @pytest.fixture(scope='module')
@@ -173,13 +219,6 @@ def test_the_gin_factory_and_one_line_errors():
   runs = _single_runs(config, frozen)
   with pytest.raises(PromptError, match="prompt 'x': a bank with heads holds one-task runs"):
     build_head_bank({'x': (runs['sst2'][0].inner, {})}, config)
-  tagger = WithHead.for_config(config, PromptTuning(length=2, embed_dim=config.emb_dim), HeadConfig('tagging', 3))
-  with pytest.raises(PromptError, match=r"tagging tasks \['ner'\] .* one length, got \{'sst2': 3, 'ner': 2\}"):
-    build_head_bank(
-        {
-            'sst2': runs['sst2'], 'ner':
-                (tagger, randomized(jax.eval_shape(tagger.init, jax.random.PRNGKey(0), frozen), 0))
-        }, config)
 
 
 def test_a_bert_prompt_and_head_are_refused_on_a_roberta_or_a_t5(tmp_path):

@@ -11,8 +11,9 @@ Stored tree (not trained; `trainable` only by the Method interface):
   'prompts'            [T, P, d]                   input prompts, zero-padded to the longest P
   'kv'/<kind>/'key'    [layers, T, Q, heads, dim]  prefix rows right-aligned in the longest Q (value alike)
 Rows shorter than the widest are padding that no position attends: a row's input prompt keeps its own
-positions (padding goes to the end of the row), and a right-aligned prefix sits at the distances it has alone
-under relpos 'positions'. So each row's result equals its task run alone, up to float summation order.
+positions (padding goes to the end of the row; the hook says where each row's tokens start, `front_rows`, so that
+an encoder's token types and tagging heads find them), and a right-aligned prefix sits at the distances it has
+alone under relpos 'positions'. So each row's result equals its task run alone, up to float summation order.
 """
 from __future__ import annotations
 

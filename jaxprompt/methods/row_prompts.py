@@ -6,7 +6,9 @@ so one forward pass serves a batch that mixes tasks. Shorter prompts than the ba
 positions (never attended) at the end of the row, so every real position sees exactly the relative distances
 it sees when its task runs alone; in a causal LM's stream they go in front of the prompt instead, so that every
 row's tokens start at the same index (the model drops the first P logits) and count their positions from the
-row's own prompt length. `gather_rows` keeps the table beside the task ids (`TaskRows`), so that a causal LM may
+row's own prompt length. Both hooks say where each row's tokens start (`front_rows`,
+`jaxprompt.models.hooks.FrontRowsHook`), so that a network may place per-token features and read token rows
+there. `gather_rows` keeps the table beside the task ids (`TaskRows`), so that a causal LM may
 run each task's prompt once per batch instead of once per row (`jaxprompt.models.prompt_once`).
 """
 from __future__ import annotations
@@ -95,6 +97,13 @@ class RowPrompts(struct.PyTreeNode):
     start = row_insertion_points(tokens, valid, self.codes, self.eos_id)
     return insert_row_prompts(embedded, valid, self.prompts, self.lengths, start)
 
+  def front_rows(self, stack: Stack) -> Array | None:
+    """The rows [b] in front of each row's tokens (`models.hooks.FrontRowsHook`): its own prompt's length, the
+    widest in a causal stream (unused slots go in front there); None when some prompt may go elsewhere."""
+    if causal(stack):
+      return jnp.full(self.lengths.shape, self.prompts.shape[1], jnp.int32)
+    return self.lengths if all(c == 'prefix' for c in self.combines) else None
+
 
 def task_ids_or_error(task_ids: Array | None, method: Any) -> Array:
   """The rows' task ids [b] as int32, or one ConfigError naming the multi-task method's tasks."""
@@ -128,6 +137,9 @@ class TaskRows(struct.PyTreeNode):
   def __call__(self, embedded: Array, tokens: Array, segment_ids: Array | None, *, valid: Array, stack: Stack,
                deterministic: bool) -> tuple[Array, Array]:
     return self.rows()(embedded, tokens, segment_ids, valid=valid, stack=stack, deterministic=deterministic)
+
+  def front_rows(self, stack: Stack) -> Array | None:
+    return self.rows().front_rows(stack)
 
   def task_prefix(self) -> TaskPrefix | None:
     """Every task's prompt and each row's task when every prompt goes in front (combine 'prefix'), else None."""

@@ -117,7 +117,7 @@ class WithTaskHeads(WithHead):
 def build_head_bank(methods: Mapping[str, tuple[Method, Params]], config: ModelConfig,
                     eos_id: int = 1) -> tuple[WithTaskHeads, dict]:
   """(bank with per-task heads, its tree) of named single-task runs `{task: (WithHead, params)}`, task ids in this
-  order: each row gets its task's prompt or K/V prefix and its task's head."""
+  order: each row gets its task's prompt or K/V prefix and its task's head, whatever the prompts' lengths."""
   inners, heads, head_params = {}, {}, {}
   for name, (method, params) in methods.items():
     if not isinstance(method, WithHead) or isinstance(method, WithTaskHeads) or method.inner is None:
@@ -127,13 +127,9 @@ def build_head_bank(methods: Mapping[str, tuple[Method, Params]], config: ModelC
     inner, head_params[name] = method.split(params)
     inners[name], heads[name] = (method.inner, inner), method.head
   bank, tree = prompt_bank.build_bank(inners, config, eos_id)
-  task_heads = TaskHeads.of(heads)
-  lengths = {e.name: e.input_length for e in bank.entries}
-  tagging = [t for t, c in heads.items() if c.kind == 'tagging']
-  if tagging and len(set(lengths.values())) > 1:  # a tagging head reads a fixed window of token rows
-    raise PromptError(f'tagging tasks {tagging} read every token row, which sit behind the input prompt; a bank '
-                      f'serves them with input prompts of one length, got {lengths}')
-  wrapped = WithTaskHeads.for_config(config, bank, task_heads)
+  # Input prompts may differ in length, tagging tasks' too: each row's tokens start behind its own prompt, and
+  # a tagging head reads them there (`jaxprompt.models.token_rows`).
+  wrapped = WithTaskHeads.for_config(config, bank, TaskHeads.of(heads))
   return wrapped, wrapped._joined(tree, head_params)  # pylint: disable=protected-access
 
 

@@ -17,7 +17,8 @@ cumsum(valid) - 1 (what BERT's arange and RoBERTa's count of non-pad ids give ri
 Prompts and prefixes (PEFT's and P-tuning v2's semantics, both what transformers computes):
 - An input hook acts on the token embeddings, before positions, token types and the embedding LayerNorm. Rows it
   inserts in front are positions 0..p-1 with token type 0, and the tokens follow from p: transformers given
-  `inputs_embeds` (PEFT's prompt tuning / P-tuning for BERT) numbers them so.
+  `inputs_embeds` (PEFT's prompt tuning / P-tuning for BERT) numbers them so. Per-row prompts of several lengths
+  (a prompt bank) say where each row's tokens start (`hooks.FrontRowsHook`), and each token keeps its type there.
 - A K/V prefix of p rows (per-layer hook, kind 'encoder_self') joins every layer's keys and values. Its rows are
   used as given; the tokens then sit at positions p.. (`kv_prefix_shifts_positions`, default): transformers' BERT
   and RoBERTa offset `position_ids` by the cache length when given `past_key_values`, in 4.11 (THUDM's P-tuning v2)
@@ -31,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxprompt.errors import ConfigError
-from jaxprompt.models import layers
+from jaxprompt.models import layers, token_rows
 from jaxprompt.models.attention import MultiHeadDotProductAttention
 from jaxprompt.models.causal_lm import default_positions
 from jaxprompt.models.encoder_config import EncoderConfig
@@ -104,14 +105,12 @@ def prefix_rows(hook: LayerHook | None, batch: int) -> tuple[Array | int, int]:
   return jnp.broadcast_to(rows[:, None], (batch, 1)), prefix.mask.shape[-1]
 
 
-def _positions(valid: Array, positions: Array | None, inserted: int, shift: Array | int) -> Array:
+def _positions(valid: Array, positions: Array | None, starts: token_rows.Starts, shift: Array | int) -> Array:
   """Each row's positions [b, l'] (before `position_offset`): inserted rows first, then the tokens, all after
   `shift` K/V prefix rows; given token positions [b, l] count from 0 at the first token."""
   if positions is None:
     return default_positions(valid) + shift
-  positions = positions.astype(jnp.int32) + inserted + shift
-  front = jnp.arange(inserted, dtype=jnp.int32)[None] + shift
-  return jnp.concatenate([jnp.broadcast_to(front, (valid.shape[0], inserted)), positions], axis=1)
+  return token_rows.positions_from(positions, starts, valid.shape[1]) + shift
 
 
 class BertEncoder(nn.Module):
@@ -141,15 +140,15 @@ class BertEncoder(nn.Module):
     if hooks.inputs is not None:
       x, valid = call_input_hook(hooks.inputs, x, tokens, segment_ids, valid=valid, stack='encoder',
                                  deterministic=deterministic)
-    inserted = x.shape[1] - length
-    token_types = jnp.pad(token_types, ((0, 0), (inserted, 0)))
+    starts = token_rows.token_starts(hooks.inputs, length, x.shape[1], 'encoder')
+    token_types = token_rows.place(token_types, starts, x.shape[1])
     shift, width = prefix_rows(hooks.encoder_layers, x.shape[0])
     if not cfg.kv_prefix_shifts_positions:
       shift, width = 0, 0
     if x.shape[1] + width > cfg.max_length:
       raise ConfigError(f'rows of {x.shape[1]} positions after {width} K/V prefix rows exceed the {cfg.max_length} '
                         f'positions the model numbers (max_positions={cfg.max_positions}): shorten the inputs')
-    positions = _positions(valid, positions, inserted, shift)
+    positions = _positions(valid, positions, starts, shift)
     x = x + _table(cfg, cfg.max_positions, 'position_embedder')(positions + cfg.position_offset)
     x = x + _table(cfg, cfg.type_vocab_size, 'token_type_embedder')(token_types)
     x = _dropout(cfg, _norm(cfg, 'embedder_norm')(x), deterministic).astype(cfg.dtype)

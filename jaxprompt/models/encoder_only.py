@@ -18,8 +18,10 @@ weighted labels / tags predicted right; 0 for regression, which has none).
 Multiple choice runs the network on [b * c, l] rows, so a method's prompt or prefix joins every choice row. The
 sequence heads read row 0 of the network's output, prompt rows included, as the pooler does and as transformers does
 given `inputs_embeds` (PEFT's prompt tuning on BertForSequenceClassification); a tagging head reads the token rows
-only, never the rows an input hook inserts in front. `predict_labels` is how the family predicts: it has no text to
-rank or decode, so `rank_classify`, `predict_batch` and `score_batch` refuse in one line.
+only, never the rows an input hook inserts in front: each row's own, where the hook says its tokens start (behind
+its own prompt in a bank of several prompt lengths; `jaxprompt.models.token_rows`). `predict_labels` is how the
+family predicts: it has no text to rank or decode, so `rank_classify`, `predict_batch` and `score_batch` refuse in
+one line.
 
 A method serving several tasks may carry one head per task (`jaxprompt.models.task_heads.TaskHeads`, parameters
 `trainable['head'][<task>]`): `logits` and `predict_labels` then give {task: that head's output for every row}, and
@@ -34,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxprompt.errors import ConfigError
-from jaxprompt.models import losses
+from jaxprompt.models import losses, token_rows
 from jaxprompt.models.base import Array, BaseModel, LossConfig, ModelConfig, Params, Tuning, fresh_params
 from jaxprompt.models.bert import BertEncoder
 from jaxprompt.models.encoder_config import EncoderConfig
@@ -78,8 +80,8 @@ class EncoderOnlyModel(BaseModel):
                eos_id: int = 1):
     super().__init__(config, method, loss or LossConfig(), eos_id)
     self.head = None if method is None else method.head  # a HeadConfig, or TaskHeads: one per task
-    # BertEncoder numbers inserted rows as positions 0..p-1 in front of the tokens, and a tagging head drops them
-    # there: a prompt placed elsewhere (prompt tuning's other combination modes) would be misread by both.
+    # BertEncoder numbers inserted rows as positions 0..p-1 in front of the tokens, and a tagging head reads the
+    # tokens behind them: a prompt placed elsewhere (prompt tuning's other combination modes) would be misread.
     combine = getattr(getattr(method, 'inner', method), 'combine', 'prefix')
     if combine != 'prefix':
       raise ConfigError(f"an encoder-only model takes an input prompt in front of the tokens (combine='prefix', as "
@@ -146,22 +148,26 @@ class EncoderOnlyModel(BaseModel):
     task_ids = batch.get(TASK_FEATURE)
     if choices and task_ids is not None:
       task_ids = jnp.repeat(task_ids, batch['encoder_input_tokens'].shape[1])
+    hooks = self._hooks(trainable, hook_rng, task_ids)
     hidden, pooled = self.module.apply(self._variables(frozen, trainable), tokens, valid=valid, token_types=types,
-                                       hooks=self._hooks(trainable, hook_rng,
-                                                         task_ids), enable_dropout=dropout_rng is not None, rngs=rngs)
+                                       hooks=hooks, enable_dropout=dropout_rng is not None, rngs=rngs)
+    # Each row's tokens behind the rows its input hook put in front (a bank's shorter prompts: fewer rows).
+    starts = token_rows.token_starts(None if hooks is None else hooks.inputs, tokens.shape[1], hidden.shape[1],
+                                     'encoder')
     scores = {}
     for i, (task, config) in enumerate(self._heads()):
       params = trainable[HEAD_KEY][task] if task else trainable[HEAD_KEY]
       rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, 2)
       rng = jax.random.fold_in(rng, i) if task and rng is not None else rng  # one head: the single-task stream
-      scores[task] = self._score(config, params, hidden, pooled, valid, batch, rng)
+      scores[task] = self._score(config, params, hidden, pooled, valid, starts, batch, rng)
     return scores if isinstance(head, TaskHeads) else scores['']
 
   def _score(self, head: HeadConfig, params: Params, hidden: Array, pooled: Array | None, valid: Array,
-             batch: Mapping[str, Array], rng: Array | None) -> Array:
-    """One head's scores (`logits`) of the network's output hidden [rows, l', e] (inserted rows included)."""
-    if head.kind == 'tagging':  # the token rows: not the rows an input hook inserted in front
-      hidden = hidden[:, hidden.shape[1] - valid.shape[1]:]
+             starts: token_rows.Starts, batch: Mapping[str, Array], rng: Array | None) -> Array:
+    """One head's scores (`logits`) of the network's output hidden [rows, l', e] (inserted rows included), whose
+    token rows start at `starts` (`jaxprompt.models.token_rows`)."""
+    if head.kind == 'tagging':  # each row's token rows: not the rows an input hook put in front, nor unused slots
+      hidden = token_rows.take(hidden, starts, valid.shape[1])
     module = TaskHead(head, self.config.emb_dim, self.config.dtype, self.config.param_dtype)
     scores = module.apply({'params': params}, hidden, pooled, deterministic=rng is None,
                           rngs=None if rng is None else {'dropout': rng})

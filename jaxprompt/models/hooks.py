@@ -64,7 +64,8 @@ class InputHook(Protocol):
   causal LM (stack 'decoder') inserted positions must come first (`combine='prefix'`) and every row's tokens
   start at index l' - l: a row inserting fewer rows than the widest leaves its unused (invalid) slots in front.
   A hook that inserts the same rows in front of every row may say so with `shared_prefix` (`SharedPrefixHook`),
-  one that inserts its row's task's rows with `task_prefix` (`TaskPrefixHook`).
+  one that inserts its row's task's rows with `task_prefix` (`TaskPrefixHook`), and one whose rows insert
+  different numbers of rows in front of their tokens says where each row's tokens start (`FrontRowsHook`).
   """
 
   def __call__(self, embedded: Array, tokens: Array, segment_ids: Array | None, *, valid: Array, stack: Stack,
@@ -85,6 +86,21 @@ class SharedPrefixHook(InputHook, Protocol):
   def shared_prefix(self) -> Array | None:
     """The rows [p, e] the hook inserts in front of every row, or None when they differ by row or go elsewhere
     (then the network calls the hook as usual)."""
+    ...
+
+
+@runtime_checkable
+class FrontRowsHook(InputHook, Protocol):
+  """An input hook whose rows may put different numbers of rows in front of their tokens (per-row prompts of
+  several lengths: a prompt bank, multi-task prompts). Without it a network takes every row's tokens to start at
+  l' - l; with it each row's start is the hook's word (`jaxprompt.models.token_rows`), so that a bidirectional
+  encoder gives each token its token type and a tagging head reads each row's own token rows.
+  """
+
+  def front_rows(self, stack: Stack) -> Array | None:
+    """The rows [b] int32 before each row's tokens when they enter `stack` (row i's tokens are its rows
+    front_rows[i] .. front_rows[i] + l - 1; a bidirectional stack's unused slots follow them, a causal stream's
+    precede its prompt), or None when some prompt goes between or after the tokens (no one start row)."""
     ...
 
 
