@@ -31,6 +31,25 @@ def _session_compilation_cache() -> None:
   os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'  # the tiny models compile in well under 1 s
 
 
+def _session_tmpdir() -> None:
+  """One temporary directory per test run for everything that calls `tempfile`, removed at exit.
+
+  TFDS leaves an empty `tmp*tfds` directory behind each time it looks for a builder's info on GCS
+  (`DatasetInfo.initialize_from_bucket` calls `tempfile.mkdtemp` and never removes it): ~120 a run. Made by the
+  run's first process and inherited as `TMPDIR`, as the compilation cache is. pytest's own `tmp_path` directories
+  stay where pytest keeps them (`PYTEST_DEBUG_TEMPROOT`: the machine's temporary directory), so a failed test's
+  files are still there to read.
+  """
+  path = os.environ.get('JAXPROMPT_TEST_TMPDIR')
+  if not path:
+    os.environ.setdefault('PYTEST_DEBUG_TEMPROOT', tempfile.gettempdir())
+    path = tempfile.mkdtemp(prefix='jaxprompt-tests-tmp-')
+    os.environ['JAXPROMPT_TEST_TMPDIR'] = path
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+  os.environ['TMPDIR'] = path
+  tempfile.tempdir = path
+
+
 def _fast_compiles() -> None:
   """Cheaper XLA:CPU compiles for the test run: XLA:CPU's compile time, not the run time of the tiny models, is most
   of a test's cost. Each flag is added unless XLA_FLAGS already names it, and subprocesses that extend XLA_FLAGS
@@ -50,6 +69,7 @@ def _fast_compiles() -> None:
 
 
 _session_compilation_cache()
+_session_tmpdir()
 _fast_compiles()
 
 import pytest  # pylint: disable=g-import-not-at-top
