@@ -97,6 +97,7 @@ def _greedy_by_recomputation(model, frozen, prompt, steps):
   return out
 
 
+@pytest.mark.slow
 def test_cached_greedy_decoding_equals_recomputation(setup):
   model, frozen, prompt = setup
   steps = 4

@@ -96,6 +96,7 @@ def test_model_tuning_trains_the_whole_encoder_with_its_head():
   assert not np.array_equal(get(state.trainable), get(frozen))
 
 
+@pytest.mark.slow
 def test_a_head_run_resumes_exactly_through_the_train_loop(tmp_path):
   """4 steps in one go equal 2 steps, a stop, and a resumed run to 4: head, prefix and optimizer state bit for bit
   (P-tuning v2 with prefix and head dropout on, so the step rng is restored too)."""

@@ -193,6 +193,7 @@ def test_a_split_read_once_gives_the_streams_rows(data_dir, bert, name, split):
     np.testing.assert_array_equal(value, np.stack([r[key] for r in streamed]), err_msg=key)
 
 
+@pytest.mark.slow
 def test_a_mixture_of_single_pair_and_regression_tasks_streams_each_tasks_rows(data_dir, bert):
   del data_dir
   vocabulary, _, tokens = bert

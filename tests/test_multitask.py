@@ -54,6 +54,7 @@ def mixture(tiny_files):
 # ------------------------------------------------------------------------------------ the mixed stream
 
 
+@pytest.mark.slow
 def test_mixed_stream_tags_tasks_at_the_rates_and_is_deterministic(mixture):
   ds = pipeline.train_dataset(mixture, LENGTHS, 'train', 8, seed=3, task_names=NAMES)
   batches = list(pipeline.train_batches(ds.take(40)))

@@ -68,6 +68,7 @@ def test_pipeline_reserves_the_prompt_slots_in_front_of_every_packed_example():
   assert stats['examples'] == len(examples) and 0.5 < stats['encoder_fill'] <= 1.0
 
 
+@pytest.mark.slow
 def test_packed_batch_gives_each_example_its_unpacked_loss_and_the_same_prompt_gradient(fixture_model):
   cfg, frozen = fixture_model
   model = build_model(cfg, PromptTuning(length=PROMPT, embed_dim=cfg.emb_dim))

@@ -119,6 +119,7 @@ def test_each_deeper_layer_sees_its_block_at_the_prompt_positions(fixture_model,
   np.testing.assert_array_equal(seen[1][:, P:], plain[1][:, P:])
 
 
+@pytest.mark.slow
 def test_replace_with_the_plain_states_is_prompt_tuning(fixture_model):
   """Replacing layer 1's prompt rows by what the plain network has there (one example) changes nothing; the
   same blocks shifted do."""

@@ -63,7 +63,8 @@ def _hf_logits(model, batch, rows=None):
   return out.logits.numpy()
 
 
-@pytest.mark.parametrize('projection', [True, False])
+# The inner loop checks the plain rows; the full suite the MLP-reparameterised ones too.
+@pytest.mark.parametrize('projection', [pytest.param(True, marks=pytest.mark.slow), False])
 def test_decoder_prefix_at_positions_matches_transformers_past_key_values(hf, projection):
   model, params, config = hf
   method = PrefixTuning.for_config(config, length=PLEN, kinds=('decoder_self',), projection=projection, hidden=16,

@@ -86,6 +86,7 @@ def test_mixed_batch_logits_equal_each_task_alone(frozen, tasks):
     jax.tree.map(np.testing.assert_array_equal, again_params, params)
 
 
+@pytest.mark.slow
 def test_rank_classification_with_each_tasks_labels(frozen, tasks):
   """Per-row candidate sets of different sizes (zero rows pad the smaller ones) score as each task alone."""
   bank, tree = prompt_bank.build_bank(tasks, CFG)

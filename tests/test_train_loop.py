@@ -184,6 +184,7 @@ def test_export_final_keeps_the_final_files_when_the_prompt_is_not_finite(tmp_pa
   np.testing.assert_array_equal(np.load(path), good['prompt'])
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures('clean_gin')
 def test_a_refused_resume_writes_nothing(train_kwargs, tmp_path):
   """Another BATCH_SIZE or PROMPT_LENGTH is refused before config.gin (which export reads) or anything else in
