@@ -94,11 +94,12 @@ def test_eval_of_record_picks_each_querys_most_probable_entity_and_scores_it_as_
   best = {}
   for r in rows:
     positive = r['probability'] if r['prediction'] == 'True' else 1 - r['probability']
-    if r['group'] not in best or positive > best[r['group']][0]:
-      best[r['group']] = (positive, r['entity'])
-  assert len(rows) == 6 and all(r['group_prediction'] == best[r['group']][1] for r in rows)
+    group = tuple(r['group'])  # (passage, query), as the text-to-text ReCoRD groups its targets
+    if group not in best or positive > best[group][0]:
+      best[group] = (positive, r['entity'])
+  assert len(rows) == 6 and all(r['group_prediction'] == best[tuple(r['group'])][1] for r in rows)
   queries = RECORD['val'][0][2]  # (query, answers); a query's idx is its position (the raw file numbers them)
-  want = squad([answers for _, answers in queries], [best[q][1] for q in range(len(queries))])
+  want = squad([answers for _, answers in queries], [best[0, q][1] for q in range(len(queries))])
   metrics = json.loads(out.read_text())['metrics']
   assert {k: metrics[k] for k in want} == pytest.approx(want) and 'loss' in metrics
 

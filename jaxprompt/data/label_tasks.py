@@ -137,7 +137,8 @@ def _record(ds: tf.data.Dataset) -> tf.data.Dataset:
 
   def expand(x: Mapping[str, tf.Tensor]) -> tf.data.Dataset:
     passage = tf.strings.regex_replace(x['passage'], '@highlight\n', '- ')
-    answers, query = x['answers'], tf.cast(x['idx']['query'], tf.int32)
+    # (passage, query), as the text-to-text ReCoRD's targets group it (`postprocessors.record`)
+    answers, query = x['answers'], tf.cast(tf.stack([x['idx']['passage'], x['idx']['query']]), tf.int32)
 
     def row(entity: tf.Tensor) -> dict[str, tf.Tensor]:
       literal = tf.strings.regex_replace(entity, r'\\', r'\\\\')  # a backslash is an escape in the rewrite

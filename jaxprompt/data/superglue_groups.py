@@ -4,7 +4,7 @@ Their rows train as any binary classification (`label_tasks.py`: False / True pe
 beside the rows as features that are not output features, so a mixture drops them (its tasks keep one structure)
 and only a split read once for evaluation (`eval/label_eval.py`) sees them:
 
-  group     int32, MultiRC's question (`idx/question`, T5's group) / ReCoRD's query (`idx/query`)
+  group     int32, MultiRC's question (`idx/question`, T5's group); ReCoRD's [2] (`idx/passage`, `idx/query`)
   entity    ReCoRD: the row's candidate entity (the text that filled `@placeholder`)
   answers   ReCoRD: the query's gold answers ([] on the test split, whose rows have label -1)
 
@@ -36,7 +36,7 @@ def _text(value: Any) -> str:
 @dataclasses.dataclass(frozen=True)
 class RowGroup:
   """What scores a row with its group: the group id, and (ReCoRD) the row's entity and the query's answers."""
-  group: int
+  group: int | tuple[int, ...]
   entity: str = ''
   answers: tuple[str, ...] = ()
 
@@ -45,7 +45,8 @@ class RowGroup:
     """The group of a read example (numpy features, strings as bytes)."""
     if GROUP not in example:
       raise DataError(f'a grouped task\'s example has no {GROUP!r} feature (its features: {sorted(example)})')
-    return cls(int(example[GROUP]), _text(example.get(ENTITY, b'')),
+    group = np.asarray(example[GROUP])
+    return cls(int(group) if group.ndim == 0 else tuple(int(v) for v in group), _text(example.get(ENTITY, b'')),
                tuple(_text(a) for a in np.asarray(example.get(ANSWERS, ())).tolist()))
 
 
@@ -56,9 +57,9 @@ def positive_probability(predictions: Sequence[int], scores: Sequence[float]) ->
   return np.where(ids == 1, probs, 1.0 - probs)
 
 
-def record_picks(positives: Sequence[float], groups: Sequence[RowGroup]) -> dict[int, str]:
+def record_picks(positives: Sequence[float], groups: Sequence[RowGroup]) -> dict[Any, str]:
   """{query: the entity of its row most probably True} (the first such row on a tie)."""
-  best: dict[int, tuple[float, str]] = {}
+  best: dict[Any, tuple[float, str]] = {}
   for p, g in zip(positives, groups):
     if g.group not in best or p > best[g.group][0]:
       best[g.group] = (float(p), g.entity)
