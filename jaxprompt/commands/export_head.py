@@ -102,7 +102,7 @@ def export_hf_encoder(head: str | None, output: str, source: str, overwrite: boo
   hf_encoder_writer.transformers_class(head_config, hf_encoder_writer.is_roberta(config))  # before anything is read
   hf_writer.check_output(output, overwrite)
   encoder, config = hf_encoder.load_hf_encoder(folder, config=config.replace(scan_layers=False))
-  with_head.WithHead.for_config(config, None, head_config)  # a pooled head needs the encoder's pooler
+  head_config.check_network(config.pooler, os.fspath(folder))  # a pooled head needs the encoder's pooler
   task = configs.macro_value('MIXTURE_OR_TASK_NAME')
   labels = task_heads.head_labels(task) if isinstance(task, str) else None
   summary = hf_encoder_writer.save_hf_encoder_with_head(encoder, config, head_config, params, output,
