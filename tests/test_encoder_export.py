@@ -49,7 +49,8 @@ def _run(tmp_path, name):
   """(the base folder, jaxprompt config and frozen params, method, trainable, a run's numpy step dir holding them)."""
   cls, fields, head, inner = CASES[name]
   config_cls = transformers.RobertaConfig if cls.startswith('Roberta') else transformers.BertConfig
-  hf_config = config_cls(**_SHAPE, **fields)
+  layers = 2 if inner == 'prefix' else 1  # a prefix's layer slots need two layers; a prompt enters below layer 0
+  hf_config = config_cls(**{**_SHAPE, 'num_hidden_layers': layers}, **fields)
   hf_config._attn_implementation = 'eager'  # pylint: disable=protected-access
   base = tmp_path / 'base'
   randomize(getattr(transformers, cls)(hf_config).eval(), 3).save_pretrained(base, safe_serialization=True)
