@@ -39,6 +39,7 @@ _CLASSES = {
 }
 # The classes whose encoder keeps its pooler (transformers builds the others with add_pooling_layer=False).
 _POOLED = ('BertForSequenceClassification', 'BertForMultipleChoice', 'RobertaForMultipleChoice')
+Params = Mapping[str, Any]  # a nested parameter tree
 TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'vocab.txt', 'vocab.json',
                    'merges.txt')
 
@@ -85,16 +86,13 @@ def config_json(config: EncoderConfig, head: HeadConfig, arch: str,
   return out
 
 
-def _head_plan(head_params: Mapping[str, Any]) -> tuple[dict[str, Entry], dict[str, Any]]:
+def _head_plan(head_params: Params) -> tuple[dict[str, Entry], dict[str, Any]]:
   """(the head's plan entries, its tensors by plan path): `classifier.*` in transformers' layout already."""
-  tensors = hf_head.head_to_hf(head_params)
-  return ({f'head/{k}': Entry(k, tuple(v.shape)) for k, v in tensors.items()},
-          {f'head/{k}': v for k, v in tensors.items()})
+  tensors = {f'head/{k}': v for k, v in hf_head.head_to_hf(head_params).items()}
+  return {path: Entry(path[len('head/'):], tuple(v.shape)) for path, v in tensors.items()}, tensors
 
 
-def save_hf_encoder_with_head(encoder: Mapping[str,
-                                               Any], config: EncoderConfig, head: HeadConfig, head_params: Mapping[str,
-                                                                                                                   Any],
+def save_hf_encoder_with_head(encoder: Params, config: EncoderConfig, head: HeadConfig, head_params: Params,
                               output: str | os.PathLike, *, label_names: Sequence[str] | None = None,
                               tokenizer_dir: str | None = None, overwrite: bool = False) -> dict[str, Any]:
   """Writes the frozen `encoder` (BertEncoder params of `config`) and `head` ({'classifier': ...}) as one

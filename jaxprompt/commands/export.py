@@ -136,10 +136,11 @@ def _export_peft(kind: registry.FileKind, arrays: registry.Arrays, target: regis
   if isinstance(kind.peft, str):
     raise PromptError(f'cannot export {target.source} as a PEFT adapter: {kind.peft}')
   peft_type, shape = kind.peft(arrays, target)
+  fingerprint_id = (target.fingerprint or {}).get('id')
+  task = {'task_type': target.task_type} if target.task_type else {}  # an encoder's head: SEQ_CLS / TOKEN_CLS
   return {
-      'checkpoint': checkpoint, 'output': target.output, 'format': 'peft', 'fingerprint_id': (target.fingerprint or
-                                                                                              {}).get('id'),
-      'peft_type': peft_type, 'shape': shape, **({'task_type': target.task_type} if target.task_type else {})
+      'checkpoint': checkpoint, 'output': target.output, 'format': 'peft', 'fingerprint_id': fingerprint_id,
+      'peft_type': peft_type, 'shape': shape, **task
   }
 
 

@@ -41,6 +41,8 @@ def file_head(arrays: registry.Arrays, source: str) -> tuple[HeadConfig, dict]:
                       "the run's orbax checkpoints only; over the original encoder it would score differently")
   marks = {k.split('/', 1)[0]: k.split('/', 1)[1] for k in arrays if not np.size(arrays[k])}
   params = {tuple(k.split('/')): np.asarray(v) for k, v in arrays.items() if k.startswith(hf_head.HEAD_PREFIX + '/')}
+  if not params:
+    raise PromptError(f'{source}: a task head file holds {hf_head.HEAD_PREFIX}/* arrays; found keys {sorted(arrays)}')
   tree = traverse_util.unflatten_dict(params)
   out = tree[hf_head.HEAD_PREFIX].get('out_proj', tree[hf_head.HEAD_PREFIX])
   kind = marks.get('kind', 'classification')
