@@ -143,8 +143,16 @@ def test_export_writes_the_method_and_its_head_as_one_folder_that_scores_as_the_
   assert code == 2 and 'writes both into one folder; give --output a folder' in line
   code, line = main_error(capsys, ['export', '--checkpoint', str(run), '--output', str(folder)])
   assert code == 2 and 'is not an empty folder' in line
+  # BERT's head on [CLS] (heads/classification.gin) is RoBERTa's two layers: no transformers class, so no PEFT task
   code, line = main_error(capsys, ['export', '--checkpoint', str(run), '--format', 'peft', '--output', str(tmp_path)])
-  assert code == 2 and 'not task heads; use --format file' in line and '--format hf_head' in line
+  assert code == 2 and "is RoBERTa's two-layer head" in line and 'USE_POOLER=True' in line
+  code, line = main_error(capsys, [
+      'export', '--gin_file',
+      str(run / 'config.gin'), '--checkpoint',
+      str(run), '--format', 'hf_model', '--output',
+      str(tmp_path / 'hf')
+  ])
+  assert code == 2 and 'BertForSequenceClassification does not have' in line and not (tmp_path / 'hf').exists()
 
 
 def test_export_hf_head_writes_transformers_classifier_tensors(run, tmp_path):

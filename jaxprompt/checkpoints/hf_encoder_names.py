@@ -154,9 +154,12 @@ def mlm_head_plan(config: EncoderConfig) -> dict[str, Entry]:
 
 
 def bert_hf_config(config: EncoderConfig, arch: str = 'BertForMaskedLM') -> dict[str, Any]:
-  """config.json of a BERT `config` (what `encoder_config` reads back as the same architecture fields)."""
-  if arch not in BERT or config.position_offset:
-    raise ConfigError(f'{arch} with position_offset={config.position_offset}: only BERT folders are written')
+  """config.json of a BERT or RoBERTa `config` as `arch` (what `encoder_config` reads back as the same
+  architecture fields)."""
+  roberta = arch in ROBERTA
+  if arch not in SUPPORTED or config.position_offset != (config.pad_id + 1 if roberta else 0):
+    raise ConfigError(f'{arch} with position_offset={config.position_offset}: Bert* architectures describe only BERT '
+                      'folders (positions from 0), Roberta* only RoBERTa ones (positions from pad_id + 1)')
   if config.num_heads * config.head_dim != config.emb_dim:
     raise ConfigError(f'num_heads * head_dim = {config.num_heads * config.head_dim} is not emb_dim {config.emb_dim}: '
                       'BERT\'s config.json cannot say so')
@@ -167,5 +170,6 @@ def bert_hf_config(config: EncoderConfig, arch: str = 'BertForMaskedLM') -> dict
           config.num_layers, 'hidden_act': act, 'layer_norm_eps': config.norm_epsilon, 'max_position_embeddings':
               config.max_positions, 'type_vocab_size': config.type_vocab_size, 'pad_token_id': config.pad_id,
       'hidden_dropout_prob': config.dropout_rate, 'attention_probs_dropout_prob': config.dropout_rate,
-      'position_embedding_type': 'absolute', 'initializer_range': 0.02, 'tie_word_embeddings': True, 'dtype': 'float32'
+      'position_embedding_type': 'absolute', 'initializer_range': 0.02, 'tie_word_embeddings': True, 'dtype': 'float32',
+      **({'model_type': 'roberta'} if roberta else {})
   }

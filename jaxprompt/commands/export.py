@@ -12,9 +12,10 @@ Reads only that file (or, for a prompt, the prompt leaf of the orbax state): nei
 optimizer state.
 A step whose method trained a task head beside it (encoder-only runs, `head.npz`): format 'file' writes the
   method's file and the head into one folder, format 'hf_head' the head as transformers' `classifier.*` tensors,
-  format 'peft' is refused in one line (`commands/export_head.py`).
-format 'hf_model': not a run's file but the frozen model the gin files name, as a Hugging Face T5 folder
-  (`commands/export_model.py`).
+  format 'peft' a SEQ_CLS / TOKEN_CLS adapter with the head in modules_to_save, format 'hf_model' the frozen encoder
+  the gin files name and the head as one transformers *For* folder (`commands/export_head.py`).
+format 'hf_model' without --checkpoint: not a run's file but the frozen model the gin files name, as a Hugging Face
+  T5 folder (`commands/export_model.py`).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from jaxprompt.errors import PromptError, UsageError
 from jaxprompt.formats import fingerprint_files
 from jaxprompt.formats.keys import PROMPT_FILE, PROMPT_KEY, RUN_CONFIG_FILE
 from jaxprompt.methods import registry
+from jaxprompt.models.config import T5Config
 from jaxprompt.train import step_dirs
 from jaxprompt.train.checkpoint_files import checkpoint_step, load_prompt_from_checkpoint
 
@@ -52,6 +54,14 @@ def export(
   format='hf_model' writes gin's frozen model as a Hugging Face folder instead (`overwrite`: into a non-empty one)."""
   if format not in FORMATS:
     raise UsageError(f'export --format must be one of {", ".join(FORMATS)}; got {format!r}')
+  if format == 'hf_model' and checkpoint is not None and not isinstance(_gin_model_config(), T5Config):
+    # an encoder run: its frozen encoder and its head
+    if base_model is not None:
+      raise UsageError('--base_model is written into a PEFT adapter: it needs --format peft')
+    found = prompt_files.step_file(os.fspath(checkpoint), step)
+    joined = [] if found is None else prompt_files.beside_files(found) + [found]
+    return export_head.export_hf_encoder(export_head.head_file(joined), output_file, os.fspath(checkpoint),
+                                         bool(overwrite))
   if format == 'hf_model':
     if checkpoint is not None or step is not None or base_model is not None:
       raise UsageError('--format hf_model exports the frozen model the gin files name (MODEL_CONFIG, '
@@ -78,13 +88,13 @@ def export(
   else:
     arrays = registry.read_arrays(method_file)
   kind = registry.kind_of(arrays, method_file or source)
-  if format == 'peft' and joined:
-    raise PromptError(f'cannot export {source} as a PEFT adapter: it trained a task head beside its method, and '
-                      'PEFT adapters hold prompts and prefixes, not task heads; use --format file (the method and '
-                      'its head in one folder) or --format hf_head (the head as classifier.* tensors)')
   if format == 'peft':
+    kind = registry.trained_kind(kind, _trained_run(source, step))
     target = registry.PeftTarget(output_file, method_file or source, _model_sizes(recorded), base_model, recorded)
-    return _export_peft(registry.trained_kind(kind, _trained_run(source, step)), arrays, target, source)
+    head = export_head.head_file(joined)
+    if head is not None and callable(kind.peft):  # an encoder's head: SEQ_CLS / TOKEN_CLS, in modules_to_save
+      target = export_head.peft_target(target, kind, head, _gin_model_config())
+    return _export_peft(kind, arrays, target, source)
   if joined:
     return export_head.export_folder(kind, arrays, joined, output_file, source, recorded)
   if not output_file.endswith(kind.suffixes):
@@ -126,9 +136,11 @@ def _export_peft(kind: registry.FileKind, arrays: registry.Arrays, target: regis
   if isinstance(kind.peft, str):
     raise PromptError(f'cannot export {target.source} as a PEFT adapter: {kind.peft}')
   peft_type, shape = kind.peft(arrays, target)
+  fingerprint_id = (target.fingerprint or {}).get('id')
+  task = {'task_type': target.task_type} if target.task_type else {}  # an encoder's head: SEQ_CLS / TOKEN_CLS
   return {
-      'checkpoint': checkpoint, 'output': target.output, 'format': 'peft',
-      'fingerprint_id': (target.fingerprint or {}).get('id'), 'peft_type': peft_type, 'shape': shape
+      'checkpoint': checkpoint, 'output': target.output, 'format': 'peft', 'fingerprint_id': fingerprint_id,
+      'peft_type': peft_type, 'shape': shape, **task
   }
 
 

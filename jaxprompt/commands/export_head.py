@@ -16,13 +16,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from flax import traverse_util
 from safetensors.numpy import save as save_safetensors
 
 from jaxprompt.checkpoints import hf_head
 from jaxprompt.errors import PromptError, UsageError
 from jaxprompt.formats import files, fingerprint_files, npy_io
-from jaxprompt.methods import registry, with_head
+from jaxprompt.methods import peft_heads, registry, with_head
 
 FILE_SUFFIXES = ('.npy', '.npz', '.safetensors')
 
@@ -57,21 +56,56 @@ def export_folder(kind: registry.FileKind, arrays: registry.Arrays, joined: Sequ
 
 def export_hf_head(head: str | None, output: str, source: str) -> dict[str, Any]:
   """Writes the task head file `head` as transformers' `classifier.*` tensors to `output` (.safetensors)."""
-  if head is None:
-    raise PromptError(f'{source} has no task head ({with_head.HEAD_FILE}): --format hf_head exports the head an '
-                      'encoder-only run trains (heads/*.gin)')
+  head = _needed(head, source, 'hf_head')
   if not output.endswith('.safetensors'):
     raise UsageError(f'--format hf_head writes a .safetensors file; got --output {output}')
-  arrays = registry.read_arrays(head)
-  if with_head.TUNED_ENCODER in arrays:
-    raise PromptError(f'{head}: this head was trained with the whole encoder (model tuning + head), which lives in '
-                      "the run's orbax checkpoints only; alone on the original encoder it would be wrong")
-  marks = {k.split('/', 1)[0]: k.split('/', 1)[1] for k in arrays if not np.size(arrays[k])}
-  params = {tuple(k.split('/')): v for k, v in arrays.items() if k.startswith(hf_head.HEAD_PREFIX + '/')}
-  tensors = {k: np.ascontiguousarray(v) for k, v in hf_head.head_to_hf(traverse_util.unflatten_dict(params)).items()}
-  metadata = {'format': 'pt', 'head_kind': marks.get('kind', ''), 'use_pooler': marks.get('pooler', '')}
+  config, params = peft_heads.file_head(registry.read_arrays(head), head)
+  tensors = {k: np.ascontiguousarray(v) for k, v in hf_head.head_to_hf(params).items()}
+  metadata = {'format': 'pt', 'head_kind': config.kind, 'use_pooler': str(config.use_pooler)}
   npy_io.write_bytes(save_safetensors(tensors, metadata=metadata), output, what='task head file')
   return {
       'checkpoint': source, 'output': output, 'format': 'hf_head', 'head_kind': metadata['head_kind'],
       'shapes': {k: list(v.shape) for k, v in tensors.items()}
   }
+
+
+def _needed(head: str | None, source: str, format: str) -> str:  # pylint: disable=redefined-builtin
+  if head is None:
+    raise PromptError(f'{source} has no task head ({with_head.HEAD_FILE}): --format {format} of a run exports the '
+                      'head an encoder-only run trains (heads/*.gin)' +
+                      (', with its encoder; a T5 folder is the frozen model the gin files name (no --checkpoint)'
+                       if format == 'hf_model' else ''))
+  return head
+
+
+def peft_target(target: registry.PeftTarget, kind: registry.FileKind, head: str, model: Any) -> registry.PeftTarget:
+  """The PEFT target of a method trained with the head file `head`: SEQ_CLS / TOKEN_CLS with the head in
+  modules_to_save (`methods/peft_heads.py`). `model`: gin's MODEL_CONFIG (None: unbound), else the fingerprint's
+  record in `target.sizes` tells BERT from RoBERTa."""
+  known = dict(target.sizes)
+  if model is not None:
+    known.update(position_offset=model.position_offset, kv_prefix_shifts_positions=model.kv_prefix_shifts_positions)
+  return peft_heads.target(target, kind, registry.read_arrays(head), target.source, known)
+
+
+def export_hf_encoder(head: str | None, output: str, source: str, overwrite: bool) -> dict[str, Any]:
+  """The frozen encoder gin names (MODEL_CONFIG, HF_MODEL_DIR) and the run's head `head` as one transformers
+  folder (`checkpoints/hf_encoder_writer.py`), labels from MIXTURE_OR_TASK_NAME's names."""
+  from jaxprompt.checkpoints import hf_encoder, hf_encoder_writer, hf_writer  # pylint: disable=g-import-not-at-top
+  from jaxprompt.commands import configs  # pylint: disable=g-import-not-at-top  (gin: bound by the CLI's files)
+  from jaxprompt.data import task_heads  # pylint: disable=g-import-not-at-top
+  config, folder = configs.macro_value('MODEL_CONFIG'), configs.macro_value('HF_MODEL_DIR')
+  head_config, params = peft_heads.file_head(registry.read_arrays(_needed(head, source, 'hf_model')), head)
+  if folder is None or config is None:
+    raise UsageError('export --format hf_model of an encoder run writes its frozen encoder: give the run\'s model '
+                     f'gin files, e.g. --gin_file={os.path.join(source, "config.gin")} (HF_MODEL_DIR is not set)')
+  hf_encoder_writer.transformers_class(head_config, hf_encoder_writer.is_roberta(config))  # before anything is read
+  hf_writer.check_output(output, overwrite)
+  encoder, config = hf_encoder.load_hf_encoder(folder, config=config.replace(scan_layers=False))
+  head_config.check_network(config.pooler, os.fspath(folder))  # a pooled head needs the encoder's pooler
+  task = configs.macro_value('MIXTURE_OR_TASK_NAME')
+  labels = task_heads.head_labels(task) if isinstance(task, str) else None
+  summary = hf_encoder_writer.save_hf_encoder_with_head(encoder, config, head_config, params, output,
+                                                        label_names=labels.names if labels else None,
+                                                        tokenizer_dir=os.fspath(folder), overwrite=overwrite)
+  return {'checkpoint': source, 'encoder': os.fspath(folder), **summary}

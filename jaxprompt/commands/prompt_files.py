@@ -31,7 +31,7 @@ from jaxprompt.errors import ConfigError, PromptError
 from jaxprompt.formats import fingerprint_files
 from jaxprompt.formats.keys import PROMPT_FILE, PROMPT_KEY
 from jaxprompt.formats.npy_io import npy_shape
-from jaxprompt.methods import initializers, peft_adapters, registry, task_heads
+from jaxprompt.methods import initializers, peft_adapters, peft_heads, registry, task_heads
 from jaxprompt.methods.base import Method
 from jaxprompt.methods.with_head import HEAD_FILE
 from jaxprompt.models.base import ModelConfig
@@ -53,7 +53,8 @@ def load_tuned(*, prompt_file: str | None, checkpoint: str | None, step: int | N
     path = folder_file(path) or path  # an export folder: its method's file, the head joined below
   if path is not None and peft_adapters.is_adapter_dir(path):
     adapter = peft_adapters.read_adapter(path, config)
-    return registry.from_arrays(adapter.arrays, dataclasses.replace(context, source=f'PEFT adapter {path}'))
+    context = dataclasses.replace(context, source=f'PEFT adapter {path}')
+    return peft_heads.join(adapter, path, *registry.from_arrays(adapter.arrays, context), context)  # an encoder's head
   found = None
   if checkpoint is not None and not epath.Path(os.fspath(checkpoint)).is_file():
     found = step_file(os.fspath(checkpoint), step)

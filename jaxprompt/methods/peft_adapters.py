@@ -1,5 +1,6 @@
 """Hugging Face PEFT adapter folders (`PeftModel.from_pretrained(model, folder)`), written and read, for T5
-(SEQ_2_SEQ_LM) and causal LMs (CAUSAL_LM).
+(SEQ_2_SEQ_LM), causal LMs (CAUSAL_LM) and BERT / RoBERTa with a task head (SEQ_CLS, TOKEN_CLS: the head's tensors
+beside the prompt as PEFT's modules_to_save, `peft_heads`).
 
   adapter_config.json         the PEFT config dataclass as JSON; only fields every PEFT since 0.10 accepts
   adapter_model.safetensors   one float32 tensor 'prompt_embeddings'; metadata {'format': 'pt'} plus, when the
@@ -65,11 +66,13 @@ class Adapter(NamedTuple):
                'decoder_self/key' and '/value' float32 [L, P, h, hd] and the 'relpos/positions' marker
   config       adapter_config.json as a dict
   fingerprint  the recorded frozen-model fingerprint, or None
+  modules      the other tensors (PEFT's modules_to_save: an encoder's head, `peft_heads`) by their file names
   """
   kind: str
   arrays: dict[str, np.ndarray]
   config: dict[str, Any]
   fingerprint: dict[str, Any] | None
+  modules: dict[str, np.ndarray] | None = None
 
 
 def _folder(path: str | os.PathLike) -> str:
@@ -101,8 +104,14 @@ def _base_config(peft_type: str, task: peft_layouts.Task, length: int, token_dim
   }
 
 
-def _write(folder: str, config: Mapping[str, Any], tensor: np.ndarray, fingerprint: Mapping[str, Any] | None) -> str:
-  """Writes the two files of an adapter folder (created if needed); returns the folder."""
+def _write(folder: str, config: Mapping[str, Any], tensor: np.ndarray, fingerprint: Mapping[str, Any] | None,
+           modules: Mapping[str, Any] | None = None) -> str:
+  """Writes the two files of an adapter folder (created if needed); returns the folder. `modules`: the tensors of
+  PEFT's modules_to_save (an encoder's head, `peft_heads`) by their adapter-file names, listed in the config."""
+  config, tensors = dict(config), {TENSOR_KEY: tensor}
+  if modules:
+    config['modules_to_save'] = sorted({name.split('.')[1] for name in modules})  # 'base_model.<module>.<...>'
+    tensors.update(modules)
   metadata = {'format': 'pt'}
   if fingerprint:
     metadata[FINGERPRINT_KEY] = fingerprint_files.to_json(fingerprint)
@@ -114,7 +123,7 @@ def _write(folder: str, config: Mapping[str, Any], tensor: np.ndarray, fingerpri
       if os.path.isfile(folder):
         raise OSError('it is a file; a PEFT adapter is a folder')
       os.makedirs(folder, exist_ok=True)
-    weights = save_safetensors({TENSOR_KEY: np.ascontiguousarray(tensor, np.float32)}, metadata=metadata)
+    weights = save_safetensors({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}, metadata=metadata)
     npy_io.write_bytes(weights, os.path.join(folder, WEIGHTS_FILE), what=WHAT)
     npy_io.write_bytes(
         json.dumps(dict(config), indent=2, sort_keys=True).encode(), os.path.join(folder, CONFIG_FILE), what=WHAT)
@@ -125,9 +134,11 @@ def _write(folder: str, config: Mapping[str, Any], tensor: np.ndarray, fingerpri
 
 def write_prompt(folder: str | os.PathLike, prompt: Any, *, peft_type: str = 'PROMPT_TUNING', family: str | None = None,
                  num_layers: int | None = None, num_heads: int | None = None, base_model: str | None = None,
-                 fingerprint: Mapping[str, Any] | None = None) -> str:
-  """Writes an input prompt [P, d] as a PROMPT_TUNING or P_TUNING adapter for a model of `family` (None: T5).
-  `num_layers` / `num_heads` (of the stack the prompt enters) may be None: PEFT fills them from the model."""
+                 fingerprint: Mapping[str, Any] | None = None, task: peft_layouts.Task | None = None,
+                 modules: Mapping[str, Any] | None = None) -> str:
+  """Writes an input prompt [P, d] as a PROMPT_TUNING or P_TUNING adapter for a model of `family` (None: T5), or
+  for `task` (an encoder's head task, whose head tensors are `modules`: `_write`). `num_layers` / `num_heads` (of
+  the stack the prompt enters) may be None: PEFT fills them from the model."""
   folder = _folder(folder)
   if peft_type not in PROMPT_TYPES:
     raise PromptError(f'a prompt exports as one of {PROMPT_TYPES}, not {peft_type!r}')
@@ -135,7 +146,7 @@ def write_prompt(folder: str | os.PathLike, prompt: Any, *, peft_type: str = 'PR
   if prompt.ndim != 2 or not prompt.size:
     raise PromptError(f'cannot export a prompt of shape {prompt.shape} to {WHAT} {folder}: expected [length, embed]')
   length, dim = prompt.shape
-  task = peft_layouts.task_of_family(family)
+  task = task or peft_layouts.task_of_family(family)
   config = _base_config(peft_type, task, length, dim, num_layers, num_heads, base_model)
   if peft_type == 'PROMPT_TUNING':
     config.update(prompt_tuning_init='RANDOM', prompt_tuning_init_text=None, tokenizer_name_or_path=None,
@@ -143,21 +154,23 @@ def write_prompt(folder: str | os.PathLike, prompt: Any, *, peft_type: str = 'PR
   else:  # the encoder fields are required by the dataclass but unused: inference_mode builds no encoder
     config.update(encoder_reparameterization_type='MLP', encoder_hidden_size=int(dim), encoder_num_layers=2,
                   encoder_dropout=0.0)
-  return _write(folder, config, peft_layouts.prompt_tensor(prompt, task), fingerprint)
+  return _write(folder, config, peft_layouts.prompt_tensor(prompt, task), fingerprint, modules)
 
 
-def write_prefix(folder: str | os.PathLike, rows: Mapping[str, tuple[Any, Any]], relpos: str, *,
-                 family: str | None = None, base_model: str | None = None, fingerprint: Mapping[str, Any] | None = None,
-                 source: str | None = None) -> str:
+def write_prefix(folder: str | os.PathLike, rows: Mapping[str, tuple[Any,
+                                                                     Any]], relpos: str, *, family: str | None = None,
+                 base_model: str | None = None, fingerprint: Mapping[str, Any] | None = None, source: str | None = None,
+                 task: peft_layouts.Task | None = None, modules: Mapping[str, Any] | None = None) -> str:
   """Writes a decoder_self prefix [L, P, kv heads, hd] as a PREFIX_TUNING adapter for a model of `family` (None:
-  T5); see `peft_layouts.prefix_tensor` for what is refused."""
+  T5), or `task`'s prefix kind for `task` (an encoder's: encoder_self, its head tensors `modules`); see
+  `peft_layouts.prefix_tensor` for what is refused."""
   folder = _folder(folder)
-  task = peft_layouts.task_of_family(family)
+  task = task or peft_layouts.task_of_family(family)
   tensor = prefix_tensor(rows, relpos, source or 'this prefix', task)
-  layers, length, heads, head_dim = np.shape(rows[PREFIX_KIND][0])
+  layers, length, heads, head_dim = np.shape(rows[task.prefix_kind][0])
   config = _base_config(PREFIX_TYPE, task, length, heads * head_dim, layers, heads, base_model)
   config.update(encoder_hidden_size=int(heads * head_dim), prefix_projection=False)
-  return _write(folder, config, tensor, fingerprint)
+  return _write(folder, config, tensor, fingerprint, modules)
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -279,8 +292,8 @@ def _read_prefix(config: Mapping[str, Any], tensor: np.ndarray, folder: str, mod
     raise PromptError(f'{WHAT} {folder}: token_dim {token_dim} is not a multiple of num_attention_heads {heads}')
   head_dim = token_dim // heads
   if model is not None:
-    depth = model.stack_depth(STACK_OF_KIND[PREFIX_KIND])
-    for name, found, want, ours in (('num_layers', layers, depth, 'num_decoder_layers'),
+    depth = model.stack_depth(STACK_OF_KIND[task.prefix_kind])
+    for name, found, want, ours in (('num_layers', layers, depth, f'num_{STACK_OF_KIND[task.prefix_kind]}_layers'),
                                     ('num_attention_heads', heads, model.num_kv_heads, 'num_kv_heads'),
                                     ('token_dim // num_attention_heads', head_dim, model.head_dim, 'head_dim')):
       if found != want:
@@ -290,7 +303,8 @@ def _read_prefix(config: Mapping[str, Any], tensor: np.ndarray, folder: str, mod
   if tensor.shape != wanted:
     raise _mismatch(folder, f'the shape of {TENSOR_KEY!r}', tensor.shape,
                     f'its config needs {wanted} [num_virtual_tokens, num_layers * 2 * token_dim]')
-  return kv_prefix.file_arrays({PREFIX_KIND: peft_layouts.prefix_rows(tensor, layers, heads, task)}, PREFIX_RELPOS)
+  rows = {task.prefix_kind: peft_layouts.prefix_rows(tensor, layers, heads, task)}
+  return kv_prefix.file_arrays(rows, task.prefix_relpos or PREFIX_RELPOS)
 
 
 def read_adapter(folder: str | os.PathLike, model: ModelConfig | None = None) -> Adapter:
@@ -302,9 +316,10 @@ def read_adapter(folder: str | os.PathLike, model: ModelConfig | None = None) ->
   if model is not None:
     peft_layouts.check_task(task, model.family, f'{WHAT} {folder}')
   tensor = _tensor(tensors, folder)
+  modules = {k: np.asarray(v, np.float32) for k, v in tensors.items() if k != TENSOR_KEY}
   if config['peft_type'] == PREFIX_TYPE:
-    return Adapter('prefix', _read_prefix(config, tensor, folder, model, task), config, recorded)
-  return Adapter('prompt', {'prompt': _read_prompt(config, tensor, folder, model)}, config, recorded)
+    return Adapter('prefix', _read_prefix(config, tensor, folder, model, task), config, recorded, modules)
+  return Adapter('prompt', {'prompt': _read_prompt(config, tensor, folder, model)}, config, recorded, modules)
 
 
 def read_fingerprint(folder: str | os.PathLike) -> dict[str, Any] | None:

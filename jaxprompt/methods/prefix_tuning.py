@@ -53,10 +53,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprompt.errors import ConfigError, PromptError
-from jaxprompt.methods import kv_prefix, peft_adapters, prefix_init, registry
+from jaxprompt.methods import kv_prefix, peft_adapters, peft_layouts, prefix_init, registry
 from jaxprompt.methods.base import BankRows, Method, Params
 from jaxprompt.models.base import ModelConfig
-from jaxprompt.models.hooks import ATTENTION_KINDS, RELPOS_MODES, Hooks
+from jaxprompt.models.hooks import ATTENTION_KINDS, RELPOS_MODES, STACK_OF_KIND, Hooks
 from jaxprompt.parallel import host
 
 Array = jax.Array
@@ -295,21 +295,24 @@ def read_prefix_file(path: str | os.PathLike, config: ModelConfig) -> tuple[Pref
 
 
 def write_peft_prefix(arrays: registry.Arrays, target: registry.PeftTarget) -> tuple[str, list[int]]:
-  """A prefix file's decoder_self rows as a PREFIX_TUNING adapter of the target model's family, checked against
-  the model sizes known; any other attention kind or relpos is refused by `peft_adapters.write_prefix`, naming
-  what PEFT cannot represent."""
+  """A prefix file's rows of the kind PEFT gives the target's task (T5 / causal: decoder_self; an encoder's head
+  task: encoder_self) as a PREFIX_TUNING adapter, checked against the model sizes known; any other attention kind
+  or relpos is refused by `peft_adapters.write_prefix`, naming what PEFT cannot represent."""
   rows, relpos = kv_prefix.file_rows(arrays)
   sizes = target.sizes
-  if peft_adapters.PREFIX_KIND in rows:
-    shape = rows[peft_adapters.PREFIX_KIND][0].shape
+  task = peft_layouts.task_of(sizes.get('family'), target.task_type)
+  kind = task.prefix_kind
+  if kind in rows:
+    shape = rows[kind][0].shape
     heads = 'num_kv_heads' if 'num_kv_heads' in sizes else 'num_heads'
-    for axis, name in ((0, 'num_decoder_layers'), (2, heads), (3, 'head_dim')):
+    depth = f'num_{STACK_OF_KIND[kind]}_layers'
+    for axis, name in ((0, depth), (2, heads), (3, 'head_dim')):
       if sizes.get(name) not in (None, shape[axis]):
-        raise PromptError(f'{target.source}: decoder_self/key has shape {tuple(shape)} [layers, P, heads, head_dim] '
+        raise PromptError(f'{target.source}: {kind}/key has shape {tuple(shape)} [layers, P, heads, head_dim] '
                           f'but the model config has {name} {sizes[name]}: the wrong MODEL_CONFIG for this run?')
-  peft_adapters.write_prefix(target.output, rows, relpos, family=sizes.get('family'), base_model=target.base_model,
-                             fingerprint=target.fingerprint, source=target.source)
-  return peft_adapters.PREFIX_TYPE, list(rows[peft_adapters.PREFIX_KIND][0].shape)
+  peft_adapters.write_prefix(target.output, rows, relpos, task=task, base_model=target.base_model,
+                             fingerprint=target.fingerprint, source=target.source, modules=target.modules)
+  return peft_adapters.PREFIX_TYPE, list(rows[kind][0].shape)
 
 
 registry.register(

@@ -253,11 +253,10 @@ def peft_prompt_writer(peft_type: str) -> registry.PeftWriter:
     if target.sizes.get('emb_dim') not in (None, prompt.shape[1]):
       raise PromptError(f'the prompt of {target.source} has shape {prompt.shape} but the model config has emb_dim '
                         f'{target.sizes["emb_dim"]}: the wrong MODEL_CONFIG for this run?')
-    family = target.sizes.get('family')
-    layers = target.sizes.get(peft_layouts.task_of_family(family).input_layers)
-    peft_adapters.write_prompt(target.output, prompt, peft_type=peft_type, family=family, num_layers=layers,
-                               num_heads=target.sizes.get('num_heads'), base_model=target.base_model,
-                               fingerprint=target.fingerprint)
+    task = peft_layouts.task_of(target.sizes.get('family'), target.task_type)
+    peft_adapters.write_prompt(target.output, prompt, peft_type=peft_type, task=task,
+                               num_layers=target.sizes.get(task.input_layers), num_heads=target.sizes.get('num_heads'),
+                               base_model=target.base_model, fingerprint=target.fingerprint, modules=target.modules)
     return peft_type, list(prompt.shape)
 
   return write

@@ -57,12 +57,15 @@ class PeftTarget:
   """What `export --format peft` writes besides the arrays: the adapter folder `output`, the `source` errors name,
   the frozen model's `sizes` it knows (`model_sizes`, from gin's MODEL_CONFIG, or the step's fingerprint's
   T5Config fields; any may be missing, and no 'family' means T5), `base_model` (base_model_name_or_path) and the
-  `fingerprint` to record."""
+  `fingerprint` to record. An encoder run's head (`peft_heads`): its `task_type` (SEQ_CLS / TOKEN_CLS; None: the
+  family's) and the `modules` PEFT saves beside the prompt (modules_to_save tensors by their adapter-file names)."""
   output: str
   source: str
   sizes: Mapping[str, Any]
   base_model: str | None = None
   fingerprint: Mapping[str, Any] | None = None
+  task_type: str | None = None
+  modules: Mapping[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

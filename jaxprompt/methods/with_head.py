@@ -181,8 +181,10 @@ def join_head(arrays: registry.Arrays, method: Method, params: Params,
 
 
 registry.register(
-    registry.FileKind(FILE_KIND, HEAD_FILE, from_head_file, 'a task head .npz', joins=join_head,
-                      peft='PEFT adapters hold prompts and prefixes, not task heads; use --format file'))
+    registry.FileKind(
+        FILE_KIND, HEAD_FILE, from_head_file, 'a task head .npz', joins=join_head,
+        peft='a head alone (no prompt or prefix) is no PEFT prompt-learning adapter; use --format '
+        'hf_model (the encoder and the head as one transformers folder) or --format hf_head'))
 
 
 @gin.configurable(module='jaxprompt.methods')
