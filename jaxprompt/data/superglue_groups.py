@@ -46,8 +46,9 @@ class RowGroup:
     if GROUP not in example:
       raise DataError(f'a grouped task\'s example has no {GROUP!r} feature (its features: {sorted(example)})')
     group = np.asarray(example[GROUP])
-    return cls(int(group) if group.ndim == 0 else tuple(int(v) for v in group), _text(example.get(ENTITY, b'')),
-               tuple(_text(a) for a in np.asarray(example.get(ANSWERS, ())).tolist()))
+    return cls(
+        int(group) if group.ndim == 0 else tuple(int(v) for v in group), _text(example.get(ENTITY, b'')),
+        tuple(_text(a) for a in np.asarray(example.get(ANSWERS, ())).tolist()))
 
 
 def positive_probability(predictions: Sequence[int], scores: Sequence[float]) -> np.ndarray:
