@@ -104,6 +104,7 @@ def test_truncation_is_counted_and_cut_words_read_back_as_o(tokenizers, caplog):
   full = [len(theirs(list(s.words), is_split_into_words=True)['input_ids']) for s in SENTENCES]
   assert [a.size for a in aligned] == full and (truncation.examples, truncation.truncated) == (3, 2)
   assert 'dev.conll: 2 of 3 examples were truncated' in caplog.text
+  assert 'special tokens included' in caplog.text
   first = aligned[0]
   assert first.tokens[-1] == theirs(['x'], is_split_into_words=True)['input_ids'][-1]  # the closing special kept
   for row in features:

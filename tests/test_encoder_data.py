@@ -77,6 +77,7 @@ def test_truncation_is_counted_and_said_once(tokenizers, caplog):
   lines = [r.getMessage() for r in caplog.records if 'truncated' in r.getMessage()]
   cut = sum(len(vocabulary.encode_with_types(a, b)[0]) > 9 for a, b in PAIRS)
   assert cut and len(lines) == 1 and lines[0].startswith(f'task x split y: {cut} of 3 examples were truncated'), lines
+  assert 'special tokens included' in lines[0] and 'EOS' not in lines[0]  # BERT rows have no EOS
   caplog.clear()
   encoder.to_encoder_features(rows, None, {'inputs': 64}, tokens)
   assert not [r for r in caplog.records if 'truncated' in r.getMessage()]

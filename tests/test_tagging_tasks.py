@@ -90,5 +90,6 @@ def test_training_stream_counts_the_rows_it_cuts(tmp_path, vocabulary):
   found = count.truncation()
   long = len(vocabulary.encode(' Peter Blackburn visits Paris')) + 2 > 6
   assert long and found.examples >= 2 and found.truncated >= 1 and found.lengths == lengths
+  assert 'special tokens included' in found.message()  # [CLS] / [SEP], not an EOS
   with pytest.raises(ConfigError, match='set PACK=False'):
     pipeline.train_dataset(provider, lengths, 'train', 2, seed=0, pack=True, family=converters.ENCODER_ONLY)

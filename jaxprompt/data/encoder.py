@@ -183,7 +183,8 @@ def to_encoder_features(inputs: Sequence[Any], targets: Sequence[Any] | None, fe
   inference, no label feature); the rows cut are counted and logged once (`where` names them)."""
   length, layout = int(feature_lengths['inputs']), layout_of(tokens)
   rows = [encode_row(layout, _texts(x), length) for x in inputs]
-  truncation.Truncation.count(where, {'inputs': length}, {'inputs': [r[2] for r in rows]}).report()
+  truncation.Truncation.count(where, {'inputs': length}, {'inputs': [r[2] for r in rows]},
+                              truncation.SPECIALS_COUNTED).report()
   out = {
       TOKENS: _pad([r[0] for r in rows], length, layout.pad),
       MASK: _pad([np.ones_like(r[0]) for r in rows], length, 0),

@@ -21,7 +21,7 @@ import numpy as np
 from jaxprompt.data.conll import Sentence
 from jaxprompt.data.hf_vocab import HfVocabulary
 from jaxprompt.data.span_metrics import OUTSIDE
-from jaxprompt.data.truncation import Truncation
+from jaxprompt.data.truncation import SPECIALS_COUNTED, Truncation
 from jaxprompt.errors import ConfigError, DataError
 from jaxprompt.models.features import IGNORE_LABEL, TAGGING_FEATURES
 
@@ -109,5 +109,6 @@ class TagAligner:
                        split: str = 'tagging data') -> tuple[list[Aligned], list[dict[str, np.ndarray]], Truncation]:
     """Every sentence aligned and as features; the sentences cut to the length are counted and logged once."""
     aligned = [self.align(s.words, s.tags) for s in sentences]
-    truncation = Truncation.count(split, {'inputs': self.length}, {'inputs': [a.size for a in aligned]}).report()
+    truncation = Truncation.count(split, {'inputs': self.length}, {'inputs': [a.size for a in aligned]},
+                                  SPECIALS_COUNTED).report()
     return aligned, [self.features(a) for a in aligned], truncation

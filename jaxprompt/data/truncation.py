@@ -28,6 +28,7 @@ log = logging.getLogger('jaxprompt')
 GROUPS = ('inputs', 'targets')
 ROUND_TO = 8  # derived and suggested lengths are multiples of this (they fall on length buckets)
 AUTO_LIMIT = 512  # the longest derived length: T5's pretraining input length (attention cost grows with its square)
+EOS_COUNTED, SPECIALS_COUNTED = 'EOS', 'special tokens'  # what a row's token count includes beside its text
 
 
 def round_up(length: int, multiple: int = ROUND_TO) -> int:
@@ -60,7 +61,8 @@ class Truncation:
 
   split: what was read, as the log line names it; lengths: the feature lengths counted against; examples: N;
   truncated: the examples with any feature cut; cut / longest: per counted feature, the examples cut and the
-  longest token count (EOS included) before cutting.
+  longest token count before cutting; includes: what that count includes besides the text (T5 and causal rows:
+  EOS; an encoder's rows: its tokenizer's special tokens, [CLS] / [SEP] or <s> / </s>).
   """
   split: str
   lengths: Mapping[str, int]
@@ -68,16 +70,18 @@ class Truncation:
   truncated: int
   cut: Mapping[str, int]
   longest: Mapping[str, int]
+  includes: str = EOS_COUNTED
 
   @classmethod
-  def count(cls, split: str, lengths: Mapping[str, int], sizes: Mapping[str, Sequence[int]]) -> Truncation:
-    """The counts of one split from each counted feature's token counts [N] (EOS included)."""
+  def count(cls, split: str, lengths: Mapping[str, int], sizes: Mapping[str, Sequence[int]],
+            includes: str = EOS_COUNTED) -> Truncation:
+    """The counts of one split from each counted feature's token counts [N] (`includes` included)."""
     sizes = {k: np.asarray(v, np.int64) for k, v in sizes.items()}
     over = {k: v > lengths[k] for k, v in sizes.items()}
     examples = len(next(iter(sizes.values()))) if sizes else 0
     either = np.any(np.stack(list(over.values())), axis=0) if over else np.zeros(0, bool)
     return cls(split, dict(lengths), examples, int(either.sum()), {k: int(v.sum()) for k, v in over.items()},
-               {k: int(v.max(initial=0)) for k, v in sizes.items()})
+               {k: int(v.max(initial=0)) for k, v in sizes.items()}, includes)
 
   def metrics(self) -> dict[str, int]:
     """`examples`, `truncated`, and per feature `truncated/<f>`, `longest/<f>`, `length/<f>`."""
@@ -95,9 +99,10 @@ class Truncation:
     if not self.truncated:
       return None
     per_feature = '; '.join(f'{k}: {self.cut[k]} cut, the longest {self.longest[k]} tokens' for k in self.cut)
-    return (f'{self.split}: {self.truncated} of {self.examples} examples were truncated, longer than '
-            f'TASK_FEATURE_LENGTHS {dict(self.lengths)} ({per_feature}; EOS included); to keep them whole set '
-            f'--gin.TASK_FEATURE_LENGTHS="{self.suggestion()}"')
+    return (
+        f'{self.split}: {self.truncated} of {self.examples} examples were truncated, longer than '
+        f'TASK_FEATURE_LENGTHS {dict(self.lengths)} ({per_feature}; {self.includes} included); to keep them whole set '
+        f'--gin.TASK_FEATURE_LENGTHS="{self.suggestion()}"')
 
   def report(self) -> Truncation:
     """Logs the line once (warning) when an example was cut; returns self."""
@@ -120,11 +125,13 @@ class StreamCount:
     self._cut = {k: zero() for k in self.counted}
     self._longest = {k: zero() for k in self.counted}
     self._reported = False
+    self.includes = EOS_COUNTED  # what a size counts beside the text (`Truncation.includes`)
 
-  def record(self, sizes: Mapping[str, tf.Tensor]) -> list[tf.Operation]:
-    """The updates counting one example of these sizes (int64 scalars, counted features only), for a map that cuts
-    its rows itself (the encoder family's `encoder_converter`); run it sequentially."""
+  def record(self, sizes: Mapping[str, tf.Tensor], includes: str = SPECIALS_COUNTED) -> list[tf.Operation]:
+    """The updates counting one example of these sizes (int64 scalars, counted features only, `includes` counted
+    too), for a map that cuts its rows itself (the encoder family's `encoder_converter`); run it sequentially."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top  (infer on text loads no TensorFlow)
+    self.includes = includes
     over = {k: tf.cast(v > self.lengths[k], tf.int64) for k, v in sizes.items()}
     updates = [self._examples.assign_add(1)]
     if over:
@@ -136,7 +143,7 @@ class StreamCount:
   def _measure(self, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top  (infer on text loads no TensorFlow)
     sizes = {k: tf.cast(tf.size(example[k]), tf.int64) for k in self.counted if k in example}
-    with tf.control_dependencies(self.record(sizes)):
+    with tf.control_dependencies(self.record(sizes, EOS_COUNTED)):
       return {
           key: _cut_tf(value, self.lengths[key], self.eos.get(key, False))
                if key in self.lengths else tf.identity(value) for key, value in example.items()
@@ -157,4 +164,4 @@ class StreamCount:
     examples = int(self._examples.numpy())
     return Truncation(f'{self.split} (the first {examples} examples read)', self.lengths, examples,
                       int(self._truncated.numpy()), {k: int(v.numpy()) for k, v in self._cut.items()},
-                      {k: int(v.numpy()) for k, v in self._longest.items()})
+                      {k: int(v.numpy()) for k, v in self._longest.items()}, self.includes)
