@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import transformers
 
-from jaxprompt.data import converters, encoder
+from jaxprompt.data import converters, encoder, pipeline
 from jaxprompt.data.hf_vocab import HfVocabulary
 from jaxprompt.errors import ConfigError, DataError
 from jaxprompt.models.features import CLASS_LABEL, REGRESSION_LABEL, TOKEN_TYPES
@@ -57,6 +57,8 @@ def test_regression_labels_are_float_and_choice_rows_are_3d(tokenizers):
   got = encoder.to_encoder_features([vocabulary.encode('great fun')], [3.8], {'inputs': 8}, tokens)
   assert got[REGRESSION_LABEL].dtype == np.float32 and got[REGRESSION_LABEL].tolist() == [pytest.approx(3.8)]
   assert CLASS_LABEL not in got
+  filled = got['encoder_input_mask'].mean()  # the padding (RoBERTa's id 1, BERT's 0) is not a token
+  assert 0 < filled < 1 and pipeline.batch_stats(got) == {'examples': 1.0, 'encoder_fill': pytest.approx(filled)}
   premise, choices = 'The dog jumps.', ['because the fox is quick', 'so the fox is lazy']
   rows = [[(vocabulary.encode(premise), vocabulary.encode(c)) for c in choices]] * 3
   got = encoder.choice_features(rows, [1, 0, 1], {'inputs': 16}, tokens)
@@ -65,6 +67,8 @@ def test_regression_labels_are_float_and_choice_rows_are_3d(tokenizers):
     assert got['encoder_input_tokens'][2, i].tolist() == hf(premise, choice, max_length=16, truncation=True,
                                                             padding='max_length')['input_ids']
   assert got[CLASS_LABEL].tolist() == [1, 0, 1]
+  filled = got['encoder_input_mask'].mean()
+  assert pipeline.batch_stats(got) == {'examples': 3.0, 'encoder_fill': pytest.approx(filled)}  # [b, choices, l]
   with pytest.raises(DataError, match=r'same number of choices, got \[1, 2\]'):
     encoder.choice_features([rows[0], rows[0][:1]], None, {'inputs': 16}, tokens)
 

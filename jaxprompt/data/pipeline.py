@@ -246,15 +246,18 @@ def convert_with_task_ids(ds: tf.data.Dataset, feature_lengths: Mapping[str, int
 def batch_stats(batch: Mapping[str, np.ndarray]) -> dict[str, float]:
   """How full a batch is: examples it holds (packed rows hold several) and, as `encoder_fill`, the fraction of
   the positions the model reads (the encoder's; a causal LM's stream) that hold a token (or a reserved prompt slot)
-  rather than padding. A causal batch says which by `decoder_input_mask` (id 0 is a real token there)."""
+  rather than padding. A causal batch says which by `decoder_input_mask` (id 0 is a real token there), an
+  encoder-only one by `encoder_input_mask` (RoBERTa pads with id 1; a multiple-choice row is [choices, length])."""
   if 'decoder_input_mask' in batch:
     real, segments = np.asarray(batch['decoder_input_mask']) != 0, batch.get('decoder_segment_ids')
+  elif 'encoder_input_mask' in batch:
+    real, segments = np.asarray(batch['encoder_input_mask']) != 0, None
   else:
     real, segments = np.asarray(batch['encoder_input_tokens']) != 0, batch.get('encoder_segment_ids')
   if segments is not None:
     examples = int(np.asarray(segments).max(axis=1).sum())
   else:
-    examples = int(np.any(real, axis=1).sum())
+    examples = int(np.any(real.reshape(real.shape[0], -1), axis=1).sum()) if real.size else 0
   return {'examples': float(examples), 'encoder_fill': float(np.mean(real)) if real.size else 0.0}
 
 
