@@ -146,13 +146,10 @@ def test_export_writes_the_method_and_its_head_as_one_folder_that_scores_as_the_
   # BERT's head on [CLS] (heads/classification.gin) is RoBERTa's two layers: no transformers class, so no PEFT task
   code, line = main_error(capsys, ['export', '--checkpoint', str(run), '--format', 'peft', '--output', str(tmp_path)])
   assert code == 2 and "is RoBERTa's two-layer head" in line and 'USE_POOLER=True' in line
-  code, line = main_error(capsys, [
-      'export', '--gin_file',
-      str(run / 'config.gin'), '--checkpoint',
-      str(run), '--format', 'hf_model', '--output',
-      str(tmp_path / 'hf')
-  ])
-  assert code == 2 and 'BertForSequenceClassification does not have' in line and not (tmp_path / 'hf').exists()
+  # --format hf_model reads the run's config.gin (the encoder it names), as eval / infer do: the head is refused
+  hf = tmp_path / 'hf'
+  code, line = main_error(capsys, ['export', '--checkpoint', str(run), '--format', 'hf_model', '--output', str(hf)])
+  assert code == 2 and 'BertForSequenceClassification does not have' in line and not hf.exists()
 
 
 def test_export_hf_head_writes_transformers_classifier_tensors(run, tmp_path):

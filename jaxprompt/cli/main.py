@@ -145,8 +145,11 @@ RUNNERS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def _uses_gin(args: argparse.Namespace, overrides: Sequence[str]) -> bool:
-  """export reads a checkpoint and needs neither TensorFlow nor gin unless gin flags are given."""
-  return args.command != 'export' or bool(args.gin_file or args.gin_bindings or overrides)
+  """export reads a checkpoint and needs neither TensorFlow nor gin unless gin flags are given, or it writes a run's
+  frozen encoder (`--format hf_model --checkpoint MODEL_DIR`: the run's config.gin names it, `run_dir`)."""
+  if args.command != 'export' or args.gin_file or args.gin_bindings or overrides:
+    return True
+  return run_dir.reads_run_config(args.command, getattr(args, 'format', None), getattr(args, 'checkpoint', None))
 
 
 def _run(args: argparse.Namespace, overrides: Sequence[str]) -> int:
@@ -154,7 +157,7 @@ def _run(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   if uses_gin:  # bad files and values fail here, before the slow imports
     bindings = gin_config.flag_bindings(args.gin_bindings, overrides)
     files = run_dir.gin_files(args.command, args.gin_file, getattr(args, 'checkpoint', None),
-                              getattr(args, 'prompt_file', None))
+                              getattr(args, 'prompt_file', None), getattr(args, 'format', None))
     if files and not args.gin_file:
       logging.getLogger('jaxprompt').info('reading the run directory: gin files %s', ' '.join(files))
     files, bindings = gin_config.prepare(files, bindings, args.gin_search_paths)

@@ -163,9 +163,10 @@ def build_parser(commands: Sequence[str]) -> argparse.ArgumentParser:
       '--format', default='file', choices=('file', 'peft', 'hf_model', 'hf_head'),
       help="file: the inference file (with a task head: the method's file and head.npz in one folder); hf_head: "
       "the task head as transformers' classifier.* tensors; peft: a Hugging Face PEFT adapter folder "
-      '(adapter_config.json + adapter_model.safetensors) for the HF T5 with the same weights; hf_model: that HF T5 '
-      "itself (config.json, safetensors, tokenizer), written from the gin files' MODEL_CONFIG, "
-      'INITIAL_CHECKPOINT_PATH and VOCABULARY')
+      '(adapter_config.json + adapter_model.safetensors; an encoder run: SEQ_CLS / TOKEN_CLS with its head) for the '
+      'HF model with the same weights; hf_model: that HF T5 itself (config.json, safetensors, tokenizer), written '
+      "from the gin files' MODEL_CONFIG, INITIAL_CHECKPOINT_PATH and VOCABULARY, or with --checkpoint of an encoder "
+      "run, its frozen encoder and head as one transformers *For* folder (the run's config.gin names the encoder)")
   p.add_argument('--base_model', default=None,
                  help='--format peft: base_model_name_or_path written into adapter_config.json')
   p.add_argument('--overwrite', action='store_true', default=None,

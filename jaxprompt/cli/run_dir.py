@@ -1,4 +1,5 @@
-"""Reading a run directory: `eval` / `infer` on a training MODEL_DIR take the run's own configuration.
+"""Reading a run directory: `eval` / `infer` (and `export --format hf_model`) on a training MODEL_DIR take the run's own
+configuration.
 
 A run writes its whole gin configuration to MODEL_DIR/config.gin (model, checkpoint, task or `--task` specs,
 feature lengths, batch size, vocabulary), as t5x does. `eval` / `infer --checkpoint=MODEL_DIR` (or one of its
@@ -6,6 +7,8 @@ step dirs, or `--prompt_file=MODEL_DIR/final_*`) with no `--gin_file` read that 
 `runs/from_run_dir.gin` (it undoes what only training means: the train split, packing), then the flags and
 `--gin.NAME=VALUE` overrides: no flag training had is needed again. With `--gin_file`, the files given are the
 configuration, as for any command; a run's config.gin among them is followed by `runs/from_run_dir.gin` too.
+`export --format hf_model --checkpoint=MODEL_DIR` of an encoder run reads it the same way: the run's config.gin
+names the frozen encoder (MODEL_CONFIG, HF_MODEL_DIR) and the task whose label names the folder records.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from jaxprompt.formats.keys import RUN_CONFIG_FILE as CONFIG
 
 FROM_RUN_DIR = 'runs/from_run_dir.gin'
 COMMANDS = ('eval', 'infer')
+EXPORT_FORMAT = 'hf_model'  # the one export format that writes the run's frozen model
 # The folders a training run writes beside config.gin: they tell a run directory from any folder with a config.gin.
 
 
@@ -62,9 +66,17 @@ def is_run_config(gin_file: str) -> bool:
   return os.path.basename(gin_file) == CONFIG and is_run_dir(os.path.dirname(_local(gin_file)))
 
 
-def gin_files(command: str, files: Sequence[str], checkpoint: str | None, prompt_file: str | None) -> list[str]:
+def reads_run_config(command: str, format: str | None, checkpoint: str | None) -> bool:  # pylint: disable=redefined-builtin
+  """Whether `command` (with its `--format` and `--checkpoint`) takes a run directory's config (module docstring)."""
+  if command == 'export':
+    return format == EXPORT_FORMAT and run_dir_of(checkpoint) is not None
+  return command in COMMANDS
+
+
+def gin_files(command: str, files: Sequence[str], checkpoint: str | None, prompt_file: str | None,
+              format: str | None = None) -> list[str]:  # pylint: disable=redefined-builtin
   """The gin files `command` parses: `files`, or a run directory's config (see the module docstring)."""
-  if command not in COMMANDS:
+  if not reads_run_config(command, format, checkpoint):
     return list(files)
   if not files:
     run = run_dir_of(checkpoint) or run_dir_of(prompt_file)
