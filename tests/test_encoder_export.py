@@ -1,5 +1,6 @@
 """An encoder run's exports for transformers and PEFT (docs/peft.md#encoders-with-a-task-head): tiny random BERT /
-RoBERTa *For* models built with transformers, a random prompt or P-tuning v2 prefix and head in a run's step dir.
+RoBERTa *For* models built with transformers, a random prompt, P-tuning (v1) prompt encoder or P-tuning v2 prefix
+and head in a run's step dir.
 `export --format peft` writes a SEQ_CLS / TOKEN_CLS adapter with the head in modules_to_save, which
 `PeftModel.from_pretrained` loads over the original model (its own random head replaced) and over the
 `hf_encoder_writer` folder (which `AutoModelFor*` loads with no missing or unexpected key), both giving jaxprompt's
@@ -18,8 +19,9 @@ from jaxprompt.commands import export, prompt_files
 from jaxprompt.errors import CheckpointError, PromptError
 from jaxprompt.formats import fingerprint_files
 from jaxprompt.methods import peft_adapters, peft_layouts
+from jaxprompt.methods.p_tuning import p_tuning
 from jaxprompt.methods.prefix_tuning import p_tuning_v2
-from jaxprompt.methods.prompt_tuning import prompt_tuning
+from jaxprompt.methods.prompt_tuning import PromptTuning, prompt_tuning
 from jaxprompt.methods.with_head import WithHead
 from jaxprompt.models import families, fingerprint
 from jaxprompt.models.heads import HeadConfig
@@ -42,7 +44,10 @@ CASES = {
                                HeadConfig('regression', use_pooler=True), 'prefix'),
     'roberta_tagging_prompt': ('RobertaForTokenClassification', dict(num_labels=4,
                                                                      **_ROBERTA), HeadConfig('tagging', 4), 'prompt'),
+    'bert_classification_p_tuning': ('BertForSequenceClassification', dict(num_labels=2),
+                                     HeadConfig('classification', 2, use_pooler=True), 'p_tuning'),
 }
+PEFT_TYPES = {'prompt': 'PROMPT_TUNING', 'prefix': 'PREFIX_TUNING', 'p_tuning': 'P_TUNING'}
 
 
 def _run(tmp_path, name):
@@ -55,13 +60,18 @@ def _run(tmp_path, name):
   base = tmp_path / 'base'
   randomize(getattr(transformers, cls)(hf_config).eval(), 3).save_pretrained(base, safe_serialization=True)
   frozen, config = load_hf_encoder(base)
-  method = p_tuning_v2(config, length=P, projection=False) if inner == 'prefix' else prompt_tuning(config, length=P)
+  method = {
+      'prefix': lambda: p_tuning_v2(config, length=P, projection=False),
+      'prompt': lambda: prompt_tuning(config, length=P), 'p_tuning': lambda: p_tuning(config, length=P, encoder='mlp')
+  }[inner]()
   method = WithHead.for_config(config, method, head)
   trainable = randomized(jax.eval_shape(method.init, jax.random.PRNGKey(0), frozen), 5)
   run = tmp_path / 'run'
   step = run / 'numpy_checkpoints' / 'checkpoint_3'
   step.mkdir(parents=True)
   write_files(step, method.numpy_copy(trainable))
+  if inner == 'p_tuning':  # its step dir holds the computed prompt.npy; the run's config.gin says P-tuning made it
+    (run / 'config.gin').write_text('METHOD = @jaxprompt.methods.p_tuning\n')
   return base, config, frozen, method, trainable, step
 
 
@@ -104,9 +114,7 @@ def test_the_peft_adapter_over_transformers_gives_jaxprompts_head_scores(tmp_pat
   _, want = predict(*method.inference(trainable))
   adapter, folder = tmp_path / 'adapter', tmp_path / 'hf'
   assert cli_main(['export', '--checkpoint', str(run), '--format', 'peft', '--output', str(adapter)]) == 0
-  assert json.loads(
-      (adapter /
-       'adapter_config.json').read_text())['peft_type'] == ('PREFIX_TUNING' if inner == 'prefix' else 'PROMPT_TUNING')
+  assert json.loads((adapter / 'adapter_config.json').read_text())['peft_type'] == PEFT_TYPES[inner]
   assert cli_main([
       'export', '--gin_file=models/hf_encoder.gin', f"--gin.HF_MODEL_DIR='{base}'", '--checkpoint',
       str(run), '--format', 'hf_model', '--output',
@@ -128,7 +136,8 @@ def test_the_peft_adapter_over_transformers_gives_jaxprompts_head_scores(tmp_pat
     np.testing.assert_allclose(got, ours, rtol=0, atol=1e-4)
   read, params = prompt_files.load_tuned(prompt_file=str(adapter), checkpoint=None, step=None, prompt_length=None,
                                          config=config)
-  assert read.head == head and type(read.inner) is type(method.inner)
+  # P-tuning's adapter holds its computed prompt: read back as that prompt (its MLP is not in PEFT's inference file)
+  assert read.head == head and type(read.inner) is (PromptTuning if inner == 'p_tuning' else type(method.inner))
   np.testing.assert_allclose(predict(read, params)[1], want, rtol=0, atol=1e-5)
 
 
