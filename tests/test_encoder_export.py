@@ -18,7 +18,7 @@ from jaxprompt.cli.main import main as cli_main
 from jaxprompt.commands import export, prompt_files
 from jaxprompt.errors import CheckpointError, PromptError
 from jaxprompt.formats import fingerprint_files
-from jaxprompt.methods import peft_adapters, peft_layouts
+from jaxprompt.methods import peft_adapters, peft_layouts, with_head
 from jaxprompt.methods.p_tuning import p_tuning
 from jaxprompt.methods.prefix_tuning import p_tuning_v2
 from jaxprompt.methods.prompt_tuning import PromptTuning, prompt_tuning
@@ -157,6 +157,12 @@ def test_heads_without_a_peft_task_or_a_transformers_class_are_one_line(tmp_path
     with pytest.raises(PromptError, match=culprit) as raised:
       export.export(str(tmp_path / 'adapter'), checkpoint=str(other), format='peft')
     assert '\n' not in str(raised.value) and not (tmp_path / 'adapter').exists()
+  arrays = WithHead.for_config(config, None, HeadConfig('tagging', 2)).numpy_copy({
+      'head': {'classifier': {'kernel': np.ones((32, 2)), 'bias': np.zeros(2)}}
+  })[with_head.HEAD_FILE]
+  assert with_head.parse_head(arrays, 'h.npz')[0] == HeadConfig('tagging', 2)
+  with pytest.raises(PromptError, match='h.npz: this head was trained with the whole encoder'):  # model tuning's
+    with_head.parse_head({**arrays, with_head.TUNED_ENCODER: np.zeros((0,), np.int8)}, 'h.npz')
   with pytest.raises(CheckpointError, match='a multiple-choice head on the first token'):
     hf_encoder_writer.transformers_class(HeadConfig('multiple_choice'), roberta=True)
   with pytest.raises(CheckpointError, match='has no RoBERTa class'):

@@ -59,7 +59,7 @@ def export_hf_head(head: str | None, output: str, source: str) -> dict[str, Any]
   head = _needed(head, source, 'hf_head')
   if not output.endswith('.safetensors'):
     raise UsageError(f'--format hf_head writes a .safetensors file; got --output {output}')
-  config, params = peft_heads.file_head(registry.read_arrays(head), head)
+  config, params = with_head.parse_head(registry.read_arrays(head), head)
   tensors = {k: np.ascontiguousarray(v) for k, v in hf_head.head_to_hf(params).items()}
   metadata = {'format': 'pt', 'head_kind': config.kind, 'use_pooler': str(config.use_pooler)}
   npy_io.write_bytes(save_safetensors(tensors, metadata=metadata), output, what='task head file')
@@ -95,7 +95,7 @@ def export_hf_encoder(head: str | None, output: str, source: str, overwrite: boo
   from jaxprompt.commands import configs  # pylint: disable=g-import-not-at-top  (gin: bound by the CLI's files)
   from jaxprompt.data import task_heads  # pylint: disable=g-import-not-at-top
   config, folder = configs.macro_value('MODEL_CONFIG'), configs.macro_value('HF_MODEL_DIR')
-  head_config, params = peft_heads.file_head(registry.read_arrays(_needed(head, source, 'hf_model')), head)
+  head_config, params = with_head.parse_head(registry.read_arrays(_needed(head, source, 'hf_model')), head)
   if folder is None or config is None:
     raise UsageError('export --format hf_model of an encoder run writes its frozen encoder: give the run\'s model '
                      f'gin files, e.g. --gin_file={os.path.join(source, "config.gin")} (HF_MODEL_DIR is not set)')

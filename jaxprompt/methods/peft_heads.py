@@ -22,7 +22,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from flax import traverse_util
 
 from jaxprompt.checkpoints import hf_encoder_writer, hf_head
 from jaxprompt.errors import CheckpointError, PromptError
@@ -33,29 +32,12 @@ from jaxprompt.models.heads import HeadConfig
 MODULE_PREFIX = 'base_model.'  # PeftModel.save_pretrained's name of a prompt-learning model's modules_to_save
 
 
-def file_head(arrays: registry.Arrays, source: str) -> tuple[HeadConfig, dict]:
-  """(HeadConfig, {'classifier': ...}) of a head file's arrays, without checking them against a model; one
-  PromptError for a head that only fits the encoder its run tuned (model tuning + head)."""
-  if with_head.TUNED_ENCODER in arrays:
-    raise PromptError(f'{source}: this head was trained with the whole encoder (model tuning + head), which lives in '
-                      "the run's orbax checkpoints only; over the original encoder it would score differently")
-  marks = {k.split('/', 1)[0]: k.split('/', 1)[1] for k in arrays if not np.size(arrays[k])}
-  params = {tuple(k.split('/')): np.asarray(v) for k, v in arrays.items() if k.startswith(hf_head.HEAD_PREFIX + '/')}
-  if not params:
-    raise PromptError(f'{source}: a task head file holds {hf_head.HEAD_PREFIX}/* arrays; found keys {sorted(arrays)}')
-  tree = traverse_util.unflatten_dict(params)
-  out = tree[hf_head.HEAD_PREFIX].get('out_proj', tree[hf_head.HEAD_PREFIX])
-  kind = marks.get('kind', 'classification')
-  labels = None if kind in ('regression', 'multiple_choice') else int(out['kernel'].shape[-1])
-  return HeadConfig(kind, labels, marks.get('pooler') == 'True'), tree
-
-
 def target(base: registry.PeftTarget, kind: registry.FileKind, head_file: registry.Arrays, source: str,
            model: Mapping[str, Any]) -> registry.PeftTarget:
   """`base` with the head of `head_file` (a run's head.npz arrays): its task type and modules_to_save tensors, or
   one PromptError saying what PEFT or transformers cannot represent. `model`: what is known of the frozen encoder
   ('position_offset': RoBERTa's > 0; 'kv_prefix_shifts_positions'); `kind` the method's file kind."""
-  head, params = file_head(head_file, source)
+  head, params = with_head.parse_head(head_file, source)
   refuse = f'cannot export {source} as a PEFT adapter: '
   if head.kind == 'multiple_choice':
     raise PromptError(refuse + 'PEFT has no multiple-choice task type (its encoder tasks are SEQ_CLS and TOKEN_CLS); '

@@ -69,11 +69,16 @@ def task_of_family(family: str | None) -> Task:
                     f'{", ".join(t.family for t in TASKS)})')
 
 
+def _named(task_type: str | None) -> Task | None:
+  """The task whose PEFT name is `task_type`, None for another name."""
+  return next((t for t in TASKS + HEAD_TASKS if t.name == task_type), None)
+
+
 def task_of(family: str | None, task_type: str | None = None) -> Task:
   """The task named `task_type` (an encoder's head tasks), else the task of `family` (`task_of_family`)."""
   if task_type is None:
     return task_of_family(family)
-  task = next((t for t in TASKS + HEAD_TASKS if t.name == task_type), None)
+  task = _named(task_type)
   if task is None or task.family != (family or task.family):
     raise PromptError(f'task_type {task_type!r} is not a PEFT task of model family {family!r}')
   return task
@@ -84,7 +89,7 @@ def task_of_adapter(config: Mapping[str, Any], where: str) -> Task:
   submodules, 2 for SEQ_2_SEQ_LM and 1 otherwise."""
   name = config.get('task_type')
   submodules = config.get('num_transformer_submodules')
-  task = next((t for t in TASKS + HEAD_TASKS if t.name == name), None)
+  task = _named(name)
   if task is None and name is not None:
     raise PromptError(f'{where}: task_type {name!r} is not one jaxprompt reads '
                       f'({", ".join(t.name for t in TASKS + HEAD_TASKS)})')

@@ -133,37 +133,45 @@ def head_arrays(head: HeadConfig, params: Params) -> dict[str, np.ndarray]:
   return {**flat, **markers, **registry.marker(FILE_KIND)}
 
 
-def read_head(arrays: registry.Arrays, context: registry.ReadContext) -> tuple[HeadConfig, dict]:
-  """A head file's (HeadConfig, parameters), its shapes checked against `context.config`; one PromptError naming
-  the file otherwise."""
+def parse_head(arrays: registry.Arrays, source: str) -> tuple[HeadConfig, dict]:
+  """A head file's (HeadConfig, parameters) from its markers and its classifier arrays alone, not checked against
+  a model (an export names no model); one PromptError naming `source` otherwise."""
+  arrays = registry.unmarked(arrays)  # a file as written (`export` reads it raw) or as the registry hands it on
   if TUNED_ENCODER in arrays:
-    raise PromptError(f'{context.source}: this head was trained with the whole encoder (model tuning + head), which '
-                      "lives in the run's orbax checkpoints only; eval / infer read a method's file on the frozen "
+    raise PromptError(f'{source}: this head was trained with the whole encoder (model tuning + head), which lives '
+                      "in the run's orbax checkpoints only; eval / infer / export read a method's file on the frozen "
                       'encoder, so this head alone would be scored on the wrong encoder (docs/encoders.md)')
   marks = [k for k in arrays if k.startswith(('kind/', 'pooler/'))]
   kind = next((k.split('/', 1)[1] for k in marks if k.startswith('kind/')), None)
   pooler = next((k.split('/', 1)[1] for k in marks if k.startswith('pooler/')), None)
   if kind not in KINDS or pooler not in ('True', 'False'):
-    raise PromptError(f'{context.source}: a task head file needs markers kind/<{"|".join(KINDS)}> and '
+    raise PromptError(f'{source}: a task head file needs markers kind/<{"|".join(KINDS)}> and '
                       f'pooler/<True|False>; found keys {sorted(arrays)}')
   params = {k: v for k, v in arrays.items() if k not in marks}
   out = 'classifier/out_proj/kernel' if 'classifier/out_proj/kernel' in params else 'classifier/kernel'
   if out not in params:
-    raise PromptError(f"{context.source}: a task head file holds classifier/kernel (or RoBERTa's "
+    raise PromptError(f"{source}: a task head file holds classifier/kernel (or RoBERTa's "
                       f'classifier/out_proj/kernel); found keys {sorted(params)}')
-  emb = context.config.emb_dim
   width = params[out].shape[-1]
   try:
     head = HeadConfig(kind, None if kind in ('regression', 'multiple_choice') else width, pooler == 'True')
   except ConfigError as e:
-    raise PromptError(f'{context.source}: {e}') from e
+    raise PromptError(f'{source}: {e}') from e
+  return head, traverse_util.unflatten_dict({tuple(k.split('/')): np.asarray(v) for k, v in params.items()})
+
+
+def read_head(arrays: registry.Arrays, context: registry.ReadContext) -> tuple[HeadConfig, dict]:
+  """A head file's (HeadConfig, parameters) (`parse_head`), its shapes checked against `context.config`; one
+  PromptError naming the file otherwise."""
+  head, params = parse_head(arrays, context.source)
+  emb = context.config.emb_dim
   want = nn.meta.unbox(init_head(head, emb, jnp.float32, jnp.float32, None))
   want = {'/'.join(p): tuple(v.shape) for p, v in traverse_util.flatten_dict(want).items()}
-  got = {k: tuple(np.shape(v)) for k, v in params.items()}
+  got = {'/'.join(p): tuple(np.shape(v)) for p, v in traverse_util.flatten_dict(params).items()}
   if got != want:
-    raise PromptError(f'{context.source}: a {kind} head for a model of width {emb} holds {want}, but the file has '
-                      f'{got}: the wrong MODEL_CONFIG for this head?')
-  return head, traverse_util.unflatten_dict({tuple(k.split('/')): np.asarray(v) for k, v in params.items()})
+    raise PromptError(f'{context.source}: a {head.kind} head for a model of width {emb} holds {want}, but the file '
+                      f'has {got}: the wrong MODEL_CONFIG for this head?')
+  return head, params
 
 
 def from_head_file(arrays: registry.Arrays, context: registry.ReadContext) -> tuple[WithHead, Params]:
