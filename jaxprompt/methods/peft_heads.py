@@ -88,4 +88,4 @@ def join(adapter: Adapter, folder: str, method: Any, params: Any, context: regis
   arrays = head_arrays(adapter, folder)
   if arrays is None:
     return method, params
-  return with_head.join_head(registry.unmarked(arrays), method, params, context)
+  return with_head.join_head(arrays, method, params, context)  # parse_head drops the marker
