@@ -74,10 +74,11 @@ def test_infer_prints_the_tasks_label_names(run, tmp_path, capsys, clean_gin):
   assert all(r['prediction'] in LABELS and r['prediction_by'] == 'head' and 0.5 <= r['probability'] <= 1 for r in rows)
 
 
-def test_eval_of_record_picks_each_querys_most_probable_entity_and_scores_it_as_t5(run, tmp_path, tmp_path_factory,
-                                                                                   clean_gin):
+def test_eval_of_record_picks_each_querys_top_true_logit_entity_and_scores_it_as_t5(run, tmp_path, tmp_path_factory,
+                                                                                    clean_gin):
   """The run's binary head on ReCoRD's rows (`data/superglue_groups.py`): every row's record names its query's pick,
-  the entity of the row most probably True, and `em` / `f1` are T5's SQuAD metric of those picks."""
+  the entity of the row with the highest True logit (THUDM's ranking), and `em` / `f1` are T5's SQuAD metric of
+  those picks."""
   from tests.test_label_tasks_superglue import RECORD, prepared  # pylint: disable=g-import-not-at-top
   out, rows_file = tmp_path / 'eval.json', tmp_path / 'rows.jsonl'
   try:
@@ -93,10 +94,8 @@ def test_eval_of_record_picks_each_querys_most_probable_entity_and_scores_it_as_
   rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
   best = {}
   for r in rows:
-    positive = r['probability'] if r['prediction'] == 'True' else 1 - r['probability']
     group = tuple(r['group'])  # (passage, query), as the text-to-text ReCoRD groups its targets
-    if group not in best or positive > best[group][0]:
-      best[group] = (positive, r['entity'])
+    best[group] = max(best.get(group, (-np.inf, '')), (r['true_logit'], r['entity']))
   assert len(rows) == 6 and all(r['group_prediction'] == best[tuple(r['group'])][1] for r in rows)
   queries = RECORD['val'][0][2]  # (query, answers); a query's idx is its position (the raw file numbers them)
   want = squad([answers for _, answers in queries], [best[0, q][1] for q in range(len(queries))])

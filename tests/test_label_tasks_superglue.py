@@ -7,6 +7,7 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -177,7 +178,7 @@ def test_grouped_scores_are_t5s_metrics_on_hand_counted_groups():
   multirc = label_tasks.get('super_glue_multirc_v102_labels')
   groups = [superglue_groups.RowGroup(g) for g in (0, 0, 1, 1, 2, 2, 2, 9)]
   targets, predictions = [1, 0, 1, 1, 1, 0, 0, -1], [1, 0, 1, 0, 1, 1, 0, 1]
-  got = multirc.score(targets, predictions, [0.9] * 8, groups)
+  got = multirc.score(targets, predictions, np.zeros((8, 2)), groups)
   # question 0 all right, 1 and 2 one answer wrong: EM 1/3; answers: TP 3, 4 true, 4 predicted: F1 3/4
   assert got == {'exact_match': pytest.approx(100 / 3), 'f1': pytest.approx(75.0)}
   gold = [{'value': t, 'group': g.group} for t, g in zip(targets[:-1], groups)]
@@ -191,18 +192,24 @@ def test_grouped_scores_are_t5s_metrics_on_hand_counted_groups():
   answers = ('Louvre Museum', 'Louvre')
   rows = [(0, 'Eve', ('Tom',)), (0, 'Tom', ('Tom',)), (1, 'Eve', answers), (1, 'the Louvre', answers), (2, 'Max', ())]
   groups = [superglue_groups.RowGroup(*r) for r in rows]
-  # query 0: Eve is False at 0.6 (P(True) 0.4) < Tom True at 0.7: Tom, EM 1; query 1: both False, 'the Louvre' less
-  # so (P(True) 0.2 > 0.1): EM 1 after SQuAD's normalisation (articles dropped); query 2 has no answers: unscored
-  predictions, scores = [0, 1, 0, 0, 1], [0.6, 0.7, 0.9, 0.8, 0.99]
-  got = record.score([0, 1, 0, 0, -1], predictions, scores, groups)
+  # query 0: Tom's True logit 1.0 tops Eve's 0.5, though Eve is the more probably True (sigmoid(0.5 - -3) against
+  # sigmoid(1 - 2)): THUDM ranks rows by the raw logit; query 1: a tie at 0.2 goes to the entity last in string
+  # order, 'the Louvre' (EM 1 after SQuAD drops articles), as THUDM's reverse sort of (logit, entity) does;
+  # query 2 has no answers: unscored
+  logits = np.array([[-3.0, 0.5], [2.0, 1.0], [1.0, 0.2], [0.5, 0.2], [0.0, 9.0]])
+  predictions = list(logits.argmax(-1))
+  got = record.score([0, 1, 0, 0, -1], predictions, logits, groups)
   assert got == {'em': pytest.approx(100.0), 'f1': pytest.approx(100.0)}
   assert got == metrics.squad([['Tom'], list(answers)], ['Tom', 'the Louvre'])
-  assert superglue_groups.record_picks(superglue_groups.positive_probability(predictions, scores),
-                                       groups) == {0: 'Tom', 1: 'the Louvre', 2: 'Max'}
-  half = record.score([0, 1], [1, 0], [0.9, 0.9], groups[:2])  # Eve picked: EM 0, F1 0
+  thudm = {q: sorted((l[1], g.entity) for l, g in zip(logits, groups) if g.group == q)[-1][1] for q in (0, 1, 2)}
+  assert superglue_groups.record_picks(superglue_groups.true_logits(logits),
+                                       groups) == thudm == {0: 'Tom', 1: 'the Louvre', 2: 'Max'}
+  half = record.score([0, 1], [1, 0], np.array([[0.0, 1.0], [0.0, 0.5]]), groups[:2])  # Eve picked: EM 0, F1 0
   assert half == {'em': 0.0, 'f1': 0.0}
+  with pytest.raises(DataError, match=r'True logit: got logits of shape \(2,\)'):
+    record.score([0, 1], [1, 0], np.array([0.9, 0.9]), groups[:2])
   with pytest.raises(DataError, match='no labelled example'):
-    record.score([-1], [1], [0.9], groups[4:])
+    record.score([-1], [1], np.array([[0.0, 0.9]]), groups[4:])
   with pytest.raises(DataError, match="'super_glue_multirc_v102_labels' is scored per group of rows"):
     multirc.score([1], [1])
   wsc = label_tasks.get('super_glue_wsc.fixed_v102_labels')

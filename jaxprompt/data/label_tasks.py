@@ -59,15 +59,15 @@ class LabelTask:
   rows: Callable[[tf.data.Dataset], tf.data.Dataset] | None = None  # raw examples -> rows; None: by `fields`
   grouped: str = ''  # superglue_groups.MULTIRC / RECORD: scored per group of rows
 
-  def score(self, targets: Sequence[Any], predictions: Sequence[Any], scores: Sequence[float] | None = None,
+  def score(self, targets: Sequence[Any], predictions: Sequence[Any], logits: np.ndarray | None = None,
             groups: Sequence[superglue_groups.RowGroup] | None = None) -> dict[str, float]:
     """Every metric of the task over the labelled examples (targets -1 are unlabelled test rows); a grouped task
-    needs each row's `scores` (the probability of its predicted id) and `groups` (`superglue_groups.RowGroup`)."""
+    needs each row's head `logits` [n, 2] and `groups` (`superglue_groups.RowGroup`)."""
     if not self.grouped:
       return score(self.metric_fns, targets, predictions)
-    if scores is None or groups is None:
-      raise DataError(f'task {self.name!r} is scored per group of rows: give each row\'s scores and group')
-    return superglue_groups.score(self.grouped, targets, predictions, scores, groups)
+    if logits is None or groups is None:
+      raise DataError(f'task {self.name!r} is scored per group of rows: give each row\'s logits and group')
+    return superglue_groups.score(self.grouped, targets, predictions, logits, groups)
 
 
 def score(metric_fns: Sequence[Callable[..., dict[str, float]]], targets: Sequence[Any],

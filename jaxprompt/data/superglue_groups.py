@@ -11,8 +11,9 @@ and only a split read once for evaluation (`eval/label_eval.py`) sees them:
 `RowGroup.of(example)` reads them from an example; `score_multirc` and `score_record` give T5's metric names and
 values (`data/metrics.py`, as `data/tasks.py`'s text-to-text MultiRC and ReCoRD report them): MultiRC `exact_match`
 (every answer of a question right, averaged over questions: `mean_group_metric(all_match)`) and `f1` over all
-answers (`multirc_f1_over_all_answers`); ReCoRD picks per query the entity whose row has the highest probability of
-True (the first on a tie) and scores it with SQuAD's max-over-answers `em` / `f1` (T5's `record` metric).
+answers (`multirc_f1_over_all_answers`); ReCoRD picks per query the entity whose row has the highest True logit
+(the head's raw class-1 score, as THUDM's P-tuning v2 ranks them; on a tie the entity last in string order, as its
+sort does) and scores it with SQuAD's max-over-answers `em` / `f1` (T5's `record` metric).
 """
 from __future__ import annotations
 
@@ -51,18 +52,19 @@ class RowGroup:
         tuple(_text(a) for a in np.asarray(example.get(ANSWERS, ())).tolist()))
 
 
-def positive_probability(predictions: Sequence[int], scores: Sequence[float]) -> np.ndarray:
-  """[n] probability of class 1 (True) of a binary head's rows, from `label_eval.predict`'s ids and the softmax
-  probability of each id."""
-  ids, probs = np.asarray(predictions), np.asarray(scores, np.float64)
-  return np.where(ids == 1, probs, 1.0 - probs)
+def true_logits(logits: np.ndarray) -> np.ndarray:
+  """[n] class-1 (True) logit of a binary head's rows, from `label_eval.predict`'s logits [n, 2]."""
+  logits = np.asarray(logits, np.float64)
+  if logits.ndim != 2 or logits.shape[1] != 2:
+    raise DataError(f'ReCoRD ranks a binary head\'s rows by their True logit: got logits of shape {logits.shape}')
+  return logits[:, 1]
 
 
 def record_picks(positives: Sequence[float], groups: Sequence[RowGroup]) -> dict[Any, str]:
-  """{query: the entity of its row most probably True} (the first such row on a tie)."""
+  """{query: the entity of its row with the highest True score}; a tie goes to the entity last in string order."""
   best: dict[Any, tuple[float, str]] = {}
   for p, g in zip(positives, groups):
-    if g.group not in best or p > best[g.group][0]:
+    if g.group not in best or (float(p), g.entity) > best[g.group]:
       best[g.group] = (float(p), g.entity)
   return {k: entity for k, (_, entity) in best.items()}
 
@@ -91,21 +93,22 @@ def score_record(positives: Sequence[float], groups: Sequence[RowGroup]) -> dict
   return metrics.record(gold, [{'value': picks[q]} for q in answered])
 
 
-def score(kind: str, targets: Sequence[int], predictions: Sequence[int], scores: Sequence[float],
+def score(kind: str, targets: Sequence[int], predictions: Sequence[int], logits: np.ndarray,
           groups: Sequence[RowGroup]) -> dict[str, float]:
-  """A grouped task's metrics (`kind` MULTIRC or RECORD) from its rows' labels, head ids and probabilities."""
+  """A grouped task's metrics (`kind` MULTIRC or RECORD) from its rows' labels, head ids and logits [n, 2]."""
   if len(groups) != len(predictions):
     raise DataError(f'{kind}: {len(predictions)} predictions but {len(groups)} row groups')
   if kind == MULTIRC:
     return score_multirc(targets, predictions, groups)
-  return score_record(positive_probability(predictions, scores), groups)
+  return score_record(true_logits(logits), groups)
 
 
-def record_fields(kind: str, predictions: Sequence[int], scores: Sequence[float],
-                  groups: Sequence[RowGroup]) -> list[dict[str, Any]]:
-  """What each row's eval / infer record adds: its `group`, and for ReCoRD its `entity` and the query's
-  `group_prediction` (the entity picked for it)."""
+def record_fields(kind: str, logits: np.ndarray, groups: Sequence[RowGroup]) -> list[dict[str, Any]]:
+  """What each row's eval / infer record adds: its `group`, and for ReCoRD its `entity`, its `true_logit` (what
+  ranks it) and the query's `group_prediction` (the entity picked for it)."""
   if kind == MULTIRC:
     return [{GROUP: g.group} for g in groups]
-  picks = record_picks(positive_probability(predictions, scores), groups)
-  return [{GROUP: g.group, ENTITY: g.entity, 'group_prediction': picks[g.group]} for g in groups]
+  positives = true_logits(logits)
+  picks = record_picks(positives, groups)
+  return [{GROUP: g.group, ENTITY: g.entity, 'true_logit': float(p), 'group_prediction': picks[g.group]}
+          for p, g in zip(positives, groups)]

@@ -180,8 +180,8 @@ def serve_heads(fns: ModelFns, trainable: Any, tasks: Sequence[str], rows: Seque
   out: list[dict[str, Any]] = [dict(r) for r in rows]
   for task, label_set in sets.items():
     mine = [answers[i] for i in where[task]]
-    scored = label_eval.scored(label_set.labels.kind, np.stack([a[0] for a in mine]), np.stack([a[1] for a in mine]))
-    for i, record in zip(where[task], label_eval.records(label_set, *scored)):
+    outputs = np.stack([a[0] for a in mine]), np.stack([a[1] for a in mine])
+    for i, record in zip(where[task], label_eval.records(label_set, *outputs)):
       out[i].update({k: v for k, v in record.items() if k != 'input'})
   return out
 

@@ -137,8 +137,8 @@ def text_set(texts: Sequence[str], labels: task_heads.TaskLabels, vocabulary: An
 
 
 def predict(fns: Any, trainable: Any, label_set: LabelSet, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-  """(predictions, scores) of every row: class / choice ids [n] and their softmax probabilities [n]; values [n]
-  twice (regression); tag ids [n, l] and zeros (tagging). Per-task heads: the set's task's head."""
+  """(ids, logits) of the head on every row: class / choice ids [n] and their logits [n, classes]; values [n]
+  twice (regression); tag ids [n, l] twice (tagging). Per-task heads: the set's task's head."""
   features = {k: v for k, v in label_set.features.items() if k not in (CLASS_LABEL, REGRESSION_LABEL)}
   predictions, logits = [], []
   for batch, real in data.padded_batches(features, batch_size, fns.data_parallel):
@@ -146,16 +146,17 @@ def predict(fns: Any, trainable: Any, label_set: LabelSet, batch_size: int) -> t
     ids, scores = answers[label_set.task.name] if isinstance(answers, dict) else answers
     predictions.append(ids[:real])
     logits.append(scores[:real])
-  return scored(label_set.labels.kind, np.concatenate(predictions), np.concatenate(logits))
+  return np.concatenate(predictions), np.concatenate(logits)
 
 
-def scored(kind: str, ids: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """(predictions, scores) of a head's (predictions, logits) of n rows: `predict`'s scores of `kind`."""
+def scored(kind: str, ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
+  """[n] what a record shows beside each row's prediction: the softmax probability of its class / choice id;
+  zeros (tagging); the value itself (regression)."""
   if kind in ('classification', 'multiple_choice'):
     logits = np.asarray(logits, np.float64)
     probs = np.exp(logits - logits.max(-1, keepdims=True))
-    return ids, (probs / probs.sum(-1, keepdims=True)).max(-1)
-  return ids, np.zeros((len(ids),)) if kind == 'tagging' else ids
+    return (probs / probs.sum(-1, keepdims=True)).max(-1)
+  return np.zeros((len(ids),)) if kind == 'tagging' else ids
 
 
 def with_every_label(features: Mapping[str, np.ndarray], kinds: Sequence[str]) -> dict[str, np.ndarray]:
@@ -176,8 +177,8 @@ def with_every_label(features: Mapping[str, np.ndarray], kinds: Sequence[str]) -
   return out
 
 
-def records(label_set: LabelSet, predictions: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
-  """One record per row (module docstring); `predictions` / `scores` of `predict`."""
+def records(label_set: LabelSet, predictions: np.ndarray, logits: np.ndarray) -> list[dict[str, Any]]:
+  """One record per row (module docstring) of `predict`'s ids and logits."""
   kind, out = label_set.labels.kind, []
   if kind == 'tagging':
     from jaxprompt.data.token_labels import TagAligner  # pylint: disable=g-import-not-at-top
@@ -188,14 +189,14 @@ def records(label_set: LabelSet, predictions: np.ndarray, scores: np.ndarray) ->
           'prediction_by': records_lib.HEAD
       })
     return out
-  for text, prediction, score in zip(label_set.texts, predictions, scores):
+  for text, prediction, score in zip(label_set.texts, predictions, scored(kind, predictions, logits)):
     if kind == 'regression':
       out.append({'input': text, 'prediction': float(prediction), 'prediction_by': records_lib.HEAD})
     else:
       name = label_set.labels.name_of(int(prediction)) if kind == 'classification' else int(prediction)
       out.append({'input': text, 'prediction': name, **records_lib.score_fields(score, records_lib.HEAD)})
   if label_set.groups is not None:
-    extra = superglue_groups.record_fields(label_set.grouped, predictions, scores, label_set.groups)
+    extra = superglue_groups.record_fields(label_set.grouped, logits, label_set.groups)
     out = [dict(r, **e) for r, e in zip(out, extra)]
   return out
 
@@ -211,8 +212,8 @@ def evaluate(fns: Any, trainable: Any, label_set: LabelSet, batch_size: int, *,
   metrics.update(validation_loss(fns, trainable, features, batch_size))
   if not task_metrics:
     return metrics, []
-  predictions, scores = predict(fns, trainable, label_set, batch_size)
-  rows = records(label_set, predictions, scores)
+  predictions, logits = predict(fns, trainable, label_set, batch_size)
+  rows = records(label_set, predictions, logits)
   name, kind = label_set.task.name, label_set.labels.kind
   if kind == 'tagging':
     from jaxprompt.data.tagging_tasks import tagging_metrics  # pylint: disable=g-import-not-at-top
@@ -220,7 +221,7 @@ def evaluate(fns: Any, trainable: Any, label_set: LabelSet, batch_size: int, *,
   else:
     from jaxprompt.data import label_tasks  # pylint: disable=g-import-not-at-top
     metrics.update(
-        label_tasks.get(name).score(label_set.targets, [p.item() for p in predictions], scores, label_set.groups))
+        label_tasks.get(name).score(label_set.targets, [p.item() for p in predictions], logits, label_set.groups))
   targets = label_set.targets if kind != 'classification' else [label_set.labels.name_of(t) for t in label_set.targets]
   return {k: float(v) if isinstance(v, (np.floating, np.integer)) else v for k, v in metrics.items()
          }, [dict(r, target=t) for r, t in zip(rows, targets)]
