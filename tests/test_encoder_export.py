@@ -46,6 +46,9 @@ CASES = {
                                                                      **_ROBERTA), HeadConfig('tagging', 4), 'prompt'),
     'bert_classification_p_tuning': ('BertForSequenceClassification', dict(num_labels=2),
                                      HeadConfig('classification', 2, use_pooler=True), 'p_tuning'),
+    # the default head on [CLS]: its first layer goes to transformers as BERT's pooler (modules_to_save)
+    'bert_classification_cls_prompt': ('BertForSequenceClassification', dict(num_labels=3),
+                                       HeadConfig('classification', 3), 'prompt'),
 }
 PEFT_TYPES = {'prompt': 'PROMPT_TUNING', 'prefix': 'PREFIX_TUNING', 'p_tuning': 'P_TUNING'}
 
@@ -70,6 +73,8 @@ def _run(tmp_path, name):
   step = run / 'numpy_checkpoints' / 'checkpoint_3'
   step.mkdir(parents=True)
   write_files(step, method.numpy_copy(trainable))
+  recorded = fingerprint.model_fingerprint(config, None, frozen['token_embedder']['embedding'])  # BERT or RoBERTa
+  (step / fingerprint_files.STEP_FILE).write_text(fingerprint_files.to_json(recorded))
   if inner == 'p_tuning':  # its step dir holds the computed prompt.npy; the run's config.gin says P-tuning made it
     (run / 'config.gin').write_text('METHOD = @jaxprompt.methods.p_tuning\n')
   return base, config, frozen, method, trainable, step
@@ -144,16 +149,12 @@ def test_the_peft_adapter_over_transformers_gives_jaxprompts_head_scores(tmp_pat
 def test_heads_without_a_peft_task_or_a_transformers_class_are_one_line(tmp_path):
   base, config, frozen, method, trainable, run = _run(tmp_path, 'bert_classification_prompt')
   del base, method, trainable
-  for head, culprit in ((HeadConfig('multiple_choice', use_pooler=True), 'PEFT has no multiple-choice task type'),
-                        (HeadConfig('classification',
-                                    3), "BERT classification head on \\[CLS\\] \\(USE_POOLER=False\\) "
-                         "is RoBERTa's two-layer head")):
+  for head, culprit in ((HeadConfig('multiple_choice', use_pooler=True), 'PEFT has no multiple-choice task type'),):
     wrapped = WithHead.for_config(config, prompt_tuning(config, length=P), head)
     other = tmp_path / head.kind / 'numpy_checkpoints' / 'checkpoint_3'
     other.mkdir(parents=True)
     write_files(other, wrapped.numpy_copy(randomized(jax.eval_shape(wrapped.init, jax.random.PRNGKey(0), frozen), 1)))
-    recorded = fingerprint.model_fingerprint(config, None, frozen['token_embedder']['embedding'])  # a BERT's
-    (other / fingerprint_files.STEP_FILE).write_text(fingerprint_files.to_json(recorded))
+    (other / fingerprint_files.STEP_FILE).write_text((run / fingerprint_files.STEP_FILE).read_text())  # a BERT's
     with pytest.raises(PromptError, match=culprit) as raised:
       export.export(str(tmp_path / 'adapter'), checkpoint=str(other), format='peft')
     assert '\n' not in str(raised.value) and not (tmp_path / 'adapter').exists()
@@ -170,16 +171,22 @@ def test_heads_without_a_peft_task_or_a_transformers_class_are_one_line(tmp_path
                                                 HeadConfig('classification', 3, use_pooler=True), {}, tmp_path / 'hf')
   assert not (tmp_path / 'hf').exists()
   head = {'base_model.classifier.weight': np.ones((3, 32)), 'base_model.classifier.bias': np.zeros(3)}
-  for extra, culprit in (({'base_model.bert.pooler.dense.bias': np.zeros(32)}, 'saves .*pooler.* beside the '
-                          'classifier'), ({}, None)):
+  pooler = {'base_model.bert.pooler.dense.weight': np.ones((32, 32)), 'base_model.bert.pooler.dense.bias': np.zeros(32)}
+  for extra, culprit in (({'base_model.roberta.pooler.dense.bias': np.zeros(32)}, 'saves .*roberta.pooler.* beside '
+                          'the classifier'), ({'base_model.bert.pooler.dense.bias': np.zeros(32)},
+                                              "BERT's pooler and classifier are .*; it saves"), ({}, None), (pooler,
+                                                                                                             None)):
     adapter = str(tmp_path / f'peft{len(extra)}')
     peft_adapters.write_prompt(adapter, np.ones((P, 32)), task=peft_layouts.SEQ_CLS, modules={**head, **extra})
-    if culprit is None:  # a PEFT-trained BERT adapter: a one-layer sequence head reads the pooler
-      assert prompt_files.load_tuned(prompt_file=adapter, checkpoint=None, step=None, prompt_length=None,
-                                     config=config)[0].head == HeadConfig('classification', 3, use_pooler=True)
+    if culprit is None:  # a PEFT-trained BERT adapter: a one-layer sequence head reads the pooler; with the pooler
+      read = prompt_files.load_tuned(prompt_file=adapter, checkpoint=None, step=None, prompt_length=None,
+                                     config=config)[0].head  # trained beside it, the two layers read [CLS]
+      assert read == HeadConfig('classification', 3, use_pooler=not extra)
       continue
     with pytest.raises(PromptError, match=culprit):
       prompt_files.load_tuned(prompt_file=adapter, checkpoint=None, step=None, prompt_length=None, config=config)
+  saved = json.loads((tmp_path / 'peft2' / 'adapter_config.json').read_text())['modules_to_save']
+  assert saved == ['classifier', 'pooler']  # what PEFT wraps: each module whose name ends with an entry
 
 
 def test_config_json_names_the_tasks_labels():

@@ -8,6 +8,7 @@ import json
 import gin
 import numpy as np
 import pytest
+from safetensors import safe_open
 
 from jaxprompt.cli.main import main as cli_main
 from jaxprompt.data import label_files, label_tasks, tasks
@@ -142,18 +143,24 @@ def test_export_writes_the_method_and_its_head_as_one_folder_that_scores_as_the_
   assert code == 2 and 'writes both into one folder; give --output a folder' in line
   code, line = main_error(capsys, ['export', '--checkpoint', str(run), '--output', str(folder)])
   assert code == 2 and 'is not an empty folder' in line
-  # BERT's head on [CLS] (heads/classification.gin) is RoBERTa's two layers: no transformers class, so no PEFT task
-  code, line = main_error(capsys, ['export', '--checkpoint', str(run), '--format', 'peft', '--output', str(tmp_path)])
-  assert code == 2 and "is RoBERTa's two-layer head" in line and 'USE_POOLER=True' in line
-  # --format hf_model reads the run's config.gin (the encoder it names), as eval / infer do: the head is refused
-  hf = tmp_path / 'hf'
-  code, line = main_error(capsys, ['export', '--checkpoint', str(run), '--format', 'hf_model', '--output', str(hf)])
-  assert code == 2 and 'BertForSequenceClassification does not have' in line and not hf.exists()
+  # BERT's head on [CLS] (heads/classification.gin) is two layers: transformers' pooler and classifier
+  # (tests/test_encoder_export.py checks the scores); --format hf_model reads the run's config.gin, as eval does
+  adapter, hf = tmp_path / 'adapter', tmp_path / 'hf'
+  assert cli_main(['export', '--checkpoint', str(run), '--format', 'peft', '--output', str(adapter)]) == 0
+  saved = json.loads((adapter / 'adapter_config.json').read_text())
+  assert (saved['task_type'], saved['modules_to_save']) == ('SEQ_CLS', ['classifier', 'pooler'])
+  assert cli_main(['export', '--checkpoint', str(run), '--format', 'hf_model', '--output', str(hf)]) == 0
+  config = json.loads((hf / 'config.json').read_text())
+  assert config['architectures'] == ['BertForSequenceClassification'
+                                    ] and config['id2label'] == {str(i): n for i, n in enumerate(LABELS)}
+  with safe_open(str(hf / 'model.safetensors'), 'np') as f:
+    head = dict(np.load(run / 'final_head.npz'))
+    np.testing.assert_array_equal(f.get_tensor('bert.pooler.dense.weight'), head['classifier/dense/kernel'].T)
+    np.testing.assert_array_equal(f.get_tensor('classifier.bias'), head['classifier/out_proj/bias'])
 
 
 def test_export_hf_head_writes_transformers_classifier_tensors(run, tmp_path):
   from flax import traverse_util  # pylint: disable=g-import-not-at-top
-  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
 
   from jaxprompt.checkpoints import hf_head  # pylint: disable=g-import-not-at-top
   out = tmp_path / 'head.safetensors'

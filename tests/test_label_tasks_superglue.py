@@ -201,7 +201,7 @@ def test_grouped_scores_are_t5s_metrics_on_hand_counted_groups():
   got = record.score([0, 1, 0, 0, -1], predictions, logits, groups)
   assert got == {'em': pytest.approx(100.0), 'f1': pytest.approx(100.0)}
   assert got == metrics.squad([['Tom'], list(answers)], ['Tom', 'the Louvre'])
-  thudm = {q: sorted((l[1], g.entity) for l, g in zip(logits, groups) if g.group == q)[-1][1] for q in (0, 1, 2)}
+  thudm = {q: sorted((row[1], g.entity) for row, g in zip(logits, groups) if g.group == q)[-1][1] for q in (0, 1, 2)}
   assert superglue_groups.record_picks(superglue_groups.true_logits(logits),
                                        groups) == thudm == {0: 'Tom', 1: 'the Louvre', 2: 'Max'}
   half = record.score([0, 1], [1, 0], np.array([[0.0, 1.0], [0.0, 0.5]]), groups[:2])  # Eve picked: EM 0, F1 0

@@ -6,18 +6,20 @@ Which class a head is (`transformers_class`), as transformers builds each one:
 
   head (jaxprompt)                               BERT                              RoBERTa
   classification / regression, use_pooler       BertForSequenceClassification     -  (its head reads <s>, no pooler)
-  classification / regression on row 0          -  (Bert's head is one layer)     RobertaForSequenceClassification
+  classification / regression on row 0          BertForSequenceClassification *   RobertaForSequenceClassification
   tagging                                       BertForTokenClassification        RobertaForTokenClassification
   multiple choice, use_pooler                   BertForMultipleChoice             RobertaForMultipleChoice
   multiple choice on row 0                      -                                 -
 
-jaxprompt's sequence head on row 0 is RoBERTa's two layers (dense, tanh, out_proj); transformers gives BERT a
-pooler and one linear layer, and RoBERTa's sequence class no pooler: the crossed cells have no transformers class
-and are refused in one line naming the setting that has one (`HeadConfig.use_pooler`).
+jaxprompt's sequence head on row 0 is RoBERTa's two layers (dense, tanh, out_proj). * BERT's sequence class is
+the same two layers, its pooler (dense, tanh on row 0) then one linear layer, so on a BERT that head's dense layer
+is written as the folder's pooler (`hf_head.as_bert_pooled`): the frozen encoder's own pooler is not needed there.
+The crossed cells have no transformers class and are refused in one line naming the setting that has one
+(`HeadConfig.use_pooler`).
 
 The folder: `config.json` (`hf_encoder_names.bert_hf_config` of the architecture, plus `num_labels`, `id2label` /
 `label2id` from the task's label names, `problem_type`), `model.safetensors` (the encoder under `bert.` / `roberta.`,
-its pooler only when the class has one, and the head as `classifier.*`, `hf_head.head_to_hf`), and the base
+its pooler only when the class has one, and the head as `classifier.*`, `head_tensors`), and the base
 folder's tokenizer files when it has them (`AutoTokenizer` then loads the folder too).
 """
 from __future__ import annotations
@@ -49,6 +51,14 @@ def is_roberta(config: EncoderConfig) -> bool:
   return config.position_offset > 0
 
 
+def is_roberta_class(head: HeadConfig, roberta: bool | None) -> bool:
+  """Whether `head` goes to a RoBERTa class: `roberta` when the encoder is known, else (None) whichever the head
+  fits: RoBERTa's for a sequence head on row 0, BERT's for the others."""
+  if roberta is not None:
+    return roberta
+  return head.kind in ('classification', 'regression') and not head.use_pooler
+
+
 def transformers_class(head: HeadConfig, roberta: bool | None) -> str:
   """The transformers class computing `head` on a RoBERTa (`roberta`) or BERT encoder (None: whichever the head
   fits), or one CheckpointError naming the setting that has one (module docstring)."""
@@ -57,16 +67,11 @@ def transformers_class(head: HeadConfig, roberta: bool | None) -> str:
     raise CheckpointError('a multiple-choice head on the first token (USE_POOLER=False) has no transformers class: '
                           'BertForMultipleChoice and RobertaForMultipleChoice read the pooler; train with '
                           'USE_POOLER=True (a model with a pooler) or export with --format file')
-  if roberta is None:
-    roberta = sequence and not head.use_pooler  # RoBERTa's two-layer head; a pooled one is BERT's
+  roberta = is_roberta_class(head, roberta)
   if sequence and roberta and head.use_pooler:
     raise CheckpointError(f'a {head.kind} head on the pooler (USE_POOLER=True) has no RoBERTa class: '
                           "RobertaForSequenceClassification reads <s> through two layers, jaxprompt's USE_POOLER=False "
                           'head; train with USE_POOLER=False or export with --format file')
-  if sequence and not roberta and not head.use_pooler:
-    raise CheckpointError(f"a BERT {head.kind} head on [CLS] (USE_POOLER=False) is RoBERTa's two-layer head (dense, "
-                          'tanh, out_proj), which BertForSequenceClassification does not have (it reads the pooler '
-                          'through one layer): train with USE_POOLER=True or export with --format file')
   return ('Roberta' if roberta else 'Bert') + _CLASSES[head.kind]
 
 
@@ -86,9 +91,21 @@ def config_json(config: EncoderConfig, head: HeadConfig, arch: str,
   return out
 
 
-def _head_plan(head_params: Params) -> tuple[dict[str, Entry], dict[str, Any]]:
-  """(the head's plan entries, its tensors by plan path): `classifier.*` in transformers' layout already."""
-  tensors = {f'head/{k}': v for k, v in hf_head.head_to_hf(head_params).items()}
+def pools_head(head: HeadConfig, roberta: bool) -> bool:
+  """Whether `head` goes to transformers with its first layer as BERT's pooler (module docstring's *)."""
+  return not roberta and head.kind in ('classification', 'regression') and not head.use_pooler
+
+
+def head_tensors(head: HeadConfig, head_params: Params, roberta: bool) -> dict[str, Any]:
+  """The head's tensors by transformers name, for a RoBERTa (`roberta`) or BERT *For* class: `classifier.*`, and
+  `bert.pooler.dense.*` when the head `pools_head`."""
+  tensors = hf_head.head_to_hf(head_params)
+  return hf_head.as_bert_pooled(tensors) if pools_head(head, roberta) else tensors
+
+
+def _head_plan(tensors: Mapping[str, Any]) -> tuple[dict[str, Entry], dict[str, Any]]:
+  """(the head's plan entries, its tensors by plan path) of `head_tensors`."""
+  tensors = {f'head/{k}': v for k, v in tensors.items()}
   return {path: Entry(path[len('head/'):], tuple(v.shape)) for path, v in tensors.items()}, tensors
 
 
@@ -100,14 +117,15 @@ def save_hf_encoder_with_head(encoder: Params, config: EncoderConfig, head: Head
   output = os.fspath(output)
   arch = transformers_class(head, is_roberta(config))
   prefix = 'roberta.' if is_roberta(config) else 'bert.'
-  kept = config.replace(pooler=config.pooler and arch in _POOLED)
-  if arch in _POOLED and not config.pooler:
+  pooled_head = pools_head(head, is_roberta(config))  # the head writes the pooler
+  kept = config.replace(pooler=config.pooler and arch in _POOLED and not pooled_head)
+  if arch in _POOLED and not config.pooler and not pooled_head:
     raise CheckpointError(f'{arch} has a pooler, but this encoder has none (EncoderConfig.pooler=False): its pooler '
                           'would be random in transformers')
   plan = {f'encoder/{k}': v for k, v in hf_encoder_names.encoder_plan(kept, prefix).items()}
-  head_plan, head_tensors = _head_plan(head_params)
+  head_plan, head_arrays = _head_plan(head_tensors(head, head_params, is_roberta(config)))
   plan.update(head_plan)
-  params = {**{f'encoder/{k}': v for k, v in common.flatten_params(encoder).items()}, **head_tensors}
+  params = {**{f'encoder/{k}': v for k, v in common.flatten_params(encoder).items()}, **head_arrays}
   params = {k: v for k, v in params.items() if k in plan}  # a pooler the class drops
 
   def copy_tokenizer(staging: str) -> list[str]:

@@ -4,6 +4,10 @@ The head's parameter names are transformers': `classifier/kernel` [e, n] is `cla
 Linear stores [out, in]) and `classifier/bias` is `classifier.bias`; RoBERTa's sequence head is
 `classifier.dense.*` and `classifier.out_proj.*`. BertFor{SequenceClassification, TokenClassification,
 MultipleChoice} and RobertaFor{TokenClassification, MultipleChoice} use the one-layer `classifier`.
+
+BertForSequenceClassification computes the same two layers on the first row as its pooler (`bert.pooler.dense`,
+tanh) and its one-layer `classifier`, so a two-layer head on a BERT goes there as those tensors
+(`as_bert_pooled`) and comes back from them (`from_bert_pooled`).
 """
 from __future__ import annotations
 
@@ -16,7 +20,9 @@ from flax import traverse_util
 from jaxprompt.errors import CheckpointError
 
 HEAD_PREFIX = 'classifier'
+BERT_POOLER = 'bert.pooler.dense'  # BertModel's pooler: this dense layer and tanh on the first row
 _TORCH = {'kernel': 'weight', 'bias': 'bias'}
+_DENSE, _OUT = f'{HEAD_PREFIX}.dense', f'{HEAD_PREFIX}.out_proj'
 
 
 def head_to_hf(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -43,3 +49,16 @@ def head_from_hf(tensors: Mapping[str, Any], source: str = 'the checkpoint') -> 
     raise CheckpointError(f"{source} has no '{HEAD_PREFIX}.*' head tensors (a transformers *ForSequenceClassification"
                           ', *ForTokenClassification or *ForMultipleChoice model has them)')
   return traverse_util.unflatten_dict(tree)
+
+
+def as_bert_pooled(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """A two-layer head's tensors (`classifier.dense.*`, `classifier.out_proj.*`) renamed to BERT's pooled sequence
+  head, which computes the same: `bert.pooler.dense.*` and `classifier.*`."""
+  renames = {_DENSE: BERT_POOLER, _OUT: HEAD_PREFIX}
+  return {renames[k.rsplit('.', 1)[0]] + '.' + k.rsplit('.', 1)[1]: v for k, v in tensors.items()}
+
+
+def from_bert_pooled(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """`as_bert_pooled` undone: a pooler's and a one-layer classifier's tensors as the two-layer head's names."""
+  renames = {BERT_POOLER: _DENSE, HEAD_PREFIX: _OUT}
+  return {renames[k.rsplit('.', 1)[0]] + '.' + k.rsplit('.', 1)[1]: v for k, v in tensors.items()}

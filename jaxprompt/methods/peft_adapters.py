@@ -104,13 +104,20 @@ def _base_config(peft_type: str, task: peft_layouts.Task, length: int, token_dim
   }
 
 
+def _saved_module(name: str) -> str:
+  """The modules_to_save entry of a tensor 'base_model.<module>.<...>': the classifier, or for BERT's pooler
+  ('base_model.bert.pooler.dense.weight') the pooler (PEFT wraps each module whose name ends with an entry)."""
+  parts = name.split('.')
+  return 'pooler' if parts[1:3] == ['bert', 'pooler'] else parts[1]
+
+
 def _write(folder: str, config: Mapping[str, Any], tensor: np.ndarray, fingerprint: Mapping[str, Any] | None,
            modules: Mapping[str, Any] | None = None) -> str:
   """Writes the two files of an adapter folder (created if needed); returns the folder. `modules`: the tensors of
   PEFT's modules_to_save (an encoder's head, `peft_heads`) by their adapter-file names, listed in the config."""
   config, tensors = dict(config), {TENSOR_KEY: tensor}
   if modules:
-    config['modules_to_save'] = sorted({name.split('.')[1] for name in modules})  # 'base_model.<module>.<...>'
+    config['modules_to_save'] = sorted({_saved_module(name) for name in modules})
     tensors.update(modules)
   metadata = {'format': 'pt'}
   if fingerprint:

@@ -8,13 +8,16 @@
 written as for the other families (`peft_adapters`, `peft_layouts`: one submodule, an encoder_self prefix).
 
 The head's transformers class (`checkpoints.hf_encoder_writer.transformers_class`) must be the one PEFT wraps, so a
-head transformers has no class for (a BERT sequence head on [CLS], a RoBERTa one on the pooler) is refused, and
-so is multiple choice, for which PEFT has no task type. The pooler a pooled head reads is the frozen encoder's
-(jaxprompt never trains it): it is the base model's, not the adapter's.
+head transformers has no class for (a RoBERTa sequence head on the pooler) is refused, and so is multiple choice,
+for which PEFT has no task type. The pooler a pooled head reads is the frozen encoder's (jaxprompt never trains
+it): it is the base model's, not the adapter's. A BERT sequence head on [CLS] (two layers) is BERT's pooler and its
+classifier (`hf_head.as_bert_pooled`), so both go to modules_to_save: `base_model.bert.pooler.dense.*` beside
+`base_model.classifier.*`, as PEFT saves a model that trains its pooler (modules_to_save ['pooler']).
 
 Reading back (`head_arrays`): an adapter with a head is a task head file's arrays (`with_head.head_arrays`):
 TOKEN_CLS is a tagging head; SEQ_CLS a regression head when it has one output, else a classification head, on the
-pooler when it is one layer (BertForSequenceClassification) and on the first token when it is two (RoBERTa's).
+pooler when it is one layer (BertForSequenceClassification), on the first token when it is two (RoBERTa's), or
+when a one-layer classifier comes with BERT's pooler (the two layers again).
 """
 from __future__ import annotations
 
@@ -52,7 +55,8 @@ def target(base: registry.PeftTarget, kind: registry.FileKind, head_file: regist
     raise PromptError(refuse + 'the model ran with kv_prefix_shifts_positions=False (tokens from position 0 after '
                       'the prefix), but transformers numbers the tokens after PEFT\'s past keys from P')
   task = peft_layouts.TOKEN_CLS if head.kind == 'tagging' else peft_layouts.SEQ_CLS
-  modules = {MODULE_PREFIX + k: v for k, v in hf_head.head_to_hf(params).items()}
+  roberta = hf_encoder_writer.is_roberta_class(head, None if offset is None else offset > 0)
+  modules = {MODULE_PREFIX + k: v for k, v in hf_encoder_writer.head_tensors(head, params, roberta).items()}
   sizes = {**base.sizes, 'family': task.family}
   return registry.PeftTarget(base.output, base.source, sizes, base.base_model, base.fingerprint, task.name, modules)
 
@@ -63,10 +67,19 @@ def head_arrays(adapter: Adapter, folder: str) -> dict[str, np.ndarray] | None:
   if task_type not in [t.name for t in peft_layouts.HEAD_TASKS]:
     return None
   tensors = {k[len(MODULE_PREFIX):]: v for k, v in (adapter.modules or {}).items() if k.startswith(MODULE_PREFIX)}
-  others = sorted(k for k in adapter.modules or {} if not k.startswith(MODULE_PREFIX + hf_head.HEAD_PREFIX + '.'))
-  if others:  # e.g. a pooler PEFT trained: jaxprompt would run its frozen one and score differently
+  pooler = any(k.startswith(hf_head.BERT_POOLER + '.') for k in tensors)
+  sequence = task_type == peft_layouts.SEQ_CLS.name
+  known = (hf_head.HEAD_PREFIX + '.',) + ((hf_head.BERT_POOLER + '.',) if sequence else ())
+  others = sorted(k for k in adapter.modules or {} if not k[len(MODULE_PREFIX):].startswith(known))
+  if others:  # e.g. a RoBERTa pooler PEFT trained: jaxprompt would run its frozen one and score differently
     raise PromptError(f'PEFT adapter {folder}: it saves {others} beside the classifier; jaxprompt reads a head that is '
-                      "the classifier alone on the frozen encoder (modules_to_save ['classifier'])")
+                      "the classifier on the frozen encoder (modules_to_save ['classifier']), with BERT's pooler "
+                      "for a sequence head (modules_to_save ['pooler'])")
+  if pooler:  # BERT's pooler and its one-layer classifier: the two-layer head on [CLS]
+    want = sorted(f'{m}.{t}' for m in (hf_head.BERT_POOLER, hf_head.HEAD_PREFIX) for t in ('weight', 'bias'))
+    if sorted(tensors) != want:
+      raise PromptError(f"PEFT adapter {folder}: BERT's pooler and classifier are {want}; it saves {sorted(tensors)}")
+    tensors = hf_head.from_bert_pooled(tensors)
   try:
     params = hf_head.head_from_hf(tensors, f'PEFT adapter {folder}')
   except CheckpointError as e:
