@@ -159,10 +159,11 @@ def test_export_writes_the_method_and_its_head_as_one_folder_that_scores_as_the_
     np.testing.assert_array_equal(f.get_tensor('classifier.bias'), head['classifier/out_proj/bias'])
 
 
-def test_export_hf_head_writes_transformers_classifier_tensors(run, tmp_path):
+def test_export_hf_head_writes_transformers_classifier_tensors(run, tiny_bert, tmp_path):
   from flax import traverse_util  # pylint: disable=g-import-not-at-top
 
   from jaxprompt.checkpoints import hf_head  # pylint: disable=g-import-not-at-top
+  torch, transformers = pytest.importorskip('torch'), pytest.importorskip('transformers')
   out = tmp_path / 'head.safetensors'
   assert cli_main(['export', '--checkpoint', str(run), '--format', 'hf_head', '--output', str(out)]) == 0
   with safe_open(str(out), 'np') as f:
@@ -170,13 +171,21 @@ def test_export_hf_head_writes_transformers_classifier_tensors(run, tmp_path):
     assert f.metadata()['head_kind'] == 'classification'
   head = dict(np.load(run / 'final_head.npz'))
   params = {k: v for k, v in head.items() if k.startswith('classifier/')}  # the rest: kind / pooler markers
-  # no pooler: RoBERTa's two-layer head, classifier.dense.* and classifier.out_proj.*, torch's [out, in] weights
-  assert sorted(tensors) == sorted(k.replace('/', '.').replace('kernel', 'weight') for k in params) and len(params) == 4
-  for key, value in params.items():
-    hf = tensors[key.replace('/', '.').replace('kernel', 'weight')]
-    np.testing.assert_array_equal(hf, value.T if key.endswith('kernel') else value)
-  back = traverse_util.flatten_dict(hf_head.head_from_hf(tensors), sep='/')
+  # the two-layer head on a BERT (the step's fingerprint says which): BERT's pooler and classifier, [out, in] weights
+  torch_names = {
+      k.replace('/', '.').replace('kernel', 'weight'): v.T if k.endswith('kernel') else v for k, v in params.items()
+  }
+  want = hf_head.as_bert_pooled(torch_names)
+  assert sorted(tensors) == sorted(want) == [
+      'bert.pooler.dense.bias', 'bert.pooler.dense.weight', 'classifier.bias', 'classifier.weight'
+  ]
+  assert all(np.array_equal(tensors[k], want[k]) for k in want)
+  back = traverse_util.flatten_dict(hf_head.head_from_hf(hf_head.from_bert_pooled(tensors)), sep='/')
   assert sorted(back) == sorted(params) and all(np.array_equal(back[k], params[k]) for k in params)
+  model = transformers.BertForSequenceClassification.from_pretrained(tiny_bert, num_labels=len(LABELS))
+  loaded = model.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()}, strict=False)
+  assert not loaded.unexpected_keys and not any(
+      k.startswith(('classifier', 'bert.pooler')) for k in loaded.missing_keys)
 
 
 COPA = ('{"premise": "The man fell.", "c0": "He slipped.", "c1": "He sang.", "label": 0}\n'

@@ -80,9 +80,10 @@ def export(
     found = prompt_files.step_file(source, step)
     method_file = None if found is None or os.path.basename(found) == PROMPT_FILE else found
   joined = [] if found is None else prompt_files.beside_files(found)  # the task head beside the method's file
-  if format == 'hf_head':
-    return export_head.export_hf_head(export_head.head_file(joined + [method_file or '']), output_file, source)
   recorded = prompt_files.recorded_fingerprint(source, step)
+  if format == 'hf_head':
+    return export_head.export_hf_head(export_head.head_file(joined + [method_file or '']), output_file, source,
+                                      _is_roberta(recorded))
   if method_file is None:  # a prompt: the orbax state's prompt leaf, or the step's prompt.npy
     arrays = {PROMPT_KEY: _prompt(source, step, output_file)}
   else:
@@ -150,6 +151,16 @@ def _model_sizes(recorded: Mapping[str, Any] | None) -> dict[str, Any]:
   if config is not None:
     return registry.model_sizes(config)
   return dict((recorded or {}).get('config') or {})
+
+
+def _is_roberta(recorded: Mapping[str, Any] | None) -> bool | None:
+  """Whether the frozen encoder is a RoBERTa (its positions start after the padding id), from gin's MODEL_CONFIG
+  when bound, else the fingerprint's record; None when neither says."""
+  config = _gin_model_config()
+  offset = getattr(config, 'position_offset', None) if config is not None else None
+  if offset is None:
+    offset = ((recorded or {}).get('config') or {}).get('position_offset')
+  return None if offset is None else offset > 0
 
 
 def _gin_model_config() -> Any:

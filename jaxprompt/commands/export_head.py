@@ -5,7 +5,8 @@
   whole (`prompt_files.folder_file`, then the head joined by name as in a step dir). A folder rather than one .npz
   holding both: the registry reads one kind per file (one marker each) and joins a head by name, so each file stays
   readable alone (`inspect`), a prompt stays a plain .npy, and nothing in `methods/registry.py` changes.
---format hf_head: the head alone as transformers' `classifier.*` tensors (`checkpoints/hf_head.py`) in one
+--format hf_head: the head alone as transformers' `classifier.*` tensors (`checkpoints/hf_head.py`; on a BERT, a
+  sequence head on [CLS] as `bert.pooler.dense.*` and `classifier.*`, `hf_encoder_writer.head_tensors`) in one
   .safetensors file (metadata: `head_kind`, `use_pooler`), to load into a *ForSequenceClassification /
   *ForTokenClassification / *ForMultipleChoice beside the frozen encoder.
 """
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save as save_safetensors
 
-from jaxprompt.checkpoints import hf_head
+from jaxprompt.checkpoints import hf_encoder_writer
 from jaxprompt.errors import PromptError, UsageError
 from jaxprompt.formats import files, fingerprint_files, npy_io
 from jaxprompt.methods import peft_heads, registry, with_head
@@ -54,13 +55,15 @@ def export_folder(kind: registry.FileKind, arrays: registry.Arrays, joined: Sequ
   return out
 
 
-def export_hf_head(head: str | None, output: str, source: str) -> dict[str, Any]:
-  """Writes the task head file `head` as transformers' `classifier.*` tensors to `output` (.safetensors)."""
+def export_hf_head(head: str | None, output: str, source: str, roberta: bool | None = None) -> dict[str, Any]:
+  """Writes the task head file `head` as transformers' `classifier.*` tensors to `output` (.safetensors); on a BERT
+  (`roberta` False) a sequence head on [CLS] as BERT's pooler and classifier (`hf_encoder_writer.head_tensors`)."""
   head = _needed(head, source, 'hf_head')
   if not output.endswith('.safetensors'):
     raise UsageError(f'--format hf_head writes a .safetensors file; got --output {output}')
   config, params = with_head.parse_head(registry.read_arrays(head), head)
-  tensors = {k: np.ascontiguousarray(v) for k, v in hf_head.head_to_hf(params).items()}
+  roberta = hf_encoder_writer.is_roberta_class(config, roberta)
+  tensors = {k: np.ascontiguousarray(v) for k, v in hf_encoder_writer.head_tensors(config, params, roberta).items()}
   metadata = {'format': 'pt', 'head_kind': config.kind, 'use_pooler': str(config.use_pooler)}
   npy_io.write_bytes(save_safetensors(tensors, metadata=metadata), output, what='task head file')
   return {
@@ -91,7 +94,7 @@ def peft_target(target: registry.PeftTarget, kind: registry.FileKind, head: str,
 def export_hf_encoder(head: str | None, output: str, source: str, overwrite: bool) -> dict[str, Any]:
   """The frozen encoder gin names (MODEL_CONFIG, HF_MODEL_DIR) and the run's head `head` as one transformers
   folder (`checkpoints/hf_encoder_writer.py`), labels from MIXTURE_OR_TASK_NAME's names."""
-  from jaxprompt.checkpoints import hf_encoder, hf_encoder_writer, hf_writer  # pylint: disable=g-import-not-at-top
+  from jaxprompt.checkpoints import hf_encoder, hf_writer  # pylint: disable=g-import-not-at-top
   from jaxprompt.commands import configs  # pylint: disable=g-import-not-at-top  (gin: bound by the CLI's files)
   from jaxprompt.data import task_heads  # pylint: disable=g-import-not-at-top
   config, folder = configs.macro_value('MODEL_CONFIG'), configs.macro_value('HF_MODEL_DIR')
