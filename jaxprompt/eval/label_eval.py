@@ -12,7 +12,8 @@ entity and answers), taken from the examples' extra features, which a training m
 Records: `{"input", "prediction", "prediction_by": "head", ...}`: a class or choice name and its `probability`
 (softmax of the head's scores), a regression value, or for tagging the input's `words` and a tag per word. A
 grouped task's split adds each row's `group`, and for ReCoRD its `entity`, `true_logit` (what ranks it) and
-`group_prediction` (the entity picked for its query); text inputs have no group, so infer on text lines gives a row's label name only.
+`group_prediction` (the entity picked for its query); text inputs have no group, so infer on text lines gives a
+row's label name only.
 """
 from __future__ import annotations
 
