@@ -152,5 +152,8 @@ def test_bad_files_name_the_file(folders, tmp_path, damage, culprit):
 def test_missing_folder_or_tokenizer(tmp_path):
   with pytest.raises(DataError, match='does not exist'):
     hf_vocab.HfVocabulary(str(tmp_path / 'nope'))
-  with pytest.raises(DataError, match='has neither tokenizer.json nor tokenizer.model'):
+  with pytest.raises(DataError, match='has neither tokenizer.json nor tokenizer.model: not a Hugging Face'):
+    hf_vocab.HfVocabulary(str(tmp_path))
+  (tmp_path / 'vocab.txt').write_text('[PAD]\n[UNK]\n[CLS]\n[SEP]\nhello\n')  # an old BERT folder's slow tokenizer
+  with pytest.raises(DataError, match=r"only a slow tokenizer's vocab.txt: .*AutoTokenizer.from_pretrained"):
     hf_vocab.HfVocabulary(str(tmp_path))

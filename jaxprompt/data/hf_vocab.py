@@ -30,6 +30,7 @@ from jaxprompt.formats import files
 
 TOKENIZER_FILE = 'tokenizer.json'
 SPM_FILE = 'tokenizer.model'
+SLOW_FILES = ('vocab.txt', 'vocab.json', 'merges.txt')  # BERT's WordPiece; GPT-2's and RoBERTa's BPE
 PROBE = 'a'  # a text every tokenizer encodes to real tokens: what the post-processor adds around it is told apart
 
 
@@ -115,6 +116,12 @@ def _tokenizer(folder: str) -> _JsonTokenizer | _SentencePieceTokenizer:
     path = os.path.join(folder, name)
     if files.exists(path):
       return kind(path, folder)
+  slow = [n for n in SLOW_FILES if files.exists(os.path.join(folder, n))]
+  if slow:  # a folder saved before tokenizers' fast format: transformers converts it, and can write the result
+    raise DataError(
+        f'{folder} has neither {TOKENIZER_FILE} nor {SPM_FILE}, only a slow tokenizer\'s {", ".join(slow)}: '
+        f'write {TOKENIZER_FILE} into it once with transformers, '
+        f"AutoTokenizer.from_pretrained('{folder}').save_pretrained('{folder}')")
   raise DataError(f'{folder} has neither {TOKENIZER_FILE} nor {SPM_FILE}: not a Hugging Face tokenizer folder')
 
 
