@@ -22,7 +22,7 @@ features that are not output features, so they still mix with the others.
 Each task knows its `label_names` (what infer prints; `tasks.get_label_set` gives them too), its `kind`
 ('classification', 'regression', 'choice') and its metric fns, T5's for the task (`data/metrics.py`), called as
 seqio calls them: `fn(targets, predictions)` on label ids (or floats), the test split's -1 labels left out first
-(`score`); a grouped task (`grouped`) scores its rows with their groups and probabilities instead. The tasks read
+(`score`); a grouped task (`grouped`) scores its rows with their groups and head logits instead. The tasks read
 with T5's vocabulary until the pipeline re-reads them with the model's
 (`pipeline.get_provider(name, vocabulary, 'encoder_only')`).
 """
