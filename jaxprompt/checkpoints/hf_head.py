@@ -51,6 +51,12 @@ def head_from_hf(tensors: Mapping[str, Any], source: str = 'the checkpoint') -> 
   return traverse_util.unflatten_dict(tree)
 
 
+def saved_module(name: str) -> str:
+  """The module of a *For* model that holds the head tensor `name` (what PEFT's modules_to_save lists: PEFT wraps
+  each module whose name ends with an entry): BERT's `pooler` for `bert.pooler.dense.*`, else `classifier`."""
+  return 'pooler' if name.startswith(BERT_POOLER + '.') else name.split('.', 1)[0]
+
+
 def as_bert_pooled(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   """A two-layer head's tensors (`classifier.dense.*`, `classifier.out_proj.*`) renamed to BERT's pooled sequence
   head, which computes the same: `bert.pooler.dense.*` and `classifier.*`."""

@@ -83,7 +83,7 @@ def export(
   recorded = prompt_files.recorded_fingerprint(source, step)
   if format == 'hf_head':
     return export_head.export_hf_head(export_head.head_file(joined + [method_file or '']), output_file, source,
-                                      _is_roberta(recorded))
+                                      _encoder_known(recorded))
   if method_file is None:  # a prompt: the orbax state's prompt leaf, or the step's prompt.npy
     arrays = {PROMPT_KEY: _prompt(source, step, output_file)}
   else:
@@ -94,7 +94,7 @@ def export(
     target = registry.PeftTarget(output_file, method_file or source, _model_sizes(recorded), base_model, recorded)
     head = export_head.head_file(joined)
     if head is not None and callable(kind.peft):  # an encoder's head: SEQ_CLS / TOKEN_CLS, in modules_to_save
-      target = export_head.peft_target(target, kind, head, _gin_model_config())
+      target = export_head.peft_target(target, kind, head, _encoder_known(recorded))
     return _export_peft(kind, arrays, target, source)
   if joined:
     return export_head.export_folder(kind, arrays, joined, output_file, source, recorded)
@@ -153,14 +153,15 @@ def _model_sizes(recorded: Mapping[str, Any] | None) -> dict[str, Any]:
   return dict((recorded or {}).get('config') or {})
 
 
-def _is_roberta(recorded: Mapping[str, Any] | None) -> bool | None:
-  """Whether the frozen encoder is a RoBERTa (its positions start after the padding id), from gin's MODEL_CONFIG
-  when bound, else the fingerprint's record; None when neither says."""
+def _encoder_known(recorded: Mapping[str, Any] | None) -> dict[str, Any]:
+  """What is known of a run's frozen encoder, for its head's transformers / PEFT names: `position_offset` (RoBERTa's
+  > 0) and `kv_prefix_shifts_positions` from gin's MODEL_CONFIG when it is bound, else the fingerprint's record of
+  the offset; {} when neither says."""
   config = _gin_model_config()
-  offset = getattr(config, 'position_offset', None) if config is not None else None
-  if offset is None:
-    offset = ((recorded or {}).get('config') or {}).get('position_offset')
-  return None if offset is None else offset > 0
+  if config is not None and hasattr(config, 'position_offset'):
+    return {'position_offset': config.position_offset, 'kv_prefix_shifts_positions': config.kv_prefix_shifts_positions}
+  offset = ((recorded or {}).get('config') or {}).get('position_offset')
+  return {} if offset is None else {'position_offset': offset}
 
 
 def _gin_model_config() -> Any:

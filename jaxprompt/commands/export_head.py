@@ -55,14 +55,16 @@ def export_folder(kind: registry.FileKind, arrays: registry.Arrays, joined: Sequ
   return out
 
 
-def export_hf_head(head: str | None, output: str, source: str, roberta: bool | None = None) -> dict[str, Any]:
+def export_hf_head(head: str | None, output: str, source: str,
+                   known: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """Writes the task head file `head` as transformers' `classifier.*` tensors to `output` (.safetensors); on a BERT
-  (`roberta` False) a sequence head on [CLS] as BERT's pooler and classifier (`hf_encoder_writer.head_tensors`)."""
+  (`known` position_offset 0) a sequence head on [CLS] as BERT's pooler and classifier
+  (`hf_encoder_writer.head_tensors`)."""
   head = _needed(head, source, 'hf_head')
   if not output.endswith('.safetensors'):
     raise UsageError(f'--format hf_head writes a .safetensors file; got --output {output}')
   config, params = with_head.parse_head(registry.read_arrays(head), head)
-  roberta = hf_encoder_writer.is_roberta_class(config, roberta)
+  roberta = hf_encoder_writer.is_roberta_class(config, peft_heads.known_roberta(known or {}))
   tensors = {k: np.ascontiguousarray(v) for k, v in hf_encoder_writer.head_tensors(config, params, roberta).items()}
   metadata = {'format': 'pt', 'head_kind': config.kind, 'use_pooler': str(config.use_pooler)}
   npy_io.write_bytes(save_safetensors(tensors, metadata=metadata), output, what='task head file')
@@ -81,13 +83,10 @@ def _needed(head: str | None, source: str, format: str) -> str:  # pylint: disab
   return head
 
 
-def peft_target(target: registry.PeftTarget, kind: registry.FileKind, head: str, model: Any) -> registry.PeftTarget:
+def peft_target(target: registry.PeftTarget, kind: registry.FileKind, head: str,
+                known: Mapping[str, Any]) -> registry.PeftTarget:
   """The PEFT target of a method trained with the head file `head`: SEQ_CLS / TOKEN_CLS with the head in
-  modules_to_save (`methods/peft_heads.py`). `model`: gin's MODEL_CONFIG (None: unbound), else the fingerprint's
-  record in `target.sizes` tells BERT from RoBERTa."""
-  known = dict(target.sizes)
-  if model is not None:
-    known.update(position_offset=model.position_offset, kv_prefix_shifts_positions=model.kv_prefix_shifts_positions)
+  modules_to_save (`methods/peft_heads.py`); `known`: what is known of the frozen encoder (`peft_heads.target`)."""
   return peft_heads.target(target, kind, registry.read_arrays(head), target.source, known)
 
 

@@ -38,6 +38,7 @@ import numpy as np
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
+from jaxprompt.checkpoints import hf_head
 from jaxprompt.errors import PromptError
 from jaxprompt.formats import fingerprint_files, npy_io
 from jaxprompt.methods import kv_prefix, peft_layouts
@@ -104,20 +105,13 @@ def _base_config(peft_type: str, task: peft_layouts.Task, length: int, token_dim
   }
 
 
-def _saved_module(name: str) -> str:
-  """The modules_to_save entry of a tensor 'base_model.<module>.<...>': the classifier, or for BERT's pooler
-  ('base_model.bert.pooler.dense.weight') the pooler (PEFT wraps each module whose name ends with an entry)."""
-  parts = name.split('.')
-  return 'pooler' if parts[1:3] == ['bert', 'pooler'] else parts[1]
-
-
 def _write(folder: str, config: Mapping[str, Any], tensor: np.ndarray, fingerprint: Mapping[str, Any] | None,
            modules: Mapping[str, Any] | None = None) -> str:
   """Writes the two files of an adapter folder (created if needed); returns the folder. `modules`: the tensors of
   PEFT's modules_to_save (an encoder's head, `peft_heads`) by their adapter-file names, listed in the config."""
   config, tensors = dict(config), {TENSOR_KEY: tensor}
   if modules:
-    config['modules_to_save'] = sorted({_saved_module(name) for name in modules})
+    config['modules_to_save'] = sorted({hf_head.saved_module(name.split('.', 1)[1]) for name in modules})
     tensors.update(modules)
   metadata = {'format': 'pt'}
   if fingerprint:

@@ -35,6 +35,13 @@ from jaxprompt.models.heads import HeadConfig
 MODULE_PREFIX = 'base_model.'  # PeftModel.save_pretrained's name of a prompt-learning model's modules_to_save
 
 
+def known_roberta(model: Mapping[str, Any]) -> bool | None:
+  """Whether what is known of a frozen encoder (`model`: its 'position_offset', if known) says RoBERTa (positions
+  from pad_id + 1), BERT, or nothing (None)."""
+  offset = model.get('position_offset')
+  return None if offset is None else offset > 0
+
+
 def target(base: registry.PeftTarget, kind: registry.FileKind, head_file: registry.Arrays, source: str,
            model: Mapping[str, Any]) -> registry.PeftTarget:
   """`base` with the head of `head_file` (a run's head.npz arrays): its task type and modules_to_save tensors, or
@@ -46,16 +53,16 @@ def target(base: registry.PeftTarget, kind: registry.FileKind, head_file: regist
     raise PromptError(refuse + 'PEFT has no multiple-choice task type (its encoder tasks are SEQ_CLS and TOKEN_CLS); '
                       'export the prompt and head with --format file, or --format hf_head / hf_model for '
                       'transformers\' *ForMultipleChoice')
-  offset = model.get('position_offset')
+  roberta = known_roberta(model)
   try:
-    hf_encoder_writer.transformers_class(head, None if offset is None else offset > 0)
+    hf_encoder_writer.transformers_class(head, roberta)
   except CheckpointError as e:
     raise PromptError(refuse + str(e)) from e
   if kind.name == kv_prefix.FILE_KIND and model.get('kv_prefix_shifts_positions') is False:
     raise PromptError(refuse + 'the model ran with kv_prefix_shifts_positions=False (tokens from position 0 after '
                       'the prefix), but transformers numbers the tokens after PEFT\'s past keys from P')
   task = peft_layouts.TOKEN_CLS if head.kind == 'tagging' else peft_layouts.SEQ_CLS
-  roberta = hf_encoder_writer.is_roberta_class(head, None if offset is None else offset > 0)
+  roberta = hf_encoder_writer.is_roberta_class(head, roberta)
   modules = {MODULE_PREFIX + k: v for k, v in hf_encoder_writer.head_tensors(head, params, roberta).items()}
   sizes = {**base.sizes, 'family': task.family}
   return registry.PeftTarget(base.output, base.source, sizes, base.base_model, base.fingerprint, task.name, modules)
